@@ -1,0 +1,212 @@
+"""DeepCTR-style feature columns: what a feature is, checked when it is declared.
+
+The signatures match DeepCTR 0.9.4 argument for argument, so a DeepCTR script runs after changing
+its imports. Beyond DeepCTR, a SparseFeat may carry its `vocabulary` (or `vocabulary_path`) or
+`use_hash=True`, and the raw value -> index mapping then lives inside the model graph.
+"""
+import os
+from collections import namedtuple
+
+DEFAULT_GROUP_NAME = "default_group"
+
+INT_DTYPES = ("int32", "int64")
+STRING_DTYPE = "string"
+SPARSE_DTYPES = INT_DTYPES + (STRING_DTYPE,)
+DENSE_DTYPES = ("float32", "float64")
+COMBINERS = ("mean", "sum", "max")
+
+# Index 0 is padding (0 or "") and index 1 the out-of-vocabulary bucket when a vocabulary is given.
+NUM_RESERVED_INDICES = 2
+
+
+def _fail(kind, name, problem):
+    raise ValueError(f"{kind} '{name}': {problem}")
+
+
+def read_vocabulary_file(path):
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle if line.rstrip("\n")]
+
+
+class SparseFeat(namedtuple("SparseFeat", [
+        "name", "vocabulary_size", "embedding_dim", "use_hash", "vocabulary_path", "dtype",
+        "embeddings_initializer", "embedding_name", "group_name", "trainable", "vocabulary"])):
+    """A categorical feature: one id per example, embedded in a table named `embedding_name`.
+
+    Ids are used as table indices directly (ints in [0, vocabulary_size), 0 = padding), unless
+    `vocabulary` / `vocabulary_path` is given (raw values are looked up in-graph; unknown values go
+    to an out-of-vocabulary bucket; the table then has len(vocabulary) + 2 rows) or `use_hash` is
+    True (raw strings or ints hashed in-graph into vocabulary_size - 1 buckets, 0 kept for padding).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name, vocabulary_size=None, embedding_dim=4, use_hash=False,
+                vocabulary_path=None, dtype="int32", embeddings_initializer=None,
+                embedding_name=None, group_name=DEFAULT_GROUP_NAME, trainable=True,
+                vocabulary=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"SparseFeat name must be a non-empty string, got {name!r}")
+        if dtype not in SPARSE_DTYPES:
+            _fail("SparseFeat", name, f"dtype must be one of {SPARSE_DTYPES}, got {dtype!r}")
+        if vocabulary is not None and vocabulary_path is not None:
+            _fail("SparseFeat", name, "give either vocabulary or vocabulary_path, not both")
+        if vocabulary_path is not None:
+            if not os.path.isfile(vocabulary_path):
+                _fail("SparseFeat", name, f"vocabulary_path {vocabulary_path!r} is not a file")
+            vocabulary_entries = read_vocabulary_file(vocabulary_path)
+        else:
+            vocabulary_entries = None if vocabulary is None else list(vocabulary)
+        if vocabulary_entries is not None:
+            if use_hash:
+                _fail("SparseFeat", name, "use_hash=True and a vocabulary exclude each other")
+            if not vocabulary_entries:
+                _fail("SparseFeat", name, "the vocabulary is empty")
+            if len(set(vocabulary_entries)) != len(vocabulary_entries):
+                _fail("SparseFeat", name, "the vocabulary has duplicate entries")
+            padding = "" if dtype == STRING_DTYPE else 0
+            if dtype != STRING_DTYPE and vocabulary_path is None:
+                vocabulary_entries = [int(v) for v in vocabulary_entries]
+            if padding in vocabulary_entries:
+                _fail("SparseFeat", name, f"the vocabulary must not contain the padding value {padding!r}")
+            needed = len(vocabulary_entries) + NUM_RESERVED_INDICES
+            if vocabulary_size in (None, "auto"):
+                vocabulary_size = needed
+            elif vocabulary_size < needed:
+                _fail("SparseFeat", name, f"vocabulary_size={vocabulary_size} is too small for "
+                      f"{len(vocabulary_entries)} vocabulary entries + padding + OOV (need >= {needed})")
+            if vocabulary is not None:
+                vocabulary = tuple(vocabulary_entries)
+        elif dtype == STRING_DTYPE and not use_hash:
+            _fail("SparseFeat", name, "dtype 'string' needs vocabulary=[...], vocabulary_path or "
+                  "use_hash=True to map raw strings to embedding indices")
+        if not isinstance(vocabulary_size, int) or isinstance(vocabulary_size, bool):
+            _fail("SparseFeat", name, f"vocabulary_size must be an int, got {vocabulary_size!r}")
+        if vocabulary_size < (NUM_RESERVED_INDICES if use_hash else 1):
+            _fail("SparseFeat", name, f"vocabulary_size must be >= {2 if use_hash else 1}, got {vocabulary_size}")
+        if embedding_dim == "auto":
+            embedding_dim = 6 * int(pow(vocabulary_size, 0.25))
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            _fail("SparseFeat", name, f"embedding_dim must be a positive int or 'auto', got {embedding_dim!r}")
+        if embedding_name is None:
+            embedding_name = name
+        return super().__new__(cls, name, vocabulary_size, embedding_dim, use_hash, vocabulary_path,
+                               dtype, embeddings_initializer, embedding_name, group_name, trainable,
+                               vocabulary)
+
+    @property
+    def padding_value(self):
+        return "" if self.dtype == STRING_DTYPE else 0
+
+    def table_spec(self):
+        """What must agree between columns sharing this column's embedding table."""
+        return (self.vocabulary_size, self.embedding_dim, self.use_hash, self.vocabulary_path,
+                self.vocabulary, self.dtype == STRING_DTYPE)
+
+    def __hash__(self):
+        return self.name.__hash__()
+
+
+class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
+        "sparsefeat", "maxlen", "combiner", "length_name", "weight_name", "weight_norm"])):
+    """A sequence of ids (oldest to newest, right-padded) embedded in its SparseFeat's table.
+
+    The model keeps the most recent `maxlen` ids of whatever length a request sends.
+    `length_name` names an optional int input with each row's true length; `weight_name` an
+    optional float sequence weighting the ids when pooled with `combiner`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, sparsefeat, maxlen, combiner="mean", length_name=None, weight_name=None,
+                weight_norm=True):
+        if not isinstance(sparsefeat, SparseFeat):
+            raise ValueError(f"VarLenSparseFeat needs a SparseFeat, got {type(sparsefeat).__name__}")
+        if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
+            _fail("VarLenSparseFeat", sparsefeat.name, f"maxlen must be an int >= 1, got {maxlen!r}")
+        if combiner not in COMBINERS:
+            _fail("VarLenSparseFeat", sparsefeat.name, f"combiner must be one of {COMBINERS}, got {combiner!r}")
+        for other in (length_name, weight_name):
+            if other is not None and other == sparsefeat.name:
+                _fail("VarLenSparseFeat", sparsefeat.name, "length_name/weight_name must differ from the feature name")
+        return super().__new__(cls, sparsefeat, maxlen, combiner, length_name, weight_name, weight_norm)
+
+    name = property(lambda self: self.sparsefeat.name)
+    vocabulary_size = property(lambda self: self.sparsefeat.vocabulary_size)
+    embedding_dim = property(lambda self: self.sparsefeat.embedding_dim)
+    use_hash = property(lambda self: self.sparsefeat.use_hash)
+    vocabulary_path = property(lambda self: self.sparsefeat.vocabulary_path)
+    vocabulary = property(lambda self: self.sparsefeat.vocabulary)
+    dtype = property(lambda self: self.sparsefeat.dtype)
+    embeddings_initializer = property(lambda self: self.sparsefeat.embeddings_initializer)
+    embedding_name = property(lambda self: self.sparsefeat.embedding_name)
+    group_name = property(lambda self: self.sparsefeat.group_name)
+    trainable = property(lambda self: self.sparsefeat.trainable)
+    padding_value = property(lambda self: self.sparsefeat.padding_value)
+
+    def table_spec(self):
+        return self.sparsefeat.table_spec()
+
+    def __hash__(self):
+        return self.name.__hash__()
+
+
+class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transform_fn"])):
+    """A real-valued feature of `dimension` floats; `transform_fn` is applied in-graph."""
+
+    __slots__ = ()
+
+    def __new__(cls, name, dimension=1, dtype="float32", transform_fn=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"DenseFeat name must be a non-empty string, got {name!r}")
+        if not isinstance(dimension, int) or dimension < 1:
+            _fail("DenseFeat", name, f"dimension must be an int >= 1, got {dimension!r}")
+        if dtype not in DENSE_DTYPES:
+            _fail("DenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
+        return super().__new__(cls, name, dimension, dtype, transform_fn)
+
+    def __hash__(self):
+        return self.name.__hash__()
+
+
+def get_feature_names(feature_columns):
+    """The input names a model built on `feature_columns` expects, in order (DeepCTR's helper)."""
+    names = []
+    for column in feature_columns:
+        names.append(column.name)
+        if isinstance(column, VarLenSparseFeat):
+            names.extend(n for n in (column.length_name, column.weight_name) if n is not None)
+    return list(dict.fromkeys(names))
+
+
+def validate_columns(feature_columns):
+    """Checks a column list as a whole: unique names and consistent shared embedding tables.
+
+    A column that names an `embedding_name` other than its own must share that table with another
+    column (a `hist_item_id` pointing at `item_id`'s table); columns sharing a table must agree on
+    its size, dimension and vocabulary.
+    """
+    seen = {}
+    for column in feature_columns:
+        if not isinstance(column, (SparseFeat, VarLenSparseFeat, DenseFeat)):
+            raise ValueError(f"not a feature column: {column!r}")
+        if column.name in seen:
+            raise ValueError(f"feature '{column.name}' is declared twice")
+        seen[column.name] = column
+    tables = {}
+    for column in feature_columns:
+        if isinstance(column, DenseFeat):
+            continue
+        tables.setdefault(column.embedding_name, []).append(column)
+    for table_name, users in tables.items():
+        owner = users[0]
+        if len(users) == 1 and owner.embedding_name != owner.name:
+            raise ValueError(
+                f"feature '{owner.name}' uses embedding_name '{table_name}', but no other column "
+                f"has that table; known tables: {sorted(t for t in tables if t != table_name)}")
+        for other in users[1:]:
+            if other.table_spec() != owner.table_spec():
+                raise ValueError(
+                    f"features '{owner.name}' and '{other.name}' share embedding '{table_name}' but "
+                    "differ in vocabulary_size, embedding_dim, vocabulary or hashing")
+    return feature_columns

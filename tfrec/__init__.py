@@ -1,0 +1,7 @@
+"""tfrec: recommender models on TensorFlow 2.20 + tf-keras, from feature columns to TF Serving.
+
+Importing tfrec makes `tf.keras` mean tf-keras (Keras 2); see feature_columns._legacy_keras.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+__version__ = "0.1.0"

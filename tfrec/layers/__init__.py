@@ -1,0 +1,16 @@
+"""Keras layers the models are composed of. All are registered, so `custom_objects` is optional."""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+from feature_columns.layers import RecentSequence, SequencePooling, SparseIndex
+
+from .attention import AttentionSequencePooling, LocalActivationUnit
+from .core import DNN, Dice, PredictionLayer, activation_layer
+
+# DeepCTR users pass this to load_model; every layer is registered, so it is optional.
+custom_objects = {
+    cls.__name__: cls
+    for cls in (AttentionSequencePooling, LocalActivationUnit, DNN, Dice, PredictionLayer,
+                RecentSequence, SequencePooling, SparseIndex)
+}
+
+__all__ = ["AttentionSequencePooling", "LocalActivationUnit", "DNN", "Dice", "PredictionLayer",
+           "RecentSequence", "SequencePooling", "SparseIndex", "activation_layer", "custom_objects"]

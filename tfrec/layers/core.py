@@ -1,0 +1,140 @@
+"""Building blocks shared by the models: activations, the DNN tower, the prediction head."""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import tensorflow as tf
+
+_register = tf.keras.utils.register_keras_serializable(package="tfrec")
+
+TASKS = ("binary", "regression")
+
+
+@_register
+class Dice(tf.keras.layers.Layer):
+    """Data-adaptive activation from DIN (Zhou et al., 2018), eq. (9).
+
+    f(s) = p(s) * s + (1 - p(s)) * alpha * s, with p(s) = sigmoid(BN(s)); BN has no scale/offset
+    and `alpha` is learned per unit. Any input shape; normalises over the last axis.
+    """
+
+    def __init__(self, epsilon=1e-9, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.batch_norm = tf.keras.layers.BatchNormalization(
+            axis=-1, epsilon=epsilon, center=False, scale=False, name="bn")
+
+    def build(self, input_shape):
+        self.alphas = self.add_weight(name="alphas", shape=(input_shape[-1],),
+                                      initializer="zeros", dtype=self.dtype)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        probability = tf.sigmoid(self.batch_norm(inputs, training=training))
+        return probability * inputs + (1.0 - probability) * self.alphas * inputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+def activation_layer(activation, name=None):
+    """A layer for `activation`: "dice", "prelu", any Keras activation name, or a Layer class."""
+    if isinstance(activation, str):
+        if activation.lower() == "dice":
+            return Dice(name=name)
+        if activation.lower() == "prelu":
+            return tf.keras.layers.PReLU(name=name)
+        return tf.keras.layers.Activation(activation, name=name)
+    if isinstance(activation, type) and issubclass(activation, tf.keras.layers.Layer):
+        return activation(name=name)
+    raise ValueError(f"unknown activation {activation!r}: use 'dice', 'prelu' or a Keras activation name")
+
+
+@_register
+class DNN(tf.keras.layers.Layer):
+    """A multi-layer perceptron: Dense -> [BatchNorm] -> activation -> [Dropout], per unit count.
+
+    Input (batch, ..., in_dim) -> output (batch, ..., hidden_units[-1]); works on sequences too,
+    e.g. DIN's attention MLP over (batch, T, 4E). `output_activation` overrides the last layer's.
+    """
+
+    def __init__(self, hidden_units, activation="relu", l2_reg=0.0, dropout_rate=0.0, use_bn=False,
+                 output_activation=None, seed=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.l2_reg = l2_reg
+        self.dropout_rate = dropout_rate
+        self.use_bn = use_bn
+        self.output_activation = output_activation
+        self.seed = seed
+        regularizer = tf.keras.regularizers.l2(l2_reg) if l2_reg else None
+        self.dense_layers, self.bn_layers, self.activation_layers, self.dropout_layers = [], [], [], []
+        for i, units in enumerate(self.hidden_units):
+            self.dense_layers.append(tf.keras.layers.Dense(
+                units, kernel_initializer=tf.keras.initializers.GlorotNormal(seed=seed + i),
+                kernel_regularizer=regularizer, name=f"dense_{i}"))
+            if use_bn:
+                self.bn_layers.append(tf.keras.layers.BatchNormalization(name=f"bn_{i}"))
+            last = i == len(self.hidden_units) - 1
+            act = output_activation if (last and output_activation) else activation
+            self.activation_layers.append(activation_layer(act, name=f"activation_{i}"))
+            if dropout_rate:
+                self.dropout_layers.append(tf.keras.layers.Dropout(dropout_rate, seed=seed + i, name=f"dropout_{i}"))
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for i, dense in enumerate(self.dense_layers):
+            x = dense(x)
+            if self.use_bn:
+                x = self.bn_layers[i](x, training=training)
+            x = self.activation_layers[i](x, training=training)
+            if self.dropout_rate:
+                x = self.dropout_layers[i](x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tf.TensorShape(input_shape)
+        return shape[:-1].concatenate([self.hidden_units[-1] if self.hidden_units else shape[-1]])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
+                      dropout_rate=self.dropout_rate, use_bn=self.use_bn,
+                      output_activation=self.output_activation, seed=self.seed)
+        return config
+
+
+@_register
+class PredictionLayer(tf.keras.layers.Layer):
+    """The output head: a global bias, then sigmoid for "binary" or identity for "regression".
+
+    Input/output (batch, 1). Name it after the task so that the model's output is named.
+    """
+
+    def __init__(self, task="binary", use_bias=True, **kwargs):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        super().__init__(**kwargs)
+        self.task = task
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        if self.use_bias:
+            self.global_bias = self.add_weight(name="global_bias", shape=(1,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, logits):
+        x = logits + self.global_bias if self.use_bias else logits
+        return tf.sigmoid(x) if self.task == "binary" else x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(task=self.task, use_bias=self.use_bias)
+        return config
+
+
+def check_task(task, name="task"):
+    if task not in TASKS:
+        raise ValueError(f"{name} must be one of {TASKS}, got {task!r}")
+    return task

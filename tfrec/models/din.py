@@ -1,0 +1,66 @@
+"""Deep Interest Network (Zhou et al., KDD 2018), DeepCTR 0.9.4's signature.
+
+inputs -> embeddings (shared by the candidate and its history) -> local activation unit over the
+history -> concatenation with every other feature -> DNN -> sigmoid.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import tensorflow as tf
+from feature_columns import FeatureEncoder, SparseFeat, VarLenSparseFeat
+from feature_columns.inputs import concat
+
+from ..layers import DNN, AttentionSequencePooling, PredictionLayer
+from ..layers.core import check_task
+
+HISTORY_PREFIX = "hist_"
+
+
+def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_units=(256, 128, 64),
+        dnn_activation="relu", att_hidden_size=(80, 40), att_activation="dice",
+        att_weight_normalization=False, l2_reg_dnn=0, l2_reg_embedding=1e-6, dnn_dropout=0, seed=1024,
+        task="binary"):
+    """Builds DIN as a Keras functional model.
+
+    Args:
+      dnn_feature_columns: all feature columns. For every name `f` in `history_feature_list` there
+        must be a SparseFeat `f` (the candidate) and a VarLenSparseFeat `hist_f` sharing its
+        embedding table (`embedding_name`).
+      history_feature_list: candidate features attended over their histories, e.g.
+        ["item_id", "cate_id"].
+      The rest as in DeepCTR: DNN and attention sizes/activations, L2 penalties, dropout, seed,
+        and `task` ("binary" or "regression").
+
+    Returns:
+      A tf.keras.Model from a dict of raw features to one output named "prediction",
+      shape (batch, 1).
+    """
+    check_task(task)
+    if not history_feature_list:
+        raise ValueError("DIN needs at least one feature in history_feature_list")
+    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
+    history_names = [HISTORY_PREFIX + name for name in history_feature_list]
+    for name, history_name in zip(history_feature_list, history_names):
+        candidate = encoder.column(name, SparseFeat)
+        history = encoder.column(history_name, VarLenSparseFeat)
+        if history.embedding_name != candidate.embedding_name:
+            raise ValueError(f"DIN: '{history_name}' must share the embedding table of '{name}' "
+                             f"(embedding_name='{candidate.embedding_name}'), got '{history.embedding_name}'")
+    maxlens = {encoder.columns[h].maxlen for h in history_names}
+    if len(maxlens) != 1:
+        raise ValueError(f"DIN: history features {history_names} must share one maxlen, got {sorted(maxlens)}")
+
+    # Candidate ("query") and behaviour ("keys") embeddings, concatenated across features.
+    query = concat([encoder.embed(name) for name in history_feature_list])            # (B, 1, E)
+    keys = concat([encoder.embed(name) for name in history_names])                     # (B, T, E)
+    interest = AttentionSequencePooling(
+        att_hidden_size, att_activation, weight_normalization=att_weight_normalization, seed=seed,
+        name="attention")(query, keys, encoder.mask(history_names[0]))                  # (B, 1, E)
+
+    dnn_input = encoder.dnn_input(exclude=history_names, extra=[interest])
+    hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
+                 name="dnn")(dnn_input)
+    logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
+                                  name="logit")(hidden)
+    output = PredictionLayer(task, name="prediction")(logit)
+    return tf.keras.Model(inputs=encoder.features, outputs=output, name="din")
+

@@ -1,0 +1,28 @@
+"""Turns trained tf.keras models into what TensorFlow Serving loads.
+
+* `export_saved_model`: `export_base/<version>/` with a `serving_default` signature over raw
+  features, written atomically, with `assets.extra/tf_serving_warmup_requests`.
+* `write_model_config` / `read_model_config`: TF Serving's `--model_config_file`.
+* `write_saved_model_version`: the shared back end (atomic version + warm-up) for exporters
+  of other kinds of model.
+"""
+import feature_columns._legacy_keras  # noqa: F401
+
+from exporters.layout import existing_versions, next_version
+from exporters.model_config import model_server_config, read_model_config, write_model_config
+from exporters.saved_model import SERVING_SIGNATURE, export_saved_model, write_saved_model_version
+from exporters.warmup import WARMUP_DIR, WARMUP_FILE, read_warmup_requests
+
+__all__ = [
+    "SERVING_SIGNATURE",
+    "WARMUP_DIR",
+    "WARMUP_FILE",
+    "existing_versions",
+    "export_saved_model",
+    "model_server_config",
+    "next_version",
+    "read_model_config",
+    "read_warmup_requests",
+    "write_model_config",
+    "write_saved_model_version",
+]

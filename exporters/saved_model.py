@@ -1,0 +1,168 @@
+"""Exports a tf.keras functional model as a versioned SavedModel that TF Serving serves.
+
+The `serving_default` signature takes raw features by name, exactly the values of the training
+DataFrame (lookups and hashing live inside the model), with the batch as the first dimension:
+
+  * an Input of shape (None, 1) (a scalar feature) is taken as a vector [None] and the
+    feature axis is re-added inside, so a client sends `{"user_id": ["u1", "u2"]}`;
+  * other Inputs keep their shape: [None, None] for sequences of any length (the model
+    truncates/pads to its maxlen), [None, d] for dense vectors.
+
+It returns a dict keyed by the model's output names (`model.output_names`, the output layers'
+names) plus any `extra_outputs` layer names; an output of shape (None, 1) is returned as [None].
+"""
+import feature_columns._legacy_keras  # noqa: F401
+
+import logging
+import os
+
+import tensorflow as tf
+
+from exporters import layout, warmup
+
+logger = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+
+
+def export_saved_model(model, export_base, version=None, warmup_inputs=None, extra_outputs=(),
+                       model_name=None, num_warmup_records=warmup.DEFAULT_NUM_WARMUP_RECORDS):
+    """Writes `export_base/<version>/` for TF Serving: SavedModel, assets and warm-up requests.
+
+    Args:
+      model: a functional tf.keras Model built from named `tf.keras.Input`s (Input name ==
+        feature name), usually with dict inputs.
+      export_base: the model's base path, as TF Serving's --model_base_path (`exports/din`).
+      version: the version number; None for 1 + the highest existing version (1 if none).
+      warmup_inputs: rows to warm the server up with: a dict {feature: array or list} or a
+        pandas DataFrame (list-valued cells are right-padded); the first
+        `num_warmup_records` rows are used. None synthesises one row of zeros / b"".
+      extra_outputs: names of layers inside `model` whose outputs the signature also returns,
+        under the layer name (e.g. ESMM's "cvr" tower, which is not a Keras output).
+      model_name: the model name in the warm-up requests' model_spec; defaults to the last
+        component of `export_base`, the name TF Serving serves that base path under.
+      num_warmup_records: how many warm-up requests (one row each) to write.
+
+    Returns:
+      The absolute path of the new version directory, `export_base/<version>`.
+
+    Raises:
+      FileExistsError: the version directory already exists.
+      ValueError: an extra output names no usable layer, or the warm-up inputs do not fit
+        the signature.
+    """
+    serving_model = _serving_model(model, extra_outputs)
+    signature = _serving_function(serving_model)
+    root = tf.Module()
+    root.model = serving_model  # tracks the variables and lookup tables the signature captures
+    return write_saved_model_version(
+        export_base, root, {SERVING_SIGNATURE: signature}, version=version,
+        warmup_inputs=warmup_inputs, model_name=model_name,
+        num_warmup_records=num_warmup_records)
+
+
+def write_saved_model_version(export_base, root, signatures, version=None, warmup_inputs=None,
+                              model_name=None,
+                              num_warmup_records=warmup.DEFAULT_NUM_WARMUP_RECORDS):
+    """Saves `root` with `signatures` as a new version under `export_base`, atomically.
+
+    The shared back end of every exporter: validates the warm-up feeds against
+    `signatures["serving_default"]` (running them), saves the SavedModel and the warm-up
+    file into a staging directory, then renames it to `export_base/<version>`. On any error
+    the staging directory is removed and nothing is published.
+
+    Args:
+      root: the trackable to save (it must track every variable and table the signatures
+        capture).
+      signatures: {signature name: concrete function with keyword inputs}; must include
+        "serving_default", from whose inputs the warm-up requests are built.
+      Other arguments: as in `export_saved_model`.
+
+    Returns:
+      The absolute path of the new version directory.
+    """
+    export_base = os.path.abspath(os.fspath(export_base))
+    if SERVING_SIGNATURE not in signatures:
+        raise ValueError(
+            f"signatures must include {SERVING_SIGNATURE!r}; got {sorted(signatures)}")
+    model_name = model_name or os.path.basename(export_base)
+    serving = signatures[SERVING_SIGNATURE]
+    feeds = warmup.warmup_feeds(
+        warmup.signature_input_specs(serving), warmup_inputs, num_warmup_records)
+    warmup.check_feeds_run(serving, feeds)
+
+    with layout.staged_version_dir(export_base, version) as staged:
+        tf.saved_model.save(root, staged.staging_dir, signatures=signatures)
+        warmup.write_warmup_file(
+            staged.staging_dir,
+            [warmup.prediction_log(feed, model_name, SERVING_SIGNATURE) for feed in feeds])
+    logger.info(
+        "Exported %r version %d to %s: signatures %s (serving_default inputs %s, outputs %s), "
+        "%d warm-up request(s)", model_name, staged.version, staged.final_dir,
+        sorted(signatures), sorted(warmup.signature_input_specs(serving)),
+        sorted(serving.structured_outputs), len(feeds))
+    return staged.final_dir
+
+
+def _serving_model(model, extra_outputs):
+    """`model` rewired to return a dict {output name: tensor}, extra layer outputs included."""
+    if not isinstance(model, tf.keras.Model) or not getattr(model, "inputs", None):
+        raise TypeError(
+            "export_saved_model needs a functional tf.keras Model built from named "
+            f"tf.keras.Input layers; got {type(model).__name__}")
+    outputs = dict(zip(model.output_names, model.outputs))
+    for name in extra_outputs:
+        if name in outputs:
+            raise ValueError(
+                f"extra output {name!r} is already an output of the model {model.name!r}")
+        outputs[name] = _layer_output(model, name)
+    return tf.keras.Model(model.input, outputs, name=f"{model.name}_serving")
+
+
+def _layer_output(model, layer_name):
+    try:
+        layer = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(
+            f"extra output {layer_name!r} is not a layer of the model {model.name!r}; its layers "
+            f"are {[layer.name for layer in model.layers]}") from None
+    try:
+        output = layer.output
+    except AttributeError as error:  # a layer called more than once has no single output
+        raise ValueError(f"extra output {layer_name!r}: {error}") from None
+    if isinstance(output, (list, tuple, dict)):
+        raise ValueError(
+            f"extra output {layer_name!r} returns {type(output).__name__}, not one tensor")
+    return output
+
+
+def _is_single_column(tensor):
+    """Whether a Keras tensor has shape (None, 1): a scalar per example."""
+    return tensor.shape.rank == 2 and tensor.shape[1] == 1
+
+
+def _serving_function(serving_model):
+    """The `serving_default` concrete function over raw features by Input name."""
+    input_names = serving_model.input_names
+    single_column_inputs = {
+        name for name, tensor in zip(input_names, serving_model.inputs)
+        if _is_single_column(tensor)}
+    single_column_outputs = {
+        name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}
+
+    @tf.function
+    def serve(**features):
+        flat_inputs = [
+            tf.expand_dims(features[name], -1) if name in single_column_inputs
+            else features[name]
+            for name in input_names]
+        outputs = serving_model(
+            tf.nest.pack_sequence_as(serving_model.input, flat_inputs), training=False)
+        return {name: tf.squeeze(tensor, -1) if name in single_column_outputs else tensor
+                for name, tensor in outputs.items()}
+
+    input_specs = {
+        name: tf.TensorSpec([None] if name in single_column_inputs else tensor.shape,
+                            tensor.dtype, name=name)
+        for name, tensor in zip(input_names, serving_model.inputs)}
+    return serve.get_concrete_function(**input_specs)

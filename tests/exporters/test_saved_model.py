@@ -1,0 +1,136 @@
+import feature_columns._legacy_keras  # noqa: F401
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import exporters
+from tests.exporters.conftest import EXTRA_OUTPUTS
+
+# Rows the model never saw: sequences longer (5) and shorter (1) than in training (3), and
+# users outside the vocabulary.
+UNSEEN_ROWS = {
+    "user": ["alice", "mallory", "carol", "zed"],
+    "hist_item_id": [[1, 2, 3, 4, 5], [6, 0, 0, 0, 0], [9, 8, 7, 6, 5], [2, 2, 0, 0, 0]],
+    "price": [0.5, 1.5, 0.0, 3.0],
+    "context": [[0.1, 0.2, 0.3], [1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]],
+}
+
+
+def signature_feed(rows):
+    return {
+        "user": tf.constant(rows["user"]),
+        "hist_item_id": tf.constant(rows["hist_item_id"], tf.int64),
+        "price": tf.constant(rows["price"], tf.float32),
+        "context": tf.constant(rows["context"], tf.float32),
+    }
+
+
+def keras_feed(rows):
+    """The same rows the way the Keras model takes them: scalars as (n, 1)."""
+    return {
+        "user": np.array(rows["user"], dtype=object)[:, None],
+        "hist_item_id": np.array(rows["hist_item_id"], dtype="int64"),
+        "price": np.array(rows["price"], dtype="float32")[:, None],
+        "context": np.array(rows["context"], dtype="float32"),
+    }
+
+
+def expected_outputs(model, rows):
+    """What the signature must return: model.predict plus the extra layers, (n, 1) squeezed."""
+    tensors = dict(zip(model.output_names, model.outputs))
+    tensors.update({name: model.get_layer(name).output for name in EXTRA_OUTPUTS})
+    predictions = tf.keras.Model(model.input, tensors).predict(keras_feed(rows), verbose=0)
+    assert np.allclose(predictions["ctr"], model.predict(keras_feed(rows), verbose=0)[0])
+    return {name: values[:, 0] if values.shape[1:] == (1,) else values
+            for name, values in predictions.items()}
+
+
+def test_export_layout(exported):
+    assert os.path.basename(exported) == "1"
+    assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exported, "variables", "variables.index"))
+    assert os.path.isdir(os.path.join(exported, "assets"))
+    assert os.path.isfile(os.path.join(exported, "assets.extra", "tf_serving_warmup_requests"))
+    assert os.listdir(os.path.dirname(exported)) == ["1"]  # no staging directory left
+    # Readable by a server running as another user, as the umask allows (not mkdtemp's 0700).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_versions_count_up_from_one_and_existing_ones_are_refused(tiny_model, tmp_path):
+    export_base = tmp_path / "tiny"
+
+    assert exporters.export_saved_model(tiny_model, export_base) == str(export_base / "1")
+    assert exporters.export_saved_model(tiny_model, str(export_base)) == str(export_base / "2")
+    assert exporters.export_saved_model(tiny_model, export_base, version=7) == str(
+        export_base / "7")
+    with pytest.raises(FileExistsError, match=f"{export_base / '2'} already exists"):
+        exporters.export_saved_model(tiny_model, export_base, version=2)
+
+    assert sorted(os.listdir(export_base)) == ["1", "2", "7"]
+    assert exporters.next_version(export_base) == 8
+
+
+@pytest.mark.parametrize("version, error", [(-1, ValueError), ("3", TypeError),
+                                            (True, TypeError)])
+def test_bad_version_is_refused(tiny_model, tmp_path, version, error):
+    with pytest.raises(error, match="version must be a non-negative integer"):
+        exporters.export_saved_model(tiny_model, tmp_path / "tiny", version=version)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_signature_takes_raw_features_by_name(serving_signature):
+    _, input_specs = serving_signature.structured_input_signature
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in input_specs.items()} == {
+        "user": (tf.string, [None]),
+        "hist_item_id": (tf.int64, [None, None]),
+        "price": (tf.float32, [None]),
+        "context": (tf.float32, [None, 3]),
+    }
+    assert {name: spec.shape.as_list()
+            for name, spec in serving_signature.structured_outputs.items()} == {
+        "ctr": [None], "cvr": [None], "ctr_logit": [None], "shared": [None, 8]}
+
+
+def test_signature_outputs_equal_model_predict_on_unseen_lengths_and_values(
+        tiny_model, serving_signature):
+    outputs = serving_signature(**signature_feed(UNSEEN_ROWS))
+    expected = expected_outputs(tiny_model, UNSEEN_ROWS)
+
+    assert set(outputs) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(outputs[name].numpy(), values, atol=1e-6, err_msg=name)
+    # Both unknown users fall into the one OOV bucket; with the same other features they
+    # would score alike, so compare their user contribution through a fresh pair of rows.
+    same_but_user = {key: [values[0], values[0]] for key, values in UNSEEN_ROWS.items()}
+    same_but_user["user"] = ["mallory", "zed"]
+    ctr = serving_signature(**signature_feed(same_but_user))["ctr"].numpy()
+    assert ctr[0] == ctr[1]
+
+
+def test_single_item_sequences_match_model_predict(tiny_model, serving_signature):
+    rows = {"user": ["bob"], "hist_item_id": [[4]], "price": [2.0], "context": [[0.0, 1.0, 2.0]]}
+    outputs = serving_signature(**signature_feed(rows))
+    for name, values in expected_outputs(tiny_model, rows).items():
+        np.testing.assert_allclose(outputs[name].numpy(), values, atol=1e-6, err_msg=name)
+
+
+def test_unknown_extra_output_names_the_layer_and_the_choices(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"extra output 'ctcvr' is not a layer .*'shared'"):
+        exporters.export_saved_model(tiny_model, tmp_path / "tiny", extra_outputs=["ctcvr"])
+    with pytest.raises(ValueError, match="extra output 'ctr' is already an output"):
+        exporters.export_saved_model(tiny_model, tmp_path / "tiny", extra_outputs=["ctr"])
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_subclassed_model_is_refused(tmp_path):
+    class Identity(tf.keras.Model):
+        def call(self, inputs):
+            return inputs
+
+    with pytest.raises(TypeError, match="functional tf.keras Model .* got Identity"):
+        exporters.export_saved_model(Identity(), tmp_path / "identity")

@@ -1,0 +1,129 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import feature_columns
+from feature_columns import (DEFAULT_GROUP_NAME, DenseFeat, FeatureEncoder, RecentSequence, SequencePooling,
+                             SparseFeat, SparseIndex, VarLenSparseFeat, build_input_features, get_feature_names,
+                             validate_columns)
+import tensorflow as tf
+
+
+def test_keras_2_is_tf_keras():
+    assert tf.keras.__name__.startswith("tf_keras")
+
+
+def test_keras_3_already_loaded_raises_a_clear_import_error():
+    code = "import tensorflow as tf; tf.keras.layers.Dense; import feature_columns"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+def test_deepctr_defaults():
+    feat = SparseFeat("item_id", 100)
+    assert (feat.embedding_dim, feat.use_hash, feat.dtype, feat.embedding_name, feat.group_name, feat.trainable) == (
+        4, False, "int32", "item_id", DEFAULT_GROUP_NAME, True)
+    assert SparseFeat("item_id", 10000, "auto").embedding_dim == 6 * int(10000 ** 0.25)
+    seq = VarLenSparseFeat(SparseFeat("hist_item_id", 100, embedding_name="item_id"), maxlen=5)
+    assert (seq.name, seq.maxlen, seq.combiner, seq.embedding_name, seq.length_name) == (
+        "hist_item_id", 5, "mean", "item_id", None)
+    assert DenseFeat("price").dimension == 1
+
+
+def test_vocabulary_sizes_the_table():
+    feat = SparseFeat("city", None, 4, dtype="string", vocabulary=["a", "b", "c"])
+    assert feat.vocabulary_size == 5  # padding + OOV + 3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SparseFeat("city", None, dtype="string"), "'city': dtype 'string' needs vocabulary"),
+    (lambda: SparseFeat("city", 3, dtype="string", vocabulary=["a", "b"]), "'city': vocabulary_size=3 is too small"),
+    (lambda: SparseFeat("city", None, dtype="string", vocabulary=["a", ""]), "'city': the vocabulary must not contain"),
+    (lambda: SparseFeat("city", None, dtype="string", vocabulary=["a", "a"]), "'city': the vocabulary has duplicate"),
+    (lambda: SparseFeat("city", 10, dtype="float16"), "'city': dtype must be one of"),
+    (lambda: SparseFeat("city", 10, vocabulary_path="/no/such/file"), "'city': vocabulary_path"),
+    (lambda: VarLenSparseFeat(SparseFeat("hist", 10), maxlen=0), "'hist': maxlen must be an int >= 1"),
+    (lambda: VarLenSparseFeat(SparseFeat("hist", 10), maxlen=3, combiner="avg"), "'hist': combiner"),
+    (lambda: DenseFeat("price", 0), "'price': dimension"),
+])
+def test_bad_columns_fail_at_construction_naming_the_column(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bad_column_lists_fail_naming_the_columns():
+    hist = VarLenSparseFeat(SparseFeat("hist_item_id", 10, embedding_name="itm"), maxlen=3)
+    with pytest.raises(ValueError, match="'hist_item_id' uses embedding_name 'itm', but no other column"):
+        validate_columns([SparseFeat("item_id", 10), hist])
+    other_size = VarLenSparseFeat(SparseFeat("hist_item_id", 11, embedding_name="item_id"), maxlen=3)
+    with pytest.raises(ValueError, match="'item_id' and 'hist_item_id' share embedding 'item_id'"):
+        validate_columns([SparseFeat("item_id", 10), other_size])
+    with pytest.raises(ValueError, match="'item_id' is declared twice"):
+        validate_columns([SparseFeat("item_id", 10), SparseFeat("item_id", 10)])
+
+
+def test_feature_names_and_inputs():
+    columns = [SparseFeat("user", 10), DenseFeat("vec", 3),
+               VarLenSparseFeat(SparseFeat("hist", 10, dtype="int64"), maxlen=4, length_name="len", weight_name="w")]
+    assert get_feature_names(columns) == ["user", "vec", "hist", "len", "w"]
+    inputs = build_input_features(columns)
+    shapes = {name: (tuple(t.shape), t.dtype.name) for name, t in inputs.items()}
+    assert shapes == {"user": ((None, 1), "int32"), "vec": ((None, 3), "float32"),
+                      "hist": ((None, None), "int64"), "len": ((None, 1), "int32"), "w": ((None, None), "float32")}
+
+
+def test_sparse_index_vocabulary_padding_and_oov():
+    strings = SparseIndex(5, vocabulary=["a", "b", "c"], string_input=True)
+    assert strings(tf.constant([["a", "c", "", "zzz"]])).numpy().tolist() == [[2, 4, 0, 1]]
+    ints = SparseIndex(5, vocabulary=[10, 20, 30])
+    assert ints(tf.constant([[30, 0, 99]], tf.int32)).numpy().tolist() == [[4, 0, 1]]
+
+
+def test_sparse_index_hash_keeps_padding_and_is_stable():
+    for values, padding in ((tf.constant([["a", "b", ""]]), ""), (tf.constant([[7, 8, 0]], tf.int64), 0)):
+        hashed = SparseIndex(8, use_hash=True, string_input=values.dtype == tf.string)(values).numpy()
+        assert hashed[0, 2] == 0 and np.all((hashed[0, :2] >= 1) & (hashed[0, :2] < 8))
+        again = SparseIndex(8, use_hash=True, string_input=values.dtype == tf.string)(values).numpy()
+        assert np.array_equal(hashed, again)
+
+
+def test_recent_sequence_keeps_the_last_maxlen_items():
+    recent = RecentSequence(3)
+    indices = tf.constant([[1, 2, 3, 4, 5, 0, 0], [6, 7, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]])
+    kept, _ = recent(indices)
+    assert kept.numpy().tolist() == [[3, 4, 5], [6, 7, 0], [0, 0, 0]]
+    narrow, _ = recent(tf.constant([[9]]))
+    assert narrow.numpy().tolist() == [[9, 0, 0]]
+    by_length, weights = recent(indices, lengths=tf.constant([[4], [1], [0]]),
+                                weights=tf.cast(indices, tf.float32) / 10)
+    assert by_length.numpy().tolist() == [[2, 3, 4], [6, 0, 0], [0, 0, 0]]
+    np.testing.assert_allclose(weights.numpy(), [[.2, .3, .4], [.6, 0, 0], [0, 0, 0]], rtol=1e-6)
+
+
+def test_sequence_pooling_ignores_padding():
+    embeddings = tf.constant([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]])
+    mask = tf.constant([[True, True, False]])
+    assert SequencePooling("mean")(embeddings, mask).numpy().tolist() == [[[2.0, 4.0]]]
+    assert SequencePooling("sum")(embeddings, mask).numpy().tolist() == [[[4.0, 8.0]]]
+    assert SequencePooling("max")(embeddings, mask).numpy().tolist() == [[[3.0, 6.0]]]
+    weighted = SequencePooling("sum")(embeddings, mask, weights=tf.constant([[1.0, 3.0, 5.0]]))
+    np.testing.assert_allclose(weighted.numpy(), [[[2.5, 5.0]]])
+    empty = SequencePooling("max")(embeddings, tf.constant([[False, False, False]]))
+    assert empty.numpy().tolist() == [[[0.0, 0.0]]]
+
+
+def test_encoder_shares_one_table_by_embedding_name():
+    columns = [SparseFeat("item_id", None, 3, dtype="string", vocabulary=["x", "y"]),
+               VarLenSparseFeat(SparseFeat("hist_item_id", None, 3, dtype="string", vocabulary=["x", "y"],
+                                           embedding_name="item_id"), maxlen=2)]
+    encoder = FeatureEncoder(columns)
+    model = tf.keras.Model(encoder.features, [encoder.embed("item_id"), encoder.embed("hist_item_id")])
+    assert len(model.trainable_weights) == 1
+    target, history = model.predict({"item_id": np.array(["y"]), "hist_item_id": np.array([["q", "x", "y"]])},
+                                    verbose=0)
+    np.testing.assert_array_equal(target[0, 0], history[0, 1])  # "y" is the most recent item
+    assert feature_columns.FeatureEncoder is FeatureEncoder

@@ -1,0 +1,76 @@
+"""Shared plumbing for the benchmark scripts: child processes, peak memory, BENCHMARKS.md sections.
+
+Each benchmark runs every contender in its own Python process (so peak RSS is per contender and
+DeepMatch can switch TensorFlow to graph mode), in one script run, and rewrites only its own
+section of BENCHMARKS.md, between `<!-- NAME:start -->` and `<!-- NAME:end -->`.
+"""
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+HEADER = """# tfrec benchmarks
+
+Written by the scripts in `benchmarks/`; each section says the command that produced it. These
+machines are noisy and shared, so compare figures within one run (the ratios), not across runs.
+Quality is reported as the model's AUC next to the planted-truth oracle's AUC on the same rows.
+"""
+
+
+def peak_rss_mib():
+    """This process's peak resident set size so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def process_peak_rss_mib(pid):
+    """Another process's peak resident set size (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def run_child(script, *args, env=None):
+    """Runs `python script args...`, whose last stdout line is a JSON object; returns it."""
+    child_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    started = time.time()
+    result = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True,
+                            env=child_env, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(map(str, args))} failed:\n{result.stderr[-4000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report.setdefault("wall_s", time.time() - started)
+    return report
+
+
+def emit(report):
+    """A child's last line: its JSON report."""
+    print(json.dumps(report), flush=True)
+
+
+def machine_line():
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def write_section(name, markdown):
+    """Replaces (or appends) section `name` of BENCHMARKS.md."""
+    text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else HEADER
+    block = f"<!-- {name}:start -->\n{markdown.strip()}\n<!-- {name}:end -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    with open(BENCHMARKS_MD, "w") as out:
+        out.write(text)
+    print(f"wrote section '{name}' of {BENCHMARKS_MD}")
+
+
+def percentile_ms(samples_s, q):
+    ordered = sorted(samples_s)
+    return 1000.0 * ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]

@@ -1,0 +1,57 @@
+"""Session fixtures: DIN is trained once on planted data, exported once and served once."""
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def run_saved_model_cli(*args):
+    """Runs TensorFlow's own saved_model_cli, the independent check that an export is real."""
+    return subprocess.run([SAVED_MODEL_CLI, *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="session")
+def planted_din():
+    """DIN trained with Keras fit on planted-truth data with raw string ids."""
+    import tensorflow as tf
+    from tfrec import metrics
+    from tfrec.data import DIN_HISTORY_FEATURES, build_din_samples, din_feature_columns, df_to_dataset, \
+        make_behaviour_log
+    from tfrec.models import DIN
+
+    tf.keras.utils.set_random_seed(0)
+    log = make_behaviour_log(num_users=2000, num_items=1000, events_per_user=30, seed=0, id_type="str")
+    train_df, test_df = build_din_samples(log, maxlen=20, extra_cols=("p_click",))
+    columns = din_feature_columns(log, maxlen=20, embedding_dim=8, id_type="str")
+    model = DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
+                att_weight_normalization=True, l2_reg_embedding=0, seed=0)
+    model.compile(tf.keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=[metrics.AUC()])
+    model.fit(df_to_dataset(train_df, columns, "click", batch_size=256, seed=0), epochs=2, verbose=2)
+    return SimpleNamespace(log=log, train=train_df, test=test_df, columns=columns, model=model,
+                           history_features=DIN_HISTORY_FEATURES)
+
+
+@pytest.fixture(scope="session")
+def din_export(planted_din, tmp_path_factory):
+    """The trained DIN exported as version 1 under <tmp>/models/din."""
+    from exporters import export_saved_model
+
+    base = tmp_path_factory.mktemp("exports") / "din"
+    path = export_saved_model(planted_din.model, str(base), warmup_inputs=planted_din.test.head(3),
+                              model_name="din")
+    return SimpleNamespace(base=str(base), path=path)
+
+
+@pytest.fixture(scope="session")
+def din_server(din_export):
+    """The real server subprocess on 127.0.0.1 serving the DIN export as model "din"."""
+    from serving import LocalServer
+
+    with LocalServer(model_base_path=din_export.base, model_name="din") as server:
+        yield server

@@ -1,0 +1,368 @@
+"""Clients for TF Serving's APIs (ours or the real tensorflow_model_server).
+
+`Client` speaks gRPC, `RestClient` speaks REST; both have the same three methods and the same
+return types, and both raise `ServingError` (with `.code`, a `grpc.StatusCode`, and
+`.message`, the server's text):
+
+    with serving.Client("localhost:8500") as client:
+        scores = client.predict("ranker", {"user_id": ["u1", "u2"], "hist_item_id": [[3, 5], [7]]})
+        client.metadata("ranker")   # {"serving_default": {"inputs": {...}, "outputs": {...}}}
+        client.status("ranker")     # [{"version": 3, "state": "AVAILABLE", ...}]
+
+`predict` takes a dict of lists / numpy arrays, or a pandas DataFrame. Rows of different
+lengths (list-valued cells) become a 2-D array right-padded with 0 (or "" for strings) to the
+longest row of the request. Inputs are cast to the signature's dtype when that loses nothing
+that matters (int64 -> int32 within range, int -> float, float64 -> float32); the signature
+dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
+the call retried once, when the server refuses a request and the signature has changed since,
+e.g. after a new version was loaded).
+
+REST follows TF Serving's REST API: it has no output_filter (outputs are filtered here, with
+the error gRPC gives for an unknown alias), and inputs the signature does not name are
+ignored by the server instead of refused.
+"""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import json
+import math
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving.core import resolve_output_filter
+from serving.errors import ServingError, status_code_of_http, status_code_of_number
+from serving.json_tensor import from_json_value, to_json_value
+from serving.tensors import ndarray_from_proto, ndarray_to_proto, numpy_dtype_of, shape_of
+
+__all__ = ["Client", "RestClient", "ServingError"]
+
+DEFAULT_SIGNATURE = "serving_default"
+_State = get_model_status_pb2.ModelVersionStatus.State
+
+
+def _is_missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_row(value):
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _padded_rows(rows, name):
+    """Right-pads list-valued rows to the longest one: 0 for numbers, "" / b"" for strings."""
+    rows = [[] if _is_missing(row) else list(row) if _is_row(row) else [row] for row in rows]
+    width = max((len(row) for row in rows), default=0)
+    first = next((row[0] for row in rows if row), 0)
+    pad = "" if isinstance(first, str) else b"" if isinstance(first, bytes) else 0
+    try:
+        return np.array([row + [pad] * (width - len(row)) for row in rows])
+    except ValueError as error:
+        raise ValueError(f"Input {name!r}: cannot make a 2-D array of its rows "
+                         f"({error})") from None
+
+
+def _as_array(values, name):
+    """One input column as a numpy array (ragged rows padded)."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values
+    if hasattr(values, "tolist") and not isinstance(values, np.ndarray):
+        values = values.tolist()  # pandas Series / Index
+    if isinstance(values, (list, tuple, np.ndarray)) and any(_is_row(v) for v in values):
+        return _padded_rows(values, name)
+    array = np.asarray(values)
+    if array.dtype == object and array.size and all(isinstance(v, str) for v in array.flat):
+        array = array.astype(str)
+    return array
+
+
+def _input_arrays(inputs):
+    """A dict of lists / arrays, or a pandas DataFrame, as {name: np.ndarray}."""
+    if hasattr(inputs, "columns") and hasattr(inputs, "__getitem__"):
+        return {str(column): _as_array(inputs[column], column) for column in inputs.columns}
+    if not hasattr(inputs, "items"):
+        raise TypeError(f"inputs must be a dict of arrays or a pandas DataFrame, got "
+                        f"{type(inputs).__name__}")
+    return {name: _as_array(values, name) for name, values in inputs.items()}
+
+
+def _cast_to_signature(array, dtype):
+    """Casts a numeric array to the signature's dtype when nothing that matters is lost.
+
+    int -> float, float64 -> float32, int64 -> int32 (values within range). Anything else
+    is left as it is, for the server to accept or refuse with INVALID_ARGUMENT.
+    """
+    if dtype is None or dtype == types_pb2.DT_STRING or array.dtype.kind not in "iuf":
+        return array
+    try:
+        target = numpy_dtype_of(dtype)
+    except ValueError:
+        return array
+    if array.dtype == target:
+        return array
+    if target.kind == "f":
+        return array.astype(target)
+    if target.kind in "iu" and array.dtype.kind in "iu":
+        limits = np.iinfo(target)
+        if array.size == 0 or (array.min() >= limits.min and array.max() <= limits.max):
+            return array.astype(target)
+    return array
+
+
+def _tensor_summary(infos):
+    return {alias: (tf.dtypes.as_dtype(info.dtype).name, shape_of(info.tensor_shape))
+            for alias, info in sorted(infos.items())}
+
+
+def _signature_summary(signature_def_map):
+    """{signature: {"inputs": {alias: (dtype, shape)}, "outputs": {...}}}; shape is a list
+    with -1 for unknown dims, None for unknown rank. Internal signatures ("__...") are left
+    out."""
+    return {name: {"inputs": _tensor_summary(signature.inputs),
+                   "outputs": _tensor_summary(signature.outputs)}
+            for name, signature in sorted(signature_def_map.signature_def.items())
+            if not name.startswith("__")}
+
+
+def _status_list(response):
+    return [{"version": status.version,
+             "state": _State.Name(status.state),
+             "error_code": status_code_of_number(status.status.error_code).name,
+             "error_message": status.status.error_message}
+            for status in response.model_version_status]
+
+
+class _BaseClient:
+    """What both transports share: input conversion, casting, metadata caching."""
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self._signature_maps = {}
+        self._cache_lock = threading.Lock()
+
+    def _signature_def_map(self, model_name, version, version_label, timeout):
+        key = (model_name, version, version_label)
+        with self._cache_lock:
+            cached = self._signature_maps.get(key)
+        if cached is None:
+            cached = self._fetch_signature_def_map(model_name, version, version_label, timeout)
+            with self._cache_lock:
+                self._signature_maps[key] = cached
+        return cached
+
+    def _prepared_inputs(self, inputs, signature):
+        arrays = _input_arrays(inputs)
+        if signature is None:
+            return arrays
+        return {name: _cast_to_signature(
+                    array, signature.inputs[name].dtype if name in signature.inputs else None)
+                for name, array in arrays.items()}
+
+    def predict(self, model_name, inputs, signature_name=None, version=None,
+                output_filter=None, timeout=None, version_label=None):
+        """Runs a Predict call; returns {output alias: np.ndarray}.
+
+        Args:
+          model_name: served model name.
+          inputs: dict of lists / numpy arrays, or a pandas DataFrame, keyed by input alias.
+          signature_name: signature to run (default "serving_default").
+          version / version_label: pin a version (default: the latest available).
+          output_filter: aliases of the outputs to return (default: all).
+          timeout: seconds (default: the client's timeout).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        output_filter = list(output_filter or ())
+        key = (model_name, version, version_label)
+        signature_map = self._signature_def_map(model_name, version, version_label, timeout)
+        try:
+            return self._predict_with(signature_map, model_name, inputs, signature_name,
+                                      version, version_label, output_filter, timeout)
+        except ServingError as error:
+            if error.code not in (grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            # A new version may have changed the signature since it was cached: retry once
+            # with fresh metadata if it did.
+            fresh = self._fetch_signature_def_map(model_name, version, version_label, timeout)
+            if fresh == signature_map:
+                raise
+            with self._cache_lock:
+                self._signature_maps[key] = fresh
+            return self._predict_with(fresh, model_name, inputs, signature_name, version,
+                                      version_label, output_filter, timeout)
+
+    def _predict_with(self, signature_map, model_name, inputs, signature_name, version,
+                      version_label, output_filter, timeout):
+        signature = signature_map.signature_def.get(signature_name)
+        arrays = self._prepared_inputs(inputs, signature)
+        return self._predict_arrays(model_name, arrays, signature_name, signature, version,
+                                    version_label, output_filter, timeout)
+
+    def metadata(self, model_name, version=None, timeout=None, version_label=None):
+        """{signature name: {"inputs": {alias: (dtype name, shape list)}, "outputs": {...}}}."""
+        timeout = self.timeout if timeout is None else timeout
+        signature_map = self._fetch_signature_def_map(model_name, version, version_label,
+                                                      timeout)
+        with self._cache_lock:
+            self._signature_maps[(model_name, version, version_label)] = signature_map
+        return _signature_summary(signature_map)
+
+    def status(self, model_name, version=None, timeout=None):
+        """[{"version", "state", "error_code", "error_message"}] for the model's versions."""
+        timeout = self.timeout if timeout is None else timeout
+        return _status_list(self._fetch_status(model_name, version, timeout))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class Client(_BaseClient):
+    """gRPC client of TF Serving's PredictionService and ModelService.
+
+    Args:
+      target: "host:port" of the gRPC server.
+      timeout: default seconds per call.
+    """
+
+    def __init__(self, target, timeout=10.0):
+        super().__init__(timeout)
+        self.target = target
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", -1),
+                             ("grpc.max_send_message_length", -1)])
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    @staticmethod
+    def _fill_spec(spec, model_name, version, version_label, signature_name=""):
+        spec.name = model_name
+        if version is not None:
+            spec.version.value = int(version)
+        elif version_label is not None:
+            spec.version_label = version_label
+        if signature_name:
+            spec.signature_name = signature_name
+
+    @staticmethod
+    def _call(method, request, timeout):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise ServingError(error.code(), error.details() or "") from None
+
+    def _fetch_signature_def_map(self, model_name, version, version_label, timeout):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["signature_def"])
+        self._fill_spec(request.model_spec, model_name, version, version_label)
+        response = self._call(self._predictions.GetModelMetadata, request, timeout)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return signature_map
+
+    def _predict_arrays(self, model_name, arrays, signature_name, signature, version,
+                        version_label, output_filter, timeout):
+        request = predict_pb2.PredictRequest(output_filter=output_filter)
+        self._fill_spec(request.model_spec, model_name, version, version_label,
+                        signature_name)
+        for name, array in arrays.items():
+            request.inputs[name].CopyFrom(ndarray_to_proto(array, use_tensor_content=True))
+        response = self._call(self._predictions.Predict, request, timeout)
+        return {alias: ndarray_from_proto(proto, max_bytes=float("inf"))
+                for alias, proto in response.outputs.items()}
+
+    def _fetch_status(self, model_name, version, timeout):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._fill_spec(request.model_spec, model_name, version, None)
+        return self._call(self._models.GetModelStatus, request, timeout)
+
+    def close(self):
+        self._channel.close()
+
+
+class RestClient(_BaseClient):
+    """REST client of TF Serving's HTTP API (urllib only); same methods as `Client`.
+
+    Args:
+      base_url: "http://host:port".
+      timeout: default seconds per call.
+    """
+
+    def __init__(self, base_url, timeout=10.0):
+        super().__init__(timeout)
+        self.base_url = base_url.rstrip("/")
+
+    def _url(self, model_name, version, version_label, suffix=""):
+        url = f"{self.base_url}/v1/models/{urllib.parse.quote(model_name, safe='')}"
+        if version is not None:
+            url += f"/versions/{int(version)}"
+        elif version_label is not None:
+            url += f"/labels/{urllib.parse.quote(version_label, safe='')}"
+        return url + suffix
+
+    def _request(self, url, timeout, body=None):
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            text = error.read().decode("utf-8", errors="replace")
+            try:
+                message = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = text or str(error)
+            raise ServingError(status_code_of_http(error.code), message) from None
+        except (socket.timeout, TimeoutError):
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"no answer from {url} within {timeout} s") from None
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, (socket.timeout, TimeoutError)):
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"no answer from {url} within {timeout} s") from None
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               f"cannot reach {url}: {error.reason}") from None
+
+    def _fetch_signature_def_map(self, model_name, version, version_label, timeout):
+        body = self._request(self._url(model_name, version, version_label, "/metadata"), timeout)
+        return json_format.ParseDict(body["metadata"]["signature_def"],
+                                     get_model_metadata_pb2.SignatureDefMap(),
+                                     ignore_unknown_fields=True)
+
+    def _predict_arrays(self, model_name, arrays, signature_name, signature, version,
+                        version_label, output_filter, timeout):
+        wanted = None if signature is None else resolve_output_filter(signature, output_filter)
+        body = {"signature_name": signature_name,
+                "inputs": {name: to_json_value(array) for name, array in arrays.items()}}
+        answer = self._request(self._url(model_name, version, version_label, ":predict"),
+                               timeout, body)["outputs"]
+        if signature is None:  # the server answered, so this cannot happen on TF Serving
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{signature_name}" not found.')
+        aliases = sorted(signature.outputs)
+        if len(aliases) == 1:
+            answer = {aliases[0]: answer}
+        return {alias: from_json_value(answer[alias], signature.outputs[alias].dtype)
+                for alias in wanted}
+
+    def _fetch_status(self, model_name, version, timeout):
+        body = self._request(self._url(model_name, version, None), timeout)
+        return json_format.ParseDict(body, get_model_status_pb2.GetModelStatusResponse(),
+                                     ignore_unknown_fields=True)

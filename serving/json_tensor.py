@@ -1,0 +1,457 @@
+"""TF Serving's REST JSON tensor format (tensorflow_serving/util/json_tensor.cc), in Python.
+
+Request side (server): `parse_predict_request` turns a `:predict` body — row format
+`{"instances": [...]}` or columnar `{"inputs": ...}`, optional `"signature_name"` — into
+numpy inputs typed by the signature, with TF Serving's error messages.
+
+Response side (server): `format_predict_response` writes `{"predictions": [...]}` (row: one
+entry per instance, an object per instance when there are several outputs) or
+`{"outputs": ...}` (columnar), floats printed like TF Serving (shortest text that round-trips,
+"NaN" / "Infinity"), strings as UTF-8 text, or `{"b64": ...}` for outputs named `*_bytes`.
+
+Client side: `to_json_value` / `from_json_value` convert numpy arrays to and from that JSON.
+"""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import base64
+import binascii
+import json
+import math
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import types_pb2
+
+from serving.errors import ServingError, invalid_argument
+from serving.tensors import dtype_string, numpy_dtype_of
+
+ROW = "row"
+COLUMNAR = "columnar"
+
+_BYTES_SUFFIX = "_bytes"
+_MAX_ERROR_VALUE_CHARS = 256
+
+_INT_RANGES = {
+    types_pb2.DT_INT32: (-2**31, 2**31 - 1),
+    types_pb2.DT_INT16: (-2**31, 2**31 - 1),
+    types_pb2.DT_INT8: (-2**31, 2**31 - 1),
+    types_pb2.DT_UINT8: (-2**31, 2**31 - 1),
+    types_pb2.DT_INT64: (-2**63, 2**63 - 1),
+    types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_UINT64: (0, 2**64 - 1),
+}
+# (mantissa bits, largest finite value) of the float types JSON numbers may fill.
+_FLOAT_LIMITS = {
+    types_pb2.DT_FLOAT: (24, float(np.finfo(np.float32).max)),
+    types_pb2.DT_DOUBLE: (53, float(np.finfo(np.float64).max)),
+}
+
+
+def _value_text(value):
+    """A JSON value as text for an error message (long ones cut short)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > _MAX_ERROR_VALUE_CHARS:
+        text = text[:_MAX_ERROR_VALUE_CHARS] + "..."
+    return text
+
+
+def _json_type(value):
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_error(value, dtype):
+    return invalid_argument(f"JSON Value: {_value_text(value)} Type: {_json_type(value)} is "
+                            f"not of expected type: {dtype_string(dtype)}")
+
+
+def _format_error(doc, *parts):
+    return invalid_argument(f"JSON Value: {_value_text(doc)} " + "".join(parts))
+
+
+def _is_base64_object(value):
+    return (isinstance(value, dict) and len(value) == 1
+            and isinstance(value.get("b64"), str))
+
+
+def _decode_base64_object(value):
+    if not _is_base64_object(value):
+        raise invalid_argument(f"JSON Value: {_value_text(value)} not formatted correctly for "
+                               f"base64 data")
+    text = value["b64"]
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def _is_lossless(value, dtype):
+    digits, largest = _FLOAT_LIMITS[dtype]
+    if isinstance(value, int) and abs(value) < 2**64:
+        return abs(value) <= 2**digits - 1
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return not math.isfinite(value) or -largest <= value <= largest
+
+
+def _scalar(value, dtype):
+    """One JSON scalar as a value of `dtype` (TF Serving's AddValueToTensor)."""
+    if dtype in _FLOAT_LIMITS:
+        if not _is_number(value):
+            raise _type_error(value, dtype)
+        if not _is_lossless(value, dtype):
+            target = "float" if dtype == types_pb2.DT_FLOAT else "double"
+            raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
+                                   f"{target} without loss of precision.")
+        return float(value)
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise _type_error(value, dtype)
+        return value
+    if dtype == types_pb2.DT_STRING:
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8", errors="surrogatepass")
+    if dtype == types_pb2.DT_BOOL:
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                       f"Conversion of JSON Value: {_value_text(value)} to type: "
+                       f"{dtype_string(dtype)}")
+
+
+def _dense_shape(value):
+    """Shape implied by a JSON value, following the first element of each list."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, level, shape, dtype, out):
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise invalid_argument(
+                f"JSON Value: {_value_text(value)} found at incorrect level: {level + 1} in "
+                f"the JSON DOM. Expected at level: {rank}")
+        if isinstance(value, dict):
+            if dtype != types_pb2.DT_STRING:
+                raise _type_error(value, dtype)
+            out.append(_decode_base64_object(value))
+        else:
+            out.append(_scalar(value, dtype))
+        return
+    if level >= rank:
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < "
+                               f"{rank}")
+    if len(value) != shape[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
+                               f"{level} expected size: {shape[level]}")
+    for element in value:
+        _fill(element, level + 1, shape, dtype, out)
+
+
+def _values_and_shape(value, dtype):
+    shape = _dense_shape(value)
+    values = []
+    _fill(value, 0, shape, dtype, values)
+    return values, shape
+
+
+def _to_array(values, shape, dtype):
+    np_dtype = numpy_dtype_of(dtype)
+    if np_dtype == object:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif dtype in _INT_RANGES and dtype not in (types_pb2.DT_INT64, types_pb2.DT_UINT64):
+        # int8/int16/uint8 wrap like TF's static_cast from the int32 JSON value
+        array = np.asarray(values, dtype=np.int64).astype(np_dtype)
+    else:
+        array = np.asarray(values, dtype=np_dtype)
+    return array.reshape(shape)
+
+
+def _shape_text(shape):
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _instances(doc, infos):
+    items = doc["instances"]
+    if not isinstance(items, list):
+        raise _format_error(doc, "Excepting 'instances' to be an list/array")
+    if not items:
+        raise _format_error(doc, "No values in 'instances' array")
+    if not isinstance(items[0], dict) and len(infos) > 1:
+        raise invalid_argument("instances is a plain list, but expecting list of objects as "
+                               "multiple input tensors required as per tensorinfo_map")
+
+    def is_element_object(value):
+        return isinstance(value, dict) and not _is_base64_object(value)
+
+    objects = is_element_object(items[0])
+    values, shapes, sizes = {}, {}, {}
+
+    def add_item(item, name):
+        if name not in infos:
+            raise invalid_argument(f"JSON object: does not have named input: {name}")
+        item_values, shape = _values_and_shape(item, infos[name].dtype)
+        if name not in sizes:
+            values[name], shapes[name], sizes[name] = item_values, shape, len(item_values)
+            return
+        if sizes[name] != len(item_values):
+            raise invalid_argument(f"Expecting tensor size: {sizes[name]} but got: "
+                                   f"{len(item_values)}")
+        if shapes[name] != shape:
+            raise invalid_argument(f"Expecting shape {_shape_text(shapes[name])} but got: "
+                                   f"{_shape_text(shape)}")
+        values[name].extend(item_values)
+
+    single_name = sorted(infos)[0]
+    for index, element in enumerate(items):
+        if objects:
+            if not is_element_object(element):
+                raise invalid_argument(f"Expecting object but got list at item {index} of "
+                                       f"input list")
+            for name, item in element.items():
+                try:
+                    add_item(item, name)
+                except ServingError as error:
+                    raise invalid_argument(
+                        f"Failed to process element: {index} key: {name} of 'instances' list. "
+                        f"Error: {error.code.name}: {error.message}") from None
+            if set(element) != set(infos):
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{_value_text(element)} keys must be equal to: "
+                    f"{','.join(sorted(infos))}")
+        else:
+            if is_element_object(element):
+                raise invalid_argument(f"Expecting value/list but got object at item {index} "
+                                       f"of input list")
+            try:
+                add_item(element, single_name)
+            except ServingError as error:
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. Error: "
+                    f"{error.code.name}: {error.message}") from None
+    return {name: _to_array(values[name], [len(items)] + shapes[name], infos[name].dtype)
+            for name in shapes}
+
+
+def _columns(doc, infos):
+    value = doc["inputs"]
+    if not isinstance(value, dict) or _is_base64_object(value):
+        if len(infos) > 1:
+            raise invalid_argument("inputs is a plain value/list, but expecting an object as "
+                                   "multiple input tensors required as per tensorinfo_map")
+        name = next(iter(infos))
+        values, shape = _values_and_shape(value, infos[name].dtype)
+        return {name: _to_array(values, shape, infos[name].dtype)}
+    arrays = {}
+    for name in sorted(infos):
+        if name not in value:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        values, shape = _values_and_shape(value[name], infos[name].dtype)
+        arrays[name] = _to_array(values, shape, infos[name].dtype)
+    return arrays
+
+
+def parse_predict_request(body, input_infos):
+    """Parses a REST `:predict` body.
+
+    Args:
+      body: the request body (bytes or str).
+      input_infos: callable(signature_name) -> {alias: TensorInfo} of that signature's
+        inputs; it raises ServingError for an unknown model or signature.
+
+    Returns:
+      (signature_name, {alias: np.ndarray}, ROW or COLUMNAR).
+    """
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
+                               f"{error.start}") from None
+    if not text.strip():
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise _format_error(doc, "Is not object")
+    signature_name = doc.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise _format_error(doc, "not formatted correctly. 'signature_name' key must be a "
+                                 "string value.")
+    infos = dict(input_infos(signature_name))
+    if not infos:
+        raise invalid_argument(f"Failed to get input map for signature: "
+                               f"{signature_name or 'DEFAULT'}")
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise _format_error(doc, "Not formatted correctly expecting only one of 'inputs' or "
+                                 "'instances' keys to exist ")
+    try:
+        if has_instances:
+            return signature_name, _instances(doc, infos), ROW
+        if has_inputs:
+            return signature_name, _columns(doc, infos), COLUMNAR
+    except RecursionError:
+        raise invalid_argument("JSON value nested too deeply") from None
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _format_float(value, single_precision):
+    """TF Serving's WriteDecimal: shortest %g text that round-trips, ".0" on whole numbers."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = "%g" % value
+    if single_precision:
+        if np.float32(float(text)) != np.float32(value):
+            text = "%.9g" % value
+    elif float(text) != value:
+        text = "%.17g" % value
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _string_text(value, as_bytes):
+    if not as_bytes:
+        try:
+            return json.dumps(value.decode("utf-8"), ensure_ascii=False)
+        except UnicodeDecodeError:
+            pass  # not text: base64 keeps the JSON valid
+    return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+
+
+def _scalar_texts(array, as_bytes):
+    flat = array.ravel()
+    kind = array.dtype.kind
+    if kind == "f" or array.dtype == numpy_dtype_of(types_pb2.DT_BFLOAT16):
+        single = array.dtype != np.float64
+        return [_format_float(v, single) for v in flat.astype(np.float64).tolist()]
+    if kind in "iu":
+        return [str(v) for v in flat.tolist()]
+    if kind == "b":
+        return ["true" if v else "false" for v in flat.tolist()]
+    if kind == "O":
+        return [_string_text(v, as_bytes) for v in flat.tolist()]
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype}")
+
+
+def _nest(texts, shape):
+    if not shape:
+        return texts[0]
+    if len(shape) == 1:
+        return "[" + ", ".join(texts) + "]"
+    step = int(np.prod(shape[1:]))
+    return "[" + ", ".join(_nest(texts[i * step:(i + 1) * step], shape[1:])
+                           for i in range(shape[0])) + "]"
+
+
+def _tensor_json(name, array):
+    return _nest(_scalar_texts(array, name.endswith(_BYTES_SUFFIX)), list(array.shape))
+
+
+def format_predict_response(outputs, request_format):
+    """The JSON text answering a `:predict` call in the request's format."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    if request_format == COLUMNAR:
+        if len(names) == 1:
+            body = _tensor_json(names[0], outputs[names[0]])
+        else:
+            body = "{" + ", ".join(json.dumps(name) + ": " + _tensor_json(name, outputs[name])
+                                   for name in names) + "}"
+        return '{"outputs": ' + body + "}"
+    batch_size = None
+    for name in names:
+        array = outputs[name]
+        if array.ndim == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch_size is not None and array.shape[0] != batch_size:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
+                                   f"{array.shape[0]} expecting: {batch_size}")
+        batch_size = array.shape[0]
+    rows = {name: [_tensor_json(name, outputs[name][i, ...]) for i in range(batch_size)]
+            for name in names}
+    if len(names) == 1:
+        predictions = rows[names[0]]
+    else:
+        predictions = ["{" + ", ".join(json.dumps(name) + ": " + rows[name][i]
+                                       for name in names) + "}" for i in range(batch_size)]
+    return '{"predictions": [' + ", ".join(predictions) + "]}"
+
+
+def format_error(message):
+    """TF Serving's REST error body."""
+    return json.dumps({"error": message})
+
+
+def to_json_value(array):
+    """A numpy array as nested JSON lists; strings as text, or {"b64": ...} if not UTF-8."""
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":
+        def encode(value):
+            if isinstance(value, str):
+                return value
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return {"b64": base64.b64encode(value).decode("ascii")}
+        encoded = np.empty(array.size, dtype=object)
+        encoded[:] = [encode(v) for v in array.ravel().tolist()]
+        return encoded.reshape(array.shape).tolist()
+    return array.tolist()
+
+
+def from_json_value(value, dtype):
+    """A JSON tensor value (as TF Serving writes it) as a numpy array of DataType `dtype`."""
+    if dtype != types_pb2.DT_STRING:
+        return np.asarray(value, dtype=numpy_dtype_of(dtype))
+    shape = _dense_shape(value)
+    flat = []
+
+    def collect(element):
+        if isinstance(element, list):
+            for item in element:
+                collect(item)
+        elif isinstance(element, dict):
+            flat.append(_decode_base64_object(element))
+        else:
+            flat.append(str(element).encode("utf-8"))
+
+    collect(value)
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array.reshape(shape)

@@ -1,0 +1,348 @@
+"""A TensorFlow-Serving-2.20-compatible model server: `python -m serving.server` / `tfrec serve`.
+
+Speaks TF Serving's gRPC API (PredictionService, ModelService, from the official
+tensorflow-serving-api stubs) and, with --rest_api_port, its REST API. The flags are those of
+`tensorflow_model_server`, plus --host:
+
+  python -m serving.server --port=8500 --rest_api_port=8501 \\
+      --model_name=ranker --model_base_path=/models/ranker
+  python -m serving.server --model_config_file=models.config \\
+      --file_system_poll_wait_seconds=1 --enable_batching \\
+      --batching_parameters_file=batching.config
+
+Once every model's initial versions have been tried, it prints TF Serving's readiness lines
+("Running gRPC ModelServer at HOST:PORT ..." and, with REST, "Exporting HTTP/REST API
+at:HOST:PORT ..."), then serves until SIGTERM or SIGINT and exits 0. Versions failing to load
+are logged and reported by GetModelStatus; the server keeps serving what it has.
+"""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from google.protobuf import text_format
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, inference_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.batching import BatchingOptions
+from serving.core import ServerCore, metadata_response, single_model_config
+from serving.errors import ServingError, invalid_argument
+from serving.rest import RestServer
+
+log = logging.getLogger("serving.server")
+
+_MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving lifts gRPC's 4 MB default the same way
+_SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _rpc(response_type):
+    """Turns ServingError (and anything unexpected, as INTERNAL) into the call's gRPC status."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, request, context):
+            try:
+                return method(self, request, context)
+            except ServingError as error:
+                context.set_code(error.code)
+                context.set_details(error.message)
+            except Exception as error:  # noqa: BLE001 - no request may take the server down
+                log.exception("%s failed", method.__name__)
+                context.set_code(grpc.StatusCode.INTERNAL)
+                context.set_details(f"{type(error).__name__}: {error}")
+            return response_type()
+        return wrapper
+    return decorate
+
+
+def _require_model_spec(request):
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+
+
+def _unimplemented(method):
+    return ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                        f"{method} is not supported by this server; export a Predict "
+                        f"signature and call Predict")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over a ServerCore."""
+
+    def __init__(self, core):
+        self._core = core
+
+    @_rpc(predict_pb2.PredictResponse)
+    def Predict(self, request, context):
+        _require_model_spec(request)
+        return self._core.servable(request.model_spec).predict_proto(request)
+
+    @_rpc(get_model_metadata_pb2.GetModelMetadataResponse)
+    def GetModelMetadata(self, request, context):
+        _require_model_spec(request)
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != _SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        return metadata_response(self._core.servable(request.model_spec))
+
+    @_rpc(classification_pb2.ClassificationResponse)
+    def Classify(self, request, context):
+        raise _unimplemented("Classify")
+
+    @_rpc(regression_pb2.RegressionResponse)
+    def Regress(self, request, context):
+        raise _unimplemented("Regress")
+
+    @_rpc(inference_pb2.MultiInferenceResponse)
+    def MultiInference(self, request, context):
+        raise _unimplemented("MultiInference")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService over a ServerCore."""
+
+    def __init__(self, core):
+        self._core = core
+
+    @_rpc(get_model_status_pb2.GetModelStatusResponse)
+    def GetModelStatus(self, request, context):
+        _require_model_spec(request)
+        return self._core.model_status(request.model_spec)
+
+    @_rpc(model_management_pb2.ReloadConfigResponse)
+    def HandleReloadConfigRequest(self, request, context):
+        log.info("Reloading the model config (%d models)",
+                 len(request.config.model_config_list.config))
+        self._core.reload_config(request.config)
+        return model_management_pb2.ReloadConfigResponse()
+
+
+def _bool_flag(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_arg_parser():
+    parser = argparse.ArgumentParser(
+        prog="serving.server",
+        description="TensorFlow-Serving-compatible model server (gRPC + REST) for SavedModels.")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port")
+    parser.add_argument("--rest_api_port", type=int, default=0,
+                        help="REST API port; 0 (default) disables REST")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--model_name", default="default",
+                        help="name of the model served from --model_base_path")
+    parser.add_argument("--model_base_path", default="",
+                        help="directory holding the model's numeric version directories")
+    parser.add_argument("--model_config_file", default="",
+                        help="text-format ModelServerConfig; overrides --model_name and "
+                             "--model_base_path")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
+                        help="reload --model_config_file when it changes, checking this "
+                             "often; 0 (default) reads it once")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
+                        help="seconds between scans of the base paths for new versions; "
+                             "<= 0 scans once")
+    parser.add_argument("--enable_batching", type=_bool_flag, nargs="?", const=True,
+                        default=False, help="batch concurrent Predict requests")
+    parser.add_argument("--batching_parameters_file", default="",
+                        help="text-format BatchingParameters for --enable_batching")
+    parser.add_argument("--enable_model_warmup", type=_bool_flag, nargs="?", const=True,
+                        default=True,
+                        help="replay assets.extra/tf_serving_warmup_requests on load")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", type=_bool_flag,
+                        nargs="?", const=True, default=False,
+                        help="accepted for compatibility: this server always resolves labels "
+                             "when a request arrives, so a label may name a version that is "
+                             "not loaded yet (requests for it get NOT_FOUND until it is)")
+    parser.add_argument("--grpc_max_threads", type=int, default=32,
+                        help="threads answering gRPC calls")
+    return parser
+
+
+def read_model_config_file(path):
+    """Parses a text-format ModelServerConfig file; relative base paths are taken from the
+    current directory, as tensorflow_model_server does."""
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(path) as f:
+        text_format.Parse(f.read(), config)
+    for model in config.model_config_list.config:
+        model.base_path = os.path.abspath(model.base_path) if model.base_path else ""
+    return config
+
+
+def _batching_options(args):
+    if not args.enable_batching:
+        if args.batching_parameters_file:
+            log.warning("--batching_parameters_file is ignored without --enable_batching")
+        return None
+    if not args.batching_parameters_file:
+        return BatchingOptions()
+    with open(args.batching_parameters_file) as f:
+        return BatchingOptions.from_text(f.read(), source=args.batching_parameters_file)
+
+
+def _address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announce(line):
+    print(line, flush=True)
+    log.info(line)
+
+
+class _ConfigFileWatcher:
+    """Reloads the model config file into the core whenever its modification time changes."""
+
+    def __init__(self, path, core, interval):
+        self._path = path
+        self._core = core
+        self._interval = interval
+        self._stop = threading.Event()
+        self._mtime = self._modified()
+        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
+
+    def _modified(self):
+        try:
+            return os.stat(self._path).st_mtime_ns
+        except OSError:
+            return None
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self):
+        while not self._stop.wait(self._interval):
+            mtime = self._modified()
+            if mtime is None or mtime == self._mtime:
+                continue
+            self._mtime = mtime
+            try:
+                self._core.reload_config(read_model_config_file(self._path))
+                log.info("Reloaded model config from %s", self._path)
+            except Exception as error:  # noqa: BLE001 - keep serving the old config
+                log.error("Cannot reload model config %s: %s", self._path, error)
+
+
+def _build_core(args):
+    """The ServerCore the flags describe (models not loaded yet)."""
+    if args.model_config_file:
+        config = read_model_config_file(args.model_config_file)
+    else:
+        config = single_model_config(args.model_name, args.model_base_path)
+    batching = _batching_options(args)
+    if batching is not None:
+        log.info("Batching enabled: %s", batching)
+    return ServerCore(config, args.file_system_poll_wait_seconds, batching,
+                      args.enable_model_warmup)
+
+
+def _start_grpc(core, args):
+    """Starts the gRPC services; returns (server, bound port). OSError if it cannot bind."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads,
+                                   thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                 # A port another server holds must be an error, not silently shared.
+                 ("grpc.so_reuseport", 0)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    address = _address(args.host, args.port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise OSError(f"cannot bind gRPC to {address}")
+    server.start()
+    return server, port
+
+
+def _stop_event_on_signals():
+    """An Event set by SIGTERM / SIGINT (when called from the main thread)."""
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        log.info("Received signal %d, shutting down", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def main(argv=None):
+    """Runs the server until SIGTERM/SIGINT; returns the process exit code."""
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s: %(levelname).1s %(name)s] %(message)s")
+    if not args.model_config_file and not args.model_base_path:
+        log.error("Either --model_config_file or --model_base_path must be given")
+        return 2
+    try:
+        core = _build_core(args)
+    except (OSError, ValueError, text_format.ParseError, ServingError) as error:
+        log.error("Failed to start server. Error: %s", error)
+        return 1
+    stop = _stop_event_on_signals()
+    core.start()  # readiness is announced only after the initial loads
+    grpc_server = rest_server = watcher = None
+    try:
+        if not stop.is_set():
+            grpc_server, port = _start_grpc(core, args)
+            _announce(f"Running gRPC ModelServer at {_address(args.host, port)} ...")
+            if args.rest_api_port:
+                try:
+                    rest_server = RestServer(core, args.host, args.rest_api_port)
+                except OSError as error:
+                    raise OSError(f"cannot bind HTTP/REST to "
+                                  f"{_address(args.host, args.rest_api_port)}: {error}") from None
+                rest_server.start()
+                _announce(f"Exporting HTTP/REST API at:"
+                          f"{_address(args.host, rest_server.port)} ...")
+            if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+                watcher = _ConfigFileWatcher(args.model_config_file, core,
+                                             args.model_config_file_poll_wait_seconds)
+                watcher.start()
+        while not stop.wait(0.5):
+            pass
+    except OSError as error:
+        log.error("Failed to start server. Error: %s", error)
+        return 1
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if rest_server is not None:
+            rest_server.stop()
+        if grpc_server is not None:
+            grpc_server.stop(grace=3).wait()
+        core.stop()
+    log.info("Server stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,494 @@
+"""The model server, end to end: one real `python -m serving.server` subprocess serving a
+model_config_file with four models, queried over gRPC (our Client and raw stubs) and REST."""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import Client, LocalServer, RestClient, ServingError
+from serving.tensors import ndarray_from_proto
+from tests.serving.saved_models import copy_version, toy_request
+
+CONFIG_TEMPLATE = """
+model_config_list {{
+  config {{
+    name: "toy"
+    base_path: "{root}/toy"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "keras"
+    base_path: "{root}/keras"
+    model_platform: "tensorflow"
+  }}
+  config {{
+    name: "tf1"
+    base_path: "{root}/tf1"
+  }}
+  config {{
+    name: "live"
+    base_path: "{live}"
+    model_platform: "tensorflow"
+  }}
+}}
+"""
+X = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], np.float32)
+TAGS = np.array([b"ab", b"xyz"], object)
+
+
+@pytest.fixture(scope="module")
+def server(saved_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    live = work / "live"
+    live.mkdir()
+    copy_version(str(saved_models / "toy" / "2"), str(live), 1)
+    config_path = work / "models.config"
+    config_path.write_text(CONFIG_TEMPLATE.format(root=saved_models, live=live))
+    with LocalServer(model_config_file=str(config_path), poll_wait_seconds=0.3) as running:
+        running.live_base = live
+        running.config_text = config_path.read_text()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.grpc_target) as grpc_client:
+        yield grpc_client
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    return RestClient(server.rest_url)
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(server.grpc_target)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def model_stub(server):
+    channel = grpc.insecure_channel(server.grpc_target)
+    yield model_service_pb2_grpc.ModelServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def toy_v2(saved_models):
+    return tf.saved_model.load(str(saved_models / "toy" / "2"))
+
+
+def expected_toy(x, offset):
+    return x @ np.array([1.0, 2.0, 3.0], np.float32) + offset
+
+
+def assert_good_request_answered(client):
+    outputs = client.predict("toy", {"x": X, "tag": TAGS})
+    np.testing.assert_allclose(outputs["score"], expected_toy(X, 2), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- gRPC Predict
+
+
+def test_predict_equals_in_process_function(client, toy_v2):
+    outputs = client.predict("toy", {"x": X, "tag": TAGS})
+    local = toy_v2.signatures["serving_default"](x=tf.constant(X), tag=tf.constant(TAGS))
+    assert set(outputs) == {"score", "tag_len", "tag_upper", "echo_bytes"}
+    for alias, tensor in local.items():
+        np.testing.assert_array_equal(outputs[alias], tensor.numpy())
+    assert list(outputs["tag_upper"]) == [b"AB", b"XYZ"]
+    assert outputs["score"].dtype == np.float32 and outputs["tag_len"].dtype == np.int32
+
+
+def test_response_model_spec_is_filled(stub):
+    response = stub.Predict(toy_request(X, TAGS), timeout=10)
+    assert response.model_spec.name == "toy"
+    assert response.model_spec.version.value == 2
+    assert response.model_spec.signature_name == "serving_default"
+    np.testing.assert_allclose(ndarray_from_proto(response.outputs["score"]),
+                               expected_toy(X, 2), rtol=1e-6)
+
+
+def test_output_filter_returns_only_requested_outputs(client, stub):
+    outputs = client.predict("toy", {"x": X, "tag": TAGS}, output_filter=["tag_len"])
+    assert list(outputs) == ["tag_len"]
+    np.testing.assert_array_equal(outputs["tag_len"], [2, 3])
+    request = toy_request(X, TAGS)
+    request.output_filter.append("no_such_output")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output tensor alias not found in signature: no_such_output" in info.value.details()
+    assert "{echo_bytes,score,tag_len,tag_upper}" in info.value.details()
+
+
+def test_version_and_label_select_the_version(client, stub):
+    for kwargs, offset in [({"version": 1}, 1), ({"version": 2}, 2),
+                           ({"version_label": "stable"}, 1), ({"version_label": "canary"}, 2),
+                           ({}, 2)]:
+        outputs = client.predict("toy", {"x": X, "tag": TAGS}, **kwargs)
+        np.testing.assert_allclose(outputs["score"], expected_toy(X, offset), rtol=1e-6)
+    request = toy_request(X, TAGS)
+    request.model_spec.version_label = "stable"
+    assert stub.Predict(request, timeout=10).model_spec.version.value == 1
+
+
+@pytest.mark.parametrize("kwargs, code, message", [
+    ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+    ({"version": 7}, grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(toy, 7)"),
+    # TF Serving answers an unknown label with INVALID_ARGUMENT (server_core.cc).
+    ({"version_label": "beta"}, grpc.StatusCode.INVALID_ARGUMENT,
+     "Unrecognized servable version label: beta"),
+    ({"signature_name": "nope"}, grpc.StatusCode.FAILED_PRECONDITION,
+     'Serving signature key "nope" not found.'),
+])
+def test_unknown_model_version_label_signature(client, kwargs, code, message):
+    kwargs = dict(kwargs)
+    model = kwargs.pop("model", "toy")
+    with pytest.raises(ServingError) as info:
+        client.predict(model, {"x": X, "tag": TAGS}, **kwargs)
+    assert info.value.code == code
+    assert info.value.message == message
+    assert_good_request_answered(client)
+
+
+@pytest.mark.parametrize("inputs, message_parts", [
+    ({"x": X}, ["input size does not match signature: 1!=2", "Missing but required: {tag}"]),
+    ({"x": X, "tag": TAGS, "extra": [1.0]},
+     ["input size does not match signature: 3!=2", "Sent extra: {extra}"]),
+    ({"x": X, "tag": X[:, 0]}, ['Expects input "tag" to be string but float is provided']),
+    ({"x": X[0], "tag": TAGS[:1]},
+     ['Input "x" expects a tensor of rank 2 (shape [-1,3]) but got rank 1 (shape [3])']),
+    ({"x": X[:, :2], "tag": TAGS}, ['Input "x" expects shape [-1,3] but got [2,2]']),
+    ({"x": [["a", "b", "c"]], "tag": ["t"]}, ['Expects input "x" to be float but string']),
+])
+def test_bad_inputs_are_invalid_argument_naming_the_alias(client, inputs, message_parts):
+    with pytest.raises(ServingError) as info:
+        client.predict("toy", inputs)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    for part in message_parts:
+        assert part in info.value.message
+    assert_good_request_answered(client)
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda t: setattr(t, "tensor_content", b"\x01\x02\x03"), "tensor_content has 3 bytes"),
+    (lambda t: t.tensor_shape.dim.add(size=2**40), "more than"),
+    (lambda t: t.tensor_shape.dim.add(size=-5), "negative dimension"),
+    (lambda t: setattr(t, "dtype", 12345), "unsupported dtype"),
+])
+def test_malformed_tensor_protos_are_invalid_argument(stub, client, corrupt, reason):
+    request = toy_request(X, TAGS)
+    tensor = request.inputs["x"]
+    tensor.ClearField("float_val")
+    tensor.tensor_content = np.zeros(6, np.float32).tobytes()
+    corrupt(tensor)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("tensor parsing error: x")
+    assert reason in info.value.details()
+    assert_good_request_answered(client)
+
+
+def test_model_runtime_error_is_invalid_argument_with_tf_message(client):
+    np.testing.assert_array_equal(
+        client.predict("toy", {"ids": [1, 4]}, signature_name="lookup")["emb"],
+        [[2.0, 3.0], [8.0, 9.0]])
+    with pytest.raises(ServingError) as info:
+        client.predict("toy", {"ids": [9]}, signature_name="lookup")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "indices[0] = 9 is not in [0, 5)" in info.value.message
+    assert_good_request_answered(client)
+
+
+def test_unknown_rank_input_takes_any_shape_and_casts_ints(client):
+    for value in (3.0, [1.0, 2.0], np.arange(24, dtype=np.float32).reshape(2, 3, 4)):
+        doubled = client.predict("toy", {"anything": value}, signature_name="double")["doubled"]
+        np.testing.assert_array_equal(doubled, 2 * np.asarray(value, np.float32))
+    # ints are cast to the signature's float32 by the client (int -> float is lossless)
+    doubled = client.predict("toy", {"anything": [[1, 2]]}, signature_name="double")["doubled"]
+    assert doubled.dtype == np.float32
+    np.testing.assert_array_equal(doubled, [[2.0, 4.0]])
+
+
+def test_keras_dict_model_from_dataframe_pads_ragged_rows(client, saved_models):
+    frame = pd.DataFrame({"dense": [[0.1, 0.2, 0.3], [1.0, 0.0, -1.0], [0.0, 0.0, 0.0]],
+                          "hist": [[1, 2], [3], [4, 5, 6]]})
+    outputs = client.predict("keras", frame)
+    hist = np.array([[1, 2, 0], [3, 0, 0], [4, 5, 6]], np.int64)
+    dense = np.array(frame["dense"].tolist(), np.float32)
+    local = tf.saved_model.load(str(saved_models / "keras" / "1")).signatures["serving_default"]
+    expected = local(dense=tf.constant(dense), hist=tf.constant(hist))["score"].numpy()
+    assert outputs["score"].shape == (3, 1)
+    np.testing.assert_allclose(outputs["score"], expected, rtol=1e-6)
+
+
+def test_tf1_signature_defs_are_served(client, rest):
+    assert client.metadata("tf1")["serving_default"]["inputs"] == {"x": ("float32", [-1, 2])}
+    for api in (client, rest):
+        np.testing.assert_array_equal(api.predict("tf1", {"x": [[1, 2], [3, 4]]})["y"],
+                                      [[21.0], [43.0]])
+        np.testing.assert_array_equal(
+            api.predict("tf1", {"words": ["abc", ""]}, signature_name="strlen")["n"], [3, 0])
+
+
+def test_classify_is_unimplemented(stub):
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "toy"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Classify" in info.value.details()
+
+
+# ---------------------------------------------------------------- metadata and status
+
+
+def test_metadata_lists_every_signature(client, stub):
+    metadata = client.metadata("toy")
+    assert set(metadata) == {"serving_default", "double", "lookup"}
+    assert metadata["serving_default"]["inputs"] == {"tag": ("string", [-1]),
+                                                     "x": ("float32", [-1, 3])}
+    assert metadata["serving_default"]["outputs"]["score"] == ("float32", [-1])
+    assert metadata["double"]["inputs"] == {"anything": ("float32", None)}
+    assert metadata["lookup"]["inputs"] == {"ids": ("int64", [-1])}
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "toy"
+    request.model_spec.version.value = 1
+    response = stub.GetModelMetadata(request, timeout=10)
+    assert response.model_spec.name == "toy" and response.model_spec.version.value == 1
+    any_message = response.metadata["signature_def"]
+    assert any_message.type_url == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    assert any_message.Unpack(signature_map)
+    assert signature_map.signature_def["serving_default"].method_name == \
+        "tensorflow/serving/predict"
+
+    del request.metadata_field[:]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetModelMetadata(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must specify at least one metadata_field" in info.value.details()
+
+
+def test_status_reports_versions(client, model_stub):
+    assert client.status("toy") == [
+        {"version": 2, "state": "AVAILABLE", "error_code": "OK", "error_message": ""},
+        {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}]
+    assert [s["version"] for s in client.status("toy", version=1)] == [1]
+    with pytest.raises(ServingError) as info:
+        client.status("toy", version=9)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert info.value.message == "Could not find version 9 of model toy"
+    with pytest.raises(ServingError) as info:
+        client.status("nope")
+    assert info.value.message == "Could not find any versions of model nope"
+    with pytest.raises(grpc.RpcError) as raw:
+        model_stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(), timeout=10)
+    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_warmup_file_with_bad_records_does_not_block_loading(server, client):
+    assert client.status("toy", version=1)[0]["state"] == "AVAILABLE"
+    logs = server.logs()
+    assert "Number of warmup records read: 1. Failed: 2." in logs
+    assert "Warmup record 1 of" in logs and "nonsense" in logs
+
+
+# ---------------------------------------------------------------- REST
+
+
+def rest_call(server, path, body=None):
+    data = None if body is None else (body if isinstance(body, bytes) else
+                                      json.dumps(body).encode())
+    request = urllib.request.Request(server.rest_url + path, data=data,
+                                     method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_rest_row_format(server):
+    status, body = rest_call(server, "/v1/models/toy:predict", {
+        "instances": [{"x": [1, 2, 3], "tag": "ab"},
+                      {"x": [0.5, -1.0, 4.0], "tag": {"b64": "eHl6"}}]})
+    assert status == 200
+    assert body["predictions"] == [
+        {"score": 16.0, "tag_len": 2, "tag_upper": "AB", "echo_bytes": {"b64": "YWI="}},
+        {"score": 12.5, "tag_len": 3, "tag_upper": "XYZ", "echo_bytes": {"b64": "eHl6"}}]
+    status, body = rest_call(server, "/v1/models/toy/versions/1:predict", {
+        "signature_name": "double", "instances": [1.5, 2]})
+    assert (status, body) == (200, {"predictions": [3.0, 4.0]})
+
+
+def test_rest_columnar_format_and_labels(server):
+    status, body = rest_call(server, "/v1/models/toy/labels/stable:predict", {
+        "inputs": {"x": [[1, 2, 3]], "tag": ["ab"]}})
+    assert status == 200
+    assert body["outputs"]["score"] == [15.0]
+    assert body["outputs"]["tag_upper"] == ["AB"]
+    status, body = rest_call(server, "/v1/models/toy:predict", {
+        "signature_name": "lookup", "inputs": [1, 4]})
+    assert (status, body) == (200, {"outputs": [[2.0, 3.0], [8.0, 9.0]]})
+
+
+def test_rest_client_matches_grpc_client(server, client, rest):
+    for kwargs in ({}, {"version": 1}, {"output_filter": ["score"]}):
+        over_grpc = client.predict("toy", {"x": X, "tag": TAGS}, **kwargs)
+        over_rest = rest.predict("toy", {"x": X, "tag": TAGS}, **kwargs)
+        assert set(over_grpc) == set(over_rest)
+        for alias in over_grpc:
+            np.testing.assert_array_equal(over_rest[alias], over_grpc[alias])
+            assert over_rest[alias].dtype == over_grpc[alias].dtype
+    assert rest.metadata("toy") == client.metadata("toy")
+    assert rest.status("toy") == client.status("toy")
+
+
+def test_rest_metadata_and_status_json(server):
+    status, body = rest_call(server, "/v1/models/toy/versions/1/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": "toy", "signature_name": "", "version": "1"}
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["x"]["dtype"] == "DT_FLOAT"
+    assert signature["inputs"]["x"]["tensor_shape"]["dim"][1]["size"] == "3"
+    assert "@type" not in body["metadata"]["signature_def"]
+    status, body = rest_call(server, "/v1/models/toy/versions/2")
+    assert (status, body) == (200, {"model_version_status": [{
+        "version": "2", "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""}}]})
+
+
+@pytest.mark.parametrize("path, body, http_status, message", [
+    ("/v1/models/nope:predict", {"instances": [1.0]}, 404,
+     "Servable not found for request: Latest(nope)"),
+    ("/v1/models/toy/versions/9:predict", {"instances": [1.0]}, 404,
+     "Servable not found for request: Specific(toy, 9)"),
+    ("/v1/models/toy:predict", {"signature_name": "nope", "instances": [1.0]}, 400,
+     'Serving signature name: "nope" not found in signature def'),
+    ("/v1/models/toy:predict", b"{not json", 400, "JSON Parse error"),
+    ("/v1/models/toy:predict", {"inputs": {"x": [[1, 2, 3]]}}, 400,
+     "Missing named input: tag in 'inputs' object."),
+    ("/v1/models/toy:predict", {"instances": [{"x": ["a", "b", "c"], "tag": "t"}]}, 400,
+     'JSON Value: "a" Type: String is not of expected type: float'),
+    ("/v1/models/toy:predict", {"inputs": {"x": [[1, 2]], "tag": ["a"]}}, 400,
+     'Input "x" expects shape [-1,3] but got [1,2]'),
+    ("/v1/models/toy:classify", {"examples": []}, 501, "classify is not supported"),
+    ("/v1/models/toy/versions/9", None, 404, "Could not find version 9 of model toy"),
+    ("/v1/models", None, 400, "Missing model name in request."),
+])
+def test_rest_errors_use_tf_serving_codes(server, client, path, body, http_status, message):
+    status, answer = rest_call(server, path, body)
+    assert status == http_status
+    assert set(answer) == {"error"} and message in answer["error"]
+    assert_good_request_answered(client)
+
+
+def test_rest_client_raises_serving_error(rest):
+    with pytest.raises(ServingError) as info:
+        rest.predict("nope", {"x": X, "tag": TAGS})
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert info.value.message == "Servable not found for request: Latest(nope)"
+    with pytest.raises(ServingError) as info:
+        rest.predict("toy", {"x": X, "tag": TAGS}, output_filter=["zz"])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output tensor alias not found in signature: zz" in info.value.message
+
+
+# ---------------------------------------------------------------- versions on disk
+
+
+def wait_for(condition, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_new_version_is_served_and_corrupt_one_is_not(server, client, saved_models):
+    live = str(server.live_base)
+    request = {"x": X, "tag": TAGS}
+    np.testing.assert_allclose(client.predict("live", request)["score"], expected_toy(X, 2),
+                               rtol=1e-6)  # live/1 is a copy of toy/2
+
+    # A new version appears: served within a few polls, the old one unloaded.
+    copy_version(str(saved_models / "toy" / "1"), live, 2)
+    wait_for(lambda: [s["state"] for s in client.status("live")] == ["AVAILABLE", "END"])
+    np.testing.assert_allclose(client.predict("live", request)["score"], expected_toy(X, 1),
+                               rtol=1e-6)
+    with pytest.raises(ServingError) as info:
+        client.predict("live", request, version=1)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+    # A staging directory is ignored; a corrupt version fails and version 2 keeps serving.
+    os.makedirs(os.path.join(live, ".tmp-4-abc"))
+    corrupt = os.path.join(live, ".tmp-3-staging")
+    shutil.copytree(str(saved_models / "toy" / "2"), corrupt)
+    with open(os.path.join(corrupt, "saved_model.pb"), "wb") as f:
+        f.write(b"\x00garbage, not a SavedModel\xff" * 10)
+    os.rename(corrupt, os.path.join(live, "3"))
+    statuses = wait_for(lambda: [s for s in client.status("live")
+                                 if s["version"] == 3 and s["state"] == "END"])
+    assert statuses[0]["error_code"] != "OK" and statuses[0]["error_message"]
+    states = {s["version"]: s["state"] for s in client.status("live")}
+    assert states == {3: "END", 2: "AVAILABLE", 1: "END"}
+    assert client.predict("live", request, timeout=10)["score"].shape == (2,)
+    np.testing.assert_allclose(client.predict("live", request)["score"], expected_toy(X, 1),
+                               rtol=1e-6)
+
+
+def test_client_refreshes_a_signature_that_changed_with_a_new_version(server, client,
+                                                                      saved_models):
+    live = str(server.live_base)
+    request = {"x": [[1, 2, 3]], "tag": ["t"]}
+    assert client.metadata("live")["serving_default"]["inputs"]["x"][0] == "float32"
+    client.predict("live", request)  # ints cast to the cached float32 signature
+    copy_version(str(saved_models / "int_toy" / "1"), live, 9)
+    wait_for(lambda: {"version": 9, "state": "AVAILABLE", "error_code": "OK",
+                      "error_message": ""} in client.status("live"))
+    # The cached signature says float32, the new version wants int64: the first call is
+    # refused, the client refetches the signature and retries.
+    np.testing.assert_array_equal(client.predict("live", request)["score"], [114.0])
+    assert client.metadata("live")["serving_default"]["inputs"]["x"] == ("int64", [-1, 3])
+
+
+def test_reload_config_changes_labels(server, client, model_stub):
+    def reload(text):
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+        model_stub.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
+
+    reload(server.config_text.replace('key: "stable" value: 1', 'key: "stable" value: 2'))
+    try:
+        outputs = client.predict("toy", {"x": X, "tag": TAGS}, version_label="stable")
+        np.testing.assert_allclose(outputs["score"], expected_toy(X, 2), rtol=1e-6)
+    finally:
+        reload(server.config_text)
+    outputs = client.predict("toy", {"x": X, "tag": TAGS}, version_label="stable")
+    np.testing.assert_allclose(outputs["score"], expected_toy(X, 1), rtol=1e-6)

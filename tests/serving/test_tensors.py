@@ -1,0 +1,101 @@
+"""TensorProto and REST JSON conversions, and the deploy templates, without a server."""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.batching import BatchingOptions
+from serving.errors import ServingError
+from serving.json_tensor import (COLUMNAR, ROW, format_predict_response, from_json_value,
+                                 parse_predict_request, to_json_value)
+from serving.server import read_model_config_file
+from serving.tensors import TensorProtoError, ndarray_from_proto, ndarray_to_proto
+
+DEPLOY = os.path.join(os.path.dirname(__file__), "..", "..", "serving", "deploy")
+
+
+@pytest.mark.parametrize("array", [
+    np.array([[1.5, -2.0], [3.25, 0.0]], np.float32),
+    np.array([1, -2, 2**40], np.int64),
+    np.array([1, 2, 3], np.int32),
+    np.array([7, 255], np.uint8),
+    np.array([True, False]),
+    np.array([0.5, -1.0], np.float16),
+    np.array([1 + 2j], np.complex64),
+    np.array(3.0, np.float64),
+    np.array([[b"a", b""], [b"\xff\x00", "é".encode()]], object),
+])
+@pytest.mark.parametrize("use_tensor_content", [False, True])
+def test_proto_round_trip_matches_tensorflow(array, use_tensor_content):
+    proto = ndarray_to_proto(array, use_tensor_content=use_tensor_content)
+    decoded = ndarray_from_proto(proto)
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    np.testing.assert_array_equal(decoded, array)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
+def test_typed_fields_fill_like_tensorflow():
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    proto.tensor_shape.dim.add(size=4)
+    np.testing.assert_array_equal(ndarray_from_proto(proto), np.zeros(4, np.float32))
+    proto.float_val.extend([1.0, 2.0])
+    np.testing.assert_array_equal(ndarray_from_proto(proto), [1.0, 2.0, 2.0, 2.0])
+    proto.float_val.extend([3.0, 4.0, 5.0])
+    with pytest.raises(TensorProtoError, match="5 values given for shape"):
+        ndarray_from_proto(proto)
+
+
+def test_strings_are_encoded_as_utf8():
+    proto = ndarray_to_proto(np.array(["héllo", "x"]))
+    assert proto.dtype == types_pb2.DT_STRING
+    assert list(proto.string_val) == ["héllo".encode(), b"x"]
+
+
+def test_rest_float_text_is_shortest_round_trip():
+    outputs = {"p": np.array([0.1, 1 / 3, 2.0, np.nan, -np.inf, 1e-5], np.float32)}
+    text = format_predict_response(outputs, COLUMNAR)
+    assert text == '{"outputs": [0.1, 0.333333343, 2.0, NaN, -Infinity, 1e-05]}'
+
+
+def test_rest_row_response_needs_matching_batch_sizes():
+    with pytest.raises(ServingError, match="Tensor name: b has inconsistent batch size: 3"):
+        format_predict_response({"a": np.zeros(2), "b": np.zeros(3)}, ROW)
+
+
+def test_rest_request_parsing_against_signature():
+    infos = {"ids": tf.TensorSpec([None], tf.int64), "name": tf.TensorSpec([None], tf.string)}
+    proto_infos = {alias: _tensor_info(spec) for alias, spec in infos.items()}
+    signature, inputs, request_format = parse_predict_request(
+        b'{"instances": [{"ids": 3, "name": {"b64": "/w=="}}, {"ids": 4, "name": "b"}]}',
+        lambda name: proto_infos)
+    assert (signature, request_format) == ("", ROW)
+    np.testing.assert_array_equal(inputs["ids"], np.array([3, 4], np.int64))
+    assert list(inputs["name"]) == [b"\xff", b"b"]
+
+
+def _tensor_info(spec):
+    info = meta_graph_pb2.TensorInfo(name="x:0", dtype=spec.dtype.as_datatype_enum)
+    info.tensor_shape.CopyFrom(spec.shape.as_proto())
+    return info
+
+
+def test_json_values_round_trip_for_the_rest_client():
+    strings = np.array([[b"ok", b"\xff\xfe"]], object)
+    assert to_json_value(strings) == [["ok", {"b64": "//4="}]]
+    np.testing.assert_array_equal(from_json_value(to_json_value(strings), types_pb2.DT_STRING),
+                                  strings)
+    floats = from_json_value([[1, 2.5]], types_pb2.DT_FLOAT)
+    assert floats.dtype == np.float32 and floats.tolist() == [[1.0, 2.5]]
+
+
+def test_deploy_templates_parse():
+    config = read_model_config_file(os.path.join(DEPLOY, "models.config"))
+    assert [m.name for m in config.model_config_list.config] == ["ranker", "retrieval"]
+    with open(os.path.join(DEPLOY, "batching_parameters.txt")) as f:
+        options = BatchingOptions.from_text(f.read())
+    assert options.max_batch_size == 128 and options.num_batch_threads == 4

@@ -14,3 +14,8 @@ custom_objects = {
 
 __all__ = ["AttentionSequencePooling", "LocalActivationUnit", "DNN", "Dice", "PredictionLayer",
            "RecentSequence", "SequencePooling", "SparseIndex", "activation_layer", "custom_objects"]
+
+from .experts import ExpertGate, ExpertMixture, Experts, gate_model  # noqa: E402
+
+custom_objects.update({cls.__name__: cls for cls in (ExpertGate, ExpertMixture, Experts)})
+__all__ += ["ExpertGate", "ExpertMixture", "Experts", "gate_model"]

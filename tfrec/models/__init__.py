@@ -2,3 +2,12 @@
 from .din import DIN
 
 __all__ = ["DIN"]
+
+from .esmm import ESMM  # noqa: E402
+from .mmoe import MMOE  # noqa: E402
+from .multitask import check_multitask_labels, compile_multitask  # noqa: E402
+from .ple import PLE  # noqa: E402
+from .shared_bottom import SharedBottom  # noqa: E402
+from ..layers.experts import gate_model  # noqa: E402
+
+__all__ += ["ESMM", "MMOE", "PLE", "SharedBottom", "check_multitask_labels", "compile_multitask", "gate_model"]

@@ -1,0 +1,143 @@
+"""Mixture-of-experts building blocks for multi-task ranking (MMoE, PLE).
+
+Experts: several MLPs over one input, stacked. ExpertGate: one task's softmax weights
+over experts. ExpertMixture: the gate-weighted sum of experts. The gate is a layer of its own, so
+its output (the expert utilisation a user wants to inspect) is a named tensor of the model graph;
+`gate_model` turns those tensors into outputs.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import tensorflow as tf
+
+from .core import DNN
+
+_register = tf.keras.utils.register_keras_serializable(package="tfrec")
+
+
+def _check_positive_int(value, name, owner):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
+
+
+@_register
+class Experts(tf.keras.layers.Layer):
+    """`num_experts` independent MLPs (`DNN`s) over the same input, stacked along a new axis.
+
+    Input (batch, in_dim) -> output (batch, num_experts, hidden_units[-1]). Expert n is a `DNN`
+    seeded with seed + 7919 * n, so the experts start apart (with one seed they would start
+    identical). On CPU, separate small matmuls measured as fast as or faster than one batched
+    (num_experts, in, out) einsum, so the experts stay plain DNNs.
+    """
+
+    def __init__(self, num_experts, hidden_units, activation="relu", l2_reg=0.0, dropout_rate=0.0,
+                 use_bn=False, seed=1024, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int(num_experts, "num_experts", f"Experts '{self.name}'")
+        if not hidden_units:
+            raise ValueError(f"Experts '{self.name}': hidden_units must name at least one layer "
+                             "(an expert without layers is the identity, and all experts would be equal)")
+        self.num_experts = num_experts
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.l2_reg = l2_reg
+        self.dropout_rate = dropout_rate
+        self.use_bn = use_bn
+        self.seed = seed
+        self.experts = [DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed + 7919 * n,
+                            name=f"expert_{n}") for n in range(num_experts)]
+
+    def call(self, inputs, training=None):
+        return tf.stack([expert(inputs, training=training) for expert in self.experts], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], self.num_experts, self.hidden_units[-1]])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
+                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
+                      use_bn=self.use_bn, seed=self.seed)
+        return config
+
+
+@_register
+class ExpertGate(tf.keras.layers.Layer):
+    """One task's gate over `num_experts` experts: g^k(x) = softmax(W_gk x) (MMoE, Ma et al. 2018).
+
+    Input (batch, in_dim) -> (batch, num_experts), each row non-negative and summing to 1.
+    An optional DNN (`hidden_units`) precedes the bias-free Dense(num_experts) + softmax, as in
+    DeepCTR's `gate_dnn_hidden_units`.
+    """
+
+    def __init__(self, num_experts, hidden_units=(), activation="relu", l2_reg=0.0, dropout_rate=0.0,
+                 use_bn=False, seed=1024, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int(num_experts, "num_experts", f"ExpertGate '{self.name}'")
+        self.num_experts = num_experts
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.l2_reg = l2_reg
+        self.dropout_rate = dropout_rate
+        self.use_bn = use_bn
+        self.seed = seed
+        self.dnn = DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed,
+                       name="dnn") if self.hidden_units else None
+        self.logits = tf.keras.layers.Dense(
+            num_experts, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
+            kernel_regularizer=tf.keras.regularizers.l2(l2_reg) if l2_reg else None, name="logits")
+
+    def call(self, inputs, training=None):
+        x = self.dnn(inputs, training=training) if self.dnn is not None else inputs
+        return tf.nn.softmax(self.logits(x), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], self.num_experts])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
+                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
+                      use_bn=self.use_bn, seed=self.seed)
+        return config
+
+
+@_register
+class ExpertMixture(tf.keras.layers.Layer):
+    """The gate-weighted sum of experts, sum_n g_n * f_n.
+
+    `experts`: (batch, N, D), or a list of (batch, N_i, D) joined along the expert axis (PLE
+    fuses a task's own experts with the shared ones); `gate_weights`: (batch, N) -> (batch, D).
+    """
+
+    def call(self, experts, gate_weights):
+        if isinstance(experts, (list, tuple)):
+            experts = tf.concat(experts, axis=1)
+        num_experts, num_weights = experts.shape[1], gate_weights.shape[-1]
+        if num_experts is not None and num_weights is not None and num_experts != num_weights:
+            raise ValueError(f"ExpertMixture '{self.name}': the gate gives {num_weights} weights "
+                             f"for {num_experts} experts")
+        return tf.einsum("bnd,bn->bd", experts, gate_weights)
+
+
+def gate_model(model):
+    """A model from `model`'s inputs to every expert gate's weights, to inspect expert utilisation.
+
+    Works on a freshly built MMOE/PLE and on one reloaded with `tf.keras.models.load_model`.
+
+    Args:
+      model: a Keras functional model containing ExpertGate layers (MMOE, PLE).
+
+    Returns:
+      A tf.keras.Model taking the same dict of raw features and returning
+      {gate layer name: (batch, num_experts) weights}, e.g. {"gate_ctr": ..., "gate_ctcvr": ...}
+      for MMOE, {"level_0_gate_ctr": ..., "level_0_gate_shared": ..., "level_1_gate_ctr": ...}
+      for PLE.
+
+    Raises:
+      ValueError: `model` has no ExpertGate layer (e.g. ESMM or SharedBottom).
+    """
+    gates = {layer.name: layer.output for layer in model.layers if isinstance(layer, ExpertGate)}
+    if not gates:
+        raise ValueError(f"model '{model.name}' has no expert gates (ExpertGate layers); "
+                         "gate_model applies to MMOE and PLE")
+    return tf.keras.Model(inputs=model.input, outputs=gates, name=f"{model.name}_gates")

@@ -26,7 +26,7 @@ def planted(size):
 
     log = make_behaviour_log(num_users=size["users"], num_items=size["items"], events_per_user=size["events"],
                              seed=7, id_type="int")
-    train_df, test_df = build_din_samples(log, maxlen=CONFIG["maxlen"], extra_cols=("p_click",))
+    train_df, test_df = build_din_samples(log, maxlen=CONFIG["maxlen"], extra_cols=("p_click",), test_events=5)
     columns = din_feature_columns(log, maxlen=CONFIG["maxlen"], embedding_dim=CONFIG["embedding_dim"], id_type="int")
     return train_df, test_df, columns, DIN_HISTORY_FEATURES
 
@@ -94,7 +94,7 @@ def child_train(impl, size_name, workdir):
                   peak_rss_mib=common.peak_rss_mib())
     if impl == "tfrec-xla":
         from exporters import export_saved_model
-        report["export"] = export_saved_model(model, os.path.join(workdir, "din"), warmup_inputs=test_df.head(3))
+        report["export"] = export_saved_model(model, os.path.join(workdir, "din"), warmup_inputs=df_to_inputs(test_df.head(3), columns))
         model.save(os.path.join(workdir, "keras_din"))
     common.emit(report)
 
@@ -160,7 +160,7 @@ def main():
         "",
         f"Command: `python benchmarks/bench_din.py{' --quick' if args.quick else ''}` ({common.machine_line()}).",
         f"Planted behaviour log: {size['users']} users x {size['events']} events, {size['items']} items; "
-        f"{base['train_rows']} train / {base['test_rows']} test samples (leave-last-out). Config: batch "
+        f"{base['train_rows']} train / {base['test_rows']} test samples (last 5 events of each user held out). Config: batch "
         f"{CONFIG['batch_size']}, history {CONFIG['maxlen']}, embedding {CONFIG['embedding_dim']}, DIN defaults "
         f"(DNN 256-128-64, attention 80-40 Dice), Adam 1e-3, {size['epochs']} epoch(s), each in its own process "
         "on the same numpy arrays. Examples/sec is the last epoch's (after compilation).",

@@ -26,11 +26,11 @@ def planted_din():
     from tfrec.models import DIN
 
     tf.keras.utils.set_random_seed(0)
-    log = make_behaviour_log(num_users=2000, num_items=1000, events_per_user=30, seed=0, id_type="str")
-    train_df, test_df = build_din_samples(log, maxlen=20, extra_cols=("p_click",))
+    log = make_behaviour_log(num_users=2000, num_items=1000, events_per_user=50, seed=0, id_type="str")
+    train_df, test_df = build_din_samples(log, maxlen=20, extra_cols=("p_click",), test_events=5)
     columns = din_feature_columns(log, maxlen=20, embedding_dim=8, id_type="str")
     model = DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=True, l2_reg_embedding=0, seed=0)
+                att_weight_normalization=False, l2_reg_embedding=0, seed=0)
     model.compile(tf.keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=[metrics.AUC()])
     model.fit(df_to_dataset(train_df, columns, "click", batch_size=256, seed=0), epochs=2, verbose=2)
     return SimpleNamespace(log=log, train=train_df, test=test_df, columns=columns, model=model,
@@ -41,9 +41,10 @@ def planted_din():
 def din_export(planted_din, tmp_path_factory):
     """The trained DIN exported as version 1 under <tmp>/models/din."""
     from exporters import export_saved_model
+    from tfrec.data import df_to_inputs
 
     base = tmp_path_factory.mktemp("exports") / "din"
-    path = export_saved_model(planted_din.model, str(base), warmup_inputs=planted_din.test.head(3),
+    path = export_saved_model(planted_din.model, str(base), warmup_inputs=df_to_inputs(planted_din.test.head(3), planted_din.columns),
                               model_name="din")
     return SimpleNamespace(base=str(base), path=path)
 

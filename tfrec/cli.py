@@ -21,7 +21,7 @@ def _planted_din(args):
 
     log = make_behaviour_log(num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
                              seed=args.seed, id_type="str")
-    train_df, test_df = build_din_samples(log, maxlen=args.maxlen, extra_cols=("p_click",))
+    train_df, test_df = build_din_samples(log, maxlen=args.maxlen, extra_cols=("p_click",), test_events=5)
     columns = din_feature_columns(log, maxlen=args.maxlen, embedding_dim=args.embedding_dim, id_type="str")
     return log, train_df, test_df, columns, DIN_HISTORY_FEATURES
 
@@ -34,7 +34,7 @@ def _train_din(args, train_df, columns, history_features):
 
     tf.keras.utils.set_random_seed(args.seed)
     model = DIN(columns, history_features, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=True, l2_reg_embedding=0, seed=args.seed)
+                att_weight_normalization=False, l2_reg_embedding=0, seed=args.seed)
     model.compile(tf.keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
                   metrics=[metrics.AUC(), metrics.LogLoss()])
     dataset = df_to_dataset(train_df, columns, "click", batch_size=args.batch_size, seed=args.seed)
@@ -45,6 +45,7 @@ def _train_din(args, train_df, columns, history_features):
 def _print_report(title, report):
     print(f"{title}: AUC {report['auc']:.4f}  GAUC {report.get('gauc', float('nan')):.4f}  "
           f"logloss {report['logloss']:.4f}  | oracle AUC {report['oracle_auc']:.4f}  "
+          f"oracle GAUC {report.get('oracle_gauc', float('nan')):.4f}  "
           f"model/oracle {report['ratio_to_oracle']:.3f}")
 
 
@@ -61,7 +62,7 @@ def cmd_demo(args):
     print(f"[1/5] planted-truth behaviour log: {args.users} users x {args.events_per_user} events, "
           f"{args.items} items (string ids)")
     log, train_df, test_df, columns, history_features = _planted_din(args)
-    print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples (leave-last-out)")
+    print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples (last 5 events of each user held out)")
 
     print("[2/5] training DIN with Keras fit")
     model = _train_din(args, train_df, columns, history_features)
@@ -69,7 +70,8 @@ def cmd_demo(args):
     _print_report("[3/5] test", report)
 
     export_base = os.path.join(workdir, "models", DEMO_MODEL_NAME)
-    path = export_saved_model(model, export_base, warmup_inputs=test_df.head(5), model_name=DEMO_MODEL_NAME)
+    path = export_saved_model(model, export_base, warmup_inputs=df_to_inputs(test_df.head(5), columns),
+                              model_name=DEMO_MODEL_NAME)
     print(f"[4/5] exported SavedModel version {os.path.basename(path)} to {path}")
 
     rng = np.random.default_rng(args.seed)
@@ -94,9 +96,12 @@ def cmd_demo(args):
             for rank, i in enumerate(order, 1):
                 print(f"        {rank}. {candidates[i]:>6} ({request['cate_id'][i]:>4})  score {served[i]:.4f}")
         print(f"      served scores equal in-process predict: max |diff| = {worst:.2e}")
-    print(f"server stopped. demo finished in {time.time() - started:.0f}s; artefacts in {workdir}")
-    if not args.workdir and not args.keep:
+    if args.workdir or args.keep:
+        where = f"artefacts kept in {workdir}"
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
+        where = "temporary artefacts removed (--keep or --workdir keeps them)"
+    print(f"server stopped. demo finished in {time.time() - started:.0f}s; {where}")
     return 0
 
 
@@ -142,7 +147,7 @@ def cmd_query(args):
 def _add_planted_args(parser):
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--events-per-user", type=int, default=30)
+    parser.add_argument("--events-per-user", type=int, default=50)
     parser.add_argument("--maxlen", type=int, default=20)
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)

@@ -37,6 +37,8 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
         report["oracle_auc"] = metrics.auc(labels[known], truth[known])
         report["model_auc_on_oracle_rows"] = metrics.auc(labels[known], scores[known])
         report["ratio_to_oracle"] = report["model_auc_on_oracle_rows"] / report["oracle_auc"]
+        if group_col is not None and known.all() and not np.isnan(report["gauc"]):
+            report["oracle_gauc"] = metrics.gauc(labels, truth, groups)
     return report
 
 

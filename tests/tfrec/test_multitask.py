@@ -330,3 +330,25 @@ def test_export_serves_every_head_by_name(trained, data, tmp_path, name):
         expected["cvr"] = _esmm_cvr(model, rows)
     for head, values in expected.items():
         np.testing.assert_allclose(served[head].numpy(), values[:, 0], atol=1e-5, err_msg=head)
+
+
+def test_grpc_serves_both_models_and_filters_heads(trained, data, tmp_path):
+    """MMOE and ESMM behind one real server (models.config); output_filter returns only that head."""
+    from serving import Client, LocalServer
+
+    bases = {}
+    for name in ("mmoe", "esmm"):
+        bases[name] = str(tmp_path / name)
+        exporters.export_saved_model(trained[name][0], bases[name], extra_outputs=["cvr"] if name == "esmm" else ())
+    config = exporters.write_model_config(str(tmp_path / "models.config"), bases)
+    rows = _inputs(data["test"].iloc[:50])
+    with LocalServer(model_config_file=config) as server, Client(server.grpc_target) as client:
+        only_ctr = client.predict("mmoe", rows, output_filter=["ctr"])
+        assert list(only_ctr) == ["ctr"]
+        esmm = client.predict("esmm", rows)
+    model = trained["mmoe"][0]
+    np.testing.assert_allclose(only_ctr["ctr"], _predict(model, data["test"].iloc[:50])[0][:, 0], atol=1e-5)
+    assert set(esmm) == {"ctr", "ctcvr", "cvr"}
+    ctr, ctcvr = _predict(trained["esmm"][0], data["test"].iloc[:50])
+    np.testing.assert_allclose(esmm["ctcvr"], ctcvr[:, 0], atol=1e-5)
+    np.testing.assert_allclose(esmm["ctcvr"], esmm["ctr"] * esmm["cvr"], atol=1e-6)

@@ -1,0 +1,35 @@
+"""DeepCTR's DIN example (examples/run_din.py of 0.9.x) runs after changing only its imports."""
+import numpy as np
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, get_feature_names
+from tfrec.models import DIN
+
+
+def get_xy_fd():
+    feature_columns = [SparseFeat('user', 3, embedding_dim=10), SparseFeat('gender', 2, embedding_dim=4),
+                       SparseFeat('item_id', 3 + 1, embedding_dim=8), SparseFeat('cate_id', 2 + 1, embedding_dim=4),
+                       DenseFeat('pay_score', 1)]
+    feature_columns += [
+        VarLenSparseFeat(SparseFeat('hist_item_id', vocabulary_size=3 + 1, embedding_dim=8, embedding_name='item_id'),
+                         maxlen=4, length_name="seq_length"),
+        VarLenSparseFeat(SparseFeat('hist_cate_id', 2 + 1, embedding_dim=4, embedding_name='cate_id'), maxlen=4,
+                         length_name="seq_length")]
+    behavior_feature_list = ["item_id", "cate_id"]
+    feature_dict = {'user': np.array([0, 1, 2]), 'gender': np.array([0, 1, 0]), 'item_id': np.array([1, 2, 3]),
+                    'cate_id': np.array([1, 2, 2]), 'pay_score': np.array([0.1, 0.2, 0.3]),
+                    'hist_item_id': np.array([[1, 2, 3, 0], [3, 2, 1, 0], [1, 2, 0, 0]]),
+                    'hist_cate_id': np.array([[1, 2, 2, 0], [2, 2, 1, 0], [1, 2, 0, 0]]),
+                    'seq_length': np.array([3, 3, 2])}
+    x = {name: feature_dict[name] for name in get_feature_names(feature_columns)}
+    y = np.array([1, 0, 1])
+    return x, y, feature_columns, behavior_feature_list
+
+
+def test_deepctr_din_example_runs_unchanged():
+    x, y, feature_columns, behavior_feature_list = get_xy_fd()
+    model = DIN(feature_columns, behavior_feature_list)
+    model.compile('adam', 'binary_crossentropy', metrics=['binary_crossentropy'])
+    history = model.fit(x, y, verbose=0, epochs=10, validation_split=0.5)
+    assert len(history.history["loss"]) == 10 and np.all(np.isfinite(history.history["val_loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert model.predict(x, verbose=0).shape == (3, 1)

@@ -1,0 +1,110 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from tfrec.data import df_to_dataset, df_to_inputs
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame({
+        "user": [1, 2, 3],
+        "city": ["paris", "rome", "oslo"],
+        "hist": [[1, 2, 3, 4], [5], []],
+        "hist_weight": [[0.1, 0.2, 0.3, 0.4], [0.5], []],
+        "tags": [["x", "y"], [], ["z", "x", "y", "w"]],
+        "price": [1.5, 2.0, 3.0],
+        "vec": [[1, 2], np.array([3, 4]), (5, 6)],
+        "label": [1, 0, 1],
+        "other": [0, 1, 1],
+    })
+
+
+def columns():
+    return [
+        SparseFeat("user", 10, dtype="int64"),
+        SparseFeat("city", dtype="string", vocabulary=["oslo", "paris", "rome"]),
+        VarLenSparseFeat(SparseFeat("hist", 10), maxlen=2, length_name="hist_len", weight_name="hist_weight"),
+        VarLenSparseFeat(SparseFeat("tags", dtype="string", vocabulary=["w", "x", "y", "z"]), maxlen=3),
+        DenseFeat("price"),
+        DenseFeat("vec", 2),
+    ]
+
+
+def test_df_to_inputs_values_shapes_dtypes(frame):
+    inputs = df_to_inputs(frame, columns())
+    assert set(inputs) == {"user", "city", "hist", "hist_len", "hist_weight", "tags", "price", "vec"}
+    assert inputs["user"].dtype == np.int64 and inputs["user"].tolist() == [1, 2, 3]
+    assert inputs["city"].dtype == object and inputs["city"].tolist() == ["paris", "rome", "oslo"]
+    # Most recent maxlen items kept, oldest to newest, right-padded with 0.
+    assert inputs["hist"].dtype == np.int32
+    assert inputs["hist"].tolist() == [[3, 4], [5, 0], [0, 0]]
+    assert inputs["hist_len"].dtype == np.int32 and inputs["hist_len"].tolist() == [2, 1, 0]
+    assert inputs["hist_weight"].dtype == np.float32
+    np.testing.assert_allclose(inputs["hist_weight"], [[0.3, 0.4], [0.5, 0.0], [0.0, 0.0]])
+    # Strings pad with "".
+    assert inputs["tags"].tolist() == [["x", "y", ""], ["", "", ""], ["x", "y", "w"]]
+    assert inputs["price"].dtype == np.float32 and inputs["price"].shape == (3,)
+    assert inputs["vec"].dtype == np.float32 and inputs["vec"].tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_df_to_inputs_prefers_the_frames_length_column(frame):
+    frame["hist_len"] = [7, 7, 7]
+    assert df_to_inputs(frame, columns())["hist_len"].tolist() == [7, 7, 7]
+
+
+def test_int_ids_become_strings_for_string_columns():
+    frame = pd.DataFrame({"item": [3, 14], "hist": [[1, 2], [3]]})
+    cols = [SparseFeat("item", dtype="string", use_hash=True, vocabulary_size=8),
+            VarLenSparseFeat(SparseFeat("hist", dtype="string", use_hash=True, vocabulary_size=8), maxlen=2)]
+    inputs = df_to_inputs(frame, cols)
+    assert inputs["item"].tolist() == ["3", "14"]
+    assert inputs["hist"].tolist() == [["1", "2"], ["3", ""]]
+
+
+def test_missing_column_names_feature_and_columns(frame):
+    with pytest.raises(KeyError, match=r"feature 'age'.*\['user', 'city'"):
+        df_to_inputs(frame, [DenseFeat("age")])
+
+
+def test_bad_values_are_named(frame):
+    with pytest.raises(ValueError, match="feature 'city' has dtype 'int32'"):
+        df_to_inputs(frame, [SparseFeat("city", 10)])
+    with pytest.raises(ValueError, match="column 'price' must hold a list"):
+        df_to_inputs(frame, [VarLenSparseFeat(SparseFeat("price", 10), maxlen=2)])
+    frame["hist_weight"] = [[0.1], [0.5], []]
+    with pytest.raises(ValueError, match="row 0 has 1 weights for 4 items"):
+        df_to_inputs(frame, columns())
+    with pytest.raises(ValueError, match="feature 'vec' needs 3 float"):
+        df_to_inputs(frame, [DenseFeat("vec", 3)])
+
+
+def test_df_to_dataset_batches_in_order_without_shuffle(frame):
+    dataset = df_to_dataset(frame, columns(), "label", batch_size=2, shuffle=False)
+    batches = list(dataset)
+    assert [len(labels) for _, labels in batches] == [2, 1]
+    features, labels = batches[0]
+    assert labels.dtype.name == "float32" and labels.numpy().tolist() == [1.0, 0.0]
+    assert features["hist"].numpy().tolist() == [[3, 4], [5, 0]]
+    assert features["city"].numpy().tolist() == [b"paris", b"rome"]
+    assert [len(l) for _, l in df_to_dataset(frame, columns(), "label", batch_size=2, drop_remainder=True)] == [2]
+
+
+def test_df_to_dataset_label_forms(frame):
+    _, labels = next(iter(df_to_dataset(frame, columns(), ["label", "other"], batch_size=3, shuffle=False)))
+    assert sorted(labels) == ["label", "other"] and labels["other"].numpy().tolist() == [0, 1, 1]
+    _, labels = next(iter(df_to_dataset(frame, columns(), {"ctr": "label", "cvr": "other"}, batch_size=3,
+                                        shuffle=False)))
+    assert sorted(labels) == ["ctr", "cvr"] and labels["ctr"].numpy().tolist() == [1, 0, 1]
+    features = next(iter(df_to_dataset(frame, columns(), batch_size=3)))
+    assert isinstance(features, dict) and features["user"].shape == (3,)
+    with pytest.raises(KeyError, match="label of task 'ctr' needs column 'missing'"):
+        df_to_dataset(frame, columns(), {"ctr": "missing"})
+
+
+def test_df_to_dataset_shuffles_every_row_once_and_repeats(frame):
+    users = [u for f, _ in df_to_dataset(frame, columns(), "label", batch_size=2, seed=3) for u in f["user"].numpy()]
+    assert sorted(users) == [1, 2, 3]
+    repeated = df_to_dataset(frame, columns(), "label", batch_size=3, repeat=True)
+    assert sum(1 for _ in repeated.take(4)) == 4

@@ -1,0 +1,194 @@
+"""pandas DataFrame -> model inputs (a dict of numpy arrays) -> tf.data pipeline.
+
+The arrays are keyed by feature name, as the Keras Inputs built from the same feature columns
+are, so `model.fit(df_to_inputs(df, columns), labels)` and `model.fit(df_to_dataset(...))`
+both work. Values stay raw (ints or strings): vocabulary lookup and hashing happen in the graph.
+"""
+import itertools
+
+import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
+
+import numpy as np
+import tensorflow as tf
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+
+__all__ = ["df_to_inputs", "df_to_dataset"]
+
+_STRING = "string"
+
+
+def _column(df, name, owner):
+    """df[name], or a KeyError saying which feature / label (`owner`) needed the column."""
+    if name not in df.columns:
+        raise KeyError(
+            f"{owner} needs column '{name}', which the DataFrame lacks; its columns are {list(df.columns)}"
+        )
+    return df[name]
+
+
+def _ids(values, dtype, feature_name):
+    """Casts ids to the column's dtype: int32/int64 arrays, or object arrays of str for strings."""
+    values = np.asarray(values)
+    if dtype == _STRING:
+        if values.dtype.kind == "S":
+            return np.char.decode(values, "utf-8").astype(object)
+        if values.dtype.kind in "iuU" or values.size == 0:
+            return values.astype(str).astype(object)
+        if values.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in values.tolist()):
+            return values
+        raise ValueError(
+            f"feature '{feature_name}' has dtype 'string' and needs str values, but holds "
+            f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
+        )
+    if values.dtype.kind in "iub" or values.size == 0:
+        return values.astype(dtype)
+    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        # Integral floats, e.g. an int column that pandas widened to float somewhere.
+        return values.astype(dtype)
+    raise ValueError(
+        f"feature '{feature_name}' has dtype {dtype!r} and needs integer ids, but holds "
+        f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
+    )
+
+
+def _sequence_lengths(cells, name):
+    """len() of every cell; a cell must be a list, tuple or 1-D array (None counts as empty)."""
+    lengths = np.empty(len(cells), dtype=np.int64)
+    for row, cell in enumerate(cells):
+        if cell is None:
+            lengths[row] = 0
+        elif isinstance(cell, (list, tuple, np.ndarray)):
+            lengths[row] = len(cell)
+        else:
+            raise ValueError(
+                f"column '{name}' must hold a list/array per row (oldest to newest), "
+                f"row {row} holds {type(cell).__name__}: {cell!r}"
+            )
+    return lengths
+
+
+def _pad_recent(cells, lengths, maxlen, pad_value, cast):
+    """(n, maxlen): each row's last min(len, maxlen) items, cast by `cast`, left-aligned, padded."""
+    flat = cast(np.array(list(itertools.chain.from_iterable(c for c in cells if c is not None))))
+    kept = np.minimum(lengths, maxlen)
+    first_kept = np.cumsum(lengths) - kept  # flat index of each row's oldest kept item
+    positions = np.arange(maxlen)
+    real = positions[None, :] < kept[:, None]
+    out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
+    out[real] = flat[(first_kept[:, None] + positions[None, :])[real]]
+    return out
+
+
+def _sequence_inputs(df, column):
+    """Padded ids (n, maxlen), plus its length and weight arrays where the column names them."""
+    cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
+    lengths = _sequence_lengths(cells, column.name)
+    padding = "" if column.dtype == _STRING else 0
+    padded = _pad_recent(cells, lengths, column.maxlen, padding,
+                         lambda flat: _ids(flat, column.dtype, column.name))
+    inputs = {column.name: padded}
+    if column.length_name is not None:
+        if column.length_name in df.columns:
+            inputs[column.length_name] = df[column.length_name].to_numpy().astype(np.int32)
+        else:
+            inputs[column.length_name] = np.minimum(lengths, column.maxlen).astype(np.int32)
+    if column.weight_name is not None:
+        weight_cells = _column(df, column.weight_name, f"feature '{column.name}'").to_numpy()
+        weight_lengths = _sequence_lengths(weight_cells, column.weight_name)
+        mismatch = np.flatnonzero(weight_lengths != lengths)
+        if len(mismatch):
+            raise ValueError(
+                f"weights '{column.weight_name}' of feature '{column.name}' must have one weight per "
+                f"item; row {mismatch[0]} has {weight_lengths[mismatch[0]]} weights for "
+                f"{lengths[mismatch[0]]} items"
+            )
+        inputs[column.weight_name] = _pad_recent(weight_cells, lengths, column.maxlen, 0.0,
+                                                 lambda flat: flat.astype(np.float32))
+    return inputs
+
+
+def _dense_input(df, column):
+    values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
+    if column.dimension == 1 and values.dtype != object:
+        array = values.astype(np.float32)
+    else:
+        try:
+            array = np.stack([np.asarray(cell, dtype=np.float32).reshape(-1) for cell in values]) \
+                if len(values) else np.zeros((0, column.dimension), np.float32)
+        except ValueError as error:
+            raise ValueError(
+                f"feature '{column.name}' needs {column.dimension} float(s) per row: {error}"
+            ) from None
+        if column.dimension == 1 and array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+    expected = (len(df),) if column.dimension == 1 else (len(df), column.dimension)
+    if array.shape != expected:
+        raise ValueError(
+            f"feature '{column.name}' needs {column.dimension} float(s) per row, got an array "
+            f"of shape {array.shape}"
+        )
+    return array
+
+
+def df_to_inputs(df, feature_columns):
+    """Model inputs for `feature_columns` from a DataFrame, keyed by feature name.
+
+    SparseFeat -> (n,) of its dtype (int32/int64, or an object array of str for "string").
+    VarLenSparseFeat -> (n, maxlen): each cell is a list/array ordered oldest to newest; the
+    most recent `maxlen` items are kept, left-aligned, right-padded with 0 (or ""). Its
+    `length_name` -> (n,) int32 true lengths capped at maxlen (taken from the DataFrame if it
+    has that column); its `weight_name` column (a list of floats per row) -> (n, maxlen)
+    float32 aligned with the kept items. DenseFeat -> (n,) float32 if dimension is 1, else
+    (n, dimension); cells may hold lists or arrays.
+
+    Raises:
+      KeyError: a feature's column is missing (the message names the feature and df's columns).
+      ValueError: values that do not fit the column's dtype or dimension.
+    """
+    inputs = {}
+    for column in feature_columns:
+        if isinstance(column, SparseFeat):
+            values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
+            inputs[column.name] = _ids(values, column.dtype, column.name)
+        elif isinstance(column, VarLenSparseFeat):
+            inputs.update(_sequence_inputs(df, column))
+        elif isinstance(column, DenseFeat):
+            inputs[column.name] = _dense_input(df, column)
+        else:
+            raise ValueError(f"not a feature column: {column!r}")
+    return inputs
+
+
+def _labels(df, label_columns):
+    """float32 (n,) for one column name; a dict for a list of names or {task: column}."""
+    if isinstance(label_columns, str):
+        return _column(df, label_columns, "the label").to_numpy().astype(np.float32)
+    if isinstance(label_columns, dict):
+        return {task: _column(df, col, f"the label of task '{task}'").to_numpy().astype(np.float32)
+                for task, col in label_columns.items()}
+    return {col: _column(df, col, "a label").to_numpy().astype(np.float32) for col in label_columns}
+
+
+def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuffle=True, seed=None,
+                  repeat=False, drop_remainder=False):
+    """A batched tf.data.Dataset of (features, labels), or of features if label_columns is None.
+
+    Features are `df_to_inputs(df, feature_columns)` sliced by row. `label_columns`: one column
+    name -> labels (batch,) float32; a list of names -> {name: (batch,)}; a dict
+    {task_name: column} -> {task_name: (batch,)} (for multi-task models with named outputs).
+    Rows are shuffled over the whole frame (reshuffled every epoch), batched, optionally
+    repeated forever, and prefetched.
+
+    Raises:
+      KeyError: a feature or label column is missing.
+    """
+    features = df_to_inputs(df, feature_columns)
+    elements = features if label_columns is None else (features, _labels(df, label_columns))
+    dataset = tf.data.Dataset.from_tensor_slices(elements)
+    if shuffle:
+        dataset = dataset.shuffle(max(len(df), 1), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -30,7 +30,7 @@ def planted_din():
     train_df, test_df = build_din_samples(log, maxlen=20, extra_cols=("p_click",), test_events=5)
     columns = din_feature_columns(log, maxlen=20, embedding_dim=8, id_type="str")
     model = DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=False, l2_reg_embedding=0, seed=0)
+                att_weight_normalization=True, l2_reg_embedding=0, seed=0)
     model.compile(tf.keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=[metrics.AUC()])
     model.fit(df_to_dataset(train_df, columns, "click", batch_size=256, seed=0), epochs=2, verbose=2)
     return SimpleNamespace(log=log, train=train_df, test=test_df, columns=columns, model=model,

@@ -1,4 +1,4 @@
-"""The `tfrec` command: demo, train, export, serve, query.
+"""The `tfrec` command: demo, train, export, serve, query, bench.
 
 The application on top of every layer: it is the one module of `tfrec` that imports `exporters`
 and `serving`, inside the commands that need them.
@@ -34,7 +34,7 @@ def _train_din(args, train_df, columns, history_features):
 
     tf.keras.utils.set_random_seed(args.seed)
     model = DIN(columns, history_features, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=False, l2_reg_embedding=0, seed=args.seed)
+                att_weight_normalization=True, l2_reg_embedding=0, seed=args.seed)
     model.compile(tf.keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
                   metrics=[metrics.AUC(), metrics.LogLoss()])
     dataset = df_to_dataset(train_df, columns, "click", batch_size=args.batch_size, seed=args.seed)
@@ -144,6 +144,25 @@ def cmd_query(args):
     return 0
 
 
+def cmd_bench(args):
+    """Sequential gRPC Predict latency against any TF Serving endpoint (ours or the real one)."""
+    import numpy as np
+    from serving import Client
+
+    inputs = json.loads(args.inputs)
+    with Client(args.target) as client:
+        client.predict(args.model_name, inputs)  # warm-up, and fetches the signature once
+        seconds = []
+        for _ in range(args.requests):
+            started = time.perf_counter()
+            client.predict(args.model_name, inputs)
+            seconds.append(time.perf_counter() - started)
+    p50, p99 = np.percentile(np.array(seconds) * 1000.0, [50, 99])
+    print(json.dumps({"requests": args.requests, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+                      "requests_per_s": round(args.requests / sum(seconds), 1)}))
+    return 0
+
+
 def _add_planted_args(parser):
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=1000)
@@ -188,6 +207,12 @@ def build_parser():
     query.add_argument("--signature-name")
     query.add_argument("--version", type=int)
     query.add_argument("--output-filter", action="append")
+
+    bench = commands.add_parser("bench", help="gRPC Predict latency p50/p99 of one request, repeated")
+    bench.add_argument("--target", default="127.0.0.1:8500")
+    bench.add_argument("--model-name", required=True)
+    bench.add_argument("--inputs", required=True, help="JSON {feature: values}")
+    bench.add_argument("--requests", type=int, default=200)
     return parser
 
 
@@ -196,7 +221,8 @@ def main(argv=None):
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)
-    return {"demo": cmd_demo, "train": cmd_train, "export": cmd_export, "query": cmd_query}[args.command](args)
+    return {"demo": cmd_demo, "train": cmd_train, "export": cmd_export, "query": cmd_query,
+            "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":

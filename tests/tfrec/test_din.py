@@ -103,7 +103,7 @@ def test_save_and_load_round_trip(planted_din, tmp_path, fmt):
     else:
         planted_din.model.save_weights(tmp_path / "din_weights.h5")
         loaded = DIN(planted_din.columns, planted_din.history_features, dnn_hidden_units=(64, 32),
-                     att_hidden_size=(32, 16), att_weight_normalization=False, l2_reg_embedding=0, seed=0)
+                     att_hidden_size=(32, 16), att_weight_normalization=True, l2_reg_embedding=0, seed=0)
         loaded.load_weights(tmp_path / "din_weights.h5")
     np.testing.assert_allclose(predict(loaded, inputs), before, atol=1e-6)
     assert loaded.output_names == ["prediction"]

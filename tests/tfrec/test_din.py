@@ -11,7 +11,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 import tfrec.layers
 from tfrec.data import df_to_inputs
 from tfrec.evaluation import evaluate_binary
-from tfrec.layers import AttentionSequencePooling
+from tfrec.layers import AttentionSequencePooling, LocalActivationUnit
 from tfrec.models import DIN
 from tests.conftest import run_saved_model_cli
 
@@ -88,6 +88,17 @@ def test_attention_pooling_is_masked_and_vectorised():
     scores(query, keys, mask)  # builds the weights
     scores.set_weights(layer.get_weights())
     np.testing.assert_allclose(scores(query, keys, mask).numpy().sum(axis=-1)[:2], 1.0, rtol=1e-6)
+
+
+def test_local_activation_unit_equals_the_paper_formula():
+    """The factored first layer computes exactly MLP([q, k, q - k, q * k])."""
+    unit = LocalActivationUnit((8, 4), "dice")
+    query, keys = tf.random.normal((3, 1, 6), seed=1), tf.random.normal((3, 5, 6), seed=2)
+    scores = unit(query, keys, training=False)
+    features = tf.concat([tf.broadcast_to(query, tf.shape(keys)), keys, query - keys, query * keys], axis=-1)
+    hidden = unit.first_activation(tf.matmul(features, unit.first_kernel) + unit.first_bias, training=False)
+    np.testing.assert_allclose(scores.numpy(), unit.score(unit.mlp(hidden, training=False)).numpy(), atol=1e-5)
+    assert scores.shape == (3, 5, 1)
 
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "h5", "weights"])

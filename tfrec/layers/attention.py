@@ -3,7 +3,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
-from .core import DNN
+from .core import DNN, activation_layer
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -14,25 +14,54 @@ class LocalActivationUnit(tf.keras.layers.Layer):
 
     query (batch, 1, E), keys (batch, T, E) -> scores (batch, T, 1) from an MLP over
     [q, k, q - k, q * k], computed for all T positions at once (no loop over positions).
+
+    The first layer W [q, k, q - k, q * k] is evaluated as q (W_q + W_d) + [k, q * k] [W_k - W_d; W_p]:
+    the same function and the same (4E, units) kernel, but the query's share is computed once per
+    example instead of once per position, which removes about 40% of the attention's multiply-adds.
     """
 
     def __init__(self, hidden_units=(64, 32), activation="sigmoid", l2_reg=0.0, dropout_rate=0.0,
                  use_bn=False, seed=1024, **kwargs):
         super().__init__(**kwargs)
+        if not hidden_units:
+            raise ValueError("LocalActivationUnit needs at least one hidden layer")
         self.hidden_units = tuple(hidden_units)
         self.activation = activation
         self.l2_reg = l2_reg
         self.dropout_rate = dropout_rate
         self.use_bn = use_bn
         self.seed = seed
-        self.mlp = DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed, name="mlp")
+        self.first_bn = tf.keras.layers.BatchNormalization(name="first_bn") if use_bn else None
+        self.first_activation = activation_layer(activation, name="first_activation")
+        self.first_dropout = tf.keras.layers.Dropout(dropout_rate, seed=seed) if dropout_rate else None
+        self.mlp = DNN(self.hidden_units[1:], activation, l2_reg, dropout_rate, use_bn, seed=seed + 1,
+                       name="mlp") if len(self.hidden_units) > 1 else None
         self.score = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
                                            name="score")
 
+    def build(self, query_shape, keys_shape=None):
+        dim = int(query_shape[-1])
+        self.first_kernel = self.add_weight(
+            name="first_kernel", shape=(4 * dim, self.hidden_units[0]),
+            initializer=tf.keras.initializers.GlorotNormal(self.seed),
+            regularizer=tf.keras.regularizers.l2(self.l2_reg) if self.l2_reg else None)
+        self.first_bias = self.add_weight(name="first_bias", shape=(self.hidden_units[0],), initializer="zeros")
+        super().build(query_shape)
+
     def call(self, query, keys, training=None):
-        queries = tf.broadcast_to(query, tf.shape(keys))
-        features = tf.concat([queries, keys, queries - keys, queries * keys], axis=-1)
-        return self.score(self.mlp(features, training=training))
+        w_query, w_key, w_diff, w_product = tf.split(self.first_kernel, 4, axis=0)
+        per_example = tf.matmul(query, w_query + w_diff) + self.first_bias                    # (B, 1, H)
+        per_position = tf.matmul(tf.concat([keys, query * keys], axis=-1),
+                                 tf.concat([w_key - w_diff, w_product], axis=0))              # (B, T, H)
+        x = per_example + per_position
+        if self.first_bn is not None:
+            x = self.first_bn(x, training=training)
+        x = self.first_activation(x, training=training)
+        if self.first_dropout is not None:
+            x = self.first_dropout(x, training=training)
+        if self.mlp is not None:
+            x = self.mlp(x, training=training)
+        return self.score(x)
 
     def get_config(self):
         config = super().get_config()

@@ -18,8 +18,8 @@ class Dice(tf.keras.layers.Layer):
     `momentum` is that of BN's moving statistics, which Dice uses at inference. DeepCTR keeps
     Keras' 0.99: after the few hundred steps a CTR model often trains, the moving variance is then
     still mostly its initial 1 while the real one is tiny (embeddings start at 1e-4 scale), so
-    predictions differ from training-mode outputs and test AUC drops (0.70 vs 0.80 with 0.9 on a
-    3000-user planted log; see BENCHMARKS.md). 0.9 tracks the training distribution.
+    predictions differ from training-mode outputs and test AUC drops (the ablation row of
+    BENCHMARKS.md's DIN table). 0.9 tracks the training distribution.
     """
 
     def __init__(self, epsilon=1e-9, momentum=0.9, **kwargs):

@@ -19,8 +19,33 @@ def _check_positive_int(value, name, owner):
         raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
 
 
+class _ExpertLayer(tf.keras.layers.Layer):
+    """Keeps (and serialises) the expert count and the DNN arguments Experts and ExpertGate share."""
+
+    def __init__(self, num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int(num_experts, "num_experts", f"{type(self).__name__} '{self.name}'")
+        self.num_experts = num_experts
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.l2_reg = l2_reg
+        self.dropout_rate = dropout_rate
+        self.use_bn = use_bn
+        self.seed = seed
+
+    def dnn(self, hidden_units, seed, name):
+        return DNN(hidden_units, self.activation, self.l2_reg, self.dropout_rate, self.use_bn, seed=seed, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
+                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
+                      use_bn=self.use_bn, seed=self.seed)
+        return config
+
+
 @_register
-class Experts(tf.keras.layers.Layer):
+class Experts(_ExpertLayer):
     """`num_experts` independent MLPs (`DNN`s) over the same input, stacked along a new axis.
 
     Input (batch, in_dim) -> output (batch, num_experts, hidden_units[-1]). Expert n is a `DNN`
@@ -31,20 +56,11 @@ class Experts(tf.keras.layers.Layer):
 
     def __init__(self, num_experts, hidden_units, activation="relu", l2_reg=0.0, dropout_rate=0.0,
                  use_bn=False, seed=1024, **kwargs):
-        super().__init__(**kwargs)
-        _check_positive_int(num_experts, "num_experts", f"Experts '{self.name}'")
+        super().__init__(num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         if not hidden_units:
             raise ValueError(f"Experts '{self.name}': hidden_units must name at least one layer "
                              "(an expert without layers is the identity, and all experts would be equal)")
-        self.num_experts = num_experts
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
-        self.seed = seed
-        self.experts = [DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed + 7919 * n,
-                            name=f"expert_{n}") for n in range(num_experts)]
+        self.experts = [self.dnn(self.hidden_units, seed + 7919 * n, f"expert_{n}") for n in range(num_experts)]
 
     def call(self, inputs, training=None):
         return tf.stack([expert(inputs, training=training) for expert in self.experts], axis=1)
@@ -52,16 +68,9 @@ class Experts(tf.keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], self.num_experts, self.hidden_units[-1]])
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
-                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
-                      use_bn=self.use_bn, seed=self.seed)
-        return config
-
 
 @_register
-class ExpertGate(tf.keras.layers.Layer):
+class ExpertGate(_ExpertLayer):
     """One task's gate over `num_experts` experts: g^k(x) = softmax(W_gk x) (MMoE, Ma et al. 2018).
 
     Input (batch, in_dim) -> (batch, num_experts), each row non-negative and summing to 1.
@@ -71,34 +80,18 @@ class ExpertGate(tf.keras.layers.Layer):
 
     def __init__(self, num_experts, hidden_units=(), activation="relu", l2_reg=0.0, dropout_rate=0.0,
                  use_bn=False, seed=1024, **kwargs):
-        super().__init__(**kwargs)
-        _check_positive_int(num_experts, "num_experts", f"ExpertGate '{self.name}'")
-        self.num_experts = num_experts
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
-        self.seed = seed
-        self.dnn = DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed,
-                       name="dnn") if self.hidden_units else None
+        super().__init__(num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
+        self.hidden = self.dnn(self.hidden_units, seed, "dnn") if self.hidden_units else None
         self.logits = tf.keras.layers.Dense(
             num_experts, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
             kernel_regularizer=tf.keras.regularizers.l2(l2_reg) if l2_reg else None, name="logits")
 
     def call(self, inputs, training=None):
-        x = self.dnn(inputs, training=training) if self.dnn is not None else inputs
+        x = self.hidden(inputs, training=training) if self.hidden is not None else inputs
         return tf.nn.softmax(self.logits(x), axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], self.num_experts])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
-                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
-                      use_bn=self.use_bn, seed=self.seed)
-        return config
 
 
 @_register

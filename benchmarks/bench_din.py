@@ -81,7 +81,7 @@ def child_train(impl, size_name, workdir):
         from tfrec.models import DIN
         model = DIN(columns, history)
         if impl == "tfrec-dice-momentum-0.99":  # ablation: DeepCTR's BN momentum inside Dice
-            for layer in _all_layers(model):
+            for layer in model._flatten_layers(include_self=False):
                 if isinstance(layer, Dice):
                     layer.batch_norm.momentum = 0.99
     model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=impl.endswith("xla"))
@@ -102,11 +102,6 @@ def child_train(impl, size_name, workdir):
         report["export"] = export_saved_model(model, os.path.join(workdir, "din"), warmup_inputs=df_to_inputs(test_df.head(3), columns))
         model.save(os.path.join(workdir, "keras_din"))
     common.emit(report)
-
-
-def _all_layers(layer):
-    for sub in layer._flatten_layers(include_self=False):
-        yield sub
 
 
 def child_latency(size_name, workdir, requests):

@@ -18,21 +18,12 @@ def run_saved_model_cli(*args):
 
 @pytest.fixture(scope="session")
 def planted_din():
-    """DIN trained with Keras fit on planted-truth data with raw string ids."""
-    import tensorflow as tf
-    from tfrec import metrics
-    from tfrec.data import DIN_HISTORY_FEATURES, build_din_samples, din_feature_columns, df_to_dataset, \
-        make_behaviour_log
-    from tfrec.models import DIN
+    """DIN trained with Keras fit on planted-truth data with raw string ids (tfrec.recipes)."""
+    from tfrec.data import DIN_HISTORY_FEATURES
+    from tfrec.recipes import planted_din_data, train_din
 
-    tf.keras.utils.set_random_seed(0)
-    log = make_behaviour_log(num_users=2000, num_items=1000, events_per_user=50, seed=0, id_type="str")
-    train_df, test_df = build_din_samples(log, maxlen=20, extra_cols=("p_click",), test_events=5)
-    columns = din_feature_columns(log, maxlen=20, embedding_dim=8, id_type="str")
-    model = DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=True, l2_reg_embedding=0, seed=0)
-    model.compile(tf.keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=[metrics.AUC()])
-    model.fit(df_to_dataset(train_df, columns, "click", batch_size=256, seed=0), epochs=2, verbose=2)
+    log, train_df, test_df, columns = planted_din_data()
+    model = train_din(train_df, columns)
     return SimpleNamespace(log=log, train=train_df, test=test_df, columns=columns, model=model,
                            history_features=DIN_HISTORY_FEATURES)
 

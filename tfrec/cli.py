@@ -17,29 +17,16 @@ DEMO_MODEL_NAME = "din"
 
 
 def _planted_din(args):
-    from tfrec.data import DIN_HISTORY_FEATURES, build_din_samples, din_feature_columns, make_behaviour_log
+    from tfrec.recipes import planted_din_data
 
-    log = make_behaviour_log(num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
-                             seed=args.seed, id_type="str")
-    train_df, test_df = build_din_samples(log, maxlen=args.maxlen, extra_cols=("p_click",), test_events=5)
-    columns = din_feature_columns(log, maxlen=args.maxlen, embedding_dim=args.embedding_dim, id_type="str")
-    return log, train_df, test_df, columns, DIN_HISTORY_FEATURES
+    return planted_din_data(args.users, args.items, args.events_per_user, args.maxlen, args.embedding_dim, args.seed)
 
 
-def _train_din(args, train_df, columns, history_features):
-    import tensorflow as tf
-    from tfrec import metrics
-    from tfrec.data import df_to_dataset
-    from tfrec.models import DIN
+def _train_din(args, train_df, columns):
+    from tfrec.recipes import train_din
 
-    tf.keras.utils.set_random_seed(args.seed)
-    model = DIN(columns, history_features, dnn_hidden_units=(64, 32), att_hidden_size=(32, 16),
-                att_weight_normalization=True, l2_reg_embedding=0, seed=args.seed)
-    model.compile(tf.keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
-                  metrics=[metrics.AUC(), metrics.LogLoss()])
-    dataset = df_to_dataset(train_df, columns, "click", batch_size=args.batch_size, seed=args.seed)
-    model.fit(dataset, epochs=args.epochs, verbose=1 if args.verbose else 2)
-    return model
+    return train_din(train_df, columns, args.seed, args.epochs, args.batch_size, args.learning_rate,
+                     verbose=1 if args.verbose else 2)
 
 
 def _print_report(title, report):
@@ -61,11 +48,11 @@ def cmd_demo(args):
     workdir = args.workdir or tempfile.mkdtemp(prefix="tfrec-demo-")
     print(f"[1/5] planted-truth behaviour log: {args.users} users x {args.events_per_user} events, "
           f"{args.items} items (string ids)")
-    log, train_df, test_df, columns, history_features = _planted_din(args)
+    log, train_df, test_df, columns = _planted_din(args)
     print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples (last 5 events of each user held out)")
 
     print("[2/5] training DIN with Keras fit")
-    model = _train_din(args, train_df, columns, history_features)
+    model = _train_din(args, train_df, columns)
     report = evaluate_binary(model, test_df, columns, "click", truth_col="p_click", group_col="user_id")
     _print_report("[3/5] test", report)
 
@@ -108,8 +95,8 @@ def cmd_demo(args):
 def cmd_train(args):
     from tfrec.evaluation import evaluate_binary
 
-    _, train_df, test_df, columns, history_features = _planted_din(args)
-    model = _train_din(args, train_df, columns, history_features)
+    _, train_df, test_df, columns = _planted_din(args)
+    model = _train_din(args, train_df, columns)
     _print_report("test", evaluate_binary(model, test_df, columns, "click", truth_col="p_click", group_col="user_id"))
     model.save(args.output)
     print(f"saved Keras model to {args.output}")

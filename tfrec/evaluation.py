@@ -30,7 +30,10 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
     report = {"rows": len(df), "auc": metrics.auc(labels, scores), "logloss": metrics.logloss(labels, scores)}
     if group_col is not None:
         groups = df[group_col].to_numpy()
-        report["gauc"] = metrics.gauc(labels, scores, groups) if _has_mixed_group(labels, groups) else float("nan")
+        try:
+            report["gauc"] = metrics.gauc(labels, scores, groups)
+        except ValueError:  # the scores passed auc() above, so no group holds both labels
+            report["gauc"] = float("nan")
     if truth_col is not None:
         truth = df[truth_col].to_numpy(dtype=np.float64)
         known = ~np.isnan(truth)
@@ -41,8 +44,3 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
             report["oracle_gauc"] = metrics.gauc(labels, truth, groups)
     return report
 
-
-def _has_mixed_group(labels, groups):
-    """Whether GAUC is defined: some group holds both a positive and a negative."""
-    positives = {g for g, y in zip(groups, labels) if y == 1}
-    return any(g in positives for g, y in zip(groups, labels) if y == 0)

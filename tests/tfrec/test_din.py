@@ -13,6 +13,7 @@ from tfrec.data import df_to_inputs
 from tfrec.evaluation import evaluate_binary
 from tfrec.layers import AttentionSequencePooling, LocalActivationUnit
 from tfrec.models import DIN
+from tfrec.recipes import build_din
 from tests.conftest import run_saved_model_cli
 
 
@@ -113,8 +114,7 @@ def test_save_and_load_round_trip(planted_din, tmp_path, fmt):
         loaded = tf.keras.models.load_model(tmp_path / "din.h5", custom_objects=tfrec.layers.custom_objects)
     else:
         planted_din.model.save_weights(tmp_path / "din_weights.h5")
-        loaded = DIN(planted_din.columns, planted_din.history_features, dnn_hidden_units=(64, 32),
-                     att_hidden_size=(32, 16), att_weight_normalization=True, l2_reg_embedding=0, seed=0)
+        loaded = build_din(planted_din.columns)
         loaded.load_weights(tmp_path / "din_weights.h5")
     np.testing.assert_allclose(predict(loaded, inputs), before, atol=1e-6)
     assert loaded.output_names == ["prediction"]

@@ -8,8 +8,8 @@ from . import _legacy_keras  # noqa: F401  (must run before TensorFlow is import
 from .feature_column import (DEFAULT_GROUP_NAME, DenseFeat, SparseFeat, VarLenSparseFeat,
                              get_feature_names, validate_columns)
 from .inputs import FeatureEncoder, build_input_features
-from .layers import RecentSequence, SequencePooling, SparseIndex
+from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
 
 __all__ = ["DEFAULT_GROUP_NAME", "DenseFeat", "SparseFeat", "VarLenSparseFeat", "get_feature_names",
            "validate_columns", "FeatureEncoder", "build_input_features", "RecentSequence",
-           "SequencePooling", "SparseIndex"]
+           "SequencePooling", "SparseEmbedding", "SparseIndex"]

@@ -1,8 +1,9 @@
 """Keras Inputs and embeddings for a list of feature columns.
 
 `build_input_features` gives one named Keras Input per feature. `FeatureEncoder` turns those
-Inputs into embeddings inside a functional model: one SparseIndex + Embedding pair per
-`embedding_name`, shared by every column that names it (a target item and its history).
+Inputs into embeddings inside a functional model: one SparseIndex + SparseEmbedding pair per
+`embedding_name`, shared by every column that names it (a target item and its history), and one
+lookup call per table, so the mini-batch aware penalty sees each table's distinct ids once.
 """
 from collections import OrderedDict
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 from .feature_column import (DenseFeat, SparseFeat, VarLenSparseFeat, STRING_DTYPE,
                              read_vocabulary_file, validate_columns)
-from .layers import RecentSequence, SequencePooling, SparseIndex
+from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
 
 
 def build_input_features(feature_columns, prefix=""):
@@ -51,7 +52,8 @@ class FeatureEncoder:
 
     Args:
       feature_columns: SparseFeat / VarLenSparseFeat / DenseFeat list (validated as a whole).
-      l2_reg_embedding: L2 penalty on the embedding tables.
+      l2_reg_embedding: DIN's mini-batch aware L2 penalty on the embedding rows a batch uses,
+        scaled by the inverse of each id's frequency (see `SparseEmbedding`).
       seed: seed for the default embedding initializer.
       features: existing Inputs to reuse (e.g. shared by two towers); built if None.
     """
@@ -69,10 +71,9 @@ class FeatureEncoder:
                 string_input=column.dtype == STRING_DTYPE, name=prefix + "index_" + table)
             initializer = column.embeddings_initializer or tf.keras.initializers.RandomNormal(
                 mean=0.0, stddev=0.0001, seed=seed)
-            self._tables[table] = tf.keras.layers.Embedding(
+            self._tables[table] = SparseEmbedding(
                 column.vocabulary_size, column.embedding_dim, embeddings_initializer=initializer,
-                embeddings_regularizer=tf.keras.regularizers.l2(l2_reg_embedding) if l2_reg_embedding else None,
-                trainable=column.trainable, name=prefix + "emb_" + table)
+                l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
         self._prefix = prefix
         self._indices, self._weights, self._embedded = {}, {}, {}
 
@@ -109,8 +110,11 @@ class FeatureEncoder:
     def embed(self, name):
         """(batch, 1, dim) for a SparseFeat, (batch, maxlen, dim) for a sequence."""
         if name not in self._embedded:
-            column = self.column(name, (SparseFeat, VarLenSparseFeat))
-            self._embedded[name] = self._tables[column.embedding_name](self.indices(name))
+            table = self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name
+            users = [n for n, c in self.columns.items()
+                     if not isinstance(c, DenseFeat) and c.embedding_name == table]
+            embedded = self._tables[table]([self.indices(n) for n in users])
+            self._embedded.update(zip(users, embedded))
         return self._embedded[name]
 
     def pooled(self, name):

@@ -127,3 +127,78 @@ class SequencePooling(tf.keras.layers.Layer):
         config = super().get_config()
         config.update(combiner=self.combiner, weight_norm=self.weight_norm)
         return config
+
+
+@_register
+class SparseEmbedding(tf.keras.layers.Layer):
+    """An embedding table whose training step touches only the rows the batch looks up.
+
+    Called on one index tensor, or on a list of them that share the table (a target item and its
+    history); returns the embeddings of each, shape `indices.shape + (output_dim,)`. Lookups are
+    `tf.gather`, so the table's gradient is an `IndexedSlices` over the looked-up rows.
+
+    `l2_reg` is DIN's mini-batch aware regularisation (Zhou et al., KDD 2018, section 4.3): the
+    L2 penalty of the whole table, l2_reg * sum_j ||w_j||^2, is spread over the examples that use
+    each row, so a batch penalises only its own rows. In a training call the layer adds the loss
+
+        l2_reg * (1 / K) * sum over the K looked-up ids k of ||w_k||^2 / f_k
+
+    where f_k = n_k / n is id k's share of all n lookups of the table in training so far (this
+    batch included; kept in the non-trainable weights `counts` and `lookups`). A row then appears
+    in a batch with expected share f_k, so the expected loss is l2_reg * sum_j ||w_j||^2: the same
+    scale as a Keras `embeddings_regularizer` of l2_reg (DeepCTR's `l2_reg_embedding`), but its
+    cost and gradient grow with the batch, not the table, and a row absent from the batch is not
+    touched. Per step, a rare id is penalised hard when it shows up and never otherwise.
+
+    With `frequency_scaling=False` the loss is l2_reg * sum over the batch's distinct ids of
+    ||w_j||^2 (the paper's penalty without the 1 / n_j). Inference adds no loss and counts nothing.
+    """
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", l2_reg=0.0,
+                 frequency_scaling=True, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = tf.keras.initializers.get(embeddings_initializer)
+        self.l2_reg = float(l2_reg)
+        self.frequency_scaling = bool(frequency_scaling)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.input_dim, self.output_dim),
+                                          initializer=self.embeddings_initializer)
+        # float32 so f_k is one division; exact up to 2**24 lookups of an id, a close ratio beyond.
+        self.counts = self.add_weight(name="counts", shape=(self.input_dim,), initializer="zeros",
+                                      trainable=False)
+        self.lookups = self.add_weight(name="lookups", shape=(), initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        indices = [tf.cast(x, tf.int32) for x in tf.nest.flatten(inputs)]
+        embedded = [tf.gather(self.embeddings, x) for x in indices]
+        if training and self.l2_reg > 0.0 and self.trainable:
+            self.add_loss(self._batch_penalty(indices, embedded))
+        return embedded if isinstance(inputs, (list, tuple)) else embedded[0]
+
+    def _batch_penalty(self, indices, embedded):
+        ids = tf.concat([tf.reshape(x, [-1]) for x in indices], axis=0)
+        rows = tf.concat([tf.reshape(e, [-1, self.output_dim]) for e in embedded], axis=0)
+        squared_norms = tf.reduce_sum(tf.square(rows), axis=1)
+        if self.frequency_scaling:
+            batch_lookups = tf.cast(tf.size(ids), tf.float32)
+            self.counts.scatter_add(tf.IndexedSlices(tf.ones_like(ids, tf.float32), ids))
+            self.lookups.assign_add(batch_lookups)
+            inverse_share = self.lookups / tf.gather(self.counts, ids)
+            return self.l2_reg * tf.math.divide_no_nan(
+                tf.reduce_sum(squared_norms * inverse_share), batch_lookups)
+        # Each distinct id once: sort, then keep the first of every run (XLA has no tf.unique).
+        order = tf.argsort(ids)
+        sorted_ids = tf.gather(ids, order)
+        first = tf.not_equal(sorted_ids, tf.concat([[-1], sorted_ids[:-1]], axis=0))
+        return self.l2_reg * tf.reduce_sum(tf.where(first, tf.gather(squared_norms, order), 0.0))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      embeddings_initializer=tf.keras.initializers.serialize(self.embeddings_initializer),
+                      l2_reg=self.l2_reg, frequency_scaling=self.frequency_scaling)
+        return config

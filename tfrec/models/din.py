@@ -11,6 +11,7 @@ from feature_columns.inputs import concat
 
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
 from ..layers.core import check_task
+from .base import RecModel
 
 HISTORY_PREFIX = "hist_"
 
@@ -62,5 +63,5 @@ def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_
     logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
                                   name="logit")(hidden)
     output = PredictionLayer(task, name="prediction")(logit)
-    return tf.keras.Model(inputs=encoder.features, outputs=output, name="din")
+    return RecModel(inputs=encoder.features, outputs=output, name="din")
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from feature_columns import FeatureEncoder
 
 from .multitask import check_tasks, task_tower
+from .base import RecModel
 
 CVR = "cvr"
 
@@ -52,4 +53,4 @@ def ESMM(dnn_feature_columns, tower_dnn_hidden_units=(256, 128, 64), l2_reg_embe
     # Its own seed, so the CVR tower does not start as a copy of the CTR tower.
     cvr = task_tower(dnn_input, "binary", CVR, seed=seed + 1, **tower)                           # (B, 1)
     ctcvr = tf.keras.layers.Multiply(name=ctcvr_name)([ctr, cvr])                                # (B, 1)
-    return tf.keras.Model(inputs=encoder.features, outputs=[ctr, ctcvr], name="esmm")
+    return RecModel(inputs=encoder.features, outputs=[ctr, ctcvr], name="esmm")

@@ -10,6 +10,7 @@ from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
 from .multitask import check_tasks, task_tower
+from .base import RecModel
 
 
 def MMOE(dnn_feature_columns, num_experts=3, expert_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
@@ -49,4 +50,4 @@ def MMOE(dnn_feature_columns, num_experts=3, expert_dnn_hidden_units=(256, 128),
         mixture = ExpertMixture(name="mixture_" + task_name)(experts, gate)                  # (B, D)
         outputs.append(task_tower(mixture, task_type, task_name, tower_dnn_hidden_units, dnn_activation,
                                   l2_reg_dnn, dnn_dropout, dnn_use_bn, seed))
-    return tf.keras.Model(inputs=encoder.features, outputs=outputs, name="mmoe")
+    return RecModel(inputs=encoder.features, outputs=outputs, name="mmoe")

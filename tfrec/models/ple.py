@@ -13,6 +13,7 @@ from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
 from .multitask import check_tasks, task_tower
+from .base import RecModel
 
 SHARED = "shared"
 
@@ -90,4 +91,4 @@ def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_lev
     outputs = [task_tower(x, task_type, task_name, tower_dnn_hidden_units, dnn_activation, l2_reg_dnn,
                           dnn_dropout, dnn_use_bn, seed)
                for task_type, task_name, x in zip(task_types, task_names, task_inputs)]
-    return tf.keras.Model(inputs=encoder.features, outputs=outputs, name="ple")
+    return RecModel(inputs=encoder.features, outputs=outputs, name="ple")

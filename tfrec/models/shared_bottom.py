@@ -11,6 +11,7 @@ from feature_columns import FeatureEncoder
 
 from ..layers import DNN
 from .multitask import check_tasks, task_tower
+from .base import RecModel
 
 
 def SharedBottom(dnn_feature_columns, bottom_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
@@ -42,4 +43,4 @@ def SharedBottom(dnn_feature_columns, bottom_dnn_hidden_units=(256, 128), tower_
     outputs = [task_tower(shared, task_type, task_name, tower_dnn_hidden_units, dnn_activation, l2_reg_dnn,
                           dnn_dropout, dnn_use_bn, seed)
                for task_type, task_name in zip(task_types, task_names)]
-    return tf.keras.Model(inputs=encoder.features, outputs=outputs, name="shared_bottom")
+    return RecModel(inputs=encoder.features, outputs=outputs, name="shared_bottom")

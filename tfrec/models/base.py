@@ -1,0 +1,94 @@
+"""The Keras model class every tfrec model is: a functional model with a split training step.
+
+Raw strings and ids come in, and the in-graph lookups (StringLookup, IntegerLookup, Hashing)
+that map them to embedding indices cannot be compiled by XLA. `RecModel.train_step` therefore
+runs in two parts: the lookups as ordinary TensorFlow ops, then the rest of the model (embeddings,
+attention, towers), the loss and its gradients as one XLA-compiled function of the indices. The
+model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and SavedModel export
+still take raw values through the same lookup layers: there is no second preprocessing path that
+could drift from the served one.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import tensorflow as tf
+from feature_columns import SparseIndex
+
+from ..optimizers import sparse_optimizer
+
+__all__ = ["RecModel"]
+
+
+class _TrainingSplit:
+    """The model cut after its SparseIndex layers (a plain object, so Keras does not track it).
+
+    `lookup(x)` maps raw features to the list of tensors that `core` takes: the output of every
+    SparseIndex call, then the raw inputs that other layers read (dense features, lengths).
+    `step(indexed, y, sample_weight)` -> (y_pred, gradients of the loss for the model's
+    trainable variables) is a tf.function of the core, XLA-compiled when `jit_compile`.
+    """
+
+    def __init__(self, model, jit_compile):
+        indexed, read_raw = [], []
+        model_inputs = {id(t) for t in model.inputs}
+        for layer in model.layers:
+            for node_index, node in enumerate(layer._inbound_nodes):
+                if f"{layer.name}_ib-{node_index}" not in model._network_nodes:
+                    continue  # a call of a shared layer that belongs to another model
+                if isinstance(layer, SparseIndex):
+                    indexed.append(node.outputs)
+                elif not node.is_input:
+                    read_raw += [t for t in tf.nest.flatten(node.keras_inputs)
+                                 if id(t) in model_inputs and all(t is not r for r in read_raw)]
+        self.lookup = tf.keras.Model(model.inputs, indexed + read_raw, name=f"{model.name}_lookup")
+        self.core = tf.keras.Model(indexed + read_raw, model.outputs, name=f"{model.name}_core")
+
+        def step(indexed, y, sample_weight):
+            with tf.GradientTape() as tape:
+                y_pred = self.core(indexed, training=True)
+                loss = model.compute_loss(None, y, y_pred, sample_weight)
+            return y_pred, tape.gradient(loss, model.trainable_variables)
+
+        self.step = tf.function(step, jit_compile=jit_compile)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec")
+class RecModel(tf.keras.Model):
+    """A functional `tf.keras.Model` whose `fit` compiles everything after the lookups with XLA.
+
+    Built like any functional model, `RecModel(inputs, outputs, name=...)`; it saves, loads
+    (`.h5` or SavedModel, no custom_objects needed) and exports like one. Differences in
+    `compile`:
+
+      * `jit_compile=None` (the default) means XLA when TensorFlow can use it here; the compiled
+        part is the model after its lookups, the loss and the gradients. `jit_compile=False`
+        trains without XLA.
+      * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
+        with the same settings: Adam on dense weights, and on embedding tables an update of only
+        the rows the batch used, so a step costs the same whatever the table size.
+
+    `core_step_function()` is the compiled function (a `tf.function`; its
+    `experimental_get_tracing_count()` shows that `fit` used it).
+    """
+
+    def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
+        super().compile(sparse_optimizer(optimizer), *args, jit_compile=False, **kwargs)
+        self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
+
+    def core_step_function(self):
+        """The tf.function of the model after its lookups: (indexed, y, w) -> (y_pred, gradients).
+
+        A method, not an attribute, so SavedModel export does not serialise it.
+        """
+        return self._split.step
+
+    def train_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, gradients = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
+        self.optimizer.apply_gradients(
+            (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+# `.h5` files name a Model subclass by its bare class name: make that name loadable without
+# custom_objects, as the registered "tfrec>RecModel" is for SavedModels.
+tf.keras.utils.get_custom_objects()["RecModel"] = RecModel

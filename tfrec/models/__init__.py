@@ -1,7 +1,8 @@
 """The model zoo: one file per model, DeepCTR/DeepMatch signatures."""
+from .base import RecModel
 from .din import DIN
 
-__all__ = ["DIN"]
+__all__ = ["DIN", "RecModel"]
 
 from .esmm import ESMM  # noqa: E402
 from .mmoe import MMOE  # noqa: E402

@@ -1,0 +1,93 @@
+"""SparseEmbedding: DIN's mini-batch aware L2 against a numpy reference, sparse gradients."""
+import numpy as np
+import pytest
+
+import feature_columns  # noqa: F401
+import tensorflow as tf
+from feature_columns import SparseEmbedding
+
+ROWS, DIM, L2 = 40, 3, 0.01
+
+
+def make_table(l2_reg=L2, frequency_scaling=True, prior_counts=None):
+    layer = SparseEmbedding(ROWS, DIM, embeddings_initializer=tf.keras.initializers.RandomNormal(seed=1),
+                            l2_reg=l2_reg, frequency_scaling=frequency_scaling)
+    layer.build(None)
+    if prior_counts is not None:
+        layer.counts.assign(prior_counts.astype(np.float32))
+        layer.lookups.assign(float(prior_counts.sum()))
+    return layer
+
+
+def numpy_penalty(table, counts, lookups, ids):
+    """The loss of SparseEmbedding's docstring, written out from the paper's terms."""
+    counts = counts + np.bincount(ids, minlength=ROWS)
+    lookups = lookups + len(ids)
+    share = counts[ids] / lookups                     # f_k, this batch included
+    return L2 * np.mean(np.sum(table[ids] ** 2, axis=1) / share)
+
+
+def test_batch_penalty_equals_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    prior = rng.integers(0, 30, ROWS)
+    layer = make_table(prior_counts=prior)
+    target = np.array([[3], [7], [3], [0]], np.int32)                     # one table, two features
+    history = np.array([[7, 7, 1, 0], [2, 0, 0, 0], [3, 9, 9, 9], [5, 5, 5, 5]], np.int32)
+    table = layer.embeddings.numpy()
+    ids = np.concatenate([target.ravel(), history.ravel()])
+
+    out_target, out_history = layer([target, history], training=True)
+    assert out_target.shape == (4, 1, DIM) and out_history.shape == (4, 4, DIM)
+    np.testing.assert_array_equal(out_history.numpy(), table[history])
+    (penalty,) = layer.losses
+    np.testing.assert_allclose(penalty.numpy(), numpy_penalty(table, prior, prior.sum(), ids), rtol=1e-5)
+    np.testing.assert_array_equal(layer.counts.numpy(), prior + np.bincount(ids, minlength=ROWS))
+    assert layer.lookups.numpy() == prior.sum() + len(ids)
+
+
+def test_expected_penalty_is_the_full_table_l2_at_the_same_scale():
+    """Ids drawn with their long-run shares: the batch penalty averages to L2 * sum ||w_j||^2."""
+    rng = np.random.default_rng(1)
+    share = rng.dirichlet(np.ones(ROWS))
+    layer = make_table(prior_counts=np.round(share * 1e7))  # counts already at their long-run shares
+    table = layer.embeddings.numpy()
+    penalties = []
+    for _ in range(300):
+        layer(rng.choice(ROWS, size=(64, 1), p=share).astype(np.int32), training=True)
+        penalties.append(float(layer.losses[0]))
+    np.testing.assert_allclose(np.mean(penalties), L2 * np.sum(table ** 2), rtol=0.05)
+
+
+def test_without_frequency_scaling_each_distinct_row_counts_once():
+    layer = make_table(frequency_scaling=False)
+    ids = np.array([[4, 4, 9, 0], [9, 1, 1, 0]], np.int32)
+    layer(ids, training=True)
+    table = layer.embeddings.numpy()
+    np.testing.assert_allclose(float(layer.losses[0]), L2 * np.sum(table[[0, 1, 4, 9]] ** 2), rtol=1e-6)
+    assert not layer.counts.numpy().any()
+
+
+def test_inference_adds_no_loss_and_counts_nothing():
+    layer = make_table()
+    layer(np.array([[1, 2, 3]], np.int32), training=False)
+    assert not layer.losses
+    assert not layer.counts.numpy().any() and layer.lookups.numpy() == 0
+
+
+def test_table_gradient_is_indexed_slices_over_the_batch_rows():
+    layer = make_table()
+    ids = np.array([[2, 5], [5, 0]], np.int32)
+    with tf.GradientTape() as tape:
+        embedded = layer(ids, training=True)
+        loss = tf.reduce_sum(embedded) + tf.add_n(layer.losses)
+    gradient = tape.gradient(loss, layer.embeddings)
+    assert isinstance(gradient, tf.IndexedSlices)
+    assert set(gradient.indices.numpy().tolist()) == {0, 2, 5}
+
+
+@pytest.mark.parametrize("scaling", [True, False])
+def test_config_round_trips(scaling):
+    layer = make_table(frequency_scaling=scaling)
+    clone = SparseEmbedding.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert (clone.input_dim, clone.output_dim, clone.l2_reg, clone.frequency_scaling) == (ROWS, DIM, L2, scaling)

@@ -1,0 +1,167 @@
+"""The training path every model shares: compiled fit over raw strings, lazy row updates, resume."""
+import os
+
+import numpy as np
+import pytest
+
+import feature_columns  # noqa: F401
+import tensorflow as tf
+from feature_columns import SparseEmbedding
+
+import exporters
+from tfrec.data import df_to_dataset, df_to_inputs
+from tfrec.models import RecModel
+from tfrec.optimizers import LazyAdam
+from tfrec.recipes import build_din, planted_din_data
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def small():
+    _, train_df, test_df, columns = planted_din_data(users=150, items=120, events_per_user=16)
+    return train_df, test_df, columns
+
+
+def signature_value(array):
+    """What a client sends: str for raw ids, int64 for integers (the signature's types)."""
+    return array.astype(str) if array.dtype == object else array.astype(np.int64) if array.dtype.kind == "i" else array
+
+
+def new_model(columns, **compile_args):
+    tf.keras.utils.set_random_seed(3)
+    model = build_din(columns, seed=3)
+    model.compile(compile_args.pop("optimizer", "adam"), "binary_crossentropy", **compile_args)
+    return model
+
+
+def batch(df, columns, start):
+    rows = df.iloc[start:start + BATCH]
+    return df_to_inputs(rows, columns), rows["click"].to_numpy(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    train_df, _, columns = small
+    model = new_model(columns)
+    model.fit(df_to_dataset(train_df, columns, "click", batch_size=BATCH, seed=0), epochs=1, verbose=0)
+    return model
+
+
+def test_raw_string_model_trains_compiled_and_its_export_takes_raw_strings(small, trained, tmp_path):
+    _, test_df, columns = small
+    assert columns[0].dtype == "string"
+    step = trained.core_step_function()
+    assert step._jit_compile is True
+    assert step.experimental_get_tracing_count() >= 1  # fit went through the compiled step
+    # The compiled part really is XLA: its HLO exists and holds no string lookup.
+    indexed = trained._split.lookup(df_to_inputs(test_df.head(4), columns))
+    hlo = step.experimental_get_compiler_ir(indexed, tf.zeros([4]), None)(stage="hlo")
+    assert "HloModule" in hlo and "LookupTable" not in hlo
+
+    inputs = df_to_inputs(test_df.head(50), columns)
+    path = exporters.export_saved_model(trained, str(tmp_path / "din"), warmup_inputs=inputs)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    served = serve(**{name: tf.constant(signature_value(value)) for name, value in inputs.items()})
+    (scores,) = served.values()
+    np.testing.assert_allclose(scores.numpy().reshape(-1), trained.predict(inputs, verbose=0).reshape(-1),
+                               atol=1e-6)
+
+
+def test_compile_makes_adam_lazy_and_keeps_other_optimizers(small):
+    columns = small[2]
+    assert type(new_model(columns).optimizer) is LazyAdam
+    tuned = new_model(columns, optimizer=tf.keras.optimizers.Adam(0.02, beta_1=0.8))
+    assert type(tuned.optimizer) is LazyAdam
+    assert np.isclose(float(tuned.optimizer.learning_rate), 0.02) and tuned.optimizer.beta_1 == 0.8
+    assert type(new_model(columns, optimizer="sgd").optimizer) is tf.keras.optimizers.SGD
+    assert new_model(columns, jit_compile=False).core_step_function()._jit_compile is False
+
+
+def _table_state(model):
+    """{variable name: value} for every embedding table, its Adam moments and its counts."""
+    optimizer, state = model.optimizer, {}
+    for layer in model.layers:
+        if isinstance(layer, SparseEmbedding):
+            index = optimizer._index_dict[optimizer._var_key(layer.embeddings)]
+            state[layer.name] = layer.embeddings.numpy()
+            state[layer.name + "/m"] = optimizer._momentums[index].numpy()
+            state[layer.name + "/v"] = optimizer._velocities[index].numpy()
+            state[layer.name + "/counts"] = layer.counts.numpy()
+    return state
+
+
+def test_a_step_leaves_rows_outside_the_batch_bit_identical(small):
+    train_df, _, columns = small
+    model = new_model(columns, optimizer=tf.keras.optimizers.Adam(0.01))
+    for start in (0, BATCH):  # two steps, so moments are non-zero before the one we check
+        model.train_on_batch(*batch(train_df, columns, start))
+    x, y = batch(train_df, columns, 5 * BATCH)
+    before = _table_state(model)
+    dense_before = model.get_layer("dnn").get_weights()
+    model.train_on_batch(x, y)
+    after = _table_state(model)
+
+    lookups = model._split.lookup(x)
+    used = {}
+    for layer in model.layers:
+        if isinstance(layer, feature_columns.SparseIndex):
+            table = "emb_" + layer.name[len("index_"):]
+            used.setdefault(table, set())
+    # Every looked-up index tensor belongs to the table of the SparseIndex layer that made it.
+    index_layers = [node.layer for layer in model.layers if isinstance(layer, feature_columns.SparseIndex)
+                    for node in layer._inbound_nodes]
+    for layer, ids in zip(index_layers, lookups):
+        used["emb_" + layer.name[len("index_"):]].update(np.unique(ids.numpy()).tolist())
+
+    for table, rows in used.items():
+        untouched = np.setdiff1d(np.arange(before[table].shape[0]), sorted(rows))
+        assert len(untouched) > 0
+        for suffix in ("", "/m", "/v", "/counts"):
+            np.testing.assert_array_equal(after[table + suffix][untouched], before[table + suffix][untouched],
+                                          err_msg=f"{table}{suffix} changed outside the batch")
+        touched = sorted(rows - {0})
+        assert not np.array_equal(after[table][touched], before[table][touched])
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_layer("dnn").get_weights(), dense_before))
+
+
+def test_lazy_adam_matches_adam_on_dense_and_sums_repeated_rows():
+    dense_lazy, dense_adam = tf.Variable(np.ones((3, 2), np.float32)), tf.Variable(np.ones((3, 2), np.float32))
+    lazy, adam = LazyAdam(0.1), tf.keras.optimizers.Adam(0.1)
+    for step in range(3):
+        gradient = tf.constant(np.full((3, 2), step + 1.0, np.float32))
+        lazy.apply_gradients([(gradient, dense_lazy)])
+        adam.apply_gradients([(gradient, dense_adam)])
+    np.testing.assert_allclose(dense_lazy.numpy(), dense_adam.numpy(), rtol=1e-6)
+
+    table = tf.Variable(np.zeros((4, 1), np.float32))
+    LazyAdam(0.1).apply_gradients([(tf.IndexedSlices(tf.constant([[1.0], [2.0], [-4.0]]), tf.constant([2, 2, 0]),
+                                                     tf.constant([4, 1])), table)])
+    # One Adam step moves a row by lr * sign(summed gradient): row 2 got 1 + 2, row 0 got -4.
+    np.testing.assert_allclose(table.numpy().ravel(), [0.1, 0.0, -0.1, 0.0], atol=1e-6)
+
+
+def test_save_load_and_checkpoint_resume_keep_the_optimizer_state(small, trained, tmp_path):
+    train_df, test_df, columns = small
+    inputs = df_to_inputs(test_df.head(32), columns)
+    expected = trained.predict(inputs, verbose=0)
+
+    trained.save(str(tmp_path / "din.h5"))
+    loaded = tf.keras.models.load_model(str(tmp_path / "din.h5"))  # no custom_objects needed
+    assert type(loaded) is RecModel and type(loaded.optimizer) is LazyAdam
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), expected, atol=1e-6)
+    assert int(loaded.optimizer.iterations) == int(trained.optimizer.iterations)
+
+    # Checkpoint, restore into a fresh model, take the same step on both: identical weights.
+    checkpoint = tf.train.Checkpoint(model=trained, optimizer=trained.optimizer)
+    path = checkpoint.save(os.path.join(tmp_path, "ckpt"))
+    resumed = new_model(columns)
+    resumed.optimizer.build(resumed.trainable_variables)
+    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path).assert_consumed()
+    for name, value in _table_state(trained).items():
+        np.testing.assert_array_equal(_table_state(resumed)[name], value, err_msg=name)
+    x, y = batch(train_df, columns, 0)
+    trained.train_on_batch(x, y)
+    resumed.train_on_batch(x, y)
+    for a, b in zip(trained.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -24,8 +24,8 @@ def small():
 
 
 def signature_value(array):
-    """What a client sends: str for raw ids, int64 for integers (the signature's types)."""
-    return array.astype(str) if array.dtype == object else array.astype(np.int64) if array.dtype.kind == "i" else array
+    """What a client sends: raw ids as str, other features as df_to_inputs gives them."""
+    return array.astype(str) if array.dtype == object else array
 
 
 def new_model(columns, **compile_args):

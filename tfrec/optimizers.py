@@ -15,15 +15,15 @@ class LazyAdam(tf.keras.optimizers.Adam):
     with the table; here the moments and weights of the rows in the batch are updated and every
     other row, with its moments, is left exactly as it was (the "lazy" Adam of TF-Addons and
     TF1's `LazyAdamOptimizer`). A row's moments therefore decay only on the steps that use it.
-    Slots and config are Adam's, so checkpoints and `get_config` round-trip as usual.
+    Slots and config are Adam's, so checkpoints and `get_config` round-trip as usual, and the
+    update compiles with XLA inside a training step.
     """
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable)
-        # Sum repeated ids first: scatter_update keeps only one write per index.
-        rows, positions = tf.unique(gradient.indices)
-        grads = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
+        # apply_gradients has already summed repeated rows (Optimizer._deduplicate_sparse_grad).
+        rows, grads = gradient.indices, gradient.values
 
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
@@ -39,12 +39,6 @@ class LazyAdam(tf.keras.optimizers.Adam):
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + epsilon), rows))
-
-    def _update_step_xla(self, gradient, variable, key):
-        # XLA cannot compile tf.unique: sparse updates run as ordinary ops, dense ones stay fused.
-        if isinstance(gradient, tf.IndexedSlices):
-            return self._update_step(gradient, variable)
-        return super()._update_step_xla(gradient, variable, key)
 
 
 def sparse_optimizer(optimizer):

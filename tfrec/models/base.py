@@ -23,8 +23,8 @@ class _TrainingSplit:
 
     `lookup(x)` maps raw features to the list of tensors that `core` takes: the output of every
     SparseIndex call, then the raw inputs that other layers read (dense features, lengths).
-    `step(indexed, y, sample_weight)` -> (y_pred, gradients of the loss for the model's
-    trainable variables) is a tf.function of the core, XLA-compiled when `jit_compile`.
+    `step(indexed, y, sample_weight)` -> y_pred runs the core, the loss, its gradients and the
+    optimizer update as one tf.function, XLA-compiled when `jit_compile`.
     """
 
     def __init__(self, model, jit_compile):
@@ -46,7 +46,10 @@ class _TrainingSplit:
             with tf.GradientTape() as tape:
                 y_pred = self.core(indexed, training=True)
                 loss = model.compute_loss(None, y, y_pred, sample_weight)
-            return y_pred, tape.gradient(loss, model.trainable_variables)
+            variables = model.trainable_variables
+            model.optimizer.apply_gradients(
+                (g, v) for g, v in zip(tape.gradient(loss, variables), variables) if g is not None)
+            return y_pred
 
         self.step = tf.function(step, jit_compile=jit_compile)
 
@@ -59,9 +62,9 @@ class RecModel(tf.keras.Model):
     (`.h5` or SavedModel, no custom_objects needed) and exports like one. Differences in
     `compile`:
 
-      * `jit_compile=None` (the default) means XLA when TensorFlow can use it here; the compiled
-        part is the model after its lookups, the loss and the gradients. `jit_compile=False`
-        trains without XLA.
+      * `jit_compile=None` (the default) means XLA: the compiled part is the model after its
+        lookups, the loss, the gradients and the optimizer update. `jit_compile=False` trains
+        without XLA (for an optimizer or layer XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.
@@ -75,7 +78,7 @@ class RecModel(tf.keras.Model):
         self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
 
     def core_step_function(self):
-        """The tf.function of the model after its lookups: (indexed, y, w) -> (y_pred, gradients).
+        """The tf.function of a training step after the lookups: (indexed, y, w) -> y_pred.
 
         A method, not an attribute, so SavedModel export does not serialise it.
         """
@@ -83,9 +86,7 @@ class RecModel(tf.keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, gradients = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
-        self.optimizer.apply_gradients(
-            (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
+        y_pred = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
 

@@ -8,8 +8,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from .data import DIN_HISTORY_FEATURES, build_din_samples, df_to_dataset, din_feature_columns, make_behaviour_log
 
 # Small enough for 2 CPU cores in well under a minute; 0.97 of the oracle AUC on the default data.
-DIN_SIZE = dict(dnn_hidden_units=(64, 32), att_hidden_size=(32, 16), att_weight_normalization=True,
-                l2_reg_embedding=0)
+DIN_SIZE = dict(dnn_hidden_units=(64, 32), att_hidden_size=(32, 16), att_weight_normalization=True)
 HELD_OUT_EVENTS = 5  # per user, so GAUC is defined on the test frame
 
 

@@ -23,9 +23,45 @@ def _fail(kind, name, problem):
     raise ValueError(f"{kind} '{name}': {problem}")
 
 
-def read_vocabulary_file(path):
+def _vocabulary_lines(path):
+    """(value, count or None) per non-empty line of a vocabulary file."""
+    lines = []
     with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.rstrip("\n")]
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            value, count = line, None
+            if "\t" in line:
+                value, _, text = line.rpartition("\t")
+                try:
+                    count = float(text)
+                except ValueError:
+                    count = float("nan")
+                if not count >= 0:
+                    raise ValueError(f"vocabulary file {path!r} line {number}: the count after the tab "
+                                     f"must be a number >= 0, got {text!r}")
+            lines.append((value, count))
+    with_counts = sum(count is not None for _, count in lines)
+    if 0 < with_counts < len(lines):
+        raise ValueError(f"vocabulary file {path!r}: {with_counts} of {len(lines)} lines have a count; "
+                         "give a count on every line or on none")
+    return lines
+
+
+def read_vocabulary_file(path):
+    """The values of a vocabulary file: one per line, each optionally followed by a tab and a count."""
+    return [value for value, _ in _vocabulary_lines(path)]
+
+
+def read_vocabulary_counts(path):
+    """The counts column of a vocabulary file, aligned with its values; None if it has none.
+
+    A count is how often the value occurs in the training data; the mini-batch aware embedding
+    penalty starts its frequency estimates from them (see `SparseEmbedding`).
+    """
+    counts = [count for _, count in _vocabulary_lines(path)]
+    return None if not counts or counts[0] is None else counts
 
 
 class SparseFeat(namedtuple("SparseFeat", [
@@ -35,7 +71,9 @@ class SparseFeat(namedtuple("SparseFeat", [
 
     Ids are used as table indices directly (ints in [0, vocabulary_size), 0 = padding), unless
     `vocabulary` / `vocabulary_path` is given (raw values are looked up in-graph; unknown values go
-    to an out-of-vocabulary bucket; the table then has len(vocabulary) + 2 rows) or `use_hash` is
+    to an out-of-vocabulary bucket; the table then has len(vocabulary) + 2 rows; a vocabulary file
+    has one value per line, optionally followed by a tab and how often the value occurs in the
+    training data, which seeds the frequencies of the mini-batch aware L2) or `use_hash` is
     True (raw strings or ints hashed in-graph into vocabulary_size - 1 buckets, 0 kept for padding).
     """
 

@@ -11,8 +11,9 @@ from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
-from .feature_column import (DenseFeat, SparseFeat, VarLenSparseFeat, STRING_DTYPE,
-                             read_vocabulary_file, validate_columns)
+from .feature_column import (NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
+                             VarLenSparseFeat, read_vocabulary_counts, read_vocabulary_file,
+                             validate_columns)
 from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
 
 
@@ -115,6 +116,7 @@ class FeatureEncoder:
                      if not isinstance(c, DenseFeat) and c.embedding_name == table]
             embedded = self._tables[table]([self.indices(n) for n in users])
             self._embedded.update(zip(users, embedded))
+            _start_counts_from_vocabulary(self._tables[table], self.columns[users[0]])
         return self._embedded[name]
 
     def pooled(self, name):
@@ -153,6 +155,17 @@ class FeatureEncoder:
 
 def concat(tensors):
     return tensors[0] if len(tensors) == 1 else tf.keras.layers.Concatenate(axis=-1)(tensors)
+
+
+def _start_counts_from_vocabulary(table, column):
+    """Seeds a table's lookup counts with its vocabulary file's counts, when the file has them."""
+    counts = read_vocabulary_counts(column.vocabulary_path) if column.vocabulary_path else None
+    if counts is None:
+        return
+    seeded = [0.0] * NUM_RESERVED_INDICES + counts  # padding and OOV rows start unseen
+    seeded += [0.0] * (table.input_dim - len(seeded))
+    table.counts.assign(seeded)
+    table.lookups.assign(sum(counts))
 
 
 def _vocabulary_of(column):

@@ -91,3 +91,30 @@ def test_config_round_trips(scaling):
     clone = SparseEmbedding.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert (clone.input_dim, clone.output_dim, clone.l2_reg, clone.frequency_scaling) == (ROWS, DIM, L2, scaling)
+
+
+def test_vocabulary_file_counts_seed_the_frequencies(tmp_path):
+    from feature_columns import FeatureEncoder, SparseFeat, VarLenSparseFeat
+
+    path = tmp_path / "items.tsv"
+    path.write_text("shoe\t120\nhat\t3\nsock\t40\n")
+    item = SparseFeat("item_id", None, 4, dtype="string", vocabulary_path=str(path))
+    columns = [item, VarLenSparseFeat(SparseFeat("hist_item_id", None, 4, dtype="string",
+                                                 vocabulary_path=str(path), embedding_name="item_id"), 5)]
+    encoder = FeatureEncoder(columns, l2_reg_embedding=1e-4)
+    encoder.embed("item_id")
+    table = encoder._tables["item_id"]
+    assert table.input_dim == 5  # padding, OOV, three values
+    np.testing.assert_array_equal(table.counts.numpy(), [0, 0, 120, 3, 40])
+    assert table.lookups.numpy() == 163
+
+
+@pytest.mark.parametrize("text, problem", [("shoe\t12\nhat\n", "1 of 2 lines have a count"),
+                                           ("shoe\tmany\n", "line 1: the count after the tab")])
+def test_bad_vocabulary_counts_name_the_file_and_line(tmp_path, text, problem):
+    from feature_columns import SparseFeat
+
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem):
+        SparseFeat("item_id", None, 4, dtype="string", vocabulary_path=str(path))

@@ -5,12 +5,13 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 from .adult import ADULT_TASKS, DEFAULT_ADULT_PATH, adult_feature_columns, load_adult
 from .behaviour import NEGATIVE_OUTCOME_VALUES, build_din_samples, check_esmm_labels
 from .pipeline import df_to_dataset, df_to_inputs
-from .planted import (DIN_HISTORY_FEATURES, din_feature_columns, make_behaviour_log, make_multitask_data,
-                      multitask_feature_columns, oracle_auc)
+from .planted import (DIN_HISTORY_FEATURES, SPARSE_USER_SETTINGS, din_feature_columns, make_behaviour_log,
+                      make_multitask_data, make_sparse_user_log, multitask_feature_columns, oracle_auc)
 
 __all__ = [
     "ADULT_TASKS", "DEFAULT_ADULT_PATH", "DIN_HISTORY_FEATURES", "NEGATIVE_OUTCOME_VALUES",
+    "SPARSE_USER_SETTINGS",
     "adult_feature_columns", "build_din_samples", "check_esmm_labels", "df_to_dataset", "df_to_inputs",
-    "din_feature_columns", "load_adult", "make_behaviour_log", "make_multitask_data",
+    "din_feature_columns", "load_adult", "make_behaviour_log", "make_multitask_data", "make_sparse_user_log",
     "multitask_feature_columns", "oracle_auc",
 ]

@@ -15,9 +15,11 @@ from ..metrics import auc
 
 __all__ = [
     "DIN_HISTORY_FEATURES",
+    "SPARSE_USER_SETTINGS",
     "din_feature_columns",
     "make_behaviour_log",
     "make_multitask_data",
+    "make_sparse_user_log",
     "multitask_feature_columns",
     "oracle_auc",
 ]
@@ -195,6 +197,72 @@ def make_behaviour_log(
         "p_click": p_click,
         "p_conversion": p_conv,
     })
+
+
+# Sparse-user presets of make_behaviour_log: a few dozen rows per user, items seen a few dozen
+# times on average (a Zipf head and a long tail seen once or twice). See make_sparse_user_log.
+SPARSE_USER_SETTINGS = {
+    # The issue's sizes (1,500 users x 40 rows, 2,500 items), with diffuse long-term tastes:
+    # a user's clicks spread over several categories, so the click history reveals theta_u
+    # slowly and the user-id embedding is tempted to fit each user's 35 training labels instead.
+    "a": dict(num_users=1500, num_items=2500, events_per_user=40, preference_concentration=0.3),
+    # Fewer rows per user (20: 15 training rows after holding out 5), twice the users, the default
+    # concentrated tastes: the history is informative, the user id is pure memorisation.
+    "b": dict(num_users=3000, num_items=2500, events_per_user=20),
+}
+
+
+def make_sparse_user_log(setting="a", seed=0, id_type="str"):
+    """A behaviour log in the sparse-user regime, where DIN's user-id embedding memorises.
+
+    `make_behaviour_log` with one of the presets in `SPARSE_USER_SETTINGS` (labels are drawn
+    from the p_click column, so the oracle AUC is defined as for any behaviour log):
+
+      "a": 1,500 users x 40 events, 2,500 items, 20 categories, preference_concentration 0.3
+           (diffuse tastes; oracle AUC ~0.78 on the last 5 events of each user).
+      "b": 3,000 users x 20 events, 2,500 items, the default concentration 0.02 (oracle ~0.84).
+
+    "a" has 52,500 training rows and "b" 45,000 (5 events per user held out); an item is seen ~24
+    times on average, the median item 7 times. What makes DIN memorise is the user id: with tens of rows per user its
+    embedding fits the training labels of each user (train AUC above the oracle's, test AUC
+    well below), and dropping the user-id column improves test AUC.
+
+    Measured with DIN (DNN 64-32, attention 32-16, embedding 8), build_din_samples(log, maxlen=30,
+    test_events=5), Adam 1e-3, batch 256, 3 epochs, df_to_dataset(seed=seed), raw string ids,
+    model and data seed 0, 1, 2; test AUC / oracle AUC (as tests/tfrec/test_sparse_regime.py and
+    benchmarks/bench_sparse_regime.py train it; commit 34c337a, 2026-11-29):
+
+                                                      setting "a"           setting "b"
+      default DIN (mini-batch aware L2 1e-6, LazyAdam)   0.836 0.861 0.836     0.929 0.933 0.946
+      old path: full-table L2 1e-6, dense Adam            0.843 0.854 0.847     0.925 0.952 0.941
+      default DIN without the user_id column              0.872 0.887 0.921     0.967 0.967 0.960
+      mini-batch aware L2 1e-2, LazyAdam                  0.865 0.901 0.923     0.937 0.930   -
+      full-table L2 1e-2, dense Adam                      0.892 0.912 0.926     0.936 0.940   -
+      mini-batch aware L2 1e-2, Keras' dense Adam         0.899 0.907   -         -     -     -
+      train AUC / oracle, default DIN                     1.005 1.020 0.993     1.013 1.002 1.004
+
+    So both presets show the issue's failure (train AUC at the oracle's, test AUC 0.84-0.95 of
+    it, and dropping the user id helps by 0.03-0.09 on "a", 0.02-0.04 on "b"). At DIN's default
+    strength the two penalties are equally negligible: new minus old lies in -0.019..+0.007, and
+    the training shuffle alone moves a run by ~0.03: on seed-0 data with model/shuffle seeds 0-4,
+    default DIN 0.829-0.850 on "a" (old path 0.830-0.854) and 0.896-0.949 on "b" (old path
+    0.924-0.939). A stronger penalty
+    (1e-2) closes part of the gap on "a", and there the full-table path is as good or better than
+    the mini-batch aware one; with Keras' dense Adam the mini-batch aware penalty matches it, so
+    the difference comes from LazyAdam, not from the penalty. No single L2 strength on all tables
+    reaches the no-user-id figure on "b" (1e-1: 0.932 mini-batch aware, 0.919 full-table, seed 0).
+
+    Args:
+      setting: "a" or "b" (keys of SPARSE_USER_SETTINGS).
+      seed: numpy seed of the world and its draws.
+      id_type: "str" (raw string ids, as the issue's runs) or "int".
+
+    Returns:
+      The `make_behaviour_log` DataFrame.
+    """
+    if setting not in SPARSE_USER_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(SPARSE_USER_SETTINGS)}, got {setting!r}")
+    return make_behaviour_log(**SPARSE_USER_SETTINGS[setting], seed=seed, id_type=id_type)
 
 
 def _id_column(log, name, embedding_dim, id_type, feature_name=None):

@@ -23,8 +23,9 @@ class _TrainingSplit:
 
     `lookup(x)` maps raw features to the list of tensors that `core` takes: the output of every
     SparseIndex call, then the raw inputs that other layers read (dense features, lengths).
-    `step(indexed, y, sample_weight)` -> y_pred runs the core, the loss, its gradients and the
-    optimizer update as one tf.function, XLA-compiled when `jit_compile`.
+    `step(indexed, y, sample_weight)` -> (y_pred, gradients) runs the core, the loss and its
+    gradients for the model's trainable variables as one tf.function, XLA-compiled when
+    `jit_compile`.
     """
 
     def __init__(self, model, jit_compile):
@@ -46,10 +47,7 @@ class _TrainingSplit:
             with tf.GradientTape() as tape:
                 y_pred = self.core(indexed, training=True)
                 loss = model.compute_loss(None, y, y_pred, sample_weight)
-            variables = model.trainable_variables
-            model.optimizer.apply_gradients(
-                (g, v) for g, v in zip(tape.gradient(loss, variables), variables) if g is not None)
-            return y_pred
+            return y_pred, tape.gradient(loss, model.trainable_variables)
 
         self.step = tf.function(step, jit_compile=jit_compile)
 
@@ -63,7 +61,7 @@ class RecModel(tf.keras.Model):
     `compile`:
 
       * `jit_compile=None` (the default) means XLA: the compiled part is the model after its
-        lookups, the loss, the gradients and the optimizer update. `jit_compile=False` trains
+        lookups, the loss and the gradients. `jit_compile=False` trains
         without XLA (for an optimizer or layer XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
@@ -78,7 +76,7 @@ class RecModel(tf.keras.Model):
         self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
 
     def core_step_function(self):
-        """The tf.function of a training step after the lookups: (indexed, y, w) -> y_pred.
+        """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients).
 
         A method, not an attribute, so SavedModel export does not serialise it.
         """
@@ -86,7 +84,9 @@ class RecModel(tf.keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
+        y_pred, gradients = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
+        self.optimizer.apply_gradients(
+            (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
 

@@ -67,9 +67,7 @@ class FeatureEncoder:
             if isinstance(column, DenseFeat) or column.embedding_name in self._tables:
                 continue
             table = column.embedding_name
-            self._indexers[table] = SparseIndex(
-                column.vocabulary_size, vocabulary=_vocabulary_of(column), use_hash=column.use_hash,
-                string_input=column.dtype == STRING_DTYPE, name=prefix + "index_" + table)
+            self._indexers[table] = index_layer(column, name=prefix + "index_" + table)
             initializer = column.embeddings_initializer or tf.keras.initializers.RandomNormal(
                 mean=0.0, stddev=0.0001, seed=seed)
             self._tables[table] = SparseEmbedding(
@@ -151,6 +149,43 @@ class FeatureEncoder:
         if not parts:
             raise ValueError("no features left for the DNN input")
         return concat(parts)
+
+
+def index_layer(column, name=None):
+    """The SparseIndex that maps a column's raw values to rows of its embedding table."""
+    return SparseIndex(column.vocabulary_size, vocabulary=_vocabulary_of(column), use_hash=column.use_hash,
+                       string_input=column.dtype == STRING_DTYPE, name=name)
+
+
+INDEXED_SUFFIX = ":rows"
+
+
+def indexed_key(feature_name):
+    """The key under which a pipeline hands a model a feature's rows already looked up."""
+    return feature_name + INDEXED_SUFFIX
+
+
+def look_up_rows(feature_columns, inputs):
+    """Looks raw feature values up once, outside the model, exactly as the model would.
+
+    `inputs` is a dict {feature name: array} as `tfrec.data.df_to_inputs` gives it. Each
+    SparseFeat / VarLenSparseFeat value is mapped to embedding rows by the same `SparseIndex`
+    a model built on these columns holds (same vocabulary, same hashing), and returned under
+    `indexed_key(name)` as int32; every other input is passed through. A tfrec model's
+    `train_step` feeds such rows straight to its compiled part, so a training pipeline that looks
+    up once per data set does not hash or search strings again at every step and epoch.
+    """
+    columns = {c.name: c for c in validate_columns(list(feature_columns))}
+    tables, out = {}, {}
+    for name, value in inputs.items():
+        column = columns.get(name)
+        if isinstance(column, (SparseFeat, VarLenSparseFeat)):
+            if column.embedding_name not in tables:
+                tables[column.embedding_name] = index_layer(column)
+            out[indexed_key(name)] = tables[column.embedding_name](tf.constant(value)).numpy()
+        else:
+            out[name] = value
+    return out
 
 
 def concat(tensors):

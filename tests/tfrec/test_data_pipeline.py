@@ -2,6 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
 from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
 from tfrec.data import df_to_dataset, df_to_inputs
 
@@ -81,7 +83,7 @@ def test_bad_values_are_named(frame):
 
 
 def test_df_to_dataset_batches_in_order_without_shuffle(frame):
-    dataset = df_to_dataset(frame, columns(), "label", batch_size=2, shuffle=False)
+    dataset = df_to_dataset(frame, columns(), "label", batch_size=2, shuffle=False, look_up=False)
     batches = list(dataset)
     assert [len(labels) for _, labels in batches] == [2, 1]
     features, labels = batches[0]
@@ -91,20 +93,35 @@ def test_df_to_dataset_batches_in_order_without_shuffle(frame):
     assert [len(l) for _, l in df_to_dataset(frame, columns(), "label", batch_size=2, drop_remainder=True)] == [2]
 
 
+def test_df_to_dataset_looks_rows_up_as_the_model_would(frame):
+    from feature_columns import FeatureEncoder, indexed_key
+
+    (features, _), = list(df_to_dataset(frame, columns(), "label", batch_size=8, shuffle=False))
+    raw = df_to_inputs(frame, columns())
+    encoder = FeatureEncoder(columns())
+    model_lookup = tf.keras.Model(encoder.features, {name: encoder.indices(name) for name in ("city", "hist")})
+    expected = model_lookup.predict(raw, verbose=0)
+    np.testing.assert_array_equal(features[indexed_key("city")].numpy(), expected["city"][:, 0])
+    np.testing.assert_array_equal(features[indexed_key("hist")].numpy()[:, :2], expected["hist"])
+    assert "city" not in features and "hist" not in features
+    assert features["hist_len"].numpy().tolist() == raw["hist_len"].tolist()  # non-id inputs pass through
+
+
 def test_df_to_dataset_label_forms(frame):
     _, labels = next(iter(df_to_dataset(frame, columns(), ["label", "other"], batch_size=3, shuffle=False)))
     assert sorted(labels) == ["label", "other"] and labels["other"].numpy().tolist() == [0, 1, 1]
     _, labels = next(iter(df_to_dataset(frame, columns(), {"ctr": "label", "cvr": "other"}, batch_size=3,
                                         shuffle=False)))
     assert sorted(labels) == ["ctr", "cvr"] and labels["ctr"].numpy().tolist() == [1, 0, 1]
-    features = next(iter(df_to_dataset(frame, columns(), batch_size=3)))
+    features = next(iter(df_to_dataset(frame, columns(), batch_size=3, look_up=False)))
     assert isinstance(features, dict) and features["user"].shape == (3,)
     with pytest.raises(KeyError, match="label of task 'ctr' needs column 'missing'"):
         df_to_dataset(frame, columns(), {"ctr": "missing"})
 
 
 def test_df_to_dataset_shuffles_every_row_once_and_repeats(frame):
-    users = [u for f, _ in df_to_dataset(frame, columns(), "label", batch_size=2, seed=3) for u in f["user"].numpy()]
+    users = [u for f, _ in df_to_dataset(frame, columns(), "label", batch_size=2, seed=3, look_up=False)
+             for u in f["user"].numpy()]
     assert sorted(users) == [1, 2, 3]
     repeated = df_to_dataset(frame, columns(), "label", batch_size=3, repeat=True)
     assert sum(1 for _ in repeated.take(4)) == 4

@@ -68,6 +68,20 @@ def test_raw_string_model_trains_compiled_and_its_export_takes_raw_strings(small
                                atol=1e-6)
 
 
+def test_rows_looked_up_by_the_pipeline_train_and_predict_like_raw_values(small):
+    train_df, test_df, columns = small
+    x, y = batch(train_df, columns, 0)
+    from_raw, from_rows = new_model(columns), new_model(columns)
+    from_raw.train_on_batch(x, y)
+    from_rows.train_on_batch(feature_columns.look_up_rows(columns, x), y)
+    for a, b in zip(from_raw.get_weights(), from_rows.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    rows = df_to_dataset(test_df.head(100), columns, "click", shuffle=False)
+    raw = df_to_dataset(test_df.head(100), columns, "click", shuffle=False, look_up=False)
+    np.testing.assert_allclose(from_rows.predict(rows, verbose=0), from_rows.predict(raw, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(from_rows.evaluate(rows, verbose=0), from_rows.evaluate(raw, verbose=0), rtol=1e-6)
+
+
 def test_compile_makes_adam_lazy_and_keeps_other_optimizers(small):
     columns = small[2]
     assert type(new_model(columns).optimizer) is LazyAdam

@@ -11,7 +11,7 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 import numpy as np
 import tensorflow as tf
 
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, look_up_rows
 
 __all__ = ["df_to_inputs", "df_to_dataset"]
 
@@ -171,10 +171,15 @@ def _labels(df, label_columns):
 
 
 def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuffle=True, seed=None,
-                  repeat=False, drop_remainder=False):
+                  repeat=False, drop_remainder=False, look_up=True):
     """A batched tf.data.Dataset of (features, labels), or of features if label_columns is None.
 
-    Features are `df_to_inputs(df, feature_columns)` sliced by row. `label_columns`: one column
+    Features are `df_to_inputs(df, feature_columns)` sliced by row. With `look_up` (the
+    default), the sparse features' raw values are mapped to embedding rows once, here, by the
+    same lookup layers a model on these columns holds (`feature_columns.look_up_rows`), and
+    appear under `feature_columns.indexed_key(name)`: a tfrec model trains, evaluates and
+    predicts on them without searching strings at every step and epoch. Pass `look_up=False`
+    for raw values (e.g. for a model that is not a tfrec model). `label_columns`: one column
     name -> labels (batch,) float32; a list of names -> {name: (batch,)}; a dict
     {task_name: column} -> {task_name: (batch,)} (for multi-task models with named outputs).
     Rows are shuffled over the whole frame (reshuffled every epoch), batched, optionally
@@ -184,6 +189,8 @@ def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuff
       KeyError: a feature or label column is missing.
     """
     features = df_to_inputs(df, feature_columns)
+    if look_up:
+        features = look_up_rows(feature_columns, features)
     elements = features if label_columns is None else (features, _labels(df, label_columns))
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:

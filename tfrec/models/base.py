@@ -11,7 +11,7 @@ could drift from the served one.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
-from feature_columns import SparseIndex
+from feature_columns import SparseIndex, indexed_key
 
 from ..optimizers import sparse_optimizer
 
@@ -29,7 +29,7 @@ class _TrainingSplit:
     """
 
     def __init__(self, model, jit_compile):
-        indexed, read_raw = [], []
+        indexed, read_raw, self.indexed_names = [], [], []
         model_inputs = {id(t) for t in model.inputs}
         for layer in model.layers:
             for node_index, node in enumerate(layer._inbound_nodes):
@@ -37,9 +37,11 @@ class _TrainingSplit:
                     continue  # a call of a shared layer that belongs to another model
                 if isinstance(layer, SparseIndex):
                     indexed.append(node.outputs)
+                    self.indexed_names.append(node.inbound_layers.name)
                 elif not node.is_input:
                     read_raw += [t for t in tf.nest.flatten(node.keras_inputs)
                                  if id(t) in model_inputs and all(t is not r for r in read_raw)]
+        self.raw_names = [t._keras_history.layer.name for t in read_raw]
         self.lookup = tf.keras.Model(model.inputs, indexed + read_raw, name=f"{model.name}_lookup")
         self.core = tf.keras.Model(indexed + read_raw, model.outputs, name=f"{model.name}_core")
 
@@ -50,6 +52,15 @@ class _TrainingSplit:
             return y_pred, tape.gradient(loss, model.trainable_variables)
 
         self.step = tf.function(step, jit_compile=jit_compile)
+
+    def core_inputs(self, x):
+        """The core's inputs for a batch: the rows a pipeline looked up (`look_up_rows`), or None."""
+        if not isinstance(x, dict) or not self.indexed_names or \
+                any(indexed_key(name) not in x for name in self.indexed_names):
+            return None
+        rows = [x[indexed_key(name)] for name in self.indexed_names]
+        rows = [tf.expand_dims(r, -1) if r.shape.rank == 1 else r for r in rows]  # SparseFeat: (batch, 1)
+        return rows + [x[name] for name in self.raw_names]
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")
@@ -66,6 +77,11 @@ class RecModel(tf.keras.Model):
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.
+
+    A batch may also carry its features' embedding rows already looked up, under
+    `feature_columns.indexed_key(name)` (what `feature_columns.look_up_rows` and
+    `tfrec.data.df_to_dataset` give): `fit`, `evaluate` and `predict` then skip the model's own
+    lookups, which are the same mapping.
 
     `core_step_function()` is the compiled function (a `tf.function`; its
     `experimental_get_tracing_count()` shows that `fit` used it).
@@ -84,10 +100,28 @@ class RecModel(tf.keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, gradients = self._split.step(self._split.lookup(x, training=True), y, sample_weight)
+        indexed = self._split.core_inputs(x)
+        if indexed is None:
+            indexed = self._split.lookup(x, training=True)
+        y_pred, gradients = self._split.step(indexed, y, sample_weight)
         self.optimizer.apply_gradients(
             (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+    def test_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        indexed = self._split.core_inputs(x)
+        if indexed is None:
+            return super().test_step(data)
+        y_pred = self._split.core(indexed, training=False)
+        self.compute_loss(x, y, y_pred, sample_weight)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def predict_step(self, data):
+        x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
+        return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
 
 
 # `.h5` files name a Model subclass by its bare class name: make that name loadable without

@@ -4,8 +4,20 @@
     python benchmarks/bench_din.py --quick    # small data, for a smoke test
 
 Needs `pip install --no-deps deepctr==0.9.4` beside tfrec (benchmarks only, never a dependency).
-Every contender trains in its own process on the same seeded data with the same config
-(batch 1024, history 50, embedding 16, DIN's default towers), fed the same numpy arrays.
+Every contender trains in its own process on the same seeded log with the same config (batch
+1024, history 50, embedding 16, DIN's default towers, l2_reg_embedding 1e-6, Adam 1e-3). tfrec
+takes the log's ids either as raw strings ("u17", "i523": looked up in-graph) or as integer
+indices; DeepCTR, which has no in-graph vocabulary, always gets the integer ones. Both id types
+come from one generator run, so every contender sees the same rows and labels.
+
+Contenders (IMPLS): tfrec with raw strings and a default `compile("adam", ...)` (XLA after the
+in-graph lookups, LazyAdam, mini-batch aware L2); tfrec with raw strings on the old path (full-table
+L2 on the tables, Keras' Adam, a plain Keras train step, no XLA: tfrec before the RecModel
+change, emulated); tfrec with integer ids and a default compile; DeepCTR with a default compile and
+with `jit_compile=True`; two diagnostic rows (raw strings, default compile with jit_compile=False;
+raw strings, default compile, fed by `tfrec.data.df_to_dataset` instead of numpy arrays) and an
+ablation of Dice's BatchNorm momentum. The serving part exports the first (raw strings,
+default compile).
 """
 import argparse
 import os
@@ -16,19 +28,68 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
-CONFIG = dict(maxlen=50, embedding_dim=16, batch_size=1024)
-SIZES = {"full": dict(users=6000, items=3000, events=40, epochs=2), "quick": dict(users=600, items=300, events=20, epochs=1)}
+CONFIG = dict(maxlen=50, embedding_dim=16, batch_size=1024, l2_reg_embedding=1e-6, learning_rate=1e-3)
+SIZES = {"full": dict(users=6000, items=3000, events=40, epochs=2), "quick": dict(users=600, items=300, events=20, epochs=2)}
 
 
-def planted(size):
+# impl -> (ids fed to the model, path). "default": compile("adam", ...) with every default (for tfrec:
+# XLA after the lookups, LazyAdam, mini-batch aware L2); "old": tfrec's path before RecModel, emulated
+# (see `old_path`); "nojit": the default with jit_compile=False (LazyAdam and the mini-batch aware L2
+# kept); "dataset": the default compile, trained on `tfrec.data.df_to_dataset` (a shuffled, batched,
+# prefetched tf.data pipeline) instead of the numpy arrays every other contender gets; "xla": Adam with
+# jit_compile=True; "dice-0.99": default, Dice BN momentum 0.99.
+IMPLS = {
+    "tfrec-str": ("str", "default"),
+    "tfrec-str-old": ("str", "old"),
+    "tfrec-str-nojit": ("str", "nojit"),
+    "tfrec-str-dataset": ("str", "dataset"),
+    "tfrec-int": ("int", "default"),
+    "deepctr": ("int", "default"),
+    "deepctr-xla": ("int", "xla"),
+    "tfrec-int-dice-0.99": ("int", "dice-0.99"),
+}
+IMPL_NAMES = {
+    "tfrec-str": "tfrec DIN, raw strings, default compile (XLA after lookups, LazyAdam, mini-batch aware L2)",
+    "tfrec-str-old": "tfrec DIN, raw strings, old path (full-table L2, Keras Adam, no XLA)",
+    "tfrec-str-nojit": "diagnostic: tfrec DIN, raw strings, default compile but `jit_compile=False`",
+    "tfrec-str-dataset": "diagnostic: tfrec DIN, raw strings, default compile, fed by `tfrec.data.df_to_dataset`",
+    "tfrec-int": "tfrec DIN, integer ids, default compile",
+    "deepctr": "DeepCTR DIN, integer ids, default compile",
+    "deepctr-xla": "DeepCTR DIN, integer ids, `jit_compile=True`",
+    "tfrec-int-dice-0.99": "ablation: tfrec DIN, integer ids, default compile, Dice BN momentum 0.99 as DeepCTR",
+}
+SERVED = "tfrec-str"
+
+
+def planted(size, id_type):
     import feature_columns  # noqa: F401
     from tfrec.data import DIN_HISTORY_FEATURES, build_din_samples, din_feature_columns, make_behaviour_log
 
     log = make_behaviour_log(num_users=size["users"], num_items=size["items"], events_per_user=size["events"],
-                             seed=7, id_type="int")
+                             seed=7, id_type=id_type)
     train_df, test_df = build_din_samples(log, maxlen=CONFIG["maxlen"], extra_cols=("p_click",), test_events=5)
-    columns = din_feature_columns(log, maxlen=CONFIG["maxlen"], embedding_dim=CONFIG["embedding_dim"], id_type="int")
+    columns = din_feature_columns(log, maxlen=CONFIG["maxlen"], embedding_dim=CONFIG["embedding_dim"], id_type=id_type)
     return train_df, test_df, columns, DIN_HISTORY_FEATURES
+
+
+def old_path(model):
+    """tfrec's training path before RecModel, on a model built with l2_reg_embedding=0.
+
+    A full-table L2 on every table (what a Keras `embeddings_regularizer=l2(lambda)` adds: a loss
+    on the layer), a plain `tf.keras.Model` over the same layers (Keras' own train step, no
+    lookup/XLA split) and Keras' Adam, which decays both moments of every row at every step.
+    """
+    import feature_columns
+    import tensorflow as tf
+
+    for layer in model.layers:
+        if isinstance(layer, feature_columns.SparseEmbedding):
+            layer.add_loss(lambda layer=layer: CONFIG["l2_reg_embedding"] * tf.reduce_sum(tf.square(layer.embeddings)))
+    old = tf.keras.Model(model.inputs, model.outputs)
+    if not old.losses:
+        raise RuntimeError("the old-path model lost its full-table L2 loss")
+    old.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), "binary_crossentropy", jit_compile=False)
+    return old
 
 
 def deepctr_columns(columns):
@@ -62,10 +123,31 @@ class EpochTimer:
         self.callback = _Timer()
 
 
+class StepTimer:
+    """Stamps every step's end; `median_step_s()` is the median step of the last epoch (data feed included)."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        class _Stamps(tf.keras.callbacks.Callback):
+            def on_epoch_begin(cb, epoch, logs=None):
+                self.stamps = [time.perf_counter()]
+
+            def on_train_batch_end(cb, batch, logs=None):
+                self.stamps.append(time.perf_counter())
+        self.stamps = []
+        self.callback = _Stamps()
+
+    def median_step_s(self):
+        steps = sorted(b - a for a, b in zip(self.stamps, self.stamps[1:]))
+        return steps[len(steps) // 2]
+
+
 def child_train(impl, size_name, workdir):
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     size = SIZES[size_name]
-    train_df, test_df, columns, history = planted(size)
+    id_type, path = IMPLS[impl]
+    train_df, test_df, columns, history = planted(size, id_type)
     import tensorflow as tf
     from tfrec import metrics
     from tfrec.data import df_to_inputs
@@ -73,31 +155,47 @@ def child_train(impl, size_name, workdir):
     tf.keras.utils.set_random_seed(1024)
     x_train, x_test = df_to_inputs(train_df, columns), df_to_inputs(test_df, columns)
     y_train = train_df["click"].to_numpy("float32")
+    l2 = CONFIG["l2_reg_embedding"]
     if impl.startswith("deepctr"):
         from deepctr.models import DIN as DeepCTR_DIN
-        model = DeepCTR_DIN(deepctr_columns(columns), history)
+        model = DeepCTR_DIN(deepctr_columns(columns), history, l2_reg_embedding=l2)
     else:
         from tfrec.layers import Dice
         from tfrec.models import DIN
-        model = DIN(columns, history)
-        if impl == "tfrec-dice-momentum-0.99":  # ablation: DeepCTR's BN momentum inside Dice
+        model = DIN(columns, history, l2_reg_embedding=0 if path == "old" else l2)
+        if path == "dice-0.99":  # ablation: DeepCTR's BN momentum inside Dice
             for layer in model._flatten_layers(include_self=False):
                 if isinstance(layer, Dice):
                     layer.batch_norm.momentum = 0.99
-    model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=impl.endswith("xla"))
-    timer = EpochTimer()
+    if path == "old":
+        model = old_path(model)
+    elif path == "nojit":
+        model.compile("adam", "binary_crossentropy", jit_compile=False)
+    elif path == "xla":
+        model.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), "binary_crossentropy", jit_compile=True)
+    else:  # "adam" is Adam(1e-3); a tfrec model turns it into LazyAdam and compiles with XLA after the lookups
+        model.compile("adam", "binary_crossentropy")
+    timer, steps = EpochTimer(), StepTimer()
     started = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=CONFIG["batch_size"], epochs=size["epochs"], verbose=0,
-              callbacks=[timer.callback])
+    if path == "dataset":
+        from tfrec.data import df_to_dataset
+        model.fit(df_to_dataset(train_df, columns, "click", batch_size=CONFIG["batch_size"], seed=1024),
+                  epochs=size["epochs"], verbose=0, callbacks=[timer.callback, steps.callback])
+    else:
+        model.fit(x_train, y_train, batch_size=CONFIG["batch_size"], epochs=size["epochs"], verbose=0,
+                  callbacks=[timer.callback, steps.callback])
     fit_s = time.perf_counter() - started
     scores = model.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
     labels = test_df["click"].to_numpy()
-    report = dict(impl=impl, train_rows=len(train_df), test_rows=len(test_df), epochs=size["epochs"],
-                  fit_s=fit_s, epoch_s=timer.seconds,
-                  examples_per_s=len(train_df) / timer.seconds[-1],  # last epoch: compiled, steady state
+    report = dict(impl=impl, model_class=type(model).__name__, optimizer=type(model.optimizer).__name__,
+                  losses=len(model.losses), train_rows=len(train_df), test_rows=len(test_df), epochs=size["epochs"],
+                  label_sum=float(y_train.sum()), fit_s=fit_s, epoch_s=timer.seconds,
+                  epoch_examples_per_s=len(train_df) / timer.seconds[-1],  # last epoch: compiled, steady state
+                  # the same epoch's median step: robust to a few seconds of load from other processes
+                  examples_per_s=CONFIG["batch_size"] / steps.median_step_s(),
                   auc=metrics.auc(labels, scores), oracle_auc=metrics.auc(labels, test_df["p_click"].to_numpy()),
                   peak_rss_mib=common.peak_rss_mib())
-    if impl == "tfrec-xla":
+    if impl == SERVED:
         from exporters import export_saved_model
         report["export"] = export_saved_model(model, os.path.join(workdir, "din"), warmup_inputs=df_to_inputs(test_df.head(3), columns))
         model.save(os.path.join(workdir, "keras_din"))
@@ -108,11 +206,11 @@ def child_latency(size_name, workdir, requests):
     import numpy as np
     import feature_columns  # noqa: F401
     import tensorflow as tf
-    import tfrec.layers  # noqa: F401
+    import tfrec.models  # noqa: F401  (registers tfrec's layers, RecModel and LazyAdam for load_model)
     from serving import Client, LocalServer
     from tfrec.data import df_to_inputs
 
-    _, test_df, columns, _ = planted(SIZES[size_name])
+    _, test_df, columns, _ = planted(SIZES[size_name], IMPLS[SERVED][0])
     batch = df_to_inputs(test_df.sample(100, replace=True, random_state=0).reset_index(drop=True), columns)
     signature = tf.saved_model.load(sorted(os.scandir(os.path.join(workdir, "din")), key=lambda e: e.name)[-1].path
                                     ).signatures["serving_default"]
@@ -152,13 +250,15 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bench-din-")
     flag = ["--quick"] if args.quick else []
     runs = {}
-    for impl in ("tfrec-xla", "deepctr", "tfrec", "deepctr-xla", "tfrec-dice-momentum-0.99"):
+    for impl in IMPLS:
         print(f"training {impl} ...", flush=True)
         runs[impl] = common.run_child(__file__, *flag, "--child", "train", impl, workdir)
         print(f"  {runs[impl]['examples_per_s']:.0f} ex/s, AUC {runs[impl]['auc']:.4f}", flush=True)
     latency = common.run_child(__file__, *flag, "--child", "latency", workdir, 200 if args.quick else 500)
 
     size = SIZES[size_name]
+    if len({(run["train_rows"], run["test_rows"], run["label_sum"]) for run in runs.values()}) != 1:
+        raise RuntimeError("the contenders did not train on the same rows")
     base = runs["deepctr"]
     lines = [
         "## DIN vs DeepCTR 0.9.4 DIN",
@@ -167,20 +267,42 @@ def main():
         f"Planted behaviour log: {size['users']} users x {size['events']} events, {size['items']} items; "
         f"{base['train_rows']} train / {base['test_rows']} test samples (last 5 events of each user held out). Config: batch "
         f"{CONFIG['batch_size']}, history {CONFIG['maxlen']}, embedding {CONFIG['embedding_dim']}, DIN defaults "
-        f"(DNN 256-128-64, attention 80-40 Dice), Adam 1e-3, {size['epochs']} epoch(s), each in its own process "
-        "on the same numpy arrays. Examples/sec is the last epoch's (after compilation).",
+        f"(DNN 256-128-64, attention 80-40 Dice, l2_reg_embedding {CONFIG['l2_reg_embedding']:g} on both sides), "
+        f"Adam {CONFIG['learning_rate']:g}, {size['epochs']} epoch(s), each contender in its own process on the same "
+        "rows and labels. Train examples/s is 1024 / the median step time of the last epoch (after compilation; "
+        "a step's time includes feeding its batch), which a burst of load from another process on this shared "
+        "machine barely moves; the last epoch's rows / wall time is in the next column. \"Raw strings\" feeds the log's ids as strings (\"u17\", \"i523\", \"c4\"), looked up "
+        "in-graph by the model's StringLookup layers; \"integer ids\" feeds the same ids as table indices (DeepCTR "
+        "has no in-graph vocabulary, so it always gets these). Default compile is `model.compile(\"adam\", "
+        "\"binary_crossentropy\")`: on a tfrec model that means XLA for everything after the lookups, LazyAdam "
+        "(row-only updates of the tables) and DIN's mini-batch aware L2 on the rows in the batch. The old path is "
+        "tfrec before that change, emulated: the same model with l2_reg_embedding=0 plus a full-table L2 "
+        f"({CONFIG['l2_reg_embedding']:g} x the sum of squares of each table, as a Keras embeddings_regularizer adds), "
+        "a plain `tf.keras.Model` train step, Keras `Adam(1e-3)`, `jit_compile=False`.",
         "",
-        "| implementation | train examples/s | vs DeepCTR | test AUC | oracle AUC | AUC / oracle | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| implementation | train examples/s | vs DeepCTR default | last epoch rows / s | test AUC | oracle AUC "
+        "| AUC / oracle | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"tfrec-xla": "tfrec DIN (XLA, `jit_compile=True`)", "tfrec": "tfrec DIN (no XLA)",
-             "deepctr": "DeepCTR DIN (default)", "deepctr-xla": "DeepCTR DIN (`jit_compile=True`)",
-             "tfrec-dice-momentum-0.99": "ablation: tfrec DIN (no XLA), Dice BN momentum 0.99 as DeepCTR"}
     for impl, run in runs.items():
-        lines.append(f"| {names[impl]} | {run['examples_per_s']:.0f} | {run['examples_per_s'] / base['examples_per_s']:.2f}x "
-                     f"| {run['auc']:.4f} | {run['oracle_auc']:.4f} | {run['auc'] / run['oracle_auc']:.3f} "
-                     f"| {run['peak_rss_mib']:.0f} |")
+        lines.append(f"| {IMPL_NAMES[impl]} | {run['examples_per_s']:.0f} | "
+                     f"{run['examples_per_s'] / base['examples_per_s']:.2f}x | {run['epoch_examples_per_s']:.0f} "
+                     f"| {run['auc']:.4f} | {run['oracle_auc']:.4f} "
+                     f"| {run['auc'] / run['oracle_auc']:.3f} | {run['peak_rss_mib']:.0f} |")
+    ratio = runs["tfrec-str"]["examples_per_s"] / base["examples_per_s"]
     lines += [
+        "",
+        f"Issue target: raw strings with a default compile at >= 1.3x DeepCTR's DIN (integer ids, default): "
+        f"{ratio:.2f}x ({'met' if ratio >= 1.3 else 'not met'}); against DeepCTR with `jit_compile=True`: "
+        f"{runs['tfrec-str']['examples_per_s'] / runs['deepctr-xla']['examples_per_s']:.2f}x. The new default is "
+        f"{runs['tfrec-str']['examples_per_s'] / runs['tfrec-str-old']['examples_per_s']:.2f}x the old path on the "
+        "same raw strings; with XLA off (diagnostic row) the same model and optimizer run at "
+        f"{runs['tfrec-str-nojit']['examples_per_s'] / runs['tfrec-str']['examples_per_s']:.2f}x the default's speed. "
+        "Every row but one is fed numpy arrays (`model.fit(x, y, batch_size=1024)`), which Keras slices per batch "
+        "(for raw strings, a copy of every string of the batch). Fed by `tfrec.data.df_to_dataset` with "
+        "its defaults (a tf.data pipeline of the same rows, shuffled each epoch, which maps the raw strings to "
+        "table rows once, when it is built), the raw-string default runs at "
+        f"{runs['tfrec-str-dataset']['examples_per_s'] / base['examples_per_s']:.2f}x DeepCTR's default.",
         "",
         "tfrec's Dice keeps BatchNorm moving statistics with momentum 0.9 (DeepCTR: Keras' 0.99); the "
         "ablation row shows what 0.99 costs: after a few hundred steps its moving variance is still "
@@ -188,7 +310,7 @@ def main():
         "",
         "### Serving latency, 100 candidates per request",
         "",
-        f"The tfrec XLA model above, exported with `exporters.export_saved_model`, {500 if not args.quick else 200} "
+        f"The first tfrec model above (raw strings, default compile), exported with `exporters.export_saved_model`, {500 if not args.quick else 200} "
         "sequential requests after one warm-up, client and server on this machine.",
         "",
         "| path | p50 (ms) | p99 (ms) |",

@@ -179,3 +179,18 @@ def test_save_load_and_checkpoint_resume_keep_the_optimizer_state(small, trained
     resumed.train_on_batch(x, y)
     for a, b in zip(trained.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_fit_on_numpy_looks_rows_up_once_and_trains_like_raw_batches(small):
+    train_df, _, columns = small
+    x, y = batch(train_df, columns, 0)
+    model = new_model(columns)
+    looked_up = model._look_up_once(x)
+    assert set(looked_up) == set(feature_columns.look_up_rows(columns, x))  # the pipeline's keys
+    for key, rows in feature_columns.look_up_rows(columns, x).items():
+        np.testing.assert_array_equal(looked_up[key].reshape(rows.shape), rows)
+    by_fit, by_batch = new_model(columns), new_model(columns)
+    by_fit.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    by_batch.train_on_batch(x, y)
+    for a, b in zip(by_fit.get_weights(), by_batch.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)

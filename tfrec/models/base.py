@@ -10,6 +10,9 @@ could drift from the served one.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+from collections.abc import Mapping
+
+import numpy as np
 import tensorflow as tf
 from feature_columns import SparseIndex, indexed_key
 
@@ -90,6 +93,25 @@ class RecModel(tf.keras.Model):
     def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
         super().compile(sparse_optimizer(optimizer), *args, jit_compile=False, **kwargs)
         self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        return super().fit(self._look_up_once(x), y, *args, **kwargs)
+
+    def _look_up_once(self, x, chunk_rows=65_536):
+        """Numpy features -> their embedding rows, looked up once by the model's own layers.
+
+        Keras slices numpy inputs batch by batch, and for raw strings that copy and the lookup
+        would repeat at every step of every epoch; rows are int32 and are looked up only here.
+        Anything else (a tf.data.Dataset, a generator, tensors) is returned as given.
+        """
+        if not isinstance(x, Mapping) or not all(isinstance(v, np.ndarray) for v in x.values()) or \
+                getattr(self, "_split", None) is None or not self._split.indexed_names:
+            return x
+        rows = len(next(iter(x.values())))
+        chunks = [self._split.lookup({k: v[i:i + chunk_rows] for k, v in x.items()}, training=False)
+                  for i in range(0, rows, chunk_rows)]
+        names = [indexed_key(n) for n in self._split.indexed_names] + self._split.raw_names
+        return {name: np.concatenate([chunk[i].numpy() for chunk in chunks]) for i, name in enumerate(names)}
 
     def core_step_function(self):
         """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients).

@@ -34,7 +34,7 @@ SIZES = {"full": dict(users=6000, items=3000, events=40, epochs=2), "quick": dic
 
 # impl -> (ids fed to the model, path). "default": compile("adam", ...) with every default (for tfrec:
 # XLA after the lookups, LazyAdam, mini-batch aware L2); "old": tfrec's path before RecModel, emulated
-# (see `old_path`); "nojit": the default with jit_compile=False (LazyAdam and the mini-batch aware L2
+# (see `common.old_path`); "nojit": the default with jit_compile=False (LazyAdam and the mini-batch aware L2
 # kept); "dataset": the default compile, trained on `tfrec.data.df_to_dataset` (a shuffled, batched,
 # prefetched tf.data pipeline) instead of the numpy arrays every other contender gets; "xla": Adam with
 # jit_compile=True; "dice-0.99": default, Dice BN momentum 0.99.
@@ -70,26 +70,6 @@ def planted(size, id_type):
     train_df, test_df = build_din_samples(log, maxlen=CONFIG["maxlen"], extra_cols=("p_click",), test_events=5)
     columns = din_feature_columns(log, maxlen=CONFIG["maxlen"], embedding_dim=CONFIG["embedding_dim"], id_type=id_type)
     return train_df, test_df, columns, DIN_HISTORY_FEATURES
-
-
-def old_path(model):
-    """tfrec's training path before RecModel, on a model built with l2_reg_embedding=0.
-
-    A full-table L2 on every table (what a Keras `embeddings_regularizer=l2(lambda)` adds: a loss
-    on the layer), a plain `tf.keras.Model` over the same layers (Keras' own train step, no
-    lookup/XLA split) and Keras' Adam, which decays both moments of every row at every step.
-    """
-    import feature_columns
-    import tensorflow as tf
-
-    for layer in model.layers:
-        if isinstance(layer, feature_columns.SparseEmbedding):
-            layer.add_loss(lambda layer=layer: CONFIG["l2_reg_embedding"] * tf.reduce_sum(tf.square(layer.embeddings)))
-    old = tf.keras.Model(model.inputs, model.outputs)
-    if not old.losses:
-        raise RuntimeError("the old-path model lost its full-table L2 loss")
-    old.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), "binary_crossentropy", jit_compile=False)
-    return old
 
 
 def deepctr_columns(columns):
@@ -168,7 +148,7 @@ def child_train(impl, size_name, workdir):
                 if isinstance(layer, Dice):
                     layer.batch_norm.momentum = 0.99
     if path == "old":
-        model = old_path(model)
+        model = common.old_path(model, CONFIG["l2_reg_embedding"], CONFIG["learning_rate"])
     elif path == "nojit":
         model.compile("adam", "binary_crossentropy", jit_compile=False)
     elif path == "xla":
@@ -298,10 +278,12 @@ def main():
         f"{runs['tfrec-str']['examples_per_s'] / runs['tfrec-str-old']['examples_per_s']:.2f}x the old path on the "
         "same raw strings; with XLA off (diagnostic row) the same model and optimizer run at "
         f"{runs['tfrec-str-nojit']['examples_per_s'] / runs['tfrec-str']['examples_per_s']:.2f}x the default's speed. "
-        "Every row but one is fed numpy arrays (`model.fit(x, y, batch_size=1024)`), which Keras slices per batch "
-        "(for raw strings, a copy of every string of the batch). Fed by `tfrec.data.df_to_dataset` with "
-        "its defaults (a tf.data pipeline of the same rows, shuffled each epoch, which maps the raw strings to "
-        "table rows once, when it is built), the raw-string default runs at "
+        "Every row but one is fed numpy arrays (`model.fit(x, y, batch_size=1024)`); a tfrec model's `fit` maps "
+        "raw strings to table rows once per call with its own lookup layers, so its steps slice int32 rows, not "
+        "strings (the old-path row, a plain Keras model, slices and looks up strings at every step). Fed by "
+        "`tfrec.data.df_to_dataset` with its defaults (a tf.data pipeline of the same rows, shuffled each epoch "
+        "row by row, which maps the raw strings to table rows once, when it is built), the raw-string default "
+        "runs at "
         f"{runs['tfrec-str-dataset']['examples_per_s'] / base['examples_per_s']:.2f}x DeepCTR's default.",
         "",
         "tfrec's Dice keeps BatchNorm moving statistics with momentum 0.9 (DeepCTR: Keras' 0.99); the "

@@ -71,8 +71,6 @@ def batches(seed=0):
 
 
 def build(path, item_rows):
-    import tensorflow as tf
-    import feature_columns
     from tfrec.data import DIN_HISTORY_FEATURES
     from tfrec.models import DIN
 
@@ -80,17 +78,7 @@ def build(path, item_rows):
         model = DIN(columns(item_rows), DIN_HISTORY_FEATURES, l2_reg_embedding=CONFIG["l2"])
         model.compile("adam", "binary_crossentropy")
         return model
-    model = DIN(columns(item_rows), DIN_HISTORY_FEATURES, l2_reg_embedding=0)
-    # On the layer, as Keras' embeddings_regularizer puts it (a loss added to `model` itself would
-    # not carry over to the plain Model below).
-    for layer in model.layers:
-        if isinstance(layer, feature_columns.SparseEmbedding):
-            layer.add_loss(lambda layer=layer: CONFIG["l2"] * tf.reduce_sum(tf.square(layer.embeddings)))
-    old = tf.keras.Model(model.inputs, model.outputs)
-    if not old.losses:
-        raise RuntimeError("the old-path model lost its full-table L2 loss")
-    old.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=False)
-    return old
+    return common.old_path(DIN(columns(item_rows), DIN_HISTORY_FEATURES, l2_reg_embedding=0), CONFIG["l2"], 1e-3)
 
 
 def child(path, item_rows, warmup, steps):

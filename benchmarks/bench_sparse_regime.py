@@ -66,14 +66,11 @@ def child_train(setting, impl, epochs):
         model = DeepCTR_DIN(deepctr_columns(columns), DIN_HISTORY_FEATURES, **size)
         model.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), "binary_crossentropy")
     else:
-        from feature_columns import SparseEmbedding
         from tfrec.models import DIN
 
         model = DIN(columns, DIN_HISTORY_FEATURES, **size, **overrides)
         if full_table_l2 is not None:  # the old path: a dense gradient on every table, so Adam is dense
-            for layer in model.layers:
-                if isinstance(layer, SparseEmbedding):
-                    model.add_loss(lambda layer=layer: full_table_l2 * tf.reduce_sum(tf.square(layer.embeddings)))
+            common.add_full_table_l2(model, full_table_l2)
         model.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), "binary_crossentropy")
     started = time.perf_counter()
     model.fit(x_train, y_train, batch_size=CONFIG["batch_size"], epochs=epochs, verbose=0)

@@ -74,3 +74,33 @@ def write_section(name, markdown):
 def percentile_ms(samples_s, q):
     ordered = sorted(samples_s)
     return 1000.0 * ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+def add_full_table_l2(model, l2):
+    """The embedding penalty before mini-batch aware L2: l2 * sum of squares of every table.
+
+    Added on each table layer, as a Keras `embeddings_regularizer` puts it, so it carries over to
+    any model built on those layers; its gradient is dense, so any Adam updates whole tables.
+    """
+    import feature_columns
+    import tensorflow as tf
+
+    for layer in model.layers:
+        if isinstance(layer, feature_columns.SparseEmbedding):
+            layer.add_loss(lambda layer=layer: l2 * tf.reduce_sum(tf.square(layer.embeddings)))
+
+
+def old_path(model, l2, learning_rate):
+    """tfrec's training path before RecModel, on a model built with l2_reg_embedding=0.
+
+    The full-table L2, a plain `tf.keras.Model` over the same layers (Keras' own train step, no
+    lookup/XLA split) and Keras' Adam, which decays both moments of every row at every step.
+    """
+    import tensorflow as tf
+
+    add_full_table_l2(model, l2)
+    old = tf.keras.Model(model.inputs, model.outputs)
+    if not old.losses:
+        raise RuntimeError("the old-path model lost its full-table L2 loss")
+    old.compile(tf.keras.optimizers.Adam(learning_rate), "binary_crossentropy", jit_compile=False)
+    return old

@@ -6,9 +6,10 @@ runs in two parts: the lookups as ordinary TensorFlow ops, then the rest of the 
 attention, towers), the loss and its gradients as one XLA-compiled function of the indices. The
 optimizer update runs after it, outside XLA: its sparse path de-duplicates rows with `tf.unique`,
 which XLA compiles to a sort that measured ~100x slower than the plain kernel on a DIN history's
-52k ids, and still slower overall on a multi-task model's 1k ids per table. The model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and SavedModel export
-still take raw values through the same lookup layers: there is no second preprocessing path that
-could drift from the served one.
+52k ids, and still slower overall on a multi-task model's 1k ids per table. The model graph
+itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and SavedModel export still take raw
+values through the same lookup layers: there is no second preprocessing path that could drift
+from the served one.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 

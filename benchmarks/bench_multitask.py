@@ -315,13 +315,14 @@ def main():
         "",
         "### Real data: UCI Adult (census income)",
         "",
-        f"`tfrec.data.load_adult(\"{ADULT_PATH}\")`, 32,561 rows; a fixed permutation (numpy seed 0), first 80% "
+        "UCI Adult's `adult.data` (the census-income training file, 32,561 rows), read by "
+        "`tfrec.data.load_adult(path)`; a fixed permutation (numpy seed 0), first 80% "
         f"({any_adult['train_rows']}) train, last 20% ({any_adult['test_rows']}) test. Tasks: `income` (>50K) and "
         "`never_married` (marital-status; marital-status and relationship are not inputs). Features: 6 categorical "
         "columns as integer ids (integer-encoded for both sides), 6 standardised numeric columns. Same config as "
         f"above, {size['adult_epochs']} epochs, mean ± std over {size['adult_seeds']} seed(s) (1024, 1025, ...: "
-        "initialisation and shuffling; the split is fixed). No oracle exists for real data. Both run as shipped "
-        "(no XLA; the XLA comparison is above). Train ex/s as above, mean over seeds. ESMM is left out: its heads are P(click) and P(click and conversion), a chain in "
+        "initialisation and shuffling; the split is fixed). No oracle exists for real data. Each runs its default "
+        "compile (tfrec: XLA after the lookups; DeepCTR: no XLA). Train ex/s as above, mean over seeds. ESMM is left out: its heads are P(click) and P(click and conversion), a chain in "
         "which the second event requires the first; income and never-married are two parallel targets, so "
         "ESMM's `ctcvr = ctr x cvr` structure would be wrong for them.",
         "",

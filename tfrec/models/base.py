@@ -78,8 +78,8 @@ class RecModel(tf.keras.Model):
     `compile`:
 
       * `jit_compile=None` (the default) means XLA: the compiled part is the model after its
-        lookups, the loss and the gradients. `jit_compile=False` trains
-        without XLA (for an optimizer or layer XLA cannot compile).
+        lookups, the loss and the gradients. `jit_compile=False` trains without XLA (for a layer
+        XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.

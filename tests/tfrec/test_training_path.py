@@ -116,17 +116,11 @@ def test_a_step_leaves_rows_outside_the_batch_bit_identical(small):
     model.train_on_batch(x, y)
     after = _table_state(model)
 
-    lookups = model._split.lookup(x)
+    # The rows each table's lookups hit in this batch, by the feature each lookup belongs to.
+    table_of = {c.name: "emb_" + c.embedding_name for c in columns}
     used = {}
-    for layer in model.layers:
-        if isinstance(layer, feature_columns.SparseIndex):
-            table = "emb_" + layer.name[len("index_"):]
-            used.setdefault(table, set())
-    # Every looked-up index tensor belongs to the table of the SparseIndex layer that made it.
-    index_layers = [node.layer for layer in model.layers if isinstance(layer, feature_columns.SparseIndex)
-                    for node in layer._inbound_nodes]
-    for layer, ids in zip(index_layers, lookups):
-        used["emb_" + layer.name[len("index_"):]].update(np.unique(ids.numpy()).tolist())
+    for name, ids in zip(model._split.indexed_names, model._split.lookup(x)):
+        used.setdefault(table_of[name], set()).update(np.unique(ids.numpy()).tolist())
 
     for table, rows in used.items():
         untouched = np.setdiff1d(np.arange(before[table].shape[0]), sorted(rows))

@@ -61,7 +61,7 @@ class _TrainingSplit:
 
     def core_inputs(self, x):
         """The core's inputs for a batch: the rows a pipeline looked up (`look_up_rows`), or None."""
-        if not isinstance(x, dict) or not self.indexed_names or \
+        if not isinstance(x, Mapping) or not self.indexed_names or \
                 any(indexed_key(name) not in x for name in self.indexed_names):
             return None
         rows = [x[indexed_key(name)] for name in self.indexed_names]

@@ -12,7 +12,8 @@ DEFAULT_GROUP_NAME = "default_group"
 INT_DTYPES = ("int32", "int64")
 STRING_DTYPE = "string"
 SPARSE_DTYPES = INT_DTYPES + (STRING_DTYPE,)
-DENSE_DTYPES = ("float32", "float64")
+DENSE_DTYPES = ("float32", "float64", "int64")  # int64 for times (epoch seconds) and counts
+HISTORY_PREFIX = "hist_"
 COMBINERS = ("mean", "sum", "max")
 
 # Index 0 is padding (0 or "") and index 1 the out-of-vocabulary bucket when a vocabulary is given.
@@ -189,8 +190,17 @@ class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
         return self.name.__hash__()
 
 
+def history_name(feature_name):
+    """The name of the behaviour sequence of candidate feature `feature_name` (DeepCTR's "hist_")."""
+    return HISTORY_PREFIX + feature_name
+
+
 class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transform_fn"])):
-    """A real-valued feature of `dimension` floats; `transform_fn` is applied in-graph."""
+    """A real-valued feature of `dimension` numbers; `transform_fn` is applied in-graph.
+
+    float32/float64 values, or int64 for values a float32 cannot hold exactly (epoch seconds);
+    a model reads them as float32 unless it needs the exact value (SIM's request time).
+    """
 
     __slots__ = ()
 
@@ -202,6 +212,29 @@ class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transfor
         if dtype not in DENSE_DTYPES:
             _fail("DenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
         return super().__new__(cls, name, dimension, dtype, transform_fn)
+
+    def __hash__(self):
+        return self.name.__hash__()
+
+
+class VarLenDenseFeat(namedtuple("VarLenDenseFeat", ["name", "maxlen", "dtype"])):
+    """A number per event of a behaviour sequence (event times, dwell times), oldest to newest.
+
+    Aligned with a VarLenSparseFeat history of the same `maxlen` (SIM reads `hist_timestamp`
+    beside `hist_item_id`): right-padded with 0, and the model keeps the same positions of it as
+    of the history, so a request may send any length.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name, maxlen, dtype="float32"):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"VarLenDenseFeat name must be a non-empty string, got {name!r}")
+        if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
+            _fail("VarLenDenseFeat", name, f"maxlen must be an int >= 1, got {maxlen!r}")
+        if dtype not in DENSE_DTYPES:
+            _fail("VarLenDenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
+        return super().__new__(cls, name, maxlen, dtype)
 
     def __hash__(self):
         return self.name.__hash__()
@@ -226,14 +259,14 @@ def validate_columns(feature_columns):
     """
     seen = {}
     for column in feature_columns:
-        if not isinstance(column, (SparseFeat, VarLenSparseFeat, DenseFeat)):
+        if not isinstance(column, (SparseFeat, VarLenSparseFeat, DenseFeat, VarLenDenseFeat)):
             raise ValueError(f"not a feature column: {column!r}")
         if column.name in seen:
             raise ValueError(f"feature '{column.name}' is declared twice")
         seen[column.name] = column
     tables = {}
     for column in feature_columns:
-        if isinstance(column, DenseFeat):
+        if isinstance(column, (DenseFeat, VarLenDenseFeat)):
             continue
         tables.setdefault(column.embedding_name, []).append(column)
     for table_name, users in tables.items():

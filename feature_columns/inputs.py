@@ -2,18 +2,20 @@
 
 `build_input_features` gives one named Keras Input per feature. `FeatureEncoder` turns those
 Inputs into embeddings inside a functional model: one SparseIndex + SparseEmbedding pair per
-`embedding_name`, shared by every column that names it (a target item and its history), and one
-lookup call per table, so the mini-batch aware penalty sees each table's distinct ids once.
+`embedding_name`, shared by every column that names it (a target item and its history), and the
+lookups of a table batched into one call, so the mini-batch aware penalty sees each table's
+distinct ids once. `FeatureEncoder.history` is the one place that reads DeepCTR's behaviour
+sequences (`hist_<f>` beside candidate `f`) for every sequence model.
 """
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 
 from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
 from .feature_column import (NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
-                             VarLenSparseFeat, read_vocabulary_counts, read_vocabulary_file,
-                             validate_columns)
+                             VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
+                             read_vocabulary_file, validate_columns)
 from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
 
 
@@ -22,7 +24,7 @@ def build_input_features(feature_columns, prefix=""):
 
     SparseFeat -> (batch, 1); VarLenSparseFeat -> (batch, any width), plus (batch, 1) int32 for
     its `length_name` and (batch, any width) float32 for its `weight_name`; DenseFeat ->
-    (batch, dimension).
+    (batch, dimension); VarLenDenseFeat -> (batch, any width), of the column's dtype.
     """
     validate_columns(feature_columns)
     features = OrderedDict()
@@ -40,9 +42,63 @@ def build_input_features(feature_columns, prefix=""):
                 add(column.length_name, (1,), "int32")
             if column.weight_name is not None:
                 add(column.weight_name, (None,), "float32")
+        elif isinstance(column, VarLenDenseFeat):
+            add(column.name, (None,), column.dtype)
         else:
             add(column.name, (column.dimension,), column.dtype)
     return features
+
+
+class History:
+    """Candidate features and their behaviour sequences, as a sequence model reads them.
+
+    Built by `FeatureEncoder.history` (or `History.recent` for a narrower view). For candidates
+    ["item_id", "cate_id"] the sequences are "hist_item_id" and "hist_cate_id", truncated together,
+    so position t of every sequence (and of every aligned sequence) is the same event.
+
+    Attributes:
+      candidates: candidate feature names; `names`: their sequences' names.
+      indices: {sequence name: (batch, maxlen) int32} embedding rows, oldest -> newest, 0-padded.
+      mask: (batch, maxlen) bool, true on real events; `lengths`: (batch,) int32 real events.
+      aligned: {name: (batch, maxlen)} the aligned sequences (e.g. event times) at the same events.
+      query: (batch, 1, E) the candidates' embeddings, concatenated (E = sum of their dims).
+      keys: (batch, maxlen, E) the events' embeddings, concatenated the same way.
+    """
+
+    def __init__(self, encoder, candidates, indices, aligned, view):
+        self.candidates = list(candidates)
+        self.names = [history_name(c) for c in self.candidates]
+        self.indices, self.aligned = indices, aligned
+        self._encoder, self._view = encoder, view
+        self.mask = tf.not_equal(indices[self.names[0]], 0)
+        self.lengths = tf.reduce_sum(tf.cast(self.mask, tf.int32), axis=1)
+
+    def _key(self, name):
+        return name if self._view is None else f"{name}@{self._view}"
+
+    @property
+    def query(self):
+        return concat([self._encoder.embed(name) for name in self.candidates])
+
+    @property
+    def keys(self):
+        return concat([self._encoder.embed(self._key(name)) for name in self.names])
+
+    def recent(self, k, where=None, view="recent"):
+        """The most recent `k` events where `where` (batch, maxlen) bool holds, as a History.
+
+        `where=None` keeps the last k events; SIM's hard search passes "same category as the
+        candidate". Only the kept events are embedded (under lookup keys "<name>@<view>").
+        """
+        first, others = self.names[0], self.names[1:] + list(self.aligned)
+        values = {**self.indices, **self.aligned}
+        kept, kept_others = RecentSequence(k, name=self._encoder.layer_name(f"{view}_{first}"))(
+            values[first], where=where, aligned=[values[n] for n in others])
+        kept = dict(zip([first] + others, [kept] + kept_others))
+        for name in self.names:
+            self._encoder.lookup(f"{name}@{view}", name, kept[name])
+        return History(self._encoder, self.candidates, {n: kept[n] for n in self.names},
+                       {n: kept[n] for n in self.aligned}, view)
 
 
 class FeatureEncoder:
@@ -52,7 +108,8 @@ class FeatureEncoder:
     so the resulting model is made only of serialisable Keras layers.
 
     Args:
-      feature_columns: SparseFeat / VarLenSparseFeat / DenseFeat list (validated as a whole).
+      feature_columns: SparseFeat / VarLenSparseFeat / DenseFeat / VarLenDenseFeat list
+        (validated as a whole).
       l2_reg_embedding: DIN's mini-batch aware L2 penalty on the embedding rows a batch uses,
         scaled by the inverse of each id's frequency (see `SparseEmbedding`).
       seed: seed for the default embedding initializer.
@@ -64,7 +121,7 @@ class FeatureEncoder:
         self.features = features if features is not None else build_input_features(feature_columns, prefix)
         self._indexers, self._tables = {}, {}
         for column in self.columns.values():
-            if isinstance(column, DenseFeat) or column.embedding_name in self._tables:
+            if isinstance(column, (DenseFeat, VarLenDenseFeat)) or column.embedding_name in self._tables:
                 continue
             table = column.embedding_name
             self._indexers[table] = index_layer(column, name=prefix + "index_" + table)
@@ -74,7 +131,14 @@ class FeatureEncoder:
                 column.vocabulary_size, column.embedding_dim, embeddings_initializer=initializer,
                 l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
         self._prefix = prefix
-        self._indices, self._weights, self._embedded = {}, {}, {}
+        self._indices, self._weights, self._histories = {}, {}, {}
+        # Lookups are registered (key -> table, indices) and embedded in one call per table
+        # with every other lookup of that table registered by then.
+        self._lookups, self._pending, self._embedded = {}, defaultdict(list), {}
+        self._embedded_only_by_views = set()
+
+    def layer_name(self, name):
+        return self._prefix + name
 
     def column(self, name, kind=None):
         """The column called `name`, checked to be of `kind` when given."""
@@ -82,46 +146,126 @@ class FeatureEncoder:
             raise ValueError(f"no feature column named '{name}'; columns: {list(self.columns)}")
         column = self.columns[name]
         if kind is not None and not isinstance(column, kind):
-            raise ValueError(f"feature '{name}' must be a {kind.__name__}, got {type(column).__name__}")
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            raise ValueError(f"feature '{name}' must be a {' or '.join(k.__name__ for k in kinds)}, "
+                             f"got {type(column).__name__}")
         return column
 
     def names(self, kind):
         return [name for name, column in self.columns.items() if isinstance(column, kind)]
 
+    def _raw_indices(self, name):
+        return self._indexers[self.columns[name].embedding_name](self.features[name])
+
     def indices(self, name):
         """Embedding indices: (batch, 1) for a SparseFeat, (batch, maxlen) for a sequence."""
         if name not in self._indices:
             column = self.column(name, (SparseFeat, VarLenSparseFeat))
-            indices = self._indexers[column.embedding_name](self.features[name])
+            indices = self._raw_indices(name)
             if isinstance(column, VarLenSparseFeat):
                 lengths = self.features[column.length_name] if column.length_name else None
-                weights = self.features[column.weight_name] if column.weight_name else None
-                indices, weights = RecentSequence(column.maxlen, name=self._prefix + "recent_" + name)(
-                    indices, lengths=lengths, weights=weights)
-                self._weights[name] = weights
+                weights = [self.features[column.weight_name]] if column.weight_name else None
+                recent = RecentSequence(column.maxlen, name=self.layer_name("recent_" + name))
+                indices, weights = recent(indices, lengths=lengths, aligned=weights) if weights else \
+                    (recent(indices, lengths=lengths), None)
+                self._weights[name] = weights[0] if weights else None
             self._indices[name] = indices
         return self._indices[name]
+
+    def history(self, candidates, model="model", aligned=(), embed_sequences=True):
+        """The behaviour sequences of `candidates`, checked and truncated together: a `History`.
+
+        For each candidate `f` (a SparseFeat) the columns must hold a VarLenSparseFeat `hist_f`
+        sharing f's embedding table, all with one maxlen; `aligned` names VarLenDenseFeat columns
+        of that maxlen (event times). Every sequence keeps the positions of the most recent
+        `maxlen` events of the first one (its `length_name` applies), so they stay aligned.
+        With `embed_sequences=False` the full sequences are never embedded: only views taken by
+        `History.recent` are (SIM's hard search embeds topk events, not the whole history).
+        """
+        candidates = list(candidates)
+        if not candidates:
+            raise ValueError(f"{model} needs at least one feature in history_feature_list")
+        key = (tuple(candidates), tuple(aligned))
+        if key in self._histories:
+            return self._histories[key]
+        names = [history_name(c) for c in candidates]
+        for candidate, name in zip(candidates, names):
+            target = self.column(candidate, SparseFeat)
+            if name not in self.columns:
+                raise ValueError(f"{model}: candidate '{candidate}' needs its behaviour sequence, a "
+                                 f"VarLenSparseFeat '{name}'; columns: {list(self.columns)}")
+            sequence = self.column(name, VarLenSparseFeat)
+            if sequence.embedding_name != target.embedding_name:
+                raise ValueError(f"{model}: '{name}' must share the embedding table of '{candidate}' "
+                                 f"(embedding_name='{target.embedding_name}'), got '{sequence.embedding_name}'")
+        for name in aligned:
+            self.column(name, VarLenDenseFeat)
+        maxlens = {self.columns[n].maxlen for n in names + list(aligned)}
+        if len(maxlens) != 1:
+            raise ValueError(f"{model}: sequences {names + list(aligned)} must share one maxlen, "
+                             f"got {sorted(maxlens)}")
+        first = self.columns[names[0]]
+        others = names[1:] + list(aligned)
+        raw = [self._raw_indices(n) for n in names[1:]] + [self.features[n] for n in aligned]
+        lengths = self.features[first.length_name] if first.length_name else None
+        kept, kept_others = RecentSequence(first.maxlen, name=self.layer_name("recent_" + first.name))(
+            self._raw_indices(first.name), lengths=lengths, aligned=raw)
+        kept = dict(zip([first.name] + others, [kept] + kept_others))
+        for name in names:
+            self._indices[name], self._weights[name] = kept[name], None
+            if embed_sequences:
+                self.lookup(name, name, kept[name])
+            else:
+                self._embedded_only_by_views.add(name)
+        for candidate in candidates:
+            self.lookup(candidate, candidate, self.indices(candidate))
+        history = History(self, candidates, {n: kept[n] for n in names}, {n: kept[n] for n in aligned}, None)
+        self._histories[key] = history
+        return history
+
+    def lookup(self, key, column_name, indices):
+        """Registers `indices` to be embedded, under `key`, in the table of column `column_name`."""
+        if key not in self._lookups:
+            table = self.column(column_name, (SparseFeat, VarLenSparseFeat)).embedding_name
+            self._lookups[key] = (table, indices)
+            self._pending[table].append(key)
 
     def mask(self, name):
         """(batch, maxlen) bool, true on real items of the sequence `name`."""
         return tf.not_equal(self.indices(name), 0)
 
-    def embed(self, name):
-        """(batch, 1, dim) for a SparseFeat, (batch, maxlen, dim) for a sequence."""
-        if name not in self._embedded:
-            table = self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name
-            users = [n for n, c in self.columns.items()
-                     if not isinstance(c, DenseFeat) and c.embedding_name == table]
-            embedded = self._tables[table]([self.indices(n) for n in users])
-            self._embedded.update(zip(users, embedded))
-            _start_counts_from_vocabulary(self._tables[table], self.columns[users[0]])
-        return self._embedded[name]
+    def embed(self, key):
+        """(batch, 1, dim) for a SparseFeat, (batch, maxlen, dim) for a sequence or lookup key.
+
+        A column not registered yet is registered with every other unregistered column of its
+        table, so plain columns sharing a table are looked up together.
+        """
+        if key not in self._embedded:
+            if key not in self._lookups:
+                if key in self._embedded_only_by_views:
+                    raise ValueError(f"'{key}' is embedded only through History.recent views")
+                table = self.column(key, (SparseFeat, VarLenSparseFeat)).embedding_name
+                for name, column in self.columns.items():
+                    if getattr(column, "embedding_name", None) == table and \
+                            name not in self._embedded_only_by_views:
+                        self.lookup(name, name, self.indices(name))
+            table = self._lookups[key][0]
+            keys, first_call = self._pending.pop(table), not any(
+                self._lookups[k][0] == table for k in self._embedded)
+            embedded = self._tables[table]([self._lookups[k][1] for k in keys])
+            self._embedded.update(zip(keys, embedded))
+            if first_call:
+                _start_counts_from_vocabulary(self._tables[table], self._column_of_table(table))
+        return self._embedded[key]
+
+    def _column_of_table(self, table):
+        return next(c for c in self.columns.values() if getattr(c, "embedding_name", None) == table)
 
     def pooled(self, name):
         """(batch, 1, dim): a sequence pooled with its column's combiner and weights."""
         column = self.column(name, VarLenSparseFeat)
         embeddings = self.embed(name)
-        return SequencePooling(column.combiner, column.weight_norm, name=self._prefix + "pool_" + name)(
+        return SequencePooling(column.combiner, column.weight_norm, name=self.layer_name("pool_" + name))(
             embeddings, self.mask(name), weights=self._weights[name])
 
     def dense(self, name):

@@ -54,37 +54,65 @@ class SparseIndex(tf.keras.layers.Layer):
         return config
 
 
+def most_recent_positions(eligible, k):
+    """Positions of the last `k` true entries of each row of `eligible` (batch, width) bool.
+
+    Returns (positions, valid), both (batch, k): oldest -> newest, right-padded; `valid` is false
+    (and the position 0) where a row has fewer than k eligible entries. One top_k over the width,
+    so the cost is linear in the width and nothing is materialised per position pair.
+    """
+    width = tf.shape(eligible)[1]
+    eligible = tf.pad(eligible, [[0, 0], [0, k]])  # top_k needs at least k columns
+    ranked = tf.where(eligible, tf.range(width + k)[None, :], -1)
+    newest_first = tf.math.top_k(ranked, k).values
+    count = tf.reduce_sum(tf.cast(newest_first >= 0, tf.int32), axis=1, keepdims=True)
+    slot = tf.range(k)[None, :]
+    valid = slot < count
+    positions = tf.gather(newest_first, tf.maximum(count - 1 - slot, 0), batch_dims=1)
+    return tf.where(valid, positions, 0), valid
+
+
+def take_positions(values, positions, valid):
+    """values (batch, width, ...) at `positions` (batch, k) -> (batch, k, ...), 0 where not `valid`."""
+    padding = [[0, 0], [0, 1]] + [[0, 0]] * (values.shape.rank - 2)  # position 0 exists at width 0
+    taken = tf.gather(tf.pad(values, padding), positions, batch_dims=1)
+    mask = tf.reshape(valid, tf.concat([tf.shape(valid), tf.ones([values.shape.rank - 2], tf.int32)], 0))
+    return tf.where(mask, taken, tf.zeros((), taken.dtype))
+
+
 @_register
 class RecentSequence(tf.keras.layers.Layer):
-    """Keeps the most recent `maxlen` items of right-padded sequences of any width.
+    """Keeps, per row, the most recent `maxlen` items of a sequence where a condition holds.
+
+    The one truncation of every sequence model: a column's "most recent maxlen items" and SIM's
+    hard search ("the most recent topk items of the candidate's category") are this layer, with
+    and without `where`.
 
     Inputs: `indices` (batch, width) int, 0 = padding, oldest -> newest; optional `lengths`
-    (batch,) or (batch, 1) true lengths (else the count of non-zero indices); optional `weights`
-    (batch, width) aligned with `indices`. Returns (indices, weights-or-None) of width `maxlen`,
-    right-padded, holding items [length - maxlen, length) of each row. A row wider than `maxlen`
-    therefore scores exactly like its last `maxlen` items, and extra padding changes nothing.
+    (batch,) or (batch, 1) true lengths (only the first `lengths` positions are items); optional
+    `where` (batch, width) bool, restricting which items are eligible; optional `aligned`, a list
+    of (batch, width, ...) tensors (weights, event times) taken at the same positions.
+    Returns the kept indices (batch, maxlen), right-padded with 0, oldest -> newest, or
+    (indices, [aligned...]) when `aligned` is given. A row wider than `maxlen` therefore scores
+    exactly like its last `maxlen` items, and extra padding changes nothing.
     """
 
     def __init__(self, maxlen, **kwargs):
         super().__init__(**kwargs)
         self.maxlen = int(maxlen)
 
-    def call(self, indices, lengths=None, weights=None):
-        if lengths is None:
-            lengths = tf.reduce_sum(tf.cast(tf.not_equal(indices, 0), tf.int32), axis=1)
-        else:
-            lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1])
-        lengths = tf.clip_by_value(lengths, 0, tf.shape(indices)[1])
-        start = tf.maximum(lengths - self.maxlen, 0)
-        positions = start[:, None] + tf.range(self.maxlen)[None, :]
-        valid = tf.range(self.maxlen)[None, :] < tf.minimum(lengths, self.maxlen)[:, None]
-        pad = [[0, 0], [0, self.maxlen]]  # so every position exists, however short the input
-        kept = tf.gather(tf.pad(indices, pad), positions, batch_dims=1)
-        kept = tf.where(valid, kept, tf.zeros_like(kept))
-        if weights is None:
-            return kept, None
-        kept_weights = tf.gather(tf.pad(tf.cast(weights, tf.float32), pad), positions, batch_dims=1)
-        return kept, tf.where(valid, kept_weights, tf.zeros_like(kept_weights))
+    def call(self, indices, lengths=None, where=None, aligned=None):
+        eligible = tf.not_equal(indices, 0)
+        if lengths is not None:
+            lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
+            eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
+        if where is not None:
+            eligible &= where
+        positions, valid = most_recent_positions(eligible, self.maxlen)
+        kept = take_positions(indices, positions, valid)
+        if aligned is None:
+            return kept
+        return kept, [take_positions(values, positions, valid) for values in aligned]
 
     def get_config(self):
         config = super().get_config()

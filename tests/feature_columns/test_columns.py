@@ -94,14 +94,31 @@ def test_sparse_index_hash_keeps_padding_and_is_stable():
 def test_recent_sequence_keeps_the_last_maxlen_items():
     recent = RecentSequence(3)
     indices = tf.constant([[1, 2, 3, 4, 5, 0, 0], [6, 7, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]])
-    kept, _ = recent(indices)
-    assert kept.numpy().tolist() == [[3, 4, 5], [6, 7, 0], [0, 0, 0]]
-    narrow, _ = recent(tf.constant([[9]]))
-    assert narrow.numpy().tolist() == [[9, 0, 0]]
-    by_length, weights = recent(indices, lengths=tf.constant([[4], [1], [0]]),
-                                weights=tf.cast(indices, tf.float32) / 10)
+    assert recent(indices).numpy().tolist() == [[3, 4, 5], [6, 7, 0], [0, 0, 0]]
+    assert recent(tf.constant([[9]])).numpy().tolist() == [[9, 0, 0]]
+    by_length, (weights,) = recent(indices, lengths=tf.constant([[4], [1], [0]]),
+                                   aligned=[tf.cast(indices, tf.float32) / 10])
     assert by_length.numpy().tolist() == [[2, 3, 4], [6, 0, 0], [0, 0, 0]]
     np.testing.assert_allclose(weights.numpy(), [[.2, .3, .4], [.6, 0, 0], [0, 0, 0]], rtol=1e-6)
+
+
+def test_recent_sequence_where_matches_a_numpy_reference():
+    """The most recent k positions where a condition holds (SIM's hard search), on random rows."""
+    rng = np.random.default_rng(0)
+    batch, width, k = 64, 40, 5
+    lengths = rng.integers(0, width + 1, batch)
+    indices = np.where(np.arange(width)[None, :] < lengths[:, None], rng.integers(1, 50, (batch, width)), 0)
+    where = rng.random((batch, width)) < 0.3
+    times = rng.integers(1, 10**12, (batch, width))
+    kept, (kept_times,) = RecentSequence(k)(tf.constant(indices), where=tf.constant(where),
+                                            aligned=[tf.constant(times)])
+    for row in range(batch):
+        positions = np.flatnonzero((indices[row] != 0) & where[row])[-k:]
+        expected = np.zeros(k, np.int64)
+        expected[:len(positions)] = indices[row, positions]
+        assert kept.numpy()[row].tolist() == expected.tolist()
+        expected[:len(positions)] = times[row, positions]
+        assert kept_times.numpy()[row].tolist() == expected.tolist()
 
 
 def test_sequence_pooling_ignores_padding():
@@ -127,3 +144,32 @@ def test_encoder_shares_one_table_by_embedding_name():
                                     verbose=0)
     np.testing.assert_array_equal(target[0, 0], history[0, 1])  # "y" is the most recent item
     assert feature_columns.FeatureEncoder is FeatureEncoder
+
+
+def test_history_hands_a_model_aligned_query_keys_mask_lengths_and_event_times():
+    item = dict(vocabulary_size=20, embedding_dim=3)
+    columns = [SparseFeat("item_id", **item), SparseFeat("cate_id", 5, 2),
+               VarLenSparseFeat(SparseFeat("hist_item_id", embedding_name="item_id", **item), maxlen=4),
+               VarLenSparseFeat(SparseFeat("hist_cate_id", 5, 2, embedding_name="cate_id"), maxlen=4),
+               feature_columns.VarLenDenseFeat("hist_timestamp", 4, dtype="int64")]
+    encoder = FeatureEncoder(columns)
+    history = encoder.history(["item_id", "cate_id"], aligned=["hist_timestamp"])
+    same_category = tf.equal(history.indices["hist_cate_id"], encoder.indices("cate_id"))
+    hard = history.recent(2, where=same_category, view="hard")
+    model = tf.keras.Model(encoder.features, [history.query, history.keys, history.mask, history.lengths,
+                                              history.aligned["hist_timestamp"], hard.keys,
+                                              hard.aligned["hist_timestamp"]])
+    assert len(model.trainable_weights) == 2  # one table per embedding_name
+    inputs = {"item_id": np.array([7]), "cate_id": np.array([2]),
+              "hist_item_id": np.array([[1, 2, 3, 4, 5, 6]]), "hist_cate_id": np.array([[2, 1, 2, 2, 1, 1]]),
+              "hist_timestamp": np.array([[10, 20, 30, 40, 50, 60]], np.int64)}
+    query, keys, mask, lengths, times, hard_keys, hard_times = model.predict(inputs, verbose=0)
+    assert query.shape == (1, 1, 5) and keys.shape == (1, 4, 5)
+    assert mask.tolist() == [[True] * 4] and lengths.tolist() == [4]
+    assert times.tolist() == [[30, 40, 50, 60]]  # the same four most recent events as the ids
+    # Hard view: the last two events of category 2 within the kept window are items 3 and 4.
+    assert hard_times.tolist() == [[30, 40]]
+    np.testing.assert_array_equal(hard_keys[0], keys[0, :2])
+    with pytest.raises(ValueError, match="must share one maxlen"):
+        FeatureEncoder(columns[:4] + [feature_columns.VarLenDenseFeat("hist_timestamp", 9)]).history(
+            ["item_id", "cate_id"], aligned=["hist_timestamp"])

@@ -122,7 +122,7 @@ def test_save_and_load_round_trip(planted_din, tmp_path, fmt):
 
 def test_build_errors_name_the_problem():
     item = SparseFeat("item_id", 10, 4)
-    with pytest.raises(ValueError, match="no feature column named 'hist_item_id'"):
+    with pytest.raises(ValueError, match="needs its behaviour sequence, a VarLenSparseFeat 'hist_item_id'"):
         DIN([item], ["item_id"])
     wrong = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4), maxlen=3)
     with pytest.raises(ValueError, match="'hist_item_id' must share the embedding table of 'item_id'"):

@@ -6,14 +6,11 @@ history -> concatenation with every other feature -> DNN -> sigmoid.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
-from feature_columns import FeatureEncoder, SparseFeat, VarLenSparseFeat
-from feature_columns.inputs import concat
+from feature_columns import FeatureEncoder
 
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
 from ..layers.core import check_task
 from .base import RecModel
-
-HISTORY_PREFIX = "hist_"
 
 
 def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_units=(256, 128, 64),
@@ -36,28 +33,14 @@ def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_
       shape (batch, 1).
     """
     check_task(task)
-    if not history_feature_list:
-        raise ValueError("DIN needs at least one feature in history_feature_list")
     encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
-    history_names = [HISTORY_PREFIX + name for name in history_feature_list]
-    for name, history_name in zip(history_feature_list, history_names):
-        candidate = encoder.column(name, SparseFeat)
-        history = encoder.column(history_name, VarLenSparseFeat)
-        if history.embedding_name != candidate.embedding_name:
-            raise ValueError(f"DIN: '{history_name}' must share the embedding table of '{name}' "
-                             f"(embedding_name='{candidate.embedding_name}'), got '{history.embedding_name}'")
-    maxlens = {encoder.columns[h].maxlen for h in history_names}
-    if len(maxlens) != 1:
-        raise ValueError(f"DIN: history features {history_names} must share one maxlen, got {sorted(maxlens)}")
-
-    # Candidate ("query") and behaviour ("keys") embeddings, concatenated across features.
-    query = concat([encoder.embed(name) for name in history_feature_list])            # (B, 1, E)
-    keys = concat([encoder.embed(name) for name in history_names])                     # (B, T, E)
+    # Candidate ("query", (B, 1, E)) and behaviour ("keys", (B, T, E)) embeddings.
+    history = encoder.history(history_feature_list, model="DIN")
     interest = AttentionSequencePooling(
         att_hidden_size, att_activation, weight_normalization=att_weight_normalization, seed=seed,
-        name="attention")(query, keys, encoder.mask(history_names[0]))                  # (B, 1, E)
+        name="attention")(history.query, history.keys, history.mask)                     # (B, 1, E)
 
-    dnn_input = encoder.dnn_input(exclude=history_names, extra=[interest])
+    dnn_input = encoder.dnn_input(exclude=history.names, extra=[interest])
     hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
                  name="dnn")(dnn_input)
     logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),

@@ -51,6 +51,8 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
       ValueError: an extra output names no usable layer, or the warm-up inputs do not fit
         the signature.
     """
+    if hasattr(model, "refresh_derived_weights"):
+        model.refresh_derived_weights()  # e.g. SimHash signatures of the whole item table
     serving_model = _serving_model(model, extra_outputs)
     signature = _serving_function(serving_model)
     root = tf.Module()

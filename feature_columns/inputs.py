@@ -16,7 +16,7 @@ import tensorflow as tf
 from .feature_column import (NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
-from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
+from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions
 
 
 def build_input_features(feature_columns, prefix=""):
@@ -69,12 +69,12 @@ class History:
         self.candidates = list(candidates)
         self.names = [history_name(c) for c in self.candidates]
         self.indices, self.aligned = indices, aligned
-        self._encoder, self._view = encoder, view
+        self._encoder, self.view_name = encoder, view
         self.mask = tf.not_equal(indices[self.names[0]], 0)
         self.lengths = tf.reduce_sum(tf.cast(self.mask, tf.int32), axis=1)
 
     def _key(self, name):
-        return name if self._view is None else f"{name}@{self._view}"
+        return name if self.view_name is None else f"{name}@{self.view_name}"
 
     @property
     def query(self):
@@ -91,10 +91,22 @@ class History:
         candidate". Only the kept events are embedded (under lookup keys "<name>@<view>").
         """
         first, others = self.names[0], self.names[1:] + list(self.aligned)
-        values = {**self.indices, **self.aligned}
         kept, kept_others = RecentSequence(k, name=self._encoder.layer_name(f"{view}_{first}"))(
-            values[first], where=where, aligned=[values[n] for n in others])
-        kept = dict(zip([first] + others, [kept] + kept_others))
+            self._sequences[first], where=where, aligned=[self._sequences[n] for n in others])
+        return self._as_view(dict(zip([first] + others, [kept] + kept_others)), view)
+
+    def take(self, positions, valid, view):
+        """The events at `positions` (batch, k) where `valid`, as a History (a top-k search's result)."""
+        names = self.names + list(self.aligned)
+        taken = TakePositions(name=self._encoder.layer_name(f"{view}_take"))(
+            [self._sequences[n] for n in names], positions, valid)
+        return self._as_view(dict(zip(names, taken)), view)
+
+    @property
+    def _sequences(self):
+        return {**self.indices, **self.aligned}
+
+    def _as_view(self, kept, view):
         for name in self.names:
             self._encoder.lookup(f"{name}@{view}", name, kept[name])
         return History(self._encoder, self.candidates, {n: kept[n] for n in self.names},
@@ -153,6 +165,10 @@ class FeatureEncoder:
 
     def names(self, kind):
         return [name for name, column in self.columns.items() if isinstance(column, kind)]
+
+    def table(self, name):
+        """The SparseEmbedding layer that embeds column `name`."""
+        return self._tables[self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name]
 
     def _raw_indices(self, name):
         return self._indexers[self.columns[name].embedding_name](self.features[name])

@@ -121,6 +121,19 @@ class RecentSequence(tf.keras.layers.Layer):
 
 
 @_register
+class TakePositions(tf.keras.layers.Layer):
+    """Takes aligned sequences at chosen positions: a search's result applied to the history.
+
+    call(sequences, positions, valid): `sequences` a list of (batch, width, ...) tensors,
+    positions and valid (batch, k) as `most_recent_positions` or a top-k search gives them.
+    Returns the list of (batch, k, ...) tensors, 0 where not valid.
+    """
+
+    def call(self, sequences, positions, valid):
+        return [take_positions(values, positions, valid) for values in sequences]
+
+
+@_register
 class SequencePooling(tf.keras.layers.Layer):
     """Pools (batch, maxlen, dim) embeddings over the positions where `mask` is true.
 

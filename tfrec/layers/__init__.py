@@ -1,6 +1,7 @@
 """Keras layers the models are composed of. All are registered, so `custom_objects` is optional."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-from feature_columns.layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex
+from feature_columns.layers import (RecentSequence, SequencePooling, SparseEmbedding, SparseIndex,
+                                    TakePositions)
 
 from .attention import AttentionSequencePooling, LocalActivationUnit
 from .core import DNN, Dice, PredictionLayer, activation_layer
@@ -9,14 +10,19 @@ from .core import DNN, Dice, PredictionLayer, activation_layer
 custom_objects = {
     cls.__name__: cls
     for cls in (AttentionSequencePooling, LocalActivationUnit, DNN, Dice, PredictionLayer,
-                RecentSequence, SequencePooling, SparseEmbedding, SparseIndex)
+                RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions)
 }
 
 __all__ = ["AttentionSequencePooling", "LocalActivationUnit", "DNN", "Dice", "PredictionLayer",
-           "RecentSequence", "SequencePooling", "SparseEmbedding", "SparseIndex", "activation_layer",
+           "RecentSequence", "SequencePooling", "SparseEmbedding", "SparseIndex", "TakePositions", "activation_layer",
            "custom_objects"]
 
 from .experts import ExpertGate, ExpertMixture, Experts, gate_model  # noqa: E402
 
 custom_objects.update({cls.__name__: cls for cls in (ExpertGate, ExpertMixture, Experts)})
 __all__ += ["ExpertGate", "ExpertMixture", "Experts", "gate_model"]
+
+from .search import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding  # noqa: E402
+
+custom_objects.update({cls.__name__: cls for cls in (SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding)})
+__all__ += ["SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]

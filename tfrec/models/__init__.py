@@ -12,3 +12,7 @@ from .shared_bottom import SharedBottom  # noqa: E402
 from ..layers.experts import gate_model  # noqa: E402
 
 __all__ += ["ESMM", "MMOE", "PLE", "SharedBottom", "check_multitask_labels", "compile_multitask", "gate_model"]
+
+from .sim import SIM  # noqa: E402
+
+__all__ += ["SIM"]

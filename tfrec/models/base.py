@@ -98,7 +98,20 @@ class RecModel(tf.keras.Model):
         self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        return super().fit(self._look_up_once(x), y, *args, **kwargs)
+        history = super().fit(self._look_up_once(x), y, *args, **kwargs)
+        self.refresh_derived_weights()
+        return history
+
+    def refresh_derived_weights(self):
+        """Recomputes weights derived from others, e.g. SIM's SimHash signatures of an item table.
+
+        A layer with a `refresh_from(model)` method keeps such a cache for inference; `fit` calls
+        this when it ends and the exporter before it writes a model, so in-process and served
+        predictions read the same, up-to-date values.
+        """
+        for layer in self._flatten_layers(include_self=False):
+            if hasattr(layer, "refresh_from"):
+                layer.refresh_from(self)
 
     def _look_up_once(self, x, chunk_rows=65_536):
         """Numpy features -> their embedding rows, looked up once by the model's own layers.

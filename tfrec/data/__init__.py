@@ -1,17 +1,21 @@
 """Data for tfrec models: DataFrames -> tf.data, behaviour logs -> DIN samples, planted-truth
-synthetic data with known click probabilities, and the UCI Adult multi-task benchmark."""
+synthetic data with known click probabilities (short click histories, long behaviour histories),
+and the UCI Adult multi-task benchmark."""
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
 from .adult import ADULT_TASKS, DEFAULT_ADULT_PATH, adult_feature_columns, load_adult
 from .behaviour import NEGATIVE_OUTCOME_VALUES, build_din_samples, check_esmm_labels
+from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
+                           make_long_history_setting)
 from .pipeline import df_to_dataset, df_to_inputs
 from .planted import (DIN_HISTORY_FEATURES, SPARSE_USER_SETTINGS, din_feature_columns, make_behaviour_log,
                       make_multitask_data, make_sparse_user_log, multitask_feature_columns, oracle_auc)
 
 __all__ = [
-    "ADULT_TASKS", "DEFAULT_ADULT_PATH", "DIN_HISTORY_FEATURES", "NEGATIVE_OUTCOME_VALUES",
-    "SPARSE_USER_SETTINGS",
+    "ADULT_TASKS", "DEFAULT_ADULT_PATH", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
+    "NEGATIVE_OUTCOME_VALUES", "SPARSE_USER_SETTINGS",
     "adult_feature_columns", "build_din_samples", "check_esmm_labels", "df_to_dataset", "df_to_inputs",
-    "din_feature_columns", "load_adult", "make_behaviour_log", "make_multitask_data", "make_sparse_user_log",
+    "din_feature_columns", "load_adult", "long_history_feature_columns", "make_behaviour_log",
+    "make_long_history_data", "make_long_history_setting", "make_multitask_data", "make_sparse_user_log",
     "multitask_feature_columns", "oracle_auc",
 ]

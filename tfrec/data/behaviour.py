@@ -10,6 +10,8 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 import numpy as np
 import pandas as pd
 
+from feature_columns import history_name
+
 __all__ = ["build_din_samples", "check_esmm_labels", "NEGATIVE_OUTCOME_VALUES"]
 
 # Columns that describe an impression's outcome: a sampled negative is not a real impression,
@@ -100,9 +102,9 @@ def build_din_samples(
 
     samples = events[[user_col, *target_cols, time_col, label_col, *extra_cols]].copy()
     for col in target_cols:
-        samples["hist_" + col] = _histories(events[col].to_numpy()[clicked], hist_start, hist_end)
+        samples[history_name(col)] = _histories(events[col].to_numpy()[clicked], hist_start, hist_end)
     samples = samples[[user_col, *target_cols, time_col, label_col,
-                       *["hist_" + c for c in target_cols], *extra_cols]]
+                       *[history_name(c) for c in target_cols], *extra_cols]]
     in_test = pd.Series(user_codes).groupby(user_codes).cumcount(ascending=False).to_numpy() < test_events
 
     if negatives:

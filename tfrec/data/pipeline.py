@@ -11,11 +11,12 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 import numpy as np
 import tensorflow as tf
 
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, look_up_rows
+from feature_columns import DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, look_up_rows
 
 __all__ = ["df_to_inputs", "df_to_dataset"]
 
 _STRING = "string"
+_INT64 = "int64"
 
 
 def _column(df, name, owner):
@@ -41,15 +42,35 @@ def _ids(values, dtype, feature_name):
             f"feature '{feature_name}' has dtype 'string' and needs str values, but holds "
             f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
         )
+    return _integers(values, dtype, feature_name, "integer ids")
+
+
+def _integers(values, dtype, feature_name, what="integers"):
+    """`values` as an int array of `dtype`; integral floats are accepted, anything else raises."""
+    values = np.asarray(values)
     if values.dtype.kind in "iub" or values.size == 0:
         return values.astype(dtype)
     if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
         # Integral floats, e.g. an int column that pandas widened to float somewhere.
         return values.astype(dtype)
     raise ValueError(
-        f"feature '{feature_name}' has dtype {dtype!r} and needs integer ids, but holds "
+        f"feature '{feature_name}' has dtype {dtype!r} and needs {what}, but holds "
         f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
     )
+
+
+def _numbers(values, dtype, feature_name):
+    """Numbers of a dense feature as `dtype`: int64 (integral values only), float32 or float64."""
+    if dtype == _INT64:
+        return _integers(values, dtype, feature_name)
+    try:
+        return np.asarray(values).astype(dtype)
+    except (TypeError, ValueError):
+        values = np.asarray(values)
+        raise ValueError(
+            f"feature '{feature_name}' has dtype {dtype!r} and needs numbers, but holds "
+            f"{values.dtype} values (e.g. {values[:3].tolist()})"
+        ) from None
 
 
 def _sequence_lengths(cells, name):
@@ -58,25 +79,36 @@ def _sequence_lengths(cells, name):
     for row, cell in enumerate(cells):
         if cell is None:
             lengths[row] = 0
-        elif isinstance(cell, (list, tuple, np.ndarray)):
+        elif isinstance(cell, (list, tuple)) or (isinstance(cell, np.ndarray) and cell.ndim == 1):
             lengths[row] = len(cell)
         else:
+            shape = f" of shape {cell.shape}" if isinstance(cell, np.ndarray) else ""
             raise ValueError(
-                f"column '{name}' must hold a list/array per row (oldest to newest), "
-                f"row {row} holds {type(cell).__name__}: {cell!r}"
+                f"column '{name}' must hold a list/1-D array per row (oldest to newest), "
+                f"row {row} holds {type(cell).__name__}{shape}: {cell!r}"
             )
     return lengths
 
 
 def _pad_recent(cells, lengths, maxlen, pad_value, cast):
-    """(n, maxlen): each row's last min(len, maxlen) items, cast by `cast`, left-aligned, padded."""
-    flat = cast(np.array(list(itertools.chain.from_iterable(c for c in cells if c is not None))))
+    """(n, maxlen): each row's last min(len, maxlen) items, cast by `cast`, left-aligned, padded.
+
+    Cells that are all numpy arrays (or None) are cut to their kept part and joined by
+    np.concatenate, so long histories cost O(n * maxlen) and only kept items are cast; other
+    cells (lists, tuples, a mix) are chained item by item and every item is cast.
+    """
     kept = np.minimum(lengths, maxlen)
+    real = np.arange(maxlen)[None, :] < kept[:, None]
+    if len(cells) and all(c is None or isinstance(c, np.ndarray) for c in cells):
+        parts = [c[len(c) - k:] for c, k in zip(cells, kept.tolist()) if k]
+        flat = cast(np.concatenate(parts) if parts else np.array([]))
+        out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
+        out[real] = flat  # the kept items in row-major order, exactly as `real` lists them
+        return out
+    flat = cast(np.array(list(itertools.chain.from_iterable(c for c in cells if c is not None))))
     first_kept = np.cumsum(lengths) - kept  # flat index of each row's oldest kept item
-    positions = np.arange(maxlen)
-    real = positions[None, :] < kept[:, None]
     out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
-    out[real] = flat[(first_kept[:, None] + positions[None, :])[real]]
+    out[real] = flat[(first_kept[:, None] + np.arange(maxlen)[None, :])[real]]
     return out
 
 
@@ -109,26 +141,40 @@ def _sequence_inputs(df, column):
 
 
 def _dense_input(df, column):
+    """(n,) or (n, dimension): int64 for dtype "int64", else float32 (also for "float64")."""
+    if column.dtype == _INT64:
+        dtype, kind = np.int64, "int64"
+        convert = lambda values: _integers(values, _INT64, column.name)  # noqa: E731
+    else:
+        dtype, kind = np.float32, "float"
+        convert = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
     values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
     if column.dimension == 1 and values.dtype != object:
-        array = values.astype(np.float32)
+        array = convert(values)
     else:
         try:
-            array = np.stack([np.asarray(cell, dtype=np.float32).reshape(-1) for cell in values]) \
-                if len(values) else np.zeros((0, column.dimension), np.float32)
+            array = np.stack([convert(cell).reshape(-1) for cell in values]) \
+                if len(values) else np.zeros((0, column.dimension), dtype)
         except ValueError as error:
             raise ValueError(
-                f"feature '{column.name}' needs {column.dimension} float(s) per row: {error}"
+                f"feature '{column.name}' needs {column.dimension} {kind}(s) per row: {error}"
             ) from None
         if column.dimension == 1 and array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
     expected = (len(df),) if column.dimension == 1 else (len(df), column.dimension)
     if array.shape != expected:
         raise ValueError(
-            f"feature '{column.name}' needs {column.dimension} float(s) per row, got an array "
+            f"feature '{column.name}' needs {column.dimension} {kind}(s) per row, got an array "
             f"of shape {array.shape}"
         )
     return array
+
+
+def _dense_sequence_input(df, column):
+    """(n, maxlen) of the column's dtype: the most recent maxlen numbers, right-padded with 0."""
+    cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
+    lengths = _sequence_lengths(cells, column.name)
+    return _pad_recent(cells, lengths, column.maxlen, 0, lambda flat: _numbers(flat, column.dtype, column.name))
 
 
 def df_to_inputs(df, feature_columns):
@@ -140,7 +186,12 @@ def df_to_inputs(df, feature_columns):
     `length_name` -> (n,) int32 true lengths capped at maxlen (taken from the DataFrame if it
     has that column); its `weight_name` column (a list of floats per row) -> (n, maxlen)
     float32 aligned with the kept items. DenseFeat -> (n,) float32 if dimension is 1, else
-    (n, dimension); cells may hold lists or arrays.
+    (n, dimension); cells may hold lists or arrays; dtype "int64" gives int64 (epoch seconds
+    stay exact). VarLenDenseFeat -> (n, maxlen) of its dtype: a list/array of numbers per row,
+    the most recent `maxlen` kept and right-padded with 0, exactly as a VarLenSparseFeat of the
+    same maxlen keeps and pads the same rows (so `hist_timestamp` lines up with `hist_item_id`).
+    Sequence cells that are numpy arrays are cut to their kept part before they are joined, so
+    rows of 1000s of events cost O(maxlen) each.
 
     Raises:
       KeyError: a feature's column is missing (the message names the feature and df's columns).
@@ -155,6 +206,8 @@ def df_to_inputs(df, feature_columns):
             inputs.update(_sequence_inputs(df, column))
         elif isinstance(column, DenseFeat):
             inputs[column.name] = _dense_input(df, column)
+        elif isinstance(column, VarLenDenseFeat):
+            inputs[column.name] = _dense_sequence_input(df, column)
         else:
             raise ValueError(f"not a feature column: {column!r}")
     return inputs

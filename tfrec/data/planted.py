@@ -9,7 +9,7 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 import numpy as np
 import pandas as pd
 
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, history_name
 
 from ..metrics import auc
 
@@ -49,6 +49,21 @@ def _format_ids(ids, column, id_type):
     if id_type == "int":
         return ids.astype(np.int64)
     return np.char.add(_ID_PREFIX[column], ids.astype(str)).astype(object)
+
+
+def _catalogue(rng, num_items, num_categories, popularity_exponent=1.0):
+    """The items of a world: (category, quality q_i ~ N(0, 1), Zipf popularity), one entry per item.
+
+    Every category gets at least one item; the popularity ranks 1..num_items (weight
+    rank**-popularity_exponent) are shuffled over the items.
+    """
+    item_cate = np.concatenate([np.arange(num_categories),
+                                rng.integers(0, num_categories, num_items - num_categories)])
+    rng.shuffle(item_cate)
+    item_quality = rng.normal(0.0, 1.0, num_items)
+    popularity = 1.0 / np.arange(1, num_items + 1) ** popularity_exponent
+    popularity = popularity[rng.permutation(num_items)]
+    return item_cate, item_quality, popularity
 
 
 def make_behaviour_log(
@@ -126,12 +141,7 @@ def make_behaviour_log(
     rng = np.random.default_rng(seed)
     num_cats = num_categories
 
-    # Items: every category gets at least one item; popularity ranks are shuffled over items.
-    item_cate = np.concatenate([np.arange(num_cats), rng.integers(0, num_cats, num_items - num_cats)])
-    rng.shuffle(item_cate)
-    item_quality = rng.normal(0.0, 1.0, num_items)
-    popularity = 1.0 / np.arange(1, num_items + 1) ** popularity_exponent
-    popularity = popularity[rng.permutation(num_items)]
+    item_cate, item_quality, popularity = _catalogue(rng, num_items, num_cats, popularity_exponent)
     global_item_cdf = np.cumsum(popularity) / popularity.sum()
     items_by_cate = [np.flatnonzero(item_cate == c) for c in range(num_cats)]
     cate_item_cdfs = [np.cumsum(popularity[items]) / popularity[items].sum() for items in items_by_cate]
@@ -293,7 +303,7 @@ def din_feature_columns(log, maxlen=50, embedding_dim=8, id_type=None):
     _check_id_type(id_type)
     targets = [_id_column(log, name, embedding_dim, id_type) for name in ["user_id"] + DIN_HISTORY_FEATURES]
     histories = [
-        VarLenSparseFeat(_id_column(log, name, embedding_dim, id_type, "hist_" + name), maxlen,
+        VarLenSparseFeat(_id_column(log, name, embedding_dim, id_type, history_name(name)), maxlen,
                          length_name="seq_length")
         for name in DIN_HISTORY_FEATURES
     ]

@@ -145,7 +145,7 @@ class FeatureEncoder:
         self._prefix = prefix
         self._indices, self._weights, self._histories = {}, {}, {}
         # Lookups are registered (key -> table, indices) and embedded in one call per table
-        # with every other lookup of that table registered by then.
+        # (and penalty setting) with every other lookup of it registered by then.
         self._lookups, self._pending, self._embedded = {}, defaultdict(list), {}
         self._embedded_only_by_views = set()
 
@@ -239,12 +239,16 @@ class FeatureEncoder:
         self._histories[key] = history
         return history
 
-    def lookup(self, key, column_name, indices):
-        """Registers `indices` to be embedded, under `key`, in the table of column `column_name`."""
+    def lookup(self, key, column_name, indices, regularize=True):
+        """Registers `indices` to be embedded, under `key`, in the table of column `column_name`.
+
+        `regularize=False` leaves the rows out of the table's penalty: for embeddings a model only
+        searches with (SIM's GSU reads them through top_k or a stop-gradient).
+        """
         if key not in self._lookups:
             table = self.column(column_name, (SparseFeat, VarLenSparseFeat)).embedding_name
             self._lookups[key] = (table, indices)
-            self._pending[table].append(key)
+            self._pending[(table, regularize)].append(key)
 
     def mask(self, name):
         """(batch, maxlen) bool, true on real items of the sequence `name`."""
@@ -266,9 +270,10 @@ class FeatureEncoder:
                             name not in self._embedded_only_by_views:
                         self.lookup(name, name, self.indices(name))
             table = self._lookups[key][0]
-            keys, first_call = self._pending.pop(table), not any(
+            group = next(g for g, keys in self._pending.items() if key in keys)
+            keys, first_call = self._pending.pop(group), not any(
                 self._lookups[k][0] == table for k in self._embedded)
-            embedded = self._tables[table]([self._lookups[k][1] for k in keys])
+            embedded = self._tables[table]([self._lookups[k][1] for k in keys], regularize=group[1])
             self._embedded.update(zip(keys, embedded))
             if first_call:
                 _start_counts_from_vocabulary(self._tables[table], self._column_of_table(table))

@@ -192,7 +192,9 @@ class SparseEmbedding(tf.keras.layers.Layer):
     touched. Per step, a rare id is penalised hard when it shows up and never otherwise.
 
     With `frequency_scaling=False` the loss is l2_reg * sum over the batch's distinct ids of
-    ||w_j||^2 (the paper's penalty without the 1 / n_j). Inference adds no loss and counts nothing.
+    ||w_j||^2 (the paper's penalty without the 1 / n_j). Inference adds no loss and counts nothing,
+    and neither does a call with `regularize=False` (lookups a model only searches with, whose
+    embeddings get no other gradient).
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", l2_reg=0.0,
@@ -213,10 +215,10 @@ class SparseEmbedding(tf.keras.layers.Layer):
         self.lookups = self.add_weight(name="lookups", shape=(), initializer="zeros", trainable=False)
         super().build(input_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, regularize=True):
         indices = [tf.cast(x, tf.int32) for x in tf.nest.flatten(inputs)]
         embedded = [tf.gather(self.embeddings, x) for x in indices]
-        if training and self.l2_reg > 0.0 and self.trainable:
+        if training and regularize and self.l2_reg > 0.0 and self.trainable:
             self.add_loss(self._batch_penalty(indices, embedded))
         return embedded if isinstance(inputs, (list, tuple)) else embedded[0]
 

@@ -33,21 +33,34 @@ def top_k_positions(scores, mask, k):
 class SoftSearch(tf.keras.layers.Layer):
     """SIM's soft search: the `topk` behaviours with the largest inner product with the candidate.
 
-    query (batch, 1, d), keys (batch, L, d), mask (batch, L) bool -> (positions, valid), both
-    (batch, topk), highest score first. The scores are one batched matmul, (batch, L).
+    call(queries, keys, mask): per feature of an event (lists in the same order: item, category)
+    the candidate's embeddings (batch, 1, d_f) and the events' (batch, L, d_f); mask (batch, L)
+    bool. The score of an event is sum_f <q_f, k_f>, one batched matmul per feature, (batch, L).
+    Returns (positions, valid), both (batch, topk), highest score first.
+
+    With `normalize`, each feature's embeddings are L2-normalised first (the score is a sum of
+    cosines). The model's own embeddings need it: their norms carry popularity and click
+    propensity, and a raw inner product then retrieves the same large-norm events for every
+    candidate (measured on planted long histories: 0.80 of the oracle AUC raw, 0.92 normalised).
+    Embeddings trained for the search by SIM's auxiliary objective use the raw product.
     """
 
-    def __init__(self, topk, **kwargs):
+    def __init__(self, topk, normalize=False, **kwargs):
         super().__init__(**kwargs)
         self.topk = int(topk)
+        self.normalize = bool(normalize)
 
-    def call(self, query, keys, mask):
-        scores = tf.squeeze(tf.matmul(query, keys, transpose_b=True), axis=1)  # (B, L)
+    def call(self, queries, keys, mask):
+        scores = 0.0
+        for query, key in zip(queries, keys):
+            if self.normalize:
+                query, key = tf.math.l2_normalize(query, axis=-1), tf.math.l2_normalize(key, axis=-1)
+            scores += tf.squeeze(tf.matmul(query, key, transpose_b=True), axis=1)       # (B, L)
         return top_k_positions(scores, mask, self.topk)
 
     def get_config(self):
         config = super().get_config()
-        config.update(topk=self.topk)
+        config.update(topk=self.topk, normalize=self.normalize)
         return config
 
 
@@ -56,68 +69,83 @@ class SimHashSearch(tf.keras.layers.Layer):
     """ETA's search: the `topk` behaviours nearest the candidate in Hamming distance of SimHash.
 
     Fixed random hyperplanes H (d, num_bits) give an embedding x the signature bits
-    [x . H_j > 0], packed into one int64; sign agreement estimates the angle between two
-    embeddings, so the nearest signatures approximate the largest cosines (Charikar, 2002).
+    [x . H_j > 0], packed 64 to an int64 word (num_bits = 64: one int64). The share of differing
+    bits estimates the angle between two embeddings (Charikar, 2002), so the nearest signatures
+    approximate the largest cosines, more closely as num_bits grows. An event described by
+    several features (item, category) has a signature per feature's table, and its distance is
+    the sum over them: each table's signatures can then be precomputed on their own.
 
-    call(query, history, mask, keys=None): query (batch, 1, d) candidate embeddings, history
-    (batch, L) int rows of the embedding table `table` (the behaviours' ids), mask (batch, L)
-    bool, keys (batch, L, d) the behaviours' embeddings. Returns (positions, valid), both
-    (batch, topk), nearest first.
+    call(queries, histories, mask, keys=None): per feature (lists, in `tables` order) the
+    candidate's embeddings (batch, 1, d_f), the events' ids (batch, L) into that table, and in
+    training the events' embeddings (batch, L, d_f); mask (batch, L) bool. Returns (positions,
+    valid), both (batch, topk), nearest first.
 
     Training hashes `keys` (the same embeddings the ESU reads, so the model trains end to end)
-    and writes those rows' signatures into `signatures` (table_rows,) int64. Inference reads
-    `signatures` by id instead and never touches the L embeddings, so serving a long history is
-    a lookup plus XOR/popcount. `refresh_from(model)` recomputes the whole column from the table
-    (RecModel does it after `fit`, the exporter before writing a model).
+    and writes those rows' signatures into the table's `signatures_<f>` (rows, words) int64.
+    Inference reads the signatures by id instead and never touches the L embeddings, so serving
+    a long history is a lookup plus XOR/popcount. `refresh_from(model)` recomputes every row from
+    the embedding layers named in `tables` (RecModel does it after `fit`, the exporter before it
+    writes a model).
     """
 
-    def __init__(self, topk, table, table_rows, num_bits=64, seed=1024, **kwargs):
+    def __init__(self, topk, tables, table_rows, num_bits=64, seed=1024, **kwargs):
         super().__init__(**kwargs)
-        if not 1 <= int(num_bits) <= 64:
-            raise ValueError(f"SimHashSearch: num_bits must be in [1, 64] (one int64), got {num_bits}")
+        if int(num_bits) < 1:
+            raise ValueError(f"SimHashSearch: num_bits must be >= 1, got {num_bits}")
+        if len(tables) != len(table_rows):
+            raise ValueError(f"SimHashSearch: {len(tables)} tables but {len(table_rows)} row counts")
         self.topk = int(topk)
-        self.table = table
-        self.table_rows = int(table_rows)
+        self.tables = list(tables)
+        self.table_rows = [int(r) for r in table_rows]
         self.num_bits = int(num_bits)
         self.seed = seed
+        self.words = -(-self.num_bits // 64)
 
-    def build(self, query_shape, *args, **kwargs):
-        self.hyperplanes = self.add_weight(
-            name="hyperplanes", shape=(int(query_shape[-1]), self.num_bits),
-            initializer=tf.keras.initializers.RandomNormal(seed=self.seed), trainable=False)
-        self.signatures = self.add_weight(name="signatures", shape=(self.table_rows,), dtype=tf.int64,
-                                          initializer="zeros", trainable=False)
-        super().build(query_shape)
+    def build(self, queries_shape, *args, **kwargs):
+        self.hyperplanes, self.signatures = [], []
+        for i, (shape, rows) in enumerate(zip(queries_shape, self.table_rows)):
+            self.hyperplanes.append(self.add_weight(
+                name=f"hyperplanes_{i}", shape=(int(shape[-1]), self.num_bits),
+                initializer=tf.keras.initializers.RandomNormal(seed=self.seed + i), trainable=False))
+            self.signatures.append(self.add_weight(name=f"signatures_{i}", shape=(rows, self.words),
+                                                   dtype=tf.int64, initializer="zeros", trainable=False))
+        super().build(queries_shape)
 
-    def signature(self, embeddings):
-        """(..., d) float -> (...,) int64 SimHash signatures."""
-        bits = tf.cast(tf.tensordot(embeddings, self.hyperplanes, axes=1) > 0, tf.int64)
+    def signature(self, embeddings, table=0):
+        """(..., d) float -> (..., words) int64 SimHash signatures, with table `table`'s hyperplanes."""
+        bits = tf.cast(tf.tensordot(embeddings, self.hyperplanes[table], axes=1) > 0, tf.int64)
+        bits = tf.pad(bits, [[0, 0]] * (bits.shape.rank - 1) + [[0, 64 * self.words - self.num_bits]])
+        bits = tf.reshape(bits, tf.concat([tf.shape(bits)[:-1], [self.words, 64]], axis=0))
         # Distinct powers of two: the sum is the bitwise OR, and bit 63 lands on the sign bit.
-        return tf.reduce_sum(tf.bitwise.left_shift(bits, tf.range(self.num_bits, dtype=tf.int64)), axis=-1)
+        return tf.reduce_sum(tf.bitwise.left_shift(bits, tf.range(64, dtype=tf.int64)), axis=-1)
 
     @staticmethod
     def hamming(a, b):
-        """Bits that differ between int64 signatures (broadcast), as int32."""
-        return tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(a, b)), tf.int32)
+        """Bits that differ between signatures (..., words) int64 (broadcast), as int32 (...)."""
+        differing = tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(a, b))
+        return tf.reduce_sum(tf.cast(differing, tf.int32), axis=-1)
 
-    def call(self, query, history, mask, keys=None, training=None):
-        history = tf.cast(history, tf.int32)
-        if training and keys is not None:
-            signatures = self.signature(tf.stop_gradient(keys))
-            self.signatures.scatter_update(tf.IndexedSlices(tf.reshape(signatures, [-1]),
-                                                            tf.reshape(history, [-1])))
-        else:
-            signatures = tf.gather(self.signatures, history)
-        distances = self.hamming(self.signature(query), signatures)               # (B, L)
+    def call(self, queries, histories, mask, keys=None, training=None):
+        distances = 0
+        for table, (query, history) in enumerate(zip(queries, histories)):
+            history = tf.cast(history, tf.int32)
+            if training and keys is not None:
+                signatures = self.signature(tf.stop_gradient(keys[table]), table)          # (B, L, W)
+                self.signatures[table].scatter_update(tf.IndexedSlices(
+                    tf.reshape(signatures, [-1, self.words]), tf.reshape(history, [-1])))
+            else:
+                signatures = tf.gather(self.signatures[table], history)
+            distances += self.hamming(self.signature(query, table), signatures)            # (B, L)
         return top_k_positions(-tf.cast(distances, tf.float32), mask, self.topk)
 
     def refresh_from(self, model):
-        """Recomputes every row's signature from `model`'s embedding layer `table`."""
-        self.signatures.assign(self.signature(model.get_layer(self.table).embeddings))
+        """Recomputes every row's signature from `model`'s embedding layers `tables`."""
+        for table, name in enumerate(self.tables):
+            self.signatures[table].assign(self.signature(model.get_layer(name).embeddings, table))
 
     def get_config(self):
         config = super().get_config()
-        config.update(topk=self.topk, table=self.table, table_rows=self.table_rows,
+        config.update(topk=self.topk, tables=self.tables, table_rows=self.table_rows,
                       num_bits=self.num_bits, seed=self.seed)
         return config
 

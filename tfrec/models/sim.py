@@ -31,8 +31,8 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
       dnn_feature_columns: all feature columns, as for DIN: for every `f` in history_feature_list
         a SparseFeat `f` and a VarLenSparseFeat `hist_f` on f's table, whose maxlen is the LONG
         history kept (up to 10,000 events).
-      history_feature_list: candidate features with histories, e.g. ["item_id", "cate_id"]. Soft
-        and SimHash search compare embeddings of the first one's table.
+      history_feature_list: candidate features with histories, e.g. ["item_id", "cate_id"]; soft
+        and SimHash search compare an event to the candidate on all of them.
       search: the GSU. "hard": the most recent `topk` events whose `search_feature` equals the
         candidate's. "soft": the `topk` largest inner products of candidate and event
         embeddings. "simhash": ETA, the `topk` smallest Hamming distances between SimHash
@@ -81,23 +81,32 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
         same = tf.equal(history.indices[history_name(search_feature)], encoder.indices(search_feature))
         retrieved = history.recent(topk, where=same, view="gsu")
     else:
-        item, searched = history_feature_list[0], history.names[0]
+        # Soft and SimHash search compare whole events: every history feature's embedding.
         if search == "soft" and soft_search_embedding == "auxiliary":
-            column = encoder.column(item)
-            gsu_table = SparseEmbedding(column.vocabulary_size, column.embedding_dim, name="gsu_emb_" + item,
-                                        embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=1e-4, seed=seed))
-            query, keys = gsu_table([encoder.indices(item), history.indices[searched]])
-            auxiliary_output = _auxiliary_ctr(query, keys, history.mask, task, seed)
+            queries, keys = [], []
+            for candidate, sequence in zip(history.candidates, history.names):
+                column = encoder.column(candidate)
+                # Not DeepCTR's 1e-4 scale: the auxiliary pooling is cubic in it and would start without gradient.
+                table = SparseEmbedding(column.vocabulary_size, column.embedding_dim, name="gsu_emb_" + candidate,
+                                        embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.1, seed=seed))
+                query, key = table([encoder.indices(candidate), history.indices[sequence]])
+                queries.append(query)
+                keys.append(key)
+            auxiliary_output = _auxiliary_ctr(concat(queries), concat(keys), history.mask, task, seed)
         else:
-            encoder.lookup(searched + "@searched", searched, history.indices[searched])
-            query, keys = encoder.embed(item), encoder.embed(searched + "@searched")
+            for sequence in history.names:
+                encoder.lookup(sequence + "@searched", sequence, history.indices[sequence], regularize=False)
+            queries = [encoder.embed(candidate) for candidate in history.candidates]
+            keys = [encoder.embed(sequence + "@searched") for sequence in history.names]
         if search == "soft":
-            positions, valid = SoftSearch(topk, name="gsu")(query, keys, history.mask)
+            positions, valid = SoftSearch(topk, normalize=soft_search_embedding == "shared", name="gsu")(
+                queries, keys, history.mask)
         else:
-            positions, valid = SimHashSearch(topk, table=encoder.table(item).name,
-                                             table_rows=encoder.column(item).vocabulary_size,
-                                             num_bits=simhash_bits, seed=seed, name="gsu")(
-                query, history.indices[searched], history.mask, keys=keys)
+            positions, valid = SimHashSearch(
+                topk, tables=[encoder.table(c).name for c in history.candidates],
+                table_rows=[encoder.column(c).vocabulary_size for c in history.candidates],
+                num_bits=simhash_bits, seed=seed, name="gsu")(
+                queries, [history.indices[s] for s in history.names], history.mask, keys=keys)
         retrieved = history.take(positions, valid, view="gsu")
 
     # Exact Search Unit: target attention over the retrieved events and their time gaps.

@@ -4,6 +4,6 @@ Importing tfrec makes `tf.keras` mean tf-keras (Keras 2); see feature_columns._l
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
-from . import optimizers  # noqa: F401,E402  (registers LazyAdam, so load_model finds a saved optimizer)
+from . import optimizers, utils  # noqa: F401,E402  (registers LazyAdam and sampledsoftmaxloss for load_model)
 
 __version__ = "0.1.0"

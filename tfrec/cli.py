@@ -78,7 +78,7 @@ def cmd_demo(args):
             local = model.predict(inputs, verbose=0).reshape(-1)
             worst = max(worst, float(np.max(np.abs(served - local))))
             order = np.argsort(-served)[:args.top_k]
-            recent = ", ".join(row["hist_cate_id"][-5:]) or "-"
+            recent = ", ".join(row[feature_columns.history_name("cate_id")][-5:]) or "-"
             print(f"      user {row['user_id']} (recent categories: {recent})")
             for rank, i in enumerate(order, 1):
                 print(f"        {rank}. {candidates[i]:>6} ({request['cate_id'][i]:>4})  score {served[i]:.4f}")

@@ -60,6 +60,19 @@ def machine_line():
             f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
+def commit_line():
+    """The checkout's commit as 'commit abc1234', with ' + uncommitted changes' if tracked files differ."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return "commit unknown"
+    return f"commit {commit or 'unknown'}" + (" + uncommitted changes" if dirty else "")
+
+
 def write_section(name, markdown):
     """Replaces (or appends) section `name` of BENCHMARKS.md."""
     text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else HEADER

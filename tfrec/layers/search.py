@@ -112,12 +112,19 @@ class SimHashSearch(tf.keras.layers.Layer):
         super().build(queries_shape)
 
     def signature(self, embeddings, table=0):
-        """(..., d) float -> (..., words) int64 SimHash signatures, with table `table`'s hyperplanes."""
-        bits = tf.cast(tf.tensordot(embeddings, self.hyperplanes[table], axes=1) > 0, tf.int64)
+        """(..., d) float -> (..., words) int64 SimHash signatures, with table `table`'s hyperplanes.
+
+        Bit j of word w is [x . H_(64w + j) > 0]. The bits are packed a byte at a time (a float
+        dot product with 1, 2, ..., 128, exact) and the bytes bitcast to int64, so the largest
+        intermediate is the (..., num_bits) projection itself, not one int64 per bit.
+        """
+        bits = tf.cast(tf.tensordot(embeddings, self.hyperplanes[table], axes=1) > 0, tf.float32)
         bits = tf.pad(bits, [[0, 0]] * (bits.shape.rank - 1) + [[0, 64 * self.words - self.num_bits]])
-        bits = tf.reshape(bits, tf.concat([tf.shape(bits)[:-1], [self.words, 64]], axis=0))
-        # Distinct powers of two: the sum is the bitwise OR, and bit 63 lands on the sign bit.
-        return tf.reduce_sum(tf.bitwise.left_shift(bits, tf.range(64, dtype=tf.int64)), axis=-1)
+        outer = tf.shape(bits)[:-1]
+        bytes_ = tf.tensordot(tf.reshape(bits, tf.concat([outer, [8 * self.words, 8]], axis=0)),
+                              tf.constant([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]), axes=1)
+        bytes_ = tf.reshape(tf.cast(bytes_, tf.uint8), tf.concat([outer, [self.words, 8]], axis=0))
+        return tf.bitcast(bytes_, tf.int64)  # little-endian: byte b holds bits 8b .. 8b + 7
 
     @staticmethod
     def hamming(a, b):

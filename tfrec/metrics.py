@@ -1,4 +1,5 @@
-"""Evaluation metrics: exact numpy AUC / GAUC / log loss, and Keras metrics for `compile`.
+"""Evaluation metrics: exact numpy AUC / GAUC / log loss, top-k retrieval metrics (recall,
+hit rate, NDCG, an index's recall against exact search), and Keras metrics for `compile`.
 
 The numpy functions are the reference numbers printed by benchmarks (model AUC next to the
 planted-truth oracle AUC); they are exact (rank based, ties averaged), unlike the thresholded
@@ -7,9 +8,11 @@ streaming estimate of `tf.keras.metrics.AUC`, which is what training progress ba
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-__all__ = ["auc", "gauc", "logloss", "AUC", "LogLoss"]
+__all__ = ["auc", "gauc", "logloss", "AUC", "LogLoss", "recall_at_k", "hit_rate_at_k", "ndcg_at_k",
+           "index_recall", "top_k_indices"]
 
 
 def _as_1d(values, what):
@@ -176,3 +179,213 @@ class LogLoss(tf.keras.metrics.BinaryCrossentropy):
 
     def __init__(self, name="logloss", **kwargs):
         super().__init__(name=name, **kwargs)
+
+
+# --- Top-k retrieval metrics -------------------------------------------------------------------
+#
+# A retrieval model ranks the whole catalogue for each query (a user at a point in time) and is
+# judged by its first k items. The leave-last-out test has one held-out item per row; the
+# functions also take several true items per row. Ids are compared by value (ints or strings),
+# so ranked lists must hold the same ids as the truth, not embedding-table rows or other indices.
+
+
+def _check_k(k):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    return int(k)
+
+
+def _top_k_columns(ranked, k, what):
+    """The first k columns of a 2-D (n, >= k) array of ids."""
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (rows, >= k ids, best first), got shape {ranked.shape}")
+    if ranked.shape[1] < k:
+        raise ValueError(f"{what} needs at least k={k} ids per row, got {ranked.shape[1]}")
+    return ranked[:, :k]
+
+
+def _is_cell(value):
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series))
+
+
+def _true_ids(true_items):
+    """(row of each true id, the ids flat, number of rows) from one id per row, (n, m), or n lists."""
+    if isinstance(true_items, pd.Series):
+        true_items = true_items.to_numpy()
+    if isinstance(true_items, np.ndarray):
+        if true_items.ndim == 2:
+            n, m = true_items.shape
+            return np.repeat(np.arange(n), m), true_items.reshape(-1), n
+        if true_items.ndim != 1:
+            raise ValueError(f"true_items must be 1-D (one id per row), 2-D (several per row) or a sequence "
+                             f"of lists, got shape {true_items.shape}")
+        if true_items.dtype != object:
+            return np.arange(len(true_items)), true_items, len(true_items)
+    cells = list(true_items)
+    if not any(_is_cell(c) for c in cells):
+        values = np.asarray(cells)
+        if values.dtype.kind in "US":
+            values = values.astype(object)
+        return np.arange(len(cells)), values, len(cells)
+    lengths = np.array([len(c) if _is_cell(c) else 1 for c in cells], dtype=np.int64)
+    values = np.concatenate([np.asarray(c, dtype=object).reshape(-1) if _is_cell(c) else np.asarray([c], dtype=object)
+                             for c in cells])
+    return np.repeat(np.arange(len(cells)), lengths), values, len(cells)
+
+
+def _id_kind(values):
+    """'number', 'text' or None (empty / unknown): ids of different kinds never match."""
+    if values.dtype.kind in "biuf":
+        return "number"
+    if values.dtype.kind in "US":
+        return "text"
+    for value in values[:1]:
+        if isinstance(value, (str, bytes)):
+            return "text"
+        if isinstance(value, (int, float, np.number)):
+            return "number"
+    return None
+
+
+def _ranking_hits(true_items, ranked_items, k, what="ranked_items"):
+    """(hits (n, k) bool, number of distinct true ids per row (n,)).
+
+    hits[r, j] is True where ranked_items[r, j] is one of row r's true ids and its first
+    occurrence in the row's top k (a repeated id counts once).
+    """
+    k = _check_k(k)
+    ranked = _top_k_columns(ranked_items, k, what)
+    true_rows, true_values, n = _true_ids(true_items)
+    if len(ranked) != n:
+        raise ValueError(f"true_items and {what} must have one row per query, got {n} and {len(ranked)} rows")
+    if n == 0:
+        raise ValueError("top-k metrics of zero rows are undefined")
+    kinds = {_id_kind(true_values), _id_kind(ranked.reshape(-1))} - {None}
+    if len(kinds) > 1:
+        raise ValueError(f"true_items and {what} must hold ids of the same kind (both ints or both strings), "
+                         f"got {true_values.dtype} and {ranked.dtype}")
+    # Ids -> codes (hash-based, any hashable ids), then one int64 key per (row, id).
+    codes, uniques = pd.factorize(np.concatenate([true_values, ranked.reshape(-1)]))
+    if (codes < 0).any():
+        raise ValueError("true_items and ranked ids must not be None or NaN")
+    width = len(uniques)
+    true_keys = np.unique(true_rows * width + codes[:len(true_values)])
+    num_true = np.bincount(true_keys // width, minlength=n)
+    if (num_true == 0).any():
+        raise ValueError(f"every row needs at least one true id; row {int(np.argmax(num_true == 0))} has none")
+    ranked_keys = np.arange(n)[:, None] * width + codes[len(true_values):].reshape(n, k)
+    first = np.zeros(n * k, dtype=bool)
+    first[np.unique(ranked_keys.reshape(-1), return_index=True)[1]] = True
+    hits = first.reshape(n, k) & np.isin(ranked_keys, true_keys)
+    return hits, num_true
+
+
+def recall_at_k(true_items, ranked_items, k):
+    """Mean over rows of |true ids in the top k| / |true ids|: recall@k.
+
+    With one held-out item per row (leave-last-out) this is the share of rows whose item is among
+    the first k ranked ids, the same number as `hit_rate_at_k`.
+
+    Args:
+      true_items: (n,) one true id per row; (n, m) m per row; or a sequence of n lists / arrays
+        (any lengths >= 1). Duplicate true ids of a row count once.
+      ranked_items: (n, >= k) ids, best first; only the first k columns are read, and an id
+        repeated within them counts once.
+      k: cut-off (int >= 1).
+
+    Returns:
+      float in [0, 1].
+
+    Raises:
+      ValueError: k < 1, fewer than k ranked columns, a row-count mismatch, a row without true ids,
+        or ids of different kinds (ints against strings).
+    """
+    hits, num_true = _ranking_hits(true_items, ranked_items, k)
+    return float(np.mean(hits.sum(axis=1) / num_true))
+
+
+def hit_rate_at_k(true_items, ranked_items, k):
+    """Share of rows with at least one true id in the top k: hit@k (HR@k).
+
+    Arguments as for `recall_at_k`; equal to it when every row has one true id.
+    """
+    hits, _ = _ranking_hits(true_items, ranked_items, k)
+    return float(np.mean(hits.any(axis=1)))
+
+
+def ndcg_at_k(true_items, ranked_items, k):
+    """Mean over rows of DCG@k / IDCG@k with binary relevance: NDCG@k.
+
+    DCG@k = sum over positions j = 1..k holding a true id of 1 / log2(j + 1); IDCG@k is the DCG of
+    a perfect ranking, sum_{j=1..min(|true ids|, k)} 1 / log2(j + 1). With one true id per row
+    this is 1 / log2(rank + 1) if the item's rank is <= k, else 0. Arguments as for `recall_at_k`.
+    """
+    hits, num_true = _ranking_hits(true_items, ranked_items, k)
+    discount = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    ideal = np.cumsum(discount)[np.minimum(num_true, hits.shape[1]) - 1]
+    return float(np.mean((hits * discount).sum(axis=1) / ideal))
+
+
+def index_recall(approx_ids, exact_ids, k):
+    """Mean over queries of the share of the exact top-k ids that the approximate top k found.
+
+    The quality figure of an approximate nearest-neighbour index (IVF, HNSW, quantised): for each
+    query, |approx[:k] and exact[:k]| / |exact[:k]| (distinct ids), averaged over queries. Ids
+    that only the approximate search returns (or its padding, e.g. -1) count nothing. When
+    scores tie at the k-th place, exact search's choice among the tied ids is arbitrary, and so
+    is the approximate one's: expect index_recall slightly below 1 even for an exact index.
+
+    Args:
+      approx_ids: (n, >= k) ids returned by the index, best first.
+      exact_ids: (n, >= k) ids of exact (brute-force) search for the same queries, best first.
+      k: cut-off (int >= 1).
+
+    Returns:
+      float in [0, 1].
+
+    Raises:
+      ValueError: on k < 1, fewer than k columns, or a query-count mismatch.
+    """
+    k = _check_k(k)
+    exact = _top_k_columns(exact_ids, k, "exact_ids")
+    approx = _top_k_columns(approx_ids, k, "approx_ids")
+    if len(approx) != len(exact):
+        raise ValueError(f"approx_ids and exact_ids must have one row per query, got {len(approx)} and "
+                         f"{len(exact)} rows")
+    hits, num_true = _ranking_hits(exact, approx, k, what="approx_ids")
+    return float(np.mean(hits.sum(axis=1) / num_true))
+
+
+def top_k_indices(scores, k):
+    """(n, k) column indices of each row's k highest scores, best first; ties go to the lower index.
+
+    A partial selection (np.argpartition) and a sort of the k selected per row, O(n * m + n * k
+    log k); ties at the k-th place are resolved towards the lower index as well, so the result
+    equals a stable descending sort's first k columns. Map the indices to ids with
+    `item_ids[top_k_indices(scores, k)]`.
+
+    Raises:
+      ValueError: scores not 2-D, k < 1 or above the number of columns, or NaN scores.
+    """
+    k = _check_k(k)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (rows, items), got shape {scores.shape}")
+    if k > scores.shape[1]:
+        raise ValueError(f"k={k} exceeds the {scores.shape[1]} scored items")
+    if np.isnan(scores).any():
+        raise ValueError(f"scores contain {int(np.isnan(scores).sum())} NaN value(s)")
+    n = len(scores)
+    if n == 0:
+        return np.zeros((0, k), dtype=np.int64)
+    negated = -scores
+    selected = np.argpartition(negated, k - 1, axis=1)[:, :k]
+    threshold = np.take_along_axis(negated, selected, axis=1).max(axis=1, keepdims=True)  # the k-th best
+    better = negated < threshold
+    tied = negated == threshold
+    # All strictly better columns, then the lowest-index tied ones up to k in total.
+    chosen = better | (tied & (np.cumsum(tied, axis=1) <= k - better.sum(axis=1, keepdims=True)))
+    columns = np.nonzero(chosen)[1].reshape(n, k)  # ascending column order within each row
+    order = np.argsort(np.take_along_axis(negated, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)

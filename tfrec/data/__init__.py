@@ -10,6 +10,9 @@ from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, 
 from .pipeline import df_to_dataset, df_to_inputs
 from .planted import (DIN_HISTORY_FEATURES, SPARSE_USER_SETTINGS, din_feature_columns, make_behaviour_log,
                       make_multitask_data, make_sparse_user_log, multitask_feature_columns, oracle_auc)
+from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalData, make_retrieval_data,
+                        planted_recalls, planted_top_k, popularity_top_k, retrieval_feature_columns,
+                        retrieval_samples, sdm_feature_columns, true_next_item_probabilities)
 
 __all__ = [
     "ADULT_TASKS", "DEFAULT_ADULT_PATH", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
@@ -18,4 +21,7 @@ __all__ = [
     "din_feature_columns", "load_adult", "long_history_feature_columns", "make_behaviour_log",
     "make_long_history_data", "make_long_history_setting", "make_multitask_data", "make_sparse_user_log",
     "multitask_feature_columns", "oracle_auc",
+    "PLANTED_RANKINGS", "RETRIEVAL_PROFILE_FEATURES", "RetrievalData", "make_retrieval_data", "planted_recalls",
+    "planted_top_k", "popularity_top_k", "retrieval_feature_columns", "retrieval_samples", "sdm_feature_columns",
+    "true_next_item_probabilities",
 ]

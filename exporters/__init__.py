@@ -3,6 +3,9 @@
 * `export_saved_model`: `export_base/<version>/` with a `serving_default` signature over raw
   features, written atomically, with `assets.extra/tf_serving_warmup_requests`.
 * `write_model_config` / `read_model_config`: TF Serving's `--model_config_file`.
+* `export_retrieval`: a two-tower model as `export_base/<version>/` returning the top-k
+  candidate ids and scores for raw user features (ScaNN or brute-force index), with a
+  brute-force twin, the user tower and the item vectors beside it.
 * `write_saved_model_version`: the shared back end (atomic version + warm-up) for exporters
   of other kinds of model.
 """
@@ -11,13 +14,16 @@ import feature_columns._legacy_keras  # noqa: F401
 from exporters.layout import existing_versions, next_version
 from exporters.model_config import model_server_config, read_model_config, write_model_config
 from exporters.saved_model import SERVING_SIGNATURE, export_saved_model, write_saved_model_version
+from exporters.retrieval import RetrievalExport, export_retrieval
 from exporters.warmup import WARMUP_DIR, WARMUP_FILE, read_warmup_requests
 
 __all__ = [
+    "RetrievalExport",
     "SERVING_SIGNATURE",
     "WARMUP_DIR",
     "WARMUP_FILE",
     "existing_versions",
+    "export_retrieval",
     "export_saved_model",
     "model_server_config",
     "next_version",

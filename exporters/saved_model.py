@@ -65,7 +65,8 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
 
 def write_saved_model_version(export_base, root, signatures, version=None, warmup_inputs=None,
                               model_name=None,
-                              num_warmup_records=warmup.DEFAULT_NUM_WARMUP_RECORDS):
+                              num_warmup_records=warmup.DEFAULT_NUM_WARMUP_RECORDS,
+                              options=None):
     """Saves `root` with `signatures` as a new version under `export_base`, atomically.
 
     The shared back end of every exporter: validates the warm-up feeds against
@@ -78,6 +79,8 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
         capture).
       signatures: {signature name: concrete function with keyword inputs}; must include
         "serving_default", from whose inputs the warm-up requests are built.
+      options: `tf.saved_model.SaveOptions` for `tf.saved_model.save`, e.g.
+        `namespace_whitelist=["Scann"]` for a graph with ScaNN's custom ops; None for defaults.
       Other arguments: as in `export_saved_model`.
 
     Returns:
@@ -94,7 +97,7 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     warmup.check_feeds_run(serving, feeds)
 
     with layout.staged_version_dir(export_base, version) as staged:
-        tf.saved_model.save(root, staged.staging_dir, signatures=signatures)
+        tf.saved_model.save(root, staged.staging_dir, signatures=signatures, options=options)
         warmup.write_warmup_file(
             staged.staging_dir,
             [warmup.prediction_log(feed, model_name, SERVING_SIGNATURE) for feed in feeds])

@@ -10,6 +10,7 @@
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import functools
 import gc
 import logging
 import os
@@ -41,8 +42,11 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
 _State = get_model_status_pb2.ModelVersionStatus.State
 
 
+@functools.lru_cache(maxsize=None)
 def _import_scann_ops():
-    """Registers ScaNN's custom ops so retrieval exports with a ScaNN index load."""
+    """Registers ScaNN's custom ops (`Scann>...`) so retrieval exports with a ScaNN index
+    load; stock TensorFlow fails on them with "Op type not registered". Optional: without
+    scann, every other SavedModel (brute-force retrieval exports included) still loads."""
     try:
         import scann  # noqa: F401
     except ImportError:
@@ -189,6 +193,7 @@ class ServableVersion:
         self.version = version
         self.path = path
         self.signature_defs = dict(read_serving_meta_graph(path).signature_def)
+        _import_scann_ops()  # before the load: a ScaNN export's graph needs its ops registered
         self._loaded = tf.saved_model.load(path, tags=list(SERVING_TAGS))
         self._functions = dict(self._loaded.signatures)
         self._batching = batching

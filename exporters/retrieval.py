@@ -1,0 +1,537 @@
+"""Exports a two-tower retrieval model as SavedModels that return the top-k candidate ids.
+
+`export_retrieval(model, "exports/youtubednn", candidates)` embeds the candidates once with
+the model's item tower and writes, each as its own numbered version directory (the same
+version number in all four, each published atomically):
+
+  * `exports/youtubednn/<v>`: the retrieval model. Its `serving_default` takes the raw user
+    features (the user tower's inputs, as `export_saved_model` takes them: a (None, 1) Input
+    as a vector [None]) and returns `item_ids` (the candidates' raw ids, as in the frame;
+    string or int64) and `scores` (float32 dot products), both (batch, k), best first. The
+    index is ScaNN (scann's TensorFlow ops; saved with `namespace_whitelist=["Scann"]`) or,
+    for `index="brute_force"` and for catalogues below `min_candidates`, an exact top-k.
+  * `exports/youtubednn_brute_force/<v>`: the same signature with an exact top-k over stock
+    TensorFlow ops only, for the stock `tensorflow/serving` image (and as the reference to
+    measure the ScaNN index's recall against).
+  * `exports/youtubednn_user_tower/<v>`: the user tower alone (`user_embedding`, and
+    `interest_mask` for multi-interest models), for an ANN service of your own.
+  * `exports/youtubednn_item_embeddings/<v>`: `item_embeddings.npy` (float32 (n, d), row i is
+    the item on line i), `item_ids.txt` (one raw id per line) and `manifest.json`.
+
+Multi-interest user towers (MIND: [(batch, k_max, d) interests, (batch, k_max) mask]) are
+searched per interest; the results are merged by item, keeping its best score over the
+interests, de-duplicated and cut to k, inside the graph. Masked interests take no part (they
+are searched as zero vectors and their results dropped; a row whose mask is all zero uses its
+first interest).
+
+If fewer than k results come back for a row (an ANN index whose searched leaves hold fewer
+than k items), the missing slots hold the padding id ("" or 0) with score -inf.
+"""
+import feature_columns._legacy_keras  # noqa: F401
+
+import collections
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from exporters import layout, warmup
+from exporters.saved_model import (SERVING_SIGNATURE, _is_single_column, export_saved_model,
+                                   write_saved_model_version)
+
+logger = logging.getLogger(__name__)
+
+INDEXES = ("scann", "brute_force")
+BRUTE_FORCE_SUFFIX = "_brute_force"
+USER_TOWER_SUFFIX = "_user_tower"
+ITEM_EMBEDDINGS_SUFFIX = "_item_embeddings"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
+ITEM_IDS_FILE = "item_ids.txt"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_MIN_SCANN_CANDIDATES = 20_000
+
+RetrievalExport = collections.namedtuple("RetrievalExport", [
+    "path",                  # export_base/<v>: the retrieval SavedModel (index `index`)
+    "brute_force_path",      # export_base_brute_force/<v>: exact top-k, stock ops only
+    "user_tower_path",       # export_base_user_tower/<v>: the user tower's SavedModel
+    "item_embeddings_path",  # export_base_item_embeddings/<v>: .npy vectors + ids
+    "index",                 # the index built into `path`: "scann" or "brute_force"
+    "version",
+    "num_candidates",
+    "k",
+    "scann_config",          # the ScaNN settings used ({} for brute force)
+])
+
+_SCANN_OPTIONS = {
+    "num_leaves": "partitions of the tree (default about sqrt(n))",
+    "num_leaves_to_search": "partitions searched per query",
+    "training_iterations": "k-means iterations of the tree (default 12)",
+    "training_sample_size": "points the tree and the quantizer train on (default min(n, 100000))",
+    "dimensions_per_block": "dimensions per asymmetric-hashing block (default 2)",
+    "anisotropic_quantization_threshold": "ScaNN's anisotropic loss threshold (default 0.2)",
+    "hash_type": '"lut16" (default) or "lut256"',
+    "num_reordering_candidates": "candidates rescored exactly (default max(10k, 256), <= n)",
+    "parallel": "search a batch's queries in parallel threads (default True)",
+    "training_threads": "threads building the index (default 0: all)",
+    "min_candidates": f"below this many candidates build brute force instead "
+                      f"(default {DEFAULT_MIN_SCANN_CANDIDATES})",
+}
+
+
+def export_retrieval(model, export_base, candidates, k=100, index="scann", version=None,
+                     warmup_inputs=None, **scann_options):
+    """Writes the retrieval SavedModel, its brute-force twin, the user tower and item vectors.
+
+    Args:
+      model: a two-tower model (`tfrec.models.TwoTowerModel`: YoutubeDNN, MIND, ...) with
+        `user_tower`, `item_tower` and `item_input` (one Input: the item id feature).
+      export_base: the retrieval model's base path (`exports/youtubednn`); its siblings
+        `<export_base>_brute_force`, `_user_tower` and `_item_embeddings` are written too.
+      candidates: a pandas DataFrame with the item id column (the item Input's name); each
+        row is one candidate. Other columns are ignored.
+      k: how many items each user gets.
+      index: "scann" or "brute_force".
+      version: the version number of all four directories; None for the smallest number that
+        is new in each of them.
+      warmup_inputs: user rows for the warm-up requests (a DataFrame or dict of user
+        features), as in `export_saved_model`; None synthesises one row.
+      **scann_options: ScaNN settings overriding the defaults: num_leaves (about sqrt(n)),
+        num_leaves_to_search, training_iterations, training_sample_size,
+        dimensions_per_block (2), anisotropic_quantization_threshold (0.2), hash_type,
+        num_reordering_candidates (max(10k, 256), at most n), parallel, training_threads,
+        and min_candidates (20000): below it a brute-force index is built instead (exact,
+        and as fast at that size; the result's `index` says which was built).
+
+    Returns:
+      A `RetrievalExport` namedtuple: the four version directories, the index built into
+      `path`, the version, the number of candidates, k and the ScaNN settings used.
+
+    Raises:
+      TypeError: `model` has no user and item towers.
+      ValueError: unknown index or option; empty candidates; the id column is missing,
+        null, duplicated or of the wrong type; k is not in [1, number of candidates];
+        the towers' vector sizes differ; bad warm-up inputs.
+      FileExistsError: the version already exists in one of the four directories.
+      ImportError: index="scann" (with a catalogue of at least min_candidates) without scann.
+    """
+    if index not in INDEXES:
+        raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+    unknown = sorted(set(scann_options) - set(_SCANN_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown ScaNN option(s) {unknown}; the options are: "
+            + "; ".join(f"{name}: {what}" for name, what in _SCANN_OPTIONS.items()))
+    user_tower, item_tower, item_input = _towers(model)
+    ids = _candidate_ids(candidates, item_input)
+    num_candidates = len(ids)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_candidates:
+        raise ValueError(
+            f"k must be an integer in [1, number of candidates = {num_candidates}], got {k!r}")
+    k = int(k)
+    interests = _user_output_kind(user_tower)
+    built = index
+    min_candidates = scann_options.get("min_candidates", DEFAULT_MIN_SCANN_CANDIDATES)
+    if isinstance(min_candidates, bool) or not isinstance(min_candidates, (int, np.integer)):
+        raise ValueError(f"min_candidates must be an integer, got {min_candidates!r}")
+    if index == "scann" and num_candidates < min_candidates:
+        logger.warning(
+            "export_retrieval: %d candidates < min_candidates=%d, so %s holds a brute-force "
+            "(exact) index instead of ScaNN; pass min_candidates=<n> to build ScaNN anyway",
+            num_candidates, min_candidates, export_base)
+        built = "brute_force"
+    scann_config = _scann_config(num_candidates, k, scann_options) if built == "scann" else {}
+
+    if hasattr(model, "refresh_derived_weights"):
+        model.refresh_derived_weights()
+    vectors = _item_vectors(item_tower, item_input, ids)
+    user_dim = int(user_tower.outputs[0].shape[-1])
+    if user_dim != vectors.shape[1]:
+        raise ValueError(
+            f"the user tower gives {user_dim}-d vectors but the item tower {vectors.shape[1]}-d "
+            "ones; retrieval scores their dot product")
+
+    export_base = os.path.abspath(os.fspath(export_base))
+    bases = {
+        "retrieval": export_base,
+        "brute_force": export_base + BRUTE_FORCE_SUFFIX,
+        "user_tower": export_base + USER_TOWER_SUFFIX,
+        "item_embeddings": export_base + ITEM_EMBEDDINGS_SUFFIX,
+    }
+    if version is None:
+        version = max(layout.next_version(base) for base in bases.values())
+    else:
+        version = layout.checked_version(version)
+    for base in bases.values():
+        layout._refuse_existing(os.path.join(base, str(version)))
+
+    id_dtype = tf.string if item_input.dtype == tf.string else tf.int64
+    exact_root = _RetrievalModule(user_tower, interests, _BruteForceIndex(vectors), ids,
+                                  id_dtype, k)
+    if built == "scann":
+        logger.info("export_retrieval: building a ScaNN index over %d candidates: %s",
+                    num_candidates, scann_config)
+        primary_root = _RetrievalModule(user_tower, interests,
+                                        _ScannIndex(vectors, k, scann_config), ids, id_dtype, k)
+        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+    else:
+        primary_root, options = exact_root, None
+    exact_signature = exact_root.serving_function()
+    primary_signature = primary_root.serving_function()
+    # Bad warm-up rows fail here, before any of the four directories is written.
+    warmup.check_feeds_run(primary_signature, warmup.warmup_feeds(
+        warmup.signature_input_specs(primary_signature), warmup_inputs))
+
+    # Companions first, the retrieval model last: a server watching export_base never sees
+    # a version whose brute-force twin, user tower or item vectors are not there yet.
+    item_embeddings_path = _write_item_embeddings(
+        bases["item_embeddings"], version, ids, vectors, _input_name(item_input), model)
+    user_tower_path = export_saved_model(user_tower, bases["user_tower"], version=version,
+                                         warmup_inputs=warmup_inputs)
+    brute_force_path = write_saved_model_version(
+        bases["brute_force"], exact_root, {SERVING_SIGNATURE: exact_signature},
+        version=version, warmup_inputs=warmup_inputs)
+    path = write_saved_model_version(
+        export_base, primary_root, {SERVING_SIGNATURE: primary_signature},
+        version=version, warmup_inputs=warmup_inputs, options=options)
+    logger.info("export_retrieval: %s (%s index, %d candidates, k=%d), %s, %s, %s", path, built,
+                num_candidates, k, brute_force_path, user_tower_path, item_embeddings_path)
+    return RetrievalExport(path, brute_force_path, user_tower_path, item_embeddings_path, built,
+                           version, num_candidates, k, scann_config)
+
+
+def _towers(model):
+    """(user tower, item tower, item Input) of a two-tower model, or a TypeError."""
+    missing = [name for name in ("user_tower", "item_tower", "item_input")
+               if not hasattr(type(model), name) and not hasattr(model, name)]
+    if missing:
+        raise TypeError(
+            f"export_retrieval needs a two-tower model (tfrec.models.TwoTowerModel: "
+            f"YoutubeDNN, MIND, ...) with user_tower, item_tower and item_input; "
+            f"{type(model).__name__} {getattr(model, 'name', '')!r} has no {missing}")
+    try:
+        user_tower, item_tower, item_inputs = model.user_tower, model.item_tower, model.item_input
+    except (AttributeError, ValueError) as error:  # e.g. no layer named "user_embedding"
+        raise TypeError(
+            f"export_retrieval: the towers of {type(model).__name__} "
+            f"{getattr(model, 'name', '')!r} cannot be built: {error}") from None
+    item_inputs = list(item_inputs) if isinstance(item_inputs, (list, tuple)) else [item_inputs]
+    if len(item_inputs) != 1:
+        raise TypeError(
+            f"export_retrieval: the item tower must read one input (the item id), it reads "
+            f"{[tensor.name for tensor in item_inputs]}")
+    item_input = item_inputs[0]
+    if item_input.shape.rank != 2 or item_input.shape[1] != 1:
+        raise TypeError(f"export_retrieval: the item id input must have shape (None, 1), "
+                        f"{item_input.name!r} has {item_input.shape}")
+    return user_tower, item_tower, item_input
+
+
+def _input_name(tensor):
+    return tensor._keras_history.layer.name
+
+
+def _candidate_ids(candidates, item_input):
+    """The id column of the candidates frame as a numpy array (object for strings, int64)."""
+    if not isinstance(candidates, pd.DataFrame):
+        raise ValueError(
+            f"candidates must be a pandas DataFrame with the item id column, got "
+            f"{type(candidates).__name__}")
+    name = _input_name(item_input)
+    if name not in candidates.columns:
+        raise ValueError(
+            f"the candidates frame has no column {name!r} (the model's item id feature); its "
+            f"columns are {[str(column) for column in candidates.columns]}")
+    column = candidates[name]
+    if len(column) == 0:
+        raise ValueError(f"the candidate set is empty: the candidates frame has no rows "
+                         f"(column {name!r})")
+    if column.isna().any():
+        raise ValueError(f"candidates column {name!r} has {int(column.isna().sum())} missing ids")
+    duplicated = column[column.duplicated()]
+    if len(duplicated):
+        raise ValueError(
+            f"candidates column {name!r} repeats {duplicated.nunique()} id(s), e.g. "
+            f"{list(duplicated.unique()[:5])}; each candidate must appear once")
+    if item_input.dtype == tf.string:
+        values = column.to_numpy(dtype=object)
+        bad = [value for value in values if not isinstance(value, (str, bytes))]
+        if bad:
+            raise ValueError(
+                f"candidates column {name!r} must hold strings (the model's item id input is a "
+                f"string), but holds {bad[0]!r} of type {type(bad[0]).__name__}")
+        values = np.array([value.decode("utf-8") if isinstance(value, bytes) else value
+                           for value in values], dtype=object)
+        broken = [value for value in values if "\n" in value or "\r" in value]
+        if broken:
+            raise ValueError(f"candidates column {name!r}: ids must not contain line breaks "
+                             f"({ITEM_IDS_FILE} holds one id per line), e.g. {broken[0]!r}")
+        return values
+    if not pd.api.types.is_integer_dtype(column.dtype):
+        raise ValueError(
+            f"candidates column {name!r} must hold integers (the model's item id input is "
+            f"{item_input.dtype.name}), but its dtype is {column.dtype}")
+    return column.to_numpy(dtype=np.int64)
+
+
+def _user_output_kind(user_tower):
+    """Whether the user tower gives one vector per user (False) or interests + mask (True)."""
+    outputs = user_tower.outputs
+    if len(outputs) == 1 and outputs[0].shape.rank == 2:
+        return False
+    if len(outputs) == 2 and outputs[0].shape.rank == 3 and outputs[1].shape.rank == 2:
+        return True
+    raise TypeError(
+        "export_retrieval: the user tower must return (batch, d) vectors, or [(batch, k, d) "
+        f"interests, (batch, k) mask]; it returns {[tensor.shape for tensor in outputs]}")
+
+
+def _item_vectors(item_tower, item_input, ids):
+    """One batched item tower call over every candidate: float32 (n, d)."""
+    feed = (ids.astype(object) if item_input.dtype == tf.string
+            else ids.astype(item_input.dtype.as_numpy_dtype))[:, None]
+    vectors = item_tower.predict({_input_name(item_input): feed},
+                                 batch_size=min(len(ids), 8192), verbose=0)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise ValueError(f"the item tower returned shape {vectors.shape} for {len(ids)} ids; "
+                         "it must return one vector per id")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise ValueError(f"the item tower gives non-finite vectors for {int(bad.sum())} "
+                         f"candidates, e.g. {ids[bad][:5].tolist()}")
+    return vectors
+
+
+def _scann_config(num_candidates, k, options):
+    """The ScaNN settings: defaults that scale with the corpus, overridden by `options`."""
+    n = num_candidates
+    num_leaves = options.get("num_leaves", max(1, min(round(math.sqrt(n)), n // 20)))
+    # Search about 5% of the partitions of a large corpus, and enough of a small one that the
+    # searched points are ~40 times k (a top-k that is a large share of the catalogue spreads
+    # over many partitions).
+    default_to_search = min(num_leaves, max(math.ceil(0.05 * num_leaves),
+                                            math.ceil(40 * k * num_leaves / n), 1))
+    config = {
+        "num_leaves": num_leaves,
+        "num_leaves_to_search": options.get("num_leaves_to_search", default_to_search),
+        "training_iterations": options.get("training_iterations", 12),
+        "training_sample_size": options.get("training_sample_size", min(n, 100_000)),
+        "dimensions_per_block": options.get("dimensions_per_block", 2),
+        "anisotropic_quantization_threshold": options.get(
+            "anisotropic_quantization_threshold", 0.2),
+        "hash_type": options.get("hash_type", "lut16"),
+        # Asymmetric hashing only shortlists: the top k of a trained model sit in a narrow
+        # band of scores, so the exact rescoring needs a shortlist well beyond k (on a 16-d
+        # YoutubeDNN, 5000 items, k=50: 256 gave recall 0.90-0.94, 500 gave 1.0).
+        "num_reordering_candidates": options.get("num_reordering_candidates",
+                                                 min(n, max(10 * k, 256))),
+        "parallel": bool(options.get("parallel", True)),
+        "training_threads": options.get("training_threads", 0),
+    }
+    for name in ("num_leaves", "num_leaves_to_search", "training_iterations",
+                 "training_sample_size", "dimensions_per_block", "num_reordering_candidates"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"ScaNN option {name} must be a positive integer, got {value!r}")
+    if config["num_leaves"] > n:
+        raise ValueError(f"ScaNN option num_leaves={config['num_leaves']} exceeds the "
+                         f"{n} candidates")
+    if config["num_leaves_to_search"] > config["num_leaves"]:
+        raise ValueError(
+            f"ScaNN option num_leaves_to_search={config['num_leaves_to_search']} exceeds "
+            f"num_leaves={config['num_leaves']}")
+    if config["num_reordering_candidates"] < k:
+        raise ValueError(
+            f"ScaNN option num_reordering_candidates={config['num_reordering_candidates']} is "
+            f"below k={k}: the index could never return k items")
+    return config
+
+
+class _BruteForceIndex(tf.Module):
+    """Exact top-k by dot product over the item vectors (a variable), stock TF ops only."""
+
+    def __init__(self, vectors):
+        super().__init__(name="brute_force_index")
+        self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
+
+    def search(self, queries, k):
+        """(indices int32 (m, k), scores float32 (m, k)) of the top k items of each query."""
+        scores = tf.linalg.matmul(queries, self.item_vectors, transpose_b=True)
+        scores, indices = tf.math.top_k(scores, k=k)
+        return indices, scores
+
+
+class _ScannIndex(tf.Module):
+    """A ScaNN searcher (tree + anisotropic hashing + exact reordering), serialized into
+    variables so it saves with the SavedModel and is rebuilt once per loaded graph."""
+
+    def __init__(self, vectors, k, config):
+        super().__init__(name="scann_index")
+        scann_ops = _scann_ops()
+        self._parallel = config["parallel"]
+        builder = scann_ops.builder(tf.constant(vectors), k, "dot_product")
+        if config["num_leaves"] > 1:
+            builder = builder.tree(
+                num_leaves=config["num_leaves"],
+                num_leaves_to_search=config["num_leaves_to_search"],
+                training_sample_size=config["training_sample_size"],
+                training_iterations=config["training_iterations"])
+        builder = builder.score_ah(
+            config["dimensions_per_block"],
+            anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"],
+            training_sample_size=config["training_sample_size"],
+            hash_type=config["hash_type"])
+        builder = builder.reorder(config["num_reordering_candidates"])
+        builder = builder.set_n_training_threads(config["training_threads"])
+        self.state = builder.build().serialize_to_module()
+
+    def search(self, queries, k):
+        """(indices int32 (m, k), scores float32 (m, k)); a slot ScaNN left empty has score NaN."""
+        def run():
+            handle = self.state.recreate_handle()  # created once per loaded graph, then reused
+            indices, scores = _scann_ops().scann_search_batched(
+                handle, queries, k, -1, -1, self._parallel)
+            # ScaNN returns as many columns as the fullest row, padding with (0, NaN).
+            missing = tf.maximum(k - tf.shape(indices)[1], 0)
+            indices = tf.pad(indices, [[0, 0], [0, missing]])[:, :k]
+            scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=np.nan)[:, :k]
+            return indices, scores
+
+        def empty():  # ScaNN's batched search fails on an empty batch
+            return tf.zeros([0, k], tf.int32), tf.zeros([0, k], tf.float32)
+
+        indices, scores = tf.cond(tf.shape(queries)[0] > 0, run, empty)
+        return tf.ensure_shape(indices, [None, k]), tf.ensure_shape(scores, [None, k])
+
+
+def _scann_ops():
+    try:
+        from scann.scann_ops.py import scann_ops
+    except ImportError as error:
+        raise ImportError(
+            f"index='scann' needs the scann package ({error}); pip install scann, or export "
+            "with index='brute_force'") from None
+    return scann_ops
+
+
+class _RetrievalModule(tf.Module):
+    """user tower -> index search (per interest, merged) -> raw item ids: the SavedModel root."""
+
+    def __init__(self, user_tower, interests, index, ids, id_dtype, k):
+        super().__init__(name="retrieval")
+        self.user_tower = user_tower
+        self.index = index
+        self.item_ids = tf.Variable(
+            ids.astype(object) if id_dtype == tf.string else ids, dtype=id_dtype,
+            trainable=False, name="item_ids")
+        self._interests = interests
+        self._padding_id = "" if id_dtype == tf.string else 0
+        self._k = k
+
+    def serving_function(self):
+        """The `serving_default` concrete function over the user tower's raw features."""
+        tower = self.user_tower
+        input_names = tower.input_names
+        single_column = {name for name, tensor in zip(input_names, tower.inputs)
+                         if _is_single_column(tensor)}
+
+        @tf.function
+        def serve(**features):
+            flat = [tf.expand_dims(features[name], -1) if name in single_column
+                    else features[name] for name in input_names]
+            user = tower(tf.nest.pack_sequence_as(tower.input, flat), training=False)
+            indices, scores = self._search(user)
+            ids = tf.gather(self.item_ids, tf.maximum(indices, 0))
+            ids = tf.where(indices >= 0, ids, tf.constant(self._padding_id, self.item_ids.dtype))
+            return {"item_ids": ids, "scores": scores}
+
+        specs = {name: tf.TensorSpec([None] if name in single_column else tensor.shape,
+                                     tensor.dtype, name=name)
+                 for name, tensor in zip(input_names, tower.inputs)}
+        return serve.get_concrete_function(**specs)
+
+    def _search(self, user):
+        """(indices (batch, k) with -1 for no item, scores (batch, k) with -inf there)."""
+        k = self._k
+        if not self._interests:
+            return _valid_results(*self.index.search(tf.cast(user, tf.float32), k))
+        interests, mask = user
+        interests = tf.cast(interests, tf.float32)
+        batch, num_interests = tf.shape(interests)[0], tf.shape(interests)[1]
+        valid = tf.cast(mask, tf.float32) > 0
+        # A row with no valid interest searches with its first one rather than returning nothing.
+        first = tf.equal(tf.range(num_interests), 0)[tf.newaxis, :]
+        valid = valid | (first & ~tf.reduce_any(valid, axis=1, keepdims=True))
+        queries = tf.where(valid[:, :, tf.newaxis], interests, tf.zeros_like(interests))
+        indices, scores = self.index.search(
+            tf.reshape(queries, [-1, tf.shape(interests)[2]]), k)
+        indices, scores = _valid_results(indices, scores)
+        indices = tf.reshape(indices, [batch, num_interests, k])
+        scores = tf.reshape(scores, [batch, num_interests, k])
+        return merge_interest_results(indices, scores, valid, k)
+
+
+def _valid_results(indices, scores):
+    """Marks empty slots (non-finite score) as index -1, score -inf."""
+    valid = tf.math.is_finite(scores)
+    return (tf.where(valid, indices, -1),
+            tf.where(valid, scores, tf.constant(-np.inf, scores.dtype)))
+
+
+def merge_interest_results(indices, scores, valid, k):
+    """Merges per-interest top-k lists into one top-k per row, in the graph.
+
+    Args:
+      indices: int32 (batch, interests, m) item indices, -1 for an empty slot.
+      scores: float32 (batch, interests, m).
+      valid: bool (batch, interests); results of invalid interests are dropped.
+      k: how many items to keep per row.
+
+    Returns:
+      (indices int32 (batch, k), scores float32 (batch, k)), best first: each item once, with
+      its best score over the valid interests; -1 / -inf where fewer than k items remain.
+    """
+    batch = tf.shape(indices)[0]
+    keep = valid[:, :, tf.newaxis] & (indices >= 0)
+    flat_indices = tf.reshape(tf.where(keep, indices, -1), [batch, -1])
+    flat_scores = tf.reshape(tf.where(keep, scores, tf.constant(-np.inf, scores.dtype)),
+                             [batch, -1])
+    # Best first, then (stably) by item: within each item's run its best score comes first.
+    by_score = tf.argsort(flat_scores, axis=1, direction="DESCENDING", stable=True)
+    flat_indices = tf.gather(flat_indices, by_score, batch_dims=1)
+    flat_scores = tf.gather(flat_scores, by_score, batch_dims=1)
+    by_item = tf.argsort(flat_indices, axis=1, stable=True)
+    flat_indices = tf.gather(flat_indices, by_item, batch_dims=1)
+    flat_scores = tf.gather(flat_scores, by_item, batch_dims=1)
+    first_of_item = tf.concat(
+        [tf.ones([batch, 1], tf.bool), flat_indices[:, 1:] != flat_indices[:, :-1]], axis=1)
+    flat_scores = tf.where(first_of_item & (flat_indices >= 0), flat_scores,
+                           tf.constant(-np.inf, scores.dtype))
+    top_scores, positions = tf.math.top_k(flat_scores, k=k)
+    top_indices = tf.gather(flat_indices, positions, batch_dims=1)
+    return tf.where(tf.math.is_finite(top_scores), top_indices, -1), top_scores
+
+
+def _write_item_embeddings(base, version, ids, vectors, id_feature, model):
+    """`base/<version>/`: item_embeddings.npy, item_ids.txt (line i = row i), manifest.json."""
+    with layout.staged_version_dir(base, version) as staged:
+        np.save(os.path.join(staged.staging_dir, ITEM_EMBEDDINGS_FILE), vectors)
+        with open(os.path.join(staged.staging_dir, ITEM_IDS_FILE), "w", encoding="utf-8") as out:
+            out.writelines(f"{value}\n" for value in ids.tolist())
+        manifest = {
+            "model": getattr(model, "name", type(model).__name__),
+            "id_feature": id_feature,
+            "id_dtype": "string" if ids.dtype == object else "int64",
+            "num_items": int(vectors.shape[0]),
+            "dimension": int(vectors.shape[1]),
+            "score": "dot_product",
+            "files": {"embeddings": ITEM_EMBEDDINGS_FILE, "ids": ITEM_IDS_FILE},
+        }
+        with open(os.path.join(staged.staging_dir, MANIFEST_FILE), "w", encoding="utf-8") as out:
+            json.dump(manifest, out, indent=2)
+            out.write("\n")
+    return staged.final_dir

@@ -1,0 +1,400 @@
+"""export_retrieval: top-k SavedModels over ScaNN and brute force, served and checked exactly.
+
+A tiny YoutubeDNN (raw string item ids, in-graph vocabulary) is trained once on random data and
+exported once over 5000 candidates, ScaNN forced below its default corpus threshold. The ScaNN
+export is served by our real server over gRPC beside its brute-force twin; the brute-force
+export is checked against numpy's exact top-k and run by TensorFlow's own saved_model_cli.
+"""
+import feature_columns._legacy_keras  # noqa: F401
+
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+import exporters
+from exporters.retrieval import merge_interest_results
+from tests.conftest import run_saved_model_cli
+
+NUM_ITEMS = 5000
+NUM_USERS = 300
+K = 50
+DIM = 16
+HIST_LEN = 10
+ITEMS = [f"item{i:05d}" for i in range(NUM_ITEMS)]
+
+
+def user_rows(num_rows, seed):
+    """Raw user features as a client sends them: int64 ids, string item histories."""
+    rng = np.random.default_rng(seed)
+    return {
+        "user_id": rng.integers(1, NUM_USERS + 1, num_rows).astype("int64"),
+        "gender": rng.integers(1, 3, num_rows).astype("int64"),
+        "hist_item_id": np.array(ITEMS, dtype=object)[rng.integers(0, NUM_ITEMS, (num_rows, HIST_LEN))],
+    }
+
+
+def keras_user_feed(rows):
+    return {"user_id": rows["user_id"][:, None], "gender": rows["gender"][:, None],
+            "hist_item_id": rows["hist_item_id"]}
+
+
+@pytest.fixture(scope="module")
+def youtubednn():
+    from feature_columns import SparseFeat, VarLenSparseFeat
+    from tfrec.models import YoutubeDNN
+
+    tf.keras.utils.set_random_seed(3)
+    item = SparseFeat("item_id", vocabulary=ITEMS, embedding_dim=DIM, dtype="string")
+    history = SparseFeat("hist_item_id", vocabulary=ITEMS, embedding_dim=DIM, dtype="string",
+                         embedding_name="item_id")
+    user_columns = [SparseFeat("user_id", NUM_USERS + 1, 8, dtype="int64"),
+                    SparseFeat("gender", 3, 4, dtype="int64"),
+                    VarLenSparseFeat(history, maxlen=HIST_LEN)]
+    model = YoutubeDNN(user_columns, [item], user_dnn_hidden_units=(32, DIM))
+    model.compile(tf.keras.optimizers.Adam(0.01))
+    rows = user_rows(2000, seed=0)
+    features = keras_user_feed(rows)
+    features["item_id"] = np.array(ITEMS, dtype=object)[
+        np.random.default_rng(1).integers(0, NUM_ITEMS, (2000, 1))]
+    model.fit(features, np.zeros((2000, 1)), batch_size=256, epochs=1, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def candidates():
+    """Every item once, shuffled (row order is not id order), plus a column the export ignores."""
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({"item_id": rng.permutation(ITEMS), "popularity": rng.random(NUM_ITEMS)})
+
+
+@pytest.fixture(scope="module")
+def exported(youtubednn, candidates, tmp_path_factory):
+    base = tmp_path_factory.mktemp("retrieval") / "youtubednn"
+    warmup_rows = pd.DataFrame({name: list(values) for name, values in user_rows(3, 9).items()})
+    started = time.perf_counter()
+    result = exporters.export_retrieval(youtubednn, base, candidates, k=K, warmup_inputs=warmup_rows,
+                                        min_candidates=1000)  # ScaNN on a 5000-item corpus
+    print(f"\nexport_retrieval of {NUM_ITEMS} candidates: {time.perf_counter() - started:.1f} s, "
+          f"ScaNN config {result.scann_config}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def exact(youtubednn, candidates):
+    """numpy's exact top-k of user tower . item vectors, for the test users."""
+    rows = user_rows(200, seed=5)
+    users = youtubednn.user_tower.predict(keras_user_feed(rows), verbose=0)
+    items = youtubednn.item_tower.predict(
+        {"item_id": candidates["item_id"].to_numpy(dtype=object)[:, None]}, verbose=0)
+    scores = users @ items.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+    ids = candidates["item_id"].to_numpy()[top]
+    return rows, ids, np.take_along_axis(scores, top, axis=1), scores
+
+
+def constants(rows):
+    return {name: tf.constant(values) for name, values in rows.items()}
+
+
+def score_of(scores, candidates, ids):
+    """Each returned id's exact score (rows of `scores` are users, columns candidates)."""
+    column = {item: index for index, item in enumerate(candidates["item_id"])}
+    return np.array([[scores[row, column[item]] for item in row_ids]
+                     for row, row_ids in enumerate(ids)])
+
+
+def decoded(ids):
+    return np.vectorize(lambda value: value.decode())(ids)
+
+
+def function_ops(export_dir):
+    """Every op type in the SavedModel's graph and function library."""
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as pb:
+        saved_model.ParseFromString(pb.read())
+    graph = saved_model.meta_graphs[0].graph_def
+    return ({node.op for node in graph.node}
+            | {node.op for function in graph.library.function for node in function.node_def})
+
+
+def test_layout_four_versioned_directories(exported, candidates, youtubednn):
+    base = os.path.dirname(exported.path)
+    assert exported.index == "scann" and exported.version == 1
+    assert exported.num_candidates == NUM_ITEMS and exported.k == K
+    assert exported.path == os.path.join(base, "1")
+    assert exported.brute_force_path == base + "_brute_force" + os.sep + "1"
+    assert exported.user_tower_path == base + "_user_tower" + os.sep + "1"
+    assert exported.item_embeddings_path == base + "_item_embeddings" + os.sep + "1"
+    for path in exported[:3]:
+        assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+        assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    # ScaNN's custom ops are in the ScaNN export only; the twin needs stock TensorFlow.
+    assert {"Scann>ScannSearchBatched", "Scann>TensorsToScann"} <= function_ops(exported.path)
+    assert not any(op.startswith("Scann") for op in function_ops(exported.brute_force_path))
+
+    # Item vectors for users with their own ANN service: row i is the id on line i.
+    vectors = np.load(os.path.join(exported.item_embeddings_path, "item_embeddings.npy"))
+    with open(os.path.join(exported.item_embeddings_path, "item_ids.txt"), encoding="utf-8") as f:
+        ids = f.read().splitlines()
+    assert ids == list(candidates["item_id"])
+    np.testing.assert_allclose(vectors, youtubednn.item_tower.predict(
+        {"item_id": np.array(ids, dtype=object)[:, None]}, verbose=0), atol=1e-6)
+    with open(os.path.join(exported.item_embeddings_path, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["num_items"] == NUM_ITEMS and manifest["dimension"] == DIM
+    assert manifest["id_feature"] == "item_id" and manifest["score"] == "dot_product"
+
+
+def test_brute_force_export_is_numpy_exact_top_k(exported, exact, candidates):
+    rows, exact_ids, exact_scores, scores = exact
+    loaded = tf.saved_model.load(exported.brute_force_path)
+    outputs = loaded.signatures["serving_default"](**constants(rows))
+    ids, returned = decoded(outputs["item_ids"].numpy()), outputs["scores"].numpy()
+
+    assert ids.shape == returned.shape == (200, K)
+    np.testing.assert_allclose(returned, exact_scores, atol=1e-5)  # the k best scores, in order
+    np.testing.assert_allclose(returned, score_of(scores, candidates, ids), atol=1e-5)  # of these ids
+    assert all(len(set(row)) == K for row in ids)
+    assert np.mean(ids == exact_ids) > 0.99  # the rest: float ties/rounding order only
+
+
+def test_user_tower_export_returns_the_user_vectors(exported, exact, youtubednn):
+    rows = exact[0]
+    loaded = tf.saved_model.load(exported.user_tower_path)
+    outputs = loaded.signatures["serving_default"](**constants(rows))
+    np.testing.assert_allclose(outputs["user_embedding"].numpy(), youtubednn.user_tower.predict(
+        keras_user_feed(rows), verbose=0), atol=1e-5)
+
+
+def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
+        exported, exact, candidates, tmp_path):
+    from serving import Client, LocalServer
+
+    rows, _, _, scores = exact
+    base = os.path.dirname(exported.path)
+    config = exporters.write_model_config(tmp_path / "models.config", {
+        "youtubednn": base, "youtubednn_brute_force": base + "_brute_force"})
+    with LocalServer(model_config_file=str(config), rest=False) as server, \
+            Client(server.grpc_target, timeout=60) as client:
+        scann = client.predict("youtubednn", rows)
+        brute_force = client.predict("youtubednn_brute_force", rows)
+        latency = {}
+        for name in ("youtubednn", "youtubednn_brute_force"):
+            one_user = {feature: values[:1] for feature, values in rows.items()}
+            client.predict(name, one_user)
+            started = time.perf_counter()
+            for _ in range(20):
+                client.predict(name, one_user)
+            latency[name] = (time.perf_counter() - started) / 20 * 1000
+        logs = server.logs()
+
+    for name in ("youtubednn", "youtubednn_brute_force"):  # both loaded, warm-up replayed
+        assert f"Successfully loaded servable version {{name: {name} version: 1}}" in logs
+    assert re.findall(r"Number of warmup records read: (\d+)\. Failed: (\d+)", logs) == [("3", "0")] * 2
+    scann_ids, bf_ids = decoded(scann["item_ids"]), decoded(brute_force["item_ids"])
+    assert scann_ids.shape == bf_ids.shape == (200, K)
+    assert set(scann_ids.ravel()) <= set(candidates["item_id"])  # real candidate ids
+    assert all(len(set(row)) == K for row in scann_ids)
+    # Reordering rescored the candidates exactly: the scores are these items' dot products.
+    np.testing.assert_allclose(scann["scores"], score_of(scores, candidates, scann_ids), atol=1e-4)
+    assert np.all(np.diff(scann["scores"], axis=1) <= 1e-6)
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(scann_ids, bf_ids)])
+    print(f"ScaNN recall@{K} vs brute force over gRPC: {recall:.3f}; one-user Predict latency "
+          f"ScaNN {latency['youtubednn']:.2f} ms, brute force "
+          f"{latency['youtubednn_brute_force']:.2f} ms")
+    assert recall >= 0.9
+
+
+def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, youtubednn, candidates):
+    rows = {"user_id": [7, 250], "gender": [1, 2],
+            "hist_item_id": [["item00001", "item04999", "item00042"], ["item00100", "", ""]]}
+    commands = [
+        ("run", "--dir", exported.brute_force_path, "--tag_set", "serve",
+         "--signature_def", "serving_default",
+         "--input_exprs", ";".join(f"{name}={values!r}" for name, values in rows.items())),
+        ("show", "--all", "--dir", exported.brute_force_path),
+        ("show", "--all", "--dir", exported.path)]
+    with ThreadPoolExecutor(len(commands)) as pool:  # three TensorFlow start-ups at once
+        printed, *shown = pool.map(lambda command: run_saved_model_cli(*command), commands)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    ids_text = printed.stdout.split("Result for output key item_ids:")[1].split("Result for")[0]
+    ids = np.array(re.findall(r"b'(item\d+)'", ids_text)).reshape(2, K)
+
+    feed = {"user_id": np.array(rows["user_id"])[:, None], "gender": np.array(rows["gender"])[:, None],
+            "hist_item_id": np.array(rows["hist_item_id"], dtype=object)}
+    users = youtubednn.user_tower.predict(feed, verbose=0)
+    items = youtubednn.item_tower.predict(
+        {"item_id": candidates["item_id"].to_numpy(dtype=object)[:, None]}, verbose=0)
+    expected = candidates["item_id"].to_numpy()[np.argsort(-(users @ items.T), axis=1)[:, :K]]
+    assert np.mean(ids == expected) > 0.98
+
+    for output in shown:  # the brute-force export, then the ScaNN one
+        assert output.returncode == 0, output.stderr[-3000:]
+        assert (f"outputs['item_ids'] tensor_info:\n        dtype: DT_STRING\n"
+                f"        shape: (-1, {K})") in output.stdout
+        assert ("inputs['hist_item_id'] tensor_info:\n        dtype: DT_STRING\n"
+                "        shape: (-1, -1)") in output.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda frame: frame.iloc[:0], "the candidate set is empty"),
+    (lambda frame: frame.rename(columns={"item_id": "movie_id"}),
+     r"no column 'item_id' \(the model's item id feature\); "
+     r"its columns are \['movie_id', 'popularity'\]"),
+    (lambda frame: frame.head(30), r"k must be an integer in \[1, number of candidates = 30\], got 50"),
+    (lambda frame: pd.concat([frame.head(100), frame.head(1)]), r"repeats 1 id\(s\)"),
+    (lambda frame: frame.assign(item_id=range(len(frame))), "must hold strings"),
+])
+def test_bad_candidates_are_refused_before_anything_is_written(
+        youtubednn, candidates, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", change(candidates), k=K)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_path):
+    with pytest.raises(ValueError, match=r"index must be one of \('scann', 'brute_force'\)"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="hnsw")
+    with pytest.raises(ValueError, match=r"unknown ScaNN option\(s\) \['leaves'\]"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, leaves=10)
+    with pytest.raises(ValueError, match="num_leaves_to_search=80 exceeds num_leaves=70"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, min_candidates=1,
+                                   num_leaves=70, num_leaves_to_search=80)
+    ranker = tf.keras.Model(youtubednn.inputs, youtubednn.outputs)
+    with pytest.raises(TypeError, match="needs a two-tower model"):
+        exporters.export_retrieval(ranker, tmp_path / "r", candidates)
+    assert os.listdir(tmp_path) == []
+
+
+# ----- multi-interest user towers: per-interest search, merged in the graph -----------------
+
+NUM_INTERESTS, SMALL_DIM, SMALL_ITEMS = 4, 8, 300
+
+
+def multi_interest_model():
+    """A TwoTowerModel whose user tower returns [(batch, 4, 8) interests, (batch, 4) mask] as
+    MIND's does: user u has 1 + u % 4 valid interests; masked interests are 10x longer, so
+    any leak of them into the results would dominate the scores."""
+    from tfrec.models import TwoTowerModel
+
+    tf.keras.utils.set_random_seed(11)
+    user_id = tf.keras.Input((1,), name="user_id", dtype=tf.int64)
+    item_id = tf.keras.Input((1,), name="item_id", dtype=tf.int64)
+    raw = tf.keras.layers.Reshape((NUM_INTERESTS, SMALL_DIM))(tf.keras.layers.Flatten()(
+        tf.keras.layers.Embedding(64, NUM_INTERESTS * SMALL_DIM)(user_id)))
+    mask = tf.keras.layers.Lambda(
+        lambda ids: tf.cast(tf.range(NUM_INTERESTS, dtype=tf.int64)[tf.newaxis, :]
+                            <= ids % NUM_INTERESTS, tf.float32), name="interest_mask")(user_id)
+    interests = tf.keras.layers.Lambda(
+        lambda args: args[0] * (1.0 + 9.0 * (1.0 - args[1]))[:, :, tf.newaxis],
+        name="user_embedding")([raw, mask])
+    items = tf.keras.layers.Flatten(name="item_embedding")(
+        tf.keras.layers.Embedding(SMALL_ITEMS + 1, SMALL_DIM)(item_id))
+    score = tf.keras.layers.Lambda(
+        lambda args: tf.reduce_max(tf.einsum("bkd,bd->bk", args[0], args[1]), 1, keepdims=True)
+    )([interests, items])
+    return TwoTowerModel(inputs={"user_id": user_id, "item_id": item_id}, outputs=score,
+                         name="multi")
+
+
+def numpy_merged_top_k(model, users, item_ids, k):
+    interests, mask = model.user_tower.predict(users[:, None], verbose=0)
+    vectors = model.item_tower.predict(item_ids[:, None], verbose=0)
+    scores = np.einsum("bkd,nd->bkn", interests, vectors)
+    scores = np.where(mask[:, :, None] > 0, scores, -np.inf).max(axis=1)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return item_ids[top], np.take_along_axis(scores, top, axis=1), scores
+
+
+def exact_scores_of(all_scores, ids):
+    """The merged exact score of each returned id (candidate column j holds id 300 - j)."""
+    return all_scores[np.arange(len(ids))[:, None], SMALL_ITEMS - ids]
+
+
+def test_multi_interest_results_merge_by_item_with_masked_interests_ignored(tmp_path, caplog):
+    model = multi_interest_model()
+    item_ids = np.arange(1, SMALL_ITEMS + 1, dtype=np.int64)[::-1].copy()  # raw ids, not row order
+    users = np.arange(1, 41, dtype=np.int64)
+    k = 20
+    with caplog.at_level(logging.WARNING, logger="exporters.retrieval"):
+        result = exporters.export_retrieval(
+            model, tmp_path / "multi", pd.DataFrame({"item_id": item_ids}), k=k)
+    assert result.index == "brute_force"  # 300 candidates < min_candidates: no ScaNN
+    assert "300 candidates < min_candidates=20000" in caplog.text
+
+    expected_ids, expected_scores, all_scores = numpy_merged_top_k(model, users, item_ids, k)
+    for path in (result.path, result.brute_force_path):
+        outputs = tf.saved_model.load(path).signatures["serving_default"](user_id=tf.constant(users))
+        ids, scores = outputs["item_ids"].numpy(), outputs["scores"].numpy()
+        assert ids.dtype == np.int64 and ids.shape == (len(users), k)
+        assert all(len(set(row)) == k for row in ids)  # each item once
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)  # max over valid interests
+        np.testing.assert_allclose(scores, exact_scores_of(all_scores, ids), rtol=1e-5)
+        assert np.mean(ids == expected_ids) > 0.99
+
+
+def test_mind_searches_each_active_interest_with_scann_and_brute_force(tmp_path):
+    """MIND with dynamic_k (1 to 4 active interests, inactive ones zero): each export returns
+    the exact max-over-active-interests top-k (ScaNN forced, reordering every candidate)."""
+    mind = pytest.importorskip("tfrec.models.mind")
+    from feature_columns import SparseFeat, VarLenSparseFeat
+
+    item = SparseFeat("item_id", SMALL_ITEMS + 1, SMALL_DIM, dtype="int64")
+    history = SparseFeat("hist_item_id", SMALL_ITEMS + 1, SMALL_DIM, dtype="int64",
+                         embedding_name="item_id")
+    user_columns = [SparseFeat("user_id", 41, 4, dtype="int64"), VarLenSparseFeat(history, maxlen=8)]
+    model = mind.MIND(user_columns, [item], k_max=NUM_INTERESTS, dynamic_k=True,
+                      user_dnn_hidden_units=(16, SMALL_DIM))
+    rng = np.random.default_rng(4)
+    lengths = np.arange(40) % 8 + 1  # 1..8 events: 1, 2 or 3 active interests
+    rows = {"user_id": rng.integers(1, 41, 40).astype("int64"),
+            "hist_item_id": np.where(np.arange(8) < lengths[:, None],
+                                     rng.integers(1, SMALL_ITEMS + 1, (40, 8)), 0).astype("int64")}
+    item_ids = np.arange(1, SMALL_ITEMS + 1, dtype=np.int64)
+    k = 20
+    result = exporters.export_retrieval(
+        model, tmp_path / "mind", pd.DataFrame({"item_id": item_ids}), k=k,
+        min_candidates=1, num_reordering_candidates=SMALL_ITEMS)
+    assert result.index == "scann"
+
+    interests, mask = model.user_tower.predict(
+        {"user_id": rows["user_id"][:, None], "hist_item_id": rows["hist_item_id"]}, verbose=0)
+    assert {int(n) for n in mask.sum(axis=1)} > {1}  # several users have several interests
+    vectors = model.item_tower.predict(item_ids[:, None], verbose=0)
+    all_scores = np.where(mask[:, :, None] > 0, np.einsum("bkd,nd->bkn", interests, vectors),
+                          -np.inf).max(axis=1)
+    expected = -np.sort(-all_scores, axis=1)[:, :k]
+    for path in (result.path, result.brute_force_path):
+        outputs = tf.saved_model.load(path).signatures["serving_default"](**constants(rows))
+        ids, scores = outputs["item_ids"].numpy(), outputs["scores"].numpy()
+        assert all(len(set(row)) == k for row in ids)
+        np.testing.assert_allclose(scores, all_scores[np.arange(40)[:, None], ids - 1], atol=1e-6)
+        if path == result.brute_force_path:
+            np.testing.assert_allclose(scores, expected, atol=1e-6)
+        else:
+            top = np.argsort(-all_scores, axis=1)[:, :k] + 1
+            assert np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, top)]) >= 0.9
+
+
+def test_merge_keeps_each_items_best_score_over_valid_interests():
+    # Row 0: item 5 found by both interests (best 0.9), interest 2 masked (its 0.99 ignored),
+    # empty slots (-1). Row 1: no valid results beyond two items -> padded with -1 / -inf.
+    indices = tf.constant([[[5, 3, -1], [7, 5, 1], [2, 4, 6]],
+                           [[8, -1, -1], [8, 9, -1], [1, 2, 3]]], tf.int32)
+    scores = tf.constant([[[0.5, 0.4, np.nan], [0.8, 0.9, 0.1], [0.99, 0.98, 0.97]],
+                          [[0.3, np.nan, np.nan], [0.2, 0.1, np.nan], [0.9, 0.9, 0.9]]], tf.float32)
+    valid = tf.constant([[True, True, False], [True, True, False]])
+    merged_indices, merged_scores = merge_interest_results(indices, scores, valid, 4)
+
+    assert merged_indices.numpy().tolist() == [[5, 7, 3, 1], [8, 9, -1, -1]]
+    np.testing.assert_allclose(merged_scores.numpy(),
+                               [[0.9, 0.8, 0.4, 0.1], [0.3, 0.1, -np.inf, -np.inf]])

@@ -1,0 +1,284 @@
+"""MIND: dynamic routing against its formulas, recall@50 on planted multi-interest data, the towers."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import feature_columns  # noqa: F401
+import tensorflow as tf
+
+import tfrec.layers
+from tfrec.data import df_to_inputs
+from tfrec.data.retrieval import (make_retrieval_data, planted_recalls, retrieval_feature_columns,
+                                  retrieval_samples)
+from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
+from tfrec.layers.capsules import squash
+from tfrec.metrics import recall_at_k, top_k_indices
+from tfrec.models import MIND, YoutubeDNN
+from tfrec.utils import NegativeSampler, sampledsoftmaxloss
+
+K_MAX, DIM, MAXLEN, EPOCHS = 2, 16, 30, 6
+
+
+def unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def mean_pairwise_cosine(capsules, active=None):
+    """Mean cosine between two different (active) capsules of a row, over rows and pairs."""
+    cos = np.einsum("bkd,bjd->bkj", unit(capsules), unit(capsules))
+    k = capsules.shape[1]
+    pairs = ~np.eye(k, dtype=bool)[None] & (np.ones_like(cos, bool) if active is None
+                                            else (active[:, :, None] > 0) & (active[:, None, :] > 0))
+    return float(cos[pairs].mean())
+
+
+def random_behaviours(batch=256, length=20, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, batch)
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    return rng.normal(size=(batch, length, dim)).astype(np.float32), mask
+
+
+# --- The routing and the attention against their formulas. ---
+
+def test_squash_matches_its_formula():
+    z = np.random.default_rng(0).normal(size=(64, 5, 8)) * np.geomspace(1e-3, 1e2, 64)[:, None, None]
+    norm = np.linalg.norm(z, axis=-1, keepdims=True)
+    np.testing.assert_allclose(squash(tf.constant(z, tf.float32)).numpy(), norm ** 2 / (1 + norm ** 2) * z / norm,
+                               rtol=1e-4, atol=1e-7)
+    assert np.all(np.linalg.norm(squash(tf.constant(z, tf.float32)).numpy(), axis=-1) < 1)
+    np.testing.assert_array_equal(squash(tf.zeros([2, 3, 4])).numpy(), 0)
+
+
+def test_gaussian_routing_logits_keep_capsules_apart_and_zero_logits_collapse_them():
+    """B2I shares S over the capsules: with b = 0 all capsules are equal; Gaussian b keeps them apart."""
+    behaviours, mask = random_behaviours()
+    capsules = {std: CapsuleLayer(8, 8, 20, 4, init_std=std, seed=3)(behaviours, mask).numpy() for std in (1.0, 0.0)}
+    gaussian, zeros = mean_pairwise_cosine(capsules[1.0]), mean_pairwise_cosine(capsules[0.0])
+    print(f"\nrandom histories, mean pairwise capsule cosine: Gaussian logits {gaussian:.3f}, zero logits {zeros:.6f}")
+    assert zeros > 1 - 1e-5
+    np.testing.assert_allclose(capsules[0.0], np.repeat(capsules[0.0][:, :1], 4, axis=1), atol=1e-6)
+    assert gaussian < 0.9
+
+
+def test_capsule_layer_matches_numpy_routing():
+    behaviours, mask = random_behaviours(batch=32, length=12, dim=6, seed=1)
+    layer = CapsuleLayer(6, 5, 12, 3, iteration_times=3, seed=2)
+    got = layer(behaviours, mask).numpy()
+    s, logits = layer.bilinear_mapping_matrix.numpy(), layer.routing_logits.numpy()
+
+    def squash_np(z):
+        n2 = (z ** 2).sum(-1, keepdims=True)
+        return n2 / (1 + n2) * z / np.sqrt(n2 + 1e-9)
+
+    c = behaviours @ s
+    b = np.broadcast_to(logits, (32, 12, 3))
+    for iteration in range(3):
+        w = np.exp(b - b.max(-1, keepdims=True))
+        w = w / w.sum(-1, keepdims=True) * mask[..., None]
+        u = squash_np(np.einsum("btk,btd->bkd", w, c))
+        b = b + np.einsum("bkd,btd->btk", u, c)
+    np.testing.assert_allclose(got, u, rtol=1e-4, atol=1e-6)
+
+
+def test_padding_never_changes_capsules():
+    behaviours, mask = random_behaviours(length=20)
+    layer = CapsuleLayer(8, 8, 30, 3, seed=5)
+    interest_mask = InterestMask(3, dynamic_k=True)(mask)
+    base = layer(behaviours, mask, interest_mask).numpy()
+    garbage = np.where(mask[..., None], behaviours, 1e3 * np.random.default_rng(9).normal(size=behaviours.shape))
+    np.testing.assert_array_equal(layer(garbage.astype(np.float32), mask, interest_mask).numpy(), base)
+    wider = np.pad(behaviours, ((0, 0), (0, 10), (0, 0)), constant_values=7.0)
+    np.testing.assert_allclose(layer(wider, np.pad(mask, ((0, 0), (0, 10))), interest_mask).numpy(), base,
+                               atol=1e-6)
+    empty = layer(behaviours, np.zeros_like(mask)).numpy()
+    np.testing.assert_array_equal(empty, 0)
+
+
+def test_dynamic_k_gives_short_histories_fewer_interests():
+    k_max, lengths = 4, np.arange(0, 41)
+    mask = np.arange(40)[None, :] < lengths[:, None]
+    got = InterestMask(k_max, dynamic_k=True)(mask).numpy()
+    expected = np.maximum(1, np.minimum(k_max, np.floor(np.log2(np.maximum(lengths, 1))))).astype(int)
+    np.testing.assert_array_equal(got.sum(axis=1), expected)
+    np.testing.assert_array_equal(got, np.arange(k_max)[None, :] < expected[:, None])  # the first K'_u
+    assert got.sum(axis=1)[[1, 2, 3, 4, 7, 8, 16]].tolist() == [1, 1, 1, 2, 2, 3, 4]
+    np.testing.assert_array_equal(InterestMask(k_max)(mask).numpy(), 1.0)
+    # Inactive interests take no events: their capsules are zero, the active ones are unchanged in kind.
+    behaviours, _ = random_behaviours(batch=len(lengths), length=40, seed=4)
+    capsules = CapsuleLayer(8, 8, 40, k_max, seed=1)(behaviours, mask, got).numpy()
+    np.testing.assert_array_equal(capsules[got == 0], 0)
+    assert np.all(np.linalg.norm(capsules[(got == 1) & (lengths[:, None] > 0)], axis=-1) > 0)
+
+
+def test_label_aware_attention_matches_its_formula_over_active_interests():
+    rng = np.random.default_rng(2)
+    interests, target = rng.normal(size=(64, 4, 8)).astype(np.float32), rng.normal(size=(64, 8)).astype(np.float32)
+    active = (np.arange(4)[None, :] < rng.integers(1, 5, 64)[:, None]).astype(np.float32)
+    scores = np.where(active > 0, np.einsum("bkd,bd->bk", interests, target), -np.inf)
+    hard = LabelAwareAttention(4, 100)(interests, target, active).numpy()
+    np.testing.assert_allclose(hard, interests[np.arange(64), scores.argmax(1)], atol=1e-6)
+    mean = LabelAwareAttention(4, 0)(interests, target[:, None, :], active).numpy()
+    np.testing.assert_allclose(mean, (interests * active[..., None]).sum(1) / active.sum(1, keepdims=True),
+                               atol=1e-5)
+    powered = np.where(active > 0, np.einsum("bkd,bd->bk", interests, target) ** 2, -np.inf)
+    weights = np.exp(powered - powered.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    np.testing.assert_allclose(LabelAwareAttention(4, 2)(interests, target, active).numpy(),
+                               np.einsum("bk,bkd->bd", weights, interests), rtol=1e-4, atol=1e-5)
+
+
+def test_signature_is_deepmatchs_plus_a_trailing_temperature():
+    import inspect
+
+    deepmatch = [("user_feature_columns", inspect.Parameter.empty), ("item_feature_columns", inspect.Parameter.empty),
+                 ("k_max", 2), ("p", 100), ("dynamic_k", False), ("user_dnn_hidden_units", (64, 32)),
+                 ("dnn_activation", "relu"), ("dnn_use_bn", False), ("l2_reg_dnn", 0), ("l2_reg_embedding", 1e-6),
+                 ("dnn_dropout", 0), ("output_activation", "linear"), ("sampler_config", None), ("seed", 1024)]
+    ours = [(name, p.default) for name, p in inspect.signature(MIND).parameters.items()]
+    assert ours == deepmatch + [("temperature", 1.0)]
+
+
+# --- Trained on planted multi-interest data: recall@50 against YoutubeDNN, popularity and the oracle. ---
+
+@pytest.fixture(scope="module")
+def planted():
+    data = make_retrieval_data(num_users=1000, num_items=1000, events_per_user=40, seed=0)
+    train, test = retrieval_samples(data, MAXLEN)
+    user_columns, item_columns = retrieval_feature_columns(data, MAXLEN, embedding_dim=DIM)
+    columns = user_columns + item_columns
+    counts = np.bincount(train["item_id"].to_numpy(), minlength=item_columns[0].vocabulary_size).astype(float)
+    return SimpleNamespace(data=data, train=train, test=test, user_columns=user_columns, item_columns=item_columns,
+                           columns=columns, x_train=df_to_inputs(train, columns), x_test=df_to_inputs(test, columns),
+                           sampler=NegativeSampler("inbatch", 0, "item_id", item_count=counts),
+                           references=planted_recalls(data, train, test, k=50))
+
+
+def user_features(model, inputs):
+    return {t.name: inputs[t.name] for t in model.user_input}
+
+
+def served_scores(model, planted, inputs):
+    """(users, items) scores of the served towers: max over active interests of <interest, item>."""
+    items = model.item_tower.predict({"item_id": planted.data.item_ids}, batch_size=4096, verbose=0)
+    user = model.user_tower.predict(user_features(model, inputs), batch_size=4096, verbose=0)
+    if isinstance(user, list):
+        interests, mask = user
+        scores = np.einsum("bkd,nd->bkn", interests, items)
+        return np.where(mask[:, :, None] > 0, scores, -np.inf).max(axis=1)
+    return user @ items.T
+
+
+def fit(build, planted):
+    tf.keras.utils.set_random_seed(0)
+    model = build(planted.user_columns, planted.item_columns, user_dnn_hidden_units=(64, DIM),
+                  sampler_config=planted.sampler)
+    model.compile(tf.keras.optimizers.Adam(3e-3))
+    model.fit(planted.x_train, np.zeros(len(planted.train)), batch_size=256, epochs=EPOCHS, verbose=0)
+    top = planted.data.item_ids[top_k_indices(served_scores(model, planted, planted.x_test), 50)]
+    return SimpleNamespace(model=model, recall=recall_at_k(planted.test["item_id"].to_numpy(), top, 50))
+
+
+@pytest.fixture(scope="module")
+def trained(planted):
+    """MIND (DeepMatch's k_max=2, p=100, with dynamic_k) and YoutubeDNN with the same data, sizes and budget."""
+    runs = {"MIND": fit(lambda *a, **kw: MIND(*a, k_max=K_MAX, dynamic_k=True, **kw), planted),
+            "YoutubeDNN": fit(YoutubeDNN, planted)}
+    ref = planted.references
+    print(f"\nplanted retrieval data, recall@50 ({len(planted.test)} test users, {planted.data.num_items} items, "
+          f"{EPOCHS} epochs): MIND {runs['MIND'].recall:.3f}, YoutubeDNN {runs['YoutubeDNN'].recall:.3f}, "
+          f"popularity {ref['popularity']:.3f}; planted truth: oracle {ref['oracle']:.3f}, "
+          f"mixture {ref['mixture']:.3f}, centroid {ref['centroid']:.3f}")
+    return runs
+
+
+def test_mind_recall_is_clearly_above_popularity_and_youtubednn(trained, planted):
+    mind, youtube = trained["MIND"].recall, trained["YoutubeDNN"].recall
+    assert mind >= 2 * planted.references["popularity"]
+    assert mind - youtube >= 0.03
+    assert mind < planted.references["oracle"]
+
+
+def test_trained_capsules_stay_apart_and_collapse_with_zero_routing_logits(trained, planted):
+    model = trained["MIND"].model
+    layer = model.get_layer("interest_capsules")
+    probe = tf.keras.Model(model.inputs, list(layer._inbound_nodes[0].call_args))  # behaviours, mask, interests
+    behaviours, history, mask = probe.predict(planted.x_test, verbose=0)
+    zero_logits = CapsuleLayer(**{**layer.get_config(), "init_std": 0.0, "name": "zeros"})
+    zero_logits(behaviours, history, mask)
+    zero_logits.bilinear_mapping_matrix.assign(layer.bilinear_mapping_matrix)
+    cosines = {name: mean_pairwise_cosine(capsules(behaviours, history, mask).numpy(), mask)
+               for name, capsules in (("gaussian", layer), ("zeros", zero_logits))}
+    print(f"\ntrained MIND on test histories, mean pairwise capsule cosine: Gaussian logits "
+          f"{cosines['gaussian']:.3f}, zero logits {cosines['zeros']:.6f}")
+    assert cosines["zeros"] > 1 - 1e-5
+    assert cosines["gaussian"] < 0.95
+
+
+def test_short_histories_get_fewer_served_interests(trained, planted):
+    model = trained["MIND"].model
+    inputs = user_features(model, {k: v[:64] for k, v in planted.x_test.items()})
+    lengths = np.arange(64) % 8  # 0..7 events: 1, 1, 1, 1, 2, 2, 2, 2 interests for k_max=2
+    inputs["hist_len"] = lengths.astype(inputs["hist_len"].dtype)
+    interests, mask = model.user_tower.predict(inputs, verbose=0)
+    expected = np.maximum(1, np.minimum(K_MAX, np.floor(np.log2(np.maximum(lengths, 1)))))
+    np.testing.assert_array_equal(mask.sum(axis=1), expected)
+    np.testing.assert_array_equal(interests[mask == 0], 0)
+    assert np.all(np.linalg.norm(interests[mask == 1], axis=-1) > 0)
+
+
+def test_extra_padding_changes_no_served_interest(trained, planted):
+    model = trained["MIND"].model
+    inputs = user_features(model, {k: v[:64] for k, v in planted.x_test.items()})
+    padded = {k: (np.pad(v, ((0, 0), (0, 9))) if k == "hist_item_id" or k == "hist_cate_id" else v)
+              for k, v in inputs.items()}
+    for before, after in zip(model.user_tower.predict(inputs, verbose=0), model.user_tower.predict(padded, verbose=0)):
+        np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+# --- The towers as served: save/load, DeepMatch's attributes, both compile forms. ---
+
+def test_towers_give_identical_vectors_after_saved_model_and_h5(trained, planted, tmp_path):
+    model = trained["MIND"].model
+    users = user_features(model, {k: v[:128] for k, v in planted.x_test.items()})
+    items = {"item_id": planted.data.item_ids[:200]}
+    before = model.user_tower.predict(users, verbose=0), model.item_tower.predict(items, verbose=0)
+    model.save(tmp_path / "mind")
+    model.save(tmp_path / "mind.h5")
+    for loaded in (tf.keras.models.load_model(tmp_path / "mind"),
+                   tf.keras.models.load_model(tmp_path / "mind.h5", custom_objects=tfrec.layers.custom_objects)):
+        interests, mask = loaded.user_tower.predict(users, verbose=0)
+        np.testing.assert_allclose(interests, before[0][0], atol=1e-6)
+        np.testing.assert_array_equal(mask, before[0][1])
+        np.testing.assert_allclose(loaded.item_tower.predict(items, verbose=0), before[1], atol=1e-6)
+
+
+def test_deepmatch_style_user_model(trained, planted):
+    model = trained["MIND"].model
+    users = user_features(model, {k: v[:32] for k, v in planted.x_test.items()})
+    deepmatch = tf.keras.Model(inputs=model.user_input, outputs=model.user_embedding)
+    vectors = deepmatch.predict(users, verbose=0)
+    assert vectors.shape == (32, K_MAX, DIM)
+    np.testing.assert_allclose(vectors, model.user_tower.predict(users, verbose=0)[0], atol=1e-6)
+    assert "item_id" not in [t.name for t in model.user_input]
+    assert [t.name for t in model.item_input] == ["item_id"]
+
+
+@pytest.mark.parametrize("loss", [None, sampledsoftmaxloss])
+def test_both_compile_forms_train(planted, loss):
+    tf.keras.utils.set_random_seed(1)
+    model = MIND(planted.user_columns, planted.item_columns, k_max=3, p=2, user_dnn_hidden_units=(DIM,),
+                 sampler_config=NegativeSampler("uniform", 64, "item_id"))
+    model.compile(tf.keras.optimizers.Adam(3e-3), **({} if loss is None else {"loss": loss}))
+    rows = {k: v[:4096] for k, v in planted.x_train.items()}
+    losses = model.fit(rows, np.zeros(4096), batch_size=256, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_build_errors_name_the_problem(planted):
+    no_history = [c for c in planted.user_columns if c.name != "hist_item_id"]
+    with pytest.raises(ValueError, match="needs its behaviour sequence"):
+        MIND(no_history, planted.item_columns)
+    with pytest.raises(ValueError, match="user tower gives 32-d vectors but the item embedding has 16"):
+        MIND(planted.user_columns, planted.item_columns)

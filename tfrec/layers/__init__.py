@@ -26,3 +26,21 @@ from .search import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 
 custom_objects.update({cls.__name__: cls for cls in (SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding)})
 __all__ += ["SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]
+
+from .clsr import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusionGate,  # noqa: E402
+                   LongTermInterest, ShortTermInterest)
+
+custom_objects.update({cls.__name__: cls for cls in (HistoryMean, HistoryRNN, InterestContrastiveLoss,
+                                                     InterestFusionGate, LongTermInterest, ShortTermInterest)})
+__all__ += ["HistoryMean", "HistoryRNN", "InterestContrastiveLoss", "InterestFusionGate", "LongTermInterest",
+            "ShortTermInterest"]
+
+from .retrieval import L2Normalize, NegativeSampling, SampledSoftmax  # noqa: E402
+
+custom_objects.update({cls.__name__: cls for cls in (L2Normalize, NegativeSampling, SampledSoftmax)})
+__all__ += ["L2Normalize", "NegativeSampling", "SampledSoftmax"]
+
+from .capsules import CapsuleLayer, InterestMask, LabelAwareAttention, MaskInterests  # noqa: E402
+
+custom_objects.update({cls.__name__: cls for cls in (CapsuleLayer, InterestMask, LabelAwareAttention, MaskInterests)})
+__all__ += ["CapsuleLayer", "InterestMask", "LabelAwareAttention", "MaskInterests"]

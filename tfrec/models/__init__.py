@@ -16,3 +16,16 @@ __all__ += ["ESMM", "MMOE", "PLE", "SharedBottom", "check_multitask_labels", "co
 from .sim import SIM  # noqa: E402
 
 __all__ += ["SIM"]
+
+from .clsr import CLSR, interest_model  # noqa: E402
+
+__all__ += ["CLSR", "interest_model"]
+
+from .two_tower import TwoTowerModel  # noqa: E402
+from .youtubednn import YoutubeDNN  # noqa: E402
+
+__all__ += ["TwoTowerModel", "YoutubeDNN"]
+
+from .mind import MIND  # noqa: E402
+
+__all__ += ["MIND"]

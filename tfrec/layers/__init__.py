@@ -44,3 +44,8 @@ from .capsules import CapsuleLayer, InterestMask, LabelAwareAttention, MaskInter
 
 custom_objects.update({cls.__name__: cls for cls in (CapsuleLayer, InterestMask, LabelAwareAttention, MaskInterests)})
 __all__ += ["CapsuleLayer", "InterestMask", "LabelAwareAttention", "MaskInterests"]
+
+from .sdm import GatedFusion, SessionSelfAttention, StackedLSTM, UserAttention  # noqa: E402
+
+custom_objects.update({cls.__name__: cls for cls in (GatedFusion, SessionSelfAttention, StackedLSTM, UserAttention)})
+__all__ += ["GatedFusion", "SessionSelfAttention", "StackedLSTM", "UserAttention"]

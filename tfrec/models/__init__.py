@@ -29,3 +29,7 @@ __all__ += ["TwoTowerModel", "YoutubeDNN"]
 from .mind import MIND  # noqa: E402
 
 __all__ += ["MIND"]
+
+from .sdm import SDM  # noqa: E402
+
+__all__ += ["SDM"]

@@ -6,10 +6,11 @@ version number in all four, each published atomically):
 
   * `exports/youtubednn/<v>`: the retrieval model. Its `serving_default` takes the raw user
     features (the user tower's inputs, as `export_saved_model` takes them: a (None, 1) Input
-    as a vector [None]) and returns `item_ids` (the candidates' raw ids, as in the frame;
-    string or int64) and `scores` (float32 dot products), both (batch, k), best first. The
-    index is ScaNN (scann's TensorFlow ops; saved with `namespace_whitelist=["Scann"]`) or,
-    for `index="brute_force"` and for catalogues below `min_candidates`, an exact top-k.
+    as a vector [None], every integer Input as int64) and returns `item_ids` (the
+    candidates' raw ids, as in the frame; string or int64) and `scores` (float32 dot
+    products), both (batch, k), best first. The index is ScaNN (scann's TensorFlow ops;
+    saved with `namespace_whitelist=["Scann"]`) or, for `index="brute_force"` and for
+    catalogues below `min_candidates`, an exact top-k.
   * `exports/youtubednn_brute_force/<v>`: the same signature with an exact top-k over stock
     TensorFlow ops only, for the stock `tensorflow/serving` image (and as the reference to
     measure the ScaNN index's recall against).
@@ -40,8 +41,8 @@ import pandas as pd
 import tensorflow as tf
 
 from exporters import layout, warmup
-from exporters.saved_model import (SERVING_SIGNATURE, _is_single_column, export_saved_model,
-                                   write_saved_model_version)
+from exporters.saved_model import (SERVING_SIGNATURE, export_saved_model, model_inputs,
+                                   signature_input_specs, write_saved_model_version)
 
 logger = logging.getLogger(__name__)
 
@@ -435,24 +436,16 @@ class _RetrievalModule(tf.Module):
     def serving_function(self):
         """The `serving_default` concrete function over the user tower's raw features."""
         tower = self.user_tower
-        input_names = tower.input_names
-        single_column = {name for name, tensor in zip(input_names, tower.inputs)
-                         if _is_single_column(tensor)}
 
         @tf.function
         def serve(**features):
-            flat = [tf.expand_dims(features[name], -1) if name in single_column
-                    else features[name] for name in input_names]
-            user = tower(tf.nest.pack_sequence_as(tower.input, flat), training=False)
+            user = tower(model_inputs(tower, features), training=False)
             indices, scores = self._search(user)
             ids = tf.gather(self.item_ids, tf.maximum(indices, 0))
             ids = tf.where(indices >= 0, ids, tf.constant(self._padding_id, self.item_ids.dtype))
             return {"item_ids": ids, "scores": scores}
 
-        specs = {name: tf.TensorSpec([None] if name in single_column else tensor.shape,
-                                     tensor.dtype, name=name)
-                 for name, tensor in zip(input_names, tower.inputs)}
-        return serve.get_concrete_function(**specs)
+        return serve.get_concrete_function(**signature_input_specs(tower))
 
     def _search(self, user):
         """(indices (batch, k) with -1 for no item, scores (batch, k) with -inf there)."""

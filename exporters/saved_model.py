@@ -8,6 +8,12 @@ DataFrame (lookups and hashing live inside the model), with the batch as the fir
   * other Inputs keep their shape: [None, None] for sequences of any length (the model
     truncates/pads to its maxlen), [None, d] for dense vectors.
 
+Every integer Input (int32, int64, ...) is declared **int64** in the signature, what numpy,
+pandas, JSON, Java/Go clients and tf.Example give, and is cast to the Input's dtype inside the
+graph; an id outside a narrower dtype's range fails the request with INVALID_ARGUMENT naming
+the input, rather than wrapping around. Float and string Inputs keep their dtype.
+`signature_input_specs` and `model_inputs` are that contract, shared by every exporter.
+
 It returns a dict keyed by the model's output names (`model.output_names`, the output layers'
 names) plus any `extra_outputs` layer names; an output of shape (None, 1) is returned as [None].
 """
@@ -146,28 +152,67 @@ def _is_single_column(tensor):
     return tensor.shape.rank == 2 and tensor.shape[1] == 1
 
 
+def serving_dtype(dtype):
+    """The dtype a serving signature declares for a model Input of `dtype`: int64 for every
+    integer dtype that int64 holds (uint64 does not, and stays), otherwise `dtype` itself."""
+    dtype = tf.as_dtype(dtype)
+    if dtype.is_integer and dtype != tf.uint64:
+        return tf.int64
+    return dtype
+
+
+def signature_input_specs(model):
+    """{Input name: tf.TensorSpec} of a serving signature over a functional model's Inputs.
+
+    A (None, 1) Input is taken as a vector [None]; other Inputs keep their shape. Integer
+    Inputs are declared int64 (`serving_dtype`); `model_inputs` casts them back in the graph.
+    """
+    return {name: tf.TensorSpec([None] if _is_single_column(tensor) else tensor.shape,
+                                serving_dtype(tensor.dtype), name=name)
+            for name, tensor in zip(model.input_names, model.inputs)}
+
+
+def model_inputs(model, features):
+    """The signature's `features` ({Input name: tensor}, as `signature_input_specs` declares
+    them) as `model` takes them: (None, 1) Inputs re-expanded, integers cast to the Input's
+    dtype after an in-graph range check, packed like `model.input`."""
+    flat = []
+    for name, tensor in zip(model.input_names, model.inputs):
+        values = _cast_to_input(name, features[name], tensor.dtype)
+        flat.append(tf.expand_dims(values, -1) if _is_single_column(tensor) else values)
+    return tf.nest.pack_sequence_as(model.input, flat)
+
+
+def _cast_to_input(name, values, dtype):
+    """`values` cast to `dtype`; integers outside its range fail with InvalidArgumentError
+    (INVALID_ARGUMENT on a server) naming the input, instead of wrapping around."""
+    if values.dtype == dtype:
+        return values
+    if values.dtype.is_integer and dtype.is_integer and (
+            dtype.min > values.dtype.min or dtype.max < values.dtype.max):
+        low = tf.constant(dtype.min, values.dtype)
+        high = tf.constant(dtype.max, values.dtype)
+        outside = (values < low) | (values > high)
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(outside)),
+            # No quotes in the text: the Assert op escapes them in its message.
+            [f"Input {name} holds values outside the {dtype.name} range [{dtype.min}, "
+             f"{dtype.max}] of the model input, e.g.", tf.boolean_mask(values, outside)],
+            summarize=3, name="check_input_range")
+        with tf.control_dependencies([check]):
+            return tf.cast(values, dtype)
+    return tf.cast(values, dtype)
+
+
 def _serving_function(serving_model):
     """The `serving_default` concrete function over raw features by Input name."""
-    input_names = serving_model.input_names
-    single_column_inputs = {
-        name for name, tensor in zip(input_names, serving_model.inputs)
-        if _is_single_column(tensor)}
     single_column_outputs = {
         name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}
 
     @tf.function
     def serve(**features):
-        flat_inputs = [
-            tf.expand_dims(features[name], -1) if name in single_column_inputs
-            else features[name]
-            for name in input_names]
-        outputs = serving_model(
-            tf.nest.pack_sequence_as(serving_model.input, flat_inputs), training=False)
+        outputs = serving_model(model_inputs(serving_model, features), training=False)
         return {name: tf.squeeze(tensor, -1) if name in single_column_outputs else tensor
                 for name, tensor in outputs.items()}
 
-    input_specs = {
-        name: tf.TensorSpec([None] if name in single_column_inputs else tensor.shape,
-                            tensor.dtype, name=name)
-        for name, tensor in zip(input_names, serving_model.inputs)}
-    return serve.get_concrete_function(**input_specs)
+    return serve.get_concrete_function(**signature_input_specs(serving_model))

@@ -178,6 +178,8 @@ def _request(planted_din, model="din", **spec):
         else:
             setattr(request.model_spec, key, value)
     for name, value in rows(planted_din, 2).items():
+        if np.issubdtype(value.dtype, np.integer):
+            value = value.astype(np.int64)  # what numpy and pandas give a client; the signature's type
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return request
 

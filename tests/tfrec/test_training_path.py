@@ -24,8 +24,10 @@ def small():
 
 
 def signature_value(array):
-    """What a client sends: raw ids as str, other features as df_to_inputs gives them."""
-    return array.astype(str) if array.dtype == object else array
+    """What a client sends: raw ids as str, integers as int64 (the signature's type), floats as they are."""
+    if array.dtype == object:
+        return array.astype(str)
+    return array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else array
 
 
 def new_model(columns, **compile_args):

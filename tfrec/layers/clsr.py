@@ -35,8 +35,8 @@ class HistoryRNN(tf.keras.layers.Layer):
     the GRU / LSTM layers, Keras' default reset_after GRU). The GRU and LSTM layers themselves
     pick a CPU or cuDNN kernel at run time, and under XLA their gradient recompiled for every new
     batch (measured ~1 s per step on CPU, every step); with a Keras mask they also bound the loop
-    by the batch's longest row, another value XLA compiles as a constant. The generic RNN
-    compiles once.
+    by the batch's longest row, another value XLA compiles as a constant. The generic RNN bounds
+    it by T and compiles once.
     """
 
     def __init__(self, units, rnn="gru", return_sequences=False, seed=1024, **kwargs):
@@ -72,7 +72,7 @@ class HistoryRNN(tf.keras.layers.Layer):
 
 @_register
 class LongTermInterest(tf.keras.layers.Layer):
-    """The long-term interest encoder phi (CLSR eq. 4-5).
+    """CLSR's long-term interest encoder phi.
 
     query q (batch, Q), events E(x) (batch, T, E), mask (batch, T) bool -> u (batch, E):
 
@@ -122,11 +122,11 @@ class LongTermInterest(tf.keras.layers.Layer):
 
 @_register
 class ShortTermInterest(LongTermInterest):
-    """The short-term interest encoder psi (CLSR eq. 6-7).
+    """CLSR's short-term interest encoder psi.
 
     query q (batch, Q), events E(x) (batch, T, E), mask (batch, T) bool -> u (batch, units):
 
-        o = RNN(E(x))   (a `HistoryRNN`, GRU or LSTM of `units`: events right-padded)
+        o = RNN(E(x))   (a `HistoryRNN`, GRU or LSTM of `units`, masked)
         v_j = W o_j,  the attention of LongTermInterest with the query q,  u = sum_j b_j o_j
     """
 
@@ -149,7 +149,7 @@ class ShortTermInterest(LongTermInterest):
 
 @_register
 class HistoryMean(tf.keras.layers.Layer):
-    """CLSR's interest proxies (eq. 8): the mean embedding of the real events, or of the last ones.
+    """CLSR's interest proxies: the mean embedding of the real events, or of the last ones.
 
     events (batch, T, E), mask (batch, T) bool -> (batch, E). With `recent=k` only the k most
     recent real events count (p_s, "the last k"); with None all of them (p_l). Events are in time
@@ -178,7 +178,7 @@ class HistoryMean(tf.keras.layers.Layer):
 
 @_register
 class InterestContrastiveLoss(tf.keras.layers.Layer):
-    """CLSR's self-supervision of the two interests by their proxies (eq. 9-12).
+    """CLSR's self-supervision of the two interests by their proxies.
 
     inputs [u_l, u_s, p_l, p_s, lengths]: four (batch, E) and (batch,) or (batch, 1) history lengths.
     Returns [u_l, u_s] unchanged (the layer sits on the model's path, like ActivityRegularization);
@@ -189,8 +189,11 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
     for anchor a, positive p, negative q, with f the triplet loss max(d(a, p) - d(a, q) + margin, 0)
     (d Euclidean) or BPR softplus(<a, q> - <a, p>), averaged over the rows whose history is longer
     than `min_length` (each term, as the official code does; 0 when no row qualifies). In training
-    `weight * L_con` is added with `add_loss`; L_con itself (unweighted) is reported by `add_metric`
-    as "contrastive_loss", so `fit`'s history and `evaluate` show it even with weight 0.
+    `weight * L_con` is added with `add_loss`, and L_con itself (unweighted) is reported by
+    `add_metric` as "contrastive_loss", so `fit`'s history shows it even with weight 0. Inference
+    computes nothing here: predictions and the served signature update no variable, and
+    `evaluate` reports 0 for "contrastive_loss" (for a held-out value call `contrastive_loss` on
+    the interests and proxies that `tfrec.models.interest_model` reads).
 
     The official TF1 code's triplet sums max(.., 0) over the dimensions of the squared
     differences; this is the paper's form, one hinge on Euclidean distances.
@@ -204,6 +207,9 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
         self.margin = float(margin)
         self.weight = float(weight)
         self.min_length = int(min_length)
+        # Created here, not by add_metric inside a training call: SavedModel export traces that
+        # call too, and a metric created inside the trace would be unreachable from the model.
+        self.tracker = tf.keras.metrics.Mean(name="contrastive_loss")
 
     def pair_loss(self, anchor, positive, negative):
         """f(a, p, q) per row, (batch,)."""
@@ -224,10 +230,11 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
 
     def call(self, inputs, training=None):
         u_l, u_s, p_l, p_s, lengths = inputs
-        value = self.contrastive_loss(u_l, u_s, p_l, p_s, lengths)
-        if training and self.weight:
-            self.add_loss(self.weight * value)
-        self.add_metric(value, name="contrastive_loss")
+        if training:
+            value = self.contrastive_loss(u_l, u_s, p_l, p_s, lengths)
+            if self.weight:
+                self.add_loss(self.weight * value)
+            self.add_metric(self.tracker(value))
         return [tf.identity(u_l), tf.identity(u_s)]
 
     def get_config(self):
@@ -243,7 +250,7 @@ def _distance(a, b):
 
 @_register
 class InterestFusionGate(tf.keras.layers.Layer):
-    """CLSR's adaptive fusion weight (eq. 13): alpha = sigmoid(tau_f(h || e_target || u_l || u_s)).
+    """CLSR's adaptive fusion weight: alpha = sigmoid(tau_f(h || e_target || u_l || u_s)).
 
     inputs: a list of (batch, d_i) tensors, concatenated -> alpha (batch, 1) in [0, 1], the share
     of the long-term interest in u = alpha * u_l + (1 - alpha) * u_s. tau_f is a `DNN` of

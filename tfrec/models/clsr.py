@@ -45,7 +45,7 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
       att_hidden_size, att_activation: the attention MLPs tau_l and tau_s (DIN's local activation
         unit) and the fusion gate's MLP tau_f.
       att_weight_normalization: accepted so DIN's keyword arguments carry over; CLSR's attention is
-        always the paper's softmax over the real events (eq. 5, 7), whatever its value.
+        always the paper's softmax over the real events, whatever its value.
       The rest as in DeepCTR/DIN: the prediction tower (sizes, activation, BN, dropout, L2), the
         embeddings' L2, seed, and `task` ("binary" or "regression").
 
@@ -58,17 +58,26 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
       `compile(loss="binary_crossentropy")` and `fit` optimises the click loss plus
       beta * L_con; `fit`'s history reports L_con as "contrastive_loss".
 
-    XLA: `RecModel.compile` XLA-compiles the training step by default, and the three masked
-    recurrent layers compile (a while loop per RNN). On 2 CPU cores a step measured 1.7x faster
-    with XLA than without (see tests/tfrec/test_clsr.py's timing), so the default stays;
-    `compile(..., jit_compile=False)` opts out.
+    XLA: `RecModel.compile` XLA-compiles the training step by default, and CLSR keeps that
+    default. Its three RNNs are Keras' generic `RNN` over GRU / LSTM cells (`HistoryRNN`), which
+    compile once; Keras' GRU and LSTM layers did not (their XLA gradient recompiled for every new
+    batch: 1-5 s per step instead of ~0.05 s, and LLVM eventually ran out of memory). Measured
+    on 2 shared CPU cores, batch 256, E = 16, median of 4 x 8 steps after the first: with XLA
+    50 ms (GRU, 30 events), 62 ms (LSTM, 30 events), 89 ms (GRU, 100 events); without, 51, 56
+    and 88 ms. The steps cost the same within noise, while XLA's first step takes ~3-5 s more
+    to compile; `compile(..., jit_compile=False)` opts out, e.g. for short runs.
 
-    Differences from the official TF1 code (microsoft/recommenders' CLSRModel), all deliberate:
-    q_s is a GRU over the history started from zeros (the code starts it from a second user
-    embedding and adds a "discrepancy" loss between the two user embeddings, which the paper
-    does not have); the gate does not see the time since the last event; the triplet is the
-    paper's hinge on Euclidean distances (the code's hinge is per dimension on squared
-    differences); the prediction tower also sees the other features, as DIN's does.
+    Differences from the official TF1 code (tsinghua-fib-lab/CLSR, whose defaults k = 3,
+    l_t = 5, triplet, margin 1 and beta 0.1 are the defaults here): q_s is a GRU over the
+    history started from zeros (the code starts it from a second user embedding, and adds a
+    "discrepancy" loss between the two user embeddings that is left out here); psi's query is
+    q_s alone (the code attends with q_s || E(target); on the "drift" planted data that changed
+    the test AUC by < 0.003); the short-term RNN is a GRU or LSTM (the code's default is its
+    time-aware Time4LSTM) and the gate does not see the time since the last event; a user
+    embedding of another dimension than E is projected to E (the code sizes W to the user's
+    dimension instead); the triplet is the paper's hinge on Euclidean distances (the code's is a
+    hinge per dimension on squared differences); the prediction tower also sees the other
+    features, as DIN's does (the code's sees u and the target only).
     """
     check_task(task)
     if rnn not in RNN_TYPES:
@@ -82,26 +91,26 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
     dim = int(events.shape[-1])
     target = tf.keras.layers.Flatten(name="target_embedding")(history.query)      # E(target) (B, E)
 
-    # Queries (sec. 3.2): the user's stable embedding and the state of a GRU over the history.
+    # Queries: the user's stable embedding and the state of a GRU over the history.
     q_l = tf.keras.layers.Flatten(name="user_embedding")(encoder.embed(user_feature))
     if int(q_l.shape[-1]) != dim:
         q_l = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
                                     name="long_term_query")(q_l)
     q_s = HistoryRNN(dim, "gru", seed=seed + 1, name="short_term_query")(events, mask)
 
-    # Interest encoders phi and psi (eq. 4-7).
+    # Interest encoders phi (long term) and psi (short term).
     u_l = LongTermInterest(att_hidden_size, att_activation, seed=seed + 2,
                            name="long_term_interest")(q_l, events, mask)
     u_s = ShortTermInterest(dim, rnn, att_hidden_size, att_activation, seed=seed + 3,
                             name="short_term_interest")(q_s, events, mask)
 
-    # Proxies (eq. 8) and the contrastive self-supervision (eq. 9-12).
+    # Interest proxies and the contrastive self-supervision.
     p_l = HistoryMean(name="long_term_proxy")(events, mask)
     p_s = HistoryMean(recent=proxy_recent, name="short_term_proxy")(events, mask)
     u_l, u_s = InterestContrastiveLoss(contrastive_loss, margin, contrastive_weight, proxy_min_length,
                                        name="contrastive")([u_l, u_s, p_l, p_s, history.lengths])
 
-    # Adaptive fusion (eq. 13-14).
+    # Adaptive fusion.
     h = HistoryRNN(dim, "gru", seed=seed + 4, name="fusion_history")(events, mask)
     alpha = InterestFusionGate(att_hidden_size, att_activation, seed=seed + 5, name="alpha")([h, target, u_l, u_s])
     interest = alpha * u_l + (1.0 - alpha) * u_s                                    # u (B, E)

@@ -19,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 from feature_columns import SparseIndex, indexed_key
 
+from ..layers import DNN, PredictionLayer
 from ..optimizers import sparse_optimizer
 
-__all__ = ["RecModel"]
+__all__ = ["RecModel", "click_prediction"]
 
 
 class _TrainingSplit:
@@ -160,6 +161,19 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed,
+                     task):
+    """DIN's top, shared by the ranking models on it: DNN -> logit (no bias) -> "prediction".
+
+    dnn_input (batch, F) -> (batch, 1): a probability for task "binary", the logit for "regression".
+    """
+    hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
+                 name="dnn")(dnn_input)
+    logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
+                                  name="logit")(hidden)
+    return PredictionLayer(task, name="prediction")(logit)
 
 
 # `.h5` files name a Model subclass by its bare class name: make that name loadable without

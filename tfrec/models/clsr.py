@@ -10,11 +10,10 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 from feature_columns import FeatureEncoder, SparseFeat
 
-from ..layers import DNN, PredictionLayer
 from ..layers.clsr import (CONTRASTIVE_LOSSES, RNN_TYPES, HistoryMean, InterestContrastiveLoss,
                            HistoryRNN, InterestFusionGate, LongTermInterest, ShortTermInterest)
 from ..layers.core import check_task
-from .base import RecModel
+from .base import RecModel, click_prediction
 
 # Names of the layers whose outputs a sub-model can read (see `interest_model`).
 INTEREST_LAYERS = ("long_term_interest", "short_term_interest", "long_term_proxy", "short_term_proxy", "alpha")
@@ -118,11 +117,8 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
     # Prediction: u with the target and every other feature, as DIN's tower.
     dnn_input = encoder.dnn_input(exclude=history.names,
                                   extra=[tf.keras.layers.Reshape((1, dim), name="interest")(interest)])
-    hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
-                 name="dnn")(dnn_input)
-    logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
-                                  name="logit")(hidden)
-    output = PredictionLayer(task, name="prediction")(logit)
+    output = click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,
+                              seed, task)
     return RecModel(inputs=encoder.features, outputs=output, name="clsr")
 
 

@@ -5,12 +5,11 @@ history -> concatenation with every other feature -> DNN -> sigmoid.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
-import tensorflow as tf
 from feature_columns import FeatureEncoder
 
-from ..layers import DNN, AttentionSequencePooling, PredictionLayer
+from ..layers import AttentionSequencePooling
 from ..layers.core import check_task
-from .base import RecModel
+from .base import RecModel, click_prediction
 
 
 def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_units=(256, 128, 64),
@@ -41,10 +40,7 @@ def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_
         name="attention")(history.query, history.keys, history.mask)                     # (B, 1, E)
 
     dnn_input = encoder.dnn_input(exclude=history.names, extra=[interest])
-    hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
-                 name="dnn")(dnn_input)
-    logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
-                                  name="logit")(hidden)
-    output = PredictionLayer(task, name="prediction")(logit)
+    output = click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,
+                              seed, task)
     return RecModel(inputs=encoder.features, outputs=output, name="din")
 

@@ -14,7 +14,7 @@ from feature_columns.inputs import concat
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
 from ..layers.core import check_task
 from ..layers.search import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
-from .base import RecModel
+from .base import RecModel, click_prediction
 
 SEARCHES = ("hard", "soft", "simhash")
 SOFT_SEARCH_EMBEDDINGS = ("shared", "auxiliary")
@@ -125,11 +125,8 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
 
     dnn_input = encoder.dnn_input(exclude=history.names + ([time_feature] if time_feature else []),
                                   extra=[long_term_interest, short_term_interest])
-    hidden = DNN(dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
-                 name="dnn")(dnn_input)
-    logit = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
-                                  name="logit")(hidden)
-    output = PredictionLayer(task, name="prediction")(logit)
+    output = click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,
+                              seed, task)
     outputs = output if auxiliary_output is None else [output, auxiliary_output]
     return RecModel(inputs=encoder.features, outputs=outputs, name="sim")
 

@@ -464,22 +464,13 @@ def quality_part(size, flag):
     return lines
 
 
+INTRO = ("## Long sequences: SIM and CLSR\n\nWritten by `benchmarks/bench_long_sequence.py`; each part below "
+         "is rewritten on its own (`--part latency|memory|quality`) and names the run that produced it.")
+
+
 def write_part(part, lines, command):
     """Rewrites block `long_sequence_<part>` inside section `long_sequence`, creating what is missing."""
-    text = open(common.BENCHMARKS_MD).read() if os.path.exists(common.BENCHMARKS_MD) else ""
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    body = text[text.index(start) + len(start):text.index(end)] if start in text and end in text else None
-    if body is None:
-        body = ("## Long sequences: SIM and CLSR\n\nWritten by `benchmarks/bench_long_sequence.py`; each part below "
-                "is rewritten on its own (`--part latency|memory|quality`) and names the run that produced it.")
-    missing = [p for p in PARTS if f"<!-- {SECTION}_{p}:start -->" not in body]
-    if missing:
-        body = body.rstrip() + "".join(
-            f"\n\n<!-- {SECTION}_{p}:start -->\n_Not run yet: `python -m benchmarks.bench_long_sequence --part {p}`._"
-            f"\n<!-- {SECTION}_{p}:end -->" for p in missing)
-        common.write_section(SECTION, body)
-    stamp = f"Command: `{command}` ({common.machine_line()}, {common.commit_line()})."
-    common.write_section(f"{SECTION}_{part}", "\n".join([lines[0], "", stamp] + lines[1:]))
+    common.write_part(SECTION, part, PARTS, lines, command, INTRO, "benchmarks.bench_long_sequence")
 
 
 def main():

@@ -117,3 +117,24 @@ def old_path(model, l2, learning_rate):
         raise RuntimeError("the old-path model lost its full-table L2 loss")
     old.compile(tf.keras.optimizers.Adam(learning_rate), "binary_crossentropy", jit_compile=False)
     return old
+
+
+def write_part(section, part, parts, lines, command, intro, module):
+    """Rewrites block `<section>_<part>` inside section `section` of BENCHMARKS.md.
+
+    A script whose parts run (and are rerun) separately keeps one block per part inside its
+    section; the section is created with `intro` (its heading and description), and a part not
+    run yet holds a placeholder naming `python -m <module> --part <part>`. `lines[0]` is the
+    part's heading; the command, machine and commit stamp go right under it.
+    """
+    text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else ""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    body = text[text.index(start) + len(start):text.index(end)] if start in text and end in text else intro
+    missing = [p for p in parts if f"<!-- {section}_{p}:start -->" not in body]
+    if missing:
+        body = body.rstrip() + "".join(
+            f"\n\n<!-- {section}_{p}:start -->\n_Not run yet: `python -m {module} --part {p}`._"
+            f"\n<!-- {section}_{p}:end -->" for p in missing)
+        write_section(section, body)
+    stamp = f"Command: `{command}` ({machine_line()}, {commit_line()})."
+    write_section(f"{section}_{part}", "\n".join([lines[0], "", stamp] + list(lines[1:])))

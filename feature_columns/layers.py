@@ -102,13 +102,22 @@ class RecentSequence(tf.keras.layers.Layer):
         self.maxlen = int(maxlen)
 
     def call(self, indices, lengths=None, where=None, aligned=None):
-        eligible = tf.not_equal(indices, 0)
-        if lengths is not None:
-            lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
-            eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
-        if where is not None:
-            eligible &= where
-        positions, valid = most_recent_positions(eligible, self.maxlen)
+        if where is None:
+            # Right-padded rows: the items are a prefix, so their last `maxlen` are an
+            # arithmetic range (a top_k with k = maxlen would sort a 10,000-event history).
+            if lengths is None:
+                count = tf.reduce_sum(tf.cast(tf.not_equal(indices, 0), tf.int32), axis=1, keepdims=True)
+            else:
+                count = tf.clip_by_value(tf.reshape(tf.cast(lengths, tf.int32), [-1, 1]), 0, tf.shape(indices)[1])
+            slot = tf.range(self.maxlen)[None, :]
+            valid = slot < count
+            positions = tf.where(valid, tf.maximum(count - self.maxlen, 0) + slot, 0)
+        else:
+            eligible = tf.not_equal(indices, 0) & where
+            if lengths is not None:
+                lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
+                eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
+            positions, valid = most_recent_positions(eligible, self.maxlen)
         kept = take_positions(indices, positions, valid)
         if aligned is None:
             return kept

@@ -105,10 +105,9 @@ class RecentSequence(tf.keras.layers.Layer):
         if where is None:
             # Right-padded rows: the items are a prefix, so their last `maxlen` are an
             # arithmetic range (a top_k with k = maxlen would sort a 10,000-event history).
-            if lengths is None:
-                count = tf.reduce_sum(tf.cast(tf.not_equal(indices, 0), tf.int32), axis=1, keepdims=True)
-            else:
-                count = tf.clip_by_value(tf.reshape(tf.cast(lengths, tf.int32), [-1, 1]), 0, tf.shape(indices)[1])
+            count = tf.reduce_sum(tf.cast(tf.not_equal(indices, 0), tf.int32), axis=1, keepdims=True)
+            if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
+                count = tf.minimum(count, tf.maximum(tf.reshape(tf.cast(lengths, tf.int32), [-1, 1]), 0))
             slot = tf.range(self.maxlen)[None, :]
             valid = slot < count
             positions = tf.where(valid, tf.maximum(count - self.maxlen, 0) + slot, 0)

@@ -100,6 +100,9 @@ def test_recent_sequence_keeps_the_last_maxlen_items():
                                    aligned=[tf.cast(indices, tf.float32) / 10])
     assert by_length.numpy().tolist() == [[2, 3, 4], [6, 0, 0], [0, 0, 0]]
     np.testing.assert_allclose(weights.numpy(), [[.2, .3, .4], [.6, 0, 0], [0, 0, 0]], rtol=1e-6)
+    # A true length beyond the items sent (the history was cut before the request) keeps the items.
+    longer = recent(tf.constant([[4, 5, 6, 0, 0, 0, 0]]), lengths=tf.constant([[80]]))
+    assert longer.numpy().tolist() == [[4, 5, 6]]
 
 
 def test_recent_sequence_where_matches_a_numpy_reference():

@@ -8,14 +8,12 @@ import feature_columns  # noqa: F401
 import tensorflow as tf
 
 import tfrec.layers
-from tfrec.data import df_to_inputs
-from tfrec.data.retrieval import (make_retrieval_data, planted_recalls, retrieval_feature_columns,
-                                  retrieval_samples)
+from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns
 from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
 from tfrec.layers.capsules import squash
-from tfrec.metrics import recall_at_k, top_k_indices
 from tfrec.models import MIND, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
+from tests.tfrec.retrieval_helpers import planted_retrieval, recall_at_50, user_features
 
 K_MAX, DIM, MAXLEN, EPOCHS = 2, 16, 30, 6
 
@@ -145,29 +143,7 @@ def test_signature_is_deepmatchs_plus_a_trailing_temperature():
 @pytest.fixture(scope="module")
 def planted():
     data = make_retrieval_data(num_users=1000, num_items=1000, events_per_user=40, seed=0)
-    train, test = retrieval_samples(data, MAXLEN)
-    user_columns, item_columns = retrieval_feature_columns(data, MAXLEN, embedding_dim=DIM)
-    columns = user_columns + item_columns
-    counts = np.bincount(train["item_id"].to_numpy(), minlength=item_columns[0].vocabulary_size).astype(float)
-    return SimpleNamespace(data=data, train=train, test=test, user_columns=user_columns, item_columns=item_columns,
-                           columns=columns, x_train=df_to_inputs(train, columns), x_test=df_to_inputs(test, columns),
-                           sampler=NegativeSampler("inbatch", 0, "item_id", item_count=counts),
-                           references=planted_recalls(data, train, test, k=50))
-
-
-def user_features(model, inputs):
-    return {t.name: inputs[t.name] for t in model.user_input}
-
-
-def served_scores(model, planted, inputs):
-    """(users, items) scores of the served towers: max over active interests of <interest, item>."""
-    items = model.item_tower.predict({"item_id": planted.data.item_ids}, batch_size=4096, verbose=0)
-    user = model.user_tower.predict(user_features(model, inputs), batch_size=4096, verbose=0)
-    if isinstance(user, list):
-        interests, mask = user
-        scores = np.einsum("bkd,nd->bkn", interests, items)
-        return np.where(mask[:, :, None] > 0, scores, -np.inf).max(axis=1)
-    return user @ items.T
+    return planted_retrieval(data, retrieval_feature_columns(data, MAXLEN, embedding_dim=DIM), MAXLEN)
 
 
 def fit(build, planted):
@@ -176,8 +152,7 @@ def fit(build, planted):
                   sampler_config=planted.sampler)
     model.compile(tf.keras.optimizers.Adam(3e-3))
     model.fit(planted.x_train, np.zeros(len(planted.train)), batch_size=256, epochs=EPOCHS, verbose=0)
-    top = planted.data.item_ids[top_k_indices(served_scores(model, planted, planted.x_test), 50)]
-    return SimpleNamespace(model=model, recall=recall_at_k(planted.test["item_id"].to_numpy(), top, 50))
+    return SimpleNamespace(model=model, recall=recall_at_50(model, planted, planted.x_test))
 
 
 @pytest.fixture(scope="module")

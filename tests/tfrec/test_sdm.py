@@ -13,12 +13,11 @@ import tensorflow as tf
 
 import tfrec.layers
 from tfrec.data import df_to_inputs
-from tfrec.data.retrieval import (make_retrieval_data, planted_recalls, retrieval_feature_columns, retrieval_samples,
-                                  sdm_feature_columns)
+from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns, sdm_feature_columns
 from tfrec.layers import GatedFusion, SessionSelfAttention, StackedLSTM, UserAttention
-from tfrec.metrics import recall_at_k, top_k_indices
 from tfrec.models import SDM, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
+from tests.tfrec.retrieval_helpers import planted_retrieval, recall_at_50, user_features
 
 HISTORY = ["item_id", "cate_id"]
 SHORT, PREFER, DIM, EPOCHS = 5, 20, 32, 6
@@ -188,26 +187,8 @@ def test_signature_is_deepmatchs():
 @pytest.fixture(scope="module")
 def planted():
     data = make_retrieval_data(num_users=1000, num_items=1000, num_categories=10, events_per_user=30, seed=0)
-    train, test = retrieval_samples(data, PREFER, short_sess_length=SHORT)
-    user_columns, item_columns = sdm_feature_columns(data, SHORT, PREFER, embedding_dim=DIM, profile_embedding_dim=8)
-    columns = user_columns + item_columns
-    counts = np.bincount(train["item_id"].to_numpy(), minlength=item_columns[0].vocabulary_size).astype(float)
-    return SimpleNamespace(data=data, train=train, test=test, user_columns=user_columns, item_columns=item_columns,
-                           columns=columns, x_train=df_to_inputs(train, columns), x_test=df_to_inputs(test, columns),
-                           sampler=NegativeSampler("inbatch", 0, "item_id", item_count=counts),
-                           references=planted_recalls(data, train, test, k=50))
-
-
-def user_features(model, inputs):
-    return {t.name: inputs[t.name] for t in model.user_input}
-
-
-def recall_at_50(model, planted, inputs):
-    """Ranks every item by <user tower vector, item tower vector>, exactly, in numpy."""
-    items = model.item_tower.predict({"item_id": planted.data.item_ids}, batch_size=4096, verbose=0)
-    users = model.user_tower.predict(user_features(model, inputs), batch_size=4096, verbose=0)
-    top = planted.data.item_ids[top_k_indices(users @ items.T, 50)]
-    return recall_at_k(planted.test["item_id"].to_numpy(), top, 50)
+    columns = sdm_feature_columns(data, SHORT, PREFER, embedding_dim=DIM, profile_embedding_dim=8)
+    return planted_retrieval(data, columns, PREFER, short_sess_length=SHORT)
 
 
 @pytest.fixture(scope="module")

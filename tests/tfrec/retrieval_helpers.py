@@ -1,0 +1,43 @@
+"""What the retrieval model tests share: planted data in model form, and recall of the served towers."""
+from types import SimpleNamespace
+
+import numpy as np
+
+from tfrec.data import df_to_inputs
+from tfrec.data.retrieval import planted_recalls, retrieval_samples
+from tfrec.metrics import recall_at_k, top_k_indices
+from tfrec.utils import NegativeSampler
+
+
+def planted_retrieval(data, columns, maxlen, short_sess_length=None):
+    """Leave-last-out samples of `data`, the model inputs of `columns` = (user, item) columns, an
+    in-batch sampler with the training targets' counts (logQ), and the planted reference recalls."""
+    train, test = retrieval_samples(data, maxlen, short_sess_length=short_sess_length)
+    user_columns, item_columns = columns
+    every = user_columns + item_columns
+    counts = np.bincount(train["item_id"].to_numpy(), minlength=item_columns[0].vocabulary_size).astype(float)
+    return SimpleNamespace(data=data, train=train, test=test, user_columns=user_columns, item_columns=item_columns,
+                           columns=every, x_train=df_to_inputs(train, every), x_test=df_to_inputs(test, every),
+                           sampler=NegativeSampler("inbatch", 0, "item_id", item_count=counts),
+                           references=planted_recalls(data, train, test, k=50))
+
+
+def user_features(model, inputs):
+    return {t.name: inputs[t.name] for t in model.user_input}
+
+
+def served_scores(model, planted, inputs):
+    """(users, items) scores of the served towers: <user, item>, or the best active interest's."""
+    items = model.item_tower.predict({"item_id": planted.data.item_ids}, batch_size=4096, verbose=0)
+    user = model.user_tower.predict(user_features(model, inputs), batch_size=4096, verbose=0)
+    if isinstance(user, list):
+        interests, mask = user
+        scores = np.einsum("bkd,nd->bkn", interests, items)
+        return np.where(mask[:, :, None] > 0, scores, -np.inf).max(axis=1)
+    return user @ items.T
+
+
+def recall_at_50(model, planted, inputs):
+    """Recall@50 of the held-out items, every item ranked exactly by the served towers."""
+    top = planted.data.item_ids[top_k_indices(served_scores(model, planted, inputs), 50)]
+    return recall_at_k(planted.test["item_id"].to_numpy(), top, 50)

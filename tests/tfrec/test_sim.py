@@ -246,3 +246,16 @@ def test_auxiliary_soft_search_trains_its_own_embeddings_with_a_second_head():
     model.fit(inputs, {"prediction": labels, "gsu_prediction": labels}, batch_size=32, epochs=1, verbose=0)
     for table, old in zip(gsu_tables, before):
         assert not np.allclose(table.embeddings.numpy(), old)
+
+
+def test_relevance_pooling_is_the_relevance_weighted_mean_of_real_events():
+    rng = np.random.default_rng(4)
+    query, keys = rng.normal(size=(3, 1, 4)), rng.normal(size=(3, 6, 4))
+    mask = np.array([[True] * 6, [True] * 2 + [False] * 4, [False] * 6])
+    pooled = tfrec.layers.RelevancePooling()(tf.constant(query, tf.float32), tf.constant(keys, tf.float32),
+                                             tf.constant(mask)).numpy()
+    for row in range(3):
+        real = keys[row][mask[row]]
+        expected = (real @ query[row, 0])[:, None] * real
+        expected = expected.sum(axis=0) / max(len(real), 1)
+        np.testing.assert_allclose(pooled[row, 0], expected, rtol=1e-5, atol=1e-6)

@@ -22,10 +22,11 @@ from .experts import ExpertGate, ExpertMixture, Experts, gate_model  # noqa: E40
 custom_objects.update({cls.__name__: cls for cls in (ExpertGate, ExpertMixture, Experts)})
 __all__ += ["ExpertGate", "ExpertMixture", "Experts", "gate_model"]
 
-from .search import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding  # noqa: E402
+from .search import RelevancePooling, SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding  # noqa: E402
 
-custom_objects.update({cls.__name__: cls for cls in (SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding)})
-__all__ += ["SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]
+custom_objects.update({cls.__name__: cls for cls in (RelevancePooling, SimHashSearch, SoftSearch, TargetAttention,
+                                                     TimeGapEmbedding)})
+__all__ += ["RelevancePooling", "SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]
 
 from .clsr import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusionGate,  # noqa: E402
                    LongTermInterest, ShortTermInterest)

@@ -157,6 +157,21 @@ class SimHashSearch(tf.keras.layers.Layer):
         return config
 
 
+@_register
+class RelevancePooling(tf.keras.layers.Layer):
+    """SIM's auxiliary pooling: the history weighted by its relevance to the candidate.
+
+    query (batch, 1, d), keys (batch, L, d), mask (batch, L) bool -> (batch, 1, d), the mean over
+    the real events of <query, key_j> key_j (zeros for an empty history). It feeds the auxiliary
+    CTR head that trains soft search's own embeddings (paper, section 4.1).
+    """
+
+    def call(self, query, keys, mask):
+        relevance = tf.matmul(query, keys, transpose_b=True) * tf.cast(mask, keys.dtype)[:, None, :]  # (B, 1, L)
+        length = tf.maximum(tf.reduce_sum(tf.cast(mask, keys.dtype), axis=1), 1.0)[:, None, None]
+        return tf.matmul(relevance, keys) / length
+
+
 # Time-gap buckets (seconds): minutes, hours, days, weeks, months, a year.
 DEFAULT_TIME_GAP_BOUNDARIES = (60, 300, 900, 3_600, 3 * 3_600, 6 * 3_600, 12 * 3_600, 86_400, 2 * 86_400,
                                4 * 86_400, 7 * 86_400, 14 * 86_400, 30 * 86_400, 60 * 86_400, 90 * 86_400,

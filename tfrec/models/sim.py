@@ -13,7 +13,7 @@ from feature_columns.inputs import concat
 
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
 from ..layers.core import check_task
-from ..layers.search import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
+from ..layers.search import RelevancePooling, SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 from .base import RecModel, click_prediction
 
 SEARCHES = ("hard", "soft", "simhash")
@@ -134,13 +134,9 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
 def _auxiliary_ctr(query, keys, mask, task, seed):
     """SIM's auxiliary CTR model that trains the soft-search embeddings (paper, section 4.1).
 
-    The history pooled by relevance, u_r = mean_j <e_a, e_j> e_j over the real events, next to
-    the candidate e_a, -> MLP -> "gsu_prediction".
+    The history pooled by relevance to the candidate e_a, next to e_a, -> MLP -> "gsu_prediction".
     """
-    relevance = tf.matmul(query, keys, transpose_b=True)                                      # (B, 1, L)
-    relevance *= tf.cast(mask, relevance.dtype)[:, None, :]
-    length = tf.maximum(tf.reduce_sum(tf.cast(mask, relevance.dtype), axis=1), 1.0)[:, None, None]
-    pooled = tf.matmul(relevance, keys) / length                                              # (B, 1, d)
+    pooled = RelevancePooling(name="gsu_relevance_pooling")(query, keys, mask)               # (B, 1, d)
     hidden = DNN((64, 32), "relu", seed=seed, name="gsu_dnn")(
         tf.keras.layers.Flatten()(tf.keras.layers.Concatenate()([pooled, query])))
     logit = tf.keras.layers.Dense(1, name="gsu_logit")(hidden)

@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import tensorflow as tf
 
 from tfrec.data import df_to_inputs
 from tfrec.data.retrieval import planted_recalls, retrieval_samples
@@ -41,3 +42,10 @@ def recall_at_50(model, planted, inputs):
     """Recall@50 of the held-out items, every item ranked exactly by the served towers."""
     top = planted.data.item_ids[top_k_indices(served_scores(model, planted, inputs), 50)]
     return recall_at_k(planted.test["item_id"].to_numpy(), top, 50)
+
+
+def losses_of_a_short_fit(model, planted, loss):
+    """`compile(Adam)` (loss=None: the model's own) or `compile(Adam, loss=loss)`, 3 epochs on 4,096 rows."""
+    model.compile(tf.keras.optimizers.Adam(3e-3), **({} if loss is None else {"loss": loss}))
+    rows = {k: v[:4096] for k, v in planted.x_train.items()}
+    return model.fit(rows, np.zeros(4096), batch_size=256, epochs=3, verbose=0).history["loss"]

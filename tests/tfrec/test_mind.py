@@ -13,7 +13,7 @@ from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
 from tfrec.layers.capsules import squash
 from tfrec.models import MIND, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
-from tests.tfrec.retrieval_helpers import planted_retrieval, recall_at_50, user_features
+from tests.tfrec.retrieval_helpers import losses_of_a_short_fit, planted_retrieval, recall_at_50, user_features
 
 K_MAX, DIM, MAXLEN, EPOCHS = 2, 16, 30, 6
 
@@ -245,9 +245,7 @@ def test_both_compile_forms_train(planted, loss):
     tf.keras.utils.set_random_seed(1)
     model = MIND(planted.user_columns, planted.item_columns, k_max=3, p=2, user_dnn_hidden_units=(DIM,),
                  sampler_config=NegativeSampler("uniform", 64, "item_id"))
-    model.compile(tf.keras.optimizers.Adam(3e-3), **({} if loss is None else {"loss": loss}))
-    rows = {k: v[:4096] for k, v in planted.x_train.items()}
-    losses = model.fit(rows, np.zeros(4096), batch_size=256, epochs=3, verbose=0).history["loss"]
+    losses = losses_of_a_short_fit(model, planted, loss)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 

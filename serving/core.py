@@ -133,26 +133,35 @@ def resolve_output_filter(signature, output_filter):
 
 
 def _check_input_tensor(alias, info, array):
-    """Dtype and shape of one input against its TensorInfo (INVALID_ARGUMENT, naming it)."""
+    """Dtype of one input against its TensorInfo (INVALID_ARGUMENT, naming it), as the
+    session TF Serving feeds checks it.
+
+    The shape is not checked: TF Serving feeds the tensor as it is and only the model's own
+    ops judge it (a [-1,1] input fed [1] may well be answered). Returns a note naming the
+    input when its shape differs from the signature's, for the message if the model fails
+    on it, else None.
+    """
     if info.WhichOneof("encoding") != "name":
-        return  # sparse / composite inputs: left to the signature function to judge
+        return None  # sparse / composite inputs: left to the signature function to judge
     provided = dtype_of_array(array)
     if provided != info.dtype:
         raise invalid_argument(
             f'Expects input "{alias}" to be {dtype_string(info.dtype)} but '
             f"{dtype_string(provided)} is provided")
     expected = shape_of(info.tensor_shape)
-    if expected is None:
-        return
     got = list(array.shape)
-    if len(expected) != len(got):
-        raise invalid_argument(
-            f'Input "{alias}" expects a tensor of rank {len(expected)} (shape '
-            f"{shape_string(expected)}) but got rank {len(got)} (shape {shape_string(got)})")
-    if any(e != -1 and e != g for e, g in zip(expected, got)):
-        raise invalid_argument(
-            f'Input "{alias}" expects shape {shape_string(expected)} but got '
-            f"{shape_string(got)}")
+    if expected is None or (len(expected) == len(got) and
+                            all(e == -1 or e == g for e, g in zip(expected, got))):
+        return None
+    return (f'input "{alias}" has shape {shape_string(got)} where the signature declares '
+            f"{shape_string(expected)}")
+
+
+# Codes of a model failing on what it was fed (OpErrors, signature call errors); a batching
+# queue that is full or closed (RESOURCE_EXHAUSTED, UNAVAILABLE) is not the input's fault.
+_MODEL_FAILURE_CODES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNIMPLEMENTED})
 
 
 def decode_request_tensor(alias, proto):
@@ -223,12 +232,20 @@ class ServableVersion:
             if alias not in inputs:
                 inputs[alias] = decode_request_tensor(alias, signature.defaults[alias])
         wanted = resolve_output_filter(signature, output_filter)
-        for alias in sorted(inputs):
+        shape_notes = [note for note in (
             _check_input_tensor(alias, signature.inputs[alias], inputs[alias])
-        if self._batching is None:
-            outputs = self._run(name, inputs)
-        else:
-            outputs = self._batcher(name).submit(inputs)
+            for alias in sorted(inputs)) if note]
+        try:
+            if self._batching is None:
+                outputs = self._run(name, inputs)
+            else:
+                outputs = self._batcher(name).submit(inputs)
+        except ServingError as error:
+            if not shape_notes or error.code not in _MODEL_FAILURE_CODES:
+                raise
+            # Fed as TF Serving feeds it, the model rejected an input of another shape than
+            # its signature declares: say which one.
+            raise invalid_argument(f"{error.message} ({'; '.join(shape_notes)})") from None
         return {alias: outputs[alias] for alias in wanted}
 
     def predict_proto(self, request):

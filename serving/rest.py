@@ -156,8 +156,10 @@ class _Handler(BaseHTTPRequestHandler):
 class RestServer:
     """The REST API served by a ThreadingHTTPServer on its own thread."""
 
-    def __init__(self, core, host, port):
-        handler = type("RestHandler", (_Handler,), {"api": RestApi(core)})
+    def __init__(self, core, host, port, timeout=None):
+        """`timeout`: seconds a connection may stall reading a request or writing its answer
+        (--rest_api_timeout_in_ms); None waits forever."""
+        handler = type("RestHandler", (_Handler,), {"api": RestApi(core), "timeout": timeout})
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest-api",

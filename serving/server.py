@@ -10,6 +10,11 @@ tensorflow-serving-api stubs) and, with --rest_api_port, its REST API. The flags
       --file_system_poll_wait_seconds=1 --enable_batching \\
       --batching_parameters_file=batching.config
 
+Every flag of TF Serving 2.20's tensorflow_model_server is accepted: those this server
+implements act (e.g. --grpc_channel_arguments, --rest_api_timeout_in_ms), the others are
+ignored with a warning naming them; a flag of neither is an error. An invalid
+--model_config_file stops start-up (exit 1) with a message naming the file and the problem.
+
 Once every model's initial versions have been tried, it prints TF Serving's readiness lines
 ("Running gRPC ModelServer at HOST:PORT ..." and, with REST, "Exporting HTTP/REST API
 at:HOST:PORT ..."), then serves until SIGTERM or SIGINT and exits 0. Versions failing to load
@@ -35,7 +40,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching import BatchingOptions
-from serving.core import ServerCore, metadata_response, single_model_config
+from serving.core import (ServerCore, metadata_response, single_model_config,
+                          validate_config)
 from serving.errors import ServingError, invalid_argument
 from serving.rest import RestServer
 
@@ -138,10 +144,87 @@ def _bool_flag(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# Flags of TF Serving 2.20's tensorflow_model_server (model_servers/main.cc) that this server
+# accepts, so that scripts and manifests written for it start, but does not act on: a warning
+# names each one given. name -> argparse type (_bool_flag flags may be given without a value).
+_IGNORED_TF_SERVING_FLAGS = {
+    "grpc_socket_path": str,
+    "rest_api_num_threads": int,
+    "rest_api_enable_cors_support": _bool_flag,
+    "enable_per_model_batching_parameters": _bool_flag,
+    "num_load_threads": int,
+    "num_unload_threads": int,
+    "max_num_load_retries": int,
+    "load_retry_interval_micros": int,
+    "flush_filesystem_caches": _bool_flag,
+    "tensorflow_session_parallelism": int,
+    "tensorflow_session_config_file": str,
+    "tensorflow_intra_op_parallelism": int,
+    "tensorflow_inter_op_parallelism": int,
+    "use_alts_credentials": _bool_flag,
+    "ssl_config_file": str,
+    "platform_config_file": str,
+    "per_process_gpu_memory_fraction": float,
+    "num_request_iterations_for_warmup": int,
+    "monitoring_config_file": str,
+    "remove_unused_fields_from_bundle_metagraph": _bool_flag,
+    "prefer_tflite_model": _bool_flag,
+    "num_tflite_pools": int,
+    "num_tflite_interpreters_per_pool": int,
+    "enable_signature_method_name_check": _bool_flag,
+    "xla_cpu_compilation_enabled": _bool_flag,
+    "xla_gpu_compilation_enabled": _bool_flag,
+    "enable_profiler": _bool_flag,
+    "thread_pool_factory_config_file": str,
+    "mixed_precision": str,
+    "skip_initialize_tpu": _bool_flag,
+    "enable_grpc_healthcheck_service": _bool_flag,
+    "enable_serialization_as_tensor_content": _bool_flag,
+}
+_VERSION_TEXT = "TensorFlow ModelServer: 2.20.0 (tfrec serving.server, compatible)"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Says that an unrecognized flag is not a tensorflow_model_server flag either."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments"):
+            message += (" (neither a flag of this server nor of TF Serving 2.20's "
+                        "tensorflow_model_server)")
+        super().error(message)
+
+
+def _grpc_channel_arguments(text):
+    """--grpc_channel_arguments "k1=v1,k2=v2" as gRPC server options; values that parse as
+    integers are passed as integers, as tensorflow_model_server does."""
+    options = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        value = value.strip()
+        try:
+            options.append((key.strip(), int(value)))
+        except ValueError:
+            options.append((key.strip(), value))
+    return options
+
+
+def _add_bool(parser, name, default, help_text):
+    parser.add_argument(f"--{name}", type=_bool_flag, nargs="?", const=True, default=default,
+                        help=help_text)
+
+
 def build_arg_parser():
-    parser = argparse.ArgumentParser(
-        prog="serving.server",
-        description="TensorFlow-Serving-compatible model server (gRPC + REST) for SavedModels.")
+    parser = _ArgumentParser(
+        prog="serving.server", allow_abbrev=False,
+        description="TensorFlow-Serving-compatible model server (gRPC + REST) for SavedModels.",
+        epilog="Also accepted, for compatibility with tensorflow_model_server, and ignored with "
+               "a warning: " + ", ".join(f"--{name}" for name in sorted(_IGNORED_TF_SERVING_FLAGS))
+               + ". Any other flag is an error.")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument("--rest_api_port", type=int, default=0,
                         help="REST API port; 0 (default) disables REST")
@@ -173,17 +256,79 @@ def build_arg_parser():
                              "not loaded yet (requests for it get NOT_FOUND until it is)")
     parser.add_argument("--grpc_max_threads", type=int, default=32,
                         help="threads answering gRPC calls")
+    parser.add_argument("--grpc_channel_arguments", type=_grpc_channel_arguments, default=[],
+                        help="comma-separated KEY=VALUE gRPC server arguments, e.g. "
+                             "grpc.max_connection_age_ms=2000")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=0,
+                        help="timeout of the REST API's socket reads and writes per "
+                             "connection; 0 (default) waits forever")
+    parser.add_argument("--saved_model_tags", default="serve",
+                        help="tags of the MetaGraphDef to load; only \"serve\" is supported")
+    _add_bool(parser, "version", False, "print the version and exit")
+    ignored = parser.add_argument_group(
+        "tensorflow_model_server flags accepted for compatibility and ignored (a warning "
+        "names each one given)")
+    for name, kind in sorted(_IGNORED_TF_SERVING_FLAGS.items()):
+        if kind is _bool_flag:
+            ignored.add_argument(f"--{name}", type=_bool_flag, nargs="?", const=True,
+                                 default=None, help=argparse.SUPPRESS)
+        else:
+            ignored.add_argument(f"--{name}", type=kind, default=None, help=argparse.SUPPRESS)
     return parser
 
 
+def _check_flags(args):
+    """Warns about the TF Serving flags given that this server ignores; returns an error
+    message for a flag value it cannot honour, else None."""
+    for name in sorted(_IGNORED_TF_SERVING_FLAGS):
+        value = getattr(args, name)
+        if value is not None:
+            log.warning("Flag --%s=%s is a tensorflow_model_server flag this server does not "
+                        "implement; it is ignored", name, value)
+    tags = {tag.strip() for tag in args.saved_model_tags.split(",") if tag.strip()}
+    if tags != {"serve"}:
+        return (f"--saved_model_tags={args.saved_model_tags}: this server loads the "
+                f"MetaGraphDef tagged \"serve\" only")
+    if args.rest_api_timeout_in_ms < 0:
+        return f"--rest_api_timeout_in_ms must not be negative, got {args.rest_api_timeout_in_ms}"
+    return None
+
+
+class ModelConfigFileError(ValueError):
+    """A --model_config_file that cannot be read, parsed or served; the message names it."""
+
+
 def read_model_config_file(path):
-    """Parses a text-format ModelServerConfig file; relative base paths are taken from the
-    current directory, as tensorflow_model_server does."""
+    """Parses and checks a text-format ModelServerConfig file; relative base paths are taken
+    from the current directory, as tensorflow_model_server does.
+
+    Raises ModelConfigFileError naming the file and the problem (missing or unreadable file,
+    text that is not a ModelServerConfig, a model without name or base_path, ...)."""
+    def fail(problem):
+        return ModelConfigFileError(f"Invalid model config file {path!r}: {problem}")
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"cannot read it: {error}") from None
     config = model_server_config_pb2.ModelServerConfig()
-    with open(path) as f:
-        text_format.Parse(f.read(), config)
-    for model in config.model_config_list.config:
-        model.base_path = os.path.abspath(model.base_path) if model.base_path else ""
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise fail(f"not a text-format ModelServerConfig: {error}") from None
+    if config.WhichOneof("config") is None:
+        raise fail("it has no model_config_list")
+    for index, model in enumerate(config.model_config_list.config):
+        if not model.base_path:
+            raise fail(f"model {model.name or f'#{index + 1}'!r} has no base_path")
+        model.base_path = os.path.abspath(model.base_path)
+    try:
+        validate_config(config)
+    except ServingError as error:
+        raise fail(error.message) from None
     return config
 
 
@@ -265,7 +410,7 @@ def _start_grpc(core, args):
         options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                  # A port another server holds must be an error, not silently shared.
-                 ("grpc.so_reuseport", 0)])
+                 ("grpc.so_reuseport", 0)] + list(args.grpc_channel_arguments))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
@@ -297,8 +442,15 @@ def _stop_event_on_signals():
 def main(argv=None):
     """Runs the server until SIGTERM/SIGINT; returns the process exit code."""
     args = build_arg_parser().parse_args(argv)
+    if args.version:
+        print(_VERSION_TEXT, flush=True)
+        return 0
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s: %(levelname).1s %(name)s] %(message)s")
+    problem = _check_flags(args)
+    if problem:
+        log.error("Failed to start server. Error: %s", problem)
+        return 2
     if not args.model_config_file and not args.model_base_path:
         log.error("Either --model_config_file or --model_base_path must be given")
         return 2
@@ -316,7 +468,8 @@ def main(argv=None):
             _announce(f"Running gRPC ModelServer at {_address(args.host, port)} ...")
             if args.rest_api_port:
                 try:
-                    rest_server = RestServer(core, args.host, args.rest_api_port)
+                    rest_server = RestServer(core, args.host, args.rest_api_port,
+                                             timeout=args.rest_api_timeout_in_ms / 1000 or None)
                 except OSError as error:
                     raise OSError(f"cannot bind HTTP/REST to "
                                   f"{_address(args.host, args.rest_api_port)}: {error}") from None

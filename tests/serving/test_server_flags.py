@@ -1,0 +1,192 @@
+"""Start-up flags of `python -m serving.server` (every tensorflow_model_server flag accepted,
+unknown ones and bad model config files rejected) and shape pass-through: a request tensor
+whose shape differs from the signature's is fed to the model as TF Serving feeds it."""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import Client, LocalServer, ServingError
+from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
+
+REPO = __file__.rsplit("/tests/", 1)[0]
+REST_TIMEOUT_MS = 1500
+IGNORED_GIVEN = ("--max_num_load_retries=3", "--tensorflow_intra_op_parallelism=2",
+                 "--enable_grpc_healthcheck_service", "--flush_filesystem_caches=false",
+                 "--monitoring_config_file=/nonexistent/monitoring.config")
+
+
+def save_tf1_column(path):
+    """A TF1 SavedModel whose signature declares "x" as [-1, 1]: "y" = 2x + 1."""
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 1], name="x")
+        with tf.compat.v1.Session() as session:
+            builder = tf.compat.v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+                "serving_default": tf.compat.v1.saved_model.predict_signature_def(
+                    {"x": x}, {"y": x * 2.0 + 1.0})})
+            builder.save()
+
+
+def run_server(*flags):
+    """`python -m serving.server FLAGS` expected to stop at start-up: (exit code, output)."""
+    done = subprocess.run([sys.executable, "-m", "serving.server", "--port=0", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def server(saved_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("flags")
+    save_tf1_column(str(work / "column" / "1"))
+    config = work / "models.config"
+    config.write_text(
+        'model_config_list {\n'
+        f'  config {{ name: "column" base_path: "{work / "column"}" }}\n'
+        f'  config {{ name: "tf1" base_path: "{saved_models / "tf1"}" }}\n'
+        f'  config {{ name: "toy" base_path: "{saved_models / "toy"}" }}\n'
+        '}\n')
+    extra = (f"--rest_api_timeout_in_ms={REST_TIMEOUT_MS}",
+             "--grpc_channel_arguments=grpc.max_connection_age_ms=600000,"
+             "grpc.primary_user_agent=tfrec-test", *IGNORED_GIVEN)
+    with LocalServer(model_config_file=str(config), extra_args=extra) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.grpc_target) as grpc_client:
+        yield grpc_client
+
+
+def rest_predict(server, model, body):
+    request = urllib.request.Request(f"{server.rest_url}/v1/models/{model}:predict",
+                                     data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+# --- flags -------------------------------------------------------------------------------
+
+def test_every_tf_serving_flag_parses():
+    parser = build_arg_parser()
+    args = parser.parse_args(["--rest_api_timeout_in_ms=100", "--grpc_channel_arguments=a=1,b=x",
+                              "--saved_model_tags=serve", "--enable_batching=false"]
+                             + [f"--{name}" if kind.__name__ == "_bool_flag" else
+                                f"--{name}={'1' if kind in (int, float) else 'v'}"
+                                for name, kind in _IGNORED_TF_SERVING_FLAGS.items()])
+    assert args.grpc_channel_arguments == [("a", 1), ("b", "x")]
+    assert args.rest_api_timeout_in_ms == 100
+    assert args.max_num_load_retries == 1 and args.enable_profiler is True
+
+
+def test_ignored_tf_serving_flags_are_accepted_with_a_warning(server, client):
+    logs = server.logs()
+    for flag in IGNORED_GIVEN:
+        name = flag.split("=")[0]
+        assert f"Flag {name}=" in logs and "it is ignored" in logs, flag
+    for implemented in ("--rest_api_timeout_in_ms", "--grpc_channel_arguments"):
+        assert f"Flag {implemented}=" not in logs
+    np.testing.assert_allclose(client.predict("column", {"x": [[1.0], [2.0]]})["y"],
+                               [[3.0], [5.0]])
+
+
+def test_rest_api_timeout_closes_a_stalled_connection(server):
+    port = int(server.rest_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/column:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not answered
+        assert time.monotonic() - started < 20
+    assert rest_predict(server, "column", {"instances": [[1.0]]}) == (
+        200, {"predictions": [[3.0]]})
+
+
+def test_unknown_flag_fails_clearly():
+    code, output = run_server("--model_base_path=/nonexistent", "--no_such_flag=1")
+    assert code == 2
+    assert "unrecognized arguments: --no_such_flag=1" in output
+    assert "tensorflow_model_server" in output
+
+
+def test_abbreviated_flag_is_not_taken_for_a_longer_one():
+    code, output = run_server("--model_base_path=/nonexistent", "--rest=8501")
+    assert code == 2 and "unrecognized arguments: --rest=8501" in output
+
+
+@pytest.mark.parametrize("text, problem", [
+    (None, "no such file"),
+    ('model_config_list { config { nme: "a" } }',
+     'not a text-format ModelServerConfig: 1:30 : Message type "tensorflow.serving.ModelConfig" '
+     'has no field named "nme"'),
+    ('model_config_list { config { name: "a" model_platform: "tensorflow" } }',
+     "model 'a' has no base_path"),
+    ('model_config_list { config { name: "a" base_path: "/x" } '
+     'config { name: "a" base_path: "/y" } }', "Illegal to list model a multiple times"),
+    ("", "it has no model_config_list"),
+])
+def test_invalid_model_config_file_fails_naming_the_file(tmp_path, text, problem):
+    path = tmp_path / "models.config"
+    if text is not None:
+        path.write_text(text)
+    code, output = run_server(f"--model_config_file={path}")
+    assert code != 0
+    assert f"Failed to start server. Error: Invalid model config file '{path}': " in output
+    assert problem in output
+    assert "Running gRPC ModelServer" not in output
+
+
+# --- shapes ------------------------------------------------------------------------------
+
+def test_tf1_input_of_another_shape_is_fed_to_the_model(server, client):
+    # "x" is declared [-1, 1]; TF Serving feeds [1] to the session, which answers.
+    np.testing.assert_allclose(client.predict("column", {"x": [1.0]})["y"], [3.0])
+    np.testing.assert_allclose(client.predict("column", {"x": [[1.0, 2.0]]})["y"],
+                               [[3.0, 5.0]])
+    assert rest_predict(server, "column", {"inputs": {"x": [1.0, 2.0]}}) == (
+        200, {"outputs": [3.0, 5.0]})
+
+
+def test_model_failing_on_another_shape_is_invalid_argument_naming_the_input(server, client):
+    with pytest.raises(ServingError) as info:
+        client.predict("tf1", {"x": [1.0, 2.0]})  # declared [-1, 2]; MatMul needs a matrix
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ndims must be >= 2" in info.value.message
+    assert 'input "x" has shape [2] where the signature declares [-1,2]' in info.value.message
+    status, answer = rest_predict(server, "tf1", {"inputs": {"x": [1.0, 2.0]}})
+    assert status == 400 and 'input "x" has shape [2]' in answer["error"]
+    np.testing.assert_allclose(client.predict("tf1", {"x": [[1.0, 2.0]]})["y"], [[21.0]])
+
+
+def test_tf2_signature_input_of_another_shape_reaches_the_model(client):
+    # toy's "x" is [-1, 3]: [3] gets through x * weights, then fails in reduce_sum(axis=1).
+    with pytest.raises(ServingError) as info:
+        client.predict("toy", {"x": [1.0, 2.0, 3.0], "tag": ["a"]})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Invalid reduction dimension" in info.value.message
+    assert 'input "x" has shape [3] where the signature declares [-1,3]' in info.value.message
+    # the unknown-rank signature takes anything
+    np.testing.assert_allclose(
+        client.predict("toy", {"anything": [[[1.0]]]}, signature_name="double")["doubled"],
+        [[[2.0]]])
+
+
+def test_dtype_mismatch_is_still_rejected_before_the_model(client):
+    with pytest.raises(ServingError) as info:
+        client.predict("column", {"x": [["a"]]})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'Expects input "x" to be float but string is provided' in info.value.message

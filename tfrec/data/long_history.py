@@ -15,7 +15,8 @@ import pandas as pd
 
 from feature_columns import DenseFeat, VarLenDenseFeat, VarLenSparseFeat, history_name
 
-from .planted import _catalogue, _check_id_type, _format_ids, _id_column, _infer_id_type, _sigmoid
+from .planted import (_catalogue, _check_catalogue_sizes, _check_id_type, _format_ids, _id_column, _infer_id_type,
+                      _sigmoid)
 
 __all__ = [
     "LONG_HISTORY_SETTINGS",
@@ -125,8 +126,7 @@ def make_long_history_data(
     min_history_length = history_length // 2 if min_history_length is None else min_history_length
     if min(num_users, num_items, num_categories, targets_per_user) < 1:
         raise ValueError("num_users, num_items, num_categories and targets_per_user must be >= 1")
-    if num_items < num_categories:
-        raise ValueError(f"num_items ({num_items}) must be >= num_categories ({num_categories})")
+    _check_catalogue_sizes(num_items, num_categories)
     if not 1 <= min_history_length <= history_length:
         raise ValueError(f"need 1 <= min_history_length <= history_length, got {min_history_length} "
                          f"and {history_length}")

@@ -51,6 +51,12 @@ def _format_ids(ids, column, id_type):
     return np.char.add(_ID_PREFIX[column], ids.astype(str)).astype(object)
 
 
+def _check_catalogue_sizes(num_items, num_categories):
+    """Every category of a world needs an item of its own."""
+    if num_items < num_categories:
+        raise ValueError(f"num_items ({num_items}) must be >= num_categories ({num_categories})")
+
+
 def _catalogue(rng, num_items, num_categories, popularity_exponent=1.0):
     """The items of a world: (category, quality q_i ~ N(0, 1), Zipf popularity), one entry per item.
 
@@ -136,8 +142,7 @@ def make_behaviour_log(
     _check_id_type(id_type)
     if min(num_users, num_items, num_categories, events_per_user) < 1:
         raise ValueError("num_users, num_items, num_categories and events_per_user must be >= 1")
-    if num_items < num_categories:
-        raise ValueError(f"num_items ({num_items}) must be >= num_categories ({num_categories})")
+    _check_catalogue_sizes(num_items, num_categories)
     rng = np.random.default_rng(seed)
     num_cats = num_categories
 
@@ -368,8 +373,7 @@ def make_multitask_data(
         raise ValueError(f"task_relatedness must lie in [0, 1], got {task_relatedness!r}")
     if min(num_samples, num_users, num_items, num_categories, num_age_groups) < 1:
         raise ValueError("num_samples, num_users, num_items, num_categories and num_age_groups must be >= 1")
-    if num_items < num_categories:
-        raise ValueError(f"num_items ({num_items}) must be >= num_categories ({num_categories})")
+    _check_catalogue_sizes(num_items, num_categories)
     rng = np.random.default_rng(seed)
 
     item_cate = np.concatenate([np.arange(num_categories), rng.integers(0, num_categories, num_items - num_categories)])

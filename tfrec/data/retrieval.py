@@ -25,7 +25,7 @@ import pandas as pd
 from feature_columns import SparseFeat, VarLenSparseFeat, history_name
 
 from ..metrics import recall_at_k, top_k_indices
-from .planted import _catalogue, _check_id_type, _format_ids, _id_column
+from .planted import _catalogue, _check_catalogue_sizes, _check_id_type, _format_ids, _id_column
 
 __all__ = [
     "PLANTED_RANKINGS",
@@ -215,8 +215,7 @@ def make_retrieval_data(
     min_events_per_user = max(2, events_per_user // 2) if min_events_per_user is None else min_events_per_user
     if min(num_users, num_items, num_categories, num_age_buckets) < 1:
         raise ValueError("num_users, num_items, num_categories and num_age_buckets must be >= 1")
-    if num_items < num_categories:
-        raise ValueError(f"num_items ({num_items}) must be >= num_categories ({num_categories})")
+    _check_catalogue_sizes(num_items, num_categories)
     if not 2 <= min_events_per_user <= events_per_user:
         raise ValueError(f"need 2 <= min_events_per_user <= events_per_user, got {min_events_per_user} and "
                          f"{events_per_user}")

@@ -4,6 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import tensorflow as tf
 
+import tfrec.layers
+
 from tfrec.data import df_to_inputs
 from tfrec.data.retrieval import planted_recalls, retrieval_samples
 from tfrec.metrics import recall_at_k, top_k_indices
@@ -49,3 +51,11 @@ def losses_of_a_short_fit(model, planted, loss):
     model.compile(tf.keras.optimizers.Adam(3e-3), **({} if loss is None else {"loss": loss}))
     rows = {k: v[:4096] for k, v in planted.x_train.items()}
     return model.fit(rows, np.zeros(4096), batch_size=256, epochs=3, verbose=0).history["loss"]
+
+
+def reloaded(model, directory):
+    """`model` saved and loaded back as a SavedModel and as `.h5` (with tfrec's custom objects)."""
+    model.save(directory / model.name)
+    model.save(directory / f"{model.name}.h5")
+    return [tf.keras.models.load_model(directory / model.name),
+            tf.keras.models.load_model(directory / f"{model.name}.h5", custom_objects=tfrec.layers.custom_objects)]

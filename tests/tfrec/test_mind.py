@@ -7,13 +7,13 @@ import pytest
 import feature_columns  # noqa: F401
 import tensorflow as tf
 
-import tfrec.layers
 from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns
 from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
 from tfrec.layers.capsules import squash
 from tfrec.models import MIND, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
-from tests.tfrec.retrieval_helpers import losses_of_a_short_fit, planted_retrieval, recall_at_50, user_features
+from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded,
+                                           user_features)
 
 K_MAX, DIM, MAXLEN, EPOCHS = 2, 16, 30, 6
 
@@ -219,10 +219,7 @@ def test_towers_give_identical_vectors_after_saved_model_and_h5(trained, planted
     users = user_features(model, {k: v[:128] for k, v in planted.x_test.items()})
     items = {"item_id": planted.data.item_ids[:200]}
     before = model.user_tower.predict(users, verbose=0), model.item_tower.predict(items, verbose=0)
-    model.save(tmp_path / "mind")
-    model.save(tmp_path / "mind.h5")
-    for loaded in (tf.keras.models.load_model(tmp_path / "mind"),
-                   tf.keras.models.load_model(tmp_path / "mind.h5", custom_objects=tfrec.layers.custom_objects)):
+    for loaded in reloaded(model, tmp_path):
         interests, mask = loaded.user_tower.predict(users, verbose=0)
         np.testing.assert_allclose(interests, before[0][0], atol=1e-6)
         np.testing.assert_array_equal(mask, before[0][1])

@@ -17,7 +17,8 @@ from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns,
 from tfrec.layers import GatedFusion, SessionSelfAttention, StackedLSTM, UserAttention
 from tfrec.models import SDM, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
-from tests.tfrec.retrieval_helpers import losses_of_a_short_fit, planted_retrieval, recall_at_50, user_features
+from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded,
+                                           user_features)
 
 HISTORY = ["item_id", "cate_id"]
 SHORT, PREFER, DIM, EPOCHS = 5, 20, 32, 6
@@ -279,10 +280,7 @@ def test_towers_give_identical_vectors_after_saved_model_and_h5(trained, planted
     users = user_features(model, {k: v[:128] for k, v in planted.x_test.items()})
     items = {"item_id": planted.data.item_ids[:200]}
     before = model.user_tower.predict(users, verbose=0), model.item_tower.predict(items, verbose=0)
-    model.save(tmp_path / "sdm")
-    model.save(tmp_path / "sdm.h5")
-    for loaded in (tf.keras.models.load_model(tmp_path / "sdm"),
-                   tf.keras.models.load_model(tmp_path / "sdm.h5", custom_objects=tfrec.layers.custom_objects)):
+    for loaded in reloaded(model, tmp_path):
         np.testing.assert_allclose(loaded.user_tower.predict(users, verbose=0), before[0], atol=1e-6)
         np.testing.assert_allclose(loaded.item_tower.predict(items, verbose=0), before[1], atol=1e-6)
 

@@ -90,10 +90,9 @@ class History:
         `where=None` keeps the last k events; SIM's hard search passes "same category as the
         candidate". Only the kept events are embedded (under lookup keys "<name>@<view>").
         """
-        first, others = self.names[0], self.names[1:] + list(self.aligned)
-        kept, kept_others = RecentSequence(k, name=self._encoder.layer_name(f"{view}_{first}"))(
-            self._sequences[first], where=where, aligned=[self._sequences[n] for n in others])
-        return self._as_view(dict(zip([first] + others, [kept] + kept_others)), view)
+        sequences = {n: self._sequences[n] for n in self.names + list(self.aligned)}
+        return self._as_view(_truncate_together(
+            sequences, k, self._encoder.layer_name(f"{view}_{self.names[0]}"), where=where), view)
 
     def take(self, positions, valid, view):
         """The events at `positions` (batch, k) where `valid`, as a History (a top-k search's result)."""
@@ -180,11 +179,11 @@ class FeatureEncoder:
             indices = self._raw_indices(name)
             if isinstance(column, VarLenSparseFeat):
                 lengths = self.features[column.length_name] if column.length_name else None
-                weights = [self.features[column.weight_name]] if column.weight_name else None
-                recent = RecentSequence(column.maxlen, name=self.layer_name("recent_" + name))
-                indices, weights = recent(indices, lengths=lengths, aligned=weights) if weights else \
-                    (recent(indices, lengths=lengths), None)
-                self._weights[name] = weights[0] if weights else None
+                sequences = {name: indices}
+                if column.weight_name:
+                    sequences[column.weight_name] = self.features[column.weight_name]
+                kept = _truncate_together(sequences, column.maxlen, self.layer_name("recent_" + name), lengths)
+                indices, self._weights[name] = kept[name], kept.get(column.weight_name)
             self._indices[name] = indices
         return self._indices[name]
 
@@ -221,12 +220,10 @@ class FeatureEncoder:
             raise ValueError(f"{model}: sequences {names + list(aligned)} must share one maxlen, "
                              f"got {sorted(maxlens)}")
         first = self.columns[names[0]]
-        others = names[1:] + list(aligned)
-        raw = [self._raw_indices(n) for n in names[1:]] + [self.features[n] for n in aligned]
+        sequences = {n: self._raw_indices(n) for n in names}
+        sequences.update((n, self.features[n]) for n in aligned)
         lengths = self.features[first.length_name] if first.length_name else None
-        kept, kept_others = RecentSequence(first.maxlen, name=self.layer_name("recent_" + first.name))(
-            self._raw_indices(first.name), lengths=lengths, aligned=raw)
-        kept = dict(zip([first.name] + others, [kept] + kept_others))
+        kept = _truncate_together(sequences, first.maxlen, self.layer_name("recent_" + first.name), lengths)
         for name in names:
             self._indices[name], self._weights[name] = kept[name], None
             if embed_sequences:
@@ -314,6 +311,21 @@ class FeatureEncoder:
         if not parts:
             raise ValueError("no features left for the DNN input")
         return concat(parts)
+
+
+def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None):
+    """{name: (batch, width, ...)} -> {name: (batch, maxlen, ...)}, one `RecentSequence` call.
+
+    The most recent `maxlen` items of the first sequence (of its first `lengths`, where `where`
+    holds) are kept, and every other sequence is taken at the same positions, so they stay aligned.
+    """
+    names = list(sequences)
+    others = [sequences[n] for n in names[1:]]
+    recent = RecentSequence(maxlen, name=layer_name)
+    if not others:
+        return {names[0]: recent(sequences[names[0]], lengths=lengths, where=where)}
+    kept, kept_others = recent(sequences[names[0]], lengths=lengths, where=where, aligned=others)
+    return dict(zip(names, [kept] + kept_others))
 
 
 def index_layer(column, name=None):

@@ -40,14 +40,15 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving.core import resolve_output_filter
+from exporters import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from serving.errors import ServingError, status_code_of_http, status_code_of_number
 from serving.json_tensor import from_json_value, to_json_value
+from serving.request_checks import resolve_output_filter
 from serving.tensors import ndarray_from_proto, ndarray_to_proto, numpy_dtype_of, shape_of
 
 __all__ = ["Client", "RestClient", "ServingError"]
 
-DEFAULT_SIGNATURE = "serving_default"
+
 _State = get_model_status_pb2.ModelVersionStatus.State
 
 

@@ -4,6 +4,8 @@
 wherever a request fails; both clients raise it to their callers, so code written against
 `serving.Client` handles a REST failure and a gRPC failure the same way.
 """
+import re
+
 import grpc
 
 # TF Serving's REST server answers each canonical status with this HTTP code
@@ -85,3 +87,18 @@ def not_found(message):
 
 def failed_precondition(message):
     return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def session_style_message(message):
+    """An eager function error as TF Serving's session would word it: without the
+    "Graph execution error: Detected at node ..." preamble and the "[Op:...]" suffix."""
+    marker = "<stack traces unavailable>\n"
+    if message.startswith("Graph execution error:") and marker in message:
+        message = message.split(marker, 1)[1]
+    return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message).strip()
+
+
+def error_from_tf(error):
+    """A ServingError carrying a TensorFlow OpError's canonical code and message."""
+    return ServingError(status_code_of_number(error.error_code),
+                        session_style_message(error.message))

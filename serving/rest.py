@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
-from serving.core import DEFAULT_SIGNATURE, metadata_response
+from serving.servable import DEFAULT_SIGNATURE, metadata_response
 from serving.errors import ServingError, http_status_of, invalid_argument
 from serving.json_tensor import format_error, format_predict_response, parse_predict_request
 

@@ -32,16 +32,15 @@ import threading
 from concurrent import futures
 
 import grpc
-from google.protobuf import text_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
-from tensorflow_serving.config import model_server_config_pb2
 
+from exporters import read_model_config
 from serving.batching import BatchingOptions
-from serving.core import (ServerCore, metadata_response, single_model_config,
-                          validate_config)
+from serving.server_core import ServerCore, single_model_config, validate_config
+from serving.servable import metadata_response
 from serving.errors import ServingError, invalid_argument
 from serving.rest import RestServer
 
@@ -308,17 +307,13 @@ def read_model_config_file(path):
         return ModelConfigFileError(f"Invalid model config file {path!r}: {problem}")
 
     try:
-        with open(path) as f:
-            text = f.read()
+        config = read_model_config(path)
     except FileNotFoundError:
         raise fail("no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise fail(f"cannot read it: {error}") from None
-    config = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise fail(f"not a text-format ModelServerConfig: {error}") from None
+    except ValueError as error:  # not a text-format ModelServerConfig
+        raise fail(str(error)) from None
     if config.WhichOneof("config") is None:
         raise fail("it has no model_config_list")
     for index, model in enumerate(config.model_config_list.config):
@@ -456,7 +451,7 @@ def main(argv=None):
         return 2
     try:
         core = _build_core(args)
-    except (OSError, ValueError, text_format.ParseError, ServingError) as error:
+    except (OSError, ValueError, ServingError) as error:
         log.error("Failed to start server. Error: %s", error)
         return 1
     stop = _stop_event_on_signals()

@@ -1,101 +1,64 @@
-"""TensorProto <-> numpy, with the validation a server needs before it trusts a request.
+"""TensorProto <-> numpy for a server: TensorFlow's own converters behind a size guard.
 
-`ndarray_from_proto` follows TensorFlow's `Tensor::FromProto`: `tensor_content` holds the raw
-little-endian bytes, otherwise the typed `*_val` field holds the values (none: all zeros /
-empty strings; fewer than the shape needs: the last value repeats). Unlike a bare
-`tf.make_ndarray`, it checks every size before allocating, so a request claiming a shape
-of 2**40 elements is refused instead of exhausting memory.
-
-`ndarray_to_proto` writes typed fields like TF Serving's Predict responses
-(`Tensor::AsProtoField`), or `tensor_content` for numeric request tensors (compact, the way
-`tf.make_tensor_proto` sends them).
+`ndarray_from_proto` checks a request tensor against the limits before anything is allocated
+(a 441-byte proto may declare 10^8 elements) and then decodes it with `tf.make_ndarray`.
+`ndarray_to_proto` encodes with `tf.make_tensor_proto`; responses move numbers into the typed
+`*_val` field, as TF Serving's Predict fills them (`Tensor::AsProtoField`), so clients that
+read `float_val` directly (Java, Go) work.
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 
 # A request tensor may describe at most this many bytes once decoded: far above what any
 # gRPC message carries, far below what would take the server down.
 MAX_TENSOR_BYTES = 1 << 30
+
+# TensorFlow's DataTypeString where it differs from tf.DType.name (messages quote it).
+_TF_TYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
+
+# The typed value field of each dtype; the rest of the table is tf.as_dtype's.
+_VALUE_FIELD = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val", types_pb2.DT_UINT8: "int_val", types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT8: "int_val", types_pb2.DT_UINT16: "int_val", types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_BFLOAT16: "half_val", types_pb2.DT_COMPLEX64: "scomplex_val",
+    types_pb2.DT_COMPLEX128: "dcomplex_val", types_pb2.DT_STRING: "string_val",
+}
 
 
 class TensorProtoError(ValueError):
     """A TensorProto that cannot be turned into a tensor; the text says why."""
 
 
-def _bfloat16():
-    import tensorflow as tf
-
-    return np.dtype(tf.bfloat16.as_numpy_dtype)
-
-
-# dtype enum -> (numpy dtype or a factory for it, typed value field, TF's DataTypeString).
-_DTYPES = {
-    types_pb2.DT_FLOAT: (np.float32, "float_val", "float"),
-    types_pb2.DT_DOUBLE: (np.float64, "double_val", "double"),
-    types_pb2.DT_INT32: (np.int32, "int_val", "int32"),
-    types_pb2.DT_UINT8: (np.uint8, "int_val", "uint8"),
-    types_pb2.DT_INT16: (np.int16, "int_val", "int16"),
-    types_pb2.DT_INT8: (np.int8, "int_val", "int8"),
-    types_pb2.DT_STRING: (object, "string_val", "string"),
-    types_pb2.DT_COMPLEX64: (np.complex64, "scomplex_val", "complex64"),
-    types_pb2.DT_INT64: (np.int64, "int64_val", "int64"),
-    types_pb2.DT_BOOL: (np.bool_, "bool_val", "bool"),
-    types_pb2.DT_UINT16: (np.uint16, "int_val", "uint16"),
-    types_pb2.DT_COMPLEX128: (np.complex128, "dcomplex_val", "complex128"),
-    types_pb2.DT_HALF: (np.float16, "half_val", "half"),
-    types_pb2.DT_BFLOAT16: (_bfloat16, "half_val", "bfloat16"),
-    types_pb2.DT_UINT32: (np.uint32, "uint32_val", "uint32"),
-    types_pb2.DT_UINT64: (np.uint64, "uint64_val", "uint64"),
-}
-
-_DTYPE_OF_NUMPY = {
-    np.dtype(np.float32): types_pb2.DT_FLOAT,
-    np.dtype(np.float64): types_pb2.DT_DOUBLE,
-    np.dtype(np.int32): types_pb2.DT_INT32,
-    np.dtype(np.uint8): types_pb2.DT_UINT8,
-    np.dtype(np.int16): types_pb2.DT_INT16,
-    np.dtype(np.int8): types_pb2.DT_INT8,
-    np.dtype(np.complex64): types_pb2.DT_COMPLEX64,
-    np.dtype(np.int64): types_pb2.DT_INT64,
-    np.dtype(np.bool_): types_pb2.DT_BOOL,
-    np.dtype(np.uint16): types_pb2.DT_UINT16,
-    np.dtype(np.complex128): types_pb2.DT_COMPLEX128,
-    np.dtype(np.float16): types_pb2.DT_HALF,
-    np.dtype(np.uint32): types_pb2.DT_UINT32,
-    np.dtype(np.uint64): types_pb2.DT_UINT64,
-}
-
-
 def dtype_string(dtype_enum):
     """TensorFlow's DataTypeString for a DataType enum: "float", "int64", "string", ..."""
-    entry = _DTYPES.get(dtype_enum)
-    if entry is not None:
-        return entry[2]
-    name = types_pb2.DataType.Name(dtype_enum) if dtype_enum in types_pb2.DataType.values() else ""
-    return name[3:].lower() if name.startswith("DT_") else f"unknown dtype {dtype_enum}"
+    try:
+        name = tf.as_dtype(dtype_enum).name
+    except TypeError:
+        return f"unknown dtype {dtype_enum}"
+    return _TF_TYPE_NAMES.get(name, name)
 
 
 def numpy_dtype_of(dtype_enum):
     """The numpy dtype holding values of a DataType enum (object for strings)."""
-    entry = _DTYPES.get(dtype_enum)
-    if entry is None:
+    if dtype_enum not in _VALUE_FIELD:
         raise TensorProtoError(f"unsupported dtype {dtype_string(dtype_enum)}")
-    np_type = entry[0]
-    return np_type() if np_type is _bfloat16 else np.dtype(np_type)
+    return np.dtype(tf.as_dtype(dtype_enum).as_numpy_dtype)
 
 
 def dtype_of_array(array):
     """The DataType enum for a numpy array: strings / bytes / objects are DT_STRING."""
     if array.dtype.kind in "OSU":
         return types_pb2.DT_STRING
-    dtype = _DTYPE_OF_NUMPY.get(array.dtype)
-    if dtype is None and array.dtype == numpy_dtype_of(types_pb2.DT_BFLOAT16):
-        dtype = types_pb2.DT_BFLOAT16
-    if dtype is None:
-        raise TensorProtoError(f"numpy dtype {array.dtype} has no TensorFlow equivalent")
-    return dtype
+    try:
+        return tf.as_dtype(array.dtype).as_datatype_enum
+    except TypeError:
+        raise TensorProtoError(f"numpy dtype {array.dtype} has no TensorFlow equivalent") from None
 
 
 def shape_of(shape_proto):
@@ -110,13 +73,14 @@ def shape_string(shape):
     return "[?]" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _decoded_shape(proto):
+def num_elements(proto):
+    """The elements a TensorProto's shape declares; TensorProtoError if the shape is invalid."""
     if proto.tensor_shape.unknown_rank:
         raise TensorProtoError("the shape has unknown rank")
     dims = [dim.size for dim in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise TensorProtoError(f"the shape {shape_string(dims)} has a negative dimension")
-    return dims
+    return int(np.prod(dims, dtype=object)) if dims else 1
 
 
 def ndarray_from_proto(proto, max_bytes=MAX_TENSOR_BYTES):
@@ -126,70 +90,37 @@ def ndarray_from_proto(proto, max_bytes=MAX_TENSOR_BYTES):
     content does not match the shape, or the tensor would exceed `max_bytes`.
     """
     np_dtype = numpy_dtype_of(proto.dtype)
-    dims = _decoded_shape(proto)
-    num_elements = int(np.prod(dims, dtype=object)) if dims else 1
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    count = num_elements(proto)
     item_bytes = 8 if np_dtype == object else np_dtype.itemsize
-    if num_elements * item_bytes > max_bytes:
+    if count * item_bytes > max_bytes:
         raise TensorProtoError(
-            f"the shape {shape_string(dims)} holds {num_elements} elements, more than the "
+            f"the shape {shape_string(dims)} holds {count} elements, more than the "
             f"{max_bytes} bytes a request tensor may have")
     if proto.tensor_content:
         if np_dtype == object:
             raise TensorProtoError("a DT_STRING tensor cannot use tensor_content")
-        expected = num_elements * np_dtype.itemsize
-        if len(proto.tensor_content) != expected:
+        if len(proto.tensor_content) != count * np_dtype.itemsize:
             raise TensorProtoError(
                 f"tensor_content has {len(proto.tensor_content)} bytes, but shape "
-                f"{shape_string(dims)} of {dtype_string(proto.dtype)} needs {expected}")
-        flat = np.frombuffer(proto.tensor_content, dtype=np_dtype.newbyteorder("<"))
-        return flat.astype(np_dtype).reshape(dims)
-    values = _typed_values(proto, np_dtype)
-    if len(values) > num_elements:
-        raise TensorProtoError(
-            f"{len(values)} values given for shape {shape_string(dims)} "
-            f"({num_elements} elements)")
-    if np_dtype == object:
-        flat = np.empty(num_elements, dtype=object)
-        flat[:] = b""
-        flat[: len(values)] = values
+                f"{shape_string(dims)} of {dtype_string(proto.dtype)} needs "
+                f"{count * np_dtype.itemsize}")
     else:
-        flat = np.zeros(num_elements, dtype=np_dtype)
-        flat[: len(values)] = values
-    if 0 < len(values) < num_elements:
-        flat[len(values):] = flat[len(values) - 1]
-    return flat.reshape(dims)
-
-
-def _typed_values(proto, np_dtype):
-    field = _DTYPES[proto.dtype][1]
-    raw = getattr(proto, field)
-    if field == "string_val":
-        return list(raw)
-    if field == "half_val":
-        return np.asarray(raw, dtype=np.int64).astype(np.uint16).view(np_dtype)
-    if field in ("scomplex_val", "dcomplex_val"):
-        pairs = np.asarray(raw, dtype=np.float64)
-        if len(pairs) % 2:
-            raise TensorProtoError(f"{field} has an odd number of values")
-        return (pairs[0::2] + 1j * pairs[1::2]).astype(np_dtype)
-    if np_dtype.kind in "iu":
-        # int_val carries int8..uint16 as int32; wrap like TF's static_cast does.
-        return np.asarray(raw, dtype=np.int64).astype(np_dtype)
-    return np.asarray(raw, dtype=np_dtype)
-
-
-def _as_string_array(array):
-    if array.dtype.kind == "U":
-        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
-    if array.dtype.kind == "O":
-        def to_bytes(value):
-            if isinstance(value, bytes):
-                return value
-            if isinstance(value, str):
-                return value.encode("utf-8")
+        values = len(getattr(proto, _VALUE_FIELD[proto.dtype]))
+        if proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+            if values % 2:
+                raise TensorProtoError(f"{_VALUE_FIELD[proto.dtype]} has an odd number of values")
+            values //= 2
+        if values > count:
             raise TensorProtoError(
-                f"a string tensor holds a {type(value).__name__} value ({value!r})")
-        return np.vectorize(to_bytes, otypes=[object])(array) if array.size else array
+                f"{values} values given for shape {shape_string(dims)} ({count} elements)")
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise TensorProtoError(f"cannot decode the {dtype_string(proto.dtype)} tensor: "
+                               f"{error}") from None
+    if np_dtype == object and array.size and not isinstance(array.flat[0], bytes):
+        array = np.full(array.shape, b"", dtype=object)  # no values: empty strings, as bytes
     return array
 
 
@@ -200,25 +131,19 @@ def ndarray_to_proto(array, use_tensor_content=False):
     go into the typed `*_val` field, or into `tensor_content` when `use_tensor_content`.
     """
     array = np.asarray(array)
-    dtype = dtype_of_array(array)
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]))
-    if dtype == types_pb2.DT_STRING:
-        proto.string_val.extend(_as_string_array(array).ravel().tolist())
+    try:
+        proto = tf.make_tensor_proto(array)
+    except (TypeError, ValueError) as error:
+        raise TensorProtoError(f"cannot encode a {array.dtype} array: {error}") from None
+    if use_tensor_content or not proto.tensor_content:
         return proto
-    if use_tensor_content:
-        proto.tensor_content = np.ascontiguousarray(
-            array, dtype=array.dtype.newbyteorder("<")).tobytes()
-        return proto
-    field = _DTYPES[dtype][1]
     flat = array.ravel()
-    if field == "half_val":
-        getattr(proto, field).extend(flat.view(np.uint16).astype(np.int32).tolist())
-    elif field in ("scomplex_val", "dcomplex_val"):
-        interleaved = np.stack([flat.real, flat.imag], axis=-1).ravel()
-        getattr(proto, field).extend(interleaved.tolist())
+    field = getattr(proto, _VALUE_FIELD[proto.dtype])
+    if proto.dtype in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        field.extend(flat.view(np.uint16).astype(np.int32).tolist())
+    elif proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        field.extend(np.stack([flat.real, flat.imag], axis=-1).ravel().tolist())
     else:
-        getattr(proto, field).extend(flat.tolist())
+        field.extend(flat.tolist())
+    proto.tensor_content = b""
     return proto

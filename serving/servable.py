@@ -1,0 +1,199 @@
+"""One loaded version of a model (TF Serving's servable): its SignatureDefs and signature
+functions, Predict with TF Serving's request checks, optional batching, warm-up replay, and
+the GetModelMetadata answer.
+"""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import logging
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message as protobuf_message
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
+
+from exporters import SERVING_SIGNATURE as DEFAULT_SIGNATURE
+from exporters import WARMUP_DIR, WARMUP_FILE
+from serving.bundle import load_bundle
+from serving.errors import ServingError, error_from_tf, failed_precondition, invalid_argument
+from serving.request_checks import (MODEL_FAILURE_CODES, check_input_aliases, check_input_tensor,
+                                    decode_request_tensor, resolve_output_filter)
+from serving.tensors import ndarray_to_proto
+
+log = logging.getLogger("serving.servable")
+
+MAX_WARMUP_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
+
+
+class ServableVersion:
+    """One loaded version of a model, ready to answer Predict and GetModelMetadata.
+
+    Args:
+      name: model name.
+      version: version number (the numeric directory name).
+      path: the version directory (a SavedModel with a {"serve"} MetaGraphDef).
+      batching: `serving.batching.BatchingOptions`, or None to run each request alone.
+    """
+
+    def __init__(self, name, version, path, batching=None):
+        self.name = name
+        self.version = version
+        self.path = path
+        self.signature_defs, self._functions, self._loaded = load_bundle(path)
+        self._batching = batching
+        self._batchers = {}
+        self._batchers_lock = threading.Lock()
+
+    def signature_def(self, signature_name):
+        """The SignatureDef named `signature_name` ("" = serving_default), or
+        FAILED_PRECONDITION as TF Serving's Predict answers."""
+        name = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_defs.get(name)
+        if signature is None:
+            raise failed_precondition(f'Serving signature key "{name}" not found.')
+        return signature
+
+    def predict(self, signature_name, inputs, output_filter=()):
+        """Validates `inputs` (alias -> np.ndarray) and runs the signature.
+
+        Returns a dict alias -> np.ndarray of the requested outputs (all when
+        `output_filter` is empty). Raises ServingError with TF Serving's code and message.
+        """
+        name = signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_def(name)
+        check_input_aliases(signature, inputs.keys())
+        inputs = dict(inputs)
+        for alias in signature.inputs:
+            if alias not in inputs:
+                inputs[alias] = decode_request_tensor(alias, signature.defaults[alias])
+        wanted = resolve_output_filter(signature, output_filter)
+        shape_notes = [note for note in (
+            check_input_tensor(alias, signature.inputs[alias], inputs[alias])
+            for alias in sorted(inputs)) if note]
+        try:
+            if self._batching is None:
+                outputs = self.run(name, inputs)
+            else:
+                outputs = self._batcher(name).submit(inputs)
+        except ServingError as error:
+            if not shape_notes or error.code not in MODEL_FAILURE_CODES:
+                raise
+            # Fed as TF Serving feeds it, the model rejected an input of another shape than
+            # its signature declares: say which one.
+            raise invalid_argument(f"{error.message} ({'; '.join(shape_notes)})") from None
+        return {alias: outputs[alias] for alias in wanted}
+
+    def predict_proto(self, request):
+        """Answers a PredictRequest with a PredictResponse, exactly as TF Serving fills it."""
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        check_input_aliases(self.signature_def(name), request.inputs.keys())
+        inputs = {alias: decode_request_tensor(alias, proto)
+                  for alias, proto in request.inputs.items()}
+        outputs = self.predict(name, inputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.signature_name = name
+        response.model_spec.version.value = self.version
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(ndarray_to_proto(array))
+        return response
+
+    def run(self, signature_name, inputs):
+        """Runs one signature on checked inputs (alias -> np.ndarray); returns every output
+        as alias -> np.ndarray. TensorFlow's own failures come back as ServingError."""
+        function = self._functions.get(signature_name)
+        if function is None:
+            raise failed_precondition(
+                f'Serving signature key "{signature_name}" has no function to run in '
+                f"{self.path}")
+        signature = self.signature_defs[signature_name]
+        try:
+            tensors = {alias: tf.constant(array, dtype=tf.dtypes.as_dtype(
+                           signature.inputs[alias].dtype)) for alias, array in inputs.items()}
+            outputs = function(**tensors)
+            return {alias: np.asarray(tensor.numpy()) for alias, tensor in outputs.items()}
+        except tf.errors.OpError as error:
+            raise error_from_tf(error) from None
+        except (TypeError, ValueError) as error:
+            raise invalid_argument(str(error)) from None
+
+    def _batcher(self, signature_name):
+        from serving.batching import Batcher
+
+        with self._batchers_lock:
+            batcher = self._batchers.get(signature_name)
+            if batcher is None:
+                batcher = Batcher(lambda inputs: self.run(signature_name, inputs),
+                                  self._batching,
+                                  name=f"{self.name}/{self.version}/{signature_name}")
+                self._batchers[signature_name] = batcher
+            return batcher
+
+    def warm_up(self):
+        """Replays assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog).
+
+        Predict records run through the same path as live requests. A record that cannot be
+        parsed or fails is logged and skipped (real TF Serving refuses to load the version
+        instead, so the log says so). Returns (records that ran, records that failed).
+        """
+        path = os.path.join(self.path, WARMUP_DIR, WARMUP_FILE)
+        if not os.path.exists(path):
+            log.info("No warmup data file found at %s", path)
+            return 0, 0
+        ran = failed = 0
+        try:
+            for index, record in enumerate(tf.data.TFRecordDataset(path)):
+                if index >= MAX_WARMUP_RECORDS:
+                    log.warning("Number of warmup records exceeds the maximum (%d) at %s; "
+                                "the rest is ignored", MAX_WARMUP_RECORDS, path)
+                    break
+                problem = self._replay_warmup_record(record.numpy())
+                if problem is None:
+                    ran += 1
+                else:
+                    failed += 1
+                    log.warning("Warmup record %d of %s failed: %s (real TF Serving would "
+                                "refuse to load this version)", index, path, problem)
+        except tf.errors.OpError as error:
+            failed += 1
+            log.warning("Stopped reading warmup data at %s: %s. Please verify your warmup "
+                        "data is in TFRecord format.", path, error.message)
+        log.info("Finished reading warmup data for model at %s. Number of warmup records "
+                 "read: %d. Failed: %d.", path, ran, failed)
+        return ran, failed
+
+    def _replay_warmup_record(self, record):
+        try:
+            prediction_log = prediction_log_pb2.PredictionLog.FromString(record)
+        except protobuf_message.DecodeError as error:
+            return f"Failed to parse warmup record: {error}"
+        kind = prediction_log.WhichOneof("log_type")
+        if kind != "predict_log":
+            return f"{kind or 'an empty'} record; this server replays predict_log records only"
+        try:
+            self.predict_proto(prediction_log.predict_log.request)
+        except ServingError as error:
+            return f"{error.code.name}: {error.message}"
+        except Exception as error:  # noqa: BLE001 - a bad record must not fail the load
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def close(self):
+        """Stops this version's batchers; the SavedModel is freed with the last reference."""
+        with self._batchers_lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.close()
+
+
+def metadata_response(servable):
+    """GetModelMetadataResponse of a version: its SignatureDefMap packed under "signature_def"."""
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_def_map.signature_def[key].CopyFrom(signature)
+    response.metadata["signature_def"].Pack(signature_def_map)
+    return response

@@ -1,0 +1,211 @@
+"""The models of a ModelServerConfig (what TF Serving's ServerCore does): a poll thread
+that rescans every base path, config reloads, ModelSpec -> version resolution and
+GetModelStatus.
+"""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import logging
+import os
+import threading
+
+import grpc
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.bundle import import_scann_ops
+from serving.errors import ServingError, invalid_argument, not_found
+from serving.version_manager import VersionManager
+
+log = logging.getLogger("serving.server_core")
+
+
+def validate_config(config):
+    """Checks a ModelServerConfig this server can serve; raises INVALID_ARGUMENT otherwise."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise invalid_argument("custom_model_config is not supported by this server")
+    names = set()
+    for model in config.model_config_list.config:
+        if not model.name:
+            raise invalid_argument("A model in model_config_list has no name")
+        if model.name in names:
+            raise invalid_argument(f"Illegal to list model {model.name} multiple times in config "
+                                   f"list")
+        names.add(model.name)
+        if not model.base_path:
+            raise invalid_argument(f"Model {model.name} has no base_path")
+        if model.model_platform not in ("", "tensorflow"):
+            raise invalid_argument(
+                f"Model {model.name} has model_platform {model.model_platform!r}; this server "
+                f"serves TensorFlow SavedModels (model_platform: \"tensorflow\") only")
+
+
+def single_model_config(model_name, base_path):
+    """The ModelServerConfig that --model_name / --model_base_path describe."""
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = model_name
+    model.base_path = os.path.abspath(base_path)
+    model.model_platform = "tensorflow"
+    return config
+
+
+class ServerCore:
+    """Models of a ModelServerConfig, kept in sync with their base paths by a poll thread.
+
+    Args:
+      config: ModelServerConfig (model_config_list).
+      poll_wait_seconds: seconds between rescans of the base paths; <= 0 scans only at
+        start and on config reloads.
+      batching: `BatchingOptions` for --enable_batching, or None.
+      enable_warmup: replay each version's warm-up requests before serving it.
+    """
+
+    def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True):
+        validate_config(config)
+        import_scann_ops()
+        self._poll_wait_seconds = poll_wait_seconds
+        self._batching = batching
+        self._enable_warmup = enable_warmup
+        self._models = {}
+        self._retired = []
+        self._lock = threading.Lock()
+        self._poll_cond = threading.Condition()
+        self._config_generation = 0   # bumped by every config change (under _lock)
+        self._polled_generation = 0   # the config generation the last full poll saw
+        self._poll_requested = False
+        self._stopping = False
+        self._thread = None
+        self._apply_config(config)
+
+    def start(self):
+        """Loads the initial versions of every model, then starts the poll thread."""
+        self._poll_all()
+        self._thread = threading.Thread(target=self._poll_loop, name="model-poller",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        with self._poll_cond:
+            self._stopping = True
+            self._poll_cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def model_names(self):
+        with self._lock:
+            return sorted(self._models)
+
+    def reload_config(self, config, timeout=300):
+        """Switches to a new ModelServerConfig and waits for one full poll of it.
+
+        New models are loaded, removed models unloaded, changed policies and labels applied.
+        """
+        validate_config(config)
+        generation = self._apply_config(config)
+        with self._poll_cond:
+            self._poll_requested = True
+            self._poll_cond.notify_all()
+            if not self._poll_cond.wait_for(
+                    lambda: self._polled_generation >= generation or self._stopping, timeout):
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "Timed out waiting for the new model config to load")
+
+    def _apply_config(self, config):
+        """Installs a config; returns its generation number."""
+        with self._lock:
+            self._config_generation += 1
+            wanted = {m.name: m for m in config.model_config_list.config}
+            for name in list(self._models):
+                model = self._models[name]
+                new = wanted.get(name)
+                if new is None or new.base_path != model.config.base_path:
+                    self._retired.append(self._models.pop(name))
+                else:
+                    model.config = new
+            for name, model_config in wanted.items():
+                if name not in self._models:
+                    self._models[name] = VersionManager(model_config, self._batching,
+                                               self._enable_warmup)
+            return self._config_generation
+
+    def _poll_all(self):
+        with self._lock:
+            generation = self._config_generation
+            models = list(self._models.values())
+            retired, self._retired = self._retired, []
+        for model in retired:
+            model.unload_all()
+        for model in models:
+            try:
+                model.poll()
+            except Exception:  # noqa: BLE001 - the poll thread must survive anything
+                log.exception("Polling model %s failed", model.name)
+        with self._poll_cond:
+            self._polled_generation = generation
+            self._poll_cond.notify_all()
+
+    def _poll_loop(self):
+        wait = self._poll_wait_seconds if self._poll_wait_seconds > 0 else None
+        while True:
+            with self._poll_cond:
+                self._poll_cond.wait_for(lambda: self._poll_requested or self._stopping, wait)
+                if self._stopping:
+                    break
+                self._poll_requested = False
+            self._poll_all()
+        with self._lock:
+            models = list(self._models.values()) + self._retired
+        for model in models:
+            model.unload_all()
+
+    def _model(self, name):
+        with self._lock:
+            return self._models.get(name)
+
+    def servable(self, model_spec):
+        """The ServableVersion a ModelSpec asks for (name + version | version_label | latest)."""
+        name = model_spec.name
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        model = self._model(name)
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            version = model.version_for_label(model_spec.version_label) if model else None
+            if version is None:
+                raise invalid_argument(
+                    f"Unrecognized servable version label: {model_spec.version_label}")
+        elif choice == "version":
+            version = model_spec.version.value
+        else:
+            version = None
+        if model is None:
+            request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise not_found(f"Servable not found for request: {request}")
+        return model.servable(version)
+
+    def model_status(self, model_spec):
+        """GetModelStatusResponse for a ModelSpec, as TF Serving's GetModelStatusImpl.
+
+        Like TF Serving, a version_label in the spec is ignored: all versions are listed.
+        """
+        name = model_spec.name
+        model = self._model(name)
+        states = model.states() if model is not None else {}
+        if model_spec.HasField("version"):
+            version = model_spec.version.value
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            versions = [version]
+        else:
+            if not states:
+                raise not_found(f"Could not find any versions of model {name}")
+            versions = sorted(states, reverse=True)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in versions:
+            state, error = states[version]
+            status = response.model_version_status.add(version=version, state=state)
+            status.status.SetInParent()  # TF Serving always reports a status, OK included
+            if error is not None:
+                status.status.error_code = error.code.value[0]
+                status.status.error_message = error.message
+        return response

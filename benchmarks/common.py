@@ -28,13 +28,18 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def process_peak_rss_mib(pid):
-    """Another process's peak resident set size (VmHWM), in MiB."""
+def process_memory_mib(pid, field="VmHWM"):
+    """Another process's memory from /proc: peak resident set size (VmHWM) or current (VmRSS), in MiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def process_peak_rss_mib(pid):
+    """Another process's peak resident set size (VmHWM), in MiB."""
+    return process_memory_mib(pid, "VmHWM")
 
 
 def run_child(script, *args, env=None):

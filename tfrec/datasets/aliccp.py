@@ -1,0 +1,165 @@
+"""Ali-CCP (Alibaba Click and Conversion Prediction) -> ESMM samples.
+
+Reads the dataset ESMM was published with (Ma et al., SIGIR 2018;
+https://tianchi.aliyun.com/dataset/408, never downloaded here): `sample_skeleton_train.csv` /
+`sample_skeleton_test.csv`, one impression per line,
+
+    sample_id,click,buy,md5,feature_num,feature_list
+
+and `common_features_train.csv` / `common_features_test.csv`, the features an impression shares
+with others (the user's), one line per md5,
+
+    md5,feature_num,feature_list
+
+where a feature_list joins features with "\\x01" and writes each as "field\\x02id\\x03value".
+
+Labels: click, and conversion (the `buy` column); ESMM trains its CTR head on click and its
+CTCVR head on conversion (a conversion implies a click, which the loader checks).
+
+Features: the documented subset ALI_CCP_FIELDS, the dataset's single-valued fields (user
+profile 101-129, item 205 / 206 / 207 / 216, position 301), each a string SparseFeat on the raw
+feature id with a vocabulary of the ids seen in the training file at least `min_count` times
+(others go to the out-of-vocabulary row); a field missing from a line is "" (padding). The
+multi-valued fields (the user's 14-day behaviour 109_14 / 110_14 / 127_14 / 150_14, 210 and the
+cross features 508 / 509 / 702 / 853) are left out. The dataset's own split is kept: the
+skeleton's train file trains, its test file tests (ESMM's setting).
+"""
+import os
+from collections import Counter
+
+import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
+
+import numpy as np
+import pandas as pd
+
+from feature_columns import SparseFeat
+
+from ..data import check_esmm_labels
+from ._common import LoadedDataset, open_text, require_file
+
+__all__ = ["ALI_CCP_FIELDS", "ALI_CCP_TASKS", "read_ali_ccp", "load_ali_ccp"]
+
+URL = "https://tianchi.aliyun.com/dataset/408 (sample_train.tar.gz, sample_test.tar.gz)"
+# Field id -> column name: the single-valued fields (Ali-CCP's field descriptions).
+ALI_CCP_FIELDS = {
+    "101": "user_id",            # user ID
+    "121": "user_profile_cate",  # categorical ID of the user profile
+    "122": "user_group",         # categorical group ID of the user profile
+    "124": "gender",
+    "125": "age",
+    "126": "consumption_1",      # consumption level type I
+    "127": "consumption_2",      # consumption level type II
+    "128": "occupation",         # whether the user works
+    "129": "geography",
+    "205": "item_id",
+    "206": "cate_id",            # the item's category
+    "207": "shop_id",
+    "216": "brand_id",
+    "301": "position",           # a categorical expression of the position
+}
+# ESMM's outputs (task names) -> label columns.
+ALI_CCP_TASKS = {"ctr": "click", "ctcvr": "conversion"}
+_FILES = {"train": ("sample_skeleton_train.csv", "common_features_train.csv"),
+          "test": ("sample_skeleton_test.csv", "common_features_test.csv")}
+
+
+def _parse(feature_list, wanted):
+    """{field: the first id of that field} over `wanted` fields of one feature_list."""
+    found = {}
+    for feature in feature_list.split("\x01"):
+        field, _, rest = feature.partition("\x02")
+        if field in wanted and field not in found:
+            found[field] = rest.partition("\x03")[0]
+    return found
+
+
+def _read_split(folder, split, fields, max_samples):
+    skeleton_path, common_path = (os.path.join(folder, name) for name in _FILES[split])
+    require_file(skeleton_path, "Ali-CCP", f"the {split} impressions {_FILES[split][0]}", URL)
+    require_file(common_path, "Ali-CCP", f"the {split} common features {_FILES[split][1]}", URL)
+    wanted = set(fields)
+    rows, clicks, buys, md5s = [], [], [], []
+    with open_text(skeleton_path) as lines:
+        for number, line in enumerate(lines, start=1):
+            if max_samples is not None and len(rows) >= max_samples:
+                break
+            parts = line.rstrip("\r\n").split(",", 5)
+            if len(parts) != 6:
+                if not line.strip():
+                    continue
+                raise ValueError(f"{skeleton_path!r} line {number}: expected sample_id,click,buy,md5,feature_num,"
+                                 f"feature_list, got {len(parts)} field(s)")
+            clicks.append(int(parts[1]))
+            buys.append(int(parts[2]))
+            md5s.append(parts[3])
+            rows.append(_parse(parts[5], wanted))
+    needed = set(md5s)
+    common = {}
+    with open_text(common_path) as lines:
+        for line in lines:
+            md5, _, rest = line.partition(",")
+            if md5 in needed:
+                common[md5] = _parse(rest.rstrip("\r\n").partition(",")[2], wanted)
+    frame = {}
+    for field, name in fields.items():
+        frame[name] = np.asarray([row.get(field) or common.get(md5, {}).get(field, "")
+                                  for row, md5 in zip(rows, md5s)], dtype=object)
+    frame["click"] = np.asarray(clicks, dtype=np.int64)
+    frame["conversion"] = np.asarray(buys, dtype=np.int64)
+    return pd.DataFrame(frame), len(needed - set(common))
+
+
+def read_ali_ccp(path, fields=None, max_samples=None):
+    """(train, test) frames of Ali-CCP's raw feature ids: one str column per field, click, conversion.
+
+    Args:
+      path: the folder holding the four files (unpacked from sample_train.tar.gz / sample_test.tar.gz).
+      fields: {field id: column name}, by default ALI_CCP_FIELDS.
+      max_samples: read only the first lines of each skeleton file (for a quick look).
+    """
+    fields = dict(ALI_CCP_FIELDS if fields is None else fields)
+    train, _ = _read_split(path, "train", fields, max_samples)
+    test, _ = _read_split(path, "test", fields, max_samples)
+    return train, test
+
+
+def load_ali_ccp(path, fields=None, min_count=1, max_samples=None, embedding_dim=8):
+    """ESMM samples from Ali-CCP (see the module docstring).
+
+    Args:
+      path: the folder with sample_skeleton_{train,test}.csv and common_features_{train,test}.csv.
+      fields: {field id: column name}, by default ALI_CCP_FIELDS.
+      min_count: ids seen fewer times in the training file go to the out-of-vocabulary row.
+      max_samples: read only the first lines of each skeleton file.
+
+    Returns:
+      LoadedDataset: train / test with one str column per field (the raw feature id, "" when
+      missing), click and conversion (int64); feature_columns: a string SparseFeat per field
+      (vocabulary from the training file); label_columns ALI_CCP_TASKS ({"ctr": "click",
+      "ctcvr": "conversion"}). `ESMM(ds.feature_columns)`, then `df_to_dataset(ds.train,
+      ds.feature_columns, label_columns=ds.label_columns)`.
+
+    Raises:
+      FileNotFoundError: a file is missing; ValueError: a conversion without a click, or a field
+      with no id seen min_count times in training.
+    """
+    fields = dict(ALI_CCP_FIELDS if fields is None else fields)
+    train, missing_train = _read_split(path, "train", fields, max_samples)
+    test, missing_test = _read_split(path, "test", fields, max_samples)
+    for frame in (train, test):
+        check_esmm_labels(frame)
+    columns = []
+    for name in fields.values():
+        counts = Counter(train[name].tolist())
+        counts.pop("", None)
+        vocabulary = sorted(value for value, count in counts.items() if count >= min_count)
+        if not vocabulary:
+            raise ValueError(f"Ali-CCP field '{name}' has no id seen >= {min_count} time(s) in the training file")
+        columns.append(SparseFeat(name, embedding_dim=embedding_dim, dtype="string", vocabulary=vocabulary))
+    recipe = ("ESMM (Ma et al., SIGIR 2018) on Ali-CCP: the dataset's train / test files, labels click and "
+              "conversion (buy), the single-valued sparse fields " + ", ".join(fields) + " as string ids with "
+              f"training-file vocabularies (min count {min_count})")
+    stats = {"train_samples": len(train), "test_samples": len(test),
+             "train_clicks": int(train["click"].sum()), "train_conversions": int(train["conversion"].sum()),
+             "unmatched_common_features": missing_train + missing_test}
+    return LoadedDataset("ali-ccp/esmm", train, test, columns, dict(ALI_CCP_TASKS), recipe=recipe, stats=stats)

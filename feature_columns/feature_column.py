@@ -4,6 +4,7 @@ The signatures match DeepCTR 0.9.4 argument for argument, so a DeepCTR script ru
 its imports. Beyond DeepCTR, a SparseFeat may carry its `vocabulary` (or `vocabulary_path`) or
 `use_hash=True`, and the raw value -> index mapping then lives inside the model graph.
 """
+import numbers
 import os
 from collections import namedtuple
 
@@ -22,6 +23,20 @@ NUM_RESERVED_INDICES = 2
 
 def _fail(kind, name, problem):
     raise ValueError(f"{kind} '{name}': {problem}")
+
+
+def _count(kind, name, key, value, minimum=1, also=""):
+    """`value` as a Python int >= `minimum`: any integral number (numpy's too), never a bool or float.
+
+    DeepCTR scripts write `SparseFeat(feat, data[feat].max() + 1, 4)`, whose size is a numpy
+    int (np.int8 for a small LabelEncoder column); that is accepted. `also` names other accepted
+    values in the message (e.g. "or 'auto'").
+    """
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+        type(value).__name__ != "bool_"
+    if integral and int(value) >= minimum:
+        return int(value)
+    _fail(kind, name, f"{key} must be an int >= {minimum}{also}, got {value!r} ({type(value).__name__})")
 
 
 def _vocabulary_lines(path):
@@ -70,7 +85,9 @@ class SparseFeat(namedtuple("SparseFeat", [
         "embeddings_initializer", "embedding_name", "group_name", "trainable", "vocabulary"])):
     """A categorical feature: one id per example, embedded in a table named `embedding_name`.
 
-    Ids are used as table indices directly (ints in [0, vocabulary_size), 0 = padding), unless
+    Ids are used as table indices directly (ints in [0, vocabulary_size), 0 = padding; an id
+    outside that range is looked up as row 0, which is also the column's out-of-vocabulary row),
+    unless
     `vocabulary` / `vocabulary_path` is given (raw values are looked up in-graph; unknown values go
     to an out-of-vocabulary bucket; the table then has len(vocabulary) + 2 rows; a vocabulary file
     has one value per line, optionally followed by a tab and how often the value occurs in the
@@ -109,9 +126,9 @@ class SparseFeat(namedtuple("SparseFeat", [
             if padding in vocabulary_entries:
                 _fail("SparseFeat", name, f"the vocabulary must not contain the padding value {padding!r}")
             needed = len(vocabulary_entries) + NUM_RESERVED_INDICES
-            if vocabulary_size in (None, "auto"):
+            if vocabulary_size is None or (isinstance(vocabulary_size, str) and vocabulary_size == "auto"):
                 vocabulary_size = needed
-            elif vocabulary_size < needed:
+            elif _count("SparseFeat", name, "vocabulary_size", vocabulary_size) < needed:
                 _fail("SparseFeat", name, f"vocabulary_size={vocabulary_size} is too small for "
                       f"{len(vocabulary_entries)} vocabulary entries + padding + OOV (need >= {needed})")
             if vocabulary is not None:
@@ -119,14 +136,14 @@ class SparseFeat(namedtuple("SparseFeat", [
         elif dtype == STRING_DTYPE and not use_hash:
             _fail("SparseFeat", name, "dtype 'string' needs vocabulary=[...], vocabulary_path or "
                   "use_hash=True to map raw strings to embedding indices")
-        if not isinstance(vocabulary_size, int) or isinstance(vocabulary_size, bool):
-            _fail("SparseFeat", name, f"vocabulary_size must be an int, got {vocabulary_size!r}")
-        if vocabulary_size < (NUM_RESERVED_INDICES if use_hash else 1):
-            _fail("SparseFeat", name, f"vocabulary_size must be >= {2 if use_hash else 1}, got {vocabulary_size}")
-        if embedding_dim == "auto":
+        if vocabulary_size is None:
+            _fail("SparseFeat", name, "vocabulary_size is needed (the number of rows of the embedding "
+                  "table, e.g. data[feat].max() + 1), unless a vocabulary is given")
+        vocabulary_size = _count("SparseFeat", name, "vocabulary_size", vocabulary_size,
+                                 NUM_RESERVED_INDICES if use_hash else 1)
+        if isinstance(embedding_dim, str) and embedding_dim == "auto":
             embedding_dim = 6 * int(pow(vocabulary_size, 0.25))
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            _fail("SparseFeat", name, f"embedding_dim must be a positive int or 'auto', got {embedding_dim!r}")
+        embedding_dim = _count("SparseFeat", name, "embedding_dim", embedding_dim, also=" or 'auto'")
         if embedding_name is None:
             embedding_name = name
         return super().__new__(cls, name, vocabulary_size, embedding_dim, use_hash, vocabulary_path,
@@ -161,8 +178,7 @@ class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
                 weight_norm=True):
         if not isinstance(sparsefeat, SparseFeat):
             raise ValueError(f"VarLenSparseFeat needs a SparseFeat, got {type(sparsefeat).__name__}")
-        if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
-            _fail("VarLenSparseFeat", sparsefeat.name, f"maxlen must be an int >= 1, got {maxlen!r}")
+        maxlen = _count("VarLenSparseFeat", sparsefeat.name, "maxlen", maxlen)
         if combiner not in COMBINERS:
             _fail("VarLenSparseFeat", sparsefeat.name, f"combiner must be one of {COMBINERS}, got {combiner!r}")
         for other in (length_name, weight_name):
@@ -207,8 +223,7 @@ class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transfor
     def __new__(cls, name, dimension=1, dtype="float32", transform_fn=None):
         if not isinstance(name, str) or not name:
             raise ValueError(f"DenseFeat name must be a non-empty string, got {name!r}")
-        if not isinstance(dimension, int) or dimension < 1:
-            _fail("DenseFeat", name, f"dimension must be an int >= 1, got {dimension!r}")
+        dimension = _count("DenseFeat", name, "dimension", dimension)
         if dtype not in DENSE_DTYPES:
             _fail("DenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
         return super().__new__(cls, name, dimension, dtype, transform_fn)
@@ -230,8 +245,7 @@ class VarLenDenseFeat(namedtuple("VarLenDenseFeat", ["name", "maxlen", "dtype"])
     def __new__(cls, name, maxlen, dtype="float32"):
         if not isinstance(name, str) or not name:
             raise ValueError(f"VarLenDenseFeat name must be a non-empty string, got {name!r}")
-        if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
-            _fail("VarLenDenseFeat", name, f"maxlen must be an int >= 1, got {maxlen!r}")
+        maxlen = _count("VarLenDenseFeat", name, "maxlen", maxlen)
         if dtype not in DENSE_DTYPES:
             _fail("VarLenDenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
         return super().__new__(cls, name, maxlen, dtype)

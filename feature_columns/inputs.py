@@ -11,6 +11,7 @@ from collections import OrderedDict, defaultdict
 
 from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import numpy as np
 import tensorflow as tf
 
 from .feature_column import (NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
@@ -386,3 +387,168 @@ def _vocabulary_of(column):
     if column.vocabulary_path is not None:
         return read_vocabulary_file(column.vocabulary_path)
     return None
+
+
+# --- Checking what a caller feeds a model -------------------------------------------------------
+#
+# Keras reports a batch whose features disagree on the number of rows as "ConcatOp : Dimension 0
+# in both shapes must be equal", a None in a float feature as "a string tensor holds a NoneType
+# value", and casts an int64 id to an int32 Input by wrapping it around. `check_inputs` runs
+# where numpy / pandas inputs enter a model (RecModel's fit, evaluate and predict) and says which
+# feature is wrong and what it needs instead.
+
+_INT_RANGES = {"int32": (-2 ** 31, 2 ** 31 - 1), "int64": (-2 ** 63, 2 ** 63 - 1)}
+
+
+def _as_numpy(value):
+    """pandas Series / DataFrame and lists -> numpy; tensors, datasets and arrays as given."""
+    if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray):
+        return value.to_numpy()
+    if isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value)
+        except ValueError:  # ragged rows: Keras will say so
+            return value
+    return value
+
+
+def _rows(value):
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) > 0 and shape[0] is not None:
+        return int(shape[0])
+    return len(value) if isinstance(value, (list, tuple)) else None
+
+
+def _first_row(bad):
+    """The first row of a (rows, ...) bool array that holds a True."""
+    return int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+
+
+def _cell(values, row):
+    """Row `row` of an array as Python values (one value for a 1-D array)."""
+    return values[row].tolist() if values.ndim > 1 else values[row]
+
+
+def _missing(values):
+    """Bool array: None or NaN cells of an object array (numpy compares element by element)."""
+    return np.asarray((values == None) | (values != values), dtype=bool)  # noqa: E711
+
+
+def _numbers_of(name, values, what, hint):
+    """An object array of numbers as float64, or a ValueError naming the feature and row."""
+    missing = _missing(values)
+    if missing.any():
+        row = _first_row(missing)
+        raise ValueError(f"feature '{name}' needs {what}, but row {row} holds {_cell(values, row)!r}; {hint}")
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        for row, cells in enumerate(values.reshape(len(values), -1)):
+            for cell in cells:
+                try:
+                    float(cell)
+                except (TypeError, ValueError):
+                    raise ValueError(f"feature '{name}' needs {what}, but row {row} holds {cell!r}; "
+                                     f"{hint}") from None
+        raise
+
+
+def _check_feature(name, value, dtype):
+    """`value` (numpy) fits an Input of `dtype`, or a ValueError naming feature `name`."""
+    if not isinstance(value, np.ndarray) or value.ndim == 0 or not value.size:
+        return value
+    if value.dtype == object and isinstance(value.reshape(-1)[0], (list, tuple, np.ndarray)):
+        return value  # ragged cells: not a batch Keras can take as it is, and it says so
+    hint = f"fill missing values first (e.g. df['{name}'].fillna(...)) or drop those rows"
+    if dtype == "string":
+        if value.dtype == object:
+            missing = _missing(value)
+            if missing.any():
+                row = _first_row(missing)
+                raise ValueError(f"feature '{name}' needs strings, but row {row} holds "
+                                 f"{_cell(value, row)!r}; {hint} "
+                                 "(\"\" is padding)")
+        return value
+    if value.dtype.kind in "SU":
+        raise ValueError(f"feature '{name}' needs {dtype} values, but holds strings "
+                         f"(e.g. {value.reshape(-1)[:3].tolist()}); a column of raw string ids "
+                         "needs dtype='string' and a vocabulary or use_hash=True")
+    if dtype.startswith("float"):
+        if value.dtype == object:
+            return _numbers_of(name, value, f"{dtype} numbers", hint).astype(dtype)
+        if value.dtype.kind == "f" and np.isnan(value).any():  # would make every score and loss NaN
+            row = _first_row(np.isnan(value))
+            raise ValueError(f"feature '{name}' needs {dtype} numbers, but row {row} holds NaN; {hint}")
+        return value
+    if dtype in _INT_RANGES:
+        if value.dtype == object:
+            value = _numbers_of(name, value, "integer ids", hint)
+        if value.dtype.kind == "f":
+            fractional = ~np.isfinite(value) | (value != np.round(value))
+            if fractional.any():
+                row = _first_row(fractional)
+                raise ValueError(f"feature '{name}' needs integer ids, but row {row} holds "
+                                 f"{value[row].tolist()!r}; {hint}")
+        low, high = _INT_RANGES[dtype]
+        if value.dtype.kind in "iuf" and (value.min() < low or value.max() > high):
+            row = _first_row((value < low) | (value > high))
+            raise ValueError(f"feature '{name}' holds {value[row].tolist()!r} (row {row}), outside the "
+                             f"{dtype} range [{low}, {high}] of its input, where it would wrap around to "
+                             "another id; declare the column dtype='int64', or map the ids to "
+                             "[0, vocabulary_size) or give the column a vocabulary")
+        return value.astype(dtype) if value.dtype == np.float64 else value
+    return value
+
+
+def check_inputs(inputs, input_dtypes, labels=None, what="the model"):
+    """Checks and normalises a dict of features fed to a model; other inputs are returned as given.
+
+    Args:
+      inputs: {feature name: numpy array, pandas Series, list or tensor}; anything that is not
+        a dict (a tf.data.Dataset, a generator) is returned unchanged.
+      input_dtypes: {input name: dtype name} of the model's Inputs ("int32", "float32", "string").
+      labels: optional labels (an array, a list of arrays or {task: array}) whose rows must match.
+      what: how messages name the receiver.
+
+    Returns:
+      (inputs, labels) with pandas objects and lists turned into numpy arrays (object arrays of
+      numbers in float inputs into floats).
+
+    Raises:
+      ValueError: naming the feature(s) and what they need, when features disagree on the number
+        of rows, labels and features do, a float feature holds None, NaN or strings, an
+        integer feature holds missing or fractional values, or an id does not fit its Input's
+        integer dtype (it would otherwise wrap around to a different id).
+    """
+    from collections.abc import Mapping
+
+    if not isinstance(inputs, Mapping):
+        return inputs, labels
+    inputs = {name: _as_numpy(value) for name, value in inputs.items()}
+    rows = {name: _rows(value) for name, value in inputs.items()}
+    counts = {n for n in rows.values() if n is not None}
+    if len(counts) > 1:
+        by_count = ", ".join(f"{name} {count}" for name, count in rows.items() if count is not None)
+        raise ValueError(f"the inputs of {what} disagree on the number of rows ({by_count}); every "
+                         "feature needs one row per example")
+    for name, value in inputs.items():
+        if name in input_dtypes:
+            inputs[name] = _check_feature(name, value, input_dtypes[name])
+    if labels is not None and counts:
+        (n,) = counts
+        if isinstance(labels, Mapping):
+            labels = {task: _as_numpy(value) for task, value in labels.items()}
+            label_rows = {task: _rows(value) for task, value in labels.items()}
+        elif isinstance(labels, (list, tuple)) and labels and all(hasattr(v, "shape") or isinstance(v, (list, tuple))
+                                                                  for v in labels):
+            labels = [_as_numpy(value) for value in labels]
+            label_rows = {f"output {i}": _rows(value) for i, value in enumerate(labels)}
+        else:
+            labels = _as_numpy(labels)
+            label_rows = {"labels": _rows(labels)}
+        wrong = {task: count for task, count in label_rows.items() if count is not None and count != n}
+        if wrong:
+            listed = ", ".join(f"{task} {count}" for task, count in wrong.items())
+            raise ValueError(f"the labels of {what} have a different number of rows ({listed}) than its "
+                             f"features ({n}); give one label per example")
+    return inputs, labels

@@ -18,7 +18,9 @@ class SparseIndex(tf.keras.layers.Layer):
       * `vocabulary`: StringLookup / IntegerLookup; padding ("" or 0) -> 0, unknown -> 1 (OOV),
         the i-th vocabulary entry -> i + 2.
       * `use_hash`: Hashing into `num_buckets - 1` bins, shifted by one so padding stays 0.
-      * neither: integer ids are already indices.
+      * neither: integer ids are already indices; an id outside [0, num_buckets) (an id unseen
+        when the table was sized, a negative id) becomes index 0, the padding row, which is the
+        out-of-vocabulary row of such a column, instead of failing the whole batch in the lookup.
     """
 
     def __init__(self, num_buckets, vocabulary=None, use_hash=False, string_input=False, **kwargs):
@@ -40,7 +42,8 @@ class SparseIndex(tf.keras.layers.Layer):
 
     def call(self, raw):
         if self._lookup is None:
-            return tf.cast(raw, tf.int32)
+            ids = tf.cast(raw, tf.int64)
+            return tf.where((ids >= 0) & (ids < self.num_buckets), tf.cast(ids, tf.int32), 0)
         if self.vocabulary is not None:
             values = raw if self.string_input else tf.cast(raw, tf.int64)
             return tf.cast(self._lookup(values), tf.int32)
@@ -178,6 +181,19 @@ class SequencePooling(tf.keras.layers.Layer):
         return config
 
 
+def gather_rows(table, ids):
+    """`table[ids]` for ids of any shape: (ids.shape + table.shape[1:]).
+
+    `table` is a variable or a `ShardedVariable` (a table split across parameter servers by
+    `ParameterServerStrategy`'s partitioner). A sharded table is gathered per shard, so a step
+    reads, and its `IndexedSlices` gradient updates, only the looked-up rows of each shard,
+    never the whole table. A plain variable is one `tf.gather`, as before.
+    """
+    if not isinstance(table, tf.__internal__.distribute.ShardedVariable):
+        return tf.gather(table, ids)
+    return tf.nn.embedding_lookup(table, ids)
+
+
 @_register
 class SparseEmbedding(tf.keras.layers.Layer):
     """An embedding table whose training step touches only the rows the batch looks up.
@@ -225,7 +241,7 @@ class SparseEmbedding(tf.keras.layers.Layer):
 
     def call(self, inputs, training=None, regularize=True):
         indices = [tf.cast(x, tf.int32) for x in tf.nest.flatten(inputs)]
-        embedded = [tf.gather(self.embeddings, x) for x in indices]
+        embedded = [gather_rows(self.embeddings, x) for x in indices]
         if training and regularize and self.l2_reg > 0.0 and self.trainable:
             self.add_loss(self._batch_penalty(indices, embedded))
         return embedded if isinstance(inputs, (list, tuple)) else embedded[0]
@@ -238,7 +254,7 @@ class SparseEmbedding(tf.keras.layers.Layer):
             batch_lookups = tf.cast(tf.size(ids), tf.float32)
             self.counts.scatter_add(tf.IndexedSlices(tf.ones_like(ids, tf.float32), ids))
             self.lookups.assign_add(batch_lookups)
-            inverse_share = self.lookups / tf.gather(self.counts, ids)
+            inverse_share = self.lookups / gather_rows(self.counts, ids)
             return self.l2_reg * tf.math.divide_no_nan(
                 tf.reduce_sum(squared_norms * inverse_share), batch_lookups)
         # Each distinct id once: sort, then keep the first of every run (XLA has no tf.unique).

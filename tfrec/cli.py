@@ -1,9 +1,19 @@
-"""The `tfrec` command: demo, train, export, serve, query, bench.
+"""The `tfrec` command: demo, train, evaluate, export, serve, query, bench.
 
-The application on top of every layer: it is the one module of `tfrec` that imports `exporters`
-and `serving`, inside the commands that need them.
+  tfrec demo                                  planted data -> DIN -> export -> serve -> query
+  tfrec train --config run.yaml               your data (CSV/Parquet) -> a trained model
+  tfrec evaluate --config run.yaml            AUC, GAUC, logloss, calibration plot
+  tfrec export --config run.yaml              a versioned SavedModel for TF Serving
+  tfrec serve --model_base_path=... --model_name=...
+  tfrec query --model-name din --inputs @request.json
+
+Ordinary mistakes (a missing file, a bad config, an unreachable server) print one line saying
+what is wrong and what to do, and exit 1; `--debug` shows the traceback instead. The
+application on top of every layer: it is the one module of `tfrec` that imports `exporters` and
+`serving`, inside the commands that need them.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +24,31 @@ import time
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 DEMO_MODEL_NAME = "din"
+DOCS = "docs/troubleshooting.md"
+
+
+class CliError(Exception):
+    """An ordinary mistake: `message` says what is wrong, `hint` what to do."""
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.hint = hint
+
+
+@contextlib.contextmanager
+def step(what):
+    """Prints `what ...` before a long step and `what: done in 1.2 s` after it."""
+    print(f"{what} ...", flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"{what}: done in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def keras_verbosity(progress):
+    """Keras' fit verbosity for --progress: a bar on a terminal, one line per epoch elsewhere."""
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "epoch"
+    return {"bar": 1, "epoch": 2, "none": 0}[progress]
 
 
 def _planted_din(args):
@@ -26,7 +61,7 @@ def _train_din(args, train_df, columns):
     from tfrec.recipes import train_din
 
     return train_din(train_df, columns, args.seed, args.epochs, args.batch_size, args.learning_rate,
-                     verbose=1 if args.verbose else 2)
+                     verbose=keras_verbosity(args.progress))
 
 
 def _print_report(title, report):
@@ -38,78 +73,181 @@ def _print_report(title, report):
 
 def cmd_demo(args):
     """Planted data -> DIN fit/evaluate -> versioned export -> local server -> gRPC ranking."""
+    started = time.time()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="tfrec-demo-")
+    remove = not (args.workdir or args.keep)
+    try:
+        _demo(args, workdir)
+    except KeyboardInterrupt:
+        if remove:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\ndemo interrupted; {'removed ' + workdir if remove else 'artefacts kept in ' + workdir}",
+              file=sys.stderr)
+        raise
+    except BaseException:
+        if remove:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if remove:
+        shutil.rmtree(workdir, ignore_errors=True)
+        where = "temporary artefacts removed (--keep or --workdir keeps them)"
+    else:
+        where = f"artefacts kept in {workdir}"
+    print(f"server stopped. demo finished in {time.time() - started:.0f}s; {where}")
+    return 0
+
+
+def _demo(args, workdir):
     import numpy as np
+
     from exporters import export_saved_model
     from serving import Client, LocalServer
     from tfrec.data import df_to_inputs
     from tfrec.evaluation import evaluate_binary
 
-    started = time.time()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="tfrec-demo-")
+    print(f"working in {workdir}")
     print(f"[1/5] planted-truth behaviour log: {args.users} users x {args.events_per_user} events, "
-          f"{args.items} items (string ids)")
+          f"{args.items} items (string ids)", flush=True)
     log, train_df, test_df, columns = _planted_din(args)
-    print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples (last 5 events of each user held out)")
+    print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples "
+          "(last 5 events of each user held out)")
 
-    print("[2/5] training DIN with Keras fit")
-    model = _train_din(args, train_df, columns)
+    with step("[2/5] training DIN with Keras fit"):
+        model = _train_din(args, train_df, columns)
     report = evaluate_binary(model, test_df, columns, "click", truth_col="p_click", group_col="user_id")
     _print_report("[3/5] test", report)
 
     export_base = os.path.join(workdir, "models", DEMO_MODEL_NAME)
-    path = export_saved_model(model, export_base, warmup_inputs=df_to_inputs(test_df.head(5), columns),
-                              model_name=DEMO_MODEL_NAME)
-    print(f"[4/5] exported SavedModel version {os.path.basename(path)} to {path}")
+    with step("[4/5] exporting a SavedModel"):
+        path = export_saved_model(model, export_base, warmup_inputs=df_to_inputs(test_df.head(5), columns),
+                                  model_name=DEMO_MODEL_NAME)
+    print(f"      version {os.path.basename(path)} at {path}")
 
     rng = np.random.default_rng(args.seed)
     items = log.drop_duplicates("item_id").set_index("item_id")["cate_id"]
     print(f"[5/5] serving on 127.0.0.1 (TF Serving gRPC API) and ranking {args.candidates} candidates per user")
-    with LocalServer(model_base_path=export_base, model_name=DEMO_MODEL_NAME) as server, \
-            Client(server.grpc_target) as client:
-        print(f"      server pid {server.pid} at {server.grpc_target}")
-        worst = 0.0
-        for _, row in test_df.drop_duplicates("user_id").head(args.show_users).iterrows():
-            candidates = rng.choice(items.index.to_numpy(), args.candidates, replace=False)
-            request = test_df.loc[[row.name] * args.candidates].reset_index(drop=True)
-            request["item_id"] = candidates
-            request["cate_id"] = items.loc[candidates].to_numpy()
-            inputs = df_to_inputs(request, columns)
-            served = client.predict(DEMO_MODEL_NAME, inputs)["prediction"]
-            local = model.predict(inputs, verbose=0).reshape(-1)
-            worst = max(worst, float(np.max(np.abs(served - local))))
-            order = np.argsort(-served)[:args.top_k]
-            recent = ", ".join(row[feature_columns.history_name("cate_id")][-5:]) or "-"
-            print(f"      user {row['user_id']} (recent categories: {recent})")
-            for rank, i in enumerate(order, 1):
-                print(f"        {rank}. {candidates[i]:>6} ({request['cate_id'][i]:>4})  score {served[i]:.4f}")
-        print(f"      served scores equal in-process predict: max |diff| = {worst:.2e}")
-    if args.workdir or args.keep:
-        where = f"artefacts kept in {workdir}"
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-        where = "temporary artefacts removed (--keep or --workdir keeps them)"
-    print(f"server stopped. demo finished in {time.time() - started:.0f}s; {where}")
-    return 0
+    with step("      starting the server"):
+        server = LocalServer(model_base_path=export_base, model_name=DEMO_MODEL_NAME)
+        server.start()
+    try:
+        with Client(server.grpc_target) as client:
+            print(f"      server pid {server.pid} at {server.grpc_target}")
+            worst = 0.0
+            for _, row in test_df.drop_duplicates("user_id").head(args.show_users).iterrows():
+                candidates = rng.choice(items.index.to_numpy(), args.candidates, replace=False)
+                request = test_df.loc[[row.name] * args.candidates].reset_index(drop=True)
+                request["item_id"] = candidates
+                request["cate_id"] = items.loc[candidates].to_numpy()
+                inputs = df_to_inputs(request, columns)
+                served = client.predict(DEMO_MODEL_NAME, inputs)["prediction"]
+                local = model.predict(inputs, verbose=0).reshape(-1)
+                worst = max(worst, float(np.max(np.abs(served - local))))
+                order = np.argsort(-served)[:args.top_k]
+                recent = ", ".join(row[feature_columns.history_name("cate_id")][-5:]) or "-"
+                print(f"      user {row['user_id']} (recent categories: {recent})")
+                for rank, i in enumerate(order, 1):
+                    print(f"        {rank}. {candidates[i]:>6} ({request['cate_id'][i]:>4})  score {served[i]:.4f}")
+            print(f"      served scores equal in-process predict: max |diff| = {worst:.2e}")
+    finally:
+        server.stop()
+
+
+def _config(args):
+    from tfrec.config import load_config
+
+    return load_config(args.config, output=getattr(args, "output", None),
+                       export_base=getattr(args, "export_base", None))
 
 
 def cmd_train(args):
+    if args.config:
+        from tfrec import config as run
+
+        config = _config(args)
+        if args.epochs is not None:
+            config.train.epochs = args.epochs
+        run.train(config, verbose=keras_verbosity(args.progress), tensorboard=args.tensorboard)
+        print(f"saved the trained model and its columns in {config.output}")
+        return 0
+    if not args.output:
+        raise CliError("train needs --config run.yaml (your data) or --output MODEL_PATH (the planted demo data)",
+                       "see `tfrec train --help` and docs/own_data.md")
     from tfrec.evaluation import evaluate_binary
 
-    _, train_df, test_df, columns = _planted_din(args)
-    model = _train_din(args, train_df, columns)
+    args.epochs = 2 if args.epochs is None else args.epochs
+    with step("generating planted-truth data"):
+        _, train_df, test_df, columns = _planted_din(args)
+    with step(f"training DIN for {args.epochs} epoch(s)"):
+        model = _train_din_with_tensorboard(args, train_df, columns) if args.tensorboard else \
+            _train_din(args, train_df, columns)
     _print_report("test", evaluate_binary(model, test_df, columns, "click", truth_col="p_click", group_col="user_id"))
-    model.save(args.output)
+    with step(f"saving the model to {args.output}"):
+        model.save(args.output)
     print(f"saved Keras model to {args.output}")
     return 0
 
 
-def cmd_export(args):
+def _train_din_with_tensorboard(args, train_df, columns):
     import tensorflow as tf
-    import tfrec.layers  # noqa: F401  (registers the custom layers for load_model)
+
+    from tfrec import metrics
+    from tfrec.data import df_to_dataset
+    from tfrec.recipes import build_din
+
+    tf.keras.utils.set_random_seed(args.seed)
+    model = build_din(columns, args.seed)
+    model.compile(tf.keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
+                  metrics=[metrics.AUC(), metrics.LogLoss()])
+    model.fit(df_to_dataset(train_df, columns, "click", batch_size=args.batch_size, seed=args.seed),
+              epochs=args.epochs, verbose=keras_verbosity(args.progress),
+              callbacks=[tf.keras.callbacks.TensorBoard(log_dir=args.tensorboard)])
+    return model
+
+
+def cmd_evaluate(args):
+    from tfrec import config as run
+
+    config = _config(args)
+    report = run.evaluate(config)
+    for task, result in report["tasks"].items():
+        name = "" if task == "prediction" else f"{task}: "
+        print(f"{name}AUC {result['auc']:.4f}  GAUC {result.get('gauc', float('nan')):.4f}  "
+              f"logloss {result['logloss']:.4f}  (mean prediction {result['mean_prediction']:.4f}, "
+              f"label rate {result['label_rate']:.4f}, {result['rows']} rows)")
+    for kind, path in report["files"].items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def cmd_export(args):
     from exporters import export_saved_model
 
-    model = tf.keras.models.load_model(args.model)
-    path = export_saved_model(model, args.export_base, version=args.version, extra_outputs=args.extra_output)
+    if args.config:
+        from tfrec import config as run
+        from tfrec.data import df_to_inputs
+
+        config = _config(args)
+        if config.export.base is None:
+            raise CliError(f"{config.path}: export.base is not set", "add export: {base: models/NAME} to the "
+                           "config or pass --export-base")
+        with step("loading the trained model"):
+            model, columns = run.trained(config)
+        test_df = run.prepare(run.load_frames(config)[1], columns)
+        with step(f"exporting to {config.export.base}"):
+            path = export_saved_model(model, config.export.base, version=args.version or config.export.version,
+                                      warmup_inputs=df_to_inputs(test_df.head(5), columns),
+                                      extra_outputs=list(config.export.extra_outputs) + list(args.extra_output))
+        print(path)
+        return 0
+    if not args.model or not args.export_base:
+        raise CliError("export needs --config run.yaml, or --model MODEL_PATH and --export-base DIR",
+                       "see `tfrec export --help`")
+    from tfrec.saving import load_model
+
+    with step(f"loading {args.model}"):
+        model = load_model(args.model)
+    with step(f"exporting to {args.export_base}"):
+        path = export_saved_model(model, args.export_base, version=args.version, extra_outputs=args.extra_output)
     print(path)
     return 0
 
@@ -120,11 +258,34 @@ def cmd_serve(argv):
     return serve_main(argv)
 
 
+def read_inputs(value, flag="--inputs"):
+    """The request of --inputs: JSON text, or @FILE holding it ({feature: values} or {"inputs": ...})."""
+    text = value
+    if value.startswith("@"):
+        path = value[1:]
+        if not os.path.isfile(path):
+            raise CliError(f"{flag}: no such file {path!r}", "give @path/to/request.json, or the JSON itself")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        inputs = json.loads(text)
+    except json.JSONDecodeError as error:
+        source = f"file {value[1:]!r}" if value.startswith("@") else "the value"
+        raise CliError(f"{flag}: {source} is not valid JSON ({error})",
+                       'write {"feature": [values, ...]}, e.g. {"user_id": ["u1"], "item_id": ["i2"]}') from None
+    if isinstance(inputs, dict) and set(inputs) == {"inputs"} and isinstance(inputs["inputs"], dict):
+        inputs = inputs["inputs"]  # TF Serving's REST columnar body
+    if not isinstance(inputs, dict) or not inputs:
+        raise CliError(f"{flag}: expected a JSON object {{feature: values}}, got {type(inputs).__name__}",
+                       'write {"feature": [values, ...]}')
+    return inputs
+
+
 def cmd_query(args):
     from serving import Client
 
-    inputs = json.loads(args.inputs)
-    with Client(args.target) as client:
+    inputs = read_inputs(args.inputs)
+    with Client(args.target, timeout=args.timeout) as client:
         outputs = client.predict(args.model_name, inputs, signature_name=args.signature_name,
                                  version=args.version, output_filter=args.output_filter)
     print(json.dumps({name: value.tolist() for name, value in outputs.items()}, indent=2))
@@ -136,8 +297,8 @@ def cmd_bench(args):
     import numpy as np
     from serving import Client
 
-    inputs = json.loads(args.inputs)
-    with Client(args.target) as client:
+    inputs = read_inputs(args.inputs)
+    with Client(args.target, timeout=args.timeout) as client:
         client.predict(args.model_name, inputs)  # warm-up, and fetches the signature once
         seconds = []
         for _ in range(args.requests):
@@ -151,56 +312,145 @@ def cmd_bench(args):
 
 
 def _add_planted_args(parser):
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--events-per-user", type=int, default=50)
-    parser.add_argument("--maxlen", type=int, default=20)
-    parser.add_argument("--embedding-dim", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=1, help="1: Keras progress bar, 0: one line per epoch")
+    planted = parser.add_argument_group("planted demo data (without --config)")
+    planted.add_argument("--users", type=int, default=2000, help="users in the planted behaviour log")
+    planted.add_argument("--items", type=int, default=1000, help="items in the catalogue")
+    planted.add_argument("--events-per-user", type=int, default=50, help="impressions per user")
+    planted.add_argument("--maxlen", type=int, default=20, help="history length DIN attends over")
+    planted.add_argument("--embedding-dim", type=int, default=8, help="embedding dimension of every table")
+    planted.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    planted.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's learning rate")
+    planted.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+
+
+def _add_progress(parser):
+    parser.add_argument("--progress", choices=("auto", "bar", "epoch", "none"), default="auto",
+                        help="training output: a progress bar, one line per epoch, or nothing; auto = a bar "
+                             "on a terminal, one line per epoch when stdout is a file or pipe")
+
+
+def _add_config(parser, required=False, what="the run"):
+    parser.add_argument("--config", required=required, metavar="RUN.yaml",
+                        help=f"a run config (YAML) describing {what}; see docs/own_data.md and examples/")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS, []) and "default" not in help_text \
+                and action.option_strings:
+            help_text += " (default: %(default)s)"
+        return help_text
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="tfrec", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    from tfrec import __version__
 
-    demo = commands.add_parser("demo", help="train, evaluate, export, serve and query DIN on built-in data")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error instead of one line")
+    parser = argparse.ArgumentParser(prog="tfrec", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"tfrec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[common],
+                                   formatter_class=_Formatter)
+
+    demo = command("demo", "train, evaluate, export, serve and query DIN on built-in planted data")
     _add_planted_args(demo)
-    demo.add_argument("--workdir", help="keep artefacts here (default: a temporary directory, removed)")
+    demo.add_argument("--epochs", type=int, default=2, help="training epochs")
+    _add_progress(demo)
+    demo.add_argument("--workdir", help="keep artefacts here (default: a temporary directory, removed at the end "
+                                        "and on Ctrl-C)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    demo.add_argument("--candidates", type=int, default=100)
-    demo.add_argument("--show-users", type=int, default=3)
-    demo.add_argument("--top-k", type=int, default=5)
+    demo.add_argument("--candidates", type=int, default=100, help="candidates ranked per user")
+    demo.add_argument("--show-users", type=int, default=3, help="users whose ranking is printed")
+    demo.add_argument("--top-k", type=int, default=5, help="items printed per user")
 
-    train = commands.add_parser("train", help="train DIN on planted data and save the Keras model")
+    train = command("train", "train a model on your data (--config) or DIN on planted data (--output)")
+    _add_config(train, what="the data, columns, model and training")
+    train.add_argument("--output", help="with --config: the run folder (default: the config's `output`); without: "
+                                        "the file the planted-data DIN is saved to (.keras, .h5 or a folder)")
+    train.add_argument("--export-base", help=argparse.SUPPRESS)
+    train.add_argument("--epochs", type=int, help="training epochs (default: the config's train.epochs; 2 for "
+                                                  "planted data)")
+    train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs (losses, metrics) to DIR")
+    _add_progress(train)
     _add_planted_args(train)
-    train.add_argument("--output", required=True)
 
-    export = commands.add_parser("export", help="export a saved Keras model as a versioned SavedModel")
-    export.add_argument("--model", required=True, help="a model saved with model.save()")
-    export.add_argument("--export-base", required=True, help="the model's --model_base_path")
-    export.add_argument("--version", type=int)
-    export.add_argument("--extra-output", action="append", default=[], help="a layer name to export too")
+    evaluate = command("evaluate", "AUC, GAUC and logloss (per task) of a trained model on the config's test rows, "
+                                   "with a calibration plot (and a gate heatmap for MMOE/PLE)")
+    _add_config(evaluate, required=True, what="the run `tfrec train --config` trained")
+    evaluate.add_argument("--output", help="the run folder (default: the config's `output`)")
 
-    commands.add_parser("serve", add_help=False, help="the TF-Serving-compatible server (tensorflow_model_server flags)")
+    export = command("export", "export a trained model as a versioned SavedModel for TF Serving")
+    _add_config(export, what="the run `tfrec train --config` trained")
+    export.add_argument("--output", help="with --config: the run folder (default: the config's `output`)")
+    export.add_argument("--model", help="without --config: a model saved with model.save() (any file name)")
+    export.add_argument("--export-base", help="the model's --model_base_path (default: the config's export.base)")
+    export.add_argument("--version", type=int, help="the version number (default: one more than the highest)")
+    export.add_argument("--extra-output", action="append", default=[], metavar="LAYER",
+                        help="a layer name whose output the signature returns too (repeatable)")
 
-    query = commands.add_parser("query", help="one gRPC Predict; inputs as JSON {feature: values}")
-    query.add_argument("--target", default="127.0.0.1:8500")
-    query.add_argument("--model-name", required=True)
-    query.add_argument("--inputs", required=True)
-    query.add_argument("--signature-name")
-    query.add_argument("--version", type=int)
-    query.add_argument("--output-filter", action="append")
+    commands.add_parser("serve", add_help=False,
+                        help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")
 
-    bench = commands.add_parser("bench", help="gRPC Predict latency p50/p99 of one request, repeated")
-    bench.add_argument("--target", default="127.0.0.1:8500")
-    bench.add_argument("--model-name", required=True)
-    bench.add_argument("--inputs", required=True, help="JSON {feature: values}")
-    bench.add_argument("--requests", type=int, default=200)
+    query = command("query", "one gRPC Predict request; prints the outputs as JSON")
+    query.add_argument("--target", default="127.0.0.1:8500", help="the server's gRPC host:port")
+    query.add_argument("--model-name", required=True, help="the served model's name")
+    query.add_argument("--inputs", required=True, metavar="JSON|@FILE",
+                       help='the request as JSON {feature: values}, or @FILE to read it from a file')
+    query.add_argument("--signature-name", help="the signature (default: serving_default)")
+    query.add_argument("--version", type=int, help="a model version (default: the latest)")
+    query.add_argument("--output-filter", action="append", metavar="OUTPUT",
+                       help="return only this output (repeatable; default: all)")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+
+    bench = command("bench", "gRPC Predict latency p50/p99 of one request, repeated")
+    bench.add_argument("--target", default="127.0.0.1:8500", help="the server's gRPC host:port")
+    bench.add_argument("--model-name", required=True, help="the served model's name")
+    bench.add_argument("--inputs", required=True, metavar="JSON|@FILE", help="the request: JSON or @FILE")
+    bench.add_argument("--requests", type=int, default=200, help="requests sent one after another")
+    bench.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
     return parser
+
+
+def explain(error, args):
+    """(what is wrong, what to do) for an exception a command raised."""
+    from tfrec.config import ConfigError
+
+    if isinstance(error, CliError):
+        return str(error), error.hint
+    if isinstance(error, ConfigError):
+        return str(error), "fix the config; docs/own_data.md lists every key"
+    try:
+        from serving import ServingError
+    except ImportError:  # pragma: no cover
+        ServingError = ()
+    if ServingError and isinstance(error, ServingError):
+        code = getattr(error.code, "name", str(error.code))
+        target = getattr(args, "target", "the server")
+        if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return (f"cannot reach a model server at {target} ({code}: {error.message.splitlines()[0] if error.message else ''})",
+                    "start one (tfrec serve --port=PORT --model_name=NAME --model_base_path=DIR) or pass --target host:port")
+        if code == "NOT_FOUND":
+            return f"the server at {target} answered NOT_FOUND: {error.message}", \
+                "check --model-name (and --version) against what the server serves"
+        return f"the server at {target} answered {code}: {error.message}", "check the request's features and types"
+    if isinstance(error, FileNotFoundError):
+        return str(error), "check the path"
+    if isinstance(error, FileExistsError):
+        return str(error), "pass another --version, or leave it out for the next free one"
+    if isinstance(error, ImportError):
+        return f"a package is missing: {error}", "pip install -e . installs what tfrec needs"
+    if isinstance(error, (ValueError, KeyError, OSError)):
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        return f"{message}", f"see {DOCS}"
+    return f"{type(error).__name__}: {error}", "an unexpected error: rerun with --debug and report the traceback"
 
 
 def main(argv=None):
@@ -208,8 +458,23 @@ def main(argv=None):
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)
-    return {"demo": cmd_demo, "train": cmd_train, "export": cmd_export, "query": cmd_query,
-            "bench": cmd_bench}[args.command](args)
+    commands = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
+                "query": cmd_query, "bench": cmd_bench}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"tfrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  (one line instead of a traceback; --debug shows it)
+        if args.debug:
+            raise
+        message, hint = explain(error, args)
+        message = " ".join(str(message).split())  # one line
+        print(f"tfrec {args.command}: error: {message}" + (f" -- {hint}" if hint else "")
+              + " (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

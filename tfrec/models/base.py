@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import SparseIndex, indexed_key
+from feature_columns import SparseIndex, check_inputs, indexed_key
 
 from ..layers import DNN, PredictionLayer
 from ..optimizers import sparse_optimizer
@@ -96,12 +96,56 @@ class RecModel(tf.keras.Model):
 
     def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
         super().compile(sparse_optimizer(optimizer), *args, jit_compile=False, **kwargs)
-        self._split = _TrainingSplit(self, jit_compile=jit_compile is None or bool(jit_compile))
+        self._tfrec_jit_compile = jit_compile is None or bool(jit_compile)
+        # XLA cannot read a variable that lives on another task, as every variable does under
+        # ParameterServerStrategy (on the parameter servers): there the step runs without XLA.
+        on_ps = isinstance(self.distribute_strategy, tf.distribute.experimental.ParameterServerStrategy)
+        self._split = _TrainingSplit(self, jit_compile=self._tfrec_jit_compile and not on_ps)
+
+    def get_compile_config(self):
+        """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)."""
+        config = super().get_compile_config()
+        if config is not None:
+            config = dict(config, jit_compile=getattr(self, "_tfrec_jit_compile", True))
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles a model loaded from a `.keras` file as it was compiled when saved.
+
+        Keras skips this for a model whose `compile` is overridden; this one is, so it says how.
+        """
+        from tf_keras.src.saving import saving_lib  # the deserializer Keras' own method uses
+
+        config = saving_lib.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and isinstance(self.optimizer, tf.keras.optimizers.Optimizer):
+            self.optimizer.build(self.trainable_variables)  # so the saved optimizer state loads
 
     def fit(self, x=None, y=None, *args, **kwargs):
+        x, y = self._checked(x, y)
         history = super().fit(self._look_up_once(x), y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        x, y = self._checked(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        x, _ = self._checked(x, None)
+        return super().predict(x, *args, **kwargs)
+
+    def _checked(self, x, y):
+        """A dict of numpy / pandas features (and labels), checked against the model's Inputs.
+
+        Mismatched row counts, None/NaN in a float feature, fractional or too-large integer ids
+        raise a ValueError naming the feature (`feature_columns.check_inputs`), where Keras would
+        fail deep in the graph (`ConcatOp : Dimension 0 ...`) or wrap an id around.
+        """
+        dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
+        dtypes.update((indexed_key(name), "int32") for name in getattr(getattr(self, "_split", None),
+                                                                       "indexed_names", ()))
+        return check_inputs(x, dtypes, y, what=f"model '{self.name}'")
 
     def refresh_derived_weights(self):
         """Recomputes weights derived from others, e.g. SIM's SimHash signatures of an item table.

@@ -1,0 +1,142 @@
+"""tfrec.config: run configs, column inference from a DataFrame, and the multi-task example."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from tfrec import config as run
+from tfrec.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def frame():
+    return pd.DataFrame({
+        "user_id": [1, 2, 3, 1, 2, 3, 1, 9],                   # ints >= 1: stay int64
+        "item_id": ["a", "b", "a", "c", "a", "b", "a", "z"],  # "c" and "z" are seen once
+        "hist_item_id": [[], ["a"], ["a", "b"], ["b"], ["a", "c"], [], ["b", "a", "b"], ["a"]],
+        "price": [0.5, 1.0, 1.5, 2.0, 0.5, 1.0, 1.5, 2.0],
+        "row_id": list(range(8)),
+        "click": [1, 0, 1, 0, 1, 0, 1, 0],
+    })
+
+
+def test_infer_builds_vocabularies_with_a_minimum_count_and_shares_history_tables(tmp_path):
+    path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                           "columns: {min_count: 2, embedding_dim: 4, exclude: [row_id]}\n")
+    columns = {c.name: c for c in run.infer_columns(frame(), load_config(str(path)))}
+    assert set(columns) == {"user_id", "item_id", "hist_item_id", "price"}
+    item, history = columns["item_id"], columns["hist_item_id"]
+    # Counted over the item column and its history together; "c" (2) kept, "z" (1) -> OOV row.
+    assert item.dtype == "string" and item.vocabulary == ("a", "b", "c") and item.vocabulary_size == 5
+    assert isinstance(history, VarLenSparseFeat) and history.embedding_name == "item_id" and history.maxlen == 3
+    assert history.table_spec() == item.table_spec()
+    assert columns["user_id"].dtype == "int64" and columns["user_id"].vocabulary == (1, 2, 3)
+    assert isinstance(columns["price"], DenseFeat)
+
+
+def test_columns_survive_json(tmp_path):
+    path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {exclude: [row_id]}\n")
+    columns = run.infer_columns(frame(), load_config(str(path)))
+    assert run.columns_from_json(json.loads(json.dumps(run.columns_to_json(columns)))) == columns
+
+
+def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
+    df = frame()
+    df.to_parquet(tmp_path / "part-0.parquet")
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    from_parquet = run.read_data([str(tmp_path / "part-*.parquet")])
+    from_csv = run.read_data([str(tmp_path / "d.csv")], sequences=["hist_item_id"])
+    assert [list(c) for c in from_parquet["hist_item_id"]] == from_csv["hist_item_id"].tolist() == \
+        df["hist_item_id"].tolist()
+    path = write(tmp_path, "data: {train: part-*.parquet}\nlabels: click\nmodel: {name: DIN}\n"
+                           "columns: {exclude: [row_id]}\n")
+    names = {c.name: type(c) for c in run.infer_columns(from_parquet, load_config(str(path)))}
+    assert names["hist_item_id"] is VarLenSparseFeat  # found without being listed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("labels: click\nmodel: {name: DIN}\n", "data: is required"),
+    ("data: {train: d.csv}\nmodel: {name: DIN}\n", "labels: is required"),
+    ("data: {train: d.csv}\nlabels: click\n", "model: is required"),
+    ("data: {train: d.csv, tset: e.csv}\nlabels: click\nmodel: {name: DIN}\n", "data.tset: unknown key in 'data'"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {epochs: two}\n",
+     "train.epochs: must be an integer >= 1, got 'two'"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 1.5}\n",
+     r"split.test_fraction: must be a number in \(0.0, 1.0\)"),
+    ("data: {train: d.csv}\nlabels: [click, buy]\nmodel: {name: DIN}\n", "DIN has one output"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: MMOE}\n", "MMOE is multi-task"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN, args: [1]}\n", "model.args: must be a mapping"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: [{name: x, type: cat}]\n",
+     "columns\\[0\\].type: must be one of sparse, sequence, dense, got 'cat' \\(column 'x'\\)"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {sequences: {h: {maxlen: 0}}}\n",
+     "columns.sequences.h.maxlen: must be an integer >= 1"),
+    ("- a list\n", "a run config is a mapping"),
+])
+def test_config_mistakes_name_the_file_and_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(write(tmp_path, text)))
+
+
+def test_data_mistakes_name_the_key(tmp_path):
+    frame().to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: clicked\nmodel: {name: DIN}\n")))
+    with pytest.raises(ConfigError, match="labels: 'clicked' is not a column of the data"):
+        run.load_frames(config)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {min_count: 100}\n")))
+    with pytest.raises(ConfigError, match="columns.min_count: no value of column"):
+        run.infer_columns(run.load_frames(config)[0], config)
+
+
+def test_explicit_columns_and_an_ordered_split(tmp_path):
+    frame().to_csv(tmp_path / "d.csv", index=False)
+    path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, "
+                           "order_by: row_id}\ncolumns:\n"
+                           "  - {type: sparse, name: user_id, vocabulary_size: 10, embedding_dim: 4, dtype: int64}\n"
+                           "  - {type: sparse, name: item_id, embedding_dim: 4, dtype: string, vocabulary: [a, b, c]}\n"
+                           "  - {type: sequence, name: hist_item_id, embedding_dim: 4, dtype: string, "
+                           "vocabulary: [a, b, c], embedding_name: item_id, maxlen: 2}\n"
+                           "  - {type: dense, name: price}\n")
+    config = load_config(str(path))
+    train_df, test_df = run.load_frames(config)
+    assert test_df["row_id"].tolist() == [6, 7] and len(train_df) == 6
+    columns = run.explicit_columns(config)
+    assert [type(c) for c in columns] == [SparseFeat, SparseFeat, VarLenSparseFeat, DenseFeat]
+    model = run.build_model(config, columns)  # history_feature_list inferred: ["item_id"]
+    assert "hist_item_id" in model.input_names
+
+
+def test_multitask_example_trains_evaluates_and_draws_its_gates(tmp_path):
+    config = load_config(str(REPO / "examples" / "multitask_mmoe.yaml"), output=str(tmp_path / "run"))
+    config.train.epochs = 1
+    run.train(config)
+    report = run.evaluate(config)
+    assert set(report["tasks"]) == {"ctr", "ctcvr"}
+    for task in report["tasks"].values():
+        assert 0 < task["auc"] < 1 and task["logloss"] > 0 and np.isfinite(task["gauc"])
+    for name in ("metrics.json", "calibration.png", "gates.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+
+
+def test_gaps_in_categorical_columns_are_padding(tmp_path):
+    df = frame().astype({"item_id": object})
+    df.loc[2, "item_id"] = None
+    df.to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id]}\n")))
+    read = run.read_data(config.data.train, sequences=["hist_item_id"])
+    columns = run.infer_columns(read, config)
+    from tfrec.data import df_to_inputs
+
+    inputs = df_to_inputs(run.prepare(read, columns), columns)
+    assert inputs["item_id"][2] == "" and inputs["item_id"][0] == "a"

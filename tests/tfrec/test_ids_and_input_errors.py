@@ -1,0 +1,135 @@
+"""Integer ids outside a plain column's table, and inputs the user can fix (issue 10, items 3-5).
+
+* An id outside [0, vocabulary_size) of a plain integer column is looked up as row 0 (padding,
+  the column's out-of-vocabulary row), in `predict` and in the exported SavedModel alike, instead
+  of failing the batch with `indices[0,0] = 99 is not in [0, 24)`.
+* An id that does not fit the column's int32 Input is an error naming the feature, in the Python
+  API (the export's own range check is tested in tests/exporters); never a wrapped-around id.
+* Features with different row counts, and None / NaN objects in a float feature, are errors naming
+  the features, where they enter the model.
+"""
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+import exporters
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from tfrec.models import DIN
+
+HOURS = 24
+
+
+@pytest.fixture(scope="module")
+def din():
+    columns = [SparseFeat("user_id", 10, 4), SparseFeat("hour", HOURS, 4), SparseFeat("item_id", 8, 4),
+               DenseFeat("price", 1),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 8, 4, embedding_name="item_id"), maxlen=3)]
+    tf.keras.utils.set_random_seed(0)
+    model = DIN(columns, ["item_id"], dnn_hidden_units=(8,), att_hidden_size=(4,), seed=0)
+    model.compile("adam", "binary_crossentropy")
+    rng = np.random.default_rng(0)
+    rows = 64
+    x = {"user_id": rng.integers(1, 10, rows), "hour": rng.integers(0, HOURS, rows), "item_id": rng.integers(1, 8, rows),
+         "price": rng.random(rows).astype("float32"), "hist_item_id": rng.integers(0, 8, (rows, 3))}
+    model.fit(x, rng.integers(0, 2, rows).astype("float32"), batch_size=16, epochs=2, verbose=0)
+    # Make row 0 of the hour table distinct, so "looked up as row 0" is visible in the scores.
+    table = next(layer for layer in model.layers if layer.name == "emb_hour")
+    table.embeddings.assign(tf.random.stateless_normal(table.embeddings.shape, (1, 2)))
+    return model
+
+
+def rows(hours, users=None):
+    n = len(hours)
+    return {"user_id": np.array(users if users is not None else [3] * n), "hour": np.array(hours),
+            "item_id": np.array([2] * n), "price": np.array([0.5] * n, dtype="float32"),
+            "hist_item_id": np.array([[1, 2, 0]] * n)}
+
+
+def test_ids_outside_the_table_score_as_the_out_of_vocabulary_row(din):
+    scores = din.predict(rows([99, 24, -3, 0, 5]), verbose=0)[:, 0]
+    assert scores[0] == scores[1] == scores[2] == scores[3]  # 99, 24 and -3 look up row 0
+    assert scores[4] != scores[0]  # a known hour does not
+    # The whole batch is scored: a known id beside an unknown one keeps its own score.
+    np.testing.assert_allclose(din.predict(rows([5]), verbose=0)[:, 0], scores[4:], rtol=1e-6)
+
+
+def test_training_on_out_of_range_ids_updates_the_out_of_vocabulary_row(din):
+    model = tf.keras.models.clone_model(din)
+    model.set_weights(din.get_weights())
+    model.compile(tf.keras.optimizers.SGD(0.5), "binary_crossentropy")
+    table = next(layer for layer in model.layers if layer.name == "emb_hour")
+    before = table.embeddings.numpy()
+    model.fit(rows([99, 1000]), np.array([1.0, 1.0]), verbose=0)
+    changed = np.flatnonzero(np.any(table.embeddings.numpy() != before, axis=1))
+    assert changed.tolist() == [0]
+
+
+def test_exported_model_scores_out_of_range_ids_as_predict_does(din, tmp_path):
+    path = exporters.export_saved_model(din, str(tmp_path / "din"))
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    feed = rows([99, 24, -3, 0, 5])
+    served = serving(user_id=tf.constant(feed["user_id"], tf.int64), hour=tf.constant(feed["hour"], tf.int64),
+                     item_id=tf.constant(feed["item_id"], tf.int64), price=tf.constant(feed["price"]),
+                     hist_item_id=tf.constant(feed["hist_item_id"], tf.int64))
+    (output,) = served.values()
+    np.testing.assert_allclose(output.numpy().reshape(-1), din.predict(feed, verbose=0)[:, 0], atol=1e-5)
+    # An id that does not fit the int32 Input fails there too, naming the input.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="user_id"):
+        serving(user_id=tf.constant([5, 4294967301], tf.int64), hour=tf.constant([1, 1], tf.int64),
+                item_id=tf.constant([2, 2], tf.int64), price=tf.constant([0.5, 0.5]),
+                hist_item_id=tf.constant([[1, 0, 0], [1, 0, 0]], tf.int64))
+
+
+def test_an_id_that_overflows_int32_is_an_error_naming_the_feature(din):
+    # 4294967301 = 2**32 + 5 would wrap around to id 5 in an int32 Input.
+    with pytest.raises(ValueError, match=r"feature 'user_id' holds 4294967301 \(row 1\), outside the int32 range"):
+        din.predict(rows([1, 1], users=[5, 4294967301]), verbose=0)
+    with pytest.raises(ValueError, match="feature 'user_id' holds 4294967301"):
+        din.fit(rows([1, 1], users=[5, 4294967301]), np.array([1.0, 0.0]), verbose=0)
+
+
+def test_features_with_different_row_counts_are_named_with_their_counts(din):
+    feed = rows([1, 2, 3])
+    feed["item_id"] = np.array([2, 2])
+    with pytest.raises(ValueError, match=r"disagree on the number of rows \(user_id 3, hour 3, item_id 2, "
+                                         r"price 3, hist_item_id 3\)"):
+        din.predict(feed, verbose=0)
+    with pytest.raises(ValueError, match="item_id 2"):
+        din.evaluate(feed, np.array([1.0, 0.0, 1.0]), verbose=0)
+    with pytest.raises(ValueError, match=r"labels of model '.*' have a different number of rows \(labels 2\) "
+                                         r"than its features \(3\)"):
+        din.fit(rows([1, 2, 3]), np.array([1.0, 0.0]), verbose=0)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), "cheap"])
+def test_a_missing_or_text_value_in_a_float_feature_names_the_feature_and_row(din, bad):
+    feed = rows([1, 2, 3])
+    feed["price"] = pd.Series([0.5, bad, 1.0], dtype=object)  # e.g. a CSV column with a gap
+    with pytest.raises(ValueError, match=r"feature 'price' needs float32 numbers, but row 1 holds .*fillna"):
+        din.predict(feed, verbose=0)
+
+
+def test_nan_in_a_float_array_names_the_feature(din):
+    feed = rows([1, 2, 3])
+    feed["price"] = np.array([0.5, 1.0, np.nan], dtype="float32")  # pandas' missing value in a float column
+    with pytest.raises(ValueError, match=r"feature 'price' needs float32 numbers, but row 2 holds NaN"):
+        din.fit(feed, np.array([1.0, 0.0, 1.0]), verbose=0)
+
+
+def test_a_missing_id_in_an_integer_feature_names_the_feature(din):
+    feed = rows([1, 2, 3])
+    feed["hour"] = pd.Series([1, None, 3], dtype=object)
+    with pytest.raises(ValueError, match=r"feature 'hour' needs integer ids, but row 1 holds None"):
+        din.predict(feed, verbose=0)
+    feed["hour"] = np.array([1.0, 2.5, 3.0])
+    with pytest.raises(ValueError, match=r"feature 'hour' needs integer ids, but row 1 holds 2.5"):
+        din.predict(feed, verbose=0)
+
+
+def test_pandas_inputs_and_integral_objects_still_work(din):
+    feed = rows([1, 2, 3])
+    expected = din.predict(feed, verbose=0)
+    feed["price"] = pd.Series([0.5, 0.5, 0.5], dtype=object)
+    feed["user_id"] = pd.Series(feed["user_id"])
+    np.testing.assert_allclose(din.predict(feed, verbose=0), expected, rtol=1e-6)

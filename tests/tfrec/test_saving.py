@@ -1,0 +1,88 @@
+"""`tfrec.load_model` loads a model saved under any name, with tfrec's metrics, in a fresh process.
+
+Regression: `tfrec train --output din_keras && tfrec export --model din_keras` failed with
+`Unable to restore custom object of class "tfrec>AUC"` (`.h5`: `Unknown metric function`),
+because the loading process had imported only `tfrec.layers`, not `tfrec.metrics`.
+"""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from tfrec import metrics
+from tfrec.models import DIN
+
+NAMES = ("din_keras", "din.h5", "din.keras")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("saved")
+    columns = [SparseFeat("user", 4, 4), SparseFeat("item_id", 5, 4), DenseFeat("score", 1),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 5, 4, embedding_name="item_id"), maxlen=3)]
+    model = DIN(columns, ["item_id"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy", metrics=[metrics.AUC(), metrics.LogLoss()])
+    x = {"user": np.array([1, 2, 3, 1]), "item_id": np.array([1, 2, 3, 4]), "score": np.array([0.1, 0.2, 0.3, 0.4]),
+         "hist_item_id": np.array([[1, 2, 0], [3, 0, 0], [4, 1, 2], [0, 0, 0]])}
+    model.fit(x, np.array([1.0, 0.0, 1.0, 0.0]), verbose=0)
+    for name in NAMES:
+        model.save(directory / name)
+    np.savez(directory / "x.npz", **x)
+    np.save(directory / "expected.npy", model.predict(x, verbose=0))
+    return directory
+
+
+def test_load_model_needs_no_other_import_in_a_fresh_process(saved):
+    # Only tfrec.saving is imported: the metrics, layers, LazyAdam and RecModel must all resolve.
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from tfrec.saving import load_model
+        x = dict(np.load({str(saved / "x.npz")!r}))
+        expected = np.load({str(saved / "expected.npy")!r})
+        for name in {NAMES!r}:
+            model = load_model({str(saved)!r} + "/" + name)
+            scores = model.evaluate(x, np.array([1.0, 0.0, 1.0, 0.0]), verbose=0, return_dict=True)
+            assert {{"auc", "logloss"}} <= set(scores), (name, scores)
+            assert type(model.optimizer).__name__ == "LazyAdam", (name, model.optimizer)
+            np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6, err_msg=name)
+            print("loaded", name, type(model.optimizer).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("loaded") == len(NAMES), result.stdout
+
+
+def test_load_model_keeps_the_compiled_metrics(saved):
+    from tfrec import load_model
+
+    loaded = load_model(saved / "din_keras")
+    x = dict(np.load(saved / "x.npz"))
+    results = loaded.evaluate(x, np.array([1.0, 0.0, 1.0, 0.0]), verbose=0, return_dict=True)
+    assert {"auc", "logloss"} <= set(results), results
+
+
+def test_load_model_names_a_missing_path(tmp_path):
+    from tfrec import load_model
+
+    with pytest.raises(FileNotFoundError, match="no saved model at"):
+        load_model(tmp_path / "nothing_here")
+
+
+@pytest.mark.parametrize("name", ["din_keras", "din.h5"])
+def test_tfrec_export_takes_a_model_saved_under_any_name(saved, tmp_path, capsys, name):
+    import tensorflow as tf
+
+    from tfrec.cli import main
+
+    assert main(["export", "--model", str(saved / name), "--export-base", str(tmp_path / "din")]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path == str(tmp_path / "din" / "1")
+    x = dict(np.load(saved / "x.npz"))
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    served = signature(user=tf.constant(x["user"], tf.int64), item_id=tf.constant(x["item_id"], tf.int64),
+                       score=tf.constant(x["score"], tf.float32), hist_item_id=tf.constant(x["hist_item_id"], tf.int64))
+    np.testing.assert_allclose(served["prediction"].numpy().reshape(-1), np.load(saved / "expected.npy").reshape(-1),
+                               atol=1e-5)

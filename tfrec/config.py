@@ -1,0 +1,820 @@
+"""Training on your own data from a small YAML file: `tfrec train|evaluate|export --config run.yaml`.
+
+A run config names the data (CSV or Parquet files, or a glob), the label column(s), the feature
+columns (listed, or "infer": vocabularies built from the training split, with an
+out-of-vocabulary row and a minimum count), the model and its arguments, the train/test split,
+the training settings, where the run's files go and where the SavedModel is exported. Every
+relative path in a config is relative to the directory of the config file. Example configs:
+`examples/ranking_din.yaml`, `examples/multitask_mmoe.yaml`; the reference is docs/own_data.md.
+
+    config = load_config("examples/ranking_din.yaml")
+    model = train(config)          # writes <output>/model.keras and <output>/columns.json
+    report = evaluate(config)      # writes <output>/metrics.json and <output>/calibration.png
+    model, columns = trained(config)   # what `tfrec export --config` exports (tfrec.cli)
+
+Exporting is the CLI's job (`tfrec export --config`): tfrec does not import `exporters`.
+
+Every mistake in a config is a `ConfigError` naming the file and the key.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data", "infer_columns",
+           "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "MODELS"]
+
+RANKING_MODELS = ("DIN",)
+MULTITASK_MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
+MODELS = RANKING_MODELS + MULTITASK_MODELS
+MODEL_FILE = "model.keras"
+COLUMNS_FILE = "columns.json"
+METRICS_FILE = "metrics.json"
+CALIBRATION_FILE = "calibration.png"
+GATES_FILE = "gates.png"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+# --- The config, section by section ---------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """`data:` where the rows are.
+
+    Attributes:
+      train: files (CSV `.csv`/`.csv.gz`/`.tsv`, or Parquet `.parquet`/`.pq`), absolute after
+        loading; each entry may be a glob.
+      test: files of a separate test set; None splits `train` (see `SplitConfig`).
+      sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`); Parquet holds lists.
+    """
+    train: list
+    test: Optional[list] = None
+    sequence_separator: str = "|"
+
+
+@dataclass
+class ColumnsConfig:
+    """`columns:` the features: `infer` (the default) or an explicit list.
+
+    Attributes:
+      infer: build the columns from the training split (True), or use `explicit`.
+      explicit: [{"type": "sparse" | "sequence" | "dense", "name": ..., other SparseFeat /
+        VarLenSparseFeat / DenseFeat arguments}], when `infer` is False.
+      min_count: (infer) values seen fewer times in the training split go to the
+        out-of-vocabulary row.
+      embedding_dim: (infer) every table's dimension.
+      dense: (infer) numeric columns fed as numbers; default: every float column.
+      sequences: (infer) {name: {"maxlen": n}}: list-valued columns (behaviour histories). A
+        sequence `hist_<f>` shares the table of column `<f>` (DeepCTR's naming). Default: the
+        list-valued columns of a Parquet file.
+      exclude: (infer) columns that are neither features nor labels (ids of the row, truths).
+    """
+    infer: bool = True
+    explicit: list = field(default_factory=list)
+    min_count: int = 1
+    embedding_dim: int = 8
+    dense: Optional[list] = None
+    sequences: dict = field(default_factory=dict)
+    exclude: list = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    """`model:` one of `MODELS` and keyword arguments of its builder (`tfrec.models.<name>`)."""
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class SplitConfig:
+    """`split:` the test rows, when `data.test` is not given.
+
+    Attributes:
+      test_fraction: share of rows held out, in (0, 1).
+      order_by: a column (e.g. a timestamp): the last rows by it are the test set; None: random.
+      seed: the random split's seed.
+    """
+    test_fraction: float = 0.2
+    order_by: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """`train:` Keras fit settings (Adam with `learning_rate`)."""
+    epochs: int = 1
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate:` `group`, the column GAUC averages over (e.g. user_id); None: no GAUC."""
+    group: Optional[str] = None
+
+
+@dataclass
+class ExportConfig:
+    """`export:` `base`, the model's --model_base_path; `version` None: the next free one;
+    `extra_outputs`: layer names exported too (ESMM's "cvr")."""
+    base: Optional[str] = None
+    version: Optional[int] = None
+    extra_outputs: list = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: what `load_config` returns. `path` is the config file, `output` the run's folder."""
+    path: str
+    data: DataConfig
+    labels: object  # a column name, a list of names, or {task name: column}
+    model: ModelConfig
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output: str = "runs/run"
+
+    @property
+    def tasks(self):
+        """{task name: label column}; a single label column is task "prediction"."""
+        if isinstance(self.labels, str):
+            return {"prediction": self.labels}
+        if isinstance(self.labels, dict):
+            return dict(self.labels)
+        return {name: name for name in self.labels}
+
+    @property
+    def multitask(self):
+        return self.model.name in MULTITASK_MODELS
+
+    def output_file(self, name):
+        return os.path.join(self.output, name)
+
+
+_SECTIONS = {"data": DataConfig, "columns": ColumnsConfig, "model": ModelConfig, "split": SplitConfig,
+             "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
+_TOP_LEVEL = ("data", "labels", "columns", "model", "split", "train", "evaluate", "export", "output")
+
+
+def _fail(path, key, problem):
+    raise ConfigError(f"{path}: {key}: {problem}")
+
+
+def _check_keys(path, section, given, allowed):
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        where = f"'{section}'" if section else "the top level"
+        _fail(path, f"{section + '.' if section else ''}{unknown[0]}",
+              f"unknown key in {where}; known keys: {', '.join(allowed)}")
+
+
+def _int(path, key, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(path, key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(path, key, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        _fail(path, key, f"must be a number in ({low}, {high}), got {value!r}")
+    return float(value)
+
+
+def _names(path, key, value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        _fail(path, key, f"must be a column name or a list of column names, got {value!r}")
+    return value
+
+
+def _files(path, key, value):
+    """Config paths -> absolute paths (relative ones resolved against the config's folder)."""
+    entries = _names(path, key, value)
+    if not entries:
+        _fail(path, key, "needs a file, a glob or a list of them (CSV or Parquet)")
+    return [_resolve(path, entry) for entry in entries]
+
+
+def _resolve(path, entry):
+    entry = os.path.expanduser(entry)
+    return entry if os.path.isabs(entry) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), entry))
+
+
+def _section(path, raw, name):
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(path, name, f"must be a mapping of keys, got {type(value).__name__} {value!r}")
+    allowed = [f.name for f in dataclasses.fields(_SECTIONS[name])]
+    if name == "columns":
+        allowed = [a for a in allowed if a != "explicit"]
+    _check_keys(path, name, value, allowed)
+    return value
+
+
+def _parse_labels(path, labels):
+    if labels is None:
+        _fail(path, "labels", "is required: the label column, a list of them, or {task name: column}")
+    if isinstance(labels, str) and labels:
+        return labels
+    if isinstance(labels, list) and labels and all(isinstance(v, str) and v for v in labels):
+        return labels
+    if isinstance(labels, dict) and labels and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        return labels
+    _fail(path, "labels", f"must be a column name, a list of column names or {{task: column}}, got {labels!r}")
+
+
+def _parse_columns(path, raw):
+    value = raw.get("columns", "infer")
+    if value == "infer" or value is None:
+        return ColumnsConfig()
+    if isinstance(value, list):
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                _fail(path, f"columns[{i}]", f"must be a mapping with a 'name', got {entry!r}")
+            if entry.get("type") not in _COLUMN_TYPES:
+                _fail(path, f"columns[{i}].type", f"must be one of {', '.join(_COLUMN_TYPES)}, "
+                      f"got {entry.get('type')!r} (column '{entry['name']}')")
+        return ColumnsConfig(infer=False, explicit=value)
+    if not isinstance(value, dict):
+        _fail(path, "columns", f"must be 'infer', a mapping of infer options, or a list of columns, got {value!r}")
+    section = _section(path, raw, "columns")
+    config = ColumnsConfig(**section)
+    if config.infer is not True:
+        _fail(path, "columns.infer", "a mapping of options means infer: true; list the columns instead to "
+              "give them explicitly")
+    _int(path, "columns.min_count", config.min_count, 1)
+    _int(path, "columns.embedding_dim", config.embedding_dim, 1)
+    config.dense = _names(path, "columns.dense", config.dense)
+    config.exclude = _names(path, "columns.exclude", config.exclude) or []
+    if not isinstance(config.sequences, dict):
+        _fail(path, "columns.sequences", f"must map a column to {{maxlen: n}}, got {config.sequences!r}")
+    for name, options in config.sequences.items():
+        options = options or {}
+        if not isinstance(options, dict):
+            _fail(path, f"columns.sequences.{name}", f"must be a mapping like {{maxlen: 20}}, got {options!r}")
+        _check_keys(path, f"columns.sequences.{name}", options, ("maxlen",))
+        if "maxlen" in options:
+            _int(path, f"columns.sequences.{name}.maxlen", options["maxlen"], 1)
+        config.sequences[name] = options
+    return config
+
+
+def load_config(path, output=None, export_base=None):
+    """Reads and checks a run config (YAML).
+
+    Args:
+      path: the YAML file.
+      output: overrides the config's `output` folder (relative to the current directory).
+      export_base: overrides `export.base` (relative to the current directory).
+
+    Returns:
+      A `RunConfig` with absolute paths.
+
+    Raises:
+      ConfigError: the file is missing or not YAML, or a key is unknown, missing or of the wrong
+        kind (the message names the file and the key).
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a run config is a mapping with the keys {', '.join(_TOP_LEVEL)}")
+    _check_keys(path, "", raw, _TOP_LEVEL)
+    if "data" not in raw:
+        _fail(path, "data", "is required: {train: <CSV or Parquet files or a glob>}")
+    data = _section(path, raw, "data")
+    if "train" not in data:
+        _fail(path, "data.train", "is required: CSV or Parquet files or a glob")
+    data = DataConfig(train=_files(path, "data.train", data["train"]),
+                      test=_files(path, "data.test", data["test"]) if data.get("test") else None,
+                      sequence_separator=data.get("sequence_separator", "|"))
+    if "model" not in raw:
+        _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS)}, args: {{...}}}}")
+    model = _section(path, raw, "model")
+    if model.get("name") not in MODELS:
+        _fail(path, "model.name", f"unknown model {model.get('name')!r}; tfrec trains one of {', '.join(MODELS)} "
+              "from a config")
+    if not isinstance(model.get("args", {}) or {}, dict):
+        _fail(path, "model.args", f"must be a mapping of the model's keyword arguments, got {model['args']!r}")
+    model = ModelConfig(name=model["name"], args=dict(model.get("args") or {}))
+    split = SplitConfig(**_section(path, raw, "split"))
+    _number(path, "split.test_fraction", split.test_fraction, 0.0, 1.0)
+    train = TrainConfig(**_section(path, raw, "train"))
+    _int(path, "train.epochs", train.epochs, 1)
+    _int(path, "train.batch_size", train.batch_size, 1)
+    _number(path, "train.learning_rate", train.learning_rate, 0.0, float("inf"))
+    export_section = ExportConfig(**_section(path, raw, "export"))
+    if export_base is not None:
+        export_section.base = os.path.abspath(export_base)
+    elif export_section.base is not None:
+        export_section.base = _resolve(path, export_section.base)
+    if export_section.version is not None:
+        _int(path, "export.version", export_section.version, 1)
+    export_section.extra_outputs = _names(path, "export.extra_outputs", export_section.extra_outputs) or []
+    if output is not None:
+        output = os.path.abspath(output)
+    elif raw.get("output") is not None:
+        if not isinstance(raw["output"], str):
+            _fail(path, "output", f"must be a folder, got {raw['output']!r}")
+        output = _resolve(path, raw["output"])
+    else:
+        output = _resolve(path, os.path.join("runs", os.path.splitext(os.path.basename(path))[0]))
+    config = RunConfig(path=os.path.abspath(path), data=data, labels=_parse_labels(path, raw.get("labels")),
+                       model=model, columns=_parse_columns(path, raw), split=split, train=train,
+                       evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
+                       output=output)
+    if config.model.name in RANKING_MODELS and len(config.tasks) != 1:
+        _fail(path, "labels", f"{config.model.name} has one output: give one label column, got {config.labels!r}")
+    if config.multitask and isinstance(config.labels, str):
+        _fail(path, "labels", f"{config.model.name} is multi-task: give {{task name: column}} or a list of columns")
+    return config
+
+
+# --- Data ----------------------------------------------------------------------------------
+
+
+def _expand(patterns, key, config_path):
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matched = [m for m in matched if os.path.isfile(m)]
+        if not matched:
+            raise ConfigError(f"{config_path}: {key}: no file matches {pattern!r} (relative paths are relative "
+                              "to the config file's folder)")
+        files += matched
+    return files
+
+
+def _read_file(path):
+    import pandas as pd
+
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        try:
+            return pd.read_parquet(path)
+        except ImportError as error:
+            raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
+    if lower.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        return pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",")
+    raise ConfigError(f"{path}: unknown file type; data files are CSV (.csv, .csv.gz, .tsv) or Parquet "
+                      "(.parquet, .pq)")
+
+
+def read_data(files, key="data.train", config_path="config", sequences=(), separator="|"):
+    """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
+
+    A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
+    none); a Parquet cell holds a list already.
+    """
+    import pandas as pd
+
+    frames = [_read_file(f) for f in _expand(files, key, config_path)]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    for name in sequences:
+        if name not in df.columns:
+            raise ConfigError(f"{config_path}: columns.sequences: '{name}' is not a column of the data; its "
+                              f"columns are {list(df.columns)}")
+        df[name] = [_sequence_cell(cell, separator) for cell in df[name].to_numpy()]
+    return df
+
+
+def _sequence_cell(cell, separator):
+    if isinstance(cell, str):
+        return [item for item in cell.split(separator) if item != ""]
+    if cell is None or (isinstance(cell, float) and cell != cell):
+        return []
+    return list(cell)
+
+
+def split_data(df, config):
+    """(train_df, test_df) by `config.split`: the last rows by `order_by`, or a seeded random split."""
+    import numpy as np
+
+    n_test = int(round(len(df) * config.split.test_fraction))
+    if n_test < 1 or n_test >= len(df):
+        raise ConfigError(f"{config.path}: split.test_fraction: {config.split.test_fraction} of {len(df)} rows "
+                          "leaves no training or no test rows")
+    if config.split.order_by is not None:
+        if config.split.order_by not in df.columns:
+            raise ConfigError(f"{config.path}: split.order_by: '{config.split.order_by}' is not a column; the "
+                              f"columns are {list(df.columns)}")
+        order = np.argsort(df[config.split.order_by].to_numpy(), kind="stable")
+    else:
+        order = np.random.default_rng(config.split.seed).permutation(len(df))
+    train_rows, test_rows = np.sort(order[:-n_test]), np.sort(order[-n_test:])
+    return df.iloc[train_rows].reset_index(drop=True), df.iloc[test_rows].reset_index(drop=True)
+
+
+def load_frames(config):
+    """(train_df, test_df) of a config: its test files, or its split of the training files."""
+    columns = config.columns
+    sequences = list(columns.sequences) if columns.infer else \
+        [c["name"] for c in columns.explicit if c["type"] == "sequence"]
+    df = read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator)
+    _check_labels(df, config)
+    if config.data.test:
+        test = read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator)
+        _check_labels(test, config)
+        return df, test
+    return split_data(df, config)
+
+
+def _check_labels(df, config):
+    import numpy as np
+
+    for task, column in config.tasks.items():
+        if column not in df.columns:
+            raise ConfigError(f"{config.path}: labels: '{column}' is not a column of the data; its columns are "
+                              f"{list(df.columns)}")
+        values = df[column].to_numpy()
+        if values.dtype.kind not in "biuf" or np.isnan(values.astype(float)).any():
+            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers 0/1 without gaps, "
+                              f"got {values.dtype} values like {values[:3].tolist()}")
+
+
+# --- Columns -------------------------------------------------------------------------------
+
+_COLUMN_TYPES = ("sparse", "sequence", "dense")
+
+
+def infer_columns(train_df, config):
+    """Feature columns from the training split, by `config.columns` (see `ColumnsConfig`).
+
+    Sparse columns get a vocabulary of the values seen at least `min_count` times (most frequent
+    first); anything else, at training or serving time, is looked up as the out-of-vocabulary row.
+    A column of integer ids >= 1 that no sequence shares stays int64 (served as numbers); other
+    sparse columns are strings (ints are sent as their decimal text). A sequence `hist_<f>`
+    shares `<f>`'s table and vocabulary; its `maxlen` defaults to the longest training row.
+    """
+    from collections import Counter
+
+    import numpy as np
+
+    options, path = config.columns, config.path
+    labels = set(config.tasks.values())
+    for key, names in (("columns.dense", options.dense or []), ("columns.exclude", options.exclude)):
+        for name in names:
+            if name not in train_df.columns:
+                raise ConfigError(f"{path}: {key}: '{name}' is not a column of the data; its columns are "
+                                  f"{list(train_df.columns)}")
+    features = [c for c in train_df.columns if c not in labels and c not in options.exclude]
+    sequences = dict(options.sequences)
+    sequences.update((c, {}) for c in features if c not in sequences and
+                     any(isinstance(v, (list, np.ndarray)) for v in train_df[c].head(20)))
+    dense = options.dense if options.dense is not None else \
+        [c for c in features if c not in sequences and train_df[c].dtype.kind == "f"]
+    sparse = [c for c in features if c not in sequences and c not in dense]
+    tables = {}  # table name -> its columns
+    for name in sparse:
+        tables.setdefault(name, []).append(name)
+    for name in sequences:
+        owner = name[len("hist_"):] if name.startswith("hist_") and name[len("hist_"):] in sparse else name
+        tables.setdefault(owner, []).append(name)
+    columns = []
+    for table, names in tables.items():
+        counts = Counter()
+        integer = True
+        for name in names:
+            values = train_df[name].to_numpy()
+            if name in sequences:
+                flat = [v for cell in values for v in cell]
+                integer = False
+            else:
+                flat = values.tolist()
+                integer = integer and values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
+            counts.update(flat if integer else [str(v) for v in flat if not (isinstance(v, float) and v != v)])
+        kept = [value for value, count in sorted(counts.items(), key=lambda vc: (-vc[1], str(vc[0])))
+                if count >= options.min_count and value not in ("", 0)]
+        if not kept:
+            raise ConfigError(f"{path}: columns.min_count: no value of column '{table}' occurs "
+                              f"{options.min_count} times in the training rows; lower min_count")
+        dtype = "int64" if integer else "string"
+        vocabulary = [int(v) for v in kept] if integer else kept
+        base = SparseFeat(table, None, options.embedding_dim, dtype=dtype, vocabulary=vocabulary)
+        for name in names:
+            if name in sequences:
+                longest = max((len(cell) for cell in train_df[name]), default=1)
+                maxlen = sequences[name].get("maxlen", max(longest, 1))
+                columns.append(VarLenSparseFeat(base._replace(name=name), maxlen=maxlen))
+            else:
+                columns.append(base)
+    columns += [DenseFeat(name, 1) for name in dense]
+    if not columns:
+        raise ConfigError(f"{path}: columns: the data has no feature columns besides the labels")
+    return columns
+
+
+def explicit_columns(config):
+    """The columns a config lists: `type` sparse -> SparseFeat, sequence -> VarLenSparseFeat, dense -> DenseFeat."""
+    columns = []
+    for i, entry in enumerate(config.columns.explicit):
+        kwargs = {k: v for k, v in entry.items() if k not in ("type", "maxlen", "combiner", "length_name")}
+        try:
+            if entry["type"] == "dense":
+                columns.append(DenseFeat(**kwargs))
+            elif entry["type"] == "sparse":
+                columns.append(SparseFeat(**kwargs))
+            else:
+                columns.append(VarLenSparseFeat(SparseFeat(**kwargs), maxlen=entry.get("maxlen"),
+                                                combiner=entry.get("combiner", "mean"),
+                                                length_name=entry.get("length_name")))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{config.path}: columns[{i}] ('{entry['name']}'): {error}") from None
+    return columns
+
+
+def columns_to_json(columns):
+    """A list of feature columns as JSON-ready dicts (no initializers or transform functions)."""
+    out = []
+    for column in columns:
+        if isinstance(column, VarLenSparseFeat):
+            out.append({"type": "sequence", **_sparse_fields(column.sparsefeat), "maxlen": column.maxlen,
+                        "combiner": column.combiner, "length_name": column.length_name})
+        elif isinstance(column, SparseFeat):
+            out.append({"type": "sparse", **_sparse_fields(column)})
+        elif isinstance(column, DenseFeat):
+            if column.transform_fn is not None:
+                raise ValueError(f"column '{column.name}': a transform_fn cannot be written to JSON")
+            out.append({"type": "dense", "name": column.name, "dimension": column.dimension, "dtype": column.dtype})
+        else:
+            raise ValueError(f"column '{column.name}': {type(column).__name__} cannot be written to JSON")
+    return out
+
+
+def _sparse_fields(column):
+    if column.embeddings_initializer is not None:
+        raise ValueError(f"column '{column.name}': an embeddings_initializer cannot be written to JSON")
+    return {"name": column.name, "vocabulary_size": column.vocabulary_size, "embedding_dim": column.embedding_dim,
+            "use_hash": column.use_hash, "vocabulary_path": column.vocabulary_path, "dtype": column.dtype,
+            "embedding_name": column.embedding_name,
+            "vocabulary": None if column.vocabulary is None else list(column.vocabulary)}
+
+
+def columns_from_json(entries):
+    """The inverse of `columns_to_json`."""
+    columns = []
+    for entry in entries:
+        entry = dict(entry)
+        kind = entry.pop("type")
+        if kind == "dense":
+            columns.append(DenseFeat(**entry))
+            continue
+        sequence = {k: entry.pop(k) for k in ("maxlen", "combiner", "length_name") if k in entry}
+        sparse = SparseFeat(**entry)
+        columns.append(VarLenSparseFeat(sparse, **sequence) if kind == "sequence" else sparse)
+    return columns
+
+
+def build_columns(train_df, config):
+    return infer_columns(train_df, config) if config.columns.infer else explicit_columns(config)
+
+
+# --- Steps ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def step(what, out=None):
+    """Prints `what ...` before a long step and `what: done in 12.3 s` after it."""
+    out = out or sys.stdout
+    print(f"{what} ...", file=out, flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"{what}: done in {time.perf_counter() - started:.1f} s", file=out, flush=True)
+
+
+def build_model(config, columns):
+    """The config's model over `columns`, uncompiled (task names from the labels for multi-task)."""
+    import tfrec.models
+
+    args = dict(config.model.args)
+    if config.multitask:
+        args.setdefault("task_names", list(config.tasks))
+        args.setdefault("task_types", ["binary"] * len(config.tasks))
+    elif config.model.name == "DIN":
+        if "history_feature_list" not in args:
+            args["history_feature_list"] = [c.name[len("hist_"):] for c in columns
+                                            if isinstance(c, VarLenSparseFeat) and c.name.startswith("hist_")
+                                            and c.embedding_name == c.name[len("hist_"):]]
+    builder = getattr(tfrec.models, config.model.name)
+    try:
+        return builder(columns, **args)
+    except TypeError as error:
+        raise ConfigError(f"{config.path}: model.args: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"{config.path}: model: {error}") from None
+
+
+def _compile(model, config):
+    import tensorflow as tf
+
+    from tfrec import metrics
+    from tfrec.models import compile_multitask
+
+    optimizer = tf.keras.optimizers.Adam(config.train.learning_rate)
+    if config.multitask:
+        compile_multitask(model, optimizer)
+    else:
+        model.compile(optimizer, "binary_crossentropy", metrics=[metrics.AUC(), metrics.LogLoss()])
+
+
+def _label_columns(config):
+    return config.tasks if config.multitask else next(iter(config.tasks.values()))
+
+
+def train(config, verbose=2, tensorboard=None, out=None):
+    """Trains the config's model on its training split and writes it to `config.output`.
+
+    Writes `model.keras` (load it with `tfrec.load_model`) and `columns.json` (the feature
+    columns, for `evaluate` and `export`).
+
+    Args:
+      verbose: Keras' fit verbosity (1: a progress bar, 2: one line per epoch, 0: silent).
+      tensorboard: a folder for TensorBoard logs, or None.
+
+    Returns:
+      The trained Keras model.
+    """
+    import tensorflow as tf
+
+    from tfrec.data import df_to_dataset
+
+    with step(f"reading {len(config.data.train)} data file(s)", out):
+        train_df, test_df = load_frames(config)
+    print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
+    columns = build_columns(train_df, config)
+    train_df = prepare(train_df, columns)
+    tf.keras.utils.set_random_seed(config.train.seed)
+    model = build_model(config, columns)
+    _compile(model, config)
+    callbacks = []
+    if tensorboard:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
+    dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,
+                            seed=config.train.seed)
+    with step(f"training {config.model.name} for {config.train.epochs} epoch(s)", out):
+        model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks)
+    os.makedirs(config.output, exist_ok=True)
+    with step(f"saving the model to {config.output_file(MODEL_FILE)}", out):
+        model.save(config.output_file(MODEL_FILE))
+        with open(config.output_file(COLUMNS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(columns_to_json(columns), handle, indent=1)
+    return model
+
+
+def prepare(df, columns):
+    """`df` with the gaps of its categorical columns filled as padding ("" or 0), as train,
+    evaluate and export read it. Gaps in a dense column stay: fit/predict refuse them naming it."""
+    df = df.copy()
+    for column in columns:
+        if isinstance(column, SparseFeat) and column.name in df.columns and df[column.name].isna().any():
+            df[column.name] = df[column.name].astype(object).where(df[column.name].notna(), column.padding_value)
+    return df
+
+
+def trained(config):
+    """(model, columns) that `train` wrote for this config."""
+    from tfrec.saving import load_model
+
+    model_file = config.output_file(MODEL_FILE)
+    if not os.path.exists(model_file):
+        raise FileNotFoundError(f"no trained model at {model_file}: run `tfrec train --config {config.path}` first")
+    with open(config.output_file(COLUMNS_FILE), encoding="utf-8") as handle:
+        columns = columns_from_json(json.load(handle))
+    return load_model(model_file), columns
+
+
+def evaluate(config, out=None):
+    """AUC, GAUC and logloss (per task) of the trained model on the test split, plus plots.
+
+    Writes `metrics.json`, `calibration.png` (mean prediction vs. observed rate per score bin)
+    and, for a model with expert gates (MMOE, PLE), `gates.png` (mean gate weight per task and
+    expert) in `config.output`.
+
+    Returns:
+      {"rows": n, "tasks": {task: {"auc", "gauc", "logloss", "mean_prediction", "label_rate"}},
+       "files": {...}}.
+    """
+    import numpy as np
+
+    from tfrec.evaluation import evaluate_binary, predict_frame
+
+    with step("loading the trained model", out):
+        model, columns = trained(config)
+    test_df = prepare(load_frames(config)[1], columns)
+    group = config.evaluate.group
+    if group is not None and group not in test_df.columns:
+        raise ConfigError(f"{config.path}: evaluate.group: '{group}' is not a column; the columns are "
+                          f"{list(test_df.columns)}")
+    report = {"rows": len(test_df), "tasks": {}}
+    scores = {}
+    with step(f"scoring {len(test_df)} test rows", out):
+        for task, label in config.tasks.items():
+            output = task if config.multitask else None
+            result = evaluate_binary(model, test_df, columns, label, group_col=group, output=output)
+            scores[task] = predict_frame(model, test_df, columns, output=output)
+            result["mean_prediction"] = float(np.mean(scores[task]))
+            result["label_rate"] = float(test_df[label].mean())
+            report["tasks"][task] = result
+    files = {"metrics": config.output_file(METRICS_FILE), "calibration": config.output_file(CALIBRATION_FILE)}
+    _calibration_plot(files["calibration"], {t: (test_df[config.tasks[t]].to_numpy(), s) for t, s in scores.items()})
+    gates = _gate_weights(model, test_df, columns)
+    if gates is not None:
+        files["gates"] = config.output_file(GATES_FILE)
+        _gate_heatmap(files["gates"], gates)
+    report["files"] = files
+    os.makedirs(config.output, exist_ok=True)
+    with open(files["metrics"], "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1, default=float)
+    return report
+
+
+def _calibration_plot(path, tasks, bins=10):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 4), squeeze=False)
+    for ax, (task, (labels, scores)) in zip(axes[0], tasks.items()):
+        edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, bins - 1)
+        mean_score = [scores[which == b].mean() for b in range(bins) if (which == b).any()]
+        rate = [labels[which == b].mean() for b in range(bins) if (which == b).any()]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+        ax.plot(mean_score, rate, marker="o", label="model")
+        ax.set(title=f"calibration: {task}", xlabel="mean prediction (score decile)", ylabel="observed rate",
+               xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _gate_weights(model, df, columns):
+    """{gate layer: mean weight per expert} of a model with ExpertGate layers, else None."""
+    import numpy as np
+
+    from tfrec.data import df_to_inputs
+    from tfrec.models import gate_model
+
+    try:
+        gates = gate_model(model)
+    except ValueError:
+        return None
+    weights = gates.predict(df_to_inputs(df, columns), batch_size=4096, verbose=0)
+    return {name: np.asarray(w).mean(axis=0) for name, w in weights.items()}
+
+
+def _gate_heatmap(path, gates):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(gates)
+    width = max(len(w) for w in gates.values())
+    matrix = np.full((len(names), width), np.nan)
+    for i, name in enumerate(names):
+        matrix[i, :len(gates[name])] = gates[name]
+    fig, ax = plt.subplots(figsize=(1.2 * width + 3, 0.6 * len(names) + 1.5))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(width), [f"expert {j}" for j in range(width)])
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(width):
+            if not np.isnan(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="white")
+    ax.set_title("mean gate weight per expert (test rows)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

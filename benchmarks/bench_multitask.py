@@ -36,7 +36,8 @@ JIT_COMPILE = {"tfrec": {}, "tfrec-noxla": dict(jit_compile=False), "deepctr": {
 IMPL_NAMES = {"tfrec": "tfrec (default compile: XLA after the lookups, LazyAdam)",
               "tfrec-noxla": "tfrec (`jit_compile=False`)",
               "deepctr": "DeepCTR (default)", "deepctr-xla": "DeepCTR (`jit_compile=True`)"}
-ADULT_PATH = "../shared/data/uci-adult/adult.data"
+# The UCI file (not shipped): $UCI_ADULT_PATH, else where this workplace keeps it.
+ADULT_PATH = os.environ.get("UCI_ADULT_PATH", "../shared/data/uci-adult/adult.data")
 PLANTED_SPARSE = ("user_id", "item_id", "cate_id", "age_group", "device", "hour")
 PLANTED_DENSE = ("price", "user_activity")
 # task name -> label column; ESMM's ctcvr head is trained on conversion (= click and conversion).

@@ -6,7 +6,7 @@ import pytest
 from feature_columns import DenseFeat, SparseFeat
 from tfrec.data import adult_feature_columns, df_to_inputs, load_adult
 
-ADULT_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "uci-adult", "adult.data")
+ADULT_PATH = os.environ.get("UCI_ADULT_PATH") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "uci-adult", "adult.data")
 
 needs_adult = pytest.mark.skipif(not os.path.isfile(ADULT_PATH), reason="UCI Adult data not present")
 

@@ -3,7 +3,7 @@ synthetic data with known click probabilities (short click histories, long behav
 and the UCI Adult multi-task benchmark."""
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
-from .adult import ADULT_TASKS, DEFAULT_ADULT_PATH, adult_feature_columns, load_adult
+from .adult import ADULT_PATH_VARIABLE, ADULT_TASKS, ADULT_URL, adult_feature_columns, load_adult
 from .behaviour import NEGATIVE_OUTCOME_VALUES, build_din_samples, check_esmm_labels
 from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
                            make_long_history_setting)
@@ -15,7 +15,7 @@ from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalD
                         retrieval_samples, sdm_feature_columns, true_next_item_probabilities)
 
 __all__ = [
-    "ADULT_TASKS", "DEFAULT_ADULT_PATH", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
+    "ADULT_PATH_VARIABLE", "ADULT_TASKS", "ADULT_URL", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
     "NEGATIVE_OUTCOME_VALUES", "SPARSE_USER_SETTINGS",
     "adult_feature_columns", "build_din_samples", "check_esmm_labels", "df_to_dataset", "df_to_inputs",
     "din_feature_columns", "load_adult", "long_history_feature_columns", "make_behaviour_log",

@@ -2,7 +2,8 @@
 
 Task `income`: income > 50K. Task `never_married`: marital-status == Never-married.
 marital-status and relationship are dropped from the inputs (relationship leaks marital status).
-The file is read from the shared data folder, never copied into the repository.
+The data is not shipped: download `adult.data` from the UCI repository (ADULT_URL) and pass its
+path, or set the environment variable UCI_ADULT_PATH.
 Source: Becker & Kohavi (1996), UCI Machine Learning Repository, DOI 10.24432/C5XW20, CC BY 4.0.
 """
 import os
@@ -16,7 +17,8 @@ from feature_columns import DenseFeat, SparseFeat
 
 __all__ = ["ADULT_TASKS", "adult_feature_columns", "load_adult"]
 
-DEFAULT_ADULT_PATH = "../shared/data/uci-adult/adult.data"
+ADULT_PATH_VARIABLE = "UCI_ADULT_PATH"
+ADULT_URL = "https://archive.ics.uci.edu/dataset/2/adult"
 
 # The raw file's columns, with '-' written '_' so they are valid feature / op names.
 _RAW_COLUMNS = [
@@ -31,15 +33,15 @@ _DENSE = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hou
 ADULT_TASKS = {"income": "income", "never_married": "never_married"}
 
 
-def load_adult(path=DEFAULT_ADULT_PATH):
+def load_adult(path=None):
     """Reads adult.data into model-ready columns and the two task labels.
 
     Categorical columns become str columns ('?' -> "unknown") for SparseFeat(vocabulary=...);
     numeric columns are standardised with this frame's mean and std (float32).
 
     Args:
-      path: the UCI `adult.data` file (no header, ", "-separated), by default relative to the
-        working directory (the repository root in tests and benchmarks).
+      path: the UCI `adult.data` file (no header, ", "-separated); None reads the file the
+        environment variable UCI_ADULT_PATH names.
 
     Returns:
       (df, sparse_names, dense_names): df has the sparse and dense columns plus int64 labels
@@ -50,11 +52,12 @@ def load_adult(path=DEFAULT_ADULT_PATH):
       FileNotFoundError: no file at `path`.
       ValueError: the file does not have Adult's 15 columns.
     """
-    if not os.path.isfile(path):
+    path = path or os.environ.get(ADULT_PATH_VARIABLE)
+    if not path or not os.path.isfile(path):
+        where = f"at {os.path.abspath(path)!r}" if path else f"(no path given, {ADULT_PATH_VARIABLE} unset)"
         raise FileNotFoundError(
-            f"UCI Adult data not found at {os.path.abspath(path)!r} (path={path!r}); expected the "
-            "original adult.data (see shared/data/uci-adult/README.md); pass path= to point at it"
-        )
+            f"UCI Adult data not found {where}: download the original adult.data from {ADULT_URL} "
+            f"and pass path= or set {ADULT_PATH_VARIABLE}")
     raw = pd.read_csv(path, header=None, sep=",", skipinitialspace=True, dtype=str,
                       keep_default_na=False, skip_blank_lines=True)
     if raw.shape[1] != len(_RAW_COLUMNS):

@@ -16,6 +16,23 @@ the input, rather than wrapping around. Float and string Inputs keep their dtype
 
 It returns a dict keyed by the model's output names (`model.output_names`, the output layers'
 names) plus any `extra_outputs` layer names; an output of shape (None, 1) is returned as [None].
+
+Beside `serving_default`, the export has signatures over serialized `tf.Example`s, for TF
+Serving's Classify / Regress / MultiInference APIs (and the REST `:classify` / `:regress`):
+
+  * `classify` (method tensorflow/serving/classify): input "inputs" (string [-1], serialized
+    tf.Examples); outputs "scores" float [-1, 2] = [1 - p, p] and "classes" string [-1, 2] =
+    ["0", "1"], p being the model's first output (a [-1, k] output gives its k scores and
+    classes "0".."k-1");
+  * `regress` (method tensorflow/serving/regress): "inputs" -> "outputs" = p, float [-1];
+  * for a model with several outputs, `regress_<output>` for each output of shape [-1].
+
+The examples carry the `serving_default` inputs as features: a scalar input is a required
+feature (FixedLenFeature), a vector of d values a FixedLenFeature([d]), a sequence [-1, -1] a
+variable-length feature right-padded with 0 / "" to the longest one of the request (what a
+client sends `serving_default`); integers are int64_list, floats float_list, strings
+bytes_list. `example_feature_spec` gives that spec. A model whose inputs or outputs do not fit
+is exported with `serving_default` only (logged).
 """
 import feature_columns._legacy_keras  # noqa: F401
 
@@ -23,12 +40,18 @@ import logging
 import os
 
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from exporters import layout, warmup
 
 logger = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
+CLASSIFY_SIGNATURE = "classify"
+REGRESS_SIGNATURE = "regress"
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+REGRESS_METHOD_NAME = "tensorflow/serving/regress"
+EXAMPLE_INPUTS = "inputs"
 
 
 def export_saved_model(model, export_base, version=None, warmup_inputs=None, extra_outputs=(),
@@ -61,18 +84,22 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
         model.refresh_derived_weights()  # e.g. SimHash signatures of the whole item table
     serving_model = _serving_model(model, extra_outputs)
     signature = _serving_function(serving_model)
+    signatures = {SERVING_SIGNATURE: signature}
+    example_signatures, method_names = _example_signatures(
+        signature, signature_input_specs(serving_model), list(model.output_names))
+    signatures.update(example_signatures)
     root = tf.Module()
     root.model = serving_model  # tracks the variables and lookup tables the signature captures
     return write_saved_model_version(
-        export_base, root, {SERVING_SIGNATURE: signature}, version=version,
+        export_base, root, signatures, version=version,
         warmup_inputs=warmup_inputs, model_name=model_name,
-        num_warmup_records=num_warmup_records)
+        num_warmup_records=num_warmup_records, method_names=method_names)
 
 
 def write_saved_model_version(export_base, root, signatures, version=None, warmup_inputs=None,
                               model_name=None,
                               num_warmup_records=warmup.DEFAULT_NUM_WARMUP_RECORDS,
-                              options=None):
+                              options=None, method_names=None):
     """Saves `root` with `signatures` as a new version under `export_base`, atomically.
 
     The shared back end of every exporter: validates the warm-up feeds against
@@ -87,6 +114,9 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
         "serving_default", from whose inputs the warm-up requests are built.
       options: `tf.saved_model.SaveOptions` for `tf.saved_model.save`, e.g.
         `namespace_whitelist=["Scann"]` for a graph with ScaNN's custom ops; None for defaults.
+      method_names: {signature name: SignatureDef method_name} to record instead of the
+        predict method `tf.saved_model.save` gives every signature (e.g.
+        "tensorflow/serving/classify"), so servers checking method names accept them.
       Other arguments: as in `export_saved_model`.
 
     Returns:
@@ -104,6 +134,8 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
 
     with layout.staged_version_dir(export_base, version) as staged:
         tf.saved_model.save(root, staged.staging_dir, signatures=signatures, options=options)
+        if method_names:
+            set_signature_method_names(staged.staging_dir, method_names)
         warmup.write_warmup_file(
             staged.staging_dir,
             [warmup.prediction_log(feed, model_name, SERVING_SIGNATURE) for feed in feeds])
@@ -216,3 +248,137 @@ def _serving_function(serving_model):
                 for name, tensor in outputs.items()}
 
     return serve.get_concrete_function(**signature_input_specs(serving_model))
+
+
+# ---------------------------------------------------------------- tf.Example signatures
+
+
+def set_signature_method_names(export_dir, method_names):
+    """Rewrites the method_name of SignatureDefs in `export_dir`'s saved_model.pb (TF2's
+    `tf.saved_model.save` records every signature as predict), then the fingerprint."""
+    path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with open(path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        for key, method in method_names.items():
+            if key not in meta_graph.signature_def:
+                raise ValueError(f"no signature {key!r} to set the method name of; the "
+                                 f"SavedModel has {sorted(meta_graph.signature_def)}")
+            meta_graph.signature_def[key].method_name = method
+    with open(path, "wb") as f:
+        f.write(saved_model.SerializeToString(deterministic=True))
+    fingerprint = os.path.join(export_dir, "fingerprint.pb")
+    if os.path.exists(fingerprint):
+        try:
+            from tensorflow.python.saved_model import fingerprinting_utils
+
+            fingerprinting_utils.write_fingerprint(export_dir)
+        except Exception as error:  # noqa: BLE001 - a stale fingerprint must not stay
+            logger.warning("Cannot rewrite %s (%s); removing it", fingerprint, error)
+            os.remove(fingerprint)
+
+
+_PARSE_DTYPES = {tf.int64: tf.int64, tf.float32: tf.float32, tf.string: tf.string,
+                 tf.float64: tf.float32, tf.float16: tf.float32, tf.bfloat16: tf.float32,
+                 tf.bool: tf.int64, tf.uint64: tf.int64}
+
+
+def example_feature_spec(input_specs):
+    """The tf.io.parse_example spec that carries a serving signature's inputs
+    ({name: tf.TensorSpec} as `signature_input_specs` gives them) in tf.Examples.
+
+    [-1] -> FixedLenFeature([]) (required), [-1, d1, ...] with known d -> FixedLenFeature of
+    that shape, [-1, -1] -> VarLenFeature (a sequence; densified by `parse_examples`).
+    Raises ValueError for an input a tf.Example cannot carry.
+    """
+    spec = {}
+    for name, tensor_spec in input_specs.items():
+        parse_dtype = _PARSE_DTYPES.get(tensor_spec.dtype)
+        if parse_dtype is None:
+            raise ValueError(f"input {name!r} has dtype {tensor_spec.dtype.name}, which a "
+                             f"tf.Example cannot carry")
+        shape = tensor_spec.shape
+        if shape.rank is None or shape.rank < 1:
+            raise ValueError(f"input {name!r} has shape {shape}, without a batch dimension")
+        if shape.rank == 2 and shape[1] is None:
+            spec[name] = tf.io.VarLenFeature(parse_dtype)
+        elif all(dim is not None for dim in shape[1:]):
+            spec[name] = tf.io.FixedLenFeature(shape[1:].as_list(), parse_dtype)
+        else:
+            raise ValueError(f"input {name!r} has shape {shape}: only [-1], [-1, d...] and "
+                             f"[-1, -1] inputs can be carried by tf.Examples")
+    return spec
+
+
+def parse_examples(serialized, input_specs):
+    """Serialized tf.Examples -> {name: tensor} shaped and typed as the serving signature's
+    inputs: sequences right-padded with 0 / "" to the longest one (at least 1 wide)."""
+    parsed = tf.io.parse_example(serialized, example_feature_spec(input_specs))
+    features = {}
+    for name, tensor_spec in input_specs.items():
+        value = parsed[name]
+        if isinstance(value, tf.SparseTensor):
+            pad = "" if value.dtype == tf.string else tf.zeros([], value.dtype)
+            value = tf.sparse.to_dense(value, default_value=pad)
+            missing = tf.maximum(1 - tf.shape(value)[1], 0)
+            value = tf.pad(value, [[0, 0], [0, missing]], constant_values=pad)
+        if value.dtype != tensor_spec.dtype:
+            value = tf.cast(value, tensor_spec.dtype)
+        features[name] = value
+    return features
+
+
+def _example_signatures(serving, input_specs, output_names):
+    """({name: concrete function}, {name: method_name}) of the classify / regress signatures
+    over `serving` (the serving_default concrete function); ({}, {}) when the model's inputs
+    or outputs do not fit them."""
+    try:
+        example_feature_spec(input_specs)
+    except ValueError as error:
+        logger.warning("No tf.Example signatures (classify / regress) in this export: %s",
+                       error)
+        return {}, {}
+    outputs = serving.structured_outputs
+    first = output_names[0] if output_names and output_names[0] in outputs else None
+    scalar_outputs = [name for name, spec in outputs.items()
+                      if spec.shape.rank == 1 and (spec.dtype.is_floating)]
+    functions, methods = {}, {}
+
+    def parsed_outputs(inputs):
+        return serving(**parse_examples(inputs, input_specs))
+
+    example_input = tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUTS)
+    if first is not None and outputs[first].dtype.is_floating and outputs[first].shape.rank in (1, 2):
+        first_rank = outputs[first].shape.rank
+        num_classes = 2 if first_rank == 1 else outputs[first].shape[1]
+        if num_classes is not None:
+            labels = ["0", "1"] if first_rank == 1 else [str(i) for i in range(num_classes)]
+
+            @tf.function(input_signature=[example_input])
+            def classify(inputs):
+                p = tf.cast(parsed_outputs(inputs)[first], tf.float32)
+                scores = tf.stack([1.0 - p, p], axis=1) if first_rank == 1 else p
+                classes = tf.tile(tf.constant([labels]), [tf.shape(inputs)[0], 1])
+                return {"scores": scores, "classes": classes}
+
+            functions[CLASSIFY_SIGNATURE] = classify.get_concrete_function()
+            methods[CLASSIFY_SIGNATURE] = CLASSIFY_METHOD_NAME
+
+    def regress_function(output):
+        @tf.function(input_signature=[example_input])
+        def regress(inputs):
+            return {"outputs": tf.cast(parsed_outputs(inputs)[output], tf.float32)}
+        return regress.get_concrete_function()
+
+    if first in scalar_outputs:
+        functions[REGRESS_SIGNATURE] = regress_function(first)
+        methods[REGRESS_SIGNATURE] = REGRESS_METHOD_NAME
+    if len(outputs) > 1:
+        for name in scalar_outputs:
+            key = f"{REGRESS_SIGNATURE}_{name}"
+            if key in functions or key == SERVING_SIGNATURE:
+                continue
+            functions[key] = regress_function(name)
+            methods[key] = REGRESS_METHOD_NAME
+    return functions, methods

@@ -3,18 +3,31 @@
 `read_serving_meta_graph` reads the MetaGraphDef tagged {"serve"} without loading anything,
 so a corrupt export is reported precisely; `load_bundle` loads it, after registering ScaNN's
 ops so that retrieval exports with a ScaNN index load too.
+
+Two loaders, one interface (signature key -> callable(**inputs) -> {output alias: tensor}):
+
+* TF2 SavedModels (a MetaGraphDef with an object graph, what `tf.saved_model.save` writes)
+  load with `tf.saved_model.load` and run as their concrete functions.
+* TF1 SavedModels (Estimator exports, `tf.compat.v1.saved_model.Builder`) load as TF
+  Serving loads them: the graph is imported into a private `tf.Graph` and run by a
+  `tf.compat.v1.Session`, feeding the signature's input tensors and fetching its outputs by
+  name. Placeholders keep their own shapes (a `ParseExample` fed by a string placeholder of
+  shape [-1] loads), and a fed tensor is checked only by the ops that consume it, as a C++
+  session does (a [-1,1] placeholder fed a [1] tensor runs if the graph accepts it).
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import functools
 import logging
 import os
+import threading
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from serving.errors import ServingError
 
@@ -64,12 +77,124 @@ def read_serving_meta_graph(export_dir):
         "`saved_model_cli`")
 
 
+def is_tf1_meta_graph(meta_graph):
+    """Whether a MetaGraphDef comes from a TF1 exporter (no TF2 object graph to restore)."""
+    return not (meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes)
+
+
 def load_bundle(export_dir):
     """Loads a SavedModel version: returns (its SignatureDefs by key, the callable signature
-    functions by key). The functions take the inputs as keyword tensors and return a dict of
-    output tensors."""
-    signature_defs = dict(read_serving_meta_graph(export_dir).signature_def)
+    functions by key, the object that owns the loaded state). The functions take the inputs
+    as keyword tensors (or numpy arrays) and return a dict of output tensors."""
+    meta_graph = read_serving_meta_graph(export_dir)
+    signature_defs = dict(meta_graph.signature_def)
     import_scann_ops()  # before the load: a ScaNN export's graph needs its ops registered
+    if is_tf1_meta_graph(meta_graph):
+        session_bundle = SessionBundle(export_dir)
+        return signature_defs, session_bundle.signature_functions(), session_bundle
     loaded = tf.saved_model.load(export_dir, tags=list(SERVING_TAGS))
     functions = dict(loaded.signatures)
     return signature_defs, functions, loaded
+
+
+class SessionBundle:
+    """A TF1 SavedModel loaded in its own graph and session, as TF Serving loads it.
+
+    `signature_functions()` gives, per SignatureDef, a callable with the TF2 path's interface.
+    The session is closed by `close()` or when the bundle is garbage collected.
+    """
+
+    def __init__(self, export_dir, tags=SERVING_TAGS):
+        self.export_dir = export_dir
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        try:
+            with self.graph.as_default():
+                self.meta_graph = tf.compat.v1.saved_model.loader.load(
+                    self.session, list(tags), export_dir)
+        except BaseException:
+            self.session.close()
+            raise
+        self.graph.finalize()
+
+    def signature_functions(self):
+        return {key: _SessionSignatureFunction(self, key, signature)
+                for key, signature in self.meta_graph.signature_def.items()}
+
+    def close(self):
+        self.session.close()
+
+    def __del__(self):
+        try:
+            self.session.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class _SessionSignatureFunction:
+    """One SignatureDef of a SessionBundle: `fn(**inputs) -> {alias: tf.Tensor}`.
+
+    Feeds each given input alias to its tensor name and fetches every output, like TF
+    Serving's Session::Run (an input the graph needs but the call lacks fails in the session
+    with its own message). Inputs the signature does not name are a TypeError, as for a
+    concrete function.
+    """
+
+    def __init__(self, bundle, key, signature):
+        self._bundle = bundle
+        self.key = key
+        self._signature = signature
+        self._callables = {}
+        self._lock = threading.Lock()
+        for kind, infos in (("input", signature.inputs), ("output", signature.outputs)):
+            for alias, info in infos.items():
+                if info.WhichOneof("encoding") != "name":
+                    log.warning("Signature %r of %s: %s %r is a %s tensor; this server feeds "
+                                "and fetches dense tensors only", key, bundle.export_dir,
+                                kind, alias, info.WhichOneof("encoding"))
+
+    def _callable(self, aliases):
+        """A session callable feeding `aliases` (sorted) and fetching every dense output."""
+        with self._lock:
+            found = self._callables.get(aliases)
+            if found is not None:
+                return found
+            feeds = [self._signature.inputs[alias].name for alias in aliases]
+            fed = set(feeds)
+            outputs = sorted(alias for alias, info in self._signature.outputs.items()
+                             if info.WhichOneof("encoding") == "name")
+            fetched = [alias for alias in outputs
+                       if self._signature.outputs[alias].name not in fed]
+            options = config_pb2.CallableOptions(
+                feed=feeds, fetch=[self._signature.outputs[alias].name for alias in fetched])
+            run = self._bundle.session._make_callable_from_options(options)  # noqa: SLF001
+            found = (run, fetched, outputs)
+            self._callables[aliases] = found
+            return found
+
+    def __call__(self, **inputs):
+        unknown = sorted(set(inputs) - set(self._signature.inputs))
+        if unknown:
+            raise TypeError(f"Signature {self.key!r} has no input named {', '.join(unknown)}")
+        for alias in inputs:
+            if self._signature.inputs[alias].WhichOneof("encoding") != "name":
+                raise TypeError(f"Input {alias!r} of signature {self.key!r} is a "
+                                f"{self._signature.inputs[alias].WhichOneof('encoding')} "
+                                f"tensor, which this server cannot feed")
+        aliases = tuple(sorted(inputs))
+        arrays = {alias: _as_numpy(value) for alias, value in inputs.items()}
+        run, fetched, outputs = self._callable(aliases)
+        values = dict(zip(fetched, run(*[arrays[alias] for alias in aliases])))
+        by_name = {self._signature.inputs[alias].name: arrays[alias] for alias in aliases}
+        result = {}
+        for alias in outputs:
+            value = values[alias] if alias in values else by_name[
+                self._signature.outputs[alias].name]
+            result[alias] = tf.constant(value)
+        return result
+
+
+def _as_numpy(value):
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.asarray(value)

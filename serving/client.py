@@ -1,6 +1,6 @@
 """Clients for TF Serving's APIs (ours or the real tensorflow_model_server).
 
-`Client` speaks gRPC, `RestClient` speaks REST; both have the same three methods and the same
+`Client` speaks gRPC, `RestClient` speaks REST; both have the same methods and the same
 return types, and both raise `ServingError` (with `.code`, a `grpc.StatusCode`, and
 `.message`, the server's text):
 
@@ -8,6 +8,12 @@ return types, and both raise `ServingError` (with `.code`, a `grpc.StatusCode`, 
         scores = client.predict("ranker", {"user_id": ["u1", "u2"], "hist_item_id": [[3, 5], [7]]})
         client.metadata("ranker")   # {"serving_default": {"inputs": {...}, "outputs": {...}}}
         client.status("ranker")     # [{"version": 3, "state": "AVAILABLE", ...}]
+        client.classify("ranker", [{"user_id": "u1", "hist_item_id": [3, 5]}])
+                                    # [[("0", 0.31), ("1", 0.69)]]  (label, score) per class
+        client.regress("ranker", df, context={"user_id": "u1"})   # np.array([...], float32)
+        client.multi_inference("ranker", rows, [("classify", "classify"),
+                                                ("regress_ctr", "regress")])   # gRPC only
+        client.reload_config(model_server_config)                            # gRPC only
 
 `predict` takes a dict of lists / numpy arrays, or a pandas DataFrame. Rows of different
 lengths (list-valued cells) become a 2-D array right-padded with 0 (or "" for strings) to the
@@ -19,24 +25,38 @@ e.g. after a new version was loaded).
 
 REST follows TF Serving's REST API: it has no output_filter (outputs are filtered here, with
 the error gRPC gives for an unknown alias), and inputs the signature does not name are
-ignored by the server instead of refused.
+ignored by the server instead of refused. It has no MultiInference and no config reload
+either: `RestClient.multi_inference` / `reload_config` raise UNIMPLEMENTED.
+
+`classify` / `regress` / `multi_inference` send tf.Examples: `examples` is a list of dicts
+{feature: value or list} or a pandas DataFrame (one example per row), `context` an optional
+dict of features shared by every example (Input.example_list_with_context). Python / numpy
+ints and bools become int64_list, floats float_list, str / bytes bytes_list; a missing value
+(None, NaN) leaves the feature out.
+
+Every call is retried on UNAVAILABLE only (the server is not reachable, restarting, or its
+queue is closed), `retries` times with exponential backoff (0.1 s, 0.2 s, ... capped at 2 s);
+every other error is raised at once. `Client` keeps one gRPC channel, `RestClient` one
+keep-alive HTTP connection per thread.
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import http.client
 import json
 import math
 import socket
 import threading
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, inference_pb2,
+                                     model_management_pb2, regression_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -143,13 +163,83 @@ def _status_list(response):
             for status in response.model_version_status]
 
 
+_FIRST_BACKOFF_SECONDS = 0.1
+_MAX_BACKOFF_SECONDS = 2.0
+_METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+
+
+def _examples(examples):
+    """A list of dicts / tf.train.Examples, or a DataFrame, as a list of tf.train.Example."""
+    from serving.json_examples import example_from_dict
+
+    if hasattr(examples, "columns") and hasattr(examples, "to_dict"):
+        examples = examples.to_dict("records")
+    if isinstance(examples, dict):
+        raise TypeError("examples must be a list of dicts (one per example) or a pandas "
+                        "DataFrame, not one dict")
+    out = []
+    for example in examples:
+        if isinstance(example, tf.train.Example):
+            out.append(example)
+        elif hasattr(example, "items"):
+            out.append(example_from_dict(example))
+        else:
+            raise TypeError(f"each example must be a dict of features, got "
+                            f"{type(example).__name__}")
+    return out
+
+
+def _context(context):
+    from serving.json_examples import example_from_dict
+
+    if context is None or isinstance(context, tf.train.Example):
+        return context
+    return example_from_dict(context)
+
+
+def _fill_input(input_proto, examples, context):
+    if context is None:
+        input_proto.example_list.examples.extend(examples)
+    else:
+        input_proto.example_list_with_context.context.CopyFrom(context)
+        input_proto.example_list_with_context.examples.extend(examples)
+
+
+def _classes_list(result):
+    return [[(item.label, float(item.score))
+             for item in classifications.classes]
+            for classifications in result.classifications]
+
+
+def _regressions_array(result):
+    return np.array([item.value for item in result.regressions], dtype=np.float32)
+
+
+def _method_name(method):
+    return _METHODS.get(method, method)
+
+
 class _BaseClient:
     """What both transports share: input conversion, casting, metadata caching."""
 
-    def __init__(self, timeout):
+    def __init__(self, timeout, retries=2):
         self.timeout = timeout
+        self.retries = max(0, int(retries))
         self._signature_maps = {}
         self._cache_lock = threading.Lock()
+
+    def _retrying(self, call):
+        """Runs `call()`, retrying on UNAVAILABLE only, with exponential backoff."""
+        delay = _FIRST_BACKOFF_SECONDS
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except ServingError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+        raise AssertionError("unreachable")
 
     def _signature_def_map(self, model_name, version, version_label, timeout):
         key = (model_name, version, version_label)
@@ -224,6 +314,51 @@ class _BaseClient:
         timeout = self.timeout if timeout is None else timeout
         return _status_list(self._fetch_status(model_name, version, timeout))
 
+    def classify(self, model_name, examples, context=None, signature_name=None, version=None,
+                 version_label=None, timeout=None):
+        """Runs a Classify call on tf.Examples; returns, per example, its classes as a list
+        of (label, score) pairs (label "" / score 0.0 when the signature lacks classes /
+        scores, as TF Serving's REST API writes them).
+
+        Args:
+          examples: a list of dicts {feature: value or list} or a pandas DataFrame.
+          context: optional dict of features shared by every example.
+          signature_name: a classify signature (default "serving_default").
+          Others: as in `predict`.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        return self._classify(model_name, _examples(examples), _context(context),
+                              signature_name or "", version, version_label, timeout)
+
+    def regress(self, model_name, examples, context=None, signature_name=None, version=None,
+                version_label=None, timeout=None):
+        """Runs a Regress call on tf.Examples; returns a float32 array, one value per example.
+        Arguments as in `classify`."""
+        timeout = self.timeout if timeout is None else timeout
+        return self._regress(model_name, _examples(examples), _context(context),
+                             signature_name or "", version, version_label, timeout)
+
+    def multi_inference(self, model_name, examples, tasks, context=None, version=None,
+                        version_label=None, timeout=None):
+        """Runs several classify / regress signatures of one model on the same tf.Examples in
+        one MultiInference call (gRPC only: TF Serving's REST API has none).
+
+        Args:
+          tasks: [(signature_name, "classify" | "regress" | a full method name), ...].
+        Returns:
+          one result per task, in order: classify -> as `classify`, regress -> as `regress`.
+        """
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                           "MultiInference is not part of TF Serving's REST API; use the gRPC "
+                           "Client")
+
+    def reload_config(self, config, timeout=None):
+        """Replaces the server's model config (ModelService.HandleReloadConfigRequest; gRPC
+        only). `config`: a ModelServerConfig, or its text format."""
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                           "TF Serving's REST API cannot reload the model config; use the "
+                           "gRPC Client")
+
     def close(self):
         pass
 
@@ -240,10 +375,11 @@ class Client(_BaseClient):
     Args:
       target: "host:port" of the gRPC server.
       timeout: default seconds per call.
+      retries: how many times a call failing with UNAVAILABLE is retried (with backoff).
     """
 
-    def __init__(self, target, timeout=10.0):
-        super().__init__(timeout)
+    def __init__(self, target, timeout=10.0, retries=2):
+        super().__init__(timeout, retries)
         self.target = target
         self._channel = grpc.insecure_channel(
             target, options=[("grpc.max_receive_message_length", -1),
@@ -261,12 +397,57 @@ class Client(_BaseClient):
         if signature_name:
             spec.signature_name = signature_name
 
-    @staticmethod
-    def _call(method, request, timeout):
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as error:
-            raise ServingError(error.code(), error.details() or "") from None
+    def _call(self, method, request, timeout):
+        def once():
+            try:
+                return method(request, timeout=timeout)
+            except grpc.RpcError as error:
+                raise ServingError(error.code(), error.details() or "") from None
+        return self._retrying(once)
+
+    def _classify(self, model_name, examples, context, signature_name, version,
+                  version_label, timeout):
+        request = classification_pb2.ClassificationRequest()
+        self._fill_spec(request.model_spec, model_name, version, version_label, signature_name)
+        _fill_input(request.input, examples, context)
+        return _classes_list(self._call(self._predictions.Classify, request, timeout).result)
+
+    def _regress(self, model_name, examples, context, signature_name, version,
+                 version_label, timeout):
+        request = regression_pb2.RegressionRequest()
+        self._fill_spec(request.model_spec, model_name, version, version_label, signature_name)
+        _fill_input(request.input, examples, context)
+        return _regressions_array(self._call(self._predictions.Regress, request,
+                                             timeout).result)
+
+    def multi_inference(self, model_name, examples, tasks, context=None, version=None,
+                        version_label=None, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        request = inference_pb2.MultiInferenceRequest()
+        for signature_name, method in tasks:
+            task = request.tasks.add(method_name=_method_name(method))
+            self._fill_spec(task.model_spec, model_name, version, version_label,
+                            signature_name or "")
+        _fill_input(request.input, _examples(examples), _context(context))
+        response = self._call(self._predictions.MultiInference, request, timeout)
+        return [_classes_list(result.classification_result)
+                if result.WhichOneof("result") == "classification_result"
+                else _regressions_array(result.regression_result)
+                for result in response.results]
+
+    def reload_config(self, config, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        request = model_management_pb2.ReloadConfigRequest()
+        if isinstance(config, str):
+            from google.protobuf import text_format
+
+            text_format.Parse(config, request.config)
+        else:
+            request.config.CopyFrom(config)
+        response = self._call(self._models.HandleReloadConfigRequest, request, timeout)
+        if response.status.error_code:
+            raise ServingError(status_code_of_number(response.status.error_code),
+                               response.status.error_message)
 
     def _fetch_signature_def_map(self, model_name, version, version_label, timeout):
         request = get_model_metadata_pb2.GetModelMetadataRequest(
@@ -298,16 +479,29 @@ class Client(_BaseClient):
 
 
 class RestClient(_BaseClient):
-    """REST client of TF Serving's HTTP API (urllib only); same methods as `Client`.
+    """REST client of TF Serving's HTTP API (http.client, one keep-alive connection per
+    thread); same methods as `Client` (multi_inference and reload_config raise UNIMPLEMENTED,
+    as TF Serving's REST API has neither).
 
     Args:
       base_url: "http://host:port".
       timeout: default seconds per call.
+      retries: how many times a call failing with UNAVAILABLE is retried (with backoff).
     """
 
-    def __init__(self, base_url, timeout=10.0):
-        super().__init__(timeout)
+    def __init__(self, base_url, timeout=10.0, retries=2):
+        super().__init__(timeout, retries)
         self.base_url = base_url.rstrip("/")
+        parsed = urllib.parse.urlsplit(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"base_url must be http://host:port or https://host:port, got "
+                             f"{base_url!r}")
+        self._scheme = parsed.scheme
+        self._host = parsed.hostname
+        self._port = parsed.port
+        self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
 
     def _url(self, model_name, version, version_label, suffix=""):
         url = f"{self.base_url}/v1/models/{urllib.parse.quote(model_name, safe='')}"
@@ -317,29 +511,98 @@ class RestClient(_BaseClient):
             url += f"/labels/{urllib.parse.quote(version_label, safe='')}"
         return url + suffix
 
+    def _connection(self, timeout):
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            kind = (http.client.HTTPSConnection if self._scheme == "https"
+                    else http.client.HTTPConnection)
+            connection = kind(self._host, self._port, timeout=timeout)
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def _drop_connection(self):
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+
     def _request(self, url, timeout, body=None):
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            text = error.read().decode("utf-8", errors="replace")
+        return self._retrying(lambda: self._request_once(url, timeout, data))
+
+    def _request_once(self, url, timeout, data):
+        parts = urllib.parse.urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        method = "GET" if data is None else "POST"
+        headers = {"Content-Type": "application/json"}
+        for attempt in range(2):
+            connection = self._connection(timeout)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, target, body=data, headers=headers)
+                response = connection.getresponse()
+                status, text = response.status, response.read()
+                if response.will_close:
+                    connection.close()
+                break
+            except (socket.timeout, TimeoutError):
+                self._drop_connection()
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"no answer from {url} within {timeout} s") from None
+            except (http.client.RemoteDisconnected, http.client.BadStatusLine,
+                    ConnectionResetError, BrokenPipeError) as error:
+                self._drop_connection()
+                if reused and attempt == 0:
+                    continue  # the server closed an idle keep-alive connection: reconnect
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"cannot reach {url}: {error}") from None
+            except (OSError, http.client.HTTPException) as error:
+                self._drop_connection()
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"cannot reach {url}: {error}") from None
+        text = text.decode("utf-8", errors="replace")
+        if status >= 400:
             try:
                 message = json.loads(text)["error"]
             except (ValueError, KeyError, TypeError):
-                message = text or str(error)
-            raise ServingError(status_code_of_http(error.code), message) from None
-        except (socket.timeout, TimeoutError):
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               f"no answer from {url} within {timeout} s") from None
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, (socket.timeout, TimeoutError)):
-                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   f"no answer from {url} within {timeout} s") from None
-            raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                               f"cannot reach {url}: {error.reason}") from None
+                message = text or f"HTTP {status}"
+            raise ServingError(status_code_of_http(status), message)
+        return json.loads(text)
+
+    def _classify_regress_body(self, examples, context, signature_name):
+        from serving.json_examples import examples_json
+
+        body = {"examples": examples_json(examples)}
+        if signature_name:
+            body["signature_name"] = signature_name
+        if context is not None:
+            body["context"] = examples_json([context])[0]
+        return body
+
+    def _classify(self, model_name, examples, context, signature_name, version,
+                  version_label, timeout):
+        answer = self._request(self._url(model_name, version, version_label, ":classify"),
+                               timeout, self._classify_regress_body(examples, context,
+                                                                    signature_name))
+        return [[(str(label), float(score)) for label, score in classes]
+                for classes in answer["results"]]
+
+    def _regress(self, model_name, examples, context, signature_name, version,
+                 version_label, timeout):
+        answer = self._request(self._url(model_name, version, version_label, ":regress"),
+                               timeout, self._classify_regress_body(examples, context,
+                                                                    signature_name))
+        return np.asarray(answer["results"], dtype=np.float32)
+
+    def close(self):
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
 
     def _fetch_signature_def_map(self, model_name, version, version_label, timeout):
         body = self._request(self._url(model_name, version, version_label, "/metadata"), timeout)

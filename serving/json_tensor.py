@@ -55,7 +55,8 @@ def _value_text(value):
     return text
 
 
-def _json_type(value):
+def json_type(value):
+    """A JSON value's type as rapidjson names it in TF Serving's messages."""
     if value is None:
         return "Null"
     if value is True:
@@ -76,7 +77,7 @@ def _is_number(value):
 
 
 def _type_error(value, dtype):
-    return invalid_argument(f"JSON Value: {_value_text(value)} Type: {_json_type(value)} is "
+    return invalid_argument(f"JSON Value: {_value_text(value)} Type: {json_type(value)} is "
                             f"not of expected type: {dtype_string(dtype)}")
 
 
@@ -279,6 +280,40 @@ def _columns(doc, infos):
     return arrays
 
 
+def _parse_json_int(text):
+    """A JSON integer as RapidJSON (TF Serving's parser) reads it: an int while it fits in
+    64 bits, else a double; one beyond any double is a parse error. Python's int() would
+    refuse more than 4300 digits with a ValueError that is not a JSONDecodeError."""
+    digits = len(text) - (text[0] == "-")
+    if digits <= 20:
+        value = int(text)
+        if -2**63 <= value < 2**64:
+            return value
+    value = float(text)
+    if math.isinf(value):
+        raise invalid_argument("JSON Parse error: Number too big to be stored in double")
+    return value
+
+
+def parse_json_body(body):
+    """A REST request body (bytes or str) as a JSON document, with TF Serving's "JSON Parse
+    error" messages (INVALID_ARGUMENT) for text that is not JSON, not UTF-8, nested too
+    deeply, or holds a number too big for a double."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+    except UnicodeDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
+                               f"{error.start}") from None
+    if not text.strip():
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        return json.loads(text, parse_int=_parse_json_int)
+    except json.JSONDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+
+
 def parse_predict_request(body, input_infos):
     """Parses a REST `:predict` body.
 
@@ -290,19 +325,7 @@ def parse_predict_request(body, input_infos):
     Returns:
       (signature_name, {alias: np.ndarray}, ROW or COLUMNAR).
     """
-    try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-    except UnicodeDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
-                               f"{error.start}") from None
-    if not text.strip():
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
-    except RecursionError:
-        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    doc = parse_json_body(body)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     signature_name = doc.get("signature_name", "")

@@ -124,6 +124,14 @@ class BatchingOptions:
                 raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
 
 
+class BatcherClosed(ServingError):
+    """Submitted to a Batcher that was closed (its version is being unloaded); the caller
+    still holding the version may run the request alone."""
+
+    def __init__(self, message):
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+
+
 class _Task:
     """One request waiting in a batch queue."""
 
@@ -186,12 +194,15 @@ class Batcher:
         task = _Task(inputs, rows, key)
         with self._cond:
             if self._closed:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   f"{self._name}: the model version is being unloaded")
-            if self._queued_rows + rows > limit * self._options.max_enqueued_batches:
+                raise BatcherClosed(f"{self._name}: the model version is being unloaded")
+            capacity = limit * self._options.max_enqueued_batches
+            if self._queued_rows + rows > capacity:
+                # TF 2.20's SharedBatchScheduler answers UNAVAILABLE (shared_batch_scheduler.h)
                 raise ServingError(
                     grpc.StatusCode.UNAVAILABLE,
-                    "The batch scheduling queue to which this task was submitted is full")
+                    f"The batch scheduling queue to which this task was submitted is full; "
+                    f"task size is {rows} but scheduling capacity is only "
+                    f"{capacity - self._queued_rows}")
             self._queue.append(task)
             self._queued_rows += rows
             self._cond.notify_all()
@@ -199,6 +210,10 @@ class Batcher:
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    @property
+    def threads(self):
+        return list(self._threads)
 
     def close(self):
         """Stops the workers after the queued requests have run."""

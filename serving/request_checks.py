@@ -6,8 +6,8 @@ TensorProto within the server's limits. Messages and codes are TF Serving 2.20's
 import grpc
 
 from serving.errors import invalid_argument
-from serving.tensors import (TensorProtoError, dtype_of_array, dtype_string, ndarray_from_proto,
-                             shape_of, shape_string)
+from serving.tensors import (TensorProtoError, checked_size, dtype_of_array, dtype_string,
+                             ndarray_from_proto, shape_of, shape_string)
 
 
 def _joined(names):
@@ -97,3 +97,68 @@ def decode_request_tensor(alias, proto):
         return ndarray_from_proto(proto)
     except TensorProtoError as error:
         raise invalid_argument(f"tensor parsing error: {alias} ({error})") from None
+
+
+def request_shapes(request_inputs):
+    """{alias: dims} of a request's TensorProtos, read from their headers without decoding
+    anything; an unsupported dtype, an invalid shape or a tensor beyond the per-tensor size
+    guard is INVALID_ARGUMENT naming the alias."""
+    shapes = {}
+    for alias, proto in sorted(request_inputs.items()):
+        try:
+            shapes[alias] = checked_size(proto)[1]
+        except TensorProtoError as error:
+            raise invalid_argument(f"tensor parsing error: {alias} ({error})") from None
+    return shapes
+
+
+def _count(dims):
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count
+
+
+def check_request_elements(shapes, max_elements):
+    """The elements every input of one request declares, together, against the server's cap
+    (--max_request_elements; None: no cap). tfrec's own guard, before anything is decoded: a
+    441-byte request may declare 10^8 elements, which TF Serving would allocate."""
+    if max_elements is None:
+        return
+    total = sum(_count(dims) for dims in shapes.values())
+    if total > max_elements:
+        sizes = ", ".join(f"{alias}: {shape_string(dims)}" for alias, dims in sorted(
+            shapes.items(), key=lambda item: -_count(item[1]))[:4])
+        raise invalid_argument(
+            f"The request's inputs hold {total} elements, more than the {max_elements} this "
+            f"server accepts in one request (--max_request_elements); largest inputs: {sizes}")
+
+
+def check_batch_sizes(signature, shapes):
+    """Every input of a batch-major signature has the same 0th dimension (tfrec's own check).
+
+    Applies when every input of the signature declares a known rank >= 1 with a leading -1
+    (the batch dimension); among the request's inputs fed with that same rank, the 0th
+    dimensions must agree, else INVALID_ARGUMENT naming the inputs and their sizes. An input
+    fed with another rank is left to the model to judge (TF Serving feeds it as it is).
+    """
+    declared = {}
+    for alias, info in signature.inputs.items():
+        if info.WhichOneof("encoding") != "name":
+            return
+        dims = shape_of(info.tensor_shape)
+        if not dims or dims[0] != -1:
+            return
+        declared[alias] = dims
+    sizes = {alias: dims[0] for alias, dims in shapes.items()
+             if alias in declared and len(dims) == len(declared[alias])}
+    if len(set(sizes.values())) > 1:
+        by_size = {}
+        for alias, size in sorted(sizes.items()):
+            by_size.setdefault(size, []).append(alias)
+        groups = "; ".join(f"{','.join(aliases)}: {size}"
+                           for size, aliases in sorted(by_size.items(),
+                                                       key=lambda item: -len(item[1])))
+        raise invalid_argument(
+            f"The inputs of a request must have the same batch size (0th dimension), as the "
+            f"signature declares a leading batch dimension for every input; got {groups}")

@@ -15,15 +15,24 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from exporters import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from exporters import WARMUP_DIR, WARMUP_FILE
+from serving import inference
 from serving.bundle import load_bundle
 from serving.errors import ServingError, error_from_tf, failed_precondition, invalid_argument
-from serving.request_checks import (MODEL_FAILURE_CODES, check_input_aliases, check_input_tensor,
-                                    decode_request_tensor, resolve_output_filter)
-from serving.tensors import ndarray_to_proto
+from serving.batching import Batcher, BatcherClosed
+from serving.request_checks import (MODEL_FAILURE_CODES, check_batch_sizes, check_input_aliases,
+                                    check_input_tensor, check_request_elements,
+                                    decode_request_tensor, request_shapes,
+                                    resolve_output_filter)
+from serving.tensors import (default_max_request_elements, ndarray_to_proto,
+                             release_memory_after)
 
 log = logging.getLogger("serving.servable")
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
+
+
+def _array_bytes(arrays):
+    return sum(getattr(array, "nbytes", 0) for array in arrays)
 
 
 class ServableVersion:
@@ -34,16 +43,25 @@ class ServableVersion:
       version: version number (the numeric directory name).
       path: the version directory (a SavedModel with a {"serve"} MetaGraphDef).
       batching: `serving.batching.BatchingOptions`, or None to run each request alone.
+      max_request_elements: the elements all inputs of one request may hold together
+        (--max_request_elements); None: `tensors.default_max_request_elements()`.
+
+    `close()` (on unload) stops the batchers; a request that still holds the version (it
+    resolved it before the unload, as a TF Serving request holds a ServableHandle) runs alone
+    on it, and no batcher is made again.
     """
 
-    def __init__(self, name, version, path, batching=None):
+    def __init__(self, name, version, path, batching=None, max_request_elements=None):
         self.name = name
         self.version = version
         self.path = path
+        self.max_request_elements = (default_max_request_elements()
+                                     if max_request_elements is None else max_request_elements)
         self.signature_defs, self._functions, self._loaded = load_bundle(path)
         self._batching = batching
         self._batchers = {}
         self._batchers_lock = threading.Lock()
+        self._closed = False
 
     def signature_def(self, signature_name):
         """The SignatureDef named `signature_name` ("" = serving_default), or
@@ -63,6 +81,9 @@ class ServableVersion:
         name = signature_name or DEFAULT_SIGNATURE
         signature = self.signature_def(name)
         check_input_aliases(signature, inputs.keys())
+        shapes = {alias: list(getattr(array, "shape", ())) for alias, array in inputs.items()}
+        check_request_elements(shapes, self.max_request_elements)
+        check_batch_sizes(signature, shapes)
         inputs = dict(inputs)
         for alias in signature.inputs:
             if alias not in inputs:
@@ -72,32 +93,41 @@ class ServableVersion:
             check_input_tensor(alias, signature.inputs[alias], inputs[alias])
             for alias in sorted(inputs)) if note]
         try:
-            if self._batching is None:
-                outputs = self.run(name, inputs)
-            else:
-                outputs = self._batcher(name).submit(inputs)
+            outputs = self._run_maybe_batched(name, inputs)
         except ServingError as error:
             if not shape_notes or error.code not in MODEL_FAILURE_CODES:
                 raise
             # Fed as TF Serving feeds it, the model rejected an input of another shape than
             # its signature declares: say which one.
             raise invalid_argument(f"{error.message} ({'; '.join(shape_notes)})") from None
+        finally:
+            release_memory_after(_array_bytes(inputs.values()))
         return {alias: outputs[alias] for alias in wanted}
 
     def predict_proto(self, request):
         """Answers a PredictRequest with a PredictResponse, exactly as TF Serving fills it."""
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        check_input_aliases(self.signature_def(name), request.inputs.keys())
-        inputs = {alias: decode_request_tensor(alias, proto)
-                  for alias, proto in request.inputs.items()}
-        outputs = self.predict(name, inputs, list(request.output_filter))
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.signature_name = name
-        response.model_spec.version.value = self.version
-        for alias, array in outputs.items():
-            response.outputs[alias].CopyFrom(ndarray_to_proto(array))
-        return response
+        inputs, outputs = {}, {}
+        try:
+            signature = self.signature_def(name)
+            check_input_aliases(signature, request.inputs.keys())
+            # From the shapes alone, before a byte is allocated: the element cap, then the
+            # batch sizes (a 441-byte proto may declare 10^8 elements).
+            shapes = request_shapes(request.inputs)
+            check_request_elements(shapes, self.max_request_elements)
+            check_batch_sizes(signature, shapes)
+            for alias, proto in request.inputs.items():
+                inputs[alias] = decode_request_tensor(alias, proto)
+            outputs = self.predict(name, inputs, list(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.signature_name = name
+            response.model_spec.version.value = self.version
+            for alias, array in outputs.items():
+                response.outputs[alias].CopyFrom(ndarray_to_proto(array))
+            return response
+        finally:
+            release_memory_after(_array_bytes(inputs.values()) + _array_bytes(outputs.values()))
 
     def run(self, signature_name, inputs):
         """Runs one signature on checked inputs (alias -> np.ndarray); returns every output
@@ -115,13 +145,26 @@ class ServableVersion:
             return {alias: np.asarray(tensor.numpy()) for alias, tensor in outputs.items()}
         except tf.errors.OpError as error:
             raise error_from_tf(error) from None
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise invalid_argument(str(error)) from None
 
-    def _batcher(self, signature_name):
-        from serving.batching import Batcher
+    def _run_maybe_batched(self, signature_name, inputs):
+        if self._batching is None:
+            return self.run(signature_name, inputs)
+        batcher = self._batcher(signature_name)
+        if batcher is not None:
+            try:
+                return batcher.submit(inputs)
+            except BatcherClosed:
+                pass  # unloaded meanwhile
+        # The version is being unloaded: this request resolved it before, and runs alone.
+        return self.run(signature_name, inputs)
 
+    def _batcher(self, signature_name):
+        """The signature's Batcher, made on first use; None once the version is closed."""
         with self._batchers_lock:
+            if self._closed:
+                return None
             batcher = self._batchers.get(signature_name)
             if batcher is None:
                 batcher = Batcher(lambda inputs: self.run(signature_name, inputs),
@@ -169,19 +212,33 @@ class ServableVersion:
         except protobuf_message.DecodeError as error:
             return f"Failed to parse warmup record: {error}"
         kind = prediction_log.WhichOneof("log_type")
-        if kind != "predict_log":
-            return f"{kind or 'an empty'} record; this server replays predict_log records only"
         try:
-            self.predict_proto(prediction_log.predict_log.request)
+            if kind == "predict_log":
+                self.predict_proto(prediction_log.predict_log.request)
+            elif not inference.replay_warmup_log(self, prediction_log):
+                return f"{kind or 'an empty'} record: not a predict, classify, regress or " \
+                       f"multi_inference log"
         except ServingError as error:
             return f"{error.code.name}: {error.message}"
         except Exception as error:  # noqa: BLE001 - a bad record must not fail the load
             return f"{type(error).__name__}: {error}"
         return None
 
-    def close(self):
-        """Stops this version's batchers; the SavedModel is freed with the last reference."""
+    @property
+    def closed(self):
+        return self._closed
+
+    def batcher_threads(self):
+        """The worker threads of this version's batchers (none once closed)."""
         with self._batchers_lock:
+            return [thread for batcher in self._batchers.values()
+                    for thread in batcher.threads]
+
+    def close(self):
+        """Stops this version's batchers for good; the SavedModel is freed with the last
+        reference. Requests still holding the version run alone afterwards."""
+        with self._batchers_lock:
+            self._closed = True
             batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             batcher.close()

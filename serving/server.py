@@ -38,16 +38,31 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from exporters import read_model_config
+from serving import inference, monitoring, rest
 from serving.batching import BatchingOptions
-from serving.server_core import ServerCore, single_model_config, validate_config
-from serving.servable import metadata_response
 from serving.errors import ServingError, invalid_argument
 from serving.rest import RestServer
+from serving.servable import metadata_response
+from serving.server_core import ServerCore, single_model_config, validate_config
+from serving.tensors import release_memory_after
 
 log = logging.getLogger("serving.server")
 
 _MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving lifts gRPC's 4 MB default the same way
 _SIGNATURE_DEF_FIELD = "signature_def"
+
+
+_ERROR_MESSAGE_LIMIT = 1024  # bytes, TF Serving's ToGRPCStatus (grpc_status_util.cc)
+
+
+def grpc_error_message(message):
+    """A status message as TF Serving sends it: cut at 1,024 bytes + "...TRUNCATED" (so that
+    it fits in gRPC's 8 KB trailing metadata; a longer one reaches the client as
+    RESOURCE_EXHAUSTED "Stream removed"). The cut never splits a UTF-8 character."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= _ERROR_MESSAGE_LIMIT:
+        return message
+    return data[:_ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
 
 
 def _rpc(response_type):
@@ -59,13 +74,15 @@ def _rpc(response_type):
                 return method(self, request, context)
             except ServingError as error:
                 context.set_code(error.code)
-                context.set_details(error.message)
+                context.set_details(grpc_error_message(error.message))
             except Exception as error:  # noqa: BLE001 - no request may take the server down
                 log.exception("%s failed", method.__name__)
                 context.set_code(grpc.StatusCode.INTERNAL)
-                context.set_details(f"{type(error).__name__}: {error}")
+                context.set_details(grpc_error_message(f"{type(error).__name__}: {error}"))
+            finally:
+                release_memory_after(request.ByteSize())  # a big request, served or not
             return response_type()
-        return wrapper
+        return monitoring.recorded(wrapper)
     return decorate
 
 
@@ -104,15 +121,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_rpc(classification_pb2.ClassificationResponse)
     def Classify(self, request, context):
-        raise _unimplemented("Classify")
+        _require_model_spec(request)
+        return inference.classify(self._core.servable(request.model_spec), request)
 
     @_rpc(regression_pb2.RegressionResponse)
     def Regress(self, request, context):
-        raise _unimplemented("Regress")
+        _require_model_spec(request)
+        return inference.regress(self._core.servable(request.model_spec), request)
 
     @_rpc(inference_pb2.MultiInferenceResponse)
     def MultiInference(self, request, context):
-        raise _unimplemented("MultiInference")
+        return inference.multi_inference(self._core, request)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -148,13 +167,10 @@ def _bool_flag(text):
 # names each one given. name -> argparse type (_bool_flag flags may be given without a value).
 _IGNORED_TF_SERVING_FLAGS = {
     "grpc_socket_path": str,
-    "rest_api_num_threads": int,
     "rest_api_enable_cors_support": _bool_flag,
     "enable_per_model_batching_parameters": _bool_flag,
     "num_load_threads": int,
     "num_unload_threads": int,
-    "max_num_load_retries": int,
-    "load_retry_interval_micros": int,
     "flush_filesystem_caches": _bool_flag,
     "tensorflow_session_parallelism": int,
     "tensorflow_session_config_file": str,
@@ -165,12 +181,10 @@ _IGNORED_TF_SERVING_FLAGS = {
     "platform_config_file": str,
     "per_process_gpu_memory_fraction": float,
     "num_request_iterations_for_warmup": int,
-    "monitoring_config_file": str,
     "remove_unused_fields_from_bundle_metagraph": _bool_flag,
     "prefer_tflite_model": _bool_flag,
     "num_tflite_pools": int,
     "num_tflite_interpreters_per_pool": int,
-    "enable_signature_method_name_check": _bool_flag,
     "xla_cpu_compilation_enabled": _bool_flag,
     "xla_gpu_compilation_enabled": _bool_flag,
     "enable_profiler": _bool_flag,
@@ -259,10 +273,40 @@ def build_arg_parser():
                         help="comma-separated KEY=VALUE gRPC server arguments, e.g. "
                              "grpc.max_connection_age_ms=2000")
     parser.add_argument("--rest_api_timeout_in_ms", type=int, default=0,
-                        help="timeout of the REST API's socket reads and writes per "
-                             "connection; 0 (default) waits forever")
+                        help="deadline of each REST request: a body not received by then "
+                             "drops the request (connection closed), an answer not ready by "
+                             "then is 504 DEADLINE_EXCEEDED; 0 (default) no deadline")
+    parser.add_argument("--rest_api_num_threads", type=int, default=0,
+                        help="threads running REST requests; 0 (default) as many as "
+                             "--grpc_max_threads")
+    parser.add_argument("--rest_api_max_body_bytes", type=int,
+                        default=rest.DEFAULT_MAX_BODY_BYTES,
+                        help="tfrec: largest REST request body; a larger one is answered 413 "
+                             "with a JSON error (default 256 MiB)")
+    parser.add_argument("--rest_api_read_timeout_in_ms", type=int,
+                        default=int(rest.DEFAULT_READ_TIMEOUT_SECONDS * 1000),
+                        help="tfrec: a REST connection that takes longer to send a whole "
+                             "request, or idles longer between requests, is closed "
+                             "(default 60000)")
+    parser.add_argument("--monitoring_config_file", default="",
+                        help="text-format MonitoringConfig; with prometheus_config { enable: "
+                             "true } the REST port serves Prometheus metrics at its path")
     parser.add_argument("--saved_model_tags", default="serve",
                         help="tags of the MetaGraphDef to load; only \"serve\" is supported")
+    parser.add_argument("--max_num_load_retries", type=int, default=5,
+                        help="times a failed version load is retried (TF Serving's default "
+                             "5); meanwhile GetModelStatus shows the failure and the previous "
+                             "version keeps serving")
+    parser.add_argument("--load_retry_interval_micros", type=int, default=60 * 1000 * 1000,
+                        help="microseconds between load retries (default one minute)")
+    parser.add_argument("--max_request_elements", type=int, default=None,
+                        help="tfrec: the elements all input tensors of one request may hold "
+                             "together, checked from their shapes before decoding "
+                             "(INVALID_ARGUMENT beyond); default: the machine's memory (or "
+                             "its container's limit) / 1024 bytes, at least 2^20")
+    _add_bool(parser, "enable_signature_method_name_check", False,
+              "Classify / Regress accept only signatures whose method_name is classify / "
+              "regress (TF Serving's default: off)")
     _add_bool(parser, "version", False, "print the version and exit")
     ignored = parser.add_argument_group(
         "tensorflow_model_server flags accepted for compatibility and ignored (a warning "
@@ -288,8 +332,16 @@ def _check_flags(args):
     if tags != {"serve"}:
         return (f"--saved_model_tags={args.saved_model_tags}: this server loads the "
                 f"MetaGraphDef tagged \"serve\" only")
+    if args.max_num_load_retries < 0 or args.load_retry_interval_micros < 0:
+        return "--max_num_load_retries and --load_retry_interval_micros must not be negative"
+    if args.max_request_elements is not None and args.max_request_elements < 1:
+        return f"--max_request_elements must be positive, got {args.max_request_elements}"
     if args.rest_api_timeout_in_ms < 0:
         return f"--rest_api_timeout_in_ms must not be negative, got {args.rest_api_timeout_in_ms}"
+    if args.rest_api_num_threads < 0 or args.rest_api_read_timeout_in_ms < 0:
+        return "--rest_api_num_threads and --rest_api_read_timeout_in_ms must not be negative"
+    if args.rest_api_max_body_bytes < 1:
+        return f"--rest_api_max_body_bytes must be positive, got {args.rest_api_max_body_bytes}"
     return None
 
 
@@ -394,7 +446,10 @@ def _build_core(args):
     if batching is not None:
         log.info("Batching enabled: %s", batching)
     return ServerCore(config, args.file_system_poll_wait_seconds, batching,
-                      args.enable_model_warmup)
+                      args.enable_model_warmup,
+                      max_request_elements=args.max_request_elements,
+                      max_num_load_retries=args.max_num_load_retries,
+                      load_retry_interval=args.load_retry_interval_micros / 1e6)
 
 
 def _start_grpc(core, args):
@@ -450,10 +505,18 @@ def main(argv=None):
         log.error("Either --model_config_file or --model_base_path must be given")
         return 2
     try:
+        monitoring_config = (monitoring.read_monitoring_config_file(args.monitoring_config_file)
+                             if args.monitoring_config_file else None)
         core = _build_core(args)
     except (OSError, ValueError, ServingError) as error:
         log.error("Failed to start server. Error: %s", error)
         return 1
+    inference.set_signature_method_name_check(args.enable_signature_method_name_check)
+    monitoring.METRICS.set_core(core)
+    metrics_path = monitoring.prometheus_path(monitoring_config)
+    if metrics_path and not args.rest_api_port:
+        log.warning("--monitoring_config_file enables Prometheus metrics, which are served on "
+                    "the REST port: give --rest_api_port to see them")
     stop = _stop_event_on_signals()
     core.start()  # readiness is announced only after the initial loads
     grpc_server = rest_server = watcher = None
@@ -463,8 +526,13 @@ def main(argv=None):
             _announce(f"Running gRPC ModelServer at {_address(args.host, port)} ...")
             if args.rest_api_port:
                 try:
-                    rest_server = RestServer(core, args.host, args.rest_api_port,
-                                             timeout=args.rest_api_timeout_in_ms / 1000 or None)
+                    rest_server = RestServer(
+                        core, args.host, args.rest_api_port,
+                        timeout=args.rest_api_timeout_in_ms / 1000 or None,
+                        max_body_bytes=args.rest_api_max_body_bytes,
+                        read_timeout=args.rest_api_read_timeout_in_ms / 1000 or None,
+                        num_threads=args.rest_api_num_threads or args.grpc_max_threads,
+                        metrics_path=metrics_path)
                 except OSError as error:
                     raise OSError(f"cannot bind HTTP/REST to "
                                   f"{_address(args.host, args.rest_api_port)}: {error}") from None

@@ -7,6 +7,7 @@ import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 import logging
 import os
 import threading
+import time
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
@@ -14,7 +15,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.bundle import import_scann_ops
 from serving.errors import ServingError, invalid_argument, not_found
-from serving.version_manager import VersionManager
+from serving.tensors import return_large_buffers_to_the_system
+from serving.version_manager import (DEFAULT_LOAD_RETRY_INTERVAL_SECONDS,
+                                     DEFAULT_MAX_NUM_LOAD_RETRIES, VersionManager)
 
 log = logging.getLogger("serving.server_core")
 
@@ -58,14 +61,24 @@ class ServerCore:
         start and on config reloads.
       batching: `BatchingOptions` for --enable_batching, or None.
       enable_warmup: replay each version's warm-up requests before serving it.
+      max_request_elements: --max_request_elements (None: sized to the machine's memory).
+      max_num_load_retries, load_retry_interval: --max_num_load_retries and
+        --load_retry_interval_micros (in seconds here); retries run on the poll thread when
+        due, also when polling is off.
     """
 
-    def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True):
+    def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True,
+                 max_request_elements=None, max_num_load_retries=DEFAULT_MAX_NUM_LOAD_RETRIES,
+                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS):
         validate_config(config)
         import_scann_ops()
+        return_large_buffers_to_the_system()
         self._poll_wait_seconds = poll_wait_seconds
         self._batching = batching
         self._enable_warmup = enable_warmup
+        self._version_options = dict(max_request_elements=max_request_elements,
+                                     max_num_load_retries=max_num_load_retries,
+                                     load_retry_interval=load_retry_interval)
         self._models = {}
         self._retired = []
         self._lock = threading.Lock()
@@ -125,7 +138,8 @@ class ServerCore:
             for name, model_config in wanted.items():
                 if name not in self._models:
                     self._models[name] = VersionManager(model_config, self._batching,
-                                               self._enable_warmup)
+                                                        self._enable_warmup,
+                                                        **self._version_options)
             return self._config_generation
 
     def _poll_all(self):
@@ -144,15 +158,41 @@ class ServerCore:
             self._polled_generation = generation
             self._poll_cond.notify_all()
 
+    def _next_retry_at(self):
+        with self._lock:
+            models = list(self._models.values())
+        times = [t for t in (model.next_retry_at() for model in models) if t is not None]
+        return min(times) if times else None
+
+    def _retry_due_loads(self):
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            try:
+                model.retry_due_loads()
+            except Exception:  # noqa: BLE001 - the poll thread must survive anything
+                log.exception("Retrying loads of model %s failed", model.name)
+
     def _poll_loop(self):
-        wait = self._poll_wait_seconds if self._poll_wait_seconds > 0 else None
+        poll_every = self._poll_wait_seconds if self._poll_wait_seconds > 0 else None
+        next_poll = time.monotonic() + poll_every if poll_every else None
         while True:
+            retry_at = self._next_retry_at()
+            times = [t for t in (next_poll, retry_at) if t is not None]
+            wake = min(times) if times else None
             with self._poll_cond:
-                self._poll_cond.wait_for(lambda: self._poll_requested or self._stopping, wait)
+                self._poll_cond.wait_for(
+                    lambda: self._poll_requested or self._stopping,
+                    None if wake is None else max(0.0, wake - time.monotonic()))
                 if self._stopping:
                     break
-                self._poll_requested = False
-            self._poll_all()
+                requested, self._poll_requested = self._poll_requested, False
+            now = time.monotonic()
+            if requested or (next_poll is not None and now >= next_poll):
+                self._poll_all()
+                next_poll = time.monotonic() + poll_every if poll_every else None
+            elif retry_at is not None and now >= retry_at:
+                self._retry_due_loads()
         with self._lock:
             models = list(self._models.values()) + self._retired
         for model in models:

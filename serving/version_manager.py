@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import threading
+import time
 
 import grpc
 import tensorflow as tf
@@ -34,11 +35,24 @@ def _version_dirs(base_path):
             for version in existing_versions(base_path) if version < 2**63}
 
 
+# TF Serving's defaults (--max_num_load_retries, --load_retry_interval_micros).
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_SECONDS = 60.0
+
+
 def _fingerprint(path):
-    """Changes when a version directory is rewritten, so a failed load is retried then."""
+    """Changes when a version directory is rewritten (variables.data-* shards included), so
+    a version whose load retries ran out is tried again then."""
+    relatives = ["", "saved_model.pb", "saved_model.pbtxt",
+                 os.path.join("variables", "variables.index")]
+    try:
+        relatives += sorted(os.path.join("variables", entry)
+                            for entry in os.listdir(os.path.join(path, "variables"))
+                            if entry.startswith("variables.data"))
+    except OSError:
+        pass
     parts = []
-    for relative in ("", "saved_model.pb", "saved_model.pbtxt",
-                     os.path.join("variables", "variables.index")):
+    for relative in relatives:
         try:
             stat = os.stat(os.path.join(path, relative))
         except OSError:
@@ -68,12 +82,14 @@ def _load_error(error):
 
 
 class _VersionState:
-    __slots__ = ("state", "error", "fingerprint")
+    __slots__ = ("state", "error", "fingerprint", "retries_done", "retry_at")
 
-    def __init__(self, state, error=None, fingerprint=None):
+    def __init__(self, state, error=None, fingerprint=None, retries_done=0, retry_at=None):
         self.state = state
         self.error = error
         self.fingerprint = fingerprint
+        self.retries_done = retries_done  # retries of the current load made so far
+        self.retry_at = retry_at          # time.monotonic() of the next retry, or None
 
 
 class VersionManager:
@@ -81,17 +97,30 @@ class VersionManager:
 
     `poll()` rescans the base path, loads the versions the policy wants and unloads the rest,
     keeping the newest serving version while no wanted version is available (so a corrupt
-    new export never interrupts service). Only the poll thread calls `poll`; request threads
-    call `servable`, `version_for_label` and `states`.
+    new export never interrupts service). Only the poll thread calls `poll` and
+    `retry_due_loads`; request threads call `servable`, `version_for_label` and `states`.
+
+    A failed load is retried as TF Serving's LoaderHarness does: up to `max_num_load_retries`
+    more times, `load_retry_interval` seconds apart (a version whose variables were still
+    being copied loads once the copy is complete). Between tries GetModelStatus shows the
+    version as END with the last failure, during a try as LOADING with it; once the retries
+    are spent it stays END with that error, and is tried afresh only if its files change.
     """
 
-    def __init__(self, config, batching=None, enable_warmup=True):
+    def __init__(self, config, batching=None, enable_warmup=True, max_request_elements=None,
+                 max_num_load_retries=DEFAULT_MAX_NUM_LOAD_RETRIES,
+                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS):
         self.config = config
         self._batching = batching
         self._enable_warmup = enable_warmup
+        self._max_request_elements = max_request_elements
+        self._max_num_load_retries = max(0, int(max_num_load_retries))
+        self._load_retry_interval = max(0.0, float(load_retry_interval))
         self._lock = threading.Lock()
         self._serving = {}   # version -> ServableVersion
         self._states = {}    # version -> _VersionState
+        self._paths = {}     # version -> directory, as the last scan found it
+        self._wanted = set()  # the versions the last scan's policy wanted
         self._base_path_missing = False
 
     @property
@@ -124,6 +153,25 @@ class VersionManager:
         with self._lock:
             self._states[version] = _VersionState(state, error, fingerprint)
 
+    def next_retry_at(self):
+        """time.monotonic() of the earliest pending load retry, or None."""
+        with self._lock:
+            times = [s.retry_at for v, s in self._states.items()
+                     if s.retry_at is not None and v in self._wanted]
+        return min(times) if times else None
+
+    def retry_due_loads(self):
+        """Retries the failed loads whose retry time has come (without rescanning)."""
+        now = time.monotonic()
+        due = [v for v in sorted(self._wanted, reverse=True)
+               if v not in self._serving and v in self._paths
+               and (self._states.get(v) is not None and self._states[v].retry_at is not None
+                    and self._states[v].retry_at <= now)]
+        for version in due:
+            self._retry(version)
+        if due:
+            self._unload_unwanted(self._wanted)
+
     def poll(self):
         present = _version_dirs(self.config.base_path)
         if present is None:
@@ -135,33 +183,57 @@ class VersionManager:
             return
         self._base_path_missing = False
         wanted = aspired_versions(self.config.model_version_policy, present)
+        self._paths = dict(present)
+        self._wanted = set(wanted)
+        with self._lock:  # a version no longer wanted is not retried
+            for version, state in self._states.items():
+                if version not in wanted:
+                    state.retry_at = None
         if not present:
             log.warning("No versions of servable %s found under base path %s. Did you forget "
                         "to name your leaf directory as a number (eg. '/1/')?",
                         self.name, self.config.base_path)
+        now = time.monotonic()
         for version in sorted(wanted, reverse=True):
             if version in self._serving:
                 continue
-            fingerprint = _fingerprint(present[version])
             previous = self._states.get(version)
-            if (previous is not None and previous.error is not None
-                    and previous.fingerprint == fingerprint):
-                continue  # failed before and unchanged since: do not retry every poll
-            self._load(version, present[version], fingerprint)
+            if previous is not None and previous.error is not None:
+                if previous.retry_at is not None:
+                    if previous.retry_at <= now:
+                        self._retry(version)
+                    continue  # a retry is pending
+                if previous.fingerprint == _fingerprint(present[version]):
+                    continue  # retries spent and unchanged since: do not retry every poll
+            self._load(version, present[version])
         self._unload_unwanted(wanted)
 
-    def _load(self, version, path, fingerprint):
+    def _retry(self, version):
+        previous = self._states[version]
+        attempt = previous.retries_done + 1
+        log.info("Retrying of Loading servable: {name: %s version: %d} retry: %d",
+                 self.name, version, attempt)
+        self._load(version, self._paths[version], retries_done=attempt)
+
+    def _load(self, version, path, retries_done=0):
         log.info("Loading servable: {name: %s version: %d} from %s", self.name, version, path)
-        self._set_state(version, _State.LOADING)
+        fingerprint = _fingerprint(path)  # before: files completed during the try count
+        with self._lock:
+            previous = self._states.get(version)
+            # A retry keeps showing the last failure while it runs.
+            error = previous.error if retries_done and previous is not None else None
+            self._states[version] = _VersionState(_State.LOADING, error,
+                                                  retries_done=retries_done)
         servable = None
         try:
-            servable = ServableVersion(self.name, version, path, self._batching)
+            servable = ServableVersion(self.name, version, path, self._batching,
+                                       self._max_request_elements)
             if self._enable_warmup:
                 servable.warm_up()
         except Exception as error:  # noqa: BLE001 - a bad export must not stop the server
             if servable is not None:
                 servable.close()
-            self._load_failed(version, _load_error(error), fingerprint)
+            self._load_failed(version, _load_error(error), fingerprint, retries_done)
             return
         with self._lock:
             self._serving[version] = servable
@@ -169,10 +241,23 @@ class VersionManager:
         log.info("Successfully loaded servable version {name: %s version: %d}",
                  self.name, version)
 
-    def _load_failed(self, version, error, fingerprint):
+    def _load_failed(self, version, error, fingerprint, retries_done):
         log.error("Loading servable: {name: %s version: %d} failed: %s: %s",
                   self.name, version, error.code.name, error.message)
-        self._set_state(version, _State.END, error, fingerprint)
+        with self._lock:
+            if retries_done < self._max_num_load_retries:
+                # END with the failure until the next try (TF Serving shows LOADING, with
+                # an OK status, while its LoaderHarness sleeps between tries).
+                self._states[version] = _VersionState(
+                    _State.END, error, fingerprint, retries_done,
+                    retry_at=time.monotonic() + self._load_retry_interval)
+                return
+            self._states[version] = _VersionState(_State.END, error, fingerprint,
+                                                  retries_done)
+        if self._max_num_load_retries:
+            log.error("Loading servable: {name: %s version: %d} failed after %d retries; "
+                      "it is tried again if its files change", self.name, version,
+                      retries_done)
 
     def _unload_unwanted(self, wanted):
         unwanted = [v for v in self._serving if v not in wanted]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+from tensorflow_serving.apis import (get_model_metadata_pb2,
                                      get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
@@ -257,15 +257,6 @@ def test_tf1_signature_defs_are_served(client, rest):
             api.predict("tf1", {"words": ["abc", ""]}, signature_name="strlen")["n"], [3, 0])
 
 
-def test_classify_is_unimplemented(stub):
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "toy"
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Classify(request, timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Classify" in info.value.details()
-
-
 # ---------------------------------------------------------------- metadata and status
 
 
@@ -400,7 +391,7 @@ def test_rest_metadata_and_status_json(server):
      'JSON Value: "a" Type: String is not of expected type: float'),
     ("/v1/models/toy:predict", {"inputs": {"x": [[1, 2]], "tag": ["a"]}}, 400,
      'input "x" has shape [1,2] where the signature declares [-1,3]'),
-    ("/v1/models/toy:classify", {"examples": []}, 501, "classify is not supported"),
+    ("/v1/models/toy:classify", {"examples": []}, 400, "'examples' value is an empty array"),
     ("/v1/models/toy/versions/9", None, 404, "Could not find version 9 of model toy"),
     ("/v1/models", None, 400, "Missing model name in request."),
 ])

@@ -21,9 +21,8 @@ from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 REST_TIMEOUT_MS = 1500
-IGNORED_GIVEN = ("--max_num_load_retries=3", "--tensorflow_intra_op_parallelism=2",
-                 "--enable_grpc_healthcheck_service", "--flush_filesystem_caches=false",
-                 "--monitoring_config_file=/nonexistent/monitoring.config")
+IGNORED_GIVEN = ("--num_load_threads=2", "--tensorflow_intra_op_parallelism=2",
+                 "--enable_grpc_healthcheck_service", "--flush_filesystem_caches=false")
 
 
 def save_tf1_column(path):
@@ -90,7 +89,7 @@ def test_every_tf_serving_flag_parses():
                                 for name, kind in _IGNORED_TF_SERVING_FLAGS.items()])
     assert args.grpc_channel_arguments == [("a", 1), ("b", "x")]
     assert args.rest_api_timeout_in_ms == 100
-    assert args.max_num_load_retries == 1 and args.enable_profiler is True
+    assert args.num_load_threads == 1 and args.enable_profiler is True
 
 
 def test_ignored_tf_serving_flags_are_accepted_with_a_warning(server, client):

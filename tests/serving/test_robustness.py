@@ -1,0 +1,399 @@
+"""The model server under load and trouble (issue 9, "Found by fuzzing and load"): a new
+version published while 8 clients send requests, a corrupt version, a version whose files
+were still being copied (load retries), batching that changes no output, a version unloaded
+while requests still hold it (no batcher threads made again), and SIGKILL in the middle of
+a load. Real `python -m serving.server` subprocesses over gRPC on 127.0.0.1."""
+import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from exporters.layout import staged_version_dir
+from serving import Client, LocalServer, ServingError
+from serving.batching import Batcher, BatchingOptions
+from serving.servable import ServableVersion
+from tests.serving.saved_models import toy_request
+
+X = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], np.float32)
+TAGS = np.array([b"ab", b"xyz"], object)
+CLIENTS = 8
+BATCHING = """
+max_batch_size { value: 16 }
+batch_timeout_micros { value: 2000 }
+num_batch_threads { value: 2 }
+"""
+
+
+def publish(source, base_path, version):
+    """Publishes a copy of `source` as `base_path/version` the way exporters do: written into
+    a staging directory beside it, then renamed (exporters.layout.staged_version_dir)."""
+    with staged_version_dir(str(base_path), version) as staged:
+        shutil.copytree(str(source), staged.staging_dir, dirs_exist_ok=True)
+
+
+def wait_for(condition, timeout=30, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def statuses(target, name):
+    """{version: (state name, error_code, error_message)} from a raw GetModelStatus call."""
+    with grpc.insecure_channel(target) as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                request, timeout=10)
+        except grpc.RpcError:
+            return {}
+    state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+    return {s.version: (state_name(s.state), s.status.error_code, s.status.error_message)
+            for s in response.model_version_status}
+
+
+def failed_status(target, name, version):
+    """The version's status once it reports an error, else None."""
+    status = statuses(target, name).get(version)
+    return status if status and status[1] != 0 else None
+
+
+class Load:
+    """CLIENTS threads, each on its own channel, sending Predict("live") until stopped.
+
+    Every call is recorded as (start, end, version answered or None, error or None)."""
+
+    def __init__(self, target, clients=CLIENTS, model="live"):
+        self._target = target
+        self._model = model
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.calls = []
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(clients)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def stop(self):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def count(self):
+        with self._lock:
+            return len(self.calls)
+
+    def _run(self):
+        with grpc.insecure_channel(self._target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = toy_request(X, TAGS, model_name=self._model)
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    response = stub.Predict(request, timeout=30)
+                    result = (response.model_spec.version.value, None)
+                except grpc.RpcError as error:
+                    result = (None, f"{error.code().name}: {error.details()}")
+                with self._lock:
+                    self.calls.append((start, time.monotonic()) + result)
+
+    def errors(self):
+        with self._lock:
+            return [call[3] for call in self.calls if call[3] is not None]
+
+    def versions(self):
+        with self._lock:
+            return {call[2] for call in self.calls if call[2] is not None}
+
+
+@pytest.fixture
+def live(tmp_path, saved_models):
+    """A base path whose version 1 is a copy of toy/2 (no warm-up file)."""
+    base = tmp_path / "live"
+    base.mkdir()
+    publish(saved_models / "toy" / "2", base, 1)
+    return base
+
+
+def batching_args(tmp_path):
+    path = tmp_path / "batching.config"
+    path.write_text(BATCHING)
+    return ("--enable_batching", f"--batching_parameters_file={path}")
+
+
+# ---------------------------------------------------------------- hot swap under load
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_hot_swap_under_load_fails_no_request(live, saved_models, tmp_path, batching):
+    extra = batching_args(tmp_path) if batching else ()
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2, extra_args=extra) as server:
+        with Load(server.grpc_target) as load:
+            wait_for(lambda: load.count() >= 300)
+            publish(saved_models / "toy" / "1", live, 2)
+            wait_for(lambda: statuses(server.grpc_target, "live").get(1, ("",))[0] == "END")
+            seen = wait_for(lambda: [c for c in load.calls if c[2] == 2])
+            swap_observed = min(call[1] for call in seen)
+            wait_for(lambda: load.count() >= 2000 and
+                     sum(1 for c in load.calls if c[0] > swap_observed) >= 500)
+        assert server.process.poll() is None
+    after = [call for call in load.calls if call[0] > swap_observed]
+    print(f"{len(load.calls)} requests from {CLIENTS} clients, {len(after)} started after the "
+          f"first answer of version 2, errors: {len(load.errors())}")
+    assert load.errors() == []
+    assert len(load.calls) >= 2000
+    assert after and {call[2] for call in after} == {2}
+    assert load.versions() == {1, 2}
+
+
+def test_corrupt_version_under_load_keeps_the_old_one_serving(live, saved_models):
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2) as server:
+        with Load(server.grpc_target, clients=4) as load:
+            wait_for(lambda: load.count() >= 100)
+            with staged_version_dir(str(live), 2) as staged:
+                shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir,
+                                dirs_exist_ok=True)
+                with open(os.path.join(staged.staging_dir, "saved_model.pb"), "wb") as f:
+                    f.write(b"\x08\xffnot a SavedModel" * 20)
+            status = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+            counted = load.count()
+            wait_for(lambda: load.count() >= counted + 200)
+        assert status[0] == "END" and status[1] != 0 and status[2]
+        assert statuses(server.grpc_target, "live")[1][0] == "AVAILABLE"
+    assert load.errors() == []
+    assert load.versions() == {1}
+
+
+# ---------------------------------------------------------------- load retries
+
+
+def half_copied_version(source, base_path, version):
+    """Writes `base_path/version` in place (no staging), with variables.data still zeros as a
+    copy in progress leaves it. Returns a function that completes the copy while keeping the
+    file's size and modification time (so only a retry, not a changed file, can load it)."""
+    target = os.path.join(str(base_path), str(version))
+    shutil.copytree(str(source), target)
+    data = os.path.join(target, "variables", "variables.data-00000-of-00001")
+    content = open(data, "rb").read()
+    stat = os.stat(data)
+    with open(data, "wb") as f:
+        f.write(b"\0" * len(content))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    def complete():
+        with open(data, "wb") as f:
+            f.write(content)
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return complete
+
+
+def test_failed_load_is_retried_until_the_copy_is_complete(live, saved_models):
+    flags = ("--max_num_load_retries=100", "--load_retry_interval_micros=300000")
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2, extra_args=flags) as server, \
+            Client(server.grpc_target) as client:
+        complete = half_copied_version(saved_models / "toy" / "1", live, 2)
+        failed = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+        assert failed[0] == "END" and "checksum" in failed[2].lower()
+        wait_for(lambda: "Retrying of Loading servable: {name: live version: 2} retry: 1"
+                 in server.logs())
+        # meanwhile the old version keeps serving and the status keeps the error
+        assert client.predict("live", {"x": X, "tag": TAGS})["score"][0] == 14.0 + 2
+        assert statuses(server.grpc_target, "live")[2][2]
+        complete()
+        wait_for(lambda: statuses(server.grpc_target, "live").get(2, ("",))[0] == "AVAILABLE")
+        assert statuses(server.grpc_target, "live")[2][1:] == (0, "")
+        assert client.predict("live", {"x": X, "tag": TAGS})["score"][0] == 14.0 + 1
+
+
+def test_without_retries_a_failed_load_stays_failed(live, saved_models):
+    flags = ("--max_num_load_retries=0", "--load_retry_interval_micros=100000")
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2, extra_args=flags) as server:
+        complete = half_copied_version(saved_models / "toy" / "1", live, 2)
+        wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+        complete()
+        time.sleep(1.5)  # several polls and would-be retry intervals
+        status = statuses(server.grpc_target, "live")
+        assert status[2][0] == "END" and status[2][1] != 0
+        assert status[1][0] == "AVAILABLE"
+        assert "Retrying of Loading servable" not in server.logs()
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_concurrent_single_rows_get_exactly_the_unbatched_outputs(saved_models, tmp_path):
+    """16 concurrent one-row requests, batched (and padded to an allowed batch size), each
+    get their own row: bit for bit what the row gets alone for toy (element-wise float,
+    int and string outputs); for keras/1 (embedding, pooling, dense) within float32
+    rounding, since a matmul over 16 rows may round differently from one over 1 row (as in
+    TF Serving's batching)."""
+    parameters = tmp_path / "batching.config"
+    parameters.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 200000 }"
+                          "\nnum_batch_threads { value: 1 }\nallowed_batch_sizes: 4\n"
+                          "allowed_batch_sizes: 16\n")
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n"
+                      f'  config {{ name: "toy" base_path: "{saved_models / "toy"}" }}\n'
+                      f'  config {{ name: "keras" base_path: "{saved_models / "keras"}" }}\n'
+                      "}\n")
+    rng = np.random.default_rng(7)
+    requests = [("toy", {"x": rng.normal(size=(1, 3)).astype(np.float32),
+                         "tag": np.array([bytes(rng.integers(0, 256, size=i % 5))], object)})
+                for i in range(8)]
+    requests += [("keras", {"dense": rng.normal(size=(1, 3)).astype(np.float32),
+                            "hist": rng.integers(0, 10, size=(1, 4))}) for _ in range(8)]
+    functions = {
+        "toy": tf.saved_model.load(str(saved_models / "toy" / "2")).signatures[
+            "serving_default"],
+        "keras": tf.saved_model.load(str(saved_models / "keras" / "1")).signatures[
+            "serving_default"]}
+    alone = [{alias: tensor.numpy() for alias, tensor in functions[model](
+        **{alias: tf.constant(value) for alias, value in inputs.items()}).items()}
+        for model, inputs in requests]
+    with LocalServer(model_config_file=str(config), rest=False,
+                     extra_args=("--enable_batching",
+                                 f"--batching_parameters_file={parameters}")) as server, \
+            Client(server.grpc_target) as client:
+        client.metadata("toy"), client.metadata("keras")
+        results = [None] * len(requests)
+        barrier = threading.Barrier(len(requests))
+
+        def call(index):
+            model, inputs = requests[index]
+            barrier.wait()
+            results[index] = client.predict(model, inputs)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    for (model, _), got, expected in zip(requests, results, alone):
+        assert set(got) == set(expected)
+        for alias in expected:
+            assert got[alias].dtype == expected[alias].dtype
+            if model == "toy":
+                np.testing.assert_array_equal(got[alias], expected[alias])
+            else:
+                np.testing.assert_allclose(got[alias], expected[alias], rtol=1e-6, atol=0)
+
+
+def _batcher_threads(prefix):
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def test_request_after_unload_makes_no_batcher_threads(saved_models):
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=3)
+    servable = ServableVersion("batchy", 1, str(saved_models / "batchy" / "1"), options)
+    prefix = "batchy/1/"
+    x = np.array([[1.0, 2.0]], np.float32)
+    assert _batcher_threads(prefix) == []
+    np.testing.assert_array_equal(servable.predict("", {"x": x})["y"], 2 * x)
+    assert len(_batcher_threads(prefix)) == 3
+
+    errors, done = [], []
+
+    def hammer():
+        try:
+            for _ in range(30):
+                np.testing.assert_array_equal(servable.predict("", {"x": x})["y"], 2 * x)
+                done.append(1)
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    while len(done) < 20:
+        time.sleep(0.001)
+    servable.close()  # what the version manager does on unload, with requests in flight
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(done) == 6 * 30
+    # requests after the unload run alone on the version they hold: no batcher again
+    outputs = servable.predict("", {"x": np.ones((3, 2), np.float32)})
+    assert list(outputs["batch_rows"]) == [3, 3, 3]
+    assert servable.batcher_threads() == []
+    wait_for(lambda: _batcher_threads(prefix) == [], timeout=10)
+
+
+# ---------------------------------------------------------------- kill and restart
+
+
+def test_sigkill_mid_load_then_restart_serves_the_same_versions(live, saved_models):
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.1) as server:
+        with Load(server.grpc_target, clients=2) as load:
+            wait_for(lambda: load.count() >= 50)
+            publish(saved_models / "toy" / "1", live, 2)
+            wait_for(lambda: "Loading servable: {name: live version: 2}" in server.logs(),
+                     interval=0.005)
+            os.kill(server.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)
+        assert server.process.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(live)) == ["1", "2"]  # nothing half-written left behind
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False) as restarted, \
+            Client(restarted.grpc_target) as client:
+        assert statuses(restarted.grpc_target, "live") == {2: ("AVAILABLE", 0, "")}
+        outputs = client.predict("live", {"x": X, "tag": TAGS})
+        np.testing.assert_allclose(outputs["score"], X @ [1.0, 2.0, 3.0] + 1, rtol=1e-6)
+        with pytest.raises(ServingError):
+            client.predict("live", {"x": X, "tag": TAGS}, version=1)
+
+
+def test_full_batching_queue_is_unavailable_as_in_tf_serving():
+    """TF 2.20's SharedBatchScheduler answers a full queue with UNAVAILABLE (HTTP 503), which
+    clients retry with backoff; bad input is never RESOURCE_EXHAUSTED."""
+    release = threading.Event()
+
+    def run(inputs):
+        release.wait(30)
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(run, BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
+                                           num_batch_threads=1), name="full")
+    x = np.zeros((2, 1), np.float32)
+    started = [threading.Thread(target=batcher.submit, args=({"x": x},)) for _ in range(2)]
+    try:
+        started[0].start()
+        wait_for(lambda: batcher._queued_rows == 0 and started[0].is_alive())
+        time.sleep(0.1)  # the first batch is running, blocked
+        started[1].start()
+        wait_for(lambda: batcher._queued_rows == 2)
+        with pytest.raises(ServingError) as info:
+            batcher.submit({"x": x[:1]})
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.message == ("The batch scheduling queue to which this task was "
+                                      "submitted is full; task size is 1 but scheduling "
+                                      "capacity is only 0")
+    finally:
+        release.set()
+        for thread in started:
+            thread.join(timeout=30)
+        batcher.close()
+    assert batcher.threads and not any(t.is_alive() for t in batcher.threads)

@@ -140,6 +140,31 @@ def _cast_to_signature(array, dtype):
     return array
 
 
+def _numeric(name, array, dtype):
+    """An object array for a numeric input as numbers; a None, NaN-as-object or text value is
+    a ValueError naming the input, the row and the dtype expected."""
+    if array.dtype != object or dtype == types_pb2.DT_STRING:
+        return array
+    expected = tf.dtypes.as_dtype(dtype).name
+    for index, value in np.ndenumerate(array):
+        if value is None or isinstance(value, (str, bytes)):
+            raise ValueError(f"Input {name!r} expects {expected} values, but row "
+                             f"{index[0] if index else 0} holds {value!r}")
+    return array.astype(numpy_dtype_of(dtype))
+
+
+def _check_row_counts(arrays, signature):
+    """Inputs a signature batches (leading -1 on every input) must have one row count."""
+    infos = signature.inputs
+    if not infos or not all(shape_of(info.tensor_shape) and shape_of(info.tensor_shape)[0] == -1
+                            for info in infos.values()):
+        return
+    rows = {name: len(array) for name, array in arrays.items() if array.ndim}
+    if len(set(rows.values())) > 1:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(rows.items()))
+        raise ValueError(f"Inputs must all have the same number of rows; got {counts}")
+
+
 def _tensor_summary(infos):
     return {alias: (tf.dtypes.as_dtype(info.dtype).name, shape_of(info.tensor_shape))
             for alias, info in sorted(infos.items())}
@@ -255,9 +280,13 @@ class _BaseClient:
         arrays = _input_arrays(inputs)
         if signature is None:
             return arrays
-        return {name: _cast_to_signature(
-                    array, signature.inputs[name].dtype if name in signature.inputs else None)
-                for name, array in arrays.items()}
+        arrays = {name: _cast_to_signature(
+                      _numeric(name, array, signature.inputs[name].dtype)
+                      if name in signature.inputs else array,
+                      signature.inputs[name].dtype if name in signature.inputs else None)
+                  for name, array in arrays.items()}
+        _check_row_counts(arrays, signature)
+        return arrays
 
     def predict(self, model_name, inputs, signature_name=None, version=None,
                 output_filter=None, timeout=None, version_label=None):

@@ -275,7 +275,11 @@ def _columns(doc, infos):
     for name in sorted(infos):
         if name not in value:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        values, shape = _values_and_shape(value[name], infos[name].dtype)
+        try:
+            values, shape = _values_and_shape(value[name], infos[name].dtype)
+        except ServingError as error:  # TF Serving's text does not say which input: add it
+            raise invalid_argument(f"Failed to process input: {name} of 'inputs' object. "
+                                   f"Error: {error.message}") from None
         arrays[name] = _to_array(values, shape, infos[name].dtype)
     return arrays
 

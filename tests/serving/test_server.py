@@ -3,6 +3,7 @@ model_config_file with four models, queried over gRPC (our Client and raw stubs)
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import json
+import re
 import os
 import shutil
 import time
@@ -411,6 +412,21 @@ def test_rest_client_raises_serving_error(rest):
         rest.predict("toy", {"x": X, "tag": TAGS}, output_filter=["zz"])
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "output tensor alias not found in signature: zz" in info.value.message
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"x": [[1.0, 2.0, None]], "tag": ["a"]}, "Input 'x' expects float32 values, but row 0 holds None"),
+    ({"x": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "tag": ["a"]},
+     "Inputs must all have the same number of rows; got tag 1, x 2"),
+])
+def test_clients_name_the_input_a_mistake_is_in(client, rest, server, inputs, message):
+    for api in (client, rest):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            api.predict("toy", inputs)
+    status, answer = rest_call(server, "/v1/models/toy:predict",
+                               {"inputs": {"x": [[1, 2, None]], "tag": ["a"]}})
+    assert status == 400 and answer["error"].startswith(
+        "Failed to process input: x of 'inputs' object. Error: JSON Value: null Type: Null")
 
 
 # ---------------------------------------------------------------- versions on disk

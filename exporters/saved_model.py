@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 SERVING_SIGNATURE = "serving_default"
 CLASSIFY_SIGNATURE = "classify"
 REGRESS_SIGNATURE = "regress"
-CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
-REGRESS_METHOD_NAME = "tensorflow/serving/regress"
+CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
+REGRESS_METHOD_NAME = tf.saved_model.REGRESS_METHOD_NAME
 EXAMPLE_INPUTS = "inputs"
 
 

@@ -190,7 +190,8 @@ def _status_list(response):
 
 _FIRST_BACKOFF_SECONDS = 0.1
 _MAX_BACKOFF_SECONDS = 2.0
-_METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+_METHODS = {"classify": tf.saved_model.CLASSIFY_METHOD_NAME,
+            "regress": tf.saved_model.REGRESS_METHOD_NAME}
 
 
 def _examples(examples):

@@ -31,9 +31,9 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_pb
 from exporters import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from serving.errors import ServingError, invalid_argument
 
-CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
-REGRESS_METHOD_NAME = "tensorflow/serving/regress"
-PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
+REGRESS_METHOD_NAME = tf.saved_model.REGRESS_METHOD_NAME
+PREDICT_METHOD_NAME = tf.saved_model.PREDICT_METHOD_NAME
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_OUTPUT_CLASSES = "classes"
 CLASSIFY_OUTPUT_SCORES = "scores"

@@ -408,6 +408,13 @@ def test_din_classify_equals_predict_over_grpc_and_rest(planted_din, din_server)
     with RestClient(din_server.rest_url) as rest:
         rest_classes = rest.classify("din", rows, signature_name="classify")
     np.testing.assert_allclose([item[1][1] for item in rest_classes], predicted, atol=1e-6)
+    with Client(din_server.grpc_target) as client:  # as docs/serving.md shows it
+        classes = client.classify("din", rows, signature_name="classify")
+        np.testing.assert_allclose([dict(pairs)["1"] for pairs in classes], predicted, atol=1e-6)
+        np.testing.assert_allclose(client.regress("din", rows, signature_name="regress"),
+                                   predicted, atol=1e-6)
+        [multi] = client.multi_inference("din", rows, tasks=[("regress", "regress")])
+        np.testing.assert_allclose(multi, predicted, atol=1e-6)
 
 
 def test_classify_goes_through_predicts_batching(saved_models):

@@ -14,13 +14,15 @@ exec docker run --rm \
   -p 8500:8500 -p 8501:8501 \
   --mount "type=bind,source=${EXPORTS},target=/models,readonly" \
   --mount "type=bind,source=${HERE}/batching_parameters.txt,target=/config/batching_parameters.txt,readonly" \
+  --mount "type=bind,source=${HERE}/monitoring.config,target=/config/monitoring.config,readonly" \
   tensorflow/serving:2.20.0 \
   --model_config_file=/models/models.config \
   --model_config_file_poll_wait_seconds=60 \
   --allow_version_labels_for_unavailable_models=true \
   --file_system_poll_wait_seconds=30 \
   --enable_batching \
-  --batching_parameters_file=/config/batching_parameters.txt
+  --batching_parameters_file=/config/batching_parameters.txt \
+  --monitoring_config_file=/config/monitoring.config
 
 # One model without a config file: the image's entrypoint serves /models/${MODEL_NAME}.
 #   docker run --rm -p 8500:8500 -p 8501:8501 \

@@ -99,3 +99,35 @@ def test_deploy_templates_parse():
     with open(os.path.join(DEPLOY, "batching_parameters.txt")) as f:
         options = BatchingOptions.from_text(f.read())
     assert options.max_batch_size == 128 and options.num_batch_threads == 4
+    from serving.monitoring import prometheus_path, read_monitoring_config_file
+
+    monitoring = read_monitoring_config_file(os.path.join(DEPLOY, "monitoring.config"))
+    assert prometheus_path(monitoring) == "/monitoring/prometheus/metrics"
+
+
+def test_deploy_manifests_pass_monitoring_and_batching_files_they_mount():
+    import yaml
+
+    with open(os.path.join(DEPLOY, "docker-compose.yml")) as f:
+        services = yaml.safe_load(f)["services"]
+    assert set(services) == {"tf-serving", "tf-serving-scann"}
+    for service in services.values():
+        mounted = {volume.split(":")[1] for volume in service["volumes"]}
+        for flag in service["command"]:
+            if flag.endswith("_file") or "_file=" in flag:
+                path = flag.split("=", 1)[1]
+                assert path.startswith("/models/") or path in mounted, flag
+    with open(os.path.join(DEPLOY, "kubernetes.yaml")) as f:
+        documents = list(yaml.safe_load_all(f))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    for key in config_map["data"]:
+        assert any(arg.endswith("=/config/" + key) for arg in args), key
+    from google.protobuf import text_format
+
+    from serving.monitoring import MonitoringConfig, prometheus_path
+
+    monitoring = text_format.Parse(config_map["data"]["monitoring.config"], MonitoringConfig())
+    assert prometheus_path(monitoring) == deployment["spec"]["template"]["metadata"][
+        "annotations"]["prometheus.io/path"]

@@ -465,70 +465,16 @@ _COLUMN_TYPES = ("sparse", "sequence", "dense")
 
 
 def infer_columns(train_df, config):
-    """Feature columns from the training split, by `config.columns` (see `ColumnsConfig`).
+    """Feature columns from the training split, by `config.columns` (`tfrec.data.infer_feature_columns`)."""
+    from tfrec.data import ColumnInferenceError, infer_feature_columns
 
-    Sparse columns get a vocabulary of the values seen at least `min_count` times (most frequent
-    first); anything else, at training or serving time, is looked up as the out-of-vocabulary row.
-    A column of integer ids >= 1 that no sequence shares stays int64 (served as numbers); other
-    sparse columns are strings (ints are sent as their decimal text). A sequence `hist_<f>`
-    shares `<f>`'s table and vocabulary; its `maxlen` defaults to the longest training row.
-    """
-    from collections import Counter
-
-    import numpy as np
-
-    options, path = config.columns, config.path
-    labels = set(config.tasks.values())
-    for key, names in (("columns.dense", options.dense or []), ("columns.exclude", options.exclude)):
-        for name in names:
-            if name not in train_df.columns:
-                raise ConfigError(f"{path}: {key}: '{name}' is not a column of the data; its columns are "
-                                  f"{list(train_df.columns)}")
-    features = [c for c in train_df.columns if c not in labels and c not in options.exclude]
-    sequences = dict(options.sequences)
-    sequences.update((c, {}) for c in features if c not in sequences and
-                     any(isinstance(v, (list, np.ndarray)) for v in train_df[c].head(20)))
-    dense = options.dense if options.dense is not None else \
-        [c for c in features if c not in sequences and train_df[c].dtype.kind == "f"]
-    sparse = [c for c in features if c not in sequences and c not in dense]
-    tables = {}  # table name -> its columns
-    for name in sparse:
-        tables.setdefault(name, []).append(name)
-    for name in sequences:
-        owner = name[len("hist_"):] if name.startswith("hist_") and name[len("hist_"):] in sparse else name
-        tables.setdefault(owner, []).append(name)
-    columns = []
-    for table, names in tables.items():
-        counts = Counter()
-        integer = True
-        for name in names:
-            values = train_df[name].to_numpy()
-            if name in sequences:
-                flat = [v for cell in values for v in cell]
-                integer = False
-            else:
-                flat = values.tolist()
-                integer = integer and values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
-            counts.update(flat if integer else [str(v) for v in flat if not (isinstance(v, float) and v != v)])
-        kept = [value for value, count in sorted(counts.items(), key=lambda vc: (-vc[1], str(vc[0])))
-                if count >= options.min_count and value not in ("", 0)]
-        if not kept:
-            raise ConfigError(f"{path}: columns.min_count: no value of column '{table}' occurs "
-                              f"{options.min_count} times in the training rows; lower min_count")
-        dtype = "int64" if integer else "string"
-        vocabulary = [int(v) for v in kept] if integer else kept
-        base = SparseFeat(table, None, options.embedding_dim, dtype=dtype, vocabulary=vocabulary)
-        for name in names:
-            if name in sequences:
-                longest = max((len(cell) for cell in train_df[name]), default=1)
-                maxlen = sequences[name].get("maxlen", max(longest, 1))
-                columns.append(VarLenSparseFeat(base._replace(name=name), maxlen=maxlen))
-            else:
-                columns.append(base)
-    columns += [DenseFeat(name, 1) for name in dense]
-    if not columns:
-        raise ConfigError(f"{path}: columns: the data has no feature columns besides the labels")
-    return columns
+    options = config.columns
+    try:
+        return infer_feature_columns(train_df, config.tasks.values(), options.exclude, options.dense,
+                                     options.sequences, options.min_count, options.embedding_dim)
+    except ColumnInferenceError as error:
+        key = "columns" if error.key is None else f"columns.{error.key}"
+        raise ConfigError(f"{config.path}: {key}: {error.problem}") from None
 
 
 def explicit_columns(config):

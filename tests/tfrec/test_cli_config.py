@@ -1,15 +1,22 @@
 """Acceptance of issue 10: your own CSV data through the `tfrec` command, as a user runs it.
 
 `tfrec train --config examples/ranking_din.yaml` -> `tfrec evaluate --config ...` ->
-`tfrec export --config ...` -> `tfrec serve` (serving.LocalServer) -> `tfrec query --inputs @file`,
-each a subprocess on the CSV the repository ships; then the one-line errors of ordinary mistakes
-and Ctrl-C of `tfrec demo`.
+`tfrec export --config ...` -> `tfrec serve` -> `tfrec query --inputs @file`, each a subprocess
+on the CSV the repository ships, down to the server's clean exit on SIGTERM; out-of-range integer
+ids scored as the OOV row in training, in the export and over gRPC; then the one-line errors of
+ordinary mistakes and Ctrl-C of `tfrec demo`.
+
+The `tfrec serve` process is shared by the tests that query it; the last of them stops it
+(tests run in file order).
 """
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,8 +48,12 @@ def ranking_run(tmp_path_factory):
     output, base = root / "run", root / "models" / "din"
     flags = ["--config", RANKING, "--output", output]
     train = ok(tfrec("train", *flags, "--epochs", 1, "--tensorboard", root / "tensorboard"))
-    evaluate = ok(tfrec("evaluate", *flags))
-    export = ok(tfrec("export", *flags, "--export-base", base))
+    # evaluate and export only read the trained model: run them side by side.
+    running = [subprocess.Popen(TFREC + [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO)
+               for argv in (["evaluate", *flags], ["export", *flags, "--export-base", base])]
+    outputs = [p.communicate(timeout=300) for p in running]
+    evaluate, export = [ok(subprocess.CompletedProcess(p.args, p.returncode, *out)) for p, out in zip(running, outputs)]
     return SimpleNamespace(root=root, output=output, base=base, train=train, evaluate=evaluate,
                            export_path=export.stdout.strip().splitlines()[-1])
 
@@ -76,7 +87,8 @@ def test_evaluate_writes_metrics_and_a_calibration_plot(ranking_run):
     task = report["tasks"]["prediction"]
     assert 0.0 < task["auc"] < 1.0 and 0.0 < task["gauc"] < 1.0 and task["logloss"] > 0
     assert report["rows"] == 420 and report["files"]["calibration"] == str(plot)
-    assert f"AUC {task['auc']:.4f}  GAUC {task['gauc']:.4f}  logloss {task['logloss']:.4f}" in ranking_run.evaluate.stdout
+    line = f"AUC {task['auc']:.4f}  GAUC {task['gauc']:.4f}  logloss {task['logloss']:.4f}"
+    assert line in ranking_run.evaluate.stdout
 
 
 def signature_feed(signature, inputs):
@@ -95,19 +107,144 @@ def test_exported_model_scores_equal_the_trained_model(ranking_run, test_rows):
     np.testing.assert_allclose(served, model.predict(inputs, verbose=0).reshape(-1), atol=1e-5)
 
 
-def test_served_and_queried_scores_equal_the_trained_model(ranking_run, test_rows, tmp_path):
-    from serving import LocalServer
+def tiny_oov_model():
+    """A tiny DIN on plain integer ids (no vocabulary: ids index the tables), trained one epoch on
+    rows that include out-of-range ids (99 and -3 for tables of 5 and 6 rows)."""
+    import tensorflow as tf
 
+    from feature_columns import SparseFeat, VarLenSparseFeat
+    from tfrec.models import DIN
+
+    tf.keras.utils.set_random_seed(0)
+    columns = [SparseFeat("user_id", 5, 4, dtype="int64"), SparseFeat("item_id", 6, 4, dtype="int64"),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 6, 4, dtype="int64", embedding_name="item_id"), 3)]
+    rng = np.random.default_rng(0)
+    x = {"user_id": rng.integers(0, 5, 64), "item_id": rng.integers(1, 6, 64),
+         "hist_item_id": rng.integers(0, 6, (64, 3))}
+    x["item_id"][:4] = [99, -3, 99, 6]  # out of range: trains on row 0 instead of failing the batch
+    x["hist_item_id"][:2, 0] = [99, -1]
+    model = DIN(columns, ["item_id"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy")
+    history = model.fit(x, rng.integers(0, 2, 64), batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    return model
+
+
+# Rows 0-2: one request scored with item_id 0 (the padding/OOV row), 99 and -3; rows 3-4: a
+# history with an out-of-range id and the same history with 0 (padding) in its place; row 5: a
+# real id in row 0's place, which must score differently (the model does read the item).
+OOV_REQUEST = {"user_id": [2, 2, 2, 3, 3, 2], "item_id": [0, 99, -3, 4, 4, 1],
+               "hist_item_id": [[1, 2, 0], [1, 2, 0], [1, 2, 0], [1, 99, 3], [1, 0, 3], [1, 2, 0]]}
+
+
+def assert_oov_scores(scores, where):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6) and scores[2] == pytest.approx(scores[0], abs=1e-6), \
+        (where, scores)
+    assert scores[3] == pytest.approx(scores[4], abs=1e-6), (where, scores)
+    assert abs(scores[5] - scores[0]) > 1e-5, (where, scores)
+    return scores
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """(trained-model scores of OOV_REQUEST, the export base of the tiny model)."""
+    import exporters
+
+    model = tiny_oov_model()
+    request = {name: np.asarray(values, dtype=np.int64) for name, values in OOV_REQUEST.items()}
+    trained_scores = assert_oov_scores(model.predict(request, verbose=0), "training-time predict")
+    base = tmp_path_factory.mktemp("tiny") / "oov"
+    exporters.export_saved_model(model, str(base))
+    return trained_scores, base
+
+
+class ServeProcess:
+    """`tfrec serve` as a subprocess on a free port; `target` once it printed its readiness line."""
+
+    READY = "Running gRPC ModelServer at "
+
+    def __init__(self, args, log_path, timeout=120):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(TFREC + ["serve", "--port=0"] + args, stdout=subprocess.PIPE,
+                                        stderr=self._log, text=True, cwd=REPO)
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        deadline = time.monotonic() + timeout
+        self.stdout = []
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.stop()
+                raise AssertionError(f"tfrec serve printed no readiness line; its log:\n{self.log()[-3000:]}")
+            self.stdout.append(line)
+            if line.startswith(self.READY):
+                self.target = line[len(self.READY):].split()[0]
+                return
+
+    def log(self):
+        return Path(self.log_path).read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+@pytest.fixture(scope="session")
+def served(ranking_run, tiny_export, tmp_path_factory):
+    """`tfrec serve --model_config_file` with the exported DIN ("din") and the tiny OOV model ("oov")."""
+    from exporters import write_model_config
+
+    root = tmp_path_factory.mktemp("serve")
+    config = write_model_config(root / "models.config", {"din": str(ranking_run.base), "oov": str(tiny_export[1])})
+    server = ServeProcess([f"--model_config_file={config}"], root / "serve.log")
+    yield server
+    server.stop()
+
+
+def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tmp_path):
     model, _, inputs = test_rows
     request = {name: np.asarray(values)[:5].tolist() for name, values in inputs.items()}
     request_file = tmp_path / "request.json"
     request_file.write_text(json.dumps(request))
-    with LocalServer(model_base_path=str(ranking_run.base), model_name="din", rest=False) as server:
-        query = ok(tfrec("query", "--target", server.grpc_target, "--model-name", "din",
-                         "--inputs", f"@{request_file}"))
-    served = np.array(json.loads(query.stdout)["prediction"]).reshape(-1)
+    query = ok(tfrec("query", "--target", served.target, "--model-name", "din", "--inputs", f"@{request_file}"))
+    served_scores = np.array(json.loads(query.stdout)["prediction"]).reshape(-1)
     expected = model.predict({k: np.asarray(v)[:5] for k, v in inputs.items()}, verbose=0).reshape(-1)
-    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert served_scores.shape == (5,)
+    np.testing.assert_allclose(served_scores, expected, atol=1e-5)
+
+
+def test_out_of_range_ids_score_as_the_oov_row_in_training_export_and_grpc(tiny_export, served):
+    import tensorflow as tf
+
+    from serving import Client
+
+    trained_scores, base = tiny_export
+    signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    exported = signature(**{name: tf.constant(values, dtype=tf.int64) for name, values in OOV_REQUEST.items()})
+    exported = assert_oov_scores(exported["prediction"].numpy(), "in-process predict of the export")
+    with Client(served.target) as client:
+        over_grpc = assert_oov_scores(client.predict("oov", OOV_REQUEST)["prediction"], "gRPC")
+    np.testing.assert_allclose(exported, trained_scores, atol=1e-5)
+    np.testing.assert_allclose(over_grpc, trained_scores, atol=1e-5)
+
+
+def test_the_server_exits_cleanly_on_sigterm(served):
+    assert served.stop(signal.SIGTERM) == 0, served.log()[-3000:]
+    log = served.log()
+    assert "Traceback" not in log and "Server stopped" in log
 
 
 def test_ordinary_mistakes_are_one_line_errors(tmp_path):

@@ -3,14 +3,17 @@
 The DeepCTR examples (run_classification_criteo.py, run_din.py, run_mtl.py) size each column
 from the data: `SparseFeat(feat, data[feat].max() + 1, 4)` after a LabelEncoder, i.e. with numpy
 integers (np.int8 for a small column), and feed `{name: data[name]}` -- pandas Series -- to fit.
-Here the LabelEncoder is `pd.factorize` (same 0..n-1 codes, no sklearn).
+Here the LabelEncoder is `pd.factorize` (same 0..n-1 codes, no sklearn). DeepMatch's examples
+(run_youtubednn.py, run_sdm.py) do the same for the two-tower models, with histories padded by
+`pad_sequences` into numpy arrays. Every model of the zoo builds and trains on such inputs.
 """
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, get_feature_names
-from tfrec.models import DIN, MMOE
+from tfrec.models import CLSR, DIN, ESMM, MIND, MMOE, PLE, SDM, SIM, SharedBottom, YoutubeDNN
 
 
 def criteo_like_frame(rows=64, seed=0):
@@ -93,3 +96,151 @@ def test_mtl_script_shape_trains_mmoe_on_pandas():
     assert np.isfinite(history.history["loss"][0])
     predictions = model.predict(train_model_input, batch_size=64, verbose=0)
     assert [p.shape for p in predictions] == [(len(data), 1)] * 2
+
+
+# --- Every model on LabelEncoder ids, numpy sizes and pandas columns -----------------------------
+
+ROWS, MAXLEN, DIM = 32, 4, 4
+
+
+def pad_sequences(cells, maxlen):
+    """keras' pad_sequences(..., padding="post", truncating="pre"), as DeepCTR's run_din uses."""
+    out = np.zeros((len(cells), maxlen), dtype=np.int64)
+    for row, cell in enumerate(cells):
+        kept = list(cell)[-maxlen:]
+        out[row, :len(kept)] = kept
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    return label_encoded_impressions()
+
+
+def label_encoded_impressions():
+    """Raw impressions with string ids and histories, label-encoded the DeepCTR way.
+
+    user/gender: codes 0..n-1 (pd.factorize); item/cate: codes + 1 shared by the target and its
+    history, so 0 stays the padding the histories are padded with (DeepCTR's run_din keeps 0 for
+    padding). Sizes are `data[feat].max() + 1`: numpy integers.
+    """
+    rng = np.random.default_rng(0)
+    items = np.array([f"item{i}" for i in range(12)])
+    item_cate = {item: f"cate{i % 3}" for i, item in enumerate(items)}
+    data = pd.DataFrame({
+        "user_id": rng.choice([f"u{i}" for i in range(6)], ROWS),
+        "gender": rng.choice(["F", "M"], ROWS),
+        "item_id": rng.choice(items, ROWS),
+        "price": rng.random(ROWS).astype(np.float64),
+        "label": rng.integers(0, 2, ROWS),
+        "conversion": 0,
+    })
+    data["conversion"] = data["label"] * rng.integers(0, 2, ROWS)
+    data["cate_id"] = data["item_id"].map(item_cate)
+    histories = [list(rng.choice(items, rng.integers(1, 7))) for _ in range(ROWS)]
+    for feat in ("user_id", "gender"):
+        data[feat] = pd.factorize(data[feat])[0]
+    item_codes = {item: code + 1 for code, item in enumerate(pd.factorize(items)[1])}
+    cate_codes = {cate: code + 1 for code, cate in enumerate(pd.factorize(pd.Series(list(item_cate.values())))[1])}
+    data["item_id"] = data["item_id"].map(item_codes)
+    data["cate_id"] = data["cate_id"].map(cate_codes)
+    hist_item = [[item_codes[i] for i in h] for h in histories]
+    hist_cate = [[cate_codes[item_cate[i]] for i in h] for h in histories]
+    sizes = {feat: data[feat].max() + 1 for feat in ("user_id", "gender", "item_id", "cate_id")}
+    sizes["item_id"] = max(sizes["item_id"], max(map(max, hist_item)) + 1)
+    sizes["cate_id"] = max(sizes["cate_id"], max(map(max, hist_cate)) + 1)
+    assert all(isinstance(size, np.integer) for size in sizes.values())
+    lengths = np.array([min(len(h), MAXLEN) for h in histories])
+    return dict(data=data, sizes=sizes, hist_item=hist_item, hist_cate=hist_cate, lengths=lengths)
+
+
+def ranking_setup(encoded, model_name):
+    """DIN / SIM / CLSR: run_din.py's columns and inputs (histories padded into numpy arrays)."""
+    data, sizes = encoded["data"], encoded["sizes"]
+    columns = [SparseFeat(feat, sizes[feat], embedding_dim=np.int64(DIM)) for feat in ("user_id", "gender", "item_id",
+                                                                                       "cate_id")]
+    columns += [DenseFeat("price", np.int32(1))]
+    columns += [VarLenSparseFeat(SparseFeat("hist_" + feat, sizes[feat], embedding_dim=DIM, embedding_name=feat),
+                                 maxlen=np.int64(MAXLEN), length_name="seq_length") for feat in ("item_id", "cate_id")]
+    x = {name: data[name] for name in ("user_id", "gender", "item_id", "cate_id", "price")}
+    x["hist_item_id"] = pad_sequences(encoded["hist_item"], MAXLEN)
+    x["hist_cate_id"] = pad_sequences(encoded["hist_cate"], MAXLEN)
+    x["seq_length"] = encoded["lengths"]
+    small = dict(dnn_hidden_units=(4,), att_hidden_size=(4,))
+    history = ["item_id", "cate_id"]
+    model = {"DIN": lambda: DIN(columns, history, **small),
+             "SIM": lambda: SIM(columns, history, search="hard", search_feature="cate_id", topk=2, short_maxlen=2,
+                                num_heads=1, **small),
+             "CLSR": lambda: CLSR(columns, history, user_feature="user_id", proxy_recent=1, proxy_min_length=1,
+                                  **small)}[model_name]()
+    model.compile("adam", "binary_crossentropy")
+    return model, x, data["label"].values
+
+
+def multitask_setup(encoded, model_name):
+    """MMOE / PLE / ESMM / SharedBottom: run_mtl.py's columns, labels as a list of `.values`."""
+    data, sizes = encoded["data"], encoded["sizes"]
+    columns = [SparseFeat(feat, vocabulary_size=sizes[feat], embedding_dim=4) for feat in ("user_id", "gender",
+                                                                                           "item_id", "cate_id")]
+    columns += [DenseFeat("price", 1)]
+    x = {name: data[name] for name in get_feature_names(columns)}
+    tasks = dict(task_types=["binary", "binary"], task_names=["ctr", "ctcvr"])
+    model = {"MMOE": lambda: MMOE(columns, num_experts=2, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=(),
+                                  **tasks),
+             "PLE": lambda: PLE(columns, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=(), num_levels=1,
+                                **tasks),
+             "ESMM": lambda: ESMM(columns, tower_dnn_hidden_units=(4,), **tasks),
+             "SharedBottom": lambda: SharedBottom(columns, bottom_dnn_hidden_units=(4,), tower_dnn_hidden_units=(),
+                                                  **tasks)}[model_name]()
+    model.compile("adam", loss=["binary_crossentropy", "binary_crossentropy"])
+    return model, x, [data["label"].values, data["conversion"].values]
+
+
+def retrieval_setup(encoded, model_name):
+    """YoutubeDNN / MIND / SDM: run_youtubednn.py's / run_sdm.py's columns; labels are unused zeros."""
+    data, sizes = encoded["data"], encoded["sizes"]
+    user_columns = [SparseFeat("user_id", sizes["user_id"], DIM), SparseFeat("gender", sizes["gender"], DIM)]
+    item_columns = [SparseFeat("item_id", sizes["item_id"], DIM)]
+    x = {"user_id": data["user_id"], "gender": data["gender"], "item_id": data["item_id"]}
+    if model_name == "SDM":
+        short, prefer = [h[-2:] for h in encoded["hist_item"]], [h[:-2] for h in encoded["hist_item"]]
+        for prefix, cells, maxlen in (("short_", short, 2), ("prefer_", prefer, MAXLEN)):
+            user_columns.append(VarLenSparseFeat(SparseFeat(prefix + "item_id", sizes["item_id"], DIM,
+                                                            embedding_name="item_id"), maxlen=np.int64(maxlen),
+                                                 combiner="mean", length_name=prefix + "sess_length"))
+            x[prefix + "item_id"] = pad_sequences(cells, maxlen)
+            x[prefix + "sess_length"] = np.array([min(len(c), maxlen) for c in cells])
+        model = SDM(user_columns, item_columns, ["item_id"], units=DIM, rnn_layers=1, num_head=1)
+    else:
+        user_columns.append(VarLenSparseFeat(SparseFeat("hist_item_id", sizes["item_id"], DIM,
+                                                        embedding_name="item_id"), maxlen=MAXLEN, combiner="mean",
+                                             length_name="hist_len"))
+        x["hist_item_id"] = pad_sequences(encoded["hist_item"], MAXLEN)
+        x["hist_len"] = encoded["lengths"]
+        model = YoutubeDNN(user_columns, item_columns, user_dnn_hidden_units=(DIM,)) if model_name == "YoutubeDNN" \
+            else MIND(user_columns, item_columns, k_max=2, user_dnn_hidden_units=(DIM,))
+    model.compile(tf.keras.optimizers.Adam(1e-3))
+    return model, x, np.zeros(len(data))
+
+
+SETUPS = {"DIN": ranking_setup, "SIM": ranking_setup, "CLSR": ranking_setup, "MMOE": multitask_setup,
+          "PLE": multitask_setup, "ESMM": multitask_setup, "SharedBottom": multitask_setup,
+          "YoutubeDNN": retrieval_setup, "MIND": retrieval_setup, "SDM": retrieval_setup}
+
+
+@pytest.mark.parametrize("model_name", list(SETUPS))
+def test_every_model_builds_and_trains_on_label_encoded_pandas_inputs(encoded, model_name):
+    tf.keras.utils.set_random_seed(0)
+    model, x, y = SETUPS[model_name](encoded, model_name)
+    assert any(isinstance(v, pd.Series) for v in x.values())
+    history = model.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)  # one step
+    assert np.isfinite(history.history["loss"][0])
+    if SETUPS[model_name] is retrieval_setup:
+        user = model.user_tower.predict({t.name: x[t.name] for t in model.user_input}, verbose=0)
+        vectors = user[0] if isinstance(user, list) else user
+        assert vectors.shape[0] == ROWS and vectors.shape[-1] == DIM and np.all(np.isfinite(vectors))
+    else:
+        predictions = model.predict(x, batch_size=ROWS, verbose=0)
+        predictions = predictions if isinstance(predictions, list) else [predictions]
+        for p in predictions:
+            assert p.shape == (ROWS, 1) and np.all((p > 0) & (p < 1))

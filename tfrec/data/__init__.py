@@ -1,10 +1,21 @@
-"""Data for tfrec models: DataFrames -> tf.data, behaviour logs -> DIN samples, planted-truth
-synthetic data with known click probabilities (short click histories, long behaviour histories),
-and the UCI Adult multi-task benchmark."""
+"""Data for tfrec models.
+
+Your own data:
+  infer_feature_columns(df, label_columns, ...)   DataFrame -> feature columns with vocabularies
+  build_din_samples(log, maxlen, ...)             behaviour log -> DIN samples (history, negatives),
+                                                  split leave-last-out; build_sim_samples for SIM/CLSR
+  leave_last_out(df, user_col, time_col)          each user's last events -> the test frame
+  df_to_inputs(df, columns) / df_to_dataset(...)  DataFrame -> {feature: array} / tf.data pipeline
+
+Planted-truth synthetic data with known click probabilities (short click histories, long
+behaviour histories, retrieval), and the UCI Adult multi-task benchmark.
+"""
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
 from .adult import ADULT_PATH_VARIABLE, ADULT_TASKS, ADULT_URL, adult_feature_columns, load_adult
-from .behaviour import NEGATIVE_OUTCOME_VALUES, build_din_samples, check_esmm_labels
+from .behaviour import (NEGATIVE_OUTCOME_VALUES, build_din_samples, build_sim_samples, check_esmm_labels,
+                        leave_last_out)
+from .columns import ColumnInferenceError, build_vocabulary, infer_feature_columns
 from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
                            make_long_history_setting)
 from .pipeline import df_to_dataset, df_to_inputs
@@ -17,6 +28,7 @@ from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalD
 __all__ = [
     "ADULT_PATH_VARIABLE", "ADULT_TASKS", "ADULT_URL", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
     "NEGATIVE_OUTCOME_VALUES", "SPARSE_USER_SETTINGS",
+    "ColumnInferenceError", "build_vocabulary", "build_sim_samples", "infer_feature_columns", "leave_last_out",
     "adult_feature_columns", "build_din_samples", "check_esmm_labels", "df_to_dataset", "df_to_inputs",
     "din_feature_columns", "load_adult", "long_history_feature_columns", "make_behaviour_log",
     "make_long_history_data", "make_long_history_setting", "make_multitask_data", "make_sparse_user_log",

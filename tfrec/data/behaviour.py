@@ -12,7 +12,10 @@ import pandas as pd
 
 from feature_columns import history_name
 
-__all__ = ["build_din_samples", "check_esmm_labels", "NEGATIVE_OUTCOME_VALUES"]
+__all__ = ["build_din_samples", "build_sim_samples", "check_esmm_labels", "leave_last_out",
+           "NEGATIVE_OUTCOME_VALUES"]
+
+HISTORY_FORMATS = ("list", "array")
 
 # Columns that describe an impression's outcome: a sampled negative is not a real impression,
 # so these get "no conversion" and "unknown truth" instead of the positive's values.
@@ -25,9 +28,74 @@ def _require_columns(frame, columns, what):
         raise KeyError(f"{what} needs column(s) {missing}; the frame has {list(frame.columns)}")
 
 
-def _histories(values, starts, ends):
-    """[values[s:e].tolist() for each row]: one Python list per row (a cell of a list column)."""
-    return [values[s:e].tolist() for s, e in zip(starts.tolist(), ends.tolist())]
+def _histories(values, starts, ends, histories="list"):
+    """One cell per row holding values[s:e]: a Python list ("list"), or a view of `values`
+    ("array": the cells of a column share one numpy array, so a row costs an array header
+    instead of a list of Python objects)."""
+    if histories == "list":
+        return [values[s:e].tolist() for s, e in zip(starts.tolist(), ends.tolist())]
+    cells = np.empty(len(starts), dtype=object)
+    for row, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        cells[row] = values[s:e]
+    return cells
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def leave_last_out(df, user_col="user_id", time_col="timestamp", test_events=1):
+    """Splits a frame of events by user: each user's last `test_events` rows by `time_col` (ties:
+    the later row in `df` counts as later) are the test rows, the rest train.
+
+    A user with `test_events` rows or fewer has them all in the test frame. `build_din_samples`
+    and `retrieval_samples` split their samples this way themselves; this is the same split for
+    any frame (a log, samples you built, a user's own data).
+
+    Args:
+      df: a DataFrame with `user_col` and `time_col` (any sortable values: ints, floats,
+        datetimes, strings).
+      test_events: rows held out per user (>= 1; more than one makes per-user metrics such as
+        GAUC defined).
+
+    Returns:
+      (train_df, test_df): the rows of `df` in their original order, each with a fresh RangeIndex.
+    """
+    _check_count("test_events", test_events, 1)
+    _require_columns(df, [user_col, time_col], "leave_last_out")
+    _, user_codes = np.unique(df[user_col].to_numpy(), return_inverse=True)
+    user_codes = user_codes.reshape(-1)
+    order = np.lexsort((np.arange(len(df)), df[time_col].to_numpy(), user_codes))
+    from_end = pd.Series(user_codes[order]).groupby(user_codes[order]).cumcount(ascending=False).to_numpy()
+    in_test = np.empty(len(df), dtype=bool)
+    in_test[order] = from_end < test_events
+    return df[~in_test].reset_index(drop=True), df[in_test].reset_index(drop=True)
+
+
+def _draw_outside_user_items(rng, drawn, owners, user_item_keys, num_items, max_rounds=64):
+    """Redraws `drawn` (item indices) in place until none is among its owner's items.
+
+    `user_item_keys`: sorted unique owner * num_items + item of every (user, item) of the log.
+    Uniform redraws first (a handful of rounds for any user who knows a small share of the
+    catalogue); rows still in conflict then draw from their user's complement explicitly.
+    """
+    def conflicting(rows):
+        keys = owners[rows] * num_items + drawn[rows]
+        where = np.minimum(np.searchsorted(user_item_keys, keys), len(user_item_keys) - 1)
+        return rows[user_item_keys[where] == keys]
+
+    bad = conflicting(np.arange(len(drawn)))
+    for _ in range(max_rounds):
+        if not len(bad):
+            return drawn
+        drawn[bad] = rng.integers(0, num_items, len(bad))
+        bad = conflicting(bad)
+    for row in bad.tolist():
+        known = user_item_keys[(user_item_keys >= owners[row] * num_items) &
+                               (user_item_keys < (owners[row] + 1) * num_items)] - owners[row] * num_items
+        drawn[row] = rng.choice(np.setdiff1d(np.arange(num_items), known))
+    return drawn
 
 
 def build_din_samples(
@@ -42,6 +110,9 @@ def build_din_samples(
     seed=0,
     extra_cols=(),
     test_events=1,
+    exclude_user_items=False,
+    histories="list",
+    history_times=False,
 ):
     """Turns an impression log into DIN samples with a leave-last-out split.
 
@@ -54,7 +125,10 @@ def build_din_samples(
     user, history and timestamp but an item drawn uniformly from the log's other items (with
     that item's category) and label 0. Their outcome columns among `extra_cols`
     (NEGATIVE_OUTCOME_VALUES: conversion -> 0, p_click / p_conversion -> NaN) are reset; other
-    extra columns (user features) are copied from the positive.
+    extra columns (user features) are copied from the positive. With `exclude_user_items`, a
+    negative is never an item the user has in the log (any of their rows, clicked or not, train
+    or test), as DIN's Amazon recipe samples them; a user who has seen every item gets a
+    ValueError.
 
     Leave-last-out: each user's last `test_events` events, with their negatives, go to the test
     frame (more than one per user makes per-user metrics such as GAUC defined).
@@ -66,18 +140,31 @@ def build_din_samples(
       seed: seed of the negative sampler.
       extra_cols: further log columns carried into the samples (e.g. "p_click", user features).
       test_events: events per user held out for the test frame (>= 1).
+      exclude_user_items: negatives avoid every item of their user (False: only the target).
+      histories: "list" (a Python list per cell) or "array" (a 1-D numpy array per cell, views
+        of one array per column: several times less memory for long histories; `df_to_inputs`
+        reads both, and cuts arrays to `maxlen` without copying the rest).
+      history_times: also `hist_<time_col>`, the times of the history's events (int64 for
+        integer times), aligned with `hist_<item_col>`: SIM's `time_feature` reads it with a
+        `VarLenDenseFeat(hist_<time_col>, maxlen, dtype="int64")`.
 
     Returns:
       (train_df, test_df), each with columns user, item, category, time, label,
-      hist_<item_col>, hist_<category_col>, then extra_cols; rows in (user, time) order, a
-      positive's negatives right after it; a fresh RangeIndex.
+      hist_<item_col>, hist_<category_col> (hist_<time_col>), then extra_cols; rows in
+      (user, time) order, a positive's negatives right after it; a fresh RangeIndex.
+
+    Example (a log with user_id, item_id, cate_id, timestamp, click):
+
+        train_df, test_df = build_din_samples(log, maxlen=50, negatives=1, exclude_user_items=True)
+        columns = din_feature_columns(log, maxlen=50)  # or infer_feature_columns(train_df, ...)
+        model = DIN(columns, ["item_id", "cate_id"])
+        model.fit(df_to_dataset(train_df, columns, "click"))
     """
-    if not isinstance(maxlen, (int, np.integer)) or maxlen < 1:
-        raise ValueError(f"maxlen must be an int >= 1, got {maxlen!r}")
-    if not isinstance(negatives, (int, np.integer)) or negatives < 0:
-        raise ValueError(f"negatives must be an int >= 0, got {negatives!r}")
-    if not isinstance(test_events, (int, np.integer)) or test_events < 1:
-        raise ValueError(f"test_events must be an int >= 1, got {test_events!r}")
+    _check_count("maxlen", maxlen, 1)
+    _check_count("negatives", negatives, 0)
+    _check_count("test_events", test_events, 1)
+    if histories not in HISTORY_FORMATS:
+        raise ValueError(f"histories must be one of {HISTORY_FORMATS}, got {histories!r}")
     target_cols = [item_col] + ([category_col] if category_col is not None else [])
     extra_cols = [c for c in extra_cols if c not in (user_col, time_col, label_col, *target_cols)]
     _require_columns(log, [user_col, time_col, label_col, *target_cols, *extra_cols], "build_din_samples")
@@ -86,6 +173,7 @@ def build_din_samples(
         raise ValueError(f"column '{label_col}' must hold only 0 and 1")
 
     _, user_codes = np.unique(log[user_col].to_numpy(), return_inverse=True)
+    user_codes_of_log = user_codes.reshape(-1)
     order = np.lexsort((np.arange(len(log)), log[time_col].to_numpy(), user_codes.reshape(-1)))
     events = log.iloc[order].reset_index(drop=True)
     user_codes = user_codes.reshape(-1)[order]
@@ -101,10 +189,11 @@ def build_din_samples(
     hist_start = np.maximum(user_first_click, hist_end - maxlen)
 
     samples = events[[user_col, *target_cols, time_col, label_col, *extra_cols]].copy()
-    for col in target_cols:
-        samples[history_name(col)] = _histories(events[col].to_numpy()[clicked], hist_start, hist_end)
+    history_cols = target_cols + ([time_col] if history_times else [])
+    for col in history_cols:
+        samples[history_name(col)] = _histories(events[col].to_numpy()[clicked], hist_start, hist_end, histories)
     samples = samples[[user_col, *target_cols, time_col, label_col,
-                       *[history_name(c) for c in target_cols], *extra_cols]]
+                       *[history_name(c) for c in history_cols], *extra_cols]]
     in_test = pd.Series(user_codes).groupby(user_codes).cumcount(ascending=False).to_numpy() < test_events
 
     if negatives:
@@ -119,6 +208,17 @@ def build_din_samples(
         target_index = pd.Index(items).get_indexer(negative_samples[item_col].to_numpy())
         drawn = np.random.default_rng(seed).integers(0, len(items) - 1, len(negative_rows))
         drawn += drawn >= target_index
+        if exclude_user_items:
+            # Every (user, item) of the log as one sorted int64 key: user code * n_items + item index.
+            keys = np.unique(user_codes_of_log * len(items) + pd.Index(items).get_indexer(log[item_col].to_numpy()))
+            seen = np.bincount(keys // len(items), minlength=int(user_codes_of_log.max()) + 1)
+            owners = user_codes[negative_rows]
+            full = np.flatnonzero(seen[owners] >= len(items))
+            if len(full):
+                user = negative_samples[user_col].iloc[full[0]]
+                raise ValueError(f"exclude_user_items: user {user!r} has every one of the {len(items)} items in "
+                                 "the log, so no negative can be drawn for them")
+            _draw_outside_user_items(np.random.default_rng([seed, 1]), drawn, owners, keys, len(items))
         negative_samples[item_col] = items[drawn]
         if category_col is not None:
             negative_samples[category_col] = item_to_category[category_col].to_numpy()[drawn]
@@ -135,6 +235,25 @@ def build_din_samples(
     train = samples[~in_test].reset_index(drop=True)
     test = samples[in_test].reset_index(drop=True)
     return train, test
+
+
+def build_sim_samples(log, maxlen, time_col="timestamp", history_times=True, histories="array", **kwargs):
+    """`build_din_samples` for long-history models (SIM, CLSR): the same samples, by default with
+    `hist_<time_col>` (the events' times, for SIM's `time_feature`) and numpy-array cells.
+
+    Every argument is `build_din_samples`'; only the defaults of `history_times` (True) and
+    `histories` ("array": a history of thousands of events per row stays one view of a shared
+    array) differ. Columns for SIM with event times (`VarLenDenseFeat` keeps and pads the same
+    events as the `VarLenSparseFeat` of the same maxlen):
+
+        train_df, test_df = build_sim_samples(log, maxlen=2000)
+        columns = din_feature_columns(log, maxlen=2000) + [
+            DenseFeat("timestamp", dtype="int64"), VarLenDenseFeat("hist_timestamp", 2000, dtype="int64")]
+        model = SIM(columns, ["item_id", "cate_id"], search="hard", search_feature="cate_id",
+                    time_feature="timestamp")
+    """
+    return build_din_samples(log, maxlen, time_col=time_col, history_times=history_times, histories=histories,
+                             **kwargs)
 
 
 def check_esmm_labels(df, click_col="click", conversion_col="conversion"):

@@ -1,0 +1,159 @@
+"""A DataFrame -> feature columns with vocabularies: what `tfrec train --config` does with `columns: infer`.
+
+    columns = infer_feature_columns(train_df, label_columns=["click"], exclude=["timestamp"], min_count=2)
+    model = DIN(columns, ["item_id"])
+
+Every vocabulary is built from the frame given (the training rows), so nothing of the test rows
+leaks into the model; a value the vocabulary lacks is looked up as the out-of-vocabulary row.
+"""
+import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
+
+from collections import Counter
+
+import numpy as np
+
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+
+__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary"]
+
+_HISTORY_PREFIX = "hist_"
+
+
+class ColumnInferenceError(ValueError):
+    """Columns cannot be inferred as asked; `key` names the argument at fault (None: the frame).
+
+    str(error) is "<key>: <problem>" (just the problem when key is None); `problem` alone is the
+    problem, so a caller with its own names for the arguments (a config file) can re-label it.
+    """
+
+    def __init__(self, key, problem):
+        super().__init__(problem if key is None else f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _is_sequence_cell(value):
+    return isinstance(value, (list, np.ndarray))
+
+
+def _sequence_options(sequences):
+    """{name: {"maxlen": n} or {}} from a dict {name: {"maxlen": n} | n | None} or a list of names."""
+    if sequences is None:
+        return {}
+    if isinstance(sequences, dict):
+        out = {}
+        for name, options in sequences.items():
+            if options is None:
+                options = {}
+            elif not isinstance(options, dict):
+                options = {"maxlen": options}
+            out[name] = dict(options)
+        return out
+    return {name: {} for name in sequences}
+
+
+def build_vocabulary(counts, min_count=1):
+    """The values of `counts` ({value: count}) seen at least `min_count` times, most frequent
+    first (ties by their text), without the padding values "" and 0."""
+    return [value for value, count in sorted(counts.items(), key=lambda vc: (-vc[1], str(vc[0])))
+            if count >= min_count and value not in ("", 0)]
+
+
+def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequences=None, min_count=1,
+                          embedding_dim=8):
+    """Feature columns, with vocabularies, for the columns of a DataFrame.
+
+    Every column of `df` that is not a label nor excluded becomes a feature:
+
+    * a sequence (`sequences`, plus every column whose first 20 cells hold lists or 1-D numpy
+      arrays, oldest to newest) -> `VarLenSparseFeat`, `maxlen` from `sequences` or else the
+      longest cell of `df` (at least 1). A sequence `hist_<f>` shares the table (and vocabulary)
+      of column `<f>` when `<f>` is a categorical column (`embedding_name="<f>"`, DeepCTR's
+      naming), so DIN can attend over it with `history_feature_list=["<f>"]`;
+    * a dense column (`dense`; by default every float column) -> `DenseFeat(name, 1)`;
+    * any other column is categorical -> `SparseFeat(name, None, embedding_dim, dtype=...,
+      vocabulary=[...])`.
+
+    A table's vocabulary holds the values seen at least `min_count` times over all its columns
+    (the target and its history counted together), most frequent first (ties by their text),
+    without the padding values "" and 0. Row 0 of the table is padding and row 1 the
+    out-of-vocabulary row: an unknown or rare value, in training or at serving, is looked up
+    there. A table whose columns are all integer ids >= 1 and that no sequence shares stays
+    `dtype="int64"` (requests send numbers); any other table is `dtype="string"` (its integer
+    values as their decimal text: `df_to_inputs` turns an int column into that text, and a
+    request sends e.g. `"5"`). NaN cells of a string table are not counted.
+
+    Args:
+      df: the training rows; sequence cells are lists or 1-D arrays.
+      label_columns: column names that are labels (a list, or the values of {task: column}).
+      exclude: columns that are neither features nor labels (row ids, truths, timestamps).
+      dense: columns fed as numbers; None: every float column that is not a sequence.
+      sequences: {name: {"maxlen": n}} or {name: n} or a list of names: sequence columns besides
+        the ones found by their cells.
+      min_count: values seen fewer times go to the out-of-vocabulary row (>= 1).
+      embedding_dim: every table's dimension.
+
+    Returns:
+      A list: SparseFeat / VarLenSparseFeat by table in column order (a table's target first,
+      then its sequences), then the DenseFeats.
+
+    Raises:
+      ColumnInferenceError (a ValueError): a `dense` or `exclude` column that `df` lacks (key
+        "dense" / "exclude"), a table with no value seen `min_count` times (key "min_count"),
+        or no feature column at all (key None).
+    """
+    label_columns = set(label_columns.values() if isinstance(label_columns, dict) else
+                        [label_columns] if isinstance(label_columns, str) else label_columns)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    dense = [dense] if isinstance(dense, str) else dense
+    for key, names in (("dense", dense or []), ("exclude", exclude)):
+        for name in names:
+            if name not in df.columns:
+                raise ColumnInferenceError(key, f"'{name}' is not a column of the data; its columns are "
+                                                f"{list(df.columns)}")
+    features = [c for c in df.columns if c not in label_columns and c not in exclude]
+    sequences = _sequence_options(sequences)
+    sequences.update((c, {}) for c in features if c not in sequences and
+                     any(_is_sequence_cell(v) for v in df[c].head(20)))
+    dense = list(dense) if dense is not None else \
+        [c for c in features if c not in sequences and df[c].dtype.kind == "f"]
+    sparse = [c for c in features if c not in sequences and c not in dense]
+    tables = {}  # table name -> its columns, the target first
+    for name in sparse:
+        tables.setdefault(name, []).append(name)
+    for name in sequences:
+        owner = name[len(_HISTORY_PREFIX):]
+        owner = owner if name.startswith(_HISTORY_PREFIX) and owner in sparse else name
+        tables.setdefault(owner, []).append(name)
+    columns = []
+    for table, names in tables.items():
+        # Integer only if every column of the table is a plain int column of ids >= 1 (decided
+        # before counting, so a table never mixes 5 and "5").
+        integer = True
+        for name in names:
+            values = df[name].to_numpy()
+            integer = integer and name not in sequences and values.dtype.kind in "iu" and \
+                (len(values) == 0 or values.min() >= 1)
+        counts = Counter()
+        for name in names:
+            values = df[name].to_numpy()
+            flat = [v for cell in values for v in cell] if name in sequences else values.tolist()
+            counts.update(flat if integer else [str(v) for v in flat if not (isinstance(v, float) and v != v)])
+        kept = build_vocabulary(counts, min_count)
+        if not kept:
+            raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in "
+                                                    "the training rows; lower min_count")
+        dtype = "int64" if integer else "string"
+        vocabulary = [int(v) for v in kept] if integer else kept
+        base = SparseFeat(table, None, embedding_dim, dtype=dtype, vocabulary=vocabulary)
+        for name in names:
+            if name in sequences:
+                longest = max((len(cell) for cell in df[name]), default=1)
+                maxlen = sequences[name].get("maxlen", max(longest, 1))
+                columns.append(VarLenSparseFeat(base._replace(name=name), maxlen=maxlen))
+            else:
+                columns.append(base)
+    columns += [DenseFeat(name, 1) for name in dense]
+    if not columns:
+        raise ColumnInferenceError(None, "the data has no feature columns besides the labels")
+    return columns

@@ -1,0 +1,471 @@
+"""tfrec.distribute: multi-worker equivalence, a parameter-server cluster, kill and resume.
+
+Every cluster runs as local processes on 127.0.0.1. This file is also the program those
+processes run (`python tests/tfrec/test_distribute.py MODE OUT_JSON ...`), so the training code
+the tests check is in one place. Every process a test starts is killed by that test (a
+`finally`), and every wait has a deadline.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+THIS = os.path.abspath(__file__)
+GLOBAL_BATCH = 64
+EPOCHS = 3
+STEPS_PER_EPOCH = 800 // GLOBAL_BATCH  # 12 global batches of 64 rows (the last 32 rows dropped)
+SAVE_FREQ = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The training programs (run in child processes, and the single-process reference in-process).
+
+def tiny_din_data():
+    """800 train / 200 test DIN rows over 100 users and 92 items (int ids), maxlen 10."""
+    from tfrec.data import build_din_samples, din_feature_columns, make_behaviour_log
+
+    log = make_behaviour_log(num_users=100, num_items=100, events_per_user=10, seed=7)
+    train, test = build_din_samples(log, maxlen=10, test_events=2)
+    return train, test, din_feature_columns(log, maxlen=10, embedding_dim=8)
+
+
+def tiny_din(columns):
+    from tfrec.data import DIN_HISTORY_FEATURES
+    from tfrec.models import DIN
+
+    return DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(8,), att_hidden_size=(8,))
+
+
+def train_synchronous(kind):
+    """DIN trained under `build_strategy(kind)` ("default" or "multi_worker") on the same rows in
+    the same order with the same global batch, each worker reading its own half of every batch
+    (`dataframe_dataset_fn`). Returns the loss after every batch and every epoch.
+
+    Keras logs a batch's loss summed over the workers' running means (tf-keras reduces
+    per-replica logs with "sum" there; the epoch's loss is reduced exactly), so the batch losses
+    are divided by the number of replicas: with equal halves that is the global running mean.
+    """
+    import tensorflow as tf
+
+    from tfrec.distribute import build_and_compile, build_strategy, dataframe_dataset_fn, distributed_dataset
+
+    train, _, columns = tiny_din_data()
+    strategy = build_strategy(kind)
+    model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0, compile_kwargs={"metrics": []})
+    data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", GLOBAL_BATCH, shuffle=False,
+                                                                repeat=True))
+    losses = []
+    logger = tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(logs["loss"] / strategy.num_replicas_in_sync))
+    history = model.fit(data, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, callbacks=[logger], verbose=0)
+    return {"batch": losses, "epoch": history.history["loss"], "replicas": strategy.num_replicas_in_sync}
+
+
+def run_multi_worker(out):
+    _write(out, train_synchronous("multi_worker"))
+
+
+def run_parameter_server_chief(out, export_base):
+    """The chief of a 2-worker, 2-ps cluster: trains DIN with a sharded item table, exports."""
+    import tensorflow as tf
+
+    from tfrec.data import df_to_inputs
+    from tfrec.distribute import (build_and_compile, build_strategy, checkpoint_callbacks, dataframe_dataset_fn,
+                                  distributed_dataset, export_from_chief, unsharded_copy)
+
+    train, test, columns = tiny_din_data()
+    strategy = build_strategy("parameter_server", min_shard_bytes=1024)
+    model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0)
+    table = next(layer for layer in model.layers if layer.name == "emb_item_id").embeddings
+    shards = table.variables if isinstance(table, tf.__internal__.distribute.ShardedVariable) else [table]
+    before = [s.numpy() for s in shards]
+    data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", 32, seed=1, repeat=True))
+    backup = os.path.join(os.path.dirname(out), "ps_backup")
+    history = model.fit(data, epochs=2, steps_per_epoch=6, verbose=0,
+                        callbacks=checkpoint_callbacks(backup, save_freq=4, delete_backup=False,
+                                                           strategy=strategy))
+    rows = df_to_inputs(test.head(20), columns)
+    sharded = model(rows, training=False).numpy()
+    copy = unsharded_copy(model)
+    path = export_from_chief(model, export_base, warmup_inputs=rows, model_name="din")
+    _write(out, {
+        "shard_devices": [s.device for s in shards], "shard_rows": [int(s.shape[0]) for s in shards],
+        "table_rows": int(table.shape[0]), "iterations": int(model.optimizer.iterations.numpy()),
+        "loss": history.history["loss"], "moved": [bool(np.any(b != s.numpy())) for b, s in zip(before, shards)],
+        "sharded_predictions": sharded.tolist(), "copy_predictions": copy(rows, training=False).numpy().tolist(),
+        "copy_table_kind": type(next(l for l in copy.layers if l.name == "emb_item_id").embeddings).__name__,
+        "export": path, "backup": tf.train.latest_checkpoint(os.path.join(backup, "chief"))
+        or tf.train.latest_checkpoint(backup)})
+
+
+def _step_log_callback(path, pace_s):
+    """A Keras callback appending "begin N" / "step N" / "end N" (optimizer steps, then the time)
+    to `path`, durably, and sleeping `pace_s` after each step (so a test can kill mid-run)."""
+    import tensorflow as tf
+
+    class StepLog(tf.keras.callbacks.Callback):
+        def _write(self, what):
+            with open(path, "a") as log:
+                log.write(f"{what} {int(self.model.optimizer.iterations.numpy())} {time.time():.2f}\n")
+                log.flush()
+                os.fsync(log.fileno())
+
+        def on_train_begin(self, logs=None):
+            self._write("begin")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._write("step")
+            time.sleep(pace_s)
+
+        def on_train_end(self, logs=None):
+            self._write("end")
+
+    return StepLog()
+
+
+def run_resumable(out, backup_dir, best_path, step_log, pace_s, kind="mirrored"):
+    """DIN with BackupAndRestore every SAVE_FREQ steps and the best model by validation AUC,
+    under a one-device MirroredStrategy or (kind "multi_worker") as one worker of a cluster;
+    a worker's `out` and `step_log` get its index as a suffix."""
+    from tfrec.data import df_to_inputs
+    from tfrec.distribute import build_and_compile, build_strategy, checkpoint_callbacks, parse_tf_config
+
+    if kind == "multi_worker":
+        index = parse_tf_config()["task"]["index"]
+        out, step_log = f"{out}.{index}", f"{step_log}.{index}"
+        strategy = build_strategy("multi_worker")
+    else:
+        strategy = build_strategy("mirrored", devices=["/cpu:0"])
+    train, test, columns = tiny_din_data()
+    model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0)
+    callbacks = checkpoint_callbacks(backup_dir, save_freq=SAVE_FREQ, best_model_path=best_path)
+    callbacks.append(_step_log_callback(step_log, float(pace_s)))
+    history = model.fit(df_to_inputs(train, columns), train["click"].to_numpy("float32"), batch_size=32,
+                        epochs=3, verbose=0, callbacks=callbacks,
+                        validation_data=(df_to_inputs(test, columns), test["click"].to_numpy("float32")))
+    _write(out, {"iterations": int(model.optimizer.iterations.numpy()),
+                 "finite": bool(all(np.isfinite(w).all() for w in model.get_weights())),
+                 "val_auc": history.history["val_auc"], "epochs_run": len(history.history["loss"]),
+                 "steps_per_epoch": int(np.ceil(len(train) / 32))})
+
+
+def _write(path, report):
+    with open(path + ".tmp", "w") as out:
+        json.dump(report, out)
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process plumbing for the tests.
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TF_USE_LEGACY_KERAS="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+class _Processes:
+    """Started child processes, each logging to a file; all are SIGKILLed on exit."""
+
+    def __init__(self, log_dir):
+        self.log_dir = str(log_dir)
+        self.started = []
+
+    def start(self, name, command, **env):
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(**env),
+                                   start_new_session=True)
+        self.started.append((name, process, log))
+        return process
+
+    def wait(self, process, deadline):
+        try:
+            return process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a child process outlived its time bound\n{self.logs()}")
+
+    def logs(self, tail=3000):
+        text = []
+        for name, _, log in self.started:
+            log.flush()
+            with open(log.name) as source:
+                text.append(f"--- {name}\n{source.read()[-tail:]}")
+        return "\n".join(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for _, process, log in self.started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            log.close()
+
+
+TEST_TIME_BOUND_S = 150
+
+
+@pytest.fixture(autouse=True)
+def _time_bound():
+    """Fails a test still running after TEST_TIME_BOUND_S (its children are killed on the way out)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"test exceeded its {TEST_TIME_BOUND_S} s bound")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIME_BOUND_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process: the sparse path on a sharded table.
+
+def _sharded(value, split, name="table"):
+    """A ShardedVariable of two shards, rows [0, split) and [split, n), named as the partitioner names them."""
+    import tensorflow as tf
+
+    return tf.__internal__.distribute.ShardedVariable(
+        [tf.Variable(value[:split], name=f"{name}/part_0"), tf.Variable(value[split:], name=f"{name}/part_1")])
+
+
+def test_sharded_table_lookups_and_lazy_adam_touch_only_batch_rows():
+    import tensorflow as tf
+
+    from feature_columns.layers import gather_rows
+    from tfrec.optimizers import LazyAdam
+
+    value = np.arange(20, dtype=np.float32).reshape(5, 4) / 10.0
+    table = _sharded(value, 3)  # rows 0-2 | 3-4, the partitioner's contiguous split
+    ids = tf.constant([[0, 4], [4, 1]])
+    np.testing.assert_array_equal(gather_rows(table, ids).numpy(), value[ids.numpy()])
+
+    optimizer = LazyAdam(0.1)
+    snapshots = []
+    for batch in ([[0, 4]], [[1, 1]]):  # step 1 uses rows 0 and 4 (one per shard), step 2 row 1
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(gather_rows(table, tf.constant(batch))))
+        grads = tape.gradient(loss, table.variables)
+        assert all(isinstance(g, tf.IndexedSlices) for g in grads if g is not None)
+        optimizer.apply_gradients((g, v) for g, v in zip(grads, table.variables) if g is not None)
+        snapshots.append(np.concatenate([v.numpy() for v in table.variables]))
+    first, second = snapshots
+    assert not np.array_equal(first[[0, 4]], value[[0, 4]]) and not np.array_equal(second[1], first[1])
+    # Rows 0 and 4 carry Adam momentum from step 1, yet step 2 (not using them) leaves them alone,
+    # and rows 2 and 3, never used, are as initialised: only the batch's rows move, on every shard.
+    np.testing.assert_array_equal(second[[0, 4]], first[[0, 4]])
+    np.testing.assert_array_equal(second[[2, 3]], value[[2, 3]])
+
+
+def test_mini_batch_aware_l2_on_sharded_tables_equals_unsharded():
+    import tensorflow as tf
+
+    from feature_columns import SparseEmbedding
+
+    ids = tf.constant([[1, 4, 4], [0, 1, 4]])
+    results = []
+    for shard in (False, True):
+        layer = SparseEmbedding(6, 3, embeddings_initializer=tf.keras.initializers.Constant(0.5), l2_reg=0.1)
+        layer.build(ids.shape)
+        if shard:
+            layer.embeddings = _sharded(layer.embeddings.numpy(), 3, "embeddings")
+            layer.counts = _sharded(layer.counts.numpy(), 3, "counts")
+        for _ in range(2):
+            layer(ids, training=True)
+        counts = layer.counts
+        counts = np.concatenate([v.numpy() for v in counts.variables]) if shard else counts.numpy()
+        results.append((float(layer.losses[-1]), counts))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[1][1], [2, 4, 0, 0, 6, 0])
+
+
+def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
+    import tensorflow as tf
+
+    from tfrec.distribute import _cluster_from_flag, build_strategy, is_chief, main, parse_tf_config
+
+    cluster = {"chief": ["c:1"], "worker": ["w:1", "w:2"], "ps": ["p:1", "p:2"]}
+    assert _cluster_from_flag("chief=c:1;worker=w:1,w:2;ps=p:1,p:2") == cluster
+    assert _cluster_from_flag(json.dumps(cluster)) == cluster
+    config_file = tmp_path / "tf_config.json"
+    config_file.write_text(json.dumps({"cluster": cluster, "task": {"type": "ps", "index": 1}}))
+    assert _cluster_from_flag(str(config_file)) == cluster
+    assert parse_tf_config(str(config_file))["task"] == {"type": "ps", "index": 1}
+    assert is_chief(tf_config={"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    assert not is_chief(tf_config={"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert is_chief(tf_config={"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 0}})
+    assert not is_chief(tf_config={"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 1}})
+    assert build_strategy(None) is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="unknown strategy kind"):
+        build_strategy("horovod")
+    with pytest.raises(ValueError, match="'worker' and 'ps'"):
+        build_strategy("parameter_server", tf_config={"cluster": {"worker": ["w:1"]}, "task": {"type": "chief"}})
+    with pytest.raises(SystemExit):
+        main(["--role", "ps", "--index", "2", "--cluster", "ps=p:1,p:2"])  # no task ps:2
+
+
+# ---------------------------------------------------------------------------------------------
+# Clusters of local processes.
+
+def test_multi_worker_mirrored_matches_one_process(tmp_path):
+    """2 MultiWorkerMirroredStrategy workers train DIN to the single-process loss trajectory."""
+    deadline = time.monotonic() + 140
+    ports = _free_ports(2)
+    cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in ports]})
+    outs = [str(tmp_path / f"worker{i}.json") for i in range(2)]
+    with _Processes(tmp_path) as processes:
+        workers = [processes.start(f"worker{i}", [sys.executable, "-m", "tfrec.distribute", "--role", "worker",
+                                                  "--index", str(i), "--cluster", cluster, "--",
+                                                  sys.executable, THIS, "multi_worker", outs[i]])
+                   for i in range(2)]
+        reference = train_synchronous("default")  # meanwhile, in this process
+        for worker in workers:
+            assert processes.wait(worker, deadline) == 0, processes.logs()
+    steps = STEPS_PER_EPOCH * EPOCHS
+    assert len(reference["batch"]) == steps and reference["replicas"] == 1
+    for out in outs:
+        worker = json.load(open(out))
+        assert worker["replicas"] == 2 and len(worker["batch"]) == steps
+        np.testing.assert_allclose(worker["batch"], reference["batch"], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(worker["epoch"], reference["epoch"], rtol=2e-4, atol=2e-5)
+    assert reference["epoch"][-1] < reference["epoch"][0]
+
+
+def test_parameter_server_shards_item_table_and_exports(tmp_path):
+    """A chief, 2 workers and 2 ps (local processes): the item table lives on both servers, the
+    sparse path trains it, and the chief's export serves what the chief computes."""
+    import tensorflow as tf
+
+    from tfrec.data import df_to_inputs
+
+    deadline = time.monotonic() + 140
+    ports = _free_ports(5)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
+               "ps": [f"127.0.0.1:{p}" for p in ports[3:5]]}
+    spec = ";".join(f"{job}={','.join(addresses)}" for job, addresses in cluster.items())
+    out, export_base = str(tmp_path / "chief.json"), str(tmp_path / "exports" / "din")
+    with _Processes(tmp_path) as processes:
+        for job in ("ps", "worker"):
+            for index in range(2):
+                processes.start(f"{job}{index}", [sys.executable, "-m", "tfrec.distribute", "--role", job,
+                                                  "--index", str(index), "--cluster", spec])
+        chief = processes.start("chief", [sys.executable, "-m", "tfrec.distribute", "--role", "chief",
+                                          "--cluster", spec, "--", sys.executable, THIS, "ps_chief", out,
+                                          export_base])
+        assert processes.wait(chief, deadline) == 0, processes.logs()
+    report = json.load(open(out))
+    devices = report["shard_devices"]
+    assert len(devices) == 2 and sum(report["shard_rows"]) == report["table_rows"] == 101
+    assert {d.split("/device:")[0] for d in devices} == {"/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"}
+    assert all(report["moved"]) and report["iterations"] == 12 and np.isfinite(report["loss"]).all()
+    assert report["backup"], "BackupAndRestore wrote no (epoch) backup under ParameterServerStrategy"
+    # The export: ordinary variables, and the chief's (sharded) predictions.
+    assert report["copy_table_kind"] != "ShardedVariable"
+    np.testing.assert_allclose(report["copy_predictions"], report["sharded_predictions"], rtol=1e-5, atol=1e-6)
+    _, test, columns = tiny_din_data()
+    rows = df_to_inputs(test.head(20), columns)
+    signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
+    loaded = signature(**{name: tf.constant(value.astype(np.int64) if value.dtype.kind == "i" else value)
+                          for name, value in rows.items()})["prediction"].numpy()
+    np.testing.assert_allclose(loaded.reshape(-1, 1), report["sharded_predictions"], rtol=1e-5, atol=1e-6)
+    # ... and over gRPC from the model server, as any single-process export.
+    from serving import Client, LocalServer
+
+    with LocalServer(model_base_path=os.path.dirname(report["export"]), model_name="din", rest=False,
+                     startup_timeout=max(10.0, deadline - time.monotonic())) as server, \
+            Client(server.grpc_target) as client:
+        served = client.predict("din", rows)["prediction"]
+    np.testing.assert_allclose(np.reshape(served, (-1, 1)), report["sharded_predictions"], rtol=1e-5, atol=1e-6)
+
+
+def _steps(path, what="step"):
+    if not os.path.exists(path):
+        return []
+    with open(path) as log:
+        return [int(line.split()[1]) for line in log if line.startswith(what + " ")]
+
+
+def _kill_and_resume(tmp_path, workers):
+    """Starts the resumable run (1 process, or `workers` multi-worker processes), SIGKILLs it
+    mid-way through the first epoch, starts it again with the same commands, checks the resume."""
+    deadline = time.monotonic() + 140
+    backup, best, step_log = (str(tmp_path / "backup"), str(tmp_path / "best" / "weights"),
+                              str(tmp_path / "steps.log"))
+    out = str(tmp_path / "resumed.json")
+    program = [sys.executable, THIS, "resumable", out, backup, best, step_log]
+    if workers == 1:
+        commands, outs, logs = [program], [out], [step_log]
+    else:
+        spec = "worker=" + ",".join(f"127.0.0.1:{p}" for p in _free_ports(workers))
+        commands = [[sys.executable, "-m", "tfrec.distribute", "--role", "worker", "--index", str(i), "--cluster",
+                     spec, "--"] + program for i in range(workers)]
+        outs, logs = [f"{out}.{i}" for i in range(workers)], [f"{step_log}.{i}" for i in range(workers)]
+    kind = ["mirrored"] if workers == 1 else ["multi_worker"]
+    with _Processes(tmp_path) as processes:
+        first = [processes.start(f"first{i}", c + ["0.15"] + kind) for i, c in enumerate(commands)]
+        kill_after = 2 * SAVE_FREQ + 2  # mid-way through the first epoch, past two backups
+        while time.monotonic() < deadline and all(p.poll() is None for p in first):
+            if (_steps(logs[0]) or [0])[-1] >= kill_after:
+                break
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in first), processes.logs()
+        # The last worker is killed; a synchronous job's other workers cannot go on without it,
+        # and its scheduler restarts them all: here, SIGKILL too.
+        for process in reversed(first):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        last_done = max(max(_steps(log) or [0]) for log in logs)
+        second = [processes.start(f"second{i}", c + ["0"] + kind) for i, c in enumerate(commands)]
+        for process in second:
+            assert processes.wait(process, deadline) == 0, processes.logs()
+    for log, report_path in zip(logs, outs):
+        begins = _steps(log, "begin")
+        assert len(begins) == 2 and begins[0] == 0
+        restored = begins[1]
+        assert 0 < restored <= last_done + 1 and last_done - restored < SAVE_FREQ, (restored, last_done)
+        report = json.load(open(report_path))
+        assert report["iterations"] == 3 * report["steps_per_epoch"]  # nothing lost, nothing repeated
+        assert report["finite"]
+    assert os.path.exists(best + ".index")
+
+
+def test_killed_worker_resumes_from_backup(tmp_path):
+    """SIGKILL mid-run, restart: fit resumes from the last backup (<= one interval lost), ends
+    at the planned step count with finite weights, and keeps the best model by val AUC."""
+    _kill_and_resume(tmp_path, workers=1)
+
+
+def test_killed_multi_worker_run_resumes_from_backup(tmp_path):
+    """The same with 2 MultiWorkerMirroredStrategy workers sharing one backup directory."""
+    _kill_and_resume(tmp_path, workers=2)
+
+
+MODES = {"multi_worker": run_multi_worker, "ps_chief": run_parameter_server_chief, "resumable": run_resumable}
+
+if __name__ == "__main__":
+    MODES[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,385 @@
+"""Training any tfrec model on `tf.distribute`: one `strategy=` argument, one command per role.
+
+    strategy = build_strategy("parameter_server")            # reads TF_CONFIG
+    model = build_and_compile(DIN, columns, ["item_id", "cate_id"], strategy=strategy)
+    data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", 1024))
+    model.fit(data, epochs=2, steps_per_epoch=500,
+              callbacks=checkpoint_callbacks("ckpt/backup", save_freq=100))
+    export_from_chief(model, "exports/din")                   # ordinary, unsharded variables
+
+The strategies (`build_strategy(kind)`):
+
+  * `None` / "default": no distribution (TensorFlow's default strategy).
+  * "mirrored": `tf.distribute.MirroredStrategy`, one replica per local device (GPUs, or the
+    CPU), variables copied on each, gradients all-reduced.
+  * "multi_worker": `tf.distribute.MultiWorkerMirroredStrategy`, the same synchronous training
+    across hosts: every worker runs the same program and holds a full copy of the model.
+  * "parameter_server": `tf.distribute.experimental.ParameterServerStrategy`. The program runs
+    on the chief (the coordinator); workers and parameter servers only run a `tf.distribute.Server`
+    (`python -m tfrec.distribute --role worker|ps ...`). Variables live on the parameter
+    servers; every variable of at least `min_shard_bytes` (the embedding tables, in practice)
+    is split along its rows into up to one shard per parameter server (a `ShardedVariable`).
+    A worker's step gathers from each shard only the rows its batch looks up, and the sparse
+    path of `RecModel` (mini-batch aware L2, `LazyAdam`) updates only those rows on the
+    servers. Keras' `fit` drives the workers asynchronously through a `ClusterCoordinator`.
+    XLA cannot read a variable on another task, so the step runs without it there.
+
+The cluster is TF_CONFIG's (`{"cluster": {...}, "task": {"type": ..., "index": ...}}`), given
+as the environment variable, a dict, a JSON string or a JSON file. `python -m tfrec.distribute`
+starts one role of it (see `main`). docs/distributed.md has the commands.
+"""
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
+    "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
+    "dataframe_dataset_fn", "checkpoint_callbacks", "unsharded_copy", "export_from_chief",
+    "is_chief", "run_server", "main",
+]
+
+STRATEGY_KINDS = ("default", "mirrored", "multi_worker", "parameter_server")
+DEFAULT_MIN_SHARD_BYTES = 256 << 10  # 256 KiB: 2,048 x 64 float32 (512 KiB) makes 2 shards; a DNN kernel 1
+_PART = re.compile(r"/part_(\d+)(:\d+)$")
+
+
+def parse_tf_config(tf_config=None):
+    """TF_CONFIG as a dict: from `tf_config` (a dict, a JSON string or a JSON file path) or the
+    TF_CONFIG environment variable when None. Returns {} when there is none."""
+    if tf_config is None:
+        tf_config = os.environ.get("TF_CONFIG", "")
+    if isinstance(tf_config, dict):
+        return dict(tf_config)
+    text = str(tf_config).strip()
+    if not text:
+        return {}
+    if not text.startswith("{") and os.path.exists(text):
+        with open(text) as source:
+            text = source.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error}): {text[:200]!r}") from None
+    if not isinstance(config, dict) or "cluster" not in config:
+        raise ValueError('TF_CONFIG needs {"cluster": {job: [host:port, ...]}, "task": {"type": ..., '
+                         f'"index": ...}}}}, got {text[:200]!r}')
+    return config
+
+
+def cluster_resolver(tf_config=None):
+    """A `SimpleClusterResolver` for a TF_CONFIG (see `parse_tf_config`), RPC layer "grpc"."""
+    config = parse_tf_config(tf_config)
+    if not config:
+        raise ValueError("no cluster: pass tf_config= or set the TF_CONFIG environment variable")
+    task = config.get("task", {})
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(config["cluster"]), task_type=task.get("type"),
+        task_id=int(task.get("index", 0)), rpc_layer="grpc")
+
+
+def embedding_partitioner(num_ps, min_shard_bytes=DEFAULT_MIN_SHARD_BYTES):
+    """The variable partitioner of `ParameterServerStrategy`: shards of >= `min_shard_bytes`.
+
+    A variable of B bytes is split along its first axis (an embedding table's rows) into
+    min(num_ps, max(1, B // min_shard_bytes)) contiguous shards, so a small variable (a DNN
+    kernel, a bias) stays whole on one server and a large table spreads over all `num_ps`.
+    """
+    return tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=int(min_shard_bytes), max_shards=int(num_ps))
+
+
+def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFAULT_MIN_SHARD_BYTES,
+                   communication=None):
+    """The `tf.distribute.Strategy` for `kind`; build and train the model in its `scope()`.
+
+    Args:
+      kind: None or "default", "mirrored", "multi_worker" or "parameter_server" (module doc).
+      tf_config: the cluster for "multi_worker" and "parameter_server": a TF_CONFIG dict, JSON
+        string or JSON file; None reads the TF_CONFIG environment variable. "multi_worker"
+        without any cluster trains as one worker.
+      devices: "mirrored" only: the local devices, e.g. ["/gpu:0", "/gpu:1"]; None for all.
+      min_shard_bytes: "parameter_server" only: the smallest shard (`embedding_partitioner`).
+      communication: "multi_worker" only: "ring" (gRPC, the CPU choice), "nccl" or None (auto).
+
+    Returns:
+      The strategy. For "parameter_server" this is the chief's: it waits for the workers and
+      parameter servers of the cluster to be up.
+    """
+    kind = "default" if kind is None else str(kind).lower().replace("-", "_")
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if kind == "multi_worker":
+        options = None
+        if communication:
+            options = tf.distribute.experimental.CommunicationOptions(
+                implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
+                                       str(communication).upper()))
+        resolver = cluster_resolver(tf_config) if parse_tf_config(tf_config) else None
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                         communication_options=options)
+    if kind == "parameter_server":
+        resolver = cluster_resolver(tf_config)
+        num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+        if not num_ps or not resolver.cluster_spec().as_dict().get("worker"):
+            raise ValueError("parameter_server needs a cluster with 'worker' and 'ps' jobs")
+        return tf.distribute.experimental.ParameterServerStrategy(
+            resolver, variable_partitioner=embedding_partitioner(num_ps, min_shard_bytes))
+    raise ValueError(f"unknown strategy kind {kind!r}: expected None or one of {STRATEGY_KINDS}")
+
+
+def is_chief(tf_config=None):
+    """Whether this task writes the run's outputs (exports, the best model): the chief, or
+    worker 0 of a cluster without a chief, or the only process of a one-host run."""
+    config = parse_tf_config(tf_config)
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and \
+        "chief" not in config.get("cluster", {})
+
+
+def build_and_compile(model_fn, *model_args, strategy=None, compile_kwargs=None, seed=None, **model_kwargs):
+    """`model_fn(*model_args, **model_kwargs)` built and compiled in `strategy`'s scope.
+
+    Any tfrec model function (DIN, MMOE, ESMM, ...) works unchanged: the scope decides where
+    its variables live (mirrored on every replica, or sharded on the parameter servers), and
+    the `fit` call is the same as without distribution.
+
+    Args:
+      model_fn: a function returning an uncompiled tf.keras Model, e.g. `tfrec.models.DIN`.
+      strategy: a `tf.distribute.Strategy`, a kind for `build_strategy`, or None (default).
+      compile_kwargs: `model.compile` arguments; default optimizer "adam" (LazyAdam on tables),
+        loss "binary_crossentropy" and metrics ["AUC"] (logged as "auc" / "val_auc").
+        Optimizers and metrics given by name are created inside the scope, as they must be.
+      seed: if given, `tf.keras.utils.set_random_seed(seed)` first, so every worker of a
+        synchronous run (and a single-process run) starts from the same weights.
+
+    Returns:
+      The compiled model; `model.distribute_strategy` is the strategy.
+    """
+    if strategy is None or isinstance(strategy, str):
+        strategy = build_strategy(strategy)
+    compile_kwargs = dict({"optimizer": "adam", "loss": "binary_crossentropy", "metrics": ["AUC"]},
+                          **(compile_kwargs or {}))
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = model_fn(*model_args, **model_kwargs)
+        model.compile(**compile_kwargs)
+    return model
+
+
+def dataframe_dataset_fn(df, feature_columns, label_columns, global_batch_size, shuffle=True, seed=None,
+                         repeat=False):
+    """A `dataset_fn(input_context)` over a DataFrame, for `distributed_dataset`.
+
+    The raw values are looked up once, here, into embedding rows (`feature_columns.look_up_rows`,
+    under `indexed_key(name)`, as `tfrec.data.df_to_dataset` does). The returned function gives
+    input pipeline i of n (one per worker) every n-th row from row i, shuffled (with `seed`),
+    batched by `input_context.get_per_replica_batch_size(global_batch_size)`, optionally repeated:
+    under a synchronous strategy the replicas' batches make up one global batch; under
+    ParameterServerStrategy every worker's step takes a batch of `global_batch_size` rows.
+
+    The arrays are constants of the function's graph, which `ParameterServerStrategy` ships to
+    every worker: fine for the thousands to a few million rows a DataFrame holds. For larger
+    data, write a `dataset_fn` that reads the worker's share of files
+    (`tf.data.Dataset.list_files(...).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)`).
+    """
+    from feature_columns import look_up_rows
+    from tfrec.data.pipeline import _labels, df_to_inputs
+
+    features = look_up_rows(feature_columns, df_to_inputs(df, feature_columns))
+    elements = features if label_columns is None else (features, _labels(df, label_columns))
+    rows = len(df)
+
+    def dataset_fn(input_context=None):
+        dataset = tf.data.Dataset.from_tensor_slices(elements)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if shuffle:
+            dataset = dataset.shuffle(max(rows, 1), seed=seed, reshuffle_each_iteration=True)
+        # One replica per worker under ParameterServerStrategy: its batch is the whole global batch.
+        batch = input_context.get_per_replica_batch_size(global_batch_size) \
+            if input_context is not None else global_batch_size
+        dataset = dataset.batch(batch, drop_remainder=input_context is not None and repeat)
+        if repeat:
+            dataset = dataset.repeat()
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def distributed_dataset(strategy, dataset_fn, input_options=None):
+    """What `model.fit` takes to read `dataset_fn(input_context)` on every worker.
+
+    ParameterServerStrategy: a `tf.keras.utils.experimental.DatasetCreator` (Keras' fit creates
+    the dataset on each worker through its ClusterCoordinator; `fit` then needs
+    `steps_per_epoch`). Other strategies: `strategy.distribute_datasets_from_function`, one
+    input pipeline per worker. The default strategy: the dataset itself.
+    """
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        return tf.keras.utils.experimental.DatasetCreator(dataset_fn, input_options=input_options)
+    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+        return dataset_fn(tf.distribute.InputContext())
+    return strategy.distribute_datasets_from_function(dataset_fn, options=input_options)
+
+
+def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",
+                         delete_backup=True, strategy=None):
+    """The callbacks a long or distributed run needs: backup-and-restore, and the best model.
+
+    Args:
+      backup_dir: where `tf.keras.callbacks.BackupAndRestore` keeps the run's state (weights,
+        optimizer slots and step, epoch and step within it). A process that dies is restarted
+        with the same command and callbacks: `fit` resumes from the last backup, so at most
+        `save_freq` steps are done again. Every worker of a run gives the same directory
+        (shared storage across hosts); Keras writes from the chief.
+      save_freq: steps between backups ("epoch" for every epoch).
+      best_model_path: if given, a `ModelCheckpoint` keeps there the weights (a TensorFlow
+        checkpoint, which sharded tables save and restore into) of the epoch with the best
+        `monitor` ("val_auc", the validation AUC, needs `validation_data` and an "AUC"
+        metric). `model.load_weights(best_model_path)` restores them.
+      delete_backup: remove the backup when `fit` ends (Keras' default); False keeps it.
+      strategy: the model's strategy. Under ParameterServerStrategy tf-keras backs up at the end
+        of every epoch only (its batch hooks skip that strategy), so a step `save_freq` becomes
+        "epoch" there (logged): bound what a chief restart redoes with `steps_per_epoch`. A
+        worker or parameter server that restarts loses nothing: the coordinator re-runs the
+        worker's steps elsewhere, and the variables live on the servers.
+    """
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy) and save_freq != "epoch":
+        logging.warning("ParameterServerStrategy: BackupAndRestore backs up every epoch, not every %s steps",
+                        save_freq)
+        save_freq = "epoch"
+    callbacks = [tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq,
+                                                     delete_checkpoint=delete_backup)]
+    if best_model_path:
+        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
+            best_model_path, monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True))
+    return callbacks
+
+
+def _unsharded_name(variable):
+    """A variable's name without its shard suffix ('t/embeddings/part_1:0' -> 't/embeddings:0')."""
+    return _PART.sub(r"\2", variable.name)
+
+
+def _shard_index(variable):
+    match = _PART.search(variable.name)
+    return int(match.group(1)) if match else 0
+
+
+def unsharded_copy(model):
+    """A copy of `model` outside any strategy, whose variables are ordinary and whole.
+
+    A table split across parameter servers (or mirrored on replicas) becomes one local variable
+    with the rows of all its shards, in order. Returns the copy (a model of the same class and
+    layers, not compiled), with weights equal to `model`'s.
+    """
+    sources = {}
+    for variable in model.weights:
+        sources.setdefault(_unsharded_name(variable), []).append(variable)
+    if tf.distribute.has_strategy():
+        raise ValueError("unsharded_copy makes local variables: call it outside `strategy.scope()`")
+    copy = tf.keras.models.clone_model(model)
+    for variable in copy.weights:
+        shards = sorted(sources.get(variable.name, []), key=_shard_index)
+        if not shards:
+            raise ValueError(f"no variable of '{model.name}' matches '{variable.name}' of its copy")
+        value = np.concatenate([s.numpy() for s in shards], axis=0) if len(shards) > 1 else shards[0].numpy()
+        if value.shape != tuple(variable.shape):
+            raise ValueError(f"'{variable.name}': the copy has shape {tuple(variable.shape)}, the "
+                             f"shards add up to {value.shape}")
+        variable.assign(value)
+    return copy
+
+
+def export_from_chief(model, export_base, tf_config=None, **export_kwargs):
+    """Exports a model trained under any strategy with `exporters.export_saved_model`.
+
+    Only the chief writes (see `is_chief`); other tasks return None. The export is of
+    `unsharded_copy(model)`: sharded tables are ordinary SavedModel variables, so the export
+    loads with `tf.saved_model.load` and serves exactly as a single-process model's.
+    `export_kwargs` go to `export_saved_model` (version, warmup_inputs, model_name, ...).
+    Returns the version directory (chief) or None.
+    """
+    from exporters import export_saved_model
+
+    if not is_chief(tf_config=tf_config):
+        return None
+    copy = unsharded_copy(model)
+    return export_saved_model(copy, export_base, **export_kwargs)
+
+
+def run_server(tf_config=None):
+    """Runs this task's `tf.distribute.Server` (a ParameterServerStrategy worker or ps) forever."""
+    resolver = cluster_resolver(tf_config)
+    if resolver.task_type not in ("worker", "ps"):
+        raise ValueError(f"only 'worker' and 'ps' tasks run a bare server, not {resolver.task_type!r}")
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                  task_index=resolver.task_id, protocol="grpc", start=True)
+    print(f"tfrec.distribute: {resolver.task_type} {resolver.task_id} serving at {server.target}", flush=True)
+    server.join()
+
+
+def _cluster_from_flag(value):
+    """--cluster: a JSON cluster dict, a JSON file (a cluster dict or a whole TF_CONFIG), or
+    'chief=h:p;worker=h:p,h:p;ps=h:p,h:p'."""
+    text = value.strip()
+    if not text.startswith("{") and os.path.exists(text):
+        with open(text) as source:
+            text = source.read().strip()
+    if text.startswith("{"):
+        config = json.loads(text)
+        return config["cluster"] if "cluster" in config else config
+    cluster = {}
+    for part in filter(None, text.split(";")):
+        job, _, addresses = part.partition("=")
+        cluster[job.strip()] = [a.strip() for a in addresses.split(",") if a.strip()]
+    return cluster
+
+
+def main(argv=None):
+    """`python -m tfrec.distribute --role ROLE --index I [--cluster SPEC] [-- PROGRAM ARGS...]`.
+
+    One command per role of a cluster. With a program after `--`, sets TF_CONFIG for this role
+    and runs the program in this process (the chief of a ParameterServerStrategy run, or every
+    worker of a MultiWorkerMirroredStrategy run). Without one, runs the task's bare server (the
+    workers and parameter servers of a ParameterServerStrategy run). `--cluster` is a JSON dict
+    {job: [host:port, ...]}, a JSON file (a cluster dict or a whole TF_CONFIG) or
+    "chief=h:p;worker=h:p,h:p;ps=h:p,h:p"; without it the cluster is TF_CONFIG's.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tfrec.distribute", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--role", required=True, choices=["chief", "worker", "ps", "evaluator"])
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--cluster", default=None, help="cluster spec (JSON, JSON file or job=h:p,...;...)")
+    parser.add_argument("program", nargs=argparse.REMAINDER, help="-- python train.py ... (the program of this role)")
+    args = parser.parse_args(argv)
+    cluster = _cluster_from_flag(args.cluster) if args.cluster else parse_tf_config().get("cluster")
+    if not cluster:
+        parser.error("no cluster: pass --cluster or set TF_CONFIG")
+    if args.role not in cluster or args.index >= len(cluster[args.role]):
+        parser.error(f"the cluster has no task {args.role}:{args.index}: {cluster}")
+    tf_config = {"cluster": cluster, "task": {"type": args.role, "index": args.index}}
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
+        return run_server(tf_config)
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    sys.stdout.flush()
+    os.execvp(program[0], program)
+
+
+if __name__ == "__main__":
+    main()

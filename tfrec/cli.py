@@ -167,7 +167,10 @@ def cmd_train(args):
         if args.epochs is not None:
             config.train.epochs = args.epochs
         run.train(config, verbose=keras_verbosity(args.progress), tensorboard=args.tensorboard)
-        print(f"saved the trained model and its columns in {config.output}")
+        from tfrec.distribute import is_chief
+
+        if is_chief(config.strategy.tf_config):  # other workers of a cluster write nothing
+            print(f"saved the trained model and its columns in {config.output}")
         return 0
     if not args.output:
         raise CliError("train needs --config run.yaml (your data) or --output MODEL_PATH (the planted demo data)",

@@ -30,6 +30,8 @@ from typing import Optional
 
 from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
 
+from tfrec import distribute
+
 __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data", "infer_columns",
            "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "MODELS"]
 
@@ -137,6 +139,24 @@ class ExportConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """`strategy:` how training is spread (`tfrec.distribute`, docs/distributed.md).
+
+    Attributes:
+      kind: None (one process), "mirrored", "multi_worker" or "parameter_server".
+      tf_config: the cluster (a TF_CONFIG dict, or a JSON file); None reads $TF_CONFIG.
+      checkpoint_dir: BackupAndRestore's folder: a run killed mid-epoch resumes from there.
+      save_freq: steps between backups (or "epoch").
+      min_shard_bytes: parameter_server: tables at least this big are split across the servers.
+    """
+    kind: Optional[str] = None
+    tf_config: object = None
+    checkpoint_dir: Optional[str] = None
+    save_freq: object = 100
+    min_shard_bytes: int = 256 << 10
+
+
+@dataclass
 class RunConfig:
     """A whole run: what `load_config` returns. `path` is the config file, `output` the run's folder."""
     path: str
@@ -148,6 +168,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     output: str = "runs/run"
 
     @property
@@ -168,8 +189,10 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "columns": ColumnsConfig, "model": ModelConfig, "split": SplitConfig,
-             "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
-_TOP_LEVEL = ("data", "labels", "columns", "model", "split", "train", "evaluate", "export", "output")
+             "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig,
+             "strategy": StrategyConfig}
+_TOP_LEVEL = ("data", "labels", "columns", "model", "split", "train", "evaluate", "export", "strategy",
+              "output")
 
 
 def _fail(path, key, problem):
@@ -349,12 +372,26 @@ def load_config(path, output=None, export_base=None):
     config = RunConfig(path=os.path.abspath(path), data=data, labels=_parse_labels(path, raw.get("labels")),
                        model=model, columns=_parse_columns(path, raw), split=split, train=train,
                        evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
-                       output=output)
+                       strategy=_parse_strategy(path, raw), output=output)
     if config.model.name in RANKING_MODELS and len(config.tasks) != 1:
         _fail(path, "labels", f"{config.model.name} has one output: give one label column, got {config.labels!r}")
     if config.multitask and isinstance(config.labels, str):
         _fail(path, "labels", f"{config.model.name} is multi-task: give {{task name: column}} or a list of columns")
     return config
+
+
+def _parse_strategy(path, raw):
+    strategy = StrategyConfig(**_section(path, raw, "strategy"))
+    if strategy.kind is not None and strategy.kind not in distribute.STRATEGY_KINDS:
+        _fail(path, "strategy.kind", f"must be one of {', '.join(distribute.STRATEGY_KINDS)}, got {strategy.kind!r}")
+    if isinstance(strategy.tf_config, str) and not strategy.tf_config.lstrip().startswith("{"):
+        strategy.tf_config = _resolve(path, strategy.tf_config)
+    if strategy.checkpoint_dir is not None:
+        strategy.checkpoint_dir = _resolve(path, strategy.checkpoint_dir)
+    if strategy.save_freq != "epoch":
+        _int(path, "strategy.save_freq", strategy.save_freq, 1)
+    _int(path, "strategy.min_shard_bytes", strategy.min_shard_bytes, 1)
+    return strategy
 
 
 # --- Data ----------------------------------------------------------------------------------
@@ -617,21 +654,57 @@ def train(config, verbose=2, tensorboard=None, out=None):
     columns = build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     tf.keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config, columns)
-    _compile(model, config)
+    settings = config.strategy
+    strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
+                                         min_shard_bytes=settings.min_shard_bytes)
+    with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
+        model = build_model(config, columns)
+        _compile(model, config)
     callbacks = []
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
-    dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,
-                            seed=config.train.seed)
-    with step(f"training {config.model.name} for {config.train.epochs} epoch(s)", out):
-        model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks)
-    os.makedirs(config.output, exist_ok=True)
-    with step(f"saving the model to {config.output_file(MODEL_FILE)}", out):
-        model.save(config.output_file(MODEL_FILE))
-        with open(config.output_file(COLUMNS_FILE), "w", encoding="utf-8") as handle:
-            json.dump(columns_to_json(columns), handle, indent=1)
+    if settings.checkpoint_dir:
+        callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq,
+                                                     strategy=strategy)
+    fit_args = {}
+    if settings.kind is None:
+        dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,
+                                seed=config.train.seed)
+    else:
+        on_ps = settings.kind == "parameter_server"
+        dataset = distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
+            train_df, columns, _label_columns(config), config.train.batch_size, seed=config.train.seed,
+            repeat=on_ps))
+        # Keras needs the length of a distributed dataset: an epoch is one pass over the rows
+        # (a final partial batch is left to the next epoch's shuffle).
+        fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
+    with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
+              + (f" ({settings.kind})" if settings.kind else ""), out):
+        model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
+    _save(model, columns, config, out)
     return model
+
+
+def _save(model, columns, config, out):
+    """Writes the model and its columns to `config.output`: from the chief of a cluster; other
+    workers of a synchronous run save too (Keras' saving takes part in collectives) but to a
+    scratch folder that is removed."""
+    import shutil
+    import tempfile
+
+    chief = distribute.is_chief(config.strategy.tf_config)
+    if config.strategy.kind == "parameter_server":
+        if not chief:
+            return
+        model = distribute.unsharded_copy(model)  # ordinary variables: loads anywhere
+    folder = config.output if chief else tempfile.mkdtemp(prefix="tfrec-worker-save-")
+    os.makedirs(folder, exist_ok=True)
+    with step(f"saving the model to {os.path.join(folder, MODEL_FILE)}", out):
+        model.save(os.path.join(folder, MODEL_FILE))
+        with open(os.path.join(folder, COLUMNS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(columns_to_json(columns), handle, indent=1)
+    if not chief:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def prepare(df, columns):

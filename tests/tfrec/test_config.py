@@ -81,6 +81,10 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {sequences: {h: {maxlen: 0}}}\n",
      "columns.sequences.h.maxlen: must be an integer >= 1"),
     ("- a list\n", "a run config is a mapping"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: horovod}\n",
+     "strategy.kind: must be one of default, mirrored, multi_worker, parameter_server, got 'horovod'"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {save_freq: 0}\n",
+     "strategy.save_freq: must be an integer >= 1"),
 ])
 def test_config_mistakes_name_the_file_and_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -126,6 +130,25 @@ def test_multitask_example_trains_evaluates_and_draws_its_gates(tmp_path):
         assert 0 < task["auc"] < 1 and task["logloss"] > 0 and np.isfinite(task["gauc"])
     for name in ("metrics.json", "calibration.png", "gates.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0
+
+
+def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
+    """`strategy:` builds and compiles the model in the strategy's scope, feeds it a distributed
+    dataset and backs the run up; the saved model loads and predicts like any other."""
+    df = frame()
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "train: {batch_size: 2}\n"
+                                             "strategy: {kind: mirrored, checkpoint_dir: backup, save_freq: 1}\n")))
+    assert config.strategy.checkpoint_dir == str(tmp_path / "backup")
+    model = run.train(config)
+    assert isinstance(model.distribute_strategy, __import__("tensorflow").distribute.MirroredStrategy)
+    assert model.optimizer.iterations.numpy() == 3  # 6 training rows / batch 2
+    loaded, columns = run.trained(config)
+    from tfrec.data import df_to_inputs
+    rows = df_to_inputs(run.prepare(frame(), columns), columns)
+    np.testing.assert_allclose(loaded.predict(rows, verbose=0), model.predict(rows, verbose=0), atol=1e-6)
 
 
 def test_gaps_in_categorical_columns_are_padding(tmp_path):

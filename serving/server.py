@@ -303,7 +303,7 @@ def build_arg_parser():
                         help="tfrec: the elements all input tensors of one request may hold "
                              "together, checked from their shapes before decoding "
                              "(INVALID_ARGUMENT beyond); default: the machine's memory (or "
-                             "its container's limit) / 1024 bytes, at least 2^20")
+                             "its container's limit) / 4096 bytes, at least 2^20")
     _add_bool(parser, "enable_signature_method_name_check", False,
               "Classify / Regress accept only signatures whose method_name is classify / "
               "regress (TF Serving's default: off)")

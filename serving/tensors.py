@@ -25,12 +25,14 @@ MAX_TENSOR_BYTES = 1 << 30
 TF_MAX_RANK = 254
 MAX_DECODABLE_RANK = 64
 
-# What one decoded request element may cost, for the default element cap: a numpy copy (up
-# to 8 bytes, an object pointer for strings), a tf.Tensor copy (8 bytes, 24+ for tstrings),
-# and the activations the model makes of it (an id becomes an embedding row, 16-64 floats).
-# At 1024 bytes per element a request at the cap still uses at most ~1/16 of the memory
-# while costing 64 bytes per element, so a few concurrent ones cannot take the server down.
-_BYTES_PER_REQUEST_ELEMENT = 1024
+# What one decoded request element may cost, for the default element cap: a numpy copy (8
+# bytes, an object pointer for strings), a tf.Tensor copy (8 bytes, 32 for a tstring), and the
+# activations the model makes of it: an id becomes an embedding row (16-64 floats) and the
+# layers after it keep several such copies, so ~256 bytes is measured for a DIN string id
+# (a 20-million-id request left the server at 2.1 GB). At 4096 bytes per element a request at
+# the cap uses at most ~1/16 of the memory: a few concurrent ones cannot take the server down,
+# while a SIM request of 100 candidates x 10,000 events x 3 sequences (3 million) still fits.
+_BYTES_PER_REQUEST_ELEMENT = 4096
 _MIN_DEFAULT_REQUEST_ELEMENTS = 1 << 20
 
 # TensorFlow's DataTypeString where it differs from tf.DType.name (messages quote it).
@@ -139,9 +141,9 @@ def memory_limit_bytes():
 
 
 def default_max_request_elements():
-    """The default of --max_request_elements: memory / 1024 bytes, at least 2^20.
+    """The default of --max_request_elements: memory / 4096 bytes, at least 2^20.
 
-    (25 GB of RAM: 24.7 million elements, e.g. 10,000 candidates x 50 history ids x 49 inputs.)
+    (25 GB of RAM: 6.2 million elements, e.g. 1,000 candidates x 50 history ids x 120 inputs.)
     """
     return max(_MIN_DEFAULT_REQUEST_ELEMENTS, memory_limit_bytes() // _BYTES_PER_REQUEST_ELEMENT)
 

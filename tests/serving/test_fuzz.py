@@ -234,7 +234,7 @@ def test_batch_size_check_applies_only_to_batch_major_signatures():
 
 def test_default_element_cap_is_sized_to_the_memory():
     cap = default_max_request_elements()
-    assert cap == max(1 << 20, memory_limit_bytes() // 1024)
+    assert cap == max(1 << 20, memory_limit_bytes() // 4096)
     assert cap < 10**8 or memory_limit_bytes() > 100 * 10**9  # 10^8 rejected under 100 GB
 
 

@@ -31,7 +31,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from serving import inference
 from serving.errors import invalid_argument
-from serving.json_tensor import json_type
+from serving.json_tensor import format_float, json_type
 
 __all__ = ["rest_classify", "rest_regress", "parse_classify_regress_request"]
 
@@ -41,30 +41,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_ERROR_JSON_CHARS = 4096  # TF Serving echoes the whole document; a cap keeps errors small
 
 
-def _decimal_text(value, single_precision):
-    """TF Serving's WriteDecimal: %g text, full precision when it does not round-trip, ".0"
-    on whole numbers; NaN / Infinity / -Infinity."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "-Infinity" if value < 0 else "Infinity"
-    text = "%g" % value
-    if single_precision:
-        if np.float32(float(text)) != np.float32(value):
-            text = "%.9g" % value
-    elif float(text) != value:
-        text = "%.17g" % value
-    if "." not in text and "e" not in text:
-        text += ".0"
-    return text
-
-
 def _json_number(value):
     """A float32 as the Python float whose `json.dumps` text is what TF Serving writes."""
     value = float(value)
     if not math.isfinite(value):
         return value
-    return float(_decimal_text(value, single_precision=True))
+    return float(format_float(value, single_precision=True))
 
 
 def _json_text(value):
@@ -158,7 +140,7 @@ def _add_value(value, name, feature):
             number = math.inf
         if math.isfinite(number) and not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
             raise invalid_argument(f"Cannot convert JSON value: "
-                                   f"{_decimal_text(number, False)} to float without loss "
+                                   f"{format_float(number, False)} to float without loss "
                                    f"of precision.")
         feature.float_list.value.append(number)
 

@@ -354,7 +354,7 @@ def parse_predict_request(body, input_infos):
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
-def _format_float(value, single_precision):
+def format_float(value, single_precision):
     """TF Serving's WriteDecimal: shortest %g text that round-trips, ".0" on whole numbers."""
     if math.isnan(value):
         return "NaN"
@@ -385,7 +385,7 @@ def _scalar_texts(array, as_bytes):
     kind = array.dtype.kind
     if kind == "f" or array.dtype == numpy_dtype_of(types_pb2.DT_BFLOAT16):
         single = array.dtype != np.float64
-        return [_format_float(v, single) for v in flat.astype(np.float64).tolist()]
+        return [format_float(v, single) for v in flat.astype(np.float64).tolist()]
     if kind in "iu":
         return [str(v) for v in flat.tolist()]
     if kind == "b":

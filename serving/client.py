@@ -153,18 +153,6 @@ def _numeric(name, array, dtype):
     return array.astype(numpy_dtype_of(dtype))
 
 
-def _check_row_counts(arrays, signature):
-    """Inputs a signature batches (leading -1 on every input) must have one row count."""
-    infos = signature.inputs
-    if not infos or not all(shape_of(info.tensor_shape) and shape_of(info.tensor_shape)[0] == -1
-                            for info in infos.values()):
-        return
-    rows = {name: len(array) for name, array in arrays.items() if array.ndim}
-    if len(set(rows.values())) > 1:
-        counts = ", ".join(f"{name} {count}" for name, count in sorted(rows.items()))
-        raise ValueError(f"Inputs must all have the same number of rows; got {counts}")
-
-
 def _tensor_summary(infos):
     return {alias: (tf.dtypes.as_dtype(info.dtype).name, shape_of(info.tensor_shape))
             for alias, info in sorted(infos.items())}
@@ -286,7 +274,6 @@ class _BaseClient:
                       if name in signature.inputs else array,
                       signature.inputs[name].dtype if name in signature.inputs else None)
                   for name, array in arrays.items()}
-        _check_row_counts(arrays, signature)
         return arrays
 
     def predict(self, model_name, inputs, signature_name=None, version=None,

@@ -382,3 +382,19 @@ def _example_signatures(serving, input_specs, output_names):
             functions[key] = regress_function(name)
             methods[key] = REGRESS_METHOD_NAME
     return functions, methods
+
+
+def export_from_chief(model, export_base, tf_config=None, **export_kwargs):
+    """Exports a model trained under any `tf.distribute` strategy with `export_saved_model`.
+
+    Only the chief writes (`tfrec.distribute.is_chief`); other tasks return None. The export is
+    of `tfrec.distribute.unsharded_copy(model)`: tables split across parameter servers become
+    ordinary SavedModel variables, so the export loads with `tf.saved_model.load` and serves
+    exactly as a single-process model's. `export_kwargs` go to `export_saved_model` (version,
+    warmup_inputs, model_name, ...). Returns the version directory (chief) or None.
+    """
+    from tfrec.distribute import is_chief, unsharded_copy
+
+    if not is_chief(tf_config=tf_config):
+        return None
+    return export_saved_model(unsharded_copy(model), export_base, **export_kwargs)

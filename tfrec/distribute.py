@@ -5,7 +5,7 @@
     data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", 1024))
     model.fit(data, epochs=2, steps_per_epoch=500,
               callbacks=checkpoint_callbacks("ckpt/backup", save_freq=100))
-    export_from_chief(model, "exports/din")                   # ordinary, unsharded variables
+    exporters.export_from_chief(model, "exports/din")         # ordinary, unsharded variables
 
 The strategies (`build_strategy(kind)`):
 
@@ -43,7 +43,7 @@ import tensorflow as tf
 __all__ = [
     "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
     "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
-    "dataframe_dataset_fn", "checkpoint_callbacks", "unsharded_copy", "export_from_chief",
+    "dataframe_dataset_fn", "checkpoint_callbacks", "unsharded_copy",
     "is_chief", "run_server", "main",
 ]
 
@@ -304,23 +304,6 @@ def unsharded_copy(model):
                              f"shards add up to {value.shape}")
         variable.assign(value)
     return copy
-
-
-def export_from_chief(model, export_base, tf_config=None, **export_kwargs):
-    """Exports a model trained under any strategy with `exporters.export_saved_model`.
-
-    Only the chief writes (see `is_chief`); other tasks return None. The export is of
-    `unsharded_copy(model)`: sharded tables are ordinary SavedModel variables, so the export
-    loads with `tf.saved_model.load` and serves exactly as a single-process model's.
-    `export_kwargs` go to `export_saved_model` (version, warmup_inputs, model_name, ...).
-    Returns the version directory (chief) or None.
-    """
-    from exporters import export_saved_model
-
-    if not is_chief(tf_config=tf_config):
-        return None
-    copy = unsharded_copy(model)
-    return export_saved_model(copy, export_base, **export_kwargs)
 
 
 def run_server(tf_config=None):

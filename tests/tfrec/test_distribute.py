@@ -78,8 +78,9 @@ def run_parameter_server_chief(out, export_base):
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
+    from exporters import export_from_chief
     from tfrec.distribute import (build_and_compile, build_strategy, checkpoint_callbacks, dataframe_dataset_fn,
-                                  distributed_dataset, export_from_chief, unsharded_copy)
+                                  distributed_dataset, unsharded_copy)
 
     train, test, columns = tiny_din_data()
     strategy = build_strategy("parameter_server", min_shard_bytes=1024)

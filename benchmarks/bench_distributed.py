@@ -18,12 +18,12 @@ timed steps; examples/sec = rows trained in the timed steps / the slowest proces
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from benchmarks.common import ROOT, commit_line, machine_line, write_section
+from tfrec.distribute import free_ports
 
 SECTION = "distributed"
 
@@ -57,16 +57,6 @@ def _child(args):
     del tf
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run(roles, child_args, timeout):
     """Starts `roles` [(job, index, runs_program)] on one local cluster; returns the programs' reports."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
@@ -74,7 +64,7 @@ def _run(roles, child_args, timeout):
     if roles is None:  # one process, no cluster
         commands = [program]
     else:
-        ports = iter(_free_ports(len(roles)))
+        ports = iter(free_ports(len(roles)))
         cluster = {}
         for job, index, _ in roles:
             cluster.setdefault(job, []).append(f"127.0.0.1:{next(ports)}")

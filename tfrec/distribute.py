@@ -317,6 +317,21 @@ def run_server(tf_config=None):
     server.join()
 
 
+def free_ports(count, host="127.0.0.1"):
+    """`count` distinct free TCP ports on `host`, for a local cluster (tests, benchmarks): all
+    sockets are held open together, so no port is handed out twice."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _cluster_from_flag(value):
     """--cluster: a JSON cluster dict, a JSON file (a cluster dict or a whole TF_CONFIG), or
     'chief=h:p;worker=h:p,h:p;ps=h:p,h:p'."""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec.distribute import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 THIS = os.path.abspath(__file__)
@@ -166,18 +167,6 @@ def _write(path, report):
 
 # ---------------------------------------------------------------------------------------------
 # Process plumbing for the tests.
-
-def _free_ports(n):
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def _env(**extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TF_USE_LEGACY_KERAS="1",
@@ -336,7 +325,7 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
 def test_multi_worker_mirrored_matches_one_process(tmp_path):
     """2 MultiWorkerMirroredStrategy workers train DIN to the single-process loss trajectory."""
     deadline = time.monotonic() + 140
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in ports]})
     outs = [str(tmp_path / f"worker{i}.json") for i in range(2)]
     with _Processes(tmp_path) as processes:
@@ -365,7 +354,7 @@ def test_parameter_server_shards_item_table_and_exports(tmp_path):
     from tfrec.data import df_to_inputs
 
     deadline = time.monotonic() + 140
-    ports = _free_ports(5)
+    ports = free_ports(5)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
                "ps": [f"127.0.0.1:{p}" for p in ports[3:5]]}
     spec = ";".join(f"{job}={','.join(addresses)}" for job, addresses in cluster.items())
@@ -422,7 +411,7 @@ def _kill_and_resume(tmp_path, workers):
     if workers == 1:
         commands, outs, logs = [program], [out], [step_log]
     else:
-        spec = "worker=" + ",".join(f"127.0.0.1:{p}" for p in _free_ports(workers))
+        spec = "worker=" + ",".join(f"127.0.0.1:{p}" for p in free_ports(workers))
         commands = [[sys.executable, "-m", "tfrec.distribute", "--role", "worker", "--index", str(i), "--cluster",
                      spec, "--"] + program for i in range(workers)]
         outs, logs = [f"{out}.{i}" for i in range(workers)], [f"{step_log}.{i}" for i in range(workers)]

@@ -5,8 +5,6 @@ TF2 model (toy/2) and a tfrec DIN export (its classify / regress signatures)."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import json
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -19,6 +17,7 @@ from serving import Client, LocalServer, RestClient, ServingError, inference
 from serving.json_examples import example_from_dict, rest_classify, rest_regress
 from serving.server_core import ServerCore
 from serving.tensors import ndarray_from_proto, ndarray_to_proto
+from tests.serving.rest_helpers import rest_call
 from tests.serving.saved_models import estimator_probability, example_tf2_probability
 
 CLASSIFY = "tensorflow/serving/classify"
@@ -89,17 +88,6 @@ def grpc_error(call, request):
 def scores_of(result):
     return np.array([[c.score for c in item.classes] for item in result.classifications],
                     np.float32)
-
-
-def post(server, path, body):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(server.rest_url + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 # ---------------------------------------------------------------- gRPC, TF2 signatures
@@ -215,13 +203,13 @@ def test_multi_inference_refuses_what_tf_serving_refuses(stub):
 
 
 def test_rest_classify_and_regress(server):
-    status, body = post(server, "/v1/models/example_tf2:classify",
+    status, body = rest_call(server, "/v1/models/example_tf2:classify",
                         {"signature_name": "classify", "examples": x_rows()})
     assert status == 200, body
     assert [[label for label, _ in item] for item in body["results"]] == [["0", "1"]] * 3
     np.testing.assert_allclose([item[1][1] for item in body["results"]],
                                [example_tf2_probability(row) for row in X], rtol=1e-6)
-    status, body = post(server, "/v1/models/estimator/versions/1:regress",
+    status, body = rest_call(server, "/v1/models/estimator/versions/1:regress",
                         {"signature_name": "regression", "context": {"x": [1.0, 2.0]},
                          "examples": [{"n": 1}, {"n": 2, "word": ["ab"]}]})
     assert status == 200, body
@@ -250,11 +238,11 @@ def test_rest_errors(server):
         ("no_such_model:classify", {"examples": x_rows()}, 404, None),
     ]
     for path, body, want_status, want_message in cases:
-        status, answer = post(server, f"/v1/models/{path}", body)
+        status, answer = rest_call(server, f"/v1/models/{path}", body)
         assert status == want_status, (path, body, answer)
         if want_message is not None:
             assert want_message in answer["error"], (path, body, answer)
-    status, answer = post(server, "/v1/models/estimator:classify", b"{not json")
+    status, answer = rest_call(server, "/v1/models/estimator:classify", b"{not json")
     assert status == 400 and answer["error"].startswith("JSON Parse error")
 
 

@@ -22,6 +22,7 @@ from exporters.layout import staged_version_dir
 from serving import Client, LocalServer, ServingError
 from serving.batching import Batcher, BatchingOptions
 from serving.servable import ServableVersion
+from tests.serving.rest_helpers import wait_for
 from tests.serving.saved_models import toy_request
 
 X = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], np.float32)
@@ -39,16 +40,6 @@ def publish(source, base_path, version):
     a staging directory beside it, then renamed (exporters.layout.staged_version_dir)."""
     with staged_version_dir(str(base_path), version) as staged:
         shutil.copytree(str(source), staged.staging_dir, dirs_exist_ok=True)
-
-
-def wait_for(condition, timeout=30, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def statuses(target, name):

@@ -2,13 +2,9 @@
 model_config_file with four models, queried over gRPC (our Client and raw stubs) and REST."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
-import json
 import re
 import os
 import shutil
-import time
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -23,6 +19,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import Client, LocalServer, RestClient, ServingError
 from serving.tensors import ndarray_from_proto
+from tests.serving.rest_helpers import rest_call, wait_for
 from tests.serving.saved_models import copy_version, toy_request
 
 CONFIG_TEMPLATE = """
@@ -316,18 +313,6 @@ def test_warmup_file_with_bad_records_does_not_block_loading(server, client):
 # ---------------------------------------------------------------- REST
 
 
-def rest_call(server, path, body=None):
-    data = None if body is None else (body if isinstance(body, bytes) else
-                                      json.dumps(body).encode())
-    request = urllib.request.Request(server.rest_url + path, data=data,
-                                     method="GET" if data is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_rest_row_format(server):
     status, body = rest_call(server, "/v1/models/toy:predict", {
         "instances": [{"x": [1, 2, 3], "tag": "ab"},
@@ -430,16 +415,6 @@ def test_clients_name_the_input_a_mistake_is_in(client, rest, server):
 
 
 # ---------------------------------------------------------------- versions on disk
-
-
-def wait_for(condition, timeout=30, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def test_new_version_is_served_and_corrupt_one_is_not(server, client, saved_models):

@@ -3,13 +3,10 @@ unknown ones and bad model config files rejected) and shape pass-through: a requ
 whose shape differs from the signature's is fed to the model as TF Serving feeds it."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
-import json
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -18,6 +15,7 @@ import tensorflow as tf
 
 from serving import Client, LocalServer, ServingError
 from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
+from tests.serving.rest_helpers import rest_call
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 REST_TIMEOUT_MS = 1500
@@ -68,16 +66,6 @@ def client(server):
         yield grpc_client
 
 
-def rest_predict(server, model, body):
-    request = urllib.request.Request(f"{server.rest_url}/v1/models/{model}:predict",
-                                     data=json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 # --- flags -------------------------------------------------------------------------------
 
 def test_every_tf_serving_flag_parses():
@@ -111,7 +99,7 @@ def test_rest_api_timeout_closes_a_stalled_connection(server):
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the server, not answered
         assert time.monotonic() - started < 20
-    assert rest_predict(server, "column", {"instances": [[1.0]]}) == (
+    assert rest_call(server, "/v1/models/column:predict", {"instances": [[1.0]]}) == (
         200, {"predictions": [[3.0]]})
 
 
@@ -156,7 +144,7 @@ def test_tf1_input_of_another_shape_is_fed_to_the_model(server, client):
     np.testing.assert_allclose(client.predict("column", {"x": [1.0]})["y"], [3.0])
     np.testing.assert_allclose(client.predict("column", {"x": [[1.0, 2.0]]})["y"],
                                [[3.0, 5.0]])
-    assert rest_predict(server, "column", {"inputs": {"x": [1.0, 2.0]}}) == (
+    assert rest_call(server, "/v1/models/column:predict", {"inputs": {"x": [1.0, 2.0]}}) == (
         200, {"outputs": [3.0, 5.0]})
 
 
@@ -166,7 +154,7 @@ def test_model_failing_on_another_shape_is_invalid_argument_naming_the_input(ser
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "ndims must be >= 2" in info.value.message
     assert 'input "x" has shape [2] where the signature declares [-1,2]' in info.value.message
-    status, answer = rest_predict(server, "tf1", {"inputs": {"x": [1.0, 2.0]}})
+    status, answer = rest_call(server, "/v1/models/tf1:predict", {"inputs": {"x": [1.0, 2.0]}})
     assert status == 400 and 'input "x" has shape [2]' in answer["error"]
     np.testing.assert_allclose(client.predict("tf1", {"x": [[1.0, 2.0]]})["y"], [[21.0]])
 

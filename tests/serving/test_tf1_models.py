@@ -4,9 +4,6 @@ classify and regress (tests/serving/saved_models.py, estimator/1)."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import base64
-import json
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -19,6 +16,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from serving import LocalServer
 from serving.bundle import SessionBundle, is_tf1_meta_graph, load_bundle, read_serving_meta_graph
 from serving.tensors import ndarray_from_proto, ndarray_to_proto
+from tests.serving.rest_helpers import rest_call
 from tests.serving.saved_models import estimator_probability
 
 ROWS = [{"x": [1.0, 2.0], "n": 3, "word": b"abc"},
@@ -52,16 +50,6 @@ def stub(server):
     channel = grpc.insecure_channel(server.grpc_target)
     yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
     channel.close()
-
-
-def post(server, path, body):
-    request = urllib.request.Request(server.rest_url + path, data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_tf1_graph_loads_in_its_own_session(saved_models):
@@ -150,7 +138,7 @@ def test_metadata_keeps_the_estimator_method_names(stub):
 
 def test_rest_predict_classify_and_regress(server):
     serialized = [example(row).SerializeToString() for row in ROWS]
-    status, body = post(server, "/v1/models/estimator:predict", {
+    status, body = rest_call(server, "/v1/models/estimator:predict", {
         "signature_name": "predict",
         "instances": [{"b64": base64.b64encode(s).decode()} for s in serialized]})
     assert status == 200, body
@@ -161,12 +149,12 @@ def test_rest_predict_classify_and_regress(server):
     rows = [{"x": row["x"], **({"n": row["n"]} if "n" in row else {}),
              **({"word": {"b64": base64.b64encode(row["word"]).decode()}}
                 if "word" in row else {})} for row in ROWS]
-    status, body = post(server, "/v1/models/estimator/versions/1:classify", {"examples": rows})
+    status, body = rest_call(server, "/v1/models/estimator/versions/1:classify", {"examples": rows})
     assert status == 200, body
     assert [[label for label, _ in item] for item in body["results"]] == [["neg", "pos"]] * 3
     np.testing.assert_allclose([item[1][1] for item in body["results"]], expected(), rtol=1e-6)
 
-    status, body = post(server, "/v1/models/estimator:regress",
+    status, body = rest_call(server, "/v1/models/estimator:regress",
                         {"signature_name": "regression", "context": {"n": 3},
                          "examples": [{"x": [1.0, 2.0], "word": "abc"}]})
     assert status == 200, body

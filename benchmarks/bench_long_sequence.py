@@ -67,7 +67,9 @@ MODEL_NAMES = {
 }
 LATENCY_MODELS = ("sim-hard", "sim-soft", "sim-simhash", "din")
 PATHS = {"in_process": "(a) in process, `tf.function`", "signature": "(b) exported signature",
-         "grpc": "(c) gRPC, `serving.Client`"}
+         "grpc": "(c) gRPC, `serving.Client`",
+         "in_process_shared": "(d) as (a), history sent once", "signature_shared": "(e) `shared_history` signature",
+         "grpc_shared": "(f) gRPC, `shared_history`"}
 
 
 def quality_configs(size):
@@ -122,6 +124,7 @@ def child_latency(model_name, length, size_name, workdir):
     import numpy as np
     import tensorflow as tf
     from exporters import export_saved_model
+    from feature_columns import history_input_names
     from tfrec.data import df_to_inputs
     from tfrec.data.long_history import long_history_feature_columns
 
@@ -156,6 +159,20 @@ def child_latency(model_name, length, size_name, workdir):
     report["max_abs_diff_signature"] = float(np.max(np.abs(signed - in_process)))
     report["signature"] = timed(lambda: signature(**feed)["prediction"].numpy(), size)
 
+    # (d)-(f) The same request with the history sent once (1 row) for all 100 candidates: the model
+    # called directly, the export's `shared_history` signature, and gRPC Predict to that signature.
+    shared = history_input_names(model)  # the hist_ sequences and their length
+    shared_request = {name: np.asarray(value)[:1] if name in shared else value for name, value in request.items()}
+    shared_tensors = {name: tf.constant(shared_request[name]) for name in model.input_names}
+    report["max_abs_diff_in_process_shared"] = float(np.max(np.abs(call(shared_tensors).numpy().ravel() - in_process)))
+    report["in_process_shared"] = timed(lambda: call(shared_tensors).numpy(), size)
+    shared_signature = tf.saved_model.load(version).signatures["shared_history"]
+    shared_feed = {name: value[:1] if name in shared else value for name, value in feed.items()}
+    signed = shared_signature(**shared_feed)["prediction"].numpy().ravel()
+    report["max_abs_diff_signature_shared"] = float(np.max(np.abs(signed - in_process)))
+    report["signature_shared"] = timed(lambda: shared_signature(**shared_feed)["prediction"].numpy(), size)
+    report["request_shared_mib"] = sum(np.asarray(v).nbytes for v in shared_request.values()) / 2**20
+
     # (c) gRPC Predict to the local model server.
     if length in size["grpc_lengths"]:
         from serving import Client, LocalServer
@@ -165,6 +182,11 @@ def child_latency(model_name, length, size_name, workdir):
             served = np.asarray(client.predict("model", request)["prediction"]).ravel()
             report["max_abs_diff_grpc"] = float(np.max(np.abs(served - in_process)))
             report["grpc"] = timed(lambda: client.predict("model", request), size)
+            served = np.asarray(client.predict("model", shared_request, signature_name="shared_history")[
+                "prediction"]).ravel()
+            report["max_abs_diff_grpc_shared"] = float(np.max(np.abs(served - in_process)))
+            report["grpc_shared"] = timed(
+                lambda: client.predict("model", shared_request, signature_name="shared_history"), size)
             report["server_peak_rss_mib"] = common.process_peak_rss_mib(server.pid)
     report["peak_rss_mib"] = common.peak_rss_mib()
     common.emit(report)
@@ -312,7 +334,9 @@ def latency_part(size, flag, workdir):
         f"One request: the {CANDIDATES} impressions of one user of `make_long_history_setting(\"longterm\", "
         "num_users=2, targets_per_user=100, history_length=L, min_history_length=L, test_share=0.5, seed=0)` "
         f"(the test user): {CANDIDATES} rows with the same history of exactly L events (item, category, "
-        "time), fed as the model's raw inputs (every row carries the whole history). Models are built with the "
+        "time), fed as the model's raw inputs: in (a)-(c) every row carries the whole history, in (d)-(f) "
+        "the history is sent once, as one row, for all 100 candidates (the export's `shared_history` "
+        "signature). Models are built with the "
         "tests' sizes (embedding 8, DNN 64-32, attention 32-16 with weight normalisation) and left untrained: "
         "the weights do not change the ops or the shapes, so not the cost either. SIM: topk 50, short_maxlen "
         "50, time_feature \"timestamp\", maxlen L (it searches the whole history); DIN: maxlen L, attending "
@@ -320,22 +344,24 @@ def latency_part(size, flag, workdir):
         "(b) `exporters.export_saved_model`, `tf.saved_model.load(...).signatures[\"serving_default\"]`, fed "
         "numpy arrays cast to the signature's dtypes (int64 ids and times, as `serving.Client` sends); "
         "(c) gRPC Predict to `serving.LocalServer` (the model server in a subprocess on this machine) through "
-        f"`serving.Client`. Each cell: p50 / p99 ms (sequential calls timed, after {size['warmup']} warm-up "
+        "`serving.Client`; (d) the function of (a) fed the history once; (e) the export's `shared_history` "
+        "signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`). Each cell: p50 / p99 ms (sequential calls timed, after {size['warmup']} warm-up "
         f"calls; at least {size['min_reps']}, and up to {size['max_reps']} within {size['budget_s']:g} s). "
         "One process per (model, L).",
         "",
-        "| model | L | request (MiB) | " + " | ".join(f"{name} p50 / p99 ms (calls)" for name in PATHS.values()) + " |",
+        "| model | L | request (MiB), (a)-(c) / (d)-(f) | "
+        + " | ".join(f"{name} p50 / p99 ms (calls)" for name in PATHS.values()) + " |",
         "|---|---:|---:|" + "---:|" * len(PATHS),
     ]
     for (model, length), r in runs.items():
         if "error" in r:
             lines.append(f"| {MODEL_NAMES[model]} | {length:,} | fails: {r['error']} |" + " |" * len(PATHS))
             continue
-        lines.append(f"| {MODEL_NAMES[model]} | {length:,} | {r['request_mib']:.1f} | "
+        lines.append(f"| {MODEL_NAMES[model]} | {length:,} | {r['request_mib']:.1f} / {r['request_shared_mib']:.2f} | "
                      + " | ".join(ms(r.get(path)) for path in PATHS) + " |")
-    diffs = [r[k] for r in runs.values() for k in ("max_abs_diff_signature", "max_abs_diff_grpc") if k in r]
+    diffs = [r[key] for r in runs.values() for key in r if key.startswith("max_abs_diff_")]
     if diffs:
-        lines += ["", f"Scores of (b) and (c) against (a): max |diff| {max(diffs):.1e} over every request."]
+        lines += ["", f"Scores of (b)-(f) against (a): max |diff| {max(diffs):.1e} over every request."]
 
     lines += ["", f"Issue targets: SIM at L = {longest:,} at least 20x faster than DIN over the same history "
               f"(DIN p50 / SIM p50), and SIM's p50 growing less than 3x from L = {shortest:,} to L = {longest:,} "
@@ -358,8 +384,9 @@ def latency_part(size, flag, workdir):
     servers = [r["server_peak_rss_mib"] for r in runs.values() if "server_peak_rss_mib" in r]
     if servers:
         lines += ["", f"Model server peak RSS after its requests: {min(servers):.0f}-{max(servers):.0f} MiB. "
-                  f"A request carries the history once per candidate ({CANDIDATES} copies of L ids, ids and "
-                  "times), so path (c) also pays for serialising, sending and parsing that many int64s."]
+                  f"A serving_default request carries the history once per candidate ({CANDIDATES} copies of L "
+                  "items, categories and times), so path (c) also pays for serialising, sending and parsing that "
+                  "many int64s; a `shared_history` request (f) carries it once."]
     return lines
 
 

@@ -17,6 +17,11 @@ the input, rather than wrapping around. Float and string Inputs keep their dtype
 It returns a dict keyed by the model's output names (`model.output_names`, the output layers'
 names) plus any `extra_outputs` layer names; an output of shape (None, 1) is returned as [None].
 
+A model with behaviour histories (inputs `hist_<f>`, DIN, SIM, CLSR) also gets `shared_history`:
+the same inputs and outputs, but the history's inputs (the `hist_<f>` sequences, [1, -1], and
+their length input, [1]) carry one row that applies to every row of the other inputs, so scoring N candidates for one user sends (and, for DIN and SIM, searches) the history
+once instead of N times; it equals `serving_default` fed that history on every row.
+
 Beside `serving_default`, the export has signatures over serialized `tf.Example`s, for TF
 Serving's Classify / Regress / MultiInference APIs (and the REST `:classify` / `:regress`):
 
@@ -39,7 +44,9 @@ import feature_columns._legacy_keras  # noqa: F401
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
+from feature_columns import history_input_names
 from tensorflow.core.protobuf import saved_model_pb2
 
 from exporters import layout, warmup
@@ -47,6 +54,7 @@ from exporters import layout, warmup
 logger = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
+SHARED_HISTORY_SIGNATURE = "shared_history"
 CLASSIFY_SIGNATURE = "classify"
 REGRESS_SIGNATURE = "regress"
 CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -85,6 +93,10 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
     serving_model = _serving_model(model, extra_outputs)
     signature = _serving_function(serving_model)
     signatures = {SERVING_SIGNATURE: signature}
+    shared_history = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
+        warmup.signature_input_specs(signature), warmup_inputs, num_warmup_records))
+    if shared_history is not None:
+        signatures[SHARED_HISTORY_SIGNATURE] = shared_history
     example_signatures, method_names = _example_signatures(
         signature, signature_input_specs(serving_model), list(model.output_names))
     signatures.update(example_signatures)
@@ -236,8 +248,9 @@ def _cast_to_input(name, values, dtype):
     return tf.cast(values, dtype)
 
 
-def _serving_function(serving_model):
-    """The `serving_default` concrete function over raw features by Input name."""
+def _serving_function(serving_model, input_specs=None):
+    """The `serving_default` concrete function over raw features by Input name (or over
+    `input_specs`, a variant of `signature_input_specs`)."""
     single_column_outputs = {
         name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}
 
@@ -247,7 +260,54 @@ def _serving_function(serving_model):
         return {name: tf.squeeze(tensor, -1) if name in single_column_outputs else tensor
                 for name, tensor in outputs.items()}
 
-    return serve.get_concrete_function(**signature_input_specs(serving_model))
+    return serve.get_concrete_function(**(input_specs or signature_input_specs(serving_model)))
+
+
+# ---------------------------------------------------------------- one history, many candidates
+
+
+def _shared_history_signature(serving_model, serving, feeds):
+    """The `shared_history` concrete function, or None for a model without histories.
+
+    It takes the `serving_default` inputs, except that every input of the user's history
+    (`feature_columns.history_input_names`: the `hist_<f>` sequences and their length) is
+    declared with one row: one user's history, sent once, applies to every row (candidate) of
+    the request. Its outputs equal `serving_default` fed that history on every row. A model whose
+    layers broadcast a shared history (DIN, SIM: their searches and attention read the one row
+    without copying it) runs on it directly, so a request of 100 candidates carries, and the
+    model searches, one history instead of 100 copies; any other model gets the history
+    repeated per row inside the graph (same result, no saving). Which one applies is decided
+    here by running both on the warm-up rows (at least two candidates) and comparing.
+    """
+    specs = signature_input_specs(serving_model)
+    shared = history_input_names(serving_model)
+    candidates = [name for name in specs if name not in shared]
+    if not shared or not candidates:
+        return None
+    shared_specs = {name: tf.TensorSpec([1] + spec.shape[1:], spec.dtype, name=name) if name in shared else spec
+                    for name, spec in specs.items()}
+    rows = feeds if len(feeds) > 1 else feeds * 2
+    check = {name: feeds[0][name] if name in shared else tf.concat([feed[name] for feed in rows], axis=0)
+             for name in specs}
+    expected = serving(**{name: tf.repeat(value, len(rows), axis=0) if name in shared else value
+                          for name, value in check.items()})
+    native = _serving_function(serving_model, shared_specs)
+    try:
+        outputs = native(**check)
+        if all(np.allclose(outputs[name], expected[name], atol=1e-5) for name in expected):
+            return native
+    except (tf.errors.InvalidArgumentError, ValueError):
+        pass
+    logger.info("%r does not broadcast a shared history; its shared_history signature repeats "
+                "the history per row", serving_model.name)
+
+    @tf.function
+    def repeated(**features):
+        batch = tf.shape(features[candidates[0]])[0]
+        return serving(**{name: tf.repeat(value, batch, axis=0) if name in shared else value
+                          for name, value in features.items()})
+
+    return repeated.get_concrete_function(**shared_specs)
 
 
 # ---------------------------------------------------------------- tf.Example signatures

@@ -14,7 +14,7 @@ from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from .feature_column import (NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
+from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
 from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions
@@ -50,6 +50,30 @@ def build_input_features(feature_columns, prefix=""):
     return features
 
 
+# The name of the layer truncating a history (`FeatureEncoder.history`): "recent_hist_<f>".
+HISTORY_TRUNCATION = "recent_"
+
+
+def history_input_names(model):
+    """The Inputs of a model built by `FeatureEncoder` that describe the user's history.
+
+    They are the behaviour sequences, named `hist_<f>` (the sequences and those aligned with
+    them, such as event times), and the `length_name` Inputs those are truncated with: every
+    input that is one per user rather than one per candidate. An exporter declares them with
+    one row to score many candidates against one history (see `History`).
+    """
+    names = [name for name, tensor in zip(model.input_names, model.inputs)
+             if name.startswith(HISTORY_PREFIX) and tensor.shape.rank == 2]
+    inputs = {id(tensor): name for name, tensor in zip(model.input_names, model.inputs)}
+    for layer in model.layers:
+        if isinstance(layer, RecentSequence) and HISTORY_TRUNCATION + HISTORY_PREFIX in layer.name:
+            for node in layer.inbound_nodes:
+                lengths = node.call_kwargs.get("lengths")
+                if lengths is not None and id(lengths) in inputs and inputs[id(lengths)] not in names:
+                    names.append(inputs[id(lengths)])
+    return names
+
+
 class History:
     """Candidate features and their behaviour sequences, as a sequence model reads them.
 
@@ -57,13 +81,17 @@ class History:
     ["item_id", "cate_id"] the sequences are "hist_item_id" and "hist_cate_id", truncated together,
     so position t of every sequence (and of every aligned sequence) is the same event.
 
+    The sequences have `users` rows: one per candidate row, as training feeds them, or a single
+    row shared by every candidate of a request (one user's history sent once to score many
+    candidates). Every layer that reads a History broadcasts that one row rather than copying it.
+
     Attributes:
       candidates: candidate feature names; `names`: their sequences' names.
-      indices: {sequence name: (batch, maxlen) int32} embedding rows, oldest -> newest, 0-padded.
-      mask: (batch, maxlen) bool, true on real events; `lengths`: (batch,) int32 real events.
-      aligned: {name: (batch, maxlen)} the aligned sequences (e.g. event times) at the same events.
+      indices: {sequence name: (users, maxlen) int32} embedding rows, oldest -> newest, 0-padded.
+      mask: (users, maxlen) bool, true on real events; `lengths`: (users,) int32 real events.
+      aligned: {name: (users, maxlen)} the aligned sequences (e.g. event times) at the same events.
       query: (batch, 1, E) the candidates' embeddings, concatenated (E = sum of their dims).
-      keys: (batch, maxlen, E) the events' embeddings, concatenated the same way.
+      keys: (users, maxlen, E) the events' embeddings, concatenated the same way.
     """
 
     def __init__(self, encoder, candidates, indices, aligned, view):
@@ -85,15 +113,20 @@ class History:
     def keys(self):
         return concat([self._encoder.embed(self._key(name)) for name in self.names])
 
-    def recent(self, k, where=None, view="recent"):
-        """The most recent `k` events where `where` (batch, maxlen) bool holds, as a History.
+    def recent(self, k, where=None, matching=None, view="recent"):
+        """The most recent `k` events where a condition holds, as a History.
 
-        `where=None` keeps the last k events; SIM's hard search passes "same category as the
-        candidate". Only the kept events are embedded (under lookup keys "<name>@<view>").
+        `where` (rows, maxlen) bool restricts the events; `matching` = (sequence name, targets
+        (rows, 1) indices) keeps the events whose value in that sequence equals the row's
+        target (SIM's hard search: "same category as the candidate"), found without a
+        (rows, maxlen) comparison when the history is shared (`RecentSequence`). Neither keeps
+        the last k events. Only the kept events are embedded (under lookup keys "<name>@<view>").
         """
         sequences = {n: self._sequences[n] for n in self.names + list(self.aligned)}
+        keys, targets = (None, None) if matching is None else (self._sequences[matching[0]], matching[1])
         return self._as_view(_truncate_together(
-            sequences, k, self._encoder.layer_name(f"{view}_{self.names[0]}"), where=where), view)
+            sequences, k, self._encoder.layer_name(f"{view}_{self.names[0]}"), where=where, keys=keys,
+            targets=targets), view)
 
     def take(self, positions, valid, view):
         """The events at `positions` (batch, k) where `valid`, as a History (a top-k search's result)."""
@@ -224,7 +257,7 @@ class FeatureEncoder:
         sequences = {n: self._raw_indices(n) for n in names}
         sequences.update((n, self.features[n]) for n in aligned)
         lengths = self.features[first.length_name] if first.length_name else None
-        kept = _truncate_together(sequences, first.maxlen, self.layer_name("recent_" + first.name), lengths)
+        kept = _truncate_together(sequences, first.maxlen, self.layer_name(HISTORY_TRUNCATION + first.name), lengths)
         for name in names:
             self._indices[name], self._weights[name] = kept[name], None
             if embed_sequences:
@@ -314,18 +347,20 @@ class FeatureEncoder:
         return concat(parts)
 
 
-def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None):
+def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, keys=None, targets=None):
     """{name: (batch, width, ...)} -> {name: (batch, maxlen, ...)}, one `RecentSequence` call.
 
     The most recent `maxlen` items of the first sequence (of its first `lengths`, where `where`
-    holds) are kept, and every other sequence is taken at the same positions, so they stay aligned.
+    holds, whose `keys` equal the row's `targets`) are kept, and every other sequence is taken
+    at the same positions, so they stay aligned.
     """
     names = list(sequences)
     others = [sequences[n] for n in names[1:]]
     recent = RecentSequence(maxlen, name=layer_name)
+    condition = dict(lengths=lengths, where=where, keys=keys, targets=targets)
     if not others:
-        return {names[0]: recent(sequences[names[0]], lengths=lengths, where=where)}
-    kept, kept_others = recent(sequences[names[0]], lengths=lengths, where=where, aligned=others)
+        return {names[0]: recent(sequences[names[0]], **condition)}
+    kept, kept_others = recent(sequences[names[0]], aligned=others, **condition)
     return dict(zip(names, [kept] + kept_others))
 
 

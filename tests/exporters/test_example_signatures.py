@@ -44,6 +44,7 @@ def test_saved_model_cli_shows_the_signatures_and_method_names(exported):
         if not name.startswith("__")}
     assert sections == {
         "serving_default": "tensorflow/serving/predict",
+        "shared_history": "tensorflow/serving/predict",  # it has a hist_item_id input
         "classify": "tensorflow/serving/classify",
         "regress": "tensorflow/serving/regress",
         "regress_ctr": "tensorflow/serving/regress",

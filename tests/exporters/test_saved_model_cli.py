@@ -22,7 +22,7 @@ def saved_model_cli(*args):
 
 def tensor_infos(show_output, kind):
     """{name: (dtype, shape)} of the serving_default inputs or outputs in `show --all`."""
-    section = show_output.split("signature_def['serving_default']:")[1]
+    section = show_output.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
     return {name: (dtype, shape) for name, dtype, shape in re.findall(
         kind + r"\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([-\d, ]*\))", section)}
 

@@ -124,6 +124,38 @@ def test_recent_sequence_where_matches_a_numpy_reference():
         assert kept_times.numpy()[row].tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_recent_sequence_matching_keys_equals_a_numpy_reference(shared):
+    """The most recent k events whose key equals the row's target (SIM's hard search), with a
+    history per row and with one history shared by every row (found by sorting it once)."""
+    rng = np.random.default_rng(1)
+    rows, width, k = 48, 60, 4
+    users = 1 if shared else rows
+    lengths = rng.integers(0, width + 1, users)
+    real = np.arange(width)[None, :] < lengths[:, None]
+    indices = np.where(real, rng.integers(1, 50, (users, width)), 0)
+    keys = np.where(real, rng.integers(0, 5, (users, width)), 0)  # few keys: long runs, key 0 on real events too
+    targets = rng.integers(0, 6, (rows, 1))
+    times = rng.integers(1, 10**12, (users, width))
+    kept, (kept_times,) = RecentSequence(k)(tf.constant(indices), keys=tf.constant(keys),
+                                            targets=tf.constant(targets), aligned=[tf.constant(times)])
+    assert kept.shape == (rows, k)
+    for row in range(rows):
+        user = 0 if shared else row
+        positions = np.flatnonzero((indices[user] != 0) & (keys[user] == targets[row, 0]))[-k:]
+        expected = np.zeros((2, k), np.int64)
+        expected[:, :len(positions)] = indices[user, positions], times[user, positions]
+        np.testing.assert_array_equal([kept.numpy()[row], kept_times.numpy()[row]], expected)
+
+
+def test_take_positions_reads_one_shared_row_for_every_row():
+    values = tf.constant([[[1.0], [2.0], [3.0]]])                                    # (1, 3, 1)
+    positions = tf.constant([[2, 0], [1, 1], [0, 2]])
+    valid = tf.constant([[True, True], [True, False], [False, True]])
+    taken = feature_columns.take_positions(values, positions, valid)
+    assert taken.numpy()[..., 0].tolist() == [[3, 1], [2, 0], [0, 3]]
+
+
 def test_sequence_pooling_ignores_padding():
     embeddings = tf.constant([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]])
     mask = tf.constant([[True, True, False]])

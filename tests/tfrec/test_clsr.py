@@ -316,3 +316,20 @@ def test_grpc_predict_and_alpha_equal_in_process(clsr, clsr_export, drift):
         served = client.predict("clsr", inputs)
     np.testing.assert_allclose(served["prediction"], predict(clsr.model, inputs), atol=1e-5)
     np.testing.assert_allclose(served["alpha"], expected, atol=1e-5)
+
+
+def test_shared_history_signature_repeats_the_history_for_every_candidate(clsr_export, drift):
+    """CLSR's GRUs and fusion read the history per row, so its `shared_history` signature repeats
+    the one row it is sent: the scores equal serving_default fed that history on every row."""
+    loaded = tf.saved_model.load(clsr_export.path)
+    rows = drift.test[drift.test.user_id == drift.test.user_id.iloc[0]]
+    assert len(rows) > 1
+    feed = {name: tf.constant(value, tf.int64) for name, value in df_to_inputs(rows, drift.columns).items()}
+    history = ("hist_item_id", "hist_cate_id", "seq_length")
+    repeated = {name: tf.repeat(value[:1], len(rows), axis=0) if name in history else value
+                for name, value in feed.items()}
+    shared = loaded.signatures["shared_history"](**{name: value[:1] if name in history else value
+                                                    for name, value in feed.items()})
+    expected = loaded.signatures["serving_default"](**repeated)
+    for output in ("prediction", "alpha"):
+        np.testing.assert_allclose(shared[output].numpy(), expected[output].numpy(), atol=1e-6)

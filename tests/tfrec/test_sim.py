@@ -138,6 +138,41 @@ def test_build_errors_name_the_problem():
         SIM(columns[:5] + [VarLenDenseFeat("hist_timestamp", 7, dtype="int64")], HISTORY, time_feature="timestamp")
 
 
+@pytest.mark.parametrize("model_name", ["hard", "soft", "simhash", "din"])
+def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp_path, caplog):
+    """One user's history sent once (one row, its length too) for 40 candidates gives the scores
+    of the same history repeated on every row: in process and through the export's
+    `shared_history` signature, which runs the model on the one row (it does not repeat it)."""
+    from exporters import export_saved_model
+
+    width = 300
+    columns = random_columns(width)
+    columns[2] = VarLenSparseFeat(SparseFeat("hist_item_id", 60, 8, embedding_name="item_id"), width,
+                                  length_name="seq_length")
+    if model_name == "din":
+        model = DIN([c for c in columns if "timestamp" not in c.name], HISTORY, **SMALL)
+    else:
+        model = SIM(columns, HISTORY, search=model_name, topk=10, short_maxlen=8, time_feature="timestamp", **SMALL)
+    model.refresh_derived_weights()  # SimHash: the tables' signatures, as the export computes them
+    inputs = random_inputs(40, width, seed=3)
+    inputs["seq_length"] = np.full(40, width - 20)
+    history = [name for name in model.input_names if name.startswith("hist_") or name == "seq_length"]
+    repeated = {name: np.repeat(inputs[name][7:8], 40, axis=0) if name in history else inputs[name]
+                for name in model.input_names}
+    shared = {name: repeated[name][:1] if name in history else repeated[name] for name in model.input_names}
+    expected = model(repeated, training=False).numpy()
+    np.testing.assert_allclose(model(shared, training=False).numpy(), expected, atol=1e-6)
+
+    with caplog.at_level("INFO", logger="exporters.saved_model"):
+        path = export_saved_model(model, str(tmp_path / "m"), warmup_inputs={k: v[:3] for k, v in inputs.items()})
+    assert "repeats the history" not in caplog.text
+    signature = tf.saved_model.load(path).signatures["shared_history"]
+    specs = signature.structured_input_signature[1]
+    assert {name for name, spec in specs.items() if spec.shape[0] == 1} == set(history)
+    served = signature(**{name: tf.constant(value, specs[name].dtype) for name, value in shared.items()})
+    np.testing.assert_allclose(served["prediction"].numpy(), expected.ravel(), atol=1e-6)
+
+
 # --- Trained on planted long histories: the long-term signal lies beyond the last 50 events. ---
 
 LONG_MAXLEN = 2000
@@ -227,10 +262,21 @@ def test_export_passes_saved_model_cli_and_serves_equal_to_in_process(simhash_ex
         assert f"['{name}']" in shown.stdout
     inputs = df_to_inputs(long_history.test.head(100), simhash_export.run.columns)
     in_process = simhash_export.run.model.predict(inputs, verbose=0).ravel()
+    # One user's impressions: the history once, through the shared_history signature.
+    user = long_history.test[long_history.test.user_id == long_history.test.user_id.iloc[0]]
+    one_user = df_to_inputs(user, simhash_export.run.columns)
+    one_user_in_process = simhash_export.run.model.predict(one_user, verbose=0).ravel()
+    history = ("hist_item_id", "hist_cate_id", "hist_timestamp", "seq_length")
+    assert all(np.all(one_user[name] == one_user[name][:1]) for name in history)
     with LocalServer(model_base_path=simhash_export.base, model_name="sim") as server, \
             Client(server.grpc_target) as client:
         served = client.predict("sim", inputs)
+        served_shared = client.predict("sim", {name: value[:1] if name in history else value
+                                               for name, value in one_user.items()},
+                                       signature_name="shared_history")
     np.testing.assert_allclose(served["prediction"], in_process, atol=1e-5)
+    assert len(user) > 1
+    np.testing.assert_allclose(served_shared["prediction"], one_user_in_process, atol=1e-5)
 
 
 def test_auxiliary_soft_search_trains_its_own_embeddings_with_a_second_head():

@@ -12,12 +12,9 @@ from collections import Counter
 
 import numpy as np
 
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenSparseFeat
 
 __all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary"]
-
-_HISTORY_PREFIX = "hist_"
-
 
 class ColumnInferenceError(ValueError):
     """Columns cannot be inferred as asked; `key` names the argument at fault (None: the frame).
@@ -122,8 +119,8 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     for name in sparse:
         tables.setdefault(name, []).append(name)
     for name in sequences:
-        owner = name[len(_HISTORY_PREFIX):]
-        owner = owner if name.startswith(_HISTORY_PREFIX) and owner in sparse else name
+        owner = name[len(HISTORY_PREFIX):]
+        owner = owner if name.startswith(HISTORY_PREFIX) and owner in sparse else name
         tables.setdefault(owner, []).append(name)
     columns = []
     for table, names in tables.items():

@@ -12,8 +12,9 @@ _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 class LocalActivationUnit(tf.keras.layers.Layer):
     """Scores each behaviour against the candidate (DIN, Zhou et al. 2018, Fig. 2).
 
-    query (batch, 1, E), keys (batch, T, E) -> scores (batch, T, 1) from an MLP over
-    [q, k, q - k, q * k], computed for all T positions at once (no loop over positions).
+    query (batch, 1, E), keys (batch, T, E) or (1, T, E) (one history shared by every row) ->
+    scores (batch, T, 1) from an MLP over [q, k, q - k, q * k], computed for all T positions at
+    once (no loop over positions).
 
     The first layer W [q, k, q - k, q * k] is evaluated as q (W_q + W_d) + [k, q * k] [W_k - W_d; W_p]:
     the same function and the same (4E, units) kernel, but the query's share is computed once per
@@ -51,8 +52,9 @@ class LocalActivationUnit(tf.keras.layers.Layer):
     def call(self, query, keys, training=None):
         w_query, w_key, w_diff, w_product = tf.split(self.first_kernel, 4, axis=0)
         per_example = tf.matmul(query, w_query + w_diff) + self.first_bias                    # (B, 1, H)
-        per_position = tf.matmul(tf.concat([keys, query * keys], axis=-1),
-                                 tf.concat([w_key - w_diff, w_product], axis=0))              # (B, T, H)
+        # Two products rather than one over [k, q * k]: keys shared by every row (one user's
+        # history, batch 1) are then multiplied once, and broadcast.
+        per_position = tf.matmul(keys, w_key - w_diff) + tf.matmul(query * keys, w_product)  # (B, T, H)
         x = per_example + per_position
         if self.first_bn is not None:
             x = self.first_bn(x, training=training)
@@ -74,7 +76,8 @@ class LocalActivationUnit(tf.keras.layers.Layer):
 class AttentionSequencePooling(tf.keras.layers.Layer):
     """DIN's attention pooling: sum_t a(q, k_t) * k_t over the real (unmasked) behaviours.
 
-    query (batch, 1, E), keys (batch, T, E), mask (batch, T) bool -> (batch, 1, E).
+    query (batch, 1, E), keys (batch, T, E), mask (batch, T) bool -> (batch, 1, E); keys and mask
+    may have one row, shared by every query (one user's history, many candidates).
     Padding gets weight exactly 0, so it never changes the output. With
     `weight_normalization` the scores are softmax-normalised over the real behaviours (a row with
     none pools to zeros); without it they are used raw, as in the paper.

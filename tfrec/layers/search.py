@@ -11,6 +11,7 @@ batch x L x topk (or x candidates) is ever built.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
+from feature_columns import take_positions
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -18,14 +19,14 @@ _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 def top_k_positions(scores, mask, k):
     """The `k` highest-scoring positions of each row among those where `mask` holds.
 
-    scores (batch, L) float, mask (batch, L) bool -> (positions, valid), both (batch, k), best
-    first; a row with fewer than k eligible positions has `valid` false (position 0) after them.
+    scores (batch, L) float, mask (batch, L) or (1, L) (one history shared by every row) bool ->
+    (positions, valid), both (batch, k), best first; a row with fewer than k eligible positions has
+    `valid` false (position 0) after them.
     """
     scores = tf.pad(tf.where(mask, scores, tf.fill(tf.shape(scores), scores.dtype.min)), [[0, 0], [0, k]],
                     constant_values=scores.dtype.min)  # top_k needs at least k columns
-    eligible = tf.pad(mask, [[0, 0], [0, k]])
     positions = tf.math.top_k(scores, k).indices
-    valid = tf.gather(eligible, positions, batch_dims=1)
+    valid = take_positions(tf.pad(mask, [[0, 0], [0, k]]), positions, tf.ones_like(positions, tf.bool))
     return tf.where(valid, positions, 0), valid
 
 

@@ -78,8 +78,8 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
     # General Search Unit: topk of the long history for this candidate.
     auxiliary_output = None
     if search == "hard":
-        same = tf.equal(history.indices[history_name(search_feature)], encoder.indices(search_feature))
-        retrieved = history.recent(topk, where=same, view="gsu")
+        retrieved = history.recent(topk, matching=(history_name(search_feature), encoder.indices(search_feature)),
+                                   view="gsu")
     else:
         # Soft and SimHash search compare whole events: every history feature's embedding.
         if search == "soft" and soft_search_embedding == "auxiliary":

@@ -345,7 +345,8 @@ def latency_part(size, flag, workdir):
         "numpy arrays cast to the signature's dtypes (int64 ids and times, as `serving.Client` sends); "
         "(c) gRPC Predict to `serving.LocalServer` (the model server in a subprocess on this machine) through "
         "`serving.Client`; (d) the function of (a) fed the history once; (e) the export's `shared_history` "
-        "signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`). Each cell: p50 / p99 ms (sequential calls timed, after {size['warmup']} warm-up "
+        "signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`). Each cell: p50 / p99 ms "
+        f"(sequential calls timed, after {size['warmup']} warm-up "
         f"calls; at least {size['min_reps']}, and up to {size['max_reps']} within {size['budget_s']:g} s). "
         "One process per (model, L).",
         "",

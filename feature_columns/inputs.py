@@ -564,8 +564,12 @@ def check_inputs(inputs, input_dtypes, labels=None, what="the model"):
     counts = {n for n in rows.values() if n is not None}
     if len(counts) > 1:
         by_count = ", ".join(f"{name} {count}" for name, count in rows.items() if count is not None)
+        hint = ""
+        if any(count == 1 and name.startswith(HISTORY_PREFIX) for name, count in rows.items()):
+            hint = (" (to score many candidates against one history sent once, call the model itself, "
+                    "model(features), or an export's shared_history signature)")
         raise ValueError(f"the inputs of {what} disagree on the number of rows ({by_count}); every "
-                         "feature needs one row per example")
+                         f"feature needs one row per example{hint}")
     for name, value in inputs.items():
         if name in input_dtypes:
             inputs[name] = _check_feature(name, value, input_dtypes[name])

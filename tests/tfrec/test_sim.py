@@ -162,6 +162,8 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     shared = {name: repeated[name][:1] if name in history else repeated[name] for name in model.input_names}
     expected = model(repeated, training=False).numpy()
     np.testing.assert_allclose(model(shared, training=False).numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one row per example .*shared_history signature"):
+        model.predict(shared, verbose=0)  # predict splits rows into batches: it needs a history per row
 
     with caplog.at_level("INFO", logger="exporters.saved_model"):
         path = export_saved_model(model, str(tmp_path / "m"), warmup_inputs={k: v[:3] for k, v in inputs.items()})

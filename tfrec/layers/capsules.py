@@ -107,7 +107,10 @@ class CapsuleLayer(tf.keras.layers.Layer):
     (max_len, k_max), from `seed`) and fixed, not re-drawn at every call as DeepMatch 0.3.2 does:
     re-drawn logits make a user's served interests change from one request to the next (and
     differ between a model and its reloaded copy), while fixed ones give a deterministic user
-    tower. `init_std=0` gives the zero initialisation (for the comparison above).
+    tower. `init_std=0` gives the zero initialisation (for the comparison above). The updates
+    u_j . c_i are at most |c_i| (|u_j| < 1): with the short vectors of a trained MIND (|e_i| ~0.7)
+    they move the logits less than the N(0, 1) start, which then decides how a history splits
+    (measured in tfrec/models/mind.py's docstring).
 
     Padding events get weight 0 in every iteration, so they change neither the capsules nor the
     logits of real events; inactive interests get weight 0 from every event, so their capsules
@@ -224,14 +227,19 @@ class LabelAwareAttention(tf.keras.layers.Layer):
         if self.pow_p >= HARD_ATTENTION_POWER:
             best = tf.argmax(tf.where(active, scores, -np.inf), axis=-1, output_type=tf.int32)
             return tf.gather(interests, best, axis=1, batch_dims=1)
-        weights = tf.nn.softmax(tf.where(active, self._power(scores), _MASKED_LOGIT), axis=-1)
+        weights = tf.nn.softmax(tf.where(active, self._power(scores, active), _MASKED_LOGIT), axis=-1)
         return tf.einsum("bk,bkd->bd", weights, interests)
 
-    def _power(self, scores):
+    def _power(self, scores, active):
+        if self.pow_p == 0:
+            return tf.zeros_like(scores)  # equal logits: the mean of the active interests
+        # Inactive interests are zero vectors (score 0), and pow(0, p < 1) has an infinite
+        # derivative: tf.where passes 0 * inf = NaN back from the branch it drops. Score them 1.
+        scores = tf.where(active, scores, 1.0)
         if float(self.pow_p).is_integer():
             powered = tf.pow(scores, float(self.pow_p))
         else:
-            powered = tf.sign(scores) * tf.pow(tf.abs(scores), float(self.pow_p))
+            powered = tf.sign(scores) * tf.pow(tf.maximum(tf.abs(scores), 1e-12), float(self.pow_p))
         return tf.clip_by_value(powered, -1e30, 1e30)
 
     def compute_output_shape(self, input_shape):

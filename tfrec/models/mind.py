@@ -6,16 +6,35 @@ interest vectors (the served user embedding, with its interest mask). In trainin
 attention of the target item over the interests gives the one user vector the sampled softmax
 scores; at serving there is no target, and a search scores an item by its best interest.
 
-Measured on planted multi-interest data (`make_retrieval_data(num_users=1000, num_items=1000,
-events_per_user=40)`, seeds 0, 1, 2; 16-d, 6 epochs, in-batch negatives with logQ), recall@50:
-MIND (k_max=2, dynamic_k) 0.583 0.585 0.589, YoutubeDNN 0.512 0.496 0.475, popularity 0.222
-0.184 0.214, oracle 0.806 0.820 0.838. MIND with k_max=1 reaches 0.581 0.570 0.577, so most of
-the lead over YoutubeDNN is not the second interest. The behaviour vectors S e_i do cluster by
-category (mean cosine 0.64 within one, 0.07 across), but they stay short (mean length 0.6; the
-routing sees them through a stop-gradient, so nothing makes them longer), and at that scale the
-routing updates u_j . c_i are too small for 3 iterations to group a history's events by
-category: a capsule's top category holds 48% of its routing weight, against 47% with no grouping
-(zero logits), and a user's two capsules keep a mean cosine of ~0.8.
+What the second interest is worth on planted multi-interest data (`make_retrieval_data(num_users=2000,
+num_items=2000, events_per_user=50, seed=0)` (3 interests a user), `retrieval_samples(data, 30)`, 32-d,
+user DNN (64, 32), 6 epochs, batch 256, Adam 3e-3, in-batch negatives with logQ; the config of
+BENCHMARKS.md's DeepMatch table), recall@50: YoutubeDNN (temperature 0.1) 0.482; MIND k_max=2, p=100,
+dynamic_k 0.477, and k_max=1 0.480, k_max=3 0.449, no dynamic_k 0.473, p 0 / 1 / 2 0.476 / 0.486 /
+0.482, temperature 0.1 0.479 (with 1.0 the interests grow to length ~10: their length is the learnt
+inverse temperature), merging the interests by summed softmax instead of the best score 0.477.
+With 2 planted interests a user (`interests_per_user=2`, matching k_max=2): YoutubeDNN 0.611, MIND
+0.603, k_max=1 0.609. So on this data MIND is a one-interest model; the planted "mixture" (0.634)
+against "centroid" (0.412) is no measure of what it could reach, for two reasons:
+
+* The routing does not group a history by interest: a user's two capsules have a mean cosine of
+  0.80, and a capsule's top category holds 47% of its routing weight, as with no grouping. c_i =
+  S e_i has length ~0.7, so an agreement u_j . c_i moves the logits by less than the N(0, 1)
+  initial ones, which decide the split. Routing on unit c_i with 20 * cosine agreements separates
+  the capsules (cosine 0.16, top category 60%) but is no better retrieval: 0.514 and, on data seed
+  1, 0.505 (one interest 0.499); without dynamic_k 0.444 (one interest 0.473); on the test's smaller
+  config 0.549 against 0.589. It is not used.
+* A model sees the history, not the user's interest directions. Grouped by the planted interest
+  that drew each event (perfect routing), one mean true item vector per group gives 0.554 against
+  0.416 for one mean of the history (BENCHMARKS.md's "history interests"); in learned item spaces
+  far less: 0.507 against 0.470 with YoutubeDNN's item vectors, 0.480 against 0.435 with MIND's own
+  (0.494 against 0.427 with the sharper routing above, whose 0.514 is already past them).
+  Learned single vectors already beat the one-mean reference (YoutubeDNN 0.482), and the learned
+  item space, more than the routing, bounds what a second interest adds.
+
+In tests/tfrec/test_mind.py's config (1,000 users, 16-d, 40 events) MIND 0.589 beats YoutubeDNN
+0.512 at YoutubeDNN's default temperature 0.05 (DeepMatch's); at 0.1 YoutubeDNN reaches 0.570, and
+MIND with k_max=1 0.581.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -53,7 +72,7 @@ def MIND(user_feature_columns, item_feature_columns, k_max=2, p=100, dynamic_k=F
         the shared two-tower loss takes one). The default 1.0 keeps DeepMatch's MIND, whose
         logits are plain dot products with unnormalised user vectors; the item tower here gives
         L2-normalised items, so a logit is |interest| * cosine and the interests' length is the
-        learnt inverse temperature.
+        learnt inverse temperature (they grow to ~10; 0.1 gives the same recall, see above).
 
     Returns:
       A TwoTowerModel whose output is the per-example loss (batch, 1). Its `user_tower` returns

@@ -133,16 +133,28 @@ class BatcherClosed(ServingError):
 
 
 class _Task:
-    """One request waiting in a batch queue."""
+    """One request waiting in a batch queue.
+
+    Its caller blocks in `wait` until a batch worker calls `finish`: on a bare lock, one C
+    call on each side (the wait releases the GIL), where an Event costs a Condition and
+    several Python calls per task of every batch.
+    """
 
     def __init__(self, inputs, rows, key):
         self.inputs = inputs
         self.rows = rows
         self.key = key
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
         self.outputs = None
         self.error = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def wait(self):
+        self._done.acquire()
+
+    def finish(self):
+        self._done.release()
 
 
 def _batch_rows(inputs):
@@ -203,10 +215,14 @@ class Batcher:
                     f"The batch scheduling queue to which this task was submitted is full; "
                     f"task size is {rows} but scheduling capacity is only "
                     f"{capacity - self._queued_rows}")
+            opens_batch = not self._queue
             self._queue.append(task)
             self._queued_rows += rows
-            self._cond.notify_all()
-        task.done.wait()
+            # One worker is woken to open a batch (start its timeout) or to close a full one;
+            # a worker timing the open batch needs nothing for a task that does not fill it.
+            if opens_batch or self._queued_rows >= limit:
+                self._cond.notify()
+        task.wait()
         if task.error is not None:
             raise task.error
         return task.outputs
@@ -247,6 +263,8 @@ class Batcher:
                     rows += task.rows
                     self._queue.remove(task)
             self._queued_rows -= rows
+            if self._queue:  # tasks of another key, or beyond max_batch_size: a batch of their own
+                self._cond.notify()
             return batch
 
     def _work(self):
@@ -265,7 +283,7 @@ class Batcher:
                     task.error = ServingError(grpc.StatusCode.INTERNAL, str(error))
             finally:
                 for task in batch:
-                    task.done.set()
+                    task.finish()
 
     def _padded_size(self, rows):
         for size in self._options.allowed_batch_sizes:

@@ -91,25 +91,26 @@ MODEL_FAILURE_CODES = frozenset({
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNIMPLEMENTED})
 
 
-def decode_request_tensor(alias, proto):
-    """A request TensorProto as numpy; a malformed one is INVALID_ARGUMENT naming the alias."""
+def decode_request_tensor(alias, proto, header=None):
+    """A request TensorProto as numpy; a malformed one is INVALID_ARGUMENT naming the alias.
+    `header`: the proto's entry of `request_headers`, when it has been read already."""
     try:
-        return ndarray_from_proto(proto)
+        return ndarray_from_proto(proto, header=header)
     except TensorProtoError as error:
         raise invalid_argument(f"tensor parsing error: {alias} ({error})") from None
 
 
-def request_shapes(request_inputs):
-    """{alias: dims} of a request's TensorProtos, read from their headers without decoding
-    anything; an unsupported dtype, an invalid shape or a tensor beyond the per-tensor size
-    guard is INVALID_ARGUMENT naming the alias."""
-    shapes = {}
+def request_headers(request_inputs):
+    """{alias: (numpy dtype, dims, elements)} of a request's TensorProtos (`checked_size`),
+    read from their headers without decoding anything; an unsupported dtype, an invalid shape
+    or a tensor beyond the per-tensor size guard is INVALID_ARGUMENT naming the alias."""
+    headers = {}
     for alias, proto in sorted(request_inputs.items()):
         try:
-            shapes[alias] = checked_size(proto)[1]
+            headers[alias] = checked_size(proto)
         except TensorProtoError as error:
             raise invalid_argument(f"tensor parsing error: {alias} ({error})") from None
-    return shapes
+    return headers
 
 
 def _count(dims):

@@ -21,7 +21,7 @@ from serving.errors import ServingError, error_from_tf, failed_precondition, inv
 from serving.batching import Batcher, BatcherClosed
 from serving.request_checks import (MODEL_FAILURE_CODES, check_batch_sizes, check_input_aliases,
                                     check_input_tensor, check_request_elements,
-                                    decode_request_tensor, request_shapes,
+                                    decode_request_tensor, request_headers,
                                     resolve_output_filter)
 from serving.tensors import (default_max_request_elements, ndarray_to_proto,
                              release_memory_after)
@@ -81,9 +81,19 @@ class ServableVersion:
         name = signature_name or DEFAULT_SIGNATURE
         signature = self.signature_def(name)
         check_input_aliases(signature, inputs.keys())
-        shapes = {alias: list(getattr(array, "shape", ())) for alias, array in inputs.items()}
+        self._check_shapes(signature, {alias: list(getattr(array, "shape", ()))
+                                       for alias, array in inputs.items()})
+        return self._predict_checked(name, signature, inputs, output_filter)
+
+    def _check_shapes(self, signature, shapes):
+        """The checks made from the request's shapes alone ({alias: dims})."""
         check_request_elements(shapes, self.max_request_elements)
         check_batch_sizes(signature, shapes)
+
+    def _predict_checked(self, name, signature, inputs, output_filter):
+        """`predict` once the aliases and shapes are checked (by `predict`, or by
+        `predict_proto` from the TensorProto headers): adds the defaults, resolves the output
+        filter, checks the dtypes and runs the signature."""
         inputs = dict(inputs)
         for alias in signature.inputs:
             if alias not in inputs:
@@ -113,12 +123,11 @@ class ServableVersion:
             check_input_aliases(signature, request.inputs.keys())
             # From the shapes alone, before a byte is allocated: the element cap, then the
             # batch sizes (a 441-byte proto may declare 10^8 elements).
-            shapes = request_shapes(request.inputs)
-            check_request_elements(shapes, self.max_request_elements)
-            check_batch_sizes(signature, shapes)
+            headers = request_headers(request.inputs)
+            self._check_shapes(signature, {alias: dims for alias, (_, dims, _) in headers.items()})
             for alias, proto in request.inputs.items():
-                inputs[alias] = decode_request_tensor(alias, proto)
-            outputs = self.predict(name, inputs, list(request.output_filter))
+                inputs[alias] = decode_request_tensor(alias, proto, headers[alias])
+            outputs = self._predict_checked(name, signature, inputs, request.output_filter)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = request.model_spec.name
             response.model_spec.signature_name = name

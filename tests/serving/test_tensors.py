@@ -50,6 +50,30 @@ def test_typed_fields_fill_like_tensorflow():
         ndarray_from_proto(proto)
 
 
+@pytest.mark.parametrize("values", [[b"a", b"bc", b""], [b"a"], []])
+def test_string_fields_fill_like_tensorflow(values):
+    # Fewer values than the shape holds: the last one repeats, none at all gives b"".
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=values)
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=2)
+    decoded = ndarray_from_proto(proto)
+    expected = tf.make_ndarray(proto) if values else np.full((2, 2), b"", object)
+    assert decoded.dtype == object and decoded.shape == (2, 2)
+    assert decoded.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("array", [
+    np.array([[0.25, -1.5]], np.float32), np.array(2.5, np.float64),
+    np.array([1 - 2j, 3j], np.complex128), np.array([True, False, True]),
+    np.zeros((0, 3), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3).T])
+def test_fixed_width_numbers_fill_their_typed_field_as_tensorflow_would(array):
+    proto = ndarray_to_proto(array)
+    reference = tf.make_tensor_proto(array)
+    assert not proto.tensor_content
+    assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
 def test_strings_are_encoded_as_utf8():
     proto = ndarray_to_proto(np.array(["héllo", "x"]))
     assert proto.dtype == types_pb2.DT_STRING

@@ -20,7 +20,10 @@ Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own
 * deepmatch: tfrec's and DeepMatch 0.3.2's YoutubeDNN, MIND and SDM trained on the same planted
   retrieval samples with the same config; recall@50 by exact numpy search over the whole
   catalogue with each model's own user and item vectors, and training examples/s. DeepMatch
-  runs in graph mode (`tf.compat.v1.disable_eager_execution()`), in its own process.
+  runs in graph mode (`tf.compat.v1.disable_eager_execution()`), in its own process. Two
+  tfrec-only MIND rows (its own defaults; k_max 1) show what the second interest adds, and the
+  references include what perfect routing of each test history would reach
+  (`history_interest_recalls`).
 
 Every configuration runs in its own Python process (`common.run_child`). Needs `pip install
 --no-deps deepmatch==0.3.2 deepctr==0.9.4` for the deepmatch part (benchmarks only).
@@ -63,6 +66,10 @@ EXPORT_NAMES = {"scann": "ScaNN export (`export_retrieval`, index=\"scann\")",
 # --- part "deepmatch" -----------------------------------------------------------------------------
 MODELS = ("youtubednn", "mind", "sdm")
 MODEL_NAMES = {"youtubednn": "YoutubeDNN", "mind": "MIND", "sdm": "SDM"}
+# tfrec-only MIND rows next to the DeepMatch-config one: MIND(columns) with its own defaults, and
+# the same config with one interest (what the second interest adds).
+MIND_VARIANTS = {"mind_defaults": ("MIND, tfrec's defaults (k_max 2, p 100, no dynamic_k, temperature 1)", None),
+                 "mind_k1": ("MIND, k_max 1 (the DeepMatch config with one interest)", dict(k_max=1))}
 IMPLS = ("tfrec", "deepmatch")
 HISTORY = ["item_id", "cate_id"]
 CONFIG = dict(embedding_dim=32, profile_embedding_dim=8, seq_maxlen=30, short_sess_length=5, batch_size=256,
@@ -340,9 +347,12 @@ def build_model(impl, model_name, user_columns, item_columns, counts):
         loss = dict(loss=sampledsoftmaxloss)
     if model_name == "youtubednn":
         model = YoutubeDNN(*columns, user_dnn_hidden_units=hidden, temperature=temperature, sampler_config=sampler)
-    elif model_name == "mind":  # DeepMatch's MIND has no temperature: plain dot products (tfrec's default 1.0)
-        model = MIND(*columns, k_max=CONFIG["k_max"], p=CONFIG["p"], dynamic_k=CONFIG["dynamic_k"],
-                     user_dnn_hidden_units=hidden, sampler_config=sampler)
+    elif model_name == "mind_defaults":
+        model = MIND(*columns, user_dnn_hidden_units=hidden, sampler_config=sampler)
+    elif model_name.startswith("mind"):  # DeepMatch's MIND has no temperature: plain dot products (tfrec's default 1.0)
+        config = {**dict(k_max=CONFIG["k_max"], p=CONFIG["p"], dynamic_k=CONFIG["dynamic_k"]),
+                  **(MIND_VARIANTS[model_name][1] if model_name in MIND_VARIANTS else {})}
+        model = MIND(*columns, **config, user_dnn_hidden_units=hidden, sampler_config=sampler)
     else:
         model = SDM(*columns, HISTORY, units=CONFIG["embedding_dim"], temperature=temperature, sampler_config=sampler)
     model.compile(optimizer=optimizer, **loss)
@@ -375,7 +385,7 @@ def served_scores(impl, model_name, model, inputs, item_ids):
         items = item_model.predict({"item_id": item_ids.reshape(-1, 1)}, batch_size=4096, verbose=0)
     users = user_model.predict({input_name(t): inputs[input_name(t)] for t in user_model.inputs}, batch_size=4096,
                                verbose=0)
-    if model_name != "mind":
+    if not model_name.startswith("mind"):
         return users @ items.T
     if impl == "tfrec":
         interests, mask = users
@@ -426,20 +436,64 @@ def child_train(impl, model_name, size_name):
         report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
         return common.emit(report)
     top = data.item_ids[top_k_indices(scores, CONFIG["recall_k"])]
+    # Keras calls on_train_batch_end once per call of its train function, which runs
+    # steps_per_execution batches (tfrec's compile: 32; DeepMatch's: 1).
+    per_call = getattr(model, "_steps_per_execution", None)
+    batches_per_call = 1 if per_call is None else int(tf.keras.backend.get_value(per_call))
     report.update(fit_s=fit_s, epoch_s=epochs.seconds, last_loss=float(history.history["loss"][-1]),
-                  examples_per_s=CONFIG["batch_size"] / steps.median_step_s(),
+                  batches_per_call=batches_per_call,
+                  examples_per_s=CONFIG["batch_size"] * batches_per_call / steps.median_step_s(),
                   epoch_examples_per_s=len(train) / epochs.seconds[-1],
                   recall=recall_at_k(test["item_id"].to_numpy(), top, CONFIG["recall_k"]),
                   peak_rss_mib=common.peak_rss_mib())
     common.emit(report)
 
 
+def history_interest_recalls(data, test):
+    """recall@k of two truth-space rankings built from each test row's history, not the user's truth.
+
+    "history_interests": the history's events grouped by the planted interest that drew them
+    (the log's `interest` column), one unit mean of their true item vectors per group, items
+    scored by log pop_i + sharpness * max over the groups of x_i . mean (what perfect routing of
+    the history into interests could give, with the true item space). "history_mean": the same
+    with one group (one averaged history vector). Formulas as `planted_top_k`'s "centroid".
+    """
+    import numpy as np
+    import pandas as pd
+    from tfrec.metrics import recall_at_k, top_k_indices
+
+    users = data.event_user
+    last = np.flatnonzero(np.r_[users[1:] != users[:-1], True])  # each user's last event: the test rows
+    if not np.array_equal(data.log["timestamp"].to_numpy()[last], test["timestamp"].to_numpy()):
+        raise ValueError("the test rows are not each user's last event in log order")
+    first = np.r_[0, last[:-1] + 1]
+    starts = np.maximum(first, last - CONFIG["seq_maxlen"])  # the history retrieval_samples keeps
+    vectors = data.item_vectors
+    item_rows = pd.Index(data.item_ids).get_indexer(data.log["item_id"])
+    interests = data.log["interest"].to_numpy()
+    log_popularity = np.log(data.items["popularity"].to_numpy())
+    recalls = {}
+    for name in ("history_interests", "history_mean"):
+        top = np.empty((len(last), CONFIG["recall_k"]), np.int64)
+        for row, (start, end) in enumerate(zip(starts, last)):
+            history, groups = vectors[item_rows[start:end]], interests[start:end]
+            if name == "history_mean":
+                groups = np.zeros_like(groups)
+            means = np.stack([history[groups == g].mean(axis=0) for g in np.unique(groups)])
+            means /= np.linalg.norm(means, axis=1, keepdims=True)
+            scores = data.sharpness * (means @ vectors.T).max(axis=0) + log_popularity
+            top[row] = top_k_indices(scores[None], CONFIG["recall_k"])[0]
+        recalls[name] = recall_at_k(test["item_id"].to_numpy(), data.item_ids[top], CONFIG["recall_k"])
+    return recalls
+
+
 def child_references(size_name):
     from tfrec.data.retrieval import planted_recalls
 
     data, train, test, _ = retrieval_world(size_name)
-    common.emit(dict(planted_recalls(data, train, test, k=CONFIG["recall_k"]), train_rows=len(train),
-                     test_rows=len(test), users=data.num_users, items=data.num_items, events=len(data.log)))
+    common.emit(dict(planted_recalls(data, train, test, k=CONFIG["recall_k"]), **history_interest_recalls(data, test),
+                     train_rows=len(train), test_rows=len(test), users=data.num_users, items=data.num_items,
+                     events=len(data.log)))
 
 
 # --- parent ---------------------------------------------------------------------------------------
@@ -544,6 +598,7 @@ def scann_part(size, flag, workdir):
 def deepmatch_part(size, flag):
     references = run(flag, "references")
     runs = {(model, impl): run(flag, "train", impl, model) for model in MODELS for impl in IMPLS}
+    runs.update({(variant, "tfrec"): run(flag, "train", "tfrec", variant) for variant in MIND_VARIANTS})
     k = CONFIG["recall_k"]
     lines = [
         "### tfrec against DeepMatch 0.3.2: YoutubeDNN, MIND, SDM",
@@ -570,7 +625,8 @@ def deepmatch_part(size, flag):
         "numpy (`tfrec.metrics.top_k_indices`); towers as each library serves them (tfrec: `user_tower` / "
         "`item_tower`; DeepMatch: `Model(model.user_input, model.user_embedding)` and the same for items); MIND "
         "scores an item by its best active interest (DeepMatch's active interests: its own dynamic k, "
-        "max(1, min(k_max, floor(log2(1 + hist_len))))). Train ex/s: batch / the median step time of the "
+        "max(1, min(k_max, floor(log2(1 + hist_len))))). Train ex/s: batch x the batches per Keras call "
+        "(`steps_per_execution`: 32 in tfrec's compile, 1 in DeepMatch's) / the median time of one call in the "
         "last epoch (one `fit` call; in the last epoch every step is compiled); rows / the last epoch's wall time next "
         "to it. The first epoch includes building the training graph (and, for tfrec, its XLA compilation); fit "
         "is the whole `fit` call. One data seed and one model seed: recall differences of a few points are noise.",
@@ -592,11 +648,23 @@ def deepmatch_part(size, flag):
             lines.append(f"{name} {r['recall']:.4f} | {r['examples_per_s']:,.0f} | {ratio} "
                          f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
                          f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
+        if model == "mind":
+            for variant, (title, _) in MIND_VARIANTS.items():
+                r = runs[(variant, "tfrec")]
+                lines.append(f"| {title} | tfrec | fails: `{r['error']}` | | | | | | | |" if "error" in r else
+                             f"| {title} | tfrec | {r['recall']:.4f} | {r['examples_per_s']:,.0f} | "
+                             f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
+                             f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
     if "error" not in references:
         lines += ["", f"Planted-truth recall@{k} on the same test rows (`planted_recalls`): oracle "
                   f"{references['oracle']:.4f}, mixture {references['mixture']:.4f}, centroid "
                   f"{references['centroid']:.4f}, dominant {references['dominant']:.4f}, popularity "
-                  f"{references['popularity']:.4f}."]
+                  f"{references['popularity']:.4f}. From each test row's history instead of the user's planted "
+                  "interests (`history_interest_recalls`: the history's events grouped by the interest that drew "
+                  "them, one mean true item vector per group, scored as the centroid is): history interests "
+                  f"{references['history_interests']:.4f}, history mean (one group) "
+                  f"{references['history_mean']:.4f}: what perfect routing of a {CONFIG['seq_maxlen']}-event "
+                  "history into interests is worth in the true item space."]
     for model in MODELS:
         untracked = runs[(model, "deepmatch")].get("untracked")
         if untracked:

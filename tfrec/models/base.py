@@ -3,26 +3,35 @@
 Raw strings and ids come in, and the in-graph lookups (StringLookup, IntegerLookup, Hashing)
 that map them to embedding indices cannot be compiled by XLA. `RecModel.train_step` therefore
 runs in two parts: the lookups as ordinary TensorFlow ops, then the rest of the model (embeddings,
-attention, towers), the loss and its gradients as one XLA-compiled function of the indices. The
-optimizer update runs after it, outside XLA: its sparse path de-duplicates rows with `tf.unique`,
-which XLA compiles to a sort that measured ~100x slower than the plain kernel on a DIN history's
-52k ids, and still slower overall on a multi-task model's 1k ids per table. The model graph
-itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and SavedModel export still take raw
-values through the same lookup layers: there is no second preprocessing path that could drift
-from the served one.
+attention, towers), the loss and its gradients as one XLA-compiled function of the indices.
+When every embedding table is small enough for LazyAdam's masked update (the multi-task models on
+their usual small vocabularies), the optimizer update joins that function, so a step is one XLA
+call, as in Keras' own `jit_compile=True`; as a call of its own it measured ~1.5 ms of a ~6 ms
+MMOE step (one small XLA launch per weight). Otherwise it runs after it, outside XLA: the sparse path
+de-duplicates rows with `tf.unique`, which XLA compiles to a sort that measured ~100x slower than
+the plain kernel on a DIN history's 52k ids, and still slower overall on a multi-task model's 1k
+ids per table. The model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and
+SavedModel export still take raw values through the same lookup layers: there is no second
+preprocessing path that could drift from the served one.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+import contextlib
 from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import SparseIndex, check_inputs, indexed_key
+from feature_columns import SparseEmbedding, SparseIndex, check_inputs, indexed_key
 
 from ..layers import DNN, PredictionLayer
-from ..optimizers import sparse_optimizer
+from ..optimizers import LazyAdam, sparse_optimizer
 
 __all__ = ["RecModel", "click_prediction"]
+
+# Batches per call of Keras' train / test / predict function when `compile` is not given
+# `steps_per_execution`: Keras' per-call work (Python, callbacks, dispatch) is a fixed cost per
+# call, a noticeable share of a multi-task step of a few milliseconds.
+STEPS_PER_EXECUTION = 32
 
 
 class _TrainingSplit:
@@ -30,12 +39,13 @@ class _TrainingSplit:
 
     `lookup(x)` maps raw features to the list of tensors that `core` takes: the output of every
     SparseIndex call, then the raw inputs that other layers read (dense features, lengths).
-    `step(indexed, y, sample_weight)` -> (y_pred, gradients) runs the core, the loss and its
-    gradients for the model's trainable variables as one tf.function, XLA-compiled when
-    `jit_compile`.
+    `step(indexed, y, sample_weight)` runs the core, the loss and its gradients for the model's
+    trainable variables as one tf.function, XLA-compiled when `jit_compile`; it returns
+    (y_pred, gradients), or, when `update_in_step`, applies the model's optimizer to the
+    gradients itself and returns y_pred.
     """
 
-    def __init__(self, model, jit_compile):
+    def __init__(self, model, jit_compile, update_in_step=False):
         indexed, read_raw, self.indexed_names = [], [], []
         model_inputs = {id(t) for t in model.inputs}
         for layer in model.layers:
@@ -56,12 +66,48 @@ class _TrainingSplit:
             with tf.GradientTape() as tape:
                 y_pred = self.core(indexed, training=True)
                 loss = model.compute_loss(None, y, y_pred, sample_weight)
-            return y_pred, tape.gradient(loss, model.trainable_variables)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            if not update_in_step:
+                return y_pred, gradients
+            model.optimizer.apply_gradients(
+                (g, v) for g, v in zip(gradients, model.trainable_variables) if g is not None)
+            return y_pred
 
+        self.update_in_step = update_in_step
         self.step = tf.function(step, jit_compile=jit_compile)
+        self.packed = {}
+
+    def pack(self, arrays):
+        """{name: (n, ...) numpy array} -> {block: (n, width)}, the arrays of each numeric dtype side by side.
+
+        Keras slices `fit`'s numpy inputs with one gather per array and batch, in the input
+        pipeline that shares the CPU with the step; a multi-task model has a dozen small inputs.
+        `core_inputs` splits the blocks again (`self.packed` is their layout).
+        """
+        blocks, self.packed = {}, {}
+        for name, array in arrays.items():
+            block = f"__tfrec_{array.dtype.name}_block__" if array.dtype.kind in "biuf" else name
+            blocks.setdefault(block, []).append(array.reshape(len(array), -1) if block != name else array)
+            if block != name:
+                self.packed.setdefault(block, []).append((name, array.shape[1:]))
+        return {block: np.concatenate(parts, axis=1) if block in self.packed else parts[0]
+                for block, parts in blocks.items()}
+
+    def _unpacked(self, x):
+        if not self.packed or any(block not in x for block in self.packed):
+            return x
+        x = dict(x)
+        for block, parts in self.packed.items():
+            widths = [int(np.prod(shape, dtype=int)) for _, shape in parts]
+            for (name, shape), column in zip(parts, tf.split(x.pop(block), widths, axis=1)):
+                x[name] = tf.reshape(column, [-1, *shape])
+        return x
 
     def core_inputs(self, x):
-        """The core's inputs for a batch: the rows a pipeline looked up (`look_up_rows`), or None."""
+        """The core's inputs for a batch: the rows a pipeline looked up (`look_up_rows`, or
+        packed by `pack`), or None."""
+        if isinstance(x, Mapping):
+            x = self._unpacked(x)
         if not isinstance(x, Mapping) or not self.indexed_names or \
                 any(indexed_key(name) not in x for name in self.indexed_names):
             return None
@@ -79,11 +125,19 @@ class RecModel(tf.keras.Model):
     `compile`:
 
       * `jit_compile=None` (the default) means XLA: the compiled part is the model after its
-        lookups, the loss and the gradients. `jit_compile=False` trains without XLA (for a layer
-        XLA cannot compile).
+        lookups, the loss and the gradients, and also the optimizer update when the optimizer is
+        LazyAdam, every embedding table is small enough for its masked update
+        (`tfrec.optimizers.MASKED_UPDATE_MAX_SIZE` weights) and no distribution strategy is in
+        use. `jit_compile=False` trains without XLA (for a layer XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.
+      * `steps_per_execution=None` means `STEPS_PER_EXECUTION` (32) batches per call of Keras'
+        train / test / predict function (Keras' default 1 under a distribution strategy). A
+        `fit`, `evaluate` or `predict` given a callback with per-batch hooks (`on_*_batch_begin`
+        / `on_*_batch_end`, e.g. TensorBoard, a ModelCheckpoint saving every n batches) runs one
+        batch per call, so the callback still sees every batch; `train_on_batch`,
+        `test_on_batch` and `predict_on_batch` run one batch either way.
 
     A batch may also carry its features' embedding rows already looked up, under
     `feature_columns.indexed_key(name)` (what `feature_columns.look_up_rows` and
@@ -94,13 +148,25 @@ class RecModel(tf.keras.Model):
     `experimental_get_tracing_count()` shows that `fit` used it).
     """
 
-    def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
-        super().compile(sparse_optimizer(optimizer), *args, jit_compile=False, **kwargs)
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=None, steps_per_execution=None, jit_compile=None, **kwargs):
+        # A distribution strategy sums the replicas' gradients in apply_gradients, outside any
+        # replica's XLA call, and schedules its own steps: it keeps Keras' defaults.
+        distributed = self._distribution_strategy is not None or tf.distribute.has_strategy()
+        if steps_per_execution is None and not distributed:
+            steps_per_execution = STEPS_PER_EXECUTION
+        super().compile(sparse_optimizer(optimizer), loss, metrics, loss_weights, weighted_metrics, run_eagerly,
+                        steps_per_execution, jit_compile=False, **kwargs)
         self._tfrec_jit_compile = jit_compile is None or bool(jit_compile)
         # XLA cannot read a variable that lives on another task, as every variable does under
         # ParameterServerStrategy (on the parameter servers): there the step runs without XLA.
         on_ps = isinstance(self.distribute_strategy, tf.distribute.experimental.ParameterServerStrategy)
-        self._split = _TrainingSplit(self, jit_compile=self._tfrec_jit_compile and not on_ps)
+        xla = self._tfrec_jit_compile and not on_ps
+        tables = [layer.embeddings for layer in self._flatten_layers(include_self=False)
+                  if isinstance(layer, SparseEmbedding) and layer.trainable]
+        update_in_step = xla and not distributed and isinstance(self.optimizer, LazyAdam) and \
+            self.optimizer.needs_no_unique(tables)
+        self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step)
 
     def get_compile_config(self):
         """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)."""
@@ -123,17 +189,60 @@ class RecModel(tf.keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
-        history = super().fit(self._look_up_once(x), y, *args, **kwargs)
+        rows = self._look_up_once(x)
+        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
+            history = super().fit(x if rows is x else self._split.pack(rows), y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
-        return super().evaluate(x, y, *args, **kwargs)
+        callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)
+        with self._one_step_per_execution(_hooks_batches(callbacks, "test")):
+            return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         x, _ = self._checked(x, None)
-        return super().predict(x, *args, **kwargs)
+        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        with self._one_step_per_execution(_hooks_batches(callbacks, "predict")):
+            return super().predict(x, *args, **kwargs)
+
+    # Keras 2 runs `steps_per_execution` steps per call of its train / test / predict function,
+    # also in the *_on_batch methods, whose one batch then runs out at the second step. They run
+    # the same (multi-step) function for one step.
+    def train_on_batch(self, *args, **kwargs):
+        with self._one_step_per_execution():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._one_step_per_execution():
+            return super().test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, x):
+        with self._one_step_per_execution():
+            return super().predict_on_batch(x)
+
+    @contextlib.contextmanager
+    def _one_step_per_execution(self, when=True):
+        """Runs the block at one step per call of Keras' functions (`when`), then restores the setting.
+
+        The functions are made first, at the compiled setting: Keras makes a one-step function
+        for a setting of 1 and keeps it, and its data handler would then count 32 batches per
+        call of it afterwards. A multi-step function reads the setting (a variable) at each call.
+        """
+        steps = self._steps_per_execution
+        before = None if steps is None or not when else steps.numpy()
+        if before is not None and before != 1:
+            self.make_train_function()
+            self.make_test_function()
+            self.make_predict_function()
+            steps.assign(1)
+        try:
+            yield
+        finally:
+            if before is not None:
+                steps.assign(before)
 
     def _checked(self, x, y):
         """A dict of numpy / pandas features (and labels), checked against the model's Inputs.
@@ -175,7 +284,8 @@ class RecModel(tf.keras.Model):
         return {name: np.concatenate([chunk[i].numpy() for chunk in chunks]) for i, name in enumerate(names)}
 
     def core_step_function(self):
-        """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients).
+        """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients), or
+        -> y_pred with the optimizer update done inside when every table is small (see `compile`).
 
         A method, not an attribute, so SavedModel export does not serialise it.
         """
@@ -186,11 +296,13 @@ class RecModel(tf.keras.Model):
         indexed = self._split.core_inputs(x)
         if indexed is None:
             indexed = self._split.lookup(x, training=True)
-        y_pred, gradients = self._split.step(indexed, y, sample_weight)
-        self.optimizer.apply_gradients(
-            (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
+        if self._split.update_in_step:
+            y_pred = self._split.step(indexed, y, sample_weight)
+        else:
+            y_pred, gradients = self._split.step(indexed, y, sample_weight)
+            self.optimizer.apply_gradients(
+                (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
         return self.compute_metrics(x, y, y_pred, sample_weight)
-
 
     def test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -205,6 +317,12 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def _hooks_batches(callbacks, mode):
+    """Whether any of `callbacks` (a list, or None) has per-batch hooks for `mode` ("train", "test", "predict")."""
+    return any(getattr(c, f"_implements_{mode}_batch_hooks")() for c in callbacks or ()
+               if isinstance(c, tf.keras.callbacks.Callback))
 
 
 def click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed,

@@ -1,0 +1,82 @@
+"""The multi-task fast path: LazyAdam's update inside the XLA step, 32 batches per Keras call."""
+import numpy as np
+import pytest
+
+import feature_columns  # noqa: F401
+import tensorflow as tf
+from feature_columns import DenseFeat, SparseFeat
+
+from tfrec import optimizers
+from tfrec.data import df_to_inputs, make_multitask_data, multitask_feature_columns
+from tfrec.models import MMOE
+from tfrec.models.base import STEPS_PER_EXECUTION
+from tfrec.optimizers import LazyAdam
+
+
+@pytest.fixture(scope="module")
+def data():
+    df = make_multitask_data(600, seed=0)
+    columns = multitask_feature_columns(df)
+    return columns, df_to_inputs(df, columns), [df["click"].to_numpy("float32"), df["conversion"].to_numpy("float32")]
+
+
+def new_model(columns, **compile_args):
+    tf.keras.utils.set_random_seed(5)
+    model = MMOE(columns, seed=5)
+    model.compile("adam", ["binary_crossentropy"] * 2, **compile_args)
+    return model
+
+
+def _lazy_step(table_value, gradient):
+    table = tf.Variable(table_value)
+    optimizer = LazyAdam(0.1)
+    for _ in range(2):  # the second step starts from non-zero moments
+        optimizer.apply_gradients([(gradient, table)])
+    index = optimizer._index_dict[optimizer._var_key(table)]
+    return table.numpy(), optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
+
+
+def test_masked_update_of_a_small_table_equals_the_row_update(monkeypatch):
+    rng = np.random.default_rng(0)
+    value = rng.normal(size=(6, 3)).astype(np.float32)
+    gradient = tf.IndexedSlices(tf.constant(rng.normal(size=(4, 3)).astype(np.float32)), tf.constant([4, 1, 4, 0]),
+                                tf.constant([6, 3]))
+    masked = _lazy_step(value, gradient)
+    monkeypatch.setattr(optimizers, "MASKED_UPDATE_MAX_SIZE", 0)  # every table takes the row update
+    rows = _lazy_step(value, gradient)
+    for a, b in zip(masked, rows):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(masked[0][[2, 3, 5]], value[[2, 3, 5]])  # rows outside the batch, bit for bit
+    np.testing.assert_array_equal(masked[1][[2, 3, 5]], 0.0)
+
+
+def test_small_tables_update_inside_the_xla_step_and_large_ones_outside(data):
+    columns, _, _ = data
+    model = new_model(columns)
+    assert model._split.update_in_step and int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
+    assert new_model(columns, jit_compile=False)._split.update_in_step is False
+    large = [SparseFeat("item_id", optimizers.MASKED_UPDATE_MAX_SIZE // 4 + 1, 8, dtype="int32"), DenseFeat("price")]
+    assert new_model(large)._split.update_in_step is False
+
+
+def test_every_batch_trains_and_batch_callbacks_see_every_batch(data):
+    columns, x, y = data
+    batches = int(np.ceil(len(y[0]) / 64))
+    model = new_model(columns)
+    model.train_on_batch({k: v[:64] for k, v in x.items()}, [v[:64] for v in y])  # one step, before any fit
+    model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations) == 1 + 2 * batches
+    seen = []
+    model.fit(x, y, batch_size=64, verbose=0,
+              callbacks=[tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))])
+    assert seen == list(range(batches)) and int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
+    assert int(model.optimizer.iterations) == 1 + 3 * batches
+
+
+def test_one_call_step_trains_like_the_step_without_xla(data):
+    columns, x, y = data
+    fast, plain = new_model(columns), new_model(columns, jit_compile=False, steps_per_execution=1)
+    for model in (fast, plain):
+        model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(fast.predict(x, verbose=0), plain.predict(x, verbose=0)):
+        np.testing.assert_allclose(a, b, atol=2e-4)

@@ -47,3 +47,14 @@ def din_server(din_export):
 
     with LocalServer(model_base_path=din_export.base, model_name="din") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    """A PredictionService stub on the module's `server` fixture (a running LocalServer)."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(server.grpc_target)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()

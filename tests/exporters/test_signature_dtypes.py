@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
 
 import exporters
 from serving import Client, LocalServer
@@ -97,13 +97,6 @@ def server(export_dirs):
     config.write_text(CONFIG.format(ids=root / "ids", old=root / "old_int32"))
     with LocalServer(model_config_file=str(config), rest=False, poll_wait_seconds=30) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def plain_request(model_name, rows):

@@ -43,13 +43,6 @@ def server(saved_models, tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
-
-
 def examples(rows):
     return [example_from_dict(row) for row in rows]
 

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (get_model_metadata_pb2,
-                                     get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_management_pb2, model_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import Client, LocalServer, RestClient, ServingError
@@ -75,13 +74,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def rest(server):
     return RestClient(server.rest_url)
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")

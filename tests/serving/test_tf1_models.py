@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+                                     regression_pb2)
 
 from serving import LocalServer
 from serving.bundle import SessionBundle, is_tf1_meta_graph, load_bundle, read_serving_meta_graph
@@ -43,13 +43,6 @@ def server(saved_models):
     with LocalServer(model_base_path=str(saved_models / "estimator"), model_name="estimator",
                      poll_wait_seconds=30) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def test_tf1_graph_loads_in_its_own_session(saved_models):

@@ -92,14 +92,19 @@ def _signature_name(model_spec):
     return model_spec.signature_name or DEFAULT_SIGNATURE
 
 
-def preprocess_classification(signature):
-    """TF Serving's PreProcessClassification: (input tensor name, output aliases to fetch)."""
-    if _method_name_check and signature.method_name != CLASSIFY_METHOD_NAME:
+def _check_method_and_one_input(signature, kind, method_name):
+    """The checks TF Serving's PreProcessClassification and PreProcessRegression share."""
+    if _method_name_check and signature.method_name != method_name:
         raise invalid_argument(
-            f"Expected classification signature method_name to be {CLASSIFY_METHOD_NAME}. "
+            f"Expected {kind} signature method_name to be {method_name}. "
             f"Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
+
+
+def preprocess_classification(signature):
+    """TF Serving's PreProcessClassification: (input tensor name, output aliases to fetch)."""
+    _check_method_and_one_input(signature, "classification", CLASSIFY_METHOD_NAME)
     if len(signature.outputs) not in (1, 2):
         raise invalid_argument(
             f"Expected one or two output Tensors, found {len(signature.outputs)}")
@@ -118,12 +123,7 @@ def preprocess_classification(signature):
 
 def preprocess_regression(signature):
     """TF Serving's PreProcessRegression: (input tensor name, output aliases to fetch)."""
-    if _method_name_check and signature.method_name != REGRESS_METHOD_NAME:
-        raise invalid_argument(
-            f"Expected regression signature method_name to be {REGRESS_METHOD_NAME}. "
-            f"Was: {signature.method_name}")
-    if len(signature.inputs) != 1:
-        raise invalid_argument("Expected one input Tensor.")
+    _check_method_and_one_input(signature, "regression", REGRESS_METHOD_NAME)
     if len(signature.outputs) != 1:
         raise invalid_argument("Expected one output Tensor.")
     if REGRESS_INPUTS not in signature.inputs:

@@ -271,10 +271,7 @@ def example_from_dict(features):
         feature = example.features.feature[str(name)]
         values = _as_list(value)
         for item in values:
-            if isinstance(item, (bool, np.bool_)):
-                _check_kind(name, feature, "int64_list")
-                feature.int64_list.value.append(int(item))
-            elif isinstance(item, (int, np.integer)):
+            if isinstance(item, (bool, np.bool_, int, np.integer)):  # booleans are 0/1 ints
                 _check_kind(name, feature, "int64_list")
                 feature.int64_list.value.append(int(item))
             elif isinstance(item, (float, np.floating)):

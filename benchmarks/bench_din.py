@@ -195,7 +195,10 @@ def child_latency(size_name, workdir, requests):
     signature = tf.saved_model.load(sorted(os.scandir(os.path.join(workdir, "din")), key=lambda e: e.name)[-1].path
                                     ).signatures["serving_default"]
     keras_model = tf.keras.models.load_model(os.path.join(workdir, "keras_din"))
-    tensors = {name: tf.constant(value) for name, value in batch.items()}
+    specs = signature.structured_input_signature[1]
+    # As a serving client sends them: every input in its signature dtype (integers int64).
+    tensors = {name: tf.constant(np.asarray(value).astype(specs[name].dtype.as_numpy_dtype))
+               for name, value in batch.items()}
 
     def timed(fn, n):
         fn()  # warm

@@ -426,20 +426,26 @@ def child_train(impl, model_name, size_name):
             tracked = {id(w) for w in model.trainable_weights}
             report["untracked"] = [[v.name, int(np.prod(v.shape))] for v in tf.compat.v1.trainable_variables()
                                    if id(v) not in tracked]
-        epochs, steps = EpochTimer(), StepTimer()
+        epochs, steps, per_call = EpochTimer(), StepTimer(), {}
+
+        def record_batches_per_call(batch, logs):
+            # Keras' train function runs steps_per_execution batches per call; tfrec's compile
+            # sets 32 but runs one per call while a callback has per-batch hooks, as here.
+            setting = getattr(model, "_steps_per_execution", None)
+            per_call["batches"] = 1 if setting is None else int(tf.keras.backend.get_value(setting))
+
         started = time.perf_counter()
         history = model.fit(x_train, np.zeros((len(train), 1), np.float32), batch_size=CONFIG["batch_size"],
-                            epochs=size["epochs"], verbose=0, callbacks=[epochs.callback, steps.callback])
+                            epochs=size["epochs"], verbose=0,
+                            callbacks=[epochs.callback, steps.callback,
+                                       tf.keras.callbacks.LambdaCallback(on_train_batch_end=record_batches_per_call)])
         fit_s = time.perf_counter() - started
         scores = served_scores(impl, model_name, model, x_test, data.item_ids)
     except Exception as error:  # noqa: BLE001  (the table says why a contender could not run)
         report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
         return common.emit(report)
     top = data.item_ids[top_k_indices(scores, CONFIG["recall_k"])]
-    # Keras calls on_train_batch_end once per call of its train function, which runs
-    # steps_per_execution batches (tfrec's compile: 32; DeepMatch's: 1).
-    per_call = getattr(model, "_steps_per_execution", None)
-    batches_per_call = 1 if per_call is None else int(tf.keras.backend.get_value(per_call))
+    batches_per_call = per_call["batches"]
     report.update(fit_s=fit_s, epoch_s=epochs.seconds, last_loss=float(history.history["loss"][-1]),
                   batches_per_call=batches_per_call,
                   examples_per_s=CONFIG["batch_size"] * batches_per_call / steps.median_step_s(),
@@ -626,7 +632,8 @@ def deepmatch_part(size, flag):
         "`item_tower`; DeepMatch: `Model(model.user_input, model.user_embedding)` and the same for items); MIND "
         "scores an item by its best active interest (DeepMatch's active interests: its own dynamic k, "
         "max(1, min(k_max, floor(log2(1 + hist_len))))). Train ex/s: batch x the batches per Keras call "
-        "(`steps_per_execution`: 32 in tfrec's compile, 1 in DeepMatch's) / the median time of one call in the "
+        "(read during `fit`: the timing callbacks have per-batch hooks, so tfrec's compile runs one batch per "
+        "call here instead of its default 32, as DeepMatch does) / the median time of one call in the "
         "last epoch (one `fit` call; in the last epoch every step is compiled); rows / the last epoch's wall time next "
         "to it. The first epoch includes building the training graph (and, for tfrec, its XLA compilation); fit "
         "is the whole `fit` call. One data seed and one model seed: recall differences of a few points are noise.",

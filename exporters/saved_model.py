@@ -19,8 +19,9 @@ names) plus any `extra_outputs` layer names; an output of shape (None, 1) is ret
 
 A model with behaviour histories (inputs `hist_<f>`, DIN, SIM, CLSR) also gets `shared_history`:
 the same inputs and outputs, but the history's inputs (the `hist_<f>` sequences, [1, -1], and
-their length input, [1]) carry one row that applies to every row of the other inputs, so scoring N candidates for one user sends (and, for DIN and SIM, searches) the history
-once instead of N times; it equals `serving_default` fed that history on every row.
+their length input, [1]) carry one row that applies to every row of the other inputs, so
+scoring N candidates for one user sends (and, for DIN and SIM, searches) the history once
+instead of N times; it equals `serving_default` fed that history on every row.
 
 Beside `serving_default`, the export has signatures over serialized `tf.Example`s, for TF
 Serving's Classify / Regress / MultiInference APIs (and the REST `:classify` / `:regress`):

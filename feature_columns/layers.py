@@ -81,8 +81,8 @@ def most_recent_matching(keys, eligible, targets, k):
     keys (users, width) int and eligible (users, width) bool describe the sequences; targets
     (rows, 1) int, one per row; `users` is `rows` (a sequence per row) or 1 (one sequence shared
     by every row: a request scoring many candidates for one user; `keys` may be shared while
-    `eligible` is per row). Returns (positions, valid),
-    both (rows, k), as `most_recent_positions` of `eligible & (keys == targets)` gives them.
+    `eligible` is per row). Returns (positions, valid), both (rows, k), as
+    `most_recent_positions` of `eligible & (keys == targets)` gives them.
 
     A shared sequence is sorted once by key (stably, so each key's positions stay in time
     order) and every target's run is found by binary search: O(width log width + rows k)

@@ -51,10 +51,12 @@ class LocalActivationUnit(tf.keras.layers.Layer):
 
     def call(self, query, keys, training=None):
         w_query, w_key, w_diff, w_product = tf.split(self.first_kernel, 4, axis=0)
-        per_example = tf.matmul(query, w_query + w_diff) + self.first_bias                    # (B, 1, H)
+        # tensordot, not a broadcast tf.matmul: the kernel's gradient is then one (E, B*T) x (B*T, H)
+        # product, where BatchMatMul's gradient builds a (B, E, H) gradient per example and sums it.
+        per_example = tf.tensordot(query, w_query + w_diff, axes=1) + self.first_bias        # (B, 1, H)
         # Two products rather than one over [k, q * k]: keys shared by every row (one user's
         # history, batch 1) are then multiplied once, and broadcast.
-        per_position = tf.matmul(keys, w_key - w_diff) + tf.matmul(query * keys, w_product)  # (B, T, H)
+        per_position = tf.tensordot(keys, w_key - w_diff, axes=1) + tf.tensordot(query * keys, w_product, axes=1)
         x = per_example + per_position
         if self.first_bn is not None:
             x = self.first_bn(x, training=training)

@@ -8,6 +8,45 @@ _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 TASKS = ("binary", "regression")
 
 
+def _column_sums(matrix):
+    """(N, H) -> (1, H), the sum over rows, as one (1, N) x (N, H) product.
+
+    Inside XLA on CPU a reduction over the rows compiles to a scalar reduce-window loop; the
+    product runs as a vectorised GEMV, about twice as fast on DIN's (51200, 80) attention units.
+    """
+    return tf.matmul(tf.ones([1, tf.shape(matrix)[0]], matrix.dtype), matrix)
+
+
+@tf.custom_gradient
+def _dice_on_batch(x, alphas, epsilon):
+    """Dice in training mode on x (N, H), normalised with the batch's own mean and variance.
+
+    Returns (output (N, H), batch mean (1, H), batch variance (1, H)). The gradient is written out
+    (BatchNorm's backward pass, then the gate's), so that each of its three sums over the rows is
+    one product (`_column_sums`) rather than the reductions autodiff would emit.
+    """
+    rows = tf.cast(tf.shape(x)[0], x.dtype)
+    mean = _column_sums(x) / rows
+    centred = x - mean
+    variance = _column_sums(centred * centred) / rows
+    inverse_std = tf.math.rsqrt(variance + epsilon)
+    normalised = centred * inverse_std
+    probability = tf.sigmoid(normalised)
+    gate = alphas + (1.0 - alphas) * probability                  # f(s) = s * gate
+
+    def gradient(upstream, _mean_gradient, _variance_gradient):
+        through_probability = upstream * x * (1.0 - probability)  # d f / d alphas, per element
+        through_normalised = through_probability * (1.0 - alphas) * probability
+        sums = _column_sums(tf.concat([through_probability, through_normalised,
+                                       through_normalised * normalised], axis=1))
+        alphas_gradient, normalised_sum, normalised_dot = tf.split(sums, 3, axis=1)
+        x_gradient = upstream * gate + inverse_std * (
+            through_normalised - (normalised_sum + normalised * normalised_dot) / rows)
+        return x_gradient, tf.reshape(alphas_gradient, [-1]), None
+
+    return (x * gate, mean, variance), gradient
+
+
 @_register
 class Dice(tf.keras.layers.Layer):
     """Data-adaptive activation from DIN (Zhou et al., 2018), eq. (9).
@@ -20,6 +59,11 @@ class Dice(tf.keras.layers.Layer):
     still mostly its initial 1 while the real one is tiny (embeddings start at 1e-4 scale), so
     predictions differ from training-mode outputs and test AUC drops (the ablation row of
     BENCHMARKS.md's DIN table). 0.9 tracks the training distribution.
+
+    In training the layer computes BN itself (`_dice_on_batch`, the same function as Keras'
+    BatchNormalization with the batch's statistics) and updates the BN sublayer's moving mean and
+    variance as that layer would; at inference it calls the sublayer. Under XLA on CPU this made
+    DIN's training step about a third faster: BN's row reductions dominated it.
     """
 
     def __init__(self, epsilon=1e-9, momentum=0.9, **kwargs):
@@ -32,11 +76,32 @@ class Dice(tf.keras.layers.Layer):
     def build(self, input_shape):
         self.alphas = self.add_weight(name="alphas", shape=(input_shape[-1],),
                                       initializer="zeros", dtype=self.dtype)
+        # Built here (training never calls it), after alphas and in its own scope: the weight
+        # order and names ("<dice>/bn/moving_mean") of earlier saves.
+        with tf.name_scope(self.batch_norm.name):
+            self.batch_norm.build(input_shape)
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        probability = tf.sigmoid(self.batch_norm(inputs, training=training))
+        if training is None:
+            training = tf.keras.backend.learning_phase()
+        return tf.__internal__.smart_cond.smart_cond(
+            training, lambda: self._on_batch(inputs), lambda: self._with_moving_statistics(inputs))
+
+    def _with_moving_statistics(self, inputs):
+        probability = tf.sigmoid(self.batch_norm(inputs, training=False))
         return probability * inputs + (1.0 - probability) * self.alphas * inputs
+
+    def _on_batch(self, inputs):
+        units = tf.shape(inputs)[-1]
+        outputs, mean, variance = _dice_on_batch(tf.reshape(inputs, [-1, units]), tf.convert_to_tensor(self.alphas),
+                                                 tf.constant(self.epsilon, inputs.dtype))
+        # Keras' update, moving -= (moving - batch) * (1 - momentum), skipped for an empty batch.
+        decay = 1.0 - self.batch_norm.momentum
+        has_rows = tf.size(inputs) > 0
+        for moving, batch in ((self.batch_norm.moving_mean, mean), (self.batch_norm.moving_variance, variance)):
+            moving.assign_sub(tf.where(has_rows, (moving - tf.reshape(batch, [-1])) * decay, tf.zeros_like(moving)))
+        return tf.reshape(outputs, tf.shape(inputs))
 
     def get_config(self):
         config = super().get_config()

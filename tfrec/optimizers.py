@@ -30,6 +30,33 @@ class LazyAdam(tf.keras.optimizers.Adam):
     update compiles with XLA inside a training step.
     """
 
+    # The step number update_step works for, counted from `iterations`: apply_gradients updates
+    # before it increments `iterations`; `update_rows_after_step` runs after that increment.
+    _steps_ahead = 1
+
+    def can_update_rows_after_step(self):
+        """Whether a step may update most weights with `apply_gradients` and some tables after it
+        (`update_rows_after_step`): not when clipping, an EMA or a learning-rate schedule needs
+        every weight, or the step count, in one call."""
+        return not (self.clipnorm or self.clipvalue or self.global_clipnorm or self.use_ema or
+                    isinstance(self._learning_rate, tf.keras.optimizers.schedules.LearningRateSchedule))
+
+    def update_rows_after_step(self, grads_and_vars):
+        """The row updates of tables left out of the `apply_gradients` call that just counted this
+        step: the same step number, repeated rows summed first (`tf.unique`).
+
+        So a training step can update its dense weights and small tables inside one XLA call and
+        only the large tables, whose de-duplication XLA compiles badly, after it.
+        """
+        grads_and_vars = list(grads_and_vars)
+        grads = super()._deduplicate_sparse_grad([g for g, _ in grads_and_vars])
+        self._steps_ahead = 0
+        try:
+            for gradient, (_, variable) in zip(grads, grads_and_vars):
+                self.update_step(gradient, variable)
+        finally:
+            del self._steps_ahead
+
     def _deduplicate_sparse_grad(self, grads):
         # The masked update of a small table sums repeated rows itself; only the others need
         # Keras' tf.unique, which stays outside any XLA function that updates small tables only.
@@ -40,7 +67,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
         if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable)
         dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
+        step = tf.cast(self.iterations + self._steps_ahead, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
         alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)

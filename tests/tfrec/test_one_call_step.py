@@ -56,7 +56,30 @@ def test_small_tables_update_inside_the_xla_step_and_large_ones_outside(data):
     assert model._split.update_in_step and int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
     assert new_model(columns, jit_compile=False)._split.update_in_step is False
     large = [SparseFeat("item_id", optimizers.MASKED_UPDATE_MAX_SIZE // 4 + 1, 8, dtype="int32"), DenseFeat("price")]
-    assert new_model(large)._split.update_in_step is False
+    mixed = new_model(large)
+    assert mixed._split.update_in_step and [t.name for t in mixed._split.row_tables] == ["emb_item_id/embeddings:0"]
+    clipped = MMOE(large, seed=5)  # clipping needs every gradient in one call: all of the update follows it
+    clipped.compile(tf.keras.optimizers.Adam(clipnorm=1.0), ["binary_crossentropy"] * 2)
+    assert clipped._split.update_in_step is False
+
+
+def test_large_tables_updated_after_the_xla_call_train_like_one_update(data):
+    """Dense weights and small tables updated inside the XLA call, a large table after it (same
+    step number): the same training as every weight updated by one apply_gradients after it."""
+    columns, x, y = data
+    large = [c._replace(vocabulary_size=optimizers.MASKED_UPDATE_MAX_SIZE // c.embedding_dim + 1)
+             if c.name == "user_id" else c for c in columns]
+    split, whole = new_model(large), new_model(large, jit_compile=False, steps_per_execution=1)
+    assert [t.name for t in split._split.row_tables] == ["emb_user_id/embeddings:0"]
+    assert whole._split.update_in_step is False
+    for model in (split, whole):
+        model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+        assert int(model.optimizer.iterations) == 2 * int(np.ceil(len(y[0]) / 64))  # one count per step
+    for a, b in zip(split.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-4)
+    for a, b in zip(split.optimizer.variables(), whole.optimizer.variables()):
+        assert a.name == b.name
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-4)
 
 
 def test_every_batch_trains_and_batch_callbacks_see_every_batch(data):

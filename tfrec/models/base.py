@@ -4,13 +4,13 @@ Raw strings and ids come in, and the in-graph lookups (StringLookup, IntegerLook
 that map them to embedding indices cannot be compiled by XLA. `RecModel.train_step` therefore
 runs in two parts: the lookups as ordinary TensorFlow ops, then the rest of the model (embeddings,
 attention, towers), the loss and its gradients as one XLA-compiled function of the indices.
-When every embedding table is small enough for LazyAdam's masked update (the multi-task models on
-their usual small vocabularies), the optimizer update joins that function, so a step is one XLA
-call, as in Keras' own `jit_compile=True`; as a call of its own it measured ~1.5 ms of a ~6 ms
-MMOE step (one small XLA launch per weight). Otherwise it runs after it, outside XLA: the sparse path
-de-duplicates rows with `tf.unique`, which XLA compiles to a sort that measured ~100x slower than
-the plain kernel on a DIN history's 52k ids, and still slower overall on a multi-task model's 1k
-ids per table. The model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and
+With LazyAdam the optimizer update joins that function for the dense weights and every table
+small enough for its masked update, so a step of the multi-task models (small vocabularies) is
+one XLA call, as in Keras' own `jit_compile=True`; as a call of its own the update measured
+~1.5 ms of a ~6 ms MMOE step (one small XLA launch per weight). Larger tables get their row
+update after the call, outside XLA: it de-duplicates rows with `tf.unique`, which XLA compiles
+to a sort that measured ~100x slower than the plain kernel on a DIN history's 52k ids, and still
+slower overall on a multi-task model's 1k ids per table. The model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and
 SavedModel export still take raw values through the same lookup layers: there is no second
 preprocessing path that could drift from the served one.
 """
@@ -41,11 +41,12 @@ class _TrainingSplit:
     SparseIndex call, then the raw inputs that other layers read (dense features, lengths).
     `step(indexed, y, sample_weight)` runs the core, the loss and its gradients for the model's
     trainable variables as one tf.function, XLA-compiled when `jit_compile`; it returns
-    (y_pred, gradients), or, when `update_in_step`, applies the model's optimizer to the
-    gradients itself and returns y_pred.
+    (y_pred, gradients). When `update_in_step`, it also applies the model's optimizer to every
+    gradient but those of `row_tables` (tables LazyAdam updates after the step, with
+    `update_rows_after_step`), and returns only theirs (the others are None).
     """
 
-    def __init__(self, model, jit_compile, update_in_step=False):
+    def __init__(self, model, jit_compile, update_in_step=False, row_tables=()):
         indexed, read_raw, self.indexed_names = [], [], []
         model_inputs = {id(t) for t in model.inputs}
         for layer in model.layers:
@@ -69,11 +70,17 @@ class _TrainingSplit:
             gradients = tape.gradient(loss, model.trainable_variables)
             if not update_in_step:
                 return y_pred, gradients
+            after = [any(v is t for t in row_tables) for v in model.trainable_variables]
+            pairs = [(g, v) for g, v in zip(gradients, model.trainable_variables) if g is not None]
+            # Every weight's slots, with the order and names one apply_gradients call gives them.
+            with tf.name_scope(model.optimizer.name), tf.init_scope():
+                model.optimizer.build([v for _, v in pairs])
             model.optimizer.apply_gradients(
-                (g, v) for g, v in zip(gradients, model.trainable_variables) if g is not None)
-            return y_pred
+                (g, v) for g, v, later in zip(gradients, model.trainable_variables, after) if g is not None and not later)
+            return y_pred, [g if later else None for g, later in zip(gradients, after)]
 
         self.update_in_step = update_in_step
+        self.row_tables = list(row_tables)
         self.step = tf.function(step, jit_compile=jit_compile)
         self.packed = {}
 
@@ -125,10 +132,12 @@ class RecModel(tf.keras.Model):
     `compile`:
 
       * `jit_compile=None` (the default) means XLA: the compiled part is the model after its
-        lookups, the loss and the gradients, and also the optimizer update when the optimizer is
-        LazyAdam, every embedding table is small enough for its masked update
-        (`tfrec.optimizers.MASKED_UPDATE_MAX_SIZE` weights) and no distribution strategy is in
-        use. `jit_compile=False` trains without XLA (for a layer XLA cannot compile).
+        lookups, the loss and the gradients, and, when the optimizer is LazyAdam and no
+        distribution strategy is in use, the update of the dense weights and of every table
+        small enough for the masked update (`tfrec.optimizers.MASKED_UPDATE_MAX_SIZE` weights);
+        larger tables get their row update right after the call (all weights do, when clipping,
+        an EMA or a learning-rate schedule needs them in one `apply_gradients`).
+        `jit_compile=False` trains without XLA (for a layer XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.
@@ -164,9 +173,14 @@ class RecModel(tf.keras.Model):
         xla = self._tfrec_jit_compile and not on_ps
         tables = [layer.embeddings for layer in self._flatten_layers(include_self=False)
                   if isinstance(layer, SparseEmbedding) and layer.trainable]
+        # LazyAdam updates the small tables and the dense weights inside the XLA call; a large
+        # table's row update needs tf.unique, which XLA compiles badly, so it follows the call.
+        row_tables = [table for table in tables if isinstance(self.optimizer, LazyAdam) and
+                      not self.optimizer.needs_no_unique([table])]
         update_in_step = xla and not distributed and isinstance(self.optimizer, LazyAdam) and \
-            self.optimizer.needs_no_unique(tables)
-        self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step)
+            (not row_tables or self.optimizer.can_update_rows_after_step())
+        self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step,
+                                     row_tables=row_tables if update_in_step else ())
 
     def get_compile_config(self):
         """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)."""
@@ -284,8 +298,8 @@ class RecModel(tf.keras.Model):
         return {name: np.concatenate([chunk[i].numpy() for chunk in chunks]) for i, name in enumerate(names)}
 
     def core_step_function(self):
-        """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients), or
-        -> y_pred with the optimizer update done inside when every table is small (see `compile`).
+        """The compiled part of a training step: (indexed, y, w) -> (y_pred, gradients); with the
+        optimizer update inside (see `compile`) only the large tables' gradients are returned.
 
         A method, not an attribute, so SavedModel export does not serialise it.
         """
@@ -296,12 +310,12 @@ class RecModel(tf.keras.Model):
         indexed = self._split.core_inputs(x)
         if indexed is None:
             indexed = self._split.lookup(x, training=True)
-        if self._split.update_in_step:
-            y_pred = self._split.step(indexed, y, sample_weight)
-        else:
-            y_pred, gradients = self._split.step(indexed, y, sample_weight)
-            self.optimizer.apply_gradients(
-                (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
+        y_pred, gradients = self._split.step(indexed, y, sample_weight)
+        pairs = [(g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None]
+        if not self._split.update_in_step:
+            self.optimizer.apply_gradients(pairs)
+        elif pairs:
+            self.optimizer.update_rows_after_step(pairs)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def test_step(self, data):

@@ -19,15 +19,18 @@ _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 def top_k_positions(scores, mask, k):
     """The `k` highest-scoring positions of each row among those where `mask` holds.
 
-    scores (batch, L) float, mask (batch, L) or (1, L) (one history shared by every row) bool ->
-    (positions, valid), both (batch, k), best first; a row with fewer than k eligible positions has
-    `valid` false (position 0) after them.
+    scores (batch, L) float or int, mask (batch, L) or (1, L) (one history shared by every row)
+    bool -> (positions, valid), both (batch, k), best first; a row with fewer than k eligible
+    positions has `valid` false (position 0) after them.
     """
-    scores = tf.pad(tf.where(mask, scores, tf.fill(tf.shape(scores), scores.dtype.min)), [[0, 0], [0, k]],
-                    constant_values=scores.dtype.min)  # top_k needs at least k columns
-    positions = tf.math.top_k(scores, k).indices
-    valid = take_positions(tf.pad(mask, [[0, 0], [0, k]]), positions, tf.ones_like(positions, tf.bool))
-    return tf.where(valid, positions, 0), valid
+    scores = tf.where(mask, scores, tf.constant(scores.dtype.min, scores.dtype))
+    # top_k over at most L columns, then its (batch, k) output padded: padding the (batch, L)
+    # scores instead would copy all of them, a pass as long as the search itself.
+    positions = tf.math.top_k(scores, tf.minimum(k, tf.shape(scores)[1])).indices
+    valid = take_positions(mask, positions, tf.ones_like(positions, tf.bool))
+    missing = [[0, 0], [0, k - tf.shape(positions)[1]]]
+    positions = tf.ensure_shape(tf.pad(tf.where(valid, positions, 0), missing), [None, k])
+    return positions, tf.ensure_shape(tf.pad(valid, missing), [None, k])
 
 
 @_register
@@ -130,8 +133,8 @@ class SimHashSearch(tf.keras.layers.Layer):
     @staticmethod
     def hamming(a, b):
         """Bits that differ between signatures (..., words) int64 (broadcast), as int32 (...)."""
-        differing = tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(a, b))
-        return tf.reduce_sum(tf.cast(differing, tf.int32), axis=-1)
+        differing = tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(a, b)), tf.int32)
+        return differing[..., 0] if differing.shape[-1] == 1 else tf.reduce_sum(differing, axis=-1)
 
     def call(self, queries, histories, mask, keys=None, training=None):
         distances = 0
@@ -144,7 +147,7 @@ class SimHashSearch(tf.keras.layers.Layer):
             else:
                 signatures = tf.gather(self.signatures[table], history)
             distances += self.hamming(self.signature(query, table), signatures)            # (B, L)
-        return top_k_positions(-tf.cast(distances, tf.float32), mask, self.topk)
+        return top_k_positions(-distances, mask, self.topk)  # int32: no float copy of the (B, L) distances
 
     def refresh_from(self, model):
         """Recomputes every row's signature from `model`'s embedding layers `tables`."""

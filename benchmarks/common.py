@@ -94,6 +94,89 @@ def percentile_ms(samples_s, q):
     return 1000.0 * ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
 
 
+def per_call_ms(fns, calls, rounds=7):
+    """{name: fn} -> {name: ms per call}: the fastest of `rounds` rounds of `calls` calls, the fns taking turns.
+
+    On a shared machine another process's burst only adds time, so the fastest round is the
+    closest to the cost, and taking turns exposes every fn to the same background.
+    """
+    import tensorflow as tf
+
+    def wait(out):
+        for t in tf.nest.flatten(out):
+            if hasattr(t, "numpy"):
+                t.numpy()
+
+    for fn, _ in fns.values():
+        wait(fn())
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, (fn, per_call) in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = fn()
+            wait(out)
+            best[name] = min(best[name], (time.perf_counter() - start) / calls / per_call * 1e3)
+    return best
+
+
+# XLA's CPU runtime records each compiled operation (a fusion, a dot) in a tf.profiler trace
+# only with this flag, read when TensorFlow starts: `run_child(..., env=XLA_TRACE_ENV)`.
+XLA_TRACE_ENV = {"XLA_FLAGS": "--xla_cpu_enable_xprof_traceme=true"}
+
+
+def xla_op_profile(fn, calls=5, top=6):
+    """Where a compiled function's time goes: `fn()` run `calls` times under tf.profiler.
+
+    Needs XLA_TRACE_ENV in the process's environment. Returns per call: `ops` (XLA operations
+    run: fusions, dots, copies), `busy_ms` (their summed duration over all threads), `wall_ms`,
+    and `by_kind`: the `top` kinds of operation (the name without its number: "dot",
+    "reduce-window", "multiply_add_fusion", ...) with their ms.
+    """
+    import collections
+    import glob
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    def wait(out):
+        for t in tf.nest.flatten(out):
+            if hasattr(t, "numpy"):
+                t.numpy()
+
+    wait(fn())
+    logdir = tempfile.mkdtemp(prefix="xla_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = fn()
+        wait(out)
+        wall_ms = (time.perf_counter() - start) / calls * 1e3
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    by_kind, ops = collections.Counter(), 0
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            executor_end = -1  # an operation is an event inside XLA's ThunkExecutor::Execute
+            for event in sorted(line.events, key=lambda e: e.offset_ps):
+                name = names.get(event.metadata_id, "")
+                if name == "ThunkExecutor::Execute":
+                    executor_end = max(executor_end, event.offset_ps + event.duration_ps)
+                elif event.offset_ps < executor_end and not name.startswith("call"):  # not the thunk wrapper
+                    by_kind[re.sub(r"([._]\d+)+|\.clone", "", name)] += event.duration_ps / 1e9 / calls
+                    ops += 1
+    return dict(ops=round(ops / calls), busy_ms=round(sum(by_kind.values()), 2), wall_ms=round(wall_ms, 2),
+                by_kind={kind: round(ms, 2) for kind, ms in by_kind.most_common(top)})
+
+
 def add_full_table_l2(model, l2):
     """The embedding penalty before mini-batch aware L2: l2 * sum of squares of every table.
 

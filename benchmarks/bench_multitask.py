@@ -359,6 +359,22 @@ def profile_lines(runs):
     return lines
 
 
+def dispatch_line(runs):
+    """What the profiles say bounds a step: the operations' share of the wall time."""
+    profiles = [run["profile"] for run in runs.values() if run.get("profile")]
+    if not profiles:
+        return "(no profile)"
+    ops = sorted(p["ops"] for p in profiles)
+    busy = sorted(p["busy_ms"] / p["wall_ms"] for p in profiles)
+    return ("The operations run for " + f"{busy[0]:.2f}-{busy[-1]:.2f}" + " of the wall time summed over both "
+            "threads (it could reach 2 on 2 cores; the wall time is the traced one, which the trace itself lengthens a "
+            "little, so the share is a lower bound); the rest of a step is spent between them, dispatching "
+            f"{ops[0]}-{ops[-1]} small operations per batch of 1024, in both implementations. A step this size is "
+            "bound by the number of operations XLA's CPU runtime dispatches, and DeepCTR's XLA step dispatches as "
+            "many: reaching 1.3x its speed would take fewer operations per step (e.g. one optimizer update for all "
+            "weights), not faster arithmetic.")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -446,7 +462,7 @@ def main():
         *table,
         "",
         "What dominated: inside the XLA call, the matrix products of the experts / bottom and towers (most of "
-        "the compiled step's time in a `tf.profiler` trace of an MMOE epoch); around it, in tfrec's step "
+        "the time of the operations XLA runs, table below); around it, in tfrec's step "
         "before this change, the optimizer update as a call of its own (DeepCTR's `jit_compile=True` step has "
         "it inside its one XLA call) and Keras' per-call work (which both pay at one batch per call). "
         "Measured here: " + "; ".join(notes) + ". So the "
@@ -459,11 +475,7 @@ def main():
         "",
         *profile_lines(step_runs),
         "",
-        "The operations' summed time is well below twice the wall time (2 cores): most of a step is spent between "
-        "operations, dispatching about a thousand small ones per batch of 1024, in both implementations. The "
-        "matrix products are a small share. A step this size is bound by the number of operations XLA's CPU "
-        "runtime dispatches, and DeepCTR's XLA step dispatches as many: reaching 1.3x its speed would take "
-        "fewer operations per step (e.g. one update for all weights), not faster arithmetic.",
+        dispatch_line(step_runs),
     ]
     lines += [
         "",

@@ -135,6 +135,36 @@ def test_residual_connections_wrap_the_last_layers(residual_layers):
     assert [layer.residual(i) for i in range(2)] == [residual_layers == 2, residual_layers >= 1]
 
 
+def test_short_sessions_are_unrolled_into_the_same_function():
+    """A session of known length up to MAX_UNROLLED_STEPS runs unrolled (no while loop under XLA);
+    outputs and gradients equal the looped LSTMs' with the same weights, under XLA and with padding."""
+    from tfrec.layers.sdm import MAX_UNROLLED_STEPS
+
+    sessions, mask = random_sessions(length=7, dim=16, seed=5)
+    mask = tf.constant(mask)
+    unrolled, looped = StackedLSTM(16, 2, 1, seed=9), StackedLSTM(16, 2, 1, seed=9)
+    unrolled(sessions, mask)
+    looped(sessions, mask)
+    for lstm in looped.lstms:
+        lstm.unroll = False
+    assert all(lstm.unroll for lstm in unrolled.lstms)
+
+    @tf.function(jit_compile=True)
+    def output_and_gradients(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x, mask)))
+        return layer(x, mask), tape.gradient(loss, [x] + layer.trainable_weights)
+
+    x = tf.constant(sessions)
+    for got, expected in zip(tf.nest.flatten(output_and_gradients(unrolled, x)),
+                             tf.nest.flatten(output_and_gradients(looped, x))):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    long_layer = StackedLSTM(16, 1, 0)
+    long_layer(*random_sessions(batch=2, length=MAX_UNROLLED_STEPS + 1, dim=16))
+    assert not long_layer.lstms[0].unroll  # a long session keeps the loop (its graph stays small)
+
+
 def test_residual_first_layer_and_layer_counts_are_checked():
     with pytest.raises(ValueError, match="0 <= num_residual_layers <= num_layers"):
         StackedLSTM(16, 2, 3)

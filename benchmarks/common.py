@@ -94,28 +94,30 @@ def percentile_ms(samples_s, q):
     return 1000.0 * ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
 
 
+def _wait(out):
+    """Blocks until every tensor in `out` is computed (calls return before TensorFlow finishes)."""
+    import tensorflow as tf
+
+    for t in tf.nest.flatten(out):
+        if hasattr(t, "numpy"):
+            t.numpy()
+
+
 def per_call_ms(fns, calls, rounds=7):
     """{name: fn} -> {name: ms per call}: the fastest of `rounds` rounds of `calls` calls, the fns taking turns.
 
     On a shared machine another process's burst only adds time, so the fastest round is the
     closest to the cost, and taking turns exposes every fn to the same background.
     """
-    import tensorflow as tf
-
-    def wait(out):
-        for t in tf.nest.flatten(out):
-            if hasattr(t, "numpy"):
-                t.numpy()
-
     for fn, _ in fns.values():
-        wait(fn())
+        _wait(fn())
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, (fn, per_call) in fns.items():
             start = time.perf_counter()
             for _ in range(calls):
                 out = fn()
-            wait(out)
+            _wait(out)
             best[name] = min(best[name], (time.perf_counter() - start) / calls / per_call * 1e3)
     return best
 
@@ -141,19 +143,14 @@ def xla_op_profile(fn, calls=5, top=6):
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    def wait(out):
-        for t in tf.nest.flatten(out):
-            if hasattr(t, "numpy"):
-                t.numpy()
-
-    wait(fn())
+    _wait(fn())
     logdir = tempfile.mkdtemp(prefix="xla_profile_")
     try:
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
         for _ in range(calls):
             out = fn()
-        wait(out)
+        _wait(out)
         wall_ms = (time.perf_counter() - start) / calls * 1e3
         tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()

@@ -10,9 +10,9 @@ one XLA call, as in Keras' own `jit_compile=True`; as a call of its own the upda
 ~1.5 ms of a ~6 ms MMOE step (one small XLA launch per weight). Larger tables get their row
 update after the call, outside XLA: it de-duplicates rows with `tf.unique`, which XLA compiles
 to a sort that measured ~100x slower than the plain kernel on a DIN history's 52k ids, and still
-slower overall on a multi-task model's 1k ids per table. The model graph itself is unchanged, so `predict`, `evaluate`, `save`, `.h5` and
-SavedModel export still take raw values through the same lookup layers: there is no second
-preprocessing path that could drift from the served one.
+slower overall on a multi-task model's 1k ids per table. The model graph itself is unchanged, so
+`predict`, `evaluate`, `save`, `.h5` and SavedModel export still take raw values through the same
+lookup layers: there is no second preprocessing path that could drift from the served one.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -175,9 +175,9 @@ class RecModel(tf.keras.Model):
                   if isinstance(layer, SparseEmbedding) and layer.trainable]
         # LazyAdam updates the small tables and the dense weights inside the XLA call; a large
         # table's row update needs tf.unique, which XLA compiles badly, so it follows the call.
-        row_tables = [table for table in tables if isinstance(self.optimizer, LazyAdam) and
-                      not self.optimizer.needs_no_unique([table])]
-        update_in_step = xla and not distributed and isinstance(self.optimizer, LazyAdam) and \
+        lazy = isinstance(self.optimizer, LazyAdam)
+        row_tables = [table for table in tables if lazy and not self.optimizer.needs_no_unique([table])]
+        update_in_step = xla and not distributed and lazy and \
             (not row_tables or self.optimizer.can_update_rows_after_step())
         self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step,
                                      row_tables=row_tables if update_in_step else ())

@@ -37,8 +37,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def can_update_rows_after_step(self):
         """Whether a step may update most weights with `apply_gradients` and some tables after it
         (`update_rows_after_step`): not when clipping, an EMA or a learning-rate schedule needs
-        every weight, or the step count, in one call."""
-        return not (self.clipnorm or self.clipvalue or self.global_clipnorm or self.use_ema or
+        every weight, or the step count, in one call, nor with AMSGrad (Keras' update, which
+        counts the step itself)."""
+        return not (self.clipnorm or self.clipvalue or self.global_clipnorm or self.use_ema or self.amsgrad or
                     isinstance(self._learning_rate, tf.keras.optimizers.schedules.LearningRateSchedule))
 
     def update_rows_after_step(self, grads_and_vars):

@@ -30,10 +30,6 @@ class LazyAdam(tf.keras.optimizers.Adam):
     update compiles with XLA inside a training step.
     """
 
-    # The step number update_step works for, counted from `iterations`: apply_gradients updates
-    # before it increments `iterations`; `update_rows_after_step` runs after that increment.
-    _steps_ahead = 1
-
     def can_update_rows_after_step(self):
         """Whether a step may update most weights with `apply_gradients` and some tables after it
         (`update_rows_after_step`): not when clipping, an EMA or a learning-rate schedule needs
@@ -51,12 +47,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
         """
         grads_and_vars = list(grads_and_vars)
         grads = super()._deduplicate_sparse_grad([g for g, _ in grads_and_vars])
-        self._steps_ahead = 0
-        try:
-            for gradient, (_, variable) in zip(grads, grads_and_vars):
-                self.update_step(gradient, variable)
-        finally:
-            del self._steps_ahead
+        for gradient, (_, variable) in zip(grads, grads_and_vars):
+            # apply_gradients has already counted this step in `iterations`.
+            self._lazy_update(gradient, variable, step=self.iterations)
 
     def _deduplicate_sparse_grad(self, grads):
         # The masked update of a small table sums repeated rows itself; only the others need
@@ -67,8 +60,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable)
+        # apply_gradients updates before it increments `iterations`: this is step iterations + 1.
+        self._lazy_update(gradient, variable, step=self.iterations + 1)
+
+    def _lazy_update(self, gradient, variable, step):
+        """Adam's update of the rows in `gradient` (IndexedSlices) only, as step number `step`."""
         dtype = variable.dtype
-        step = tf.cast(self.iterations + self._steps_ahead, dtype)
+        step = tf.cast(step, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
         alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)

@@ -17,7 +17,8 @@ with a short NOT_FOUND.
 
 The server is aiohttp's low-level server on its own event loop and thread, listening with a
 backlog of 1,024. Requests are read on the loop (bodies may be chunked; a request that has not
-arrived completely within the read timeout is dropped, its connection closed unanswered) and
+arrived completely within the read timeout is dropped, its connection closed unanswered; an
+answer the client has not read within it is dropped and its connection aborted) and
 run on a thread pool, so a slow model never blocks reading or accepting. `--rest_api_timeout_in_ms`
 bounds each request: a body not read by then is dropped the same way, an answer not ready by
 then is 504 DEADLINE_EXCEEDED (the model run itself finishes in the background). `stop()` stops
@@ -211,7 +212,27 @@ class RestApi:
 class _JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, answering what its HTTP parser rejects (bad request
     line, unknown method, bad Content-Length or chunked encoding, oversized headers) and
-    unhandled errors with TF Serving's JSON error instead of aiohttp's text page."""
+    unhandled errors with TF Serving's JSON error instead of aiohttp's text page.
+
+    A client that does not read its answer within `answer_timeout` seconds has its connection
+    aborted: otherwise the unsent rest of a large answer would stay buffered, and the
+    connection open, for as long as the client stalls.
+    """
+
+    answer_timeout = None
+
+    async def finish_response(self, request, resp, start_time):
+        if self.answer_timeout is None:
+            return await super().finish_response(request, resp, start_time)
+        try:
+            return await asyncio.wait_for(super().finish_response(request, resp, start_time),
+                                          self.answer_timeout)
+        except asyncio.TimeoutError:
+            log.info("Aborting a REST connection whose client did not read its answer within "
+                     "%.1f s: %s %s", self.answer_timeout, request.method, request.raw_path[:200])
+            if request.transport is not None:
+                request.transport.abort()  # drops the buffered rest of the answer now
+            return resp, True  # as aiohttp reports a client gone mid-answer
 
     def handle_error(self, request, status=500, exc=None, message=None):
         if request.writer.output_size > 0:
@@ -231,8 +252,17 @@ class _JsonErrorRequestHandler(RequestHandler):
 
 
 class _Server(Server):
+    """aiohttp's Server making `_JsonErrorRequestHandler`s; `answer_timeout` (seconds, None:
+    no bound) is how long a client may take to read an answer."""
+
+    def __init__(self, handler, answer_timeout=None, **kwargs):
+        super().__init__(handler, **kwargs)
+        self._answer_timeout = answer_timeout
+
     def __call__(self):
-        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.answer_timeout = self._answer_timeout
+        return handler
 
 
 class _DroppedRequest(Exception):
@@ -249,8 +279,8 @@ class RestServer:
       timeout: seconds per request (--rest_api_timeout_in_ms): a body not read by then drops
         the request, an answer not ready by then is 504 DEADLINE_EXCEEDED; None: no deadline.
       max_body_bytes: largest request body; a larger one is answered 413 with a JSON error.
-      read_timeout: seconds a connection may take to send a whole request, and stay idle
-        between requests, before it is closed (slowloris protection).
+      read_timeout: seconds a connection may take to send a whole request, to read a whole
+        answer, and stay idle between requests, before it is closed (slowloris protection).
       num_threads: threads running requests (--rest_api_num_threads).
       metrics: a serving.monitoring.Metrics recording every request (default: the process's).
       metrics_path: serve `metrics.exposition()` at this path (--monitoring_config_file);
@@ -327,6 +357,7 @@ class RestServer:
             self._aio_server = _Server(
                 self._handle, loop=loop, access_log=None,
                 keepalive_timeout=self._read_timeout or 3600.0,
+                answer_timeout=self._read_timeout,
                 max_line_size=_MAX_REQUEST_LINE_BYTES, max_field_size=_MAX_HEADER_FIELD_BYTES,
                 lingering_time=_LINGERING_SECONDS, auto_decompress=False)
             self._listener = loop.run_until_complete(loop.create_server(

@@ -286,8 +286,8 @@ def build_arg_parser():
     parser.add_argument("--rest_api_read_timeout_in_ms", type=int,
                         default=int(rest.DEFAULT_READ_TIMEOUT_SECONDS * 1000),
                         help="tfrec: a REST connection that takes longer to send a whole "
-                             "request, or idles longer between requests, is closed "
-                             "(default 60000)")
+                             "request or to read a whole answer, or idles longer between "
+                             "requests, is closed (default 60000)")
     parser.add_argument("--monitoring_config_file", default="",
                         help="text-format MonitoringConfig; with prometheus_config { enable: "
                              "true } the REST port serves Prometheus metrics at its path")

@@ -425,6 +425,43 @@ def test_answer_not_ready_by_the_deadline_is_504():
         rest.stop()
 
 
+class _BigAnswerServable(_SlowServable):
+    """Answers every predict with 8,000 strings of 1,000 bytes: an 8 MB JSON answer."""
+
+    def predict(self, signature_name, inputs, output_filter=()):
+        return {"y": np.array([b"x" * 1000] * 8000, dtype=object)}
+
+
+def test_answer_the_client_does_not_read_is_dropped_after_the_read_timeout():
+    """A client that sends a request and never reads its 8 MB answer: the connection is
+    aborted once the read timeout passes, instead of the unsent answer being held for as long
+    as the client stalls, and the server goes on answering."""
+    core = SlowCore(delay=0)
+    core._servable = _BigAnswerServable(0, core.entered)
+    rest = start_rest(core, read_timeout=0.5)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel buffers little
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", rest.port))
+            sock.sendall(b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(SLOW_BODY), SLOW_BODY))
+            time.sleep(2.0)  # the answer is ready within ~0.1 s, then stalls past the timeout
+            received = b""
+            try:
+                while chunk := sock.recv(1 << 16):  # ends (b"" or a reset) once aborted
+                    received += chunk
+            except ConnectionResetError:
+                pass
+        assert len(received) < 8000 * 1000  # the server dropped the rest of the answer
+        status, _, answer = call(rest.port, "POST", "/v1/models/slow:predict", SLOW_BODY)
+        assert status == 200 and len(answer["predictions"]) == 8000
+    finally:
+        started = time.monotonic()
+        rest.stop()
+        assert time.monotonic() - started < 5  # no connection left hanging
+
+
 def test_slow_model_blocks_neither_reading_nor_other_requests():
     core = SlowCore(delay=1.5)
     rest = start_rest(core, num_threads=4)

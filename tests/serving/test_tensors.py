@@ -11,8 +11,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.batching import BatchingOptions
 from serving.errors import ServingError
-from serving.json_tensor import (COLUMNAR, ROW, format_predict_response, from_json_value,
-                                 parse_predict_request, to_json_value)
+from serving.json_tensor import (COLUMNAR, ROW, format_float, format_predict_response,
+                                 from_json_value, parse_predict_request, to_json_value)
 from serving.server import read_model_config_file
 from serving.tensors import TensorProtoError, ndarray_from_proto, ndarray_to_proto
 
@@ -84,6 +84,24 @@ def test_rest_float_text_is_shortest_round_trip():
     outputs = {"p": np.array([0.1, 1 / 3, 2.0, np.nan, -np.inf, 1e-5], np.float32)}
     text = format_predict_response(outputs, COLUMNAR)
     assert text == '{"outputs": [0.1, 0.333333343, 2.0, NaN, -Infinity, 1e-05]}'
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rest_float_texts_of_whole_outputs_equal_one_value_at_a_time(dtype):
+    """The response writer formats an output's values at once; every text is format_float's."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.normal(size=2000), rng.normal(size=2000) * 1e30, rng.normal(size=2000) * 1e-40,
+        np.round(rng.normal(size=2000), 3), rng.integers(-10**7, 10**7, 2000),
+        [0.0, -0.0, 0.1, 1 / 3, 1e6, 123456.0, 1234567.0, 1e16, 2.0**53 + 1, 5e-324, 1e-45,
+         3.4028235e38, np.nan, np.inf, -np.inf]]).astype(dtype)
+    expected = [format_float(v, dtype == np.float32) for v in values.astype(np.float64).tolist()]
+    assert format_predict_response({"v": values}, COLUMNAR) == '{"outputs": [' + ", ".join(expected) + "]}"
+    rows = values[:-3].reshape(-1, 2, 2)  # row format: one entry per row, nested
+    texts = expected[:-3]
+    assert format_predict_response({"v": rows}, ROW) == '{"predictions": [' + ", ".join(
+        f"[[{texts[i]}, {texts[i + 1]}], [{texts[i + 2]}, {texts[i + 3]}]]"
+        for i in range(0, len(texts), 4)) + "]}"
 
 
 def test_rest_row_response_needs_matching_batch_sizes():

@@ -10,6 +10,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.batching import BatchingOptions
+from serving import json_tensor
 from serving.errors import ServingError
 from serving.json_tensor import (COLUMNAR, ROW, format_float, format_predict_response,
                                  from_json_value, parse_predict_request, to_json_value)
@@ -107,6 +108,44 @@ def test_rest_float_texts_of_whole_outputs_equal_one_value_at_a_time(dtype):
 def test_rest_row_response_needs_matching_batch_sizes():
     with pytest.raises(ServingError, match="Tensor name: b has inconsistent batch size: 3"):
         format_predict_response({"a": np.zeros(2), "b": np.zeros(3)}, ROW)
+
+
+def test_rest_request_values_parse_alike_with_and_without_the_plain_list_shortcut():
+    """Dense lists of plain scalars skip the element-by-element checks (`_plain_leaves`); on
+    random nested JSON values of every kind, whatever takes the shortcut gives exactly the
+    array the checked path gives, and whatever the checked path rejects never takes it."""
+    rng = np.random.default_rng(0)
+    leaves = [1, -3, 2**31, 2**63 - 1, -2**63, 2**64 - 1, 2**24, 2**24 - 1, 2**53, 0.5, 1e39,
+              float("nan"), float("inf"), 3.4e38, True, False, "ab", "é", {"b64": "YWI="}, None]
+
+    def value(depth):
+        if depth == 0 or rng.random() < 0.2:
+            return leaves[rng.integers(len(leaves))]
+        if rng.random() < 0.5:  # dense: every element alike
+            element = value(depth - 1)
+            return [element] * int(rng.integers(0, 4))
+        return [value(depth - 1) for _ in range(int(rng.integers(0, 4)))]
+
+    dtypes = [types_pb2.DT_STRING, types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_UINT8,
+              types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_BOOL, types_pb2.DT_HALF]
+    shortcuts = 0
+    for _ in range(3000):
+        json_value, dtype = value(3), dtypes[rng.integers(len(dtypes))]
+        shape = json_tensor._dense_shape(json_value)
+        fast = json_tensor._plain_leaves(json_value, shape, dtype)
+        checked = []
+        try:
+            json_tensor._fill(json_value, 0, shape, dtype, checked)
+        except ServingError:
+            assert fast is None, (json_value, dtype)
+            continue
+        if fast is not None:
+            shortcuts += 1
+            expected = json_tensor._to_array(checked, shape, dtype)
+            got = json_tensor._to_array(fast, shape, dtype)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+    assert shortcuts > 300
 
 
 def test_rest_request_parsing_against_signature():

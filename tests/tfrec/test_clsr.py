@@ -268,10 +268,16 @@ def test_quality_on_drift_data_next_to_din_and_the_oracle(clsr, clsr_without_con
     assert reports["CLSR"]["auc"] >= reports["DIN"]["auc"] - 0.02
 
 
-@pytest.mark.xfail(strict=False, reason="not robust: seed 0 gives CLSR 0.6625 vs DIN 0.6655 (seeds 1, 2: CLSR "
-                                        "+0.025, +0.029), and with 5000 users DIN leads 0.744 vs 0.686; CLSR's "
-                                        "softmax-pooled interests are not target-aware, DIN's attention is")
+@pytest.mark.xfail(strict=False, reason="not met on this data: seed 0 gives CLSR 0.663 vs DIN 0.667 (seeds 1, 2: "
+                                        "CLSR +0.035, +0.042); with 5000 users DIN leads on data seed 0 for model "
+                                        "seeds 0, 1, 2 (0.740/0.716/0.695 vs 0.687/0.698/0.671), CLSR on data seed "
+                                        "1 (0.705 vs 0.670). CLSR's pools are softmax-normalised and its long-term "
+                                        "query is the user embedding, an untrained row for these unseen users; "
+                                        "DIN's sum-pooled target attention counts the candidate's category. The "
+                                        "official code's target-aware short-term query and [u, target] tower do "
+                                        "not close the gap; single runs vary by 0.02-0.05 with the model seed")
 def test_clsr_auc_at_least_dins(clsr, din, drift):
+    """The strict comparison, kept as a record: see the CLSR docstring ("Against DIN")."""
     assert _report(clsr, drift)["auc"] >= _report(din, drift)["auc"]
 
 

@@ -51,7 +51,7 @@ SIZES = {
         lengths=(100, 1_000, 10_000), grpc_lengths=(100, 1_000, 10_000),
         warmup=5, min_reps=50, max_reps=1_000, budget_s=15.0,
         memory_length=10_000, memory_steps=6, memory_models=("sim-hard", "sim-soft", "sim-simhash", "din"),
-        overrides={"longterm": {}, "drift": {}}, long_maxlen=2_000, epochs=3, seeds=(0, 1),
+        overrides={"longterm": {}, "drift": {}}, long_maxlen=2_000, epochs=3, seeds=(0, 1, 2),
     ),
     "quick": dict(
         lengths=(100, 400), grpc_lengths=(400,),

@@ -57,6 +57,20 @@ class SparseIndex(tf.keras.layers.Layer):
         return config
 
 
+def top_k_indices(values, k):
+    """The positions of the `k` largest of each row of `values` (..., n), int or float: the
+    indices of `tf.math.top_k` (largest first, ties in position order).
+
+    Integers are ranked as float32, exactly while they lie within +-2^24 (or equal the dtype's
+    min, a power of two): a training step runs under XLA, whose CPU top-k is fast only for
+    float32 and sorts every row of any other type ((256, 2,000) int32, k = 50: 55 ms against
+    3 ms for float32).
+    """
+    if values.dtype.is_integer:
+        values = tf.cast(values, tf.float32)
+    return tf.math.top_k(values, k).indices
+
+
 def most_recent_positions(eligible, k):
     """Positions of the last `k` true entries of each row of `eligible` (batch, width) bool.
 
@@ -67,7 +81,7 @@ def most_recent_positions(eligible, k):
     width = tf.shape(eligible)[1]
     eligible = tf.pad(eligible, [[0, 0], [0, k]])  # top_k needs at least k columns
     ranked = tf.where(eligible, tf.range(width + k)[None, :], -1)
-    newest_first = tf.math.top_k(ranked, k).values
+    newest_first = tf.gather(ranked, top_k_indices(ranked, k), batch_dims=1)
     count = tf.reduce_sum(tf.cast(newest_first >= 0, tf.int32), axis=1, keepdims=True)
     slot = tf.range(k)[None, :]
     valid = slot < count

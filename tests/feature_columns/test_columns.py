@@ -124,6 +124,21 @@ def test_recent_sequence_where_matches_a_numpy_reference():
         assert kept_times.numpy()[row].tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64, tf.float32])
+def test_top_k_indices_are_top_ks_and_compile_without_a_sort(dtype):
+    """top_k's indices (ties in position order) for ints and floats; under XLA the integer case
+    is ranked as float32, so it compiles to XLA's top-k, not to a sort of every row."""
+    rng = np.random.default_rng(2)
+    values = tf.constant(rng.integers(-70, 70, (16, 300)), dtype)  # many ties
+    values = tf.tensor_scatter_nd_update(values, [[0, 0]], tf.constant([dtype.min], dtype))
+    expected = tf.math.top_k(values, 20).indices
+    compiled = tf.function(lambda x: feature_columns.top_k_indices(x, 20), jit_compile=True)
+    np.testing.assert_array_equal(feature_columns.top_k_indices(values, 20), expected)
+    np.testing.assert_array_equal(compiled(values), expected)
+    hlo = compiled.experimental_get_compiler_ir(values)(stage="optimized_hlo")
+    assert " sort(" not in hlo
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_recent_sequence_matching_keys_equals_a_numpy_reference(shared):
     """The most recent k events whose key equals the row's target (SIM's hard search), with a

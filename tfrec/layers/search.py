@@ -11,7 +11,7 @@ batch x L x topk (or x candidates) is ever built.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
-from feature_columns import take_positions
+from feature_columns import take_positions, top_k_indices
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -26,7 +26,7 @@ def top_k_positions(scores, mask, k):
     scores = tf.where(mask, scores, tf.constant(scores.dtype.min, scores.dtype))
     # top_k over at most L columns, then its (batch, k) output padded: padding the (batch, L)
     # scores instead would copy all of them, a pass as long as the search itself.
-    positions = tf.math.top_k(scores, tf.minimum(k, tf.shape(scores)[1])).indices
+    positions = top_k_indices(scores, tf.minimum(k, tf.shape(scores)[1]))
     valid = take_positions(mask, positions, tf.ones_like(positions, tf.bool))
     missing = [[0, 0], [0, k - tf.shape(positions)[1]]]
     positions = tf.ensure_shape(tf.pad(tf.where(valid, positions, 0), missing), [None, k])
@@ -147,7 +147,7 @@ class SimHashSearch(tf.keras.layers.Layer):
             else:
                 signatures = tf.gather(self.signatures[table], history)
             distances += self.hamming(self.signature(query, table), signatures)            # (B, L)
-        return top_k_positions(-distances, mask, self.topk)  # int32: no float copy of the (B, L) distances
+        return top_k_positions(-distances, mask, self.topk)
 
     def refresh_from(self, model):
         """Recomputes every row's signature from `model`'s embedding layers `tables`."""

@@ -251,6 +251,15 @@ def _instances(doc, infos):
         return isinstance(value, dict) and not _is_base64_object(value)
 
     objects = is_element_object(items[0])
+    names = set(infos)
+    if objects and all(type(element) is dict and set(element) == names for element in items):
+        # Every instance names every input: each input's column of values may be one dense
+        # nested list of plain scalars, converted at once; otherwise the checks per instance.
+        columns = {name: [element[name] for element in items] for name in infos}
+        shapes = {name: _dense_shape(column) for name, column in columns.items()}
+        leaves = {name: _plain_leaves(columns[name], shapes[name], infos[name].dtype) for name in infos}
+        if all(values is not None for values in leaves.values()):
+            return {name: _to_array(leaves[name], shapes[name], infos[name].dtype) for name in infos}
     values, shapes, sizes = {}, {}, {}
 
     def add_item(item, name):

@@ -31,7 +31,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from serving import inference
 from serving.errors import invalid_argument
-from serving.json_tensor import format_float, json_type
+from serving.json_tensor import format_float, format_floats, json_type
 
 __all__ = ["rest_classify", "rest_regress", "parse_classify_regress_request"]
 
@@ -41,12 +41,9 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_ERROR_JSON_CHARS = 4096  # TF Serving echoes the whole document; a cap keeps errors small
 
 
-def _json_number(value):
-    """A float32 as the Python float whose `json.dumps` text is what TF Serving writes."""
-    value = float(value)
-    if not math.isfinite(value):
-        return value
-    return float(format_float(value, single_precision=True))
+def _json_numbers(values):
+    """float32 values as the Python floats whose `json.dumps` texts are what TF Serving writes."""
+    return [float(text) for text in format_floats(np.asarray(values, np.float64), single_precision=True)]
 
 
 def _json_text(value):
@@ -191,8 +188,9 @@ def classification_json(result):
     """MakeJsonFromClassificationResult, as a dict."""
     if not result.classifications:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    return {"results": [[[item.label, _json_number(item.score)]
-                         for item in classifications.classes]
+    scores = iter(_json_numbers([item.score for classifications in result.classifications
+                                 for item in classifications.classes]))
+    return {"results": [[[item.label, next(scores)] for item in classifications.classes]
                         for classifications in result.classifications]}
 
 
@@ -200,7 +198,7 @@ def regression_json(result):
     """MakeJsonFromRegressionResult, as a dict."""
     if not result.regressions:
         raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    return {"results": [_json_number(item.value) for item in result.regressions]}
+    return {"results": _json_numbers([item.value for item in result.regressions])}
 
 
 def _with_spec(request, model_spec):
@@ -242,17 +240,12 @@ def _feature_map_json(example):
         if kind == "int64_list":
             out[name] = list(feature.int64_list.value)
         elif kind == "float_list":
-            out[name] = [_float_json(v) for v in feature.float_list.value]
+            out[name] = _json_numbers(feature.float_list.value)
         elif kind == "bytes_list":
             out[name] = [_bytes_json(v) for v in feature.bytes_list.value]
         else:
             out[name] = []
     return out
-
-
-def _float_json(value):
-    """A float for a request body: whole floats keep a fraction so JSON reads them as float."""
-    return _json_number(value)
 
 
 def _bytes_json(value):

@@ -402,25 +402,14 @@ def parse_predict_request(body, input_infos):
 
 
 def format_float(value, single_precision):
-    """TF Serving's WriteDecimal: shortest %g text that round-trips, ".0" on whole numbers."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    text = "%g" % value
-    if single_precision:
-        if np.float32(float(text)) != np.float32(value):
-            text = "%.9g" % value
-    elif float(text) != value:
-        text = "%.17g" % value
-    if "." not in text and "e" not in text:
-        text += ".0"
-    return text
+    """TF Serving's WriteDecimal of one value (see `format_floats`)."""
+    return format_floats(np.array([value], np.float64), single_precision)[0]
 
 
-def _float_texts(values, single_precision):
-    """`format_float` of every value of a 1-D float64 array, with the round-trip checks done
-    on whole arrays (about 3x faster on large outputs than one value at a time)."""
+def format_floats(values, single_precision):
+    """TF Serving's WriteDecimal of every value of a 1-D float64 array: the %g text if it
+    round-trips (as float32 when `single_precision`), else %.9g (%.17g for doubles); ".0" on
+    whole numbers; NaN, Infinity, -Infinity. The round-trip checks run on the whole array."""
     texts = ["%g" % v for v in values.tolist()]
     back = np.array(texts, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN compares unequal, as it should
@@ -430,10 +419,11 @@ def _float_texts(values, single_precision):
     longer = "%.9g" if single_precision else "%.17g"
     for index in np.flatnonzero(~exact & np.isfinite(values)).tolist():
         texts[index] = longer % values[index]
+    texts = [text if "." in text or "e" in text else text + ".0" for text in texts]
     for index in np.flatnonzero(~np.isfinite(values)).tolist():
         value = values[index]
         texts[index] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return [text if "." in text or "e" in text or text[-1] in "yN" else text + ".0" for text in texts]
+    return texts
 
 
 def _string_text(value, as_bytes):
@@ -449,7 +439,7 @@ def _scalar_texts(array, as_bytes):
     flat = array.ravel()
     kind = array.dtype.kind
     if kind == "f" or array.dtype == numpy_dtype_of(types_pb2.DT_BFLOAT16):
-        return _float_texts(flat.astype(np.float64), single_precision=array.dtype != np.float64)
+        return format_floats(flat.astype(np.float64), single_precision=array.dtype != np.float64)
     if kind in "iu":
         return [str(v) for v in flat.tolist()]
     if kind == "b":

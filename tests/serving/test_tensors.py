@@ -123,6 +123,11 @@ def test_rest_float_texts_of_whole_outputs_equal_one_value_at_a_time(dtype):
         for i in range(0, len(texts), 4)) + "]}"
 
 
+def test_rest_row_response_needs_matching_batch_sizes():
+    with pytest.raises(ServingError, match="Tensor name: b has inconsistent batch size: 3"):
+        format_predict_response({"a": np.zeros(2), "b": np.zeros(3)}, ROW)
+
+
 def test_rest_request_values_parse_alike_with_and_without_the_plain_list_shortcut():
     """Dense lists of plain scalars skip the element-by-element checks (`_plain_leaves`); on
     random nested JSON values of every kind, whatever takes the shortcut gives exactly the

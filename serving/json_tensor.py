@@ -200,12 +200,8 @@ def _plain_leaves(value, shape, dtype):
             return None
         return leaves
     if dtype in _FLOAT_LIMITS:
-        digits, largest = _FLOAT_LIMITS[dtype]
-        if not all(type(leaf) is float or type(leaf) is int for leaf in leaves):
-            return None
-        # Lossless as `_is_lossless` has it: integers within the mantissa, finite floats in range.
-        if any(abs(leaf) > 2**digits - 1 if type(leaf) is int else math.isfinite(leaf) and abs(leaf) > largest
-               for leaf in leaves):
+        if not all((type(leaf) is float or type(leaf) is int) and _is_lossless(leaf, dtype)
+                   for leaf in leaves):
             return None
         return leaves
     return None

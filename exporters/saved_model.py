@@ -21,7 +21,9 @@ A model with behaviour histories (inputs `hist_<f>`, DIN, SIM, CLSR) also gets `
 the same inputs and outputs, but the history's inputs (the `hist_<f>` sequences, [1, -1], and
 their length input, [1]) carry one row that applies to every row of the other inputs, so
 scoring N candidates for one user sends (and, for DIN and SIM, searches) the history once
-instead of N times; it equals `serving_default` fed that history on every row.
+instead of N times; it equals `serving_default` fed that history on every row. For such a model
+(DIN, SIM) `serving_default` itself takes that path when every row of a request carries the same
+history, so a client that repeats it per row is searched once too (only the transport is N times).
 
 Beside `serving_default`, the export has signatures over serialized `tf.Example`s, for TF
 Serving's Classify / Regress / MultiInference APIs (and the REST `:classify` / `:regress`):
@@ -93,9 +95,11 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
         model.refresh_derived_weights()  # e.g. SimHash signatures of the whole item table
     serving_model = _serving_model(model, extra_outputs)
     signature = _serving_function(serving_model)
-    signatures = {SERVING_SIGNATURE: signature}
-    shared_history = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
+    shared_history, broadcasts = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
         warmup.signature_input_specs(signature), warmup_inputs, num_warmup_records))
+    if broadcasts:  # a request repeating one history on every row is served as shared_history
+        signature = _serving_function(serving_model, one_history_inputs=history_input_names(serving_model))
+    signatures = {SERVING_SIGNATURE: signature}
     if shared_history is not None:
         signatures[SHARED_HISTORY_SIGNATURE] = shared_history
     example_signatures, method_names = _example_signatures(
@@ -249,17 +253,37 @@ def _cast_to_input(name, values, dtype):
     return tf.cast(values, dtype)
 
 
-def _serving_function(serving_model, input_specs=None):
+def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     """The `serving_default` concrete function over raw features by Input name (or over
-    `input_specs`, a variant of `signature_input_specs`)."""
+    `input_specs`, a variant of `signature_input_specs`).
+
+    `one_history_inputs` names the history inputs of a model that broadcasts a shared history
+    (see `_shared_history_signature`). A request whose rows all carry the same history (what a
+    DeepCTR-style client sends to score N candidates for one user) then runs the model on that
+    history's first row, as `shared_history` does: the search and attention over it run once,
+    not once per row. Any other request runs row by row. Both give the same scores (the export
+    checks it on the warm-up rows), so the client sees no difference but the time.
+    """
     single_column_outputs = {
         name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}
 
-    @tf.function
-    def serve(**features):
+    def run(features):
         outputs = serving_model(model_inputs(serving_model, features), training=False)
         return {name: tf.squeeze(tensor, -1) if name in single_column_outputs else tensor
                 for name, tensor in outputs.items()}
+
+    @tf.function
+    def serve(**features):
+        if not one_history_inputs:
+            return run(features)
+        histories = [features[name] for name in one_history_inputs]
+        # Each row equal to the next (two aligned slices: cheaper than comparing with a broadcast row).
+        one_history = tf.logical_and(
+            tf.shape(histories[0])[0] > 1,
+            tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories]))
+        return tf.cond(one_history,
+                       lambda: run({**features, **{name: features[name][:1] for name in one_history_inputs}}),
+                       lambda: run(features))
 
     return serve.get_concrete_function(**(input_specs or signature_input_specs(serving_model)))
 
@@ -268,7 +292,8 @@ def _serving_function(serving_model, input_specs=None):
 
 
 def _shared_history_signature(serving_model, serving, feeds):
-    """The `shared_history` concrete function, or None for a model without histories.
+    """(the `shared_history` concrete function, whether the model broadcasts the history), or
+    (None, False) for a model without histories.
 
     It takes the `serving_default` inputs, except that every input of the user's history
     (`feature_columns.history_input_names`: the `hist_<f>` sequences and their length) is
@@ -284,7 +309,7 @@ def _shared_history_signature(serving_model, serving, feeds):
     shared = history_input_names(serving_model)
     candidates = [name for name in specs if name not in shared]
     if not shared or not candidates:
-        return None
+        return None, False
     shared_specs = {name: tf.TensorSpec([1] + spec.shape[1:], spec.dtype, name=name) if name in shared else spec
                     for name, spec in specs.items()}
     rows = feeds if len(feeds) > 1 else feeds * 2
@@ -296,7 +321,7 @@ def _shared_history_signature(serving_model, serving, feeds):
     try:
         outputs = native(**check)
         if all(np.allclose(outputs[name], expected[name], atol=1e-5) for name in expected):
-            return native
+            return native, True
     except (tf.errors.InvalidArgumentError, ValueError):
         pass
     logger.info("%r does not broadcast a shared history; its shared_history signature repeats "
@@ -308,7 +333,7 @@ def _shared_history_signature(serving_model, serving, feeds):
         return serving(**{name: tf.repeat(value, batch, axis=0) if name in shared else value
                           for name, value in features.items()})
 
-    return repeated.get_concrete_function(**shared_specs)
+    return repeated.get_concrete_function(**shared_specs), False
 
 
 # ---------------------------------------------------------------- tf.Example signatures

@@ -44,7 +44,7 @@ from serving.errors import ServingError, invalid_argument
 from serving.rest import RestServer
 from serving.servable import metadata_response
 from serving.server_core import ServerCore, single_model_config, validate_config
-from serving.tensors import release_memory_after
+from serving.tensors import message_bytes, release_memory_after
 
 log = logging.getLogger("serving.server")
 
@@ -80,7 +80,7 @@ def _rpc(response_type):
                 context.set_code(grpc.StatusCode.INTERNAL)
                 context.set_details(grpc_error_message(f"{type(error).__name__}: {error}"))
             finally:
-                release_memory_after(request.ByteSize())  # a big request, served or not
+                release_memory_after(message_bytes(request))  # a big request, served or not
             return response_type()
         return monitoring.recorded(wrapper)
     return decorate

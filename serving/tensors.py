@@ -348,6 +348,24 @@ def return_large_buffers_to_the_system():
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+def message_bytes(message):
+    """About how many bytes a request message holds, for `release_memory_after`.
+
+    upb's ByteSize serializes the whole message (12 ms for a 23 MB Predict request, on every
+    request), so a message with `inputs` (Predict) is measured by its tensors instead: the
+    length of each one's tensor_content (one copy, 0.3 ms per 8 MB) or 8 bytes per value of its
+    typed field. Any other message (metadata, tf.Example requests) by ByteSize.
+    """
+    inputs = getattr(message, "inputs", None)
+    if not hasattr(inputs, "values"):
+        return message.ByteSize()
+    total = 0
+    for proto in inputs.values():
+        field = _VALUE_FIELD.get(proto.dtype)
+        total += len(proto.tensor_content) + (8 * len(getattr(proto, field)) if field else 0)
+    return total
+
+
 def release_memory_after(nbytes):
     """Gives free heap memory back to the system soon, if `nbytes` (what a request
     received, decoded or answered) is at least TRIM_AFTER_BYTES."""

@@ -17,7 +17,7 @@ from serving.errors import ServingError
 from serving.json_tensor import (COLUMNAR, ROW, format_float, format_predict_response,
                                  from_json_value, parse_predict_request, to_json_value)
 from serving.server import read_model_config_file
-from serving.tensors import TensorProtoError, ndarray_from_proto, ndarray_to_proto
+from serving.tensors import TensorProtoError, message_bytes, ndarray_from_proto, ndarray_to_proto
 
 DEPLOY = os.path.join(os.path.dirname(__file__), "..", "..", "serving", "deploy")
 
@@ -209,6 +209,20 @@ def test_rest_row_requests_parse_alike_with_and_without_the_plain_list_shortcut(
         assert str(got) == str(expected), body  # str: NaN compares unequal to itself
         shortcuts += plain and isinstance(got, dict) and len(instances) > 1
     assert shortcuts > 20
+
+
+def test_message_bytes_counts_a_predict_request_by_its_tensors_without_serializing_it():
+    from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "din"
+    request.inputs["hist"].CopyFrom(ndarray_to_proto(np.zeros((100, 1000), np.int64), use_tensor_content=True))
+    request.inputs["price"].CopyFrom(ndarray_to_proto(np.zeros(100, np.float32)))  # float_val
+    request.inputs["user"].CopyFrom(ndarray_to_proto(np.array([b"u1", b"u2"], object)))
+    assert message_bytes(request) == 800_000 + 8 * 100 + 8 * 2
+    assert abs(message_bytes(request) - request.ByteSize()) < 0.01 * request.ByteSize()
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    assert message_bytes(metadata) == metadata.ByteSize()
 
 
 def test_rest_request_parsing_against_signature():

@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
 SHARED_HISTORY_SIGNATURE = "shared_history"
+# serving_default looks for one history repeated on every row only in requests whose history
+# holds at least this many events (rows x width): below it the check costs more than it saves.
+ONE_HISTORY_MIN_ELEMENTS = 20_000
 CLASSIFY_SIGNATURE = "classify"
 REGRESS_SIGNATURE = "regress"
 CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -261,7 +264,8 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     (see `_shared_history_signature`). A request whose rows all carry the same history (what a
     DeepCTR-style client sends to score N candidates for one user) then runs the model on that
     history's first row, as `shared_history` does: the search and attention over it run once,
-    not once per row. Any other request runs row by row. Both give the same scores (the export
+    not once per row. Any other request, and one whose histories hold fewer than
+    ONE_HISTORY_MIN_ELEMENTS events in all (not worth the check), runs row by row. Both give the same scores (the export
     checks it on the warm-up rows), so the client sees no difference but the time.
     """
     single_column_outputs = {
@@ -277,10 +281,13 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
         if not one_history_inputs:
             return run(features)
         histories = [features[name] for name in one_history_inputs]
-        # Each row equal to the next (two aligned slices: cheaper than comparing with a broadcast row).
-        one_history = tf.logical_and(
-            tf.shape(histories[0])[0] > 1,
-            tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories]))
+
+        def repeats_one_history():  # each row equal to the next: two aligned slices, no broadcast
+            return tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories])
+
+        worth_checking = tf.logical_and(tf.shape(histories[0])[0] > 1,
+                                        tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS)
+        one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
         return tf.cond(one_history,
                        lambda: run({**features, **{name: features[name][:1] for name in one_history_inputs}}),
                        lambda: run(features))

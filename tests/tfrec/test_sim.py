@@ -186,7 +186,7 @@ def test_serving_default_searches_a_history_repeated_on_every_row_once(tmp_path)
     """A DeepCTR-style request (one user's history copied onto each of its 100 candidate rows)
     through `serving_default` runs the search once, as `shared_history` does: at L = 8,000 it
     takes a fraction of the time of the same request with one row's history changed, which is
-    searched row by row."""
+    searched row by row. Both score as the model does in process."""
     import time
 
     from exporters import export_saved_model
@@ -211,6 +211,9 @@ def test_serving_default_searches_a_history_repeated_on_every_row_once(tmp_path)
             default(**request)["prediction"].numpy()
             best[layout] = min(best[layout], time.perf_counter() - started)
     assert best["one history"] < 0.5 * best["one row changed"], best
+    for layout, feed in (("one history", one_history), ("one row changed", one_changed)):
+        np.testing.assert_allclose(default(**requests[layout])["prediction"].numpy(),
+                                   model(feed, training=False).numpy().ravel(), atol=1e-5)
 
 
 # --- Trained on planted long histories: the long-term signal lies beyond the last 50 events. ---

@@ -265,8 +265,9 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     DeepCTR-style client sends to score N candidates for one user) then runs the model on that
     history's first row, as `shared_history` does: the search and attention over it run once,
     not once per row. Any other request, and one whose histories hold fewer than
-    ONE_HISTORY_MIN_ELEMENTS events in all (not worth the check), runs row by row. Both give the same scores (the export
-    checks it on the warm-up rows), so the client sees no difference but the time.
+    ONE_HISTORY_MIN_ELEMENTS events in all (not worth the check), runs row by row. Both give
+    the same scores (the export checks it on the warm-up rows), so the client sees no
+    difference but the time.
     """
     single_column_outputs = {
         name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}

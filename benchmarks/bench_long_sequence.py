@@ -387,7 +387,11 @@ def latency_part(size, flag, workdir):
         lines += ["", f"Model server peak RSS after its requests: {min(servers):.0f}-{max(servers):.0f} MiB. "
                   f"A serving_default request carries the history once per candidate ({CANDIDATES} copies of L "
                   "items, categories and times), so path (c) also pays for serialising, sending and parsing that "
-                  "many int64s; a `shared_history` request (f) carries it once."]
+                  "many int64s; a `shared_history` request (f) carries it once. For DIN and SIM, `serving_default` "
+                  "finds the history repeated on every row (when the request's histories hold at least "
+                  "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events) and runs the model on one row, as "
+                  "`shared_history` does, so (b) and (c) search it once; (a) calls the Keras model, which "
+                  "searches every row."]
     return lines
 
 

@@ -286,8 +286,11 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
         def repeats_one_history():  # each row equal to the next: two aligned slices, no broadcast
             return tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories])
 
-        worth_checking = tf.logical_and(tf.shape(histories[0])[0] > 1,
-                                        tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS)
+        rows = tf.shape(histories[0])[0]
+        # As many history rows as candidate rows: a request with fewer stays the model's error.
+        same_rows = [tf.equal(tf.shape(values)[0], rows) for name, values in features.items()
+                     if name not in one_history_inputs]
+        worth_checking = tf.reduce_all([rows > 1, tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS] + same_rows)
         one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
         return tf.cond(one_history,
                        lambda: run({**features, **{name: features[name][:1] for name in one_history_inputs}}),

@@ -214,6 +214,10 @@ def test_serving_default_searches_a_history_repeated_on_every_row_once(tmp_path)
     for layout, feed in (("one history", one_history), ("one row changed", one_changed)):
         np.testing.assert_allclose(default(**requests[layout])["prediction"].numpy(),
                                    model(feed, training=False).numpy().ravel(), atol=1e-5)
+    # Fewer history rows than candidates is not one shared history: the model rejects it.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        default(**{name: value[:rows // 2] if name.startswith("hist_") else value
+                   for name, value in requests["one history"].items()})
 
 
 # --- Trained on planted long histories: the long-term signal lies beyond the last 50 events. ---

@@ -98,10 +98,10 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
         model.refresh_derived_weights()  # e.g. SimHash signatures of the whole item table
     serving_model = _serving_model(model, extra_outputs)
     signature = _serving_function(serving_model)
-    shared_history, broadcasts = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
+    shared_history, broadcast_inputs = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
         warmup.signature_input_specs(signature), warmup_inputs, num_warmup_records))
-    if broadcasts:  # a request repeating one history on every row is served as shared_history
-        signature = _serving_function(serving_model, one_history_inputs=history_input_names(serving_model))
+    if broadcast_inputs:  # a request repeating one history on every row is served as shared_history
+        signature = _serving_function(serving_model, one_history_inputs=broadcast_inputs)
     signatures = {SERVING_SIGNATURE: signature}
     if shared_history is not None:
         signatures[SHARED_HISTORY_SIGNATURE] = shared_history
@@ -303,8 +303,8 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
 
 
 def _shared_history_signature(serving_model, serving, feeds):
-    """(the `shared_history` concrete function, whether the model broadcasts the history), or
-    (None, False) for a model without histories.
+    """(the `shared_history` concrete function, the history inputs the model broadcasts: all
+    of them, or none), or (None, []) for a model without histories.
 
     It takes the `serving_default` inputs, except that every input of the user's history
     (`feature_columns.history_input_names`: the `hist_<f>` sequences and their length) is
@@ -320,7 +320,7 @@ def _shared_history_signature(serving_model, serving, feeds):
     shared = history_input_names(serving_model)
     candidates = [name for name in specs if name not in shared]
     if not shared or not candidates:
-        return None, False
+        return None, []
     shared_specs = {name: tf.TensorSpec([1] + spec.shape[1:], spec.dtype, name=name) if name in shared else spec
                     for name, spec in specs.items()}
     rows = feeds if len(feeds) > 1 else feeds * 2
@@ -332,7 +332,7 @@ def _shared_history_signature(serving_model, serving, feeds):
     try:
         outputs = native(**check)
         if all(np.allclose(outputs[name], expected[name], atol=1e-5) for name in expected):
-            return native, True
+            return native, shared
     except (tf.errors.InvalidArgumentError, ValueError):
         pass
     logger.info("%r does not broadcast a shared history; its shared_history signature repeats "
@@ -344,7 +344,7 @@ def _shared_history_signature(serving_model, serving, feeds):
         return serving(**{name: tf.repeat(value, batch, axis=0) if name in shared else value
                           for name, value in features.items()})
 
-    return repeated.get_concrete_function(**shared_specs), False
+    return repeated.get_concrete_function(**shared_specs), []
 
 
 # ---------------------------------------------------------------- tf.Example signatures

@@ -150,6 +150,32 @@ def test_movielens_ranking_rating_labels(tmp_path):
     _no_test_event_in_training_histories(two.train, two.test)
 
 
+def test_movielens_ranking_user_split_holds_out_every_sample_of_the_test_users(tmp_path):
+    folder = str(write_movielens_1m(tmp_path / "ml-1m"))
+    by_time = load_movielens_ranking(folder, maxlen=10)
+    ds = load_movielens_ranking(folder, maxlen=10, test_users=0.5, seed=4)
+    train_users, test_users = set(ds.train["user_id"]), set(ds.test["user_id"])
+    assert len(test_users) == 2 and not train_users & test_users and train_users | test_users == {1, 2, 3, 4}
+    assert ds.stats["test_users"] == 2 and "50.0% of the users" in ds.recipe
+    # The same samples as leave-last-out, re-split: every sample of a test user, in time order.
+    expected_train, expected_test = _expected_din()
+    every = sorted(expected_train + expected_test, key=lambda r: (r[0], r[2], r[1]))
+    for frame, users in ((ds.train, train_users), (ds.test, test_users)):
+        assert list(frame.columns) == list(by_time.train.columns)
+        got = [(u, m, t, c, list(h)) for u, m, t, c, h in
+               zip(frame["user_id"], frame["item_id"], frame["timestamp"], frame["click"], frame["hist_item_id"])]
+        assert got == [r for r in every if r[0] in users]
+    assert load_movielens_ranking(folder, test_users=0.5, seed=4).test["user_id"].tolist() == ds.test["user_id"].tolist()
+    assert load_movielens_ranking(folder, test_users=0.1).test["user_id"].nunique() == 1  # at least one user
+    sampled = load_movielens_ranking(folder, labels="sampled", test_users=0.5, seed=4)
+    assert set(sampled.test["user_id"]) == test_users and sampled.test["click"].tolist()[:2] == [1, 0]
+    for bad in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="test_users must be a share"):
+            load_movielens_ranking(folder, test_users=bad)
+    with pytest.raises(ValueError, match="exclude each other"):
+        load_movielens_ranking(folder, test_users=0.5, test_events=2)
+
+
 def test_movielens_ranking_sampled_negatives(tmp_path):
     ds = load_movielens_ranking(str(write_movielens_100k(tmp_path / "ml-100k")), labels="sampled", seed=3)
     assert list(ds.train.columns) == ["user_id", "item_id", "cate_id", "timestamp", "click", "hist_item_id",

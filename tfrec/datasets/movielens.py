@@ -11,8 +11,10 @@ Ranking (`load_movielens_ranking`), two recipes:
 * labels="rating" (default) -- DIN's MovieLens setting (Zhou et al., KDD 2018, section 6.1):
   every rating is an impression, click = rating >= 4, and the history of a rating is the
   user's earlier ratings (all of them, or only the liked ones with history="liked"), ordered
-  by time, the most recent `maxlen`. DIN's paper splits MovieLens by user; tfrec holds out
-  each user's last rating instead (leave-last-out, as the other recipes here).
+  by time, the most recent `maxlen`. DIN's paper splits MovieLens by user (100,000 of 138,493
+  users train, the others' ratings are the test set, scored by GAUC over users): that is
+  `test_users=0.278`. By default tfrec holds out each user's last rating instead (leave-last-out,
+  as the other recipes here).
 * labels="sampled" -- DIN's Amazon recipe on MovieLens (zhougr1993/DeepInterestNetwork,
   build_dataset.py): every rating is a positive, every prefix of a user's time-ordered ratings
   predicts the next movie, and each positive gets `negatives` (1) movie(s) drawn uniformly
@@ -130,7 +132,7 @@ def read_movielens(path, variant=None):
 
 
 def load_movielens_ranking(path, variant=None, labels="rating", history="rated", maxlen=50, min_rating=4,
-                           negatives=1, min_history=1, test_events=1, seed=0, embedding_dim=8):
+                           negatives=1, min_history=1, test_events=1, test_users=None, seed=0, embedding_dim=8):
     """DIN samples from MovieLens 100K / 1M (see the module docstring for the two recipes).
 
     Args:
@@ -144,7 +146,10 @@ def load_movielens_ranking(path, variant=None, labels="rating", history="rated",
       min_history: each user's first `min_history` ratings are no samples (only history; DIN
         starts at a user's second event: 1).
       test_events: each user's last events held out for the test frame.
-      seed: the negative sampler's seed.
+      test_users: None (leave-last-`test_events`-out) or DIN's user split, a share in (0, 1): that
+        many of the users, drawn with `seed`, are test users, and every sample of theirs (from
+        their `min_history`-th rating on) is in the test frame, none in train.
+      seed: the negative sampler's and the user split's seed.
 
     Returns:
       LoadedDataset: train / test with columns user_id, item_id, cate_id, timestamp, click
@@ -157,9 +162,15 @@ def load_movielens_ranking(path, variant=None, labels="rating", history="rated",
         raise ValueError(f"labels must be 'rating' or 'sampled', got {labels!r}")
     if history not in ("rated", "liked"):
         raise ValueError(f"history must be 'rated' or 'liked', got {history!r}")
+    if test_users is not None and not 0 < test_users < 1:
+        raise ValueError(f"test_users must be a share of the users in (0, 1) or None, got {test_users!r}")
+    if test_users is not None and test_events != 1:
+        raise ValueError("test_users (a split by user) and test_events (a split in time) exclude each other")
     log = read_movielens(path, variant)
     variant = _variant(path, variant)
     profile = list(MOVIELENS_PROFILE_FEATURES)
+    split = (f"leave-last-{test_events}-out" if test_users is None else
+             f"every sample of {test_users:.1%} of the users (drawn with seed {seed}) held out")
     if labels == "rating":
         log = log.assign(click=(log["rating"].to_numpy() >= min_rating).astype(np.int64))
         history_col = None if history == "rated" else "click"
@@ -168,17 +179,31 @@ def load_movielens_ranking(path, variant=None, labels="rating", history="rated",
                                          test_events=test_events)
         recipe = (f"DIN (Zhou et al., KDD 2018) on MovieLens: click = rating >= {min_rating}, history = the "
                   f"user's earlier {'ratings' if history == 'rated' else 'ratings >= ' + str(min_rating)}, "
-                  f"leave-last-{test_events}-out")
+                  f"{split}")
     else:
         train, test = din_prefix_samples(log, maxlen, negatives, seed, extra_cols=profile,
                                          min_history=min_history, test_events=test_events)
         recipe = (f"DIN's Amazon recipe on MovieLens: every prefix predicts the next rated movie, {negatives} "
                   "negative(s) per positive drawn uniformly from the movies the user never rated, "
-                  f"leave-last-{test_events}-out")
+                  f"{split}")
+    if test_users is not None:
+        train, test = _split_by_user(train, test, test_users, seed)
     columns = din_feature_columns(log, maxlen=maxlen, embedding_dim=embedding_dim, id_type="int")
-    stats = {"ratings": len(log), "users": int(log["user_id"].nunique()), "items": int(log["item_id"].nunique())}
+    stats = {"ratings": len(log), "users": int(log["user_id"].nunique()), "items": int(log["item_id"].nunique()),
+             "test_users": int(test["user_id"].nunique())}
     return LoadedDataset(f"movielens-{variant}/din-{labels}", train, test, columns, "click",
                          ["item_id", "cate_id"], recipe=recipe, stats=stats)
+
+
+def _split_by_user(train, test, share, seed):
+    """Leave-last-out frames re-split by user: round(share * users) test users get all their samples."""
+    samples = pd.concat([train, test], ignore_index=True)
+    samples = samples.iloc[np.argsort(samples["user_id"].to_numpy(), kind="stable")]  # a user's rows in time order
+    users = np.unique(samples["user_id"].to_numpy())
+    count = min(max(1, int(round(share * len(users)))), len(users) - 1)
+    held_out = np.random.default_rng(seed).choice(users, count, replace=False)
+    in_test = np.isin(samples["user_id"].to_numpy(), held_out)
+    return samples[~in_test].reset_index(drop=True), samples[in_test].reset_index(drop=True)
 
 
 def _profile_codes(log, names):

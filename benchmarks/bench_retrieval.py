@@ -1,11 +1,11 @@
 """Retrieval: the ScaNN export against brute force, and tfrec's MIND / SDM / YoutubeDNN against DeepMatch 0.3.2.
 
-    python -m benchmarks.bench_retrieval                   # both parts, full sizes
-    python -m benchmarks.bench_retrieval --part scann      # one part: scann | deepmatch
+    python -m benchmarks.bench_retrieval                   # every part, full sizes
+    python -m benchmarks.bench_retrieval --part scann      # one part: scann | deepmatch | movielens
     python -m benchmarks.bench_retrieval --quick           # small sizes (a smoke test), with or without --part
 
 Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own block inside it
-("retrieval_scann", "retrieval_deepmatch") with the command, date and commit that produced it.
+("retrieval_scann", "retrieval_deepmatch", "retrieval_movielens") with the command, date and commit that produced it.
 
 * scann: N random unit vectors (d = 64, a mixture of Gaussian clusters, fixed seed) as the
   candidates, queries from the same distribution; recall@100 against exact search, queries/s
@@ -24,6 +24,10 @@ Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own
   tfrec-only MIND rows (its own defaults; k_max 1) show what the second interest adds, and the
   references include what perfect routing of each test history would reach
   (`history_interest_recalls`).
+* movielens: the same contenders, config and recall on real data, MovieLens in GroupLens'
+  format (`--data`, default data/ml-100k; `python -m benchmarks.movielens_100k` writes it on a
+  machine without access to grouplens.org) through `tfrec.datasets.load_movielens_retrieval`,
+  DeepMatch's own MovieLens example; with the popularity baseline.
 
 Every configuration runs in its own Python process (`common.run_child`). Needs `pip install
 --no-deps deepmatch==0.3.2 deepctr==0.9.4` for the deepmatch part (benchmarks only).
@@ -42,10 +46,10 @@ from benchmarks.bench_din import EpochTimer, StepTimer  # noqa: E402
 from benchmarks.bench_long_sequence import current_rss_mib, timed  # noqa: E402
 
 SECTION = "retrieval"
-PARTS = ("scann", "deepmatch")
+PARTS = ("scann", "deepmatch", "movielens")
 MODULE = "benchmarks.bench_retrieval"
 INTRO = ("## Retrieval: ScaNN and DeepMatch\n\nWritten by `benchmarks/bench_retrieval.py`; each part below is "
-         "rewritten on its own (`--part scann|deepmatch`) and names the run that produced it.")
+         "rewritten on its own (`--part scann|deepmatch|movielens`) and names the run that produced it.")
 
 # --- part "scann" ---------------------------------------------------------------------------------
 DIM, K, BATCH = 64, 100, 100
@@ -79,6 +83,9 @@ DEEPMATCH_SIZES = {
     "full": dict(users=2_000, items=2_000, events=50, epochs=6),
     "quick": dict(users=300, items=300, events=20, epochs=1),
 }
+# --- part "movielens": the same contenders on real data (`--data`, GroupLens' format) -----------
+MOVIELENS_DATA = os.path.join(common.ROOT, "data", "ml-100k")
+MOVIELENS_EPOCHS = {"full": 6, "quick": 1}
 
 
 # --- children: ScaNN ------------------------------------------------------------------------------
@@ -305,6 +312,33 @@ def model_columns(model_name, data):
     return retrieval_feature_columns(data, CONFIG["seq_maxlen"], **dims)
 
 
+def training_world(model_name, size_name, data_path=None):
+    """(train, test, user columns, item columns, catalogue item ids, in-batch counts, epochs) of one model.
+
+    Planted data (`retrieval_world`), or with `data_path` MovieLens in GroupLens' format through
+    `tfrec.datasets.load_movielens_retrieval` (DeepMatch's MovieLens example: SDM's columns for
+    SDM, YoutubeDNN / MIND's for the others), with the same lengths and embedding sizes.
+    """
+    import numpy as np
+
+    if data_path is None:
+        data, train, test, counts = retrieval_world(size_name)
+        return (train, test, *model_columns(model_name, data), data.item_ids, counts,
+                DEEPMATCH_SIZES[size_name]["epochs"])
+    from tfrec.datasets import load_movielens_retrieval
+
+    ds = load_movielens_retrieval(data_path, seq_maxlen=CONFIG["seq_maxlen"],
+                                  short_sess_length=CONFIG["short_sess_length"] if model_name == "sdm" else None,
+                                  embedding_dim=CONFIG["embedding_dim"],
+                                  profile_embedding_dim=CONFIG["profile_embedding_dim"])
+    vocabulary = ds.item_feature_columns[0].vocabulary_size
+    counts = np.bincount(ds.train["item_id"].to_numpy(), minlength=vocabulary).astype(float)
+    item_ids = np.unique(np.concatenate([ds.train["item_id"].to_numpy(), ds.test["item_id"].to_numpy(),
+                                         np.concatenate(ds.train["hist_item_id"].to_numpy())]))
+    return (ds.train, ds.test, ds.user_feature_columns, ds.item_feature_columns, item_ids, counts,
+            MOVIELENS_EPOCHS[size_name])
+
+
 def deepmatch_columns(columns):
     """The same columns as DeepCTR's namedtuples (what DeepMatch reads)."""
     from deepctr import feature_column as dc
@@ -396,9 +430,8 @@ def served_scores(impl, model_name, model, inputs, item_ids):
     return np.where(active[:, :, None], scores, -np.inf).max(axis=1)
 
 
-def child_train(impl, model_name, size_name):
+def child_train(impl, model_name, size_name, data_path=None):
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    size = DEEPMATCH_SIZES[size_name]
     if impl == "deepmatch":
         quiet_version_checks()
     import numpy as np
@@ -409,15 +442,15 @@ def child_train(impl, model_name, size_name):
 
     if impl == "deepmatch":
         tf.compat.v1.disable_eager_execution()  # DeepMatch 0.3.2 builds on TF 2.20 only as a TF1 graph
-    data, train, test, counts = retrieval_world(size_name)
-    user_columns, item_columns = model_columns(model_name, data)
+    train, test, user_columns, item_columns, item_ids, counts, epochs = training_world(model_name, size_name,
+                                                                                      data_path)
     columns = user_columns + item_columns
     x_train, x_test = df_to_inputs(train, columns), df_to_inputs(test, columns)
     if impl == "deepmatch":  # DeepCTR's Inputs are (None, 1) for a scalar feature
         x_train, x_test = ({k: v.reshape(-1, 1) if v.ndim == 1 else v for k, v in x.items()} for x in (x_train, x_test))
     tf.keras.utils.set_random_seed(CONFIG["seed"])
-    report = dict(impl=impl, model=model_name, train_rows=len(train), test_rows=len(test), items=data.num_items,
-                  epochs=size["epochs"])
+    report = dict(impl=impl, model=model_name, train_rows=len(train), test_rows=len(test), items=len(item_ids),
+                  epochs=epochs)
     try:
         model = build_model(impl, model_name, user_columns, item_columns, counts)
         report.update(model_class=type(model).__name__, optimizer=type(model.optimizer).__name__,
@@ -426,7 +459,7 @@ def child_train(impl, model_name, size_name):
             tracked = {id(w) for w in model.trainable_weights}
             report["untracked"] = [[v.name, int(np.prod(v.shape))] for v in tf.compat.v1.trainable_variables()
                                    if id(v) not in tracked]
-        epochs, steps, per_call = EpochTimer(), StepTimer(), {}
+        timer, steps, per_call = EpochTimer(), StepTimer(), {}
 
         def record_batches_per_call(batch, logs):
             # Keras' train function runs steps_per_execution batches per call; tfrec's compile
@@ -436,20 +469,20 @@ def child_train(impl, model_name, size_name):
 
         started = time.perf_counter()
         history = model.fit(x_train, np.zeros((len(train), 1), np.float32), batch_size=CONFIG["batch_size"],
-                            epochs=size["epochs"], verbose=0,
-                            callbacks=[epochs.callback, steps.callback,
+                            epochs=epochs, verbose=0,
+                            callbacks=[timer.callback, steps.callback,
                                        tf.keras.callbacks.LambdaCallback(on_train_batch_end=record_batches_per_call)])
         fit_s = time.perf_counter() - started
-        scores = served_scores(impl, model_name, model, x_test, data.item_ids)
+        scores = served_scores(impl, model_name, model, x_test, item_ids)
     except Exception as error:  # noqa: BLE001  (the table says why a contender could not run)
         report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
         return common.emit(report)
-    top = data.item_ids[top_k_indices(scores, CONFIG["recall_k"])]
+    top = item_ids[top_k_indices(scores, CONFIG["recall_k"])]
     batches_per_call = per_call["batches"]
-    report.update(fit_s=fit_s, epoch_s=epochs.seconds, last_loss=float(history.history["loss"][-1]),
+    report.update(fit_s=fit_s, epoch_s=timer.seconds, last_loss=float(history.history["loss"][-1]),
                   batches_per_call=batches_per_call,
                   examples_per_s=CONFIG["batch_size"] * batches_per_call / steps.median_step_s(),
-                  epoch_examples_per_s=len(train) / epochs.seconds[-1],
+                  epoch_examples_per_s=len(train) / timer.seconds[-1],
                   recall=recall_at_k(test["item_id"].to_numpy(), top, CONFIG["recall_k"]),
                   peak_rss_mib=common.peak_rss_mib())
     common.emit(report)
@@ -500,6 +533,18 @@ def child_references(size_name):
     common.emit(dict(planted_recalls(data, train, test, k=CONFIG["recall_k"]), **history_interest_recalls(data, test),
                      train_rows=len(train), test_rows=len(test), users=data.num_users, items=data.num_items,
                      events=len(data.log)))
+
+
+def child_movielens_references(size_name, data_path):
+    """The MovieLens samples' counts and the popularity baseline: the training set's top-k movies for every user."""
+    import numpy as np
+    from tfrec.metrics import recall_at_k
+
+    train, test, *_, item_ids, counts, _ = training_world("youtubednn", size_name, data_path)
+    top = np.argsort(-counts, kind="stable")[:CONFIG["recall_k"]]
+    common.emit(dict(train_rows=len(train), test_rows=len(test), items=len(item_ids),
+                     popularity=recall_at_k(test["item_id"].to_numpy(), np.tile(top, (len(test), 1)),
+                                            CONFIG["recall_k"])))
 
 
 # --- parent ---------------------------------------------------------------------------------------
@@ -601,10 +646,61 @@ def scann_part(size, flag, workdir):
     return lines
 
 
+def contender_rows(runs):
+    """The table of YoutubeDNN, MIND (and its tfrec-only variants) and SDM, tfrec and DeepMatch."""
+    lines = [f"| model | implementation | recall@{CONFIG['recall_k']} | train ex/s | tfrec / DeepMatch ex/s "
+             "| last epoch rows/s | first epoch (s) | fit (s) | trainable params | peak RSS (MiB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model in MODELS:
+        base = runs[(model, "deepmatch")]
+        for impl in IMPLS:
+            r = runs[(model, impl)]
+            name = f"| {MODEL_NAMES[model]} | {'tfrec' if impl == 'tfrec' else 'DeepMatch 0.3.2'} |"
+            if "error" in r:
+                lines.append(f"{name} fails: `{r['error']}` | | | | | | | |")
+                continue
+            ratio = (f"{r['examples_per_s'] / base['examples_per_s']:.2f}x"
+                     if impl == "tfrec" and "error" not in base else "")
+            lines.append(f"{name} {r['recall']:.4f} | {r['examples_per_s']:,.0f} | {ratio} "
+                         f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
+                         f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
+        if model == "mind":
+            for variant, (title, _) in MIND_VARIANTS.items():
+                r = runs[(variant, "tfrec")]
+                lines.append(f"| {title} | tfrec | fails: `{r['error']}` | | | | | | | |" if "error" in r else
+                             f"| {title} | tfrec | {r['recall']:.4f} | {r['examples_per_s']:,.0f} | "
+                             f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
+                             f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
+    return lines
+
+
+def untracked_lines(runs):
+    """A paragraph for each DeepMatch model whose graph holds trainable variables Keras never updates."""
+    lines = []
+    for model in MODELS:
+        untracked = runs[(model, "deepmatch")].get("untracked")
+        if untracked:
+            lines += ["", f"**DeepMatch's {MODEL_NAMES[model]} does not train all its weights on this stack**: "
+                      + ", ".join(f"`{name}` ({size:,} values)" for name, size in untracked)
+                      + " are trainable graph variables outside `model.trainable_weights`, so Keras' optimizer never "
+                      "updates them and they keep their random initial values (the trainable params column counts "
+                      "only the tracked weights)."
+                      + (" They are the LSTM of its `DynamicMultiRNN`, created by `tf.compat.v1.nn.rnn_cell."
+                         "BasicLSTMCell` inside the layer; one cell object serves both LSTM layers, so there is one "
+                         "kernel, not one per layer." if model == "sdm" else "")]
+    return lines
+
+
+def train_runs(flag, *data):
+    """Every contender of the table (`data`: nothing for planted data, or a MovieLens folder)."""
+    runs = {(model, impl): run(flag, "train", impl, model, *data) for model in MODELS for impl in IMPLS}
+    runs.update({(variant, "tfrec"): run(flag, "train", "tfrec", variant, *data) for variant in MIND_VARIANTS})
+    return runs
+
+
 def deepmatch_part(size, flag):
     references = run(flag, "references")
-    runs = {(model, impl): run(flag, "train", impl, model) for model in MODELS for impl in IMPLS}
-    runs.update({(variant, "tfrec"): run(flag, "train", "tfrec", variant) for variant in MIND_VARIANTS})
+    runs = train_runs(flag)
     k = CONFIG["recall_k"]
     lines = [
         "### tfrec against DeepMatch 0.3.2: YoutubeDNN, MIND, SDM",
@@ -638,30 +734,8 @@ def deepmatch_part(size, flag):
         "to it. The first epoch includes building the training graph (and, for tfrec, its XLA compilation); fit "
         "is the whole `fit` call. One data seed and one model seed: recall differences of a few points are noise.",
         "",
-        f"| model | implementation | recall@{k} | train ex/s | tfrec / DeepMatch ex/s | last epoch rows/s "
-        "| first epoch (s) | fit (s) | trainable params | peak RSS (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for model in MODELS:
-        base = runs[(model, "deepmatch")]
-        for impl in IMPLS:
-            r = runs[(model, impl)]
-            name = f"| {MODEL_NAMES[model]} | {'tfrec' if impl == 'tfrec' else 'DeepMatch 0.3.2'} |"
-            if "error" in r:
-                lines.append(f"{name} fails: `{r['error']}` | | | | | | | |")
-                continue
-            ratio = (f"{r['examples_per_s'] / base['examples_per_s']:.2f}x"
-                     if impl == "tfrec" and "error" not in base else "")
-            lines.append(f"{name} {r['recall']:.4f} | {r['examples_per_s']:,.0f} | {ratio} "
-                         f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
-                         f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
-        if model == "mind":
-            for variant, (title, _) in MIND_VARIANTS.items():
-                r = runs[(variant, "tfrec")]
-                lines.append(f"| {title} | tfrec | fails: `{r['error']}` | | | | | | | |" if "error" in r else
-                             f"| {title} | tfrec | {r['recall']:.4f} | {r['examples_per_s']:,.0f} | "
-                             f"| {r['epoch_examples_per_s']:,.0f} | {r['epoch_s'][0]:.1f} | {r['fit_s']:.0f} "
-                             f"| {r['params']:,} | {r['peak_rss_mib']:.0f} |")
+    lines += contender_rows(runs)
     if "error" not in references:
         lines += ["", f"Planted-truth recall@{k} on the same test rows (`planted_recalls`): oracle "
                   f"{references['oracle']:.4f}, mixture {references['mixture']:.4f}, centroid "
@@ -672,17 +746,7 @@ def deepmatch_part(size, flag):
                   f"{references['history_interests']:.4f}, history mean (one group) "
                   f"{references['history_mean']:.4f}: what perfect routing of a {CONFIG['seq_maxlen']}-event "
                   "history into interests is worth in the true item space."]
-    for model in MODELS:
-        untracked = runs[(model, "deepmatch")].get("untracked")
-        if untracked:
-            lines += ["", f"**DeepMatch's {MODEL_NAMES[model]} does not train all its weights on this stack**: "
-                      + ", ".join(f"`{name}` ({size:,} values)" for name, size in untracked)
-                      + " are trainable graph variables outside `model.trainable_weights`, so Keras' optimizer never "
-                      "updates them and they keep their random initial values (the trainable params column counts "
-                      "only the tracked weights)."
-                      + (" They are the LSTM of its `DynamicMultiRNN`, created by `tf.compat.v1.nn.rnn_cell."
-                         "BasicLSTMCell` inside the layer; one cell object serves both LSTM layers, so there is one "
-                         "kernel, not one per layer." if model == "sdm" else "")]
+    lines += untracked_lines(runs)
     lines += ["", "Model differences that stay (each library's own design): DeepMatch's MIND draws new random "
               "routing logits at every call, serving included, and does not L2-normalise its item vectors "
               "(tfrec: fixed logits, normalised items); DeepMatch's in-batch softmax embeds and normalises the "
@@ -691,10 +755,41 @@ def deepmatch_part(size, flag):
     return lines
 
 
+def movielens_part(size_name, flag, data_path):
+    from tfrec.datasets import read_movielens  # the parent reads the files first: a missing one fails here, clearly
+
+    log = read_movielens(data_path)
+    references = run(flag, "movielens_references", data_path)
+    runs = train_runs(flag, data_path)
+    k = CONFIG["recall_k"]
+    lines = [
+        "### Real data: MovieLens, tfrec against DeepMatch 0.3.2",
+        "",
+        f"Data folder `{os.path.relpath(data_path, common.ROOT)}`: {len(log):,} ratings of "
+        f"{log['user_id'].nunique():,} users on {log['item_id'].nunique():,} movies, through "
+        f"`tfrec.datasets.load_movielens_retrieval(path, seq_maxlen={CONFIG['seq_maxlen']})` (with "
+        f"`short_sess_length={CONFIG['short_sess_length']}` for SDM): DeepMatch's own MovieLens example, every rating "
+        "after a user's first predicts its movie from the earlier ones, each user's last rating is the test row"
+        + (f": {references['train_rows']:,} training samples, {references['test_rows']:,} test rows, "
+           f"{references['items']:,} movies ranked" if "error" not in references else "")
+        + f". Profile features gender, age, occupation, zip. Models, config, training and recall@{k} exactly as in "
+        f"the planted part above, {MOVIELENS_EPOCHS[size_name]} epoch(s); recall@{k} ranks every rated movie. "
+        "One data seed and one model seed.",
+        "",
+    ]
+    lines += contender_rows(runs)
+    if "error" not in references:
+        lines += ["", f"Popularity baseline (the {k} movies rated most often in training, for every user): "
+                  f"recall@{k} {references['popularity']:.4f}."]
+    lines += untracked_lines(runs)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
-    parser.add_argument("--part", choices=PARTS, help="run one part only (default: both)")
+    parser.add_argument("--part", choices=PARTS, help="run one part only (default: all)")
+    parser.add_argument("--data", default=MOVIELENS_DATA, help="the MovieLens folder of part movielens")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size_name = "quick" if args.quick else "full"
@@ -710,7 +805,9 @@ def main():
             return child_load(rest[0], rest[1], size_name, rest[2])
         if kind == "references":
             return child_references(size_name)
-        return child_train(rest[0], rest[1], size_name)
+        if kind == "movielens_references":
+            return child_movielens_references(size_name, rest[0])
+        return child_train(rest[0], rest[1], size_name, *rest[2:])
 
     flag = ["--quick"] if args.quick else []
     command = (f"python -m {MODULE}" + (f" --part {args.part}" if args.part else "")
@@ -724,8 +821,10 @@ def main():
                 lines = scann_part(SCANN_SIZES[size_name], flag, workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        elif part == "deepmatch":
             lines = deepmatch_part(DEEPMATCH_SIZES[size_name], flag)
+        else:
+            lines = movielens_part(size_name, flag, args.data)
         print("\n".join(lines), flush=True)
         common.write_part(SECTION, part, PARTS, lines, command, INTRO, MODULE)
         print(f"== {part}: {time.time() - started:.0f} s ==", flush=True)

@@ -214,6 +214,35 @@ def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
     assert recall >= 0.9
 
 
+def scann_state_variables(export_dir):
+    """{name: shape} of the ScaNN searcher's variables in an export's checkpoint."""
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    return {key.split("/")[-3]: tuple(shape) for key, shape in reader.get_variable_to_shape_map().items()
+            if "/state/" in key}
+
+
+def test_int8_reordering_keeps_no_float_vectors_and_recalls_the_exact_top_k(
+        youtubednn, exported, exact, candidates, tmp_path):
+    rows, _, _, scores = exact
+    result = exporters.export_retrieval(youtubednn, tmp_path / "int8", candidates, k=K, min_candidates=1000,
+                                        reordering_dtype="int8")
+    assert result.index == "scann" and result.scann_config["reordering_dtype"] == "int8"
+    assert exported.scann_config["reordering_dtype"] == "float32"
+    # The float index saves (and a loaded one holds) every item vector; the int8 one only int8 codes.
+    float_state, int8_state = scann_state_variables(exported.path), scann_state_variables(result.path)
+    assert float_state["dataset"] == (NUM_ITEMS, DIM) and float_state["int8_dataset"] == ()
+    assert int8_state["dataset"] == () and int8_state["int8_dataset"] == (NUM_ITEMS, DIM)
+    served = tf.saved_model.load(result.path).signatures["serving_default"](**constants(rows))
+    ids = decoded(served["item_ids"].numpy())
+    exact_scores = score_of(scores, candidates, ids)
+    # Approximate scores: the int8 codes' dot products, within the quantization error.
+    error = np.abs(served["scores"].numpy() - exact_scores).max() / np.abs(exact_scores).max()
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, exact[1])])
+    print(f"int8 reordering: recall@{K} {recall:.3f}, largest score error {error:.4f} of the largest score")
+    assert 0 < error < 0.02
+    assert recall >= 0.9
+
+
 def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, youtubednn, candidates):
     rows = {"user_id": [7, 250], "gender": [1, 2],
             "hist_item_id": [["item00001", "item04999", "item00042"], ["item00100", "", ""]]}
@@ -266,6 +295,9 @@ def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_pa
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="hnsw")
     with pytest.raises(ValueError, match=r"unknown ScaNN option\(s\) \['leaves'\]"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, leaves=10)
+    with pytest.raises(ValueError, match="reordering_dtype must be 'float32' or 'int8', got 'bfloat16'"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, min_candidates=1,
+                                   reordering_dtype="bfloat16")
     with pytest.raises(ValueError, match="num_leaves_to_search=80 exceeds num_leaves=70"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, min_candidates=1,
                                    num_leaves=70, num_leaves_to_search=80)

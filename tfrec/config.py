@@ -35,7 +35,7 @@ from tfrec import distribute
 __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data", "infer_columns",
            "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "MODELS"]
 
-RANKING_MODELS = ("DIN",)
+RANKING_MODELS = ("DIN", "SIM", "CLSR")  # one label; DIN's columns, a history hist_<f> per target feature <f>
 MULTITASK_MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
 MODELS = RANKING_MODELS + MULTITASK_MODELS
 MODEL_FILE = "model.keras"
@@ -600,18 +600,22 @@ def build_model(config, columns):
     if config.multitask:
         args.setdefault("task_names", list(config.tasks))
         args.setdefault("task_types", ["binary"] * len(config.tasks))
-    elif config.model.name == "DIN":
-        if "history_feature_list" not in args:
-            args["history_feature_list"] = [c.name[len("hist_"):] for c in columns
-                                            if isinstance(c, VarLenSparseFeat) and c.name.startswith("hist_")
-                                            and c.embedding_name == c.name[len("hist_"):]]
+    elif "history_feature_list" not in args:
+        args["history_feature_list"] = [c.name[len("hist_"):] for c in columns
+                                        if isinstance(c, VarLenSparseFeat) and c.name.startswith("hist_")
+                                        and c.embedding_name == c.name[len("hist_"):]]
     builder = getattr(tfrec.models, config.model.name)
     try:
-        return builder(columns, **args)
+        model = builder(columns, **args)
     except TypeError as error:
         raise ConfigError(f"{config.path}: model.args: {error}") from None
     except ValueError as error:
         raise ConfigError(f"{config.path}: model: {error}") from None
+    if not config.multitask and len(model.outputs) != 1:  # SIM's auxiliary soft search adds "gsu_prediction"
+        raise ConfigError(f"{config.path}: model.args: this {config.model.name} has the outputs "
+                          f"{model.output_names}, and a config trains one output on its one label; train it in "
+                          "Python with a loss per output")
+    return model
 
 
 def _compile(model, config):

@@ -1,4 +1,4 @@
-"""tfrec.config: run configs, column inference from a DataFrame, and the multi-task example."""
+"""tfrec.config: run configs, column inference from a DataFrame, the multi-task example, SIM and CLSR from a config."""
 import json
 from pathlib import Path
 
@@ -163,3 +163,52 @@ def test_gaps_in_categorical_columns_are_padding(tmp_path):
 
     inputs = df_to_inputs(run.prepare(read, columns), columns)
     assert inputs["item_id"][2] == "" and inputs["item_id"][0] == "a"
+
+
+@pytest.mark.parametrize("name, args", [
+    ("SIM", "{search: hard, topk: 4, short_maxlen: 4, dnn_hidden_units: [16], att_hidden_size: [8]}"),
+    ("CLSR", "{proxy_recent: 2, proxy_min_length: 3, dnn_hidden_units: [16], att_hidden_size: [8]}"),
+])
+def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, name, args):
+    """The ranking example's CSV with model.name SIM or CLSR: histories found as for DIN, the model
+    trained, saved, evaluated from its saved file, exported by `tfrec export --config`, and the
+    export scores the test rows as the trained model does."""
+    import tensorflow as tf
+
+    from tfrec.cli import main
+    from tfrec.data import df_to_inputs
+
+    example = (REPO / "examples" / "ranking_din.yaml").read_text()
+    data = str(REPO / "examples" / "data" / "ranking.csv")
+    text = example.split("model:")[0].replace("data/ranking.csv", data) + \
+        f"model: {{name: {name}, args: {args}}}\nsplit: {{test_fraction: 0.2, order_by: timestamp}}\n" \
+        "train: {epochs: 1, batch_size: 64}\nevaluate: {group: user_id}\nexport: {base: export}\n"
+    path = write(tmp_path, text)
+    config = load_config(str(path))
+    run.train(config, verbose=0)
+    report = run.evaluate(config)["tasks"]["prediction"]
+    assert 0.5 < report["auc"] < 1 and np.isfinite(report["gauc"])
+    assert main(["export", "--config", str(path)]) == 0
+    export_path = capsys.readouterr().out.strip().splitlines()[-1]
+    loaded, columns = run.trained(config)
+    test_df = run.prepare(run.load_frames(config)[1], columns).head(40)
+    inputs = df_to_inputs(test_df, columns)
+    signature = tf.saved_model.load(export_path).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    served = signature(**{key: tf.constant(np.asarray(inputs[key]).reshape([-1] + list(np.shape(inputs[key]))[1:])
+                                           if spec.shape.rank > 1 else np.asarray(inputs[key]).reshape(-1),
+                                           dtype=spec.dtype) for key, spec in specs.items()})
+    np.testing.assert_allclose(served["prediction"].numpy().reshape(-1),
+                               loaded.predict(inputs, verbose=0).reshape(-1), atol=1e-5)
+
+
+def test_a_config_refuses_a_ranking_model_with_two_outputs(tmp_path):
+    df = frame()
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "model: {name: SIM, args: {search: soft, topk: 2, short_maxlen: 2, "
+                                             "search_feature: item_id, soft_search_embedding: auxiliary}}\n")))
+    train_df, _ = run.load_frames(config)
+    with pytest.raises(ConfigError, match=r"outputs \['prediction', 'gsu_prediction'\], and a config trains one"):
+        run.build_model(config, run.build_columns(train_df, config))

@@ -147,8 +147,8 @@ def load_movielens_ranking(path, variant=None, labels="rating", history="rated",
         starts at a user's second event: 1).
       test_events: each user's last events held out for the test frame.
       test_users: None (leave-last-`test_events`-out) or DIN's user split, a share in (0, 1): that
-        many of the users, drawn with `seed`, are test users, and every sample of theirs (from
-        their `min_history`-th rating on) is in the test frame, none in train.
+        share of the users, drawn with `seed`, are test users: every sample of theirs is in the
+        test frame, none in train.
       seed: the negative sampler's and the user split's seed.
 
     Returns:

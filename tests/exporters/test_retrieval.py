@@ -214,6 +214,31 @@ def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
     assert recall >= 0.9
 
 
+def test_a_batch_is_searched_in_concurrent_slices_with_the_results_of_one_search(exported):
+    from exporters.retrieval import SCANN_SEARCH_SLICES
+
+    signature = tf.saved_model.load(exported.path).signatures["serving_default"]
+    rows = user_rows(200, seed=5)
+    whole = signature(**constants(rows))  # 200 queries: searched in slices
+    for n in (0, 1, 2 * SCANN_SEARCH_SLICES - 1, 2 * SCANN_SEARCH_SLICES, 37):  # one search below 16 queries
+        part = signature(**constants({name: values[:n] for name, values in rows.items()}))
+        np.testing.assert_array_equal(part["item_ids"].numpy(), whole["item_ids"].numpy()[:n])
+        np.testing.assert_allclose(part["scores"].numpy(), whole["scores"].numpy()[:n], atol=1e-6)
+    # In the saved graph the slices' searches are marked read-only and not chained to each other.
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported.path, "saved_model.pb"), "rb") as pb:
+        saved_model.ParseFromString(pb.read())
+    sliced = [searches for searches in (
+        [node for node in function.node_def if node.op == "Scann>ScannSearchBatched"]
+        for function in saved_model.meta_graphs[0].graph_def.library.function) if len(searches) > 1]
+    assert sliced and all(len(searches) == SCANN_SEARCH_SLICES for searches in sliced)
+    for searches in sliced:
+        names = {node.name for node in searches}
+        for node in searches:
+            assert list(node.attr["_read_only_resource_inputs"].list.i) == [0]
+            assert not {name.lstrip("^").split(":")[0] for name in node.input if name.startswith("^")} & names
+
+
 def scann_state_variables(export_dir):
     """{name: shape} of the ScaNN searcher's variables in an export's checkpoint."""
     reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))

@@ -43,18 +43,12 @@ def load(path):
                                   test_users=CONFIG["test_users"], seed=CONFIG["split_seed"])
 
 
-def scores_report(labels, scores, users):
-    from tfrec import metrics
-
-    return dict(auc=metrics.auc(labels, scores), gauc=metrics.gauc(labels, scores, users),
-                logloss=metrics.logloss(labels, scores))
-
-
 def child_train(path, impl, seed, epochs):
     ds = load(path)
     import tensorflow as tf
     from benchmarks.bench_din import EpochTimer, deepctr_columns
     from tfrec.data import df_to_inputs
+    from tfrec.evaluation import binary_report
 
     tf.keras.utils.set_random_seed(seed)
     x_train, x_test = df_to_inputs(ds.train, ds.feature_columns), df_to_inputs(ds.test, ds.feature_columns)
@@ -75,7 +69,7 @@ def child_train(path, impl, seed, epochs):
     class _Score(tf.keras.callbacks.Callback):  # after the timer: evaluation is not training time
         def on_epoch_end(self, epoch, logs=None):
             scores = model.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
-            per_epoch.append(scores_report(labels, scores, users))
+            per_epoch.append(binary_report(labels, scores, users))
 
     timer = EpochTimer()
     model.fit(x_train, y_train, batch_size=CONFIG["batch_size"], epochs=epochs, verbose=0,
@@ -90,6 +84,7 @@ def child_train(path, impl, seed, epochs):
 def baselines(ds):
     """Scores without training: the item's training click rate, and that smoothed toward the user's."""
     import numpy as np
+    from tfrec.evaluation import binary_report
 
     train, test = ds.train, ds.test
     prior, strength = train["click"].mean(), 10.0
@@ -102,8 +97,8 @@ def baselines(ds):
     user_rate = ((liked_before + strength * prior) / (seen_before + strength)).to_numpy()
     odds = np.log(item_rate / (1 - item_rate)) + np.log(user_rate / (1 - user_rate)) - np.log(prior / (1 - prior))
     labels, users = test["click"].to_numpy(), test["user_id"].to_numpy()
-    return {ITEM_RATE: scores_report(labels, item_rate, users),
-            "item click rate x the user's click rate so far": scores_report(labels, 1 / (1 + np.exp(-odds)), users)}
+    return {ITEM_RATE: binary_report(labels, item_rate, users),
+            "item click rate x the user's click rate so far": binary_report(labels, 1 / (1 + np.exp(-odds)), users)}
 
 
 def main():

@@ -17,6 +17,17 @@ def predict_frame(model, df, feature_columns, batch_size=4096, output=None):
     return np.asarray(predictions, dtype=np.float64).reshape(-1)
 
 
+def binary_report(labels, scores, groups=None):
+    """AUC and logloss of `scores` against binary `labels`, and with `groups` GAUC (NaN if no group has both labels)."""
+    report = {"auc": metrics.auc(labels, scores), "logloss": metrics.logloss(labels, scores)}
+    if groups is not None:
+        try:
+            report["gauc"] = metrics.gauc(labels, scores, groups)
+        except ValueError:  # the scores passed auc() above, so no group holds both labels
+            report["gauc"] = float("nan")
+    return report
+
+
 def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group_col=None, output=None,
                     batch_size=4096):
     """AUC, GAUC (by `group_col`; NaN if no group has both labels) and logloss of `model` on `df`, plus the oracle's AUC.
@@ -27,13 +38,8 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
     """
     scores = predict_frame(model, df, feature_columns, batch_size, output)
     labels = df[label_col].to_numpy(dtype=np.float64)
-    report = {"rows": len(df), "auc": metrics.auc(labels, scores), "logloss": metrics.logloss(labels, scores)}
-    if group_col is not None:
-        groups = df[group_col].to_numpy()
-        try:
-            report["gauc"] = metrics.gauc(labels, scores, groups)
-        except ValueError:  # the scores passed auc() above, so no group holds both labels
-            report["gauc"] = float("nan")
+    groups = None if group_col is None else df[group_col].to_numpy()
+    report = {"rows": len(df), **binary_report(labels, scores, groups)}
     if truth_col is not None:
         truth = df[truth_col].to_numpy(dtype=np.float64)
         known = ~np.isnan(truth)

@@ -30,6 +30,12 @@ def frame():
     })
 
 
+def write_csv_frame(path):
+    """`frame()` as a CSV file, its histories as "|"-joined cells."""
+    df = frame()
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(path, index=False)
+
+
 def test_infer_builds_vocabularies_with_a_minimum_count_and_shares_history_tables(tmp_path):
     path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
                            "columns: {min_count: 2, embedding_dim: 4, exclude: [row_id]}\n")
@@ -53,7 +59,7 @@ def test_columns_survive_json(tmp_path):
 def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
     df = frame()
     df.to_parquet(tmp_path / "part-0.parquet")
-    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    write_csv_frame(tmp_path / "d.csv")
     from_parquet = run.read_data([str(tmp_path / "part-*.parquet")])
     from_csv = run.read_data([str(tmp_path / "d.csv")], sequences=["hist_item_id"])
     assert [list(c) for c in from_parquet["hist_item_id"]] == from_csv["hist_item_id"].tolist() == \
@@ -135,8 +141,7 @@ def test_multitask_example_trains_evaluates_and_draws_its_gates(tmp_path):
 def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     """`strategy:` builds and compiles the model in the strategy's scope, feeds it a distributed
     dataset and backs the run up; the saved model loads and predicts like any other."""
-    df = frame()
-    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    write_csv_frame(tmp_path / "d.csv")
     config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
                                              "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
                                              "train: {batch_size: 2}\n"
@@ -203,8 +208,7 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, 
 
 
 def test_a_config_refuses_a_ranking_model_with_two_outputs(tmp_path):
-    df = frame()
-    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    write_csv_frame(tmp_path / "d.csv")
     config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\n"
                                              "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
                                              "model: {name: SIM, args: {search: soft, topk: 2, short_maxlen: 2, "

@@ -546,9 +546,13 @@ def child_movielens_references(size_name, data_path):
     import numpy as np
     from tfrec.metrics import recall_at_k
 
+    from tfrec.datasets import read_movielens
+
+    log = read_movielens(data_path)
     train, test, *_, item_ids, counts, _ = training_world("youtubednn", size_name, data_path)
     top = np.argsort(-counts, kind="stable")[:CONFIG["recall_k"]]
-    common.emit(dict(train_rows=len(train), test_rows=len(test), items=len(item_ids),
+    common.emit(dict(ratings=len(log), users=int(log["user_id"].nunique()), movies=int(log["item_id"].nunique()),
+                     train_rows=len(train), test_rows=len(test), items=len(item_ids),
                      popularity=recall_at_k(test["item_id"].to_numpy(), np.tile(top, (len(test), 1)),
                                             CONFIG["recall_k"])))
 
@@ -776,31 +780,28 @@ def deepmatch_part(size, flag):
 
 
 def movielens_part(size_name, flag, data_path):
-    from tfrec.datasets import read_movielens  # the parent reads the files first: a missing one fails here, clearly
-
-    log = read_movielens(data_path)
     references = run(flag, "movielens_references", data_path)
+    if "error" in references:  # e.g. no MovieLens files there: the loader's message says where to get them
+        raise SystemExit(f"--part movielens: {references['error']}")
     runs = train_runs(flag, data_path)
     k = CONFIG["recall_k"]
     lines = [
         "### Real data: MovieLens, tfrec against DeepMatch 0.3.2",
         "",
-        f"Data folder `{os.path.relpath(data_path, common.ROOT)}`: {len(log):,} ratings of "
-        f"{log['user_id'].nunique():,} users on {log['item_id'].nunique():,} movies, through "
+        f"Data folder `{os.path.relpath(data_path, common.ROOT)}`: {references['ratings']:,} ratings of "
+        f"{references['users']:,} users on {references['movies']:,} movies, through "
         f"`tfrec.datasets.load_movielens_retrieval(path, seq_maxlen={CONFIG['seq_maxlen']})` (with "
         f"`short_sess_length={CONFIG['short_sess_length']}` for SDM): DeepMatch's own MovieLens example, every rating "
-        "after a user's first predicts its movie from the earlier ones, each user's last rating is the test row"
-        + (f": {references['train_rows']:,} training samples, {references['test_rows']:,} test rows, "
-           f"{references['items']:,} movies ranked" if "error" not in references else "")
-        + f". Profile features gender, age, occupation, zip. Models, config, training and recall@{k} exactly as in "
-        f"the planted part above, {MOVIELENS_EPOCHS[size_name]} epoch(s); recall@{k} ranks every rated movie. "
+        f"after a user's first predicts its movie from the earlier ones, each user's last rating is the test row: "
+        f"{references['train_rows']:,} training samples, {references['test_rows']:,} test rows, "
+        f"{references['items']:,} movies ranked. Profile features gender, age, occupation, zip. Models, config, "
+        f"training and recall@{k} exactly as in the planted part above, {MOVIELENS_EPOCHS[size_name]} epoch(s); recall@{k} ranks every rated movie. "
         "One data seed and one model seed.",
         "",
     ]
     lines += contender_rows(runs)
-    if "error" not in references:
-        lines += ["", f"Popularity baseline (the {k} movies rated most often in training, for every user): "
-                  f"recall@{k} {references['popularity']:.4f}."]
+    lines += ["", f"Popularity baseline (the {k} movies rated most often in training, for every user): "
+              f"recall@{k} {references['popularity']:.4f}."]
     lines += untracked_lines(runs)
     return lines
 

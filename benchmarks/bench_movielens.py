@@ -13,7 +13,7 @@ the user's earlier ratings (history of item and genre, the most recent 50); 27.8
 (the paper's 38,493 of 138,493) are test users, all of their ratings are the test set; the metric
 is GAUC over users (per-user AUC weighted by the user's impressions), with AUC beside it.
 
-Contenders, each in its own process on the same frames, for each of SEEDS: tfrec's DIN with a
+Contenders, each in its own process on the same frames, for each model seed of SIZES: tfrec's DIN with a
 default `compile("adam", "binary_crossentropy")` (XLA after the lookups, LazyAdam, mini-batch aware
 L2) and DeepCTR 0.9.4's DIN with Keras' Adam(1e-3), both with DIN's defaults (DNN 256-128-64,
 attention 80-40 Dice, l2_reg_embedding 1e-6). Every contender is scored on the test set after every

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 from feature_columns import history_input_names
 from tensorflow.core.protobuf import saved_model_pb2
+from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
 from exporters import layout, warmup
 
@@ -97,11 +98,13 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
     if hasattr(model, "refresh_derived_weights"):
         model.refresh_derived_weights()  # e.g. SimHash signatures of the whole item table
     serving_model = _serving_model(model, extra_outputs)
-    signature = _serving_function(serving_model)
-    shared_history, broadcast_inputs = _shared_history_signature(serving_model, signature, warmup.warmup_feeds(
-        warmup.signature_input_specs(signature), warmup_inputs, num_warmup_records))
-    if broadcast_inputs:  # a request repeating one history on every row is served as shared_history
-        signature = _serving_function(serving_model, one_history_inputs=broadcast_inputs)
+    shared_history, histories = _broadcast_history_signature(serving_model, warmup.warmup_feeds(
+        signature_input_specs(serving_model), warmup_inputs, num_warmup_records))
+    # A model that broadcasts a shared history serves a request repeating one history on every
+    # row as shared_history does; any other gets shared_history as the history repeated per row.
+    signature = _serving_function(serving_model, one_history_inputs=histories if shared_history else ())
+    if histories and shared_history is None:
+        shared_history = _repeated_history_signature(serving_model, signature, histories)
     signatures = {SERVING_SIGNATURE: signature}
     if shared_history is not None:
         signatures[SHARED_HISTORY_SIGNATURE] = shared_history
@@ -153,7 +156,11 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     warmup.check_feeds_run(serving, feeds)
 
     with layout.staged_version_dir(export_base, version) as staged:
-        tf.saved_model.save(root, staged.staging_dir, signatures=signatures, options=options)
+        # Keras would add a traced call function per layer of every model under `root` (what
+        # `model.save(save_traces=True)` keeps for `load_model`): about 40% of an export's time
+        # and never used, since servers and `tf.saved_model.load` run the signatures.
+        with keras_option_scope(save_traces=False):
+            tf.saved_model.save(root, staged.staging_dir, signatures=signatures, options=options)
         if method_names:
             set_signature_method_names(staged.staging_dir, method_names)
         warmup.write_warmup_file(
@@ -256,12 +263,19 @@ def _cast_to_input(name, values, dtype):
     return tf.cast(values, dtype)
 
 
+def _run(serving_model, features):
+    """The serving model's outputs for signature `features`, (None, 1) outputs as vectors."""
+    outputs = serving_model(model_inputs(serving_model, features), training=False)
+    return {name: tf.squeeze(tensor, -1) if _is_single_column(serving_model.output[name]) else tensor
+            for name, tensor in outputs.items()}
+
+
 def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     """The `serving_default` concrete function over raw features by Input name (or over
     `input_specs`, a variant of `signature_input_specs`).
 
     `one_history_inputs` names the history inputs of a model that broadcasts a shared history
-    (see `_shared_history_signature`). A request whose rows all carry the same history (what a
+    (see `_broadcast_history_signature`). A request whose rows all carry the same history (what a
     DeepCTR-style client sends to score N candidates for one user) then runs the model on that
     history's first row, as `shared_history` does: the search and attention over it run once,
     not once per row. Any other request, and one whose histories hold fewer than
@@ -269,13 +283,8 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     the same scores (the export checks it on the warm-up rows), so the client sees no
     difference but the time.
     """
-    single_column_outputs = {
-        name for name, tensor in serving_model.output.items() if _is_single_column(tensor)}
-
     def run(features):
-        outputs = serving_model(model_inputs(serving_model, features), training=False)
-        return {name: tf.squeeze(tensor, -1) if name in single_column_outputs else tensor
-                for name, tensor in outputs.items()}
+        return _run(serving_model, features)
 
     @tf.function
     def serve(**features):
@@ -302,49 +311,60 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
 # ---------------------------------------------------------------- one history, many candidates
 
 
-def _shared_history_signature(serving_model, serving, feeds):
-    """(the `shared_history` concrete function, the history inputs the model broadcasts: all
-    of them, or none), or (None, []) for a model without histories.
+def _shared_history_specs(serving_model, histories):
+    """The `serving_default` input specs with each of `histories` declared with one row."""
+    return {name: tf.TensorSpec([1] + spec.shape[1:], spec.dtype, name=name) if name in histories else spec
+            for name, spec in signature_input_specs(serving_model).items()}
 
-    It takes the `serving_default` inputs, except that every input of the user's history
-    (`feature_columns.history_input_names`: the `hist_<f>` sequences and their length) is
-    declared with one row: one user's history, sent once, applies to every row (candidate) of
+
+def _broadcast_history_signature(serving_model, feeds):
+    """(the `shared_history` concrete function or None, the model's history inputs).
+
+    `shared_history` takes the `serving_default` inputs, except that every input of the user's
+    history (`feature_columns.history_input_names`: the `hist_<f>` sequences and their length)
+    is declared with one row: one user's history, sent once, applies to every row (candidate) of
     the request. Its outputs equal `serving_default` fed that history on every row. A model whose
     layers broadcast a shared history (DIN, SIM: their searches and attention read the one row
     without copying it) runs on it directly, so a request of 100 candidates carries, and the
-    model searches, one history instead of 100 copies; any other model gets the history
-    repeated per row inside the graph (same result, no saving). Which one applies is decided
-    here by running both on the warm-up rows (at least two candidates) and comparing.
+    model searches, one history instead of 100 copies: that function is returned. Which models
+    do is decided here by running the model both ways on the warm-up rows (at least two
+    candidates) and comparing. None for a model that does not (it gets
+    `_repeated_history_signature`) or has no history; the history inputs are [] for a model
+    without histories (or without any other input).
     """
     specs = signature_input_specs(serving_model)
-    shared = history_input_names(serving_model)
-    candidates = [name for name in specs if name not in shared]
-    if not shared or not candidates:
+    histories = history_input_names(serving_model)
+    if not histories or all(name in histories for name in specs):
         return None, []
-    shared_specs = {name: tf.TensorSpec([1] + spec.shape[1:], spec.dtype, name=name) if name in shared else spec
-                    for name, spec in specs.items()}
     rows = feeds if len(feeds) > 1 else feeds * 2
-    check = {name: feeds[0][name] if name in shared else tf.concat([feed[name] for feed in rows], axis=0)
+    check = {name: feeds[0][name] if name in histories else tf.concat([feed[name] for feed in rows], axis=0)
              for name in specs}
-    expected = serving(**{name: tf.repeat(value, len(rows), axis=0) if name in shared else value
-                          for name, value in check.items()})
-    native = _serving_function(serving_model, shared_specs)
+    expected = _run(serving_model, {name: tf.repeat(value, len(rows), axis=0) if name in histories else value
+                                    for name, value in check.items()})
+    native = _serving_function(serving_model, _shared_history_specs(serving_model, histories))
     try:
         outputs = native(**check)
         if all(np.allclose(outputs[name], expected[name], atol=1e-5) for name in expected):
-            return native, shared
+            return native, histories
     except (tf.errors.InvalidArgumentError, ValueError):
         pass
     logger.info("%r does not broadcast a shared history; its shared_history signature repeats "
                 "the history per row", serving_model.name)
+    return None, histories
+
+
+def _repeated_history_signature(serving_model, serving, histories):
+    """`shared_history` for a model that does not broadcast one: `serving` (`serving_default`)
+    with the one-row `histories` repeated for every candidate row inside the graph."""
+    candidate = next(name for name in signature_input_specs(serving_model) if name not in histories)
 
     @tf.function
     def repeated(**features):
-        batch = tf.shape(features[candidates[0]])[0]
-        return serving(**{name: tf.repeat(value, batch, axis=0) if name in shared else value
+        batch = tf.shape(features[candidate])[0]
+        return serving(**{name: tf.repeat(value, batch, axis=0) if name in histories else value
                           for name, value in features.items()})
 
-    return repeated.get_concrete_function(**shared_specs), []
+    return repeated.get_concrete_function(**_shared_history_specs(serving_model, histories))
 
 
 # ---------------------------------------------------------------- tf.Example signatures

@@ -668,8 +668,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
     if settings.checkpoint_dir:
-        callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq,
-                                                     strategy=strategy)
+        callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
     fit_args = {}
     if settings.kind is None:
         dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,

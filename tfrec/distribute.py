@@ -32,7 +32,6 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -43,7 +42,7 @@ import tensorflow as tf
 __all__ = [
     "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
     "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
-    "dataframe_dataset_fn", "checkpoint_callbacks", "unsharded_copy",
+    "dataframe_dataset_fn", "BackupAndRestore", "checkpoint_callbacks", "unsharded_copy",
     "is_chief", "run_server", "main",
 ]
 
@@ -237,34 +236,59 @@ def distributed_dataset(strategy, dataset_fn, input_options=None):
     return strategy.distribute_datasets_from_function(dataset_fn, options=input_options)
 
 
+class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+    """`tf.keras.callbacks.BackupAndRestore` that backs up every `save_freq` steps under
+    ParameterServerStrategy too.
+
+    tf-keras skips its batch hooks under that strategy: `fit` only schedules a step there, and a
+    worker runs it later, so a backup taken at the hook would pair the variables of some steps
+    with the step count of others. Here, every `save_freq` scheduled steps, the chief waits for
+    the steps in flight (`ClusterCoordinator.join`) and then writes the backup with the number
+    of steps done, so a restarted chief resumes mid-epoch, as under the other strategies. The
+    wait drains the workers' queue once per backup: keep `save_freq` at hundreds of steps.
+    Other strategies behave exactly as tf-keras' callback.
+    """
+
+    def _coordinated(self):
+        return self.model._cluster_coordinator is not None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._coordinated():
+            super().on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """`batch` is the index in this epoch of the last step scheduled (Keras' end step)."""
+        if not self._coordinated():
+            return super().on_train_batch_end(batch, logs)
+        self._batches_count += 1
+        if self.save_freq != "epoch" and self._batches_count >= self.save_freq:
+            self._batches_count = 0
+            self.model._cluster_coordinator.join()
+            # Every scheduled step is done now: `fit` resumes at the next one.
+            self._training_state._ckpt_saved_batch.assign(batch)
+            self._backup(epoch=self._current_epoch, batch=batch)
+
+
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",
-                         delete_backup=True, strategy=None):
+                         delete_backup=True):
     """The callbacks a long or distributed run needs: backup-and-restore, and the best model.
 
     Args:
-      backup_dir: where `tf.keras.callbacks.BackupAndRestore` keeps the run's state (weights,
-        optimizer slots and step, epoch and step within it). A process that dies is restarted
-        with the same command and callbacks: `fit` resumes from the last backup, so at most
-        `save_freq` steps are done again. Every worker of a run gives the same directory
-        (shared storage across hosts); Keras writes from the chief.
+      backup_dir: where `BackupAndRestore` keeps the run's state (weights, optimizer slots and
+        step, epoch and step within it). A process that dies is restarted with the same command
+        and callbacks: `fit` resumes from the last backup, so at most `save_freq` steps are done
+        again. Every worker of a run gives the same directory (shared storage across hosts);
+        Keras writes from the chief. Under ParameterServerStrategy the chief is the process
+        that restarts; a worker or parameter server that restarts loses nothing: the
+        coordinator re-runs the worker's steps elsewhere, and the variables live on the servers.
       save_freq: steps between backups ("epoch" for every epoch).
       best_model_path: if given, a `ModelCheckpoint` keeps there the weights (a TensorFlow
         checkpoint, which sharded tables save and restore into) of the epoch with the best
         `monitor` ("val_auc", the validation AUC, needs `validation_data` and an "AUC"
         metric). `model.load_weights(best_model_path)` restores them.
       delete_backup: remove the backup when `fit` ends (Keras' default); False keeps it.
-      strategy: the model's strategy. Under ParameterServerStrategy tf-keras backs up at the end
-        of every epoch only (its batch hooks skip that strategy), so a step `save_freq` becomes
-        "epoch" there (logged): bound what a chief restart redoes with `steps_per_epoch`. A
-        worker or parameter server that restarts loses nothing: the coordinator re-runs the
-        worker's steps elsewhere, and the variables live on the servers.
     """
-    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy) and save_freq != "epoch":
-        logging.warning("ParameterServerStrategy: BackupAndRestore backs up every epoch, not every %s steps",
-                        save_freq)
-        save_freq = "epoch"
-    callbacks = [tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq,
-                                                     delete_checkpoint=delete_backup)]
+    callbacks = [BackupAndRestore(backup_dir, save_freq=save_freq, delete_checkpoint=delete_backup)]
     if best_model_path:
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             best_model_path, monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True))

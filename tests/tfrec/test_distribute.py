@@ -24,6 +24,7 @@ GLOBAL_BATCH = 64
 EPOCHS = 3
 STEPS_PER_EPOCH = 800 // GLOBAL_BATCH  # 12 global batches of 64 rows (the last 32 rows dropped)
 SAVE_FREQ = 4
+PS_STEPS_PER_EPOCH = 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,8 +75,9 @@ def run_multi_worker(out):
     _write(out, train_synchronous("multi_worker"))
 
 
-def run_parameter_server_chief(out, export_base):
-    """The chief of a 2-worker, 2-ps cluster: trains DIN with a sharded item table, exports."""
+def run_parameter_server_chief(out, export_base, step_log, pace_s):
+    """The chief of a 2-worker, 2-ps cluster: trains DIN with a sharded item table, backing up
+    every SAVE_FREQ steps (a restarted chief resumes from there), and exports."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -91,9 +93,9 @@ def run_parameter_server_chief(out, export_base):
     before = [s.numpy() for s in shards]
     data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", 32, seed=1, repeat=True))
     backup = os.path.join(os.path.dirname(out), "ps_backup")
-    history = model.fit(data, epochs=2, steps_per_epoch=6, verbose=0,
-                        callbacks=checkpoint_callbacks(backup, save_freq=4, delete_backup=False,
-                                                           strategy=strategy))
+    callbacks = checkpoint_callbacks(backup, save_freq=SAVE_FREQ, delete_backup=False)
+    callbacks.append(_step_log_callback(step_log, float(pace_s)))
+    history = model.fit(data, epochs=2, steps_per_epoch=PS_STEPS_PER_EPOCH, verbose=0, callbacks=callbacks)
     rows = df_to_inputs(test.head(20), columns)
     sharded = model(rows, training=False).numpy()
     copy = unsharded_copy(model)
@@ -104,8 +106,7 @@ def run_parameter_server_chief(out, export_base):
         "loss": history.history["loss"], "moved": [bool(np.any(b != s.numpy())) for b, s in zip(before, shards)],
         "sharded_predictions": sharded.tolist(), "copy_predictions": copy(rows, training=False).numpy().tolist(),
         "copy_table_kind": type(next(l for l in copy.layers if l.name == "emb_item_id").embeddings).__name__,
-        "export": path, "backup": tf.train.latest_checkpoint(os.path.join(backup, "chief"))
-        or tf.train.latest_checkpoint(backup)})
+        "export": path})
 
 
 def _step_log_callback(path, pace_s):
@@ -114,6 +115,10 @@ def _step_log_callback(path, pace_s):
     import tensorflow as tf
 
     class StepLog(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self._supports_tf_logs = True  # it reads no logs: ParameterServerStrategy allows its batch hooks
+
         def _write(self, what):
             with open(path, "a") as log:
                 log.write(f"{what} {int(self.model.optimizer.iterations.numpy())} {time.time():.2f}\n")
@@ -346,9 +351,10 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
     assert reference["epoch"][-1] < reference["epoch"][0]
 
 
-def test_parameter_server_shards_item_table_and_exports(tmp_path):
+def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
     """A chief, 2 workers and 2 ps (local processes): the item table lives on both servers, the
-    sparse path trains it, and the chief's export serves what the chief computes."""
+    sparse path trains it; the chief, SIGKILLed mid-epoch and started again, resumes from its
+    step backup; and its export serves what it computes."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -359,21 +365,23 @@ def test_parameter_server_shards_item_table_and_exports(tmp_path):
                "ps": [f"127.0.0.1:{p}" for p in ports[3:5]]}
     spec = ";".join(f"{job}={','.join(addresses)}" for job, addresses in cluster.items())
     out, export_base = str(tmp_path / "chief.json"), str(tmp_path / "exports" / "din")
+    step_log = str(tmp_path / "steps.log")
+    chief = [sys.executable, "-m", "tfrec.distribute", "--role", "chief", "--cluster", spec, "--",
+             sys.executable, THIS, "ps_chief", out, export_base, step_log]
     with _Processes(tmp_path) as processes:
         for job in ("ps", "worker"):
             for index in range(2):
                 processes.start(f"{job}{index}", [sys.executable, "-m", "tfrec.distribute", "--role", job,
                                                   "--index", str(index), "--cluster", spec])
-        chief = processes.start("chief", [sys.executable, "-m", "tfrec.distribute", "--role", "chief",
-                                          "--cluster", spec, "--", sys.executable, THIS, "ps_chief", out,
-                                          export_base])
-        assert processes.wait(chief, deadline) == 0, processes.logs()
+        last_done = _kill_mid_epoch(processes, [processes.start("chief", chief + ["0.15"])], [step_log], deadline)
+        assert processes.wait(processes.start("chief_again", chief + ["0"]), deadline) == 0, processes.logs()
+    _assert_resumed(step_log, last_done)
     report = json.load(open(out))
     devices = report["shard_devices"]
     assert len(devices) == 2 and sum(report["shard_rows"]) == report["table_rows"] == 101
     assert {d.split("/device:")[0] for d in devices} == {"/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"}
-    assert all(report["moved"]) and report["iterations"] == 12 and np.isfinite(report["loss"]).all()
-    assert report["backup"], "BackupAndRestore wrote no (epoch) backup under ParameterServerStrategy"
+    assert all(report["moved"]) and np.isfinite(report["loss"]).all()
+    assert report["iterations"] == 2 * PS_STEPS_PER_EPOCH  # nothing lost, nothing repeated
     # The export: ordinary variables, and the chief's (sharded) predictions.
     assert report["copy_table_kind"] != "ShardedVariable"
     np.testing.assert_allclose(report["copy_predictions"], report["sharded_predictions"], rtol=1e-5, atol=1e-6)
@@ -400,6 +408,31 @@ def _steps(path, what="step"):
         return [int(line.split()[1]) for line in log if line.startswith(what + " ")]
 
 
+def _kill_mid_epoch(processes, first, logs, deadline):
+    """SIGKILLs the `first` processes once the step log `logs[0]` is mid-way through the first
+    epoch, past two backups. Returns the last step any of them logged."""
+    kill_after = 2 * SAVE_FREQ + 2
+    while time.monotonic() < deadline and all(p.poll() is None for p in first):
+        if (_steps(logs[0]) or [0])[-1] >= kill_after:
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in first), processes.logs()
+    # The last worker is killed; a synchronous job's other workers cannot go on without it,
+    # and its scheduler restarts them all: here, SIGKILL too.
+    for process in reversed(first):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    return max(max(_steps(log) or [0]) for log in logs)
+
+
+def _assert_resumed(log, last_done):
+    """The second run began from a backup less than one interval behind the first run's last step."""
+    begins = _steps(log, "begin")
+    assert len(begins) == 2 and begins[0] == 0
+    restored = begins[1]
+    assert 0 < restored <= last_done + 1 and last_done - restored < SAVE_FREQ, (restored, last_done)
+
+
 def _kill_and_resume(tmp_path, workers):
     """Starts the resumable run (1 process, or `workers` multi-worker processes), SIGKILLs it
     mid-way through the first epoch, starts it again with the same commands, checks the resume."""
@@ -418,26 +451,12 @@ def _kill_and_resume(tmp_path, workers):
     kind = ["mirrored"] if workers == 1 else ["multi_worker"]
     with _Processes(tmp_path) as processes:
         first = [processes.start(f"first{i}", c + ["0.15"] + kind) for i, c in enumerate(commands)]
-        kill_after = 2 * SAVE_FREQ + 2  # mid-way through the first epoch, past two backups
-        while time.monotonic() < deadline and all(p.poll() is None for p in first):
-            if (_steps(logs[0]) or [0])[-1] >= kill_after:
-                break
-            time.sleep(0.05)
-        assert all(p.poll() is None for p in first), processes.logs()
-        # The last worker is killed; a synchronous job's other workers cannot go on without it,
-        # and its scheduler restarts them all: here, SIGKILL too.
-        for process in reversed(first):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        last_done = max(max(_steps(log) or [0]) for log in logs)
+        last_done = _kill_mid_epoch(processes, first, logs, deadline)
         second = [processes.start(f"second{i}", c + ["0"] + kind) for i, c in enumerate(commands)]
         for process in second:
             assert processes.wait(process, deadline) == 0, processes.logs()
     for log, report_path in zip(logs, outs):
-        begins = _steps(log, "begin")
-        assert len(begins) == 2 and begins[0] == 0
-        restored = begins[1]
-        assert 0 < restored <= last_done + 1 and last_done - restored < SAVE_FREQ, (restored, last_done)
+        _assert_resumed(log, last_done)
         report = json.load(open(report_path))
         assert report["iterations"] == 3 * report["steps_per_epoch"]  # nothing lost, nothing repeated
         assert report["finite"]

@@ -77,7 +77,8 @@ def run_multi_worker(out):
 
 def run_parameter_server_chief(out, export_base, step_log, pace_s):
     """The chief of a 2-worker, 2-ps cluster: trains DIN with a sharded item table, backing up
-    every SAVE_FREQ steps (a restarted chief resumes from there), and exports."""
+    every SAVE_FREQ steps (a restarted chief resumes from there), validating after each epoch
+    and keeping the best weights by validation AUC, and exports."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -92,10 +93,13 @@ def run_parameter_server_chief(out, export_base, step_log, pace_s):
     shards = table.variables if isinstance(table, tf.__internal__.distribute.ShardedVariable) else [table]
     before = [s.numpy() for s in shards]
     data = distributed_dataset(strategy, dataframe_dataset_fn(train, columns, "click", 32, seed=1, repeat=True))
-    backup = os.path.join(os.path.dirname(out), "ps_backup")
-    callbacks = checkpoint_callbacks(backup, save_freq=SAVE_FREQ, delete_backup=False)
+    validation = distributed_dataset(strategy, dataframe_dataset_fn(test, columns, "click", 32, shuffle=False,
+                                                                    repeat=True))
+    backup, best = (os.path.join(os.path.dirname(out), name) for name in ("ps_backup", "ps_best/weights"))
+    callbacks = checkpoint_callbacks(backup, save_freq=SAVE_FREQ, best_model_path=best)
     callbacks.append(_step_log_callback(step_log, float(pace_s)))
-    history = model.fit(data, epochs=2, steps_per_epoch=PS_STEPS_PER_EPOCH, verbose=0, callbacks=callbacks)
+    history = model.fit(data, epochs=2, steps_per_epoch=PS_STEPS_PER_EPOCH, verbose=0, callbacks=callbacks,
+                        validation_data=validation, validation_steps=len(test) // 32)
     rows = df_to_inputs(test.head(20), columns)
     sharded = model(rows, training=False).numpy()
     copy = unsharded_copy(model)
@@ -106,7 +110,7 @@ def run_parameter_server_chief(out, export_base, step_log, pace_s):
         "loss": history.history["loss"], "moved": [bool(np.any(b != s.numpy())) for b, s in zip(before, shards)],
         "sharded_predictions": sharded.tolist(), "copy_predictions": copy(rows, training=False).numpy().tolist(),
         "copy_table_kind": type(next(l for l in copy.layers if l.name == "emb_item_id").embeddings).__name__,
-        "export": path})
+        "export": path, "val_auc": history.history["val_auc"], "best": os.path.exists(best + ".index")})
 
 
 def _step_log_callback(path, pace_s):
@@ -354,7 +358,8 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
 def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
     """A chief, 2 workers and 2 ps (local processes): the item table lives on both servers, the
     sparse path trains it; the chief, SIGKILLed mid-epoch and started again, resumes from its
-    step backup; and its export serves what it computes."""
+    step backup; validation and the best model work there; and the export serves what the
+    chief computes."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -382,6 +387,8 @@ def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
     assert {d.split("/device:")[0] for d in devices} == {"/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"}
     assert all(report["moved"]) and np.isfinite(report["loss"]).all()
     assert report["iterations"] == 2 * PS_STEPS_PER_EPOCH  # nothing lost, nothing repeated
+    # Validation on the workers after each epoch, and the best epoch's weights kept.
+    assert len(report["val_auc"]) == 2 and np.isfinite(report["val_auc"]).all() and report["best"]
     # The export: ordinary variables, and the chief's (sharded) predictions.
     assert report["copy_table_kind"] != "ShardedVariable"
     np.testing.assert_allclose(report["copy_predictions"], report["sharded_predictions"], rtol=1e-5, atol=1e-6)

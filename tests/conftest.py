@@ -10,17 +10,6 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
-# The files that take longest (their fixtures train for 40-80 s) are handed out first, so the two
-# xdist workers (setup.cfg) do not end with one of them running alone. The rest keep their order.
-LONGEST_FILES = ("test_sim.py", "test_distribute.py", "test_multitask.py", "test_sparse_regime.py",
-                 "test_clsr.py", "test_sdm.py", "test_cli_config.py", "test_config.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-    items.sort(key=rank)
 
 
 def run_saved_model_cli(*args):

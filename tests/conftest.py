@@ -11,7 +11,6 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
-
 def run_saved_model_cli(*args):
     """Runs TensorFlow's own saved_model_cli, the independent check that an export is real."""
     return subprocess.run([SAVED_MODEL_CLI, *args], capture_output=True, text=True, timeout=180)

@@ -158,18 +158,18 @@ def xla_op_profile(fn, calls=5, top=6):
             space.ParseFromString(f.read())
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
+    # XLA's CPU runtime traces an operation as an event named after it ("dot.5", run on whichever
+    # thread the runtime picks) and marks its end with "end: dot.5"; a fusion also has its thunk
+    # wrapper "call.N" around it. The operations are the marked events but the wrappers.
     by_kind, ops = collections.Counter(), 0
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
-        for line in plane.lines:
-            executor_end = -1  # an operation is an event inside XLA's ThunkExecutor::Execute
-            for event in sorted(line.events, key=lambda e: e.offset_ps):
-                name = names.get(event.metadata_id, "")
-                if name == "ThunkExecutor::Execute":
-                    executor_end = max(executor_end, event.offset_ps + event.duration_ps)
-                elif event.offset_ps < executor_end and not name.startswith("call"):  # not the thunk wrapper
-                    by_kind[re.sub(r"([._]\d+)+|\.clone", "", name)] += event.duration_ps / 1e9 / calls
-                    ops += 1
+        events = [(names.get(event.metadata_id, ""), event) for line in plane.lines for event in line.events]
+        ended = {name[len("end: "):] for name, _ in events if name.startswith("end: ")}
+        for name, event in events:
+            if name in ended and not name.startswith("call"):
+                by_kind[re.sub(r"([._]\d+)+|\.clone", "", name)] += event.duration_ps / 1e9 / calls
+                ops += 1
     return dict(ops=round(ops / calls), busy_ms=round(sum(by_kind.values()), 2), wall_ms=round(wall_ms, 2),
                 by_kind={kind: round(ms, 2) for kind, ms in by_kind.most_common(top)})
 

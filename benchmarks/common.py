@@ -159,15 +159,16 @@ def xla_op_profile(fn, calls=5, top=6):
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     # XLA's CPU runtime traces an operation as an event named after it ("dot.5", run on whichever
-    # thread the runtime picks) and marks its end with "end: dot.5"; a fusion also has its thunk
-    # wrapper "call.N" around it. The operations are the marked events but the wrappers.
+    # thread the runtime picks) and marks its end with "end: dot.5". A fusion's thunk wrapper
+    # ("call.N") and a loop or branch ("while.N", "conditional.N") span operations traced on their
+    # own, so they are not counted again.
     by_kind, ops = collections.Counter(), 0
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         events = [(names.get(event.metadata_id, ""), event) for line in plane.lines for event in line.events]
         ended = {name[len("end: "):] for name, _ in events if name.startswith("end: ")}
         for name, event in events:
-            if name in ended and not name.startswith("call"):
+            if name in ended and not name.startswith(("call", "while", "conditional")):
                 by_kind[re.sub(r"([._]\d+)+|\.clone", "", name)] += event.duration_ps / 1e9 / calls
                 ops += 1
     return dict(ops=round(ops / calls), busy_ms=round(sum(by_kind.values()), 2), wall_ms=round(wall_ms, 2),

@@ -358,9 +358,9 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
 def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
     """A chief, 2 workers and 2 ps (local processes): the item table lives on both servers, the
     sparse path trains it; the chief, SIGKILLed mid-epoch and started again, resumes from its
-    step backup; a worker SIGKILLed while the resumed run trains, and started again, costs
-    nothing but the wait for it; validation and the best model work there; and the export
-    serves what the chief computes."""
+    step backup; a worker SIGKILLed while the resumed run trains, and started again, loses no
+    step; validation and the best model work there; and the export serves what the chief
+    computes."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -388,7 +388,7 @@ def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
         assert processes.wait(resumed, deadline) == 0, processes.logs()
         chief_log = processes.logs(tail=10**6)
     _assert_resumed(step_log, last_done)
-    # The coordinator saw the worker fail (its steps went to the other worker, then back to it).
+    # The coordinator saw the worker fail, and re-ran its unfinished steps on the other one.
     assert "Worker /job:worker/replica:0/task:1 failed" in chief_log, chief_log[-3000:]
     report = json.load(open(out))
     devices = report["shard_devices"]

@@ -4,11 +4,11 @@
         with Client(server.grpc_target) as client:
             client.predict("ranker", {...})
 
-The server is `python -m serving.server` (the same interpreter), so everything it does is
-real: gRPC and REST over 127.0.0.1, model polling, warm-up, SIGTERM shutdown.
+The server is `serving.server.main` in a new interpreter (`python -m serving.local_child`, the
+same Python), so everything it does is real: gRPC and REST over 127.0.0.1, model polling, warm-up,
+SIGTERM shutdown.
 """
 import collections
-import ctypes
 import os
 import signal
 import socket
@@ -20,16 +20,6 @@ import time
 _GRPC_READY = "Running gRPC ModelServer at"
 _REST_READY = "Exporting HTTP/REST API at:"
 _LOG_LINES_KEPT = 5000
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    """Linux: have the kernel SIGTERM the server when the thread that started it dies, so a
-    crashed or killed test run leaves no orphan servers behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def free_port(host="127.0.0.1"):
@@ -40,7 +30,7 @@ def free_port(host="127.0.0.1"):
 
 
 class LocalServer:
-    """`python -m serving.server` in a subprocess, started on enter and stopped on exit.
+    """The model server in a subprocess, started on enter and stopped on exit.
 
     Args:
       model_base_path / model_name: serve one model (like tensorflow_model_server's flags).
@@ -78,7 +68,7 @@ class LocalServer:
         return self.process.pid if self.process else None
 
     def _command(self, grpc_port, rest_port):
-        command = [sys.executable, "-m", "serving.server", f"--port={grpc_port}",
+        command = [sys.executable, "-m", "serving.local_child", str(os.getpid()), f"--port={grpc_port}",
                    "--host=127.0.0.1", f"--rest_api_port={rest_port}",
                    f"--file_system_poll_wait_seconds={self.poll_wait_seconds}"]
         if self.model_config_file:
@@ -117,8 +107,7 @@ class LocalServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             self._command(grpc_port, rest_port), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            stderr=subprocess.PIPE, text=True, env=env)
         self._readers = [
             threading.Thread(target=self._read, args=(self.process.stdout, ""), daemon=True),
             threading.Thread(target=self._read, args=(self.process.stderr, ""), daemon=True)]
@@ -171,3 +160,4 @@ class LocalServer:
 
     def __exit__(self, *exc_info):
         self.stop()
+

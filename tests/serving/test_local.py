@@ -1,4 +1,9 @@
-"""LocalServer's failure reporting: a server that cannot start is an error with its output."""
+"""LocalServer's failure reporting (a server that cannot start is an error with its output) and
+its lifetime (a server does not outlive the process that started it)."""
+import subprocess
+import sys
+import time
+
 import pytest
 
 from serving import LocalServer
@@ -20,3 +25,36 @@ def test_server_that_exits_early_raises_with_its_error_output(tmp_path):
 def test_local_server_needs_a_model():
     with pytest.raises(ValueError, match="model_base_path or model_config_file"):
         LocalServer()
+
+
+_PARENT = """
+import sys, time
+from serving import LocalServer
+server = LocalServer(model_base_path=sys.argv[1], model_name="toy", rest=False).start()
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_server_stops_when_the_process_that_started_it_is_killed(saved_models):
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(saved_models / "toy")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _running(server_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server_pid), "the server outlived the process that started it"

@@ -24,7 +24,9 @@ from tfrec.models import CLSR, DIN, interest_model
 from tests.conftest import run_saved_model_cli
 
 HISTORY = ["item_id", "cate_id"]
-MAXLEN, EMBEDDING_DIM, EPOCHS, SEED = 30, 8, 4, 0
+# MAXLEN covers the whole history ("drift" histories hold 50-100 events), so both models see
+# the long-term interests, which lie beyond the session's last 10 events.
+MAXLEN, EMBEDDING_DIM, EPOCHS, SEED = 100, 8, 4, 0
 SIZE = dict(dnn_hidden_units=(64, 32), att_hidden_size=(32, 16))  # the same tower and attention sizes for both
 
 
@@ -265,20 +267,7 @@ def test_quality_on_drift_data_next_to_din_and_the_oracle(clsr, clsr_without_con
     assert clsr.model.core_step_function().experimental_get_tracing_count() <= 2
     assert reports["CLSR"]["auc"] >= reports["CLSR beta=0"]["auc"] + 0.03
     assert reports["CLSR"]["auc"] >= 0.75 * oracle
-    assert reports["CLSR"]["auc"] >= reports["DIN"]["auc"] - 0.02
-
-
-@pytest.mark.xfail(strict=False, reason="not met on this data: seed 0 gives CLSR 0.663 vs DIN 0.667 (seeds 1, 2: "
-                                        "CLSR +0.035, +0.042); with 5000 users DIN leads on data seed 0 for model "
-                                        "seeds 0, 1, 2 (0.740/0.716/0.695 vs 0.687/0.698/0.671), CLSR on data seed "
-                                        "1 (0.705 vs 0.670). CLSR's pools are softmax-normalised and its long-term "
-                                        "query is the user embedding, an untrained row for these unseen users; "
-                                        "DIN's sum-pooled target attention counts the candidate's category. The "
-                                        "official code's target-aware short-term query and [u, target] tower do "
-                                        "not close the gap; single runs vary by 0.02-0.05 with the model seed")
-def test_clsr_auc_at_least_dins(clsr, din, drift):
-    """The strict comparison, kept as a record: see the CLSR docstring ("Against DIN")."""
-    assert _report(clsr, drift)["auc"] >= _report(din, drift)["auc"]
+    assert reports["CLSR"]["auc"] >= reports["DIN"]["auc"]
 
 
 # ---------------------------------------------------------------------------- save, export, serve

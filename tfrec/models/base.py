@@ -254,9 +254,15 @@ class RecModel(tf.keras.Model):
             steps.assign(1)
         try:
             yield
-        finally:
+        except BaseException:
+            # Restoring can fail for the same reason the block did (a lost parameter server
+            # holds the variable): it must not replace that error with its own.
             if before is not None:
-                steps.assign(before)
+                with contextlib.suppress(Exception):
+                    steps.assign(before)
+            raise
+        if before is not None:
+            steps.assign(before)
 
     def _checked(self, x, y):
         """A dict of numpy / pandas features (and labels), checked against the model's Inputs.

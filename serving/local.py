@@ -160,4 +160,3 @@ class LocalServer:
 
     def __exit__(self, *exc_info):
         self.stop()
-

@@ -205,13 +205,15 @@ class _Processes:
         except subprocess.TimeoutExpired:
             pytest.fail(f"a child process outlived its time bound\n{self.logs()}")
 
+    def log(self, name):
+        """Everything the process started as `name` printed so far."""
+        log = next(log for started, _, log in self.started if started == name)
+        log.flush()
+        with open(log.name) as source:
+            return source.read()
+
     def logs(self, tail=3000):
-        text = []
-        for name, _, log in self.started:
-            log.flush()
-            with open(log.name) as source:
-                text.append(f"--- {name}\n{source.read()[-tail:]}")
-        return "\n".join(text)
+        return "\n".join(f"--- {name}\n{self.log(name)[-tail:]}" for name, _, _ in self.started)
 
     def __enter__(self):
         return self
@@ -394,17 +396,16 @@ def test_parameter_server_shards_item_table_resumes_and_exports(tmp_path):
         os.killpg(started["ps1"].pid, signal.SIGKILL)
         started["ps1"].wait(timeout=30)
         assert processes.wait(resumed, deadline) != 0, processes.logs()
-        failure = processes.logs(tail=10**6).split("--- chief_again\n")[1].split("\n--- ")[0]
+        resumed_log = processes.log("chief_again")
         processes.start("ps1_again", role["ps"][1])
         third = processes.start("chief_third", chief + ["0"])
         assert processes.wait(third, deadline) == 0, processes.logs()
-        chief_log = processes.logs(tail=10**6)
     _assert_resumed(step_log, last_done, run=1, runs=3)
     _assert_resumed(step_log, ps_lost_after, run=2, runs=3)
     # The coordinator saw the worker fail, and re-ran its unfinished steps on the other one.
-    assert "Worker /job:worker/replica:0/task:1 failed" in chief_log, chief_log[-3000:]
+    assert "Worker /job:worker/replica:0/task:1 failed" in resumed_log, resumed_log[-3000:]
     # The chief's error (up to TensorFlow's log lines written at exit) names the lost server.
-    traceback = failure[failure.rindex("Traceback (most recent call last):"):]
+    traceback = resumed_log[resumed_log.rindex("Traceback (most recent call last):"):]
     error = re.split(r"\n[EWI]\d{4} ", traceback[traceback.index("Error: "):])[0]
     assert "UnavailableError" in traceback and "/job:ps/replica:0/task:1" in error, traceback[:3000]
     report = json.load(open(out))

@@ -18,7 +18,8 @@ return types, and both raise `ServingError` (with `.code`, a `grpc.StatusCode`, 
 `predict` takes a dict of lists / numpy arrays, or a pandas DataFrame. Rows of different
 lengths (list-valued cells) become a 2-D array right-padded with 0 (or "" for strings) to the
 longest row of the request. Inputs are cast to the signature's dtype when that loses nothing
-that matters (int64 -> int32 within range, int -> float, float64 -> float32); the signature
+that matters (int64 -> int32 within range, int -> float, float64 -> float32, int -> its
+decimal text for a string input, as a string table reads ids); the signature
 dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
 the call retried once, when the server refuses a request and the signature has changed since,
 e.g. after a new version was loaded).
@@ -123,7 +124,12 @@ def _cast_to_signature(array, dtype):
     int -> float, float64 -> float32, int64 -> int32 (values within range). Anything else
     is left as it is, for the server to accept or refuse with INVALID_ARGUMENT.
     """
-    if dtype is None or dtype == types_pb2.DT_STRING or array.dtype.kind not in "iuf":
+    if dtype == types_pb2.DT_STRING:
+        # Ids as their decimal text, as a string table reads them; rows with no items at all
+        # (a new user's empty history) come out of padding as an empty float array.
+        return array.astype(str) if array.dtype.kind in "iu" or (array.size == 0 and array.dtype.kind == "f") \
+            else array
+    if dtype is None or array.dtype.kind not in "iuf":
         return array
     try:
         target = numpy_dtype_of(dtype)
@@ -150,7 +156,17 @@ def _numeric(name, array, dtype):
         if value is None or isinstance(value, (str, bytes)):
             raise ValueError(f"Input {name!r} expects {expected} values, but row "
                              f"{index[0] if index else 0} holds {value!r}")
-    return array.astype(numpy_dtype_of(dtype))
+    target = numpy_dtype_of(dtype)
+    try:
+        return array.astype(target)
+    except (OverflowError, ValueError):  # e.g. an int beyond int64: find it
+        for index, value in np.ndenumerate(array):
+            try:
+                np.array([value], dtype=object).astype(target)
+            except (OverflowError, ValueError):
+                raise ValueError(f"Input {name!r} expects {expected} values, but row "
+                                 f"{index[0] if index else 0} holds {value!r}, which does not fit") from None
+        raise
 
 
 def _tensor_summary(infos):
@@ -182,8 +198,28 @@ _METHODS = {"classify": tf.saved_model.CLASSIFY_METHOD_NAME,
             "regress": tf.saved_model.REGRESS_METHOD_NAME}
 
 
-def _examples(examples):
-    """A list of dicts / tf.train.Examples, or a DataFrame, as a list of tf.train.Example."""
+_FEATURE_CASTS = {types_pb2.DT_FLOAT: float, types_pb2.DT_DOUBLE: float, types_pb2.DT_STRING: str}
+
+
+def _typed_feature(value, dtype):
+    """A feature's value with its ints as floats for a float input, or as their decimal text for a
+    string input, as `predict` casts them: a tf.Example keeps the type it is given."""
+    cast = _FEATURE_CASTS.get(dtype)
+    if cast is None:
+        return value
+
+    def one(item):
+        is_int = isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+        return cast(int(item)) if is_int else item
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [one(item) for item in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    return one(value)
+
+
+def _examples(examples, dtypes=None):
+    """A list of dicts / tf.train.Examples, or a DataFrame, as a list of tf.train.Example; a
+    dict's values typed by `dtypes` ({feature: DataType}, `_typed_feature`)."""
     from serving.json_examples import example_from_dict
 
     if hasattr(examples, "columns") and hasattr(examples, "to_dict"):
@@ -196,19 +232,18 @@ def _examples(examples):
         if isinstance(example, tf.train.Example):
             out.append(example)
         elif hasattr(example, "items"):
-            out.append(example_from_dict(example))
+            out.append(example_from_dict({name: _typed_feature(value, (dtypes or {}).get(name))
+                                          for name, value in example.items()}))
         else:
             raise TypeError(f"each example must be a dict of features, got "
                             f"{type(example).__name__}")
     return out
 
 
-def _context(context):
-    from serving.json_examples import example_from_dict
-
+def _context(context, dtypes=None):
     if context is None or isinstance(context, tf.train.Example):
         return context
-    return example_from_dict(context)
+    return _examples([context], dtypes)[0]
 
 
 def _fill_input(input_proto, examples, context):
@@ -264,6 +299,13 @@ class _BaseClient:
             with self._cache_lock:
                 self._signature_maps[key] = cached
         return cached
+
+    def _feature_dtypes(self, model_name, version, version_label, timeout):
+        """{feature: DataType} of the model's `serving_default` inputs (a tfrec export's
+        tf.Example signatures parse the same features), for typing dict examples."""
+        signature_map = self._signature_def_map(model_name, version, version_label, timeout)
+        signature = signature_map.signature_def.get(DEFAULT_SIGNATURE)
+        return {} if signature is None else {alias: info.dtype for alias, info in signature.inputs.items()}
 
     def _prepared_inputs(self, inputs, signature):
         arrays = _input_arrays(inputs)
@@ -344,7 +386,8 @@ class _BaseClient:
           Others: as in `predict`.
         """
         timeout = self.timeout if timeout is None else timeout
-        return self._classify(model_name, _examples(examples), _context(context),
+        dtypes = self._feature_dtypes(model_name, version, version_label, timeout)
+        return self._classify(model_name, _examples(examples, dtypes), _context(context, dtypes),
                               signature_name or "", version, version_label, timeout)
 
     def regress(self, model_name, examples, context=None, signature_name=None, version=None,
@@ -352,7 +395,8 @@ class _BaseClient:
         """Runs a Regress call on tf.Examples; returns a float32 array, one value per example.
         Arguments as in `classify`."""
         timeout = self.timeout if timeout is None else timeout
-        return self._regress(model_name, _examples(examples), _context(context),
+        dtypes = self._feature_dtypes(model_name, version, version_label, timeout)
+        return self._regress(model_name, _examples(examples, dtypes), _context(context, dtypes),
                              signature_name or "", version, version_label, timeout)
 
     def multi_inference(self, model_name, examples, tasks, context=None, version=None,
@@ -445,7 +489,8 @@ class Client(_BaseClient):
             task = request.tasks.add(method_name=_method_name(method))
             self._fill_spec(task.model_spec, model_name, version, version_label,
                             signature_name or "")
-        _fill_input(request.input, _examples(examples), _context(context))
+        dtypes = self._feature_dtypes(model_name, version, version_label, timeout)
+        _fill_input(request.input, _examples(examples, dtypes), _context(context, dtypes))
         response = self._call(self._predictions.MultiInference, request, timeout)
         return [_classes_list(result.classification_result)
                 if result.WhichOneof("result") == "classification_result"

@@ -35,7 +35,9 @@ def check_input_aliases(signature, request_aliases):
                 f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) "
                 f"not found in request and no default value provided. Inputs expected to be "
                 f"in the request {{{_joined(request)}}}, or default input alias set: "
-                f"{_joined(signature.defaults)}")
+                f"{_joined(signature.defaults)}"
+                # TF Serving's text ends above; this names the culprit of a misspelt feature.
+                + (f". Sent but not in the signature: {{{_joined(request - expected)}}}" if request - expected else ""))
     if request - expected:
         raise invalid_argument(
             f"Inputs contains invalid name. Used request inputs: "

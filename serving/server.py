@@ -197,6 +197,15 @@ _IGNORED_TF_SERVING_FLAGS = {
 _VERSION_TEXT = "TensorFlow ModelServer: 2.20.0 (tfrec serving.server, compatible)"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help gives each flag's default, where it has one that its help text does not give."""
+
+    def _get_help_string(self, action):
+        if action.default in ("", None) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """Says that an unrecognized flag is not a tensorflow_model_server flag either."""
 
@@ -233,7 +242,7 @@ def _add_bool(parser, name, default, help_text):
 
 def build_arg_parser():
     parser = _ArgumentParser(
-        prog="serving.server", allow_abbrev=False,
+        prog="serving.server", allow_abbrev=False, formatter_class=_HelpFormatter,
         description="TensorFlow-Serving-compatible model server (gRPC + REST) for SavedModels.",
         epilog="Also accepted, for compatibility with tensorflow_model_server, and ignored with "
                "a warning: " + ", ".join(f"--{name}" for name in sorted(_IGNORED_TF_SERVING_FLAGS))

@@ -262,7 +262,8 @@ def cmd_serve(argv):
 
 
 def read_inputs(value, flag="--inputs"):
-    """The request of --inputs: JSON text, or @FILE holding it ({feature: values} or {"inputs": ...})."""
+    """The request of --inputs: JSON text, or @FILE holding it: {feature: values}, or TF Serving's REST
+    bodies {"inputs": {feature: values}} and {"instances": [{feature: value}, ...]}."""
     text = value
     if value.startswith("@"):
         path = value[1:]
@@ -278,9 +279,15 @@ def read_inputs(value, flag="--inputs"):
                        'write {"feature": [values, ...]}, e.g. {"user_id": ["u1"], "item_id": ["i2"]}') from None
     if isinstance(inputs, dict) and set(inputs) == {"inputs"} and isinstance(inputs["inputs"], dict):
         inputs = inputs["inputs"]  # TF Serving's REST columnar body
-    if not isinstance(inputs, dict) or not inputs:
+    elif isinstance(inputs, dict) and set(inputs) == {"instances"} and isinstance(inputs["instances"], list) \
+            and inputs["instances"] and all(isinstance(row, dict) for row in inputs["instances"]):
+        rows = inputs["instances"]  # TF Serving's REST row body: one object per example
+        inputs = {name: [row.get(name) for row in rows] for name in dict.fromkeys(k for row in rows for k in row)}
+    if not isinstance(inputs, dict):
         raise CliError(f"{flag}: expected a JSON object {{feature: values}}, got {type(inputs).__name__}",
                        'write {"feature": [values, ...]}')
+    if not inputs:
+        raise CliError(f"{flag}: the JSON object names no feature", 'write {"feature": [values, ...]}')
     return inputs
 
 

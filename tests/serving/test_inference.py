@@ -425,3 +425,26 @@ def test_classify_goes_through_predicts_batching(saved_models):
         servable.close()
     np.testing.assert_allclose(answers, [example_tf2_probability(row) for row in rows],
                                rtol=1e-6)
+
+
+def test_client_sends_cold_start_rows_ids_as_numbers_and_names_bad_values(planted_din, din_server):
+    """What a user's own rows bring: users with no history at all, integer ids for a string
+    table, an id beyond int64, and a misspelt feature name."""
+    inputs, _ = din_rows(planted_din, 4)
+    with Client(din_server.grpc_target) as client:
+        no_history = {**inputs, "hist_item_id": [[]] * 4, "hist_cate_id": [[]] * 4, "seq_length": [0] * 4}
+        padding_only = {**no_history, "hist_item_id": [[""]] * 4, "hist_cate_id": [[""]] * 4}
+        cold = client.predict("din", no_history)["prediction"]
+        assert np.all(np.isfinite(cold))
+        np.testing.assert_allclose(cold, client.predict("din", padding_only)["prediction"], atol=1e-6)
+        numbers = {**no_history, "item_id": [5, 6, 7, 8]}
+        as_text = client.predict("din", {**no_history, "item_id": ["5", "6", "7", "8"]})["prediction"]
+        np.testing.assert_allclose(client.predict("din", numbers)["prediction"], as_text, atol=1e-6)
+        rows = [{name: values[i] for name, values in numbers.items()} for i in range(4)]  # tf.Examples typed alike
+        np.testing.assert_allclose(client.regress("din", rows, signature_name="regress"), as_text, atol=1e-6)
+        with pytest.raises(ValueError, match=r"Input 'seq_length' expects int64 values, but row 0 holds "
+                                             r"18446744073709551616, which does not fit"):
+            client.predict("din", {**inputs, "seq_length": [2 ** 64, 1, 1, 1]})
+        misspelt = {("seq_lenght" if name == "seq_length" else name): value for name, value in inputs.items()}
+        with pytest.raises(ServingError, match=r"Sent but not in the signature: \{seq_lenght\}"):
+            client.predict("din", misspelt)

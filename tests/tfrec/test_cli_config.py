@@ -325,3 +325,15 @@ def test_ctrl_c_stops_the_demo_and_removes_its_temporary_directory(tmp_path):
     assert process.returncode == 130, err
     assert "Traceback" not in err and "tfrec demo: interrupted" in err
     assert not workdir.exists()
+
+
+def test_query_inputs_take_tf_servings_rest_bodies_and_name_an_empty_one():
+    from tfrec.cli import CliError, read_inputs
+
+    columns = {"user_id": ["u1", "u2"], "hist_item_id": [["i1"], []]}
+    assert read_inputs(json.dumps(columns)) == columns
+    assert read_inputs(json.dumps({"inputs": columns})) == columns
+    assert read_inputs(json.dumps({"instances": [{"user_id": "u1", "hist_item_id": ["i1"]},
+                                                 {"user_id": "u2", "hist_item_id": []}]})) == columns
+    with pytest.raises(CliError, match="--inputs: the JSON object names no feature"):
+        read_inputs("{}")

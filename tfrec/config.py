@@ -18,6 +18,7 @@ Every mistake in a config is a `ConfigError` naming the file and the key.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+import ast
 import contextlib
 import dataclasses
 import glob
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenSparseFeat
 
 from tfrec import distribute
 
@@ -60,7 +61,8 @@ class DataConfig:
       train: files (CSV `.csv`/`.csv.gz`/`.tsv`, or Parquet `.parquet`/`.pq`), absolute after
         loading; each entry may be a glob.
       test: files of a separate test set; None splits `train` (see `SplitConfig`).
-      sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`); Parquet holds lists.
+      sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`; a JSON list
+        `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`, is read as one too); Parquet holds lists.
     """
     train: list
     test: Optional[list] = None
@@ -409,7 +411,9 @@ def _expand(patterns, key, config_path):
     return files
 
 
-def _read_file(path):
+def _read_file(path, text_columns=()):
+    """One CSV/Parquet file as a DataFrame; in a CSV, `text_columns` (where present) are read as
+    text, not parsed as numbers."""
     import pandas as pd
 
     lower = path.lower()
@@ -419,7 +423,9 @@ def _read_file(path):
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
     if lower.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        return pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",")
+        sep = "\t" if lower.endswith(".tsv") else ","
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header})
     raise ConfigError(f"{path}: unknown file type; data files are CSV (.csv, .csv.gz, .tsv) or Parquet "
                       "(.parquet, .pq)")
 
@@ -428,22 +434,48 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
 
     A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
-    none); a Parquet cell holds a list already.
+    none); a Parquet cell holds a list already. In a CSV, the column `<f>` of a sequence
+    `hist_<f>` is read as text, as the sequence's items are: an id "007" stays "007" on both.
     """
     import pandas as pd
 
-    frames = [_read_file(f) for f in _expand(files, key, config_path)]
+    targets = [name[len(HISTORY_PREFIX):] for name in sequences if name.startswith(HISTORY_PREFIX)]
+    frames = [_read_file(f, targets) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     for name in sequences:
         if name not in df.columns:
             raise ConfigError(f"{config_path}: columns.sequences: '{name}' is not a column of the data; its "
                               f"columns are {list(df.columns)}")
+        _check_separator(df[name], name, separator, config_path)
         df[name] = [_sequence_cell(cell, separator) for cell in df[name].to_numpy()]
     return df
 
 
+def _check_separator(cells, name, separator, config_path):
+    """A ConfigError when a sequence's text cells seem joined by another separator: none holds
+    `separator` and most of those with more than one character hold "," or ";" (each such cell
+    would otherwise be read as one item)."""
+    text = [cell for cell in cells if isinstance(cell, str) and len(cell) > 1 and not _is_json_list(cell)]
+    if not text or any(separator in cell for cell in text):
+        return
+    for other in (",", ";"):
+        if sum(other in cell for cell in text) * 2 > len(text):
+            raise ConfigError(f"{config_path}: data.sequence_separator: no cell of '{name}' holds {separator!r}, "
+                              f"but most hold {other!r} (e.g. {text[0]!r}); set sequence_separator: {other!r}")
+
+
+def _is_json_list(cell):
+    return cell.startswith("[") and cell.endswith("]")
+
+
 def _sequence_cell(cell, separator):
     if isinstance(cell, str):
+        if _is_json_list(cell):  # '["i3", "i7"]' (JSON) or "['i3', 'i7']" (pandas' to_csv of a list)
+            for parse in (json.loads, ast.literal_eval):
+                try:
+                    return [str(item) for item in parse(cell) if item not in ("", None)]
+                except (ValueError, SyntaxError, TypeError):
+                    pass
         return [item for item in cell.split(separator) if item != ""]
     if cell is None or (isinstance(cell, float) and cell != cell):
         return []
@@ -486,14 +518,26 @@ def load_frames(config):
 def _check_labels(df, config):
     import numpy as np
 
+    types = dict(zip(config.tasks, config.model.args.get("task_types", ())) if config.multitask else ())
     for task, column in config.tasks.items():
         if column not in df.columns:
             raise ConfigError(f"{config.path}: labels: '{column}' is not a column of the data; its columns are "
                               f"{list(df.columns)}")
         values = df[column].to_numpy()
-        if values.dtype.kind not in "biuf" or np.isnan(values.astype(float)).any():
-            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers 0/1 without gaps, "
-                              f"got {values.dtype} values like {values[:3].tolist()}")
+        binary = types.get(task, "binary") == "binary"
+        if values.dtype.kind not in "biuf":
+            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers"
+                              f"{' 0/1' if binary else ''}, got {values.dtype} values like {values[:3].tolist()}")
+        values = values.astype(float)
+        if np.isnan(values).any():
+            missing = np.flatnonzero(np.isnan(values))
+            raise ConfigError(f"{config.path}: labels: column '{column}' has {len(missing)} empty cell(s), the "
+                              f"first in data row {missing[0]}; fill or drop those rows")
+        if binary and not np.isin(values, (0, 1)).all():
+            bad = np.flatnonzero(~np.isin(values, (0, 1)))
+            raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "
+                              f"row {bad[0]} holds {values[bad[0]]:g} (values seen: "
+                              f"{sorted(set(np.unique(values).tolist()))[:10]}); map them to 0/1 first")
 
 
 # --- Columns -------------------------------------------------------------------------------
@@ -507,11 +551,19 @@ def infer_columns(train_df, config):
 
     options = config.columns
     try:
-        return infer_feature_columns(train_df, config.tasks.values(), options.exclude, options.dense,
-                                     options.sequences, options.min_count, options.embedding_dim)
+        columns = infer_feature_columns(train_df, config.tasks.values(), options.exclude, options.dense,
+                                        options.sequences, options.min_count, options.embedding_dim)
     except ColumnInferenceError as error:
         key = "columns" if error.key is None else f"columns.{error.key}"
         raise ConfigError(f"{config.path}: {key}: {error.problem}") from None
+    names = {column.name for column in columns}
+    for column in columns:
+        target = column.name[len(HISTORY_PREFIX):]
+        if type(column) is SparseFeat and column.name.startswith(HISTORY_PREFIX) and target in names:
+            raise ConfigError(f"{config.path}: columns.sequences: '{column.name}' pairs with '{target}' but is read "
+                              f"as one value per row; list it under columns.sequences (a CSV cell joins its items "
+                              f"with {config.data.sequence_separator!r})")
+    return columns
 
 
 def explicit_columns(config):
@@ -519,6 +571,8 @@ def explicit_columns(config):
     columns = []
     for i, entry in enumerate(config.columns.explicit):
         kwargs = {k: v for k, v in entry.items() if k not in ("type", "maxlen", "combiner", "length_name")}
+        if isinstance(kwargs.get("vocabulary_path"), str):  # relative to the config, as every path
+            kwargs["vocabulary_path"] = _resolve(config.path, kwargs["vocabulary_path"])
         try:
             if entry["type"] == "dense":
                 columns.append(DenseFeat(**kwargs))
@@ -648,6 +702,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     Returns:
       The trained Keras model.
     """
+    import numpy as np
     import tensorflow as tf
 
     from tfrec.data import df_to_dataset
@@ -657,6 +712,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
     columns = build_columns(train_df, config)
     train_df = prepare(train_df, columns)
+    _check_dense(train_df, columns, config)
+    _check_test_rows(test_df, columns, config)  # before training, not after it
     tf.keras.utils.set_random_seed(config.train.seed)
     settings = config.strategy
     strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
@@ -683,9 +740,44 @@ def train(config, verbose=2, tensorboard=None, out=None):
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
-        model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
+        losses = model.fit(dataset, epochs=config.train.epochs, verbose=verbose,
+                           callbacks=callbacks + [tf.keras.callbacks.TerminateOnNaN()], **fit_args).history["loss"]
+    if not np.isfinite(losses).all():
+        raise ValueError(f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}, so nothing was "
+                         "saved; lower train.learning_rate, or check the data for extreme values")
     _save(model, columns, config, out)
     return model
+
+
+def _check_test_rows(test_df, columns, config):
+    """A ConfigError when the test rows lack a feature's column or the `evaluate.group` column."""
+    where = "data.test" if config.data.test else "data.train"
+    missing = [column.name for column in columns if column.name not in test_df.columns]
+    if missing:
+        raise ConfigError(f"{config.path}: {where}: the test rows lack the feature column(s) {missing}; their "
+                          f"columns are {list(test_df.columns)}")
+    group = config.evaluate.group
+    if group is not None and group not in test_df.columns:
+        raise ConfigError(f"{config.path}: evaluate.group: '{group}' is not a column; the columns are "
+                          f"{list(test_df.columns)}")
+
+
+def _check_dense(df, columns, config):
+    """A ConfigError for the first dense column of the training rows with an empty cell."""
+    import numpy as np
+
+    for column in columns:
+        if isinstance(column, DenseFeat) and column.name in df.columns and df[column.name].dtype.kind == "f":
+            gaps = np.flatnonzero(df[column.name].isna().to_numpy())
+            if len(gaps):
+                inferred = ""
+                if config.columns.infer and config.columns.dense is None:
+                    inferred = (" It is dense because it holds floats: if it holds ids, which pandas reads as floats "
+                                "when the column has gaps, list the numeric columns under columns.dense, and the "
+                                "others are categorical")
+                raise ConfigError(f"{config.path}: columns: dense column '{column.name}' has {len(gaps)} empty "
+                                  f"cell(s) in the training rows, the first in row {gaps[0]}; fill them in the "
+                                  f"data or drop those rows.{inferred}")
 
 
 def _save(model, columns, config, out):
@@ -750,10 +842,8 @@ def evaluate(config, out=None):
     with step("loading the trained model", out):
         model, columns = trained(config)
     test_df = prepare(load_frames(config)[1], columns)
+    _check_test_rows(test_df, columns, config)
     group = config.evaluate.group
-    if group is not None and group not in test_df.columns:
-        raise ConfigError(f"{config.path}: evaluate.group: '{group}' is not a column; the columns are "
-                          f"{list(test_df.columns)}")
     report = {"rows": len(test_df), "tasks": {}}
     scores = {}
     with step(f"scoring {len(test_df)} test rows", out):

@@ -218,3 +218,102 @@ def test_a_config_refuses_a_ranking_model_with_two_outputs(tmp_path):
     train_df, _ = run.load_frames(config)
     with pytest.raises(ConfigError, match=r"outputs \['prediction', 'gsu_prediction'\], and a config trains one"):
         run.build_model(config, run.build_columns(train_df, config))
+
+
+def test_mistakes_in_a_users_own_data_are_named_before_training(tmp_path):
+    """Labels that are not 0/1, empty labels, and empty cells of a dense column: each names the
+    column and the first row, instead of training a model that is wrong or all NaN."""
+    def data(**changes):
+        df = frame().assign(**changes)
+        df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+        return load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                               "split: {test_fraction: 0.25, order_by: row_id}\n"
+                                               "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+
+    with pytest.raises(ConfigError, match=r"labels: column 'click' must hold 0/1 \(a binary task\), but data row 2 "
+                                          r"holds 2 \(values seen: \[0.0, 1.0, 2.0\]\)"):
+        run.load_frames(data(click=[1, 0, 2, 0, 1, 0, 1, 0]))
+    with pytest.raises(ConfigError, match="labels: column 'click' has 1 empty cell"):
+        run.load_frames(data(click=[1, 0, 1, None, 1, 0, 1, 0]))
+    with pytest.raises(ConfigError, match=r"columns: dense column 'price' has 2 empty cell\(s\) in the training rows, "
+                                          r"the first in row 1; .* list the numeric columns under columns.dense"):
+        run.train(data(price=[0.5, None, 1.5, 2.0, None, 1.0, 1.5, 2.0]), verbose=0)
+    with pytest.raises(ConfigError, match="exclude the column if it is unique to each row"):
+        run.infer_columns(run.load_frames(data())[0], load_config(str(write(
+            tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {min_count: 100}\n"))))
+
+
+def test_ids_read_from_a_csv_keep_their_text_and_int_ids_with_gaps_stay_ids(tmp_path):
+    """An item id "007" in a CSV stays "007" as a target, as it does in the histories; a user id
+    column with a gap (which pandas reads as floats) is a categorical column of "5", not "5.0"."""
+    df = frame().assign(item_id=["007", "010", "007", "3", "007", "010", "007", "99"],
+                        hist_item_id=["", "007", "007|010", "010", "007|3", "", "010|007|010", "007"],
+                        user_id=[1, 2, None, 1, 2, 3, 1, 9])
+    df.to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "split: {test_fraction: 0.25, order_by: row_id}\n"
+                                             "columns: {exclude: [row_id], dense: [price], "
+                                             "sequences: {hist_item_id: {}}}\n")))
+    train_df, _ = run.load_frames(config)
+    assert train_df["item_id"].tolist()[:2] == ["007", "010"]
+    columns = {c.name: c for c in run.infer_columns(train_df, config)}
+    assert list(columns["item_id"].vocabulary[:2]) == ["007", "010"]
+    assert columns["user_id"].dtype == "string" and set(columns["user_id"].vocabulary) == {"1", "2", "3"}
+    from tfrec.data import df_to_inputs
+
+    inputs = df_to_inputs(run.prepare(train_df, list(columns.values())), list(columns.values()))
+    assert inputs["user_id"].tolist() == ["1", "2", "", "1", "2", "3"]  # the gap is padding
+
+
+def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "items.txt").write_text("a\nb\nc\n")
+    path = write(tmp_path / "cfg", "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns:\n"
+                                   "  - {type: sparse, name: item_id, embedding_dim: 4, dtype: string, "
+                                   "vocabulary_path: items.txt}\n")
+    monkeypatch.chdir(tmp_path)
+    [column] = run.explicit_columns(load_config(str(path)))
+    assert column.vocabulary_path == str(tmp_path / "cfg" / "items.txt")
+
+
+def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
+    df = frame().assign(price=[3e38] * 8)  # finite, but the network's sums overflow to inf
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 2, batch_size: 2}\n")))
+    with pytest.raises(ValueError, match=r"training diverged: the loss became nan in epoch 1, so nothing was saved"):
+        run.train(config, verbose=0)
+    assert not Path(config.output_file(run.MODEL_FILE)).exists()
+
+
+def test_history_cells_in_other_formats_and_undeclared_histories(tmp_path):
+    """A JSON-list cell is a sequence; comma-joined cells name the separator to set; a CSV history
+    not listed under columns.sequences, and test rows without a feature, are named before training."""
+    df = frame()
+    as_json = df.assign(hist_item_id=[json.dumps(cell) for cell in df["hist_item_id"]])
+    as_json.to_csv(tmp_path / "d.csv", index=False)
+    base = "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+    config = load_config(str(write(tmp_path, base + "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+    read = run.read_data([str(tmp_path / "d.csv")], sequences=["hist_item_id"])
+    assert read["hist_item_id"].tolist() == df["hist_item_id"].tolist()
+    df.to_csv(tmp_path / "lists.csv", index=False)  # pandas writes a list cell as "['a', 'b']"
+    read = run.read_data([str(tmp_path / "lists.csv")], sequences=["hist_item_id"])
+    assert read["hist_item_id"].tolist() == df["hist_item_id"].tolist()
+
+    df.assign(hist_item_id=[",".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(ConfigError, match=r"data.sequence_separator: no cell of 'hist_item_id' holds '\|', but most "
+                                          r"hold ','"):
+        run.load_frames(config)
+
+    write_csv_frame(tmp_path / "d.csv")
+    undeclared = load_config(str(write(tmp_path, base + "columns: {exclude: [row_id]}\n")))
+    with pytest.raises(ConfigError, match=r"columns.sequences: 'hist_item_id' pairs with 'item_id' but is read as one "
+                                          r"value per row; list it under columns.sequences"):
+        run.infer_columns(run.load_frames(undeclared)[0], undeclared)
+
+    frame().drop(columns=["price"]).to_csv(tmp_path / "test.csv", index=False)
+    no_price = load_config(str(write(tmp_path, "data: {train: d.csv, test: test.csv}\nlabels: click\n"
+                                     "model: {name: DIN}\ncolumns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+    with pytest.raises(ConfigError, match=r"data.test: the test rows lack the feature column\(s\) \['price'\]"):
+        run.train(no_price, verbose=0)

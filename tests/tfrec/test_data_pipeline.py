@@ -125,3 +125,16 @@ def test_df_to_dataset_shuffles_every_row_once_and_repeats(frame):
     assert sorted(users) == [1, 2, 3]
     repeated = df_to_dataset(frame, columns(), "label", batch_size=3, repeat=True)
     assert sum(1 for _ in repeated.take(4)) == 4
+
+
+def test_gaps_are_named_by_feature_and_row_and_int_ids_in_floats_are_their_text():
+    columns_ = [SparseFeat("user", dtype="string", vocabulary=["5", "6"]), DenseFeat("price", 1)]
+    df = pd.DataFrame({"user": [5.0, 6.0, 5.0], "price": [1.0, 2.0, 3.0]})  # an int column widened to floats
+    assert df_to_inputs(df, columns_)["user"].tolist() == ["5", "6", "5"]
+    with pytest.raises(ValueError, match=r"feature 'price' needs numbers, but row 1 holds NaN"):
+        df_to_inputs(df.assign(price=[1.0, None, 3.0]), columns_)
+    with pytest.raises(ValueError, match=r"feature 'price' needs numbers, but row 2 holds NaN"):
+        next(iter(df_to_dataset(df.assign(price=[1.0, 2.0, None]), columns_, shuffle=False)))
+    with pytest.raises(ValueError, match=r"feature 'user' has dtype 'string' and needs str values, but row 1 holds "
+                                         r"(None|nan)"):
+        df_to_inputs(pd.DataFrame({"user": ["5", None, "6"], "price": [1.0, 2.0, 3.0]}), columns_)

@@ -49,6 +49,12 @@ def _sequence_options(sequences):
     return {name: {} for name in sequences}
 
 
+def _token(value):
+    """A value of a string table as its text; a whole-number float (an int column with gaps,
+    which pandas reads as floats) as its integer's text, "5" not "5.0", as `df_to_inputs` sends it."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def build_vocabulary(counts, min_count=1):
     """The values of `counts` ({value: count}) seen at least `min_count` times, most frequent
     first (ties by their text), without the padding values "" and 0."""
@@ -135,11 +141,12 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
         for name in names:
             values = df[name].to_numpy()
             flat = [v for cell in values for v in cell] if name in sequences else values.tolist()
-            counts.update(flat if integer else [str(v) for v in flat if not (isinstance(v, float) and v != v)])
+            counts.update(flat if integer else [_token(v) for v in flat if not (isinstance(v, float) and v != v)])
         kept = build_vocabulary(counts, min_count)
         if not kept:
             raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in "
-                                                    "the training rows; lower min_count")
+                                                    "the training rows; exclude the column if it is unique to "
+                                                    "each row (a row or session id), else lower min_count")
         dtype = "int64" if integer else "string"
         vocabulary = [int(v) for v in kept] if integer else kept
         base = SparseFeat(table, None, embedding_dim, dtype=dtype, vocabulary=vocabulary)

@@ -29,18 +29,32 @@ def _column(df, name, owner):
 
 
 def _ids(values, dtype, feature_name):
-    """Casts ids to the column's dtype: int32/int64 arrays, or object arrays of str for strings."""
+    """Casts ids to the column's dtype: int32/int64 arrays, or object arrays of str for strings.
+
+    A string column takes ints as their decimal text, and whole-number floats too (pandas reads
+    an int column with gaps as floats): 5.0 is "5", as a request sends it.
+    """
     values = np.asarray(values)
     if dtype == _STRING:
         if values.dtype.kind == "S":
             return np.char.decode(values, "utf-8").astype(object)
+        if values.dtype.kind == "f" and np.all(values == np.round(values)):  # NaN fails this
+            values = values.astype(np.int64)
         if values.dtype.kind in "iuU" or values.size == 0:
             return values.astype(str).astype(object)
-        if values.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in values.tolist()):
-            return values
+        if values.dtype.kind == "O":
+            cells = values.tolist()
+            if all(isinstance(v, (str, bytes)) for v in cells):
+                return values
+            cells = [str(int(v)) if isinstance(v, float) and v.is_integer() else
+                     str(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for v in cells]
+            values = np.array(cells, dtype=object)
+            if all(isinstance(v, (str, bytes)) for v in cells):
+                return values
+        row = next(row for row, v in enumerate(values.tolist()) if not isinstance(v, (str, bytes)))
         raise ValueError(
-            f"feature '{feature_name}' has dtype 'string' and needs str values, but holds "
-            f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
+            f"feature '{feature_name}' has dtype 'string' and needs str values, but row {row} holds "
+            f"{values[row]!r}; missing values must be filled first (\"\" is padding)"
         )
     return _integers(values, dtype, feature_name, "integer ids")
 
@@ -167,6 +181,10 @@ def _dense_input(df, column):
             f"feature '{column.name}' needs {column.dimension} {kind}(s) per row, got an array "
             f"of shape {array.shape}"
         )
+    if array.dtype.kind == "f" and np.isnan(array).any():  # every score and loss would be NaN
+        row = int(np.flatnonzero(np.isnan(array.reshape(len(array), -1)).any(axis=1))[0])
+        raise ValueError(f"feature '{column.name}' needs numbers, but row {row} holds NaN; fill missing "
+                         f"values first (e.g. df['{column.name}'].fillna(...)) or drop those rows")
     return array
 
 

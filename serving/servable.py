@@ -108,8 +108,8 @@ class ServableVersion:
             if not shape_notes or error.code not in MODEL_FAILURE_CODES:
                 raise
             # Fed as TF Serving feeds it, the model rejected an input of another shape than
-            # its signature declares: say which one.
-            raise invalid_argument(f"{error.message} ({'; '.join(shape_notes)})") from None
+            # its signature declares: say which one, first, before the graph's own words.
+            raise invalid_argument(f"{'; '.join(shape_notes)}; the model says: {error.message}") from None
         finally:
             release_memory_after(_array_bytes(inputs.values()))
         return {alias: outputs[alias] for alias in wanted}

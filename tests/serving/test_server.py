@@ -168,10 +168,10 @@ def test_unknown_model_version_label_signature(client, kwargs, code, message):
      ["input size does not match signature: 3!=2", "Sent extra: {extra}"]),
     ({"x": X, "tag": X[:, 0]}, ['Expects input "tag" to be string but float is provided']),
     # shapes are not checked before the model (TF Serving feeds them as they are); the
-    # model's own failure names the input
+    # model's own failure names the input, first
     ({"x": X[0], "tag": TAGS[:1]},
      ["Invalid reduction dimension",
-      'input "x" has shape [3] where the signature declares [-1,3]']),
+      'input "x" has shape [3] where the signature declares [-1,3]; the model says: ']),
     ({"x": X[:, :2], "tag": TAGS},
      ['input "x" has shape [2,2] where the signature declares [-1,3]']),
     ({"x": [["a", "b", "c"]], "tag": ["t"]}, ['Expects input "x" to be float but string']),

@@ -740,11 +740,14 @@ def train(config, verbose=2, tensorboard=None, out=None):
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
-        losses = model.fit(dataset, epochs=config.train.epochs, verbose=verbose,
-                           callbacks=callbacks + [tf.keras.callbacks.TerminateOnNaN()], **fit_args).history["loss"]
-    if not np.isfinite(losses).all():
-        raise ValueError(f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}, so nothing was "
-                         "saved; lower train.learning_rate, or check the data for extreme values")
+        # Checked per epoch, after fit: a per-batch callback (TerminateOnNaN) would make fit run
+        # one step per call instead of steps_per_execution.
+        losses = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks,
+                           **fit_args).history["loss"]
+    diverged = np.flatnonzero(~np.isfinite(losses))
+    if len(diverged):
+        raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} in epoch {diverged[0] + 1}, so "
+                         "nothing was saved; lower train.learning_rate, or check the data for extreme values")
     _save(model, columns, config, out)
     return model
 

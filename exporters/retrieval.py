@@ -39,6 +39,7 @@ import os
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from feature_columns import SparseIndex
 from tensorflow.core.framework import attr_value_pb2
 from tensorflow.python.framework import auto_control_deps_utils as acd_utils
 
@@ -137,8 +138,10 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
         raise ValueError(
             f"unknown ScaNN option(s) {unknown}; the options are: "
             + "; ".join(f"{name}: {what}" for name, what in _SCANN_OPTIONS.items()))
+    if index == "brute_force" and scann_options:
+        raise ValueError(f"ScaNN option(s) {sorted(scann_options)} have no effect with index='brute_force'")
     user_tower, item_tower, item_input = _towers(model)
-    ids = _candidate_ids(candidates, item_input)
+    ids = _known_items(item_tower, _candidate_ids(candidates, item_input))
     num_candidates = len(ids)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_candidates:
         raise ValueError(
@@ -254,9 +257,11 @@ def _candidate_ids(candidates, item_input):
             f"{type(candidates).__name__}")
     name = _input_name(item_input)
     if name not in candidates.columns:
+        in_index = " (it is the frame's index: call candidates.reset_index() first)" \
+            if name in (candidates.index.names or ()) else ""
         raise ValueError(
-            f"the candidates frame has no column {name!r} (the model's item id feature); its "
-            f"columns are {[str(column) for column in candidates.columns]}")
+            f"the candidates frame has no column {name!r} (the model's item id feature){in_index}; "
+            f"its columns are {[str(column) for column in candidates.columns]}")
     column = candidates[name]
     if len(column) == 0:
         raise ValueError(f"the candidate set is empty: the candidates frame has no rows "
@@ -282,11 +287,41 @@ def _candidate_ids(candidates, item_input):
             raise ValueError(f"candidates column {name!r}: ids must not contain line breaks "
                              f"({ITEM_IDS_FILE} holds one id per line), e.g. {broken[0]!r}")
         return values
-    if not pd.api.types.is_integer_dtype(column.dtype):
+    if column.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                      for v in column.tolist()):
+        column = pd.Series([int(v) for v in column.tolist()], dtype=object)  # Python ints, any size
+    elif not pd.api.types.is_integer_dtype(column.dtype):
         raise ValueError(
             f"candidates column {name!r} must hold integers (the model's item id input is "
             f"{item_input.dtype.name}), but its dtype is {column.dtype}")
+    limits = np.iinfo(np.int64)
+    beyond = [] if column.dtype.kind == "i" else \
+        [int(v) for v in column.tolist() if not limits.min <= int(v) <= limits.max]  # uint64, Python ints
+    if beyond:
+        raise ValueError(f"candidates column {name!r} holds {beyond[0]}, beyond int64 (the ids' served "
+                         "dtype), which would wrap around to another id")
     return column.to_numpy(dtype=np.int64)
+
+
+def _known_items(item_tower, ids):
+    """The candidate ids the item table has a row of its own for. The others (outside its
+    vocabulary, or beyond the rows of a plain integer id table) all share one untrained row
+    (OOV, padding), so they would score alike and fill the top k of every user: they are
+    left out, with a warning. A hashed table has no unknown ids."""
+    lookups = [layer for layer in item_tower.submodules if isinstance(layer, SparseIndex) and not layer.use_hash]
+    if len(lookups) != 1:
+        return ids
+    [lookup] = lookups
+    rows = lookup(tf.constant(ids.astype(object) if lookup.string_input else ids)).numpy()
+    unknown = rows == (1 if lookup.vocabulary is not None else 0)
+    if unknown.all():
+        raise ValueError(f"none of the {len(ids)} candidates is an item the model was trained with (e.g. "
+                         f"{ids[:5].tolist()}): each would get the same untrained vector")
+    if unknown.any():
+        logger.warning("export_retrieval: %d of %d candidates are not in the item table's vocabulary (e.g. %s) "
+                       "and would share one untrained vector; they are left out of the index",
+                       int(unknown.sum()), len(ids), ids[unknown][:5].tolist())
+    return ids[~unknown]
 
 
 def _user_output_kind(user_tower):
@@ -344,7 +379,7 @@ def _scann_config(num_candidates, k, options):
         "num_reordering_candidates": options.get("num_reordering_candidates",
                                                  min(n, max(5 * k, 512))),
         "reordering_dtype": options.get("reordering_dtype", "float32"),
-        "parallel": bool(options.get("parallel", True)),
+        "parallel": options.get("parallel", True),
         "training_threads": options.get("training_threads", 0),
     }
     for name in ("num_leaves", "num_leaves_to_search", "training_iterations",
@@ -352,6 +387,19 @@ def _scann_config(num_candidates, k, options):
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"ScaNN option {name} must be a positive integer, got {value!r}")
+    threshold = config["anisotropic_quantization_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not (math.isnan(threshold) or 0 <= threshold <= 1):
+        raise ValueError(f"ScaNN option anisotropic_quantization_threshold must be a number in [0, 1] "
+                         f"(or NaN: no anisotropic loss), got {threshold!r}")
+    if config["hash_type"] not in ("lut16", "lut256"):
+        raise ValueError(f"ScaNN option hash_type must be 'lut16' or 'lut256', got {config['hash_type']!r}")
+    if not isinstance(config["parallel"], (bool, np.bool_)):
+        raise ValueError(f"ScaNN option parallel must be True or False, got {config['parallel']!r}")
+    threads = config["training_threads"]
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"ScaNN option training_threads must be an integer >= 0 (0: one per core), got "
+                         f"{threads!r}")
     if config["reordering_dtype"] not in ("float32", "int8"):
         raise ValueError(f"ScaNN option reordering_dtype must be 'float32' or 'int8', got "
                          f"{config['reordering_dtype']!r}")

@@ -109,7 +109,8 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
     if shared_history is not None:
         signatures[SHARED_HISTORY_SIGNATURE] = shared_history
     example_signatures, method_names = _example_signatures(
-        signature, signature_input_specs(serving_model), list(model.output_names))
+        signature, signature_input_specs(serving_model), list(model.output_names),
+        first_is_probability=not _is_regression_head(model, model.output_names[0]))
     signatures.update(example_signatures)
     root = tf.Module()
     root.model = serving_model  # tracks the variables and lookup tables the signature captures
@@ -243,8 +244,11 @@ def model_inputs(model, features):
 
 
 def _cast_to_input(name, values, dtype):
-    """`values` cast to `dtype`; integers outside its range fail with InvalidArgumentError
-    (INVALID_ARGUMENT on a server) naming the input, instead of wrapping around."""
+    """`values` cast to `dtype`; integers outside its range, and NaN or inf in a float input
+    (a model trained without them scores garbage, or an ANN index fails), fail with
+    InvalidArgumentError (INVALID_ARGUMENT on a server) naming the input."""
+    if values.dtype.is_floating:
+        values = tf.debugging.check_numerics(values, f"Input {name} holds NaN or inf")
     if values.dtype == dtype:
         return values
     if values.dtype.is_integer and dtype.is_integer and (
@@ -343,6 +347,11 @@ def _broadcast_history_signature(serving_model, feeds):
                                     for name, value in check.items()})
     native = _serving_function(serving_model, _shared_history_specs(serving_model, histories))
     try:
+        # Traced on these exact shapes first: a model that cannot broadcast (a concat of the one
+        # history row with the others) fails here, in shape inference, rather than at run time,
+        # where TensorFlow logs the failed op as an error that was never the user's.
+        tf.function(lambda **features: _run(serving_model, features)).get_concrete_function(
+            **{name: tf.TensorSpec(value.shape, value.dtype) for name, value in check.items()})
         outputs = native(**check)
         if all(np.allclose(outputs[name], expected[name], atol=1e-5) for name in expected):
             return native, histories
@@ -446,10 +455,19 @@ def parse_examples(serialized, input_specs):
     return features
 
 
-def _example_signatures(serving, input_specs, output_names):
+def _is_regression_head(model, output_name):
+    """Whether `output_name` comes from a head declared a regression (tfrec's PredictionLayer task)."""
+    try:
+        return getattr(model.get_layer(output_name), "task", None) == "regression"
+    except ValueError:
+        return False
+
+
+def _example_signatures(serving, input_specs, output_names, first_is_probability=True):
     """({name: concrete function}, {name: method_name}) of the classify / regress signatures
     over `serving` (the serving_default concrete function); ({}, {}) when the model's inputs
-    or outputs do not fit them."""
+    or outputs do not fit them. Classify reads the first output as class probabilities, so a
+    model whose first output is not one (a regression head) gets regress only."""
     try:
         example_feature_spec(input_specs)
     except ValueError as error:
@@ -466,7 +484,8 @@ def _example_signatures(serving, input_specs, output_names):
         return serving(**parse_examples(inputs, input_specs))
 
     example_input = tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUTS)
-    if first is not None and outputs[first].dtype.is_floating and outputs[first].shape.rank in (1, 2):
+    if first is not None and first_is_probability and outputs[first].dtype.is_floating \
+            and outputs[first].shape.rank in (1, 2):
         first_rank = outputs[first].shape.rank
         num_classes = 2 if first_rank == 1 else outputs[first].shape[1]
         if num_classes is not None:

@@ -88,10 +88,19 @@ def _padded_rows(rows, name):
     first = next((row[0] for row in rows if row), 0)
     pad = "" if isinstance(first, str) else b"" if isinstance(first, bytes) else 0
     try:
-        return np.array([row + [pad] * (width - len(row)) for row in rows])
+        return _exact(np.array([row + [pad] * (width - len(row)) for row in rows]), [v for row in rows for v in row])
     except ValueError as error:
         raise ValueError(f"Input {name!r}: cannot make a 2-D array of its rows "
                          f"({error})") from None
+
+
+def _exact(array, items):
+    """`array` made from Python `items`, as an object array when numpy made floats of ints
+    beyond int64 (e.g. [2**63, 1]), so that they are checked, not rounded."""
+    if array.dtype.kind == "f" and items and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                 for v in items):
+        return np.array(items, dtype=object).reshape(array.shape)
+    return array
 
 
 def _as_array(values, name):
@@ -105,7 +114,7 @@ def _as_array(values, name):
     array = np.asarray(values)
     if array.dtype == object and array.size and all(isinstance(v, str) for v in array.flat):
         array = array.astype(str)
-    return array
+    return _exact(array, values) if isinstance(values, (list, tuple)) else array
 
 
 def _input_arrays(inputs):
@@ -137,6 +146,8 @@ def _cast_to_signature(array, dtype):
         return array
     if array.dtype == target:
         return array
+    if array.size == 0:  # a request of no rows, or rows with no items: no value to lose
+        return array.astype(target)
     if target.kind == "f":
         return array.astype(target)
     if target.kind in "iu" and array.dtype.kind in "iu":
@@ -316,6 +327,10 @@ class _BaseClient:
                       if name in signature.inputs else array,
                       signature.inputs[name].dtype if name in signature.inputs else None)
                   for name, array in arrays.items()}
+        for name, array in arrays.items():  # [] for a request of no rows: (0, 0) for a 2-D input
+            shape = signature.inputs[name].tensor_shape if name in signature.inputs else None
+            if array.size == 0 and shape is not None and not shape.unknown_rank and array.ndim < len(shape.dim):
+                arrays[name] = array.reshape(array.shape + (0,) * (len(shape.dim) - array.ndim))
         return arrays
 
     def predict(self, model_name, inputs, signature_name=None, version=None,

@@ -248,6 +248,16 @@ def _id_kind(values):
     return None
 
 
+def _as_str(values):
+    """A 1-D id array with its bytes ids decoded (UTF-8) to str; other arrays unchanged."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8").astype(object)
+    if values.dtype == object and any(isinstance(value, bytes) for value in values):
+        return np.array([value.decode("utf-8") if isinstance(value, bytes) else value for value in values],
+                        dtype=object)
+    return values
+
+
 def _ranking_hits(true_items, ranked_items, k, what="ranked_items"):
     """(hits (n, k) bool, number of distinct true ids per row (n,)).
 
@@ -265,8 +275,9 @@ def _ranking_hits(true_items, ranked_items, k, what="ranked_items"):
     if len(kinds) > 1:
         raise ValueError(f"true_items and {what} must hold ids of the same kind (both ints or both strings), "
                          f"got {true_values.dtype} and {ranked.dtype}")
-    # Ids -> codes (hash-based, any hashable ids), then one int64 key per (row, id).
-    codes, uniques = pd.factorize(np.concatenate([true_values, ranked.reshape(-1)]))
+    # Ids -> codes (hash-based, any hashable ids), then one int64 key per (row, id); a served
+    # string id comes back as bytes, so text ids are compared as str.
+    codes, uniques = pd.factorize(np.concatenate([_as_str(true_values), _as_str(ranked.reshape(-1))]))
     if (codes < 0).any():
         raise ValueError("true_items and ranked ids must not be None or NaN")
     width = len(uniques)

@@ -7,9 +7,11 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 from collections import namedtuple
 
+import numpy as np
+
 import tensorflow as tf
 
-__all__ = ["NegativeSampler", "SAMPLERS", "sampledsoftmaxloss"]
+__all__ = ["NegativeSampler", "SAMPLERS", "item_counts", "sampledsoftmaxloss"]
 
 SAMPLERS = ("inbatch", "uniform", "frequency")
 
@@ -38,8 +40,9 @@ class NegativeSampler(namedtuple("NegativeSampler", ["sampler", "num_sampled", "
     def __new__(cls, sampler, num_sampled, item_name, item_count=None, distortion=1.0):
         if sampler not in SAMPLERS:
             raise ValueError(f"NegativeSampler: sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if not isinstance(num_sampled, int) or num_sampled < 0:
+        if isinstance(num_sampled, bool) or not isinstance(num_sampled, (int, np.integer)) or num_sampled < 0:
             raise ValueError(f"NegativeSampler: num_sampled must be an int >= 0, got {num_sampled!r}")
+        num_sampled = int(num_sampled)
         if sampler in ("uniform", "frequency") and num_sampled < 1:
             raise ValueError(f"NegativeSampler: the {sampler!r} sampler needs num_sampled >= 1")
         if sampler == "frequency" and item_count is None:
@@ -59,3 +62,19 @@ def sampledsoftmaxloss(y_true, y_pred):
 
 # A saved model names its compiled loss; make that name loadable without custom_objects.
 tf.keras.utils.get_custom_objects()["sampledsoftmaxloss"] = sampledsoftmaxloss
+
+
+def item_counts(item_ids, item_column):
+    """How often each row of `item_column`'s table is a target: `NegativeSampler`'s `item_count`.
+
+    item_ids: the training rows' target ids, raw as the model takes them (ints or strings);
+    item_column: the item `SparseFeat`. Each id goes to its row as the model looks it up (a
+    vocabulary's i-th entry is row i + 2 after padding 0 and OOV 1, a hashed id its bucket, a
+    plain id itself), so the counts line up with the table for any kind of column. Returns an
+    int64 array of `item_column.vocabulary_size` counts.
+    """
+    from feature_columns import indexed_key, look_up_rows
+
+    ids = np.asarray(item_ids).reshape(-1)
+    rows = look_up_rows([item_column], {item_column.name: ids.astype(object) if ids.dtype.kind == "U" else ids})
+    return np.bincount(rows[indexed_key(item_column.name)], minlength=item_column.vocabulary_size).astype(np.int64)

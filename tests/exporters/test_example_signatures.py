@@ -105,3 +105,13 @@ def test_a_model_tf_examples_cannot_carry_keeps_serving_default_only(tmp_path):
     path = exporters.export_saved_model(
         model, tmp_path / "odd", warmup_inputs={"image": np.zeros((1, 3, 2), np.float32)})
     assert sorted(tf.saved_model.load(path).signatures) == ["serving_default"]
+
+
+def test_a_regression_head_first_gets_regress_but_no_classify(tmp_path):
+    """Classify would read a regression's value as a probability ([1 - v, v] of any sign)."""
+    from tfrec.layers import PredictionLayer
+
+    price = tf.keras.Input((1,), name="price", dtype=tf.float32)
+    model = tf.keras.Model(price, PredictionLayer("regression", name="revenue")(tf.keras.layers.Dense(1)(price)))
+    path = exporters.export_saved_model(model, tmp_path / "revenue", warmup_inputs={"price": np.ones((1, 1), "float32")})
+    assert sorted(tf.saved_model.load(path).signatures) == ["regress", "serving_default"]

@@ -326,6 +326,18 @@ def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_pa
     with pytest.raises(ValueError, match="num_leaves_to_search=80 exceeds num_leaves=70"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, min_candidates=1,
                                    num_leaves=70, num_leaves_to_search=80)
+    for option, message in [({"anisotropic_quantization_threshold": "high"}, "anisotropic_quantization_threshold must"),
+                            ({"parallel": "no"}, "parallel must be True or False, got 'no'"),
+                            ({"training_threads": -1}, "training_threads must be an integer >= 0"),
+                            ({"hash_type": "lut8"}, "hash_type must be 'lut16' or 'lut256'")]:
+        with pytest.raises(ValueError, match=f"ScaNN option {message}"):
+            exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, min_candidates=1, **option)
+    with pytest.raises(ValueError, match=r"ScaNN option\(s\) \['num_leaves'\] have no effect with "
+                                         r"index='brute_force'"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="brute_force", num_leaves=5)
+    with pytest.raises(ValueError, match=r"no column 'item_id' .*\(it is the frame's index: call "
+                                         r"candidates.reset_index\(\) first\)"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates.set_index("item_id"))
     ranker = tf.keras.Model(youtubednn.inputs, youtubednn.outputs)
     with pytest.raises(TypeError, match="needs a two-tower model"):
         exporters.export_retrieval(ranker, tmp_path / "r", candidates)
@@ -455,3 +467,18 @@ def test_merge_keeps_each_items_best_score_over_valid_interests():
     assert merged_indices.numpy().tolist() == [[5, 7, 3, 1], [8, 9, -1, -1]]
     np.testing.assert_allclose(merged_scores.numpy(),
                                [[0.9, 0.8, 0.4, 0.1], [0.3, 0.1, -np.inf, -np.inf]])
+
+
+def test_candidates_the_item_table_does_not_know_are_left_out_with_a_warning(youtubednn, candidates, tmp_path,
+                                                                             caplog):
+    """Unknown items would all get the one untrained OOV vector and score alike."""
+    new_items = pd.DataFrame({"item_id": [f"new{i}" for i in range(20)], "popularity": 0.0})
+    with caplog.at_level("WARNING", logger="exporters.retrieval"):
+        result = exporters.export_retrieval(youtubednn, tmp_path / "r", pd.concat([candidates, new_items]), k=K,
+                                            index="brute_force")
+    assert result.num_candidates == NUM_ITEMS
+    assert "20 of 5020 candidates are not in the item table's vocabulary" in caplog.text
+    served = tf.saved_model.load(result.path).signatures["serving_default"](**constants(user_rows(4, 3)))
+    assert not set(decoded(served["item_ids"].numpy().reshape(-1)).tolist()) & set(new_items["item_id"])
+    with pytest.raises(ValueError, match="none of the 20 candidates is an item the model was trained with"):
+        exporters.export_retrieval(youtubednn, tmp_path / "none", new_items, k=5, index="brute_force")

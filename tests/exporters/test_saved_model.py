@@ -134,3 +134,13 @@ def test_subclassed_model_is_refused(tmp_path):
 
     with pytest.raises(TypeError, match="functional tf.keras Model .* got Identity"):
         exporters.export_saved_model(Identity(), tmp_path / "identity")
+
+
+@pytest.mark.parametrize("feature, value", [("price", float("nan")), ("context", float("inf"))])
+def test_nan_or_inf_in_a_float_input_is_invalid_argument_naming_it(serving_signature, feature, value):
+    """A tfrec model never saw a NaN (fit refuses them): its export refuses one instead of scoring it."""
+    rows = {name: list(values) for name, values in UNSEEN_ROWS.items()}
+    rows[feature] = [value if i == 1 else cell for i, cell in enumerate(rows[feature])] if feature == "price" else \
+        [[value, 0.0, 0.0] if i == 1 else cell for i, cell in enumerate(rows[feature])]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"Input {feature} holds NaN or inf"):
+        serving_signature(**signature_feed(rows))

@@ -6,12 +6,13 @@ import pytest
 
 import feature_columns  # noqa: F401
 import tensorflow as tf
+from feature_columns import SparseFeat
 
 from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns
 from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
 from tfrec.layers.capsules import squash
 from tfrec.models import MIND, YoutubeDNN
-from tfrec.utils import NegativeSampler, sampledsoftmaxloss
+from tfrec.utils import NegativeSampler, item_counts, sampledsoftmaxloss
 from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded,
                                            user_features)
 
@@ -272,3 +273,19 @@ def test_build_errors_name_the_problem(planted):
         MIND(no_history, planted.item_columns)
     with pytest.raises(ValueError, match="user tower gives 32-d vectors but the item embedding has 16"):
         MIND(planted.user_columns, planted.item_columns)
+
+
+def test_negative_sampler_takes_numpy_ints_and_names_bad_values():
+    sampler = NegativeSampler("uniform", np.int64(64), "item_id")
+    assert sampler.num_sampled == 64 and type(sampler.num_sampled) is int
+    for bad in (-1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="NegativeSampler: num_sampled must be an int >= 0"):
+            NegativeSampler("uniform", bad, "item_id")
+
+
+def test_item_counts_line_up_with_the_table_rows_for_any_item_column():
+    vocabulary = SparseFeat("item_id", vocabulary=["a", "b", "c"], embedding_dim=4, dtype="string")
+    np.testing.assert_array_equal(item_counts(["a", "c", "c", "zz"], vocabulary), [0, 1, 1, 0, 2])  # pad, OOV, a, b, c
+    np.testing.assert_array_equal(item_counts(np.array([1, 1, 4]), SparseFeat("item_id", 5, 4)), [0, 2, 0, 0, 1])
+    sampler = NegativeSampler("frequency", 2, "item_id", item_count=item_counts(["a", "b"], vocabulary))
+    assert len(sampler.item_count) == vocabulary.vocabulary_size

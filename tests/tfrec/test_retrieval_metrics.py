@@ -77,6 +77,10 @@ def test_string_ids_series_and_object_arrays():
     # A Series of arrays (a sequence column) is several true ids per row.
     cells = pd.Series([np.array(["i1", "i5"]), np.array(["i7"]), np.array(["i4"])])
     assert metrics.recall_at_k(cells, ranked, 2) == pytest.approx((0.5 + 1 + 0) / 3)
+    # A served string id comes back as bytes (TF Serving's DT_STRING): it matches its str.
+    served = np.array([[value.encode() for value in row] for row in ranked], dtype=object)
+    assert metrics.recall_at_k(true, served, 2) == pytest.approx(2 / 3)
+    assert metrics.recall_at_k(true, served.astype(bytes), 2) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("true, ranked, k, message", [

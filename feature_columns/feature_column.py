@@ -169,7 +169,9 @@ class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
 
     The model keeps the most recent `maxlen` ids of whatever length a request sends.
     `length_name` names an optional int input with each row's true length; `weight_name` an
-    optional float sequence weighting the ids when pooled with `combiner`.
+    optional float sequence weighting the ids when pooled with `combiner`, as DeepCTR weights
+    them: each embedding times the softmax of the row's weights (`weight_norm`) or the weight
+    itself, then pooled by `combiner` as unweighted ones are.
     """
 
     __slots__ = ()

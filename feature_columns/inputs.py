@@ -204,7 +204,9 @@ class FeatureEncoder:
         return self._tables[self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name]
 
     def _raw_indices(self, name):
-        return self._indexers[self.columns[name].embedding_name](self.features[name])
+        column = self.columns[name]
+        return self._indexers[column.embedding_name](self.features[name],
+                                                     sequence=isinstance(column, VarLenSparseFeat))
 
     def indices(self, name):
         """Embedding indices: (batch, 1) for a SparseFeat, (batch, maxlen) for a sequence."""
@@ -231,7 +233,7 @@ class FeatureEncoder:
         With `embed_sequences=False` the full sequences are never embedded: only views taken by
         `History.recent` are (SIM's hard search embeds topk events, not the whole history).
         """
-        candidates = list(candidates)
+        candidates = [candidates] if isinstance(candidates, str) else list(candidates)  # "item_id": one name
         if not candidates:
             raise ValueError(f"{model} needs at least one feature in history_feature_list")
         key = (tuple(candidates), tuple(aligned))
@@ -395,7 +397,8 @@ def look_up_rows(feature_columns, inputs):
         if isinstance(column, (SparseFeat, VarLenSparseFeat)):
             if column.embedding_name not in tables:
                 tables[column.embedding_name] = index_layer(column)
-            out[indexed_key(name)] = tables[column.embedding_name](tf.constant(value)).numpy()
+            out[indexed_key(name)] = tables[column.embedding_name](
+                tf.constant(value), sequence=isinstance(column, VarLenSparseFeat)).numpy()
         else:
             out[name] = value
     return out

@@ -40,7 +40,10 @@ class SparseIndex(tf.keras.layers.Layer):
         else:
             self._lookup = None
 
-    def call(self, raw):
+    def call(self, raw, sequence=False):
+        """`sequence`: `raw` is a padded sequence. A hashed string one then also takes "0" as
+        padding, as DeepCTR's Hash(mask_zero=True) does for its sequences (its examples pad
+        string sequences with "0")."""
         if self._lookup is None:
             ids = tf.cast(raw, tf.int64)
             return tf.where((ids >= 0) & (ids < self.num_buckets), tf.cast(ids, tf.int32), 0)
@@ -48,7 +51,10 @@ class SparseIndex(tf.keras.layers.Layer):
             values = raw if self.string_input else tf.cast(raw, tf.int64)
             return tf.cast(self._lookup(values), tf.int32)
         hashed = tf.cast(self._lookup(raw), tf.int32) + 1
-        return tf.where(tf.equal(raw, tf.constant(self._padding, raw.dtype)), 0, hashed)
+        padding = tf.equal(raw, tf.constant(self._padding, raw.dtype))
+        if sequence and self.string_input:
+            padding |= tf.equal(raw, "0")
+        return tf.where(padding, 0, hashed)
 
     def get_config(self):
         config = super().get_config()
@@ -208,8 +214,10 @@ class SequencePooling(tf.keras.layers.Layer):
     """Pools (batch, maxlen, dim) embeddings over the positions where `mask` is true.
 
     `combiner` is "mean", "sum" or "max"; optional `weights` (batch, maxlen) scale each position
-    (normalised to sum 1 per row when `weight_norm`). Padding never contributes; a row with no
-    items pools to zeros. Returns (batch, 1, dim).
+    first, as DeepCTR's WeightedSequenceLayer does: by the softmax of the row's weights over its
+    items when `weight_norm`, else by the weights themselves; the combiner then pools the
+    weighted embeddings as it pools unweighted ones ("mean" divides by the number of items).
+    Padding never contributes; a row with no items pools to zeros. Returns (batch, 1, dim).
     """
 
     def __init__(self, combiner="mean", weight_norm=True, **kwargs):
@@ -218,19 +226,20 @@ class SequencePooling(tf.keras.layers.Layer):
         self.weight_norm = bool(weight_norm)
 
     def call(self, embeddings, mask, weights=None):
-        mask = tf.cast(mask, embeddings.dtype)
+        real = tf.cast(mask, tf.bool)
+        mask = tf.cast(real, embeddings.dtype)
         if weights is not None:
-            weights = tf.cast(weights, embeddings.dtype) * mask
+            weights = tf.cast(weights, embeddings.dtype)
             if self.weight_norm:
-                weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
-            mask = weights
+                weights = tf.nn.softmax(tf.where(real, weights, weights.dtype.min), axis=1)
+            embeddings = embeddings * (weights * mask)[..., None]
         if self.combiner == "max":
-            very_negative = (1.0 - tf.cast(mask > 0, embeddings.dtype)) * -1e9
+            very_negative = (1.0 - mask) * -1e9
             pooled = tf.reduce_max(embeddings * mask[..., None] + very_negative[..., None], axis=1)
-            pooled = tf.where(tf.reduce_any(mask > 0, axis=1, keepdims=True), pooled, tf.zeros_like(pooled))
+            pooled = tf.where(tf.reduce_any(real, axis=1)[:, None], pooled, tf.zeros_like(pooled))
         else:
             pooled = tf.reduce_sum(embeddings * mask[..., None], axis=1)
-            if self.combiner == "mean" and weights is None:
+            if self.combiner == "mean":
                 pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(mask, axis=1, keepdims=True))
         return pooled[:, None, :]
 

@@ -177,8 +177,18 @@ def test_sequence_pooling_ignores_padding():
     assert SequencePooling("mean")(embeddings, mask).numpy().tolist() == [[[2.0, 4.0]]]
     assert SequencePooling("sum")(embeddings, mask).numpy().tolist() == [[[4.0, 8.0]]]
     assert SequencePooling("max")(embeddings, mask).numpy().tolist() == [[[3.0, 6.0]]]
-    weighted = SequencePooling("sum")(embeddings, mask, weights=tf.constant([[1.0, 3.0, 5.0]]))
-    np.testing.assert_allclose(weighted.numpy(), [[[2.5, 5.0]]])
+    # Weights as DeepCTR 0.9.4's WeightedSequenceLayer applies them (checked against it): each
+    # item's embedding times the softmax of the row's weights over its items (weight_norm) or the
+    # weight itself; then the combiner pools as without weights ("mean" divides by the length).
+    weights = np.array([1.0, 3.0])
+    items = embeddings.numpy()[0, :2]
+    for weight_norm, scale in ((True, np.exp(weights) / np.exp(weights).sum()), (False, weights)):
+        weighted_items = items * scale[:, None]
+        for combiner, expected in (("sum", weighted_items.sum(0)), ("mean", weighted_items.mean(0)),
+                                   ("max", weighted_items.max(0))):
+            pooled = SequencePooling(combiner, weight_norm=weight_norm)(embeddings, mask,
+                                                                        weights=tf.constant([[1.0, 3.0, 5.0]]))
+            np.testing.assert_allclose(pooled.numpy()[0, 0], expected, rtol=1e-6, err_msg=f"{combiner} {weight_norm}")
     empty = SequencePooling("max")(embeddings, tf.constant([[False, False, False]]))
     assert empty.numpy().tolist() == [[[0.0, 0.0]]]
 
@@ -223,3 +233,13 @@ def test_history_hands_a_model_aligned_query_keys_mask_lengths_and_event_times()
     with pytest.raises(ValueError, match="must share one maxlen"):
         FeatureEncoder(columns[:4] + [feature_columns.VarLenDenseFeat("hist_timestamp", 9)]).history(
             ["item_id", "cate_id"], aligned=["hist_timestamp"])
+
+
+def test_hashed_string_sequences_take_deepctrs_zero_padding():
+    """DeepCTR's hash examples pad string sequences with "0" (its Hash(mask_zero=True) makes it
+    padding); a hashed string target keeps "0" as a value, as DeepCTR's mask_zero=False does."""
+    index = feature_columns.SparseIndex(50, use_hash=True, string_input=True)
+    raw = tf.constant([["g1", "g2", "0", ""]])
+    sequence = index(raw, sequence=True).numpy()[0]
+    assert sequence[2] == sequence[3] == 0 and sequence[0] > 0 and sequence[1] > 0
+    assert index(tf.constant(["0"])).numpy()[0] > 0

@@ -33,3 +33,17 @@ def test_deepctr_din_example_runs_unchanged():
     assert len(history.history["loss"]) == 10 and np.all(np.isfinite(history.history["val_loss"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert model.predict(x, verbose=0).shape == (3, 1)
+
+
+def test_deepctr_zero_padding_of_a_hashed_string_history_is_padding():
+    columns = [SparseFeat("genre", 50, 4, use_hash=True, dtype="string"),
+               VarLenSparseFeat(SparseFeat("hist_genre", 50, 4, use_hash=True, dtype="string", embedding_name="genre"),
+                                maxlen=4)]
+    model = DIN(columns, ["genre"])
+    target = np.array(["g1", "g3"], dtype=object)
+    padded = {pad: model.predict({"genre": target, "hist_genre": np.array([["g1", "g2", pad, pad], ["g2", pad, pad, pad]],
+                                                                          dtype=object)}, verbose=0)
+              for pad in ("0", "")}
+    np.testing.assert_allclose(padded["0"], padded[""], atol=1e-7)
+    # One name given as a string, as DeepCTR users sometimes write it, is that one feature.
+    assert DIN(columns, "genre").input_names == model.input_names

@@ -133,3 +133,32 @@ def test_pandas_inputs_and_integral_objects_still_work(din):
     feed["price"] = pd.Series([0.5, 0.5, 0.5], dtype=object)
     feed["user_id"] = pd.Series(feed["user_id"])
     np.testing.assert_allclose(din.predict(feed, verbose=0), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([1.0, 0.0, 3.0], r"output 'prediction' needs labels in \[0, 1\] \(a binary head\), but row 2 holds \[3.0\]"),
+    ([1.0, -1.0, 1.0], r"but row 1 holds \[-1.0\]"),
+    ([1.0, np.nan, 0.0], r"but row 1 holds \[nan\]"),  # would make every weight NaN for good
+])
+def test_labels_a_binary_head_cannot_learn_from_are_named_before_training(din, labels, message):
+    weights = [w.numpy() for w in din.weights]
+    with pytest.raises(ValueError, match=message):
+        din.fit(rows([1, 2, 3]), np.array(labels), verbose=0)
+    assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, din.weights))
+
+
+def test_multitask_labels_must_be_one_per_head():
+    from tfrec.models import MMOE
+
+    model = MMOE([SparseFeat("user_id", 10, 4), DenseFeat("price", 1)], num_experts=2, expert_dnn_hidden_units=(4,),
+                 tower_dnn_hidden_units=(4,), task_names=("ctr", "ctcvr"))
+    model.compile("adam", "binary_crossentropy")
+    x = {"user_id": np.array([1, 2, 3]), "price": np.array([0.5, 1.0, 1.5], dtype="float32")}
+    with pytest.raises(ValueError, match=r"has 2 outputs \['ctr', 'ctcvr'\], but one label array was given, which "
+                                         r"would train every head on it"):
+        model.fit(x, np.array([1.0, 0.0, 1.0]), verbose=0)
+    with pytest.raises(ValueError, match=r"has 2 outputs \['ctr', 'ctcvr'\], but 3 label arrays were given"):
+        model.fit(x, [np.ones(3)] * 3, verbose=0)
+    with pytest.raises(ValueError, match=r"output 'ctcvr' needs labels in \[0, 1\]"):
+        model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 2.0, 1.0])}, verbose=0)
+    model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 0.5, 1.0])}, verbose=0)  # soft labels are fine

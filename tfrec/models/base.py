@@ -274,7 +274,49 @@ class RecModel(tf.keras.Model):
         dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
         dtypes.update((indexed_key(name), "int32") for name in getattr(getattr(self, "_split", None),
                                                                        "indexed_names", ()))
-        return check_inputs(x, dtypes, y, what=f"model '{self.name}'")
+        x, y = check_inputs(x, dtypes, y, what=f"model '{self.name}'")
+        if y is not None and isinstance(x, Mapping):
+            self._check_labels(y)
+        return x, y
+
+    def _check_labels(self, y):
+        """Labels as arrays: one per output (a list in output order or {output name: labels}),
+        finite, and 0..1 for a binary head, or a ValueError naming the output and the row. A
+        wrong label would otherwise train silently (ratings on a sigmoid head, one array for
+        every head) or make every weight NaN for good."""
+        outputs = list(self.output_names)
+        if isinstance(y, Mapping):
+            labels = {name: y[name] for name in outputs if name in y}  # a missing one: Keras names it
+        elif isinstance(y, (list, tuple)) and len(outputs) > 1:
+            if len(y) != len(outputs):
+                raise ValueError(f"model '{self.name}' has {len(outputs)} outputs {outputs}, but {len(y)} label "
+                                 "arrays were given; give one per output, in that order, or {output name: labels}")
+            labels = dict(zip(outputs, y))
+        elif len(outputs) > 1:
+            raise ValueError(f"model '{self.name}' has {len(outputs)} outputs {outputs}, but one label array was "
+                             "given, which would train every head on it; give a list of one per output, or "
+                             "{output name: labels}")
+        else:
+            labels = {outputs[0]: y}
+        for name, values in labels.items():
+            values = np.asarray(values)
+            if values.ndim == 0 or values.dtype.kind not in "biuf":
+                continue
+            values = values.astype(np.float64)
+            head = self._output_layer(name)
+            binary = isinstance(head, PredictionLayer) and head.task == "binary"
+            bad = ~np.isfinite(values) | ((values < 0) | (values > 1) if binary else False)
+            if bad.any():
+                row = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
+                need = "labels in [0, 1] (a binary head)" if binary else "finite labels"
+                raise ValueError(f"model '{self.name}': output '{name}' needs {need}, but row {row} holds "
+                                 f"{values.reshape(len(values), -1)[row].tolist()}")
+
+    def _output_layer(self, name):
+        try:
+            return self.get_layer(name)
+        except ValueError:
+            return None
 
     def refresh_derived_weights(self):
         """Recomputes weights derived from others, e.g. SIM's SimHash signatures of an item table.

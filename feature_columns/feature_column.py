@@ -6,6 +6,7 @@ its imports. Beyond DeepCTR, a SparseFeat may carry its `vocabulary` (or `vocabu
 """
 import numbers
 import os
+import re
 from collections import namedtuple
 
 DEFAULT_GROUP_NAME = "default_group"
@@ -58,6 +59,10 @@ def _vocabulary_lines(path):
                     raise ValueError(f"vocabulary file {path!r} line {number}: the count after the tab "
                                      f"must be a number >= 0, got {text!r}")
             lines.append((value, count))
+    if lines and all(re.fullmatch(r"\d+,.+", value) for value, _ in lines):
+        raise ValueError(f"vocabulary file {path!r} holds 'index,value' lines (e.g. {lines[0][0]!r}), DeepCTR's "
+                         "format; a tfrec vocabulary file holds one value per line, optionally followed by a tab "
+                         "and its count (row i + 2 is the i-th value)")
     with_counts = sum(count is not None for _, count in lines)
     if 0 < with_counts < len(lines):
         raise ValueError(f"vocabulary file {path!r}: {with_counts} of {len(lines)} lines have a count; "

@@ -185,14 +185,16 @@ class FeatureEncoder:
     def layer_name(self, name):
         return self._prefix + name
 
-    def column(self, name, kind=None):
-        """The column called `name`, checked to be of `kind` when given."""
+    def column(self, name, kind=None, argument=None):
+        """The column called `name`, checked to be of `kind` when given; `argument` (e.g.
+        "CLSR: user_feature") names where the name came from in the message."""
+        where = "" if argument is None else f"{argument}={name!r}: "
         if name not in self.columns:
-            raise ValueError(f"no feature column named '{name}'; columns: {list(self.columns)}")
+            raise ValueError(f"{where}no feature column named '{name}'; columns: {list(self.columns)}")
         column = self.columns[name]
         if kind is not None and not isinstance(column, kind):
             kinds = kind if isinstance(kind, tuple) else (kind,)
-            raise ValueError(f"feature '{name}' must be a {' or '.join(k.__name__ for k in kinds)}, "
+            raise ValueError(f"{where}feature '{name}' must be a {' or '.join(k.__name__ for k in kinds)}, "
                              f"got {type(column).__name__}")
         return column
 

@@ -243,3 +243,11 @@ def test_hashed_string_sequences_take_deepctrs_zero_padding():
     sequence = index(raw, sequence=True).numpy()[0]
     assert sequence[2] == sequence[3] == 0 and sequence[0] > 0 and sequence[1] > 0
     assert index(tf.constant(["0"])).numpy()[0] > 0
+
+
+def test_a_deepctr_vocabulary_csv_is_named_as_such(tmp_path):
+    path = tmp_path / "vocab.csv"
+    path.write_text("1,emerson\n2,lake\n3,palmer\n")
+    with pytest.raises(ValueError, match=r"holds 'index,value' lines \(e.g. '1,emerson'\), DeepCTR's format; a tfrec "
+                                         r"vocabulary file holds one value per line"):
+        feature_columns.SparseFeat("band", embedding_dim=4, dtype="string", vocabulary_path=str(path))

@@ -1,5 +1,6 @@
 """DeepCTR's DIN example (examples/run_din.py of 0.9.x) runs after changing only its imports."""
 import numpy as np
+import pytest
 
 from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat, get_feature_names
 from tfrec.models import DIN
@@ -47,3 +48,21 @@ def test_deepctr_zero_padding_of_a_hashed_string_history_is_padding():
     np.testing.assert_allclose(padded["0"], padded[""], atol=1e-7)
     # One name given as a string, as DeepCTR users sometimes write it, is that one feature.
     assert DIN(columns, "genre").input_names == model.input_names
+
+
+def test_argument_mistakes_name_the_argument():
+    from tfrec.models import CLSR, SIM, MMOE
+
+    columns = [SparseFeat("user", 5, 4), SparseFeat("item_id", 5, 4),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 5, 4, embedding_name="item_id"), maxlen=3)]
+    with pytest.raises(ValueError, match=r"CLSR: user_feature \(the user id column\)='user_id': no feature column"):
+        CLSR(columns, ["item_id"])
+    with pytest.raises(ValueError, match=r"SIM: time_feature \(the request's time\)='ts': no feature column named"):
+        SIM(columns, ["item_id"], search_feature="item_id", time_feature="ts")
+    with pytest.raises(ValueError, match=r"SIM: the events' times of time_feature='hist_score': no feature column"):
+        SIM(columns + [DenseFeat("score", 1)], ["item_id"], search_feature="item_id", time_feature="score")
+    model = MMOE([SparseFeat("user", 5, 4), DenseFeat("vec", 3)], num_experts=2, expert_dnn_hidden_units=(4,),
+                 tower_dnn_hidden_units=(4,), task_names=("ctr", "ctcvr"))
+    model.compile("adam", "binary_crossentropy")
+    with pytest.raises(ValueError, match=r"feature 'vec' needs \(rows, 3\) numbers, got an array of shape \(2,\)"):
+        model.predict({"user": np.array([1, 2]), "vec": np.array([0.5, 1.0], dtype="float32")}, verbose=0)

@@ -60,7 +60,8 @@ def test_training_on_out_of_range_ids_updates_the_out_of_vocabulary_row(din):
     model.compile(tf.keras.optimizers.SGD(0.5), "binary_crossentropy")
     table = next(layer for layer in model.layers if layer.name == "emb_hour")
     before = table.embeddings.numpy()
-    model.fit(rows([99, 1000]), np.array([1.0, 1.0]), verbose=0)
+    with pytest.warns(UserWarning, match="100% of feature 'hour''s ids"):
+        model.fit(rows([99, 1000]), np.array([1.0, 1.0]), verbose=0)
     changed = np.flatnonzero(np.any(table.embeddings.numpy() != before, axis=1))
     assert changed.tolist() == [0]
 
@@ -162,3 +163,9 @@ def test_multitask_labels_must_be_one_per_head():
     with pytest.raises(ValueError, match=r"output 'ctcvr' needs labels in \[0, 1\]"):
         model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 2.0, 1.0])}, verbose=0)
     model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 0.5, 1.0])}, verbose=0)  # soft labels are fine
+
+
+def test_training_ids_mostly_beyond_their_table_are_warned_of(din):
+    feed = rows([1, 2, 3, 4], users=[3, 40, 50, 60])  # user_id's table has 10 rows
+    with pytest.warns(UserWarning, match=r"75% of feature 'user_id''s ids \(up to 60\) are outside its table"):
+        din.fit(feed, np.array([1.0, 0.0, 1.0, 0.0]), verbose=0)

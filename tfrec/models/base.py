@@ -17,6 +17,7 @@ lookup layers: there is no second preprocessing path that could drift from the s
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import contextlib
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -204,6 +205,8 @@ class RecModel(tf.keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
         rows = self._look_up_once(x)
+        if rows is not x:
+            _warn_of_ids_beyond_their_table(self.name, x, rows)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x if rows is x else self._split.pack(rows), y, *args, **kwargs)
@@ -275,8 +278,15 @@ class RecModel(tf.keras.Model):
         dtypes.update((indexed_key(name), "int32") for name in getattr(getattr(self, "_split", None),
                                                                        "indexed_names", ()))
         x, y = check_inputs(x, dtypes, y, what=f"model '{self.name}'")
-        if y is not None and isinstance(x, Mapping):
-            self._check_labels(y)
+        if isinstance(x, Mapping):
+            for name, tensor in zip(self.input_names, self.inputs):  # a DenseFeat of dimension k
+                width = tensor.shape[-1] if tensor.shape.rank == 2 and tensor.dtype.is_floating else None
+                value = x.get(name)
+                if width is not None and width > 1 and isinstance(value, np.ndarray) and value.shape[1:] != (width,):
+                    raise ValueError(f"model '{self.name}': feature '{name}' needs (rows, {width}) numbers, got an "
+                                     f"array of shape {value.shape}")
+            if y is not None:
+                self._check_labels(y)
         return x, y
 
     def _check_labels(self, y):
@@ -379,6 +389,24 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def _warn_of_ids_beyond_their_table(model_name, raw, rows, share=0.01):
+    """Warns, per feature, when more than `share` of the non-padding ids of the training rows
+    are looked up as row 0: ids outside [0, vocabulary_size) of a plain integer column, which
+    then share that one row (e.g. a table sized by nunique() for ids never label-encoded)."""
+    for name, values in raw.items():
+        looked_up = rows.get(indexed_key(name))
+        if looked_up is None or values.dtype.kind not in "iu" or looked_up.size != values.size:
+            continue
+        values, looked_up = values.reshape(-1), looked_up.reshape(-1)
+        real = values != 0
+        collapsed = real & (looked_up == 0)
+        if real.any() and collapsed.sum() > share * real.sum():
+            warnings.warn(f"model '{model_name}': {collapsed.sum() / real.sum():.0%} of feature '{name}''s ids "
+                          f"(up to {values[collapsed].max()}) are outside its table and share row 0 (the padding / "
+                          "out-of-vocabulary row); size the table by max() + 1, label-encode the ids, or give "
+                          "the column a vocabulary", stacklevel=3)
 
 
 def _hooks_batches(callbacks, mode):

@@ -98,7 +98,7 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
     if contrastive_loss not in CONTRASTIVE_LOSSES:
         raise ValueError(f"contrastive_loss must be one of {CONTRASTIVE_LOSSES}, got {contrastive_loss!r}")
     encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
-    encoder.column(user_feature, SparseFeat)
+    encoder.column(user_feature, SparseFeat, argument="CLSR: user_feature (the user id column)")
     history = encoder.history(history_feature_list, model="CLSR")
     events, mask = history.keys, history.mask                                      # E(x) (B, T, E), (B, T)
     dim = int(events.shape[-1])

@@ -8,7 +8,7 @@ events -> concatenation with every other feature -> DNN -> sigmoid.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
-from feature_columns import DenseFeat, FeatureEncoder, SparseEmbedding, history_name
+from feature_columns import DenseFeat, FeatureEncoder, SparseEmbedding, VarLenDenseFeat, history_name
 from feature_columns.inputs import concat
 
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
@@ -68,8 +68,9 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
     encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
     aligned = []
     if time_feature is not None:
-        encoder.column(time_feature, DenseFeat)
+        encoder.column(time_feature, DenseFeat, argument="SIM: time_feature (the request's time)")
         aligned = [history_name(time_feature)]
+        encoder.column(aligned[0], VarLenDenseFeat, argument="SIM: the events' times of time_feature")
     # Only chosen events are embedded: the short window, the GSU's picks, and (for soft and
     # SimHash search in training) the searched sequence itself.
     history = encoder.history(history_feature_list, model="SIM", aligned=aligned, embed_sequences=False)

@@ -14,6 +14,8 @@ import numpy as np
 
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenSparseFeat
 
+from .pipeline import id_text
+
 __all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary"]
 
 class ColumnInferenceError(ValueError):
@@ -47,12 +49,6 @@ def _sequence_options(sequences):
             out[name] = dict(options)
         return out
     return {name: {} for name in sequences}
-
-
-def _token(value):
-    """A value of a string table as its text; a whole-number float (an int column with gaps,
-    which pandas reads as floats) as its integer's text, "5" not "5.0", as `df_to_inputs` sends it."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def build_vocabulary(counts, min_count=1):
@@ -141,7 +137,7 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
         for name in names:
             values = df[name].to_numpy()
             flat = [v for cell in values for v in cell] if name in sequences else values.tolist()
-            counts.update(flat if integer else [_token(v) for v in flat if not (isinstance(v, float) and v != v)])
+            counts.update(flat if integer else [str(id_text(v)) for v in flat if not (isinstance(v, float) and v != v)])
         kept = build_vocabulary(counts, min_count)
         if not kept:
             raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in "

@@ -28,11 +28,21 @@ def _column(df, name, owner):
     return df[name]
 
 
+def id_text(value):
+    """The text a string table reads for `value`: an int as its decimal text, and a whole-number
+    float too (pandas reads an int column with gaps as floats: 5.0 is "5", as a request sends it);
+    any other value as it is."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value
+
+
 def _ids(values, dtype, feature_name):
     """Casts ids to the column's dtype: int32/int64 arrays, or object arrays of str for strings.
 
-    A string column takes ints as their decimal text, and whole-number floats too (pandas reads
-    an int column with gaps as floats): 5.0 is "5", as a request sends it.
+    A string column takes ints and whole-number floats as their `id_text`.
     """
     values = np.asarray(values)
     if dtype == _STRING:
@@ -46,8 +56,7 @@ def _ids(values, dtype, feature_name):
             cells = values.tolist()
             if all(isinstance(v, (str, bytes)) for v in cells):
                 return values
-            cells = [str(int(v)) if isinstance(v, float) and v.is_integer() else
-                     str(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for v in cells]
+            cells = [id_text(v) for v in cells]
             values = np.array(cells, dtype=object)
             if all(isinstance(v, (str, bytes)) for v in cells):
                 return values

@@ -130,8 +130,10 @@ def _input_arrays(inputs):
 def _cast_to_signature(array, dtype):
     """Casts a numeric array to the signature's dtype when nothing that matters is lost.
 
-    int -> float, float64 -> float32, int64 -> int32 (values within range). Anything else
-    is left as it is, for the server to accept or refuse with INVALID_ARGUMENT.
+    int -> float, float64 -> float32, int64 -> int32 (values within range), int -> its decimal
+    text for a string input, and an empty array (no rows, or rows with no items) to the
+    signature's dtype. Anything else is left as it is, for the server to accept or refuse with
+    INVALID_ARGUMENT.
     """
     if dtype == types_pb2.DT_STRING:
         # Ids as their decimal text, as a string table reads them; rows with no items at all

@@ -308,12 +308,13 @@ def _known_items(item_tower, ids):
     vocabulary, or beyond the rows of a plain integer id table) all share one untrained row
     (OOV, padding), so they would score alike and fill the top k of every user: they are
     left out, with a warning. A hashed table has no unknown ids."""
-    lookups = [layer for layer in item_tower.submodules if isinstance(layer, SparseIndex) and not layer.use_hash]
+    lookups = [layer for layer in item_tower.submodules
+               if isinstance(layer, SparseIndex) and layer.unknown_index is not None]
     if len(lookups) != 1:
         return ids
     [lookup] = lookups
     rows = lookup(tf.constant(ids.astype(object) if lookup.string_input else ids)).numpy()
-    unknown = rows == (1 if lookup.vocabulary is not None else 0)
+    unknown = rows == lookup.unknown_index
     if unknown.all():
         raise ValueError(f"none of the {len(ids)} candidates is an item the model was trained with (e.g. "
                          f"{ids[:5].tolist()}): each would get the same untrained vector")

@@ -40,6 +40,12 @@ class SparseIndex(tf.keras.layers.Layer):
         else:
             self._lookup = None
 
+    @property
+    def unknown_index(self):
+        """The index every unknown raw value shares: 1 (OOV) with a vocabulary, 0 for plain ids
+        outside [0, num_buckets), None when hashing (no value is unknown)."""
+        return None if self.use_hash else 1 if self.vocabulary is not None else 0
+
     def call(self, raw, sequence=False):
         """`sequence`: `raw` is a padded sequence. A hashed string one then also takes "0" as
         padding, as DeepCTR's Hash(mask_zero=True) does for its sequences (its examples pad

@@ -491,7 +491,9 @@ def _example_signatures(serving, input_specs, output_names, first_is_probability
         if num_classes is not None:
             labels = ["0", "1"] if first_rank == 1 else [str(i) for i in range(num_classes)]
 
-            @tf.function(input_signature=[example_input])
+            # Plain graph code: AutoGraph has nothing to convert, and converting this closure
+            # again for a second export in one process warned of a "closure mismatch".
+            @tf.function(input_signature=[example_input], autograph=False)
             def classify(inputs):
                 p = tf.cast(parsed_outputs(inputs)[first], tf.float32)
                 scores = tf.stack([1.0 - p, p], axis=1) if first_rank == 1 else p
@@ -502,7 +504,7 @@ def _example_signatures(serving, input_specs, output_names, first_is_probability
             methods[CLASSIFY_SIGNATURE] = CLASSIFY_METHOD_NAME
 
     def regress_function(output):
-        @tf.function(input_signature=[example_input])
+        @tf.function(input_signature=[example_input], autograph=False)
         def regress(inputs):
             return {"outputs": tf.cast(parsed_outputs(inputs)[output], tf.float32)}
         return regress.get_concrete_function()
@@ -523,14 +525,18 @@ def _example_signatures(serving, input_specs, output_names, first_is_probability
 def export_from_chief(model, export_base, tf_config=None, **export_kwargs):
     """Exports a model trained under any `tf.distribute` strategy with `export_saved_model`.
 
-    Only the chief writes (`tfrec.distribute.is_chief`); other tasks return None. The export is
-    of `tfrec.distribute.unsharded_copy(model)`: tables split across parameter servers become
+    Every task that runs the training program calls it; only the chief writes
+    (`tfrec.distribute.is_chief`) and other tasks return None. The export is of
+    `tfrec.distribute.unsharded_copy(model)`: tables split across parameter servers become
     ordinary SavedModel variables, so the export loads with `tf.saved_model.load` and serves
-    exactly as a single-process model's. `export_kwargs` go to `export_saved_model` (version,
+    exactly as a single-process model's. Every task makes that copy, because reading a
+    synchronised variable (batch-norm statistics under MultiWorkerMirroredStrategy) is a
+    collective that all workers must join. `export_kwargs` go to `export_saved_model` (version,
     warmup_inputs, model_name, ...). Returns the version directory (chief) or None.
     """
     from tfrec.distribute import is_chief, unsharded_copy
 
+    copy = unsharded_copy(model)
     if not is_chief(tf_config=tf_config):
         return None
-    return export_saved_model(unsharded_copy(model), export_base, **export_kwargs)
+    return export_saved_model(copy, export_base, **export_kwargs)

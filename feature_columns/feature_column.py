@@ -4,9 +4,11 @@ The signatures match DeepCTR 0.9.4 argument for argument, so a DeepCTR script ru
 its imports. Beyond DeepCTR, a SparseFeat may carry its `vocabulary` (or `vocabulary_path`) or
 `use_hash=True`, and the raw value -> index mapping then lives inside the model graph.
 """
+import difflib
 import numbers
 import os
 import re
+import warnings
 from collections import namedtuple
 
 DEFAULT_GROUP_NAME = "default_group"
@@ -274,9 +276,10 @@ def get_feature_names(feature_columns):
 def validate_columns(feature_columns):
     """Checks a column list as a whole: unique names and consistent shared embedding tables.
 
-    A column that names an `embedding_name` other than its own must share that table with another
-    column (a `hist_item_id` pointing at `item_id`'s table); columns sharing a table must agree on
-    its size, dimension and vocabulary.
+    Columns sharing a table must agree on its size, dimension and vocabulary. A column may name a
+    table of its own (`embedding_name` used by no other column, as DeepCTR allows); a warning
+    points at the likely intended table when that name is close to another's (a typo would
+    otherwise train a separate table silently).
     """
     seen = {}
     for column in feature_columns:
@@ -293,9 +296,10 @@ def validate_columns(feature_columns):
     for table_name, users in tables.items():
         owner = users[0]
         if len(users) == 1 and owner.embedding_name != owner.name:
-            raise ValueError(
-                f"feature '{owner.name}' uses embedding_name '{table_name}', but no other column "
-                f"has that table; known tables: {sorted(t for t in tables if t != table_name)}")
+            close = difflib.get_close_matches(table_name, [t for t in tables if t != table_name], n=1)
+            if close:
+                warnings.warn(f"feature '{owner.name}' uses embedding_name '{table_name}', which no other column "
+                              f"uses, so it gets a table of its own; did you mean '{close[0]}'?", stacklevel=2)
         for other in users[1:]:
             if other.table_spec() != owner.table_spec():
                 raise ValueError(

@@ -360,7 +360,7 @@ def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, 
     """
     names = list(sequences)
     others = [sequences[n] for n in names[1:]]
-    recent = RecentSequence(maxlen, name=layer_name)
+    recent = RecentSequence(maxlen, names=names if others else None, name=layer_name)
     condition = dict(lengths=lengths, where=where, keys=keys, targets=targets)
     if not others:
         return {names[0]: recent(sequences[names[0]], **condition)}

@@ -146,6 +146,25 @@ def take_positions(values, positions, valid):
     return tf.where(mask, taken, tf.zeros((), taken.dtype))
 
 
+def _most_recent_items(eligible, k):
+    """`most_recent_positions` for sequences whose items usually form a prefix (right padding).
+
+    Then the last k items are an arithmetic range, with no top_k over a 10,000-event width; a
+    batch where some row has padding (or an unknown id) between its items takes the general path,
+    so such a gap is skipped rather than costing one of the newest items.
+    """
+    count = tf.reduce_sum(tf.cast(eligible, tf.int32), axis=1, keepdims=True)
+    end = tf.reduce_max(tf.where(eligible, tf.range(tf.shape(eligible)[1])[None, :] + 1, 0), axis=1,
+                        keepdims=True)
+
+    def prefix():
+        slot = tf.range(k)[None, :]
+        valid = slot < count
+        return tf.where(valid, tf.maximum(count - k, 0) + slot, 0), valid
+
+    return tf.cond(tf.reduce_all(tf.equal(end, count)), prefix, lambda: most_recent_positions(eligible, k))
+
+
 @_register
 class RecentSequence(tf.keras.layers.Layer):
     """Keeps, per row, the most recent `maxlen` items of a sequence where a condition holds.
@@ -163,42 +182,42 @@ class RecentSequence(tf.keras.layers.Layer):
     sequence is shared by every row of a request (one user's history, many candidates).
     Returns the kept indices (rows, maxlen), right-padded with 0, oldest -> newest, or
     (indices, [aligned...]) when `aligned` is given. A row wider than `maxlen` therefore scores
-    exactly like its last `maxlen` items, and extra padding changes nothing.
+    exactly like its last `maxlen` items, and padding, at the end or between items, changes
+    nothing. `names` (the sequence's, then each aligned one's) name them when their widths differ.
     """
 
-    def __init__(self, maxlen, **kwargs):
+    def __init__(self, maxlen, names=None, **kwargs):
         super().__init__(**kwargs)
         self.maxlen = int(maxlen)
+        self.names = list(names) if names else None
 
     def call(self, indices, lengths=None, where=None, aligned=None, keys=None, targets=None):
-        if where is None and keys is None:
-            # Right-padded rows: the items are a prefix, so their last `maxlen` are an
-            # arithmetic range (a top_k with k = maxlen would sort a 10,000-event history).
-            count = tf.reduce_sum(tf.cast(tf.not_equal(indices, 0), tf.int32), axis=1, keepdims=True)
-            if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
-                count = tf.minimum(count, tf.maximum(tf.reshape(tf.cast(lengths, tf.int32), [-1, 1]), 0))
-            slot = tf.range(self.maxlen)[None, :]
-            valid = slot < count
-            positions = tf.where(valid, tf.maximum(count - self.maxlen, 0) + slot, 0)
+        eligible = tf.not_equal(indices, 0)
+        if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
+            lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
+            eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
+        if where is not None:
+            eligible &= where
+        if keys is not None:
+            positions, valid = most_recent_matching(keys, eligible, targets, self.maxlen)
+        elif where is not None:
+            positions, valid = most_recent_positions(eligible, self.maxlen)
         else:
-            eligible = tf.not_equal(indices, 0)
-            if lengths is not None:
-                lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
-                eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
-            if where is not None:
-                eligible &= where
-            if keys is not None:
-                positions, valid = most_recent_matching(keys, eligible, targets, self.maxlen)
-            else:
-                positions, valid = most_recent_positions(eligible, self.maxlen)
+            positions, valid = _most_recent_items(eligible, self.maxlen)
         kept = take_positions(indices, positions, valid)
         if aligned is None:
             return kept
+        names = self.names or ["the sequence"] + [f"aligned sequence {i}" for i in range(len(aligned))]
+        for name, values in zip(names[1:], aligned):
+            tf.debugging.assert_equal(
+                tf.shape(values)[1], tf.shape(indices)[1],
+                message=f"'{name}' must hold one entry per event of '{names[0]}' (the same events' "
+                        "features, padded alike), but their widths differ")
         return kept, [take_positions(values, positions, valid) for values in aligned]
 
     def get_config(self):
         config = super().get_config()
-        config.update(maxlen=self.maxlen)
+        config.update(maxlen=self.maxlen, names=self.names)
         return config
 
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 
 from tfrec import distribute
 
@@ -75,12 +75,15 @@ class ColumnsConfig:
 
     Attributes:
       infer: build the columns from the training split (True), or use `explicit`.
-      explicit: [{"type": "sparse" | "sequence" | "dense", "name": ..., other SparseFeat /
-        VarLenSparseFeat / DenseFeat arguments}], when `infer` is False.
+      explicit: [{"type": "sparse" | "sequence" | "dense" | "dense_sequence", "name": ..., other
+        SparseFeat / VarLenSparseFeat / DenseFeat / VarLenDenseFeat arguments}], when `infer`
+        is False.
       min_count: (infer) values seen fewer times in the training split go to the
         out-of-vocabulary row.
       embedding_dim: (infer) every table's dimension.
-      dense: (infer) numeric columns fed as numbers; default: every float column.
+      dense: (infer) numeric columns fed as numbers; default: every float column. A sequence
+        listed here is a sequence of numbers (SIM's event times `hist_timestamp`; with its
+        `timestamp` listed too, both are int64 when they hold integers).
       sequences: (infer) {name: {"maxlen": n}}: list-valued columns (behaviour histories). A
         sequence `hist_<f>` shares the table of column `<f>` (DeepCTR's naming). Default: the
         list-valued columns of a Parquet file.
@@ -430,16 +433,20 @@ def _read_file(path, text_columns=()):
                       "(.parquet, .pq)")
 
 
-def read_data(files, key="data.train", config_path="config", sequences=(), separator="|"):
+def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=()):
     """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
 
     A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
-    none); a Parquet cell holds a list already. In a CSV, the column `<f>` of a sequence
-    `hist_<f>` is read as text, as the sequence's items are: an id "007" stays "007" on both.
+    none; an empty item between two separators is a placeholder, read as padding, so the
+    sequences of one event stay aligned); a Parquet cell holds a list already. In a CSV, the
+    column `<f>` of a sequence `hist_<f>` is read as text, as the sequence's items are: an id
+    "007" stays "007" on both. The sequences in `numeric` (event times) hold numbers, ints when
+    every item is one, and their placeholders are 0.
     """
     import pandas as pd
 
-    targets = [name[len(HISTORY_PREFIX):] for name in sequences if name.startswith(HISTORY_PREFIX)]
+    targets = [name[len(HISTORY_PREFIX):] for name in sequences
+               if name.startswith(HISTORY_PREFIX) and name not in numeric]
     frames = [_read_file(f, targets) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     for name in sequences:
@@ -448,7 +455,32 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
                               f"columns are {list(df.columns)}")
         _check_separator(df[name], name, separator, config_path)
         df[name] = [_sequence_cell(cell, separator) for cell in df[name].to_numpy()]
+        if name in numeric:
+            df[name] = _numeric_cells(df[name], name, config_path)
     return df
+
+
+def _numeric_cells(cells, name, config_path):
+    """Sequence cells of text items as arrays of numbers: int64 if every item is an integer."""
+    import numpy as np
+
+    items = [item for cell in cells for item in cell]
+    for dtype in (np.int64, np.float64):
+        try:
+            np.array([0 if item == "" else item for item in items], dtype=dtype)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        return [np.array([0 if item == "" else item for item in cell], dtype=dtype) for cell in cells]
+    bad = next(item for item in items if not _is_number(item))
+    raise ConfigError(f"{config_path}: columns.dense: '{name}' is a sequence of numbers, but holds {bad!r}")
+
+
+def _is_number(item):
+    try:
+        float(item)
+        return True
+    except (TypeError, ValueError):
+        return item == ""
 
 
 def _check_separator(cells, name, separator, config_path):
@@ -473,10 +505,10 @@ def _sequence_cell(cell, separator):
         if _is_json_list(cell):  # '["i3", "i7"]' (JSON) or "['i3', 'i7']" (pandas' to_csv of a list)
             for parse in (json.loads, ast.literal_eval):
                 try:
-                    return [str(item) for item in parse(cell) if item not in ("", None)]
+                    return ["" if item is None else str(item) for item in parse(cell)]
                 except (ValueError, SyntaxError, TypeError):
                     pass
-        return [item for item in cell.split(separator) if item != ""]
+        return cell.split(separator) if cell.strip() else []
     if cell is None or (isinstance(cell, float) and cell != cell):
         return []
     return list(cell)
@@ -504,12 +536,18 @@ def split_data(df, config):
 def load_frames(config):
     """(train_df, test_df) of a config: its test files, or its split of the training files."""
     columns = config.columns
-    sequences = list(columns.sequences) if columns.infer else \
-        [c["name"] for c in columns.explicit if c["type"] == "sequence"]
-    df = read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator)
+    if columns.infer:
+        sequences = list(columns.sequences)
+        numeric = [name for name in sequences if name in (columns.dense or ())]
+    else:
+        sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
+        numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
+    df = read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
+                   numeric)
     _check_labels(df, config)
     if config.data.test:
-        test = read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator)
+        test = read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator,
+                         numeric)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
@@ -542,7 +580,7 @@ def _check_labels(df, config):
 
 # --- Columns -------------------------------------------------------------------------------
 
-_COLUMN_TYPES = ("sparse", "sequence", "dense")
+_COLUMN_TYPES = ("sparse", "sequence", "dense", "dense_sequence")
 
 
 def infer_columns(train_df, config):
@@ -567,7 +605,8 @@ def infer_columns(train_df, config):
 
 
 def explicit_columns(config):
-    """The columns a config lists: `type` sparse -> SparseFeat, sequence -> VarLenSparseFeat, dense -> DenseFeat."""
+    """The columns a config lists: `type` sparse -> SparseFeat, sequence -> VarLenSparseFeat, dense ->
+    DenseFeat, dense_sequence -> VarLenDenseFeat (event times)."""
     columns = []
     for i, entry in enumerate(config.columns.explicit):
         kwargs = {k: v for k, v in entry.items() if k not in ("type", "maxlen", "combiner", "length_name")}
@@ -576,6 +615,8 @@ def explicit_columns(config):
         try:
             if entry["type"] == "dense":
                 columns.append(DenseFeat(**kwargs))
+            elif entry["type"] == "dense_sequence":
+                columns.append(VarLenDenseFeat(maxlen=entry.get("maxlen"), **kwargs))
             elif entry["type"] == "sparse":
                 columns.append(SparseFeat(**kwargs))
             else:
@@ -600,6 +641,8 @@ def columns_to_json(columns):
             if column.transform_fn is not None:
                 raise ValueError(f"column '{column.name}': a transform_fn cannot be written to JSON")
             out.append({"type": "dense", "name": column.name, "dimension": column.dimension, "dtype": column.dtype})
+        elif isinstance(column, VarLenDenseFeat):
+            out.append({"type": "dense_sequence", "name": column.name, "maxlen": column.maxlen, "dtype": column.dtype})
         else:
             raise ValueError(f"column '{column.name}': {type(column).__name__} cannot be written to JSON")
     return out
@@ -620,8 +663,8 @@ def columns_from_json(entries):
     for entry in entries:
         entry = dict(entry)
         kind = entry.pop("type")
-        if kind == "dense":
-            columns.append(DenseFeat(**entry))
+        if kind in ("dense", "dense_sequence"):
+            columns.append(DenseFeat(**entry) if kind == "dense" else VarLenDenseFeat(**entry))
             continue
         sequence = {k: entry.pop(k) for k in ("maxlen", "combiner", "length_name") if k in entry}
         sparse = SparseFeat(**entry)
@@ -731,12 +774,12 @@ def train(config, verbose=2, tensorboard=None, out=None):
         dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,
                                 seed=config.train.seed)
     else:
-        on_ps = settings.kind == "parameter_server"
         dataset = distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
             train_df, columns, _label_columns(config), config.train.batch_size, seed=config.train.seed,
-            repeat=on_ps))
+            repeat=True))
         # Keras needs the length of a distributed dataset: an epoch is one pass over the rows
-        # (a final partial batch is left to the next epoch's shuffle).
+        # (a final partial batch is left to the next epoch's shuffle). Keras keeps one iterator
+        # across epochs when given steps_per_epoch, so the data repeats (else epoch 2 runs dry).
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):

@@ -277,7 +277,8 @@ def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monito
       backup_dir: where `BackupAndRestore` keeps the run's state (weights, optimizer slots and
         step, epoch and step within it). A process that dies is restarted with the same command
         and callbacks: `fit` resumes from the last backup, so at most `save_freq` steps are done
-        again. Every worker of a run gives the same directory (shared storage across hosts);
+        again. Every worker of a run gives the same directory (shared storage across hosts,
+        mounted at the same path: a relative path is made absolute from this process's folder);
         Keras writes from the chief. Under ParameterServerStrategy the chief is the process
         that restarts; a worker or parameter server that restarts loses nothing: the
         coordinator re-runs the worker's steps elsewhere, and the variables live on the servers.
@@ -288,10 +289,12 @@ def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monito
         metric). `model.load_weights(best_model_path)` restores them.
       delete_backup: remove the backup when `fit` ends (Keras' default); False keeps it.
     """
-    callbacks = [BackupAndRestore(backup_dir, save_freq=save_freq, delete_checkpoint=delete_backup)]
+    # Absolute: under ParameterServerStrategy each server writes its own shards, and a relative
+    # path would be resolved against that server's working directory, not the chief's.
+    callbacks = [BackupAndRestore(os.path.abspath(backup_dir), save_freq=save_freq, delete_checkpoint=delete_backup)]
     if best_model_path:
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            best_model_path, monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True))
+            os.path.abspath(best_model_path), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True))
     return callbacks
 
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -57,8 +58,13 @@ def test_bad_columns_fail_at_construction_naming_the_column(make, message):
 
 def test_bad_column_lists_fail_naming_the_columns():
     hist = VarLenSparseFeat(SparseFeat("hist_item_id", 10, embedding_name="itm"), maxlen=3)
-    with pytest.raises(ValueError, match="'hist_item_id' uses embedding_name 'itm', but no other column"):
+    with pytest.warns(UserWarning, match="'hist_item_id' uses embedding_name 'itm', which no other column uses, so "
+                                         "it gets a table of its own; did you mean 'item_id'"):
         validate_columns([SparseFeat("item_id", 10), hist])
+    # DeepCTR's lone embedding_name: the column's table takes that name, and nothing is said.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_columns([SparseFeat("item_id", 10), SparseFeat("genres", 5, embedding_name="genre_emb")])
     other_size = VarLenSparseFeat(SparseFeat("hist_item_id", 11, embedding_name="item_id"), maxlen=3)
     with pytest.raises(ValueError, match="'item_id' and 'hist_item_id' share embedding 'item_id'"):
         validate_columns([SparseFeat("item_id", 10), other_size])
@@ -122,6 +128,36 @@ def test_recent_sequence_where_matches_a_numpy_reference():
         assert kept.numpy()[row].tolist() == expected.tolist()
         expected[:len(positions)] = times[row, positions]
         assert kept_times.numpy()[row].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_padding_between_items_is_skipped_not_paid_for_by_the_newest_items(jit):
+    """Padding (or an unknown id, row 0) between a history's items: the most recent maxlen real
+    items are still kept, as a numpy reference finds them, compiled or not; a batch of
+    right-padded rows keeps taking the prefix path and gives the same answer."""
+    rng = np.random.default_rng(1)
+    batch, width, k = 64, 30, 6
+    lengths = rng.integers(0, width + 1, batch)
+    indices = np.where(np.arange(width)[None, :] < lengths[:, None], rng.integers(1, 50, (batch, width)), 0)
+    gappy = np.where(rng.random((batch, width)) < 0.3, 0, indices)
+    recent = RecentSequence(k)
+    call = tf.function(lambda x, t: recent(x, aligned=[t]), jit_compile=jit)
+    for rows in (indices, gappy):
+        kept, (kept_times,) = call(tf.constant(rows), tf.constant(rows * 10))
+        for row in range(batch):
+            items = rows[row][rows[row] != 0][-k:]
+            expected = np.zeros(k, np.int64)
+            expected[:len(items)] = items
+            assert kept.numpy()[row].tolist() == expected.tolist()
+            assert kept_times.numpy()[row].tolist() == (expected * 10).tolist()
+
+
+def test_aligned_sequences_of_another_width_are_refused_naming_both():
+    recent = RecentSequence(3, names=["hist_item_id", "hist_timestamp"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'hist_timestamp' must hold one entry per event of "
+                                                             "'hist_item_id'"):
+        recent(tf.constant([[1, 2, 3, 4]]), aligned=[tf.constant([[10, 20]])])
+    assert RecentSequence.from_config(recent.get_config()).names == ["hist_item_id", "hist_timestamp"]
 
 
 @pytest.mark.parametrize("dtype", [tf.int32, tf.int64, tf.float32])

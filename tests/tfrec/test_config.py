@@ -83,7 +83,7 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: MMOE}\n", "MMOE is multi-task"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN, args: [1]}\n", "model.args: must be a mapping"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: [{name: x, type: cat}]\n",
-     "columns\\[0\\].type: must be one of sparse, sequence, dense, got 'cat' \\(column 'x'\\)"),
+     "columns\\[0\\].type: must be one of sparse, sequence, dense, dense_sequence, got 'cat' \\(column 'x'\\)"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {sequences: {h: {maxlen: 0}}}\n",
      "columns.sequences.h.maxlen: must be an integer >= 1"),
     ("- a list\n", "a run config is a mapping"),
@@ -144,12 +144,12 @@ def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     write_csv_frame(tmp_path / "d.csv")
     config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
                                              "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
-                                             "train: {batch_size: 2}\n"
+                                             "train: {batch_size: 2, epochs: 3}\n"
                                              "strategy: {kind: mirrored, checkpoint_dir: backup, save_freq: 1}\n")))
     assert config.strategy.checkpoint_dir == str(tmp_path / "backup")
     model = run.train(config)
     assert isinstance(model.distribute_strategy, __import__("tensorflow").distribute.MirroredStrategy)
-    assert model.optimizer.iterations.numpy() == 3  # 6 training rows / batch 2
+    assert model.optimizer.iterations.numpy() == 3 * 3  # every epoch: 6 training rows / batch 2
     loaded, columns = run.trained(config)
     from tfrec.data import df_to_inputs
     rows = df_to_inputs(run.prepare(frame(), columns), columns)
@@ -170,14 +170,31 @@ def test_gaps_in_categorical_columns_are_padding(tmp_path):
     assert inputs["item_id"][2] == "" and inputs["item_id"][0] == "a"
 
 
+def test_an_empty_item_in_a_csv_history_stays_a_placeholder_keeping_the_events_aligned(tmp_path):
+    """"a||c" is three events whose second item is missing (padding, which the models skip), not two:
+    dropping it would pair "c" with the second event's category and time."""
+    (tmp_path / "d.csv").write_text("hist_item_id,hist_cate_id,hist_times\na||c,x|y|z,1|2|3\n,,\nb,w,7\n"
+                                    "\"[\"\"a\"\", null]\",\"[\"\"x\"\", \"\"y\"\"]\",[1.5]\n")
+    df = run.read_data([str(tmp_path / "d.csv")], sequences=["hist_item_id", "hist_cate_id", "hist_times"],
+                       numeric=["hist_times"])
+    assert df["hist_item_id"].tolist() == [["a", "", "c"], [], ["b"], ["a", ""]]
+    assert df["hist_cate_id"].tolist()[0] == ["x", "y", "z"]
+    assert [cell.tolist() for cell in df["hist_times"]] == [[1, 2, 3], [], [7], [1.5]]
+    assert df["hist_times"][0].dtype == np.float64  # one item is not an integer
+
+
 @pytest.mark.parametrize("name, args", [
-    ("SIM", "{search: hard, topk: 4, short_maxlen: 4, dnn_hidden_units: [16], att_hidden_size: [8]}"),
+    ("SIM", "{search: hard, topk: 4, short_maxlen: 4, dnn_hidden_units: [16], att_hidden_size: [8], "
+            "time_feature: timestamp}"),
     ("CLSR", "{proxy_recent: 2, proxy_min_length: 3, dnn_hidden_units: [16], att_hidden_size: [8]}"),
 ])
 def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, name, args):
     """The ranking example's CSV with model.name SIM or CLSR: histories found as for DIN, the model
     trained, saved, evaluated from its saved file, exported by `tfrec export --config`, and the
-    export scores the test rows as the trained model does."""
+    export scores the test rows as the trained model does. SIM also reads its events' times:
+    `hist_timestamp` (with an empty placeholder between two separators) listed under dense with
+    `timestamp`, both int64."""
+    import pandas as pd
     import tensorflow as tf
 
     from tfrec.cli import main
@@ -185,6 +202,16 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, 
 
     example = (REPO / "examples" / "ranking_din.yaml").read_text()
     data = str(REPO / "examples" / "data" / "ranking.csv")
+    if name == "SIM":
+        df = pd.read_csv(data, dtype={"hist_item_id": str, "hist_cate_id": str})
+        df["hist_timestamp"] = ["|".join(str(t - 60 * (len(h.split("|")) - i)) if (row, i) != (24, 1) else ""
+                                         for i in range(len(h.split("|")))) if isinstance(h, str) else ""
+                                for row, (t, h) in enumerate(zip(df["timestamp"], df["hist_item_id"]))]
+        assert "||" in df["hist_timestamp"][24]
+        data = str(tmp_path / "ranking_times.csv")
+        df.to_csv(data, index=False)
+        example = example.replace("exclude: [timestamp]", "dense: [timestamp, hist_timestamp]").replace(
+            "hist_cate_id: {maxlen: 10}", "hist_cate_id: {maxlen: 10}\n    hist_timestamp: {maxlen: 10}")
     # Batches of 80 divide the 1,680 training rows: a partial last batch would cost the suite a
     # second XLA compilation of the step.
     text = example.split("model:")[0].replace("data/ranking.csv", data) + \
@@ -198,6 +225,9 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, 
     assert main(["export", "--config", str(path)]) == 0
     export_path = capsys.readouterr().out.strip().splitlines()[-1]
     loaded, columns = run.trained(config)
+    if name == "SIM":
+        assert [(c.name, type(c).__name__, c.dtype) for c in columns if "timestamp" in c.name] == [
+            ("timestamp", "DenseFeat", "int64"), ("hist_timestamp", "VarLenDenseFeat", "int64")]
     test_df = run.prepare(run.load_frames(config)[1], columns).head(40)
     inputs = df_to_inputs(test_df, columns)
     signature = tf.saved_model.load(export_path).signatures["serving_default"]

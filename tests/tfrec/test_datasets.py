@@ -116,6 +116,18 @@ def test_read_movielens_1m_and_100k_give_the_same_log(tmp_path):
     assert set(log_100k["occupation"]) == {"writer", "other", "artist", "doctor"}
 
 
+def test_movielens_profile_text_padded_with_spaces_reads_as_the_plain_value(tmp_path):
+    """A users file saved with trailing spaces and CRLF line ends (an edited copy) gives the same
+    profile values: '48067 ' and '48067' must not become two zip codes."""
+    folder = write_movielens_1m(tmp_path / "ml-1m")
+    lines = (folder / "users.dat").read_text("latin-1").splitlines()
+    (folder / "users.dat").write_bytes("".join(line + " \r\n" for line in lines).encode("latin-1"))
+    padded = read_movielens(str(folder))
+    plain = read_movielens(str(write_movielens_1m(tmp_path / "plain")))
+    for name in ("gender", "occupation", "zip"):
+        assert padded[name].tolist() == plain[name].tolist()
+
+
 def test_movielens_ranking_rating_labels(tmp_path):
     ds = load_movielens_ranking(str(write_movielens_1m(tmp_path / "ml-1m")), maxlen=3)
     columns = ["user_id", "item_id", "cate_id", "timestamp", "click", "hist_item_id", "hist_cate_id",

@@ -59,8 +59,12 @@ def test_argument_mistakes_name_the_argument():
         CLSR(columns, ["item_id"])
     with pytest.raises(ValueError, match=r"SIM: time_feature \(the request's time\)='ts': no feature column named"):
         SIM(columns, ["item_id"], search_feature="item_id", time_feature="ts")
-    with pytest.raises(ValueError, match=r"SIM: the events' times of time_feature='hist_score': no feature column"):
+    with pytest.raises(ValueError, match=r"SIM: time_feature='score' needs the events' times as a VarLenDenseFeat "
+                                         r"'hist_score' \(a sequence of numbers\), got no such column"):
         SIM(columns + [DenseFeat("score", 1)], ["item_id"], search_feature="item_id", time_feature="score")
+    with pytest.raises(ValueError, match=r"VarLenDenseFeat 'hist_score' \(a sequence of numbers\), got a VarLenSparseFeat"):
+        SIM(columns + [DenseFeat("score", 1), VarLenSparseFeat(SparseFeat("hist_score", 5, 4), maxlen=3)], ["item_id"],
+            search_feature="item_id", time_feature="score")
     model = MMOE([SparseFeat("user", 5, 4), DenseFeat("vec", 3)], num_experts=2, expert_dnn_hidden_units=(4,),
                  tower_dnn_hidden_units=(4,), task_names=("ctr", "ctcvr"))
     model.compile("adam", "binary_crossentropy")

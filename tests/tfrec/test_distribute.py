@@ -69,11 +69,16 @@ def train_synchronous(kind):
     logger = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(logs["loss"] / strategy.num_replicas_in_sync))
     history = model.fit(data, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, callbacks=[logger], verbose=0)
-    return {"batch": losses, "epoch": history.history["loss"], "replicas": strategy.num_replicas_in_sync}
+    return {"batch": losses, "epoch": history.history["loss"], "replicas": strategy.num_replicas_in_sync}, model
 
 
-def run_multi_worker(out):
-    _write(out, train_synchronous("multi_worker"))
+def run_multi_worker(out, export_base):
+    """One worker of the 2-worker run; then `export_from_chief`, which every worker calls (reading
+    Dice's batch-norm statistics, sync-on-read variables, is a collective of all workers)."""
+    from exporters import export_from_chief
+
+    report, model = train_synchronous("multi_worker")
+    _write(out, dict(report, export=export_from_chief(model, export_base)))
 
 
 def run_parameter_server_chief(out, export_base, step_log, pace_s):
@@ -331,6 +336,17 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
         main(["--role", "ps", "--index", "2", "--cluster", "ps=p:1,p:2"])  # no task ps:2
 
 
+def test_checkpoint_paths_are_absolute_so_every_server_writes_where_the_chief_reads(tmp_path, monkeypatch):
+    """A parameter server saves its table shards itself: a relative backup path would be resolved
+    against that server's working directory, and the chief's backup would fail."""
+    from tfrec.distribute import checkpoint_callbacks
+
+    monkeypatch.chdir(tmp_path)
+    backup, best = checkpoint_callbacks("runs/backup", best_model_path="runs/best/weights")
+    assert backup.backup_dir == str(tmp_path / "runs" / "backup")
+    assert best.filepath == str(tmp_path / "runs" / "best" / "weights")
+
+
 # ---------------------------------------------------------------------------------------------
 # Clusters of local processes.
 
@@ -343,13 +359,16 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
     with _Processes(tmp_path) as processes:
         workers = [processes.start(f"worker{i}", [sys.executable, "-m", "tfrec.distribute", "--role", "worker",
                                                   "--index", str(i), "--cluster", cluster, "--",
-                                                  sys.executable, THIS, "multi_worker", outs[i]])
+                                                  sys.executable, THIS, "multi_worker", outs[i],
+                                                  str(tmp_path / "exports" / "din")])
                    for i in range(2)]
-        reference = train_synchronous("default")  # meanwhile, in this process
+        reference, _ = train_synchronous("default")  # meanwhile, in this process
         for worker in workers:
             assert processes.wait(worker, deadline) == 0, processes.logs()
     steps = STEPS_PER_EPOCH * EPOCHS
     assert len(reference["batch"]) == steps and reference["replicas"] == 1
+    exports = [json.load(open(out))["export"] for out in outs]
+    assert exports[1] is None and os.path.exists(os.path.join(exports[0], "saved_model.pb"))  # worker 0 is chief
     for out in outs:
         worker = json.load(open(out))
         assert worker["replicas"] == 2 and len(worker["batch"]) == steps

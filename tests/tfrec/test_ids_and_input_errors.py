@@ -169,3 +169,35 @@ def test_training_ids_mostly_beyond_their_table_are_warned_of(din):
     feed = rows([1, 2, 3, 4], users=[3, 40, 50, 60])  # user_id's table has 10 rows
     with pytest.warns(UserWarning, match=r"75% of feature 'user_id''s ids \(up to 60\) are outside its table"):
         din.fit(feed, np.array([1.0, 0.0, 1.0, 0.0]), verbose=0)
+
+
+def test_padding_or_an_unknown_id_between_history_items_changes_no_score(din):
+    """Row 0 between a history's items (a padding placeholder, or an id beyond the table) is
+    skipped: the newest item still counts (it used to be dropped, one item per gap)."""
+    history = {"user_id": np.array([3, 3, 3]), "hour": np.array([5] * 3), "item_id": np.array([2] * 3),
+               "price": np.array([0.5] * 3, dtype="float32"),
+               "hist_item_id": np.array([[1, 0, 4], [1, 99, 4], [1, 4, 0]])}
+    scores = din.predict(history, verbose=0)[:, 0]
+    np.testing.assert_allclose(scores[:2], [scores[2]] * 2, rtol=1e-6)
+    dropped = dict(history, hist_item_id=np.array([[1, 0, 0]]), **{k: history[k][:1] for k in
+                                                                  ("user_id", "hour", "item_id", "price")})
+    assert din.predict(dropped, verbose=0)[0, 0] != pytest.approx(scores[2], rel=1e-6)
+
+
+def test_behaviour_sequences_of_one_event_list_must_have_equal_lengths():
+    """df_to_inputs refuses `hist_timestamp` (or `hist_cate_id`) shorter than `hist_item_id` on a row:
+    each would be cut to its own most recent events, pairing events with their neighbours' times."""
+    from feature_columns import VarLenDenseFeat
+    from tfrec.data import df_to_inputs
+
+    columns = [SparseFeat("item_id", None, 4, dtype="string", vocabulary=["a", "b", "c"]),
+               VarLenSparseFeat(SparseFeat("hist_item_id", None, 4, dtype="string", vocabulary=["a", "b", "c"],
+                                           embedding_name="item_id"), maxlen=3),
+               VarLenDenseFeat("hist_timestamp", 3, dtype="int64")]
+    df = pd.DataFrame({"item_id": ["a", "b"], "hist_item_id": [["a", "b"], ["a", "b", "c", "a"]],
+                       "hist_timestamp": [[1, 2], [1, 2]]})
+    with pytest.raises(ValueError, match=r"'hist_item_id' and 'hist_timestamp' must hold one entry per event .* "
+                                         r"row 1 has 4 and 2 \(1 row\(s\) differ\)"):
+        df_to_inputs(df, columns)
+    df.at[1, "hist_timestamp"] = [1, 2, 3, 4]
+    assert df_to_inputs(df, columns)["hist_timestamp"].tolist() == [[1, 2, 0], [2, 3, 4]]

@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 
 from .pipeline import id_text
 
@@ -70,6 +70,9 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
       of column `<f>` when `<f>` is a categorical column (`embedding_name="<f>"`, DeepCTR's
       naming), so DIN can attend over it with `history_feature_list=["<f>"]`;
     * a dense column (`dense`; by default every float column) -> `DenseFeat(name, 1)`;
+    * a sequence listed under `dense` (event times `hist_timestamp`) -> `VarLenDenseFeat`,
+      int64 when its items are integers, else float32; its column `<f>` (the request's
+      `timestamp`), when dense and integer, -> `DenseFeat(dtype="int64")`, so times stay exact;
     * any other column is categorical -> `SparseFeat(name, None, embedding_dim, dtype=...,
       vocabulary=[...])`.
 
@@ -121,6 +124,8 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     for name in sparse:
         tables.setdefault(name, []).append(name)
     for name in sequences:
+        if name in dense:
+            continue
         owner = name[len(HISTORY_PREFIX):]
         owner = owner if name.startswith(HISTORY_PREFIX) and owner in sparse else name
         tables.setdefault(owner, []).append(name)
@@ -153,7 +158,24 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
                 columns.append(VarLenSparseFeat(base._replace(name=name), maxlen=maxlen))
             else:
                 columns.append(base)
-    columns += [DenseFeat(name, 1) for name in dense]
+    columns += [_dense_column(df, name, sequences, dense) for name in dense]
     if not columns:
         raise ColumnInferenceError(None, "the data has no feature columns besides the labels")
     return columns
+
+
+def _integer_items(cells):
+    return all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for cell in cells for v in cell)
+
+
+def _dense_column(df, name, sequences, dense):
+    """DenseFeat, or VarLenDenseFeat for a sequence; integer times (a dense sequence `hist_<f>` of
+    integers and its `<f>`) are int64: float32 cannot hold epoch seconds exactly."""
+    if name in sequences:
+        longest = max((len(cell) for cell in df[name]), default=1)
+        return VarLenDenseFeat(name, sequences[name].get("maxlen", max(longest, 1)),
+                               dtype="int64" if _integer_items(df[name]) else "float32")
+    twin = HISTORY_PREFIX + name
+    if twin in sequences and twin in dense and df[name].dtype.kind in "iu" and _integer_items(df[twin]):
+        return DenseFeat(name, 1, dtype="int64")
+    return DenseFeat(name, 1)

@@ -11,7 +11,7 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 import numpy as np
 import tensorflow as tf
 
-from feature_columns import DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, look_up_rows
+from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, look_up_rows
 
 __all__ = ["df_to_inputs", "df_to_dataset"]
 
@@ -135,10 +135,9 @@ def _pad_recent(cells, lengths, maxlen, pad_value, cast):
     return out
 
 
-def _sequence_inputs(df, column):
+def _sequence_inputs(df, column, lengths):
     """Padded ids (n, maxlen), plus its length and weight arrays where the column names them."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    lengths = _sequence_lengths(cells, column.name)
     padding = "" if column.dtype == _STRING else 0
     padded = _pad_recent(cells, lengths, column.maxlen, padding,
                          lambda flat: _ids(flat, column.dtype, column.name))
@@ -197,10 +196,9 @@ def _dense_input(df, column):
     return array
 
 
-def _dense_sequence_input(df, column):
+def _dense_sequence_input(df, column, lengths):
     """(n, maxlen) of the column's dtype: the most recent maxlen numbers, right-padded with 0."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    lengths = _sequence_lengths(cells, column.name)
     return _pad_recent(cells, lengths, column.maxlen, 0, lambda flat: _numbers(flat, column.dtype, column.name))
 
 
@@ -225,19 +223,44 @@ def df_to_inputs(df, feature_columns):
       ValueError: values that do not fit the column's dtype or dimension.
     """
     inputs = {}
+    lengths = {column.name: _sequence_lengths(_column(df, column.name, f"feature '{column.name}'").to_numpy(),
+                                              column.name)
+               for column in feature_columns if isinstance(column, (VarLenSparseFeat, VarLenDenseFeat))}
+    _check_events_aligned(feature_columns, lengths)
     for column in feature_columns:
         if isinstance(column, SparseFeat):
             values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
             inputs[column.name] = _ids(values, column.dtype, column.name)
         elif isinstance(column, VarLenSparseFeat):
-            inputs.update(_sequence_inputs(df, column))
+            inputs.update(_sequence_inputs(df, column, lengths[column.name]))
         elif isinstance(column, DenseFeat):
             inputs[column.name] = _dense_input(df, column)
         elif isinstance(column, VarLenDenseFeat):
-            inputs[column.name] = _dense_sequence_input(df, column)
+            inputs[column.name] = _dense_sequence_input(df, column, lengths[column.name])
         else:
             raise ValueError(f"not a feature column: {column!r}")
     return inputs
+
+
+def _check_events_aligned(feature_columns, lengths):
+    """A ValueError when two behaviour sequences (`hist_<f>`, one maxlen) differ in length on a row.
+
+    They are features of the same events (item, category, time), kept at the same positions:
+    a time missing from one row would pair every later event with its neighbour's time.
+    """
+    first = {}
+    for column in feature_columns:
+        if column.name not in lengths or not column.name.startswith(HISTORY_PREFIX):
+            continue
+        other = first.setdefault(column.maxlen, column.name)
+        rows = np.flatnonzero(lengths[column.name] != lengths[other])
+        if len(rows):
+            row = rows[0]
+            raise ValueError(
+                f"behaviour sequences '{other}' and '{column.name}' must hold one entry per event (they "
+                f"are the same events' features), but row {row} has {lengths[other][row]} and "
+                f"{lengths[column.name][row]} ({len(rows)} row(s) differ); keep a placeholder (\"\" or 0, "
+                "padding) where an event's value is missing")
 
 
 def _labels(df, label_columns):

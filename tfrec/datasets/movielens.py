@@ -114,6 +114,8 @@ def read_movielens(path, variant=None):
                              keep_default_na=False, names=["item_id", "title", "genres"])
         movies["item_id"] = movies["item_id"].astype(np.int64)
         users = _double_colon(users_file, ["user_id", "gender", "age", "occupation", "zip"])
+    for name in ("gender", "occupation", "zip"):  # a copy edited on Windows may pad them with spaces
+        users[name] = users[name].str.strip()
     users["user_id"] = users["user_id"].astype(np.int64)
     users["age"] = users["age"].astype(np.int64)
     first_genre = movies["genres"].str.split("|").str[0]

@@ -70,7 +70,11 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
     if time_feature is not None:
         encoder.column(time_feature, DenseFeat, argument="SIM: time_feature (the request's time)")
         aligned = [history_name(time_feature)]
-        encoder.column(aligned[0], VarLenDenseFeat, argument="SIM: the events' times of time_feature")
+        times = encoder.columns.get(aligned[0])
+        if not isinstance(times, VarLenDenseFeat):
+            got = "no such column" if times is None else f"a {type(times).__name__}"
+            raise ValueError(f"SIM: time_feature={time_feature!r} needs the events' times as a VarLenDenseFeat "
+                             f"'{aligned[0]}' (a sequence of numbers), got {got}")
     # Only chosen events are embedded: the short window, the GSU's picks, and (for soft and
     # SimHash search in training) the searched sequence itself.
     history = encoder.history(history_feature_list, model="SIM", aligned=aligned, embed_sequences=False)

@@ -461,26 +461,26 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
 
 
 def _numeric_cells(cells, name, config_path):
-    """Sequence cells of text items as arrays of numbers: int64 if every item is an integer."""
+    """Sequence cells as arrays of numbers: int64 when every item is written as a whole number
+    ("17"; 17.0 is a float), else float64; a placeholder "" is 0."""
     import numpy as np
 
-    items = [item for cell in cells for item in cell]
+    texts = [["0" if item == "" else str(item) for item in cell] for cell in cells]
     for dtype in (np.int64, np.float64):
         try:
-            np.array([0 if item == "" else item for item in items], dtype=dtype)
-        except (ValueError, TypeError, OverflowError):
+            return [np.array(cell, dtype=dtype) for cell in texts]
+        except (ValueError, OverflowError):
             continue
-        return [np.array([0 if item == "" else item for item in cell], dtype=dtype) for cell in cells]
-    bad = next(item for item in items if not _is_number(item))
+    bad = next(item for cell in texts for item in cell if not _is_number(item))
     raise ConfigError(f"{config_path}: columns.dense: '{name}' is a sequence of numbers, but holds {bad!r}")
 
 
-def _is_number(item):
+def _is_number(text):
     try:
-        float(item)
+        float(text)
         return True
-    except (TypeError, ValueError):
-        return item == ""
+    except ValueError:
+        return False
 
 
 def _check_separator(cells, name, separator, config_path):

@@ -181,6 +181,15 @@ def test_an_empty_item_in_a_csv_history_stays_a_placeholder_keeping_the_events_a
     assert df["hist_cate_id"].tolist()[0] == ["x", "y", "z"]
     assert [cell.tolist() for cell in df["hist_times"]] == [[1, 2, 3], [], [7], [1.5]]
     assert df["hist_times"][0].dtype == np.float64  # one item is not an integer
+    parquet = pd.DataFrame({"hist_times": [[1.5, 2.0], [3.0]], "hist_ids": [[5, 6], [7]]})
+    parquet.to_parquet(tmp_path / "d.parquet")
+    df = run.read_data([str(tmp_path / "d.parquet")], sequences=["hist_times", "hist_ids"],
+                       numeric=["hist_times", "hist_ids"])
+    assert [cell.tolist() for cell in df["hist_times"]] == [[1.5, 2.0], [3.0]]  # not cut to ints
+    assert df["hist_ids"][0].dtype == np.int64
+    (tmp_path / "bad.csv").write_text("hist_times\n1|x\n")
+    with pytest.raises(ConfigError, match="'hist_times' is a sequence of numbers, but holds 'x'"):
+        run.read_data([str(tmp_path / "bad.csv")], sequences=["hist_times"], numeric=["hist_times"])
 
 
 @pytest.mark.parametrize("name, args", [

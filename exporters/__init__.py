@@ -12,7 +12,7 @@
 """
 import feature_columns._legacy_keras  # noqa: F401
 
-from exporters.layout import existing_versions, next_version
+from exporters.layout import existing_versions, next_version, version_directories
 from exporters.model_config import model_server_config, read_model_config, write_model_config
 from exporters.saved_model import (SERVING_SIGNATURE, export_from_chief, export_saved_model,
                                    write_saved_model_version)
@@ -32,6 +32,7 @@ __all__ = [
     "next_version",
     "read_model_config",
     "read_warmup_requests",
+    "version_directories",
     "write_model_config",
     "write_saved_model_version",
 ]

@@ -16,15 +16,24 @@ import secrets
 import shutil
 
 
+def version_directories(export_base):
+    """{version number: its directory} of the integer-named subdirectories of `export_base`.
+
+    A zero-padded name ("007") is version 7, as TF Serving reads it, and is served from that
+    folder; if "7" exists too, "7" is the one.
+    """
+    if not os.path.isdir(export_base):
+        return {}
+    found = {}
+    for name in sorted(os.listdir(export_base), key=lambda n: (len(n), n), reverse=True):
+        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(export_base, name)):
+            found[int(name)] = os.path.join(export_base, name)  # the shortest name is written last
+    return dict(sorted(found.items()))
+
+
 def existing_versions(export_base):
     """Returns the sorted version numbers (integer-named subdirectories) under `export_base`."""
-    if not os.path.isdir(export_base):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(export_base)
-        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(export_base, name))
-    )
+    return list(version_directories(export_base))
 
 
 def next_version(export_base):

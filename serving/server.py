@@ -41,7 +41,7 @@ from exporters import read_model_config
 from serving import inference, monitoring, rest
 from serving.batching import BatchingOptions
 from serving.errors import ServingError, invalid_argument
-from serving.rest import RestServer
+from serving.rest import DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, RestServer
 from serving.servable import metadata_response
 from serving.server_core import ServerCore, single_model_config, validate_config
 from serving.tensors import message_bytes, release_memory_after
@@ -273,9 +273,9 @@ def build_arg_parser():
                         help="replay assets.extra/tf_serving_warmup_requests on load")
     parser.add_argument("--allow_version_labels_for_unavailable_models", type=_bool_flag,
                         nargs="?", const=True, default=False,
-                        help="accepted for compatibility: this server always resolves labels "
-                             "when a request arrives, so a label may name a version that is "
-                             "not loaded yet (requests for it get NOT_FOUND until it is)")
+                        help="let a config reload point a label at a version that is not "
+                             "AVAILABLE (requests by that label get NOT_FOUND until it is); "
+                             "false: such a reload is refused with FAILED_PRECONDITION")
     parser.add_argument("--grpc_max_threads", type=int, default=32,
                         help="threads answering gRPC calls")
     parser.add_argument("--grpc_channel_arguments", type=_grpc_channel_arguments, default=[],
@@ -285,6 +285,9 @@ def build_arg_parser():
                         help="deadline of each REST request: a body not received by then "
                              "drops the request (connection closed), an answer not ready by "
                              "then is 504 DEADLINE_EXCEEDED; 0 (default) no deadline")
+    parser.add_argument("--shutdown_grace_seconds", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+                        help="on SIGTERM/SIGINT, new calls are refused and calls in flight get this "
+                             "long to finish (gRPC and REST alike) before they are cancelled")
     parser.add_argument("--rest_api_num_threads", type=int, default=0,
                         help="threads running REST requests; 0 (default) as many as "
                              "--grpc_max_threads")
@@ -458,7 +461,8 @@ def _build_core(args):
                       args.enable_model_warmup,
                       max_request_elements=args.max_request_elements,
                       max_num_load_retries=args.max_num_load_retries,
-                      load_retry_interval=args.load_retry_interval_micros / 1e6)
+                      load_retry_interval=args.load_retry_interval_micros / 1e6,
+                      allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
 
 
 def _start_grpc(core, args):
@@ -541,7 +545,7 @@ def main(argv=None):
                         max_body_bytes=args.rest_api_max_body_bytes,
                         read_timeout=args.rest_api_read_timeout_in_ms / 1000 or None,
                         num_threads=args.rest_api_num_threads or args.grpc_max_threads,
-                        metrics_path=metrics_path)
+                        metrics_path=metrics_path, shutdown_timeout=args.shutdown_grace_seconds)
                 except OSError as error:
                     raise OSError(f"cannot bind HTTP/REST to "
                                   f"{_address(args.host, args.rest_api_port)}: {error}") from None
@@ -560,10 +564,12 @@ def main(argv=None):
     finally:
         if watcher is not None:
             watcher.stop()
+        # Both stop accepting at once; then each waits for its calls in flight, up to the grace.
+        grpc_stopped = grpc_server.stop(grace=args.shutdown_grace_seconds) if grpc_server is not None else None
         if rest_server is not None:
             rest_server.stop()
-        if grpc_server is not None:
-            grpc_server.stop(grace=3).wait()
+        if grpc_stopped is not None:
+            grpc_stopped.wait()
         core.stop()
     log.info("Server stopped")
     return 0

@@ -21,6 +21,8 @@ from serving.version_manager import (DEFAULT_LOAD_RETRY_INTERVAL_SECONDS,
 
 log = logging.getLogger("serving.server_core")
 
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
+
 
 def validate_config(config):
     """Checks a ModelServerConfig this server can serve; raises INVALID_ARGUMENT otherwise."""
@@ -65,12 +67,15 @@ class ServerCore:
       max_num_load_retries, load_retry_interval: --max_num_load_retries and
         --load_retry_interval_micros (in seconds here); retries run on the poll thread when
         due, also when polling is off.
+      allow_labels_for_unavailable: --allow_version_labels_for_unavailable_models; when
+        False, a config reload whose labels name versions that are not AVAILABLE is refused.
     """
 
     def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True,
                  max_request_elements=None, max_num_load_retries=DEFAULT_MAX_NUM_LOAD_RETRIES,
-                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS):
+                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS, allow_labels_for_unavailable=False):
         validate_config(config)
+        self._allow_labels_for_unavailable = allow_labels_for_unavailable
         import_scann_ops()
         return_large_buffers_to_the_system()
         self._poll_wait_seconds = poll_wait_seconds
@@ -80,6 +85,7 @@ class ServerCore:
                                      max_num_load_retries=max_num_load_retries,
                                      load_retry_interval=load_retry_interval)
         self._models = {}
+        self._replacing = {}  # name -> the manager of a new base path, loaded before it takes over
         self._retired = []
         self._lock = threading.Lock()
         self._poll_cond = threading.Condition()
@@ -111,9 +117,19 @@ class ServerCore:
     def reload_config(self, config, timeout=300):
         """Switches to a new ModelServerConfig and waits for one full poll of it.
 
-        New models are loaded, removed models unloaded, changed policies and labels applied.
+        New models are loaded, removed models unloaded, changed policies and labels applied. A
+        model whose base path changes keeps serving from the old path until the new one has
+        loaded. As TF Serving's ReloadConfig, it fails (UNKNOWN) when a model it adds has
+        versions and none became available, and (FAILED_PRECONDITION) when a label names a
+        version that is not available; the old labels are then kept.
         """
+        if config.WhichOneof("config") is None:
+            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                   "ModelConfigList is currently supported")
         validate_config(config)
+        with self._lock:
+            before = set(self._models)
+            labels_before = {name: dict(model.config.version_labels) for name, model in self._models.items()}
         generation = self._apply_config(config)
         with self._poll_cond:
             self._poll_requested = True
@@ -122,17 +138,51 @@ class ServerCore:
                     lambda: self._polled_generation >= generation or self._stopping, timeout):
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    "Timed out waiting for the new model config to load")
+        failed = []
+        for model_config in config.model_config_list.config:
+            model = self._model(model_config.name)
+            states = model.states() if model is not None else {}
+            if model_config.name not in before and states and not any(
+                    state == _AVAILABLE for state, _ in states.values()):
+                failed += [f"{{name: {model_config.name} version: {v}}}" for v in sorted(states)]
+        if failed:
+            raise ServingError(grpc.StatusCode.UNKNOWN,
+                               f"Some servables did not become available: {{{', '.join(failed)}}}")
+        if not self._allow_labels_for_unavailable:
+            self._check_labels(labels_before)
+
+    def _check_labels(self, labels_before):
+        """FAILED_PRECONDITION, restoring the models' previous labels, when a label names a
+        version that is not AVAILABLE (TF Serving's UpdateModelVersionLabelMap)."""
+        with self._lock:
+            models = dict(self._models)
+        for name, model in models.items():
+            states = model.states()
+            for label, version in model.config.version_labels.items():
+                if states.get(version, (None,))[0] != _AVAILABLE:
+                    for other_name, other in models.items():
+                        other.config.version_labels.clear()
+                        other.config.version_labels.update(labels_before.get(other_name, {}))
+                    raise ServingError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {name}, which is not "
+                        "currently available for inference (--allow_version_labels_for_unavailable_models "
+                        "allows it)")
 
     def _apply_config(self, config):
         """Installs a config; returns its generation number."""
         with self._lock:
             self._config_generation += 1
             wanted = {m.name: m for m in config.model_config_list.config}
+            self._replacing = {}
             for name in list(self._models):
                 model = self._models[name]
                 new = wanted.get(name)
-                if new is None or new.base_path != model.config.base_path:
+                if new is None:
                     self._retired.append(self._models.pop(name))
+                elif new.base_path != model.config.base_path:
+                    self._replacing[name] = VersionManager(new, self._batching, self._enable_warmup,
+                                                           **self._version_options)
                 else:
                     model.config = new
             for name, model_config in wanted.items():
@@ -147,13 +197,20 @@ class ServerCore:
             generation = self._config_generation
             models = list(self._models.values())
             retired, self._retired = self._retired, []
+            replacing, self._replacing = self._replacing, {}
         for model in retired:
             model.unload_all()
-        for model in models:
+        for model in list(replacing.values()) + models:
             try:
                 model.poll()
             except Exception:  # noqa: BLE001 - the poll thread must survive anything
                 log.exception("Polling model %s failed", model.name)
+        if replacing:  # the new base paths are loaded: they take over, then the old ones go
+            with self._lock:
+                old = [self._models[name] for name in replacing if name in self._models]
+                self._models.update(replacing)
+            for model in old:
+                model.unload_all()
         with self._poll_cond:
             self._polled_generation = generation
             self._poll_cond.notify_all()

@@ -15,7 +15,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from exporters import existing_versions
+from exporters import version_directories
 from serving.errors import ServingError, error_from_tf, not_found
 from serving.servable import ServableVersion
 
@@ -31,8 +31,7 @@ def _version_dirs(base_path):
     """
     if not os.path.isdir(base_path):
         return None
-    return {version: os.path.join(base_path, str(version))
-            for version in existing_versions(base_path) if version < 2**63}
+    return {version: path for version, path in version_directories(base_path).items() if version < 2**63}
 
 
 # TF Serving's defaults (--max_num_load_retries, --load_retry_interval_micros).

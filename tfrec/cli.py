@@ -214,9 +214,15 @@ def cmd_evaluate(args):
     report = run.evaluate(config)
     for task, result in report["tasks"].items():
         name = "" if task == "prediction" else f"{task}: "
-        print(f"{name}AUC {result['auc']:.4f}  GAUC {result.get('gauc', float('nan')):.4f}  "
-              f"logloss {result['logloss']:.4f}  (mean prediction {result['mean_prediction']:.4f}, "
-              f"label rate {result['label_rate']:.4f}, {result['rows']} rows)")
+        if "mse" in result:
+            scores = f"MSE {result['mse']:.4f}  MAE {result['mae']:.4f}"
+        elif result["auc"] is None:
+            scores = f"AUC -  ({result['note']})  logloss {result['logloss']:.4f}"
+        else:
+            scores = (f"AUC {result['auc']:.4f}  GAUC {result.get('gauc', float('nan')):.4f}  "
+                      f"logloss {result['logloss']:.4f}")
+        print(f"{name}{scores}  (mean prediction {result['mean_prediction']:.4f}, "
+              f"label {'mean' if 'mse' in result else 'rate'} {result['label_rate']:.4f}, {result['rows']} rows)")
     for kind, path in report["files"].items():
         print(f"wrote {kind}: {path}")
     return 0

@@ -556,6 +556,13 @@ def load_frames(config):
 def _check_labels(df, config):
     import numpy as np
 
+    from tfrec.data.behaviour import check_esmm_labels
+
+    names = config.model.args.get("task_names")
+    if config.multitask and names is not None and list(names) != list(config.tasks):
+        raise ConfigError(f"{config.path}: model.args.task_names: the tasks are named by labels, in their order "
+                          f"{list(config.tasks)}, but task_names is {list(names)}; remove task_names (task_types "
+                          "follow the labels' order)")
     types = dict(zip(config.tasks, config.model.args.get("task_types", ())) if config.multitask else ())
     for task, column in config.tasks.items():
         if column not in df.columns:
@@ -576,6 +583,14 @@ def _check_labels(df, config):
             raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "
                               f"row {bad[0]} holds {values[bad[0]]:g} (values seen: "
                               f"{sorted(set(np.unique(values).tolist()))[:10]}); map them to 0/1 first")
+    if config.model.name == "ESMM" and len(config.tasks) == 2:
+        (ctr, click), (ctcvr, conversion) = config.tasks.items()
+        try:  # ESMM's first output is the click, its second click-and-convert: the order matters
+            check_esmm_labels(df, click_col=click, conversion_col=conversion)
+        except ValueError as error:
+            raise ConfigError(f"{config.path}: labels: ESMM reads its first label ('{ctr}': {click}) as the click and "
+                              f"its second ('{ctcvr}': {conversion}) as the conversion after a click, but {error}; "
+                              "list the click first, e.g. labels: {ctr: click, ctcvr: conversion}") from None
 
 
 # --- Columns -------------------------------------------------------------------------------
@@ -673,7 +688,12 @@ def columns_from_json(entries):
 
 
 def build_columns(train_df, config):
-    return infer_columns(train_df, config) if config.columns.infer else explicit_columns(config)
+    columns = infer_columns(train_df, config) if config.columns.infer else explicit_columns(config)
+    labels = set(config.tasks.values())
+    leaked = [column.name for column in columns if column.name in labels]
+    if leaked:  # the model would read the answer it is asked to predict
+        raise ConfigError(f"{config.path}: columns: {leaked} are labels, so they cannot be features too")
+    return columns
 
 
 # --- Steps ---------------------------------------------------------------------------------
@@ -877,13 +897,18 @@ def evaluate(config, out=None):
     and, for a model with expert gates (MMOE, PLE), `gates.png` (mean gate weight per task and
     expert) in `config.output`.
 
+    A regression task (`task_types`) gets "mse" and "mae" instead of AUC, GAUC and logloss, and
+    no calibration curve; a binary task whose test labels are all one class gets "auc" None and a
+    "note" saying why, and the other tasks are still reported.
+
     Returns:
       {"rows": n, "tasks": {task: {"auc", "gauc", "logloss", "mean_prediction", "label_rate"}},
        "files": {...}}.
     """
     import numpy as np
 
-    from tfrec.evaluation import evaluate_binary, predict_frame
+    from tfrec import metrics
+    from tfrec.evaluation import binary_report, predict_frame
 
     with step("loading the trained model", out):
         model, columns = trained(config)
@@ -892,13 +917,24 @@ def evaluate(config, out=None):
     group = config.evaluate.group
     report = {"rows": len(test_df), "tasks": {}}
     scores = {}
+    types = dict(zip(config.tasks, config.model.args.get("task_types", ()))) if config.multitask else {}
     with step(f"scoring {len(test_df)} test rows", out):
         for task, label in config.tasks.items():
-            output = task if config.multitask else None
-            result = evaluate_binary(model, test_df, columns, label, group_col=group, output=output)
-            scores[task] = predict_frame(model, test_df, columns, output=output)
-            result["mean_prediction"] = float(np.mean(scores[task]))
-            result["label_rate"] = float(test_df[label].mean())
+            predicted = predict_frame(model, test_df, columns, output=task if config.multitask else None)
+            labels = test_df[label].to_numpy(dtype=np.float64)
+            if types.get(task, "binary") == "regression":
+                result = {"rows": len(test_df), "mse": float(np.mean((predicted - labels) ** 2)),
+                          "mae": float(np.mean(np.abs(predicted - labels)))}
+            else:
+                scores[task] = predicted
+                try:
+                    result = {"rows": len(test_df), **binary_report(
+                        labels, predicted, None if group is None else test_df[group].to_numpy())}
+                except ValueError as error:  # one class only: no AUC, but the other tasks count
+                    result = {"rows": len(test_df), "auc": None, "gauc": None,
+                              "logloss": metrics.logloss(labels, predicted), "note": f"task '{task}': {error}"}
+            result["mean_prediction"] = float(np.mean(predicted))
+            result["label_rate"] = float(np.mean(labels))
             report["tasks"][task] = result
     files = {"metrics": config.output_file(METRICS_FILE), "calibration": config.output_file(CALIBRATION_FILE)}
     _calibration_plot(files["calibration"], {t: (test_df[config.tasks[t]].to_numpy(), s) for t, s in scores.items()})

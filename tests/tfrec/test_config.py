@@ -170,6 +170,60 @@ def test_gaps_in_categorical_columns_are_padding(tmp_path):
     assert inputs["item_id"][2] == "" and inputs["item_id"][0] == "a"
 
 
+def multitask_frame(rows=240, seed=0):
+    rng = np.random.default_rng(seed)
+    click = rng.integers(0, 2, rows)
+    return pd.DataFrame({"user_id": rng.integers(1, 20, rows), "item_id": rng.choice(list("abcdef"), rows),
+                         "price": rng.random(rows), "click": click,
+                         "conversion": click * rng.integers(0, 2, rows), "dwell": rng.normal(30, 5, rows)})
+
+
+@pytest.mark.parametrize("labels, extra, message", [
+    ("{ctcvr: conversion, ctr: click}", "", r"ESMM reads its first label \('ctcvr': conversion\) as the click .* "
+                                            r"list the click first"),
+    ("{ctr: click, ctcvr: conversion}", "columns: {dense: [price, conversion]}\n",
+     r"columns: \['conversion'\] are labels, so they cannot be features too"),
+])
+def test_multitask_label_mistakes_that_trained_a_wrong_model_are_refused(tmp_path, labels, extra, message):
+    multitask_frame().to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, f"data: {{train: d.csv}}\nlabels: {labels}\nmodel: {{name: ESMM}}\n"
+                                             + extra)))
+    with pytest.raises(ConfigError, match=message):
+        train_df, _ = run.load_frames(config)
+        run.build_columns(train_df, config)
+
+
+def test_task_names_in_another_order_than_the_labels_are_named_not_misread(tmp_path):
+    multitask_frame().to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: {ctr: click, watch: dwell}\n"
+                                             "model: {name: MMOE, args: {task_names: [watch, ctr], "
+                                             "task_types: [regression, binary]}}\n")))
+    with pytest.raises(ConfigError, match=r"model.args.task_names: the tasks are named by labels, in their order "
+                                          r"\['ctr', 'watch'\]"):
+        run.load_frames(config)
+
+
+def test_evaluate_reports_a_regression_task_and_a_one_class_task_without_failing_the_others(tmp_path):
+    """MSE/MAE for a regression head (not AUC of its values); a task whose test labels are one class
+    gets no AUC and a note, and the other tasks are still reported."""
+    df = multitask_frame()
+    df.loc[len(df) - 48:, "conversion"] = 0  # the test rows (the last 20%) never convert
+    df["row_no"] = range(len(df))
+    df.to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: {ctr: click, ctcvr: conversion, "
+                                             "watch: dwell}\nmodel: {name: MMOE, args: {task_types: [binary, binary, "
+                                             "regression], num_experts: 2, expert_dnn_hidden_units: [8], "
+                                             "tower_dnn_hidden_units: [4]}}\nsplit: {test_fraction: 0.2, order_by: "
+                                             "row_no}\ntrain: {batch_size: 64}\ncolumns: {exclude: [row_no]}\n")))
+    run.train(config, verbose=0)
+    tasks = run.evaluate(config)["tasks"]
+    assert set(tasks["watch"]) >= {"mse", "mae"} and "auc" not in tasks["watch"]
+    assert tasks["watch"]["mse"] > 0 and tasks["watch"]["label_rate"] == pytest.approx(
+        run.load_frames(config)[1]["dwell"].mean())
+    assert tasks["ctcvr"]["auc"] is None and "AUC needs both classes" in tasks["ctcvr"]["note"]
+    assert 0 <= tasks["ctr"]["auc"] <= 1
+
+
 def test_an_empty_item_in_a_csv_history_stays_a_placeholder_keeping_the_events_aligned(tmp_path):
     """"a||c" is three events whose second item is missing (padding, which the models skip), not two:
     dropping it would pair "c" with the second event's category and time."""

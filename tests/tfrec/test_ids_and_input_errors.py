@@ -163,6 +163,16 @@ def test_multitask_labels_must_be_one_per_head():
     with pytest.raises(ValueError, match=r"output 'ctcvr' needs labels in \[0, 1\]"):
         model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 2.0, 1.0])}, verbose=0)
     model.fit(x, {"ctr": np.ones(3), "ctcvr": np.array([0.0, 0.5, 1.0])}, verbose=0)  # soft labels are fine
+    # A task without labels would train at a loss of 0 (Keras' behaviour), in dicts and datasets alike.
+    before = model.get_weights()
+    only_ctr = r"no labels for output\(s\) \['ctcvr'\], which would then never train"
+    with pytest.raises(ValueError, match=only_ctr):
+        model.fit(x, {"ctr": np.ones(3)}, verbose=0)
+    with pytest.raises(ValueError, match=only_ctr):
+        model.fit(tf.data.Dataset.from_tensor_slices((x, {"ctr": np.ones(3)})).batch(2), verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    model.compile("adam", {"ctr": "binary_crossentropy", "ctcvr": None})  # a head left untrained on purpose
+    model.fit(x, {"ctr": np.ones(3)}, verbose=0)
 
 
 def test_training_ids_mostly_beyond_their_table_are_warned_of(din):

@@ -287,6 +287,9 @@ class RecModel(tf.keras.Model):
                                      f"array of shape {value.shape}")
             if y is not None:
                 self._check_labels(y)
+        if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) > 1 \
+                and isinstance(x.element_spec[1], Mapping):
+            self._check_labelled_outputs(x.element_spec[1])
         return x, y
 
     def _check_labels(self, y):
@@ -296,7 +299,8 @@ class RecModel(tf.keras.Model):
         every head) or make every weight NaN for good."""
         outputs = list(self.output_names)
         if isinstance(y, Mapping):
-            labels = {name: y[name] for name in outputs if name in y}  # a missing one: Keras names it
+            self._check_labelled_outputs(y)
+            labels = {name: y[name] for name in outputs if name in y}
         elif isinstance(y, (list, tuple)) and len(outputs) > 1:
             if len(y) != len(outputs):
                 raise ValueError(f"model '{self.name}' has {len(outputs)} outputs {outputs}, but {len(y)} label "
@@ -321,6 +325,20 @@ class RecModel(tf.keras.Model):
                 need = "labels in [0, 1] (a binary head)" if binary else "finite labels"
                 raise ValueError(f"model '{self.name}': output '{name}' needs {need}, but row {row} holds "
                                  f"{values.reshape(len(values), -1)[row].tolist()}")
+
+    def _check_labelled_outputs(self, labels):
+        """A ValueError when {output name: labels} lacks an output that has a loss: Keras would
+        give that head a loss of 0 and never train it."""
+        outputs = list(self.output_names)
+        loss = getattr(self, "loss", None)
+        with_loss = [name for i, name in enumerate(outputs)
+                     if not (isinstance(loss, Mapping) and loss.get(name) is None)
+                     and not (isinstance(loss, (list, tuple)) and i < len(loss) and loss[i] is None)]
+        missing = [name for name in with_loss if name not in labels]
+        if len(outputs) > 1 and missing:
+            raise ValueError(f"model '{self.name}': no labels for output(s) {missing}, which would then never "
+                             f"train (Keras gives them a loss of 0); label every output {outputs}, or compile "
+                             "with loss None for the ones you do not train")
 
     def _output_layer(self, name):
         try:

@@ -1,29 +1,12 @@
 """Session fixtures: DIN is trained once on planted data, exported once and served once."""
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from types import SimpleNamespace
 
 import pytest
 
-# One XLA compilation cache for the whole run, set before TensorFlow reads its flags: the pytest
-# workers and every process they start (CLI runs, servers, cluster tasks) inherit it, so a model
-# compiled once is not compiled again by the next test that trains the same graph.
-_XLA_CACHE = "TFREC_TEST_XLA_CACHE"
-if _XLA_CACHE not in os.environ:
-    os.environ[_XLA_CACHE] = tempfile.mkdtemp(prefix="tfrec-test-xla-cache-")
-    os.environ["TFREC_TEST_XLA_CACHE_OWNER"] = str(os.getpid())
-os.environ["TF_XLA_FLAGS"] = " ".join(
-    [os.environ.get("TF_XLA_FLAGS", ""), f"--tf_xla_persistent_cache_directory={os.environ[_XLA_CACHE]}"]).strip()
-
-import feature_columns  # noqa: E402,F401  (Keras 2 before TensorFlow)
-
-
-def pytest_unconfigure(config):
-    if os.environ.get("TFREC_TEST_XLA_CACHE_OWNER") == str(os.getpid()):
-        shutil.rmtree(os.environ[_XLA_CACHE], ignore_errors=True)
+import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 

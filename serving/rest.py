@@ -382,6 +382,12 @@ class RestServer:
             await asyncio.wait_for(self._listener.wait_closed(), 1.0)
         except asyncio.TimeoutError:
             pass
+        # Requests still running after the grace are cancelled here, while the loop runs, so that
+        # closing it leaves no pending task and no executor result aimed at a closed loop.
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _handle(self, request):
         started = time.monotonic()

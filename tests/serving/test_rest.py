@@ -10,6 +10,7 @@ import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -497,6 +498,32 @@ def test_stop_finishes_requests_in_flight_then_refuses_connections():
     assert slow["answer"][0] == 200 and slow["answer"][2] == {"predictions": [3.0]}
     with pytest.raises(ConnectionRefusedError):
         call(port, "GET", "/v1/models/slow", timeout=2)
+
+
+def test_stop_cancels_a_request_beyond_the_grace(caplog):
+    """A request still running when the grace ends is cancelled (its connection closed) within the
+    grace, and nothing is logged as an asyncio error."""
+    core = SlowCore(delay=3.0)
+    rest = start_rest(core, shutdown_timeout=0.5)
+    slow = {}
+
+    def request():
+        try:
+            slow["answer"] = call(rest.port, "POST", "/v1/models/slow:predict", SLOW_BODY)
+        except Exception as error:  # noqa: BLE001 - the connection is expected to close
+            slow["error"] = error
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    assert core.entered.wait(timeout=5)
+    with caplog.at_level("DEBUG", logger="asyncio"):
+        started = time.monotonic()
+        rest.stop()
+        assert time.monotonic() - started < 5
+        thread.join(timeout=10)
+        time.sleep(3.0)  # the cancelled request's thread finishes after the loop has closed
+    assert "error" in slow
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
 
 
 def test_stop_does_not_wait_for_idle_keep_alive_connections():

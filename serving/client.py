@@ -150,7 +150,7 @@ def _cast_to_signature(array, dtype):
         return array
     if array.size == 0:  # a request of no rows, or rows with no items: no value to lose
         return array.astype(target)
-    if target.kind == "f":
+    if target.kind == "f" or dtype == types_pb2.DT_BFLOAT16:  # numpy sees bfloat16 as kind "V"
         return array.astype(target)
     if target.kind in "iu" and array.dtype.kind in "iu":
         limits = np.iinfo(target)

@@ -31,7 +31,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from serving import inference
 from serving.errors import invalid_argument
-from serving.json_tensor import format_float, format_floats, json_type
+from serving.json_tensor import format_float, format_floats, json_type, parse_json_body
 
 __all__ = ["rest_classify", "rest_regress", "parse_classify_regress_request"]
 
@@ -59,25 +59,9 @@ def _format_error(doc, *parts):
 
 
 def _parse_json(body):
-    """TF Serving's ParseJson: a JSON object (NaN / Infinity accepted), else
+    """TF Serving's ParseJson of a classify / regress body: a JSON object, else
     INVALID_ARGUMENT."""
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
-                                   f"{error.start}") from None
-    else:
-        text = body
-    if not text:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        message = "The document is empty" if not text.strip() else error.msg
-        raise invalid_argument(f"JSON Parse error: {message} at offset: {error.pos}") from None
-    except (RecursionError, ValueError) as error:
-        raise invalid_argument(f"JSON Parse error: {error}") from None
+    doc = parse_json_body(body)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
@@ -131,10 +115,7 @@ def _add_value(value, name, feature):
         feature.int64_list.value.append(value)
     else:  # a number with a fraction or exponent, or an integer beyond 64 bits (a double)
         _check_kind(name, feature, "float_list")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
+        number = float(value)
         if math.isfinite(number) and not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
             raise invalid_argument(f"Cannot convert JSON value: "
                                    f"{format_float(number, False)} to float without loss "

@@ -534,6 +534,10 @@ def main(argv=None):
     core.start()  # readiness is announced only after the initial loads
     grpc_server = rest_server = watcher = None
     try:
+        # As tensorflow_model_server: a configured model none of whose versions can load
+        # (after the load retries) fails the start, so a deployment that gates on the
+        # process never sees a server that serves nothing.
+        core.wait_until_models_available(core.model_names(), stop=stop)
         if not stop.is_set():
             grpc_server, port = _start_grpc(core, args)
             _announce(f"Running gRPC ModelServer at {_address(args.host, port)} ...")
@@ -558,7 +562,7 @@ def main(argv=None):
                 watcher.start()
         while not stop.wait(0.5):
             pass
-    except OSError as error:
+    except (OSError, ServingError) as error:
         log.error("Failed to start server. Error: %s", error)
         return 1
     finally:

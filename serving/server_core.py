@@ -54,6 +54,11 @@ def single_model_config(model_name, base_path):
     return config
 
 
+def _timed_out():
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "Timed out waiting for the new model config to load")
+
+
 class ServerCore:
     """Models of a ModelServerConfig, kept in sync with their base paths by a poll thread.
 
@@ -131,25 +136,38 @@ class ServerCore:
             before = set(self._models)
             labels_before = {name: dict(model.config.version_labels) for name, model in self._models.items()}
         generation = self._apply_config(config)
+        deadline = time.monotonic() + timeout
         with self._poll_cond:
             self._poll_requested = True
             self._poll_cond.notify_all()
             if not self._poll_cond.wait_for(
                     lambda: self._polled_generation >= generation or self._stopping, timeout):
-                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   "Timed out waiting for the new model config to load")
-        failed = []
-        for model_config in config.model_config_list.config:
-            model = self._model(model_config.name)
-            states = model.states() if model is not None else {}
-            if model_config.name not in before and states and not any(
-                    state == _AVAILABLE for state, _ in states.values()):
-                failed += [f"{{name: {model_config.name} version: {v}}}" for v in sorted(states)]
+                raise _timed_out()
+        added = [m.name for m in config.model_config_list.config if m.name not in before]
+        self.wait_until_models_available(added, max(0.0, deadline - time.monotonic()))
+        if not self._allow_labels_for_unavailable:
+            self._check_labels(labels_before)
+
+    def wait_until_models_available(self, names, timeout=None, stop=None):
+        """TF Serving's WaitUntilModelsAvailable: returns once every named model with versions
+        on disk has one AVAILABLE or has spent the retries of its failed loads; then raises
+        UNKNOWN naming the versions of the models that have none. `stop` (an Event) ends the
+        wait early, as does stopping the server; DEADLINE_EXCEEDED after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        models = [model for model in map(self._model, names) if model is not None]
+        with self._poll_cond:  # the poll thread notifies after every poll; retries are polled for
+            while not all(model.loads_settled() for model in models):
+                if self._stopping or (stop is not None and stop.is_set()):
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _timed_out()
+                self._poll_cond.wait(0.1)
+        failed = [f"{{name: {model.name} version: {version}}}" for model in models
+                  if not any(state == _AVAILABLE for state, _ in model.states().values())
+                  for version in sorted(model.states())]
         if failed:
             raise ServingError(grpc.StatusCode.UNKNOWN,
                                f"Some servables did not become available: {{{', '.join(failed)}}}")
-        if not self._allow_labels_for_unavailable:
-            self._check_labels(labels_before)
 
     def _check_labels(self, labels_before):
         """FAILED_PRECONDITION, restoring the models' previous labels, when a label names a

@@ -152,6 +152,15 @@ class VersionManager:
         with self._lock:
             self._states[version] = _VersionState(state, error, fingerprint)
 
+    def loads_settled(self):
+        """True when a version is AVAILABLE, or no version the policy wants is loading or
+        waiting for a load retry (its loads succeeded or spent their retries)."""
+        with self._lock:
+            if self._serving:
+                return True
+            return not any(s.state == _State.LOADING or s.retry_at is not None
+                           for v, s in self._states.items() if v in self._wanted)
+
     def next_retry_at(self):
         """time.monotonic() of the earliest pending load retry, or None."""
         with self._lock:

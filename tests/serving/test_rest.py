@@ -11,6 +11,7 @@ import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 import http.client
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -289,6 +290,35 @@ def test_big_integers_within_a_double_still_reach_the_model(server):
     status, _, answer = call(server.port, "POST", "/v1/models/toy:predict", json.dumps(
         {"signature_name": "double", "instances": [2**70]}).encode())
     assert status == 200 and answer["predictions"] == [pytest.approx(2.0**71, rel=1e-7)]
+
+
+def test_json_is_read_as_tf_servings_rapidjson_reads_it(server):
+    """A byte-order mark is skipped, Inf / -Inf / -NaN are numbers (kParseNanAndInfFlag), a
+    repeated key keeps its first value, and a float beyond any double is refused rather than
+    served as Infinity; in strings nothing changes."""
+    def predict(body, verb="predict"):
+        return call(server.port, "POST", f"/v1/models/toy:{verb}", body)
+
+    assert predict(b"\xef\xbb\xbf" + GOOD_BODY)[::2] == (200, GOOD_ANSWER)
+    status, _, answer = predict(
+        b'{"signature_name": "double", "instances": [Inf, -Inf, -NaN, NaN, Infinity, 1.5]}')
+    doubled = answer["predictions"]
+    assert status == 200 and doubled[:2] == [math.inf, -math.inf] and doubled[4:] == [math.inf, 3.0]
+    assert math.isnan(doubled[2]) and math.isnan(doubled[3])
+    status, _, answer = predict(b'{"instances": [{"x": [Inf, 2, 3], "tag": "-NaN Inf"}]}')
+    assert status == 200 and answer["predictions"][0]["tag_upper"] == "-NAN INF"
+    status, _, answer = predict(b'{"signature_name": "double", "signature_name": "nope", '
+                                b'"instances": [2], "instances": [3]}')
+    assert (status, answer) == (200, {"predictions": [4.0]})
+    for number in (b"1E400", b"-2.5e+0309", b"1" + b"0" * 400 + b".0"):
+        for verb, body in (("predict", b'{"inputs": [[' + number + b', 0]]}'),
+                           ("regress", b'{"examples": [{"x": [' + number + b', 0.0]}]}')):
+            status, _, answer = predict(body, verb)
+            assert status == 400 and "Number too big to be stored in double" in answer["error"]
+    status, _, answer = predict(b'{"inputs": [1E30, 1e-300, Inf], "signature_name": "double"}')
+    assert status == 200 and answer["outputs"] == [pytest.approx(2e30, rel=1e-6), 0.0, math.inf]
+    status, _, answer = predict(b'{"inputs": [[Infinite]]}')
+    assert status == 400 and "JSON Parse error: Expecting value at offset: 13" in answer["error"]
 
 
 # ---------------------------------------------------------------- paths

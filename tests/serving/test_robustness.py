@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
 
 from exporters.layout import staged_version_dir
 from serving import Client, LocalServer, ServingError
@@ -231,6 +231,66 @@ def test_without_retries_a_failed_load_stays_failed(live, saved_models):
         assert status[2][0] == "END" and status[2][1] != 0
         assert status[1][0] == "AVAILABLE"
         assert "Retrying of Loading servable" not in server.logs()
+
+
+def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_cannot_load(
+        tmp_path, saved_models):
+    """A version still being copied at start is retried before the server announces itself;
+    a configured model with no loadable version makes the start fail (exit 1, "Failed to
+    start server"), as tensorflow_model_server does, also when the other models load."""
+    copying = tmp_path / "copying"
+    complete = half_copied_version(saved_models / "toy" / "1", copying, 1)
+    flags = ("--max_num_load_retries=100", "--load_retry_interval_micros=300000")
+    server = LocalServer(model_base_path=str(copying), model_name="copying", rest=False,
+                         extra_args=flags)
+
+    def complete_after_the_first_try():
+        wait_for(lambda: "{name: copying version: 1} failed" in server.logs(), timeout=120)
+        complete()
+
+    threading.Thread(target=complete_after_the_first_try, daemon=True).start()
+    with server, Client(server.grpc_target) as client:
+        assert "Retrying of Loading servable: {name: copying version: 1}" in server.logs()
+        assert client.predict("copying", {"x": X, "tag": TAGS})["score"][0] == 14.0 + 1
+
+    broken = tmp_path / "broken"
+    shutil.copytree(str(saved_models / "toy" / "1"), str(broken / "1"))
+    (broken / "1" / "saved_model.pb").write_bytes(b"\x08\xffnot a SavedModel")
+    config = tmp_path / "models.config"
+    config.write_text(f"""model_config_list {{
+  config {{ name: "good" base_path: "{saved_models / 'toy'}" model_platform: "tensorflow" }}
+  config {{ name: "broken" base_path: "{broken}" model_platform: "tensorflow" }}
+}}""")
+    flags = ("--max_num_load_retries=2", "--load_retry_interval_micros=200000")
+    server = LocalServer(model_config_file=str(config), rest=False, extra_args=flags)
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        server.start()
+    logs = server.logs()
+    assert "Retrying of Loading servable: {name: broken version: 1} retry: 2" in logs
+    assert ("Failed to start server. Error: UNKNOWN: Some servables did not become available: "
+            "{{name: broken version: 1}}") in logs
+
+
+def test_a_reload_waits_for_the_load_retries_of_a_model_it_adds(live, saved_models, tmp_path):
+    """ReloadConfig returns once an added model has loaded, retries included (it used to
+    report the first failed try of a version that was still being copied)."""
+    flags = ("--max_num_load_retries=100", "--load_retry_interval_micros=300000")
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0, extra_args=flags) as server, \
+            Client(server.grpc_target) as client:
+        added = tmp_path / "added"
+        complete = half_copied_version(saved_models / "toy" / "2", added, 1)
+        threading.Timer(1.0, complete).start()
+        request = model_management_pb2.ReloadConfigRequest()
+        for name, base in (("live", live), ("added", added)):
+            model = request.config.model_config_list.config.add()
+            model.name, model.base_path, model.model_platform = name, str(base), "tensorflow"
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                request, timeout=60)
+        assert response.status.error_code == 0, response.status.error_message
+        assert "Retrying of Loading servable: {name: added version: 1}" in server.logs()
+        assert client.predict("added", {"x": X, "tag": TAGS})["score"][0] == 14.0 + 2
 
 
 # ---------------------------------------------------------------- batching

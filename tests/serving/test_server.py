@@ -59,7 +59,10 @@ def server(saved_models, tmp_path_factory):
     copy_version(str(saved_models / "toy" / "2"), str(live), 1)
     config_path = work / "models.config"
     config_path.write_text(CONFIG_TEMPLATE.format(root=saved_models, live=live))
-    with LocalServer(model_config_file=str(config_path), poll_wait_seconds=0.3) as running:
+    # One quick load retry: a reload adding a model that cannot load waits for its retries.
+    retries = ("--max_num_load_retries=1", "--load_retry_interval_micros=200000")
+    with LocalServer(model_config_file=str(config_path), poll_wait_seconds=0.3,
+                     extra_args=retries) as running:
         running.live_base = live
         running.config_text = config_path.read_text()
         yield running

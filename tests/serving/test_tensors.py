@@ -289,3 +289,14 @@ def test_deploy_manifests_pass_monitoring_and_batching_files_they_mount():
     monitoring = text_format.Parse(config_map["data"]["monitoring.config"], MonitoringConfig())
     assert prometheus_path(monitoring) == deployment["spec"]["template"]["metadata"][
         "annotations"]["prometheus.io/path"]
+
+
+@pytest.mark.parametrize("dtype", [types_pb2.DT_BFLOAT16, types_pb2.DT_HALF, types_pb2.DT_FLOAT])
+def test_client_types_python_numbers_by_the_signatures_float_dtype(dtype):
+    """serving.Client sends a list of numbers for a bfloat16 input as bfloat16 (numpy sees
+    bfloat16 as kind "V", so it used to go out as double and be refused)."""
+    from serving.client import _cast_to_signature
+
+    proto = ndarray_to_proto(_cast_to_signature(np.array([2.5, 1]), dtype))
+    assert proto.dtype == dtype
+    assert tf.make_ndarray(proto).astype(np.float64).tolist() == [2.5, 1.0]

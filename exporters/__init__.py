@@ -16,7 +16,7 @@ from exporters.layout import existing_versions, next_version, version_directorie
 from exporters.model_config import model_server_config, read_model_config, write_model_config
 from exporters.saved_model import (SERVING_SIGNATURE, export_from_chief, export_saved_model,
                                    write_saved_model_version)
-from exporters.retrieval import RetrievalExport, export_retrieval
+from exporters.retrieval import RetrievalExport, export_retrieval, item_id_feature
 from exporters.warmup import WARMUP_DIR, WARMUP_FILE, read_warmup_requests
 
 __all__ = [

@@ -46,6 +46,8 @@ from tensorflow.python.framework import auto_control_deps_utils as acd_utils
 from exporters import layout, warmup
 from exporters.saved_model import (SERVING_SIGNATURE, export_saved_model, model_inputs,
                                    signature_input_specs, write_saved_model_version)
+from tfrec.data.pipeline import id_text
+from tfrec.layers.retrieval import NegativeSampling
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,8 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
     if index == "brute_force" and scann_options:
         raise ValueError(f"ScaNN option(s) {sorted(scann_options)} have no effect with index='brute_force'")
     user_tower, item_tower, item_input = _towers(model)
-    ids = _known_items(item_tower, _candidate_ids(candidates, item_input))
+    ids, rows = _known_items(item_tower, _candidate_ids(candidates, item_input))
+    _warn_of_never_trained_candidates(model, ids, rows)
     num_candidates = len(ids)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_candidates:
         raise ValueError(
@@ -218,6 +221,13 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
                            version, num_candidates, k, scann_config)
 
 
+def item_id_feature(model):
+    """(name, tf.DType) of a two-tower model's item id Input, the column `candidates` holds;
+    a TypeError for a model without user and item towers."""
+    item_input = _towers(model)[2]
+    return _input_name(item_input), item_input.dtype
+
+
 def _towers(model):
     """(user tower, item tower, item Input) of a two-tower model, or a TypeError."""
     missing = [name for name in ("user_tower", "item_tower", "item_input")
@@ -273,8 +283,8 @@ def _candidate_ids(candidates, item_input):
         raise ValueError(
             f"candidates column {name!r} repeats {duplicated.nunique()} id(s), e.g. "
             f"{list(duplicated.unique()[:5])}; each candidate must appear once")
-    if item_input.dtype == tf.string:
-        values = column.to_numpy(dtype=object)
+    if item_input.dtype == tf.string:  # ints as their decimal text, as df_to_inputs reads them
+        values = np.array([id_text(value) for value in column.to_numpy(dtype=object)], dtype=object)
         bad = [value for value in values if not isinstance(value, (str, bytes))]
         if bad:
             raise ValueError(
@@ -307,11 +317,13 @@ def _known_items(item_tower, ids):
     """The candidate ids the item table has a row of its own for. The others (outside its
     vocabulary, or beyond the rows of a plain integer id table) all share one untrained row
     (OOV, padding), so they would score alike and fill the top k of every user: they are
-    left out, with a warning. A hashed table has no unknown ids."""
+    left out, with a warning. A hashed table has no unknown ids.
+
+    Returns (ids, their table rows); the rows are None when the tower has no such lookup."""
     lookups = [layer for layer in item_tower.submodules
                if isinstance(layer, SparseIndex) and layer.unknown_index is not None]
     if len(lookups) != 1:
-        return ids
+        return ids, None
     [lookup] = lookups
     rows = lookup(tf.constant(ids.astype(object) if lookup.string_input else ids)).numpy()
     unknown = rows == lookup.unknown_index
@@ -322,7 +334,25 @@ def _known_items(item_tower, ids):
         logger.warning("export_retrieval: %d of %d candidates are not in the item table's vocabulary (e.g. %s) "
                        "and would share one untrained vector; they are left out of the index",
                        int(unknown.sum()), len(ids), ids[unknown][:5].tolist())
-    return ids[~unknown]
+    return ids[~unknown], rows[~unknown]
+
+
+def _warn_of_never_trained_candidates(model, ids, rows):
+    """Warns of candidates that were never a training target (item_count 0) when the sampler
+    draws its negatives from the targets ("inbatch", "frequency"): the softmax never trained
+    their vectors as candidates, only as history items, and such vectors often score high for
+    every user. Candidates stay the caller's choice (a new item may be wanted in the index)."""
+    samplers = [layer for layer in model.submodules if isinstance(layer, NegativeSampling)]
+    if rows is None or len(samplers) != 1 or samplers[0].item_count is None \
+            or samplers[0].sampler not in ("inbatch", "frequency"):
+        return
+    never = np.asarray(samplers[0].item_count)[rows] == 0
+    if never.any():
+        logger.warning(
+            "export_retrieval: %d of %d candidates (e.g. %s) were never a training target (their item_count "
+            "is 0), so the %r sampler never trained them as candidates and they can crowd every user's top "
+            "k; leave them out of candidates unless you want them shown (docs/retrieval.md)",
+            int(never.sum()), len(ids), ids[never][:5].tolist(), samplers[0].sampler)
 
 
 def _user_output_kind(user_tower):

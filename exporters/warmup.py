@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from tfrec.data.pipeline import id_text
+
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 DEFAULT_NUM_WARMUP_RECORDS = 5
@@ -162,7 +164,8 @@ def _stacked(name, rows, spec):
 
 def _cast(name, array, spec):
     if spec.dtype == tf.string:
-        flat = array.ravel()
+        # ints as their decimal text, as df_to_inputs and the clients send them to a string table
+        flat = [id_text(value) for value in array.ravel()]
         bad = [value for value in flat if not isinstance(value, (str, bytes))]
         if bad:
             raise ValueError(

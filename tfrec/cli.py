@@ -255,9 +255,34 @@ def cmd_export(args):
 
     with step(f"loading {args.model}"):
         model = load_model(args.model)
+    if hasattr(model, "user_tower"):
+        return _export_retrieval(model, args)
+    if args.candidates:
+        raise CliError(f"--candidates is for a retrieval model; {args.model} holds {type(model).__name__}",
+                       "leave --candidates out to export a ranking model")
     with step(f"exporting to {args.export_base}"):
         path = export_saved_model(model, args.export_base, version=args.version, extra_outputs=args.extra_output)
     print(path)
+    return 0
+
+
+def _export_retrieval(model, args):
+    """A two-tower model's top-k export (exporters.export_retrieval) over the items of --candidates."""
+    from exporters import export_retrieval, item_id_feature
+    from tfrec.config import read_data
+
+    name, dtype = item_id_feature(model)
+    if not args.candidates:
+        raise CliError(f"{args.model} is a retrieval (two-tower) model: its export serves the top "
+                       "k items of a catalogue", f"pass --candidates ITEMS.csv (or .parquet) with the item id "
+                       f"column '{name}', one row per item, and --k")
+    if args.extra_output:
+        raise CliError("--extra-output is for ranking models", "a retrieval export answers item_ids and scores")
+    candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
+                           text_columns=[name] if dtype.name == "string" else [])
+    with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
+        result = export_retrieval(model, args.export_base, candidates, k=args.k, version=args.version)
+    print(result.path)
     return 0
 
 
@@ -299,12 +324,14 @@ def read_inputs(value, flag="--inputs"):
 
 def cmd_query(args):
     from serving import Client
+    from serving.json_tensor import to_json_value
 
     inputs = read_inputs(args.inputs)
     with Client(args.target, timeout=args.timeout) as client:
         outputs = client.predict(args.model_name, inputs, signature_name=args.signature_name,
                                  version=args.version, output_filter=args.output_filter)
-    print(json.dumps({name: value.tolist() for name, value in outputs.items()}, indent=2))
+    # String outputs (a retrieval export's item ids) as text, or {"b64": ...} as REST writes them.
+    print(json.dumps({name: to_json_value(value) for name, value in outputs.items()}, indent=2))
     return 0
 
 
@@ -411,6 +438,9 @@ def build_parser():
     export.add_argument("--version", type=int, help="the version number (default: one more than the highest)")
     export.add_argument("--extra-output", action="append", default=[], metavar="LAYER",
                         help="a layer name whose output the signature returns too (repeatable)")
+    export.add_argument("--candidates", metavar="ITEMS",
+                        help="a retrieval model's catalogue: CSV/Parquet with its item id column, one row per item")
+    export.add_argument("--k", type=int, default=100, help="a retrieval model's top k per user (default 100)")
 
     commands.add_parser("serve", add_help=False,
                         help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")

@@ -39,6 +39,7 @@ __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data",
 RANKING_MODELS = ("DIN", "SIM", "CLSR")  # one label; DIN's columns, a history hist_<f> per target feature <f>
 MULTITASK_MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
 MODELS = RANKING_MODELS + MULTITASK_MODELS
+RETRIEVAL_MODELS = ("YoutubeDNN", "MIND", "SDM")  # Python only so far (docs/retrieval.md)
 MODEL_FILE = "model.keras"
 COLUMNS_FILE = "columns.json"
 METRICS_FILE = "metrics.json"
@@ -346,6 +347,10 @@ def load_config(path, output=None, export_base=None):
     if "model" not in raw:
         _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS)}, args: {{...}}}}")
     model = _section(path, raw, "model")
+    if model.get("name") in RETRIEVAL_MODELS:
+        _fail(path, "model.name", f"{model['name']} is a retrieval model, which a config does not train yet: "
+              "train and export it in Python as docs/retrieval.md shows (columns -> fit -> "
+              f"export_retrieval -> tfrec serve), or use one of {', '.join(MODELS)}")
     if model.get("name") not in MODELS:
         _fail(path, "model.name", f"unknown model {model.get('name')!r}; tfrec trains one of {', '.join(MODELS)} "
               "from a config")
@@ -433,7 +438,8 @@ def _read_file(path, text_columns=()):
                       "(.parquet, .pq)")
 
 
-def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=()):
+def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),
+              text_columns=()):
     """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
 
     A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
@@ -441,12 +447,13 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     sequences of one event stay aligned); a Parquet cell holds a list already. In a CSV, the
     column `<f>` of a sequence `hist_<f>` is read as text, as the sequence's items are: an id
     "007" stays "007" on both. The sequences in `numeric` (event times) hold numbers, ints when
-    every item is one, and their placeholders are 0.
+    every item is one, and their placeholders are 0. Columns in `text_columns` are read as
+    text too.
     """
     import pandas as pd
 
     targets = [name[len(HISTORY_PREFIX):] for name in sequences
-               if name.startswith(HISTORY_PREFIX) and name not in numeric]
+               if name.startswith(HISTORY_PREFIX) and name not in numeric] + list(text_columns)
     frames = [_read_file(f, targets) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     for name in sequences:

@@ -176,8 +176,9 @@ def test_user_tower_export_returns_the_user_vectors(exported, exact, youtubednn)
 
 
 def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
-        exported, exact, candidates, tmp_path):
+        exported, exact, candidates, tmp_path, capsys):
     from serving import Client, LocalServer
+    from tfrec.cli import main
 
     rows, _, _, scores = exact
     base = os.path.dirname(exported.path)
@@ -196,6 +197,12 @@ def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
                 client.predict(name, one_user)
             latency[name] = (time.perf_counter() - started) / 20 * 1000
         logs = server.logs()
+        one_user = json.dumps({feature: values[:1].tolist() for feature, values in rows.items()})
+        capsys.readouterr()
+        assert main(["query", "--target", server.grpc_target, "--model-name", "youtubednn_brute_force",
+                     "--inputs", one_user]) == 0
+        queried = json.loads(capsys.readouterr().out)  # string ids printed as text (were a TypeError)
+    assert queried["item_ids"] == decoded(brute_force["item_ids"][:1]).tolist()
 
     for name in ("youtubednn", "youtubednn_brute_force"):  # both loaded, warm-up replayed
         assert f"Successfully loaded servable version {{name: {name} version: 1}}" in logs
@@ -306,7 +313,7 @@ def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, yo
      r"its columns are \['movie_id', 'popularity'\]"),
     (lambda frame: frame.head(30), r"k must be an integer in \[1, number of candidates = 30\], got 50"),
     (lambda frame: pd.concat([frame.head(100), frame.head(1)]), r"repeats 1 id\(s\)"),
-    (lambda frame: frame.assign(item_id=range(len(frame))), "must hold strings"),
+    (lambda frame: frame.assign(item_id=np.arange(len(frame)) + 0.5), "must hold strings"),  # ints: their text
 ])
 def test_bad_candidates_are_refused_before_anything_is_written(
         youtubednn, candidates, tmp_path, change, message):
@@ -482,3 +489,54 @@ def test_candidates_the_item_table_does_not_know_are_left_out_with_a_warning(you
     assert not set(decoded(served["item_ids"].numpy().reshape(-1)).tolist()) & set(new_items["item_id"])
     with pytest.raises(ValueError, match="none of the 20 candidates is an item the model was trained with"):
         exporters.export_retrieval(youtubednn, tmp_path / "none", new_items, k=5, index="brute_force")
+
+
+def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, tmp_path, capsys):
+    """`tfrec export --model --candidates --k` writes the retrieval export (it used to write a
+    ranking export of the training loss); a catalogue of int ids reaches a string item table
+    as their decimal text; without --candidates it says what is needed."""
+    from tfrec.cli import main
+
+    youtubednn.save(tmp_path / "yt.keras")
+    catalogue = tmp_path / "items.csv"
+    pd.DataFrame({"item_id": ITEMS[:300]}).to_csv(catalogue, index=False)
+    base = tmp_path / "exports" / "yt"
+    capsys.readouterr()
+    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base),
+                 "--candidates", str(catalogue), "--k", "7"]) == 0
+    assert capsys.readouterr().out.strip().endswith(os.path.join("yt", "1"))
+    loaded = tf.saved_model.load(str(base) + "_brute_force/1")
+    outputs = loaded.signatures["serving_default"](**constants(user_rows(2, 5)))
+    assert outputs["item_ids"].shape == (2, 7)
+    assert set(decoded(outputs["item_ids"].numpy()).ravel()) <= set(ITEMS[:300])
+
+    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base)]) == 1
+    error = capsys.readouterr().err
+    assert "is a retrieval (two-tower) model: its export serves the top k items of a catalogue" in error
+    assert "pass --candidates ITEMS.csv (or .parquet) with the item id column 'item_id'" in error
+
+
+def test_candidates_never_trained_as_targets_are_named_in_a_warning(tmp_path, caplog):
+    """With an in-batch sampler, an item whose item_count is 0 was never a softmax candidate:
+    the export warns with how many and which, and keeps them (the caller's choice)."""
+    import logging
+
+    from feature_columns import SparseFeat, VarLenSparseFeat
+    from tfrec.models import YoutubeDNN
+    from tfrec.utils import NegativeSampler, item_counts
+
+    items = ["a", "b", "c", "d", "e"]
+    item = SparseFeat("item_id", vocabulary=items, embedding_dim=4, dtype="string")
+    history = VarLenSparseFeat(SparseFeat("hist_item_id", vocabulary=items, embedding_dim=4, dtype="string",
+                                          embedding_name="item_id"), maxlen=3)
+    counts = item_counts(pd.Series(["a", "b", "b", "e"]), item)  # "c" and "d" never a target
+    candidates = pd.DataFrame({"item_id": items})
+    for sampler, warned in (("inbatch", True), ("uniform", False)):
+        model = YoutubeDNN([history], [item], user_dnn_hidden_units=(4,),
+                           sampler_config=NegativeSampler(sampler, 0 if sampler == "inbatch" else 2,
+                                                          "item_id", item_count=counts))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="exporters.retrieval"):
+            result = exporters.export_retrieval(model, tmp_path / sampler, candidates, k=5, index="brute_force")
+        assert result.num_candidates == 5
+        assert ("2 of 5 candidates (e.g. ['c', 'd']) were never a training target" in caplog.text) == warned

@@ -114,7 +114,7 @@ def test_synthetic_feed_fills_unknown_sizes_with_one():
     ({"context": np.zeros((2, 2))},
      r"'context' has shape \[2, 2\], but the serving signature takes shape \[None, 3\]"),
     ({"price": np.zeros((2, 2))}, r"'price' has shape \[2, 2\].* takes shape \[None\]"),
-    ({"user": [1, 2]}, r"'user' is a string input, but holds 1 of type int"),
+    ({"user": [1.5, 2.5]}, r"'user' is a string input, but holds 1.5 of type float"),  # ints are their text
     ({"price": ["cheap", "dear"]}, r"'price' cannot be converted to float32"),
     ({"hist_item_id": [[1, 2], 3]}, r"'hist_item_id' mixes list-valued and scalar rows"),
     ({"price": [1.0, 2.0, 3.0]}, r"different numbers of rows: .*'price': 3"),
@@ -126,6 +126,13 @@ def test_inputs_that_do_not_fit_the_signature_are_named(change, message):
     inputs = {name: values for name, values in inputs.items() if values is not None}
     with pytest.raises(ValueError, match=message):
         warmup.warmup_feeds(SPECS, inputs, num_records=5)
+
+
+def test_int_ids_for_a_string_input_are_their_decimal_text_as_df_to_inputs_sends_them():
+    inputs = {"user": np.array([7, 12]), "hist_item_id": [[1], [2]], "price": [1.0, 2.0],
+              "context": np.zeros((2, 3))}
+    feeds = warmup.warmup_feeds(SPECS, inputs, num_records=2)  # one row each
+    assert [feed["user"].tolist() for feed in feeds] == [[b"7"], [b"12"]]
 
 
 def test_warmup_that_fails_in_the_model_stops_the_export(tiny_model, tmp_path):

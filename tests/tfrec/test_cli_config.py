@@ -290,6 +290,10 @@ def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, caps
         main(["train", "--config", str(tmp_path / "run.yaml"), "--debug"])
     with pytest.raises(ConfigError):
         main(["--debug", "train", "--config", str(tmp_path / "run.yaml")])
+    (tmp_path / "run.yaml").write_text("data: {train: x.csv}\nlabels: click\nmodel: {name: MIND}\n")
+    with pytest.raises(ConfigError, match="model.name: MIND is a retrieval model, which a config does not "
+                                          "train yet: train and export it in Python as docs/retrieval.md"):
+        main(["train", "--config", str(tmp_path / "run.yaml"), "--debug"])
 
 
 def test_version_and_help_give_every_flag_a_text(capsys):

@@ -191,6 +191,28 @@ def test_samples_from_a_plain_shuffled_log_and_options():
             retrieval_samples(data, **bad)
 
 
+def test_samples_keep_a_logs_own_column_names():
+    """A MovieLens-named log (movie_id, genres, uid, ts) gives the same samples under its own
+    names, SDM's too; without categories only the item sequences are made."""
+    data = make_retrieval_data(**SMALL, seed=5)
+    names = {"user_id": "uid", "item_id": "movie_id", "cate_id": "genres", "timestamp": "ts"}
+    renamed = data.log.rename(columns=names)
+    with pytest.raises(KeyError, match=r"user_col, item_col, category_col, time_col .*needs column\(s\) "
+                                       r"\['user_id', 'item_id', 'cate_id', 'timestamp'\]"):
+        retrieval_samples(renamed, 4)
+    own = dict(user_col="uid", item_col="movie_id", category_col="genres", time_col="ts")
+    for short in (None, 2):
+        train, test = retrieval_samples(renamed, 4, short, **own)
+        expected_train, expected_test = retrieval_samples(data, 4, short)
+        back = {new: old for old, new in names.items()}
+        back.update({prefix + new: prefix + old for old, new in names.items()
+                     for prefix in ("hist_", "short_", "prefer_")})
+        assert_samples_equal(train.rename(columns=back), expected_train)
+        assert_samples_equal(test.rename(columns=back), expected_test)
+    no_categories, _ = retrieval_samples(renamed.drop(columns=["genres"]), 4, **dict(own, category_col=None))
+    assert "hist_genres" not in no_categories.columns and "hist_movie_id" in no_categories.columns
+
+
 def brute_force_next_item(data, user, items):
     """p(next item | the user's earlier `items`) by summing over every path of interests."""
     weights = data.interest_weights[user]

@@ -367,7 +367,8 @@ def _require_columns(frame, columns, what):
 
 
 def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEVAL_PROFILE_FEATURES,
-                      min_history=1):
+                      min_history=1, user_col="user_id", item_col="item_id", category_col="cate_id",
+                      time_col="timestamp"):
     """An interaction log -> DeepMatch-style retrieval samples with a leave-last-out split.
 
     Each user's events are sorted by timestamp (ties keep log order). The sample of event t
@@ -400,6 +401,9 @@ def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEV
       user_cols: user profile columns carried from the log.
       min_history: the fewest earlier events a sample has (int >= 1); users with fewer than
         min_history + 1 events get no samples.
+      user_col, item_col, category_col, time_col: the log's names of the four columns above (a
+        MovieLens log: item_col="movie_id", category_col="genres"); category_col=None for a log
+        without categories. The samples keep these names: hist_movie_id, short_movie_id, ...
 
     Returns:
       (train_df, test_df), rows in (user, time) order (users in order of first appearance in the
@@ -412,10 +416,12 @@ def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEV
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     user_cols = list(user_cols)
-    _require_columns(log, ["user_id", *_SEQUENCE_FEATURES, "timestamp", *user_cols], "retrieval_samples")
+    sequences = [item_col] + ([category_col] if category_col is not None else [])
+    _require_columns(log, [user_col, *sequences, time_col, *user_cols],
+                     "retrieval_samples (user_col, item_col, category_col, time_col and user_cols name them)")
 
-    user_codes = pd.factorize(log["user_id"])[0]  # users in order of first appearance
-    order = np.lexsort((np.arange(len(log)), log["timestamp"].to_numpy(), user_codes))
+    user_codes = pd.factorize(log[user_col])[0]  # users in order of first appearance
+    order = np.lexsort((np.arange(len(log)), log[time_col].to_numpy(), user_codes))
     events = log.iloc[order].reset_index(drop=True)
     user_codes = user_codes[order]
     n = len(events)
@@ -427,17 +433,17 @@ def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEV
     end = rows  # a sample's history is the user's events [start, end) in sorted order
     start = np.maximum(user_start[rows], end - seq_maxlen)
 
-    samples = events.loc[rows, ["user_id", *user_cols, *_SEQUENCE_FEATURES, "timestamp"]].reset_index(drop=True)
-    values = {name: events[name].to_numpy() for name in _SEQUENCE_FEATURES}
-    for name in _SEQUENCE_FEATURES:
+    samples = events.loc[rows, [user_col, *user_cols, *sequences, time_col]].reset_index(drop=True)
+    values = {name: events[name].to_numpy() for name in sequences}
+    for name in sequences:
         samples[history_name(name)] = _slices(values[name], start, end)
     samples[HIST_LENGTH] = (end - start).astype(np.int64)
     if short_sess_length is not None:
         short_start = np.maximum(user_start[rows], end - short_sess_length)
         prefer_start = np.maximum(user_start[rows], short_start - seq_maxlen)
-        for name in _SEQUENCE_FEATURES:
+        for name in sequences:
             samples[SHORT_PREFIX + name] = _slices(values[name], short_start, end)
-        for name in _SEQUENCE_FEATURES:
+        for name in sequences:
             samples[PREFER_PREFIX + name] = _slices(values[name], prefer_start, short_start)
         samples[SHORT_LENGTH] = (end - short_start).astype(np.int64)
         samples[PREFER_LENGTH] = (short_start - prefer_start).astype(np.int64)

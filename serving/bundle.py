@@ -82,6 +82,36 @@ def is_tf1_meta_graph(meta_graph):
     return not (meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes)
 
 
+def variables_damage(export_dir):
+    """What is visibly wrong with a version's variables, naming the files, or None: the index
+    missing beside data files, a data shard missing, or a tensor the index lists that cannot be
+    read (a shard cut short). Asked after a failed load, whose TensorFlow error names no file
+    ("Read less bytes than requested", or a hint about devices)."""
+    folder = os.path.join(export_dir, "variables")
+    try:
+        entries = set(os.listdir(folder))
+    except OSError:
+        return None  # no variables: a model without any
+    shards = sorted(entry for entry in entries if entry.startswith("variables.data-"))
+    if "variables.index" not in entries:
+        return f"{folder}: variables.index is missing beside {', '.join(shards)}" if shards else None
+    totals = {entry.rsplit("-of-", 1)[-1] for entry in shards}
+    if len(totals) == 1 and next(iter(totals)).isdigit():
+        total = int(next(iter(totals)))
+        missing = [name for name in (f"variables.data-{i:05d}-of-{total:05d}" for i in range(total))
+                   if name not in entries]
+        if missing:
+            return f"{folder}: {', '.join(missing)} missing"
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(folder, "variables"))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # noqa: BLE001 - any failure to read is the diagnosis
+        sizes = ", ".join(f"{shard} has {os.path.getsize(os.path.join(folder, shard))} bytes" for shard in shards)
+        return f"{folder}: a tensor of variables.index cannot be read ({sizes}): {str(error).splitlines()[0]}"
+    return None
+
+
 def load_bundle(export_dir):
     """Loads a SavedModel version: returns (its SignatureDefs by key, the callable signature
     functions by key, the object that owns the loaded state). The functions take the inputs
@@ -89,12 +119,19 @@ def load_bundle(export_dir):
     meta_graph = read_serving_meta_graph(export_dir)
     signature_defs = dict(meta_graph.signature_def)
     import_scann_ops()  # before the load: a ScaNN export's graph needs its ops registered
-    if is_tf1_meta_graph(meta_graph):
-        session_bundle = SessionBundle(export_dir)
-        return signature_defs, session_bundle.signature_functions(), session_bundle
-    loaded = tf.saved_model.load(export_dir, tags=list(SERVING_TAGS))
-    functions = dict(loaded.signatures)
-    return signature_defs, functions, loaded
+    try:
+        if is_tf1_meta_graph(meta_graph):
+            session_bundle = SessionBundle(export_dir)
+            return signature_defs, session_bundle.signature_functions(), session_bundle
+        loaded = tf.saved_model.load(export_dir, tags=list(SERVING_TAGS))
+    except Exception as error:
+        damage = variables_damage(export_dir)
+        if damage is None:
+            raise
+        raise ServingError(grpc.StatusCode.DATA_LOSS,
+                           f"{damage}: the version is incomplete (a copy still running, or cut short); "
+                           f"loading it failed with {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    return signature_defs, dict(loaded.signatures), loaded
 
 
 class SessionBundle:

@@ -233,6 +233,33 @@ def test_without_retries_a_failed_load_stays_failed(live, saved_models):
         assert "Retrying of Loading servable" not in server.logs()
 
 
+def test_truncated_or_incomplete_variables_are_data_loss_naming_the_files(live, saved_models):
+    """TensorFlow says "Read less bytes than requested" or gives a hint about devices; the
+    status names the damaged folder and files. The old version keeps serving."""
+    flags = ("--max_num_load_retries=0",)
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2, extra_args=flags) as server:
+        with staged_version_dir(str(live), 2) as staged:
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            data = os.path.join(staged.staging_dir, "variables", "variables.data-00000-of-00001")
+            size = os.path.getsize(data)
+            with open(data, "r+b") as f:
+                f.truncate(size // 3)
+        truncated = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+        with staged_version_dir(str(live), 3) as staged:
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            os.remove(os.path.join(staged.staging_dir, "variables", "variables.index"))
+        no_index = wait_for(lambda: failed_status(server.grpc_target, "live", 3))
+        assert statuses(server.grpc_target, "live")[1][0] == "AVAILABLE"
+    data_loss = grpc.StatusCode.DATA_LOSS.value[0]
+    assert truncated[:2] == ("END", data_loss), truncated
+    assert os.path.join(str(live), "2", "variables") in truncated[2]
+    assert f"a tensor of variables.index cannot be read (variables.data-00000-of-00001 has {size // 3} bytes)" \
+        in truncated[2] and "Read less bytes than requested" in truncated[2]
+    assert no_index[:2] == ("END", data_loss), no_index
+    assert "variables.index is missing beside variables.data-00000-of-00001" in no_index[2]
+
+
 def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_cannot_load(
         tmp_path, saved_models):
     """A version still being copied at start is retried before the server announces itself;

@@ -117,6 +117,12 @@ def test_df_to_dataset_label_forms(frame):
     assert isinstance(features, dict) and features["user"].shape == (3,)
     with pytest.raises(KeyError, match="label of task 'ctr' needs column 'missing'"):
         df_to_dataset(frame, columns(), {"ctr": "missing"})
+    # A NaN / inf / text label would make every weight NaN: refused, naming the column and row.
+    for bad, shown in ((np.nan, "nan"), (np.inf, "inf"), ("yes", "'yes'")):
+        broken = frame.assign(other=[0, bad, 1]).set_axis(["a", "b", "c"])
+        with pytest.raises(ValueError, match=rf"the label of task 'cvr' column 'other' needs finite numbers, "
+                                             rf"but row 1 \(index 'b'\) holds {shown}; 1 row\(s\) do"):
+            df_to_dataset(broken, columns(), {"ctr": "label", "cvr": "other"})
 
 
 def test_df_to_dataset_shuffles_every_row_once_and_repeats(frame):

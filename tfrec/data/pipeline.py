@@ -9,6 +9,7 @@ import itertools
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, look_up_rows
@@ -263,14 +264,32 @@ def _check_events_aligned(feature_columns, lengths):
                 "padding) where an event's value is missing")
 
 
+def _label_values(df, name, owner):
+    """A label column as float32, or a ValueError naming the column and row: a label that is not
+    a finite number would make the loss, and then every weight, NaN (as fit's own check on
+    arrays says; a dataset is not checked there)."""
+    column = _column(df, name, owner)
+    try:
+        values = column.to_numpy().astype(np.float32)
+    except (TypeError, ValueError):
+        values = pd.to_numeric(column, errors="coerce").to_numpy(np.float32)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        row = int(bad[0])
+        value = column.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(f"{owner} column '{name}' needs finite numbers, but row {row} (index "
+                         f"{column.index[row]!r}) holds {value!r}; {len(bad)} row(s) do")
+    return values
+
+
 def _labels(df, label_columns):
     """float32 (n,) for one column name; a dict for a list of names or {task: column}."""
     if isinstance(label_columns, str):
-        return _column(df, label_columns, "the label").to_numpy().astype(np.float32)
+        return _label_values(df, label_columns, "the label")
     if isinstance(label_columns, dict):
-        return {task: _column(df, col, f"the label of task '{task}'").to_numpy().astype(np.float32)
-                for task, col in label_columns.items()}
-    return {col: _column(df, col, "a label").to_numpy().astype(np.float32) for col in label_columns}
+        return {task: _label_values(df, col, f"the label of task '{task}'") for task, col in label_columns.items()}
+    return {col: _label_values(df, col, "a label") for col in label_columns}
 
 
 def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuffle=True, seed=None,
@@ -290,6 +309,7 @@ def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuff
 
     Raises:
       KeyError: a feature or label column is missing.
+      ValueError: a label is not a finite number (NaN, inf, text); the message names the row.
     """
     features = df_to_inputs(df, feature_columns)
     if look_up:

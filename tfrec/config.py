@@ -64,10 +64,13 @@ class DataConfig:
       test: files of a separate test set; None splits `train` (see `SplitConfig`).
       sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`; a JSON list
         `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`, is read as one too); Parquet holds lists.
+      fill: {column: value} for the empty cells of a column, in the training and test files
+        alike, as pandas' `fillna` (`{price: 0}`); not for labels or sequences.
     """
     train: list
     test: Optional[list] = None
     sequence_separator: str = "|"
+    fill: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -341,9 +344,14 @@ def load_config(path, output=None, export_base=None):
     data = _section(path, raw, "data")
     if "train" not in data:
         _fail(path, "data.train", "is required: CSV or Parquet files or a glob")
+    fill = data.get("fill") or {}
+    if not isinstance(fill, dict) or not all(isinstance(value, (int, float, str)) and not isinstance(value, bool)
+                                             for value in fill.values()):
+        _fail(path, "data.fill", f"must map a column to the number or text for its empty cells, e.g. "
+              f"{{price: 0}}, got {fill!r}")
     data = DataConfig(train=_files(path, "data.train", data["train"]),
                       test=_files(path, "data.test", data["test"]) if data.get("test") else None,
-                      sequence_separator=data.get("sequence_separator", "|"))
+                      sequence_separator=data.get("sequence_separator", "|"), fill=fill)
     if "model" not in raw:
         _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS)}, args: {{...}}}}")
     model = _section(path, raw, "model")
@@ -549,15 +557,27 @@ def load_frames(config):
     else:
         sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
         numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
-    df = read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
-                   numeric)
+    df = _fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
+                         numeric), config, sequences)
     _check_labels(df, config)
     if config.data.test:
-        test = read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator,
-                         numeric)
+        test = _fill(read_data(config.data.test, "data.test", config.path, sequences,
+                               config.data.sequence_separator, numeric), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
+
+
+def _fill(df, config, sequences):
+    """`df` with the empty cells of the `data.fill` columns filled."""
+    for name, value in config.data.fill.items():
+        if name not in df.columns:
+            _fail(config.path, f"data.fill.{name}", f"is not a column of the data; its columns are {list(df.columns)}")
+        if name in sequences or name in config.tasks.values():
+            _fail(config.path, f"data.fill.{name}", "is a sequence or a label: its empty cells are not filled (an "
+                  "empty sequence is an empty history; drop the rows of a missing label)")
+        df[name] = df[name].fillna(value)
+    return df
 
 
 def _check_labels(df, config):
@@ -849,8 +869,9 @@ def _check_dense(df, columns, config):
                                 "when the column has gaps, list the numeric columns under columns.dense, and the "
                                 "others are categorical")
                 raise ConfigError(f"{config.path}: columns: dense column '{column.name}' has {len(gaps)} empty "
-                                  f"cell(s) in the training rows, the first in row {gaps[0]}; fill them in the "
-                                  f"data or drop those rows.{inferred}")
+                                  f"cell(s) in the training rows, the first in row {gaps[0]}; give their value with "
+                                  f"data: {{fill: {{{column.name}: 0}}}}, fill them in the data, or drop those "
+                                  f"rows.{inferred}")
 
 
 def _save(model, columns, config, out):

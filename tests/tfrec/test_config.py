@@ -329,11 +329,35 @@ def test_mistakes_in_a_users_own_data_are_named_before_training(tmp_path):
     with pytest.raises(ConfigError, match="labels: column 'click' has 1 empty cell"):
         run.load_frames(data(click=[1, 0, 1, None, 1, 0, 1, 0]))
     with pytest.raises(ConfigError, match=r"columns: dense column 'price' has 2 empty cell\(s\) in the training rows, "
-                                          r"the first in row 1; .* list the numeric columns under columns.dense"):
+                                          r"the first in row 1; give their value with data: \{fill: \{price: 0\}\}, "
+                                          r".* list the numeric columns under columns.dense"):
         run.train(data(price=[0.5, None, 1.5, 2.0, None, 1.0, 1.5, 2.0]), verbose=0)
     with pytest.raises(ConfigError, match="exclude the column if it is unique to each row"):
         run.infer_columns(run.load_frames(data())[0], load_config(str(write(
             tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {min_count: 100}\n"))))
+
+
+def test_data_fill_gives_the_empty_cells_of_a_column_their_value(tmp_path):
+    df = frame().assign(price=[0.5, None, 1.5, 2.0, None, 1.0, 1.5, 2.0])
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+
+    def config(fill):
+        return load_config(str(write(tmp_path, f"data: {{train: d.csv, fill: {fill}}}\nlabels: click\n"
+                                               "model: {name: DIN}\nsplit: {test_fraction: 0.25, order_by: row_id}\n"
+                                               "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+
+    train_df, test_df = run.load_frames(config("{price: -1}"))
+    assert sorted(pd.concat([train_df, test_df])["price"].tolist()) == [-1, -1, 0.5, 1.0, 1.5, 1.5, 2.0, 2.0]
+    with pytest.raises(ConfigError, match=r"data.fill.cost: is not a column of the data; its columns are \["):
+        run.load_frames(config("{cost: 0}"))
+    for column in ("click", "hist_item_id"):
+        with pytest.raises(ConfigError, match=rf"data.fill.{column}: is a sequence or a label"):
+            run.load_frames(config(f"{{{column}: 0}}"))
+    with pytest.raises(ConfigError, match=r"data.fill: must map a column to the number or text"):
+        config("[price]")
+    with pytest.raises(ConfigError, match=r"data.fills: unknown key in 'data'; known keys: train, test"):
+        load_config(str(write(tmp_path, "data: {train: d.csv, fills: {price: 0}}\nlabels: click\n"
+                                        "model: {name: DIN}\n")))
 
 
 def test_ids_read_from_a_csv_keep_their_text_and_int_ids_with_gaps_stay_ids(tmp_path):

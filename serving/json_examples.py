@@ -31,7 +31,8 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from serving import inference
 from serving.errors import invalid_argument
-from serving.json_tensor import format_float, format_floats, json_type, parse_json_body
+from serving.json_tensor import (check_finite_or_written, format_float, format_floats, json_type,
+                                 parse_json_body)
 
 __all__ = ["rest_classify", "rest_regress", "parse_classify_regress_request"]
 
@@ -115,7 +116,7 @@ def _add_value(value, name, feature):
         feature.int64_list.value.append(value)
     else:  # a number with a fraction or exponent, or an integer beyond 64 bits (a double)
         _check_kind(name, feature, "float_list")
-        number = float(value)
+        number = float(check_finite_or_written(value))
         if math.isfinite(number) and not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
             raise invalid_argument(f"Cannot convert JSON value: "
                                    f"{format_float(number, False)} to float without loss "

@@ -106,6 +106,8 @@ def _is_lossless(value, dtype):
     digits, largest = _FLOAT_LIMITS[dtype]
     if isinstance(value, int) and abs(value) < 2**64:
         return abs(value) <= 2**digits - 1
+    if type(value) is float and math.isinf(value):
+        return False  # a number beyond a double (not a written Infinity): _scalar refuses it
     try:
         value = float(value)
     except OverflowError:  # an integer beyond any float
@@ -118,6 +120,7 @@ def _scalar(value, dtype):
     if dtype in _FLOAT_LIMITS:
         if not _is_number(value):
             raise _type_error(value, dtype)
+        check_finite_or_written(value)
         if not _is_lossless(value, dtype):
             target = "float" if dtype == types_pb2.DT_FLOAT else "double"
             raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
@@ -337,15 +340,27 @@ def _parse_json_int(text):
         value = int(text)
         if -2**63 <= value < 2**64:
             return value
-    return _parse_json_float(text)
-
-
-def _parse_json_float(text):
-    """A JSON number with a fraction or exponent; beyond any double is a parse error, as in
-    RapidJSON (Python's float() would give infinity)."""
     value = float(text)
     if math.isinf(value):
-        raise invalid_argument("JSON Parse error: Number too big to be stored in double")
+        raise number_too_big()
+    return value
+
+
+class JsonConstant(float):
+    """NaN, Infinity or -Infinity written as such in a request. A plain float that is infinite
+    came from a number beyond a double ("1E400"), which RapidJSON refuses (`number_too_big`);
+    telling them apart costs nothing, where checking every number as it is parsed would leave
+    json's fast float path."""
+
+
+def number_too_big():
+    return invalid_argument("JSON Parse error: Number too big to be stored in double")
+
+
+def check_finite_or_written(value):
+    """`value` (a parsed JSON float), or INVALID_ARGUMENT if it overflowed to infinity."""
+    if type(value) is float and math.isinf(value):
+        raise number_too_big()
     return value
 
 
@@ -359,9 +374,6 @@ def _first_of_repeated_keys(pairs):
     return members
 
 
-# Only these bodies need the slower checked float parser: an exponent of 3+ digits or a run
-# of 300+ digits is the only way to write a number beyond a double.
-_MAYBE_HUGE_NUMBER = re.compile(r"[eE][+]?0*[1-9][0-9]{2}|[0-9]{300}")
 # RapidJSON's kParseNanAndInfFlag spellings that Python's json does not read, outside strings.
 _NAN_AND_INF = re.compile(r'"(?:[^"\\]|\\.)*"|-?Inf(?:inity)?|-NaN')
 
@@ -386,9 +398,8 @@ def parse_json_body(body):
                                f"{error.start}") from None
     if not text.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
-    options = dict(parse_int=_parse_json_int, object_pairs_hook=_first_of_repeated_keys)
-    if _MAYBE_HUGE_NUMBER.search(text):
-        options["parse_float"] = _parse_json_float
+    options = dict(parse_int=_parse_json_int, parse_constant=lambda name: JsonConstant(name),
+                   object_pairs_hook=_first_of_repeated_keys)
     try:
         try:
             return json.loads(text, **options)

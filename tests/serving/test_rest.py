@@ -311,7 +311,8 @@ def test_json_is_read_as_tf_servings_rapidjson_reads_it(server):
                                 b'"instances": [2], "instances": [3]}')
     assert (status, answer) == (200, {"predictions": [4.0]})
     for number in (b"1E400", b"-2.5e+0309", b"1" + b"0" * 400 + b".0"):
-        for verb, body in (("predict", b'{"inputs": [[' + number + b', 0]]}'),
+        for verb, body in (("predict", b'{"signature_name": "double", "inputs": [[' + number + b', 0]]}'),
+                           ("predict", b'{"instances": [{"x": [1, ' + number + b', 3], "tag": "a"}]}'),
                            ("regress", b'{"examples": [{"x": [' + number + b', 0.0]}]}')):
             status, _, answer = predict(body, verb)
             assert status == 400 and "Number too big to be stored in double" in answer["error"]

@@ -43,7 +43,21 @@ def _count(kind, name, key, value, minimum=1, also=""):
 
 
 def _vocabulary_lines(path):
-    """(value, count or None) per non-empty line of a vocabulary file."""
+    """(value, count or None) per non-empty line of a vocabulary file (DeepCTR's `index,value`
+    lines as their values, in the order of their index)."""
+    lines = _file_lines(path)
+    if lines and is_deepctr_vocabulary(lines):
+        entries = sorted((int(text.partition(",")[0]), text.partition(",")[2]) for text, _ in lines)
+        return [(value, None) for _, value in entries]
+    with_counts = sum(count is not None for _, count in lines)
+    if 0 < with_counts < len(lines):
+        raise ValueError(f"vocabulary file {path!r}: {with_counts} of {len(lines)} lines have a count; "
+                         "give a count on every line or on none")
+    return lines
+
+
+def _file_lines(path):
+    """(text, count or None) per non-empty line of a vocabulary file, as written."""
     lines = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -61,15 +75,13 @@ def _vocabulary_lines(path):
                     raise ValueError(f"vocabulary file {path!r} line {number}: the count after the tab "
                                      f"must be a number >= 0, got {text!r}")
             lines.append((value, count))
-    if lines and all(re.fullmatch(r"\d+,.+", value) for value, _ in lines):
-        raise ValueError(f"vocabulary file {path!r} holds 'index,value' lines (e.g. {lines[0][0]!r}), DeepCTR's "
-                         "format; a tfrec vocabulary file holds one value per line, optionally followed by a tab "
-                         "and its count (row i + 2 is the i-th value)")
-    with_counts = sum(count is not None for _, count in lines)
-    if 0 < with_counts < len(lines):
-        raise ValueError(f"vocabulary file {path!r}: {with_counts} of {len(lines)} lines have a count; "
-                         "give a count on every line or on none")
     return lines
+
+
+def is_deepctr_vocabulary(lines):
+    """Whether vocabulary file lines [(text, count)] are DeepCTR's CSV: `index,value` on every line
+    (`1,emerson`), no counts."""
+    return all(count is None and re.fullmatch(r"\d+,.+", text) for text, count in lines)
 
 
 def read_vocabulary_file(path):
@@ -98,8 +110,10 @@ class SparseFeat(namedtuple("SparseFeat", [
     `vocabulary` / `vocabulary_path` is given (raw values are looked up in-graph; unknown values go
     to an out-of-vocabulary bucket; the table then has len(vocabulary) + 2 rows; a vocabulary file
     has one value per line, optionally followed by a tab and how often the value occurs in the
-    training data, which seeds the frequencies of the mini-batch aware L2) or `use_hash` is
-    True (raw strings or ints hashed in-graph into vocabulary_size - 1 buckets, 0 kept for padding).
+    training data, which seeds the frequencies of the mini-batch aware L2; DeepCTR's CSV of
+    `index,value` lines is read too, with the use_hash=True and vocabulary_size = entries + 1
+    DeepCTR gives it) or `use_hash` is True (raw strings or ints hashed in-graph into
+    vocabulary_size - 1 buckets, 0 kept for padding).
     """
 
     __slots__ = ()
@@ -114,15 +128,19 @@ class SparseFeat(namedtuple("SparseFeat", [
             _fail("SparseFeat", name, f"dtype must be one of {SPARSE_DTYPES}, got {dtype!r}")
         if vocabulary is not None and vocabulary_path is not None:
             _fail("SparseFeat", name, "give either vocabulary or vocabulary_path, not both")
+        deepctr_file = False
         if vocabulary_path is not None:
             if not os.path.isfile(vocabulary_path):
                 _fail("SparseFeat", name, f"vocabulary_path {vocabulary_path!r} is not a file")
             vocabulary_entries = read_vocabulary_file(vocabulary_path)
+            deepctr_file = is_deepctr_vocabulary(_file_lines(vocabulary_path))
         else:
             vocabulary_entries = None if vocabulary is None else list(vocabulary)
         if vocabulary_entries is not None:
-            if use_hash:
+            if use_hash and not deepctr_file:
                 _fail("SparseFeat", name, "use_hash=True and a vocabulary exclude each other")
+            # DeepCTR pairs its `index,value` file with use_hash=True: a table lookup, not a hash.
+            use_hash = False
             if not vocabulary_entries:
                 _fail("SparseFeat", name, "the vocabulary is empty")
             if len(set(vocabulary_entries)) != len(vocabulary_entries):
@@ -133,7 +151,10 @@ class SparseFeat(namedtuple("SparseFeat", [
             if padding in vocabulary_entries:
                 _fail("SparseFeat", name, f"the vocabulary must not contain the padding value {padding!r}")
             needed = len(vocabulary_entries) + NUM_RESERVED_INDICES
-            if vocabulary_size is None or (isinstance(vocabulary_size, str) and vocabulary_size == "auto"):
+            if vocabulary_size is None or (isinstance(vocabulary_size, str) and vocabulary_size == "auto") \
+                    or (deepctr_file and vocabulary_size == len(vocabulary_entries) + 1):
+                # DeepCTR sizes its table entries + 1 (row 0 both padding and unknown); tfrec keeps
+                # padding and out-of-vocabulary apart.
                 vocabulary_size = needed
             elif _count("SparseFeat", name, "vocabulary_size", vocabulary_size) < needed:
                 _fail("SparseFeat", name, f"vocabulary_size={vocabulary_size} is too small for "

@@ -9,6 +9,7 @@ import feature_columns
 from feature_columns import (DEFAULT_GROUP_NAME, DenseFeat, FeatureEncoder, RecentSequence, SequencePooling,
                              SparseFeat, SparseIndex, VarLenSparseFeat, build_input_features, get_feature_names,
                              validate_columns)
+from feature_columns.feature_column import read_vocabulary_file
 import tensorflow as tf
 
 
@@ -281,9 +282,16 @@ def test_hashed_string_sequences_take_deepctrs_zero_padding():
     assert index(tf.constant(["0"])).numpy()[0] > 0
 
 
-def test_a_deepctr_vocabulary_csv_is_named_as_such(tmp_path):
+def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
+    """DeepCTR's `index,value` CSV, with the use_hash=True and vocabulary_size = entries + 1 it
+    gives it, looks values up by that vocabulary (in index order); unknown values go to OOV."""
     path = tmp_path / "vocab.csv"
-    path.write_text("1,emerson\n2,lake\n3,palmer\n")
-    with pytest.raises(ValueError, match=r"holds 'index,value' lines \(e.g. '1,emerson'\), DeepCTR's format; a tfrec "
-                                         r"vocabulary file holds one value per line"):
-        feature_columns.SparseFeat("band", embedding_dim=4, dtype="string", vocabulary_path=str(path))
+    path.write_text("2,lake\n1,emerson\n3,palmer\n")
+    column = feature_columns.SparseFeat("band", 4, embedding_dim=4, use_hash=True, dtype="string",
+                                        vocabulary_path=str(path))
+    assert (column.use_hash, column.vocabulary_size) == (False, 5)
+    assert read_vocabulary_file(str(path)) == ["emerson", "lake", "palmer"]
+    rows = feature_columns.look_up_rows([column], {"band": np.array(["lake", "palmer", "genesis", ""], dtype=object)})
+    assert rows[feature_columns.indexed_key("band")].reshape(-1).tolist() == [3, 4, 1, 0]
+    with pytest.raises(ValueError, match="vocabulary_size=3 is too small for 3 vocabulary entries"):
+        feature_columns.SparseFeat("band", 3, use_hash=True, dtype="string", vocabulary_path=str(path))

@@ -54,6 +54,15 @@ def single_model_config(model_name, base_path):
     return config
 
 
+def _with_labels(model_config, labels):
+    """A copy of a ModelConfig whose version_labels are `labels`."""
+    copy = type(model_config)()
+    copy.CopyFrom(model_config)
+    copy.version_labels.clear()
+    copy.version_labels.update(labels)
+    return copy
+
+
 def _timed_out():
     return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                         "Timed out waiting for the new model config to load")
@@ -126,7 +135,9 @@ class ServerCore:
         model whose base path changes keeps serving from the old path until the new one has
         loaded. As TF Serving's ReloadConfig, it fails (UNKNOWN) when a model it adds has
         versions and none became available, and (FAILED_PRECONDITION) when a label names a
-        version that is not available; the old labels are then kept.
+        version that is not available; the old labels are then kept. As in TF Serving, the new
+        labels take effect only after the loads, all at once, so a label never points at a
+        version that is still loading.
         """
         if config.WhichOneof("config") is None:
             raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
@@ -134,8 +145,7 @@ class ServerCore:
         validate_config(config)
         with self._lock:
             before = set(self._models)
-            labels_before = {name: dict(model.config.version_labels) for name, model in self._models.items()}
-        generation = self._apply_config(config)
+        generation = self._apply_config(config, labels_later=True)
         deadline = time.monotonic() + timeout
         with self._poll_cond:
             self._poll_requested = True
@@ -145,8 +155,7 @@ class ServerCore:
                 raise _timed_out()
         added = [m.name for m in config.model_config_list.config if m.name not in before]
         self.wait_until_models_available(added, max(0.0, deadline - time.monotonic()))
-        if not self._allow_labels_for_unavailable:
-            self._check_labels(labels_before)
+        self._install_labels({m.name: dict(m.version_labels) for m in config.model_config_list.config})
 
     def wait_until_models_available(self, names, timeout=None, stop=None):
         """TF Serving's WaitUntilModelsAvailable: returns once every named model with versions
@@ -169,26 +178,28 @@ class ServerCore:
             raise ServingError(grpc.StatusCode.UNKNOWN,
                                f"Some servables did not become available: {{{', '.join(failed)}}}")
 
-    def _check_labels(self, labels_before):
-        """FAILED_PRECONDITION, restoring the models' previous labels, when a label names a
-        version that is not AVAILABLE (TF Serving's UpdateModelVersionLabelMap)."""
+    def _install_labels(self, labels):
+        """Gives each model the labels {model: {label: version}} at once, or FAILED_PRECONDITION
+        and no change when a label names a version that is not AVAILABLE (TF Serving's
+        UpdateModelVersionLabelMap; --allow_version_labels_for_unavailable_models skips it)."""
         with self._lock:
-            models = dict(self._models)
+            models = {name: self._models[name] for name in labels if name in self._models}
+        if not self._allow_labels_for_unavailable:
+            for name, model in models.items():
+                states = model.states()
+                for version in labels[name].values():
+                    if states.get(version, (None,))[0] != _AVAILABLE:
+                        raise ServingError(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"Request to assign label to version {version} of model {name}, which is not "
+                            "currently available for inference (--allow_version_labels_for_unavailable_models "
+                            "allows it)")
         for name, model in models.items():
-            states = model.states()
-            for label, version in model.config.version_labels.items():
-                if states.get(version, (None,))[0] != _AVAILABLE:
-                    for other_name, other in models.items():
-                        other.config.version_labels.clear()
-                        other.config.version_labels.update(labels_before.get(other_name, {}))
-                    raise ServingError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"Request to assign label to version {version} of model {name}, which is not "
-                        "currently available for inference (--allow_version_labels_for_unavailable_models "
-                        "allows it)")
+            model.config = _with_labels(model.config, labels[name])  # one assignment: requests see old or new
 
-    def _apply_config(self, config):
-        """Installs a config; returns its generation number."""
+    def _apply_config(self, config, labels_later=False):
+        """Installs a config; returns its generation number. With `labels_later`, every model
+        keeps the labels it has (a new one has none) until `_install_labels`."""
         with self._lock:
             self._config_generation += 1
             wanted = {m.name: m for m in config.model_config_list.config}
@@ -196,6 +207,8 @@ class ServerCore:
             for name in list(self._models):
                 model = self._models[name]
                 new = wanted.get(name)
+                if labels_later and new is not None:
+                    new = _with_labels(new, model.config.version_labels)
                 if new is None:
                     self._retired.append(self._models.pop(name))
                 elif new.base_path != model.config.base_path:
@@ -205,8 +218,8 @@ class ServerCore:
                     model.config = new
             for name, model_config in wanted.items():
                 if name not in self._models:
-                    self._models[name] = VersionManager(model_config, self._batching,
-                                                        self._enable_warmup,
+                    self._models[name] = VersionManager(_with_labels(model_config, {}) if labels_later else model_config,
+                                                        self._batching, self._enable_warmup,
                                                         **self._version_options)
             return self._config_generation
 

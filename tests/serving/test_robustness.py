@@ -68,9 +68,10 @@ class Load:
 
     Every call is recorded as (start, end, version answered or None, error or None)."""
 
-    def __init__(self, target, clients=CLIENTS, model="live"):
+    def __init__(self, target, clients=CLIENTS, model="live", version_label=None):
         self._target = target
         self._model = model
+        self._version_label = version_label
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.calls = []
@@ -98,6 +99,8 @@ class Load:
         with grpc.insecure_channel(self._target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = toy_request(X, TAGS, model_name=self._model)
+            if self._version_label:
+                request.model_spec.version_label = self._version_label
             while not self._stop.is_set():
                 start = time.monotonic()
                 try:
@@ -296,6 +299,42 @@ def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_canno
     assert "Retrying of Loading servable: {name: broken version: 1} retry: 2" in logs
     assert ("Failed to start server. Error: UNKNOWN: Some servables did not become available: "
             "{{name: broken version: 1}}") in logs
+
+
+def test_a_label_moved_to_a_version_a_reload_loads_takes_effect_once_it_has_loaded(saved_models, tmp_path):
+    """Rolling back in one reload (policy {2} -> {1, 2}, stable: 2 -> 1): requests by the label
+    never fail (they were NOT_FOUND while version 1 loaded), and a reload whose label is refused
+    changes nothing in between."""
+    def config(versions, stable):
+        request = model_management_pb2.ReloadConfigRequest()
+        model = request.config.model_config_list.config.add()
+        model.name, model.base_path, model.model_platform = "toy", str(saved_models / "toy"), "tensorflow"
+        model.model_version_policy.specific.versions.extend(versions)
+        model.version_labels["stable"] = stable
+        return request
+
+    path = tmp_path / "models.config"
+    path.write_text(str(config([2], 2).config))
+    with LocalServer(model_config_file=str(path), rest=False, poll_wait_seconds=0) as server, \
+            grpc.insecure_channel(server.grpc_target) as channel:
+        reload = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest
+        with Load(server.grpc_target, clients=2, model="toy", version_label="stable") as load:
+            wait_for(lambda: load.count() >= 50)
+            assert reload(config([1, 2], 1), timeout=60).status.error_code == 0
+            counted = load.count()
+            wait_for(lambda: load.count() >= counted + 50)
+        assert load.errors() == [] and load.versions() == {1, 2}
+        answered = [call[2] for call in load.calls]
+        assert answered.index(1) > answered.index(2) and set(answered[answered.index(1):]) == {1}
+
+        with Load(server.grpc_target, clients=2, model="toy", version_label="stable") as load:
+            wait_for(lambda: load.count() >= 50)
+            with pytest.raises(grpc.RpcError) as refused:
+                reload(config([1], 2), timeout=60)  # version 2 is unloaded: stable cannot point at it
+            counted = load.count()
+            wait_for(lambda: load.count() >= counted + 50)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert load.errors() == [] and load.versions() == {1}
 
 
 def test_a_reload_waits_for_the_load_retries_of_a_model_it_adds(live, saved_models, tmp_path):

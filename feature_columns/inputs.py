@@ -17,7 +17,8 @@ import tensorflow as tf
 from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
-from .layers import RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions
+from .layers import (RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions,
+                     lookup_fingerprint)
 
 
 def build_input_features(feature_columns, prefix=""):
@@ -377,9 +378,19 @@ def index_layer(column, name=None):
 INDEXED_SUFFIX = ":rows"
 
 
-def indexed_key(feature_name):
-    """The key under which a pipeline hands a model a feature's rows already looked up."""
-    return feature_name + INDEXED_SUFFIX
+def indexed_key(feature_name, lookup):
+    """The key under which a pipeline hands a model a feature's rows already looked up:
+    "<name>:rows:<fingerprint>" of the lookup (a SparseIndex, or the column that makes it), so
+    a model refuses rows that its own tables would not have given (another vocabulary)."""
+    fingerprint = lookup.fingerprint if isinstance(lookup, SparseIndex) else lookup_fingerprint(
+        lookup.vocabulary_size, _vocabulary_of(lookup), lookup.use_hash, lookup.dtype == STRING_DTYPE)
+    return f"{feature_name}{INDEXED_SUFFIX}:{fingerprint}"
+
+
+def indexed_feature(key):
+    """The feature name of an `indexed_key`, or None for another key."""
+    name, suffix, _ = key.rpartition(INDEXED_SUFFIX + ":")
+    return name if suffix else None
 
 
 def look_up_rows(feature_columns, inputs):
@@ -388,7 +399,7 @@ def look_up_rows(feature_columns, inputs):
     `inputs` is a dict {feature name: array} as `tfrec.data.df_to_inputs` gives it. Each
     SparseFeat / VarLenSparseFeat value is mapped to embedding rows by the same `SparseIndex`
     a model built on these columns holds (same vocabulary, same hashing), and returned under
-    `indexed_key(name)` as int32; every other input is passed through. A tfrec model's
+    `indexed_key(name, column)` as int32; every other input is passed through. A tfrec model's
     `train_step` feeds such rows straight to its compiled part, so a training pipeline that looks
     up once per data set does not hash or search strings again at every step and epoch.
     """
@@ -399,7 +410,7 @@ def look_up_rows(feature_columns, inputs):
         if isinstance(column, (SparseFeat, VarLenSparseFeat)):
             if column.embedding_name not in tables:
                 tables[column.embedding_name] = index_layer(column)
-            out[indexed_key(name)] = tables[column.embedding_name](
+            out[indexed_key(name, tables[column.embedding_name])] = tables[column.embedding_name](
                 tf.constant(value), sequence=isinstance(column, VarLenSparseFeat)).numpy()
         else:
             out[name] = value

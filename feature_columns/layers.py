@@ -5,12 +5,23 @@ DataFrame held (no train/serve skew).
 """
 from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import hashlib
+import json
+
 import tensorflow as tf
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
 
 @_register
+def lookup_fingerprint(num_buckets, vocabulary, use_hash, string_input):
+    """8 hex digits of a hash of what decides the rows a SparseIndex gives (table size,
+    vocabulary, hashing, string ids)."""
+    text = json.dumps([int(num_buckets), None if vocabulary is None else [str(v) for v in vocabulary],
+                       bool(use_hash), bool(string_input)])
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
 class SparseIndex(tf.keras.layers.Layer):
     """Maps raw ids of any shape to embedding indices of the same shape (int32, 0 = padding).
 
@@ -39,6 +50,15 @@ class SparseIndex(tf.keras.layers.Layer):
             self._lookup = tf.keras.layers.Hashing(num_bins=self.num_buckets - 1, name="hashing")
         else:
             self._lookup = None
+
+    @property
+    def fingerprint(self):
+        """A short text that differs between lookups mapping a raw value to different rows
+        (`lookup_fingerprint`): rows a pipeline looked up carry it in their key."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = lookup_fingerprint(self.num_buckets, self.vocabulary, self.use_hash,
+                                                   self.string_input)
+        return self._fingerprint
 
     @property
     def unknown_index(self):

@@ -186,7 +186,7 @@ def dataframe_dataset_fn(df, feature_columns, label_columns, global_batch_size, 
     """A `dataset_fn(input_context)` over a DataFrame, for `distributed_dataset`.
 
     The raw values are looked up once, here, into embedding rows (`feature_columns.look_up_rows`,
-    under `indexed_key(name)`, as `tfrec.data.df_to_dataset` does). The returned function gives
+    under `indexed_key(name, column)`, as `tfrec.data.df_to_dataset` does). The returned function gives
     input pipeline i of n (one per worker) every n-th row from row i, shuffled (with `seed`),
     batched by `input_context.get_per_replica_batch_size(global_batch_size)`, optionally repeated:
     under a synchronous strategy the replicas' batches make up one global batch; under

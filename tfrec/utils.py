@@ -77,4 +77,5 @@ def item_counts(item_ids, item_column):
 
     ids = np.asarray(item_ids).reshape(-1)
     rows = look_up_rows([item_column], {item_column.name: ids.astype(object) if ids.dtype.kind == "U" else ids})
-    return np.bincount(rows[indexed_key(item_column.name)], minlength=item_column.vocabulary_size).astype(np.int64)
+    return np.bincount(rows[indexed_key(item_column.name, item_column)],
+                       minlength=item_column.vocabulary_size).astype(np.int64)

@@ -292,6 +292,6 @@ def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
     assert (column.use_hash, column.vocabulary_size) == (False, 5)
     assert read_vocabulary_file(str(path)) == ["emerson", "lake", "palmer"]
     rows = feature_columns.look_up_rows([column], {"band": np.array(["lake", "palmer", "genesis", ""], dtype=object)})
-    assert rows[feature_columns.indexed_key("band")].reshape(-1).tolist() == [3, 4, 1, 0]
+    assert rows[feature_columns.indexed_key("band", column)].reshape(-1).tolist() == [3, 4, 1, 0]
     with pytest.raises(ValueError, match="vocabulary_size=3 is too small for 3 vocabulary entries"):
         feature_columns.SparseFeat("band", 3, use_hash=True, dtype="string", vocabulary_path=str(path))

@@ -235,7 +235,8 @@ def test_df_to_inputs_aligns_the_long_sequences(longterm):
     # look_up_rows indexes the ids and passes the times through.
     looked_up = look_up_rows(columns, inputs)
     assert looked_up["hist_timestamp"] is inputs["hist_timestamp"] and looked_up["timestamp"] is inputs["timestamp"]
-    np.testing.assert_array_equal(looked_up[indexed_key("hist_item_id")], inputs["hist_item_id"])
+    [history] = [column for column in columns if column.name == "hist_item_id"]
+    np.testing.assert_array_equal(looked_up[indexed_key("hist_item_id", history)], inputs["hist_item_id"])
 
 
 def test_varlen_dense_keeps_the_positions_of_the_id_sequence():

@@ -211,3 +211,29 @@ def test_behaviour_sequences_of_one_event_list_must_have_equal_lengths():
         df_to_inputs(df, columns)
     df.at[1, "hist_timestamp"] = [1, 2, 3, 4]
     assert df_to_inputs(df, columns)["hist_timestamp"].tolist() == [[1, 2, 0], [2, 3, 4]]
+
+
+def test_rows_looked_up_with_other_columns_than_the_models_are_refused(din):
+    """A warm start on columns inferred again from newer data (another table size or vocabulary)
+    gave rows that stand for other values: fit, evaluate and predict now refuse them, naming the
+    feature; rows from the model's own columns are taken as before."""
+    from tfrec.data import df_to_dataset
+
+    frame = pd.DataFrame({**{name: list(values) for name, values in rows([1, 2, 3, 4]).items()},
+                          "click": [0.0, 1.0, 0.0, 1.0]})
+    own = [SparseFeat("user_id", 10, 4), SparseFeat("hour", HOURS, 4), SparseFeat("item_id", 8, 4),
+           DenseFeat("price", 1),
+           VarLenSparseFeat(SparseFeat("hist_item_id", 8, 4, embedding_name="item_id"), maxlen=3)]
+    grown = [SparseFeat("item_id", 12, 4) if c.name == "item_id" else
+             VarLenSparseFeat(SparseFeat("hist_item_id", 12, 4, embedding_name="item_id"), maxlen=3)
+             if c.name == "hist_item_id" else c for c in own]
+    good = df_to_dataset(frame, own, "click", batch_size=4, shuffle=False)
+    np.testing.assert_allclose(din.predict(good.map(lambda x, y: x), verbose=0),
+                               din.predict(rows([1, 2, 3, 4]), verbose=0), rtol=1e-6)
+    other = df_to_dataset(frame, grown, "click", batch_size=4, shuffle=False)
+    message = (r"model '.*': feature '(hist_)?item_id' was looked up with another vocabulary or table size than the "
+               r"model's .* build the inputs with the columns the model was built with")
+    for call in (lambda: din.fit(other, epochs=1, verbose=0), lambda: din.evaluate(other, verbose=0),
+                 lambda: din.predict(other.map(lambda x, y: x), verbose=0)):
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -299,7 +299,7 @@ def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuff
     Features are `df_to_inputs(df, feature_columns)` sliced by row. With `look_up` (the
     default), the sparse features' raw values are mapped to embedding rows once, here, by the
     same lookup layers a model on these columns holds (`feature_columns.look_up_rows`), and
-    appear under `feature_columns.indexed_key(name)`: a tfrec model trains, evaluates and
+    appear under `feature_columns.indexed_key(name, column)`: a tfrec model trains, evaluates and
     predicts on them without searching strings at every step and epoch. Pass `look_up=False`
     for raw values (e.g. for a model that is not a tfrec model). `label_columns`: one column
     name -> labels (batch,) float32; a list of names -> {name: (batch,)}; a dict

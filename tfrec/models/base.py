@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import SparseEmbedding, SparseIndex, check_inputs, indexed_key
+from feature_columns import SparseEmbedding, SparseIndex, check_inputs, indexed_feature, indexed_key
 
 from ..layers import DNN, PredictionLayer
 from ..optimizers import LazyAdam, sparse_optimizer
@@ -48,7 +48,7 @@ class _TrainingSplit:
     """
 
     def __init__(self, model, jit_compile, update_in_step=False, row_tables=()):
-        indexed, read_raw, self.indexed_names = [], [], []
+        indexed, read_raw, self.indexed_names, self.indexed_keys = [], [], [], []
         model_inputs = {id(t) for t in model.inputs}
         for layer in model.layers:
             for node_index, node in enumerate(layer._inbound_nodes):
@@ -57,6 +57,7 @@ class _TrainingSplit:
                 if isinstance(layer, SparseIndex):
                     indexed.append(node.outputs)
                     self.indexed_names.append(node.inbound_layers.name)
+                    self.indexed_keys.append(indexed_key(node.inbound_layers.name, layer))
                 elif not node.is_input:
                     read_raw += [t for t in tf.nest.flatten(node.keras_inputs)
                                  if id(t) in model_inputs and all(t is not r for r in read_raw)]
@@ -116,10 +117,9 @@ class _TrainingSplit:
         packed by `pack`), or None."""
         if isinstance(x, Mapping):
             x = self._unpacked(x)
-        if not isinstance(x, Mapping) or not self.indexed_names or \
-                any(indexed_key(name) not in x for name in self.indexed_names):
+        if not isinstance(x, Mapping) or not self.indexed_keys or any(key not in x for key in self.indexed_keys):
             return None
-        rows = [x[indexed_key(name)] for name in self.indexed_names]
+        rows = [x[key] for key in self.indexed_keys]
         rows = [tf.expand_dims(r, -1) if r.shape.rank == 1 else r for r in rows]  # SparseFeat: (batch, 1)
         return rows + [x[name] for name in self.raw_names]
 
@@ -150,7 +150,7 @@ class RecModel(tf.keras.Model):
         `test_on_batch` and `predict_on_batch` run one batch either way.
 
     A batch may also carry its features' embedding rows already looked up, under
-    `feature_columns.indexed_key(name)` (what `feature_columns.look_up_rows` and
+    `feature_columns.indexed_key(name, lookup)` (what `feature_columns.look_up_rows` and
     `tfrec.data.df_to_dataset` give): `fit`, `evaluate` and `predict` then skip the model's own
     lookups, which are the same mapping.
 
@@ -206,7 +206,8 @@ class RecModel(tf.keras.Model):
         x, y = self._checked(x, y)
         rows = self._look_up_once(x)
         if rows is not x:
-            _warn_of_ids_beyond_their_table(self.name, x, rows)
+            _warn_of_ids_beyond_their_table(self.name, x, rows, dict(zip(self._split.indexed_names,
+                                                                        self._split.indexed_keys)))
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x if rows is x else self._split.pack(rows), y, *args, **kwargs)
@@ -275,8 +276,8 @@ class RecModel(tf.keras.Model):
         fail deep in the graph (`ConcatOp : Dimension 0 ...`) or wrap an id around.
         """
         dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
-        dtypes.update((indexed_key(name), "int32") for name in getattr(getattr(self, "_split", None),
-                                                                       "indexed_names", ()))
+        dtypes.update((key, "int32") for key in getattr(getattr(self, "_split", None), "indexed_keys", ()))
+        self._check_looked_up_rows(x)
         x, y = check_inputs(x, dtypes, y, what=f"model '{self.name}'")
         if isinstance(x, Mapping):
             for name, tensor in zip(self.input_names, self.inputs):  # a DenseFeat of dimension k
@@ -291,6 +292,28 @@ class RecModel(tf.keras.Model):
                 and isinstance(x.element_spec[1], Mapping):
             self._check_labelled_outputs(x.element_spec[1])
         return x, y
+
+    def _check_looked_up_rows(self, x):
+        """A ValueError when `x` (a dict or a dataset of them) holds rows a pipeline looked up
+        with other lookups than the model's own (`indexed_key`): e.g. columns inferred again from
+        newer data, whose vocabulary gives other rows. The model would train and score the wrong
+        embedding rows without a word."""
+        keys = x.element_spec if isinstance(x, tf.data.Dataset) else x
+        if isinstance(keys, tuple):
+            keys = keys[0] if keys else None
+        expected = dict(zip(getattr(getattr(self, "_split", None), "indexed_names", ()),
+                            getattr(getattr(self, "_split", None), "indexed_keys", ())))
+        if not isinstance(keys, Mapping) or not expected:
+            return
+        for key in keys:
+            name = indexed_feature(key)
+            if name in expected and key != expected[name]:
+                raise ValueError(
+                    f"model '{self.name}': feature '{name}' was looked up with another vocabulary or table size than "
+                    f"the model's (rows '{key}', the model's '{expected[name]}'), so its rows would stand for "
+                    "other values; build the inputs with the columns the model was built with (a config run's "
+                    "columns.json: tfrec.config.columns_from_json). A trained model's vocabularies do not grow: "
+                    "new values share the out-of-vocabulary row until a model is trained on new columns")
 
     def _check_labels(self, y):
         """Labels as arrays: one per output (a list in output order or {output name: labels}),
@@ -370,7 +393,7 @@ class RecModel(tf.keras.Model):
         rows = len(next(iter(x.values())))
         chunks = [self._split.lookup({k: v[i:i + chunk_rows] for k, v in x.items()}, training=False)
                   for i in range(0, rows, chunk_rows)]
-        names = [indexed_key(n) for n in self._split.indexed_names] + self._split.raw_names
+        names = self._split.indexed_keys + self._split.raw_names
         return {name: np.concatenate([chunk[i].numpy() for chunk in chunks]) for i, name in enumerate(names)}
 
     def core_step_function(self):
@@ -409,12 +432,12 @@ class RecModel(tf.keras.Model):
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
 
 
-def _warn_of_ids_beyond_their_table(model_name, raw, rows, share=0.01):
+def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):
     """Warns, per feature, when more than `share` of the non-padding ids of the training rows
     are looked up as row 0: ids outside [0, vocabulary_size) of a plain integer column, which
     then share that one row (e.g. a table sized by nunique() for ids never label-encoded)."""
     for name, values in raw.items():
-        looked_up = rows.get(indexed_key(name))
+        looked_up = rows.get(keys.get(name))
         if looked_up is None or values.dtype.kind not in "iu" or looked_up.size != values.size:
             continue
         values, looked_up = values.reshape(-1), looked_up.reshape(-1)

@@ -13,7 +13,6 @@ import tensorflow as tf
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
 
-@_register
 def lookup_fingerprint(num_buckets, vocabulary, use_hash, string_input):
     """8 hex digits of a hash of what decides the rows a SparseIndex gives (table size,
     vocabulary, hashing, string ids)."""
@@ -22,6 +21,7 @@ def lookup_fingerprint(num_buckets, vocabulary, use_hash, string_input):
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
+@_register
 class SparseIndex(tf.keras.layers.Layer):
     """Maps raw ids of any shape to embedding indices of the same shape (int32, 0 = padding).
 
@@ -55,10 +55,7 @@ class SparseIndex(tf.keras.layers.Layer):
     def fingerprint(self):
         """A short text that differs between lookups mapping a raw value to different rows
         (`lookup_fingerprint`): rows a pipeline looked up carry it in their key."""
-        if getattr(self, "_fingerprint", None) is None:
-            self._fingerprint = lookup_fingerprint(self.num_buckets, self.vocabulary, self.use_hash,
-                                                   self.string_input)
-        return self._fingerprint
+        return lookup_fingerprint(self.num_buckets, self.vocabulary, self.use_hash, self.string_input)
 
     @property
     def unknown_index(self):

@@ -815,6 +815,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
     if settings.checkpoint_dir:
+        _claim_backup_folder(settings.checkpoint_dir, config, columns)
         callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
     fit_args = {}
     if settings.kind is None:
@@ -832,14 +833,51 @@ def train(config, verbose=2, tensorboard=None, out=None):
               + (f" ({settings.kind})" if settings.kind else ""), out):
         # Checked per epoch, after fit: a per-batch callback (TerminateOnNaN) would make fit run
         # one step per call instead of steps_per_execution.
+        # A backup of the last epoch resumes with no epoch left to run: no loss to check.
         losses = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks,
-                           **fit_args).history["loss"]
+                           **fit_args).history.get("loss", [])
     diverged = np.flatnonzero(~np.isfinite(losses))
     if len(diverged):
         raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} in epoch {diverged[0] + 1}, so "
                          "nothing was saved; lower train.learning_rate, or check the data for extreme values")
     _save(model, columns, config, out)
     return model
+
+
+RUN_RECORD_FILE = "tfrec_run.json"
+
+
+def _claim_backup_folder(folder, config, columns):
+    """Records which run a `strategy.checkpoint_dir` backs up, or a ConfigError when it holds the
+    backup of another run: other data files (by name and size), columns or training settings.
+    BackupAndRestore resumes whatever backup it finds, so the next day's run on new data would
+    carry on from yesterday's weights with its ids meaning other rows."""
+    record = json.dumps({
+        "model": [config.model.name, config.model.args], "labels": config.labels,
+        "train": dataclasses.asdict(config.train), "strategy": config.strategy.kind,
+        "data": [[os.path.basename(path), os.path.getsize(path)] for path in _expand(config.data.train, "data.train",
+                                                                                     config.path)],
+        "columns": columns_to_json(columns)}, sort_keys=True, default=str)
+    path = os.path.join(folder, RUN_RECORD_FILE)
+    backup = os.path.isdir(folder) and any(entry != RUN_RECORD_FILE for entry in os.listdir(folder))
+    if backup:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                written = json.load(handle)
+        except (OSError, ValueError):
+            written = None
+        if written is None or written.get("run") != record:
+            by = f" (written by {written.get('config')} at {written.get('time')})" if written else ""
+            raise ConfigError(
+                f"{config.path}: strategy.checkpoint_dir: {folder} holds the backup of another run{by}: its data "
+                "files, columns or training settings differ from this run's, and a backup resumes only the run "
+                "that wrote it; remove the folder to start afresh, or give this run its own checkpoint_dir")
+        return
+    os.makedirs(folder, exist_ok=True)
+    staged = f"{path}.{os.getpid()}.tmp"
+    with open(staged, "w", encoding="utf-8") as handle:
+        json.dump({"run": record, "config": config.path, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
+    os.replace(staged, path)
 
 
 def _check_test_rows(test_df, columns, config):

@@ -156,6 +156,33 @@ def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     np.testing.assert_allclose(loaded.predict(rows, verbose=0), model.predict(rows, verbose=0), atol=1e-6)
 
 
+def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
+    """BackupAndRestore resumes any backup it finds: the next day's run on other data (or other
+    settings) would carry on from yesterday's weights. The run records itself in the folder;
+    the same run may resume, another is refused with what to do."""
+    write_csv_frame(tmp_path / "d.csv")
+
+    def config(epochs=3):
+        return load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                               "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                               f"train: {{batch_size: 2, epochs: {epochs}}}\n"
+                                               "strategy: {checkpoint_dir: backup}\n")))
+
+    first = config()
+    columns = run.build_columns(run.load_frames(first)[0], first)
+    run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)
+    (tmp_path / "backup" / "chief").mkdir()  # a backup, as BackupAndRestore leaves it when killed
+    run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the same run resumes
+    with pytest.raises(ConfigError, match=r"strategy.checkpoint_dir: .*backup holds the backup of another run "
+                                          r"\(written by .*run.yaml at .*\): its data files, columns or training "
+                                          r"settings differ .* remove the folder to start afresh"):
+        run._claim_backup_folder(first.strategy.checkpoint_dir, config(epochs=4), columns)
+    with open(tmp_path / "d.csv", "a") as data:  # the next day's file: more rows
+        data.write((tmp_path / "d.csv").read_text().splitlines()[1] + "\n")
+    with pytest.raises(ConfigError, match="holds the backup of another run"):
+        run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the data file changed
+
+
 def test_gaps_in_categorical_columns_are_padding(tmp_path):
     df = frame().astype({"item_id": object})
     df.loc[2, "item_id"] = None

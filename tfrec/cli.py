@@ -328,8 +328,11 @@ def cmd_query(args):
 
     inputs = read_inputs(args.inputs)
     with Client(args.target, timeout=args.timeout) as client:
+        if args.version is not None and args.version_label:
+            raise CliError("give --version or --version-label, not both", "a label names a version")
         outputs = client.predict(args.model_name, inputs, signature_name=args.signature_name,
-                                 version=args.version, output_filter=args.output_filter)
+                                 version=args.version, version_label=args.version_label,
+                                 output_filter=args.output_filter)
     # String outputs (a retrieval export's item ids) as text, or {"b64": ...} as REST writes them.
     print(json.dumps({name: to_json_value(value) for name, value in outputs.items()}, indent=2))
     return 0
@@ -452,6 +455,7 @@ def build_parser():
                        help='the request as JSON {feature: values}, or @FILE to read it from a file')
     query.add_argument("--signature-name", help="the signature (default: serving_default)")
     query.add_argument("--version", type=int, help="a model version (default: the latest)")
+    query.add_argument("--version-label", help="a version label of the server's model config (e.g. stable)")
     query.add_argument("--output-filter", action="append", metavar="OUTPUT",
                        help="return only this output (repeatable; default: all)")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
@@ -485,12 +489,12 @@ def explain(error, args):
                     "start one (tfrec serve --port=PORT --model_name=NAME --model_base_path=DIR) or pass --target host:port")
         if code == "NOT_FOUND":
             return f"the server at {target} answered NOT_FOUND: {error.message}", \
-                "check --model-name (and --version) against what the server serves"
+                "check --model-name (and --version / --version-label) against what the server serves"
         return f"the server at {target} answered {code}: {error.message}", "check the request's features and types"
     if isinstance(error, FileNotFoundError):
         return str(error), "check the path"
     if isinstance(error, FileExistsError):
-        return str(error), "pass another --version, or leave it out for the next free one"
+        return f"{error.filename or error} already exists", "pass another --version, or leave it out for the next free one"
     if isinstance(error, ImportError):
         return f"a package is missing: {error}", "pip install -e . installs what tfrec needs"
     if isinstance(error, (ValueError, KeyError, OSError)):

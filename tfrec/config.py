@@ -927,9 +927,17 @@ def _save(model, columns, config, out):
     folder = config.output if chief else tempfile.mkdtemp(prefix="tfrec-worker-save-")
     os.makedirs(folder, exist_ok=True)
     with step(f"saving the model to {os.path.join(folder, MODEL_FILE)}", out):
-        model.save(os.path.join(folder, MODEL_FILE))
-        with open(os.path.join(folder, COLUMNS_FILE), "w", encoding="utf-8") as handle:
+        # Each file is written beside its place and renamed into it, the columns last; what
+        # `evaluate` wrote of the model before goes, so the folder never pairs two runs.
+        for stale in (METRICS_FILE, CALIBRATION_FILE, GATES_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, stale))
+        staged = f".{os.getpid()}.tmp"
+        model.save(os.path.join(folder, MODEL_FILE + staged + ".keras"))
+        with open(os.path.join(folder, COLUMNS_FILE + staged), "w", encoding="utf-8") as handle:
             json.dump(columns_to_json(columns), handle, indent=1)
+        os.replace(os.path.join(folder, MODEL_FILE + staged + ".keras"), os.path.join(folder, MODEL_FILE))
+        os.replace(os.path.join(folder, COLUMNS_FILE + staged), os.path.join(folder, COLUMNS_FILE))
     if not chief:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -214,7 +214,7 @@ def served(ranking_run, tiny_export, tmp_path_factory):
     server.stop()
 
 
-def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tmp_path):
+def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tmp_path, capsys):
     model, _, inputs = test_rows
     request = {name: np.asarray(values)[:5].tolist() for name, values in inputs.items()}
     request_file = tmp_path / "request.json"
@@ -224,6 +224,12 @@ def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tm
     expected = model.predict({k: np.asarray(v)[:5] for k, v in inputs.items()}, verbose=0).reshape(-1)
     assert served_scores.shape == (5,)
     np.testing.assert_allclose(served_scores, expected, atol=1e-5)
+    from tfrec.cli import main  # --version-label reaches the server (this config names no label)
+
+    capsys.readouterr()
+    assert main(["query", "--target", served.target, "--model-name", "din", "--inputs", f"@{request_file}",
+                 "--version-label", "canary"]) == 1
+    assert "Unrecognized servable version label: canary" in capsys.readouterr().err
 
 
 def test_out_of_range_ids_score_as_the_oov_row_in_training_export_and_grpc(tiny_export, served):

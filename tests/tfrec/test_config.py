@@ -1,5 +1,6 @@
 """tfrec.config: run configs, column inference from a DataFrame, the multi-task example, SIM and CLSR from a config."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,19 @@ def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
         data.write((tmp_path / "d.csv").read_text().splitlines()[1] + "\n")
     with pytest.raises(ConfigError, match="holds the backup of another run"):
         run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the data file changed
+
+
+def test_training_again_into_a_run_folder_replaces_the_model_and_drops_its_old_evaluation(tmp_path):
+    write_csv_frame(tmp_path / "d.csv")
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+    columns = run.build_columns(run.load_frames(config)[0], config)
+    os.makedirs(config.output)
+    for old in (run.METRICS_FILE, run.CALIBRATION_FILE, run.MODEL_FILE):
+        (tmp_path / config.output / old).write_text("yesterday's")
+    run._save(run.build_model(config, columns), columns, config, None)
+    assert sorted(os.listdir(config.output)) == sorted([run.MODEL_FILE, run.COLUMNS_FILE])
+    assert run.trained(config)[1] == columns
 
 
 def test_gaps_in_categorical_columns_are_padding(tmp_path):

@@ -326,10 +326,10 @@ def cmd_query(args):
     from serving import Client
     from serving.json_tensor import to_json_value
 
+    if args.version is not None and args.version_label:
+        raise CliError("give --version or --version-label, not both", "a label names a version")
     inputs = read_inputs(args.inputs)
     with Client(args.target, timeout=args.timeout) as client:
-        if args.version is not None and args.version_label:
-            raise CliError("give --version or --version-label, not both", "a label names a version")
         outputs = client.predict(args.model_name, inputs, signature_name=args.signature_name,
                                  version=args.version, version_label=args.version_label,
                                  output_filter=args.output_filter)

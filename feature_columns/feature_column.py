@@ -42,10 +42,10 @@ def _count(kind, name, key, value, minimum=1, also=""):
     _fail(kind, name, f"{key} must be an int >= {minimum}{also}, got {value!r} ({type(value).__name__})")
 
 
-def _vocabulary_lines(path):
+def _vocabulary_lines(path, lines=None):
     """(value, count or None) per non-empty line of a vocabulary file (DeepCTR's `index,value`
-    lines as their values, in the order of their index)."""
-    lines = _file_lines(path)
+    lines as their values, in the order of their index); `lines`: its `_file_lines`, if read."""
+    lines = _file_lines(path) if lines is None else lines
     if lines and is_deepctr_vocabulary(lines):
         entries = sorted((int(text.partition(",")[0]), text.partition(",")[2]) for text, _ in lines)
         return [(value, None) for _, value in entries]
@@ -132,8 +132,9 @@ class SparseFeat(namedtuple("SparseFeat", [
         if vocabulary_path is not None:
             if not os.path.isfile(vocabulary_path):
                 _fail("SparseFeat", name, f"vocabulary_path {vocabulary_path!r} is not a file")
-            vocabulary_entries = read_vocabulary_file(vocabulary_path)
-            deepctr_file = is_deepctr_vocabulary(_file_lines(vocabulary_path))
+            lines = _file_lines(vocabulary_path)
+            deepctr_file = is_deepctr_vocabulary(lines)
+            vocabulary_entries = [value for value, _ in _vocabulary_lines(vocabulary_path, lines)]
         else:
             vocabulary_entries = None if vocabulary is None else list(vocabulary)
         if vocabulary_entries is not None:

@@ -391,14 +391,14 @@ def parse_json_body(body):
     first of a repeated key kept; "JSON Parse error" (INVALID_ARGUMENT) for text that is not
     JSON, not UTF-8, nested too deeply, or holds a number too big for a double."""
     try:
-        text = body.decode("utf-8-sig") if isinstance(body, (bytes, bytearray, memoryview)) \
+        text = str(body, "utf-8-sig") if isinstance(body, (bytes, bytearray, memoryview)) \
             else body.removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
                                f"{error.start}") from None
     if not text.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
-    options = dict(parse_int=_parse_json_int, parse_constant=lambda name: JsonConstant(name),
+    options = dict(parse_int=_parse_json_int, parse_constant=JsonConstant,
                    object_pairs_hook=_first_of_repeated_keys)
     try:
         try:

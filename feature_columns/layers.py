@@ -5,6 +5,7 @@ DataFrame held (no train/serve skew).
 """
 from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import functools
 import hashlib
 import json
 
@@ -51,10 +52,11 @@ class SparseIndex(tf.keras.layers.Layer):
         else:
             self._lookup = None
 
-    @property
+    @functools.cached_property
     def fingerprint(self):
         """A short text that differs between lookups mapping a raw value to different rows
-        (`lookup_fingerprint`): rows a pipeline looked up carry it in their key."""
+        (`lookup_fingerprint`): rows a pipeline looked up carry it in their key. Cached: it
+        hashes the whole vocabulary, which does not change after the layer is made."""
         return lookup_fingerprint(self.num_buckets, self.vocabulary, self.use_hash, self.string_input)
 
     @property

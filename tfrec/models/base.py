@@ -112,6 +112,11 @@ class _TrainingSplit:
                 x[name] = tf.reshape(column, [-1, *shape])
         return x
 
+    @property
+    def indexed_key_of(self):
+        """{feature name: the key its looked-up rows come under (`indexed_key`)}."""
+        return dict(zip(self.indexed_names, self.indexed_keys))
+
     def core_inputs(self, x):
         """The core's inputs for a batch: the rows a pipeline looked up (`look_up_rows`, or
         packed by `pack`), or None."""
@@ -206,8 +211,7 @@ class RecModel(tf.keras.Model):
         x, y = self._checked(x, y)
         rows = self._look_up_once(x)
         if rows is not x:
-            _warn_of_ids_beyond_their_table(self.name, x, rows, dict(zip(self._split.indexed_names,
-                                                                        self._split.indexed_keys)))
+            _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x if rows is x else self._split.pack(rows), y, *args, **kwargs)
@@ -301,8 +305,8 @@ class RecModel(tf.keras.Model):
         keys = x.element_spec if isinstance(x, tf.data.Dataset) else x
         if isinstance(keys, tuple):
             keys = keys[0] if keys else None
-        expected = dict(zip(getattr(getattr(self, "_split", None), "indexed_names", ()),
-                            getattr(getattr(self, "_split", None), "indexed_keys", ())))
+        split = getattr(self, "_split", None)
+        expected = split.indexed_key_of if split is not None else {}
         if not isinstance(keys, Mapping) or not expected:
             return
         for key in keys:

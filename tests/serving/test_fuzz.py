@@ -344,13 +344,16 @@ def test_50_mb_tensors_are_answered_or_refused_and_memory_comes_back(server):
     before = rss_mb(server.pid, settle=0.5)
     one_round()
     first = settled_rss_mb(server.pid, before + 200)
-    for _ in range(3):
+    for _ in range(6):
         one_round()
     after = settled_rss_mb(server.pid, first + 40)
     print(f"RSS {before:.0f} MB before 50 MB requests, {first:.0f} MB after one round, "
-          f"{after:.0f} MB after three more")
+          f"{after:.0f} MB after six more")
     assert first - before < 200  # TF's allocator keeps ~2 x 50 MB (input and output)
-    assert after - first < 40    # and nothing more, however many rounds
+    # Here RSS stays within 10 MB of `first` over 12 rounds; a loaded CI host once kept one
+    # more 50 MB buffer (an allocator's pool, not per round). A leak of any one of a round's
+    # four 50 MB requests would add at least 300 MB over six rounds.
+    assert after - first < 150
     assert_healthy(server)
 
 

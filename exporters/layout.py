@@ -5,15 +5,29 @@ directory whose name is an integer, as the version of that number. A version is 
 written into a sibling staging directory whose name is not an integer (``.tmp-<version>-<hex>``,
 which watchers ignore) and then renamed into place: a watcher sees either no version or a
 complete one, never a half-written SavedModel. A killed writer leaves only a staging directory
-behind, which no watcher loads and no later export reuses.
+behind, which no watcher loads and which the next export into the same base removes (see
+`remove_abandoned_staging_dirs`).
 """
 import contextlib
 import dataclasses
 import errno
+import fcntl
+import logging
 import operator
 import os
+import re
 import secrets
 import shutil
+import socket
+
+logger = logging.getLogger(__name__)
+
+# What `staged_version_dir` names its staging directories; nothing else is ever removed.
+_STAGING_NAME = re.compile(r"\.tmp-\d+-[0-9a-f]{8}")
+# Inside a staging directory while it is written: the writer's hostname.
+_OWNER_FILE = ".staging-owner"
+# Staging directories already warned of as left in place, so a long-lived process warns once.
+_warned_about = set()
 
 
 def version_directories(export_base):
@@ -55,10 +69,12 @@ class StagedVersion:
 def staged_version_dir(export_base, version=None):
     """Context manager that publishes one new version directory atomically.
 
-    Yields a `StagedVersion` whose `staging_dir` (an empty directory beside the final one)
-    the caller fills. When the block exits normally the staging directory is renamed to
-    `export_base/<version>`; when it raises, the staging directory is removed and the
-    exception propagates.
+    First removes the staging directories that killed writers left in `export_base`
+    (`remove_abandoned_staging_dirs`). Then yields a `StagedVersion` whose `staging_dir` (a
+    directory beside the final one, empty but for a hidden owner file removed before
+    publishing) the caller fills. When the block exits normally the staging directory is
+    renamed to `export_base/<version>`; when it raises, the staging directory is removed and
+    the exception propagates.
 
     Args:
       export_base: the model's base path (TF Serving's --model_base_path); created if missing.
@@ -71,16 +87,124 @@ def staged_version_dir(export_base, version=None):
     os.makedirs(export_base, exist_ok=True)
     final_dir = os.path.join(export_base, str(version))
     _refuse_existing(final_dir)
-    # os.mkdir (not tempfile.mkdtemp, which makes it 0700) so the published version gets the
-    # usual umask-based permissions and a server running as another user can read it.
-    staging_dir = os.path.join(export_base, f".tmp-{version}-{secrets.token_hex(4)}")
-    os.mkdir(staging_dir)
+    remove_abandoned_staging_dirs(export_base)
+    staging_dir, lock = _create_owned_staging_dir(export_base, version)
     try:
         yield StagedVersion(version, staging_dir, final_dir)
+        os.remove(os.path.join(staging_dir, _OWNER_FILE))
         _publish(staging_dir, final_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)  # only now, so no cleanup takes the directory for abandoned before
+
+
+def remove_abandoned_staging_dirs(export_base):
+    """Removes the staging directories under `export_base` whose writer is dead.
+
+    A writer killed mid-export (SIGKILL, OOM killer, a lost machine) leaves its staging
+    directory behind. No watcher loads it, but a daily export job would pile them up, each as
+    large as a model, so every export clears its base of them first.
+
+    A writer holds an exclusive flock on its staging directory until it has renamed it, and
+    the kernel releases it when the writer dies; it also records its hostname inside. A
+    directory is removed only when its lock can be taken here and its writer ran on this host:
+    locks are not shared between hosts on every shared filesystem (NFS may keep them local or
+    refuse them), so another host's directory, one without a recorded owner (written before
+    owners were recorded, or caught between its creation and its owner file) or one whose
+    lock cannot be tried is left in place, with one warning naming it.
+    """
+    for name in sorted(os.listdir(export_base)):
+        if _STAGING_NAME.fullmatch(name):
+            _remove_if_abandoned(os.path.join(export_base, name))
+
+
+def _create_owned_staging_dir(export_base, version):
+    """Creates a staging directory for `version`, locked as this writer's until the returned
+    file descriptor is closed, with this host recorded as its owner. Returns (path, fd)."""
+    # os.mkdir (not tempfile.mkdtemp, which makes it 0700) so the published version gets the
+    # usual umask-based permissions and a server running as another user can read it.
+    staging_dir = os.path.join(export_base, f".tmp-{version}-{secrets.token_hex(4)}")
+    os.mkdir(staging_dir)
+    lock = os.open(staging_dir, os.O_RDONLY)
+    try:
+        try:
+            # Blocking: a cleanup that listed the directory before this lock holds it for a
+            # moment, and finding no owner file yet, leaves it alone.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: cleanups will leave this directory alone
+            logger.debug("cannot lock %s; if this export is killed, remove it by hand", staging_dir)
+        with open(os.path.join(staging_dir, _OWNER_FILE), "w", encoding="utf-8") as out:
+            out.write(socket.gethostname())
+    except BaseException:
+        os.close(lock)
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
+    return staging_dir, lock
+
+
+def _remove_if_abandoned(staging_dir):
+    """Removes `staging_dir` if its writer is dead, leaves it silently while its writer is
+    alive, and warns once when that cannot be told (see `remove_abandoned_staging_dirs`)."""
+    try:
+        lock = os.open(staging_dir, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # published or removed meanwhile
+    except OSError as error:
+        _warn_left_in_place(staging_dir, f"it cannot be opened: {error}")
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # its writer is alive and holds the lock
+    except OSError as error:
+        _warn_left_in_place(staging_dir, f"its lock cannot be tried: {error}")
+    else:
+        if _still_at(lock, staging_dir):  # otherwise its writer published it before we locked
+            _remove_if_written_here(staging_dir)
+    finally:
+        os.close(lock)
+
+
+def _remove_if_written_here(staging_dir):
+    """Removes the unlocked `staging_dir` if its writer ran on this host, whose locks we see."""
+    owner = _recorded_owner(staging_dir)
+    if owner is None:
+        _warn_left_in_place(staging_dir, "it records no writer")
+    elif owner != socket.gethostname():
+        _warn_left_in_place(staging_dir, f"its writer ran on host {owner!r}, whose lock this "
+                            "host may not see")
+    else:
+        logger.info("removing %s, left by an export that was killed", staging_dir)
+        try:
+            shutil.rmtree(staging_dir)
+        except OSError as error:
+            _warn_left_in_place(staging_dir, f"it cannot be removed: {error}")
+
+
+def _still_at(fd, path):
+    """Whether the directory open as `fd` is still the one named `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _recorded_owner(staging_dir):
+    """The hostname a writer recorded in `staging_dir`, or None if it has none."""
+    try:
+        with open(os.path.join(staging_dir, _OWNER_FILE), encoding="utf-8") as owner_file:
+            return owner_file.read()
+    except OSError:  # none recorded, or unreadable: either way the writer is unknown
+        return None
+
+
+def _warn_left_in_place(staging_dir, reason):
+    if staging_dir not in _warned_about:
+        _warned_about.add(staging_dir)
+        logger.warning("leaving staging directory %s in place (%s); remove it by hand once no "
+                       "export is writing it", staging_dir, reason)
 
 
 def checked_version(version, what="version"):

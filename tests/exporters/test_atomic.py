@@ -1,5 +1,6 @@
 import feature_columns._legacy_keras  # noqa: F401
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import exporters
-from exporters import warmup
+from exporters import layout, warmup
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,8 +34,27 @@ EXPORT_THEN_DIE = textwrap.dedent("""
     sys.exit("the export finished although it should have been killed")
 """)
 
+# Opens a staging directory, prints its path and keeps writing it until a line comes on stdin.
+HOLD_STAGING_DIR = textwrap.dedent("""
+    import sys
+    from exporters import layout
 
-def test_killed_export_leaves_no_version_and_a_later_export_works(tiny_model, tmp_path):
+    with layout.staged_version_dir(sys.argv[1], int(sys.argv[2])) as staged:
+        print(staged.staging_dir, flush=True)
+        sys.stdin.readline()
+""")
+
+
+def start_writer(export_base, version):
+    """A process writing `version` under `export_base`; returns (process, its staging dir)."""
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_STAGING_DIR, str(export_base), str(version)],
+                              cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    staging_dir = writer.stdout.readline().strip()
+    assert os.path.isdir(staging_dir), f"the writer exited with {writer.wait()}"
+    return writer, staging_dir
+
+
+def test_killed_export_leaves_no_version_and_the_next_export_removes_it(tiny_model, tmp_path):
     export_base = tmp_path / "tiny"
     child = subprocess.run([sys.executable, "-c", EXPORT_THEN_DIE, str(export_base)],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -49,7 +69,7 @@ def test_killed_export_leaves_no_version_and_a_later_export_works(tiny_model, tm
 
     version_dir = exporters.export_saved_model(tiny_model, export_base)
     assert version_dir == str(export_base / "1")
-    assert exporters.existing_versions(export_base) == [1]
+    assert os.listdir(export_base) == ["1"]  # the killed writer's staging directory is gone
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     assert set(signature.structured_outputs) == {"ctr", "cvr"}
 
@@ -62,3 +82,58 @@ def test_failed_export_removes_its_staging_directory(tiny_model, tmp_path, monke
     with pytest.raises(OSError, match="No space left on device"):
         exporters.export_saved_model(tiny_model, tmp_path / "tiny")
     assert os.listdir(tmp_path / "tiny") == []
+
+
+def test_a_killed_writers_staging_directory_is_removed_by_the_next_export(tmp_path, caplog):
+    writer, staging_dir = start_writer(tmp_path, 1)
+    writer.kill()
+    assert writer.wait(timeout=60) == -signal.SIGKILL
+    assert os.path.isdir(staging_dir)
+
+    with caplog.at_level(logging.INFO, logger="exporters.layout"):
+        with layout.staged_version_dir(tmp_path) as staged:
+            assert staged.version == 1
+    assert os.listdir(tmp_path) == ["1"]
+    assert f"removing {staging_dir}, left by an export that was killed" in caplog.text
+
+
+def test_a_live_writers_staging_directory_is_left_alone(tmp_path, caplog):
+    writer, staging_dir = start_writer(tmp_path, 1)
+    try:
+        with caplog.at_level(logging.INFO, logger="exporters.layout"):
+            with layout.staged_version_dir(tmp_path, 2):
+                pass
+        assert os.path.isdir(staging_dir)
+        assert caplog.records == []
+    finally:
+        writer.communicate("done\n", timeout=60)
+    assert writer.returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_a_staging_directory_being_written_by_this_process_is_left_alone(tmp_path):
+    with layout.staged_version_dir(tmp_path, 1) as first:
+        with layout.staged_version_dir(tmp_path, 2):
+            assert os.path.isdir(first.staging_dir)
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_staging_directories_of_unknown_writers_are_left_with_one_warning_each(tmp_path, caplog):
+    other_host = tmp_path / ".tmp-1-0123abcd"
+    other_host.mkdir()
+    (other_host / ".staging-owner").write_text("elsewhere")
+    no_owner = tmp_path / ".tmp-2-89abcdef"  # e.g. written before owners were recorded
+    no_owner.mkdir()
+    not_ours = tmp_path / ".tmp-3-staging"  # not named like ours: never touched
+    not_ours.mkdir()
+
+    with caplog.at_level(logging.WARNING, logger="exporters.layout"):
+        layout.remove_abandoned_staging_dirs(tmp_path)
+        layout.remove_abandoned_staging_dirs(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".tmp-1-0123abcd", ".tmp-2-89abcdef", ".tmp-3-staging"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"leaving staging directory {other_host} in place (its writer ran on host 'elsewhere', "
+        "whose lock this host may not see); remove it by hand once no export is writing it",
+        f"leaving staging directory {no_owner} in place (it records no writer); remove it by "
+        "hand once no export is writing it",
+    ]

@@ -7,6 +7,9 @@
   `|`-joined histories, for `ranking_din.yaml`.
 * `data/multitask.csv`: impressions with click and conversion labels from the planted multi-task
   generator (tfrec.data.make_multitask_data), for `multitask_mmoe.yaml`.
+* `data/events.csv`: an interaction log (user, item, category, time, the user's gender and age)
+  of planted users with several interests each (tfrec.data.make_retrieval_data, string item
+  ids), for `retrieval_mind.yaml`.
 
 Both are synthetic (the generators' true probabilities are not written), a few hundred KB at most,
 and the same on every run (fixed seeds).
@@ -18,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pandas as pd  # noqa: E402
 
-from tfrec.data import build_din_samples, make_behaviour_log, make_multitask_data  # noqa: E402
+from tfrec.data import build_din_samples, make_behaviour_log, make_multitask_data, make_retrieval_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,9 +43,22 @@ def multitask_frame():
                   "click", "conversion"]]
 
 
+def events_data():
+    """The planted world behind `data/events.csv` (its truth gives the oracle's recall)."""
+    return make_retrieval_data(num_users=500, num_items=300, num_categories=12, events_per_user=16, seed=0,
+                               id_type="str")
+
+
+def events_frame():
+    log = events_data().log.copy()
+    log["gender"] = log["gender"].map({1: "F", 2: "M"})
+    return log[["user_id", "item_id", "cate_id", "timestamp", "gender", "age"]]
+
+
 def main():
     os.makedirs(os.path.join(HERE, "data"), exist_ok=True)
-    for name, frame in (("ranking.csv", ranking_frame()), ("multitask.csv", multitask_frame())):
+    for name, frame in (("ranking.csv", ranking_frame()), ("multitask.csv", multitask_frame()),
+                        ("events.csv", events_frame())):
         path = os.path.join(HERE, "data", name)
         frame.to_csv(path, index=False)
         print(f"{path}: {len(frame)} rows, {os.path.getsize(path) / 1024:.0f} KB")

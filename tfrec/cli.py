@@ -212,7 +212,9 @@ def cmd_evaluate(args):
 
     config = _config(args)
     report = run.evaluate(config)
-    for task, result in report["tasks"].items():
+    if config.retrieval:
+        _print_retrieval_report(report)
+    for task, result in report.get("tasks", {}).items():
         name = "" if task == "prediction" else f"{task}: "
         if "mse" in result:
             scores = f"MSE {result['mse']:.4f}  MAE {result['mae']:.4f}"
@@ -228,6 +230,14 @@ def cmd_evaluate(args):
     return 0
 
 
+def _print_retrieval_report(report):
+    k = report["k"]
+    for name, scores in (("model", report["model"]), ("popularity", report["popularity"])):
+        print(f"{name:>10}: recall@{k} {scores['recall']:.4f}  hit rate@{k} {scores['hit_rate']:.4f}  "
+              f"NDCG@{k} {scores['ndcg']:.4f}")
+    print(f"({report['rows']} test users, each user's last event ranked among {report['candidates']} items)")
+
+
 def cmd_export(args):
     from exporters import export_saved_model
 
@@ -241,6 +251,8 @@ def cmd_export(args):
                            "config or pass --export-base")
         with step("loading the trained model"):
             model, columns = run.trained(config)
+        if config.retrieval:
+            return _export_retrieval_run(model, columns, config, args)
         test_df = run.prepare(run.load_frames(config)[1], columns)
         with step(f"exporting to {config.export.base}"):
             path = export_saved_model(model, config.export.base, version=args.version or config.export.version,
@@ -266,6 +278,29 @@ def cmd_export(args):
     return 0
 
 
+def _export_retrieval_run(model, columns, config, args):
+    """A config's retrieval model: the top `retrieval.k` (or --k) of its catalogue (`data.items`,
+    or every training target), with warm-up requests from the test users."""
+    from exporters import export_retrieval
+    from tfrec import retrieval_run
+    from tfrec.data import df_to_inputs
+
+    if args.extra_output:
+        raise CliError("--extra-output is for ranking models", "a retrieval export answers item_ids and scores")
+    if args.candidates:
+        raise CliError("--candidates is for --model; with --config the catalogue is data.items",
+                       "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
+    train_df, test_df = retrieval_run.samples(config)
+    items = retrieval_run.catalogue(config, train_df)
+    k = args.k or config.retrieval.k
+    with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
+        user_columns = [column for column in columns if column.name != config.retrieval.item]
+        result = export_retrieval(model, config.export.base, items, k=k, version=args.version or config.export.version,
+                                  warmup_inputs=df_to_inputs(test_df.head(5), user_columns))
+    print(result.path)
+    return 0
+
+
 def _export_retrieval(model, args):
     """A two-tower model's top-k export (exporters.export_retrieval) over the items of --candidates."""
     from exporters import export_retrieval, item_id_feature
@@ -281,7 +316,7 @@ def _export_retrieval(model, args):
     candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
                            text_columns=[name] if dtype.name == "string" else [])
     with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
-        result = export_retrieval(model, args.export_base, candidates, k=args.k, version=args.version)
+        result = export_retrieval(model, args.export_base, candidates, k=args.k or 100, version=args.version)
     print(result.path)
     return 0
 
@@ -443,7 +478,8 @@ def build_parser():
                         help="a layer name whose output the signature returns too (repeatable)")
     export.add_argument("--candidates", metavar="ITEMS",
                         help="a retrieval model's catalogue: CSV/Parquet with its item id column, one row per item")
-    export.add_argument("--k", type=int, default=100, help="a retrieval model's top k per user (default 100)")
+    export.add_argument("--k", type=int, help="a retrieval model's top k per user (default: the config's "
+                                              "retrieval.k; 100 with --model)")
 
     commands.add_parser("serve", add_help=False,
                         help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")

@@ -39,7 +39,8 @@ __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data",
 RANKING_MODELS = ("DIN", "SIM", "CLSR")  # one label; DIN's columns, a history hist_<f> per target feature <f>
 MULTITASK_MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
 MODELS = RANKING_MODELS + MULTITASK_MODELS
-RETRIEVAL_MODELS = ("YoutubeDNN", "MIND", "SDM")  # Python only so far (docs/retrieval.md)
+RETRIEVAL_MODELS = ("YoutubeDNN", "MIND", "SDM")  # an interaction log in, the top k of a catalogue out
+RETRIEVAL_EMBEDDING_DIM = 32  # their default columns.embedding_dim (DeepMatch's examples)
 MODEL_FILE = "model.keras"
 COLUMNS_FILE = "columns.json"
 METRICS_FILE = "metrics.json"
@@ -66,9 +67,12 @@ class DataConfig:
         `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`, is read as one too); Parquet holds lists.
       fill: {column: value} for the empty cells of a column, in the training and test files
         alike, as pandas' `fillna` (`{price: 0}`); not for labels or sequences.
+      items: (retrieval) the catalogue, files with the item column, one row per item: what
+        evaluation ranks and the export serves; None: every item that is a training target.
     """
     train: list
     test: Optional[list] = None
+    items: Optional[list] = None
     sequence_separator: str = "|"
     fill: dict = field(default_factory=dict)
 
@@ -84,7 +88,7 @@ class ColumnsConfig:
         is False.
       min_count: (infer) values seen fewer times in the training split go to the
         out-of-vocabulary row.
-      embedding_dim: (infer) every table's dimension.
+      embedding_dim: (infer) every table's dimension (retrieval models: 32 by default).
       dense: (infer) numeric columns fed as numbers; default: every float column. A sequence
         listed here is a sequence of numbers (SIM's event times `hist_timestamp`; with its
         `timestamp` listed too, both are int64 when they hold integers).
@@ -148,6 +152,40 @@ class ExportConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """`retrieval:` how YoutubeDNN, MIND and SDM read `data.train`, an interaction log.
+
+    The log has one row per event: a user, an item, a time, and optionally the item's category
+    and the user's profile. Every event after a user's first `min_history` ones is a sample that
+    predicts its item from the `seq_maxlen` events before it; each user's last event is their
+    test sample (leave-last-out, `tfrec.data.retrieval_samples`).
+
+    Attributes:
+      user, item, category, time: the log's columns (category None: the log has none).
+      profile: the user's profile columns (gender, age, ...), embedded beside the user id.
+      seq_maxlen: the events a sample's history keeps (SDM: its long-term preference).
+      short_sess_length: SDM's short-term session in events (SDM only; default 5).
+      min_history: the fewest earlier events a sample has.
+      sampler: the negatives of the sampled softmax: "inbatch" (the batch's other items),
+        "uniform" or "frequency" (`tfrec.utils.NegativeSampler`), with a logQ correction.
+      num_sampled: negatives drawn per batch besides the batch's items ("uniform",
+        "frequency"; >= 1 for them).
+      k: the top k that evaluation scores (recall, hit rate, NDCG) and the export serves.
+    """
+    user: str = "user_id"
+    item: str = "item_id"
+    category: Optional[str] = "cate_id"
+    time: str = "timestamp"
+    profile: list = field(default_factory=list)
+    seq_maxlen: int = 50
+    short_sess_length: Optional[int] = None
+    min_history: int = 1
+    sampler: str = "inbatch"
+    num_sampled: int = 0
+    k: int = 50
+
+
+@dataclass
 class StrategyConfig:
     """`strategy:` how training is spread (`tfrec.distribute`, docs/distributed.md).
 
@@ -170,7 +208,7 @@ class RunConfig:
     """A whole run: what `load_config` returns. `path` is the config file, `output` the run's folder."""
     path: str
     data: DataConfig
-    labels: object  # a column name, a list of names, or {task name: column}
+    labels: object  # a column name, a list of names, or {task name: column}; None for retrieval
     model: ModelConfig
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -178,11 +216,14 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    retrieval: Optional[RetrievalConfig] = None  # set for a retrieval model
     output: str = "runs/run"
 
     @property
     def tasks(self):
-        """{task name: label column}; a single label column is task "prediction"."""
+        """{task name: label column}; a single label column is task "prediction"; none for retrieval."""
+        if self.labels is None:
+            return {}
         if isinstance(self.labels, str):
             return {"prediction": self.labels}
         if isinstance(self.labels, dict):
@@ -199,9 +240,9 @@ class RunConfig:
 
 _SECTIONS = {"data": DataConfig, "columns": ColumnsConfig, "model": ModelConfig, "split": SplitConfig,
              "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig,
-             "strategy": StrategyConfig}
+             "strategy": StrategyConfig, "retrieval": RetrievalConfig}
 _TOP_LEVEL = ("data", "labels", "columns", "model", "split", "train", "evaluate", "export", "strategy",
-              "output")
+              "retrieval", "output")
 
 
 def _fail(path, key, problem):
@@ -351,17 +392,15 @@ def load_config(path, output=None, export_base=None):
               f"{{price: 0}}, got {fill!r}")
     data = DataConfig(train=_files(path, "data.train", data["train"]),
                       test=_files(path, "data.test", data["test"]) if data.get("test") else None,
+                      items=_files(path, "data.items", data["items"]) if data.get("items") else None,
                       sequence_separator=data.get("sequence_separator", "|"), fill=fill)
     if "model" not in raw:
-        _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS)}, args: {{...}}}}")
+        _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS + RETRIEVAL_MODELS)}, args: {{...}}}}")
     model = _section(path, raw, "model")
-    if model.get("name") in RETRIEVAL_MODELS:
-        _fail(path, "model.name", f"{model['name']} is a retrieval model, which a config does not train yet: "
-              "train and export it in Python as docs/retrieval.md shows (columns -> fit -> "
-              f"export_retrieval -> tfrec serve), or use one of {', '.join(MODELS)}")
-    if model.get("name") not in MODELS:
-        _fail(path, "model.name", f"unknown model {model.get('name')!r}; tfrec trains one of {', '.join(MODELS)} "
-              "from a config")
+    if model.get("name") not in MODELS + RETRIEVAL_MODELS:
+        _fail(path, "model.name", f"unknown model {model.get('name')!r}; tfrec trains one of "
+              f"{', '.join(MODELS + RETRIEVAL_MODELS)} from a config")
+    retrieval = _parse_retrieval(path, raw, model["name"], data)
     if not isinstance(model.get("args", {}) or {}, dict):
         _fail(path, "model.args", f"must be a mapping of the model's keyword arguments, got {model['args']!r}")
     model = ModelConfig(name=model["name"], args=dict(model.get("args") or {}))
@@ -387,15 +426,78 @@ def load_config(path, output=None, export_base=None):
         output = _resolve(path, raw["output"])
     else:
         output = _resolve(path, os.path.join("runs", os.path.splitext(os.path.basename(path))[0]))
-    config = RunConfig(path=os.path.abspath(path), data=data, labels=_parse_labels(path, raw.get("labels")),
-                       model=model, columns=_parse_columns(path, raw), split=split, train=train,
+    config = RunConfig(path=os.path.abspath(path), data=data,
+                       labels=None if retrieval else _parse_labels(path, raw.get("labels")), model=model,
+                       columns=_parse_columns(path, raw), split=split, train=train,
                        evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
-                       strategy=_parse_strategy(path, raw), output=output)
+                       strategy=_parse_strategy(path, raw), retrieval=retrieval, output=output)
+    if retrieval and "embedding_dim" not in (raw.get("columns") or {}):
+        config.columns.embedding_dim = RETRIEVAL_EMBEDDING_DIM
     if config.model.name in RANKING_MODELS and len(config.tasks) != 1:
         _fail(path, "labels", f"{config.model.name} has one output: give one label column, got {config.labels!r}")
     if config.multitask and isinstance(config.labels, str):
         _fail(path, "labels", f"{config.model.name} is multi-task: give {{task name: column}} or a list of columns")
     return config
+
+
+_RETRIEVAL_COLUMN_OPTIONS = ("embedding_dim", "min_count")
+
+
+def _parse_retrieval(path, raw, model_name, data):
+    """The `retrieval:` section of a retrieval model's config, checked (None for other models);
+    a ConfigError for a key that a retrieval run would ignore."""
+    if model_name not in RETRIEVAL_MODELS:
+        if "retrieval" in raw:
+            _fail(path, "retrieval", f"is for the retrieval models {', '.join(RETRIEVAL_MODELS)}; {model_name} "
+                  "learns from labelled rows")
+        if data.items:
+            _fail(path, "data.items", f"is a retrieval model's catalogue; {model_name} scores the rows it is given")
+        return None
+    why = {"labels": "a retrieval model learns from the events themselves (each event's item is its positive)",
+           "split": "a retrieval run holds out each user's last event (leave-last-out)",
+           "evaluate": "a retrieval run reports recall, hit rate and NDCG at retrieval.k"}
+    for key, reason in why.items():
+        if raw.get(key) is not None:
+            _fail(path, key, f"does not apply to {model_name}: {reason}; remove it")
+    if data.test:
+        _fail(path, "data.test", f"does not apply to {model_name}: a retrieval run holds out each user's last "
+              "event of data.train (leave-last-out); give one log")
+    columns = raw.get("columns")
+    if columns is not None and (not isinstance(columns, dict) or set(columns) - set(_RETRIEVAL_COLUMN_OPTIONS)):
+        _fail(path, "columns", f"{model_name}'s columns come from retrieval: (the user, item, category and "
+              f"profile columns); columns: takes only {', '.join(_RETRIEVAL_COLUMN_OPTIONS)}, got {columns!r}")
+    strategy = raw.get("strategy") or {}
+    if isinstance(strategy, dict) and strategy.get("kind") is not None:
+        _fail(path, "strategy.kind", f"{model_name} trains in one process from a config; remove strategy.kind")
+    export = raw.get("export") or {}
+    if isinstance(export, dict) and export.get("extra_outputs"):
+        _fail(path, "export.extra_outputs", "a retrieval export answers item_ids and scores; remove it")
+    settings = RetrievalConfig(**_section(path, raw, "retrieval"))
+    for key in ("user", "item", "time"):
+        _names(path, f"retrieval.{key}", getattr(settings, key))
+    if settings.category is not None:
+        _names(path, "retrieval.category", settings.category)
+    settings.profile = _names(path, "retrieval.profile", settings.profile) or []
+    named = [settings.user, settings.item, settings.category, settings.time, *settings.profile]
+    named = [name for name in named if name is not None]
+    if len(set(named)) < len(named):
+        _fail(path, "retrieval", f"user, item, category, time and profile name one column each, got {named}")
+    _int(path, "retrieval.seq_maxlen", settings.seq_maxlen, 1)
+    _int(path, "retrieval.min_history", settings.min_history, 1)
+    _int(path, "retrieval.k", settings.k, 1)
+    if model_name == "SDM":
+        if settings.short_sess_length is None:
+            settings.short_sess_length = 5
+        _int(path, "retrieval.short_sess_length", settings.short_sess_length, 1)
+    elif settings.short_sess_length is not None:
+        _fail(path, "retrieval.short_sess_length", f"is SDM's short-term session; {model_name} reads one history "
+              "of retrieval.seq_maxlen events")
+    from tfrec.utils import SAMPLERS
+
+    if settings.sampler not in SAMPLERS:
+        _fail(path, "retrieval.sampler", f"must be one of {', '.join(SAMPLERS)}, got {settings.sampler!r}")
+    _int(path, "retrieval.num_sampled", settings.num_sampled, 1 if settings.sampler != "inbatch" else 0)
+    return settings
 
 
 def _parse_strategy(path, raw):
@@ -557,18 +659,18 @@ def load_frames(config):
     else:
         sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
         numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
-    df = _fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
+    df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
                          numeric), config, sequences)
     _check_labels(df, config)
     if config.data.test:
-        test = _fill(read_data(config.data.test, "data.test", config.path, sequences,
+        test = fill(read_data(config.data.test, "data.test", config.path, sequences,
                                config.data.sequence_separator, numeric), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
 
 
-def _fill(df, config, sequences):
+def fill(df, config, sequences):
     """`df` with the empty cells of the `data.fill` columns filled."""
     for name, value in config.data.fill.items():
         if name not in df.columns:
@@ -792,11 +894,14 @@ def train(config, verbose=2, tensorboard=None, out=None):
     Returns:
       The trained Keras model.
     """
-    import numpy as np
     import tensorflow as tf
 
     from tfrec.data import df_to_dataset
 
+    if config.retrieval:
+        from tfrec import retrieval_run
+
+        return retrieval_run.train(config, verbose, tensorboard, out)
     with step(f"reading {len(config.data.train)} data file(s)", out):
         train_df, test_df = load_frames(config)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
@@ -815,7 +920,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
     if settings.checkpoint_dir:
-        _claim_backup_folder(settings.checkpoint_dir, config, columns)
+        claim_backup_folder(settings.checkpoint_dir, config, columns)
         callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
     fit_args = {}
     if settings.kind is None:
@@ -831,23 +936,31 @@ def train(config, verbose=2, tensorboard=None, out=None):
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
-        # Checked per epoch, after fit: a per-batch callback (TerminateOnNaN) would make fit run
-        # one step per call instead of steps_per_execution.
-        # A backup of the last epoch resumes with no epoch left to run: no loss to check.
-        losses = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks,
-                           **fit_args).history.get("loss", [])
+        history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
+    check_losses(history.history.get("loss", []))
+    save(model, columns, config, out)
+    return model
+
+
+def check_losses(losses):
+    """A ValueError when an epoch's loss is not finite, so a diverged model is never saved.
+
+    Checked per epoch, after fit: a per-batch callback (TerminateOnNaN) would make fit run one
+    step per call instead of steps_per_execution. A backup of the last epoch resumes with no
+    epoch left to run: no loss to check.
+    """
+    import numpy as np
+
     diverged = np.flatnonzero(~np.isfinite(losses))
     if len(diverged):
         raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} in epoch {diverged[0] + 1}, so "
                          "nothing was saved; lower train.learning_rate, or check the data for extreme values")
-    _save(model, columns, config, out)
-    return model
 
 
 RUN_RECORD_FILE = "tfrec_run.json"
 
 
-def _claim_backup_folder(folder, config, columns):
+def claim_backup_folder(folder, config, columns):
     """Records which run a `strategy.checkpoint_dir` backs up, or a ConfigError when it holds the
     backup of another run: other data files (by name and size), columns or training settings.
     BackupAndRestore resumes whatever backup it finds, so the next day's run on new data would
@@ -912,7 +1025,7 @@ def _check_dense(df, columns, config):
                                   f"rows.{inferred}")
 
 
-def _save(model, columns, config, out):
+def save(model, columns, config, out):
     """Writes the model and its columns to `config.output`: from the chief of a cluster; other
     workers of a synchronous run save too (Keras' saving takes part in collectives) but to a
     scratch folder that is removed."""
@@ -977,13 +1090,17 @@ def evaluate(config, out=None):
 
     Returns:
       {"rows": n, "tasks": {task: {"auc", "gauc", "logloss", "mean_prediction", "label_rate"}},
-       "files": {...}}.
+       "files": {...}}; a retrieval model's report is `tfrec.retrieval_run.evaluate`'s.
     """
     import numpy as np
 
     from tfrec import metrics
     from tfrec.evaluation import binary_report, predict_frame
 
+    if config.retrieval:
+        from tfrec import retrieval_run
+
+        return retrieval_run.evaluate(config, out)
     with step("loading the trained model", out):
         model, columns = trained(config)
     test_df = prepare(load_frames(config)[1], columns)

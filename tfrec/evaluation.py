@@ -1,4 +1,4 @@
-"""Held-out evaluation of a ranking model next to the planted-truth oracle."""
+"""Held-out evaluation: a ranking model next to the planted-truth oracle, a retrieval model's top k."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import numpy as np
@@ -50,3 +50,34 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
             report["oracle_gauc"] = metrics.gauc(labels, truth, groups)
     return report
 
+
+
+
+def rank_candidates(model, user_inputs, candidate_inputs, k, batch_size=4096, block_rows=1024):
+    """(rows, k) positions of the candidates a two-tower model ranks first for each user, best first.
+
+    Exact search over the towers, as the export's brute-force index answers: an item's score is
+    <user vector, item vector>, for MIND the best over the user's active interests; ties go to
+    the candidate listed first. Map positions to ids with `candidate_ids[positions]`.
+
+    Args:
+      model: a `TwoTowerModel` (YoutubeDNN, MIND, SDM).
+      user_inputs: {feature: array} holding the user tower's inputs (`df_to_inputs`).
+      candidate_inputs: {item feature: (items,) ids}, as `df_to_inputs(items, [item_column])`.
+      k: items per row (at most the number of candidates).
+      block_rows: rows scored at once, so memory stays at block_rows x items scores.
+    """
+    user_tower, item_tower = model.user_tower, model.item_tower
+    items = item_tower.predict({name: candidate_inputs[name] for name in item_tower.input_names},
+                               batch_size=batch_size, verbose=0)
+    users = user_tower.predict({name: user_inputs[name] for name in user_tower.input_names}, batch_size=batch_size,
+                               verbose=0)
+    interests, active = users if isinstance(users, list) else (users[:, None, :], None)
+    top = np.empty((len(interests), k), dtype=np.int64)
+    for start in range(0, len(interests), block_rows):
+        block = slice(start, start + block_rows)
+        scores = np.einsum("bkd,nd->bkn", interests[block], items)
+        if active is not None:
+            scores = np.where(active[block, :, None] > 0, scores, -np.inf)
+        top[block] = metrics.top_k_indices(scores.max(axis=1), k)
+    return top

@@ -297,8 +297,8 @@ def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, caps
     with pytest.raises(ConfigError):
         main(["--debug", "train", "--config", str(tmp_path / "run.yaml")])
     (tmp_path / "run.yaml").write_text("data: {train: x.csv}\nlabels: click\nmodel: {name: MIND}\n")
-    with pytest.raises(ConfigError, match="model.name: MIND is a retrieval model, which a config does not "
-                                          "train yet: train and export it in Python as docs/retrieval.md"):
+    with pytest.raises(ConfigError, match="labels: does not apply to MIND: a retrieval model learns from the "
+                                          "events themselves"):
         main(["train", "--config", str(tmp_path / "run.yaml"), "--debug"])
 
 

@@ -171,17 +171,17 @@ def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
 
     first = config()
     columns = run.build_columns(run.load_frames(first)[0], first)
-    run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)
+    run.claim_backup_folder(first.strategy.checkpoint_dir, first, columns)
     (tmp_path / "backup" / "chief").mkdir()  # a backup, as BackupAndRestore leaves it when killed
-    run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the same run resumes
+    run.claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the same run resumes
     with pytest.raises(ConfigError, match=r"strategy.checkpoint_dir: .*backup holds the backup of another run "
                                           r"\(written by .*run.yaml at .*\): its data files, columns or training "
                                           r"settings differ .* remove the folder to start afresh"):
-        run._claim_backup_folder(first.strategy.checkpoint_dir, config(epochs=4), columns)
+        run.claim_backup_folder(first.strategy.checkpoint_dir, config(epochs=4), columns)
     with open(tmp_path / "d.csv", "a") as data:  # the next day's file: more rows
         data.write((tmp_path / "d.csv").read_text().splitlines()[1] + "\n")
     with pytest.raises(ConfigError, match="holds the backup of another run"):
-        run._claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the data file changed
+        run.claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the data file changed
 
 
 def test_training_again_into_a_run_folder_replaces_the_model_and_drops_its_old_evaluation(tmp_path):
@@ -192,7 +192,7 @@ def test_training_again_into_a_run_folder_replaces_the_model_and_drops_its_old_e
     os.makedirs(config.output)
     for old in (run.METRICS_FILE, run.CALIBRATION_FILE, run.MODEL_FILE):
         (tmp_path / config.output / old).write_text("yesterday's")
-    run._save(run.build_model(config, columns), columns, config, None)
+    run.save(run.build_model(config, columns), columns, config, None)
     assert sorted(os.listdir(config.output)) == sorted([run.MODEL_FILE, run.COLUMNS_FILE])
     assert run.trained(config)[1] == columns
 

@@ -4,6 +4,8 @@ Your own data:
   infer_feature_columns(df, label_columns, ...)   DataFrame -> feature columns with vocabularies
   build_din_samples(log, maxlen, ...)             behaviour log -> DIN samples (history, negatives),
                                                   split leave-last-out; build_sim_samples for SIM/CLSR
+  retrieval_samples(log, seq_maxlen, ...)         interaction log -> retrieval samples (leave-last-out);
+                                                  sample_feature_columns(train, ...) their columns
   leave_last_out(df, user_col, time_col)          each user's last events -> the test frame
   df_to_inputs(df, columns) / df_to_dataset(...)  DataFrame -> {feature: array} / tf.data pipeline
 
@@ -23,7 +25,8 @@ from .planted import (DIN_HISTORY_FEATURES, SPARSE_USER_SETTINGS, din_feature_co
                       make_multitask_data, make_sparse_user_log, multitask_feature_columns, oracle_auc)
 from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalData, make_retrieval_data,
                         planted_recalls, planted_top_k, popularity_top_k, retrieval_feature_columns,
-                        retrieval_samples, sdm_feature_columns, true_next_item_probabilities)
+                        retrieval_samples, sample_feature_columns, sdm_feature_columns,
+                        true_next_item_probabilities)
 
 __all__ = [
     "ADULT_PATH_VARIABLE", "ADULT_TASKS", "ADULT_URL", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
@@ -34,6 +37,7 @@ __all__ = [
     "make_long_history_data", "make_long_history_setting", "make_multitask_data", "make_sparse_user_log",
     "multitask_feature_columns", "oracle_auc",
     "PLANTED_RANKINGS", "RETRIEVAL_PROFILE_FEATURES", "RetrievalData", "make_retrieval_data", "planted_recalls",
-    "planted_top_k", "popularity_top_k", "retrieval_feature_columns", "retrieval_samples", "sdm_feature_columns",
+    "planted_top_k", "popularity_top_k", "retrieval_feature_columns", "retrieval_samples", "sample_feature_columns",
+    "sdm_feature_columns",
     "true_next_item_probabilities",
 ]

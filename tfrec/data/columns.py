@@ -16,7 +16,7 @@ from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFe
 
 from .pipeline import id_text
 
-__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary"]
+__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column"]
 
 class ColumnInferenceError(ValueError):
     """Columns cannot be inferred as asked; `key` names the argument at fault (None: the frame).
@@ -56,6 +56,27 @@ def build_vocabulary(counts, min_count=1):
     first (ties by their text), without the padding values "" and 0."""
     return [value for value, count in sorted(counts.items(), key=lambda vc: (-vc[1], str(vc[0])))
             if count >= min_count and value not in ("", 0)]
+
+
+def table_column(table, values, integer, embedding_dim, min_count=1):
+    """SparseFeat `table` whose vocabulary holds the `values` (a flat list of every id its columns
+    hold) seen at least `min_count` times, most frequent first.
+
+    `integer`: the ids are ints >= 1 and stay `dtype="int64"`; else the table is `dtype="string"`
+    and each id is counted as its text (`id_text`; 5 and "5" are one id), NaN not at all.
+
+    Raises:
+      ColumnInferenceError: no value occurs `min_count` times (key "min_count").
+    """
+    counts = Counter(values if integer else [str(id_text(v)) for v in values if not (isinstance(v, float) and v != v)])
+    kept = build_vocabulary(counts, min_count)
+    if not kept:
+        raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in the "
+                                                "training rows; exclude the column if it is unique to each row (a "
+                                                "row or session id), else lower min_count")
+    if integer:
+        return SparseFeat(table, None, embedding_dim, dtype="int64", vocabulary=[int(v) for v in kept])
+    return SparseFeat(table, None, embedding_dim, dtype="string", vocabulary=kept)
 
 
 def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequences=None, min_count=1,
@@ -138,19 +159,11 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
             values = df[name].to_numpy()
             integer = integer and name not in sequences and values.dtype.kind in "iu" and \
                 (len(values) == 0 or values.min() >= 1)
-        counts = Counter()
+        values = []
         for name in names:
-            values = df[name].to_numpy()
-            flat = [v for cell in values for v in cell] if name in sequences else values.tolist()
-            counts.update(flat if integer else [str(id_text(v)) for v in flat if not (isinstance(v, float) and v != v)])
-        kept = build_vocabulary(counts, min_count)
-        if not kept:
-            raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in "
-                                                    "the training rows; exclude the column if it is unique to "
-                                                    "each row (a row or session id), else lower min_count")
-        dtype = "int64" if integer else "string"
-        vocabulary = [int(v) for v in kept] if integer else kept
-        base = SparseFeat(table, None, embedding_dim, dtype=dtype, vocabulary=vocabulary)
+            cells = df[name].to_numpy()
+            values += [v for cell in cells for v in cell] if name in sequences else cells.tolist()
+        base = table_column(table, values, integer, embedding_dim, min_count)
         for name in names:
             if name in sequences:
                 longest = max((len(cell) for cell in df[name]), default=1)

@@ -25,6 +25,7 @@ import pandas as pd
 from feature_columns import SparseFeat, VarLenSparseFeat, history_name
 
 from ..metrics import recall_at_k, top_k_indices
+from .columns import table_column
 from .planted import _catalogue, _check_catalogue_sizes, _check_id_type, _format_ids, _id_column
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "popularity_top_k",
     "retrieval_feature_columns",
     "retrieval_samples",
+    "sample_feature_columns",
     "sdm_feature_columns",
     "true_next_item_probabilities",
 ]
@@ -506,6 +508,63 @@ def sdm_feature_columns(data, short_sess_length, prefer_sess_length, embedding_d
             user.append(VarLenSparseFeat(_id_column(ids, name, embedding_dim, data.id_type, prefix + name),
                                          maxlen, "mean", length))
     return user, [_id_column(ids, "item_id", embedding_dim, data.id_type)]
+
+
+def _integer_ids(values):
+    return values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
+
+
+def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=(), embedding_dim=32,
+                           profile_embedding_dim=None, min_count=1, user_col="user_id", item_col="item_id",
+                           category_col="cate_id"):
+    """(user_feature_columns, item_feature_columns) for the training samples of your own log.
+
+    The columns `retrieval_feature_columns` (YoutubeDNN / MIND) or, with `short_sess_length`,
+    `sdm_feature_columns` (SDM) give planted data, for frames `retrieval_samples(log, ...)` made
+    with the same names and lengths: SparseFeat `user_col` and each of `user_cols`; the
+    histories of `item_col` (sharing the item table) and of `category_col` (its own table
+    `category_col`) with combiner "mean"; item side [SparseFeat `item_col`]. Every table's
+    vocabulary holds the ids of `train` seen at least `min_count` times (targets and histories
+    counted together, so items seen only in histories have rows too), most frequent first; an id
+    outside it (a new user or item at serving) is looked up as the out-of-vocabulary row. A table
+    of ints >= 1 stays int64, any other is a string table (`infer_feature_columns`' rule).
+
+    Raises:
+      KeyError: `train` lacks a column the names and `short_sess_length` call for.
+      ColumnInferenceError: a table with no id seen `min_count` times.
+    """
+    user_cols = list(user_cols)
+    features = [item_col] + ([category_col] if category_col is not None else [])
+    if short_sess_length is None:
+        sequences = [(history_name(f), f, seq_maxlen, HIST_LENGTH) for f in features]
+    else:
+        sequences = [(prefix + f, f, maxlen, length) for f in features
+                     for prefix, maxlen, length in ((SHORT_PREFIX, short_sess_length, SHORT_LENGTH),
+                                                    (PREFER_PREFIX, seq_maxlen, PREFER_LENGTH))]
+    _require_columns(train, [user_col, *user_cols, *features, *(name for name, *_ in sequences)],
+                     "sample_feature_columns (names as retrieval_samples made them)")
+    profile_dim = embedding_dim if profile_embedding_dim is None else profile_embedding_dim
+
+    def table(name, dim):
+        cells = [train[name].to_numpy()] + [_flat(train[s]) for s, feature, *_ in sequences if feature == name]
+        values = np.concatenate(cells) if all(c.dtype != object for c in cells) else \
+            np.concatenate([c.astype(object) for c in cells])
+        return table_column(name, values.tolist(), _integer_ids(values), dim, min_count)
+
+    user = [table(name, profile_dim) for name in [user_col, *user_cols]]
+    tables = {f: table(f, embedding_dim) for f in features}
+    for name, feature, maxlen, length in sequences:
+        column = tables[feature]._replace(name=name)
+        if feature != item_col and short_sess_length is None:  # the one column of its table: named after it
+            column = column._replace(embedding_name=name)
+        user.append(VarLenSparseFeat(column, maxlen, "mean", length))
+    return user, [tables[item_col]]
+
+
+def _flat(cells):
+    """The items of a sequence column's cells, as one array."""
+    arrays = [np.asarray(c) for c in cells]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
 
 
 def _sample_events(data, samples):

@@ -1,0 +1,188 @@
+"""Retrieval from your own interaction log through the `tfrec` command.
+
+`examples/retrieval_mind.yaml` (the CSV log the repository ships) -> `tfrec train` -> `tfrec
+evaluate` (recall@50 against popularity and the planted truth behind the example data) ->
+`tfrec export` -> `tfrec serve` -> gRPC Predict, whose top k must be the trained towers' exact top
+k; YoutubeDNN and SDM from the same config with model.name changed; a `data.items` catalogue;
+the config's mistakes as one-line errors. The commands run in this process (`tfrec.cli.main`,
+one TensorFlow process), the server in its own.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tfrec.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "retrieval_mind.yaml"
+
+
+def run_config(tmp_path, name="run.yaml", **changes):
+    """The example config with `changes` ({section: {key: value}} merged; None drops a key),
+    written beside a copy of its data so relative paths hold."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    for section, values in changes.items():
+        if values is None:
+            config.pop(section, None)
+        elif isinstance(values, dict):
+            config[section] = {**config.get(section, {}), **values}
+            config[section] = {k: v for k, v in config[section].items() if v is not None}
+        else:
+            config[section] = values
+    if not (tmp_path / "data").exists():
+        shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def tfrec(*argv, capsys=None):
+    """`tfrec ARGV` in this process: (exit code, stdout, stderr)."""
+    if capsys is not None:
+        capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def mind_run(tmp_path_factory):
+    """The example config trained, evaluated and exported (version 1)."""
+    root = tmp_path_factory.mktemp("retrieval_run")
+    config = run_config(root, output="run", export={"base": "export/mind"})
+    for command in ("train", "evaluate", "export"):
+        assert main([command, "--config", str(config)]) == 0, command
+    from tfrec.config import load_config
+
+    return load_config(str(config))
+
+
+def planted_example_recalls(config, k):
+    """The planted-truth recall@k (oracle, popularity, ...) on the example's test users: the
+    example data regenerated as `examples/make_example_data.py` writes it."""
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from make_example_data import events_data
+    finally:
+        sys.path.pop(0)
+    from tfrec import retrieval_run
+    from tfrec.data import planted_recalls
+
+    train, test = retrieval_run.samples(config)
+    return planted_recalls(events_data(), train, test, k=k)
+
+
+def test_mind_from_a_config_retrieves_clearly_better_than_popularity(mind_run):
+    report = json.loads(Path(mind_run.output_file("metrics.json")).read_text())
+    planted = planted_example_recalls(mind_run, 50)
+    print(f"MIND from examples/retrieval_mind.yaml: recall@50 {report['model']['recall']:.3f}, popularity "
+          f"{report['popularity']['recall']:.3f}, planted oracle {planted['oracle']:.3f} ({report['rows']} users)")
+    assert report["rows"] == 500 and report["candidates"] == 299 and report["k"] == 50
+    assert report["popularity"]["recall"] == pytest.approx(planted["popularity"])  # the same baseline
+    assert report["model"]["recall"] > report["popularity"]["recall"] + 0.08
+    assert report["model"]["recall"] < planted["oracle"] + 0.05  # nothing leaks the held-out event
+    assert report["model"]["ndcg"] > report["popularity"]["ndcg"]
+    assert report["model"]["hit_rate"] == report["model"]["recall"]  # one held-out item per user
+
+
+def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run):
+    from serving import Client
+    from serving.local import LocalServer
+    from tfrec import retrieval_run
+    from tfrec.config import trained
+    from tfrec.data import df_to_inputs
+    from tfrec.evaluation import rank_candidates
+
+    base = Path(mind_run.export.base)
+    assert sorted(p.name for p in base.parent.iterdir()) == ["mind", "mind_brute_force", "mind_item_embeddings",
+                                                              "mind_user_tower"]
+    model, columns = trained(mind_run)
+    train, test = retrieval_run.samples(mind_run)
+    items = retrieval_run.catalogue(mind_run, train)
+    user_columns = [c for c in columns if c.name != "item_id"]
+    users = df_to_inputs(test.head(8), user_columns)
+    item_column = next(c for c in columns if c.name == "item_id")
+    expected = items["item_id"].to_numpy()[rank_candidates(model, users, df_to_inputs(items, [item_column]), 50)]
+    with LocalServer(model_base_path=str(base), model_name="mind", rest=False) as server, \
+            Client(server.grpc_target, timeout=60) as client:
+        outputs = client.predict("mind", users)
+    served = np.vectorize(lambda b: b.decode())(outputs["item_ids"])
+    assert served.shape == (8, 50)
+    assert set(served.ravel()) <= set(items["item_id"])
+    np.testing.assert_array_equal(served[:, :10], expected[:, :10])  # exact search on both sides
+    assert all(len(set(row)) == 50 for row in served)  # MIND's two interests merged, each item once
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "YoutubeDNN", "args": {"user_dnn_hidden_units": [32, 16], "temperature": 0.1}},
+    {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2}},
+], ids=["YoutubeDNN", "SDM"])
+def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
+    config = run_config(tmp_path, model=model, output="run")
+    assert tfrec("train", "--config", config, capsys=capsys)[0] == 0
+    code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
+    assert code == 0
+    print(out)
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert f"recall@50 {report['model']['recall']:.4f}" in out
+    assert report["model"]["recall"] > report["popularity"]["recall"] + 0.05
+    columns = json.loads((tmp_path / "run" / "columns.json").read_text())
+    names = [c["name"] for c in columns]
+    if model["name"] == "SDM":  # the short-term session (default 5 events) and the long-term preference
+        assert {"short_item_id", "prefer_item_id", "short_cate_id", "prefer_cate_id"} <= set(names)
+        assert next(c for c in columns if c["name"] == "short_item_id")["maxlen"] == 5
+    else:
+        assert {"hist_item_id", "hist_cate_id"} <= set(names)
+    assert {"gender", "age", "user_id", "item_id"} <= set(names)
+
+
+def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_run, tmp_path, capsys, caplog):
+    log = pd.read_csv(REPO / "examples" / "data" / "events.csv")
+    catalogue = pd.DataFrame({"item_id": sorted(set(log["item_id"])) + ["i-new"], "title": "x"})
+    (tmp_path / "items.csv").write_text(catalogue.to_csv(index=False))
+    config = run_config(tmp_path, data={"items": "items.csv"}, output=mind_run.output,
+                        export={"base": str(tmp_path / "export" / "mind")})
+    code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
+    assert code == 0 and f"ranked among {len(catalogue)} items" in out
+    code, out, _ = tfrec("export", "--config", config, "--k", 20, capsys=capsys)
+    assert code == 0
+    assert "1 of 300 candidates are not in the item table's vocabulary (e.g. ['i-new'])" in caplog.text
+    manifest = (Path(out.strip().splitlines()[-1]).parent.parent / "mind_item_embeddings" / "1" / "item_ids.txt")
+    assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"labels": "click"}, "labels: does not apply to MIND: a retrieval model learns from the events"),
+    ({"data": {"test": "data/events.csv"}}, "data.test: does not apply to MIND"),
+    ({"retrieval": {"short_sess_length": 3}}, "retrieval.short_sess_length: is SDM's short-term session"),
+    ({"retrieval": {"sampler": "popular"}}, "retrieval.sampler: must be one of inbatch, uniform, frequency"),
+    ({"retrieval": {"sampler": "uniform"}}, "retrieval.num_sampled: must be an integer >= 1, got 0"),
+    ({"retrieval": {"time": "user_id"}}, "retrieval: user, item, category, time and profile name one column each"),
+    ({"columns": {"sequences": {"hist_item_id": 5}}}, "columns: MIND's columns come from retrieval:"),
+    ({"model": {"name": "DIN", "args": None}, "labels": "click"}, "retrieval: is for the retrieval models"),
+    ({"retrieval": {"item": "movie_id"}}, "retrieval.item: 'movie_id' is not a column of the log"),
+    ({"retrieval": {"profile": ["gender", "income"]}}, "retrieval.profile: ['income'] are not columns of the log"),
+    ({"retrieval": {"min_history": 20}}, "no user has more than 21 events"),
+    ({"model": {"args": {"user_dnn_hidden_units": [32, 8]}}}, "model:"),
+    ({"model": {"args": {"k_max": 2, "heads": 3}}}, "model.args:"),
+])
+def test_config_mistakes_are_one_line_errors_naming_the_key(changes, message, tmp_path, capsys):
+    config = run_config(tmp_path, output="run", **changes)
+    code, _, err = tfrec("train", "--config", config, capsys=capsys)
+    assert code == 1
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp_path, capsys):
+    config = run_config(tmp_path, retrieval={"k": 400}, output=mind_run.output)
+    code, _, err = tfrec("evaluate", "--config", config, capsys=capsys)
+    assert code == 1 and "retrieval.k: 400 is more than the 299 items of the catalogue" in err
+    code, _, err = tfrec("export", "--config", config, "--candidates", "items.csv", capsys=capsys)
+    assert code == 1 and "--candidates is for --model; with --config the catalogue is data.items" in err

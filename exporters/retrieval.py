@@ -92,7 +92,7 @@ _SCANN_OPTIONS = {
 
 
 def export_retrieval(model, export_base, candidates, k=100, index="scann", version=None,
-                     warmup_inputs=None, **scann_options):
+                     warmup_inputs=None, exclude=(), **scann_options):
     """Writes the retrieval SavedModel, its brute-force twin, the user tower and item vectors.
 
     Args:
@@ -108,6 +108,11 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
         is new in each of them.
       warmup_inputs: user rows for the warm-up requests (a DataFrame or dict of user
         features), as in `export_saved_model`; None synthesises one row.
+      exclude: user features holding item ids (a history such as "hist_item_id", or a list of
+        them, e.g. SDM's short_ and prefer_ sessions): the items a request sends in them are
+        left out of its results (TFRS' `exclusions`), so a user is not shown what they have
+        already seen. Each request searches the index for k plus as many items as it sends
+        there, and answers the best k of the others; () answers the plain top k.
       **scann_options: ScaNN settings overriding the defaults: num_leaves (about sqrt(n)),
         num_leaves_to_search, training_iterations, training_sample_size,
         dimensions_per_block (2), anisotropic_quantization_threshold (0.2), hash_type,
@@ -129,7 +134,8 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
       TypeError: `model` has no user and item towers.
       ValueError: unknown index or option; empty candidates; the id column is missing,
         null, duplicated or of the wrong type; k is not in [1, number of candidates];
-        the towers' vector sizes differ; bad warm-up inputs.
+        the towers' vector sizes differ; bad warm-up inputs; an `exclude` feature that is not
+        a user sequence of item ids.
       FileExistsError: the version already exists in one of the four directories.
       ImportError: index="scann" (with a catalogue of at least min_candidates) without scann.
     """
@@ -150,6 +156,7 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
         raise ValueError(
             f"k must be an integer in [1, number of candidates = {num_candidates}], got {k!r}")
     k = int(k)
+    exclude = _excluded_features(user_tower, item_input, exclude)
     interests = _user_output_kind(user_tower)
     built = index
     min_candidates = scann_options.get("min_candidates", DEFAULT_MIN_SCANN_CANDIDATES)
@@ -188,12 +195,13 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
 
     id_dtype = tf.string if item_input.dtype == tf.string else tf.int64
     exact_root = _RetrievalModule(user_tower, interests, _BruteForceIndex(vectors), ids,
-                                  id_dtype, k)
+                                  id_dtype, k, exclude)
     if built == "scann":
         logger.info("export_retrieval: building a ScaNN index over %d candidates: %s",
                     num_candidates, scann_config)
         primary_root = _RetrievalModule(user_tower, interests,
-                                        _ScannIndex(vectors, k, scann_config), ids, id_dtype, k)
+                                        _ScannIndex(vectors, k, scann_config), ids, id_dtype, k,
+                                        exclude)
         options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
     else:
         primary_root, options = exact_root, None
@@ -226,6 +234,24 @@ def item_id_feature(model):
     a TypeError for a model without user and item towers."""
     item_input = _towers(model)[2]
     return _input_name(item_input), item_input.dtype
+
+
+def _excluded_features(user_tower, item_input, exclude):
+    """`exclude` as a tuple of user tower Input names, each a sequence of ids of the item's
+    dtype (a history of items), or a ValueError naming what is wrong."""
+    names = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
+    inputs = dict(zip(user_tower.input_names, user_tower.inputs))
+    for name in names:
+        if name not in inputs:
+            raise ValueError(f"exclude: {name!r} is not a feature of the user tower; its features are "
+                             f"{list(inputs)}")
+        tensor = inputs[name]
+        same_kind = (tensor.dtype == tf.string) == (item_input.dtype == tf.string)
+        if tensor.shape.rank != 2 or tensor.shape[1] == 1 or not same_kind:
+            raise ValueError(f"exclude: {name!r} must be a sequence of item ids (like hist_item_id), but it is "
+                             f"{tensor.dtype.name} of shape {tensor.shape}, and the item id is "
+                             f"{item_input.dtype.name}")
+    return names
 
 
 def _towers(model):
@@ -470,6 +496,7 @@ class _ScannIndex(tf.Module):
         super().__init__(name="scann_index")
         scann_ops = _scann_ops()
         self._parallel = config["parallel"]
+        self._shortlist = config["num_reordering_candidates"]
         builder = scann_ops.builder(tf.constant(vectors), k, "dot_product")
         if config["num_leaves"] > 1:
             builder = builder.tree(
@@ -497,10 +524,12 @@ class _ScannIndex(tf.Module):
         """
         handle = self.state.recreate_handle()  # created once per loaded graph, then reused
         count = tf.shape(queries)[0]
+        # The exact rescoring's shortlist, widened when a search asks for more (exclusions).
+        shortlist = tf.maximum(self._shortlist, k)
 
         def searched(batch):
             indices, scores = _scann_ops().scann_search_batched(
-                handle, batch, k, -1, -1, self._parallel)
+                handle, batch, k, shortlist, -1, self._parallel)
             # A search only reads the searcher: without this mark, tf.function's automatic
             # control dependencies would chain the slices' searches on the shared handle.
             indices.op._set_attr(acd_utils.READ_ONLY_RESOURCE_INPUTS_ATTR,
@@ -521,7 +550,8 @@ class _ScannIndex(tf.Module):
 
         branch = tf.where(count == 0, 0, tf.where(count < 2 * SCANN_SEARCH_SLICES, 1, 2))
         indices, scores = tf.switch_case(branch, [empty, lambda: searched(queries), in_slices])
-        return tf.ensure_shape(indices, [None, k]), tf.ensure_shape(scores, [None, k])
+        width = k if isinstance(k, int) else None  # a tensor k: searching beyond exclusions
+        return tf.ensure_shape(indices, [None, width]), tf.ensure_shape(scores, [None, width])
 
 
 def _scann_ops():
@@ -537,7 +567,7 @@ def _scann_ops():
 class _RetrievalModule(tf.Module):
     """user tower -> index search (per interest, merged) -> raw item ids: the SavedModel root."""
 
-    def __init__(self, user_tower, interests, index, ids, id_dtype, k):
+    def __init__(self, user_tower, interests, index, ids, id_dtype, k, exclude):
         super().__init__(name="retrieval")
         self.user_tower = user_tower
         self.index = index
@@ -547,6 +577,8 @@ class _RetrievalModule(tf.Module):
         self._interests = interests
         self._padding_id = "" if id_dtype == tf.string else 0
         self._k = k
+        self._num_items = len(ids)
+        self._exclude = exclude
 
     def serving_function(self):
         """The `serving_default` concrete function over the user tower's raw features."""
@@ -555,16 +587,32 @@ class _RetrievalModule(tf.Module):
         @tf.function
         def serve(**features):
             user = tower(model_inputs(tower, features), training=False)
-            indices, scores = self._search(user)
+            if self._exclude:
+                seen = tf.concat([tf.cast(features[name], self.item_ids.dtype) for name in self._exclude], axis=1)
+                # k remain when every item the request sends is among the results.
+                searched = tf.minimum(self._num_items, self._k + tf.shape(seen)[1])
+                indices, scores = self._without_seen(*self._search(user, searched), seen)
+            else:
+                indices, scores = self._search(user, self._k)
             ids = tf.gather(self.item_ids, tf.maximum(indices, 0))
             ids = tf.where(indices >= 0, ids, tf.constant(self._padding_id, self.item_ids.dtype))
             return {"item_ids": ids, "scores": scores}
 
         return serve.get_concrete_function(**signature_input_specs(tower))
 
-    def _search(self, user):
-        """(indices (batch, k) with -1 for no item, scores (batch, k) with -inf there)."""
-        k = self._k
+    def _without_seen(self, indices, scores, seen):
+        """The best k of the results whose items are not in `seen` (batch, m), the ids a request
+        sends in its `exclude` features."""
+        found = tf.gather(self.item_ids, tf.maximum(indices, 0))
+        is_seen = tf.reduce_any(tf.equal(found[:, :, tf.newaxis], seen[:, tf.newaxis, :]), axis=-1)
+        scores = tf.where(is_seen, tf.constant(-np.inf, scores.dtype), scores)
+        scores, best = tf.math.top_k(scores, k=self._k)
+        indices = tf.gather(indices, best, batch_dims=1)
+        return tf.where(tf.math.is_finite(scores), indices, -1), scores
+
+    def _search(self, user, k):
+        """(indices (batch, k) with -1 for no item, scores (batch, k) with -inf there); k may be a
+        scalar tensor."""
         if not self._interests:
             return _valid_results(*self.index.search(tf.cast(user, tf.float32), k))
         interests, mask = user

@@ -253,6 +253,9 @@ def cmd_export(args):
             model, columns = run.trained(config)
         if config.retrieval:
             return _export_retrieval_run(model, columns, config, args)
+        if args.candidates or args.exclude or args.k:
+            raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {config.path} trains "
+                           f"{config.model.name}", "leave them out to export a ranking model")
         test_df = run.prepare(run.load_frames(config)[1], columns)
         with step(f"exporting to {config.export.base}"):
             path = export_saved_model(model, config.export.base, version=args.version or config.export.version,
@@ -269,9 +272,9 @@ def cmd_export(args):
         model = load_model(args.model)
     if hasattr(model, "user_tower"):
         return _export_retrieval(model, args)
-    if args.candidates:
-        raise CliError(f"--candidates is for a retrieval model; {args.model} holds {type(model).__name__}",
-                       "leave --candidates out to export a ranking model")
+    if args.candidates or args.exclude or args.k:
+        raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {args.model} holds "
+                       f"{type(model).__name__}", "leave them out to export a ranking model")
     with step(f"exporting to {args.export_base}"):
         path = export_saved_model(model, args.export_base, version=args.version, extra_outputs=args.extra_output)
     print(path)
@@ -295,8 +298,10 @@ def _export_retrieval_run(model, columns, config, args):
     k = args.k or config.retrieval.k
     with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
         user_columns = [column for column in columns if column.name != config.retrieval.item]
+        exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
+            else args.exclude
         result = export_retrieval(model, config.export.base, items, k=k, version=args.version or config.export.version,
-                                  warmup_inputs=df_to_inputs(test_df.head(5), user_columns))
+                                  warmup_inputs=df_to_inputs(test_df.head(5), user_columns), exclude=exclude)
     print(result.path)
     return 0
 
@@ -316,7 +321,8 @@ def _export_retrieval(model, args):
     candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
                            text_columns=[name] if dtype.name == "string" else [])
     with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
-        result = export_retrieval(model, args.export_base, candidates, k=args.k or 100, version=args.version)
+        result = export_retrieval(model, args.export_base, candidates, k=args.k or 100, version=args.version,
+                                  exclude=args.exclude)
     print(result.path)
     return 0
 
@@ -480,6 +486,10 @@ def build_parser():
                         help="a retrieval model's catalogue: CSV/Parquet with its item id column, one row per item")
     export.add_argument("--k", type=int, help="a retrieval model's top k per user (default: the config's "
                                               "retrieval.k; 100 with --model)")
+    export.add_argument("--exclude", action="append", default=[], metavar="FEATURE",
+                        help="a retrieval model's user feature holding item ids (e.g. hist_item_id): the items a "
+                             "request sends there are left out of its top k (repeatable; a config's "
+                             "retrieval.exclude_seen does this for its histories)")
 
     commands.add_parser("serve", add_help=False,
                         help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")

@@ -171,6 +171,9 @@ class RetrievalConfig:
       num_sampled: negatives drawn per batch besides the batch's items ("uniform",
         "frequency"; >= 1 for them).
       k: the top k that evaluation scores (recall, hit rate, NDCG) and the export serves.
+      exclude_seen: leave the items of a user's history (the request's, when served) out of
+        their top k, in evaluation and in the export; for catalogues where users do not come
+        back to an item.
     """
     user: str = "user_id"
     item: str = "item_id"
@@ -183,6 +186,7 @@ class RetrievalConfig:
     sampler: str = "inbatch"
     num_sampled: int = 0
     k: int = 50
+    exclude_seen: bool = False
 
 
 @dataclass
@@ -485,6 +489,8 @@ def _parse_retrieval(path, raw, model_name, data):
     _int(path, "retrieval.seq_maxlen", settings.seq_maxlen, 1)
     _int(path, "retrieval.min_history", settings.min_history, 1)
     _int(path, "retrieval.k", settings.k, 1)
+    if not isinstance(settings.exclude_seen, bool):
+        _fail(path, "retrieval.exclude_seen", f"must be true or false, got {settings.exclude_seen!r}")
     if model_name == "SDM":
         if settings.short_sess_length is None:
             settings.short_sess_length = 5

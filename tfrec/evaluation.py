@@ -53,7 +53,7 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
 
 
 
-def rank_candidates(model, user_inputs, candidate_inputs, k, batch_size=4096, block_rows=1024):
+def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batch_size=4096, block_rows=1024):
     """(rows, k) positions of the candidates a two-tower model ranks first for each user, best first.
 
     Exact search over the towers, as the export's brute-force index answers: an item's score is
@@ -65,6 +65,9 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, batch_size=4096, bl
       user_inputs: {feature: array} holding the user tower's inputs (`df_to_inputs`).
       candidate_inputs: {item feature: (items,) ids}, as `df_to_inputs(items, [item_column])`.
       k: items per row (at most the number of candidates).
+      excluded: None, or per row an array of candidate positions left out of its ranking (the
+        items a user has seen, as `export_retrieval(..., exclude=...)` leaves them out); a row
+        left with fewer than k candidates is an error.
       block_rows: rows scored at once, so memory stays at block_rows x items scores.
     """
     user_tower, item_tower = model.user_tower, model.item_tower
@@ -79,5 +82,12 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, batch_size=4096, bl
         scores = np.einsum("bkd,nd->bkn", interests[block], items)
         if active is not None:
             scores = np.where(active[block, :, None] > 0, scores, -np.inf)
-        top[block] = metrics.top_k_indices(scores.max(axis=1), k)
+        scores = scores.max(axis=1)
+        if excluded is not None:
+            positions = excluded[block]
+            scores[np.repeat(np.arange(len(positions)), [len(p) for p in positions]),
+                   np.concatenate([np.asarray(p, dtype=np.int64) for p in positions] or [np.zeros(0, np.int64)])] = -np.inf
+            if (np.isneginf(scores).sum(axis=1) > scores.shape[1] - k).any():
+                raise ValueError(f"a row has fewer than k={k} candidates left after its exclusions")
+        top[block] = metrics.top_k_indices(scores, k)
     return top

@@ -92,6 +92,22 @@ def columns(config, train):
         raise ConfigError(f"{config.path}: columns.{error.key}: {error.problem}") from None
 
 
+def history_features(columns, item):
+    """The names of the sequences of item ids among `columns` (hist_<item>, or SDM's short_ and
+    prefer_ sessions): what `retrieval.exclude_seen` leaves out of a user's results."""
+    from feature_columns import VarLenSparseFeat
+
+    table = next(column.embedding_name for column in columns if column.name == item)
+    return [column.name for column in columns if isinstance(column, VarLenSparseFeat) and column.embedding_name == table]
+
+
+def _seen_positions(test, histories, ids):
+    """Per test row, the catalogue positions of the items in its `histories` cells."""
+    position = {value: i for i, value in enumerate(ids.tolist())}
+    return [np.array(sorted({position[v] for name in histories for v in np.asarray(row[name]).tolist() if v in position}),
+                     dtype=np.int64) for _, row in test[histories].iterrows()]
+
+
 def build_model(config, user_columns, item_columns, train):
     """The config's model, its sampled softmax's negatives from `retrieval.sampler` with the
     training targets' counts (the logQ correction), and the user vector sized to the items'."""
@@ -168,9 +184,10 @@ def evaluate(config, out=None):
         raise ConfigError(f"{config.path}: retrieval.k: {k} is more than the {len(items)} items of the catalogue")
     truth = test_df[settings.item].to_numpy()
     ids = items[settings.item].to_numpy()
+    excluded = _seen_positions(test_df, history_features(every, settings.item), ids) if settings.exclude_seen else None
     with run.step(f"ranking {len(items)} items for {len(test_df)} test users", out):
         users = df_to_inputs(test_df, [column for column in every if column is not item_column])
-        ranked = ids[rank_candidates(model, users, df_to_inputs(items, [item_column]), k)]
+        ranked = ids[rank_candidates(model, users, df_to_inputs(items, [item_column]), k, excluded)]
     known = train_df[train_df[settings.item].isin(set(ids.tolist()))]
     popular = np.broadcast_to(popularity_top_k(known, min(k, known[settings.item].nunique()), settings.item),
                               (len(test_df), min(k, known[settings.item].nunique())))

@@ -167,6 +167,38 @@ def test_brute_force_export_is_numpy_exact_top_k(exported, exact, candidates):
     assert np.mean(ids == exact_ids) > 0.99  # the rest: float ties/rounding order only
 
 
+def test_exclude_leaves_the_items_a_request_sends_out_of_its_top_k(youtubednn, candidates, exact, tmp_path):
+    """exclude="hist_item_id": the best k items outside each request's own history, from the
+    ScaNN export and its brute-force twin alike (TFRS' `exclusions`)."""
+    rows, plain_ids, _, scores = exact
+    # Histories made of each user's own best items, so the plain top k holds them all.
+    rows = dict(rows, hist_item_id=plain_ids[:, :HIST_LEN].astype(object))
+    users = youtubednn.user_tower.predict(keras_user_feed(rows), verbose=0)
+    items = youtubednn.item_tower.predict({"item_id": candidates["item_id"].to_numpy(dtype=object)[:, None]},
+                                          verbose=0)
+    scores = users @ items.T
+    plain = candidates["item_id"].to_numpy()[np.argsort(-scores, axis=1, kind="stable")[:, :K]]
+    seen = np.array([np.isin(candidates["item_id"].to_numpy(), history) for history in rows["hist_item_id"]])
+    assert np.mean([len(set(top) & set(history)) for top, history in zip(plain, rows["hist_item_id"])]) > 3
+    masked = np.where(seen, -np.inf, scores)
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :K]
+    expected_ids, expected_scores = candidates["item_id"].to_numpy()[top], np.take_along_axis(masked, top, axis=1)
+
+    result = exporters.export_retrieval(youtubednn, tmp_path / "seen", candidates, k=K, exclude="hist_item_id",
+                                        min_candidates=1000)
+    assert result.index == "scann"
+    for path in (result.path, result.brute_force_path):
+        outputs = tf.saved_model.load(path).signatures["serving_default"](**constants(rows))
+        ids, returned = decoded(outputs["item_ids"].numpy()), outputs["scores"].numpy()
+        assert ids.shape == (200, K)
+        assert not any(set(row) & set(history) for row, history in zip(ids, rows["hist_item_id"]))
+        if path == result.brute_force_path:
+            np.testing.assert_allclose(returned, expected_scores, atol=1e-5)
+            assert np.mean(ids == expected_ids) > 0.99
+        else:
+            assert np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, expected_ids)]) >= 0.9
+
+
 def test_user_tower_export_returns_the_user_vectors(exported, exact, youtubednn):
     rows = exact[0]
     loaded = tf.saved_model.load(exported.user_tower_path)
@@ -345,6 +377,12 @@ def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_pa
     with pytest.raises(ValueError, match=r"no column 'item_id' .*\(it is the frame's index: call "
                                          r"candidates.reset_index\(\) first\)"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates.set_index("item_id"))
+    with pytest.raises(ValueError, match=r"exclude: 'hist_cate_id' is not a feature of the user tower; its "
+                                         r"features are \['gender', 'hist_item_id', 'user_id'\]"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, exclude="hist_cate_id")
+    with pytest.raises(ValueError, match="exclude: 'user_id' must be a sequence of item ids .* int64 of shape "
+                                         r"\(None, 1\), and the item id is string"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, exclude=["hist_item_id", "user_id"])
     ranker = tf.keras.Model(youtubednn.inputs, youtubednn.outputs)
     with pytest.raises(TypeError, match="needs a two-tower model"):
         exporters.export_retrieval(ranker, tmp_path / "r", candidates)
@@ -460,6 +498,18 @@ def test_mind_searches_each_active_interest_with_scann_and_brute_force(tmp_path)
             top = np.argsort(-all_scores, axis=1)[:, :k] + 1
             assert np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, top)]) >= 0.9
 
+    # Excluding the history: the merged interests' best k among the items each user has not seen.
+    seen = np.zeros_like(all_scores, dtype=bool)  # column j is item j + 1; 0 pads a history
+    for row, history in enumerate(rows["hist_item_id"]):
+        seen[row, history[history > 0] - 1] = True
+    expected = -np.sort(-np.where(seen, -np.inf, all_scores), axis=1)[:, :k]
+    result = exporters.export_retrieval(model, tmp_path / "mind_unseen", pd.DataFrame({"item_id": item_ids}), k=k,
+                                        index="brute_force", exclude="hist_item_id")
+    outputs = tf.saved_model.load(result.path).signatures["serving_default"](**constants(rows))
+    ids, scores = outputs["item_ids"].numpy(), outputs["scores"].numpy()
+    assert not any(set(row) & set(history) for row, history in zip(ids, rows["hist_item_id"]))
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
 
 def test_merge_keeps_each_items_best_score_over_valid_interests():
     # Row 0: item 5 found by both interests (best 0.9), interest 2 masked (its 0.99 ignored),
@@ -506,9 +556,19 @@ def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, t
                  "--candidates", str(catalogue), "--k", "7"]) == 0
     assert capsys.readouterr().out.strip().endswith(os.path.join("yt", "1"))
     loaded = tf.saved_model.load(str(base) + "_brute_force/1")
-    outputs = loaded.signatures["serving_default"](**constants(user_rows(2, 5)))
+    rows = user_rows(2, 5)
+    outputs = loaded.signatures["serving_default"](**constants(rows))
     assert outputs["item_ids"].shape == (2, 7)
-    assert set(decoded(outputs["item_ids"].numpy()).ravel()) <= set(ITEMS[:300])
+    plain = decoded(outputs["item_ids"].numpy())
+    assert set(plain.ravel()) <= set(ITEMS[:300])
+
+    # --exclude: each row's own top 3, sent as its history, are left out of version 2's answer.
+    rows["hist_item_id"] = plain[:, :3].astype(object)
+    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base),
+                 "--candidates", str(catalogue), "--k", "7", "--exclude", "hist_item_id"]) == 0
+    unseen = decoded(tf.saved_model.load(str(base) + "_brute_force/2").signatures["serving_default"](
+        **constants(rows))["item_ids"].numpy())
+    assert not any(set(row) & set(history) for row, history in zip(unseen, rows["hist_item_id"]))
 
     assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base)]) == 1
     error = capsys.readouterr().err

@@ -42,6 +42,11 @@ def run_config(tmp_path, name="run.yaml", **changes):
     return path
 
 
+def trained_copy(run, tmp_path):
+    """A copy of `run`'s folder (model, columns, metrics) that a test may evaluate into."""
+    return str(shutil.copytree(run.output, tmp_path / "trained"))
+
+
 def tfrec(*argv, capsys=None):
     """`tfrec ARGV` in this process: (exit code, stdout, stderr)."""
     if capsys is not None:
@@ -146,7 +151,7 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     log = pd.read_csv(REPO / "examples" / "data" / "events.csv")
     catalogue = pd.DataFrame({"item_id": sorted(set(log["item_id"])) + ["i-new"], "title": "x"})
     (tmp_path / "items.csv").write_text(catalogue.to_csv(index=False))
-    config = run_config(tmp_path, data={"items": "items.csv"}, output=mind_run.output,
+    config = run_config(tmp_path, data={"items": "items.csv"}, output=trained_copy(mind_run, tmp_path),
                         export={"base": str(tmp_path / "export" / "mind")})
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     assert code == 0 and f"ranked among {len(catalogue)} items" in out
@@ -155,6 +160,44 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     assert "1 of 300 candidates are not in the item table's vocabulary (e.g. ['i-new'])" in caplog.text
     manifest = (Path(out.strip().splitlines()[-1]).parent.parent / "mind_item_embeddings" / "1" / "item_ids.txt")
     assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
+
+
+def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_answers(mind_run, tmp_path, capsys):
+    from tfrec import retrieval_run
+    from tfrec.config import load_config, trained
+    from tfrec.data import df_to_inputs
+    from tfrec.evaluation import rank_candidates
+
+    path = run_config(tmp_path, retrieval={"exclude_seen": True}, output=trained_copy(mind_run, tmp_path),
+                      export={"base": str(tmp_path / "export" / "mind")})
+    code, out, _ = tfrec("evaluate", "--config", path, capsys=capsys)
+    assert code == 0
+    config = load_config(str(path))
+    unseen = json.loads(Path(config.output_file("metrics.json")).read_text())
+    assert tfrec("export", "--config", path, capsys=capsys)[0] == 0
+
+    import tensorflow as tf
+
+    model, columns = trained(config)
+    train, test = retrieval_run.samples(config)
+    items = retrieval_run.catalogue(config, train)
+    users = df_to_inputs(test.head(20), [c for c in columns if c.name != "item_id"])
+    served = tf.saved_model.load(str(tmp_path / "export" / "mind_brute_force" / "1")).signatures["serving_default"](
+        **{name: tf.constant(values.astype(np.int64) if values.dtype.kind in "iu" else values)  # as served: int64
+           for name, values in users.items()})
+    served = np.vectorize(lambda b: b.decode())(served["item_ids"].numpy())
+    histories = [set(history) for history in test.head(20)["hist_item_id"]]
+    assert not any(set(row) & seen for row, seen in zip(served, histories))
+    assert sum(len(seen & set(items["item_id"])) for seen in histories) > 20  # there was something to leave out
+    positions = {item: i for i, item in enumerate(items["item_id"])}
+    excluded = [np.array(sorted(positions[i] for i in seen if i in positions)) for seen in histories]
+    expected = items["item_id"].to_numpy()[rank_candidates(model, users, df_to_inputs(
+        items, [c for c in columns if c.name == "item_id"]), 50, excluded)]
+    np.testing.assert_array_equal(served[:, :10], expected[:, :10])  # evaluation ranks as the export serves
+    plain = json.loads(Path(mind_run.output_file("metrics.json")).read_text())
+    print(f"recall@50 with exclude_seen {unseen['model']['recall']:.3f}, without {plain['model']['recall']:.3f}")
+    # Planted users come back to items, so leaving out what they have seen costs recall here.
+    assert unseen["model"]["recall"] < plain["model"]["recall"]
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -181,7 +224,7 @@ def test_config_mistakes_are_one_line_errors_naming_the_key(changes, message, tm
 
 
 def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp_path, capsys):
-    config = run_config(tmp_path, retrieval={"k": 400}, output=mind_run.output)
+    config = run_config(tmp_path, retrieval={"k": 400}, output=trained_copy(mind_run, tmp_path))
     code, _, err = tfrec("evaluate", "--config", config, capsys=capsys)
     assert code == 1 and "retrieval.k: 400 is more than the 299 items of the catalogue" in err
     code, _, err = tfrec("export", "--config", config, "--candidates", "items.csv", capsys=capsys)

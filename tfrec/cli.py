@@ -256,7 +256,7 @@ def cmd_export(args):
         if args.candidates or args.exclude or args.k:
             raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {config.path} trains "
                            f"{config.model.name}", "leave them out to export a ranking model")
-        test_df = run.prepare(run.load_frames(config)[1], columns)
+        test_df = run.prepare(run.load_frames(config, columns)[1], columns)
         with step(f"exporting to {config.export.base}"):
             path = export_saved_model(model, config.export.base, version=args.version or config.export.version,
                                       warmup_inputs=df_to_inputs(test_df.head(5), columns),

@@ -129,11 +129,17 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
-    """`train:` Keras fit settings (Adam with `learning_rate`)."""
+    """`train:` Keras fit settings (Adam with `learning_rate`).
+
+    `warm_start`: the folder of an earlier run of the same model (its `output`): training starts
+    from its weights, with its columns and vocabularies (the `columns` section is not used, and
+    values new since are looked up as the out-of-vocabulary row); the optimizer starts afresh.
+    """
     epochs: int = 1
     batch_size: int = 256
     learning_rate: float = 0.001
     seed: int = 0
+    warm_start: Optional[str] = None
 
 
 @dataclass
@@ -414,6 +420,14 @@ def load_config(path, output=None, export_base=None):
     _int(path, "train.epochs", train.epochs, 1)
     _int(path, "train.batch_size", train.batch_size, 1)
     _number(path, "train.learning_rate", train.learning_rate, 0.0, float("inf"))
+    if train.warm_start is not None:
+        if not isinstance(train.warm_start, str):
+            _fail(path, "train.warm_start", f"must be the folder of an earlier run, got {train.warm_start!r}")
+        train.warm_start = _resolve(path, train.warm_start)
+        for key in ("columns", "strategy"):
+            if raw.get(key) is not None:
+                _fail(path, key, "does not apply with train.warm_start: the run starts from the earlier run's "
+                      "columns and trains in one process; remove one of them")
     export_section = ExportConfig(**_section(path, raw, "export"))
     if export_base is not None:
         export_section.base = os.path.abspath(export_base)
@@ -656,10 +670,16 @@ def split_data(df, config):
     return df.iloc[train_rows].reset_index(drop=True), df.iloc[test_rows].reset_index(drop=True)
 
 
-def load_frames(config):
-    """(train_df, test_df) of a config: its test files, or its split of the training files."""
+def load_frames(config, feature_columns=None):
+    """(train_df, test_df) of a config: its test files, or its split of the training files.
+
+    `feature_columns`: a trained model's columns, whose sequences the files hold (else the
+    config's `columns` section says which)."""
     columns = config.columns
-    if columns.infer:
+    if feature_columns is not None:
+        sequences = [c.name for c in feature_columns if isinstance(c, (VarLenSparseFeat, VarLenDenseFeat))]
+        numeric = [c.name for c in feature_columns if isinstance(c, VarLenDenseFeat)]
+    elif columns.infer:
         sequences = list(columns.sequences)
         numeric = [name for name in sequences if name in (columns.dense or ())]
     else:
@@ -908,10 +928,11 @@ def train(config, verbose=2, tensorboard=None, out=None):
         from tfrec import retrieval_run
 
         return retrieval_run.train(config, verbose, tensorboard, out)
+    warm = warm_start(config, out) if config.train.warm_start else None
     with step(f"reading {len(config.data.train)} data file(s)", out):
-        train_df, test_df = load_frames(config)
+        train_df, test_df = load_frames(config, warm[1] if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
-    columns = build_columns(train_df, config)
+    columns = warm[1] if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     _check_dense(train_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before training, not after it
@@ -920,7 +941,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
                                          min_shard_bytes=settings.min_shard_bytes)
     with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
-        model = build_model(config, columns)
+        model = warm[0] if warm else build_model(config, columns)
         _compile(model, config)
     callbacks = []
     if tensorboard:
@@ -946,6 +967,27 @@ def train(config, verbose=2, tensorboard=None, out=None):
     check_losses(history.history.get("loss", []))
     save(model, columns, config, out)
     return model
+
+
+def warm_start(config, out=None):
+    """(model, columns) of the run in `train.warm_start`, uncompiled, or a ConfigError when it
+    holds no trained model or another model than the config's."""
+    import re
+
+    from tfrec.saving import load_model
+
+    folder = config.train.warm_start
+    for name in (MODEL_FILE, COLUMNS_FILE):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ConfigError(f"{config.path}: train.warm_start: {folder} holds no {name}: give the output folder of "
+                              "an earlier `tfrec train --config` run")
+    with step(f"loading the model to start from, {os.path.join(folder, MODEL_FILE)}", out):
+        model = load_model(os.path.join(folder, MODEL_FILE), compile=False)
+    if re.sub(r"[^a-z]", "", model.name.lower()) != config.model.name.lower():
+        raise ConfigError(f"{config.path}: train.warm_start: {folder} holds a model named '{model.name}', and this "
+                          f"config trains {config.model.name}")
+    with open(os.path.join(folder, COLUMNS_FILE), encoding="utf-8") as handle:
+        return model, columns_from_json(json.load(handle))
 
 
 def check_losses(losses):
@@ -1109,7 +1151,7 @@ def evaluate(config, out=None):
         return retrieval_run.evaluate(config, out)
     with step("loading the trained model", out):
         model, columns = trained(config)
-    test_df = prepare(load_frames(config)[1], columns)
+    test_df = prepare(load_frames(config, columns)[1], columns)
     _check_test_rows(test_df, columns, config)
     group = config.evaluate.group
     report = {"rows": len(test_df), "tasks": {}}

@@ -141,11 +141,14 @@ def train(config, verbose=2, tensorboard=None, out=None):
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
-    user_columns, item_columns = columns(config, train_df)
     tf.keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config, user_columns, item_columns, train_df)
+    if config.train.warm_start:  # its sampler keeps the earlier run's item counts (logQ)
+        model, every = run.warm_start(config, out)
+    else:
+        user_columns, item_columns = columns(config, train_df)
+        model = build_model(config, user_columns, item_columns, train_df)
+        every = user_columns + item_columns
     model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
-    every = user_columns + item_columns
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=tensorboard)] if tensorboard else []
     if config.strategy.checkpoint_dir:
         from tfrec import distribute

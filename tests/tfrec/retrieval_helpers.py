@@ -8,7 +8,8 @@ import tfrec.layers
 
 from tfrec.data import df_to_inputs
 from tfrec.data.retrieval import planted_recalls, retrieval_samples
-from tfrec.metrics import recall_at_k, top_k_indices
+from tfrec.evaluation import rank_candidates
+from tfrec.metrics import recall_at_k
 from tfrec.utils import NegativeSampler
 
 
@@ -31,21 +32,10 @@ def user_features(model, inputs):
     return {t.name: inputs[t.name] for t in model.user_input}
 
 
-def served_scores(model, planted, inputs):
-    """(users, items) scores of the served towers: <user, item>, or the best active interest's."""
-    items = model.item_tower.predict({"item_id": planted.data.item_ids}, batch_size=4096, verbose=0)
-    user = model.user_tower.predict(user_features(model, inputs), batch_size=4096, verbose=0)
-    if isinstance(user, list):
-        interests, mask = user
-        scores = np.einsum("bkd,nd->bkn", interests, items)
-        return np.where(mask[:, :, None] > 0, scores, -np.inf).max(axis=1)
-    return user @ items.T
-
-
 def recall_at_50(model, planted, inputs):
     """Recall@50 of the held-out items, every item ranked exactly by the served towers."""
-    top = planted.data.item_ids[top_k_indices(served_scores(model, planted, inputs), 50)]
-    return recall_at_k(planted.test["item_id"].to_numpy(), top, 50)
+    top = rank_candidates(model, inputs, {"item_id": planted.data.item_ids}, 50)
+    return recall_at_k(planted.test["item_id"].to_numpy(), planted.data.item_ids[top], 50)
 
 
 def losses_of_a_short_fit(model, planted, loss):

@@ -253,6 +253,46 @@ def test_the_server_exits_cleanly_on_sigterm(served):
     assert "Traceback" not in log and "Server stopped" in log
 
 
+def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test_rows, tmp_path, capsys):
+    """Day 2: train.warm_start starts from yesterday's run (its weights, columns and vocabularies)
+    on today's rows, where a new item is out of vocabulary; a near-zero learning rate leaves
+    its scores where yesterday's model had them."""
+    import pandas as pd
+    import yaml
+
+    from tfrec.cli import main
+    from tfrec.config import load_config, trained
+    from tfrec.data import df_to_inputs
+
+    today = pd.read_csv(REPO / "examples" / "data" / "ranking.csv")
+    today.loc[:9, "item_id"] = "i-new"
+    (tmp_path / "data").mkdir()
+    today.to_csv(tmp_path / "data" / "ranking.csv", index=False)
+    config = yaml.safe_load(RANKING.read_text())
+    del config["columns"]
+    config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12)
+    config.update(output="today", export={"base": "today/export"})
+    (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
+    assert "loading the model to start from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "today" / "columns.json").read_text()) == \
+        json.loads((ranking_run.output / "columns.json").read_text())  # yesterday's vocabularies, no "i-new"
+    yesterday, rows, inputs = test_rows
+    model, columns = trained(load_config(str(tmp_path / "today.yaml")))
+    np.testing.assert_allclose(model.predict(df_to_inputs(rows, columns), verbose=0),
+                               yesterday.predict(inputs, verbose=0), atol=1e-5)
+
+    for change, message in [({"train": {"warm_start": str(tmp_path / "nowhere")}}, "holds no model.keras"),
+                            ({"model": {"name": "SIM"}}, "holds a model named 'din', and this config trains SIM"),
+                            ({"columns": "infer"}, "columns: does not apply with train.warm_start")]:
+        wrong = {**config, **{key: ({**config[key], **value} if isinstance(value, dict) and key in config
+                                    else value) for key, value in change.items()}}
+        (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))
+        assert main(["train", "--config", str(tmp_path / "wrong.yaml")]) == 1
+        assert message in capsys.readouterr().err
+
+
 def test_ordinary_mistakes_are_one_line_errors(tmp_path):
     from serving.local import free_port
 

@@ -200,6 +200,18 @@ def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_ans
     assert unseen["model"]["recall"] < plain["model"]["recall"]
 
 
+def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_run, tmp_path, capsys):
+    config = run_config(tmp_path, output="today", columns=None,
+                        train={"warm_start": mind_run.output, "epochs": 1, "learning_rate": 1e-12})
+    assert tfrec("train", "--config", config, capsys=capsys)[0] == 0
+    assert tfrec("evaluate", "--config", config, capsys=capsys)[0] == 0
+    assert json.loads((tmp_path / "today" / "columns.json").read_text()) == \
+        json.loads(Path(mind_run.output_file("columns.json")).read_text())
+    today = json.loads((tmp_path / "today" / "metrics.json").read_text())
+    yesterday = json.loads(Path(mind_run.output_file("metrics.json")).read_text())
+    assert today["model"] == pytest.approx(yesterday["model"], abs=0.005)  # the same model, ranked alike
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"labels": "click"}, "labels: does not apply to MIND: a retrieval model learns from the events"),
     ({"data": {"test": "data/events.csv"}}, "data.test: does not apply to MIND"),

@@ -75,6 +75,27 @@ def test_versions_count_up_from_one_and_existing_ones_are_refused(tiny_model, tm
     assert exporters.next_version(export_base) == 8
 
 
+def test_a_version_taking_other_inputs_than_the_latest_is_exported_with_a_warning(tiny_model, tmp_path, caplog):
+    """A new version whose inputs differ (an inferred column's type moved with the data) would
+    break the clients of the served one: the export names each change."""
+    export_base = tmp_path / "tiny"
+    with caplog.at_level("WARNING", logger="exporters.saved_model"):
+        exporters.export_saved_model(tiny_model, export_base)
+        exporters.export_saved_model(tiny_model, export_base)
+    assert "takes other inputs" not in caplog.text  # the same inputs: nothing to say
+
+    user = tf.keras.Input((1,), name="user", dtype=tf.int64)  # was a string
+    history = tf.keras.Input((None,), name="hist_item_id", dtype=tf.int64)
+    items = tf.keras.layers.GlobalAveragePooling1D()(tf.keras.layers.Embedding(10, 2)(history))
+    score = tf.keras.layers.Dense(1, activation="sigmoid")(tf.keras.layers.Concatenate()(
+        [tf.keras.layers.Flatten()(tf.keras.layers.Embedding(10, 2)(user)), items]))
+    changed = tf.keras.Model({"user": user, "hist_item_id": history}, score)
+    with caplog.at_level("WARNING", logger="exporters.saved_model"):
+        assert exporters.export_saved_model(changed, export_base).endswith("3")
+    assert f"the new version of {export_base} takes other inputs than version 2" in caplog.text
+    assert "context removed; price removed; user string [None] -> int64 [None]" in caplog.text
+
+
 @pytest.mark.parametrize("version, error", [(-1, ValueError), ("3", TypeError),
                                             (True, TypeError)])
 def test_bad_version_is_refused(tiny_model, tmp_path, version, error):

@@ -2,8 +2,8 @@
 
   tfrec demo                                  planted data -> DIN -> export -> serve -> query
   tfrec train --config run.yaml               your data (CSV/Parquet) -> a trained model
-  tfrec evaluate --config run.yaml            AUC, GAUC, logloss, calibration plot
-  tfrec export --config run.yaml              a versioned SavedModel for TF Serving
+  tfrec evaluate --config run.yaml            AUC, GAUC, logloss, calibration plot (retrieval: recall@k ...)
+  tfrec export --config run.yaml              a versioned SavedModel for TF Serving (retrieval: top k)
   tfrec serve --model_base_path=... --model_name=...
   tfrec query --model-name din --inputs @request.json
 
@@ -253,7 +253,7 @@ def cmd_export(args):
             model, columns = run.trained(config)
         if config.retrieval:
             return _export_retrieval_run(model, columns, config, args)
-        if args.candidates or args.exclude or args.k:
+        if args.candidates or args.exclude or args.k is not None:
             raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {config.path} trains "
                            f"{config.model.name}", "leave them out to export a ranking model")
         test_df = run.prepare(run.load_frames(config, columns)[1], columns)
@@ -272,7 +272,7 @@ def cmd_export(args):
         model = load_model(args.model)
     if hasattr(model, "user_tower"):
         return _export_retrieval(model, args)
-    if args.candidates or args.exclude or args.k:
+    if args.candidates or args.exclude or args.k is not None:
         raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {args.model} holds "
                        f"{type(model).__name__}", "leave them out to export a ranking model")
     with step(f"exporting to {args.export_base}"):
@@ -294,8 +294,8 @@ def _export_retrieval_run(model, columns, config, args):
         raise CliError("--candidates is for --model; with --config the catalogue is data.items",
                        "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
     train_df, test_df = retrieval_run.samples(config)
-    items = retrieval_run.catalogue(config, train_df)
-    k = args.k or config.retrieval.k
+    items = retrieval_run.catalogue(config, train_df, next(c for c in columns if c.name == config.retrieval.item))
+    k = config.retrieval.k if args.k is None else args.k
     with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
         user_columns = [column for column in columns if column.name != config.retrieval.item]
         exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
@@ -321,7 +321,7 @@ def _export_retrieval(model, args):
     candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
                            text_columns=[name] if dtype.name == "string" else [])
     with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
-        result = export_retrieval(model, args.export_base, candidates, k=args.k or 100, version=args.version,
+        result = export_retrieval(model, args.export_base, candidates, k=100 if args.k is None else args.k, version=args.version,
                                   exclude=args.exclude)
     print(result.path)
     return 0
@@ -470,7 +470,8 @@ def build_parser():
     _add_planted_args(train)
 
     evaluate = command("evaluate", "AUC, GAUC and logloss (per task) of a trained model on the config's test rows, "
-                                   "with a calibration plot (and a gate heatmap for MMOE/PLE)")
+                                   "with a calibration plot (and a gate heatmap for MMOE/PLE); for YoutubeDNN, MIND "
+                                   "and SDM, recall, hit rate and NDCG at k against popularity")
     _add_config(evaluate, required=True, what="the run `tfrec train --config` trained")
     evaluate.add_argument("--output", help="the run folder (default: the config's `output`)")
 

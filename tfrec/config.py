@@ -180,6 +180,8 @@ class RetrievalConfig:
       exclude_seen: leave the items of a user's history (the request's, when served) out of
         their top k, in evaluation and in the export; for catalogues where users do not come
         back to an item.
+      embed_user: the user id is a feature (DeepMatch's default); false: a user is their profile
+        and history only, so users new since training are not all served through one row.
     """
     user: str = "user_id"
     item: str = "item_id"
@@ -193,6 +195,7 @@ class RetrievalConfig:
     num_sampled: int = 0
     k: int = 50
     exclude_seen: bool = False
+    embed_user: bool = True
 
 
 @dataclass
@@ -503,8 +506,9 @@ def _parse_retrieval(path, raw, model_name, data):
     _int(path, "retrieval.seq_maxlen", settings.seq_maxlen, 1)
     _int(path, "retrieval.min_history", settings.min_history, 1)
     _int(path, "retrieval.k", settings.k, 1)
-    if not isinstance(settings.exclude_seen, bool):
-        _fail(path, "retrieval.exclude_seen", f"must be true or false, got {settings.exclude_seen!r}")
+    for key in ("exclude_seen", "embed_user"):
+        if not isinstance(getattr(settings, key), bool):
+            _fail(path, f"retrieval.{key}", f"must be true or false, got {getattr(settings, key)!r}")
     if model_name == "SDM":
         if settings.short_sess_length is None:
             settings.short_sess_length = 5

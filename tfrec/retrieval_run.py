@@ -9,6 +9,7 @@ popularity. `tfrec export --config` then writes the top-k export (`exporters.exp
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -17,15 +18,21 @@ import pandas as pd
 from tfrec import config as run
 from tfrec.config import ConfigError
 
+logger = logging.getLogger(__name__)
 
-def read_log(config):
-    """The interaction log of `data.train`, checked: every `retrieval:` column present, no empty
-    user, item or time cell. Item and category ids of a CSV are read as text (an id "007" stays
-    "007"), as the ranking path reads the target of a history."""
+
+def read_log(config, out=None):
+    """The interaction log of `data.train`, checked, with repeated events counted once.
+
+    Every `retrieval:` column must be there, and no user, item, time, category or profile cell
+    empty (after `data.fill`). User, item and category ids of a CSV are read as text, so "007"
+    stays "007" and is not user 7. Times are numbers, or text that reads as dates (any one
+    format); other text is refused rather than sorted as text, which would hold out another
+    event than each user's last. An event repeated exactly (same user, item and time) counts once.
+    """
     settings = config.retrieval
-    ids = [settings.item] + ([settings.category] if settings.category else [])
-    log = run.read_data(config.data.train, "data.train", config.path, text_columns=ids)
-    log = run.fill(log, config, ())
+    ids = [settings.user, settings.item] + ([settings.category] if settings.category else [])
+    log = run.fill(run.read_data(config.data.train, "data.train", config.path, text_columns=ids), config, ())
     for key in ("user", "item", "category", "time"):
         name = getattr(settings, key)
         if name is not None and name not in log.columns:
@@ -35,22 +42,45 @@ def read_log(config):
     if missing:
         raise ConfigError(f"{config.path}: retrieval.profile: {missing} are not columns of the log; its columns "
                           f"are {list(log.columns)}")
-    for key in ("user", "item", "time"):
-        name = getattr(settings, key)
+    described = [("retrieval.user", settings.user), ("retrieval.item", settings.item), ("retrieval.time", settings.time)]
+    fillable = ([("retrieval.category", settings.category)] if settings.category else []) + \
+        [("retrieval.profile", name) for name in settings.profile]
+    for key, name in described + fillable:
         gaps = np.flatnonzero(log[name].isna().to_numpy())
         if len(gaps):
-            raise ConfigError(f"{config.path}: retrieval.{key}: column '{name}' has {len(gaps)} empty cell(s), the "
-                              f"first in data row {gaps[0]}; an event needs a user, an item and a time: drop those "
-                              "rows")
+            fix = "an event needs a user, an item and a time: drop those rows" if (key, name) in described else \
+                f"give their value with data: {{fill: {{{name}: ...}}}}, or fill them in the data"
+            raise ConfigError(f"{config.path}: {key}: column '{name}' has {len(gaps)} empty cell(s), the first in "
+                              f"data row {gaps[0]}; {fix}")
+    log[settings.time] = _event_times(log[settings.time], config)
+    repeated = log.duplicated([settings.user, settings.item, settings.time])
+    if repeated.any():
+        print(f"{int(repeated.sum())} repeated event(s) (the same user, item and time) counted once",
+              file=out or sys.stdout)
+        log = log[~repeated].reset_index(drop=True)
     return log
 
 
-def samples(config):
+def _event_times(times, config):
+    """The time column as something that sorts by time: numbers as they are, text as dates."""
+    if times.dtype.kind in "iufM":
+        return times
+    parsed = pd.to_datetime(times.astype(str), format="mixed", errors="coerce", utc=True)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        raise ConfigError(f"{config.path}: retrieval.time: column '{times.name}' must hold numbers (e.g. epoch "
+                          f"seconds) or dates, but data row {bad[0]} holds {times.iloc[bad[0]]!r} ({len(bad)} such "
+                          "cell(s)); each user's events are ordered by it")
+    return parsed
+
+
+def samples(config, out=None):
     """(train, test) leave-last-out samples of the config's log: each user's last event is a test row."""
     from tfrec.data import retrieval_samples
+    from tfrec.data.retrieval import PREFER_LENGTH
 
     settings = config.retrieval
-    train, test = retrieval_samples(read_log(config), settings.seq_maxlen, short_sess_length=settings.short_sess_length,
+    train, test = retrieval_samples(read_log(config, out), settings.seq_maxlen, short_sess_length=settings.short_sess_length,
                                     user_cols=settings.profile, min_history=settings.min_history,
                                     user_col=settings.user, item_col=settings.item, category_col=settings.category,
                                     time_col=settings.time)
@@ -58,24 +88,62 @@ def samples(config):
         raise ConfigError(f"{config.path}: data.train: no user has more than {settings.min_history + 1} events, so "
                           "there is no training sample (each user's last event is held out, and a sample needs "
                           f"retrieval.min_history = {settings.min_history} earlier ones)")
+    if settings.short_sess_length is not None and not (train[PREFER_LENGTH] > 0).any():
+        logger.warning("retrieval.short_sess_length: the short-term session (%d events) holds every training "
+                       "sample's whole history, so SDM's long-term preference (prefer_*) is always empty; lower it",
+                       settings.short_sess_length)
     return train, test
 
 
-def catalogue(config, train):
-    """The candidates: the `data.items` frame (one row per item), or one row per training target."""
+def catalogue(config, train, item_column):
+    """The candidates: the `data.items` frame (one row per item), or one row per training target;
+    their ids as `item_column` takes them, and only those it has a row of its own for.
+
+    An item outside the vocabulary would get the one shared out-of-vocabulary vector, which
+    every user's ranking would put in the same place; the export leaves such items out of its
+    index, so evaluation ranks without them too (with a warning naming some)."""
     item = config.retrieval.item
     if not config.data.items:
-        return pd.DataFrame({item: pd.unique(train[item])})
-    items = run.read_data(config.data.items, "data.items", config.path, text_columns=[item])
-    if item not in items.columns:
-        raise ConfigError(f"{config.path}: data.items: the catalogue has no column '{item}' (retrieval.item); its "
-                          f"columns are {list(items.columns)}")
+        items = pd.DataFrame({item: pd.unique(train[item])})
+    else:
+        items = run.read_data(config.data.items, "data.items", config.path, text_columns=[item])
+        if item not in items.columns:
+            raise ConfigError(f"{config.path}: data.items: the catalogue has no column '{item}' (retrieval.item); "
+                              f"its columns are {list(items.columns)}")
+        if items[item].isna().any():
+            raise ConfigError(f"{config.path}: data.items: column '{item}' has {int(items[item].isna().sum())} "
+                              "empty cell(s)")
+    items = items.assign(**{item: item_ids(items[item], item_column, config, "data.items")})
     repeated = items[item][items[item].duplicated()]
-    if len(repeated) or items[item].isna().any():
-        raise ConfigError(f"{config.path}: data.items: column '{item}' must list each item once, with no empty "
-                          f"cell; it repeats {list(repeated.unique()[:5])} and has {int(items[item].isna().sum())} "
-                          "empty cell(s)")
+    if len(repeated):
+        raise ConfigError(f"{config.path}: data.items: column '{item}' must list each item once; it repeats "
+                          f"{list(repeated.unique()[:5])}")
+    if item_column.vocabulary is not None:
+        known = items[item].isin(set(item_column.vocabulary))
+        if not known.any():
+            raise ConfigError(f"{config.path}: data.items: none of the {len(items)} catalogue items is an item the "
+                              f"model was trained with (e.g. {items[item].head().tolist()})")
+        if not known.all():
+            logger.warning("data.items: %d of %d catalogue items are not in the item vocabulary (e.g. %s): they would "
+                           "share one untrained vector, so evaluation and the export leave them out",
+                           int((~known).sum()), len(items), items[item][~known].head().tolist())
+            items = items[known].reset_index(drop=True)
     return items
+
+
+def item_ids(values, item_column, config, where):
+    """Ids as `item_column` takes them: the text of each id for a string table (a catalogue of
+    ints for a log read as text), ints for an int64 one (a catalogue CSV holds their text)."""
+    from tfrec.data.pipeline import id_text
+
+    values = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
+    if item_column.dtype == "string":
+        return np.array([str(id_text(v)) for v in values], dtype=object)
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{config.path}: {where}: the model's item ids are integers, but column "
+                          f"'{item_column.name}' holds {values[:3].tolist()}") from None
 
 
 def columns(config, train):
@@ -86,8 +154,8 @@ def columns(config, train):
     try:
         return sample_feature_columns(train, settings.seq_maxlen, settings.short_sess_length, settings.profile,
                                       embedding_dim=config.columns.embedding_dim, min_count=config.columns.min_count,
-                                      user_col=settings.user, item_col=settings.item,
-                                      category_col=settings.category)
+                                      user_col=settings.user if settings.embed_user else None,
+                                      item_col=settings.item, category_col=settings.category)
     except ColumnInferenceError as error:
         raise ConfigError(f"{config.path}: columns.{error.key}: {error.problem}") from None
 
@@ -101,11 +169,14 @@ def history_features(columns, item):
     return [column.name for column in columns if isinstance(column, VarLenSparseFeat) and column.embedding_name == table]
 
 
-def _seen_positions(test, histories, ids):
+def _seen_positions(test, histories, ids, item_column, config):
     """Per test row, the catalogue positions of the items in its `histories` cells."""
     position = {value: i for i, value in enumerate(ids.tolist())}
-    return [np.array(sorted({position[v] for name in histories for v in np.asarray(row[name]).tolist() if v in position}),
-                     dtype=np.int64) for _, row in test[histories].iterrows()]
+    seen = [set() for _ in range(len(test))]
+    for name in histories:
+        for row, cell in enumerate(test[name]):
+            seen[row].update(item_ids(np.asarray(cell), item_column, config, f"retrieval.item ({name})").tolist())
+    return [np.array(sorted(position[v] for v in row if v in position), dtype=np.int64) for row in seen]
 
 
 def build_model(config, user_columns, item_columns, train):
@@ -139,7 +210,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     from tfrec.data import df_to_dataset
 
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
-        train_df, test_df = samples(config)
+        train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
     if config.train.warm_start:  # its sampler keeps the earlier run's item counts (logQ)
@@ -180,20 +251,22 @@ def evaluate(config, out=None):
     with run.step("loading the trained model", out):
         model, every = run.trained(config)
     settings, k = config.retrieval, config.retrieval.k
-    train_df, test_df = samples(config)
-    items = catalogue(config, train_df)
+    train_df, test_df = samples(config, out)
     item_column = next(column for column in every if column.name == settings.item)
+    items = catalogue(config, train_df, item_column)
     if k > len(items):
         raise ConfigError(f"{config.path}: retrieval.k: {k} is more than the {len(items)} items of the catalogue")
-    truth = test_df[settings.item].to_numpy()
+    truth = item_ids(test_df[settings.item], item_column, config, "data.train")
     ids = items[settings.item].to_numpy()
-    excluded = _seen_positions(test_df, history_features(every, settings.item), ids) if settings.exclude_seen else None
+    excluded = _seen_positions(test_df, history_features(every, settings.item), ids, item_column, config) \
+        if settings.exclude_seen else None
     with run.step(f"ranking {len(items)} items for {len(test_df)} test users", out):
         users = df_to_inputs(test_df, [column for column in every if column is not item_column])
         ranked = ids[rank_candidates(model, users, df_to_inputs(items, [item_column]), k, excluded)]
-    known = train_df[train_df[settings.item].isin(set(ids.tolist()))]
-    popular = np.broadcast_to(popularity_top_k(known, min(k, known[settings.item].nunique()), settings.item),
-                              (len(test_df), min(k, known[settings.item].nunique())))
+    targets = pd.DataFrame({settings.item: item_ids(train_df[settings.item], item_column, config, "data.train")})
+    known = targets[targets[settings.item].isin(set(ids.tolist()))]
+    width = min(k, known[settings.item].nunique())
+    popular = np.broadcast_to(popularity_top_k(known, width, settings.item), (len(test_df), width))
 
     def scores(top):
         width = top.shape[1]

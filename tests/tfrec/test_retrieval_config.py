@@ -7,7 +7,9 @@ k; YoutubeDNN and SDM from the same config with model.name changed; a `data.item
 the config's mistakes as one-line errors. The commands run in this process (`tfrec.cli.main`,
 one TensorFlow process), the server in its own.
 """
+import contextlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -109,7 +111,7 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
                                                               "mind_user_tower"]
     model, columns = trained(mind_run)
     train, test = retrieval_run.samples(mind_run)
-    items = retrieval_run.catalogue(mind_run, train)
+    items = retrieval_run.catalogue(mind_run, train, next(c for c in columns if c.name == "item_id"))
     user_columns = [c for c in columns if c.name != "item_id"]
     users = df_to_inputs(test.head(8), user_columns)
     item_column = next(c for c in columns if c.name == "item_id")
@@ -154,10 +156,11 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     config = run_config(tmp_path, data={"items": "items.csv"}, output=trained_copy(mind_run, tmp_path),
                         export={"base": str(tmp_path / "export" / "mind")})
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
-    assert code == 0 and f"ranked among {len(catalogue)} items" in out
+    # "i-new" would get the shared out-of-vocabulary vector: ranked nowhere, served nowhere.
+    assert code == 0 and f"ranked among {len(catalogue) - 1} items" in out
+    assert "1 of 300 catalogue items are not in the item vocabulary (e.g. ['i-new'])" in caplog.text
     code, out, _ = tfrec("export", "--config", config, "--k", 20, capsys=capsys)
     assert code == 0
-    assert "1 of 300 candidates are not in the item table's vocabulary (e.g. ['i-new'])" in caplog.text
     manifest = (Path(out.strip().splitlines()[-1]).parent.parent / "mind_item_embeddings" / "1" / "item_ids.txt")
     assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
 
@@ -180,7 +183,7 @@ def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_ans
 
     model, columns = trained(config)
     train, test = retrieval_run.samples(config)
-    items = retrieval_run.catalogue(config, train)
+    items = retrieval_run.catalogue(config, train, next(c for c in columns if c.name == "item_id"))
     users = df_to_inputs(test.head(20), [c for c in columns if c.name != "item_id"])
     served = tf.saved_model.load(str(tmp_path / "export" / "mind_brute_force" / "1")).signatures["serving_default"](
         **{name: tf.constant(values.astype(np.int64) if values.dtype.kind in "iu" else values)  # as served: int64
@@ -241,3 +244,94 @@ def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp
     assert code == 1 and "retrieval.k: 400 is more than the 299 items of the catalogue" in err
     code, _, err = tfrec("export", "--config", config, "--candidates", "items.csv", capsys=capsys)
     assert code == 1 and "--candidates is for --model; with --config the catalogue is data.items" in err
+    code, _, err = tfrec("export", "--config", config, "--k", 0, capsys=capsys)
+    assert code == 1 and "k must be an integer in [1, number of candidates = 299], got 0" in err
+
+
+def own_log_config(tmp_path, log, items=None, **retrieval):
+    """A config over `log` (and `items`, a catalogue frame), written as Parquet when the frame
+    holds ints to keep, else CSV; returns the loaded RunConfig."""
+    from tfrec.config import load_config
+
+    log.to_csv(tmp_path / "log.csv", index=False)
+    data = {"train": "log.csv"}
+    if items is not None:
+        items.to_parquet(tmp_path / "items.parquet")
+        data["items"] = "items.parquet"
+    config = {"data": data, "model": {"name": retrieval.pop("model", "YoutubeDNN")},
+              "retrieval": {"category": "genre", "profile": ["age"], "seq_maxlen": 5, **retrieval}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    return load_config(str(tmp_path / "run.yaml"))
+
+
+def events(users, items, times, genres=None, ages=None):
+    return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": times,
+                         "genre": genres or ["g"] * len(users), "age": ages or [30] * len(users)})
+
+
+def test_own_log_ids_times_and_repeats_are_read_as_meant(tmp_path, capsys):
+    from tfrec import retrieval_run
+
+    log = events(["000012"] * 3 + ["12"] * 3 + ["7"] * 3,
+                 ["007", "7", "8"] * 3,
+                 ["2024-3-1 9:05", "2024-3-10 8:00", "2024-3-9 10:00",   # unpadded: text order is not time order
+                  "2024-03-02", "2024-03-03", "2024-03-04",               # the last event repeated below
+                  "2024-01-01", "2024-01-02", "2024-01-03"])
+    log = pd.concat([log, log.iloc[[5]]], ignore_index=True)
+    config = own_log_config(tmp_path, log)
+    train, test = retrieval_run.samples(config)
+    assert "1 repeated event(s) (the same user, item and time) counted once" in capsys.readouterr().out
+    assert sorted(test["user_id"]) == ["000012", "12", "7"]  # "000012" and "12" are two users
+    last = dict(zip(test["user_id"], test["item_id"]))
+    assert last == {"000012": "7", "12": "8", "7": "8"}  # 2024-3-10 is the latest, though "2024-3-10" < "2024-3-9"
+    user_columns, item_columns = retrieval_run.columns(config, train)
+    assert item_columns[0].dtype == "string" and {"007", "7"} <= set(item_columns[0].vocabulary)
+    assert user_columns[0].name == "user_id" and user_columns[0].dtype == "string"
+    config.retrieval.embed_user = False
+    assert "user_id" not in [c.name for c in retrieval_run.columns(config, train)[0]]
+
+
+def test_own_log_mistakes_are_named_with_their_fix(tmp_path):
+    from tfrec import retrieval_run
+    from tfrec.config import ConfigError
+
+    good = events(["u1"] * 4 + ["u2"] * 4, ["i1", "i2", "i3", "i1"] * 2, list(range(8)))
+    for log, message in [
+        (good.assign(timestamp=["1600000000", "2024-03-01", "x", "y"] * 2),
+         "retrieval.time: column 'timestamp' must hold numbers (e.g. epoch seconds) or dates, but data row 0 holds"),
+        (good.assign(age=[30, None] * 4), "retrieval.profile: column 'age' has 4 empty cell(s), the first in data row "
+                                          "1; give their value with data: {fill: {age: ...}}"),
+        (good.assign(genre=[None, "g"] * 4), "retrieval.category: column 'genre' has 4 empty cell(s)"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            retrieval_run.samples(own_log_config(tmp_path, log))
+    with _logged("SDM's long-term preference (prefer_*) is always empty"):
+        retrieval_run.samples(own_log_config(tmp_path, good, model="SDM", short_sess_length=5))
+
+
+def test_a_catalogue_of_another_id_type_than_the_log_is_read_as_the_model_takes_ids(tmp_path):
+    from tfrec import retrieval_run
+
+    log = events(["u1"] * 4 + ["u2"] * 4, ["1", "2", "3", "1"] * 2, list(range(8)))  # read as text
+    config = own_log_config(tmp_path, log, items=pd.DataFrame({"item_id": [1, 2, 3, 99]}))  # Parquet ints
+    train, _ = retrieval_run.samples(config)
+    item = retrieval_run.columns(config, train)[1][0]
+    assert item.dtype == "string"
+    assert retrieval_run.catalogue(config, train, item)["item_id"].tolist() == ["1", "2", "3"]  # 99: no row
+
+
+@contextlib.contextmanager
+def _logged(text):
+    """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tfrec.retrieval_run")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert any(text in record.getMessage() for record in records), [r.getMessage() for r in records]

@@ -528,6 +528,8 @@ def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=
     counted together, so items seen only in histories have rows too), most frequent first; an id
     outside it (a new user or item at serving) is looked up as the out-of-vocabulary row. A table
     of ints >= 1 stays int64, any other is a string table (`infer_feature_columns`' rule).
+    `user_col=None` leaves the user id out: the user is their profile and history, so a user
+    unseen in training is served like any other instead of through one shared row.
 
     Raises:
       KeyError: `train` lacks a column the names and `short_sess_length` call for.
@@ -541,7 +543,8 @@ def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=
         sequences = [(prefix + f, f, maxlen, length) for f in features
                      for prefix, maxlen, length in ((SHORT_PREFIX, short_sess_length, SHORT_LENGTH),
                                                     (PREFER_PREFIX, seq_maxlen, PREFER_LENGTH))]
-    _require_columns(train, [user_col, *user_cols, *features, *(name for name, *_ in sequences)],
+    _require_columns(train, [c for c in (user_col, *user_cols) if c is not None] + features +
+                     [name for name, *_ in sequences],
                      "sample_feature_columns (names as retrieval_samples made them)")
     profile_dim = embedding_dim if profile_embedding_dim is None else profile_embedding_dim
 
@@ -551,7 +554,7 @@ def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=
             np.concatenate([c.astype(object) for c in cells])
         return table_column(name, values.tolist(), _integer_ids(values), dim, min_count)
 
-    user = [table(name, profile_dim) for name in [user_col, *user_cols]]
+    user = [table(name, profile_dim) for name in ([user_col] if user_col is not None else []) + user_cols]
     tables = {f: table(f, embedding_dim) for f in features}
     for name, feature, maxlen, length in sequences:
         column = tables[feature]._replace(name=name)

@@ -125,7 +125,8 @@ def _demo(args, workdir):
 
     rng = np.random.default_rng(args.seed)
     items = log.drop_duplicates("item_id").set_index("item_id")["cate_id"]
-    print(f"[5/5] serving on 127.0.0.1 (TF Serving gRPC API) and ranking {args.candidates} candidates per user")
+    count = min(args.candidates, len(items))  # a small catalogue is ranked whole
+    print(f"[5/5] serving on 127.0.0.1 (TF Serving gRPC API) and ranking {count} candidates per user")
     with step("      starting the server"):
         server = LocalServer(model_base_path=export_base, model_name=DEMO_MODEL_NAME)
         server.start()
@@ -134,8 +135,8 @@ def _demo(args, workdir):
             print(f"      server pid {server.pid} at {server.grpc_target}")
             worst = 0.0
             for _, row in test_df.drop_duplicates("user_id").head(args.show_users).iterrows():
-                candidates = rng.choice(items.index.to_numpy(), args.candidates, replace=False)
-                request = test_df.loc[[row.name] * args.candidates].reset_index(drop=True)
+                candidates = rng.choice(items.index.to_numpy(), count, replace=False)
+                request = test_df.loc[[row.name] * count].reset_index(drop=True)
                 request["item_id"] = candidates
                 request["cate_id"] = items.loc[candidates].to_numpy()
                 inputs = df_to_inputs(request, columns)
@@ -552,6 +553,10 @@ def explain(error, args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        # Piped to a file, `tee` or a CI log, each line (Keras' one per epoch too) appears when
+        # printed rather than in blocks of 8 KB.
+        sys.stdout.reconfigure(line_buffering=True)
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)

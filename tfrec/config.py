@@ -168,6 +168,8 @@ class RetrievalConfig:
 
     Attributes:
       user, item, category, time: the log's columns (category None: the log has none).
+      time_format: how the time column writes dates (a strptime format, '%d/%m/%Y %H:%M');
+        None: numbers or year-first (ISO 8601) dates.
       profile: the user's profile columns (gender, age, ...), embedded beside the user id.
       seq_maxlen: the events a sample's history keeps (SDM: its long-term preference).
       short_sess_length: SDM's short-term session in events (SDM only; default 5).
@@ -187,6 +189,7 @@ class RetrievalConfig:
     item: str = "item_id"
     category: Optional[str] = "cate_id"
     time: str = "timestamp"
+    time_format: Optional[str] = None
     profile: list = field(default_factory=list)
     seq_maxlen: int = 50
     short_sess_length: Optional[int] = None
@@ -498,6 +501,9 @@ def _parse_retrieval(path, raw, model_name, data):
         _names(path, f"retrieval.{key}", getattr(settings, key))
     if settings.category is not None:
         _names(path, "retrieval.category", settings.category)
+    if settings.time_format is not None and (not isinstance(settings.time_format, str) or "%" not in settings.time_format):
+        _fail(path, "retrieval.time_format", f"must be a strptime format like '%d/%m/%Y %H:%M', got "
+              f"{settings.time_format!r}")
     settings.profile = _names(path, "retrieval.profile", settings.profile) or []
     named = [settings.user, settings.item, settings.category, settings.time, *settings.profile]
     named = [name for name in named if name is not None]

@@ -1,6 +1,8 @@
 """Held-out evaluation: a ranking model next to the planted-truth oracle, a retrieval model's top k."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+import warnings
+
 import numpy as np
 
 from . import metrics
@@ -75,6 +77,12 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
                                batch_size=batch_size, verbose=0)
     users = user_tower.predict({name: user_inputs[name] for name in user_tower.input_names}, batch_size=batch_size,
                                verbose=0)
+    counts = np.unique(items, axis=0, return_counts=True)[1]
+    shared = int(counts[counts > 1].sum())
+    if shared:  # ids outside the item vocabulary all get its one out-of-vocabulary row
+        warnings.warn(f"rank_candidates: {shared} of {len(items)} candidates have the same vector as another one, "
+                      "usually ids outside the item vocabulary sharing its out-of-vocabulary row; they rank "
+                      "alike for every user (exporters.export_retrieval leaves such ids out)", stacklevel=2)
     interests, active = users if isinstance(users, list) else (users[:, None, :], None)
     top = np.empty((len(interests), k), dtype=np.int64)
     for start in range(0, len(interests), block_rows):

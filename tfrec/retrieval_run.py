@@ -26,9 +26,10 @@ def read_log(config, out=None):
 
     Every `retrieval:` column must be there, and no user, item, time, category or profile cell
     empty (after `data.fill`). User, item and category ids of a CSV are read as text, so "007"
-    stays "007" and is not user 7. Times are numbers, or text that reads as dates (any one
-    format); other text is refused rather than sorted as text, which would hold out another
-    event than each user's last. An event repeated exactly (same user, item and time) counts once.
+    stays "007" and is not user 7. Times are numbers, year-first dates (ISO 8601), or dates in
+    `retrieval.time_format`; other text is refused rather than sorted as text or read with a
+    guessed day and month order, either of which would hold out another event than each user's
+    last. An event repeated exactly (same user, item and time) counts once.
     """
     settings = config.retrieval
     ids = [settings.user, settings.item] + ([settings.category] if settings.category else [])
@@ -62,15 +63,19 @@ def read_log(config, out=None):
 
 
 def _event_times(times, config):
-    """The time column as something that sorts by time: numbers as they are, text as dates."""
+    """The time column as something that sorts by time: numbers as they are, text as dates of
+    `retrieval.time_format`, else year-first (ISO 8601) dates."""
     if times.dtype.kind in "iufM":
         return times
-    parsed = pd.to_datetime(times.astype(str), format="mixed", errors="coerce", utc=True)
+    form = config.retrieval.time_format
+    parsed = pd.to_datetime(times.astype(str), format=form or "ISO8601", errors="coerce", utc=True)
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if len(bad):
-        raise ConfigError(f"{config.path}: retrieval.time: column '{times.name}' must hold numbers (e.g. epoch "
-                          f"seconds) or dates, but data row {bad[0]} holds {times.iloc[bad[0]]!r} ({len(bad)} such "
-                          "cell(s)); each user's events are ordered by it")
+        expected = f"dates in retrieval.time_format {form!r}" if form else (
+            "numbers (epoch seconds) or year-first dates (2024-03-01 09:05); for other dates give "
+            "retrieval.time_format (e.g. '%d/%m/%Y %H:%M'), so day and month are never guessed")
+        raise ConfigError(f"{config.path}: retrieval.time: column '{times.name}' holds {times.iloc[bad[0]]!r} in data "
+                          f"row {bad[0]} ({len(bad)} such cell(s)); it must hold {expected}")
     return parsed
 
 

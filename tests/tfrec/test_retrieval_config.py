@@ -165,6 +165,22 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
 
 
+def test_rank_candidates_warns_of_candidates_sharing_the_out_of_vocabulary_vector(mind_run):
+    from tfrec import retrieval_run
+    from tfrec.config import trained
+    from tfrec.data import df_to_inputs
+    from tfrec.evaluation import rank_candidates
+
+    model, columns = trained(mind_run)
+    train, test = retrieval_run.samples(mind_run)
+    item_column = next(c for c in columns if c.name == "item_id")
+    items = pd.DataFrame({"item_id": list(retrieval_run.catalogue(mind_run, train, item_column)["item_id"])
+                          + ["i-new", "i-newer"]})
+    users = df_to_inputs(test.head(4), [c for c in columns if c is not item_column])
+    with pytest.warns(UserWarning, match="2 of 301 candidates have the same vector as another one"):
+        rank_candidates(model, users, df_to_inputs(items, [item_column]), 10)
+
+
 def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_answers(mind_run, tmp_path, capsys):
     from tfrec import retrieval_run
     from tfrec.config import load_config, trained
@@ -298,13 +314,19 @@ def test_own_log_mistakes_are_named_with_their_fix(tmp_path):
     good = events(["u1"] * 4 + ["u2"] * 4, ["i1", "i2", "i3", "i1"] * 2, list(range(8)))
     for log, message in [
         (good.assign(timestamp=["1600000000", "2024-03-01", "x", "y"] * 2),
-         "retrieval.time: column 'timestamp' must hold numbers (e.g. epoch seconds) or dates, but data row 0 holds"),
+         "retrieval.time: column 'timestamp' holds '1600000000' in data row 0 (6 such cell(s)); it must hold numbers"),
+        (good.assign(timestamp=["13/02/2024", "12/02/2024", "14/02/2024", "15/02/2024"] * 2),  # day or month first?
+         "holds '13/02/2024' in data row 0 (8 such cell(s)); it must hold numbers (epoch seconds) or year-first "
+         "dates (2024-03-01 09:05); for other dates give retrieval.time_format"),
         (good.assign(age=[30, None] * 4), "retrieval.profile: column 'age' has 4 empty cell(s), the first in data row "
                                           "1; give their value with data: {fill: {age: ...}}"),
         (good.assign(genre=[None, "g"] * 4), "retrieval.category: column 'genre' has 4 empty cell(s)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             retrieval_run.samples(own_log_config(tmp_path, log))
+    day_first = good.assign(timestamp=["13/02/2024", "02/03/2024", "11/02/2024", "14/02/2024"] * 2)
+    _, test = retrieval_run.samples(own_log_config(tmp_path, day_first, time_format="%d/%m/%Y"))
+    assert test["item_id"].tolist() == ["i2", "i2"]  # 2 March is each user's last event ("14/02" as text)
     with _logged("SDM's long-term preference (prefer_*) is always empty"):
         retrieval_run.samples(own_log_config(tmp_path, good, model="SDM", short_sess_length=5))
 

@@ -58,6 +58,11 @@ def build_vocabulary(counts, min_count=1):
             if count >= min_count and value not in ("", 0)]
 
 
+def integer_ids(values):
+    """Whether a numpy array holds plain integer ids >= 1, which an int64 table takes as they are."""
+    return values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
+
+
 def table_column(table, values, integer, embedding_dim, min_count=1):
     """SparseFeat `table` whose vocabulary holds the `values` (a flat list of every id its columns
     hold) seen at least `min_count` times, most frequent first.
@@ -154,11 +159,7 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     for table, names in tables.items():
         # Integer only if every column of the table is a plain int column of ids >= 1 (decided
         # before counting, so a table never mixes 5 and "5").
-        integer = True
-        for name in names:
-            values = df[name].to_numpy()
-            integer = integer and name not in sequences and values.dtype.kind in "iu" and \
-                (len(values) == 0 or values.min() >= 1)
+        integer = all(name not in sequences and integer_ids(df[name].to_numpy()) for name in names)
         values = []
         for name in names:
             cells = df[name].to_numpy()

@@ -25,7 +25,7 @@ import pandas as pd
 from feature_columns import SparseFeat, VarLenSparseFeat, history_name
 
 from ..metrics import recall_at_k, top_k_indices
-from .columns import table_column
+from .columns import integer_ids, table_column
 from .planted import _catalogue, _check_catalogue_sizes, _check_id_type, _format_ids, _id_column
 
 __all__ = [
@@ -510,10 +510,6 @@ def sdm_feature_columns(data, short_sess_length, prefer_sess_length, embedding_d
     return user, [_id_column(ids, "item_id", embedding_dim, data.id_type)]
 
 
-def _integer_ids(values):
-    return values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
-
-
 def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=(), embedding_dim=32,
                            profile_embedding_dim=None, min_count=1, user_col="user_id", item_col="item_id",
                            category_col="cate_id"):
@@ -552,7 +548,7 @@ def sample_feature_columns(train, seq_maxlen, short_sess_length=None, user_cols=
         cells = [train[name].to_numpy()] + [_flat(train[s]) for s, feature, *_ in sequences if feature == name]
         values = np.concatenate(cells) if all(c.dtype != object for c in cells) else \
             np.concatenate([c.astype(object) for c in cells])
-        return table_column(name, values.tolist(), _integer_ids(values), dim, min_count)
+        return table_column(name, values.tolist(), integer_ids(values), dim, min_count)
 
     user = [table(name, profile_dim) for name in ([user_col] if user_col is not None else []) + user_cols]
     tables = {f: table(f, embedding_dim) for f in features}

@@ -561,7 +561,9 @@ def _expand(patterns, key, config_path):
 
 def _read_file(path, text_columns=()):
     """One CSV/Parquet file as a DataFrame; in a CSV, `text_columns` (where present) are read as
-    text, not parsed as numbers."""
+    text, not parsed as numbers, and so is a column of whole numbers written with leading zeros
+    ("02134", "000123": ids, not amounts), which would otherwise become 2134 and 123 and meet
+    other ids."""
     import pandas as pd
 
     lower = path.lower()
@@ -573,7 +575,14 @@ def _read_file(path, text_columns=()):
     if lower.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
         sep = "\t" if lower.endswith(".tsv") else ","
         header = pd.read_csv(path, sep=sep, nrows=0).columns
-        return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header})
+        df = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header})
+        integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
+        if integers:
+            texts = pd.read_csv(path, sep=sep, usecols=integers, dtype=str)
+            for name in integers:
+                if texts[name].str.match(r"\s*[+-]?0\d").any():
+                    df[name] = texts[name].str.strip()
+        return df
     raise ConfigError(f"{path}: unknown file type; data files are CSV (.csv, .csv.gz, .tsv) or Parquet "
                       "(.parquet, .pq)")
 

@@ -423,6 +423,23 @@ def test_ids_read_from_a_csv_keep_their_text_and_int_ids_with_gaps_stay_ids(tmp_
     assert inputs["user_id"].tolist() == ["1", "2", "", "1", "2", "3"]  # the gap is padding
 
 
+def test_whole_numbers_written_with_leading_zeros_are_ids_kept_as_text(tmp_path):
+    """A user id column holding "000012" and "12" has two users, a string table, and requests send
+    the text; a column of plain whole numbers (the click label, a count) is still read as numbers."""
+    df = frame().assign(user_id=["000012", "12", "000012", "12", "7", "7", "000012", "12"],
+                        count=[0, 3, 10, 2, 0, 1, 0, 5])
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    read = run.read_data([str(tmp_path / "d.csv")], sequences=["hist_item_id"])
+    assert read["user_id"].tolist()[:2] == ["000012", "12"]
+    assert read["count"].dtype.kind == "i" and read["click"].dtype.kind == "i"
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], dense: [price, count], "
+                                             "sequences: {hist_item_id: {}}}\n")))
+    columns = {c.name: c for c in run.infer_columns(read, config)}
+    assert columns["user_id"].dtype == "string"
+    assert set(columns["user_id"].vocabulary) == {"000012", "12", "7"}
+
+
 def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatch):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "items.txt").write_text("a\nb\nc\n")

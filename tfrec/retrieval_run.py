@@ -184,6 +184,21 @@ def _seen_positions(test, histories, ids, item_column, config):
     return [np.array(sorted(position[v] for v in row if v in position), dtype=np.int64) for row in seen]
 
 
+def _popular(order, k, rows, seen=None):
+    """(rows, width) the popularity baseline's ranking: the first k ids of `order` (most frequent
+    first), or per row the first k of them not in its `seen` ids, as the model's ranking leaves
+    them out under retrieval.exclude_seen; a row left with fewer repeats its last id (counted once)."""
+    width = min(k, len(order))
+    if seen is None:
+        return np.broadcast_to(order[:width], (rows, width))
+    ranked = np.empty((rows, width), dtype=order.dtype)
+    for row, ids in enumerate(seen):
+        kept = order[~np.isin(order, ids)][:width] if len(ids) else order[:width]
+        kept = kept if len(kept) else order[:1]
+        ranked[row] = np.concatenate([kept, np.repeat(kept[-1:], width - len(kept))])
+    return ranked
+
+
 def build_model(config, user_columns, item_columns, train):
     """The config's model, its sampled softmax's negatives from `retrieval.sampler` with the
     training targets' counts (the logQ correction), and the user vector sized to the items'."""
@@ -270,8 +285,8 @@ def evaluate(config, out=None):
         ranked = ids[rank_candidates(model, users, df_to_inputs(items, [item_column]), k, excluded)]
     targets = pd.DataFrame({settings.item: item_ids(train_df[settings.item], item_column, config, "data.train")})
     known = targets[targets[settings.item].isin(set(ids.tolist()))]
-    width = min(k, known[settings.item].nunique())
-    popular = np.broadcast_to(popularity_top_k(known, width, settings.item), (len(test_df), width))
+    popular = _popular(popularity_top_k(known, known[settings.item].nunique(), settings.item), k, len(test_df),
+                       None if excluded is None else [ids[row] for row in excluded])
 
     def scores(top):
         width = top.shape[1]

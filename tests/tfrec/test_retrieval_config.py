@@ -214,9 +214,19 @@ def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_ans
         items, [c for c in columns if c.name == "item_id"]), 50, excluded)]
     np.testing.assert_array_equal(served[:, :10], expected[:, :10])  # evaluation ranks as the export serves
     plain = json.loads(Path(mind_run.output_file("metrics.json")).read_text())
-    print(f"recall@50 with exclude_seen {unseen['model']['recall']:.3f}, without {plain['model']['recall']:.3f}")
+    print(f"recall@50 with exclude_seen {unseen['model']['recall']:.3f}, without {plain['model']['recall']:.3f}; "
+          f"popularity {unseen['popularity']['recall']:.3f}, without {plain['popularity']['recall']:.3f}")
     # Planted users come back to items, so leaving out what they have seen costs recall here.
     assert unseen["model"]["recall"] < plain["model"]["recall"]
+
+
+def test_the_popularity_baseline_leaves_out_what_the_model_may_not_recommend():
+    from tfrec.retrieval_run import _popular
+
+    order = np.array(["i1", "i2", "i3", "i4"])
+    np.testing.assert_array_equal(_popular(order, 3, 2), [["i1", "i2", "i3"]] * 2)
+    ranked = _popular(order, 3, 3, seen=[np.array(["i2"]), np.array([], dtype=str), np.array(["i1", "i3", "i4"])])
+    np.testing.assert_array_equal(ranked, [["i1", "i3", "i4"], ["i1", "i2", "i3"], ["i2", "i2", "i2"]])
 
 
 def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_run, tmp_path, capsys):

@@ -295,7 +295,7 @@ def _export_retrieval_run(model, columns, config, args):
         raise CliError("--candidates is for --model; with --config the catalogue is data.items",
                        "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
     train_df, test_df = retrieval_run.samples(config)
-    items = retrieval_run.catalogue(config, train_df, next(c for c in columns if c.name == config.retrieval.item))
+    items = retrieval_run.catalogue(config, train_df, retrieval_run.item_feature(config, columns))
     k = config.retrieval.k if args.k is None else args.k
     with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
         user_columns = [column for column in columns if column.name != config.retrieval.item]

@@ -100,6 +100,11 @@ def samples(config, out=None):
     return train, test
 
 
+def item_feature(config, columns):
+    """The trained model's item id column (`retrieval.item`) among its `columns`."""
+    return next(column for column in columns if column.name == config.retrieval.item)
+
+
 def catalogue(config, train, item_column):
     """The candidates: the `data.items` frame (one row per item), or one row per training target;
     their ids as `item_column` takes them, and only those it has a row of its own for.
@@ -272,7 +277,7 @@ def evaluate(config, out=None):
         model, every = run.trained(config)
     settings, k = config.retrieval, config.retrieval.k
     train_df, test_df = samples(config, out)
-    item_column = next(column for column in every if column.name == settings.item)
+    item_column = item_feature(config, every)
     items = catalogue(config, train_df, item_column)
     if k > len(items):
         raise ConfigError(f"{config.path}: retrieval.k: {k} is more than the {len(items)} items of the catalogue")

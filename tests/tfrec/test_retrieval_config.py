@@ -111,7 +111,7 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
                                                               "mind_user_tower"]
     model, columns = trained(mind_run)
     train, test = retrieval_run.samples(mind_run)
-    items = retrieval_run.catalogue(mind_run, train, next(c for c in columns if c.name == "item_id"))
+    items = retrieval_run.catalogue(mind_run, train, retrieval_run.item_feature(mind_run, columns))
     user_columns = [c for c in columns if c.name != "item_id"]
     users = df_to_inputs(test.head(8), user_columns)
     item_column = next(c for c in columns if c.name == "item_id")
@@ -199,7 +199,7 @@ def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_ans
 
     model, columns = trained(config)
     train, test = retrieval_run.samples(config)
-    items = retrieval_run.catalogue(config, train, next(c for c in columns if c.name == "item_id"))
+    items = retrieval_run.catalogue(config, train, retrieval_run.item_feature(config, columns))
     users = df_to_inputs(test.head(20), [c for c in columns if c.name != "item_id"])
     served = tf.saved_model.load(str(tmp_path / "export" / "mind_brute_force" / "1")).signatures["serving_default"](
         **{name: tf.constant(values.astype(np.int64) if values.dtype.kind in "iu" else values)  # as served: int64

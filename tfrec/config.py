@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 
@@ -132,14 +132,18 @@ class TrainConfig:
     """`train:` Keras fit settings (Adam with `learning_rate`).
 
     `warm_start`: the folder of an earlier run of the same model (its `output`): training starts
-    from its weights, with its columns and vocabularies (the `columns` section is not used, and
-    values new since are looked up as the out-of-vocabulary row); the optimizer starts afresh.
+    from its weights, with its columns (the `columns` section is not used); the optimizer starts
+    afresh. `grow_vocabularies` (ranking models; true by default with a warm start): a value of
+    the new data that a vocabulary lacks, seen at least once (or at least N times: an int), gets
+    a row of its own, appended after the old ones, which keep their weights; false: such values
+    are looked up as the out-of-vocabulary row.
     """
     epochs: int = 1
     batch_size: int = 256
     learning_rate: float = 0.001
     seed: int = 0
     warm_start: Optional[str] = None
+    grow_vocabularies: Any = None
 
 
 @dataclass
@@ -434,6 +438,19 @@ def load_config(path, output=None, export_base=None):
             if raw.get(key) is not None:
                 _fail(path, key, "does not apply with train.warm_start: the run starts from the earlier run's "
                       "columns and trains in one process; remove one of them")
+    if train.grow_vocabularies is not None:
+        if train.warm_start is None:
+            _fail(path, "train.grow_vocabularies", "applies only with train.warm_start (a new run infers its "
+                  "vocabularies from its own data)")
+        if raw.get("retrieval") is not None:
+            _fail(path, "train.grow_vocabularies", "applies to ranking models; a retrieval run's warm start keeps "
+                  "its vocabularies (its sampler's item counts are sized to them)")
+        if not isinstance(train.grow_vocabularies, bool) and not (
+                isinstance(train.grow_vocabularies, int) and train.grow_vocabularies >= 1):
+            _fail(path, "train.grow_vocabularies", "must be true, false or the times a new value must be seen (an "
+                  f"integer >= 1), got {train.grow_vocabularies!r}")
+    elif train.warm_start is not None and raw.get("retrieval") is None:
+        train.grow_vocabularies = True
     export_section = ExportConfig(**_section(path, raw, "export"))
     if export_base is not None:
         export_section.base = os.path.abspath(export_base)
@@ -953,6 +970,9 @@ def train(config, verbose=2, tensorboard=None, out=None):
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
     columns = warm[1] if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
+    if warm and config.train.grow_vocabularies:
+        warm = _grown(*warm, train_df, config.train.grow_vocabularies, out)
+        columns = warm[1]
     _check_dense(train_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before training, not after it
     tf.keras.utils.set_random_seed(config.train.seed)
@@ -1005,8 +1025,29 @@ def warm_start(config, out=None):
     if re.sub(r"[^a-z]", "", model.name.lower()) != config.model.name.lower():
         raise ConfigError(f"{config.path}: train.warm_start: {folder} holds a model named '{model.name}', and this "
                           f"config trains {config.model.name}")
+    if config.model.args:
+        print(f"model.args are not used with train.warm_start: the model is the one in {folder}, as it was built",
+              file=out or sys.stdout)
     with open(os.path.join(folder, COLUMNS_FILE), encoding="utf-8") as handle:
         return model, columns_from_json(json.load(handle))
+
+
+def _grown(model, columns, train_df, min_count, out):
+    """(model, columns) of a warm start with rows for the values of `train_df` new to its
+    vocabularies (seen `min_count` times; True: once)."""
+    from tfrec.data import grow_vocabularies
+    from tfrec.saving import with_grown_tables
+
+    min_count = 1 if min_count is True else int(min_count)
+    grown_columns, grown = grow_vocabularies(columns, train_df, min_count)
+    if not grown:
+        print("no values new to the vocabularies", file=out or sys.stdout)
+        return model, columns
+    old = {c.embedding_name: len(c.vocabulary) for c in columns
+           if isinstance(c, (SparseFeat, VarLenSparseFeat)) and c.embedding_name in grown}
+    added = ", ".join(f"{table} +{len(vocabulary) - old[table]}" for table, vocabulary in grown.items())
+    with step(f"growing the vocabularies by the new values ({added})", out):
+        return with_grown_tables(model, grown), grown_columns
 
 
 def check_losses(losses):

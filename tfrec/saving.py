@@ -12,9 +12,10 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["load_model", "registered_objects"]
+__all__ = ["load_model", "registered_objects", "with_grown_tables"]
 
 _PACKAGE = "tfrec"
 
@@ -64,3 +65,66 @@ def load_model(path, compile=True):
         raise FileNotFoundError(f"no saved model at {path!r}: give the path that model.save() "
                                 "(or `tfrec train`) wrote")
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
+
+
+
+def with_grown_tables(model, vocabularies):
+    """A copy of `model` with more rows in some of its embedding tables: the model of columns
+    grown by `tfrec.data.grow_vocabularies`.
+
+    Args:
+      model: a functional tfrec model (its tables are the `SparseIndex` "index_<table>" and
+        `SparseEmbedding` "emb_<table>" layers that `feature_columns` builds).
+      vocabularies: {table: vocabulary}, each the table's vocabulary with new entries appended.
+
+    Returns:
+      A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
+      (old ids keep their vectors and their counts for the frequency-scaled regulariser), and its
+      new rows start from the table's initializer with a count of 0.
+
+    Raises:
+      ValueError: a table of `vocabularies` is not in the model, or its vocabulary does not start
+        with the model's.
+    """
+    config = model.get_config()
+    layers = list(_layer_configs(config))
+    added = {}
+    for table, vocabulary in vocabularies.items():
+        lookups = [c for c in layers if c.get("name", "").endswith("index_" + table) and "vocabulary" in c]
+        tables = [c for c in layers if c.get("name", "").endswith("emb_" + table) and "input_dim" in c]
+        if not lookups or not tables:
+            raise ValueError(f"model '{model.name}' has no lookup and embedding layers of table '{table}'")
+        for lookup in lookups:
+            old = list(lookup["vocabulary"] or ())
+            if list(vocabulary[:len(old)]) != old:
+                raise ValueError(f"table '{table}': the new vocabulary must start with the model's {len(old)} "
+                                 "entries, in their order, so that old ids keep their rows")
+            added[table] = len(vocabulary) - len(old)
+            lookup.update(vocabulary=list(vocabulary), num_buckets=lookup["num_buckets"] + added[table])
+        for embedding in tables:
+            embedding["input_dim"] += added[table]
+    grown = model.__class__.from_config(config, custom_objects=registered_objects())
+    # Same layers in the same order: the weights pair up in order (a rebuilt layer's variables
+    # are not under its name scope, so only their own names are compared).
+    if [w.name.split("/")[-1] for w in grown.weights] != [w.name.split("/")[-1] for w in model.weights]:
+        raise ValueError(f"model '{model.name}' rebuilt with grown tables has other weights than the model")
+    for old, new in zip(model.weights, grown.weights):
+        value = old.numpy()
+        if tuple(old.shape) != tuple(new.shape):
+            if tuple(old.shape[1:]) != tuple(new.shape[1:]) or old.shape[0] > new.shape[0]:
+                raise ValueError(f"weight {old.name}: shape {old.shape} cannot grow to {new.shape}")
+            value = np.concatenate([value, new.numpy()[old.shape[0]:]])  # new rows: initializer, count 0
+        new.assign(value)
+    return grown
+
+
+def _layer_configs(config):
+    """Every layer's `config` dict in a model's config, nested models' layers included."""
+    if isinstance(config, dict):
+        if "name" in config and "class_name" not in config:
+            yield config
+        for value in config.values():
+            yield from _layer_configs(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _layer_configs(value)

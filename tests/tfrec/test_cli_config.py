@@ -254,9 +254,10 @@ def test_the_server_exits_cleanly_on_sigterm(served):
 
 
 def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test_rows, tmp_path, capsys):
-    """Day 2: train.warm_start starts from yesterday's run (its weights, columns and vocabularies)
-    on today's rows, where a new item is out of vocabulary; a near-zero learning rate leaves
-    its scores where yesterday's model had them."""
+    """Day 2: train.warm_start starts from yesterday's run (its weights and columns) on today's
+    rows, where a new item gets a row of its own appended to yesterday's vocabulary (or, with
+    grow_vocabularies: false, is out of vocabulary); a near-zero learning rate leaves the scores
+    of yesterday's items where yesterday's model had them."""
     import pandas as pd
     import yaml
 
@@ -270,22 +271,40 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
     today.to_csv(tmp_path / "data" / "ranking.csv", index=False)
     config = yaml.safe_load(RANKING.read_text())
     del config["columns"]
-    config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12)
+    # Yesterday's vocabularies kept values seen twice (columns.min_count: 2): so do today's.
+    config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12, grow_vocabularies=2)
     config.update(output="today", export={"base": "today/export"})
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
     capsys.readouterr()
     assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
-    assert "loading the model to start from" in capsys.readouterr().out
-    assert json.loads((tmp_path / "today" / "columns.json").read_text()) == \
-        json.loads((ranking_run.output / "columns.json").read_text())  # yesterday's vocabularies, no "i-new"
+    out = capsys.readouterr().out
+    assert "loading the model to start from" in out and "growing the vocabularies by the new values (item_id +1)" in out
+    assert "model.args are not used with train.warm_start" in out  # the example's args: the model keeps its own
+    before = {c["name"]: c for c in json.loads((ranking_run.output / "columns.json").read_text())}
+    after = {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())}
+    for name, column in before.items():
+        if column.get("embedding_name") == "item_id":
+            assert after[name] == {**column, "vocabulary": column["vocabulary"] + ["i-new"],
+                                   "vocabulary_size": column["vocabulary_size"] + 1}
+        else:
+            assert after[name] == column
     yesterday, rows, inputs = test_rows
     model, columns = trained(load_config(str(tmp_path / "today.yaml")))
     np.testing.assert_allclose(model.predict(df_to_inputs(rows, columns), verbose=0),
                                yesterday.predict(inputs, verbose=0), atol=1e-5)
+    row = int(model.get_layer("index_item_id")(tf.constant(["i-new"])).numpy().ravel()[0])
+    assert row == len(before["item_id"]["vocabulary"]) + 2  # its own row, after yesterday's (not 1, OOV)
+
+    config["train"]["grow_vocabularies"] = False
+    (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
+    assert {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())} == before
+    del config["train"]["grow_vocabularies"]
 
     for change, message in [({"train": {"warm_start": str(tmp_path / "nowhere")}}, "holds no model.keras"),
                             ({"model": {"name": "SIM"}}, "holds a model named 'din', and this config trains SIM"),
-                            ({"columns": "infer"}, "columns: does not apply with train.warm_start")]:
+                            ({"columns": "infer"}, "columns: does not apply with train.warm_start"),
+                            ({"train": {"grow_vocabularies": 0}}, "train.grow_vocabularies: must be true, false")]:
         wrong = {**config, **{key: ({**config[key], **value} if isinstance(value, dict) and key in config
                                     else value) for key, value in change.items()}}
         (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))

@@ -1,7 +1,8 @@
 """Data for tfrec models.
 
 Your own data:
-  infer_feature_columns(df, label_columns, ...)   DataFrame -> feature columns with vocabularies
+  infer_feature_columns(df, label_columns, ...)   DataFrame -> feature columns with vocabularies;
+                                                  grow_vocabularies(columns, newer_df) adds new values
   build_din_samples(log, maxlen, ...)             behaviour log -> DIN samples (history, negatives),
                                                   split leave-last-out; build_sim_samples for SIM/CLSR
   retrieval_samples(log, seq_maxlen, ...)         interaction log -> retrieval samples (leave-last-out);
@@ -17,7 +18,7 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 from .adult import ADULT_PATH_VARIABLE, ADULT_TASKS, ADULT_URL, adult_feature_columns, load_adult
 from .behaviour import (NEGATIVE_OUTCOME_VALUES, build_din_samples, build_sim_samples, check_esmm_labels,
                         leave_last_out)
-from .columns import ColumnInferenceError, build_vocabulary, infer_feature_columns
+from .columns import ColumnInferenceError, build_vocabulary, grow_vocabularies, infer_feature_columns
 from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
                            make_long_history_setting)
 from .pipeline import df_to_dataset, df_to_inputs
@@ -31,7 +32,8 @@ from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalD
 __all__ = [
     "ADULT_PATH_VARIABLE", "ADULT_TASKS", "ADULT_URL", "DIN_HISTORY_FEATURES", "LONG_HISTORY_SETTINGS",
     "NEGATIVE_OUTCOME_VALUES", "SPARSE_USER_SETTINGS",
-    "ColumnInferenceError", "build_vocabulary", "build_sim_samples", "infer_feature_columns", "leave_last_out",
+    "ColumnInferenceError", "build_vocabulary", "build_sim_samples", "grow_vocabularies", "infer_feature_columns",
+    "leave_last_out",
     "adult_feature_columns", "build_din_samples", "check_esmm_labels", "df_to_dataset", "df_to_inputs",
     "din_feature_columns", "load_adult", "long_history_feature_columns", "make_behaviour_log",
     "make_long_history_data", "make_long_history_setting", "make_multitask_data", "make_sparse_user_log",

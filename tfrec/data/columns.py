@@ -16,7 +16,7 @@ from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFe
 
 from .pipeline import id_text
 
-__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column"]
+__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column", "grow_vocabularies"]
 
 class ColumnInferenceError(ValueError):
     """Columns cannot be inferred as asked; `key` names the argument at fault (None: the frame).
@@ -176,6 +176,64 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     if not columns:
         raise ColumnInferenceError(None, "the data has no feature columns besides the labels")
     return columns
+
+
+def grow_vocabularies(columns, df, min_count=1):
+    """`columns` whose vocabularies also hold the values of `df` they lack, seen there at least
+    `min_count` times: appended after the old entries, most frequent first, so every old value
+    keeps its row (a warm-started model trained on newer data; `tfrec.saving.with_grown_tables`
+    gives the model the rows).
+
+    The columns of one table (`embedding_name`: a target and its history) grow together. A
+    hashed table, a table of plain integer ids without a vocabulary and one read from a
+    vocabulary file stay as they are.
+
+    Returns:
+      (columns, {table: its grown vocabulary}) for the tables that gained values.
+    """
+    def sparse(column):
+        return column.sparsefeat if isinstance(column, VarLenSparseFeat) else column
+
+    tables = {}
+    for column in columns:
+        feat = sparse(column)
+        if isinstance(feat, SparseFeat) and feat.vocabulary is not None and feat.vocabulary_path is None:
+            tables.setdefault(feat.embedding_name, []).append(column)
+    grown = {}
+    for table, members in tables.items():
+        old = sparse(members[0]).vocabulary
+        integer = sparse(members[0]).dtype != "string"
+        values = []
+        for column in members:
+            if column.name in df.columns:
+                cells = df[column.name].to_numpy()
+                values += [v for cell in cells for v in cell] if isinstance(column, VarLenSparseFeat) else cells.tolist()
+        if integer:  # other values are refused, naming the feature, when the inputs are built
+            counts = Counter(int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+        else:
+            counts = Counter(str(id_text(v)) for v in values if not (isinstance(v, float) and v != v))
+        known = set(old)
+        new = [value for value in build_vocabulary(counts, min_count) if value not in known]
+        if new:
+            grown[table] = tuple(old) + tuple(new)
+    if not grown:
+        return list(columns), {}
+
+    def regrown(feat):
+        if feat.embedding_name not in grown:
+            return feat
+        return SparseFeat(feat.name, None, feat.embedding_dim, use_hash=feat.use_hash, dtype=feat.dtype,
+                          embeddings_initializer=feat.embeddings_initializer, embedding_name=feat.embedding_name,
+                          group_name=feat.group_name, trainable=feat.trainable,
+                          vocabulary=grown[feat.embedding_name])
+
+    out = []
+    for column in columns:
+        if isinstance(column, VarLenSparseFeat):
+            out.append(column._replace(sparsefeat=regrown(column.sparsefeat)))
+        else:
+            out.append(regrown(column) if isinstance(column, SparseFeat) else column)
+    return out, grown
 
 
 def _integer_items(cells):

@@ -86,3 +86,41 @@ def test_tfrec_export_takes_a_model_saved_under_any_name(saved, tmp_path, capsys
                        score=tf.constant(x["score"], tf.float32), hist_item_id=tf.constant(x["hist_item_id"], tf.int64))
     np.testing.assert_allclose(served["prediction"].numpy().reshape(-1), np.load(saved / "expected.npy").reshape(-1),
                                atol=1e-5)
+
+
+def test_grown_tables_keep_every_weight_and_give_new_values_their_own_rows(tmp_path):
+    """A warm start's model (`with_grown_tables`) answers yesterday's rows exactly as yesterday's
+    model, saves and loads, and looks a new value up in its own row, not the out-of-vocabulary one."""
+    import pandas as pd
+    import tensorflow as tf
+
+    import tfrec.models
+    from tfrec.data import df_to_inputs, grow_vocabularies, infer_feature_columns
+    from tfrec.saving import load_model, with_grown_tables
+
+    yesterday = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u1"], "item_id": ["a", "b", "a", "c"],
+                              "cate_id": ["x", "y", "x", "y"], "hist_item_id": [["a"], ["b", "a"], [], ["c"]],
+                              "hist_cate_id": [["x"], ["y", "x"], [], ["y"]], "click": [1, 0, 1, 0]})
+    columns = infer_feature_columns(yesterday, ["click"], embedding_dim=4)
+    # SIM: its search, attention and towers around the tables (the config test grows DIN's).
+    model = tfrec.models.SIM(columns, ["item_id", "cate_id"], topk=2, short_maxlen=1, dnn_hidden_units=(4,),
+                             att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy")
+    labels = yesterday["click"].to_numpy(np.float32)
+    model.fit(df_to_inputs(yesterday, columns), labels, verbose=0, epochs=2)
+    today = yesterday.assign(item_id=["a", "z", "z", "c"], hist_item_id=[["z"], ["b", "a"], [], ["y"]])
+    grown_columns, grown = grow_vocabularies(columns, today)
+    assert grown == {"item_id": ("a", "b", "c", "z", "y")}  # z twice, y once; user and cate tables unchanged
+    assert grow_vocabularies(columns, today, min_count=2)[1] == {"item_id": ("a", "b", "c", "z")}
+    grown_model = with_grown_tables(model, grown)
+    before = model.predict(df_to_inputs(yesterday, columns), verbose=0)
+    np.testing.assert_array_equal(grown_model.predict(df_to_inputs(yesterday, grown_columns), verbose=0),
+                                  before)
+    grown_model.save(tmp_path / "grown.keras")
+    loaded = load_model(tmp_path / "grown.keras", compile=False)
+    np.testing.assert_array_equal(loaded.predict(df_to_inputs(yesterday, grown_columns), verbose=0), before)
+    assert loaded.get_layer("index_item_id")(tf.constant(["z", "y", "new"])).numpy().ravel().tolist() == [5, 6, 1]
+    grown_model.compile("adam", "binary_crossentropy")  # trains on today's rows, new rows included
+    grown_model.fit(df_to_inputs(today, grown_columns), labels, verbose=0)
+    with pytest.raises(ValueError, match="must start with the model's 3 entries"):
+        with_grown_tables(model, {"item_id": ("b", "a", "c", "z")})

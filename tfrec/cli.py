@@ -222,8 +222,8 @@ def cmd_evaluate(args):
         elif result["auc"] is None:
             scores = f"AUC -  ({result['note']})  logloss {result['logloss']:.4f}"
         else:
-            scores = (f"AUC {result['auc']:.4f}  GAUC {result.get('gauc', float('nan')):.4f}  "
-                      f"logloss {result['logloss']:.4f}")
+            gauc = f"GAUC {result['gauc']:.4f}  " if "gauc" in result else ""
+            scores = f"AUC {result['auc']:.4f}  {gauc}logloss {result['logloss']:.4f}"
         print(f"{name}{scores}  (mean prediction {result['mean_prediction']:.4f}, "
               f"label {'mean' if 'mse' in result else 'rate'} {result['label_rate']:.4f}, {result['rows']} rows)")
     for kind, path in report["files"].items():

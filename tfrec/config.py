@@ -711,22 +711,25 @@ def load_frames(config, feature_columns=None):
 
     `feature_columns`: a trained model's columns, whose sequences the files hold (else the
     config's `columns` section says which)."""
-    columns = config.columns
+    columns, text = config.columns, []
     if feature_columns is not None:
         sequences = [c.name for c in feature_columns if isinstance(c, (VarLenSparseFeat, VarLenDenseFeat))]
         numeric = [c.name for c in feature_columns if isinstance(c, VarLenDenseFeat)]
+        text = [c.name for c in feature_columns if isinstance(c, SparseFeat) and c.dtype == "string"]
     elif columns.infer:
         sequences = list(columns.sequences)
         numeric = [name for name in sequences if name in (columns.dense or ())]
     else:
         sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
         numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
+        text = [c["name"] for c in columns.explicit if c["type"] == "sparse" and c.get("dtype") == "string"]
+    # A string column's ids are read as written: "04324" is looked up as "04324", as requests send it.
     df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
-                         numeric), config, sequences)
+                         numeric, text), config, sequences)
     _check_labels(df, config)
     if config.data.test:
         test = fill(read_data(config.data.test, "data.test", config.path, sequences,
-                               config.data.sequence_separator, numeric), config, sequences)
+                               config.data.sequence_separator, numeric, text), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
@@ -762,8 +765,9 @@ def _check_labels(df, config):
         values = df[column].to_numpy()
         binary = types.get(task, "binary") == "binary"
         if values.dtype.kind not in "biuf":
-            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers"
-                              f"{' 0/1' if binary else ''}, got {values.dtype} values like {values[:3].tolist()}")
+            bad = next(row for row, value in enumerate(values) if not _is_number(str(value)))
+            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers{' 0/1' if binary else ''}, "
+                              f"but data row {bad} holds {values[bad]!r}; map such values to numbers first")
         values = values.astype(float)
         if np.isnan(values).any():
             missing = np.flatnonzero(np.isnan(values))
@@ -1106,8 +1110,9 @@ def _check_test_rows(test_df, columns, config):
     where = "data.test" if config.data.test else "data.train"
     missing = [column.name for column in columns if column.name not in test_df.columns]
     if missing:
-        raise ConfigError(f"{config.path}: {where}: the test rows lack the feature column(s) {missing}; their "
-                          f"columns are {list(test_df.columns)}")
+        rows = "the test rows" if config.data.test else "the data"
+        raise ConfigError(f"{config.path}: {where}: {rows} lack the feature column(s) {missing} the model takes; "
+                          f"their columns are {list(test_df.columns)}")
     group = config.evaluate.group
     if group is not None and group not in test_df.columns:
         raise ConfigError(f"{config.path}: evaluate.group: '{group}' is not a column; the columns are "

@@ -369,6 +369,8 @@ def test_mistakes_in_a_users_own_data_are_named_before_training(tmp_path):
         run.load_frames(data(click=[1, 0, 2, 0, 1, 0, 1, 0]))
     with pytest.raises(ConfigError, match="labels: column 'click' has 1 empty cell"):
         run.load_frames(data(click=[1, 0, 1, None, 1, 0, 1, 0]))
+    with pytest.raises(ConfigError, match=r"labels: column 'click' must hold numbers 0/1, but data row 3 holds 'yes'"):
+        run.load_frames(data(click=[1, 0, 1, "yes", 1, 0, 1, 0]))
     with pytest.raises(ConfigError, match=r"columns: dense column 'price' has 2 empty cell\(s\) in the training rows, "
                                           r"the first in row 1; give their value with data: \{fill: \{price: 0\}\}, "
                                           r".* list the numeric columns under columns.dense"):
@@ -438,6 +440,12 @@ def test_whole_numbers_written_with_leading_zeros_are_ids_kept_as_text(tmp_path)
     columns = {c.name: c for c in run.infer_columns(read, config)}
     assert columns["user_id"].dtype == "string"
     assert set(columns["user_id"].vocabulary) == {"000012", "12", "7"}
+    # A column declared dtype: string is read as text too, leading zeros or not.
+    df.assign(user_id=["12", "7"] * 4, hist_item_id="").to_csv(tmp_path / "d.csv", index=False)
+    explicit = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns:\n"
+                                               "  - {type: sparse, name: user_id, embedding_dim: 4, dtype: string, "
+                                               "vocabulary: ['12', '7']}\n")))
+    assert set(run.load_frames(explicit)[0]["user_id"].tolist()) == {"12", "7"}
 
 
 def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatch):

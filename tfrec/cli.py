@@ -370,7 +370,10 @@ def cmd_query(args):
 
     if args.version is not None and args.version_label:
         raise CliError("give --version or --version-label, not both", "a label names a version")
-    inputs = read_inputs(args.inputs)
+    if (args.inputs is None) == (not args.user):
+        raise CliError("give the request with --inputs, or --config with --user", "--user USER builds a retrieval "
+                       "model's request from the config's log (repeatable); --inputs takes it as JSON")
+    inputs = read_inputs(args.inputs) if args.inputs is not None else _user_request(args)
     with Client(args.target, timeout=args.timeout) as client:
         outputs = client.predict(args.model_name, inputs, signature_name=args.signature_name,
                                  version=args.version, version_label=args.version_label,
@@ -378,6 +381,20 @@ def cmd_query(args):
     # String outputs (a retrieval export's item ids) as text, or {"b64": ...} as REST writes them.
     print(json.dumps({name: to_json_value(value) for name, value in outputs.items()}, indent=2))
     return 0
+
+
+def _user_request(args):
+    """--user: the request of those users from the log of --config (a retrieval run)."""
+    from tfrec import retrieval_run
+    from tfrec.config import load_config
+
+    if not args.config:
+        raise CliError("--user needs --config", "the config's log holds each user's history and profile")
+    config = load_config(args.config)
+    if not config.retrieval:
+        raise CliError(f"--user builds a retrieval request; {args.config} trains a ranking model",
+                       "a ranking request holds the items to score: give it with --inputs")
+    return retrieval_run.user_requests(config, args.user, out=sys.stderr)
 
 
 def cmd_bench(args):
@@ -499,8 +516,11 @@ def build_parser():
     query = command("query", "one gRPC Predict request; prints the outputs as JSON")
     query.add_argument("--target", default="127.0.0.1:8500", help="the server's gRPC host:port")
     query.add_argument("--model-name", required=True, help="the served model's name")
-    query.add_argument("--inputs", required=True, metavar="JSON|@FILE",
+    query.add_argument("--inputs", metavar="JSON|@FILE",
                        help='the request as JSON {feature: values}, or @FILE to read it from a file')
+    query.add_argument("--config", help="a retrieval run's config: with --user, the request is built from its log")
+    query.add_argument("--user", action="append", metavar="USER",
+                       help="a user id of the config's log, asked with their history and profile (repeatable)")
     query.add_argument("--signature-name", help="the signature (default: serving_default)")
     query.add_argument("--version", type=int, help="a model version (default: the latest)")
     query.add_argument("--version-label", help="a version label of the server's model config (e.g. stable)")

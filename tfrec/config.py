@@ -1182,12 +1182,17 @@ def trained(config):
     """(model, columns) that `train` wrote for this config."""
     from tfrec.saving import load_model
 
+    columns = trained_columns(config)
+    return load_model(config.output_file(MODEL_FILE)), columns
+
+
+def trained_columns(config):
+    """The feature columns of the model that `train` wrote for this config."""
     model_file = config.output_file(MODEL_FILE)
     if not os.path.exists(model_file):
         raise FileNotFoundError(f"no trained model at {model_file}: run `tfrec train --config {config.path}` first")
     with open(config.output_file(COLUMNS_FILE), encoding="utf-8") as handle:
-        columns = columns_from_json(json.load(handle))
-    return load_model(model_file), columns
+        return columns_from_json(json.load(handle))
 
 
 def evaluate(config, out=None):

@@ -100,6 +100,40 @@ def samples(config, out=None):
     return train, test
 
 
+def user_requests(config, users, out=None):
+    """The request inputs ({feature: array}, one row per user) of the config's retrieval export
+    for `users` (their ids), from the log: each user's next event as training saw every event,
+    the history being their most recent events and the profile that of their last event.
+
+    Built by the samples' own code (`tfrec.data.retrieval_samples`, on the log with one event
+    appended after each user's last), so a request holds what a training sample of that moment
+    held.
+
+    Raises:
+      ConfigError: a user has no event in the log.
+    """
+    from tfrec.data import df_to_inputs, retrieval_samples
+
+    settings = config.retrieval
+    columns = run.trained_columns(config)
+    log = read_log(config, out)
+    wanted = [str(user) for user in users]
+    last = log[log[settings.user].isin(wanted)].sort_values(settings.time, kind="stable").groupby(
+        settings.user, sort=False).tail(1).set_index(settings.user)
+    missing = [user for user in wanted if user not in last.index]
+    if missing:
+        raise ConfigError(f"{config.path}: data.train: no event of user(s) {missing[:5]} in the log, so there is no "
+                          f"history to ask with (users are read as text, e.g. {log[settings.user].iloc[0]!r})")
+    step = pd.Timedelta(seconds=1) if log[settings.time].dtype.kind == "M" else 1
+    following = last.loc[list(dict.fromkeys(wanted))].reset_index().assign(**{settings.time: lambda frame: frame[settings.time] + step})
+    _, test = retrieval_samples(pd.concat([log[log[settings.user].isin(wanted)], following], ignore_index=True),
+                                settings.seq_maxlen, short_sess_length=settings.short_sess_length,
+                                user_cols=settings.profile, min_history=1, user_col=settings.user,
+                                item_col=settings.item, category_col=settings.category, time_col=settings.time)
+    test = test.set_index(settings.user).loc[wanted].reset_index()
+    return df_to_inputs(test, [column for column in columns if column.name != settings.item])
+
+
 def item_feature(config, columns):
     """The trained model's item id column (`retrieval.item`) among its `columns`."""
     return next(column for column in columns if column.name == config.retrieval.item)

@@ -98,7 +98,7 @@ def test_mind_from_a_config_retrieves_clearly_better_than_popularity(mind_run):
     assert report["model"]["hit_rate"] == report["model"]["recall"]  # one held-out item per user
 
 
-def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run):
+def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run, capsys):
     from serving import Client
     from serving.local import LocalServer
     from tfrec import retrieval_run
@@ -116,9 +116,25 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
     users = df_to_inputs(test.head(8), user_columns)
     item_column = next(c for c in columns if c.name == "item_id")
     expected = items["item_id"].to_numpy()[rank_candidates(model, users, df_to_inputs(items, [item_column]), 50)]
+    asked = [test["user_id"].iloc[3], test["user_id"].iloc[0], test["user_id"].iloc[3]]
+    requests = retrieval_run.user_requests(mind_run, asked)
     with LocalServer(model_base_path=str(base), model_name="mind", rest=False) as server, \
             Client(server.grpc_target, timeout=60) as client:
         outputs = client.predict("mind", users)
+        by_request = client.predict("mind", requests)
+        code, out, err = tfrec("query", "--target", server.grpc_target, "--model-name", "mind", "--config",
+                               mind_run.path, *[arg for user in asked for arg in ("--user", user)], capsys=capsys)
+    # tfrec query --user: each user asked with every event of theirs in the log, the last included.
+    assert code == 0, err
+    assert json.loads(out)["item_ids"] == np.vectorize(lambda b: b.decode())(by_request["item_ids"]).tolist()
+    log = retrieval_run.read_log(mind_run)
+    for row, user in enumerate(asked):
+        events = log[log["user_id"] == user].sort_values("timestamp", kind="stable")
+        recent = events["item_id"].tolist()[-mind_run.retrieval.seq_maxlen:]
+        assert requests["hist_item_id"][row][:len(recent)].tolist() == recent and requests["hist_len"][row] == len(recent)
+        assert requests["gender"][row] == events["gender"].iloc[-1]
+    assert tfrec("query", "--model-name", "mind", "--config", mind_run.path, "--user", "nobody",
+                 capsys=capsys)[2].count("no event of user(s) ['nobody'] in the log") == 1
     served = np.vectorize(lambda b: b.decode())(outputs["item_ids"])
     assert served.shape == (8, 50)
     assert set(served.ravel()) <= set(items["item_id"])

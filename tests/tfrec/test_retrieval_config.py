@@ -135,6 +135,9 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
         assert requests["gender"][row] == events["gender"].iloc[-1]
     assert tfrec("query", "--model-name", "mind", "--config", mind_run.path, "--user", "nobody",
                  capsys=capsys)[2].count("no event of user(s) ['nobody'] in the log") == 1
+    assert "give the request with --inputs, or --config with --user" in tfrec("query", "--model-name", "mind",
+                                                                              capsys=capsys)[2]
+    assert "--user needs --config" in tfrec("query", "--model-name", "mind", "--user", "u1", capsys=capsys)[2]
     served = np.vectorize(lambda b: b.decode())(outputs["item_ids"])
     assert served.shape == (8, 50)
     assert set(served.ravel()) <= set(items["item_id"])

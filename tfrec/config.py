@@ -1047,9 +1047,9 @@ def _grown(model, columns, train_df, min_count, out):
     if not grown:
         print("no values new to the vocabularies", file=out or sys.stdout)
         return model, columns
-    old = {c.embedding_name: len(c.vocabulary) for c in columns
-           if isinstance(c, (SparseFeat, VarLenSparseFeat)) and c.embedding_name in grown}
-    added = ", ".join(f"{table} +{len(vocabulary) - old[table]}" for table, vocabulary in grown.items())
+    before, after = ({c.embedding_name: c.vocabulary_size for c in cs if isinstance(c, (SparseFeat, VarLenSparseFeat))}
+                     for cs in (columns, grown_columns))
+    added = ", ".join(f"{table} +{after[table] - before[table]}" for table in grown)
     with step(f"growing the vocabularies by the new values ({added})", out):
         return with_grown_tables(model, grown), grown_columns
 

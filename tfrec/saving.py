@@ -95,8 +95,8 @@ def with_grown_tables(model, vocabularies):
         if not lookups or not tables:
             raise ValueError(f"model '{model.name}' has no lookup and embedding layers of table '{table}'")
         for lookup in lookups:
-            old = list(lookup["vocabulary"] or ())
-            if list(vocabulary[:len(old)]) != old:
+            old = [str(value) for value in lookup["vocabulary"] or ()]  # a vocabulary file's ints are text
+            if [str(value) for value in vocabulary[:len(old)]] != old:
                 raise ValueError(f"table '{table}': the new vocabulary must start with the model's {len(old)} "
                                  "entries, in their order, so that old ids keep their rows")
             added[table] = len(vocabulary) - len(old)

@@ -80,6 +80,12 @@ def test_bad_values_are_named(frame):
         df_to_inputs(frame, columns())
     with pytest.raises(ValueError, match="feature 'vec' needs 3 float"):
         df_to_inputs(frame, [DenseFeat("vec", 3)])
+    ids = SparseFeat("item_id", 2000, dtype="int64")
+    with pytest.raises(ValueError, match=r"needs integer ids, but row 0 holds '1060'; the column is text: .* leading "
+                                         r"zeros \('0777' in row 2\)"):
+        df_to_inputs(pd.DataFrame({"item_id": ["1060", "1082", "0777"]}), [ids])
+    with pytest.raises(ValueError, match=r"needs integer ids, but row 1 holds nan; missing values must be filled"):
+        df_to_inputs(pd.DataFrame({"item_id": [5, None, 7]}), [ids])
 
 
 def test_df_to_dataset_batches_in_order_without_shuffle(frame):

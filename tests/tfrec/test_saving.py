@@ -124,3 +124,19 @@ def test_grown_tables_keep_every_weight_and_give_new_values_their_own_rows(tmp_p
     grown_model.fit(df_to_inputs(today, grown_columns), labels, verbose=0)
     with pytest.raises(ValueError, match="must start with the model's 3 entries"):
         with_grown_tables(model, {"item_id": ("b", "a", "c", "z")})
+
+
+def test_a_table_read_from_a_vocabulary_file_grows_into_a_vocabulary_list(tmp_path):
+    import pandas as pd
+
+    from tfrec.data import grow_vocabularies
+
+    (tmp_path / "users.txt").write_text("04324\n02134\n")
+    (tmp_path / "hours.txt").write_text("7\t10\n9\t3\n")  # values with counts
+    columns = [SparseFeat("user_id", None, 4, dtype="string", vocabulary_path=str(tmp_path / "users.txt")),
+               SparseFeat("hour", None, 4, dtype="int64", vocabulary_path=str(tmp_path / "hours.txt"))]
+    today = pd.DataFrame({"user_id": ["02134", "2134", "77"], "hour": [9, 23, 7]})
+    grown_columns, grown = grow_vocabularies(columns, today)
+    assert grown == {"user_id": ("04324", "02134", "2134", "77"), "hour": (7, 9, 23)}
+    assert [(c.vocabulary, c.vocabulary_path, c.vocabulary_size) for c in grown_columns] == [
+        (("04324", "02134", "2134", "77"), None, 6), ((7, 9, 23), None, 5)]

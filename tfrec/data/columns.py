@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
+from feature_columns.feature_column import read_vocabulary_file
 
 from .pipeline import id_text
 
@@ -185,8 +186,9 @@ def grow_vocabularies(columns, df, min_count=1):
     gives the model the rows).
 
     The columns of one table (`embedding_name`: a target and its history) grow together. A
-    hashed table, a table of plain integer ids without a vocabulary and one read from a
-    vocabulary file stay as they are.
+    table read from a vocabulary file grows too: its grown columns hold the file's values and the
+    new ones as their `vocabulary` (the file is not written). A hashed table and a table of plain
+    integer ids without a vocabulary stay as they are.
 
     Returns:
       (columns, {table: its grown vocabulary}) for the tables that gained values.
@@ -197,12 +199,14 @@ def grow_vocabularies(columns, df, min_count=1):
     tables = {}
     for column in columns:
         feat = sparse(column)
-        if isinstance(feat, SparseFeat) and feat.vocabulary is not None and feat.vocabulary_path is None:
+        if isinstance(feat, SparseFeat) and (feat.vocabulary is not None or feat.vocabulary_path is not None):
             tables.setdefault(feat.embedding_name, []).append(column)
-    grown = {}
+    grown, added = {}, {}
     for table, members in tables.items():
-        old = sparse(members[0]).vocabulary
-        integer = sparse(members[0]).dtype != "string"
+        feat = sparse(members[0])
+        integer = feat.dtype != "string"
+        old = feat.vocabulary if feat.vocabulary is not None else read_vocabulary_file(feat.vocabulary_path)
+        old = [int(v) for v in old] if integer else list(old)
         values = []
         for column in members:
             if column.name in df.columns:
@@ -216,13 +220,16 @@ def grow_vocabularies(columns, df, min_count=1):
         new = [value for value in build_vocabulary(counts, min_count) if value not in known]
         if new:
             grown[table] = tuple(old) + tuple(new)
+            added[table] = len(new)
     if not grown:
         return list(columns), {}
 
     def regrown(feat):
         if feat.embedding_name not in grown:
             return feat
-        return SparseFeat(feat.name, None, feat.embedding_dim, use_hash=feat.use_hash, dtype=feat.dtype,
+        # A table given more rows than its vocabulary needs keeps its spare rows.
+        return SparseFeat(feat.name, feat.vocabulary_size + added[feat.embedding_name], feat.embedding_dim,
+                          use_hash=feat.use_hash, dtype=feat.dtype,
                           embeddings_initializer=feat.embeddings_initializer, embedding_name=feat.embedding_name,
                           group_name=feat.group_name, trainable=feat.trainable,
                           vocabulary=grown[feat.embedding_name])

@@ -5,6 +5,7 @@ are, so `model.fit(df_to_inputs(df, columns), labels)` and `model.fit(df_to_data
 both work. Values stay raw (ints or strings): vocabulary lookup and hashing happen in the graph.
 """
 import itertools
+import re
 
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
 
@@ -77,10 +78,25 @@ def _integers(values, dtype, feature_name, what="integers"):
     if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
         # Integral floats, e.g. an int column that pandas widened to float somewhere.
         return values.astype(dtype)
-    raise ValueError(
-        f"feature '{feature_name}' has dtype {dtype!r} and needs {what}, but holds "
-        f"{values.dtype} values (e.g. {values[:3].tolist()}); missing values must be filled first"
-    )
+    cells = values.tolist()
+    row = next((row for row, v in enumerate(cells) if not _is_whole_number(v)), 0)
+    value = cells[row]
+    if value is None or (isinstance(value, float) and value != value):
+        hint = "missing values must be filled first"
+    elif isinstance(value, str):
+        zeros = next((r for r, v in enumerate(cells) if isinstance(v, str) and re.match(r"\s*[+-]?0\d", v)), None)
+        hint = ("the column is text: a CSV column of whole numbers is read as text when one is written with leading "
+                f"zeros ({cells[zeros]!r} in row {zeros}), which this integer table does not take" if zeros is not None
+                else "text is not an integer id")
+    else:
+        hint = "ids are whole numbers"
+    raise ValueError(f"feature '{feature_name}' has dtype {dtype!r} and needs {what}, but row {row} holds {value!r}; "
+                     f"{hint}")
+
+
+def _is_whole_number(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) or (
+        isinstance(value, (float, np.floating)) and np.isfinite(value) and value == round(value))
 
 
 def _numbers(values, dtype, feature_name):

@@ -1208,11 +1208,13 @@ def evaluate(config, out=None):
 
     Returns:
       {"rows": n, "tasks": {task: {"auc", "gauc", "logloss", "mean_prediction", "label_rate"}},
-       "files": {...}}; a retrieval model's report is `tfrec.retrieval_run.evaluate`'s.
+       "unknown": {feature: share of its test ids out of vocabulary}, "files": {...}}; a
+      retrieval model's report is `tfrec.retrieval_run.evaluate`'s.
     """
     import numpy as np
 
     from tfrec import metrics
+    from tfrec.data import unknown_shares
     from tfrec.evaluation import binary_report, predict_frame
 
     if config.retrieval:
@@ -1224,7 +1226,7 @@ def evaluate(config, out=None):
     test_df = prepare(load_frames(config, columns)[1], columns)
     _check_test_rows(test_df, columns, config)
     group = config.evaluate.group
-    report = {"rows": len(test_df), "tasks": {}}
+    report = {"rows": len(test_df), "tasks": {}, "unknown": unknown_shares(columns, test_df)}
     scores = {}
     types = dict(zip(config.tasks, config.model.args.get("task_types", ()))) if config.multitask else {}
     with step(f"scoring {len(test_df)} test rows", out):

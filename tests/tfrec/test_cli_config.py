@@ -91,6 +91,19 @@ def test_evaluate_writes_metrics_and_a_calibration_plot(ranking_run):
     assert line in ranking_run.evaluate.stdout
 
 
+def test_evaluate_reports_the_test_ids_looked_up_as_the_out_of_vocabulary_row(ranking_run, test_rows):
+    from tfrec.config import load_config, load_frames
+
+    unknown = json.loads((ranking_run.output / "metrics.json").read_text())["unknown"]
+    assert "item_id" in unknown  # min_count: 2 leaves rare items out
+    model = test_rows[0]
+    _, test_df = load_frames(load_config(str(RANKING), output=str(ranking_run.output)))
+    rows = model.get_layer("index_item_id")(tf.constant(test_df["item_id"].astype(str).to_numpy())).numpy()
+    assert unknown["item_id"] == pytest.approx(np.mean(rows == 1))  # as the model looks them up
+    assert "out of vocabulary in the test rows: " in ranking_run.evaluate.stdout
+    assert f"item_id {unknown['item_id']:.1%}" in ranking_run.evaluate.stdout
+
+
 def signature_feed(signature, inputs):
     specs = signature.structured_input_signature[1]
     return {name: tf.constant(np.asarray(inputs[name]).reshape((-1,) + (() if spec.shape.rank == 1 else

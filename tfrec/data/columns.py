@@ -17,7 +17,8 @@ from feature_columns.feature_column import read_vocabulary_file
 
 from .pipeline import id_text
 
-__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column", "grow_vocabularies"]
+__all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column", "grow_vocabularies",
+           "unknown_shares"]
 
 class ColumnInferenceError(ValueError):
     """Columns cannot be inferred as asked; `key` names the argument at fault (None: the frame).
@@ -179,6 +180,34 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     return columns
 
 
+def _sparse(column):
+    return column.sparsefeat if isinstance(column, VarLenSparseFeat) else column
+
+
+def _has_vocabulary(column):
+    feat = _sparse(column)
+    return isinstance(feat, SparseFeat) and (feat.vocabulary is not None or feat.vocabulary_path is not None)
+
+
+def _vocabulary(feat):
+    """A SparseFeat's vocabulary (its list or its file's values), ints for an integer table."""
+    values = feat.vocabulary if feat.vocabulary is not None else read_vocabulary_file(feat.vocabulary_path)
+    return [int(v) for v in values] if feat.dtype != "string" else list(values)
+
+
+def _ids_of(df, column):
+    """The ids of `column` in `df` (every item of a sequence) as its table counts them: ints for
+    an integer table (other values are refused, naming the feature, when inputs are built), else
+    each id's text; NaN and padding ("" / 0) left out."""
+    cells = df[column.name].to_numpy()
+    values = [v for cell in cells for v in cell] if isinstance(column, VarLenSparseFeat) else cells.tolist()
+    if column.dtype != "string":
+        ids = [int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
+    else:
+        ids = [str(id_text(v)) for v in values if not (isinstance(v, float) and v != v)]
+    return [v for v in ids if v not in ("", 0)]
+
+
 def grow_vocabularies(columns, df, min_count=1):
     """`columns` whose vocabularies also hold the values of `df` they lack, seen there at least
     `min_count` times: appended after the old entries, most frequent first, so every old value
@@ -193,29 +222,14 @@ def grow_vocabularies(columns, df, min_count=1):
     Returns:
       (columns, {table: its grown vocabulary}) for the tables that gained values.
     """
-    def sparse(column):
-        return column.sparsefeat if isinstance(column, VarLenSparseFeat) else column
-
     tables = {}
     for column in columns:
-        feat = sparse(column)
-        if isinstance(feat, SparseFeat) and (feat.vocabulary is not None or feat.vocabulary_path is not None):
-            tables.setdefault(feat.embedding_name, []).append(column)
+        if _has_vocabulary(column):
+            tables.setdefault(column.embedding_name, []).append(column)
     grown, added = {}, {}
     for table, members in tables.items():
-        feat = sparse(members[0])
-        integer = feat.dtype != "string"
-        old = feat.vocabulary if feat.vocabulary is not None else read_vocabulary_file(feat.vocabulary_path)
-        old = [int(v) for v in old] if integer else list(old)
-        values = []
-        for column in members:
-            if column.name in df.columns:
-                cells = df[column.name].to_numpy()
-                values += [v for cell in cells for v in cell] if isinstance(column, VarLenSparseFeat) else cells.tolist()
-        if integer:  # other values are refused, naming the feature, when the inputs are built
-            counts = Counter(int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool))
-        else:
-            counts = Counter(str(id_text(v)) for v in values if not (isinstance(v, float) and v != v))
+        old = _vocabulary(_sparse(members[0]))
+        counts = Counter(v for column in members if column.name in df.columns for v in _ids_of(df, column))
         known = set(old)
         new = [value for value in build_vocabulary(counts, min_count) if value not in known]
         if new:
@@ -241,6 +255,21 @@ def grow_vocabularies(columns, df, min_count=1):
         else:
             out.append(regrown(column) if isinstance(column, SparseFeat) else column)
     return out, grown
+
+
+def unknown_shares(columns, df):
+    """{feature: share of its ids in `df` that its vocabulary lacks}: the ids looked up as the
+    out-of-vocabulary row (new users and items since training, rare values below min_count), for
+    the columns with a vocabulary that `df` holds and that have some; padding is not counted."""
+    shares = {}
+    for column in columns:
+        if _has_vocabulary(column) and column.name in df.columns:
+            ids = _ids_of(df, column)
+            known = set(_vocabulary(_sparse(column)))
+            unknown = sum(v not in known for v in ids)
+            if unknown:
+                shares[column.name] = unknown / len(ids)
+    return shares
 
 
 def _integer_items(cells):

@@ -765,9 +765,11 @@ def _check_labels(df, config):
         values = df[column].to_numpy()
         binary = types.get(task, "binary") == "binary"
         if values.dtype.kind not in "biuf":
-            bad = next(row for row, value in enumerate(values) if not _is_number(str(value)))
-            raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers{' 0/1' if binary else ''}, "
-                              f"but data row {bad} holds {values[bad]!r}; map such values to numbers first")
+            bad = next((row for row, value in enumerate(values) if not _is_number(str(value))), None)
+            if bad is not None:  # else numbers read as text ("01"), converted below
+                raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers"
+                                  f"{' 0/1' if binary else ''}, but data row {bad} holds {values[bad]!r}; map such "
+                                  "values to numbers first")
         values = values.astype(float)
         if np.isnan(values).any():
             missing = np.flatnonzero(np.isnan(values))

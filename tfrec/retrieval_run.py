@@ -118,15 +118,17 @@ def user_requests(config, users, out=None):
     columns = run.trained_columns(config)
     log = read_log(config, out)
     wanted = [str(user) for user in users]
-    last = log[log[settings.user].isin(wanted)].sort_values(settings.time, kind="stable").groupby(
-        settings.user, sort=False).tail(1).set_index(settings.user)
+    theirs = log[log[settings.user].isin(wanted)]
+    last = theirs.sort_values(settings.time, kind="stable").groupby(settings.user, sort=False).tail(1).set_index(
+        settings.user)
     missing = [user for user in wanted if user not in last.index]
     if missing:
         raise ConfigError(f"{config.path}: data.train: no event of user(s) {missing[:5]} in the log, so there is no "
                           f"history to ask with (users are read as text, e.g. {log[settings.user].iloc[0]!r})")
     step = pd.Timedelta(seconds=1) if log[settings.time].dtype.kind == "M" else 1
-    following = last.loc[list(dict.fromkeys(wanted))].reset_index().assign(**{settings.time: lambda frame: frame[settings.time] + step})
-    _, test = retrieval_samples(pd.concat([log[log[settings.user].isin(wanted)], following], ignore_index=True),
+    following = last.loc[list(dict.fromkeys(wanted))].reset_index()
+    following[settings.time] += step
+    _, test = retrieval_samples(pd.concat([theirs, following], ignore_index=True),
                                 settings.seq_maxlen, short_sess_length=settings.short_sess_length,
                                 user_cols=settings.profile, min_history=1, user_col=settings.user,
                                 item_col=settings.item, category_col=settings.category, time_col=settings.time)

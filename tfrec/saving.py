@@ -67,7 +67,6 @@ def load_model(path, compile=True):
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
 
 
-
 def with_grown_tables(model, vocabularies):
     """A copy of `model` with more rows in some of its embedding tables: the model of columns
     grown by `tfrec.data.grow_vocabularies`.

@@ -133,10 +133,10 @@ class TrainConfig:
 
     `warm_start`: the folder of an earlier run of the same model (its `output`): training starts
     from its weights, with its columns (the `columns` section is not used); the optimizer starts
-    afresh. `grow_vocabularies` (ranking models; true by default with a warm start): a value of
-    the new data that a vocabulary lacks, seen at least once (or at least N times: an int), gets
-    a row of its own, appended after the old ones, which keep their weights; false: such values
-    are looked up as the out-of-vocabulary row.
+    afresh. `grow_vocabularies` (true by default with a warm start): a value of the new data that
+    a vocabulary lacks, seen at least once (or at least N times: an int), gets a row of its own,
+    appended after the old ones, which keep their weights; false: such values are looked up as
+    the out-of-vocabulary row. A retrieval model's sampler counts the new data's targets.
     """
     epochs: int = 1
     batch_size: int = 256
@@ -442,14 +442,11 @@ def load_config(path, output=None, export_base=None):
         if train.warm_start is None:
             _fail(path, "train.grow_vocabularies", "applies only with train.warm_start (a new run infers its "
                   "vocabularies from its own data)")
-        if raw.get("retrieval") is not None:
-            _fail(path, "train.grow_vocabularies", "applies to ranking models; a retrieval run's warm start keeps "
-                  "its vocabularies (its sampler's item counts are sized to them)")
         if not isinstance(train.grow_vocabularies, bool) and not (
                 isinstance(train.grow_vocabularies, int) and train.grow_vocabularies >= 1):
             _fail(path, "train.grow_vocabularies", "must be true, false or the times a new value must be seen (an "
                   f"integer >= 1), got {train.grow_vocabularies!r}")
-    elif train.warm_start is not None and raw.get("retrieval") is None:
+    elif train.warm_start is not None:
         train.grow_vocabularies = True
     export_section = ExportConfig(**_section(path, raw, "export"))
     if export_base is not None:
@@ -977,7 +974,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     columns = warm[1] if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     if warm and config.train.grow_vocabularies:
-        warm = _grown(*warm, train_df, config.train.grow_vocabularies, out)
+        warm = grown(*warm, train_df, config.train.grow_vocabularies, out)
         columns = warm[1]
     _check_dense(train_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before training, not after it
@@ -1038,22 +1035,30 @@ def warm_start(config, out=None):
         return model, columns_from_json(json.load(handle))
 
 
-def _grown(model, columns, train_df, min_count, out):
+def grown(model, columns, train_df, min_count, out=None, item_counts=None):
     """(model, columns) of a warm start with rows for the values of `train_df` new to its
-    vocabularies (seen `min_count` times; True: once)."""
+    vocabularies (seen `min_count` times; True: once; False: no growth).
+
+    `item_counts(columns)`: a two-tower model's sampler counts (of `train_df`'s targets) for the
+    grown columns; the model is rebuilt with them even when no table grows.
+    """
     from tfrec.data import grow_vocabularies
     from tfrec.saving import with_grown_tables
 
-    min_count = 1 if min_count is True else int(min_count)
-    grown_columns, grown = grow_vocabularies(columns, train_df, min_count)
-    if not grown:
+    grown_columns, grown_tables = grow_vocabularies(columns, train_df, int(min_count)) if min_count else (columns, {})
+    counts = item_counts(grown_columns) if item_counts else None
+    if grown_tables:
+        before, after = ({c.embedding_name: c.vocabulary_size for c in cs
+                          if isinstance(c, (SparseFeat, VarLenSparseFeat))} for cs in (columns, grown_columns))
+        what = "growing the vocabularies by the new values (" + ", ".join(
+            f"{table} +{after[table] - before[table]}" for table in grown_tables) + ")"
+    elif counts is not None:
+        what = ("no values new to the vocabularies; " if min_count else "") + "counting the sampler's items anew"
+    else:
         print("no values new to the vocabularies", file=out or sys.stdout)
         return model, columns
-    before, after = ({c.embedding_name: c.vocabulary_size for c in cs if isinstance(c, (SparseFeat, VarLenSparseFeat))}
-                     for cs in (columns, grown_columns))
-    added = ", ".join(f"{table} +{after[table] - before[table]}" for table in grown)
-    with step(f"growing the vocabularies by the new values ({added})", out):
-        return with_grown_tables(model, grown), grown_columns
+    with step(what, out):
+        return with_grown_tables(model, grown_tables, item_count=counts), grown_columns
 
 
 def check_losses(losses):

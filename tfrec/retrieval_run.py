@@ -240,14 +240,21 @@ def _popular(order, k, rows, seen=None):
     return ranked
 
 
+def _target_counts(config, train, columns):
+    """How often each row of the item table is a training sample's target (the logQ correction)."""
+    from tfrec.utils import item_counts
+
+    return item_counts(train[config.retrieval.item].to_numpy(), item_feature(config, columns))
+
+
 def build_model(config, user_columns, item_columns, train):
     """The config's model, its sampled softmax's negatives from `retrieval.sampler` with the
     training targets' counts (the logQ correction), and the user vector sized to the items'."""
     import tfrec.models
-    from tfrec.utils import NegativeSampler, item_counts
+    from tfrec.utils import NegativeSampler
 
     settings, item = config.retrieval, item_columns[0]
-    counts = item_counts(train[settings.item].to_numpy(), item)
+    counts = _target_counts(config, train, item_columns)
     sampler = NegativeSampler(settings.sampler, settings.num_sampled, item_name=item.name, item_count=counts)
     args = dict(config.model.args)
     if config.model.name == "SDM":
@@ -274,8 +281,9 @@ def train(config, verbose=2, tensorboard=None, out=None):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
-    if config.train.warm_start:  # its sampler keeps the earlier run's item counts (logQ)
-        model, every = run.warm_start(config, out)
+    if config.train.warm_start:
+        model, every = run.grown(*run.warm_start(config, out), train_df, config.train.grow_vocabularies, out,
+                                 item_counts=lambda every: _target_counts(config, train_df, every))
     else:
         user_columns, item_columns = columns(config, train_df)
         model = build_model(config, user_columns, item_columns, train_df)

@@ -67,14 +67,22 @@ def load_model(path, compile=True):
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
 
 
-def with_grown_tables(model, vocabularies):
+def with_grown_tables(model, vocabularies, item_count=None):
     """A copy of `model` with more rows in some of its embedding tables: the model of columns
     grown by `tfrec.data.grow_vocabularies`.
+
+    A two-tower model's negative sampler (`NegativeSampling`) grows with its item table, and
+    takes `item_count` as its per-row counts: its logQ correction divides each candidate's logit
+    by how often it is a target, so the counts must be those of the data it trains on next (an
+    item without a count would be a positive scored as if it were never one).
 
     Args:
       model: a functional tfrec model (its tables are the `SparseIndex` "index_<table>" and
         `SparseEmbedding` "emb_<table>" layers that `feature_columns` builds).
-      vocabularies: {table: vocabulary}, each the table's vocabulary with new entries appended.
+      vocabularies: {table: vocabulary}, each the table's vocabulary with new entries appended
+        ({} to only give the sampler new counts).
+      item_count: a two-tower model's new counts, one per row of its grown item table
+        (`tfrec.utils.item_counts` of the new targets); None keeps the old counts, 0 for new rows.
 
     Returns:
       A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
@@ -83,10 +91,11 @@ def with_grown_tables(model, vocabularies):
 
     Raises:
       ValueError: a table of `vocabularies` is not in the model, or its vocabulary does not start
-        with the model's.
+        with the model's, or `item_count` does not fit the sampler's grown table.
     """
     config = model.get_config()
     layers = list(_layer_configs(config))
+    samplers = [c for c in layers if "item_count" in c and "vocabulary_size" in c]
     added = {}
     for table, vocabulary in vocabularies.items():
         lookups = [c for c in layers if c.get("name", "").endswith("index_" + table) and "vocabulary" in c]
@@ -100,8 +109,22 @@ def with_grown_tables(model, vocabularies):
                                  "entries, in their order, so that old ids keep their rows")
             added[table] = len(vocabulary) - len(old)
             lookup.update(vocabulary=list(vocabulary), num_buckets=lookup["num_buckets"] + added[table])
+        old_rows = tables[0]["input_dim"]
         for embedding in tables:
             embedding["input_dim"] += added[table]
+        for sampler in samplers:  # one saved before samplers named their table: known by its size
+            if sampler.get("table", table) == table and sampler["vocabulary_size"] == old_rows:
+                sampler["vocabulary_size"] += added[table]
+                if sampler["item_count"] is not None:
+                    sampler["item_count"] = list(sampler["item_count"]) + [0.0] * added[table]
+    if item_count is not None:
+        if len(samplers) != 1:
+            raise ValueError(f"item_count is for a two-tower model's sampler; model '{model.name}' has "
+                             f"{len(samplers)}")
+        if len(item_count) != samplers[0]["vocabulary_size"]:
+            raise ValueError(f"item_count has {len(item_count)} counts for an item table of "
+                             f"{samplers[0]['vocabulary_size']} rows")
+        samplers[0]["item_count"] = [float(c) for c in item_count]
     grown = model.__class__.from_config(config, custom_objects=registered_objects())
     # Same layers in the same order: the weights pair up in order (a rebuilt layer's variables
     # are not under its name scope, so only their own names are compared).

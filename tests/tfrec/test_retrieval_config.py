@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tfrec.cli import main
+from tfrec.data import df_to_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "retrieval_mind.yaml"
@@ -258,6 +259,58 @@ def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_
     today = json.loads((tmp_path / "today" / "metrics.json").read_text())
     yesterday = json.loads(Path(mind_run.output_file("metrics.json")).read_text())
     assert today["model"] == pytest.approx(yesterday["model"], abs=0.005)  # the same model, ranked alike
+
+
+def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_results(mind_run, tmp_path, capsys):
+    """Day 2's log brings six new items (of a new category), each user group clicking its three:
+    the warm start grows the item and category tables, counts today's targets for the sampler's
+    logQ correction, and ranks a group's third new item in the top k of users who clicked the
+    other two; yesterday's items keep their rows."""
+    from tfrec import retrieval_run
+    from tfrec.config import load_config, trained_columns
+    from tfrec.evaluation import rank_candidates
+    from tfrec.saving import load_model
+    from tfrec.utils import item_counts
+
+    config = run_config(tmp_path, output="today", retrieval={"exclude_seen": True}, columns=None,
+                        train={"warm_start": mind_run.output, "epochs": 2})
+    log = pd.read_csv(tmp_path / "data" / "events.csv", dtype={"user_id": str})
+    rng = np.random.default_rng(0)
+    last = log.sort_values("timestamp").groupby("user_id").tail(1).head(120)
+    new_events = [row._replace(item_id=item, cate_id="c_new", timestamp=row.timestamp + 60 * (i + 1))
+                  for n, row in enumerate(last.itertuples(index=False))
+                  for i, item in enumerate(rng.permutation([f"new{n % 2 * 3 + j}" for j in range(1, 4)]))]
+    pd.concat([log, pd.DataFrame(new_events)]).to_csv(tmp_path / "data" / "events.csv", index=False)
+
+    code, out, err = tfrec("train", "--config", config, capsys=capsys)
+    assert code == 0, err
+    assert "growing the vocabularies by the new values (item_id +6, hist_cate_id +1)" in out, out
+    run = load_config(str(config))
+    model = load_model(run.output_file("model.keras"), compile=False)
+    columns = json.loads((tmp_path / "today" / "columns.json").read_text())
+    yesterday = json.loads(Path(mind_run.output_file("columns.json")).read_text())
+    item, old_item = columns[-1], yesterday[-1]
+    assert item["vocabulary"][:len(old_item["vocabulary"])] == old_item["vocabulary"]
+    assert sorted(item["vocabulary"][len(old_item["vocabulary"]):]) == [f"new{j}" for j in range(1, 7)]
+    train, test = retrieval_run.samples(run)
+    every = trained_columns(run)
+    item_column = retrieval_run.item_feature(run, every)
+    assert model.get_layer("negative_sampling").get_config()["item_count"] == \
+        item_counts(train["item_id"].to_numpy(), item_column).tolist()  # today's targets
+
+    assert tfrec("evaluate", "--config", config, capsys=capsys)[0] == 0
+    assert json.loads((tmp_path / "today" / "metrics.json").read_text())["candidates"] == 299 + 6
+    clicked = test[test["item_id"].str.startswith("new")].reset_index(drop=True)
+    assert len(clicked) == 120
+    items = pd.DataFrame({"item_id": item["vocabulary"]}).query("item_id in @train.item_id").reset_index(drop=True)
+    ids = items["item_id"].to_numpy()
+    seen = [np.flatnonzero(np.isin(ids, history)) for history in clicked["hist_item_id"]]
+    top = ids[rank_candidates(model, df_to_inputs(clicked, [c for c in every if c is not item_column]),
+                              df_to_inputs(items, [item_column]), 50, seen)]
+    hits = np.mean([target in row for target, row in zip(clicked["item_id"], top)])
+    print(f"day 2: the third new item in the top 50 of {hits:.0%} of the {len(clicked)} users who clicked two "
+          f"(by chance {50 / len(items):.0%}; 75% seen)")
+    assert hits > 0.5
 
 
 @pytest.mark.parametrize("changes, message", [

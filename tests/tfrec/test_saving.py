@@ -140,3 +140,41 @@ def test_a_table_read_from_a_vocabulary_file_grows_into_a_vocabulary_list(tmp_pa
     assert grown == {"user_id": ("04324", "02134", "2134", "77"), "hour": (7, 9, 23)}
     assert [(c.vocabulary, c.vocabulary_path, c.vocabulary_size) for c in grown_columns] == [
         (("04324", "02134", "2134", "77"), None, 6), ((7, 9, 23), None, 5)]
+
+
+def test_a_two_tower_models_sampler_grows_with_its_item_table_and_takes_new_counts():
+    """MIND grown by a day's new items: yesterday's items keep their vectors, the negative sampler
+    draws from every row of the grown table, and its logQ counts are the ones given (today's)."""
+    import pandas as pd
+
+    import tfrec.models
+    from tfrec.data import df_to_inputs, grow_vocabularies, retrieval_samples, sample_feature_columns
+    from tfrec.saving import with_grown_tables
+    from tfrec.utils import NegativeSampler, item_counts
+
+    def log(items):
+        return pd.DataFrame({"user_id": ["u1"] * 4 + ["u2"] * 4, "item_id": items,
+                             "cate_id": ["x", "y"] * 4, "timestamp": list(range(8))})
+
+    yesterday, _ = retrieval_samples(log(["a", "b", "c", "a", "b", "c", "d", "a"]), 3, user_cols=(), min_history=1)
+    user_columns, item_columns = sample_feature_columns(yesterday, 3, embedding_dim=4)
+    counts = item_counts(yesterday["item_id"].to_numpy(), item_columns[0])
+    model = tfrec.models.MIND(user_columns, item_columns, k_max=2, user_dnn_hidden_units=(4,),
+                              sampler_config=NegativeSampler("frequency", 2, "item_id", item_count=counts))
+    today, _ = retrieval_samples(log(["a", "z", "c", "z", "y", "c", "z", "a"]), 3, user_cols=(), min_history=1)
+    columns, grown = grow_vocabularies(user_columns + item_columns, today)
+    assert grown == {"item_id": ("b", "c", "a", "d", "z", "y")}  # z and y new; user and cate tables unchanged
+    today_counts = item_counts(today["item_id"].to_numpy(), columns[-1])
+    grown_model = with_grown_tables(model, grown, item_count=today_counts)
+
+    sampler = grown_model.get_layer("negative_sampling").get_config()
+    assert sampler["vocabulary_size"] == 8 and sampler["item_count"] == today_counts.tolist()
+    old_items = df_to_inputs(pd.DataFrame({"item_id": ["a", "b", "c", "d"]}), item_columns)
+    np.testing.assert_array_equal(grown_model.item_tower.predict(old_items, verbose=0),
+                                  model.item_tower.predict(old_items, verbose=0))
+    kept = with_grown_tables(model, grown).get_layer("negative_sampling").get_config()["item_count"]
+    assert kept == counts.tolist() + [0.0, 0.0]  # no counts given: new rows count 0
+    grown_model.compile("adam")  # trains on today's samples, new items as targets and negatives
+    assert np.isfinite(grown_model.fit(df_to_inputs(today, columns), epochs=2, verbose=0).history["loss"]).all()
+    with pytest.raises(ValueError, match="item_count has 6 counts for an item table of 8 rows"):
+        with_grown_tables(model, grown, item_count=counts)

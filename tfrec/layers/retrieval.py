@@ -25,12 +25,16 @@ class NegativeSampling(tf.keras.layers.Layer):
     candidates, batch * f(item) for a positive (f its share of item_count, or uniform without
     counts) and num_sampled * q(item) for a negative (q the sampler's distribution). Their log is
     the logQ correction. Rows 0 (padding) is never drawn. Inference draws nothing.
+
+    `table` names the item table it draws rows of, so that `tfrec.saving.with_grown_tables`
+    grows the sampler with the table.
     """
 
     def __init__(self, sampler, num_sampled, vocabulary_size, item_count=None, distortion=1.0, seed=None,
-                 **kwargs):
+                 table=None, **kwargs):
         super().__init__(**kwargs)
         self.sampler = sampler
+        self.table = table
         self.num_sampled = int(num_sampled) if sampler != "inbatch" else 0
         self.vocabulary_size = int(vocabulary_size)
         self.item_count = None if item_count is None else [float(c) for c in item_count]
@@ -60,7 +64,7 @@ class NegativeSampling(tf.keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(sampler=self.sampler, num_sampled=self.num_sampled, vocabulary_size=self.vocabulary_size,
-                      item_count=self.item_count, distortion=self.distortion, seed=self.seed)
+                      item_count=self.item_count, distortion=self.distortion, seed=self.seed, table=self.table)
         return config
 
 

@@ -128,7 +128,7 @@ class TwoTowerBuilder:
         rows = self.encoder.indices(self.item_name)                                             # (B, 1)
         negatives, counts = NegativeSampling(
             config.sampler, config.num_sampled, self.item_column.vocabulary_size, config.item_count,
-            config.distortion, seed=self.seed, name="negative_sampling")(rows)
+            config.distortion, seed=self.seed, table=self.item_column.embedding_name, name="negative_sampling")(rows)
         # The item tower's own table call (the user side's history embeds in another), so the
         # item tower's graph reaches only the item input.
         self.encoder.lookup(self.item_name, self.item_name, rows)

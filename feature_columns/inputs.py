@@ -221,7 +221,8 @@ class FeatureEncoder:
                 sequences = {name: indices}
                 if column.weight_name:
                     sequences[column.weight_name] = self.features[column.weight_name]
-                kept = _truncate_together(sequences, column.maxlen, self.layer_name("recent_" + name), lengths)
+                kept = _truncate_together(sequences, column.maxlen, self.layer_name("recent_" + name), lengths,
+                                          length_name=column.length_name)
                 indices, self._weights[name] = kept[name], kept.get(column.weight_name)
             self._indices[name] = indices
         return self._indices[name]
@@ -262,7 +263,8 @@ class FeatureEncoder:
         sequences = {n: self._raw_indices(n) for n in names}
         sequences.update((n, self.features[n]) for n in aligned)
         lengths = self.features[first.length_name] if first.length_name else None
-        kept = _truncate_together(sequences, first.maxlen, self.layer_name(HISTORY_TRUNCATION + first.name), lengths)
+        kept = _truncate_together(sequences, first.maxlen, self.layer_name(HISTORY_TRUNCATION + first.name), lengths,
+                                  length_name=first.length_name)
         for name in names:
             self._indices[name], self._weights[name] = kept[name], None
             if embed_sequences:
@@ -352,16 +354,17 @@ class FeatureEncoder:
         return concat(parts)
 
 
-def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, keys=None, targets=None):
+def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, keys=None, targets=None,
+                       length_name=None):
     """{name: (batch, width, ...)} -> {name: (batch, maxlen, ...)}, one `RecentSequence` call.
 
-    The most recent `maxlen` items of the first sequence (of its first `lengths`, where `where`
-    holds, whose `keys` equal the row's `targets`) are kept, and every other sequence is taken
-    at the same positions, so they stay aligned.
+    The most recent `maxlen` items of the first sequence (of its first `lengths`, the input
+    `length_name`, where `where` holds, whose `keys` equal the row's `targets`) are kept, and
+    every other sequence is taken at the same positions, so they stay aligned.
     """
     names = list(sequences)
     others = [sequences[n] for n in names[1:]]
-    recent = RecentSequence(maxlen, names=names if others else None, name=layer_name)
+    recent = RecentSequence(maxlen, names=names if others else None, length_name=length_name, name=layer_name)
     condition = dict(lengths=lengths, where=where, keys=keys, targets=targets)
     if not others:
         return {names[0]: recent(sequences[names[0]], **condition)}

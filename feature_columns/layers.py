@@ -202,18 +202,23 @@ class RecentSequence(tf.keras.layers.Layer):
     Returns the kept indices (rows, maxlen), right-padded with 0, oldest -> newest, or
     (indices, [aligned...]) when `aligned` is given. A row wider than `maxlen` therefore scores
     exactly like its last `maxlen` items, and padding, at the end or between items, changes
-    nothing. `names` (the sequence's, then each aligned one's) name them when their widths differ.
+    nothing. `names` (the sequence's, then each aligned one's) name them when their widths differ;
+    `length_name` names the lengths' input when one is negative (an error, not an empty history).
     """
 
-    def __init__(self, maxlen, names=None, **kwargs):
+    def __init__(self, maxlen, names=None, length_name=None, **kwargs):
         super().__init__(**kwargs)
         self.maxlen = int(maxlen)
         self.names = list(names) if names else None
+        self.length_name = length_name
 
     def call(self, indices, lengths=None, where=None, aligned=None, keys=None, targets=None):
         eligible = tf.not_equal(indices, 0)
         if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
             lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
+            tf.debugging.assert_non_negative(
+                lengths, message=f"'{self.length_name or 'lengths'}' holds a negative length: it must be the number "
+                                 "of events the row's sequence holds (0 for none)")
             eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
         if where is not None:
             eligible &= where
@@ -236,7 +241,7 @@ class RecentSequence(tf.keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(maxlen=self.maxlen, names=self.names)
+        config.update(maxlen=self.maxlen, names=self.names, length_name=self.length_name)
         return config
 
 

@@ -20,6 +20,7 @@ import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 import functools
 import logging
 import os
+import stat
 import threading
 
 import grpc
@@ -47,8 +48,27 @@ def import_scann_ops():
         log.info("scann is not installed: SavedModels using ScaNN ops will fail to load")
 
 
+def check_regular_files(export_dir):
+    """FAILED_PRECONDITION naming the first entry of a version folder that is neither a folder
+    nor a regular file (a FIFO, socket or device, or a link to one): reading a FIFO blocks until
+    something writes to it, which would stall every load after it. A link leading nowhere is
+    left to the load (which fails only if it needs the file)."""
+    for folder, folders, files in os.walk(export_dir):
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"{path} is not a regular file (a FIFO, socket or device); the version is not "
+                                   "loaded, as reading it could block")
+
+
 def read_serving_meta_graph(export_dir):
     """The MetaGraphDef tagged exactly {"serve"} in a SavedModel directory (.pb or .pbtxt)."""
+    check_regular_files(export_dir)
     saved_model = saved_model_pb2.SavedModel()
     pb_path = os.path.join(export_dir, "saved_model.pb")
     pbtxt_path = os.path.join(export_dir, "saved_model.pbtxt")
@@ -82,16 +102,16 @@ def is_tf1_meta_graph(meta_graph):
     return not (meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes)
 
 
-def variables_damage(export_dir):
-    """What is visibly wrong with a version's variables, naming the files, or None: the index
-    missing beside data files, a data shard missing, or a tensor the index lists that cannot be
+def variables_damage(export_dir, error):
+    """What is visibly wrong with a version's variables, naming the files, or None: the folder
+    missing, the index missing beside data files, a data shard missing, or a tensor the index lists that cannot be
     read (a shard cut short). Asked after a failed load, whose TensorFlow error names no file
-    ("Read less bytes than requested", or a hint about devices)."""
+    ("Read less bytes than requested", or a hint about devices); `error` is that failure."""
     folder = os.path.join(export_dir, "variables")
     try:
         entries = set(os.listdir(folder))
-    except OSError:
-        return None  # no variables: a model without any
+    except OSError:  # a model without variables has none; one whose load failed reading them lost them
+        return f"{folder} is missing" if "variables" in str(error) else None
     shards = sorted(entry for entry in entries if entry.startswith("variables.data-"))
     if "variables.index" not in entries:
         return f"{folder}: variables.index is missing beside {', '.join(shards)}" if shards else None
@@ -125,7 +145,7 @@ def load_bundle(export_dir):
             return signature_defs, session_bundle.signature_functions(), session_bundle
         loaded = tf.saved_model.load(export_dir, tags=list(SERVING_TAGS))
     except Exception as error:
-        damage = variables_damage(export_dir)
+        damage = variables_damage(export_dir, error)
         if damage is None:
             raise
         raise ServingError(grpc.StatusCode.DATA_LOSS,

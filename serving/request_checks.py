@@ -141,7 +141,8 @@ def check_batch_sizes(signature, shapes):
     """Every input of a batch-major signature has the same 0th dimension (tfrec's own check).
 
     Applies when every input of the signature declares a known rank >= 1 with a leading -1
-    (the batch dimension); among the request's inputs fed with that same rank, the 0th
+    (the batch dimension) or 1 (one row shared by the batch: a user's history in
+    `shared_history`); among the request's inputs with a leading -1 fed with their rank, the 0th
     dimensions must agree, else INVALID_ARGUMENT naming the inputs and their sizes. An input
     fed with another rank is left to the model to judge (TF Serving feeds it as it is).
     """
@@ -150,9 +151,10 @@ def check_batch_sizes(signature, shapes):
         if info.WhichOneof("encoding") != "name":
             return
         dims = shape_of(info.tensor_shape)
-        if not dims or dims[0] != -1:
+        if not dims or dims[0] not in (-1, 1):
             return
-        declared[alias] = dims
+        if dims[0] == -1:
+            declared[alias] = dims
     sizes = {alias: dims[0] for alias, dims in shapes.items()
              if alias in declared and len(dims) == len(declared[alias])}
     if len(set(sizes.values())) > 1:
@@ -164,4 +166,4 @@ def check_batch_sizes(signature, shapes):
                                                        key=lambda item: -len(item[1])))
         raise invalid_argument(
             f"The inputs of a request must have the same batch size (0th dimension), as the "
-            f"signature declares a leading batch dimension for every input; got {groups}")
+            f"signature declares a leading batch dimension for each of them; got {groups}")

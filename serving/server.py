@@ -574,7 +574,7 @@ def main(argv=None):
             rest_server.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait()
-        core.stop()
+        core.stop(timeout=max(1.0, args.shutdown_grace_seconds))
     log.info("Server stopped")
     return 0
 

@@ -117,12 +117,16 @@ class ServerCore:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self):
+    def stop(self, timeout=30):
+        """Ends the poll thread, waiting up to `timeout` seconds for a load it is in."""
         with self._poll_cond:
             self._stopping = True
             self._poll_cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                log.warning("The model poller is still in a load or a file system read after %.0f s; stopping "
+                            "without it (GetModelStatus shows the version it was loading)", timeout)
 
     def model_names(self):
         with self._lock:
@@ -134,7 +138,8 @@ class ServerCore:
         New models are loaded, removed models unloaded, changed policies and labels applied. A
         model whose base path changes keeps serving from the old path until the new one has
         loaded. As TF Serving's ReloadConfig, it fails (UNKNOWN) when a model it adds has
-        versions and none became available, and (FAILED_PRECONDITION) when a label names a
+        versions and none became available, (NOT_FOUND, INVALID_ARGUMENT) when its base path
+        holds no version or is missing, and (FAILED_PRECONDITION) when a label names a
         version that is not available; the old labels are then kept. As in TF Serving, the new
         labels take effect only after the loads, all at once, so a label never points at a
         version that is still loading.
@@ -158,12 +163,18 @@ class ServerCore:
         self._install_labels({m.name: dict(m.version_labels) for m in config.model_config_list.config})
 
     def wait_until_models_available(self, names, timeout=None, stop=None):
-        """TF Serving's WaitUntilModelsAvailable: returns once every named model with versions
-        on disk has one AVAILABLE or has spent the retries of its failed loads; then raises
-        UNKNOWN naming the versions of the models that have none. `stop` (an Event) ends the
-        wait early, as does stopping the server; DEADLINE_EXCEEDED after `timeout` seconds."""
+        """TF Serving's WaitUntilModelsAvailable: returns once every named model has a version
+        AVAILABLE or has spent the retries of its failed loads; then raises UNKNOWN naming the
+        versions of the models that have none. A model whose base path is missing or holds no
+        version its policy wants fails at once, naming the path (TF Serving would wait for it,
+        and a mistyped path would look like a deployment still loading). `stop` (an Event) ends
+        the wait early, as does stopping the server; DEADLINE_EXCEEDED after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         models = [model for model in map(self._model, names) if model is not None]
+        for model in models:
+            error = model.no_version_error()
+            if error is not None:
+                raise error
         with self._poll_cond:  # the poll thread notifies after every poll; retries are polled for
             while not all(model.loads_settled() for model in models):
                 if self._stopping or (stop is not None and stop.is_set()):

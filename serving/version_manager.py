@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
 from exporters import version_directories
-from serving.errors import ServingError, error_from_tf, not_found
+from serving.errors import ServingError, error_from_tf, invalid_argument, not_found
 from serving.servable import ServableVersion
 
 log = logging.getLogger("serving.version_manager")
@@ -160,6 +160,21 @@ class VersionManager:
                 return True
             return not any(s.state == _State.LOADING or s.retry_at is not None
                            for v, s in self._states.items() if v in self._wanted)
+
+    def no_version_error(self):
+        """After a poll, TF Serving's error (with servable_versions_always_present) when the
+        base path is missing or holds no version the policy wants, naming the path; else None."""
+        path = self.config.base_path
+        if self._base_path_missing:
+            return invalid_argument(f"Could not find base path {path} for servable {self.name}")
+        if self._wanted:
+            return None
+        message = f"Unable to find a numerical version path for servable {self.name} at: {path}"
+        policy = self.config.model_version_policy
+        if policy.WhichOneof("policy_choice") == "specific":
+            message += (f" (its version policy serves versions {sorted(policy.specific.versions)}; the folder "
+                        f"holds {sorted(self._paths) or 'none'})")
+        return not_found(message)
 
     def next_retry_at(self):
         """time.monotonic() of the earliest pending load retry, or None."""

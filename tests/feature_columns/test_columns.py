@@ -110,6 +110,11 @@ def test_recent_sequence_keeps_the_last_maxlen_items():
     # A true length beyond the items sent (the history was cut before the request) keeps the items.
     longer = recent(tf.constant([[4, 5, 6, 0, 0, 0, 0]]), lengths=tf.constant([[80]]))
     assert longer.numpy().tolist() == [[4, 5, 6]]
+    # A negative length is a mistake, not an empty history: an error naming the length's input.
+    named = RecentSequence(3, length_name="hist_len")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'hist_len' holds a negative length"):
+        named(indices, lengths=tf.constant([[4], [-7], [0]]))
+    assert RecentSequence.from_config(named.get_config()).length_name == "hist_len"
 
 
 def test_recent_sequence_where_matches_a_numpy_reference():

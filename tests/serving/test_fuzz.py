@@ -202,7 +202,7 @@ def test_inputs_of_different_batch_sizes_are_rejected_before_decoding(server):
     code, details = expect_error(server.stub.Predict, request)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details == ("The inputs of a request must have the same batch size (0th dimension), "
-                       "as the signature declares a leading batch dimension for every input; "
+                       "as the signature declares a leading batch dimension for each of them; "
                        "got hist_item_id,item_id: 4; seq_length: 20000000")
     assert rss_mb(server.pid) - before < 100
     # a smaller mismatch, which the model itself might have broadcast or mis-answered

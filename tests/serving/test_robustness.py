@@ -263,11 +263,38 @@ def test_truncated_or_incomplete_variables_are_data_loss_naming_the_files(live, 
     assert "variables.index is missing beside variables.data-00000-of-00001" in no_index[2]
 
 
+def test_a_fifo_or_a_lost_variables_folder_is_refused_and_the_poller_goes_on(live, saved_models):
+    """A version whose saved_model.pb is a FIFO (reading it would block the model poller for
+    good, so no later version would load and stopping would wait for it) is refused, naming the
+    file; one that lost its variables folder is DATA_LOSS naming it; version 4 then loads."""
+    flags = ("--max_num_load_retries=0",)
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2, extra_args=flags) as server:
+        with staged_version_dir(str(live), 2) as staged:
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            os.remove(os.path.join(staged.staging_dir, "saved_model.pb"))
+            os.mkfifo(os.path.join(staged.staging_dir, "saved_model.pb"))
+        fifo = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+        with staged_version_dir(str(live), 3) as staged:
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            shutil.rmtree(os.path.join(staged.staging_dir, "variables"))
+        lost = wait_for(lambda: failed_status(server.grpc_target, "live", 3))
+        publish(saved_models / "toy" / "2", live, 4)
+        wait_for(lambda: statuses(server.grpc_target, "live").get(4, ("",))[0] == "AVAILABLE")
+        started = time.monotonic()
+    assert time.monotonic() - started < 15
+    assert fifo[:2] == ("END", grpc.StatusCode.FAILED_PRECONDITION.value[0]), fifo
+    assert f"{live / '2' / 'saved_model.pb'} is not a regular file (a FIFO, socket or device)" in fifo[2]
+    assert lost[:2] == ("END", grpc.StatusCode.DATA_LOSS.value[0]), lost
+    assert f"{live / '3' / 'variables'} is missing" in lost[2]
+
+
 def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_cannot_load(
         tmp_path, saved_models):
     """A version still being copied at start is retried before the server announces itself;
     a configured model with no loadable version makes the start fail (exit 1, "Failed to
-    start server"), as tensorflow_model_server does, also when the other models load."""
+    start server"), as tensorflow_model_server does, also when the other models load; so does one
+    whose base path holds no version its policy wants."""
     copying = tmp_path / "copying"
     complete = half_copied_version(saved_models / "toy" / "1", copying, 1)
     flags = ("--max_num_load_retries=100", "--load_retry_interval_micros=300000")
@@ -299,6 +326,17 @@ def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_canno
     assert "Retrying of Loading servable: {name: broken version: 1} retry: 2" in logs
     assert ("Failed to start server. Error: UNKNOWN: Some servables did not become available: "
             "{{name: broken version: 1}}") in logs
+
+    # A version the policy asks for that is not there fails at once, naming path and versions.
+    config.write_text(f"""model_config_list {{
+  config {{ name: "good" base_path: "{saved_models / 'toy'}" model_version_policy {{ specific {{ versions: 42 }} }} }}
+}}""")
+    server = LocalServer(model_config_file=str(config), rest=False)
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        server.start()
+    assert (f"Failed to start server. Error: NOT_FOUND: Unable to find a numerical version path for servable good "
+            f"at: {saved_models / 'toy'} (its version policy serves versions [42]; the folder holds [1, 2])") \
+        in server.logs()
 
 
 def test_a_label_moved_to_a_version_a_reload_loads_takes_effect_once_it_has_loaded(saved_models, tmp_path):

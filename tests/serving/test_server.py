@@ -484,7 +484,8 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
                                                                            saved_models):
     """As TF Serving: a request without a config is INVALID_ARGUMENT (it used to unload every
     model); a label naming a version that is not AVAILABLE is FAILED_PRECONDITION and the old
-    labels stay; a model that is added but cannot load makes the reload fail (UNKNOWN)."""
+    labels stay; a model that is added but cannot load makes the reload fail (UNKNOWN), and one
+    whose base path is missing or holds no version names the path."""
     with pytest.raises(grpc.RpcError) as empty:
         model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=60)
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -508,6 +509,17 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
         assert failed.value.code() == grpc.StatusCode.UNKNOWN
         assert "Some servables did not become available: {{name: broken version: 1}}" in failed.value.details()
         assert_good_request_answered(client)
+        # A mistyped base path, or one without a numbered version folder: an error naming it.
+        for base_path, code, message in [
+                (tmp_path / "typo", grpc.StatusCode.INVALID_ARGUMENT,
+                 f"Could not find base path {tmp_path / 'typo'} for servable ghost"),
+                (tmp_path, grpc.StatusCode.NOT_FOUND,
+                 f"Unable to find a numerical version path for servable ghost at: {tmp_path}")]:
+            ghost = server.config_text.rstrip().rstrip("}") + f'  config {{ name: "ghost" base_path: "{base_path}" }}\n}}\n'
+            with pytest.raises(grpc.RpcError) as missing:
+                _reload(model_stub, ghost)
+            assert (missing.value.code(), missing.value.details()) == (code, message)
+            assert_good_request_answered(client)
     finally:
         _reload(model_stub, server.config_text)
 

@@ -224,6 +224,14 @@ def test_short_histories_get_fewer_served_interests(trained, planted):
     assert np.all(np.linalg.norm(interests[mask == 1], axis=-1) > 0)
 
 
+def test_a_negative_history_length_is_an_error_naming_it(trained, planted):
+    model = trained["MIND"].model
+    inputs = user_features(model, {k: v[:4] for k, v in planted.x_test.items()})
+    inputs["hist_len"] = np.array([3, -7, 0, 2], inputs["hist_len"].dtype)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'hist_len' holds a negative length"):
+        model.user_tower.predict(inputs, verbose=0)
+
+
 def test_extra_padding_changes_no_served_interest(trained, planted):
     model = trained["MIND"].model
     inputs = user_features(model, {k: v[:64] for k, v in planted.x_test.items()})

@@ -306,7 +306,7 @@ def test_saved_model_and_h5_round_trip(trained, long_history, tmp_path):
 
 
 def test_export_passes_saved_model_cli_and_serves_equal_to_in_process(simhash_export, long_history):
-    from serving import Client, LocalServer
+    from serving import Client, LocalServer, ServingError
 
     shown = run_saved_model_cli("show", "--all", "--dir", simhash_export.path)
     assert shown.returncode == 0, shown.stderr
@@ -323,9 +323,11 @@ def test_export_passes_saved_model_cli_and_serves_equal_to_in_process(simhash_ex
     with LocalServer(model_base_path=simhash_export.base, model_name="sim") as server, \
             Client(server.grpc_target) as client:
         served = client.predict("sim", inputs)
-        served_shared = client.predict("sim", {name: value[:1] if name in history else value
-                                               for name, value in one_user.items()},
-                                       signature_name="shared_history")
+        shared = {name: value[:1] if name in history else value for name, value in one_user.items()}
+        served_shared = client.predict("sim", shared, signature_name="shared_history")
+        # Candidates of other row counts: the batch check names them (not a graph's ConcatOp).
+        with pytest.raises(ServingError, match=r"must have the same batch size .*; item_id: 1$"):
+            client.predict("sim", {**shared, "item_id": shared["item_id"][:1]}, signature_name="shared_history")
     np.testing.assert_allclose(served["prediction"], in_process, atol=1e-5)
     assert len(user) > 1
     np.testing.assert_allclose(served_shared["prediction"], one_user_in_process, atol=1e-5)

@@ -217,8 +217,8 @@ class RecentSequence(tf.keras.layers.Layer):
         if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
             lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])
             tf.debugging.assert_non_negative(
-                lengths, message=f"'{self.length_name or 'lengths'}' holds a negative length: it must be the number "
-                                 "of events the row's sequence holds (0 for none)")
+                lengths, message=f"{self.length_name or 'a sequence length'} holds a negative length; it must be the "
+                                 "number of events sent in the sequence (0 for none)")
             eligible &= tf.range(tf.shape(indices)[1])[None, :] < lengths
         if where is not None:
             eligible &= where

@@ -112,7 +112,7 @@ def test_recent_sequence_keeps_the_last_maxlen_items():
     assert longer.numpy().tolist() == [[4, 5, 6]]
     # A negative length is a mistake, not an empty history: an error naming the length's input.
     named = RecentSequence(3, length_name="hist_len")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="'hist_len' holds a negative length"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_len holds a negative length; it must be"):
         named(indices, lengths=tf.constant([[4], [-7], [0]]))
     assert RecentSequence.from_config(named.get_config()).length_name == "hist_len"
 

@@ -520,6 +520,7 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
                 _reload(model_stub, ghost)
             assert (missing.value.code(), missing.value.details()) == (code, message)
             assert_good_request_answered(client)
+            _reload(model_stub, server.config_text)  # a failed reload keeps its model configured, as TF Serving
     finally:
         _reload(model_stub, server.config_text)
 

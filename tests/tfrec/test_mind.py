@@ -228,7 +228,7 @@ def test_a_negative_history_length_is_an_error_naming_it(trained, planted):
     model = trained["MIND"].model
     inputs = user_features(model, {k: v[:4] for k, v in planted.x_test.items()})
     inputs["hist_len"] = np.array([3, -7, 0, 2], inputs["hist_len"].dtype)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="'hist_len' holds a negative length"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_len holds a negative length; it must be"):
         model.user_tower.predict(inputs, verbose=0)
 
 

@@ -53,7 +53,13 @@ def check_regular_files(export_dir):
     nor a regular file (a FIFO, socket or device, or a link to one): reading a FIFO blocks until
     something writes to it, which would stall every load after it. A link leading nowhere is
     left to the load (which fails only if it needs the file)."""
-    for folder, folders, files in os.walk(export_dir):
+    seen = set()
+    for folder, folders, files in os.walk(export_dir, followlinks=True):  # a linked variables/ too
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree: walked once
+            folders[:] = []
+            continue
+        seen.add(real)
         for name in folders + files:
             path = os.path.join(folder, name)
             try:
@@ -112,6 +118,8 @@ def variables_damage(export_dir, error):
         entries = set(os.listdir(folder))
     except OSError:  # a model without variables has none; one whose load failed reading them lost them
         return f"{folder} is missing" if "variables" in str(error) else None
+    if not entries and "variables" in str(error):
+        return f"{folder} is empty"
     shards = sorted(entry for entry in entries if entry.startswith("variables.data-"))
     if "variables.index" not in entries:
         return f"{folder}: variables.index is missing beside {', '.join(shards)}" if shards else None

@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -566,6 +567,7 @@ def main(argv=None):
         log.error("Failed to start server. Error: %s", error)
         return 1
     finally:
+        stopping = time.monotonic()
         if watcher is not None:
             watcher.stop()
         # Both stop accepting at once; then each waits for its calls in flight, up to the grace.
@@ -574,7 +576,7 @@ def main(argv=None):
             rest_server.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait()
-        core.stop(timeout=max(1.0, args.shutdown_grace_seconds))
+        core.stop(timeout=max(1.0, args.shutdown_grace_seconds - (time.monotonic() - stopping)))
     log.info("Server stopped")
     return 0
 

@@ -17,7 +17,7 @@ from serving.bundle import import_scann_ops
 from serving.errors import ServingError, invalid_argument, not_found
 from serving.tensors import return_large_buffers_to_the_system
 from serving.version_manager import (DEFAULT_LOAD_RETRY_INTERVAL_SECONDS,
-                                     DEFAULT_MAX_NUM_LOAD_RETRIES, VersionManager)
+                                     DEFAULT_MAX_NUM_LOAD_RETRIES, VersionManager, no_version_error)
 
 log = logging.getLogger("serving.server_core")
 
@@ -138,18 +138,32 @@ class ServerCore:
         New models are loaded, removed models unloaded, changed policies and labels applied. A
         model whose base path changes keeps serving from the old path until the new one has
         loaded. As TF Serving's ReloadConfig, it fails (UNKNOWN) when a model it adds has
-        versions and none became available, (NOT_FOUND, INVALID_ARGUMENT) when its base path
-        holds no version or is missing, and (FAILED_PRECONDITION) when a label names a
+        versions and none became available, and (FAILED_PRECONDITION) when a label names a
         version that is not available; the old labels are then kept. As in TF Serving, the new
         labels take effect only after the loads, all at once, so a label never points at a
-        version that is still loading.
+        version that is still loading. Stricter than TF Serving: a model the reload adds, moves or
+        gives another version policy must have a version it wants on disk (else NOT_FOUND, or
+        INVALID_ARGUMENT for a missing base path, and nothing changes), and a moved model whose
+        new path loads no version keeps serving from the old one (UNKNOWN).
         """
         if config.WhichOneof("config") is None:
             raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                                    "ModelConfigList is currently supported")
         validate_config(config)
         with self._lock:
-            before = set(self._models)
+            before = {name: model.config for name, model in self._models.items()}
+        # A model the reload adds or points elsewhere must have a version there: refused before
+        # anything changes (a mistyped path would otherwise unload a serving model).
+        moved = []
+        for model in config.model_config_list.config:
+            old = before.get(model.name)
+            if old is None or (old.base_path, old.model_version_policy) != (model.base_path,
+                                                                            model.model_version_policy):
+                error = no_version_error(model)
+                if error is not None:
+                    raise error
+            if old is not None and old.base_path != model.base_path:
+                moved.append(model)
         generation = self._apply_config(config, labels_later=True)
         deadline = time.monotonic() + timeout
         with self._poll_cond:
@@ -160,6 +174,11 @@ class ServerCore:
                 raise _timed_out()
         added = [m.name for m in config.model_config_list.config if m.name not in before]
         self.wait_until_models_available(added, max(0.0, deadline - time.monotonic()))
+        stayed = [f"{{name: {m.name} base_path: {m.base_path}}}" for m in moved
+                  if self._model(m.name) is not None and self._model(m.name).config.base_path != m.base_path]
+        if stayed:
+            raise ServingError(grpc.StatusCode.UNKNOWN, "Some servables did not become available (their models keep "
+                               f"serving from the old base path): {{{', '.join(stayed)}}}")
         self._install_labels({m.name: dict(m.version_labels) for m in config.model_config_list.config})
 
     def wait_until_models_available(self, names, timeout=None, stop=None):
@@ -172,7 +191,7 @@ class ServerCore:
         deadline = None if timeout is None else time.monotonic() + timeout
         models = [model for model in map(self._model, names) if model is not None]
         for model in models:
-            error = model.no_version_error()
+            error = no_version_error(model.config)
             if error is not None:
                 raise error
         with self._poll_cond:  # the poll thread notifies after every poll; retries are polled for
@@ -247,10 +266,15 @@ class ServerCore:
                 model.poll()
             except Exception:  # noqa: BLE001 - the poll thread must survive anything
                 log.exception("Polling model %s failed", model.name)
-        if replacing:  # the new base paths are loaded: they take over, then the old ones go
+        if replacing:  # a new base path that serves a version takes over, then the old one goes
+            ready = {name: model for name, model in replacing.items() if model.serves_a_version()}
+            for name in set(replacing) - set(ready):
+                log.error("Model %s: no version under the new base path %s loaded; it keeps serving from the old "
+                          "one", name, replacing[name].config.base_path)
+                replacing[name].unload_all()
             with self._lock:
-                old = [self._models[name] for name in replacing if name in self._models]
-                self._models.update(replacing)
+                old = [self._models[name] for name in ready if name in self._models]
+                self._models.update(ready)
             for model in old:
                 model.unload_all()
         with self._poll_cond:

@@ -34,6 +34,23 @@ def _version_dirs(base_path):
     return {version: path for version, path in version_directories(base_path).items() if version < 2**63}
 
 
+def no_version_error(model_config):
+    """TF Serving's error (with servable_versions_always_present) when a model's base path is
+    missing or holds no version its policy wants, naming the path; else None."""
+    path, name = model_config.base_path, model_config.name
+    present = _version_dirs(path)
+    if present is None:
+        return invalid_argument(f"Could not find base path {path} for servable {name}")
+    if aspired_versions(model_config.model_version_policy, present):
+        return None
+    message = f"Unable to find a numerical version path for servable {name} at: {path}"
+    policy = model_config.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific":
+        message += (f" (its version policy serves versions {sorted(policy.specific.versions)}; the folder "
+                    f"holds {sorted(present) or 'none'})")
+    return not_found(message)
+
+
 # TF Serving's defaults (--max_num_load_retries, --load_retry_interval_micros).
 DEFAULT_MAX_NUM_LOAD_RETRIES = 5
 DEFAULT_LOAD_RETRY_INTERVAL_SECONDS = 60.0
@@ -161,20 +178,9 @@ class VersionManager:
             return not any(s.state == _State.LOADING or s.retry_at is not None
                            for v, s in self._states.items() if v in self._wanted)
 
-    def no_version_error(self):
-        """After a poll, TF Serving's error (with servable_versions_always_present) when the
-        base path is missing or holds no version the policy wants, naming the path; else None."""
-        path = self.config.base_path
-        if self._base_path_missing:
-            return invalid_argument(f"Could not find base path {path} for servable {self.name}")
-        if self._wanted:
-            return None
-        message = f"Unable to find a numerical version path for servable {self.name} at: {path}"
-        policy = self.config.model_version_policy
-        if policy.WhichOneof("policy_choice") == "specific":
-            message += (f" (its version policy serves versions {sorted(policy.specific.versions)}; the folder "
-                        f"holds {sorted(self._paths) or 'none'})")
-        return not_found(message)
+    def serves_a_version(self):
+        with self._lock:
+            return bool(self._serving)
 
     def next_retry_at(self):
         """time.monotonic() of the earliest pending load retry, or None."""

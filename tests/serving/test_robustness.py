@@ -266,7 +266,8 @@ def test_truncated_or_incomplete_variables_are_data_loss_naming_the_files(live, 
 def test_a_fifo_or_a_lost_variables_folder_is_refused_and_the_poller_goes_on(live, saved_models):
     """A version whose saved_model.pb is a FIFO (reading it would block the model poller for
     good, so no later version would load and stopping would wait for it) is refused, naming the
-    file; one that lost its variables folder is DATA_LOSS naming it; version 4 then loads."""
+    file, also behind a linked variables folder; one that lost its variables folder, or whose
+    folder is empty, is DATA_LOSS naming it; version 6 then loads."""
     flags = ("--max_num_load_retries=0",)
     with LocalServer(model_base_path=str(live), model_name="live", rest=False,
                      poll_wait_seconds=0.2, extra_args=flags) as server:
@@ -279,14 +280,28 @@ def test_a_fifo_or_a_lost_variables_folder_is_refused_and_the_poller_goes_on(liv
             shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
             shutil.rmtree(os.path.join(staged.staging_dir, "variables"))
         lost = wait_for(lambda: failed_status(server.grpc_target, "live", 3))
-        publish(saved_models / "toy" / "2", live, 4)
-        wait_for(lambda: statuses(server.grpc_target, "live").get(4, ("",))[0] == "AVAILABLE")
+        with staged_version_dir(str(live), 4) as staged:  # variables/ a link to a folder holding a FIFO
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            elsewhere = live.parent / "elsewhere"
+            shutil.move(os.path.join(staged.staging_dir, "variables"), elsewhere)
+            os.mkfifo(elsewhere / "variables.data-00000-of-00001.fifo")
+            os.symlink(elsewhere, os.path.join(staged.staging_dir, "variables"))
+        linked = wait_for(lambda: failed_status(server.grpc_target, "live", 4))
+        with staged_version_dir(str(live), 5) as staged:
+            shutil.copytree(str(saved_models / "toy" / "1"), staged.staging_dir, dirs_exist_ok=True)
+            for entry in os.listdir(os.path.join(staged.staging_dir, "variables")):
+                os.remove(os.path.join(staged.staging_dir, "variables", entry))
+        empty = wait_for(lambda: failed_status(server.grpc_target, "live", 5))
+        publish(saved_models / "toy" / "2", live, 6)
+        wait_for(lambda: statuses(server.grpc_target, "live").get(6, ("",))[0] == "AVAILABLE")
         started = time.monotonic()
     assert time.monotonic() - started < 15
     assert fifo[:2] == ("END", grpc.StatusCode.FAILED_PRECONDITION.value[0]), fifo
     assert f"{live / '2' / 'saved_model.pb'} is not a regular file (a FIFO, socket or device)" in fifo[2]
     assert lost[:2] == ("END", grpc.StatusCode.DATA_LOSS.value[0]), lost
     assert f"{live / '3' / 'variables'} is missing" in lost[2]
+    assert linked[:2] == fifo[:2] and "variables.data-00000-of-00001.fifo is not a regular file" in linked[2], linked
+    assert empty[:2] == lost[:2] and f"{live / '5' / 'variables'} is empty" in empty[2], empty
 
 
 def test_start_waits_for_load_retries_and_fails_as_tf_serving_when_a_model_cannot_load(

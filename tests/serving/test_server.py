@@ -485,7 +485,8 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
     """As TF Serving: a request without a config is INVALID_ARGUMENT (it used to unload every
     model); a label naming a version that is not AVAILABLE is FAILED_PRECONDITION and the old
     labels stay; a model that is added but cannot load makes the reload fail (UNKNOWN), and one
-    whose base path is missing or holds no version names the path."""
+    whose base path is missing or holds no version names the path; a serving model pointed
+    elsewhere keeps serving when the new path has no version or cannot load."""
     with pytest.raises(grpc.RpcError) as empty:
         model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=60)
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -521,6 +522,20 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
             assert (missing.value.code(), missing.value.details()) == (code, message)
             assert_good_request_answered(client)
             _reload(model_stub, server.config_text)  # a failed reload keeps its model configured, as TF Serving
+        # A serving model pointed at a path without versions: refused, nothing changes; pointed at
+        # a path whose version cannot load: it keeps serving from the old path.
+        request = {"x": X, "tag": TAGS}
+        before = client.predict("live", request)["score"]
+        for base_path, code, message in [
+                (tmp_path / "typo", grpc.StatusCode.INVALID_ARGUMENT, "Could not find base path"),
+                (broken, grpc.StatusCode.UNKNOWN, "Some servables did not become available (their models keep "
+                 f"serving from the old base path): {{{{name: live base_path: {broken}}}}}")]:
+            moved = server.config_text.replace(f'base_path: "{server.live_base}"', f'base_path: "{base_path}"')
+            with pytest.raises(grpc.RpcError) as refused:
+                _reload(model_stub, moved)
+            assert refused.value.code() == code and message in refused.value.details(), refused.value.details()
+            np.testing.assert_array_equal(client.predict("live", request)["score"], before)
+            _reload(model_stub, server.config_text)
     finally:
         _reload(model_stub, server.config_text)
 

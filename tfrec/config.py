@@ -973,7 +973,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
     columns = warm[1] if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
-    if warm and config.train.grow_vocabularies:
+    if warm:
         warm = grown(*warm, train_df, config.train.grow_vocabularies, out)
         columns = warm[1]
     _check_dense(train_df, columns, config)
@@ -1042,10 +1042,18 @@ def grown(model, columns, train_df, min_count, out=None, item_counts=None):
     `item_counts(columns)`: a two-tower model's sampler counts (of `train_df`'s targets) for the
     grown columns; the model is rebuilt with them even when no table grows.
     """
-    from tfrec.data import grow_vocabularies
+    from tfrec.data import grow_vocabularies, unknown_shares
     from tfrec.saving import with_grown_tables
 
-    grown_columns, grown_tables = grow_vocabularies(columns, train_df, int(min_count)) if min_count else (columns, {})
+    if min_count:
+        grown_columns, grown_tables = grow_vocabularies(columns, train_df, int(min_count))
+    else:
+        grown_columns, grown_tables = columns, {}
+        shares = unknown_shares(columns, train_df)
+        if shares:
+            print("grow_vocabularies is false: the values new to the vocabularies are looked up as the "
+                  "out-of-vocabulary row (" + ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
+                  + " of the ids)", file=out or sys.stdout)
     counts = item_counts(grown_columns) if item_counts else None
     if grown_tables:
         before, after = ({c.embedding_name: c.vocabulary_size for c in cs
@@ -1055,7 +1063,8 @@ def grown(model, columns, train_df, min_count, out=None, item_counts=None):
     elif counts is not None:
         what = ("no values new to the vocabularies; " if min_count else "") + "counting the sampler's items anew"
     else:
-        print("no values new to the vocabularies", file=out or sys.stdout)
+        if min_count:
+            print("no values new to the vocabularies", file=out or sys.stdout)
         return model, columns
     with step(what, out):
         return with_grown_tables(model, grown_tables, item_count=counts), grown_columns

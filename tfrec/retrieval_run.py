@@ -170,9 +170,11 @@ def catalogue(config, train, item_column):
             raise ConfigError(f"{config.path}: data.items: none of the {len(items)} catalogue items is an item the "
                               f"model was trained with (e.g. {items[item].head().tolist()})")
         if not known.all():
-            logger.warning("data.items: %d of %d catalogue items are not in the item vocabulary (e.g. %s): they would "
-                           "share one untrained vector, so evaluation and the export leave them out",
-                           int((~known).sum()), len(items), items[item][~known].head().tolist())
+            source = "data.items: %d of %d catalogue items" if config.data.items else \
+                "%d of %d training targets (the catalogue: no data.items)"
+            logger.warning(source + " are not in the item vocabulary (e.g. %s): they would share one untrained "
+                           "vector, so evaluation and the export leave them out", int((~known).sum()), len(items),
+                           items[item][~known].head().tolist())
             items = items[known].reset_index(drop=True)
     return items
 
@@ -240,6 +242,25 @@ def _popular(order, k, rows, seen=None):
     return ranked
 
 
+def _say_kept_settings(config, model, columns, out):
+    """Prints the `retrieval:` settings of the config that a warm start does not apply (the model
+    and its columns are the earlier run's, as built), next to the values it keeps."""
+    from feature_columns import VarLenSparseFeat
+
+    settings = config.retrieval
+    sampler = model.get_layer("negative_sampling").get_config()
+    histories = [c.maxlen for c in columns if isinstance(c, VarLenSparseFeat)]
+    kept = {"sampler": (settings.sampler, sampler["sampler"]),
+            "num_sampled": (settings.num_sampled if settings.sampler != "inbatch" else 0, sampler["num_sampled"]),
+            "seq_maxlen": (settings.seq_maxlen, max(histories) if histories else settings.seq_maxlen),
+            "embed_user": (settings.embed_user, any(c.name == settings.user for c in columns))}
+    differing = [f"retrieval.{key} {today!r} (kept: {earlier!r})" for key, (today, earlier) in kept.items()
+                 if today != earlier]
+    if differing:
+        print(f"not used with train.warm_start: {', '.join(differing)}; the model is the earlier run's, as it was "
+              "built (train afresh to change them)", file=out or sys.stdout)
+
+
 def _target_counts(config, train, columns):
     """How often each row of the item table is a training sample's target (the logQ correction)."""
     from tfrec.utils import item_counts
@@ -282,7 +303,9 @@ def train(config, verbose=2, tensorboard=None, out=None):
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
     if config.train.warm_start:
-        model, every = run.grown(*run.warm_start(config, out), train_df, config.train.grow_vocabularies, out,
+        model, every = run.warm_start(config, out)
+        _say_kept_settings(config, model, every, out)
+        model, every = run.grown(model, every, train_df, config.train.grow_vocabularies, out,
                                  item_counts=lambda every: _target_counts(config, train_df, every))
     else:
         user_columns, item_columns = columns(config, train_df)

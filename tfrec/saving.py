@@ -82,7 +82,8 @@ def with_grown_tables(model, vocabularies, item_count=None):
       vocabularies: {table: vocabulary}, each the table's vocabulary with new entries appended
         ({} to only give the sampler new counts).
       item_count: a two-tower model's new counts, one per row of its grown item table
-        (`tfrec.utils.item_counts` of the new targets); None keeps the old counts, 0 for new rows.
+        (`tfrec.utils.item_counts` of the new targets); needed when its item table grows and its
+        sampler counts items.
 
     Returns:
       A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
@@ -91,7 +92,7 @@ def with_grown_tables(model, vocabularies, item_count=None):
 
     Raises:
       ValueError: a table of `vocabularies` is not in the model, or its vocabulary does not start
-        with the model's, or `item_count` does not fit the sampler's grown table.
+        with the model's, or `item_count` is missing or does not fit the sampler's grown table.
     """
     config = model.get_config()
     layers = list(_layer_configs(config))
@@ -114,9 +115,11 @@ def with_grown_tables(model, vocabularies, item_count=None):
             embedding["input_dim"] += added[table]
         for sampler in samplers:  # one saved before samplers named their table: known by its size
             if sampler.get("table", table) == table and sampler["vocabulary_size"] == old_rows:
+                if sampler["item_count"] is not None and item_count is None:
+                    raise ValueError(f"table '{table}' grows, and the model's negative sampler counts its items: give "
+                                     "item_count, the counts of the new training targets (tfrec.utils.item_counts); "
+                                     "a new item counted 0 would get the largest logQ correction as a positive")
                 sampler["vocabulary_size"] += added[table]
-                if sampler["item_count"] is not None:
-                    sampler["item_count"] = list(sampler["item_count"]) + [0.0] * added[table]
     if item_count is not None:
         if len(samplers) != 1:
             raise ValueError(f"item_count is for a two-tower model's sampler; model '{model.name}' has "

@@ -12,6 +12,7 @@ The `tfrec serve` process is shared by the tests that query it; the last of them
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -310,7 +311,10 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
 
     config["train"]["grow_vocabularies"] = False
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
     assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
+    assert re.search(r"grow_vocabularies is false: the values new to the vocabularies are looked up as the "
+                     r"out-of-vocabulary row \(.*item_id \d+\.\d%", capsys.readouterr().out)
     assert {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())} == before
     del config["train"]["grow_vocabularies"]
 

@@ -272,7 +272,7 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
     from tfrec.saving import load_model
     from tfrec.utils import item_counts
 
-    config = run_config(tmp_path, output="today", retrieval={"exclude_seen": True}, columns=None,
+    config = run_config(tmp_path, output="today", retrieval={"exclude_seen": True, "seq_maxlen": 30}, columns=None,
                         train={"warm_start": mind_run.output, "epochs": 2})
     log = pd.read_csv(tmp_path / "data" / "events.csv", dtype={"user_id": str})
     rng = np.random.default_rng(0)
@@ -285,6 +285,7 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
     code, out, err = tfrec("train", "--config", config, capsys=capsys)
     assert code == 0, err
     assert "growing the vocabularies by the new values (item_id +6, hist_cate_id +1)" in out, out
+    assert "not used with train.warm_start: retrieval.seq_maxlen 30 (kept: 20); the model is the earlier run's" in out
     run = load_config(str(config))
     model = load_model(run.output_file("model.keras"), compile=False)
     columns = json.loads((tmp_path / "today" / "columns.json").read_text())

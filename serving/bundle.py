@@ -110,15 +110,16 @@ def is_tf1_meta_graph(meta_graph):
 
 def variables_damage(export_dir, error):
     """What is visibly wrong with a version's variables, naming the files, or None: the folder
-    missing, the index missing beside data files, a data shard missing, or a tensor the index lists that cannot be
-    read (a shard cut short). Asked after a failed load, whose TensorFlow error names no file
+    missing or empty, the index missing beside data files, a data shard missing, or a tensor the
+    index lists that cannot be read (a shard cut short). Asked after a failed load, whose TensorFlow error names no file
     ("Read less bytes than requested", or a hint about devices); `error` is that failure."""
     folder = os.path.join(export_dir, "variables")
+    reading_variables = "variables" in str(error)  # else a model without variables failed otherwise
     try:
         entries = set(os.listdir(folder))
-    except OSError:  # a model without variables has none; one whose load failed reading them lost them
-        return f"{folder} is missing" if "variables" in str(error) else None
-    if not entries and "variables" in str(error):
+    except OSError:
+        return f"{folder} is missing" if reading_variables else None
+    if not entries and reading_variables:
         return f"{folder} is empty"
     shards = sorted(entry for entry in entries if entry.startswith("variables.data-"))
     if "variables.index" not in entries:

@@ -72,9 +72,9 @@ def with_grown_tables(model, vocabularies, item_count=None):
     grown by `tfrec.data.grow_vocabularies`.
 
     A two-tower model's negative sampler (`NegativeSampling`) grows with its item table, and
-    takes `item_count` as its per-row counts: its logQ correction divides each candidate's logit
-    by how often it is a target, so the counts must be those of the data it trains on next (an
-    item without a count would be a positive scored as if it were never one).
+    takes `item_count` as its per-row counts: its logQ correction subtracts from each candidate's
+    logit the log of how often it is a target, so the counts must be those of the data it trains
+    on next (an item counted 0 would get the largest correction as a positive).
 
     Args:
       model: a functional tfrec model (its tables are the `SparseIndex` "index_<table>" and

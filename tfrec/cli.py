@@ -300,6 +300,11 @@ def _export_retrieval_run(model, columns, config, args):
     train_df, test_df = retrieval_run.samples(config)
     items = retrieval_run.catalogue(config, train_df, retrieval_run.item_feature(config, columns))
     k = config.retrieval.k if args.k is None else args.k
+    left_out = retrieval_run.items_left_out(config, items, retrieval_run.item_feature(config, columns))
+    if left_out:
+        where = "not in data.items" if config.data.items else \
+            "no training target in this data; list every item to serve in data.items to keep them"
+        print(f"not served: {len(left_out)} of the model's items ({where}), e.g. {left_out[:5]}")
     with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
         user_columns = [column for column in columns if column.name != config.retrieval.item]
         exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \

@@ -133,7 +133,11 @@ def user_requests(config, users, out=None):
                                 user_cols=settings.profile, min_history=1, user_col=settings.user,
                                 item_col=settings.item, category_col=settings.category, time_col=settings.time)
     test = test.set_index(settings.user).loc[wanted].reset_index()
-    return df_to_inputs(test, [column for column in columns if column.name != settings.item])
+    inputs = df_to_inputs(test, [column for column in columns if column.name != settings.item])
+    # Integers as the export's signature declares them (int64), so a raw TF Serving request
+    # built with tf.make_tensor_proto from these arrays is accepted.
+    return {name: values.astype(np.int64) if values.dtype.kind in "iu" and values.dtype != np.uint64 else values
+            for name, values in inputs.items()}
 
 
 def item_feature(config, columns):
@@ -177,6 +181,16 @@ def catalogue(config, train, item_column):
                            items[item][~known].head().tolist())
             items = items[known].reset_index(drop=True)
     return items
+
+
+def items_left_out(config, items, item_column):
+    """The trained items (`item_column`'s vocabulary) that the catalogue `items` lacks: no
+    training target in today's data (retired, or only ever in histories) or, with data.items,
+    not listed there. Evaluation and the export leave them out, so they can't be retrieved."""
+    if item_column.vocabulary is None:
+        return []
+    served = set(items[config.retrieval.item].tolist())
+    return [item for item in item_column.vocabulary if item not in served]
 
 
 def item_ids(values, item_column, config, where):

@@ -100,6 +100,10 @@ def test_mind_from_a_config_retrieves_clearly_better_than_popularity(mind_run):
 
 
 def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run, capsys):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
     from serving import Client
     from serving.local import LocalServer
     from tfrec import retrieval_run
@@ -123,11 +127,20 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
             Client(server.grpc_target, timeout=60) as client:
         outputs = client.predict("mind", users)
         by_request = client.predict("mind", requests)
+        # The built request is what a raw TF Serving client sends: numpy arrays as they are.
+        raw = predict_pb2.PredictRequest()
+        raw.model_spec.name = "mind"
+        for name, values in requests.items():
+            raw.inputs[name].CopyFrom(tf.make_tensor_proto(values))
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(raw, timeout=60)
+        raw_ids = tf.make_ndarray(answer.outputs["item_ids"])
         code, out, err = tfrec("query", "--target", server.grpc_target, "--model-name", "mind", "--config",
                                mind_run.path, *[arg for user in asked for arg in ("--user", user)], capsys=capsys)
     # tfrec query --user: each user asked with every event of theirs in the log, the last included.
     assert code == 0, err
     assert json.loads(out)["item_ids"] == np.vectorize(lambda b: b.decode())(by_request["item_ids"]).tolist()
+    np.testing.assert_array_equal(raw_ids, by_request["item_ids"])
     log = retrieval_run.read_log(mind_run)
     for row, user in enumerate(asked):
         events = log[log["user_id"] == user].sort_values("timestamp", kind="stable")
@@ -171,16 +184,20 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
 
 def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_run, tmp_path, capsys, caplog):
     log = pd.read_csv(REPO / "examples" / "data" / "events.csv")
-    catalogue = pd.DataFrame({"item_id": sorted(set(log["item_id"])) + ["i-new"], "title": "x"})
+    trained_items = sorted(set(log["item_id"]))
+    retired = trained_items[:2]
+    catalogue = pd.DataFrame({"item_id": trained_items[2:] + ["i-new"], "title": "x"})
     (tmp_path / "items.csv").write_text(catalogue.to_csv(index=False))
     config = run_config(tmp_path, data={"items": "items.csv"}, output=trained_copy(mind_run, tmp_path),
                         export={"base": str(tmp_path / "export" / "mind")})
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     # "i-new" would get the shared out-of-vocabulary vector: ranked nowhere, served nowhere.
     assert code == 0 and f"ranked among {len(catalogue) - 1} items" in out
-    assert "1 of 300 catalogue items are not in the item vocabulary (e.g. ['i-new'])" in caplog.text
+    assert f"1 of {len(catalogue)} catalogue items are not in the item vocabulary (e.g. ['i-new'])" in caplog.text
     code, out, _ = tfrec("export", "--config", config, "--k", 20, capsys=capsys)
     assert code == 0
+    # Trained items the catalogue no longer lists are named, not dropped silently.
+    assert f"not served: 2 of the model's items (not in data.items), e.g. {retired}" in out
     manifest = (Path(out.strip().splitlines()[-1]).parent.parent / "mind_item_embeddings" / "1" / "item_ids.txt")
     assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
 

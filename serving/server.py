@@ -170,7 +170,6 @@ _IGNORED_TF_SERVING_FLAGS = {
     "grpc_socket_path": str,
     "rest_api_enable_cors_support": _bool_flag,
     "enable_per_model_batching_parameters": _bool_flag,
-    "num_load_threads": int,
     "num_unload_threads": int,
     "flush_filesystem_caches": _bool_flag,
     "tensorflow_session_parallelism": int,
@@ -312,6 +311,10 @@ def build_arg_parser():
                              "version keeps serving")
     parser.add_argument("--load_retry_interval_micros", type=int, default=60 * 1000 * 1000,
                         help="microseconds between load retries (default one minute)")
+    parser.add_argument("--num_load_threads", type=int, default=0,
+                        help="threads that load the models of a poll side by side, so one "
+                             "model's slow load does not hold back the others; 0 (default, "
+                             "as TF Serving) loads them one after another")
     parser.add_argument("--max_request_elements", type=int, default=None,
                         help="tfrec: the elements all input tensors of one request may hold "
                              "together, checked from their shapes before decoding "
@@ -347,6 +350,8 @@ def _check_flags(args):
                 f"MetaGraphDef tagged \"serve\" only")
     if args.max_num_load_retries < 0 or args.load_retry_interval_micros < 0:
         return "--max_num_load_retries and --load_retry_interval_micros must not be negative"
+    if args.num_load_threads < 0:
+        return f"--num_load_threads must not be negative, got {args.num_load_threads}"
     if args.max_request_elements is not None and args.max_request_elements < 1:
         return f"--max_request_elements must be positive, got {args.max_request_elements}"
     if args.rest_api_timeout_in_ms < 0:
@@ -463,7 +468,8 @@ def _build_core(args):
                       max_request_elements=args.max_request_elements,
                       max_num_load_retries=args.max_num_load_retries,
                       load_retry_interval=args.load_retry_interval_micros / 1e6,
-                      allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
+                      allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+                      num_load_threads=args.num_load_threads)
 
 
 def _start_grpc(core, args):
@@ -510,7 +516,7 @@ def main(argv=None):
         print(_VERSION_TEXT, flush=True)
         return 0
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s: %(levelname).1s %(name)s] %(message)s")
+                        format="%(asctime)s: %(levelname).1s %(threadName)s %(name)s] %(message)s")
     problem = _check_flags(args)
     if problem:
         log.error("Failed to start server. Error: %s", problem)

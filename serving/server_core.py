@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from concurrent import futures
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
@@ -83,11 +84,16 @@ class ServerCore:
         due, also when polling is off.
       allow_labels_for_unavailable: --allow_version_labels_for_unavailable_models; when
         False, a config reload whose labels name versions that are not AVAILABLE is refused.
+      num_load_threads: --num_load_threads: the models of a poll are loaded side by side by
+        this many threads, so a model with a slow load (a large export, a slow disk, a long
+        warm-up) does not hold the others back; 0 (TF Serving's default) loads them one after
+        another on the poll thread. Each poll still waits for all its loads.
     """
 
     def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True,
                  max_request_elements=None, max_num_load_retries=DEFAULT_MAX_NUM_LOAD_RETRIES,
-                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS, allow_labels_for_unavailable=False):
+                 load_retry_interval=DEFAULT_LOAD_RETRY_INTERVAL_SECONDS, allow_labels_for_unavailable=False,
+                 num_load_threads=0):
         validate_config(config)
         self._allow_labels_for_unavailable = allow_labels_for_unavailable
         import_scann_ops()
@@ -108,6 +114,8 @@ class ServerCore:
         self._poll_requested = False
         self._stopping = False
         self._thread = None
+        self._loaders = futures.ThreadPoolExecutor(num_load_threads, thread_name_prefix="model-loader") \
+            if num_load_threads > 0 else None
         self._apply_config(config)
 
     def start(self):
@@ -127,6 +135,8 @@ class ServerCore:
             if self._thread.is_alive():
                 log.warning("The model poller is still in a load or a file system read after %.0f s; stopping "
                             "without it (GetModelStatus shows the version it was loading)", timeout)
+        if self._loaders is not None:
+            self._loaders.shutdown(wait=False)
 
     def model_names(self):
         with self._lock:
@@ -261,11 +271,7 @@ class ServerCore:
             replacing, self._replacing = self._replacing, {}
         for model in retired:
             model.unload_all()
-        for model in list(replacing.values()) + models:
-            try:
-                model.poll()
-            except Exception:  # noqa: BLE001 - the poll thread must survive anything
-                log.exception("Polling model %s failed", model.name)
+        self._for_each_model(list(replacing.values()) + models, "Polling", lambda model: model.poll())
         if replacing:  # a new base path that serves a version takes over, then the old one goes
             ready = {name: model for name, model in replacing.items() if model.serves_a_version()}
             for name in set(replacing) - set(ready):
@@ -290,11 +296,22 @@ class ServerCore:
     def _retry_due_loads(self):
         with self._lock:
             models = list(self._models.values())
-        for model in models:
+        self._for_each_model(models, "Retrying loads of", lambda model: model.retry_due_loads())
+
+    def _for_each_model(self, models, what, job):
+        """Runs `job(model)` for every model, side by side on the load threads when there are
+        some, and returns when all are done; a failure is logged, not raised."""
+        def guarded(model):
             try:
-                model.retry_due_loads()
+                job(model)
             except Exception:  # noqa: BLE001 - the poll thread must survive anything
-                log.exception("Retrying loads of model %s failed", model.name)
+                log.exception("%s model %s failed", what, model.name)
+
+        if self._loaders is None or len(models) < 2:
+            for model in models:
+                guarded(model)
+        else:
+            list(self._loaders.map(guarded, models))
 
     def _poll_loop(self):
         poll_every = self._poll_wait_seconds if self._poll_wait_seconds > 0 else None

@@ -3,6 +3,7 @@ unknown ones and bad model config files rejected) and shape pass-through: a requ
 whose shape differs from the signature's is fed to the model as TF Serving feeds it."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tests.serving.rest_helpers import rest_call
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 REST_TIMEOUT_MS = 1500
-IGNORED_GIVEN = ("--num_load_threads=2", "--tensorflow_intra_op_parallelism=2",
+IGNORED_GIVEN = ("--num_unload_threads=2", "--tensorflow_intra_op_parallelism=2",
                  "--enable_grpc_healthcheck_service", "--flush_filesystem_caches=false")
 
 
@@ -55,7 +56,7 @@ def server(saved_models, tmp_path_factory):
         '}\n')
     extra = (f"--rest_api_timeout_in_ms={REST_TIMEOUT_MS}",
              "--grpc_channel_arguments=grpc.max_connection_age_ms=600000,"
-             "grpc.primary_user_agent=tfrec-test", *IGNORED_GIVEN)
+             "grpc.primary_user_agent=tfrec-test", "--num_load_threads=3", *IGNORED_GIVEN)
     with LocalServer(model_config_file=str(config), extra_args=extra) as running:
         yield running
 
@@ -77,7 +78,7 @@ def test_every_tf_serving_flag_parses():
                                 for name, kind in _IGNORED_TF_SERVING_FLAGS.items()])
     assert args.grpc_channel_arguments == [("a", 1), ("b", "x")]
     assert args.rest_api_timeout_in_ms == 100
-    assert args.num_load_threads == 1 and args.enable_profiler is True
+    assert args.num_unload_threads == 1 and args.enable_profiler is True
 
 
 def test_ignored_tf_serving_flags_are_accepted_with_a_warning(server, client):
@@ -85,7 +86,7 @@ def test_ignored_tf_serving_flags_are_accepted_with_a_warning(server, client):
     for flag in IGNORED_GIVEN:
         name = flag.split("=")[0]
         assert f"Flag {name}=" in logs and "it is ignored" in logs, flag
-    for implemented in ("--rest_api_timeout_in_ms", "--grpc_channel_arguments"):
+    for implemented in ("--rest_api_timeout_in_ms", "--grpc_channel_arguments", "--num_load_threads"):
         assert f"Flag {implemented}=" not in logs
     np.testing.assert_allclose(client.predict("column", {"x": [[1.0], [2.0]]})["y"],
                                [[3.0], [5.0]])
@@ -180,3 +181,62 @@ def test_dtype_mismatch_is_still_rejected_before_the_model(client):
         client.predict("column", {"x": [["a"]]})
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert 'Expects input "x" to be float but string is provided' in info.value.message
+
+
+# --- --num_load_threads ------------------------------------------------------------------
+
+class SlowWarmUp(tf.Module):
+    """A serving_default whose every call runs 2,000 matrix products in a row: replaying its
+    warm-up requests makes its load take seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = tf.Variable(tf.eye(256) * 0.5)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 256], tf.float32, name="x")])
+    def serve(self, x):
+        _, y = tf.while_loop(lambda i, y: i < 2000, lambda i, y: (i + 1, tf.tanh(tf.matmul(y, self.weights))),
+                             (tf.constant(0), x))
+        return {"y": y}
+
+
+def save_slow_warm_up(path, records=3):
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    module = SlowWarmUp()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "slow"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((64, 256), np.float32)))
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    os.makedirs(os.path.join(path, "assets.extra"))
+    with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
+        for _ in range(records):
+            writer.write(record.SerializeToString())
+
+
+def test_num_load_threads_loads_a_model_beside_another_ones_slow_load(tmp_path):
+    from tests.serving.saved_models import save_toy
+
+    save_slow_warm_up(str(tmp_path / "slow" / "1"))
+    save_toy(str(tmp_path / "toy" / "1"), 1)
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list {\n'  # the slow model first: one loader would load it first
+                      f'  config {{ name: "slow" base_path: "{tmp_path / "slow"}" }}\n'
+                      f'  config {{ name: "toy" base_path: "{tmp_path / "toy"}" }}\n}}\n')
+    with LocalServer(model_config_file=str(config), rest=False, extra_args=["--num_load_threads=2"]) as server, \
+            Client(server.grpc_target) as client:
+        assert client.predict("toy", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]})["score"].tolist() == [2.0]
+        assert client.predict("slow", {"x": np.zeros((1, 256), np.float32)})["y"].shape == (1, 256)
+        lines = server.logs().splitlines()
+
+    def line_of(text):
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    slow_started = line_of("Loading servable: {name: slow version: 1}")
+    slow_done = line_of("Successfully loaded servable version {name: slow version: 1}")
+    toy_done = line_of("Successfully loaded servable version {name: toy version: 1}")
+    # The toy model was loaded, warm-up included, while the slow one was replaying its warm-up.
+    assert slow_started < toy_done < slow_done, "\n".join(lines[slow_started:slow_done + 1])
+    loaders = {lines[line_of(f"Loading servable: {{name: {name} version: 1}}")].split()[3] for name in ("slow", "toy")}
+    assert len(loaders) == 2 and all(name.startswith("model-loader") for name in loaders), loaders

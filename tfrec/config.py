@@ -1035,9 +1035,10 @@ def warm_start(config, out=None):
         return model, columns_from_json(json.load(handle))
 
 
-def grown(model, columns, train_df, min_count, out=None, item_counts=None):
+def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_rows="initializer"):
     """(model, columns) of a warm start with rows for the values of `train_df` new to its
-    vocabularies (seen `min_count` times; True: once; False: no growth).
+    vocabularies (seen `min_count` times; True: once; False: no growth), started as `new_rows`
+    says (`tfrec.saving.with_grown_tables`).
 
     `item_counts(columns)`: a two-tower model's sampler counts (of `train_df`'s targets) for the
     grown columns; the model is rebuilt with them even when no table grows.
@@ -1067,7 +1068,7 @@ def grown(model, columns, train_df, min_count, out=None, item_counts=None):
             print("no values new to the vocabularies", file=out or sys.stdout)
         return model, columns
     with step(what, out):
-        return with_grown_tables(model, grown_tables, item_count=counts), grown_columns
+        return with_grown_tables(model, grown_tables, item_count=counts, new_rows=new_rows), grown_columns
 
 
 def check_losses(losses):

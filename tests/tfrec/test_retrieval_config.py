@@ -327,8 +327,8 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
                               df_to_inputs(items, [item_column]), 50, seen)]
     hits = np.mean([target in row for target, row in zip(clicked["item_id"], top)])
     print(f"day 2: the third new item in the top 50 of {hits:.0%} of the {len(clicked)} users who clicked two "
-          f"(by chance {50 / len(items):.0%}; 75% seen)")
-    assert hits > 0.5
+          f"(by chance {50 / len(items):.0%}; 89% seen, 75% with new rows started at the initializer)")
+    assert hits > 0.8  # new items start at the mean item (with_grown_tables' new_rows="mean")
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -178,3 +178,18 @@ def test_a_two_tower_models_sampler_grows_with_its_item_table_and_takes_new_coun
     assert np.isfinite(grown_model.fit(df_to_inputs(today, columns), epochs=2, verbose=0).history["loss"]).all()
     with pytest.raises(ValueError, match="item_count has 6 counts for an item table of 8 rows"):
         with_grown_tables(model, grown, item_count=counts)
+
+    # new_rows="mean": new items start at the mean of yesterday's item rows (2-5: a, b, c, d),
+    # not near zero; rows 0 and 1 (padding, unknown) are not items. Each table that grows does.
+    table = model.get_layer("emb_item_id").embeddings.numpy()
+    table[2:] = np.random.default_rng(0).normal(size=table[2:].shape)  # trained-looking rows
+    model.get_layer("emb_item_id").embeddings.assign(table)
+    by_mean = with_grown_tables(model, grown, item_count=today_counts, new_rows="mean")
+    started = by_mean.get_layer("emb_item_id").embeddings.numpy()
+    np.testing.assert_array_equal(started[:6], table)
+    np.testing.assert_allclose(started[6:], np.tile(table[2:6].mean(axis=0), (2, 1)), atol=1e-3)
+    assert not np.array_equal(started[6], started[7])  # plus the initializer's draw: they differ
+    by_initializer = with_grown_tables(model, grown, item_count=today_counts).get_layer("emb_item_id")
+    assert np.abs(by_initializer.embeddings.numpy()[6:]).max() < 1e-3
+    with pytest.raises(ValueError, match="new_rows must be 'mean' or 'initializer', got 'zeros'"):
+        with_grown_tables(model, grown, item_count=today_counts, new_rows="zeros")

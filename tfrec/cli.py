@@ -298,9 +298,10 @@ def _export_retrieval_run(model, columns, config, args):
         raise CliError("--candidates is for --model; with --config the catalogue is data.items",
                        "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
     train_df, test_df = retrieval_run.samples(config)
-    items = retrieval_run.catalogue(config, train_df, retrieval_run.item_feature(config, columns))
+    item_column = retrieval_run.item_feature(config, columns)
+    items = retrieval_run.catalogue(config, train_df, item_column)
     k = config.retrieval.k if args.k is None else args.k
-    left_out = retrieval_run.items_left_out(config, items, retrieval_run.item_feature(config, columns))
+    left_out = retrieval_run.items_left_out(config, items, item_column)
     if left_out:
         where = "not in data.items" if config.data.items else \
             "no training target in this data; list every item to serve in data.items to keep them"

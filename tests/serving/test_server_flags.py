@@ -3,7 +3,6 @@ unknown ones and bad model config files rejected) and shape pass-through: a requ
 whose shape differs from the signature's is fed to the model as TF Serving feeds it."""
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
-import os
 import socket
 import subprocess
 import sys
@@ -201,18 +200,11 @@ class SlowWarmUp(tf.Module):
 
 
 def save_slow_warm_up(path, records=3):
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from exporters.warmup import prediction_log, write_warmup_file
 
     module = SlowWarmUp()
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "slow"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((64, 256), np.float32)))
-    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    os.makedirs(os.path.join(path, "assets.extra"))
-    with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
-        for _ in range(records):
-            writer.write(record.SerializeToString())
+    write_warmup_file(path, [prediction_log({"x": np.ones((64, 256), np.float32)}, "slow")] * records)
 
 
 def test_num_load_threads_loads_a_model_beside_another_ones_slow_load(tmp_path):

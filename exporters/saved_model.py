@@ -50,7 +50,7 @@ import os
 from google.protobuf import message
 import numpy as np
 import tensorflow as tf
-from feature_columns import history_input_names
+from feature_columns import history_input_names, serving_dtype
 from tensorflow.core.protobuf import saved_model_pb2
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
@@ -249,15 +249,6 @@ def _layer_output(model, layer_name):
 def _is_single_column(tensor):
     """Whether a Keras tensor has shape (None, 1): a scalar per example."""
     return tensor.shape.rank == 2 and tensor.shape[1] == 1
-
-
-def serving_dtype(dtype):
-    """The dtype a serving signature declares for a model Input of `dtype`: int64 for every
-    integer dtype that int64 holds (uint64 does not, and stays), otherwise `dtype` itself."""
-    dtype = tf.as_dtype(dtype)
-    if dtype.is_integer and dtype != tf.uint64:
-        return tf.int64
-    return dtype
 
 
 def signature_input_specs(model):

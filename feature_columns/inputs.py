@@ -21,6 +21,16 @@ from .layers import (RecentSequence, SequencePooling, SparseEmbedding, SparseInd
                      lookup_fingerprint)
 
 
+def serving_dtype(dtype):
+    """The dtype a serving signature declares for a model Input of `dtype`: int64 for every
+    integer dtype that int64 holds (uint64 does not, and stays), otherwise `dtype` itself. A
+    client's requests (numpy arrays built for the export) follow the same rule."""
+    dtype = tf.as_dtype(dtype)
+    if dtype.is_integer and dtype != tf.uint64:
+        return tf.int64
+    return dtype
+
+
 def build_input_features(feature_columns, prefix=""):
     """One Keras Input per feature, keyed by name (DeepCTR's helper, same name).
 

@@ -7,6 +7,7 @@ NDCG at `retrieval.k` of each user's held-out last event over the catalogue, nex
 popularity. `tfrec export --config` then writes the top-k export (`exporters.export_retrieval`).
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+from feature_columns import serving_dtype
 
 import json
 import logging
@@ -134,9 +135,9 @@ def user_requests(config, users, out=None):
                                 item_col=settings.item, category_col=settings.category, time_col=settings.time)
     test = test.set_index(settings.user).loc[wanted].reset_index()
     inputs = df_to_inputs(test, [column for column in columns if column.name != settings.item])
-    # Integers as the export's signature declares them (int64), so a raw TF Serving request
-    # built with tf.make_tensor_proto from these arrays is accepted.
-    return {name: values.astype(np.int64) if values.dtype.kind in "iu" and values.dtype != np.uint64 else values
+    # Dtypes as the export's signature declares them, so a raw TF Serving request built with
+    # tf.make_tensor_proto from these arrays is accepted.
+    return {name: values.astype(serving_dtype(values.dtype).as_numpy_dtype, copy=False)
             for name, values in inputs.items()}
 
 

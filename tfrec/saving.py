@@ -15,6 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 from feature_columns import SparseEmbedding
+from feature_columns.feature_column import NUM_RESERVED_INDICES
 
 __all__ = ["load_model", "registered_objects", "with_grown_tables"]
 
@@ -66,11 +67,6 @@ def load_model(path, compile=True):
         raise FileNotFoundError(f"no saved model at {path!r}: give the path that model.save() "
                                 "(or `tfrec train`) wrote")
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
-
-
-# Rows of a table with a vocabulary: 0 is padding, 1 the unknown value (`SparseIndex.unknown_index`),
-# then one per vocabulary entry.
-_FIRST_VOCABULARY_ROW = 2
 
 
 def with_grown_tables(model, vocabularies, item_count=None, new_rows="initializer"):
@@ -130,7 +126,7 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
                 raise ValueError(f"table '{table}': the new vocabulary must start with the model's {len(old)} "
                                  "entries, in their order, so that old ids keep their rows")
             added[table] = len(vocabulary) - len(old)
-            trained_rows[table] = slice(_FIRST_VOCABULARY_ROW, _FIRST_VOCABULARY_ROW + len(old))
+            trained_rows[table] = slice(NUM_RESERVED_INDICES, NUM_RESERVED_INDICES + len(old))  # after padding and OOV
             lookup.update(vocabulary=list(vocabulary), num_buckets=lookup["num_buckets"] + added[table])
         old_rows = tables[0]["input_dim"]
         for embedding in tables:

@@ -134,9 +134,11 @@ class TrainConfig:
     `warm_start`: the folder of an earlier run of the same model (its `output`): training starts
     from its weights, with its columns (the `columns` section is not used); the optimizer starts
     afresh. `grow_vocabularies` (true by default with a warm start): a value of the new data that
-    a vocabulary lacks, seen at least once (or at least N times: an int), gets a row of its own,
-    appended after the old ones, which keep their weights; false: such values are looked up as
-    the out-of-vocabulary row. A retrieval model's sampler counts the new data's targets.
+    a vocabulary lacks gets a row of its own, appended after the old ones, which keep their
+    weights, when the new data holds it as often as the earlier run's vocabularies required (its
+    `columns.min_count`, which `columns.json` records) or, given an int N, at least N times;
+    false: such values are looked up as the out-of-vocabulary row. A retrieval model's sampler
+    counts the new data's targets.
     """
     epochs: int = 1
     batch_size: int = 256
@@ -837,15 +839,17 @@ def explicit_columns(config):
     return columns
 
 
-def columns_to_json(columns):
-    """A list of feature columns as JSON-ready dicts (no initializers or transform functions)."""
+def columns_to_json(columns, min_count=None):
+    """A list of feature columns as JSON-ready dicts (no initializers or transform functions).
+    `min_count`: recorded in the entry of each column with a vocabulary (how often a value had to
+    be seen to get a row), for a warm start; `columns_from_json` leaves it out."""
     out = []
     for column in columns:
         if isinstance(column, VarLenSparseFeat):
-            out.append({"type": "sequence", **_sparse_fields(column.sparsefeat), "maxlen": column.maxlen,
+            out.append({"type": "sequence", **_sparse_fields(column.sparsefeat, min_count), "maxlen": column.maxlen,
                         "combiner": column.combiner, "length_name": column.length_name})
         elif isinstance(column, SparseFeat):
-            out.append({"type": "sparse", **_sparse_fields(column)})
+            out.append({"type": "sparse", **_sparse_fields(column, min_count)})
         elif isinstance(column, DenseFeat):
             if column.transform_fn is not None:
                 raise ValueError(f"column '{column.name}': a transform_fn cannot be written to JSON")
@@ -857,13 +861,16 @@ def columns_to_json(columns):
     return out
 
 
-def _sparse_fields(column):
+def _sparse_fields(column, min_count=None):
     if column.embeddings_initializer is not None:
         raise ValueError(f"column '{column.name}': an embeddings_initializer cannot be written to JSON")
-    return {"name": column.name, "vocabulary_size": column.vocabulary_size, "embedding_dim": column.embedding_dim,
-            "use_hash": column.use_hash, "vocabulary_path": column.vocabulary_path, "dtype": column.dtype,
-            "embedding_name": column.embedding_name,
-            "vocabulary": None if column.vocabulary is None else list(column.vocabulary)}
+    fields = {"name": column.name, "vocabulary_size": column.vocabulary_size, "embedding_dim": column.embedding_dim,
+              "use_hash": column.use_hash, "vocabulary_path": column.vocabulary_path, "dtype": column.dtype,
+              "embedding_name": column.embedding_name,
+              "vocabulary": None if column.vocabulary is None else list(column.vocabulary)}
+    if min_count and column.vocabulary is not None:
+        fields["min_count"] = int(min_count)
+    return fields
 
 
 def columns_from_json(entries):
@@ -871,6 +878,7 @@ def columns_from_json(entries):
     columns = []
     for entry in entries:
         entry = dict(entry)
+        entry.pop("min_count", None)  # how the vocabulary was made (`columns_to_json`), not a column argument
         kind = entry.pop("type")
         if kind in ("dense", "dense_sequence"):
             columns.append(DenseFeat(**entry) if kind == "dense" else VarLenDenseFeat(**entry))
@@ -967,23 +975,22 @@ def train(config, verbose=2, tensorboard=None, out=None):
         from tfrec import retrieval_run
 
         return retrieval_run.train(config, verbose, tensorboard, out)
-    warm = warm_start(config, out) if config.train.warm_start else None
+    warm = warm_start_columns(config) if config.train.warm_start else None
     with step(f"reading {len(config.data.train)} data file(s)", out):
-        train_df, test_df = load_frames(config, warm[1] if warm else None)
+        train_df, test_df = load_frames(config, warm.columns if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
-    columns = warm[1] if warm else build_columns(train_df, config)
+    columns = warm.columns if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
-    if warm:
-        warm = grown(*warm, train_df, config.train.grow_vocabularies, out)
-        columns = warm[1]
     _check_dense(train_df, columns, config)
-    _check_test_rows(test_df, columns, config)  # before training, not after it
+    _check_test_rows(test_df, columns, config)  # before loading or training a model, not after it
+    if warm:
+        warm_model, columns = grown(warm_start_model(config, out), columns, train_df, warm.growth, out)
     tf.keras.utils.set_random_seed(config.train.seed)
     settings = config.strategy
     strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
                                          min_shard_bytes=settings.min_shard_bytes)
     with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
-        model = warm[0] if warm else build_model(config, columns)
+        model = warm_model if warm else build_model(config, columns)
         _compile(model, config)
     callbacks = []
     if tensorboard:
@@ -1007,22 +1014,56 @@ def train(config, verbose=2, tensorboard=None, out=None):
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
-    save(model, columns, config, out)
+    save(model, columns, config, out, min_count=warm.recorded if warm else new_run_min_count(config))
     return model
 
 
-def warm_start(config, out=None):
-    """(model, columns) of the run in `train.warm_start`, uncompiled, or a ConfigError when it
-    holds no trained model or another model than the config's."""
-    import re
+def new_run_min_count(config):
+    """How often a value had to be seen to get a row in a new run's inferred vocabularies
+    (None: the columns were listed)."""
+    return config.columns.min_count if config.columns.infer else None
 
-    from tfrec.saving import load_model
 
+@dataclass
+class WarmStartColumns:
+    """The columns of the run in `train.warm_start`, and how its vocabularies grow today.
+
+    Attributes:
+      columns: the earlier run's feature columns.
+      growth: how often a value new to a vocabulary must be in today's rows to get a row
+        (`train.grow_vocabularies`; true: the earlier run's count); 0: no growth.
+      recorded: the count today's run records in its `columns.json`, for tomorrow's.
+    """
+    columns: list
+    growth: int
+    recorded: Optional[int]
+
+
+def warm_start_columns(config):
+    """`WarmStartColumns` of the run in `train.warm_start`: read before today's data (which is
+    read with them), and before its model is loaded, so that a mistake in the data is reported
+    first. A ConfigError when the folder holds no trained run."""
     folder = config.train.warm_start
     for name in (MODEL_FILE, COLUMNS_FILE):
         if not os.path.isfile(os.path.join(folder, name)):
             raise ConfigError(f"{config.path}: train.warm_start: {folder} holds no {name}: give the output folder of "
                               "an earlier `tfrec train --config` run")
+    with open(os.path.join(folder, COLUMNS_FILE), encoding="utf-8") as handle:
+        entries = json.load(handle)
+    earlier = max((entry["min_count"] for entry in entries if entry.get("min_count")), default=None)
+    wanted = config.train.grow_vocabularies
+    growth = (earlier or 1) if wanted is True else int(wanted)
+    return WarmStartColumns(columns_from_json(entries), growth, growth or earlier)
+
+
+def warm_start_model(config, out=None):
+    """The model of the run in `train.warm_start`, uncompiled, or a ConfigError when it is
+    another model than the config's."""
+    import re
+
+    from tfrec.saving import load_model
+
+    folder = config.train.warm_start
     with step(f"loading the model to start from, {os.path.join(folder, MODEL_FILE)}", out):
         model = load_model(os.path.join(folder, MODEL_FILE), compile=False)
     if re.sub(r"[^a-z]", "", model.name.lower()) != config.model.name.lower():
@@ -1031,14 +1072,13 @@ def warm_start(config, out=None):
     if config.model.args:
         print(f"model.args are not used with train.warm_start: the model is the one in {folder}, as it was built",
               file=out or sys.stdout)
-    with open(os.path.join(folder, COLUMNS_FILE), encoding="utf-8") as handle:
-        return model, columns_from_json(json.load(handle))
+    return model
 
 
 def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_rows="initializer"):
     """(model, columns) of a warm start with rows for the values of `train_df` new to its
-    vocabularies (seen `min_count` times; True: once; False: no growth), started as `new_rows`
-    says (`tfrec.saving.with_grown_tables`).
+    vocabularies (seen `min_count` times; 0: no growth), started as `new_rows` says
+    (`tfrec.saving.with_grown_tables`).
 
     `item_counts(columns)`: a two-tower model's sampler counts (of `train_df`'s targets) for the
     grown columns; the model is rebuilt with them even when no table grows.
@@ -1059,8 +1099,9 @@ def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_r
     if grown_tables:
         before, after = ({c.embedding_name: c.vocabulary_size for c in cs
                           if isinstance(c, (SparseFeat, VarLenSparseFeat))} for cs in (columns, grown_columns))
-        what = "growing the vocabularies by the new values (" + ", ".join(
-            f"{table} +{after[table] - before[table]}" for table in grown_tables) + ")"
+        what = ("growing the vocabularies by the new values (" + ", ".join(
+            f"{table} +{after[table] - before[table]}" for table in grown_tables)
+            + f"; seen at least {'once' if min_count == 1 else f'{min_count} times'})")
     elif counts is not None:
         what = ("no values new to the vocabularies; " if min_count else "") + "counting the sampler's items anew"
     else:
@@ -1155,10 +1196,11 @@ def _check_dense(df, columns, config):
                                   f"rows.{inferred}")
 
 
-def save(model, columns, config, out):
+def save(model, columns, config, out, min_count=None):
     """Writes the model and its columns to `config.output`: from the chief of a cluster; other
     workers of a synchronous run save too (Keras' saving takes part in collectives) but to a
-    scratch folder that is removed."""
+    scratch folder that is removed. `min_count`: how often a value had to be seen to get a row
+    of the vocabularies, recorded for a warm start to grow them alike."""
     import shutil
     import tempfile
 
@@ -1178,7 +1220,7 @@ def save(model, columns, config, out):
         staged = f".{os.getpid()}.tmp"
         model.save(os.path.join(folder, MODEL_FILE + staged + ".keras"))
         with open(os.path.join(folder, COLUMNS_FILE + staged), "w", encoding="utf-8") as handle:
-            json.dump(columns_to_json(columns), handle, indent=1)
+            json.dump(columns_to_json(columns, min_count), handle, indent=1)
         os.replace(os.path.join(folder, MODEL_FILE + staged + ".keras"), os.path.join(folder, MODEL_FILE))
         os.replace(os.path.join(folder, COLUMNS_FILE + staged), os.path.join(folder, COLUMNS_FILE))
     if not chief:

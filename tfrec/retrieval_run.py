@@ -313,16 +313,17 @@ def train(config, verbose=2, tensorboard=None, out=None):
 
     from tfrec.data import df_to_dataset
 
+    warm = run.warm_start_columns(config) if config.train.warm_start else None
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
-    if config.train.warm_start:
-        model, every = run.warm_start(config, out)
-        _say_kept_settings(config, model, every, out)
+    if warm:
+        model = run.warm_start_model(config, out)
+        _say_kept_settings(config, model, warm.columns, out)
         # New items start at the mean item (`with_grown_tables`): from ~0 a short warm start
         # leaves them too small to be retrieved.
-        model, every = run.grown(model, every, train_df, config.train.grow_vocabularies, out,
+        model, every = run.grown(model, warm.columns, train_df, warm.growth, out,
                                  item_counts=lambda every: _target_counts(config, train_df, every), new_rows="mean")
     else:
         user_columns, item_columns = columns(config, train_df)
@@ -340,7 +341,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     with run.step(f"training {config.model.name} for {config.train.epochs} epoch(s)", out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks)
     run.check_losses(history.history.get("loss", []))
-    run.save(model, every, config, out)
+    run.save(model, every, config, out, min_count=warm.recorded if warm else config.columns.min_count)
     return model
 
 

@@ -281,18 +281,21 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
 
     today = pd.read_csv(REPO / "examples" / "data" / "ranking.csv")
     today.loc[:9, "item_id"] = "i-new"
+    today.loc[today.drop(index=range(10)).timestamp.idxmin(), "item_id"] = "i-once"  # a training row
     (tmp_path / "data").mkdir()
     today.to_csv(tmp_path / "data" / "ranking.csv", index=False)
     config = yaml.safe_load(RANKING.read_text())
     del config["columns"]
-    # Yesterday's vocabularies kept values seen twice (columns.min_count: 2): so do today's.
-    config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12, grow_vocabularies=2)
+    # Yesterday's vocabularies kept values seen twice (columns.min_count: 2, which its columns.json
+    # records): so do today's, and "i-once" stays out of vocabulary.
+    config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12)
     config.update(output="today", export={"base": "today/export"})
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
     capsys.readouterr()
     assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "loading the model to start from" in out and "growing the vocabularies by the new values (item_id +1)" in out
+    assert "loading the model to start from" in out
+    assert "growing the vocabularies by the new values (item_id +1; seen at least 2 times)" in out
     assert "model.args are not used with train.warm_start" in out  # the example's args: the model keeps its own
     before = {c["name"]: c for c in json.loads((ranking_run.output / "columns.json").read_text())}
     after = {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())}
@@ -302,6 +305,7 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
                                    "vocabulary_size": column["vocabulary_size"] + 1}
         else:
             assert after[name] == column
+        assert after[name].get("min_count") == (2 if column["type"] in ("sparse", "sequence") else None)
     yesterday, rows, inputs = test_rows
     model, columns = trained(load_config(str(tmp_path / "today.yaml")))
     np.testing.assert_allclose(model.predict(df_to_inputs(rows, columns), verbose=0),
@@ -316,7 +320,21 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
     assert re.search(r"grow_vocabularies is false: the values new to the vocabularies are looked up as the "
                      r"out-of-vocabulary row \(.*item_id \d+\.\d%", capsys.readouterr().out)
     assert {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())} == before
+    config["train"]["grow_vocabularies"] = 1  # a count given: it overrides the recorded one
+    (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
+    assert re.search(r"growing the vocabularies by the new values \(item_id \+\d+; seen at least once\)",
+                     capsys.readouterr().out)
+    vocabulary = {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())}["item_id"]
+    assert "i-once" in vocabulary["vocabulary"] and vocabulary["min_count"] == 1
     del config["train"]["grow_vocabularies"]
+
+    # Today's data is checked before yesterday's model is loaded: a mistake there is reported first.
+    today.drop(columns="cate_id").to_csv(tmp_path / "data" / "no_cate.csv", index=False)
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump({**config, "data": {**config["data"], "train": "data/no_cate.csv"}}))
+    assert main(["train", "--config", str(tmp_path / "wrong.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert "lack the feature column(s) ['cate_id']" in captured.err and "loading the model" not in captured.out
 
     for change, message in [({"train": {"warm_start": str(tmp_path / "nowhere")}}, "holds no model.keras"),
                             ({"model": {"name": "SIM"}}, "holds a model named 'din', and this config trains SIM"),

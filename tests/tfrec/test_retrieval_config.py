@@ -301,7 +301,7 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
 
     code, out, err = tfrec("train", "--config", config, capsys=capsys)
     assert code == 0, err
-    assert "growing the vocabularies by the new values (item_id +6, hist_cate_id +1)" in out, out
+    assert "growing the vocabularies by the new values (item_id +6, hist_cate_id +1; seen at least once)" in out, out
     assert "not used with train.warm_start: retrieval.seq_maxlen 30 (kept: 20); the model is the earlier run's" in out
     run = load_config(str(config))
     model = load_model(run.output_file("model.keras"), compile=False)

@@ -391,6 +391,11 @@ class RestServer:
 
     async def _handle(self, request):
         started = time.monotonic()
+        if request.version < (1, 0):  # as TF Serving's libevent: 400, where aiohttp would answer it
+            response = self._json(400, error_json("Malformed HTTP request: HTTP/0.9 is not supported; send "
+                                                  "HTTP/1.0 or HTTP/1.1"))
+            response.force_close()
+            return response
         raw_path = request.raw_path
         if not raw_path.startswith("/"):  # absolute-form target: http://host/v1/...
             raw_path = urllib.parse.urlsplit(raw_path).path or "/"

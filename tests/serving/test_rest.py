@@ -259,6 +259,13 @@ def test_unknown_method_gets_a_json_error(server):
     assert_good_request_answered(server)
 
 
+@pytest.mark.parametrize("request_line", [b"GET /v1/models/toy\r\n\r\n", b"GET /v1/models/toy HTTP/0.9\r\n\r\n"])
+def test_http_0_9_gets_a_json_400(server, request_line):
+    status, body = json_of(raw_exchange(server.port, request_line))
+    assert status == 400 and "HTTP/0.9 is not supported" in body["error"]
+    assert_good_request_answered(server)
+
+
 def test_malformed_chunked_encoding_gets_a_json_error(server):
     raw = raw_exchange(server.port, b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\n"
                                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")

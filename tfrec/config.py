@@ -979,6 +979,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     with step(f"reading {len(config.data.train)} data file(s)", out):
         train_df, test_df = load_frames(config, warm.columns if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
+    _say_repeated_rows(train_df, test_df, out)
     columns = warm.columns if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     _check_dense(train_df, columns, config)
@@ -1161,6 +1162,37 @@ def claim_backup_folder(folder, config, columns):
     with open(staged, "w", encoding="utf-8") as handle:
         json.dump({"run": record, "config": config.path, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
     os.replace(staged, path)
+
+
+def repeated_rows(train_df, test_df):
+    """(training rows that repeat an earlier training row exactly, test rows that repeat a
+    training row exactly): a log's repeats (a retried or doubly logged impression), compared over
+    the columns both hold, history cells included."""
+    import numpy as np
+    import pandas as pd
+
+    shared = [name for name in train_df.columns if name in test_df.columns]
+
+    def row_hashes(df):
+        cells = {name: df[name].map(lambda cell: tuple(cell) if isinstance(cell, (list, np.ndarray)) else cell)
+                 if df[name].dtype == object else df[name] for name in shared}
+        return pd.util.hash_pandas_object(pd.DataFrame(cells, index=df.index), index=False)
+
+    train_hashes = row_hashes(train_df)
+    return int(train_hashes.duplicated().sum()), int(row_hashes(test_df).isin(train_hashes).sum())
+
+
+def _say_repeated_rows(train_df, test_df, out):
+    """Prints how many rows repeat another exactly. They are kept (an impression may truly repeat),
+    but a test row that repeats a training row is scored on what the model trained on, which
+    flatters the test AUC."""
+    repeats, leaked = repeated_rows(train_df, test_df)
+    if not repeats and not leaked:
+        return
+    print(f"note: {repeats} of {len(train_df)} training rows repeat another training row exactly, and {leaked} of "
+          f"{len(test_df)} test rows repeat a training row (their test score is on rows the model trained on); "
+          "they are kept: if they are a log's repeats, drop them (pandas' drop_duplicates) before training",
+          file=out or sys.stdout)
 
 
 def _check_test_rows(test_df, columns, config):

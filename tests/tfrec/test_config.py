@@ -1,6 +1,7 @@
 """tfrec.config: run configs, column inference from a DataFrame, the multi-task example, SIM and CLSR from a config."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +379,22 @@ def test_mistakes_in_a_users_own_data_are_named_before_training(tmp_path):
     with pytest.raises(ConfigError, match="exclude the column if it is unique to each row"):
         run.infer_columns(run.load_frames(data())[0], load_config(str(write(
             tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ncolumns: {min_count: 100}\n"))))
+
+
+def test_rows_repeated_exactly_are_counted_and_named_before_training(tmp_path, capsys):
+    df = frame()
+    train, test = pd.concat([df, df.iloc[[1, 1, 2]]], ignore_index=True), df.iloc[[2, 7]].assign(row_id=[2, 99])
+    assert run.repeated_rows(train, test) == (3, 1)  # history lists compared as values; row_id 99 differs
+    assert run.repeated_rows(df, df.iloc[:0]) == (0, 0)
+    with_repeats = pd.concat([df, df.iloc[[0, 1]]], ignore_index=True)
+    with_repeats.assign(hist_item_id=["|".join(cell) for cell in with_repeats["hist_item_id"]]).to_csv(
+        tmp_path / "d.csv", index=False)
+    run.train(load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                              "split: {test_fraction: 0.2, seed: 3}\ntrain: {epochs: 1}\n"
+                                              "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"))),
+              verbose=0)
+    assert re.search(r"note: \d+ of 8 training rows repeat another training row exactly, and \d+ of 2 test rows "
+                     r"repeat a training row", capsys.readouterr().out)
 
 
 def test_data_fill_gives_the_empty_cells_of_a_column_their_value(tmp_path):

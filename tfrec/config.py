@@ -507,8 +507,9 @@ def _parse_retrieval(path, raw, model_name, data):
         _fail(path, "columns", f"{model_name}'s columns come from retrieval: (the user, item, category and "
               f"profile columns); columns: takes only {', '.join(_RETRIEVAL_COLUMN_OPTIONS)}, got {columns!r}")
     strategy = raw.get("strategy") or {}
-    if isinstance(strategy, dict) and strategy.get("kind") is not None:
-        _fail(path, "strategy.kind", f"{model_name} trains in one process from a config; remove strategy.kind")
+    if isinstance(strategy, dict) and strategy.get("kind") == "parameter_server":
+        _fail(path, "strategy.kind", f"{model_name} trains under mirrored or multi_worker; parameter_server is for "
+              "the ranking models (the two-tower models' negative sampler is not tested on sharded tables)")
     export = raw.get("export") or {}
     if isinstance(export, dict) and export.get("extra_outputs"):
         _fail(path, "export.extra_outputs", "a retrieval export answers item_ids and scores; remove it")
@@ -969,8 +970,6 @@ def train(config, verbose=2, tensorboard=None, out=None):
     """
     import tensorflow as tf
 
-    from tfrec.data import df_to_dataset
-
     if config.retrieval:
         from tfrec import retrieval_run
 
@@ -984,15 +983,33 @@ def train(config, verbose=2, tensorboard=None, out=None):
     train_df = prepare(train_df, columns)
     _check_dense(train_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before loading or training a model, not after it
+    tf.keras.utils.set_random_seed(config.train.seed)
     if warm:
         warm_model, columns = grown(warm_start_model(config, out), columns, train_df, warm.growth, out)
-    tf.keras.utils.set_random_seed(config.train.seed)
+
+    def make_model():
+        model = warm_model if warm else build_model(config, columns)
+        _compile(model, config)
+        return model
+
+    return fit_and_save(config, make_model, columns, train_df, _label_columns(config),
+                        warm.recorded if warm else new_run_min_count(config), verbose, tensorboard, out)
+
+
+def fit_and_save(config, make_model, columns, train_df, labels, min_count, verbose=2, tensorboard=None, out=None):
+    """Trains `make_model()` (a compiled model, built in the scope of the config's strategy) on
+    the rows of `train_df` (`labels`: their label columns, None for a two-tower model's samples),
+    with the run's TensorBoard logs and backups; checks its losses and saves it with `columns`
+    (recording `min_count`, see `save`). Returns the model."""
+    import tensorflow as tf
+
+    from tfrec.data import df_to_dataset
+
     settings = config.strategy
     strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
                                          min_shard_bytes=settings.min_shard_bytes)
     with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
-        model = warm_model if warm else build_model(config, columns)
-        _compile(model, config)
+        model = make_model()
     callbacks = []
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
@@ -1001,12 +1018,10 @@ def train(config, verbose=2, tensorboard=None, out=None):
         callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
     fit_args = {}
     if settings.kind is None:
-        dataset = df_to_dataset(train_df, columns, _label_columns(config), batch_size=config.train.batch_size,
-                                seed=config.train.seed)
+        dataset = df_to_dataset(train_df, columns, labels, batch_size=config.train.batch_size, seed=config.train.seed)
     else:
         dataset = distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
-            train_df, columns, _label_columns(config), config.train.batch_size, seed=config.train.seed,
-            repeat=True))
+            train_df, columns, labels, config.train.batch_size, seed=config.train.seed, repeat=True))
         # Keras needs the length of a distributed dataset: an epoch is one pass over the rows
         # (a final partial batch is left to the next epoch's shuffle). Keras keeps one iterator
         # across epochs when given steps_per_epoch, so the data repeats (else epoch 2 runs dry).
@@ -1015,7 +1030,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
-    save(model, columns, config, out, min_count=warm.recorded if warm else new_run_min_count(config))
+    save(model, columns, config, out, min_count=min_count)
     return model
 
 

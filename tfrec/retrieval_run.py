@@ -311,38 +311,31 @@ def train(config, verbose=2, tensorboard=None, out=None):
     `columns.json` (user columns, then the item column) to `config.output`."""
     import tensorflow as tf
 
-    from tfrec.data import df_to_dataset
-
     warm = run.warm_start_columns(config) if config.train.warm_start else None
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
     if warm:
-        model = run.warm_start_model(config, out)
-        _say_kept_settings(config, model, warm.columns, out)
+        warm_model = run.warm_start_model(config, out)
+        _say_kept_settings(config, warm_model, warm.columns, out)
         # New items start at the mean item (`with_grown_tables`): from ~0 a short warm start
         # leaves them too small to be retrieved.
-        model, every = run.grown(model, warm.columns, train_df, warm.growth, out,
-                                 item_counts=lambda every: _target_counts(config, train_df, every), new_rows="mean")
+        warm_model, every = run.grown(warm_model, warm.columns, train_df, warm.growth, out,
+                                      item_counts=lambda every: _target_counts(config, train_df, every),
+                                      new_rows="mean")
     else:
         user_columns, item_columns = columns(config, train_df)
-        model = build_model(config, user_columns, item_columns, train_df)
         every = user_columns + item_columns
-    model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
-    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=tensorboard)] if tensorboard else []
-    if config.strategy.checkpoint_dir:
-        from tfrec import distribute
 
-        run.claim_backup_folder(config.strategy.checkpoint_dir, config, every)
-        callbacks += distribute.checkpoint_callbacks(config.strategy.checkpoint_dir, config.strategy.save_freq)
+    def make_model():
+        model = warm_model if warm else build_model(config, user_columns, item_columns, train_df)
+        model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
+        return model
+
     # The model's output is its sampled-softmax loss: the rows need no labels.
-    dataset = df_to_dataset(train_df, every, batch_size=config.train.batch_size, seed=config.train.seed)
-    with run.step(f"training {config.model.name} for {config.train.epochs} epoch(s)", out):
-        history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks)
-    run.check_losses(history.history.get("loss", []))
-    run.save(model, every, config, out, min_count=warm.recorded if warm else config.columns.min_count)
-    return model
+    return run.fit_and_save(config, make_model, every, train_df, None,
+                            warm.recorded if warm else config.columns.min_count, verbose, tensorboard, out)
 
 
 def evaluate(config, out=None):

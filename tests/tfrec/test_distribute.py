@@ -542,6 +542,39 @@ def test_killed_multi_worker_run_resumes_from_backup(tmp_path):
     _kill_and_resume(tmp_path, workers=2)
 
 
+def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(tmp_path):
+    """`strategy: {kind: multi_worker}` in a retrieval config: every worker runs the same
+    `tfrec train --config` under `python -m tfrec.distribute`, the workers split each global batch,
+    and the chief's run folder holds a model that evaluates better than popularity."""
+    import yaml
+
+    from tfrec.cli import main
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))
+    config["data"]["train"] = os.path.join(ROOT, "examples", "data", "events.csv")
+    config["train"].update(epochs=4, batch_size=128)
+    config.update(output=str(tmp_path / "run"), strategy={"kind": "multi_worker"})
+    config.pop("export")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    deadline = time.monotonic() + 200
+    cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
+    with _Processes(tmp_path) as processes:
+        workers = [processes.start(f"worker{i}", [sys.executable, "-m", "tfrec.distribute", "--role", "worker",
+                                                  "--index", str(i), "--cluster", cluster, "--", sys.executable,
+                                                  "-m", "tfrec.cli", "train", "--config", str(tmp_path / "run.yaml")])
+                   for i in range(2)]
+        for worker in workers:
+            assert processes.wait(worker, deadline) == 0, processes.logs()
+        for i in range(2):
+            assert "training MIND for 4 epoch(s) (multi_worker)" in processes.log(f"worker{i}")
+    assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras"]  # the chief's alone
+    assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    print(f"\nMIND on 2 workers, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
+          f"{metrics['popularity']['recall']:.3f}")
+    assert metrics["model"]["recall"] > metrics["popularity"]["recall"]
+
+
 MODES = {"multi_worker": run_multi_worker, "ps_chief": run_parameter_server_chief, "resumable": run_resumable}
 
 if __name__ == "__main__":

@@ -540,6 +540,7 @@ def main(argv=None):
     stop = _stop_event_on_signals()
     core.start()  # readiness is announced only after the initial loads
     grpc_server = rest_server = watcher = None
+    status = 0
     try:
         # As tensorflow_model_server: a configured model none of whose versions can load
         # (after the load retries) fails the start, so a deployment that gates on the
@@ -571,7 +572,7 @@ def main(argv=None):
             pass
     except (OSError, ServingError) as error:
         log.error("Failed to start server. Error: %s", error)
-        return 1
+        status = 1
     finally:
         stopping = time.monotonic()
         if watcher is not None:
@@ -582,9 +583,13 @@ def main(argv=None):
             rest_server.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait()
-        core.stop(timeout=max(1.0, args.shutdown_grace_seconds - (time.monotonic() - stopping)))
-    log.info("Server stopped")
-    return 0
+        threads_ended = core.stop(timeout=max(1.0, args.shutdown_grace_seconds - (time.monotonic() - stopping)))
+    if status == 0:
+        log.info("Server stopped")
+    if not threads_ended:  # a load still in a read that never returns: Python would wait for it at exit
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

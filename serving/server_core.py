@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent import futures
 
 import grpc
@@ -84,10 +85,12 @@ class ServerCore:
         due, also when polling is off.
       allow_labels_for_unavailable: --allow_version_labels_for_unavailable_models; when
         False, a config reload whose labels name versions that are not AVAILABLE is refused.
-      num_load_threads: --num_load_threads: the models of a poll are loaded side by side by
-        this many threads, so a model with a slow load (a large export, a slow disk, a long
-        warm-up) does not hold the others back; 0 (TF Serving's default) loads them one after
-        another on the poll thread. Each poll still waits for all its loads.
+      num_load_threads: --num_load_threads: this many threads poll and load the models, each
+        model's on one thread at a time, and the poll thread does not wait for them: a model with
+        a slow load (a large export, a slow disk, a long warm-up, a read that never returns) holds
+        back neither the other models' new versions nor their polls (it is polled again once its
+        load is done); 0 (TF Serving's default) polls and loads them one after another on the
+        poll thread.
     """
 
     def __init__(self, config, poll_wait_seconds=1.0, batching=None, enable_warmup=True,
@@ -107,11 +110,14 @@ class ServerCore:
         self._models = {}
         self._replacing = {}  # name -> the manager of a new base path, loaded before it takes over
         self._retired = []
+        self._busy = {}  # VersionManager -> the Future of its poll or retries on the load threads
         self._lock = threading.Lock()
         self._poll_cond = threading.Condition()
         self._config_generation = 0   # bumped by every config change (under _lock)
-        self._polled_generation = 0   # the config generation the last full poll saw
+        self._polled_at = weakref.WeakKeyDictionary()  # VersionManager -> config generation of its last poll
+        self._skipped = set()  # busy models a poll passed over: polled again when their job ends
         self._poll_requested = False
+        self._job_ended = False
         self._stopping = False
         self._thread = None
         self._loaders = futures.ThreadPoolExecutor(num_load_threads, thread_name_prefix="model-loader") \
@@ -119,24 +125,38 @@ class ServerCore:
         self._apply_config(config)
 
     def start(self):
-        """Loads the initial versions of every model, then starts the poll thread."""
+        """Loads the initial versions of every model (with load threads: starts their loads;
+        `wait_until_models_available` waits for them), then starts the poll thread."""
         self._poll_all()
         self._thread = threading.Thread(target=self._poll_loop, name="model-poller",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout=30):
-        """Ends the poll thread, waiting up to `timeout` seconds for a load it is in."""
+        """Ends the poll thread and the load threads, waiting up to `timeout` seconds for the
+        loads they are in; returns False when one is still in a load (a file system read that
+        never returns) then, which the process should not wait for at exit."""
+        deadline = time.monotonic() + timeout
         with self._poll_cond:
             self._stopping = True
             self._poll_cond.notify_all()
+        ended = True
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             if self._thread.is_alive():
                 log.warning("The model poller is still in a load or a file system read after %.0f s; stopping "
                             "without it (GetModelStatus shows the version it was loading)", timeout)
+                ended = False
         if self._loaders is not None:
-            self._loaders.shutdown(wait=False)
+            with self._lock:
+                jobs = list(self._busy.values())
+            _, running = futures.wait(jobs, timeout=max(0.0, deadline - time.monotonic()))
+            if running:
+                log.warning("%d load thread(s) still in a load or a file system read after %.0f s; stopping "
+                            "without them", len(running), timeout)
+                ended = False
+            self._loaders.shutdown(wait=False, cancel_futures=True)
+        return ended
 
     def model_names(self):
         with self._lock:
@@ -176,11 +196,17 @@ class ServerCore:
                 moved.append(model)
         generation = self._apply_config(config, labels_later=True)
         deadline = time.monotonic() + timeout
+        changed = [m.name for m in config.model_config_list.config
+                   if m.name not in before or before[m.name].model_version_policy != m.model_version_policy]
         with self._poll_cond:
             self._poll_requested = True
             self._poll_cond.notify_all()
+            # The models the reload adds or gives another policy are polled under it, and a moved
+            # one's new path takes over or is dropped; the others are not waited for, so that a
+            # model in a slow load on a load thread does not hold the reload back.
             if not self._poll_cond.wait_for(
-                    lambda: self._polled_generation >= generation or self._stopping, timeout):
+                    lambda: self._stopping or (all(self._polled_since(name, generation) for name in changed)
+                                               and not any(m.name in self._replacing for m in moved)), timeout):
                 raise _timed_out()
         added = [m.name for m in config.model_config_list.config if m.name not in before]
         self.wait_until_models_available(added, max(0.0, deadline - time.monotonic()))
@@ -204,8 +230,8 @@ class ServerCore:
             error = no_version_error(model.config)
             if error is not None:
                 raise error
-        with self._poll_cond:  # the poll thread notifies after every poll; retries are polled for
-            while not all(model.loads_settled() for model in models):
+        with self._poll_cond:  # notified after every poll and load job; retries are polled for
+            while not all(model.loads_settled() and not self._is_busy(model) for model in models):
                 if self._stopping or (stop is not None and stop.is_set()):
                     return
                 if deadline is not None and time.monotonic() > deadline:
@@ -243,7 +269,10 @@ class ServerCore:
         with self._lock:
             self._config_generation += 1
             wanted = {m.name: m for m in config.model_config_list.config}
-            self._replacing = {}
+            for name, moving in list(self._replacing.items()):  # moves of an earlier config still loading
+                new = wanted.get(name)
+                if new is None or new.base_path != moving.config.base_path:
+                    self._retired.append(self._replacing.pop(name))
             for name in list(self._models):
                 model = self._models[name]
                 new = wanted.get(name)
@@ -252,8 +281,11 @@ class ServerCore:
                 if new is None:
                     self._retired.append(self._models.pop(name))
                 elif new.base_path != model.config.base_path:
-                    self._replacing[name] = VersionManager(new, self._batching, self._enable_warmup,
-                                                           **self._version_options)
+                    if name in self._replacing:
+                        self._replacing[name].config = new
+                    else:
+                        self._replacing[name] = VersionManager(new, self._batching, self._enable_warmup,
+                                                               **self._version_options)
                 else:
                     model.config = new
             for name, model_config in wanted.items():
@@ -268,28 +300,47 @@ class ServerCore:
             generation = self._config_generation
             models = list(self._models.values())
             retired, self._retired = self._retired, []
-            replacing, self._replacing = self._replacing, {}
+            replacing = list(self._replacing.values())
         for model in retired:
             model.unload_all()
-        self._for_each_model(list(replacing.values()) + models, "Polling", lambda model: model.poll())
-        if replacing:  # a new base path that serves a version takes over, then the old one goes
-            ready = {name: model for name, model in replacing.items() if model.serves_a_version()}
-            for name in set(replacing) - set(ready):
-                log.error("Model %s: no version under the new base path %s loaded; it keeps serving from the old "
-                          "one", name, replacing[name].config.base_path)
-                replacing[name].unload_all()
+
+        def poll(model):
+            model.poll()
             with self._lock:
-                old = [self._models[name] for name in ready if name in self._models]
-                self._models.update(ready)
-            for model in old:
-                model.unload_all()
+                self._polled_at[model] = generation
+
+        self._for_each_model(replacing + models, "Polling", poll)
+        self._settle_moves()
         with self._poll_cond:
-            self._polled_generation = generation
             self._poll_cond.notify_all()
 
-    def _next_retry_at(self):
+    def _polled_since(self, name, generation):
+        """True when the model `name` (or nothing of that name) has been polled, its loads done,
+        under config `generation` or a later one."""
         with self._lock:
-            models = list(self._models.values())
+            model = self._models.get(name)
+            return model is None or (self._polled_at.get(model, 0) >= generation and model not in self._busy)
+
+    def _settle_moves(self):
+        """A new base path whose poll is done takes over if it serves a version, and the old
+        path's versions are unloaded; else it is dropped and the old one keeps serving."""
+        with self._lock:
+            done = {name: model for name, model in self._replacing.items() if model not in self._busy}
+            for name in done:
+                del self._replacing[name]
+            ready = {name: model for name, model in done.items() if model.serves_a_version()}
+            old = [self._models[name] for name in ready if name in self._models]
+            self._models.update(ready)
+        for name in set(done) - set(ready):
+            log.error("Model %s: no version under the new base path %s loaded; it keeps serving from the old "
+                      "one", name, done[name].config.base_path)
+            done[name].unload_all()
+        for model in old:
+            model.unload_all()
+
+    def _next_retry_at(self):
+        with self._lock:  # a busy model's retries wait for its job to end
+            models = [model for model in self._models.values() if model not in self._busy]
         times = [t for t in (model.next_retry_at() for model in models) if t is not None]
         return min(times) if times else None
 
@@ -299,19 +350,42 @@ class ServerCore:
         self._for_each_model(models, "Retrying loads of", lambda model: model.retry_due_loads())
 
     def _for_each_model(self, models, what, job):
-        """Runs `job(model)` for every model, side by side on the load threads when there are
-        some, and returns when all are done; a failure is logged, not raised."""
+        """Runs `job(model)` for every model; a failure is logged, not raised. Without load
+        threads, one model after another, and returns when all are done. With them, each on a
+        load thread, returning at once: a model whose earlier job still runs is skipped (its
+        next poll comes after it), and a job's end notifies the waiters of `_poll_cond`."""
         def guarded(model):
             try:
                 job(model)
             except Exception:  # noqa: BLE001 - the poll thread must survive anything
                 log.exception("%s model %s failed", what, model.name)
 
-        if self._loaders is None or len(models) < 2:
+        if self._loaders is None:
             for model in models:
                 guarded(model)
-        else:
-            list(self._loaders.map(guarded, models))
+            return
+        for model in models:
+            with self._lock:
+                if model in self._busy:
+                    self._skipped.add(model)
+                    continue
+                job_future = self._busy[model] = self._loaders.submit(guarded, model)
+            job_future.add_done_callback(lambda _, model=model: self._job_done(model))
+
+    def _is_busy(self, model):
+        with self._lock:
+            return model in self._busy
+
+    def _job_done(self, model):
+        with self._lock:
+            self._busy.pop(model, None)
+            skipped = model in self._skipped
+            self._skipped.discard(model)
+        self._settle_moves()
+        with self._poll_cond:
+            self._job_ended = True  # the poll thread looks again for load retries the job set
+            self._poll_requested |= skipped  # and polls a model it passed over meanwhile
+            self._poll_cond.notify_all()
 
     def _poll_loop(self):
         poll_every = self._poll_wait_seconds if self._poll_wait_seconds > 0 else None
@@ -322,11 +396,12 @@ class ServerCore:
             wake = min(times) if times else None
             with self._poll_cond:
                 self._poll_cond.wait_for(
-                    lambda: self._poll_requested or self._stopping,
+                    lambda: self._poll_requested or self._stopping or self._job_ended,
                     None if wake is None else max(0.0, wake - time.monotonic()))
                 if self._stopping:
                     break
                 requested, self._poll_requested = self._poll_requested, False
+                self._job_ended = False
             now = time.monotonic()
             if requested or (next_poll is not None and now >= next_poll):
                 self._poll_all()
@@ -334,7 +409,7 @@ class ServerCore:
             elif retry_at is not None and now >= retry_at:
                 self._retry_due_loads()
         with self._lock:
-            models = list(self._models.values()) + self._retired
+            models = list(self._models.values()) + list(self._replacing.values()) + self._retired
         for model in models:
             model.unload_all()
 

@@ -138,6 +138,7 @@ class VersionManager:
         self._paths = {}     # version -> directory, as the last scan found it
         self._wanted = set()  # the versions the last scan's policy wanted
         self._base_path_missing = False
+        self._closed = False  # unloaded for good: a load still running then is closed, not served
 
     @property
     def name(self):
@@ -265,8 +266,16 @@ class VersionManager:
             self._load_failed(version, _load_error(error), fingerprint, retries_done)
             return
         with self._lock:
-            self._serving[version] = servable
-            self._states[version] = _VersionState(_State.AVAILABLE)
+            closed = self._closed
+            if not closed:
+                self._serving[version] = servable
+                self._states[version] = _VersionState(_State.AVAILABLE)
+        if closed:  # its model was removed or moved while it loaded
+            servable.close()
+            self._set_state(version, _State.END)
+            log.info("Loaded servable version {name: %s version: %d} after its model was unloaded; closed it",
+                     self.name, version)
+            return
         log.info("Successfully loaded servable version {name: %s version: %d}",
                  self.name, version)
 
@@ -289,10 +298,12 @@ class VersionManager:
                       retries_done)
 
     def _unload_unwanted(self, wanted):
-        unwanted = [v for v in self._serving if v not in wanted]
+        with self._lock:
+            serving = set(self._serving)
+        unwanted = [v for v in serving if v not in wanted]
         if not unwanted:
             return
-        wanted_serving = any(v in self._serving for v in wanted)
+        wanted_serving = any(v in serving for v in wanted)
         if not wanted_serving and wanted:
             # TF Serving's availability-preserving policy: keep the newest serving version
             # until a wanted one is available.
@@ -301,15 +312,21 @@ class VersionManager:
             self.unload(version)
 
     def unload(self, version):
+        with self._lock:
+            servable = self._serving.pop(version, None)
+        if servable is None:  # unloaded meanwhile by another thread
+            return
         log.info("Unloading servable version {name: %s version: %d}", self.name, version)
         self._set_state(version, _State.UNLOADING)
-        with self._lock:
-            servable = self._serving.pop(version)
         servable.close()
         del servable
         gc.collect()
         self._set_state(version, _State.END)
 
     def unload_all(self):
-        for version in sorted(self._serving):
+        """Unloads every version for good (a load still running is closed when it ends)."""
+        with self._lock:
+            self._closed = True
+            versions = sorted(self._serving)
+        for version in versions:
             self.unload(version)

@@ -232,3 +232,73 @@ def test_num_load_threads_loads_a_model_beside_another_ones_slow_load(tmp_path):
     assert slow_started < toy_done < slow_done, "\n".join(lines[slow_started:slow_done + 1])
     loaders = {lines[line_of(f"Loading servable: {{name: {name} version: 1}}")].split()[3] for name in ("slow", "toy")}
     assert len(loaders) == 2 and all(name.startswith("model-loader") for name in loaders), loaders
+
+
+class Sleepy(tf.Module):
+    """A serving_default that waits `seconds` without using the CPU (tf.data's sleep): replaying
+    its warm-up stands for a load held up by a slow or stalled read."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.microseconds = int(seconds * 1e6)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def serve(self, x):
+        slept = tf.raw_ops.SleepDataset(input_dataset=tf.data.Dataset.range(1)._variant_tensor,
+                                        sleep_microseconds=tf.constant(self.microseconds, tf.int64),
+                                        output_types=[tf.int64], output_shapes=[[]])
+        first = tf.raw_ops.DatasetToSingleElement(dataset=slept, output_types=[tf.int64], output_shapes=[[]])[0]
+        return {"y": x + tf.cast(first, tf.float32)}
+
+
+def save_sleepy(path, seconds):
+    from exporters.warmup import prediction_log, write_warmup_file
+
+    module = Sleepy(seconds)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    if seconds:
+        write_warmup_file(path, [prediction_log({"x": np.zeros((1, 3), np.float32)}, "sleepy")])
+
+
+def wait_for(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.2)
+
+
+def test_num_load_threads_a_stuck_load_holds_back_neither_other_models_nor_the_reload_of_others(tmp_path):
+    """With load threads, the poll thread does not wait for loads: while one model's new
+    version is in a load that does not end (a warm-up that sleeps), another model's new version
+    is found and served, a reload that adds a model completes, requests to the stuck model's
+    loaded version are answered, and the server still stops at once."""
+    from tests.serving.saved_models import copy_version, save_toy
+
+    save_sleepy(str(tmp_path / "sleepy" / "1"), 0)
+    save_sleepy(str(tmp_path / "staging" / "sleepy2"), 600)
+    save_toy(str(tmp_path / "toy" / "1"), 1)
+    save_toy(str(tmp_path / "staging" / "toy2"), 2)
+    save_toy(str(tmp_path / "other" / "1"), 1)
+    config = tmp_path / "models.config"
+    models = [f'  config {{ name: "{name}" base_path: "{tmp_path / name}" }}\n' for name in ("sleepy", "toy")]
+    config.write_text("model_config_list {\n" + "".join(models) + "}\n")
+    with LocalServer(model_config_file=str(config), rest=False, poll_wait_seconds=1,
+                     extra_args=["--num_load_threads=2", "--shutdown_grace_seconds=3"]) as server, \
+            Client(server.grpc_target) as client:
+        def states(name):
+            return {status["version"]: status["state"] for status in client.status(name)}
+
+        copy_version(str(tmp_path / "staging" / "sleepy2"), str(tmp_path / "sleepy"), 2)
+        wait_for(lambda: states("sleepy").get(2) == "LOADING", 30, "sleepy version 2 loading")
+        copy_version(str(tmp_path / "staging" / "toy2"), str(tmp_path / "toy"), 2)
+        wait_for(lambda: states("toy").get(2) == "AVAILABLE", 30, "toy version 2 served beside the stuck load")
+        assert client.predict("toy", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]})["score"].tolist() == [3.0]  # version 2
+        added = "model_config_list {\n" + "".join(models) + f'  config {{ name: "other" base_path: "{tmp_path / "other"}" }}\n}}\n'
+        client.reload_config(added, timeout=60)
+        assert client.predict("other", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]})["score"].tolist() == [2.0]
+        assert client.predict("sleepy", {"x": [[1.0, 2.0, 3.0]]})["y"].tolist() == [[1.0, 2.0, 3.0]]  # version 1
+        assert states("sleepy") == {2: "LOADING", 1: "AVAILABLE"}
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 30
+    assert "load thread(s) still in a load" in server.logs()

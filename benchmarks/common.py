@@ -66,13 +66,15 @@ def machine_line():
 
 
 def commit_line():
-    """The checkout's commit as 'commit abc1234', with ' + uncommitted changes' if tracked files differ."""
+    """The checkout's commit as 'commit abc1234', with ' + uncommitted changes' if tracked files
+    differ. BENCHMARKS.md is left out: every benchmark rewrites it, so the second one run would
+    otherwise report the first one's section as a change."""
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)BENCHMARKS.md")
     except OSError:
         return "commit unknown"
     return f"commit {commit or 'unknown'}" + (" + uncommitted changes" if dirty else "")

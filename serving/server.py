@@ -312,9 +312,9 @@ def build_arg_parser():
     parser.add_argument("--load_retry_interval_micros", type=int, default=60 * 1000 * 1000,
                         help="microseconds between load retries (default one minute)")
     parser.add_argument("--num_load_threads", type=int, default=0,
-                        help="threads that load the models of a poll side by side, so one "
-                             "model's slow load does not hold back the others; 0 (default, "
-                             "as TF Serving) loads them one after another")
+                        help="threads that poll and load the models, each model's on one thread "
+                             "at a time, so one model's slow (or stuck) load does not hold back "
+                             "the others; 0 (default, as TF Serving) loads them one after another")
     parser.add_argument("--max_request_elements", type=int, default=None,
                         help="tfrec: the elements all input tensors of one request may hold "
                              "together, checked from their shapes before decoding "

@@ -305,9 +305,11 @@ class ServerCore:
             model.unload_all()
 
         def poll(model):
-            model.poll()
-            with self._lock:
-                self._polled_at[model] = generation
+            try:
+                model.poll()
+            finally:  # a failed poll counts too: a move that fails is dropped, not waited for
+                with self._lock:
+                    self._polled_at[model] = generation
 
         self._for_each_model(replacing + models, "Polling", poll)
         self._settle_moves()
@@ -324,8 +326,9 @@ class ServerCore:
     def _settle_moves(self):
         """A new base path whose poll is done takes over if it serves a version, and the old
         path's versions are unloaded; else it is dropped and the old one keeps serving."""
-        with self._lock:
-            done = {name: model for name, model in self._replacing.items() if model not in self._busy}
+        with self._lock:  # polled, its loads done (one that a reload made during a poll waits for the next)
+            done = {name: model for name, model in self._replacing.items()
+                    if model in self._polled_at and model not in self._busy}
             for name in done:
                 del self._replacing[name]
             ready = {name: model for name, model in done.items() if model.serves_a_version()}

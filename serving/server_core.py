@@ -163,7 +163,8 @@ class ServerCore:
             return sorted(self._models)
 
     def reload_config(self, config, timeout=300):
-        """Switches to a new ModelServerConfig and waits for one full poll of it.
+        """Switches to a new ModelServerConfig and waits until the models it adds, moves or
+        gives another version policy have been polled under it, their loads done.
 
         New models are loaded, removed models unloaded, changed policies and labels applied. A
         model whose base path changes keeps serving from the old path until the new one has

@@ -998,15 +998,16 @@ def train(config, verbose=2, tensorboard=None, out=None):
         _compile(model, config)
         return model
 
-    return fit_and_save(config, make_model, columns, train_df, _label_columns(config),
-                        warm.recorded if warm else new_run_min_count(config), verbose, tensorboard, out)
+    return fit_and_save(config, make_model, columns, train_df, _label_columns(config), warm, verbose, tensorboard,
+                        out)
 
 
-def fit_and_save(config, make_model, columns, train_df, labels, min_count, verbose=2, tensorboard=None, out=None):
+def fit_and_save(config, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None, out=None):
     """Trains `make_model()` (a compiled model, built in the scope of the config's strategy) on
     the rows of `train_df` (`labels`: their label columns, None for a two-tower model's samples),
     with the run's TensorBoard logs and backups; checks its losses and saves it with `columns`
-    (recording `min_count`, see `save`). Returns the model."""
+    and the count its vocabularies required (`warm`: the `WarmStartColumns` of a warm start, or
+    None). Returns the model."""
     import tensorflow as tf
 
     from tfrec.data import df_to_dataset
@@ -1036,14 +1037,11 @@ def fit_and_save(config, make_model, columns, train_df, labels, min_count, verbo
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
-    save(model, columns, config, out, min_count=min_count)
+    # A new run's inferred vocabularies hold the values seen columns.min_count times (listed
+    # columns: no count); a warm start's grew by its own count.
+    save(model, columns, config, out, min_count=warm.recorded if warm else
+         config.columns.min_count if config.columns.infer else None)
     return model
-
-
-def new_run_min_count(config):
-    """How often a value had to be seen to get a row in a new run's inferred vocabularies
-    (None: the columns were listed)."""
-    return config.columns.min_count if config.columns.infer else None
 
 
 @dataclass

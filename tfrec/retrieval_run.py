@@ -334,8 +334,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
         return model
 
     # The model's output is its sampled-softmax loss: the rows need no labels.
-    return run.fit_and_save(config, make_model, every, train_df, None,
-                            warm.recorded if warm else config.columns.min_count, verbose, tensorboard, out)
+    return run.fit_and_save(config, make_model, every, train_df, None, warm, verbose, tensorboard, out)
 
 
 def evaluate(config, out=None):

@@ -20,12 +20,13 @@ def rest_call(server, path, body=None, timeout=30):
         return error.code, json.loads(error.read())
 
 
-def wait_for(condition, timeout=30, interval=0.1):
-    """Polls `condition()` until it returns something true, and returns that."""
+def wait_for(condition, timeout=30, interval=0.1, what="condition"):
+    """Polls `condition()` until it returns something true, and returns that; `what` names it
+    in the failure."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"{what} not met within {timeout} s")

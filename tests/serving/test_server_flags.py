@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from serving import Client, LocalServer, ServingError
 from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
-from tests.serving.rest_helpers import rest_call
+from tests.serving.rest_helpers import rest_call, wait_for
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 REST_TIMEOUT_MS = 1500
@@ -260,13 +260,6 @@ def save_sleepy(path, seconds):
         write_warmup_file(path, [prediction_log({"x": np.zeros((1, 3), np.float32)}, "sleepy")])
 
 
-def wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.2)
-
-
 def test_num_load_threads_a_stuck_load_holds_back_neither_other_models_nor_the_reload_of_others(tmp_path):
     """With load threads, the poll thread does not wait for loads: while one model's new
     version is in a load that does not end (a warm-up that sleeps), another model's new version
@@ -289,9 +282,9 @@ def test_num_load_threads_a_stuck_load_holds_back_neither_other_models_nor_the_r
             return {status["version"]: status["state"] for status in client.status(name)}
 
         copy_version(str(tmp_path / "staging" / "sleepy2"), str(tmp_path / "sleepy"), 2)
-        wait_for(lambda: states("sleepy").get(2) == "LOADING", 30, "sleepy version 2 loading")
+        wait_for(lambda: states("sleepy").get(2) == "LOADING", 30, what="sleepy version 2 loading")
         copy_version(str(tmp_path / "staging" / "toy2"), str(tmp_path / "toy"), 2)
-        wait_for(lambda: states("toy").get(2) == "AVAILABLE", 30, "toy version 2 served beside the stuck load")
+        wait_for(lambda: states("toy").get(2) == "AVAILABLE", 30, what="toy version 2 served beside the stuck load")
         assert client.predict("toy", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]})["score"].tolist() == [3.0]  # version 2
         added = "model_config_list {\n" + "".join(models) + f'  config {{ name: "other" base_path: "{tmp_path / "other"}" }}\n}}\n'
         client.reload_config(added, timeout=60)

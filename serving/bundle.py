@@ -2,7 +2,9 @@
 
 `read_serving_meta_graph` reads the MetaGraphDef tagged {"serve"} without loading anything,
 so a corrupt export is reported precisely; `load_bundle` loads it, after registering ScaNN's
-ops so that retrieval exports with a ScaNN index load too.
+ops so that retrieval exports with a ScaNN index load too. Before it reads anything itself,
+`load_bundle` refuses FIFOs and devices and has a child process read every file once
+(`serving.read_ahead`): a read that never returns then stalls that child, not the server.
 
 Two loaders, one interface (signature key -> callable(**inputs) -> {output alias: tensor}):
 
@@ -31,6 +33,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from serving.errors import ServingError
+from serving.read_ahead import read_ahead_in_child, version_entries
 
 log = logging.getLogger("serving.bundle")
 
@@ -53,28 +56,19 @@ def check_regular_files(export_dir):
     nor a regular file (a FIFO, socket or device, or a link to one): reading a FIFO blocks until
     something writes to it, which would stall every load after it. A link leading nowhere is
     left to the load (which fails only if it needs the file)."""
-    seen = set()
-    for folder, folders, files in os.walk(export_dir, followlinks=True):  # a linked variables/ too
-        real = os.path.realpath(folder)
-        if real in seen:  # a link back up the tree: walked once
-            folders[:] = []
+    for path in version_entries(export_dir):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
             continue
-        seen.add(real)
-        for name in folders + files:
-            path = os.path.join(folder, name)
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:
-                continue
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"{path} is not a regular file (a FIFO, socket or device); the version is not "
-                                   "loaded, as reading it could block")
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{path} is not a regular file (a FIFO, socket or device); the version is not "
+                               "loaded, as reading it could block")
 
 
 def read_serving_meta_graph(export_dir):
     """The MetaGraphDef tagged exactly {"serve"} in a SavedModel directory (.pb or .pbtxt)."""
-    check_regular_files(export_dir)
     saved_model = saved_model_pb2.SavedModel()
     pb_path = os.path.join(export_dir, "saved_model.pb")
     pbtxt_path = os.path.join(export_dir, "saved_model.pbtxt")
@@ -145,6 +139,8 @@ def load_bundle(export_dir):
     """Loads a SavedModel version: returns (its SignatureDefs by key, the callable signature
     functions by key, the object that owns the loaded state). The functions take the inputs
     as keyword tensors (or numpy arrays) and return a dict of output tensors."""
+    check_regular_files(export_dir)
+    read_ahead_in_child(export_dir)  # TensorFlow's reads hold the interpreter lock: a stall stops the child only
     meta_graph = read_serving_meta_graph(export_dir)
     signature_defs = dict(meta_graph.signature_def)
     import_scann_ops()  # before the load: a ScaNN export's graph needs its ops registered

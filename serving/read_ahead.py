@@ -13,6 +13,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 
 _CHUNK_BYTES = 1 << 20
 
@@ -59,20 +61,16 @@ def read_ahead_in_child(export_dir):
             "Cannot start the read-ahead of %s (%s); loading it without", export_dir, error)
 
 
-def _die_with_parent(parent_pid):
-    """Asks Linux to kill this process when the server exits (a server stopped while this
-    child is stuck in a read does not leave it behind); elsewhere a no-op."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the server exited before prctl took effect
-        sys.exit(0)
+def _exit_with_parent(parent_pid, interval=0.5):
+    """Exits this process once the server that started it is gone (killed, or exited while this
+    child was stuck in a read), from a thread: the main one may be in a read that never returns."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 if __name__ == "__main__":
-    _die_with_parent(int(sys.argv[1]))
+    _exit_with_parent(int(sys.argv[1]))
     read_every_file(sys.argv[2])

@@ -30,3 +30,12 @@ def wait_for(condition, timeout=30, interval=0.1, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout} s")
+
+
+def process_running(pid):
+    """Whether process `pid` exists and is not a zombie (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

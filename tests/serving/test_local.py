@@ -7,6 +7,7 @@ import time
 import pytest
 
 from serving import LocalServer
+from tests.serving.rest_helpers import process_running
 
 
 def test_server_that_exits_early_raises_with_its_error_output(tmp_path):
@@ -30,18 +31,11 @@ def test_local_server_needs_a_model():
 _PARENT = """
 import sys, time
 from serving import LocalServer
+from tests.serving.rest_helpers import process_running
 server = LocalServer(model_base_path=sys.argv[1], model_name="toy", rest=False).start()
 print(server.pid, flush=True)
 time.sleep(600)
 """
-
-
-def _running(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -50,11 +44,11 @@ def test_server_stops_when_the_process_that_started_it_is_killed(saved_models):
                               stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(parent.stdout.readline())
-        assert _running(server_pid)
+        assert process_running(server_pid)
     finally:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 30
-    while _running(server_pid) and time.monotonic() < deadline:
+    while process_running(server_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _running(server_pid), "the server outlived the process that started it"
+    assert not process_running(server_pid), "the server outlived the process that started it"

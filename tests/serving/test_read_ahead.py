@@ -13,7 +13,7 @@ import time
 
 import serving.read_ahead
 from serving.read_ahead import read_ahead_in_child, version_entries
-from tests.serving.rest_helpers import wait_for
+from tests.serving.rest_helpers import process_running, wait_for
 
 
 def _children(pid):
@@ -31,15 +31,6 @@ def _cmdline(pid):
             return file.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _running(pid):
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _version_with_a_stalled_index(tmp_path):
@@ -68,7 +59,7 @@ def test_a_read_that_never_returns_stalls_the_child_while_this_process_runs_on(t
         pass
     waiting.join(30)
     assert not waiting.is_alive()
-    assert not any(_running(pid) for pid in readers)
+    assert not any(process_running(pid) for pid in readers)
 
 
 def test_a_file_that_cannot_be_read_is_left_to_the_load(tmp_path):
@@ -98,9 +89,9 @@ def test_the_child_dies_with_the_server(tmp_path):
         "module.read_ahead_in_child(sys.argv[2])"), serving.read_ahead.__file__, str(version)])
     try:
         (reader,) = wait_for(lambda: _children(server.pid), 30, 0.05, what="the read-ahead child")
-        assert _running(reader)
+        assert process_running(reader)
         server.send_signal(signal.SIGKILL)
         server.wait(30)
-        wait_for(lambda: not _running(reader), 30, 0.05, what="the child gone with its server")
+        wait_for(lambda: not process_running(reader), 30, 0.05, what="the child gone with its server")
     finally:
         server.kill()

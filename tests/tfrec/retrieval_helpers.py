@@ -45,9 +45,20 @@ def losses_of_a_short_fit(model, planted, loss):
     return model.fit(rows, np.zeros(4096), batch_size=256, epochs=3, verbose=0).history["loss"]
 
 
-def reloaded(model, directory):
-    """`model` saved and loaded back as a SavedModel and as `.h5` (with tfrec's custom objects)."""
-    model.save(directory / model.name)
-    model.save(directory / f"{model.name}.h5")
-    return [tf.keras.models.load_model(directory / model.name),
-            tf.keras.models.load_model(directory / f"{model.name}.h5", custom_objects=tfrec.layers.custom_objects)]
+def reloaded_towers(model, directory):
+    """(user tower, item tower) pairs loaded back from `model` saved as a SavedModel and as `.h5`,
+    and from each tower saved on its own as a SavedModel, `.h5` and `.keras` (what users who bring
+    their own ANN service export)."""
+    def load(path):
+        return tf.keras.models.load_model(path, custom_objects=tfrec.layers.custom_objects)
+
+    pairs = []
+    for suffix in ("", ".h5"):
+        model.save(directory / f"{model.name}{suffix}")
+        loaded = load(directory / f"{model.name}{suffix}")
+        pairs.append((loaded.user_tower, loaded.item_tower))
+    for suffix in ("", ".h5", ".keras"):
+        model.user_tower.save(directory / f"user_tower{suffix}")
+        model.item_tower.save(directory / f"item_tower{suffix}")
+        pairs.append((load(directory / f"user_tower{suffix}"), load(directory / f"item_tower{suffix}")))
+    return pairs

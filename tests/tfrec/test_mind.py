@@ -13,7 +13,7 @@ from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
 from tfrec.layers.capsules import squash
 from tfrec.models import MIND, YoutubeDNN
 from tfrec.utils import NegativeSampler, item_counts, sampledsoftmaxloss
-from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded,
+from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded_towers,
                                            user_features)
 
 K_MAX, DIM, MAXLEN, EPOCHS = 2, 16, 30, 6
@@ -243,16 +243,16 @@ def test_extra_padding_changes_no_served_interest(trained, planted):
 
 # --- The towers as served: save/load, DeepMatch's attributes, both compile forms. ---
 
-def test_towers_give_identical_vectors_after_saved_model_and_h5(trained, planted, tmp_path):
+def test_towers_give_identical_vectors_after_save_and_load_with_their_model_or_alone(trained, planted, tmp_path):
     model = trained["MIND"].model
     users = user_features(model, {k: v[:128] for k, v in planted.x_test.items()})
     items = {"item_id": planted.data.item_ids[:200]}
     before = model.user_tower.predict(users, verbose=0), model.item_tower.predict(items, verbose=0)
-    for loaded in reloaded(model, tmp_path):
-        interests, mask = loaded.user_tower.predict(users, verbose=0)
+    for user_tower, item_tower in reloaded_towers(model, tmp_path):
+        interests, mask = user_tower.predict(users, verbose=0)
         np.testing.assert_allclose(interests, before[0][0], atol=1e-6)
         np.testing.assert_array_equal(mask, before[0][1])
-        np.testing.assert_allclose(loaded.item_tower.predict(items, verbose=0), before[1], atol=1e-6)
+        np.testing.assert_allclose(item_tower.predict(items, verbose=0), before[1], atol=1e-6)
 
 
 def test_deepmatch_style_user_model(trained, planted):

@@ -17,7 +17,7 @@ from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns,
 from tfrec.layers import GatedFusion, SessionSelfAttention, StackedLSTM, UserAttention
 from tfrec.models import SDM, YoutubeDNN
 from tfrec.utils import NegativeSampler, sampledsoftmaxloss
-from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded,
+from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded_towers,
                                            user_features)
 
 HISTORY = ["item_id", "cate_id"]
@@ -305,14 +305,16 @@ def test_rnn_num_res_sets_the_residual_layers(planted):
 
 # --- The towers as served: save/load, DeepMatch's attributes, both compile forms. ---
 
-def test_towers_give_identical_vectors_after_saved_model_and_h5(trained, planted, tmp_path):
+def test_towers_give_identical_vectors_after_save_and_load_with_their_model_or_alone(trained, planted, tmp_path):
+    # Regression: the user tower saved alone as a SavedModel loaded its self-attention's projections
+    # at their initial values (built lazily, after the restore), off by up to 1.2.
     model = trained.model
     users = user_features(model, {k: v[:128] for k, v in planted.x_test.items()})
     items = {"item_id": planted.data.item_ids[:200]}
     before = model.user_tower.predict(users, verbose=0), model.item_tower.predict(items, verbose=0)
-    for loaded in reloaded(model, tmp_path):
-        np.testing.assert_allclose(loaded.user_tower.predict(users, verbose=0), before[0], atol=1e-6)
-        np.testing.assert_allclose(loaded.item_tower.predict(items, verbose=0), before[1], atol=1e-6)
+    for user_tower, item_tower in reloaded_towers(model, tmp_path):
+        np.testing.assert_allclose(user_tower.predict(users, verbose=0), before[0], atol=1e-6)
+        np.testing.assert_allclose(item_tower.predict(items, verbose=0), before[1], atol=1e-6)
 
 
 def test_deepmatch_style_user_model(trained, planted):
@@ -345,3 +347,10 @@ def test_build_errors_name_the_problem(planted):
         SDM(planted.user_columns, planted.item_columns, HISTORY)
     with pytest.raises(ValueError, match="num_heads=3 must divide the feature size 32"):
         SDM(planted.user_columns, planted.item_columns, HISTORY, units=DIM, num_head=3)
+
+
+def test_weight_names_are_the_same_each_time_the_model_is_built(planted):
+    # Regression: the LSTM cells were unnamed, so a second SDM in a process had lstm_cell_1/kernel:0.
+    first, second = (SDM(planted.user_columns, planted.item_columns, HISTORY, units=DIM) for _ in range(2))
+    assert [w.name for w in second.weights] == [w.name for w in first.weights]
+    assert "short_rnn/lstm_0/cell/kernel:0" in [w.name for w in first.weights]

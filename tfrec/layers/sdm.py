@@ -52,8 +52,8 @@ class StackedLSTM(tf.keras.layers.Layer):
         self.lstms = [tf.keras.layers.RNN(tf.keras.layers.LSTMCell(
             self.units, dropout=self.dropout_rate,
             kernel_initializer=tf.keras.initializers.GlorotUniform(seed + i),
-            recurrent_initializer=tf.keras.initializers.Orthogonal(seed=seed + i)), return_sequences=True,
-            name=f"lstm_{i}") for i in range(self.num_layers)]
+            recurrent_initializer=tf.keras.initializers.Orthogonal(seed=seed + i), name="cell"),
+            return_sequences=True, name=f"lstm_{i}") for i in range(self.num_layers)]
 
     def residual(self, layer):
         """Whether layer `layer` (0-based) adds its input to its output."""
@@ -119,6 +119,10 @@ class SessionSelfAttention(tf.keras.layers.Layer):
         # query, key and value projections, so a seeded one would start them all equal.
         self.attention = tf.keras.layers.MultiHeadAttention(
             self.num_heads, dim // self.num_heads, dropout=self.dropout_rate, name="multi_head")
+        # Its projection layers now, not at its first call: a model revived from a SavedModel builds
+        # this layer and then matches the saved weights to the layers it finds; weights of layers
+        # made later kept their initial values. (tf-keras' MultiHeadAttention has no public build.)
+        self.attention._build_from_signature(inputs_shape, inputs_shape)
         super().build(inputs_shape)
 
     def call(self, inputs, mask, training=None):

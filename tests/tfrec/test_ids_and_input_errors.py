@@ -136,6 +136,21 @@ def test_pandas_inputs_and_integral_objects_still_work(din):
     np.testing.assert_allclose(din.predict(feed, verbose=0), expected, rtol=1e-6)
 
 
+def test_a_whole_data_frame_is_refused_with_what_to_pass_instead(din):
+    # Keras would read the frame as one array: "Failed to convert a NumPy array to a Tensor
+    # (Unsupported object type int)", or for a multi-input model "expects 5 input(s), but it received 1".
+    feed = rows([1, 2, 3])
+    frame = pd.DataFrame({name: (list(value) if value.ndim > 1 else value) for name, value in feed.items()})
+    for call in (lambda: din.predict(frame, verbose=0), lambda: din.evaluate(frame, np.zeros(3), verbose=0),
+                 lambda: din.fit(frame, np.zeros(3), verbose=0)):
+        with pytest.raises(ValueError, match=r"model 'din' takes a dict of features, not a DataFrame: pass "
+                                             r"tfrec.data.df_to_inputs\(df, feature_columns\)"):
+            call()
+    np.testing.assert_allclose(din.predict({name: frame[name] for name in ("user_id", "hour", "item_id", "price")}
+                                           | {"hist_item_id": feed["hist_item_id"]}, verbose=0),
+                               din.predict(feed, verbose=0), rtol=1e-6)
+
+
 @pytest.mark.parametrize("labels, message", [
     ([1.0, 0.0, 3.0], r"output 'prediction' needs labels in \[0, 1\] \(a binary head\), but row 2 holds \[3.0\]"),
     ([1.0, -1.0, 1.0], r"but row 1 holds \[-1.0\]"),

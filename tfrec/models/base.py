@@ -275,10 +275,19 @@ class RecModel(tf.keras.Model):
     def _checked(self, x, y):
         """A dict of numpy / pandas features (and labels), checked against the model's Inputs.
 
+        A DataFrame is refused with what to pass instead.
+
         Mismatched row counts, None/NaN in a float feature, fractional or too-large integer ids
         raise a ValueError naming the feature (`feature_columns.check_inputs`), where Keras would
         fail deep in the graph (`ConcatOp : Dimension 0 ...`) or wrap an id around.
         """
+        if hasattr(x, "columns") and hasattr(x, "iloc"):  # a pandas DataFrame
+            # Keras would take the whole frame for one array: "Failed to convert a NumPy array to
+            # a Tensor (Unsupported object type int)" or "expects 5 input(s), but it received 1".
+            raise ValueError(f"model '{self.name}' takes a dict of features, not a DataFrame: pass "
+                             f"tfrec.data.df_to_inputs(df, feature_columns) (it pads each history to its "
+                             f"maxlen), or {{name: df[name] for name in model.input_names}} when every "
+                             f"column already holds what its Input takes")
         dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
         dtypes.update((key, "int32") for key in getattr(getattr(self, "_split", None), "indexed_keys", ()))
         self._check_looked_up_rows(x)

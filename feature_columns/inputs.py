@@ -173,6 +173,12 @@ class FeatureEncoder:
     """
 
     def __init__(self, feature_columns, l2_reg_embedding=0.0, seed=1024, features=None, prefix=""):
+        policy = tf.keras.mixed_precision.global_policy()
+        if policy.compute_dtype != "float32":
+            # Else fit fails deep in the graph: "x and y must have the same dtype, got tf.bfloat16 != tf.float32".
+            raise ValueError(f"the embedding path computes in float32, but the global Keras policy is "
+                             f"'{policy.name}': call tf.keras.mixed_precision.set_global_policy('float32') before "
+                             f"building the model (mixed precision is not supported)")
         self.columns = OrderedDict((column.name, column) for column in validate_columns(list(feature_columns)))
         self.features = features if features is not None else build_input_features(feature_columns, prefix)
         self._indexers, self._tables = {}, {}

@@ -151,6 +151,21 @@ def test_a_whole_data_frame_is_refused_with_what_to_pass_instead(din):
                                din.predict(feed, verbose=0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_policy_is_refused_when_the_model_is_built(policy):
+    # It failed only in fit, with AutoGraph's "'outputs' must be defined before the loop" over
+    # "x and y must have the same dtype, got tf.bfloat16 != tf.float32" (YoutubeDNN: while building).
+    columns = [SparseFeat("user_id", 10, 4), SparseFeat("item_id", 8, 4),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 8, 4, embedding_name="item_id"), maxlen=3)]
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        with pytest.raises(ValueError, match=f"the global Keras policy is '{policy}': call "
+                                             r"tf.keras.mixed_precision.set_global_policy\('float32'\)"):
+            DIN(columns, ["item_id"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.parametrize("labels, message", [
     ([1.0, 0.0, 3.0], r"output 'prediction' needs labels in \[0, 1\] \(a binary head\), but row 2 holds \[3.0\]"),
     ([1.0, -1.0, 1.0], r"but row 1 holds \[-1.0\]"),

@@ -6,7 +6,7 @@ every thread of the server, the ones answering requests included. The child proc
 stall instead: the load waits for it without holding the lock, and TensorFlow then reads the
 same bytes from the page cache.
 
-This file runs as a script (`python -I -S read_ahead.py EXPORT_DIR`), so it imports only the
+This file runs as a script (`python -I -S read_ahead.py SERVER_PID EXPORT_DIR`), so it imports only the
 standard library; `serving.bundle` imports `version_entries` from it too.
 """
 import logging

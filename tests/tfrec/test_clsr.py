@@ -18,8 +18,8 @@ import tfrec.layers
 from tfrec import metrics
 from tfrec.data import df_to_dataset, df_to_inputs, long_history_feature_columns, make_long_history_setting, oracle_auc
 from tfrec.evaluation import evaluate_binary
-from tfrec.layers import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusionGate, LongTermInterest,
-                          ShortTermInterest)
+from tfrec.layers import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion, InterestFusionGate,
+                          LongTermInterest, ShortTermInterest)
 from tfrec.models import CLSR, DIN, interest_model
 from tests.conftest import run_saved_model_cli
 
@@ -176,11 +176,18 @@ def test_proxies_are_means_of_all_and_of_the_last_k_real_events():
     assert HistoryMean(recent=3)(events, np.zeros_like(mask)).numpy().tolist() == [[0.0, 0.0]] * 2
 
 
+def test_fusion_mixes_the_interests_by_alpha():
+    alpha = np.array([[0.0], [0.25], [1.0]], np.float32)
+    long_term, short_term = np.ones((3, 2), np.float32), np.full((3, 2), 5.0, np.float32)
+    np.testing.assert_allclose(InterestFusion()([alpha, long_term, short_term]).numpy(),
+                               [[5.0, 5.0], [4.0, 4.0], [1.0, 1.0]])
+
+
 def test_layers_round_trip_through_get_config():
     layers = [LongTermInterest((8, 4), "relu", seed=3), ShortTermInterest(6, "lstm", (8,), "dice", seed=4),
               HistoryRNN(6, "lstm", return_sequences=True, seed=5), HistoryMean(recent=2),
               InterestContrastiveLoss("bpr", margin=0.5, weight=0.2, min_length=3),
-              InterestFusionGate((8, 4), "relu", seed=6)]
+              InterestFusionGate((8, 4), "relu", seed=6), InterestFusion()]
     for layer in layers:
         config = layer.get_config()
         clone = type(layer).from_config(config)

@@ -28,13 +28,13 @@ custom_objects.update({cls.__name__: cls for cls in (RelevancePooling, SimHashSe
                                                      TimeGapEmbedding)})
 __all__ += ["RelevancePooling", "SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]
 
-from .clsr import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusionGate,  # noqa: E402
-                   LongTermInterest, ShortTermInterest)
+from .clsr import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion,  # noqa: E402
+                   InterestFusionGate, LongTermInterest, ShortTermInterest)
 
-custom_objects.update({cls.__name__: cls for cls in (HistoryMean, HistoryRNN, InterestContrastiveLoss,
+custom_objects.update({cls.__name__: cls for cls in (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion,
                                                      InterestFusionGate, LongTermInterest, ShortTermInterest)})
-__all__ += ["HistoryMean", "HistoryRNN", "InterestContrastiveLoss", "InterestFusionGate", "LongTermInterest",
-            "ShortTermInterest"]
+__all__ += ["HistoryMean", "HistoryRNN", "InterestContrastiveLoss", "InterestFusion", "InterestFusionGate",
+            "LongTermInterest", "ShortTermInterest"]
 
 from .retrieval import L2Normalize, NegativeSampling, SampledSoftmax  # noqa: E402
 

@@ -6,6 +6,7 @@
   HistoryMean        the proxies: mean of all real events (long term) or of the last k (short term).
   InterestContrastiveLoss  the four-term self-supervision of u_l, u_s against the proxies.
   InterestFusionGate alpha = sigmoid(MLP(h, target, u_l, u_s)), the long-term share of the mix.
+  InterestFusion     u = alpha * u_l + (1 - alpha) * u_s.
 
 Sequences are (batch, T, ...) with a (batch, T) bool mask, true on real events; padding never
 contributes to any output.
@@ -287,3 +288,19 @@ class InterestFusionGate(tf.keras.layers.Layer):
         config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
                       dropout_rate=self.dropout_rate, use_bn=self.use_bn, seed=self.seed)
         return config
+
+
+@_register
+class InterestFusion(tf.keras.layers.Layer):
+    """CLSR's fused interest: u = alpha * u_l + (1 - alpha) * u_s.
+
+    call([alpha (batch, 1), u_l (batch, E), u_s (batch, E)]) -> u (batch, E), with alpha from
+    `InterestFusionGate`.
+    """
+
+    def call(self, inputs):
+        alpha, long_term, short_term = inputs
+        return alpha * long_term + (1.0 - alpha) * short_term
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape[1])

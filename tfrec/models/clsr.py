@@ -11,7 +11,8 @@ import tensorflow as tf
 from feature_columns import FeatureEncoder, SparseFeat
 
 from ..layers.clsr import (CONTRASTIVE_LOSSES, RNN_TYPES, HistoryMean, InterestContrastiveLoss,
-                           HistoryRNN, InterestFusionGate, LongTermInterest, ShortTermInterest)
+                           HistoryRNN, InterestFusion, InterestFusionGate, LongTermInterest,
+                           ShortTermInterest)
 from ..layers.core import check_task
 from .base import RecModel, click_prediction
 
@@ -126,7 +127,7 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
     # Adaptive fusion.
     h = HistoryRNN(dim, "gru", seed=seed + 4, name="fusion_history")(events, mask)
     alpha = InterestFusionGate(att_hidden_size, att_activation, seed=seed + 5, name="alpha")([h, target, u_l, u_s])
-    interest = alpha * u_l + (1.0 - alpha) * u_s                                    # u (B, E)
+    interest = InterestFusion(name="fused_interest")([alpha, u_l, u_s])             # u (B, E)
 
     # Prediction: u with the target and every other feature, as DIN's tower.
     dnn_input = encoder.dnn_input(exclude=history.names,

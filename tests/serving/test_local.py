@@ -2,12 +2,11 @@
 its lifetime (a server does not outlive the process that started it)."""
 import subprocess
 import sys
-import time
 
 import pytest
 
 from serving import LocalServer
-from tests.serving.rest_helpers import process_running
+from tests.serving.rest_helpers import process_running, wait_for
 
 
 def test_server_that_exits_early_raises_with_its_error_output(tmp_path):
@@ -31,7 +30,6 @@ def test_local_server_needs_a_model():
 _PARENT = """
 import sys, time
 from serving import LocalServer
-from tests.serving.rest_helpers import process_running
 server = LocalServer(model_base_path=sys.argv[1], model_name="toy", rest=False).start()
 print(server.pid, flush=True)
 time.sleep(600)
@@ -48,7 +46,5 @@ def test_server_stops_when_the_process_that_started_it_is_killed(saved_models):
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 30
-    while process_running(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not process_running(server_pid), "the server outlived the process that started it"
+    wait_for(lambda: not process_running(server_pid), 30, 0.2,
+             what="the server gone with the process that started it")

@@ -12,7 +12,7 @@ import tfrec.layers
 from tfrec.data import df_to_dataset, df_to_inputs
 from tfrec.data.long_history import long_history_feature_columns, make_long_history_setting
 from tfrec.data.planted import oracle_auc
-from tfrec.layers import SimHashSearch, SoftSearch, TimeGapEmbedding
+from tfrec.layers import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 from tfrec.metrics import auc
 from tfrec.models import DIN, SIM
 from tests.conftest import run_saved_model_cli
@@ -126,6 +126,16 @@ def test_time_gaps_fall_into_their_buckets():
     embedded = layer(request, events, tf.constant([[True, True, True, False]]))
     rows = layer.embedding.embeddings.numpy()
     np.testing.assert_allclose(embedded.numpy()[0], rows[[1, 2, 3, 0]])
+
+
+def test_target_attention_starts_query_key_and_value_projections_apart():
+    # One seeded initializer cloned for every projection would start them equal.
+    layer = TargetAttention(2, seed=7)
+    layer(tf.ones((3, 1, 8)), tf.ones((3, 5, 8)), tf.ones((3, 5), bool))
+    kernels = {w.name.split("/")[-2]: w.numpy() for w in layer.weights if "kernel" in w.name}
+    assert sorted(kernels) == ["attention_output", "key", "query", "value"]
+    for first, second in (("query", "key"), ("query", "value"), ("key", "value")):
+        assert not np.allclose(kernels[first], kernels[second]), (first, second)
 
 
 def test_build_errors_name_the_problem():

@@ -220,6 +220,11 @@ class TargetAttention(tf.keras.layers.Layer):
     query (batch, 1, E) candidate, behaviours (batch, k, D) (each event's embedding, with its
     time-gap embedding concatenated when the model has times), mask (batch, k) bool ->
     (batch, 1, E). Masked events get no weight; a row with none returns zeros.
+
+    The projections start from Keras' global seed (`tf.keras.utils.set_random_seed`), not from
+    `seed`: MultiHeadAttention clones one initializer for its query, key and value projections,
+    so a seeded one would start them all equal. `seed` stays in the config so that models saved
+    with it still load.
     """
 
     def __init__(self, num_heads=4, key_dim=None, dropout=0.0, seed=1024, **kwargs):
@@ -233,8 +238,7 @@ class TargetAttention(tf.keras.layers.Layer):
         dim = int(query_shape[-1])
         key_dim = self.key_dim or max(4, -(-dim // self.num_heads))
         self.attention = tf.keras.layers.MultiHeadAttention(
-            self.num_heads, key_dim, dropout=self.dropout, name="attention",
-            kernel_initializer=tf.keras.initializers.GlorotUniform(self.seed))
+            self.num_heads, key_dim, dropout=self.dropout, name="attention")
         super().build(query_shape)
 
     def call(self, query, behaviours, mask, training=None):

@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -506,10 +507,6 @@ def _parse_retrieval(path, raw, model_name, data):
     if columns is not None and (not isinstance(columns, dict) or set(columns) - set(_RETRIEVAL_COLUMN_OPTIONS)):
         _fail(path, "columns", f"{model_name}'s columns come from retrieval: (the user, item, category and "
               f"profile columns); columns: takes only {', '.join(_RETRIEVAL_COLUMN_OPTIONS)}, got {columns!r}")
-    strategy = raw.get("strategy") or {}
-    if isinstance(strategy, dict) and strategy.get("kind") == "parameter_server":
-        _fail(path, "strategy.kind", f"{model_name} trains under mirrored or multi_worker; parameter_server is for "
-              "the ranking models (the two-tower models' negative sampler is not tested on sharded tables)")
     export = raw.get("export") or {}
     if isinstance(export, dict) and export.get("extra_outputs"):
         _fail(path, "export.extra_outputs", "a retrieval export answers item_ids and scores; remove it")
@@ -1017,6 +1014,8 @@ def fit_and_save(config, make_model, columns, train_df, labels, warm, verbose=2,
                                          min_shard_bytes=settings.min_shard_bytes)
     with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
         model = make_model()
+    if settings.kind == "parameter_server":
+        _say_shards(model, settings.min_shard_bytes, out)
     callbacks = []
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
@@ -1042,6 +1041,23 @@ def fit_and_save(config, make_model, columns, train_df, labels, warm, verbose=2,
     save(model, columns, config, out, min_count=warm.recorded if warm else
          config.columns.min_count if config.columns.infer else None)
     return model
+
+
+def _say_shards(model, min_shard_bytes, out=None):
+    """One line on which variables the parameter servers split, and where each shard lives."""
+    placement = distribute.shard_placement(model)
+    if not placement:
+        print(f"no variable reaches twice strategy.min_shard_bytes ({min_shard_bytes} bytes): each lives whole "
+              "on one parameter server", file=out or sys.stdout)
+        return
+
+    def task(device):  # "/job:ps/replica:0/task:1/device:CPU:0" -> "ps 1"
+        match = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", device)
+        return f"{match.group(1)} {match.group(2)}" if match else device
+
+    print("split across the parameter servers: " + "; ".join(
+        f"{name} ({', '.join(f'{rows} rows on {task(device)}' for device, rows in shards)})"
+        for name, shards in placement.items()), file=out or sys.stdout)
 
 
 @dataclass
@@ -1079,8 +1095,6 @@ def warm_start_columns(config):
 def warm_start_model(config, out=None):
     """The model of the run in `train.warm_start`, uncompiled, or a ConfigError when it is
     another model than the config's."""
-    import re
-
     from tfrec.saving import load_model
 
     folder = config.train.warm_start

@@ -43,7 +43,7 @@ __all__ = [
     "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
     "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
     "dataframe_dataset_fn", "BackupAndRestore", "checkpoint_callbacks", "unsharded_copy",
-    "is_chief", "run_server", "main",
+    "shard_placement", "is_chief", "run_server", "main",
 ]
 
 STRATEGY_KINDS = ("default", "mirrored", "multi_worker", "parameter_server")
@@ -306,6 +306,20 @@ def _unsharded_name(variable):
 def _shard_index(variable):
     match = _PART.search(variable.name)
     return int(match.group(1)) if match else 0
+
+
+def shard_placement(model):
+    """Where `model`'s split variables live: {name: [(device, rows) of each shard, in order]}.
+
+    Only variables split across parameter servers are listed (under the name they have whole,
+    e.g. "emb_item_id/embeddings"); an empty dict when none reached the partitioner's size.
+    """
+    shards = {}
+    for variable in model.weights:
+        if _PART.search(variable.name):
+            shards.setdefault(_unsharded_name(variable).rsplit(":", 1)[0], []).append(variable)
+    return {name: [(part.device, int(part.shape[0])) for part in sorted(parts, key=_shard_index)]
+            for name, parts in shards.items()}
 
 
 def unsharded_copy(model):

@@ -542,10 +542,14 @@ def test_killed_multi_worker_run_resumes_from_backup(tmp_path):
     _kill_and_resume(tmp_path, workers=2)
 
 
-def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(tmp_path):
-    """`strategy: {kind: multi_worker}` in a retrieval config: every worker runs the same
-    `tfrec train --config` under `python -m tfrec.distribute`, the workers split each global batch,
-    and the chief's run folder holds a model that evaluates better than popularity."""
+@pytest.mark.parametrize("kind", ["multi_worker", "parameter_server"])
+def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(tmp_path, kind):
+    """`strategy: {kind: ...}` in a retrieval config. multi_worker: every worker runs the same
+    `tfrec train --config` under `python -m tfrec.distribute` and the workers split each global
+    batch. parameter_server: 2 servers hold the tables, split along their rows, while the chief
+    runs the command and 2 workers train; the negatives are sampled by frequency, so they are
+    gathered from both shards of the item table. Either way, the chief's run folder holds a model
+    that evaluates better than popularity."""
     import yaml
 
     from tfrec.cli import main
@@ -553,24 +557,44 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))
     config["data"]["train"] = os.path.join(ROOT, "examples", "data", "events.csv")
     config["train"].update(epochs=4, batch_size=128)
-    config.update(output=str(tmp_path / "run"), strategy={"kind": "multi_worker"})
+    config.update(output=str(tmp_path / "run"), strategy={"kind": kind})
+    if kind == "parameter_server":
+        config["retrieval"].update(sampler="frequency", num_sampled=64)
+        config["strategy"]["min_shard_bytes"] = 4096  # the item table, 301 x 16 float32, in 2 shards
     config.pop("export")
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     deadline = time.monotonic() + 200
-    cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
+    train = [sys.executable, "-m", "tfrec.cli", "train", "--config", str(tmp_path / "run.yaml")]
     with _Processes(tmp_path) as processes:
-        workers = [processes.start(f"worker{i}", [sys.executable, "-m", "tfrec.distribute", "--role", "worker",
-                                                  "--index", str(i), "--cluster", cluster, "--", sys.executable,
-                                                  "-m", "tfrec.cli", "train", "--config", str(tmp_path / "run.yaml")])
-                   for i in range(2)]
-        for worker in workers:
-            assert processes.wait(worker, deadline) == 0, processes.logs()
-        for i in range(2):
-            assert "training MIND for 4 epoch(s) (multi_worker)" in processes.log(f"worker{i}")
+        if kind == "multi_worker":
+            cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
+            trainers = {f"worker{i}": processes.start(f"worker{i}", [
+                sys.executable, "-m", "tfrec.distribute", "--role", "worker", "--index", str(i), "--cluster", cluster,
+                "--", *train]) for i in range(2)}
+        else:
+            ports = iter(free_ports(5))
+            cluster = json.dumps({"chief": [f"127.0.0.1:{next(ports)}"],
+                                  **{job: [f"127.0.0.1:{next(ports)}" for _ in range(2)] for job in ("worker", "ps")}})
+            for job in ("ps", "worker"):
+                for i in range(2):
+                    processes.start(f"{job}{i}", [sys.executable, "-m", "tfrec.distribute", "--role", job, "--index",
+                                                  str(i), "--cluster", cluster])
+            trainers = {"chief": processes.start("chief", [sys.executable, "-m", "tfrec.distribute", "--role", "chief",
+                                                           "--cluster", cluster, "--", *train])}
+        for name, trainer in trainers.items():
+            assert processes.wait(trainer, deadline) == 0, processes.logs()
+            assert f"training MIND for 4 epoch(s) ({kind})" in processes.log(name)
+        if kind == "parameter_server":
+            placement = re.search(r"split across the parameter servers: .*", processes.log("chief")).group(0)
+            item_table = re.search(r"emb_item_id/embeddings \((\d+) rows on ps (\d), (\d+) rows on ps (\d)\)",
+                                   placement)
+            assert item_table, placement
+            rows, servers = item_table.group(1, 3), item_table.group(2, 4)
+            assert sum(map(int, rows)) == 301 and sorted(servers) == ["0", "1"], placement
     assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras"]  # the chief's alone
     assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
-    print(f"\nMIND on 2 workers, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
+    print(f"\nMIND, {kind}, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
           f"{metrics['popularity']['recall']:.3f}")
     assert metrics["model"]["recall"] > metrics["popularity"]["recall"]
 

@@ -345,7 +345,6 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
     ({"retrieval": {"min_history": 20}}, "no user has more than 21 events"),
     ({"model": {"args": {"user_dnn_hidden_units": [32, 8]}}}, "model:"),
     ({"model": {"args": {"k_max": 2, "heads": 3}}}, "model.args:"),
-    ({"strategy": {"kind": "parameter_server"}}, "strategy.kind: MIND trains under mirrored or multi_worker"),
 ])
 def test_config_mistakes_are_one_line_errors_naming_the_key(changes, message, tmp_path, capsys):
     config = run_config(tmp_path, output="run", **changes)

@@ -437,10 +437,9 @@ def load_config(path, output=None, export_base=None):
         if not isinstance(train.warm_start, str):
             _fail(path, "train.warm_start", f"must be the folder of an earlier run, got {train.warm_start!r}")
         train.warm_start = _resolve(path, train.warm_start)
-        for key in ("columns", "strategy"):
-            if raw.get(key) is not None:
-                _fail(path, key, "does not apply with train.warm_start: the run starts from the earlier run's "
-                      "columns and trains in one process; remove one of them")
+        if raw.get("columns") is not None:
+            _fail(path, "columns", "does not apply with train.warm_start: the run starts from the earlier run's "
+                  "columns; remove one of them")
     if train.grow_vocabularies is not None:
         if train.warm_start is None:
             _fail(path, "train.grow_vocabularies", "applies only with train.warm_start (a new run infers its "
@@ -987,20 +986,30 @@ def train(config, verbose=2, tensorboard=None, out=None):
     _check_dense(train_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before loading or training a model, not after it
     tf.keras.utils.set_random_seed(config.train.seed)
+    strategy = strategy_of(config)
     if warm:
         warm_model, columns = grown(warm_start_model(config, out), columns, train_df, warm.growth, out)
 
     def make_model():
-        model = warm_model if warm else build_model(config, columns)
+        model = distribute.placed_copy(warm_model) if warm else build_model(config, columns)
         _compile(model, config)
         return model
 
-    return fit_and_save(config, make_model, columns, train_df, _label_columns(config), warm, verbose, tensorboard,
-                        out)
+    return fit_and_save(config, strategy, make_model, columns, train_df, _label_columns(config), warm, verbose,
+                        tensorboard, out)
 
 
-def fit_and_save(config, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None, out=None):
-    """Trains `make_model()` (a compiled model, built in the scope of the config's strategy) on
+def strategy_of(config):
+    """The config's `tf.distribute` strategy. Built before any model, a warm start's included:
+    a parameter-server chief connects to its cluster then, and variables made before are lost."""
+    settings = config.strategy
+    return distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
+                                     min_shard_bytes=settings.min_shard_bytes)
+
+
+def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None,
+                 out=None):
+    """Trains `make_model()` (a compiled model, built in the scope of `strategy`) on
     the rows of `train_df` (`labels`: their label columns, None for a two-tower model's samples),
     with the run's TensorBoard logs and backups; checks its losses and saves it with `columns`
     and the count its vocabularies required (`warm`: the `WarmStartColumns` of a warm start, or
@@ -1010,8 +1019,6 @@ def fit_and_save(config, make_model, columns, train_df, labels, warm, verbose=2,
     from tfrec.data import df_to_dataset
 
     settings = config.strategy
-    strategy = distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
-                                         min_shard_bytes=settings.min_shard_bytes)
     with strategy.scope():  # the model, its optimizer and metrics live where the strategy puts them
         model = make_model()
     if settings.kind == "parameter_server":

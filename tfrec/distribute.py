@@ -43,7 +43,7 @@ __all__ = [
     "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
     "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
     "dataframe_dataset_fn", "BackupAndRestore", "checkpoint_callbacks", "unsharded_copy",
-    "shard_placement", "is_chief", "run_server", "main",
+    "placed_copy", "shard_placement", "is_chief", "run_server", "main",
 ]
 
 STRATEGY_KINDS = ("default", "mirrored", "multi_worker", "parameter_server")
@@ -308,18 +308,23 @@ def _shard_index(variable):
     return int(match.group(1)) if match else 0
 
 
+def _whole_variables(model):
+    """{name a variable has whole: its shards in order (one for a variable not split)}, in the
+    order of `model.weights`."""
+    shards = {}
+    for variable in model.weights:
+        shards.setdefault(_unsharded_name(variable), []).append(variable)
+    return {name: sorted(parts, key=_shard_index) for name, parts in shards.items()}
+
+
 def shard_placement(model):
     """Where `model`'s split variables live: {name: [(device, rows) of each shard, in order]}.
 
     Only variables split across parameter servers are listed (under the name they have whole,
     e.g. "emb_item_id/embeddings"); an empty dict when none reached the partitioner's size.
     """
-    shards = {}
-    for variable in model.weights:
-        if _PART.search(variable.name):
-            shards.setdefault(_unsharded_name(variable).rsplit(":", 1)[0], []).append(variable)
-    return {name: [(part.device, int(part.shape[0])) for part in sorted(parts, key=_shard_index)]
-            for name, parts in shards.items()}
+    return {name.rsplit(":", 1)[0]: [(part.device, int(part.shape[0])) for part in parts]
+            for name, parts in _whole_variables(model).items() if len(parts) > 1}
 
 
 def unsharded_copy(model):
@@ -329,14 +334,12 @@ def unsharded_copy(model):
     with the rows of all its shards, in order. Returns the copy (a model of the same class and
     layers, not compiled), with weights equal to `model`'s.
     """
-    sources = {}
-    for variable in model.weights:
-        sources.setdefault(_unsharded_name(variable), []).append(variable)
     if tf.distribute.has_strategy():
         raise ValueError("unsharded_copy makes local variables: call it outside `strategy.scope()`")
+    sources = _whole_variables(model)
     copy = tf.keras.models.clone_model(model)
     for variable in copy.weights:
-        shards = sorted(sources.get(variable.name, []), key=_shard_index)
+        shards = sources.get(variable.name)
         if not shards:
             raise ValueError(f"no variable of '{model.name}' matches '{variable.name}' of its copy")
         value = np.concatenate([s.numpy() for s in shards], axis=0) if len(shards) > 1 else shards[0].numpy()
@@ -344,6 +347,37 @@ def unsharded_copy(model):
             raise ValueError(f"'{variable.name}': the copy has shape {tuple(variable.shape)}, the "
                              f"shards add up to {value.shape}")
         variable.assign(value)
+    return copy
+
+
+def placed_copy(model):
+    """A copy of `model` whose variables live where the strategy in scope puts them (split across
+    the parameter servers, or mirrored on every replica), with `model`'s weights.
+
+    The inverse of `unsharded_copy`: a model made in one process (a warm start's earlier run,
+    loaded and grown) becomes one the cluster trains. Call it in `strategy.scope()`; outside
+    any strategy it returns `model` itself. Returns the copy, not compiled.
+    """
+    if not tf.distribute.has_strategy():
+        return model
+    copy = tf.keras.models.clone_model(model)
+    wholes = _whole_variables(copy)
+    # Paired in order (the copy has the model's layers in its order): a loaded model's variables
+    # are not under their layers' names, so only their own names are compared.
+    if [name.split("/")[-1] for name in wholes] != [variable.name.split("/")[-1] for variable in model.weights]:
+        raise ValueError(f"the copy of '{model.name}' has other variables than the model")
+    for variable, (name, shards) in zip(model.weights, wholes.items()):
+        value = variable.numpy()
+        shapes = [tuple(shard.shape) for shard in shards]
+        whole = shapes[0] if len(shards) == 1 else (sum(shape[0] for shape in shapes), *shapes[0][1:])
+        if whole != value.shape:
+            raise ValueError(f"'{name}': the copy has shape {whole}, the model {value.shape}")
+        if len(shards) == 1:
+            shards[0].assign(value)
+        else:
+            bounds = np.cumsum([0, *(shape[0] for shape in shapes)])
+            for shard, start, stop in zip(shards, bounds, bounds[1:]):
+                shard.assign(value[start:stop])  # each shard's rows, in order
     return copy
 
 

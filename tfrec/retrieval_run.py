@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tfrec import config as run
+from tfrec import distribute
 from tfrec.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     tf.keras.utils.set_random_seed(config.train.seed)
+    strategy = run.strategy_of(config)
     if warm:
         warm_model = run.warm_start_model(config, out)
         _say_kept_settings(config, warm_model, warm.columns, out)
@@ -329,12 +331,13 @@ def train(config, verbose=2, tensorboard=None, out=None):
         every = user_columns + item_columns
 
     def make_model():
-        model = warm_model if warm else build_model(config, user_columns, item_columns, train_df)
+        model = distribute.placed_copy(warm_model) if warm else build_model(config, user_columns, item_columns,
+                                                                            train_df)
         model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
         return model
 
     # The model's output is its sampled-softmax loss: the rows need no labels.
-    return run.fit_and_save(config, make_model, every, train_df, None, warm, verbose, tensorboard, out)
+    return run.fit_and_save(config, strategy, make_model, every, train_df, None, warm, verbose, tensorboard, out)
 
 
 def evaluate(config, out=None):

@@ -157,6 +157,23 @@ def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     rows = df_to_inputs(run.prepare(frame(), columns), columns)
     np.testing.assert_allclose(loaded.predict(rows, verbose=0), model.predict(rows, verbose=0), atol=1e-6)
 
+    # A warm start under the strategy: the earlier run, loaded in one process, is copied into
+    # variables the strategy places, every weight carried over.
+    import tensorflow as tf
+    from tfrec.distribute import placed_copy
+
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        copy = placed_copy(loaded)
+    assert copy is not loaded and all(isinstance(v, tf.distribute.DistributedValues) for v in copy.weights)
+    np.testing.assert_allclose(copy.predict(rows, verbose=0), loaded.predict(rows, verbose=0), atol=1e-6)
+    assert placed_copy(loaded) is loaded  # outside any strategy
+    warm = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\noutput: warm\n"
+                                           f"train: {{batch_size: 2, epochs: 1, warm_start: {config.output}}}\n"
+                                           "strategy: {kind: mirrored}\n", name="warm.yaml")))
+    model = run.train(warm)
+    assert isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
+    assert model.optimizer.iterations.numpy() == 3
+
 
 def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
     """BackupAndRestore resumes any backup it finds: the next day's run on other data (or other

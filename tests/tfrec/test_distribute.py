@@ -548,7 +548,8 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     `tfrec train --config` under `python -m tfrec.distribute` and the workers split each global
     batch. parameter_server: 2 servers hold the tables, split along their rows, while the chief
     runs the command and 2 workers train; the negatives are sampled by frequency, so they are
-    gathered from both shards of the item table. Either way, the chief's run folder holds a model
+    gathered from both shards of the item table, and a warm start on the same cluster carries
+    every weight into the split tables and back. Either way, the chief's run folder holds a model
     that evaluates better than popularity."""
     import yaml
 
@@ -591,12 +592,27 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
             assert item_table, placement
             rows, servers = item_table.group(1, 3), item_table.group(2, 4)
             assert sum(map(int, rows)) == 301 and sorted(servers) == ["0", "1"], placement
+            # Tomorrow's run starts from today's on the same cluster: the model, loaded in the
+            # chief, is copied into tables split across the servers. A step too small to move a
+            # weight shows that every weight made the trip there and back.
+            config.pop("columns")
+            config["train"].update(warm_start=str(tmp_path / "run"), epochs=1, learning_rate=1e-30)
+            config["output"] = str(tmp_path / "warm")
+            (tmp_path / "warm.yaml").write_text(yaml.safe_dump(config))
+            warm = processes.start("chief_warm", [sys.executable, "-m", "tfrec.distribute", "--role", "chief",
+                                                  "--cluster", cluster, "--", *train[:-1], str(tmp_path / "warm.yaml")])
+            assert processes.wait(warm, deadline) == 0, processes.logs()
+            assert "split across the parameter servers: " in processes.log("chief_warm")
     assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras"]  # the chief's alone
     assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     print(f"\nMIND, {kind}, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
           f"{metrics['popularity']['recall']:.3f}")
     assert metrics["model"]["recall"] > metrics["popularity"]["recall"]
+    if kind == "parameter_server":
+        assert main(["evaluate", "--config", str(tmp_path / "warm.yaml")]) == 0
+        warm_metrics = json.load(open(tmp_path / "warm" / "metrics.json"))
+        assert warm_metrics["model"] == pytest.approx(metrics["model"], abs=1e-6)
 
 
 MODES = {"multi_worker": run_multi_worker, "ps_chief": run_parameter_server_chief, "resumable": run_resumable}

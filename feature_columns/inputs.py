@@ -7,6 +7,7 @@ lookups of a table batched into one call, so the mini-batch aware penalty sees e
 distinct ids once. `FeatureEncoder.history` is the one place that reads DeepCTR's behaviour
 sequences (`hist_<f>` beside candidate `f`) for every sequence model.
 """
+import functools
 from collections import OrderedDict, defaultdict
 
 from . import _legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
@@ -17,7 +18,7 @@ import tensorflow as tf
 from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
-from .layers import (RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions,
+from .layers import (PaddingMask, RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions,
                      lookup_fingerprint)
 
 
@@ -105,24 +106,29 @@ class History:
       keys: (users, maxlen, E) the events' embeddings, concatenated the same way.
     """
 
-    def __init__(self, encoder, candidates, indices, aligned, view):
+    def __init__(self, encoder, candidates, indices, aligned, view, parent=None):
         self.candidates = list(candidates)
         self.names = [history_name(c) for c in self.candidates]
         self.indices, self.aligned = indices, aligned
-        self._encoder, self.view_name = encoder, view
-        self.mask = tf.not_equal(indices[self.names[0]], 0)
-        self.lengths = tf.reduce_sum(tf.cast(self.mask, tf.int32), axis=1)
+        self._encoder, self.view_name, self._parent = encoder, view, parent
+        first = self.names[0] if view is None else f"{view}_{self.names[0]}"
+        self.mask, self.lengths = encoder.padding_mask(first, indices[self.names[0]])
 
     def _key(self, name):
         return name if self.view_name is None else f"{name}@{self.view_name}"
 
-    @property
+    @functools.cached_property
     def query(self):
-        return concat([self._encoder.embed(name) for name in self.candidates])
+        if self._parent is not None:  # the candidates are the same in every view
+            return self._parent.query
+        return concat([self._encoder.embed(name) for name in self.candidates],
+                      self._encoder.layer_name("query_" + "_".join(self.candidates)))
 
-    @property
+    @functools.cached_property
     def keys(self):
-        return concat([self._encoder.embed(self._key(name)) for name in self.names])
+        view = "" if self.view_name is None else self.view_name + "_"
+        return concat([self._encoder.embed(self._key(name)) for name in self.names],
+                      self._encoder.layer_name(f"{view}keys_" + "_".join(self.names)))
 
     def recent(self, k, where=None, matching=None, view="recent"):
         """The most recent `k` events where a condition holds, as a History.
@@ -154,7 +160,7 @@ class History:
         for name in self.names:
             self._encoder.lookup(f"{name}@{view}", name, kept[name])
         return History(self._encoder, self.candidates, {n: kept[n] for n in self.names},
-                       {n: kept[n] for n in self.aligned}, view)
+                       {n: kept[n] for n in self.aligned}, view, parent=self._parent or self)
 
 
 class FeatureEncoder:
@@ -193,7 +199,7 @@ class FeatureEncoder:
                 column.vocabulary_size, column.embedding_dim, embeddings_initializer=initializer,
                 l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
         self._prefix = prefix
-        self._indices, self._weights, self._histories = {}, {}, {}
+        self._indices, self._weights, self._histories, self._masks = {}, {}, {}, {}
         # Lookups are registered (key -> table, indices) and embedded in one call per table
         # (and penalty setting) with every other lookup of it registered by then.
         self._lookups, self._pending, self._embedded = {}, defaultdict(list), {}
@@ -306,7 +312,16 @@ class FeatureEncoder:
 
     def mask(self, name):
         """(batch, maxlen) bool, true on real items of the sequence `name`."""
-        return tf.not_equal(self.indices(name), 0)
+        return self.padding_mask(name, self.indices(name))[0]
+
+    def padding_mask(self, name, indices):
+        """(mask, lengths) of the rows `indices` of sequence `name` (`PaddingMask`), from one
+        layer named after it, made at the first call."""
+        if name not in self._masks:
+            self._masks[name] = indices, PaddingMask(name=self.layer_name(name + "_mask"))(indices)
+        elif self._masks[name][0] is not indices:
+            raise ValueError(f"sequence '{name}' was masked before with other rows")
+        return self._masks[name][1]
 
     def embed(self, key):
         """(batch, 1, dim) for a SparseFeat, (batch, maxlen, dim) for a sequence or lookup key.
@@ -346,7 +361,8 @@ class FeatureEncoder:
     def dense(self, name):
         """(batch, dimension) float32, after the column's transform_fn."""
         column = self.column(name, DenseFeat)
-        value = tf.cast(self.features[name], tf.float32)
+        value = self.features[name]
+        value = value if value.dtype == tf.float32 else tf.cast(value, tf.float32)
         return column.transform_fn(value) if column.transform_fn is not None else value
 
     def embedding_list(self, names=None):
@@ -355,19 +371,21 @@ class FeatureEncoder:
         return [self.pooled(n) if isinstance(self.columns[n], VarLenSparseFeat) else self.embed(n)
                 for n in names]
 
-    def dnn_input(self, exclude=(), extra=()):
+    def dnn_input(self, exclude=(), extra=(), name="dnn_input"):
         """(batch, F): every feature flattened and concatenated, as DeepCTR's combined_dnn_input.
 
         `exclude` names features handled elsewhere (e.g. DIN's attended histories); `extra` adds
-        (batch, 1, dim) tensors computed by the model.
+        (batch, 1, dim) tensors computed by the model. `name` names its layers (a model that
+        asks for two DNN inputs gives each its own).
         """
         sparse = [n for n in self.names((SparseFeat, VarLenSparseFeat)) if n not in exclude]
         embedded = self.embedding_list(sparse) + list(extra)
-        parts = [tf.keras.layers.Flatten()(concat(embedded))] if embedded else []
+        parts = [tf.keras.layers.Flatten(name=self.layer_name(name + "_embeddings"))(
+            concat(embedded, self.layer_name(name + "_embedding_list")))] if embedded else []
         parts += [self.dense(n) for n in self.names(DenseFeat) if n not in exclude]
         if not parts:
             raise ValueError("no features left for the DNN input")
-        return concat(parts)
+        return concat(parts, self.layer_name(name))
 
 
 def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, keys=None, targets=None,
@@ -436,8 +454,9 @@ def look_up_rows(feature_columns, inputs):
     return out
 
 
-def concat(tensors):
-    return tensors[0] if len(tensors) == 1 else tf.keras.layers.Concatenate(axis=-1)(tensors)
+def concat(tensors, name):
+    """`tensors` joined on their last axis by a Concatenate layer named `name` (one tensor: itself)."""
+    return tensors[0] if len(tensors) == 1 else tf.keras.layers.Concatenate(axis=-1, name=name)(tensors)
 
 
 def _start_counts_from_vocabulary(table, column):

@@ -259,6 +259,19 @@ class TakePositions(tf.keras.layers.Layer):
 
 
 @_register
+class PaddingMask(tf.keras.layers.Layer):
+    """Where a sequence of embedding rows holds events.
+
+    call(indices) with (batch, maxlen) int rows, 0 for padding, returns (mask (batch, maxlen)
+    bool, true on real events; lengths (batch,) int32, the number of real events).
+    """
+
+    def call(self, indices):
+        mask = tf.not_equal(indices, 0)
+        return mask, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+
+
+@_register
 class SequencePooling(tf.keras.layers.Layer):
     """Pools (batch, maxlen, dim) embeddings over the positions where `mask` is true.
 

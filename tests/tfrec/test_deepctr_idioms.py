@@ -7,6 +7,8 @@ Here the LabelEncoder is `pd.factorize` (same 0..n-1 codes, no sklearn). DeepMat
 (run_youtubednn.py, run_sdm.py) do the same for the two-tower models, with histories padded by
 `pad_sequences` into numpy arrays. Every model of the zoo builds and trains on such inputs.
 """
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -232,6 +234,12 @@ SETUPS = {"DIN": ranking_setup, "SIM": ranking_setup, "CLSR": ranking_setup, "MM
 def test_every_model_builds_and_trains_on_label_encoded_pandas_inputs(encoded, model_name):
     tf.keras.utils.set_random_seed(0)
     model, x, y = SETUPS[model_name](encoded, model_name)
+    # Every layer has a name of its own: no TF-op glue and no Keras layer left to Keras' default
+    # name ("concatenate_3", "tf.math.not_equal_1"), which changes with what was built before.
+    unnamed = [layer.name for layer in model.layers if "OpLambda" in type(layer).__name__ or (
+        type(layer).__module__.startswith("tf_keras.") and
+        re.sub(r"_\d+$", "", layer.name) == re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower())]
+    assert not unnamed, unnamed
     assert any(isinstance(v, pd.Series) for v in x.values())
     history = model.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)  # one step
     assert np.isfinite(history.history["loss"][0])

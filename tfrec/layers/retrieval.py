@@ -20,8 +20,9 @@ class NegativeSampling(tf.keras.layers.Layer):
     """Draws the extra negatives of a batch and gives every candidate its expected count.
 
     call(positive_rows) with the batch's positive item rows (batch, 1) int returns
-    (negative_rows (num_sampled,), expected_counts (batch + num_sampled,)): the expected number
-    of times each candidate (the batch's positives, then the negatives) enters a batch's
+    (negative_rows (num_sampled,), expected_counts (batch + num_sampled,), candidate_rows
+    (batch + num_sampled,) int32, the rows of the candidates: the batch's positives, then the
+    negatives). The expected counts are the expected number of times each candidate enters a batch's
     candidates, batch * f(item) for a positive (f its share of item_count, or uniform without
     counts) and num_sampled * q(item) for a negative (q the sampler's distribution). Their log is
     the logQ correction. Rows 0 (padding) is never drawn. Inference draws nothing.
@@ -55,11 +56,12 @@ class NegativeSampling(tf.keras.layers.Layer):
         batch = tf.cast(tf.size(positive_rows), tf.float32)
         positive_counts = batch * tf.gather(self._batch_share, positive_rows)
         if not training or self.num_sampled == 0:
-            return tf.zeros([0], tf.int32), positive_counts
+            return tf.zeros([0], tf.int32), positive_counts, positive_rows
         negatives = tf.random.categorical(tf.math.log(self._draw_share)[None, :], self.num_sampled,
                                           dtype=tf.int32, seed=self.seed)[0]
         negative_counts = self.num_sampled * tf.gather(self._draw_share, negatives)
-        return negatives, tf.concat([positive_counts, negative_counts], axis=0)
+        return (negatives, tf.concat([positive_counts, negative_counts], axis=0),
+                tf.concat([positive_rows, negatives], axis=0))
 
     def get_config(self):
         config = super().get_config()

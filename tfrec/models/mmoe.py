@@ -4,8 +4,6 @@ inputs -> embeddings -> shared experts f_1..f_n -> per task k: gate g^k(x) = sof
 mixture sum_i g^k_i(x) f_i(x) -> tower h^k -> prediction named by the task.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-
-import tensorflow as tf
 from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts

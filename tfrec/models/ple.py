@@ -7,8 +7,6 @@ shared gate fuses all experts into the next level's shared input. The last level
 outputs feed one tower per task -> prediction named by the task.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-
-import tensorflow as tf
 from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts

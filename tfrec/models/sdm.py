@@ -82,7 +82,8 @@ def SDM(user_feature_columns, item_feature_columns, history_feature_list, units=
 
     # s: the short-term session, LSTM -> self-attention -> user attention.
     short_mask = encoder.mask(short_names[0])                                                    # (B, T_s)
-    session = dense("short_emb_input", 2)(concat([encoder.embed(name) for name in short_names]))  # (B, T_s, units)
+    session = concat([encoder.embed(name) for name in short_names], "short_embeddings")          # (B, T_s, E)
+    session = dense("short_emb_input", 2)(session)                                               # (B, T_s, units)
     session = StackedLSTM(units, rnn_layers, rnn_num_res, dropout_rate, seed=seed + 100, name="short_rnn")(
         session, short_mask)
     session = SessionSelfAttention(num_head, dropout_rate, seed=seed + 200, name="short_self_attention")(
@@ -95,7 +96,7 @@ def SDM(user_feature_columns, item_feature_columns, history_feature_list, units=
         UserAttention(encoder.column(name).embedding_dim, dnn_activation, seed=seed + 300 + i,
                       name=f"{name}_attention")(user, encoder.embed(name), encoder.mask(name))    # (B, d_f)
         for i, name in enumerate(prefer_names)]
-    long = dense("prefer_output", 4)(concat(preferences))                                        # (B, units)
+    long = dense("prefer_output", 4)(concat(preferences, "preferences"))                         # (B, units)
 
     # o: the gated fusion.
     fused = GatedFusion(units, seed=seed + 5, name="gated_fusion")(user, short, long)

@@ -5,8 +5,6 @@ inputs -> embeddings -> one bottom MLP shared by all tasks -> a tower per task -
 named by the task.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-
-import tensorflow as tf
 from feature_columns import FeatureEncoder
 
 from ..layers import DNN

@@ -97,7 +97,8 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
                 query, key = table([encoder.indices(candidate), history.indices[sequence]])
                 queries.append(query)
                 keys.append(key)
-            auxiliary_output = _auxiliary_ctr(concat(queries), concat(keys), history.mask, task, seed)
+            auxiliary_output = _auxiliary_ctr(concat(queries, "gsu_query"), concat(keys, "gsu_keys"), history.mask,
+                                              task, seed)
         else:
             for sequence in history.names:
                 encoder.lookup(sequence + "@searched", sequence, history.indices[sequence], regularize=False)
@@ -119,7 +120,7 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
     if time_feature is not None:
         gaps = TimeGapEmbedding(int(behaviours.shape[-1]), seed=seed, name="time_gap")(
             encoder.features[time_feature], retrieved.aligned[aligned[0]], retrieved.mask)
-        behaviours = concat([behaviours, gaps])
+        behaviours = concat([behaviours, gaps], "esu_behaviours")
     long_term_interest = TargetAttention(num_heads, seed=seed, name="esu")(
         history.query, behaviours, retrieved.mask)                                          # (B, 1, E)
 
@@ -143,6 +144,6 @@ def _auxiliary_ctr(query, keys, mask, task, seed):
     """
     pooled = RelevancePooling(name="gsu_relevance_pooling")(query, keys, mask)               # (B, 1, d)
     hidden = DNN((64, 32), "relu", seed=seed, name="gsu_dnn")(
-        tf.keras.layers.Flatten()(tf.keras.layers.Concatenate()([pooled, query])))
+        tf.keras.layers.Flatten(name="gsu_dnn_input")(concat([pooled, query], "gsu_pooled_and_query")))
     logit = tf.keras.layers.Dense(1, name="gsu_logit")(hidden)
     return PredictionLayer(task, name="gsu_prediction")(logit)

@@ -126,7 +126,7 @@ class TwoTowerBuilder:
             raise ValueError(f"{self.model}: sampler_config.item_name is '{config.item_name}' but the item "
                              f"feature is '{self.item_name}'")
         rows = self.encoder.indices(self.item_name)                                             # (B, 1)
-        negatives, counts = NegativeSampling(
+        negatives, counts, candidate_rows = NegativeSampling(
             config.sampler, config.num_sampled, self.item_column.vocabulary_size, config.item_count,
             config.distortion, seed=self.seed, table=self.item_column.embedding_name, name="negative_sampling")(rows)
         # The item tower's own table call (the user side's history embeds in another), so the
@@ -134,9 +134,8 @@ class TwoTowerBuilder:
         self.encoder.lookup(self.item_name, self.item_name, rows)
         self.encoder.lookup(self.item_name + "@negatives", self.item_name, negatives)
         normalize = L2Normalize(name=ITEM_EMBEDDING)
-        items = normalize(tf.keras.layers.Flatten()(self.encoder.embed(self.item_name)))
+        items = normalize(tf.keras.layers.Flatten(name="item_row_embedding")(self.encoder.embed(self.item_name)))
         negative_items = normalize(self.encoder.embed(self.item_name + "@negatives"))
-        candidate_rows = tf.concat([tf.reshape(rows, [-1]), negatives], axis=0)
         return items, negative_items, candidate_rows, counts
 
     def build(self, user, items, temperature, training_user=None):

@@ -549,6 +549,14 @@ def _parse_strategy(path, raw):
         _fail(path, "strategy.kind", f"must be one of {', '.join(distribute.STRATEGY_KINDS)}, got {strategy.kind!r}")
     if isinstance(strategy.tf_config, str) and not strategy.tf_config.lstrip().startswith("{"):
         strategy.tf_config = _resolve(path, strategy.tf_config)
+        if not os.path.isfile(strategy.tf_config):
+            _fail(path, "strategy.tf_config", f"no file {strategy.tf_config}: give a TF_CONFIG JSON file, a JSON "
+                  "string or a dict")
+    if strategy.tf_config is not None:
+        try:
+            distribute.parse_tf_config(strategy.tf_config)
+        except ValueError as error:
+            _fail(path, "strategy.tf_config", str(error))
     if strategy.checkpoint_dir is not None:
         strategy.checkpoint_dir = _resolve(path, strategy.checkpoint_dir)
     if strategy.save_freq != "epoch":
@@ -1091,12 +1099,32 @@ def warm_start_columns(config):
         if not os.path.isfile(os.path.join(folder, name)):
             raise ConfigError(f"{config.path}: train.warm_start: {folder} holds no {name}: give the output folder of "
                               "an earlier `tfrec train --config` run")
+    _check_warm_start_model(config, _saved_model_name(os.path.join(folder, MODEL_FILE)))
     with open(os.path.join(folder, COLUMNS_FILE), encoding="utf-8") as handle:
         entries = json.load(handle)
     earlier = max((entry["min_count"] for entry in entries if entry.get("min_count")), default=None)
     wanted = config.train.grow_vocabularies
     growth = (earlier or 1) if wanted is True else int(wanted)
     return WarmStartColumns(columns_from_json(entries), growth, growth or earlier)
+
+
+def _saved_model_name(path):
+    """The name of the model in a `.keras` file, read from its config without TensorFlow (None
+    when the file is not one)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))["config"]["name"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _check_warm_start_model(config, name):
+    """A ConfigError when the warm start's model (named `name`) is another model than the config's."""
+    if name is not None and re.sub(r"[^a-z]", "", name.lower()) != config.model.name.lower():
+        raise ConfigError(f"{config.path}: train.warm_start: {config.train.warm_start} holds a model named '{name}', "
+                          f"and this config trains {config.model.name}")
 
 
 def warm_start_model(config, out=None):
@@ -1107,9 +1135,7 @@ def warm_start_model(config, out=None):
     folder = config.train.warm_start
     with step(f"loading the model to start from, {os.path.join(folder, MODEL_FILE)}", out):
         model = load_model(os.path.join(folder, MODEL_FILE), compile=False)
-    if re.sub(r"[^a-z]", "", model.name.lower()) != config.model.name.lower():
-        raise ConfigError(f"{config.path}: train.warm_start: {folder} holds a model named '{model.name}', and this "
-                          f"config trains {config.model.name}")
+    _check_warm_start_model(config, model.name)
     if config.model.args:
         print(f"model.args are not used with train.warm_start: the model is the one in {folder}, as it was built",
               file=out or sys.stdout)

@@ -57,21 +57,53 @@ def parse_tf_config(tf_config=None):
     if tf_config is None:
         tf_config = os.environ.get("TF_CONFIG", "")
     if isinstance(tf_config, dict):
-        return dict(tf_config)
-    text = str(tf_config).strip()
-    if not text:
+        config = dict(tf_config)
+    else:
+        text = str(tf_config).strip()
+        if not text.startswith("{") and text:
+            if not os.path.isfile(text):
+                raise ValueError(f"TF_CONFIG: {text!r} is neither JSON nor a file")
+            with open(text) as source:
+                text = source.read()
+        try:
+            config = json.loads(text) if text else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"TF_CONFIG is not JSON ({error}): {text[:200]!r}") from None
+    if not config:
         return {}
-    if not text.startswith("{") and os.path.exists(text):
-        with open(text) as source:
-            text = source.read()
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not JSON ({error}): {text[:200]!r}") from None
     if not isinstance(config, dict) or "cluster" not in config:
         raise ValueError('TF_CONFIG needs {"cluster": {job: [host:port, ...]}, "task": {"type": ..., '
-                         f'"index": ...}}}}, got {text[:200]!r}')
+                         f'"index": ...}}}}, got {str(config)[:200]!r}')
+    check_cluster(config["cluster"])
     return config
+
+
+JOBS = ("chief", "worker", "ps", "evaluator")
+
+
+def check_cluster(cluster):
+    """A ValueError naming the first mistake of a cluster dict {job: ["host:port", ...]}: a job
+    TensorFlow does not know, a job without addresses, or an address that is not host:port."""
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(f"a cluster is a dict {{job: [host:port, ...]}}, got {cluster!r}")
+    for job, addresses in cluster.items():
+        if job not in JOBS:
+            raise ValueError(f"cluster job {job!r} is not one of {', '.join(JOBS)} (cluster {cluster})")
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(f"cluster job {job!r} needs a list of host:port addresses, got {addresses!r}")
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit() or any(c in address for c in "=;, "):
+                raise ValueError(f"cluster job {job!r}: {address!r} is not host:port")
+
+
+def _say_joining(kind, cluster):
+    """One line before a strategy waits for its cluster: TensorFlow waits without a word for a
+    task that never starts (a mistyped host looks like a hang)."""
+    tasks = ", ".join(f"{job} {index} at {address}" for job, addresses in cluster.items()
+                      for index, address in enumerate(addresses))
+    print(f"tfrec.distribute: {kind}: waiting until every task of the cluster is up ({tasks})", file=sys.stderr,
+          flush=True)
 
 
 def cluster_resolver(tf_config=None):
@@ -124,7 +156,10 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
             options = tf.distribute.experimental.CommunicationOptions(
                 implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
                                        str(communication).upper()))
-        resolver = cluster_resolver(tf_config) if parse_tf_config(tf_config) else None
+        config = parse_tf_config(tf_config)
+        resolver = cluster_resolver(config) if config else None
+        if config:
+            _say_joining(kind, config["cluster"])
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                          communication_options=options)
     if kind == "parameter_server":
@@ -132,6 +167,7 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
         num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
         if not num_ps or not resolver.cluster_spec().as_dict().get("worker"):
             raise ValueError("parameter_server needs a cluster with 'worker' and 'ps' jobs")
+        _say_joining(kind, resolver.cluster_spec().as_dict())
         return tf.distribute.experimental.ParameterServerStrategy(
             resolver, variable_partitioner=embedding_partitioner(num_ps, min_shard_bytes))
     raise ValueError(f"unknown strategy kind {kind!r}: expected None or one of {STRATEGY_KINDS}")
@@ -411,16 +447,25 @@ def _cluster_from_flag(value):
     """--cluster: a JSON cluster dict, a JSON file (a cluster dict or a whole TF_CONFIG), or
     'chief=h:p;worker=h:p,h:p;ps=h:p,h:p'."""
     text = value.strip()
-    if not text.startswith("{") and os.path.exists(text):
+    if not text.startswith("{") and "=" not in text:
+        if not os.path.isfile(text):
+            raise ValueError(f"--cluster {value!r}: no such file, and not 'job=host:port,...;job=...'")
         with open(text) as source:
             text = source.read().strip()
     if text.startswith("{"):
-        config = json.loads(text)
-        return config["cluster"] if "cluster" in config else config
-    cluster = {}
-    for part in filter(None, text.split(";")):
-        job, _, addresses = part.partition("=")
-        cluster[job.strip()] = [a.strip() for a in addresses.split(",") if a.strip()]
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--cluster: not JSON ({error}): {text[:200]!r}") from None
+        cluster = config["cluster"] if "cluster" in config else config
+    else:
+        cluster = {}
+        for part in filter(None, (part.strip() for part in text.split(";"))):
+            job, equals, addresses = part.partition("=")
+            if not equals:
+                raise ValueError(f"--cluster {value!r}: {part!r} is not job=host:port,... (jobs are separated by ';')")
+            cluster[job.strip()] = [a.strip() for a in addresses.split(",") if a.strip()]
+    check_cluster(cluster)
     return cluster
 
 
@@ -440,7 +485,10 @@ def main(argv=None):
     parser.add_argument("--cluster", default=None, help="cluster spec (JSON, JSON file or job=h:p,...;...)")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="-- python train.py ... (the program of this role)")
     args = parser.parse_args(argv)
-    cluster = _cluster_from_flag(args.cluster) if args.cluster else parse_tf_config().get("cluster")
+    try:
+        cluster = _cluster_from_flag(args.cluster) if args.cluster else parse_tf_config().get("cluster")
+    except ValueError as error:
+        parser.error(str(error))
     if not cluster:
         parser.error("no cluster: pass --cluster or set TF_CONFIG")
     if args.role not in cluster or args.index >= len(cluster[args.role]):

@@ -93,6 +93,11 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "strategy.kind: must be one of default, mirrored, multi_worker, parameter_server, got 'horovod'"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {save_freq: 0}\n",
      "strategy.save_freq: must be an integer >= 1"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, tf_config: tf.json}\n",
+     "strategy.tf_config: no file .*tf.json: give a TF_CONFIG JSON file"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+     "strategy: {kind: multi_worker, tf_config: {cluster: {worker: [w]}}}\n",
+     "strategy.tf_config: cluster job 'worker': 'w' is not host:port"),
 ])
 def test_config_mistakes_name_the_file_and_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -334,6 +334,19 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
         build_strategy("parameter_server", tf_config={"cluster": {"worker": ["w:1"]}, "task": {"type": "chief"}})
     with pytest.raises(SystemExit):
         main(["--role", "ps", "--index", "2", "--cluster", "ps=p:1,p:2"])  # no task ps:2
+    # Misspelt specs are refused, naming the mistake, rather than read as another cluster.
+    for spec, message in [("worker=w:1;w:2", "'w:2' is not job=host:port"),
+                          ("chief=c:1, worker=w:1", "'worker=w:1' is not host:port"),
+                          ("wroker=w:1", "'wroker' is not one of chief, worker, ps, evaluator"),
+                          ("worker=w", "'w' is not host:port"),
+                          (str(tmp_path / "nowhere.json"), "no such file"),
+                          ("{\"worker\": [\"w:1\"]", "not JSON")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _cluster_from_flag(spec)
+    with pytest.raises(ValueError, match="is neither JSON nor a file"):
+        parse_tf_config(str(tmp_path / "nowhere.json"))
+    with pytest.raises(ValueError, match="needs a list of host:port"):
+        parse_tf_config({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}})
 
 
 def test_checkpoint_paths_are_absolute_so_every_server_writes_where_the_chief_reads(tmp_path, monkeypatch):
@@ -586,6 +599,8 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
             assert processes.wait(trainer, deadline) == 0, processes.logs()
             assert f"training MIND for 4 epoch(s) ({kind})" in processes.log(name)
         if kind == "parameter_server":
+            assert "parameter_server: waiting until every task of the cluster is up (chief 0 at 127.0.0.1:" \
+                in processes.log("chief")
             placement = re.search(r"split across the parameter servers: .*", processes.log("chief")).group(0)
             item_table = re.search(r"emb_item_id/embeddings \((\d+) rows on ps (\d), (\d+) rows on ps (\d)\)",
                                    placement)

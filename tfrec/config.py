@@ -1142,13 +1142,14 @@ def warm_start_model(config, out=None):
     return model
 
 
-def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_rows="initializer"):
+def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_rows="initializer", sampler=None):
     """(model, columns) of a warm start with rows for the values of `train_df` new to its
     vocabularies (seen `min_count` times; 0: no growth), started as `new_rows` says
     (`tfrec.saving.with_grown_tables`).
 
     `item_counts(columns)`: a two-tower model's sampler counts (of `train_df`'s targets) for the
-    grown columns; the model is rebuilt with them even when no table grows.
+    grown columns; the model is rebuilt with them even when no table grows, drawing its negatives
+    as `sampler` says ((kind, num_sampled), or None: as before).
     """
     from tfrec.data import grow_vocabularies, unknown_shares
     from tfrec.saving import with_grown_tables
@@ -1176,7 +1177,8 @@ def grown(model, columns, train_df, min_count, out=None, item_counts=None, new_r
             print("no values new to the vocabularies", file=out or sys.stdout)
         return model, columns
     with step(what, out):
-        return with_grown_tables(model, grown_tables, item_count=counts, new_rows=new_rows), grown_columns
+        return (with_grown_tables(model, grown_tables, item_count=counts, new_rows=new_rows, sampler=sampler),
+                grown_columns)
 
 
 def check_losses(losses):

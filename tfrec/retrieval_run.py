@@ -260,15 +260,19 @@ def _popular(order, k, rows, seen=None):
 
 def _say_kept_settings(config, model, columns, out):
     """Prints the `retrieval:` settings of the config that a warm start does not apply (the model
-    and its columns are the earlier run's, as built), next to the values it keeps."""
+    and its columns are the earlier run's, as built), next to the values it keeps; and today's
+    negatives when they differ from the earlier run's (the sampler holds no weights: it follows
+    the config)."""
     from feature_columns import VarLenSparseFeat
 
     settings = config.retrieval
     sampler = model.get_layer("negative_sampling").get_config()
+    negatives = (settings.sampler, settings.num_sampled if settings.sampler != "inbatch" else 0)
+    if negatives != (sampler["sampler"], sampler["num_sampled"]):
+        print(f"negatives: retrieval.sampler {negatives[0]!r}, num_sampled {negatives[1]} (the earlier run: "
+              f"{sampler['sampler']!r}, {sampler['num_sampled']})", file=out or sys.stdout)
     histories = [c.maxlen for c in columns if isinstance(c, VarLenSparseFeat)]
-    kept = {"sampler": (settings.sampler, sampler["sampler"]),
-            "num_sampled": (settings.num_sampled if settings.sampler != "inbatch" else 0, sampler["num_sampled"]),
-            "seq_maxlen": (settings.seq_maxlen, max(histories) if histories else settings.seq_maxlen),
+    kept = {"seq_maxlen": (settings.seq_maxlen, max(histories) if histories else settings.seq_maxlen),
             "embed_user": (settings.embed_user, any(c.name == settings.user for c in columns))}
     differing = [f"retrieval.{key} {today!r} (kept: {earlier!r})" for key, (today, earlier) in kept.items()
                  if today != earlier]
@@ -325,7 +329,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
         # leaves them too small to be retrieved.
         warm_model, every = run.grown(warm_model, warm.columns, train_df, warm.growth, out,
                                       item_counts=lambda every: _target_counts(config, train_df, every),
-                                      new_rows="mean")
+                                      new_rows="mean", sampler=(config.retrieval.sampler, config.retrieval.num_sampled))
     else:
         user_columns, item_columns = columns(config, train_df)
         every = user_columns + item_columns

@@ -69,7 +69,7 @@ def load_model(path, compile=True):
     return tf.keras.models.load_model(path, custom_objects=registered_objects(), compile=compile)
 
 
-def with_grown_tables(model, vocabularies, item_count=None, new_rows="initializer"):
+def with_grown_tables(model, vocabularies, item_count=None, new_rows="initializer", sampler=None):
     """A copy of `model` with more rows in some of its embedding tables: the model of columns
     grown by `tfrec.data.grow_vocabularies`.
 
@@ -99,6 +99,9 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
         sampler counts items.
       new_rows: "initializer" (the table's own initializer, as in a new model) or "mean" (the
         mean of the rows of the table's earlier vocabulary).
+      sampler: None (a two-tower model keeps drawing its negatives as it did) or (kind,
+        num_sampled), how it draws them from now on: ("inbatch", 0), ("uniform", n) or
+        ("frequency", n). The sampler holds no weights, so any kind follows any other.
 
     Returns:
       A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
@@ -131,13 +134,13 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
         old_rows = tables[0]["input_dim"]
         for embedding in tables:
             embedding["input_dim"] += added[table]
-        for sampler in samplers:  # one saved before samplers named their table: known by its size
-            if sampler.get("table", table) == table and sampler["vocabulary_size"] == old_rows:
-                if sampler["item_count"] is not None and item_count is None:
+        for sampling in samplers:  # one saved before samplers named their table: known by its size
+            if sampling.get("table", table) == table and sampling["vocabulary_size"] == old_rows:
+                if sampling["item_count"] is not None and item_count is None:
                     raise ValueError(f"table '{table}' grows, and the model's negative sampler counts its items: give "
                                      "item_count, the counts of the new training targets (tfrec.utils.item_counts); "
                                      "a new item counted 0 would get the largest logQ correction as a positive")
-                sampler["vocabulary_size"] += added[table]
+                sampling["vocabulary_size"] += added[table]
     if item_count is not None:
         if len(samplers) != 1:
             raise ValueError(f"item_count is for a two-tower model's sampler; model '{model.name}' has "
@@ -146,6 +149,16 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
             raise ValueError(f"item_count has {len(item_count)} counts for an item table of "
                              f"{samplers[0]['vocabulary_size']} rows")
         samplers[0]["item_count"] = [float(c) for c in item_count]
+    if sampler is not None:
+        kind, num_sampled = sampler
+        if len(samplers) != 1:
+            raise ValueError(f"sampler is for a two-tower model's sampler; model '{model.name}' has {len(samplers)}")
+        if kind not in ("inbatch", "uniform", "frequency") or (kind != "inbatch" and int(num_sampled) < 1):
+            raise ValueError(f"sampler must be ('inbatch', 0), ('uniform', n) or ('frequency', n) with n >= 1, got "
+                             f"{sampler!r}")
+        if kind == "frequency" and samplers[0]["item_count"] is None:
+            raise ValueError("the 'frequency' sampler needs item_count")
+        samplers[0].update(sampler=kind, num_sampled=int(num_sampled) if kind != "inbatch" else 0)
     grown = model.__class__.from_config(config, custom_objects=registered_objects())
     # Same layers in the same order: the weights pair up in order (a rebuilt layer's variables
     # are not under its name scope, so only their own names are compared).

@@ -267,9 +267,17 @@ def test_the_popularity_baseline_leaves_out_what_the_model_may_not_recommend():
 
 
 def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_run, tmp_path, capsys):
-    config = run_config(tmp_path, output="today", columns=None,
+    """Today's run starts from yesterday's weights and columns; its negatives follow today's
+    config (the sampler holds no weights), here frequency-sampled where yesterday's were the batch's."""
+    from tfrec.saving import load_model
+
+    config = run_config(tmp_path, output="today", columns=None, retrieval={"sampler": "frequency", "num_sampled": 16},
                         train={"warm_start": mind_run.output, "epochs": 1, "learning_rate": 1e-12})
-    assert tfrec("train", "--config", config, capsys=capsys)[0] == 0
+    code, out, err = tfrec("train", "--config", config, capsys=capsys)
+    assert code == 0, err
+    assert "negatives: retrieval.sampler 'frequency', num_sampled 16 (the earlier run: 'inbatch', 0)" in out, out
+    sampler = load_model(str(tmp_path / "today" / "model.keras"), compile=False).get_layer("negative_sampling")
+    assert (sampler.sampler, sampler.num_sampled) == ("frequency", 16)
     assert tfrec("evaluate", "--config", config, capsys=capsys)[0] == 0
     assert json.loads((tmp_path / "today" / "columns.json").read_text()) == \
         json.loads(Path(mind_run.output_file("columns.json")).read_text())

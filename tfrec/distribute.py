@@ -60,15 +60,7 @@ def parse_tf_config(tf_config=None):
         config = dict(tf_config)
     else:
         text = str(tf_config).strip()
-        if not text.startswith("{") and text:
-            if not os.path.isfile(text):
-                raise ValueError(f"TF_CONFIG: {text!r} is neither JSON nor a file")
-            with open(text) as source:
-                text = source.read()
-        try:
-            config = json.loads(text) if text else {}
-        except json.JSONDecodeError as error:
-            raise ValueError(f"TF_CONFIG is not JSON ({error}): {text[:200]!r}") from None
+        config = _json_or_file(text, "TF_CONFIG") if text else {}
     if not config:
         return {}
     if not isinstance(config, dict) or "cluster" not in config:
@@ -76,6 +68,19 @@ def parse_tf_config(tf_config=None):
                          f'"index": ...}}}}, got {str(config)[:200]!r}')
     check_cluster(config["cluster"])
     return config
+
+
+def _json_or_file(text, what):
+    """`text` parsed as JSON, or the JSON of the file it names; a ValueError naming `what` else."""
+    if not text.startswith("{"):
+        if not os.path.isfile(text):
+            raise ValueError(f"{what}: {text!r} is neither JSON nor a file (no such file)")
+        with open(text) as source:
+            text = source.read().strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} is not JSON ({error}): {text[:200]!r}") from None
 
 
 JOBS = ("chief", "worker", "ps", "evaluator")
@@ -447,16 +452,8 @@ def _cluster_from_flag(value):
     """--cluster: a JSON cluster dict, a JSON file (a cluster dict or a whole TF_CONFIG), or
     'chief=h:p;worker=h:p,h:p;ps=h:p,h:p'."""
     text = value.strip()
-    if not text.startswith("{") and "=" not in text:
-        if not os.path.isfile(text):
-            raise ValueError(f"--cluster {value!r}: no such file, and not 'job=host:port,...;job=...'")
-        with open(text) as source:
-            text = source.read().strip()
-    if text.startswith("{"):
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--cluster: not JSON ({error}): {text[:200]!r}") from None
+    if text.startswith("{") or "=" not in text:
+        config = _json_or_file(text, "--cluster")
         cluster = config["cluster"] if "cluster" in config else config
     else:
         cluster = {}

@@ -150,15 +150,13 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
                              f"{samplers[0]['vocabulary_size']} rows")
         samplers[0]["item_count"] = [float(c) for c in item_count]
     if sampler is not None:
-        kind, num_sampled = sampler
+        from tfrec.utils import NegativeSampler
+
         if len(samplers) != 1:
             raise ValueError(f"sampler is for a two-tower model's sampler; model '{model.name}' has {len(samplers)}")
-        if kind not in ("inbatch", "uniform", "frequency") or (kind != "inbatch" and int(num_sampled) < 1):
-            raise ValueError(f"sampler must be ('inbatch', 0), ('uniform', n) or ('frequency', n) with n >= 1, got "
-                             f"{sampler!r}")
-        if kind == "frequency" and samplers[0]["item_count"] is None:
-            raise ValueError("the 'frequency' sampler needs item_count")
-        samplers[0].update(sampler=kind, num_sampled=int(num_sampled) if kind != "inbatch" else 0)
+        # Checked as a new model's sampler_config is; NegativeSampling draws none for "inbatch".
+        drawn = NegativeSampler(*sampler, item_name=samplers[0].get("table"), item_count=samplers[0]["item_count"])
+        samplers[0].update(sampler=drawn.sampler, num_sampled=drawn.num_sampled if drawn.sampler != "inbatch" else 0)
     grown = model.__class__.from_config(config, custom_objects=registered_objects())
     # Same layers in the same order: the weights pair up in order (a rebuilt layer's variables
     # are not under its name scope, so only their own names are compared).

@@ -218,12 +218,15 @@ class StrategyConfig:
       checkpoint_dir: BackupAndRestore's folder: a run killed mid-epoch resumes from there.
       save_freq: steps between backups (or "epoch").
       min_shard_bytes: parameter_server: tables at least this big are split across the servers.
+      join_timeout: multi_worker, parameter_server: seconds to wait for the cluster's other tasks
+        to be up, then name the ones that do not answer and end; None waits as long as it takes.
     """
     kind: Optional[str] = None
     tf_config: object = None
     checkpoint_dir: Optional[str] = None
     save_freq: object = 100
     min_shard_bytes: int = 256 << 10
+    join_timeout: Optional[float] = None
 
 
 @dataclass
@@ -562,6 +565,8 @@ def _parse_strategy(path, raw):
     if strategy.save_freq != "epoch":
         _int(path, "strategy.save_freq", strategy.save_freq, 1)
     _int(path, "strategy.min_shard_bytes", strategy.min_shard_bytes, 1)
+    if strategy.join_timeout is not None:
+        strategy.join_timeout = _number(path, "strategy.join_timeout", strategy.join_timeout, 0, float("inf"))
     return strategy
 
 
@@ -1012,7 +1017,7 @@ def strategy_of(config):
     a parameter-server chief connects to its cluster then, and variables made before are lost."""
     settings = config.strategy
     return distribute.build_strategy(settings.kind, tf_config=settings.tf_config,
-                                     min_shard_bytes=settings.min_shard_bytes)
+                                     min_shard_bytes=settings.min_shard_bytes, join_timeout=settings.join_timeout)
 
 
 def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None,

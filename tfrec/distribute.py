@@ -31,9 +31,11 @@ starts one role of it (see `main`). docs/distributed.md has the commands.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 STRATEGY_KINDS = ("default", "mirrored", "multi_worker", "parameter_server")
+_JOIN_WATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "join_watch.py")
 DEFAULT_MIN_SHARD_BYTES = 256 << 10  # 256 KiB: 2,048 x 64 float32 (512 KiB) makes 2 shards; a DNN kernel 1
 _PART = re.compile(r"/part_(\d+)(:\d+)$")
 
@@ -102,13 +105,34 @@ def check_cluster(cluster):
                 raise ValueError(f"cluster job {job!r}: {address!r} is not host:port")
 
 
-def _say_joining(kind, cluster):
-    """One line before a strategy waits for its cluster: TensorFlow waits without a word for a
-    task that never starts (a mistyped host looks like a hang)."""
-    tasks = ", ".join(f"{job} {index} at {address}" for job, addresses in cluster.items()
-                      for index, address in enumerate(addresses))
-    print(f"tfrec.distribute: {kind}: waiting until every task of the cluster is up ({tasks})", file=sys.stderr,
-          flush=True)
+@contextlib.contextmanager
+def _joining(kind, tf_config, join_timeout=None):
+    """Wraps the building of a strategy that waits for every task of its cluster.
+
+    TensorFlow waits without a word, and without end, for a task that never starts (a mistyped
+    host looks like a hang). So first one line names the tasks waited for; and with
+    `join_timeout` seconds, a watcher process (`join_watch.py`) names the tasks that do not
+    answer and ends this process (SIGKILL) if the strategy is not built by then.
+    """
+    if join_timeout is not None and (isinstance(join_timeout, bool) or not isinstance(join_timeout, (int, float))
+                                     or not 0 < join_timeout < float("inf")):
+        raise ValueError(f"join_timeout must be a number of seconds > 0 or None, got {join_timeout!r}")
+    cluster, task = tf_config["cluster"], tf_config.get("task", {})
+    tasks = [(f"{job} {index}", address) for job, addresses in cluster.items()
+             for index, address in enumerate(addresses)]
+    print(f"tfrec.distribute: {kind}: waiting until every task of the cluster is up "
+          f"({', '.join(f'{name} at {address}' for name, address in tasks)})", file=sys.stderr, flush=True)
+    if join_timeout is None:
+        yield
+        return
+    own = f"{task.get('type')} {int(task.get('index', 0))}"
+    watcher = subprocess.Popen([sys.executable, _JOIN_WATCH, str(os.getpid()), str(float(join_timeout)), kind,
+                                json.dumps([t for t in tasks if t[0] != own])], stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watcher.stdin.close()  # end of file: the wait is over
+        watcher.wait()
 
 
 def cluster_resolver(tf_config=None):
@@ -134,7 +158,7 @@ def embedding_partitioner(num_ps, min_shard_bytes=DEFAULT_MIN_SHARD_BYTES):
 
 
 def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFAULT_MIN_SHARD_BYTES,
-                   communication=None):
+                   communication=None, join_timeout=None):
     """The `tf.distribute.Strategy` for `kind`; build and train the model in its `scope()`.
 
     Args:
@@ -145,6 +169,10 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
       devices: "mirrored" only: the local devices, e.g. ["/gpu:0", "/gpu:1"]; None for all.
       min_shard_bytes: "parameter_server" only: the smallest shard (`embedding_partitioner`).
       communication: "multi_worker" only: "ring" (gRPC, the CPU choice), "nccl" or None (auto).
+      join_timeout: "multi_worker" and "parameter_server": seconds to wait for every task of the
+        cluster to be up; then the tasks that do not answer are named on stderr and this process
+        is ended (SIGKILL: TensorFlow's wait cannot be interrupted). None waits without end, as
+        TensorFlow does.
 
     Returns:
       The strategy. For "parameter_server" this is the chief's: it waits for the workers and
@@ -162,19 +190,20 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
                 implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
                                        str(communication).upper()))
         config = parse_tf_config(tf_config)
-        resolver = cluster_resolver(config) if config else None
-        if config:
-            _say_joining(kind, config["cluster"])
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
-                                                         communication_options=options)
+        if not config:  # one worker: nothing to wait for
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        with _joining(kind, config, join_timeout):
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver(config),
+                                                             communication_options=options)
     if kind == "parameter_server":
-        resolver = cluster_resolver(tf_config)
-        num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
-        if not num_ps or not resolver.cluster_spec().as_dict().get("worker"):
+        config = parse_tf_config(tf_config)
+        resolver = cluster_resolver(config)
+        num_ps = len(config["cluster"].get("ps", []))
+        if not num_ps or not config["cluster"].get("worker"):
             raise ValueError("parameter_server needs a cluster with 'worker' and 'ps' jobs")
-        _say_joining(kind, resolver.cluster_spec().as_dict())
-        return tf.distribute.experimental.ParameterServerStrategy(
-            resolver, variable_partitioner=embedding_partitioner(num_ps, min_shard_bytes))
+        with _joining(kind, config, join_timeout):
+            return tf.distribute.experimental.ParameterServerStrategy(
+                resolver, variable_partitioner=embedding_partitioner(num_ps, min_shard_bytes))
     raise ValueError(f"unknown strategy kind {kind!r}: expected None or one of {STRATEGY_KINDS}")
 
 

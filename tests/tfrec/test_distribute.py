@@ -349,6 +349,34 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
         parse_tf_config({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}})
 
 
+@pytest.mark.parametrize("kind", ["multi_worker", "parameter_server"])
+def test_a_task_whose_peer_never_starts_gives_up_at_join_timeout_naming_it(kind):
+    """TensorFlow waits for a task that never starts (a mistyped host) without end and holds the
+    GIL meanwhile (multi_worker); with join_timeout the waiting task names every task that does
+    not answer and ends, within the time asked plus start-up."""
+    silent = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    if kind == "multi_worker":
+        tf_config = {"cluster": {"worker": silent[:2]}, "task": {"type": "worker", "index": 0}}
+        expected = [f"worker 1 at {silent[1]}"]
+    else:
+        tf_config = {"cluster": {"chief": silent[:1], "worker": silent[1:2], "ps": silent[2:]},
+                     "task": {"type": "chief", "index": 0}}
+        expected = [f"worker 0 at {silent[1]}", f"ps 0 at {silent[2]}"]
+    program = ("import sys, json; from tfrec.distribute import build_strategy; "
+               f"build_strategy({kind!r}, tf_config=json.loads(sys.argv[1]), join_timeout=3); print('built')")
+    started = time.monotonic()
+    waiting = subprocess.run([sys.executable, "-c", program, json.dumps(tf_config)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert waiting.returncode == -signal.SIGKILL, waiting.stderr[-3000:]
+    assert "built" not in waiting.stdout
+    assert f"tfrec.distribute: {kind}: gave up after 3 s (strategy join_timeout) waiting for the cluster; nothing " \
+           f"answers at {', '.join(expected)}" in waiting.stderr, waiting.stderr[-3000:]
+    print(f"\n{kind}: a lone task ended {time.monotonic() - started:.1f} s after its start (join_timeout 3 s)")
+    with pytest.raises(ValueError, match="join_timeout must be a number of seconds > 0"):
+        from tfrec.distribute import build_strategy
+        build_strategy(kind, tf_config=tf_config, join_timeout=0)
+
+
 def test_checkpoint_paths_are_absolute_so_every_server_writes_where_the_chief_reads(tmp_path, monkeypatch):
     """A parameter server saves its table shards itself: a relative backup path would be resolved
     against that server's working directory, and the chief's backup would fail."""
@@ -571,7 +599,7 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))
     config["data"]["train"] = os.path.join(ROOT, "examples", "data", "events.csv")
     config["train"].update(epochs=4, batch_size=128)
-    config.update(output=str(tmp_path / "run"), strategy={"kind": kind})
+    config.update(output=str(tmp_path / "run"), strategy={"kind": kind, "join_timeout": 120})
     if kind == "parameter_server":
         config["retrieval"].update(sampler="frequency", num_sampled=64)
         config["strategy"]["min_shard_bytes"] = 4096  # the item table, 301 x 16 float32, in 2 shards

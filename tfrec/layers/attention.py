@@ -3,13 +3,13 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
-from .core import DNN, activation_layer
+from .core import DNN, MLPLayer, activation_layer
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
 
 @_register
-class LocalActivationUnit(tf.keras.layers.Layer):
+class LocalActivationUnit(MLPLayer):
     """Scores each behaviour against the candidate (DIN, Zhou et al. 2018, Fig. 2).
 
     query (batch, 1, E), keys (batch, T, E) or (1, T, E) (one history shared by every row) ->
@@ -23,15 +23,9 @@ class LocalActivationUnit(tf.keras.layers.Layer):
 
     def __init__(self, hidden_units=(64, 32), activation="sigmoid", l2_reg=0.0, dropout_rate=0.0,
                  use_bn=False, seed=1024, **kwargs):
-        super().__init__(**kwargs)
         if not hidden_units:
             raise ValueError("LocalActivationUnit needs at least one hidden layer")
-        self.hidden_units = tuple(hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
-        self.seed = seed
+        super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         self.first_bn = tf.keras.layers.BatchNormalization(name="first_bn") if use_bn else None
         self.first_activation = activation_layer(activation, name="first_activation")
         self.first_dropout = tf.keras.layers.Dropout(dropout_rate, seed=seed) if dropout_rate else None
@@ -66,12 +60,6 @@ class LocalActivationUnit(tf.keras.layers.Layer):
         if self.mlp is not None:
             x = self.mlp(x, training=training)
         return self.score(x)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
-                      dropout_rate=self.dropout_rate, use_bn=self.use_bn, seed=self.seed)
-        return config
 
 
 @_register

@@ -16,7 +16,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from .attention import AttentionSequencePooling
-from .core import DNN
+from .core import DNN, MLPLayer
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -250,7 +250,7 @@ def _distance(a, b):
 
 
 @_register
-class InterestFusionGate(tf.keras.layers.Layer):
+class InterestFusionGate(MLPLayer):
     """CLSR's adaptive fusion weight: alpha = sigmoid(tau_f(h || e_target || u_l || u_s)).
 
     inputs: a list of (batch, d_i) tensors, concatenated -> alpha (batch, 1) in [0, 1], the share
@@ -260,13 +260,7 @@ class InterestFusionGate(tf.keras.layers.Layer):
 
     def __init__(self, hidden_units=(80, 40), activation="dice", l2_reg=0.0, dropout_rate=0.0, use_bn=False,
                  seed=1024, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
-        self.seed = seed
+        super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         self.mlp = DNN(self.hidden_units, activation, l2_reg, dropout_rate, use_bn, seed=seed,
                        name="mlp") if self.hidden_units else None
         self.logit = tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotNormal(seed),
@@ -282,12 +276,6 @@ class InterestFusionGate(tf.keras.layers.Layer):
         first = input_shape[0] if isinstance(input_shape, (list, tuple)) and \
             isinstance(input_shape[0], (list, tuple, tf.TensorShape)) else input_shape
         return tf.TensorShape([tf.TensorShape(first)[0], 1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
-                      dropout_rate=self.dropout_rate, use_bn=self.use_bn, seed=self.seed)
-        return config
 
 
 @_register

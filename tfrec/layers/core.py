@@ -122,8 +122,29 @@ def activation_layer(activation, name=None):
     raise ValueError(f"unknown activation {activation!r}: use 'dice', 'prelu' or a Keras activation name")
 
 
+class MLPLayer(tf.keras.layers.Layer):
+    """Base of the layers built around an MLP (`DNN`, DIN's activation unit, expert layers, CLSR's
+    fusion gate): keeps and serialises the MLP's arguments `hidden_units`, `activation`,
+    `l2_reg`, `dropout_rate`, `use_bn` and `seed`, with `DNN`'s meaning."""
+
+    def __init__(self, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        self.l2_reg = l2_reg
+        self.dropout_rate = dropout_rate
+        self.use_bn = use_bn
+        self.seed = seed
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
+                      dropout_rate=self.dropout_rate, use_bn=self.use_bn, seed=self.seed)
+        return config
+
+
 @_register
-class DNN(tf.keras.layers.Layer):
+class DNN(MLPLayer):
     """A multi-layer perceptron: Dense -> [BatchNorm] -> activation -> [Dropout], per unit count.
 
     Input (batch, ..., in_dim) -> output (batch, ..., hidden_units[-1]); works on sequences too,
@@ -132,14 +153,8 @@ class DNN(tf.keras.layers.Layer):
 
     def __init__(self, hidden_units, activation="relu", l2_reg=0.0, dropout_rate=0.0, use_bn=False,
                  output_activation=None, seed=1024, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
+        super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         self.output_activation = output_activation
-        self.seed = seed
         regularizer = tf.keras.regularizers.l2(l2_reg) if l2_reg else None
         self.dense_layers, self.bn_layers, self.activation_layers, self.dropout_layers = [], [], [], []
         for i, units in enumerate(self.hidden_units):
@@ -171,9 +186,7 @@ class DNN(tf.keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(hidden_units=self.hidden_units, activation=self.activation, l2_reg=self.l2_reg,
-                      dropout_rate=self.dropout_rate, use_bn=self.use_bn,
-                      output_activation=self.output_activation, seed=self.seed)
+        config.update(output_activation=self.output_activation)
         return config
 
 

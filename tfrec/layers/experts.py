@@ -9,7 +9,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
-from .core import DNN
+from .core import DNN, MLPLayer
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -19,28 +19,20 @@ def _check_positive_int(value, name, owner):
         raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
 
 
-class _ExpertLayer(tf.keras.layers.Layer):
-    """Keeps (and serialises) the expert count and the DNN arguments Experts and ExpertGate share."""
+class _ExpertLayer(MLPLayer):
+    """Keeps (and serialises) the expert count beside the DNN arguments Experts and ExpertGate share."""
 
     def __init__(self, num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         _check_positive_int(num_experts, "num_experts", f"{type(self).__name__} '{self.name}'")
         self.num_experts = num_experts
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.activation = activation
-        self.l2_reg = l2_reg
-        self.dropout_rate = dropout_rate
-        self.use_bn = use_bn
-        self.seed = seed
 
     def dnn(self, hidden_units, seed, name):
         return DNN(hidden_units, self.activation, self.l2_reg, self.dropout_rate, self.use_bn, seed=seed, name=name)
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
-                      activation=self.activation, l2_reg=self.l2_reg, dropout_rate=self.dropout_rate,
-                      use_bn=self.use_bn, seed=self.seed)
+        config.update(num_experts=self.num_experts)
         return config
 
 

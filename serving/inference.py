@@ -53,10 +53,6 @@ def set_signature_method_name_check(enabled):
         _method_name_check = bool(enabled)
 
 
-def signature_method_name_check():
-    return _method_name_check
-
-
 # ---------------------------------------------------------------- Input -> serialized examples
 
 

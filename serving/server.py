@@ -92,12 +92,6 @@ def _require_model_spec(request):
         raise invalid_argument("Missing ModelSpec")
 
 
-def _unimplemented(method):
-    return ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                        f"{method} is not supported by this server; export a Predict "
-                        f"signature and call Predict")
-
-
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a ServerCore."""
 

@@ -110,9 +110,6 @@ class TwoTowerBuilder:
     def item_name(self):
         return self.item_column.name
 
-    def user_names(self):
-        return [c.name for c in self.user_columns]
-
     def item_vectors(self, sampler_config):
         """The item tower: the batch's items and the sampled negatives, embedded and normalised.
 

@@ -16,6 +16,13 @@ Two loaders, one interface (signature key -> callable(**inputs) -> {output alias
   name. Placeholders keep their own shapes (a `ParseExample` fed by a string placeholder of
   shape [-1] loads), and a fed tensor is checked only by the ops that consume it, as a C++
   session does (a [-1,1] placeholder fed a [1] tensor runs if the graph accepts it).
+
+A TF2 load's resources other than variables (the lookup tables of a vocabulary, a ScaNN
+searcher) outlive the loaded object in TensorFlow's resource manager: each load of a model with a
+20,000-id vocabulary kept about 3 MB for good, of a ScaNN index of 200,000 32-d items 28 MB, so a
+server rolling versions grew without bound.
+`load_bundle` destroys them when the loaded object is garbage collected (the version is
+unloaded and its last request has finished).
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -24,6 +31,7 @@ import logging
 import os
 import stat
 import threading
+import weakref
 
 import grpc
 import numpy as np
@@ -156,7 +164,30 @@ def load_bundle(export_dir):
         raise ServingError(grpc.StatusCode.DATA_LOSS,
                            f"{damage}: the version is incomplete (a copy still running, or cut short); "
                            f"loading it failed with {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    weakref.finalize(loaded, _destroy_resources, _resource_handles(loaded))
     return signature_defs, dict(loaded.signatures), loaded
+
+
+def _resource_handles(loaded):
+    """The handles of the resources other than variables that loading `loaded` created: its
+    lookup tables, and the searcher of each ScaNN index. A searcher is a named resource that
+    `recreate_handle()` creates on the first search and finds again afterwards, so it is
+    created here, at load, rather than by the first request."""
+    handles = []
+    for trackable in tf.train.TrackableView(loaded).descendants():
+        if isinstance(trackable, tf.saved_model.experimental.TrackableResource) and \
+                not isinstance(trackable, tf.Variable):
+            handles.append(trackable.resource_handle)
+        elif hasattr(trackable, "recreate_handle") and hasattr(trackable, "scann_config"):  # scann's ScannState
+            handles.append(trackable.recreate_handle())
+    return handles
+
+
+def _destroy_resources(handles):
+    """Frees resources TensorFlow would keep after their SavedModel is gone (module doc): each
+    load names its own (a load counter is part of the name), so no other version loses any."""
+    for handle in handles:
+        tf.raw_ops.DestroyResourceOp(resource=handle, ignore_lookup_error=True)
 
 
 class SessionBundle:

@@ -989,7 +989,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
         from tfrec import retrieval_run
 
         return retrieval_run.train(config, verbose, tensorboard, out)
-    warm = warm_start_columns(config) if config.train.warm_start else None
+    warm = warm_start_columns(config, out) if config.train.warm_start else None
     with step(f"reading {len(config.data.train)} data file(s)", out):
         train_df, test_df = load_frames(config, warm.columns if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
@@ -1095,10 +1095,12 @@ class WarmStartColumns:
     recorded: Optional[int]
 
 
-def warm_start_columns(config):
+def warm_start_columns(config, out=None):
     """`WarmStartColumns` of the run in `train.warm_start`: read before today's data (which is
     read with them), and before its model is loaded, so that a mistake in the data is reported
-    first. A ConfigError when the folder holds no trained run."""
+    first. A ConfigError when the folder holds no trained run. A folder whose `columns.json`
+    records no count (an older tfrec wrote it) grows by values seen once, and a line on `out`
+    says so and how to ask for more."""
     folder = config.train.warm_start
     for name in (MODEL_FILE, COLUMNS_FILE):
         if not os.path.isfile(os.path.join(folder, name)):
@@ -1109,6 +1111,10 @@ def warm_start_columns(config):
         entries = json.load(handle)
     earlier = max((entry["min_count"] for entry in entries if entry.get("min_count")), default=None)
     wanted = config.train.grow_vocabularies
+    if earlier is None and wanted is True and any(entry.get("vocabulary") is not None for entry in entries):
+        print(f"{COLUMNS_FILE} of {folder} does not record how often a value had to be seen to get a row (an older "
+              "tfrec wrote it): new values get one when seen once today; to keep rare values out as the earlier run "
+              "did, set train.grow_vocabularies to its columns.min_count", file=out or sys.stdout)
     growth = (earlier or 1) if wanted is True else int(wanted)
     return WarmStartColumns(columns_from_json(entries), growth, growth or earlier)
 

@@ -316,7 +316,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     `columns.json` (user columns, then the item column) to `config.output`."""
     import tensorflow as tf
 
-    warm = run.warm_start_columns(config) if config.train.warm_start else None
+    warm = run.warm_start_columns(config, out) if config.train.warm_start else None
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)

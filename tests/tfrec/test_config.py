@@ -541,3 +541,25 @@ def test_history_cells_in_other_formats_and_undeclared_histories(tmp_path):
                                      "model: {name: DIN}\ncolumns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
     with pytest.raises(ConfigError, match=r"data.test: the test rows lack the feature column\(s\) \['price'\]"):
         run.train(no_price, verbose=0)
+
+
+def test_a_warm_start_from_a_folder_without_a_recorded_count_says_how_its_vocabularies_grow(tmp_path):
+    """A run folder written before tfrec recorded columns.min_count in columns.json (an upgrade):
+    its vocabularies grow by values seen once, and a line says so and how to keep rare values
+    out; with the count recorded, they grow by it without a word."""
+    import io
+
+    frame().to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_bytes(b"")  # only the columns are read here
+    columns = [SparseFeat("item_id", vocabulary=["a", "b"], embedding_dim=4, dtype="string")]
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "train: {warm_start: run}\n")))
+    for recorded, growth, said in [(None, 1, True), (2, 2, False)]:
+        (tmp_path / "run" / "columns.json").write_text(json.dumps(run.columns_to_json(columns, recorded)))
+        out = io.StringIO()
+        warm = run.warm_start_columns(config, out)
+        assert (warm.growth, warm.recorded) == (growth, growth)
+        assert ("does not record how often a value had to be seen to get a row (an older tfrec wrote it): new "
+                "values get one when seen once today; to keep rare values out as the earlier run did, set "
+                "train.grow_vocabularies to its columns.min_count" in out.getvalue()) == said

@@ -9,6 +9,7 @@ behind, which no watcher loads and which the next export into the same base remo
 `remove_abandoned_staging_dirs`).
 """
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import fcntl
@@ -28,6 +29,8 @@ _STAGING_NAME = re.compile(r"\.tmp-\d+-[0-9a-f]{8}")
 _OWNER_FILE = ".staging-owner"
 # Staging directories already warned of as left in place, so a long-lived process warns once.
 _warned_about = set()
+# Inside `published_together`: the staged versions it publishes when it ends.
+_published_together = contextvars.ContextVar("published_together", default=None)
 
 
 def version_directories(export_base):
@@ -73,8 +76,8 @@ def staged_version_dir(export_base, version=None):
     (`remove_abandoned_staging_dirs`). Then yields a `StagedVersion` whose `staging_dir` (a
     directory beside the final one, empty but for a hidden owner file removed before
     publishing) the caller fills. When the block exits normally the staging directory is
-    renamed to `export_base/<version>`; when it raises, the staging directory is removed and
-    the exception propagates.
+    renamed to `export_base/<version>` (inside `published_together`, when that block ends);
+    when it raises, the staging directory is removed and the exception propagates.
 
     Args:
       export_base: the model's base path (TF Serving's --model_base_path); created if missing.
@@ -89,8 +92,52 @@ def staged_version_dir(export_base, version=None):
     _refuse_existing(final_dir)
     remove_abandoned_staging_dirs(export_base)
     staging_dir, lock = _create_owned_staging_dir(export_base, version)
+    staged = (staging_dir, final_dir, lock)
+    together = _published_together.get()
     try:
         yield StagedVersion(version, staging_dir, final_dir)
+    except BaseException:
+        _discard(staged)
+        raise
+    if together is None:
+        _publish_staged(staged)
+    else:
+        together.append(staged)
+
+
+@contextlib.contextmanager
+def published_together():
+    """Holds back every version `staged_version_dir` completes in this block, then publishes
+    them all when the block ends, in the order they completed; none when it raises (their
+    staging directories are removed) or its process is killed (the next export removes them).
+
+    For versions of several base paths that belong together, such as a retrieval export and its
+    brute-force twin, user tower and item vectors: a writer that stops midway publishes none of
+    them, rather than some under a version number the others never get.
+    """
+    pending = []
+    token = _published_together.set(pending)
+    try:
+        yield
+    except BaseException:
+        for staged in pending:
+            _discard(staged)
+        raise
+    finally:
+        _published_together.reset(token)
+    for done, staged in enumerate(pending):
+        try:
+            _publish_staged(staged)
+        except BaseException:
+            for rest in pending[done + 1:]:
+                _discard(rest)
+            raise
+
+
+def _publish_staged(staged):
+    """Renames a filled staging directory into place (removed instead if that fails)."""
+    staging_dir, final_dir, lock = staged
+    try:
         os.remove(os.path.join(staging_dir, _OWNER_FILE))
         _publish(staging_dir, final_dir)
     except BaseException:
@@ -98,6 +145,12 @@ def staged_version_dir(export_base, version=None):
         raise
     finally:
         os.close(lock)  # only now, so no cleanup takes the directory for abandoned before
+
+
+def _discard(staged):
+    staging_dir, _, lock = staged
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    os.close(lock)
 
 
 def remove_abandoned_staging_dirs(export_base):

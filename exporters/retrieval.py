@@ -211,18 +211,20 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
     warmup.check_feeds_run(primary_signature, warmup.warmup_feeds(
         warmup.signature_input_specs(primary_signature), warmup_inputs))
 
-    # Companions first, the retrieval model last: a server watching export_base never sees
-    # a version whose brute-force twin, user tower or item vectors are not there yet.
-    item_embeddings_path = _write_item_embeddings(
-        bases["item_embeddings"], version, ids, vectors, _input_name(item_input), model)
-    user_tower_path = export_saved_model(user_tower, bases["user_tower"], version=version,
-                                         warmup_inputs=warmup_inputs)
-    brute_force_path = write_saved_model_version(
-        bases["brute_force"], exact_root, {SERVING_SIGNATURE: exact_signature},
-        version=version, warmup_inputs=warmup_inputs)
-    path = write_saved_model_version(
-        export_base, primary_root, {SERVING_SIGNATURE: primary_signature},
-        version=version, warmup_inputs=warmup_inputs, options=options)
+    # All four are written before any is published, so an export that stops midway publishes
+    # none; then companions first, the retrieval model last: a server watching export_base
+    # never sees a version whose brute-force twin, user tower or item vectors are not there yet.
+    with layout.published_together():
+        item_embeddings_path = _write_item_embeddings(
+            bases["item_embeddings"], version, ids, vectors, _input_name(item_input), model)
+        user_tower_path = export_saved_model(user_tower, bases["user_tower"], version=version,
+                                             warmup_inputs=warmup_inputs)
+        brute_force_path = write_saved_model_version(
+            bases["brute_force"], exact_root, {SERVING_SIGNATURE: exact_signature},
+            version=version, warmup_inputs=warmup_inputs)
+        path = write_saved_model_version(
+            export_base, primary_root, {SERVING_SIGNATURE: primary_signature},
+            version=version, warmup_inputs=warmup_inputs, options=options)
     logger.info("export_retrieval: %s (%s index, %d candidates, k=%d), %s, %s, %s", path, built,
                 num_candidates, k, brute_force_path, user_tower_path, item_embeddings_path)
     return RetrievalExport(path, brute_force_path, user_tower_path, item_embeddings_path, built,

@@ -354,6 +354,31 @@ def test_bad_candidates_are_refused_before_anything_is_written(
     assert os.listdir(tmp_path) == []
 
 
+def test_an_export_that_stops_midway_publishes_none_of_the_four(youtubednn, candidates, tmp_path, monkeypatch):
+    """The retrieval model is written last: when writing it fails (a full disk here; a killed
+    process alike), its brute-force twin, user tower and item vectors, already written, are not
+    published either. Every base path keeps the versions it had, and the next export is version
+    1 in all four, where a server would otherwise have loaded a twin the index never got."""
+    from exporters import warmup
+
+    write = warmup.write_warmup_file
+
+    def disk_full_for_the_retrieval_model(saved_model_dir, logs):
+        if os.path.dirname(saved_model_dir) == str(tmp_path / "r"):
+            raise OSError("No space left on device")
+        write(saved_model_dir, logs)
+
+    monkeypatch.setattr(warmup, "write_warmup_file", disk_full_for_the_retrieval_model)
+    with pytest.raises(OSError, match="No space left on device"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+    bases = ["r", "r_brute_force", "r_item_embeddings", "r_user_tower"]
+    assert {name: os.listdir(tmp_path / name) for name in sorted(os.listdir(tmp_path))} == {b: [] for b in bases}
+    monkeypatch.undo()
+    result = exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+    assert result.version == 1
+    assert {name: os.listdir(tmp_path / name) for name in sorted(os.listdir(tmp_path))} == {b: ["1"] for b in bases}
+
+
 def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_path):
     with pytest.raises(ValueError, match=r"index must be one of \('scann', 'brute_force'\)"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="hnsw")

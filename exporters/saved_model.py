@@ -156,7 +156,7 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     feeds = warmup.warmup_feeds(
         warmup.signature_input_specs(serving), warmup_inputs, num_warmup_records)
     warmup.check_feeds_run(serving, feeds)
-    _warn_of_input_changes(export_base, serving)
+    _warn_of_signature_changes(export_base, serving)
 
     with layout.staged_version_dir(export_base, version) as staged:
         # Keras would add a traced call function per layer of every model under `root` (what
@@ -177,41 +177,56 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     return staged.final_dir
 
 
-def _signature_inputs(export_dir):
-    """{input name: (dtype name, shape)} of a SavedModel's serving_default, or None if unreadable."""
+def _signature_specs(export_dir):
+    """({input name: (dtype name, shape)}, {output name: ...}) of a SavedModel's serving_default,
+    or None if unreadable."""
     saved_model = saved_model_pb2.SavedModel()
     try:
         with open(os.path.join(export_dir, "saved_model.pb"), "rb") as pb:
             saved_model.ParseFromString(pb.read())
-        inputs = saved_model.meta_graphs[0].signature_def[SERVING_SIGNATURE].inputs
+        signature = saved_model.meta_graphs[0].signature_def[SERVING_SIGNATURE]
     except (OSError, IndexError, KeyError, message.DecodeError):
         return None
-    return {name: (tf.dtypes.as_dtype(info.dtype).name,
-                   tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim))
-            for name, info in inputs.items()}
+    return tuple({name: (tf.dtypes.as_dtype(info.dtype).name,
+                         tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim))
+                  for name, info in tensors.items()} for tensors in (signature.inputs, signature.outputs))
 
 
-def _warn_of_input_changes(export_base, serving):
-    """Warns when the new version's serving_default inputs differ from the latest version's in
-    `export_base`: clients written for the version being served would get INVALID_ARGUMENT from
-    this one (an inferred column's type can change with the data, docs/own_data.md)."""
-    versions = layout.version_directories(export_base)
-    if not versions:
-        return
-    latest = max(versions)
-    before = _signature_inputs(versions[latest])
-    if before is None:
-        return
-    after = {name: (spec.dtype.name, tuple(spec.shape.as_list()))
-             for name, spec in warmup.signature_input_specs(serving).items()}
+def _changes(before, after):
+    """What differs between two {name: (dtype name, shape)}, as short phrases."""
     changes = [f"{name} removed" for name in sorted(set(before) - set(after))]
     changes += [f"{name} added ({after[name][0]})" for name in sorted(set(after) - set(before))]
     changes += [f"{name} {before[name][0]} {list(before[name][1])} -> {after[name][0]} {list(after[name][1])}"
                 for name in sorted(set(before) & set(after)) if before[name] != after[name]]
-    if changes:
+    return changes
+
+
+def _warn_of_signature_changes(export_base, serving):
+    """Warns when the new version's serving_default differs from the latest version's in
+    `export_base`: clients written for the version being served would get INVALID_ARGUMENT from
+    this one for other inputs (an inferred column's type can change with the data,
+    docs/own_data.md), and answers of another shape for other outputs (a retrieval export's k)."""
+    versions = layout.version_directories(export_base)
+    if not versions:
+        return
+    latest = max(versions)
+    before = _signature_specs(versions[latest])
+    if before is None:
+        return
+    inputs = {name: (spec.dtype.name, tuple(spec.shape.as_list()))
+              for name, spec in warmup.signature_input_specs(serving).items()}
+    outputs = {name: (tensor.dtype.name, tuple(tensor.shape.as_list()))
+               for name, tensor in serving.structured_outputs.items()}
+    changed = _changes(before[0], inputs)
+    if changed:
         logger.warning("export: the new version of %s takes other inputs than version %d, which a server may be "
                        "serving: %s; clients sending version %d's inputs will get INVALID_ARGUMENT",
-                       export_base, latest, "; ".join(changes), latest)
+                       export_base, latest, "; ".join(changed), latest)
+    changed = _changes(before[1], outputs)
+    if changed:
+        logger.warning("export: the new version of %s answers other outputs than version %d, which a server may "
+                       "be serving: %s; clients reading version %d's answers must expect them",
+                       export_base, latest, "; ".join(changed), latest)
 
 
 def _serving_model(model, extra_outputs):

@@ -311,7 +311,8 @@ def _export_retrieval_run(model, columns, config, args):
         exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
             else args.exclude
         result = export_retrieval(model, config.export.base, items, k=k, version=args.version or config.export.version,
-                                  warmup_inputs=df_to_inputs(test_df.head(5), user_columns), exclude=exclude)
+                                  warmup_inputs=df_to_inputs(test_df.head(5), user_columns), exclude=exclude,
+                                  **(config.export.index or {}))
     print(result.path)
     return 0
 

@@ -158,10 +158,13 @@ class EvaluateConfig:
 @dataclass
 class ExportConfig:
     """`export:` `base`, the model's --model_base_path; `version` None: the next free one;
-    `extra_outputs`: layer names exported too (ESMM's "cvr")."""
+    `extra_outputs`: layer names exported too (ESMM's "cvr"); `index`: a retrieval model's index
+    options, `exporters.export_retrieval`'s `index` and ScaNN settings (e.g. `{min_candidates:
+    1000}` builds ScaNN from 1,000 items instead of 20,000)."""
     base: Optional[str] = None
     version: Optional[int] = None
     extra_outputs: list = field(default_factory=list)
+    index: Optional[dict] = None
 
 
 @dataclass
@@ -461,6 +464,10 @@ def load_config(path, output=None, export_base=None):
     if export_section.version is not None:
         _int(path, "export.version", export_section.version, 1)
     export_section.extra_outputs = _names(path, "export.extra_outputs", export_section.extra_outputs) or []
+    if export_section.index is not None and (not isinstance(export_section.index, dict) or not retrieval):
+        _fail(path, "export.index", "takes a retrieval model's index options as a mapping, e.g. {min_candidates: 1000} "
+              f"or {{index: brute_force}}; got {export_section.index!r}" + ("" if retrieval else
+                                                                         f" for {model.name}, a ranking model"))
     if output is not None:
         output = os.path.abspath(output)
     elif raw.get("output") is not None:

@@ -379,6 +379,19 @@ def test_an_export_that_stops_midway_publishes_none_of_the_four(youtubednn, cand
     assert {name: os.listdir(tmp_path / name) for name in sorted(os.listdir(tmp_path))} == {b: ["1"] for b in bases}
 
 
+def test_an_export_with_another_k_than_the_served_version_says_so(youtubednn, candidates, tmp_path, caplog):
+    """Tomorrow's k (the width of every answer) differs from the version being served: the
+    export warns, naming the outputs and their shapes, as it does for changed inputs."""
+    exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+    with caplog.at_level("WARNING", logger="exporters.saved_model"):
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+        assert "answers other outputs" not in caplog.text  # the same k: nothing to say
+        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K // 2, index="brute_force")
+    assert f"the new version of {tmp_path / 'r'} answers other outputs than version 2" in caplog.text
+    assert re.search(rf"item_ids \w+ \[None, {K}\] -> \w+ \[None, {K // 2}\]; scores float32 \[None, {K}\] -> "
+                     rf"float32 \[None, {K // 2}\]", caplog.text), caplog.text
+
+
 def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_path):
     with pytest.raises(ValueError, match=r"index must be one of \('scann', 'brute_force'\)"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="hnsw")

@@ -98,6 +98,8 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
      "strategy: {kind: multi_worker, tf_config: {cluster: {worker: [w]}}}\n",
      "strategy.tf_config: cluster job 'worker': 'w' is not host:port"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nexport: {index: {min_candidates: 1}}\n",
+     "export.index: takes a retrieval model's index options as a mapping, .* for DIN, a ranking model"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, join_timeout: 0}\n",
      "strategy.join_timeout: must be a number in \\(0, inf\\), got 0"),
 ])

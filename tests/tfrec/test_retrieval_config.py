@@ -188,8 +188,9 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     retired = trained_items[:2]
     catalogue = pd.DataFrame({"item_id": trained_items[2:] + ["i-new"], "title": "x"})
     (tmp_path / "items.csv").write_text(catalogue.to_csv(index=False))
+    # export.index: ScaNN from 100 items up (the default builds it from 20,000, exact below).
     config = run_config(tmp_path, data={"items": "items.csv"}, output=trained_copy(mind_run, tmp_path),
-                        export={"base": str(tmp_path / "export" / "mind")})
+                        export={"base": str(tmp_path / "export" / "mind"), "index": {"min_candidates": 100}})
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     # "i-new" would get the shared out-of-vocabulary vector: ranked nowhere, served nowhere.
     assert code == 0 and f"ranked among {len(catalogue) - 1} items" in out
@@ -200,6 +201,7 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     assert f"not served: 2 of the model's items (not in data.items), e.g. {retired}" in out
     manifest = (Path(out.strip().splitlines()[-1]).parent.parent / "mind_item_embeddings" / "1" / "item_ids.txt")
     assert "i-new" not in manifest.read_text().split() and len(manifest.read_text().split()) == len(catalogue) - 1
+    assert b"Scann>" in (tmp_path / "export" / "mind" / "1" / "saved_model.pb").read_bytes()
 
 
 def test_rank_candidates_warns_of_candidates_sharing_the_out_of_vocabulary_vector(mind_run):

@@ -118,9 +118,9 @@ class VersionManager:
 
     A failed load is retried as TF Serving's LoaderHarness does: up to `max_num_load_retries`
     more times, `load_retry_interval` seconds apart (a version whose variables were still
-    being copied loads once the copy is complete). Between tries GetModelStatus shows the
-    version as END with the last failure, during a try as LOADING with it; once the retries
-    are spent it stays END with that error, and is tried afresh only if its files change.
+    being copied loads once the copy is complete). Until the retries are spent GetModelStatus
+    shows the version as LOADING with the last failure; then it is END with that error, and is
+    tried afresh only if its files change.
     """
 
     def __init__(self, config, batching=None, enable_warmup=True, max_request_elements=None,
@@ -284,10 +284,11 @@ class VersionManager:
                   self.name, version, error.code.name, error.message)
         with self._lock:
             if retries_done < self._max_num_load_retries:
-                # END with the failure until the next try (TF Serving shows LOADING, with
-                # an OK status, while its LoaderHarness sleeps between tries).
+                # LOADING until the next try, as TF Serving's LoaderHarness is while it sleeps
+                # between tries (END would read as final), with the failure as its status
+                # where TF Serving shows OK, so that GetModelStatus says why it is retrying.
                 self._states[version] = _VersionState(
-                    _State.END, error, fingerprint, retries_done,
+                    _State.LOADING, error, fingerprint, retries_done,
                     retry_at=time.monotonic() + self._load_retry_interval)
                 return
             self._states[version] = _VersionState(_State.END, error, fingerprint,

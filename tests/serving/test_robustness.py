@@ -176,7 +176,8 @@ def test_corrupt_version_under_load_keeps_the_old_one_serving(live, saved_models
             status = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
             counted = load.count()
             wait_for(lambda: load.count() >= counted + 200)
-        assert status[0] == "END" and status[1] != 0 and status[2]
+        # LOADING with the error: TF Serving's default 5 retries, 60 s apart, remain
+        assert status[0] == "LOADING" and status[1] != 0 and status[2]
         assert statuses(server.grpc_target, "live")[1][0] == "AVAILABLE"
     assert load.errors() == []
     assert load.versions() == {1}
@@ -212,7 +213,8 @@ def test_failed_load_is_retried_until_the_copy_is_complete(live, saved_models):
             Client(server.grpc_target) as client:
         complete = half_copied_version(saved_models / "toy" / "1", live, 2)
         failed = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
-        assert failed[0] == "END" and "checksum" in failed[2].lower()
+        # LOADING while retries remain (END would read as final), with the reason as its status
+        assert failed[0] == "LOADING" and "checksum" in failed[2].lower()
         wait_for(lambda: "Retrying of Loading servable: {name: live version: 2} retry: 1"
                  in server.logs())
         # meanwhile the old version keeps serving and the status keeps the error

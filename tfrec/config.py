@@ -468,6 +468,10 @@ def load_config(path, output=None, export_base=None):
         _fail(path, "export.index", "takes a retrieval model's index options as a mapping, e.g. {min_candidates: 1000} "
               f"or {{index: brute_force}}; got {export_section.index!r}" + ("" if retrieval else
                                                                          f" for {model.name}, a ranking model"))
+    for key, where in (("k", "retrieval.k (or --k)"), ("version", "export.version"),
+                       ("exclude", "retrieval.exclude_seen (or --exclude)")):
+        if key in (export_section.index or {}):
+            _fail(path, f"export.index.{key}", f"is not an index option: set {where}")
     if output is not None:
         output = os.path.abspath(output)
     elif raw.get("output") is not None:

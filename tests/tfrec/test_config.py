@@ -100,6 +100,8 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "strategy.tf_config: cluster job 'worker': 'w' is not host:port"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nexport: {index: {min_candidates: 1}}\n",
      "export.index: takes a retrieval model's index options as a mapping, .* for DIN, a ranking model"),
+    ("data: {train: d.csv}\nmodel: {name: MIND}\nretrieval: {user: user_id, item: item_id, time: ts}\n"
+     "export: {index: {k: 20}}\n", "export.index.k: is not an index option: set retrieval.k \\(or --k\\)"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, join_timeout: 0}\n",
      "strategy.join_timeout: must be a number in \\(0, inf\\), got 0"),
 ])

@@ -85,7 +85,11 @@ def staged_version_dir(export_base, version=None):
 
     Raises:
       FileExistsError: `export_base/<version>` already exists.
+      NotADirectoryError: `export_base` is a file.
     """
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise NotADirectoryError(f"the export base {export_base!r} is a file; it must be a folder (TF Serving's "
+                                 "--model_base_path), whose subfolders are the versions")
     version = next_version(export_base) if version is None else checked_version(version)
     os.makedirs(export_base, exist_ok=True)
     final_dir = os.path.join(export_base, str(version))

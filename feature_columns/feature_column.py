@@ -28,6 +28,27 @@ def _fail(kind, name, problem):
     raise ValueError(f"{kind} '{name}': {problem}")
 
 
+# A column's name is its model Input's and its SavedModel signature input's name, and names its
+# table's variables. TensorFlow renames a function argument that is not a Python identifier
+# (`user-id` -> `user_id`), after which the export cannot find the feature, and refuses spaces in
+# scope names: such a name would fail at build, or only at export, after a whole training run.
+_VALID_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+def _checked_name(kind, name, key="name", owner=None):
+    """`name` if it is a non-empty ASCII identifier, else a ValueError suggesting one."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} {key} must be a non-empty string, got {name!r}")
+    if not _VALID_NAME.match(name):
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        suggestion = suggestion if suggestion[0].isalpha() else "f_" + suggestion
+        _fail(kind, owner or name, f"{key} {name!r} must start with a letter and hold only letters, digits and "
+                                   f"'_' (e.g. {suggestion!r}): it becomes the name of the model's input and of "
+                                   "the SavedModel's, where TensorFlow allows no other characters; rename the "
+                                   "data's column to match")
+    return name
+
+
 def _count(kind, name, key, value, minimum=1, also=""):
     """`value` as a Python int >= `minimum`: any integral number (numpy's too), never a bool or float.
 
@@ -122,8 +143,7 @@ class SparseFeat(namedtuple("SparseFeat", [
                 vocabulary_path=None, dtype="int32", embeddings_initializer=None,
                 embedding_name=None, group_name=DEFAULT_GROUP_NAME, trainable=True,
                 vocabulary=None):
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"SparseFeat name must be a non-empty string, got {name!r}")
+        _checked_name("SparseFeat", name)
         if dtype not in SPARSE_DTYPES:
             _fail("SparseFeat", name, f"dtype must be one of {SPARSE_DTYPES}, got {dtype!r}")
         if vocabulary is not None and vocabulary_path is not None:
@@ -173,8 +193,8 @@ class SparseFeat(namedtuple("SparseFeat", [
         if isinstance(embedding_dim, str) and embedding_dim == "auto":
             embedding_dim = 6 * int(pow(vocabulary_size, 0.25))
         embedding_dim = _count("SparseFeat", name, "embedding_dim", embedding_dim, also=" or 'auto'")
-        if embedding_name is None:
-            embedding_name = name
+        embedding_name = name if embedding_name is None else \
+            _checked_name("SparseFeat", embedding_name, "embedding_name", owner=name)
         return super().__new__(cls, name, vocabulary_size, embedding_dim, use_hash, vocabulary_path,
                                dtype, embeddings_initializer, embedding_name, group_name, trainable,
                                vocabulary)
@@ -184,9 +204,10 @@ class SparseFeat(namedtuple("SparseFeat", [
         return "" if self.dtype == STRING_DTYPE else 0
 
     def table_spec(self):
-        """What must agree between columns sharing this column's embedding table."""
-        return (self.vocabulary_size, self.embedding_dim, self.use_hash, self.vocabulary_path,
-                self.vocabulary, self.dtype == STRING_DTYPE)
+        """What must agree between columns sharing this column's embedding table, by name."""
+        return {"vocabulary_size": self.vocabulary_size, "embedding_dim": self.embedding_dim,
+                "use_hash": self.use_hash, "vocabulary_path": self.vocabulary_path, "vocabulary": self.vocabulary,
+                "string ids": self.dtype == STRING_DTYPE}
 
     def __hash__(self):
         return self.name.__hash__()
@@ -212,7 +233,9 @@ class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
         maxlen = _count("VarLenSparseFeat", sparsefeat.name, "maxlen", maxlen)
         if combiner not in COMBINERS:
             _fail("VarLenSparseFeat", sparsefeat.name, f"combiner must be one of {COMBINERS}, got {combiner!r}")
-        for other in (length_name, weight_name):
+        for key, other in (("length_name", length_name), ("weight_name", weight_name)):
+            if other is not None:
+                _checked_name("VarLenSparseFeat", other, key, owner=sparsefeat.name)
             if other is not None and other == sparsefeat.name:
                 _fail("VarLenSparseFeat", sparsefeat.name, "length_name/weight_name must differ from the feature name")
         return super().__new__(cls, sparsefeat, maxlen, combiner, length_name, weight_name, weight_norm)
@@ -252,8 +275,7 @@ class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transfor
     __slots__ = ()
 
     def __new__(cls, name, dimension=1, dtype="float32", transform_fn=None):
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"DenseFeat name must be a non-empty string, got {name!r}")
+        _checked_name("DenseFeat", name)
         dimension = _count("DenseFeat", name, "dimension", dimension)
         if dtype not in DENSE_DTYPES:
             _fail("DenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
@@ -274,8 +296,7 @@ class VarLenDenseFeat(namedtuple("VarLenDenseFeat", ["name", "maxlen", "dtype"])
     __slots__ = ()
 
     def __new__(cls, name, maxlen, dtype="float32"):
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"VarLenDenseFeat name must be a non-empty string, got {name!r}")
+        _checked_name("VarLenDenseFeat", name)
         maxlen = _count("VarLenDenseFeat", name, "maxlen", maxlen)
         if dtype not in DENSE_DTYPES:
             _fail("VarLenDenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
@@ -293,6 +314,13 @@ def get_feature_names(feature_columns):
         if isinstance(column, VarLenSparseFeat):
             names.extend(n for n in (column.length_name, column.weight_name) if n is not None)
     return list(dict.fromkeys(names))
+
+
+def _short(value):
+    """`value` for a message: a vocabulary by its size and first entries."""
+    if isinstance(value, tuple) and len(value) > 3:
+        return f"{len(value)} entries {list(value[:3])}..."
+    return repr(value)
 
 
 def validate_columns(feature_columns):
@@ -323,8 +351,10 @@ def validate_columns(feature_columns):
                 warnings.warn(f"feature '{owner.name}' uses embedding_name '{table_name}', which no other column "
                               f"uses, so it gets a table of its own; did you mean '{close[0]}'?", stacklevel=2)
         for other in users[1:]:
-            if other.table_spec() != owner.table_spec():
-                raise ValueError(
-                    f"features '{owner.name}' and '{other.name}' share embedding '{table_name}' but "
-                    "differ in vocabulary_size, embedding_dim, vocabulary or hashing")
+            ours, theirs = owner.table_spec(), other.table_spec()
+            differ = [f"{key} ({_short(ours[key])} and {_short(theirs[key])})" for key in ours
+                      if ours[key] != theirs[key]]
+            if differ:
+                raise ValueError(f"features '{owner.name}' and '{other.name}' share embedding '{table_name}' but "
+                                 f"differ in {', '.join(differ)}; columns sharing a table must agree on them")
     return feature_columns

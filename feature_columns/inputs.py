@@ -547,7 +547,11 @@ def _check_feature(name, value, dtype):
     if not isinstance(value, np.ndarray) or value.ndim == 0 or not value.size:
         return value
     if value.dtype == object and isinstance(value.reshape(-1)[0], (list, tuple, np.ndarray)):
-        return value  # ragged cells: not a batch Keras can take as it is, and it says so
+        # Keras would say only "Failed to convert a NumPy array to a Tensor (Unsupported object type list)".
+        raise ValueError(f"feature '{name}' holds a list per row (a sequence column as pandas keeps it); pass "
+                         f"a (rows, maxlen) array with each row's events first, then padding (0, or \"\" for "
+                         f"strings): tfrec.data.df_to_inputs(df, feature_columns) pads each sequence so, as does "
+                         f"tf.keras.utils.pad_sequences(..., padding='post', truncating='pre')")
     hint = f"fill missing values first (e.g. df['{name}'].fillna(...)) or drop those rows"
     if dtype == "string":
         if value.dtype == object:
@@ -559,9 +563,10 @@ def _check_feature(name, value, dtype):
                                  "(\"\" is padding)")
         return value
     if value.dtype.kind in "SU":
+        fix = (f"parse them first (e.g. pd.to_numeric(df['{name}']))" if dtype.startswith("float") else
+               "a column of raw string ids needs dtype='string' and a vocabulary or use_hash=True")
         raise ValueError(f"feature '{name}' needs {dtype} values, but holds strings "
-                         f"(e.g. {value.reshape(-1)[:3].tolist()}); a column of raw string ids "
-                         "needs dtype='string' and a vocabulary or use_hash=True")
+                         f"(e.g. {value.reshape(-1)[:3].tolist()}); {fix}")
     if dtype.startswith("float"):
         if value.dtype == object:
             return _numbers_of(name, value, f"{dtype} numbers", hint).astype(dtype)

@@ -84,6 +84,15 @@ def test_failed_export_removes_its_staging_directory(tiny_model, tmp_path, monke
     assert os.listdir(tmp_path / "tiny") == []
 
 
+def test_an_export_base_that_is_a_file_is_refused_naming_it(tiny_model, tmp_path):
+    base = tmp_path / "tiny"
+    base.write_text("not a folder")  # was os.makedirs' "[Errno 17] File exists"
+    with pytest.raises(NotADirectoryError, match=r"the export base '.*tiny' is a file; it must be a folder \(TF "
+                                                 r"Serving's --model_base_path\), whose subfolders are the versions"):
+        exporters.export_saved_model(tiny_model, str(base))
+    assert base.read_text() == "not a folder"
+
+
 def test_a_killed_writers_staging_directory_is_removed_by_the_next_export(tmp_path, caplog):
     writer, staging_dir = start_writer(tmp_path, 1)
     writer.kill()

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import warnings
@@ -57,6 +58,25 @@ def test_bad_columns_fail_at_construction_naming_the_column(make, message):
         make()
 
 
+@pytest.mark.parametrize("make", [
+    lambda name: SparseFeat(name, 10),
+    lambda name: DenseFeat(name),
+    lambda name: feature_columns.VarLenDenseFeat(name, 3),
+    lambda name: SparseFeat("item", 10, embedding_name=name),
+    lambda name: VarLenSparseFeat(SparseFeat("hist", 10), 3, length_name=name),
+])
+@pytest.mark.parametrize("name, fixed", [("user id", "user_id"), ("user/id", "user_id"), ("user-id", "user_id"),
+                                         ("user.id", "user_id"), ("1st_item", "f_1st_item")])
+def test_a_name_tensorflow_would_rename_or_refuse_fails_at_construction(make, name, fixed):
+    """It becomes an input name of the model and of its SavedModel: 'user/id', 'user-id' and
+    'user.id' built and trained, then failed at export with a KeyError (TensorFlow renames such a
+    function argument to 'user_id'); 'user id' failed at build with a scope-name error."""
+    with pytest.raises(ValueError, match=f"{re.escape(repr(name))} must start with a letter and hold only "
+                                         f"letters, digits and '_' \\(e.g. '{fixed}'\\)"):
+        make(name)
+    make("User_ID2")
+
+
 def test_bad_column_lists_fail_naming_the_columns():
     hist = VarLenSparseFeat(SparseFeat("hist_item_id", 10, embedding_name="itm"), maxlen=3)
     with pytest.warns(UserWarning, match="'hist_item_id' uses embedding_name 'itm', which no other column uses, so "
@@ -67,8 +87,12 @@ def test_bad_column_lists_fail_naming_the_columns():
         warnings.simplefilter("error")
         validate_columns([SparseFeat("item_id", 10), SparseFeat("genres", 5, embedding_name="genre_emb")])
     other_size = VarLenSparseFeat(SparseFeat("hist_item_id", 11, embedding_name="item_id"), maxlen=3)
-    with pytest.raises(ValueError, match="'item_id' and 'hist_item_id' share embedding 'item_id'"):
+    with pytest.raises(ValueError, match=r"'item_id' and 'hist_item_id' share embedding 'item_id' but differ in "
+                                         r"vocabulary_size \(10 and 11\); columns sharing a table must agree"):
         validate_columns([SparseFeat("item_id", 10), other_size])
+    other_dim = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 8, embedding_name="item_id"), maxlen=3)
+    with pytest.raises(ValueError, match=r"differ in embedding_dim \(4 and 8\);"):
+        validate_columns([SparseFeat("item_id", 10), other_dim])
     with pytest.raises(ValueError, match="'item_id' is declared twice"):
         validate_columns([SparseFeat("item_id", 10), SparseFeat("item_id", 10)])
 

@@ -131,6 +131,24 @@ def test_build_errors_name_the_problem():
         DIN([item], ["item_id"], task="ranking")
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (dict(dnn_hidden_units=(8, 0)), r"DNN 'dnn': every entry of hidden_units \(a layer's size\) must be an int >= 1, "
+                                    r"got 0"),
+    (dict(dnn_hidden_units=8), r"DNN 'dnn': hidden_units \(a model's dnn_hidden_units, .*\) must be a list or tuple "
+                               r"of layer sizes, got 8"),
+    (dict(dnn_dropout=1.5), r"DNN 'dnn': dropout_rate \(a model's dnn_dropout\) must be a number in \[0, 1\), got 1.5"),
+    (dict(dnn_activation="relux"), r"DNN 'dnn': unknown activation 'relux': use 'dice', 'prelu', a Keras activation"),
+    (dict(att_activation="diceX"), r"LocalActivationUnit '\w+': unknown activation 'diceX'"),
+])
+def test_mlp_arguments_are_checked_when_the_model_is_built(arguments, message):
+    """A layer size of 0 used to build, then abort the whole Python process in oneDNN at the first
+    step of fit; the others failed with Keras' messages about 'rate' or a deserialisation."""
+    item = SparseFeat("item_id", 10, 4)
+    history = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, embedding_name="item_id"), maxlen=3)
+    with pytest.raises(ValueError, match=message):
+        DIN([item, history], ["item_id"], **arguments)
+
+
 def test_export_passes_saved_model_cli(din_export):
     shown = run_saved_model_cli("show", "--all", "--dir", din_export.path)
     assert shown.returncode == 0, shown.stderr

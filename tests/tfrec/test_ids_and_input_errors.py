@@ -151,6 +151,69 @@ def test_a_whole_data_frame_is_refused_with_what_to_pass_instead(din):
                                din.predict(feed, verbose=0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("mistake, message", [
+    (lambda x, y: (list(x.values()), y),  # Keras would match them to the inputs by position, sorted by name
+     r"model 'din' takes a dict \{feature name: array\}, not a list of 5 arrays, which would be matched to its "
+     r"inputs by position in the order \['hist_item_id', 'hour', 'item_id', 'price', 'user_id'\]"),
+    (lambda x, y: ({k: v for k, v in x.items() if k != "price"}, y),
+     r"model 'din': no data for input\(s\) \['price'\]; it takes \['hist_item_id', 'hour', "),
+    (lambda x, y: (dict(x, hist_item_id=x["hist_item_id"][:, 0]), y),  # was read as one-event histories
+     r"model 'din': feature 'hist_item_id' is a sequence and needs \(rows, events\) values, padded after the "
+     r"events, got an array of shape \(3,\)"),
+    (lambda x, y: (dict(x, hist_item_id=pd.Series([[1, 2], [1], [3, 4, 5]]).to_numpy()), y),
+     r"feature 'hist_item_id' holds a list per row \(a sequence column as pandas keeps it\); pass a \(rows, "
+     r"maxlen\) array"),
+    (lambda x, y: (dict(x, price=x["price"].astype(str)), y),
+     r"feature 'price' needs float32 values, but holds strings \(.*\); parse them first \(e.g. "
+     r"pd.to_numeric\(df\['price'\]\)\)"),
+    (lambda x, y: (x, np.stack([y, y], axis=1)),  # an XLA shape error in fit
+     r"output 'prediction' gives one number per row, but its labels have shape \(3, 2\)"),
+    (lambda x, y: (x, y.astype(int).astype(str)),  # an XLA error about a DT_STRING argument
+     r"output 'prediction' needs numbers as labels, but they are strings \(e.g. \['1', '0', '1'\]\)"),
+])
+def test_feeding_mistakes_are_named_before_anything_runs(din, mistake, message):
+    """Each failed deep in Keras or XLA (or trained on the wrong thing); now fit, evaluate and
+    predict name the feature or output, and no weight moves."""
+    weights = [w.numpy() for w in din.weights]
+    x, y = mistake(rows([1, 2, 3]), np.array([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match=message):
+        din.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        din.evaluate(x, y, verbose=0)
+    if y.ndim == 1 and y.dtype.kind == "f":  # a feature mistake: predict names it too
+        with pytest.raises(ValueError, match=message):
+            din.predict(x, verbose=0)
+    assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, din.weights))
+
+
+def test_sequences_of_one_event_list_in_different_widths_or_negative_lengths_are_refused_by_fit_too():
+    """The graph's own check of aligned widths and lengths (RecentSequence) does not run inside an
+    XLA-compiled step, so fit trained on misaligned events without a word, and predict failed with
+    a graph error; both are now refused before they start."""
+    columns = [SparseFeat("item_id", 10, 4), SparseFeat("cate_id", 5, 4),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, embedding_name="item_id"), maxlen=4,
+                                length_name="seq_length"),
+               VarLenSparseFeat(SparseFeat("hist_cate_id", 5, 4, embedding_name="cate_id"), maxlen=4)]
+    model = DIN(columns, ["item_id", "cate_id"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x = {"item_id": rng.integers(1, 10, 8), "cate_id": rng.integers(1, 5, 8), "seq_length": np.full(8, 3),
+         "hist_item_id": rng.integers(1, 10, (8, 6)), "hist_cate_id": rng.integers(1, 5, (8, 6))}
+    y = rng.integers(0, 2, 8).astype("float32")
+    model.fit(x, y, verbose=0)  # histories wider than maxlen are fine: the most recent events are kept
+    weights = model.get_weights()
+    narrower = dict(x, hist_cate_id=x["hist_cate_id"][:, :4])
+    for call in (lambda feed: model.fit(feed, y, verbose=0), lambda feed: model.predict(feed, verbose=0)):
+        with pytest.raises(ValueError, match=r"model 'din': 'hist_cate_id' must hold one entry per event of "
+                                             r"'hist_item_id' \(the same events' features, padded alike\), but "
+                                             r"their widths differ \(4 and 6\)"):
+            call(narrower)
+        with pytest.raises(ValueError, match=r"feature 'seq_length' holds a negative length in row 2; it must be "
+                                             r"the number of events sent in the sequence \(0 for none\)"):
+            call(dict(x, seq_length=np.array([3, 3, -1, 3, 3, 3, 3, 3])))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_a_mixed_precision_policy_is_refused_when_the_model_is_built(policy):
     # It failed only in fit, with AutoGraph's "'outputs' must be defined before the loop" over

@@ -15,6 +15,8 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
+from .core import check_positive_int
+
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
 # A logit no active one comes near: softmax gives it exactly 0 weight (float32 exp underflows).
@@ -46,11 +48,6 @@ def interest_number(lengths, k_max):
     return tf.clip_by_value(count, 1, k_max)
 
 
-def _check_positive_int(value, name, owner):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
-
-
 @_register
 class InterestMask(tf.keras.layers.Layer):
     """Which interests a user has: history mask (batch, T) bool -> (batch, k_max) float32.
@@ -63,7 +60,7 @@ class InterestMask(tf.keras.layers.Layer):
 
     def __init__(self, k_max, dynamic_k=False, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(k_max, "k_max", f"InterestMask '{self.name}'")
+        check_positive_int(k_max, "k_max", f"InterestMask '{self.name}'")
         self.k_max = int(k_max)
         self.dynamic_k = bool(dynamic_k)
 
@@ -123,7 +120,7 @@ class CapsuleLayer(tf.keras.layers.Layer):
         owner = f"CapsuleLayer '{self.name}'"
         for name, value in (("input_units", input_units), ("out_units", out_units), ("max_len", max_len),
                             ("k_max", k_max), ("iteration_times", iteration_times)):
-            _check_positive_int(value, name, owner)
+            check_positive_int(value, name, owner)
         if init_std < 0:
             raise ValueError(f"{owner}: init_std must be >= 0, got {init_std!r}")
         self.input_units, self.out_units = int(input_units), int(out_units)
@@ -214,7 +211,7 @@ class LabelAwareAttention(tf.keras.layers.Layer):
 
     def __init__(self, k_max, pow_p=1, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(k_max, "k_max", f"LabelAwareAttention '{self.name}'")
+        check_positive_int(k_max, "k_max", f"LabelAwareAttention '{self.name}'")
         if pow_p < 0:
             raise ValueError(f"LabelAwareAttention '{self.name}': pow_p must be >= 0, got {pow_p!r}")
         self.k_max = int(k_max)

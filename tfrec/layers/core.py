@@ -1,6 +1,9 @@
 """Building blocks shared by the models: activations, the DNN tower, the prediction head."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+import numbers
+
+import numpy as np
 import tensorflow as tf
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
@@ -109,17 +112,37 @@ class Dice(tf.keras.layers.Layer):
         return config
 
 
+def check_positive_int(value, name, owner):
+    """A ValueError "<owner>: <name> must be an int >= 1" unless `value` is one (numpy ints too)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
+
+
+def check_activation(activation, owner):
+    """A ValueError naming `owner` unless `activation_layer` can build `activation`."""
+    if isinstance(activation, str) and activation.lower() in ("dice", "prelu"):
+        return
+    if isinstance(activation, type) and issubclass(activation, tf.keras.layers.Layer):
+        return
+    try:
+        known = isinstance(activation, str) and tf.keras.activations.get(activation) is not None
+    except ValueError:
+        known = False
+    if not known:
+        raise ValueError(f"{owner}: unknown activation {activation!r}: use 'dice', 'prelu', a Keras activation "
+                         "name ('relu', 'sigmoid', ...) or a Keras Layer class")
+
+
 def activation_layer(activation, name=None):
     """A layer for `activation`: "dice", "prelu", any Keras activation name, or a Layer class."""
+    check_activation(activation, f"layer '{name}'")
     if isinstance(activation, str):
         if activation.lower() == "dice":
             return Dice(name=name)
         if activation.lower() == "prelu":
             return tf.keras.layers.PReLU(name=name)
         return tf.keras.layers.Activation(activation, name=name)
-    if isinstance(activation, type) and issubclass(activation, tf.keras.layers.Layer):
-        return activation(name=name)
-    raise ValueError(f"unknown activation {activation!r}: use 'dice', 'prelu' or a Keras activation name")
+    return activation(name=name)
 
 
 class MLPLayer(tf.keras.layers.Layer):
@@ -129,6 +152,18 @@ class MLPLayer(tf.keras.layers.Layer):
 
     def __init__(self, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
         super().__init__(**kwargs)
+        # A unit count of 0 would build, then abort the whole process in oneDNN at the first step.
+        owner = f"{type(self).__name__} '{self.name}'"
+        if not isinstance(hidden_units, (list, tuple)):
+            raise ValueError(f"{owner}: hidden_units (a model's dnn_hidden_units, att_hidden_units, ...) must be a "
+                             f"list or tuple of layer sizes, got {hidden_units!r}")
+        for units in hidden_units:
+            check_positive_int(units, "every entry of hidden_units (a layer's size)", owner)
+        if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real) or \
+                not 0 <= dropout_rate < 1:
+            raise ValueError(f"{owner}: dropout_rate (a model's dnn_dropout) must be a number in [0, 1), got "
+                             f"{dropout_rate!r}")
+        check_activation(activation, owner)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
         self.l2_reg = l2_reg

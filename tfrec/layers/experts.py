@@ -9,14 +9,9 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
 
-from .core import DNN, MLPLayer
+from .core import DNN, MLPLayer, check_positive_int
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
-
-
-def _check_positive_int(value, name, owner):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
 
 
 class _ExpertLayer(MLPLayer):
@@ -24,7 +19,7 @@ class _ExpertLayer(MLPLayer):
 
     def __init__(self, num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
         super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
-        _check_positive_int(num_experts, "num_experts", f"{type(self).__name__} '{self.name}'")
+        check_positive_int(num_experts, "num_experts", f"{type(self).__name__} '{self.name}'")
         self.num_experts = num_experts
 
     def dnn(self, hidden_units, seed, name):

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import SparseEmbedding, SparseIndex, check_inputs, indexed_feature, indexed_key
+from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check_inputs, indexed_feature,
+                             indexed_key)
 
 from ..layers import DNN, PredictionLayer
 from ..optimizers import LazyAdam, sparse_optimizer
@@ -275,7 +276,8 @@ class RecModel(tf.keras.Model):
     def _checked(self, x, y):
         """A dict of numpy / pandas features (and labels), checked against the model's Inputs.
 
-        A DataFrame is refused with what to pass instead.
+        A DataFrame, or a list of arrays for a model of several inputs, is refused with what to
+        pass instead.
 
         Mismatched row counts, None/NaN in a float feature, fractional or too-large integer ids
         raise a ValueError naming the feature (`feature_columns.check_inputs`), where Keras would
@@ -288,23 +290,63 @@ class RecModel(tf.keras.Model):
                              f"tfrec.data.df_to_inputs(df, feature_columns) (it pads each history to its "
                              f"maxlen), or {{name: df[name] for name in model.input_names}} when every "
                              f"column already holds what its Input takes")
+        if isinstance(x, (list, tuple)) and len(self.inputs) > 1:
+            # Keras would match a list to the Inputs by position, whose order (by name) is not the
+            # columns' order: ids of one feature would silently stand for another's.
+            raise ValueError(f"model '{self.name}' takes a dict {{feature name: array}}, not a list of "
+                             f"{len(x)} arrays, which would be matched to its inputs by position in the order "
+                             f"{list(self.input_names)}, not the order of its feature columns")
         dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
         dtypes.update((key, "int32") for key in getattr(getattr(self, "_split", None), "indexed_keys", ()))
         self._check_looked_up_rows(x)
         x, y = check_inputs(x, dtypes, y, what=f"model '{self.name}'")
         if isinstance(x, Mapping):
-            for name, tensor in zip(self.input_names, self.inputs):  # a DenseFeat of dimension k
-                width = tensor.shape[-1] if tensor.shape.rank == 2 and tensor.dtype.is_floating else None
-                value = x.get(name)
-                if width is not None and width > 1 and isinstance(value, np.ndarray) and value.shape[1:] != (width,):
-                    raise ValueError(f"model '{self.name}': feature '{name}' needs (rows, {width}) numbers, got an "
-                                     f"array of shape {value.shape}")
+            self._check_shapes(x)
             if y is not None:
                 self._check_labels(y)
         if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) > 1 \
                 and isinstance(x.element_spec[1], Mapping):
             self._check_labelled_outputs(x.element_spec[1])
         return x, y
+
+    def _check_shapes(self, x):
+        """A ValueError naming the feature when {name: array} lacks an input, gives a sequence or a
+        DenseFeat of dimension k one value per row, sends sequences of one event list (a history
+        and its categories, times or weights) in different widths, or a negative true length.
+
+        The last two are also checked in the graph (`RecentSequence`), but XLA drops such checks,
+        so `fit` would train on misaligned events without a word."""
+        looked_up = {indexed_feature(key) for key in x}
+        missing = [name for name in self.input_names if name not in x and name not in looked_up]
+        if missing:
+            raise ValueError(f"model '{self.name}': no data for input(s) {missing}; it takes "
+                             f"{list(self.input_names)}")
+        for name, tensor in zip(self.input_names, self.inputs):
+            value = x.get(name)
+            width = tensor.shape[-1] if tensor.shape.rank == 2 else None
+            if not isinstance(value, np.ndarray) or width == 1 or tensor.shape.rank != 2:
+                continue
+            if tensor.dtype.is_floating and width is not None and value.shape[1:] != (width,):  # DenseFeat(k)
+                raise ValueError(f"model '{self.name}': feature '{name}' needs (rows, {width}) numbers, got an "
+                                 f"array of shape {value.shape}")
+            if value.ndim == 1:
+                raise ValueError(f"model '{self.name}': feature '{name}' is a sequence and needs (rows, events) "
+                                 f"values, padded after the events, got an array of shape {value.shape}")
+        for layer in self._flatten_layers(include_self=False):
+            if not isinstance(layer, RecentSequence):
+                continue
+            widths = {name: x[name].shape[1] for name in layer.names or () if getattr(x.get(name), "ndim", 0) > 1}
+            if len(set(widths.values())) > 1:
+                first, *others = widths
+                other = next(name for name in others if widths[name] != widths[first])
+                raise ValueError(f"model '{self.name}': '{other}' must hold one entry per event of '{first}' (the "
+                                 f"same events' features, padded alike), but their widths differ "
+                                 f"({widths[other]} and {widths[first]})")
+            lengths = x.get(layer.length_name) if layer.length_name else None
+            if isinstance(lengths, np.ndarray) and lengths.dtype.kind in "iuf" and lengths.size and lengths.min() < 0:
+                row = int(np.flatnonzero(lengths.reshape(len(lengths), -1).min(axis=1) < 0)[0])
+                raise ValueError(f"model '{self.name}': feature '{layer.length_name}' holds a negative length "
+                                 f"in row {row}; it must be the number of events sent in the sequence (0 for none)")
 
     def _check_looked_up_rows(self, x):
         """A ValueError when `x` (a dict or a dataset of them) holds rows a pipeline looked up
@@ -348,8 +390,18 @@ class RecModel(tf.keras.Model):
                              "{output name: labels}")
         else:
             labels = {outputs[0]: y}
+        widths = dict(zip(outputs, (tensor.shape[-1] for tensor in self.outputs)))
         for name, values in labels.items():
             values = np.asarray(values)
+            if values.dtype.kind in "SU" or (values.dtype == object and values.size and
+                                             isinstance(values.reshape(-1)[0], (str, bytes))):
+                raise ValueError(f"model '{self.name}': output '{name}' needs numbers as labels, but they are "
+                                 f"strings (e.g. {values.reshape(-1)[:3].tolist()}); convert them first (e.g. "
+                                 "df['click'].astype(int))")
+            if widths[name] == 1 and values.ndim == 2 and values.shape[1] != 1:
+                raise ValueError(f"model '{self.name}': output '{name}' gives one number per row, but its labels "
+                                 f"have shape {values.shape}; give (rows,) or (rows, 1) labels, one array per "
+                                 "output")
             if values.ndim == 0 or values.dtype.kind not in "biuf":
                 continue
             values = values.astype(np.float64)

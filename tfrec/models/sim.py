@@ -39,7 +39,8 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
         signatures of those embeddings (`simhash_bits` bits); served from signatures
         precomputed for the whole table.
       search_feature: the candidate feature hard search matches (in history_feature_list).
-      topk: events the GSU hands the ESU.
+      topk: events the GSU hands the ESU (at most; a history with fewer eligible events hands
+        all of them, so a topk above the history's maxlen keeps every event).
       short_maxlen: the most recent events the short-term DIN attention reads.
       time_feature: a DenseFeat with the request time (e.g. "timestamp", int64 seconds); its twin
         VarLenDenseFeat `hist_<time_feature>` holds the events' times. Each retrieved event is

@@ -1,8 +1,9 @@
-"""The `tfrec` command: demo, train, evaluate, export, serve, query, bench.
+"""The `tfrec` command: demo, train, evaluate, predict, export, serve, query, bench.
 
   tfrec demo                                  planted data -> DIN -> export -> serve -> query
   tfrec train --config run.yaml               your data (CSV/Parquet) -> a trained model
   tfrec evaluate --config run.yaml            AUC, GAUC, logloss, calibration plot (retrieval: recall@k ...)
+  tfrec predict --config run.yaml --data rows.csv --scores scores.csv   batch scores of a file
   tfrec export --config run.yaml              a versioned SavedModel for TF Serving (retrieval: top k)
   tfrec serve --model_base_path=... --model_name=...
   tfrec query --model-name din --inputs @request.json
@@ -231,6 +232,20 @@ def cmd_evaluate(args):
             f"{name} {share:.1%}" for name, share in report["unknown"].items()))
     for kind, path in report["files"].items():
         print(f"wrote {kind}: {path}")
+    return 0
+
+
+def cmd_predict(args):
+    from tfrec import config as run
+
+    config = _config(args)
+    files = [os.path.abspath(path) for path in args.data] if args.data else config.data.test
+    if not files:
+        raise CliError("predict needs --data FILE (the rows to score); the config has no data.test to default to",
+                       "see `tfrec predict --help`")
+    keep = [name for names in args.keep for name in names.split(",") if name]
+    result = run.predict(config, files, os.path.abspath(args.scores), keep=keep)
+    print(f"wrote {result['rows']} rows of {', '.join(result['columns'])}: {result['file']}")
     return 0
 
 
@@ -503,6 +518,17 @@ def build_parser():
     _add_config(evaluate, required=True, what="the run `tfrec train --config` trained")
     evaluate.add_argument("--output", help="the run folder (default: the config's `output`)")
 
+    predict = command("predict", "score the rows of CSV/Parquet files with a trained ranking model, a chunk at a "
+                                 "time, and write the scores to a CSV file (one line per row, in order)")
+    _add_config(predict, required=True, what="the run `tfrec train --config` trained")
+    predict.add_argument("--output", help="the run folder (default: the config's `output`)")
+    predict.add_argument("--data", action="append", metavar="FILE",
+                         help="rows to score: a CSV/Parquet file or a glob, as data.train holds them, labels not "
+                              "needed (repeatable; default: the config's data.test)")
+    predict.add_argument("--scores", required=True, metavar="FILE", help="the CSV file the scores are written to")
+    predict.add_argument("--keep", action="append", default=[], metavar="COLUMN[,COLUMN]",
+                         help="columns of the rows copied before the scores, e.g. a request id (repeatable)")
+
     export = command("export", "export a trained model as a versioned SavedModel for TF Serving")
     _add_config(export, what="the run `tfrec train --config` trained")
     export.add_argument("--output", help="with --config: the run folder (default: the config's `output`)")
@@ -554,7 +580,7 @@ def explain(error, args):
     if isinstance(error, CliError):
         return str(error), error.hint
     if isinstance(error, ConfigError):
-        return str(error), "fix the config; docs/own_data.md lists every key"
+        return str(error), error.hint or "fix the config; docs/own_data.md lists every key"
     try:
         from serving import ServingError
     except ImportError:  # pragma: no cover
@@ -590,7 +616,8 @@ def main(argv=None):
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
+    commands = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                "export": cmd_export,
                 "query": cmd_query, "bench": cmd_bench}
     try:
         return commands[args.command](args)

@@ -35,7 +35,7 @@ from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFe
 from tfrec import distribute
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data", "infer_columns",
-           "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "MODELS"]
+           "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "predict", "MODELS"]
 
 RANKING_MODELS = ("DIN", "SIM", "CLSR")  # one label; DIN's columns, a history hist_<f> per target feature <f>
 MULTITASK_MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
@@ -47,10 +47,18 @@ COLUMNS_FILE = "columns.json"
 METRICS_FILE = "metrics.json"
 CALIBRATION_FILE = "calibration.png"
 GATES_FILE = "gates.png"
+# Rows that `evaluate` and `predict` read and score at once: their memory is one chunk's, whatever
+# the file's size (reading a 5M-row CSV whole, then one predict call over it, took 13 GiB).
+CHUNK_ROWS = 200_000
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the key."""
+    """A config that cannot be used; the message names the file and the key (or the flag, and
+    then `hint` says what to do)."""
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.hint = hint
 
 
 # --- The config, section by section ---------------------------------------------------------
@@ -590,8 +598,10 @@ def _expand(patterns, key, config_path):
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matched = [m for m in matched if os.path.isfile(m)]
         if not matched:
-            raise ConfigError(f"{config_path}: {key}: no file matches {pattern!r} (relative paths are relative "
-                              "to the config file's folder)")
+            if key.startswith("--"):  # a command's flag, relative to the working directory
+                raise ConfigError(f"{key}: no file matches {pattern!r}", hint="check the path")
+            raise ConfigError(f"{config_path}: {key}: no file matches {pattern!r} (relative paths are relative to "
+                              "the config file's folder)")
         files += matched
     return files
 
@@ -603,31 +613,73 @@ def _read_file(path, text_columns=()):
     other ids."""
     import pandas as pd
 
-    lower = path.lower()
-    if lower.endswith((".parquet", ".pq")):
+    sep = _csv_separator(path)
+    if sep is None:
         try:
             return pd.read_parquet(path)
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
-    if lower.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        sep = "\t" if lower.endswith(".tsv") else ","
+    with _naming_the_file(path):
         header = pd.read_csv(path, sep=sep, nrows=0).columns
         df = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header})
-        integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
-        if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
-            import pyarrow as pa
-            import pyarrow.compute as pc
-            from pyarrow import csv
+    integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
+    if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from pyarrow import csv
 
-            texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep),
-                                 convert_options=csv.ConvertOptions(include_columns=integers,
-                                                                    column_types={n: pa.string() for n in integers}))
-            for name in integers:
-                if pc.any(pc.match_substring_regex(texts[name], r"^\s*[+-]?0\d")).as_py():
-                    df[name] = texts[name].to_pandas().str.strip()
-        return df
+        texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep),
+                             convert_options=csv.ConvertOptions(include_columns=integers,
+                                                                column_types={n: pa.string() for n in integers}))
+        for name in integers:
+            if pc.any(pc.match_substring_regex(texts[name], r"^\s*[+-]?0\d")).as_py():
+                df[name] = texts[name].to_pandas().str.strip()
+    return df
+
+
+def _csv_separator(path):
+    """The separator of a CSV/TSV file, None for Parquet, or a ConfigError for another kind of file."""
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return None
+    if lower.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        return "\t" if lower.endswith(".tsv") else ","
     raise ConfigError(f"{path}: unknown file type; data files are CSV (.csv, .csv.gz, .tsv) or Parquet "
                       "(.parquet, .pq)")
+
+
+@contextlib.contextmanager
+def _naming_the_file(path):
+    """pandas' parser errors ("Expected 7 fields in line 50002, saw 8") as ConfigErrors naming the file."""
+    import pandas as pd
+
+    try:
+        yield
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: {str(error).strip()}", hint="fix or drop the malformed line of the file "
+                                                                 "(pandas counts lines from 1, the header included)") from None
+
+
+def _read_file_chunks(path, text_columns=(), chunk_rows=None):
+    """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
+    Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
+    pandas reads them (a chunk of ids with a gap gets floats, which prepare() handles)."""
+    import pandas as pd
+
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    sep = _csv_separator(path)
+    if sep is None:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as error:
+            raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+        return
+    with _naming_the_file(path):
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        yield from pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
+                               chunksize=chunk_rows)
 
 
 def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),
@@ -644,10 +696,36 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     """
     import pandas as pd
 
-    targets = [name[len(HISTORY_PREFIX):] for name in sequences
-               if name.startswith(HISTORY_PREFIX) and name not in numeric] + list(text_columns)
+    targets = _text_columns(sequences, numeric, text_columns)
     frames = [_read_file(f, targets) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return _with_sequences(df, config_path, sequences, separator, numeric)
+
+
+def read_data_chunks(files, key="data.test", config_path="config", sequences=(), separator="|", numeric=(),
+                     text_columns=(), chunk_rows=None):
+    """`read_data`'s frame, at most `chunk_rows` rows (default CHUNK_ROWS) at a time: a file of any
+    size in the memory of one chunk. The rows are numbered on across chunks and files (the index),
+    as `read_data` numbers them."""
+    import pandas as pd
+
+    targets, offset = _text_columns(sequences, numeric, text_columns), 0
+    for path in _expand(files, key, config_path):
+        for chunk in _read_file_chunks(path, targets, chunk_rows):
+            chunk.index = pd.RangeIndex(offset, offset + len(chunk))
+            offset += len(chunk)
+            yield _with_sequences(chunk, config_path, sequences, separator, numeric)
+
+
+def _text_columns(sequences, numeric, text_columns):
+    """Columns a CSV holds as text: `text_columns`, and the `<f>` of each sequence `hist_<f>` of ids,
+    read as text as the sequence's items are (an id "007" stays "007" on both)."""
+    return [name[len(HISTORY_PREFIX):] for name in sequences
+            if name.startswith(HISTORY_PREFIX) and name not in numeric] + list(text_columns)
+
+
+def _with_sequences(df, config_path, sequences, separator, numeric):
+    """`df` with each sequence column's cells as lists (numbers in the `numeric` ones)."""
     for name in sequences:
         if name not in df.columns:
             raise ConfigError(f"{config_path}: columns.sequences: '{name}' is not a column of the data; its "
@@ -737,6 +815,22 @@ def load_frames(config, feature_columns=None):
 
     `feature_columns`: a trained model's columns, whose sequences the files hold (else the
     config's `columns` section says which)."""
+    sequences, numeric, text = _file_columns(config, feature_columns)
+    df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
+                         numeric, text), config, sequences)
+    _check_labels(df, config)
+    if config.data.test:
+        test = fill(read_data(config.data.test, "data.test", config.path, sequences,
+                               config.data.sequence_separator, numeric, text), config, sequences)
+        _check_labels(test, config)
+        return df, test
+    return split_data(df, config)
+
+
+def _file_columns(config, feature_columns=None):
+    """(sequence columns, those of numbers, text columns) of the data files, by a trained model's
+    columns or else the config's `columns` section. A string column's ids are read as written:
+    "04324" is looked up as "04324", as requests send it."""
     columns, text = config.columns, []
     if feature_columns is not None:
         sequences = [c.name for c in feature_columns if isinstance(c, (VarLenSparseFeat, VarLenDenseFeat))]
@@ -749,16 +843,30 @@ def load_frames(config, feature_columns=None):
         sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
         numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
         text = [c["name"] for c in columns.explicit if c["type"] == "sparse" and c.get("dtype") == "string"]
-    # A string column's ids are read as written: "04324" is looked up as "04324", as requests send it.
-    df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
-                         numeric, text), config, sequences)
-    _check_labels(df, config)
+    return sequences, numeric, text
+
+
+def data_chunks(config, feature_columns, files, key, labels=True):
+    """The rows of `files` (a pattern or list, as data.test takes) for a trained model, `CHUNK_ROWS`
+    at a time: read, filled (`data.fill`), labels checked (if `labels`), gaps in categorical
+    columns made padding (`prepare`)."""
+    sequences, numeric, text = _file_columns(config, feature_columns)
+    for chunk in read_data_chunks(files, key, config.path, sequences, config.data.sequence_separator, numeric, text):
+        chunk = fill(chunk, config, sequences)
+        if labels:
+            _check_labels(chunk, config)
+        yield prepare(chunk, feature_columns)
+
+
+def test_chunks(config, feature_columns):
+    """The prepared test rows of a trained run, `CHUNK_ROWS` at a time. With `data.test`, only the
+    test files are read, a chunk at a time; else the training files are read whole, to split them."""
     if config.data.test:
-        test = fill(read_data(config.data.test, "data.test", config.path, sequences,
-                               config.data.sequence_separator, numeric, text), config, sequences)
-        _check_labels(test, config)
-        return df, test
-    return split_data(df, config)
+        yield from data_chunks(config, feature_columns, config.data.test, "data.test")
+        return
+    test = prepare(load_frames(config, feature_columns)[1], feature_columns)
+    for start in range(0, len(test), CHUNK_ROWS):
+        yield test.iloc[start:start + CHUNK_ROWS]
 
 
 def fill(df, config, sequences):
@@ -794,17 +902,17 @@ def _check_labels(df, config):
             bad = next((row for row, value in enumerate(values) if not _is_number(str(value))), None)
             if bad is not None:  # else numbers read as text ("01"), converted below
                 raise ConfigError(f"{config.path}: labels: column '{column}' must hold numbers"
-                                  f"{' 0/1' if binary else ''}, but data row {bad} holds {values[bad]!r}; map such "
-                                  "values to numbers first")
+                                  f"{' 0/1' if binary else ''}, but data row {df.index[bad]} holds {values[bad]!r}; "
+                                  "map such values to numbers first")
         values = values.astype(float)
         if np.isnan(values).any():
             missing = np.flatnonzero(np.isnan(values))
             raise ConfigError(f"{config.path}: labels: column '{column}' has {len(missing)} empty cell(s), the "
-                              f"first in data row {missing[0]}; fill or drop those rows")
+                              f"first in data row {df.index[missing[0]]}; fill or drop those rows")
         if binary and not np.isin(values, (0, 1)).all():
             bad = np.flatnonzero(~np.isin(values, (0, 1)))
             raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "
-                              f"row {bad[0]} holds {values[bad[0]]:g} (values seen: "
+                              f"row {df.index[bad[0]]} holds {values[bad[0]]:g} (values seen: "
                               f"{sorted(set(np.unique(values).tolist()))[:10]}); map them to 0/1 first")
     if config.model.name == "ESMM" and len(config.tasks) == 2:
         (ctr, click), (ctcvr, conversion) = config.tasks.items()
@@ -1395,8 +1503,8 @@ def evaluate(config, out=None):
     import numpy as np
 
     from tfrec import metrics
-    from tfrec.data import unknown_shares
-    from tfrec.evaluation import binary_report, predict_frame
+    from tfrec.data import df_to_inputs, shares_of, unknown_counts
+    from tfrec.evaluation import binary_report, predict_outputs
 
     if config.retrieval:
         from tfrec import retrieval_run
@@ -1404,41 +1512,115 @@ def evaluate(config, out=None):
         return retrieval_run.evaluate(config, out)
     with step("loading the trained model", out):
         model, columns = trained(config)
-    test_df = prepare(load_frames(config, columns)[1], columns)
-    _check_test_rows(test_df, columns, config)
     group = config.evaluate.group
-    report = {"rows": len(test_df), "tasks": {}, "unknown": unknown_shares(columns, test_df)}
-    scores = {}
-    types = dict(zip(config.tasks, config.model.args.get("task_types", ()))) if config.multitask else {}
-    with step(f"scoring {len(test_df)} test rows", out):
+    gates = _gate_model(model)
+    labels, scores, groups, unknown, gate_sums = {task: [] for task in config.tasks}, {}, [], {}, {}
+    rows, started = 0, time.perf_counter()
+    what = "the test files" if config.data.test else "the test split"
+    print(f"scoring the rows of {what}, {CHUNK_ROWS} at a time ...", file=out or sys.stdout, flush=True)
+    for chunk in test_chunks(config, columns):
+        _check_test_rows(chunk, columns, config)
+        outputs = predict_outputs(model, chunk, columns)
         for task, label in config.tasks.items():
-            predicted = predict_frame(model, test_df, columns, output=task if config.multitask else None)
-            labels = test_df[label].to_numpy(dtype=np.float64)
-            if types.get(task, "binary") == "regression":
-                result = {"rows": len(test_df), "mse": float(np.mean((predicted - labels) ** 2)),
-                          "mae": float(np.mean(np.abs(predicted - labels)))}
-            else:
-                scores[task] = predicted
-                try:
-                    result = {"rows": len(test_df), **binary_report(
-                        labels, predicted, None if group is None else test_df[group].to_numpy())}
-                except ValueError as error:  # one class only: no AUC, but the other tasks count
-                    result = {"rows": len(test_df), "auc": None, "gauc": None,
-                              "logloss": metrics.logloss(labels, predicted), "note": f"task '{task}': {error}"}
-            result["mean_prediction"] = float(np.mean(predicted))
-            result["label_rate"] = float(np.mean(labels))
-            report["tasks"][task] = result
+            labels[task].append(chunk[label].to_numpy(dtype=np.float64))
+            scores.setdefault(task, []).append(outputs[task] if config.multitask else next(iter(outputs.values())))
+        if group is not None:
+            groups.append(chunk[group].to_numpy())
+        for name, (missing, total) in unknown_counts(columns, chunk).items():
+            before = unknown.get(name, (0, 0))
+            unknown[name] = (before[0] + missing, before[1] + total)
+        if gates is not None:
+            for name, weights in gates.predict(df_to_inputs(chunk, columns), batch_size=4096, verbose=0).items():
+                gate_sums[name] = gate_sums.get(name, 0) + np.asarray(weights).sum(axis=0)
+        rows += len(chunk)
+        print(f"  {rows} rows scored ({rows / (time.perf_counter() - started):.0f} rows/s)", file=out or sys.stdout,
+              flush=True)
+    if not rows:
+        raise ConfigError(f"{config.path}: {'data.test' if config.data.test else 'data.train'}: no test rows")
+    labels = {task: np.concatenate(values) for task, values in labels.items()}
+    scores = {task: np.concatenate(values) for task, values in scores.items()}
+    groups = np.concatenate(groups) if group is not None else None
+    report = {"rows": rows, "tasks": {}, "unknown": shares_of(unknown), "model": config.output_file(MODEL_FILE),
+              "data": _expand(config.data.test, "data.test", config.path) if config.data.test else
+              f"the test split of {config.data.train}"}
+    types = dict(zip(config.tasks, config.model.args.get("task_types", ()))) if config.multitask else {}
+    binary = {}
+    for task in config.tasks:
+        predicted, truth = scores[task], labels[task]
+        if types.get(task, "binary") == "regression":
+            result = {"rows": rows, "mse": float(np.mean((predicted - truth) ** 2)),
+                      "mae": float(np.mean(np.abs(predicted - truth)))}
+        else:
+            binary[task] = (truth, predicted)
+            try:
+                result = {"rows": rows, **binary_report(truth, predicted, groups)}
+            except ValueError as error:  # one class only: no AUC, but the other tasks count
+                result = {"rows": rows, "auc": None, "gauc": None, "logloss": metrics.logloss(truth, predicted),
+                          "note": f"task '{task}': {error}"}
+        result["mean_prediction"] = float(np.mean(predicted))
+        result["label_rate"] = float(np.mean(truth))
+        report["tasks"][task] = result
     files = {"metrics": config.output_file(METRICS_FILE), "calibration": config.output_file(CALIBRATION_FILE)}
-    _calibration_plot(files["calibration"], {t: (test_df[config.tasks[t]].to_numpy(), s) for t, s in scores.items()})
-    gates = _gate_weights(model, test_df, columns)
+    _calibration_plot(files["calibration"], binary)
     if gates is not None:
         files["gates"] = config.output_file(GATES_FILE)
-        _gate_heatmap(files["gates"], gates)
+        _gate_heatmap(files["gates"], {name: total / rows for name, total in gate_sums.items()})
     report["files"] = files
     os.makedirs(config.output, exist_ok=True)
     with open(files["metrics"], "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1, default=float)
     return report
+
+
+def predict(config, files, scores_path, keep=(), out=None):
+    """Scores the rows of `files` with the trained run and writes them to `scores_path` (CSV).
+
+    The files are read as data.train's are (CSV or Parquet, a glob or a list; sequences split
+    the same way; `data.fill` applied), `CHUNK_ROWS` rows at a time, so a file of any size is
+    scored in the memory of one chunk. The scores file has one line per row, in the files'
+    order: the `keep` columns as read, then the score: "score" for a one-task model, one column
+    per task for a multi-task one. It is written beside its place and renamed into it at the end.
+    Labels are not needed.
+
+    Returns:
+      {"rows": n, "file": scores_path, "columns": [...]}
+    """
+    from tfrec.evaluation import predict_outputs
+
+    if config.retrieval:
+        raise ConfigError(f"{config.path}: tfrec predict scores rows with a ranking model; a retrieval model's "
+                          "answers (each user's top k items) come from its export: tfrec export, then tfrec query")
+    with step("loading the trained model", out):
+        model, columns = trained(config)
+    score_names = {task: task for task in config.tasks} if config.multitask else \
+        {name: "score" for name in model.output_names}
+    clashing = sorted(set(keep) & set(score_names.values()))
+    if clashing:
+        raise ConfigError(f"--keep: {clashing} would be written twice, as kept and as the score column",
+                          hint="keep other columns, or rename them")
+    staged = f"{scores_path}.{os.getpid()}.tmp"
+    rows, started = 0, time.perf_counter()
+    try:
+        with open(staged, "w", encoding="utf-8", newline="") as handle:
+            for chunk in data_chunks(config, columns, files, "--data", labels=False):
+                missing = [name for name in [c.name for c in columns] + list(keep) if name not in chunk.columns]
+                if missing:
+                    raise ConfigError(f"--data: the rows lack the column(s) {missing} (features of the model, or "
+                                      f"named by --keep); their columns are {list(chunk.columns)}",
+                                      hint="score files holding the columns the model was trained on")
+                outputs = predict_outputs(model, chunk, columns)
+                scores = chunk[list(keep)].copy()
+                for output, name in score_names.items():
+                    scores[name] = outputs[output]
+                scores.to_csv(handle, header=not rows, index=False)
+                rows += len(chunk)
+                print(f"  {rows} rows scored ({rows / (time.perf_counter() - started):.0f} rows/s)",
+                      file=out or sys.stdout, flush=True)
+        os.replace(staged, scores_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staged)
+    return {"rows": rows, "file": scores_path, "columns": list(keep) + list(score_names.values())}
 
 
 def _calibration_plot(path, tasks, bins=10):
@@ -1464,19 +1646,14 @@ def _calibration_plot(path, tasks, bins=10):
     plt.close(fig)
 
 
-def _gate_weights(model, df, columns):
-    """{gate layer: mean weight per expert} of a model with ExpertGate layers, else None."""
-    import numpy as np
-
-    from tfrec.data import df_to_inputs
+def _gate_model(model):
+    """`tfrec.models.gate_model` of a model with ExpertGate layers (MMOE, PLE), else None."""
     from tfrec.models import gate_model
 
     try:
-        gates = gate_model(model)
+        return gate_model(model)
     except ValueError:
         return None
-    weights = gates.predict(df_to_inputs(df, columns), batch_size=4096, verbose=0)
-    return {name: np.asarray(w).mean(axis=0) for name, w in weights.items()}
 
 
 def _gate_heatmap(path, gates):

@@ -121,6 +121,22 @@ def test_data_mistakes_name_the_key(tmp_path):
         run.infer_columns(run.load_frames(config)[0], config)
 
 
+def test_a_malformed_line_names_its_file_and_chunks_number_rows_on_across_files(tmp_path):
+    (tmp_path / "bad.csv").write_text("user_id,click\nu1,0\nu2,1,7\n")
+    with pytest.raises(ConfigError, match=r"bad.csv: Error tokenizing data. C error: Expected 2 fields in line 3, "
+                                          r"saw 3") as raised:  # pandas' message named no file
+        run.read_data([str(tmp_path / "bad.csv")])
+    assert "malformed line" in raised.value.hint
+    frame().to_csv(tmp_path / "a.csv", index=False)
+    frame().to_parquet(tmp_path / "b.parquet")
+    files = [str(tmp_path / "a.csv"), str(tmp_path / "b.parquet")]
+    chunks = list(run.read_data_chunks(files, sequences=["hist_item_id"], chunk_rows=3))
+    whole = run.read_data(files, sequences=["hist_item_id"])
+    assert [len(c) for c in chunks] == [3, 3, 2, 3, 3, 2] and sum(map(len, chunks)) == len(whole) == 16
+    assert [c.index[0] for c in chunks] == [0, 3, 6, 8, 11, 14]  # rows numbered as read_data numbers them
+    pd.testing.assert_frame_equal(pd.concat(chunks), whole)
+
+
 def test_explicit_columns_and_an_ordered_split(tmp_path):
     frame().to_csv(tmp_path / "d.csv", index=False)
     path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, "

@@ -18,7 +18,8 @@ import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is importe
 from .adult import ADULT_PATH_VARIABLE, ADULT_TASKS, ADULT_URL, adult_feature_columns, load_adult
 from .behaviour import (NEGATIVE_OUTCOME_VALUES, build_din_samples, build_sim_samples, check_esmm_labels,
                         leave_last_out)
-from .columns import ColumnInferenceError, build_vocabulary, grow_vocabularies, infer_feature_columns, unknown_shares
+from .columns import (ColumnInferenceError, build_vocabulary, grow_vocabularies, infer_feature_columns, shares_of,
+                      unknown_counts, unknown_shares)
 from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
                            make_long_history_setting)
 from .pipeline import df_to_dataset, df_to_inputs
@@ -40,6 +41,6 @@ __all__ = [
     "multitask_feature_columns", "oracle_auc",
     "PLANTED_RANKINGS", "RETRIEVAL_PROFILE_FEATURES", "RetrievalData", "make_retrieval_data", "planted_recalls",
     "planted_top_k", "popularity_top_k", "retrieval_feature_columns", "retrieval_samples", "sample_feature_columns",
-    "sdm_feature_columns", "unknown_shares",
+    "sdm_feature_columns", "shares_of", "unknown_counts", "unknown_shares",
     "true_next_item_probabilities",
 ]

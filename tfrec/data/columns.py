@@ -261,15 +261,24 @@ def unknown_shares(columns, df):
     """{feature: share of its ids in `df` that its vocabulary lacks}: the ids looked up as the
     out-of-vocabulary row (new users and items since training, rare values below min_count), for
     the columns with a vocabulary that `df` holds and that have some; padding is not counted."""
-    shares = {}
+    return shares_of(unknown_counts(columns, df))
+
+
+def unknown_counts(columns, df):
+    """{feature: (ids its vocabulary lacks, ids)} in `df`, for the columns with a vocabulary that
+    `df` holds; sum them over the chunks of a file and take `shares_of` the sums."""
+    counts = {}
     for column in columns:
         if _has_vocabulary(column) and column.name in df.columns:
             ids = _ids_of(df, column)
             known = set(_vocabulary(_sparse(column)))
-            unknown = sum(v not in known for v in ids)
-            if unknown:
-                shares[column.name] = unknown / len(ids)
-    return shares
+            counts[column.name] = (sum(v not in known for v in ids), len(ids))
+    return counts
+
+
+def shares_of(counts):
+    """{feature: unknown / total} of `unknown_counts`, for the features with unknown ids."""
+    return {name: unknown / total for name, (unknown, total) in counts.items() if unknown}
 
 
 def _integer_items(cells):

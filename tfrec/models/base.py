@@ -316,6 +316,9 @@ class RecModel(tf.keras.Model):
 
         The last two are also checked in the graph (`RecentSequence`), but XLA drops such checks,
         so `fit` would train on misaligned events without a word."""
+        split = getattr(self, "_split", None)
+        if split is not None and any(block in x for block in split.packed):
+            return  # fit's inputs, checked before it packed them (Keras' validation_split evaluates these)
         looked_up = {indexed_feature(key) for key in x}
         missing = [name for name in self.input_names if name not in x and name not in looked_up]
         if missing:

@@ -24,8 +24,14 @@ Quality is reported as the model's AUC next to the planted-truth oracle's AUC on
 
 
 def peak_rss_mib():
-    """This process's peak resident set size so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size so far, in MiB.
+
+    VmHWM where /proc has it: Linux keeps getrusage's ru_maxrss across exec, so a child started
+    by a parent holding 7 GiB would report 7 GiB whatever it used itself."""
+    try:
+        return process_memory_mib(os.getpid(), "VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def process_memory_mib(pid, field="VmHWM"):

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -50,6 +51,7 @@ GATES_FILE = "gates.png"
 # Rows that `evaluate` and `predict` read and score at once: their memory is one chunk's, whatever
 # the file's size (reading a 5M-row CSV whole, then one predict call over it, took 13 GiB).
 CHUNK_ROWS = 200_000
+BAD_LINES = ("error", "skip")  # data.bad_lines: what a CSV line with more cells than its header does
 
 
 class ConfigError(ValueError):
@@ -78,12 +80,16 @@ class DataConfig:
         alike, as pandas' `fillna` (`{price: 0}`); not for labels or sequences.
       items: (retrieval) the catalogue, files with the item column, one row per item: what
         evaluation ranks and the export serves; None: every item that is a training target.
+      bad_lines: "error" (a CSV line with more cells than its header stops the command, naming
+        the file and line) or "skip" (such lines are left out, and each file's count and first
+        lines are printed).
     """
     train: list
     test: Optional[list] = None
     items: Optional[list] = None
     sequence_separator: str = "|"
     fill: dict = field(default_factory=dict)
+    bad_lines: str = "error"
 
 
 @dataclass
@@ -427,10 +433,13 @@ def load_config(path, output=None, export_base=None):
                                              for value in fill.values()):
         _fail(path, "data.fill", f"must map a column to the number or text for its empty cells, e.g. "
               f"{{price: 0}}, got {fill!r}")
+    if data.get("bad_lines", "error") not in BAD_LINES:
+        _fail(path, "data.bad_lines", f"must be one of {', '.join(BAD_LINES)}, got {data['bad_lines']!r}")
     data = DataConfig(train=_files(path, "data.train", data["train"]),
                       test=_files(path, "data.test", data["test"]) if data.get("test") else None,
                       items=_files(path, "data.items", data["items"]) if data.get("items") else None,
-                      sequence_separator=data.get("sequence_separator", "|"), fill=fill)
+                      sequence_separator=data.get("sequence_separator", "|"), fill=fill,
+                      bad_lines=data.get("bad_lines", "error"))
     if "model" not in raw:
         _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS + RETRIEVAL_MODELS)}, args: {{...}}}}")
     model = _section(path, raw, "model")
@@ -606,7 +615,7 @@ def _expand(patterns, key, config_path):
     return files
 
 
-def _read_file(path, text_columns=()):
+def _read_file(path, text_columns=(), bad_lines="error"):
     """One CSV/Parquet file as a DataFrame; in a CSV, `text_columns` (where present) are read as
     text, not parsed as numbers, and so is a column of whole numbers written with leading zeros
     ("02134", "000123": ids, not amounts), which would otherwise become 2134 and 123 and meet
@@ -619,16 +628,18 @@ def _read_file(path, text_columns=()):
             return pd.read_parquet(path)
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
-    with _naming_the_file(path):
+    with _reading(path, bad_lines):
         header = pd.read_csv(path, sep=sep, nrows=0).columns
-        df = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header})
+        df = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
+                         on_bad_lines=_PANDAS_BAD_LINES[bad_lines])
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
     if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
         import pyarrow as pa
         import pyarrow.compute as pc
         from pyarrow import csv
 
-        texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep),
+        skip = (lambda row: "skip") if bad_lines == "skip" else None  # the lines pandas left out
+        texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
                              convert_options=csv.ConvertOptions(include_columns=integers,
                                                                 column_types={n: pa.string() for n in integers}))
         for name in integers:
@@ -648,19 +659,36 @@ def _csv_separator(path):
                       "(.parquet, .pq)")
 
 
+# pandas' on_bad_lines for each data.bad_lines: "warn" leaves a line out with a ParserWarning
+# naming it, which `_reading` counts.
+_PANDAS_BAD_LINES = {"error": "error", "skip": "warn"}
+
+
 @contextlib.contextmanager
-def _naming_the_file(path):
-    """pandas' parser errors ("Expected 7 fields in line 50002, saw 8") as ConfigErrors naming the file."""
+def _reading(path, bad_lines="error"):
+    """pandas' parser errors ("Expected 7 fields in line 50002, saw 8") as ConfigErrors naming the
+    file; with bad_lines "skip", the lines it left out are counted and printed, never lost silently."""
     import pandas as pd
 
-    try:
-        yield
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: {str(error).strip()}", hint="fix or drop the malformed line of the file "
-                                                                 "(pandas counts lines from 1, the header included)") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            yield
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: {str(error).strip()}",
+                              hint="fix or drop the malformed line of the file (pandas counts lines from 1, the "
+                                   "header included), or set data.bad_lines: skip") from None
+    skipped = [line for warning in caught if issubclass(warning.category, pd.errors.ParserWarning)
+               for line in str(warning.message).strip().splitlines() if line.startswith("Skipping line")]
+    for warning in caught:  # anything else is shown as it would have been
+        if not issubclass(warning.category, pd.errors.ParserWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    if skipped:
+        print(f"note: {path}: left out {len(skipped)} malformed line(s) (data.bad_lines: skip): "
+              f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}", flush=True)
 
 
-def _read_file_chunks(path, text_columns=(), chunk_rows=None):
+def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error"):
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
     Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
     pandas reads them (a chunk of ids with a gap gets floats, which prepare() handles)."""
@@ -676,14 +704,20 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
         return
-    with _naming_the_file(path):
+    with _reading(path, bad_lines):
         header = pd.read_csv(path, sep=sep, nrows=0).columns
-        yield from pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
-                               chunksize=chunk_rows)
+        reader = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
+                             chunksize=chunk_rows, on_bad_lines=_PANDAS_BAD_LINES[bad_lines])
+    while True:
+        with _reading(path, bad_lines):  # around each read only: the caller's own warnings pass
+            chunk = next(reader, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),
-              text_columns=()):
+              text_columns=(), bad_lines="error"):
     """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
 
     A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
@@ -697,13 +731,13 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     import pandas as pd
 
     targets = _text_columns(sequences, numeric, text_columns)
-    frames = [_read_file(f, targets) for f in _expand(files, key, config_path)]
+    frames = [_read_file(f, targets, bad_lines) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return _with_sequences(df, config_path, sequences, separator, numeric)
 
 
 def read_data_chunks(files, key="data.test", config_path="config", sequences=(), separator="|", numeric=(),
-                     text_columns=(), chunk_rows=None):
+                     text_columns=(), chunk_rows=None, bad_lines="error"):
     """`read_data`'s frame, at most `chunk_rows` rows (default CHUNK_ROWS) at a time: a file of any
     size in the memory of one chunk. The rows are numbered on across chunks and files (the index),
     as `read_data` numbers them."""
@@ -711,7 +745,7 @@ def read_data_chunks(files, key="data.test", config_path="config", sequences=(),
 
     targets, offset = _text_columns(sequences, numeric, text_columns), 0
     for path in _expand(files, key, config_path):
-        for chunk in _read_file_chunks(path, targets, chunk_rows):
+        for chunk in _read_file_chunks(path, targets, chunk_rows, bad_lines):
             chunk.index = pd.RangeIndex(offset, offset + len(chunk))
             offset += len(chunk)
             yield _with_sequences(chunk, config_path, sequences, separator, numeric)
@@ -817,11 +851,11 @@ def load_frames(config, feature_columns=None):
     config's `columns` section says which)."""
     sequences, numeric, text = _file_columns(config, feature_columns)
     df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
-                         numeric, text), config, sequences)
+                         numeric, text, config.data.bad_lines), config, sequences)
     _check_labels(df, config)
     if config.data.test:
         test = fill(read_data(config.data.test, "data.test", config.path, sequences,
-                               config.data.sequence_separator, numeric, text), config, sequences)
+                               config.data.sequence_separator, numeric, text, config.data.bad_lines), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
@@ -851,7 +885,8 @@ def data_chunks(config, feature_columns, files, key, labels=True):
     at a time: read, filled (`data.fill`), labels checked (if `labels`), gaps in categorical
     columns made padding (`prepare`)."""
     sequences, numeric, text = _file_columns(config, feature_columns)
-    for chunk in read_data_chunks(files, key, config.path, sequences, config.data.sequence_separator, numeric, text):
+    for chunk in read_data_chunks(files, key, config.path, sequences, config.data.sequence_separator, numeric, text,
+                                  bad_lines=config.data.bad_lines):
         chunk = fill(chunk, config, sequences)
         if labels:
             _check_labels(chunk, config)

@@ -137,6 +137,33 @@ def test_a_malformed_line_names_its_file_and_chunks_number_rows_on_across_files(
     pd.testing.assert_frame_equal(pd.concat(chunks), whole)
 
 
+def test_bad_lines_skip_leaves_malformed_lines_out_and_says_which(tmp_path, capsys):
+    """A nightly job's file with a few cut or merged lines: one stops the whole job (naming the file
+    and line), unless data.bad_lines: skip, which leaves them out and prints how many and which."""
+    write_csv_frame(tmp_path / "d.csv")
+    text = (tmp_path / "d.csv").read_text().splitlines()
+    text.insert(3, text[3] + ",extra")  # the 3rd data row, written twice, once with an extra cell
+    (tmp_path / "d.csv").write_text("\n".join(text) + "\n")
+    strict = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n")))
+    with pytest.raises(ConfigError, match=r"d.csv: Error tokenizing data. C error: Expected 6 fields in line 4, "
+                                          r"saw 7") as raised:
+        run.load_frames(strict)
+    assert "data.bad_lines: skip" in raised.value.hint
+    config = load_config(str(write(tmp_path, "data: {train: d.csv, bad_lines: skip}\nlabels: click\n"
+                                             "model: {name: DIN}\n")))
+    capsys.readouterr()
+    train_df, test_df = run.load_frames(config)
+    assert len(train_df) + len(test_df) == 8 and sorted(train_df["row_id"].tolist() + test_df["row_id"].tolist()) == \
+        list(range(8))
+    assert "d.csv: left out 1 malformed line(s) (data.bad_lines: skip): Skipping line 4: expected 6 fields, saw 7" \
+        in capsys.readouterr().out
+    chunks = list(run.read_data_chunks([str(tmp_path / "d.csv")], chunk_rows=3, bad_lines="skip"))
+    assert sum(map(len, chunks)) == 8
+    with pytest.raises(ConfigError, match="data.bad_lines: must be one of error, skip, got 'ignore'"):
+        load_config(str(write(tmp_path, "data: {train: d.csv, bad_lines: ignore}\nlabels: click\n"
+                                        "model: {name: DIN}\n")))
+
+
 def test_explicit_columns_and_an_ordered_split(tmp_path):
     frame().to_csv(tmp_path / "d.csv", index=False)
     path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, "

@@ -629,9 +629,7 @@ def _read_file(path, text_columns=(), bad_lines="error"):
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
     with _reading(path, bad_lines):
-        header = pd.read_csv(path, sep=sep, nrows=0).columns
-        df = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
-                         on_bad_lines=_PANDAS_BAD_LINES[bad_lines])
+        df = _read_csv(path, sep, text_columns, bad_lines)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
     if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
         import pyarrow as pa
@@ -657,6 +655,16 @@ def _csv_separator(path):
         return "\t" if lower.endswith(".tsv") else ","
     raise ConfigError(f"{path}: unknown file type; data files are CSV (.csv, .csv.gz, .tsv) or Parquet "
                       "(.parquet, .pq)")
+
+
+def _read_csv(path, sep, text_columns, bad_lines, **options):
+    """pandas' read_csv of a data file: `text_columns` (where present) as text, malformed lines as
+    `bad_lines` says; `options` as read_csv takes them (chunksize: a reader of chunks)."""
+    import pandas as pd
+
+    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
+                       on_bad_lines=_PANDAS_BAD_LINES[bad_lines], **options)
 
 
 # pandas' on_bad_lines for each data.bad_lines: "warn" leaves a line out with a ParserWarning
@@ -692,8 +700,6 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error")
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
     Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
     pandas reads them (a chunk of ids with a gap gets floats, which prepare() handles)."""
-    import pandas as pd
-
     chunk_rows = chunk_rows or CHUNK_ROWS
     sep = _csv_separator(path)
     if sep is None:
@@ -705,9 +711,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error")
             yield batch.to_pandas()
         return
     with _reading(path, bad_lines):
-        header = pd.read_csv(path, sep=sep, nrows=0).columns
-        reader = pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
-                             chunksize=chunk_rows, on_bad_lines=_PANDAS_BAD_LINES[bad_lines])
+        reader = _read_csv(path, sep, text_columns, bad_lines, chunksize=chunk_rows)
     while True:
         with _reading(path, bad_lines):  # around each read only: the caller's own warnings pass
             chunk = next(reader, None)
@@ -1568,8 +1572,7 @@ def evaluate(config, out=None):
             for name, weights in gates.predict(df_to_inputs(chunk, columns), batch_size=4096, verbose=0).items():
                 gate_sums[name] = gate_sums.get(name, 0) + np.asarray(weights).sum(axis=0)
         rows += len(chunk)
-        print(f"  {rows} rows scored ({rows / (time.perf_counter() - started):.0f} rows/s)", file=out or sys.stdout,
-              flush=True)
+        _say_scored(rows, started, out)
     if not rows:
         raise ConfigError(f"{config.path}: {'data.test' if config.data.test else 'data.train'}: no test rows")
     labels = {task: np.concatenate(values) for task, values in labels.items()}
@@ -1649,8 +1652,7 @@ def predict(config, files, scores_path, keep=(), out=None):
                     scores[name] = outputs[output]
                 scores.to_csv(handle, header=not rows, index=False)
                 rows += len(chunk)
-                print(f"  {rows} rows scored ({rows / (time.perf_counter() - started):.0f} rows/s)",
-                      file=out or sys.stdout, flush=True)
+                _say_scored(rows, started, out)
         os.replace(staged, scores_path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -1679,6 +1681,12 @@ def _calibration_plot(path, tasks, bins=10):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _say_scored(rows, started, out=None):
+    """The progress line of a chunked evaluate or predict: rows scored so far, and how fast."""
+    print(f"  {rows} rows scored ({rows / (time.perf_counter() - started):.0f} rows/s)", file=out or sys.stdout,
+          flush=True)
 
 
 def _gate_model(model):

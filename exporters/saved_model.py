@@ -55,6 +55,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
 from exporters import layout, warmup
+from tfrec.models.two_tower import INTEREST_MASK
 
 logger = logging.getLogger(__name__)
 
@@ -313,10 +314,16 @@ def _cast_to_input(name, values, dtype):
 
 
 def _run(serving_model, features):
-    """The serving model's outputs for signature `features`, (None, 1) outputs as vectors."""
+    """The serving model's outputs for signature `features`, (None, 1) scores as vectors."""
     outputs = serving_model(model_inputs(serving_model, features), training=False)
-    return {name: tf.squeeze(tensor, -1) if _is_single_column(serving_model.output[name]) else tensor
+    return {name: tf.squeeze(tensor, -1) if _is_score_column(name, serving_model.output[name]) else tensor
             for name, tensor in outputs.items()}
+
+
+def _is_score_column(name, tensor):
+    """Whether an output is a (None, 1) score, served as (None,): not a user tower's
+    (batch, k_max) interest mask, which keeps its axis at k_max 1."""
+    return name != INTEREST_MASK and _is_single_column(tensor)
 
 
 def _serving_function(serving_model, input_specs=None, one_history_inputs=()):

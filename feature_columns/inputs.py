@@ -496,8 +496,11 @@ def _as_numpy(value):
     if isinstance(value, (list, tuple)):
         try:
             return np.asarray(value)
-        except ValueError:  # ragged rows: Keras will say so
-            return value
+        except ValueError:  # ragged rows: one list per row, as pandas keeps a sequence column
+            rows = np.empty(len(value), dtype=object)
+            for index, row in enumerate(value):
+                rows[index] = row
+            return rows
     return value
 
 

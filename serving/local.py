@@ -86,20 +86,27 @@ class LocalServer:
         stream.close()
 
     def logs(self):
-        """Everything the server printed so far (stdout and stderr lines, interleaved)."""
+        """Everything the server printed since it was last started (stdout and stderr lines,
+        interleaved)."""
         with self._lines_lock:
             return "\n".join(self._lines)
 
     def start(self):
-        """Starts the server and waits until it is ready; retries if a port got taken."""
+        """Starts the server and waits until it is ready; retries if a port got taken.
+
+        Raises RuntimeError if this server is running already (stop() it first): a second
+        process would be left running, holding its ports, with nothing to stop it."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"this LocalServer is running already (pid {self.process.pid}, "
+                               f"gRPC {self.grpc_target}): stop() it before starting it again")
         for attempt in range(3):
+            with self._lines_lock:  # the readiness lines looked for must be this start's
+                self._lines.clear()
             try:
                 return self._start_once()
             except RuntimeError:
                 if attempt == 2 or "cannot bind" not in self.logs():
                     raise
-                with self._lines_lock:
-                    self._lines.clear()
 
     def _start_once(self):
         grpc_port = free_port()

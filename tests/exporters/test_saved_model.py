@@ -165,3 +165,17 @@ def test_nan_or_inf_in_a_float_input_is_invalid_argument_naming_it(serving_signa
         [[value, 0.0, 0.0] if i == 1 else cell for i, cell in enumerate(rows[feature])]
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"Input {feature} holds NaN or inf"):
         serving_signature(**signature_feed(rows))
+
+
+def test_a_one_interest_mask_keeps_its_axis_and_a_one_column_score_is_a_vector(tmp_path):
+    """A user tower's interest mask is (batch, k_max), also at k_max 1 (MIND with one interest);
+    any other (batch, 1) output is a score, served as (batch,)."""
+    history = tf.keras.Input((3,), dtype=tf.float32, name="hist")
+    interests = tf.keras.layers.Reshape((1, 3), name="user_embedding")(history)
+    mask = tf.keras.layers.Dense(1, name="interest_mask")(history)
+    score = tf.keras.layers.Dense(1, name="score")(history)
+    tower = tf.keras.Model({"hist": history}, [interests, mask, score])
+    path = exporters.export_saved_model(tower, str(tmp_path / "tower"))
+    outputs = tf.saved_model.load(path).signatures["serving_default"](hist=tf.ones((2, 3)))
+    assert {name: tuple(value.shape) for name, value in outputs.items()} == {
+        "user_embedding": (2, 1, 3), "interest_mask": (2, 1), "score": (2,)}

@@ -48,3 +48,22 @@ def test_server_stops_when_the_process_that_started_it_is_killed(saved_models):
         parent.wait()
     wait_for(lambda: not process_running(server_pid), 30, 0.2,
              what="the server gone with the process that started it")
+
+
+def test_a_stopped_server_starts_again_ready_and_a_running_one_is_not_started_twice(saved_models):
+    from serving import Client
+
+    server = LocalServer(model_base_path=str(saved_models / "toy"), model_name="toy", rest=False)
+    try:
+        first = server.start().pid
+        with pytest.raises(RuntimeError, match=f"running already \\(pid {first}.*stop\\(\\) it"):
+            server.start()
+        assert server.pid == first
+        server.stop()
+        server.start()
+        assert server.pid != first and not process_running(first)
+        # start() returned once this process was ready, not on the first run's log lines.
+        with Client(server.grpc_target, retries=0) as client:
+            assert client.status("toy")
+    finally:
+        server.stop()

@@ -163,6 +163,9 @@ def test_a_whole_data_frame_is_refused_with_what_to_pass_instead(din):
     (lambda x, y: (dict(x, hist_item_id=pd.Series([[1, 2], [1], [3, 4, 5]]).to_numpy()), y),
      r"feature 'hist_item_id' holds a list per row \(a sequence column as pandas keeps it\); pass a \(rows, "
      r"maxlen\) array"),
+    (lambda x, y: (dict(x, hist_item_id=[[1, 2], [1], [3, 4, 5]]), y),  # df[c].tolist(): Keras' "data adapter"
+     r"feature 'hist_item_id' holds a list per row \(a sequence column as pandas keeps it\); pass a \(rows, "
+     r"maxlen\) array"),
     (lambda x, y: (dict(x, price=x["price"].astype(str)), y),
      r"feature 'price' needs float32 values, but holds strings \(.*\); parse them first \(e.g. "
      r"pd.to_numeric\(df\['price'\]\)\)"),

@@ -227,6 +227,8 @@ def cmd_evaluate(args):
             scores = f"AUC {result['auc']:.4f}  {gauc}logloss {result['logloss']:.4f}"
         print(f"{name}{scores}  (mean prediction {result['mean_prediction']:.4f}, "
               f"label {'mean' if 'mse' in result else 'rate'} {result['label_rate']:.4f}, {result['rows']} rows)")
+    if report.get("weight"):
+        print(f"(each test row weighted by its '{report['weight']}' column)")
     if report.get("unknown"):  # cold start: these ids score as the out-of-vocabulary row
         print("out of vocabulary in the test rows: " + ", ".join(
             f"{name} {share:.1%}" for name, share in report["unknown"].items()))

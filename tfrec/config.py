@@ -261,6 +261,9 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     retrieval: Optional[RetrievalConfig] = None  # set for a retrieval model
     output: str = "runs/run"
+    # A column of sample weights (not a feature): each training row's loss counts this many times
+    # (every task's); evaluate weighs its metrics by it when the test rows have it.
+    weight: Optional[str] = None
 
     @property
     def tasks(self):
@@ -284,7 +287,7 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "columns": ColumnsConfig, "model": ModelConfig, "split": SplitConfig,
              "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig,
              "strategy": StrategyConfig, "retrieval": RetrievalConfig}
-_TOP_LEVEL = ("data", "labels", "columns", "model", "split", "train", "evaluate", "export", "strategy",
+_TOP_LEVEL = ("data", "labels", "weight", "columns", "model", "split", "train", "evaluate", "export", "strategy",
               "retrieval", "output")
 
 
@@ -502,6 +505,7 @@ def load_config(path, output=None, export_base=None):
                        columns=_parse_columns(path, raw), split=split, train=train,
                        evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
                        strategy=_parse_strategy(path, raw), retrieval=retrieval, output=output)
+    config.weight = _parse_weight(path, raw.get("weight"), config)
     if retrieval and "embedding_dim" not in (raw.get("columns") or {}):
         config.columns.embedding_dim = RETRIEVAL_EMBEDDING_DIM
     if config.model.name in RANKING_MODELS and len(config.tasks) != 1:
@@ -509,6 +513,19 @@ def load_config(path, output=None, export_base=None):
     if config.multitask and isinstance(config.labels, str):
         _fail(path, "labels", f"{config.model.name} is multi-task: give {{task name: column}} or a list of columns")
     return config
+
+
+def _parse_weight(path, weight, config):
+    if weight is None:
+        return None
+    if not isinstance(weight, str) or not weight:
+        _fail(path, "weight", f"must be the name of the column of sample weights, got {weight!r}")
+    if config.retrieval:
+        _fail(path, "weight", f"weighs a ranking model's rows; {config.model.name} trains on the samples it makes "
+              "from the log, which carry no weight")
+    if weight in config.tasks.values():
+        _fail(path, "weight", f"'{weight}' is a label column; the weights need a column of their own")
+    return weight
 
 
 _RETRIEVAL_COLUMN_OPTIONS = ("embedding_dim", "min_count")
@@ -856,7 +873,7 @@ def load_frames(config, feature_columns=None):
     sequences, numeric, text = _file_columns(config, feature_columns)
     df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
                          numeric, text, config.data.bad_lines), config, sequences)
-    _check_labels(df, config)
+    _check_labels(df, config, weight_required=True)
     if config.data.test:
         test = fill(read_data(config.data.test, "data.test", config.path, sequences,
                                config.data.sequence_separator, numeric, text, config.data.bad_lines), config, sequences)
@@ -920,7 +937,10 @@ def fill(df, config, sequences):
     return df
 
 
-def _check_labels(df, config):
+def _check_labels(df, config, weight_required=False):
+    """A ConfigError naming the column and row of a label (or sample weight) the model cannot
+    learn from. The `weight` column may be missing from test rows (a test set of the original,
+    not downsampled, distribution), not from training rows (`weight_required`)."""
     import numpy as np
 
     from tfrec.data.behaviour import check_esmm_labels
@@ -953,6 +973,8 @@ def _check_labels(df, config):
             raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "
                               f"row {df.index[bad[0]]} holds {values[bad[0]]:g} (values seen: "
                               f"{sorted(set(np.unique(values).tolist()))[:10]}); map them to 0/1 first")
+    if config.weight is not None:
+        _check_weights(df, config, weight_required)
     if config.model.name == "ESMM" and len(config.tasks) == 2:
         (ctr, click), (ctcvr, conversion) = config.tasks.items()
         try:  # ESMM's first output is the click, its second click-and-convert: the order matters
@@ -961,6 +983,29 @@ def _check_labels(df, config):
             raise ConfigError(f"{config.path}: labels: ESMM reads its first label ('{ctr}': {click}) as the click and "
                               f"its second ('{ctcvr}': {conversion}) as the conversion after a click, but {error}; "
                               "list the click first, e.g. labels: {ctr: click, ctcvr: conversion}") from None
+
+
+def _check_weights(df, config, required):
+    import numpy as np
+
+    column = config.weight
+    if column not in df.columns:
+        if required:
+            raise ConfigError(f"{config.path}: weight: '{column}' is not a column of the training data; its columns "
+                              f"are {list(df.columns)}")
+        return
+    values = df[column]
+    if values.dtype.kind not in "biuf":
+        import pandas as pd
+
+        values = pd.to_numeric(values, errors="coerce")
+    values = values.to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if len(bad):
+        value = df[column].iloc[bad[0]]
+        raise ConfigError(f"{config.path}: weight: column '{column}' must hold numbers >= 0, but data row "
+                          f"{df.index[bad[0]]} holds {value.item() if isinstance(value, np.generic) else value!r} "
+                          f"({len(bad)} row(s) do); fill, fix or drop those rows")
 
 
 # --- Columns -------------------------------------------------------------------------------
@@ -974,7 +1019,8 @@ def infer_columns(train_df, config):
 
     options = config.columns
     try:
-        columns = infer_feature_columns(train_df, config.tasks.values(), options.exclude, options.dense,
+        columns = infer_feature_columns(train_df, config.tasks.values(), options.exclude + [config.weight] * (
+                                            config.weight is not None), options.dense,
                                         options.sequences, options.min_count, options.embedding_dim)
     except ColumnInferenceError as error:
         key = "columns" if error.key is None else f"columns.{error.key}"
@@ -1065,11 +1111,21 @@ def columns_from_json(entries):
 
 def build_columns(train_df, config):
     columns = infer_columns(train_df, config) if config.columns.infer else explicit_columns(config)
+    check_no_answer_is_a_feature(columns, config, "columns")
+    return columns
+
+
+def check_no_answer_is_a_feature(columns, config, key):
+    """A ConfigError (at `key`) when a label or the sample weight column is one of `columns`: the
+    model would read the answer it is asked to predict (a downsampled log's weights tell the kept
+    negatives from the clicks), and need it to score a row."""
     labels = set(config.tasks.values())
     leaked = [column.name for column in columns if column.name in labels]
-    if leaked:  # the model would read the answer it is asked to predict
-        raise ConfigError(f"{config.path}: columns: {leaked} are labels, so they cannot be features too")
-    return columns
+    if leaked:
+        raise ConfigError(f"{config.path}: {key}: {leaked} are labels, so they cannot be features too")
+    if config.weight in {column.name for column in columns}:
+        raise ConfigError(f"{config.path}: {key}: '{config.weight}' is the weight column, so it cannot be a "
+                          "feature too")
 
 
 # --- Steps ---------------------------------------------------------------------------------
@@ -1121,7 +1177,9 @@ def _compile(model, config):
     if config.multitask:
         compile_multitask(model, optimizer)
     else:
-        model.compile(optimizer, "binary_crossentropy", metrics=[metrics.AUC(), metrics.LogLoss()])
+        # With sample weights, the metrics Keras prints are weighted too (its loss divides by the rows).
+        model.compile(optimizer, "binary_crossentropy",
+                      **{"weighted_metrics" if config.weight else "metrics": [metrics.AUC(), metrics.LogLoss()]})
 
 
 def _label_columns(config):
@@ -1152,6 +1210,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
         train_df, test_df = load_frames(config, warm.columns if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
     _say_repeated_rows(train_df, test_df, out)
+    if warm:
+        check_no_answer_is_a_feature(warm.columns, config, "weight (a feature of the run in train.warm_start)")
     columns = warm.columns if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     _check_dense(train_df, columns, config)
@@ -1202,10 +1262,12 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
         callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
     fit_args = {}
     if settings.kind is None:
-        dataset = df_to_dataset(train_df, columns, labels, batch_size=config.train.batch_size, seed=config.train.seed)
+        dataset = df_to_dataset(train_df, columns, labels, batch_size=config.train.batch_size, seed=config.train.seed,
+                                weight_column=config.weight)
     else:
         dataset = distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
-            train_df, columns, labels, config.train.batch_size, seed=config.train.seed, repeat=True))
+            train_df, columns, labels, config.train.batch_size, seed=config.train.seed, repeat=True,
+            weight_column=config.weight))
         # Keras needs the length of a distributed dataset: an epoch is one pass over the rows
         # (a final partial batch is left to the next epoch's shuffle). Keras keeps one iterator
         # across epochs when given steps_per_epoch, so the data repeats (else epoch 2 runs dry).
@@ -1554,6 +1616,7 @@ def evaluate(config, out=None):
     group = config.evaluate.group
     gates = _gate_model(model)
     labels, scores, groups, unknown, gate_sums = {task: [] for task in config.tasks}, {}, [], {}, {}
+    weights = []  # one array per test chunk with the weight column, None per chunk without
     rows, started = 0, time.perf_counter()
     what = "the test files" if config.data.test else "the test split"
     print(f"scoring the rows of {what}, {CHUNK_ROWS} at a time ...", file=out or sys.stdout, flush=True)
@@ -1565,12 +1628,13 @@ def evaluate(config, out=None):
             scores.setdefault(task, []).append(outputs[task] if config.multitask else next(iter(outputs.values())))
         if group is not None:
             groups.append(chunk[group].to_numpy())
+        weights.append(chunk[config.weight].to_numpy(dtype=np.float64) if config.weight in chunk.columns else None)
         for name, (missing, total) in unknown_counts(columns, chunk).items():
             before = unknown.get(name, (0, 0))
             unknown[name] = (before[0] + missing, before[1] + total)
         if gates is not None:
-            for name, weights in gates.predict(df_to_inputs(chunk, columns), batch_size=4096, verbose=0).items():
-                gate_sums[name] = gate_sums.get(name, 0) + np.asarray(weights).sum(axis=0)
+            for name, gate_weights in gates.predict(df_to_inputs(chunk, columns), batch_size=4096, verbose=0).items():
+                gate_sums[name] = gate_sums.get(name, 0) + np.asarray(gate_weights).sum(axis=0)
         rows += len(chunk)
         _say_scored(rows, started, out)
     if not rows:
@@ -1578,28 +1642,30 @@ def evaluate(config, out=None):
     labels = {task: np.concatenate(values) for task, values in labels.items()}
     scores = {task: np.concatenate(values) for task, values in scores.items()}
     groups = np.concatenate(groups) if group is not None else None
+    weights = _test_weights(weights, config)
     report = {"rows": rows, "tasks": {}, "unknown": shares_of(unknown), "model": config.output_file(MODEL_FILE),
               "data": _expand(config.data.test, "data.test", config.path) if config.data.test else
-              f"the test split of {config.data.train}"}
+              f"the test split of {config.data.train}", "weight": None if weights is None else config.weight}
     types = dict(zip(config.tasks, config.model.args.get("task_types", ()))) if config.multitask else {}
     binary = {}
     for task in config.tasks:
         predicted, truth = scores[task], labels[task]
         if types.get(task, "binary") == "regression":
-            result = {"rows": rows, "mse": float(np.mean((predicted - truth) ** 2)),
-                      "mae": float(np.mean(np.abs(predicted - truth)))}
+            result = {"rows": rows, "mse": float(np.average((predicted - truth) ** 2, weights=weights)),
+                      "mae": float(np.average(np.abs(predicted - truth), weights=weights))}
         else:
             binary[task] = (truth, predicted)
             try:
-                result = {"rows": rows, **binary_report(truth, predicted, groups)}
+                result = {"rows": rows, **binary_report(truth, predicted, groups, weights)}
             except ValueError as error:  # one class only: no AUC, but the other tasks count
-                result = {"rows": rows, "auc": None, "gauc": None, "logloss": metrics.logloss(truth, predicted),
+                result = {"rows": rows, "auc": None, "gauc": None,
+                          "logloss": metrics.logloss(truth, predicted, sample_weight=weights),
                           "note": f"task '{task}': {error}"}
-        result["mean_prediction"] = float(np.mean(predicted))
-        result["label_rate"] = float(np.mean(truth))
+        result["mean_prediction"] = float(np.average(predicted, weights=weights))
+        result["label_rate"] = float(np.average(truth, weights=weights))
         report["tasks"][task] = result
     files = {"metrics": config.output_file(METRICS_FILE), "calibration": config.output_file(CALIBRATION_FILE)}
-    _calibration_plot(files["calibration"], binary)
+    _calibration_plot(files["calibration"], binary, weights)
     if gates is not None:
         files["gates"] = config.output_file(GATES_FILE)
         _gate_heatmap(files["gates"], {name: total / rows for name, total in gate_sums.items()})
@@ -1660,7 +1726,25 @@ def predict(config, files, scores_path, keep=(), out=None):
     return {"rows": rows, "file": scores_path, "columns": list(keep) + list(score_names.values())}
 
 
-def _calibration_plot(path, tasks, bins=10):
+def _test_weights(per_chunk, config):
+    """The test rows' sample weights (None when they have no `weight` column); a ConfigError when
+    some test files have it and others do not, which no one weighting would describe."""
+    import numpy as np
+
+    if all(chunk is None for chunk in per_chunk):
+        return None
+    if any(chunk is None for chunk in per_chunk):
+        raise ConfigError(f"{config.path}: data.test: some test files have the weight column '{config.weight}' "
+                          "and some do not; give it to all of them (or to none, for unweighted metrics)")
+    weights = np.concatenate(per_chunk)
+    if not weights.sum() > 0:
+        raise ConfigError(f"{config.path}: weight: every test row has weight 0")
+    return weights
+
+
+def _calibration_plot(path, tasks, weights=None, bins=10):
+    """Mean prediction against the observed rate per score decile (weighted by `weights`), on axes
+    zoomed to the points: at an ads click rate of 2% they all lie in a corner of [0, 1]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1671,12 +1755,15 @@ def _calibration_plot(path, tasks, bins=10):
     for ax, (task, (labels, scores)) in zip(axes[0], tasks.items()):
         edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
         which = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, bins - 1)
-        mean_score = [scores[which == b].mean() for b in range(bins) if (which == b).any()]
-        rate = [labels[which == b].mean() for b in range(bins) if (which == b).any()]
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+        row_weights = np.ones(len(scores)) if weights is None else weights
+        filled = [b for b in range(bins) if row_weights[which == b].sum() > 0]
+        mean_score = [np.average(scores[which == b], weights=row_weights[which == b]) for b in filled]
+        rate = [np.average(labels[which == b], weights=row_weights[which == b]) for b in filled]
+        top = min(1.0, 1.1 * max(mean_score + rate + [1e-3]))
+        ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="perfect")
         ax.plot(mean_score, rate, marker="o", label="model")
-        ax.set(title=f"calibration: {task}", xlabel="mean prediction (score decile)", ylabel="observed rate",
-               xlim=(0, 1), ylim=(0, 1))
+        ax.set(title=f"calibration: {task}", xlabel="mean prediction (score decile)",
+               ylabel="observed rate" + (" (weighted)" if weights is not None else ""), xlim=(0, top), ylim=(0, top))
         ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

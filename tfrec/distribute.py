@@ -252,7 +252,7 @@ def build_and_compile(model_fn, *model_args, strategy=None, compile_kwargs=None,
 
 
 def dataframe_dataset_fn(df, feature_columns, label_columns, global_batch_size, shuffle=True, seed=None,
-                         repeat=False):
+                         repeat=False, weight_column=None):
     """A `dataset_fn(input_context)` over a DataFrame, for `distributed_dataset`.
 
     The raw values are looked up once, here, into embedding rows (`feature_columns.look_up_rows`,
@@ -266,12 +266,11 @@ def dataframe_dataset_fn(df, feature_columns, label_columns, global_batch_size, 
     every worker: fine for the thousands to a few million rows a DataFrame holds. For larger
     data, write a `dataset_fn` that reads the worker's share of files
     (`tf.data.Dataset.list_files(...).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)`).
+    `weight_column`: a column of sample weights, as `df_to_dataset` takes it.
     """
-    from feature_columns import look_up_rows
-    from tfrec.data.pipeline import _labels, df_to_inputs
+    from tfrec.data.pipeline import dataset_elements
 
-    features = look_up_rows(feature_columns, df_to_inputs(df, feature_columns))
-    elements = features if label_columns is None else (features, _labels(df, label_columns))
+    elements = dataset_elements(df, feature_columns, label_columns, weight_column)
     rows = len(df)
 
     def dataset_fn(input_context=None):

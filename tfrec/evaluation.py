@@ -37,12 +37,14 @@ def predict_frame(model, df, feature_columns, batch_size=4096, output=None):
     return outputs[output] if output is not None else next(iter(outputs.values()))
 
 
-def binary_report(labels, scores, groups=None):
-    """AUC and logloss of `scores` against binary `labels`, and with `groups` GAUC (NaN if no group has both labels)."""
-    report = {"auc": metrics.auc(labels, scores), "logloss": metrics.logloss(labels, scores)}
+def binary_report(labels, scores, groups=None, sample_weight=None):
+    """AUC and logloss of `scores` against binary `labels`, and with `groups` GAUC (NaN if no group
+    has both labels); each weighted by `sample_weight` if given (see `tfrec.metrics.auc`)."""
+    report = {"auc": metrics.auc(labels, scores, sample_weight),
+              "logloss": metrics.logloss(labels, scores, sample_weight=sample_weight)}
     if groups is not None:
         try:
-            report["gauc"] = metrics.gauc(labels, scores, groups)
+            report["gauc"] = metrics.gauc(labels, scores, groups, sample_weight)
         except ValueError:  # the scores passed auc() above, so no group holds both labels
             report["gauc"] = float("nan")
     return report

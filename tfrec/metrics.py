@@ -41,41 +41,74 @@ def _check_binary_inputs(y_true, y_score, score_name="y_score"):
     return y_true.astype(np.int64), y_score
 
 
-def _average_ranks(values):
-    """1-based ranks of `values`, tied values sharing the mean of their ranks. (n,) -> (n,)."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last_rank_of_value = np.cumsum(counts)
-    mean_rank_of_value = last_rank_of_value - (counts - 1) / 2.0
-    return mean_rank_of_value[inverse]
+def _checked_weights(sample_weight, n):
+    """float64 (n,) weights, ones when `sample_weight` is None; a ValueError unless each is a
+    finite number >= 0."""
+    if sample_weight is None:
+        return np.ones(n)
+    weights = _as_1d(sample_weight, "sample_weight").astype(np.float64)
+    if len(weights) != n:
+        raise ValueError(f"sample_weight must have the same length as y_true, got {len(weights)} and {n}")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("sample_weight must hold finite numbers >= 0")
+    return weights
 
 
-def auc(y_true, y_score):
+def _group_aucs(y_true, y_score, group_index, weights):
+    """(AUC of each group, its positives' weight, its negatives' weight): the weighted
+    Mann-Whitney U of every group in one sort, a positive and a negative of equal score counting
+    one half. The AUCs of groups lacking a class are NaN."""
+    order = np.lexsort((y_score, group_index))  # by group, then score
+    group, score, label, weight = group_index[order], y_score[order], y_true[order], weights[order]
+    n = len(order)
+    new_group = np.r_[True, group[1:] != group[:-1]]
+    new_block = new_group | np.r_[True, score[1:] != score[:-1]]  # a block: one group's equal scores
+    block = np.cumsum(new_block) - 1
+    block_pos = np.bincount(block, weights=weight * label)
+    block_neg = np.bincount(block, weights=weight * (1 - label))
+    block_group = group[new_block]
+    # The negatives' weight below each block, within its group: a cumulative sum restarted per group.
+    below = np.cumsum(block_neg) - block_neg
+    first_block_of_group = np.maximum.accumulate(np.where(new_group[new_block], np.arange(len(block_pos)), 0))
+    below -= below[first_block_of_group]
+    groups = int(group.max()) + 1 if n else 0
+    won = np.bincount(block_group, weights=block_pos * (below + 0.5 * block_neg), minlength=groups)
+    pos = np.bincount(block_group, weights=block_pos, minlength=groups)
+    neg = np.bincount(block_group, weights=block_neg, minlength=groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return won / (pos * neg), pos, neg
+
+
+def auc(y_true, y_score, sample_weight=None):
     """Exact ROC AUC (Mann-Whitney U), ties counted as one half.
 
     Args:
       y_true: (n,) or (n, 1) labels in {0, 1}.
       y_score: (n,) or (n, 1) scores, higher meaning more likely positive; no NaN.
+      sample_weight: optional (n,) weights >= 0: each positive-negative pair counts the
+        product of their weights (a row of weight 10 stands for 10 rows, e.g. a kept negative of
+        a log downsampled to 10% of its negatives).
 
     Returns:
       float: the probability that a random positive scores above a random negative.
 
     Raises:
-      ValueError: on a length mismatch, NaN scores, labels other than 0/1, or when y_true
-        holds a single class (AUC is undefined then).
+      ValueError: on a length mismatch, NaN scores, labels other than 0/1, bad weights, or when
+        y_true holds a single class (of positive weight; AUC is undefined then).
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
-    num_pos = int(y_true.sum())
-    num_neg = len(y_true) - num_pos
-    if num_pos == 0 or num_neg == 0:
+    weights = _checked_weights(sample_weight, len(y_true))
+    (value,), (pos,), (neg,) = _group_aucs(y_true, y_score, np.zeros(len(y_true), np.int64), weights) \
+        if len(y_true) else ([np.nan], [0.0], [0.0])
+    if not (pos > 0 and neg > 0):
         raise ValueError(
-            f"AUC needs both classes in y_true, got {num_pos} positive(s) and {num_neg} negative(s)"
+            f"AUC needs both classes in y_true, got {int(y_true.sum())} positive(s) and "
+            f"{int(len(y_true) - y_true.sum())} negative(s)" + ("" if sample_weight is None else " (of weight > 0)")
         )
-    ranks = _average_ranks(y_score)
-    rank_sum_of_positives = ranks[y_true == 1].sum()
-    return float((rank_sum_of_positives - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+    return float(value)
 
 
-def gauc(y_true, y_score, groups):
+def gauc(y_true, y_score, groups, sample_weight=None):
     """Group AUC: per-group AUC averaged with weights = the group's impression count.
 
     The usual offline metric for personalised ranking (groups = users): it ignores how scores
@@ -85,12 +118,15 @@ def gauc(y_true, y_score, groups):
       y_true: (n,) labels in {0, 1}.
       y_score: (n,) scores; no NaN.
       groups: (n,) group keys (ints or strings), e.g. user ids.
+      sample_weight: optional (n,) weights >= 0: each group's AUC is weighted (see `auc`) and
+        counts its rows' total weight instead of its row count.
 
     Returns:
       float: sum_g n_g * AUC_g / sum_g n_g over groups with both classes.
 
     Raises:
-      ValueError: on length mismatches, NaN scores, or when no group has both classes.
+      ValueError: on length mismatches, NaN scores, bad weights, or when no group has both
+        classes.
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     groups = _as_1d(groups, "groups")
@@ -98,50 +134,28 @@ def gauc(y_true, y_score, groups):
         raise ValueError(
             f"groups must have the same length as y_true, got {len(groups)} and {len(y_true)}"
         )
+    weights = _checked_weights(sample_weight, len(y_true))
     _, group_index = np.unique(groups, return_inverse=True)
-    group_index = group_index.reshape(-1)
-
-    # Rank scores within each group in one sort: order by (group, score); a tie block is a run
-    # of equal (group, score) pairs and shares the mean of its within-group ranks.
-    order = np.lexsort((y_score, group_index))
-    sorted_group = group_index[order]
-    sorted_score = y_score[order]
-    sorted_label = y_true[order]
-    n = len(order)
-    new_group = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
-    new_block = new_group | np.r_[True, sorted_score[1:] != sorted_score[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-    rank_in_group = np.arange(n) - group_start + 1.0
-    block_id = np.cumsum(new_block) - 1
-    block_mean_rank = np.bincount(block_id, weights=rank_in_group) / np.bincount(block_id)
-    rank_in_group = block_mean_rank[block_id]
-
-    num_groups = int(sorted_group.max()) + 1 if n else 0
-    size = np.bincount(sorted_group, minlength=num_groups).astype(np.float64)
-    num_pos = np.bincount(sorted_group, weights=sorted_label, minlength=num_groups)
-    num_neg = size - num_pos
-    pos_rank_sum = np.bincount(
-        sorted_group, weights=rank_in_group * sorted_label, minlength=num_groups
-    )
-    valid = (num_pos > 0) & (num_neg > 0)
+    group_aucs, pos, neg = _group_aucs(y_true, y_score, group_index.reshape(-1), weights)
+    valid = (pos > 0) & (neg > 0)
     if not valid.any():
         raise ValueError(
             f"GAUC needs at least one group with both a positive and a negative label; none of "
-            f"the {num_groups} group(s) has both"
+            f"the {len(pos)} group(s) has both"
         )
-    group_auc = (pos_rank_sum[valid] - num_pos[valid] * (num_pos[valid] + 1) / 2.0) / (
-        num_pos[valid] * num_neg[valid]
-    )
-    return float(np.sum(group_auc * size[valid]) / np.sum(size[valid]))
+    size = pos[valid] + neg[valid]
+    return float(np.sum(group_aucs[valid] * size) / np.sum(size))
 
 
-def logloss(y_true, y_pred, eps=1e-7):
+def logloss(y_true, y_pred, eps=1e-7, sample_weight=None):
     """Mean binary cross-entropy of probabilities `y_pred`, clipped to [eps, 1 - eps].
 
     Args:
       y_true: (n,) labels in [0, 1] (soft labels allowed).
       y_pred: (n,) predicted probabilities; no NaN.
       eps: clipping that keeps log finite for predictions of exactly 0 or 1.
+      sample_weight: optional (n,) weights >= 0, not all 0: the mean is weighted,
+        sum(w * loss) / sum(w) (Keras' `weighted_metrics` LogLoss; its `loss` divides by n).
 
     Returns:
       float: -mean(y log p + (1 - y) log(1 - p)).
@@ -158,8 +172,11 @@ def logloss(y_true, y_pred, eps=1e-7):
         raise ValueError(f"y_pred contains {int(np.isnan(y_pred).sum())} NaN value(s)")
     if ((y_true < 0) | (y_true > 1)).any():
         raise ValueError("y_true must lie in [0, 1]")
+    weights = _checked_weights(sample_weight, len(y_true))
+    if not weights.sum() > 0:
+        raise ValueError("logloss with sample weights that are all 0 is undefined")
     p = np.clip(y_pred, eps, 1.0 - eps)
-    return float(-np.mean(y_true * np.log(p) + (1.0 - y_true) * np.log(1.0 - p)))
+    return float(-np.average(y_true * np.log(p) + (1.0 - y_true) * np.log(1.0 - p), weights=weights))
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")

@@ -99,3 +99,26 @@ def test_keras_metrics_names_values_and_config():
     assert loss_metric.name == "logloss"
     loss_metric.update_state([[1.0], [0.0]], [[0.8], [0.4]])
     assert float(loss_metric.result()) == pytest.approx(metrics.logloss([1, 0], [0.8, 0.4]), rel=1e-5)
+
+
+def test_weighted_metrics_equal_the_unweighted_ones_of_rows_repeated_by_their_weight():
+    """A row of weight w counts as w rows (a downsampled log's kept negatives), ties included."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    s = rng.integers(0, 20, 300) / 20.0  # many ties
+    groups = rng.integers(0, 15, 300)
+    w = rng.integers(0, 4, 300)  # 0 leaves a row out
+    repeat = np.repeat(np.arange(300), w)
+    assert metrics.auc(y, s, sample_weight=w) == pytest.approx(metrics.auc(y[repeat], s[repeat]), abs=1e-12)
+    assert metrics.gauc(y, s, groups, sample_weight=w) == pytest.approx(
+        metrics.gauc(y[repeat], s[repeat], groups[repeat]), abs=1e-12)
+    assert metrics.logloss(y, s, sample_weight=w) == pytest.approx(metrics.logloss(y[repeat], s[repeat]), abs=1e-12)
+    assert metrics.auc(y, s, sample_weight=np.ones(300)) == pytest.approx(metrics.auc(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0, np.nan, 1.0, 1.0], "finite numbers >= 0"), ([1.0, -1.0, 1.0, 1.0], "finite numbers >= 0"),
+    ([1.0, 1.0], "same length"), ([0.0, 0.0, 1.0, 1.0], r"both classes .*\(of weight > 0\)")])
+def test_bad_sample_weights_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.auc([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1], sample_weight=weights)

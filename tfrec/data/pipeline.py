@@ -308,8 +308,35 @@ def _labels(df, label_columns):
     return {col: _label_values(df, col, "a label") for col in label_columns}
 
 
+def _weight_values(df, name):
+    """A sample-weight column as float32, or a ValueError naming the row of a weight that is not a
+    finite number >= 0 (NaN would make every weight of the model NaN, a negative one train it away
+    from its labels)."""
+    values = _label_values(df, name, "the sample weight")
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        row = int(negative[0])
+        raise ValueError(f"the sample weight column '{name}' needs numbers >= 0, but row {row} (index "
+                         f"{df.index[row]!r}) holds {values[row]:g}; {len(negative)} row(s) do")
+    return values
+
+
+def dataset_elements(df, feature_columns, label_columns=None, weight_column=None, look_up=True):
+    """What `df_to_dataset` slices by row: features, (features, labels) or (features, labels,
+    weights); the features' raw values looked up into embedding rows if `look_up`."""
+    if weight_column is not None and label_columns is None:
+        raise ValueError("weight_column weighs the rows' losses: give label_columns too")
+    features = df_to_inputs(df, feature_columns)
+    if look_up:
+        features = look_up_rows(feature_columns, features)
+    if label_columns is None:
+        return features
+    labels = _labels(df, label_columns)
+    return (features, labels) if weight_column is None else (features, labels, _weight_values(df, weight_column))
+
+
 def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuffle=True, seed=None,
-                  repeat=False, drop_remainder=False, look_up=True):
+                  repeat=False, drop_remainder=False, look_up=True, weight_column=None):
     """A batched tf.data.Dataset of (features, labels), or of features if label_columns is None.
 
     Features are `df_to_inputs(df, feature_columns)` sliced by row. With `look_up` (the
@@ -320,18 +347,19 @@ def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuff
     for raw values (e.g. for a model that is not a tfrec model). `label_columns`: one column
     name -> labels (batch,) float32; a list of names -> {name: (batch,)}; a dict
     {task_name: column} -> {task_name: (batch,)} (for multi-task models with named outputs).
+    `weight_column`: a column of sample weights (batch,) float32, the third element of each
+    batch, which `fit` and `evaluate` weigh each row's loss by (every task's, for a multi-task
+    model); e.g. 1 / the rate at which a downsampled log kept the row's class.
     Rows are shuffled over the whole frame (reshuffled every epoch), batched, optionally
     repeated forever, and prefetched.
 
     Raises:
-      KeyError: a feature or label column is missing.
-      ValueError: a label is not a finite number (NaN, inf, text); the message names the row.
+      KeyError: a feature, label or weight column is missing.
+      ValueError: a label is not a finite number (NaN, inf, text), or a weight not one >= 0; the
+        message names the row.
     """
-    features = df_to_inputs(df, feature_columns)
-    if look_up:
-        features = look_up_rows(feature_columns, features)
-    elements = features if label_columns is None else (features, _labels(df, label_columns))
-    dataset = tf.data.Dataset.from_tensor_slices(elements)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        dataset_elements(df, feature_columns, label_columns, weight_column, look_up))
     if shuffle:
         dataset = dataset.shuffle(max(len(df), 1), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)

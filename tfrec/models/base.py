@@ -210,6 +210,7 @@ class RecModel(tf.keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
+        kwargs = self._with_checked_sample_weight(x, kwargs)
         rows = self._look_up_once(x)
         if rows is not x:
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
@@ -221,6 +222,7 @@ class RecModel(tf.keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
+        kwargs = self._with_checked_sample_weight(x, kwargs)
         callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "test")):
             return super().evaluate(x, y, *args, **kwargs)
@@ -417,6 +419,42 @@ class RecModel(tf.keras.Model):
                 raise ValueError(f"model '{self.name}': output '{name}' needs {need}, but row {row} holds "
                                  f"{values.reshape(len(values), -1)[row].tolist()}")
 
+    def _with_checked_sample_weight(self, x, kwargs):
+        """`kwargs` with its `sample_weight` (an array, a pandas Series or a list, or {output name:
+        one of those}) as float32 (rows,) arrays, or a ValueError naming the row. A NaN weight
+        would make every weight of the model NaN for good, and a negative one train it away from
+        its labels."""
+        weights = kwargs.get("sample_weight")
+        if weights is None or isinstance(weights, (tf.Tensor, tf.data.Dataset)):
+            return kwargs
+        rows = {len(value) for value in x.values() if hasattr(value, "__len__")} if isinstance(x, Mapping) else set()
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.output_names))
+            if unknown:
+                raise ValueError(f"model '{self.name}': sample_weight names {unknown}, which are not its outputs "
+                                 f"{list(self.output_names)}")
+            checked = {name: self._weights_per_row(values, rows, f"sample_weight['{name}']")
+                       for name, values in weights.items()}
+        else:
+            checked = self._weights_per_row(weights, rows, "sample_weight")
+        return {**kwargs, "sample_weight": checked}
+
+    def _weights_per_row(self, values, rows, what):
+        values = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values)
+        if values.dtype.kind not in "biuf" or values.ndim not in (1, 2) or values.ndim == 2 and values.shape[1] != 1:
+            raise ValueError(f"model '{self.name}': {what} needs one number per row, as a (rows,) or (rows, 1) "
+                             f"array, but has shape {values.shape} and dtype {values.dtype}")
+        if len(rows) == 1 and len(values) not in rows:
+            raise ValueError(f"model '{self.name}': {what} has {len(values)} rows, but the features have "
+                             f"{rows.pop()}; give one weight per example")
+        values = values.reshape(-1).astype(np.float32)
+        bad = ~np.isfinite(values) | (values < 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"model '{self.name}': {what} needs finite weights >= 0, but row {row} holds "
+                             f"{values[row]}")
+        return values
+
     def _check_labelled_outputs(self, labels):
         """A ValueError when {output name: labels} lacks an output that has a loss: Keras would
         give that head a loss of 0 and never train it."""
@@ -474,6 +512,7 @@ class RecModel(tf.keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
         if indexed is None:
             indexed = self._split.lookup(x, training=True)
@@ -487,6 +526,7 @@ class RecModel(tf.keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
         if indexed is None:
             return super().test_step(data)
@@ -498,6 +538,15 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def _one_weight_per_row(sample_weight):
+    """Sample weights as the compiled step always takes them, float32 (batch,): a pandas Series
+    reaches a step as (batch, 1) float64, and a step traced for one form and then fed the other
+    generalises to a shape XLA cannot compile ("Tried to explicitly squeeze dimension 0")."""
+    if sample_weight is None:
+        return None
+    return tf.nest.map_structure(lambda weights: tf.reshape(tf.cast(weights, tf.float32), [-1]), sample_weight)
 
 
 def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):

@@ -1175,7 +1175,7 @@ def _compile(model, config):
 
     optimizer = tf.keras.optimizers.Adam(config.train.learning_rate)
     if config.multitask:
-        compile_multitask(model, optimizer)
+        compile_multitask(model, optimizer, weighted_metrics=config.weight is not None)
     else:
         # With sample weights, the metrics Keras prints are weighted too (its loss divides by the rows).
         model.compile(optimizer, "binary_crossentropy",

@@ -155,3 +155,24 @@ def test_weights_reach_the_distributed_dataset_of_a_strategy(tmp_path):
     assert model.distribute_strategy.__class__.__name__ == "MirroredStrategy"
     assert df["click"].mean() > 0.05
     assert run.evaluate(config)["tasks"]["prediction"]["mean_prediction"] < 0.01
+
+
+def test_a_multi_task_run_weighs_every_task_and_prints_weighted_metrics(tmp_path):
+    rng = np.random.default_rng(3)
+    df = log(800, rng).drop(columns="hist_item_id")
+    df = df.assign(conversion=df["click"] * (rng.random(len(df)) < 0.5), w=np.where(df["click"] == 1, 1.0, 5.0))
+    df.to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "run.yaml").write_text(
+        "data: {train: train.csv}\nlabels: {ctr: click, ctcvr: conversion}\nweight: w\n"
+        "columns: {embedding_dim: 4}\nmodel: {name: MMOE, args: {num_experts: 2, expert_dnn_hidden_units: [8], "
+        "tower_dnn_hidden_units: [4]}}\ntrain: {epochs: 1, batch_size: 100}\noutput: out\n")
+    config = load_config(str(tmp_path / "run.yaml"))
+    model = run.train(config, verbose=0)
+    assert "w" not in model.input_names
+    # Each task's AUC is compiled as a weighted metric, so the progress lines are weighted too.
+    assert model.compiled_metrics._user_metrics is None
+    assert set(model.compiled_metrics._user_weighted_metrics) == {"ctr", "ctcvr"}
+    report = run.evaluate(config)
+    assert report["weight"] == "w" and set(report["tasks"]) == {"ctr", "ctcvr"}
+    test = run.load_frames(config)[1]
+    assert report["tasks"]["ctr"]["label_rate"] == pytest.approx(np.average(test["click"], weights=test["w"]))

@@ -99,7 +99,7 @@ def output_task_types(model):
     return types
 
 
-def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True):
+def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True, weighted_metrics=False):
     """Compiles a multi-task model with each task's loss and an optional weight per task.
 
     Binary tasks get binary cross-entropy (and an AUC metric), regression tasks mean squared
@@ -112,6 +112,8 @@ def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True):
       loss_weights: None (all 1), {task name: weight} (unnamed tasks get 1), or one weight per
         output in output order.
       metrics: whether to add the per-task metrics.
+      weighted_metrics: whether they are weighted by the sample weights (Keras'
+        `weighted_metrics`), for data that has them.
 
     Returns:
       The compiled model.
@@ -133,11 +135,12 @@ def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True):
             raise ValueError(f"loss_weights has {len(loss_weights)} entries but the model has "
                              f"{len(types)} tasks {list(types)}")
         weights = {name: float(w) for name, w in zip(types, loss_weights)}
+    task_metrics = {name: [AUC() if t == "binary" else "mae"] for name, t in types.items()} if metrics else None
     model.compile(
         optimizer=optimizer,
         loss={name: LOSS_OF_TASK[t] for name, t in types.items()},
         loss_weights=weights,
-        metrics={name: [AUC() if t == "binary" else "mae"] for name, t in types.items()} if metrics else None)
+        **{"weighted_metrics" if weighted_metrics else "metrics": task_metrics})
     return model
 
 

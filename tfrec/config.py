@@ -1602,9 +1602,10 @@ def evaluate(config, out=None):
       retrieval model's report is `tfrec.retrieval_run.evaluate`'s.
     """
     import numpy as np
+    import tensorflow as tf
 
     from tfrec import metrics
-    from tfrec.data import df_to_inputs, shares_of, unknown_counts
+    from tfrec.data import shares_of, unknown_counts
     from tfrec.evaluation import binary_report, predict_outputs
 
     if config.retrieval:
@@ -1615,6 +1616,11 @@ def evaluate(config, out=None):
         model, columns = trained(config)
     group = config.evaluate.group
     gates = _gate_model(model)
+    if gates is not None:  # one pass gives the scores and the gate weights
+        scoring = tf.keras.Model(model.input, {**dict(zip(model.output_names, model.outputs)), **gates.output},
+                                 name=model.name)
+    else:
+        scoring = model
     labels, scores, groups, unknown, gate_sums = {task: [] for task in config.tasks}, {}, [], {}, {}
     weights = []  # one array per test chunk with the weight column, None per chunk without
     rows, started = 0, time.perf_counter()
@@ -1622,7 +1628,7 @@ def evaluate(config, out=None):
     print(f"scoring the rows of {what}, {CHUNK_ROWS} at a time ...", file=out or sys.stdout, flush=True)
     for chunk in test_chunks(config, columns):
         _check_test_rows(chunk, columns, config)
-        outputs = predict_outputs(model, chunk, columns)
+        outputs = predict_outputs(scoring, chunk, columns)
         for task, label in config.tasks.items():
             labels[task].append(chunk[label].to_numpy(dtype=np.float64))
             scores.setdefault(task, []).append(outputs[task] if config.multitask else next(iter(outputs.values())))
@@ -1632,9 +1638,8 @@ def evaluate(config, out=None):
         for name, (missing, total) in unknown_counts(columns, chunk).items():
             before = unknown.get(name, (0, 0))
             unknown[name] = (before[0] + missing, before[1] + total)
-        if gates is not None:
-            for name, gate_weights in gates.predict(df_to_inputs(chunk, columns), batch_size=4096, verbose=0).items():
-                gate_sums[name] = gate_sums.get(name, 0) + np.asarray(gate_weights).sum(axis=0)
+        for name in gates.output if gates is not None else ():
+            gate_sums[name] = gate_sums.get(name, 0) + outputs[name].sum(axis=0)
         rows += len(chunk)
         _say_scored(rows, started, out)
     if not rows:

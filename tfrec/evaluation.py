@@ -16,7 +16,8 @@ PREDICT_ROWS = 100_000
 
 def predict_outputs(model, df, feature_columns, batch_size=4096):
     """{output name: (rows,) float64 scores} of a ranking model for the rows of `df`, scored
-    `PREDICT_ROWS` rows per `predict` call."""
+    `PREDICT_ROWS` rows per `predict` call; an output of several values per row (e.g. a gate's
+    weights, `scoring_model(model, gates)`) is (rows, values)."""
     names = list(model.output_names)
     parts = {name: [] for name in names}
     for start in range(0, max(len(df), 1), PREDICT_ROWS):
@@ -27,7 +28,9 @@ def predict_outputs(model, df, feature_columns, batch_size=4096):
         elif not isinstance(predictions, list):
             predictions = [predictions]
         for name, values in zip(names, predictions):
-            parts[name].append(np.asarray(values, dtype=np.float64).reshape(-1))
+            values = np.asarray(values, dtype=np.float64)
+            values = values.reshape(len(values), -1)
+            parts[name].append(values[:, 0] if values.shape[1] == 1 else values)
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 

@@ -77,3 +77,21 @@ def test_sample_weights_a_step_cannot_use_are_named_before_anything_runs(data, w
         with pytest.raises(ValueError, match=f"model 'din': {message}"):
             call(x, y, sample_weight=weights(w), verbose=0)
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights))
+
+
+def test_a_multi_task_model_takes_weights_for_some_of_its_outputs():
+    """{task: weights} or a list with None for the other outputs, as Keras takes them."""
+    from tfrec.data import df_to_inputs, make_multitask_data, multitask_feature_columns
+    from tfrec.models import MMOE, compile_multitask
+
+    df = make_multitask_data(400)
+    columns = multitask_feature_columns(df)
+    tf.keras.utils.set_random_seed(0)
+    model = compile_multitask(MMOE(columns, task_types=("binary", "binary"), task_names=("ctr", "ctcvr"),
+                                   expert_dnn_hidden_units=(8,), tower_dnn_hidden_units=(4,)))
+    x, ones = df_to_inputs(df, columns), np.ones(len(df))
+    labels = [df["click"].to_numpy("float32"), df["conversion"].to_numpy("float32")]
+    for weights, y in (({"ctr": ones}, dict(zip(("ctr", "ctcvr"), labels))), ([ones, None], labels)):
+        assert np.isfinite(model.fit(x, y, sample_weight=weights, batch_size=100, verbose=0).history["loss"][0])
+    with pytest.raises(ValueError, match=r"sample_weight\['ctcvr'\] needs finite weights >= 0, but row 0 holds -1"):
+        model.fit(x, labels, sample_weight=[ones, -ones], verbose=0)

@@ -433,8 +433,12 @@ class RecModel(tf.keras.Model):
             if unknown:
                 raise ValueError(f"model '{self.name}': sample_weight names {unknown}, which are not its outputs "
                                  f"{list(self.output_names)}")
-            checked = {name: self._weights_per_row(values, rows, f"sample_weight['{name}']")
+            checked = {name: None if values is None else self._weights_per_row(values, rows, f"sample_weight['{name}']")
                        for name, values in weights.items()}
+        elif isinstance(weights, (list, tuple)) and len(self.outputs) > 1 and len(weights) == len(self.outputs) and \
+                all(values is None or hasattr(values, "__len__") for values in weights):  # one per output
+            checked = [None if values is None else self._weights_per_row(values, rows, f"sample_weight['{name}']")
+                       for name, values in zip(self.output_names, weights)]
         else:
             checked = self._weights_per_row(weights, rows, "sample_weight")
         return {**kwargs, "sample_weight": checked}
@@ -544,9 +548,8 @@ def _one_weight_per_row(sample_weight):
     """Sample weights as the compiled step always takes them, float32 (batch,): a pandas Series
     reaches a step as (batch, 1) float64, and a step traced for one form and then fed the other
     generalises to a shape XLA cannot compile ("Tried to explicitly squeeze dimension 0")."""
-    if sample_weight is None:
-        return None
-    return tf.nest.map_structure(lambda weights: tf.reshape(tf.cast(weights, tf.float32), [-1]), sample_weight)
+    return tf.nest.map_structure(
+        lambda weights: None if weights is None else tf.reshape(tf.cast(weights, tf.float32), [-1]), sample_weight)
 
 
 def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):

@@ -557,6 +557,10 @@ def _check_feature(name, value, dtype):
                          f"tf.keras.utils.pad_sequences(..., padding='post', truncating='pre')")
     hint = f"fill missing values first (e.g. df['{name}'].fillna(...)) or drop those rows"
     if dtype == "string":
+        if value.dtype.kind in "biuf":  # TensorFlow: "Cast int64 to string is not supported", no name
+            raise ValueError(f"feature '{name}' is read as text (a string column: its vocabulary or hash takes "
+                             f"strings), but holds {value.dtype} values (e.g. {value.reshape(-1)[:3].tolist()}); "
+                             f"pass the ids as the text the model was trained on, e.g. df['{name}'].astype(str)")
         if value.dtype == object:
             missing = _missing(value)
             if missing.any():

@@ -158,13 +158,14 @@ def _config(args):
     from tfrec.config import load_config
 
     return load_config(args.config, output=getattr(args, "output", None),
-                       export_base=getattr(args, "export_base", None))
+                       export_base=getattr(args, "export_base", None), overrides=getattr(args, "set", None) or ())
 
 
 def cmd_train(args):
     if args.config:
         from tfrec import config as run
 
+        _refuse_planted_args(args)
         config = _config(args)
         if args.epochs is not None:
             config.train.epochs = args.epochs
@@ -180,6 +181,9 @@ def cmd_train(args):
     from tfrec.evaluation import evaluate_binary
 
     args.epochs = 2 if args.epochs is None else args.epochs
+    for name, value in _PLANTED_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     with step("generating planted-truth data"):
         _, train_df, test_df, columns = _planted_din(args)
     with step(f"training DIN for {args.epochs} epoch(s)"):
@@ -443,16 +447,43 @@ def cmd_bench(args):
     return 0
 
 
-def _add_planted_args(parser):
+_PLANTED_DEFAULTS = {"users": 2000, "items": 1000, "events_per_user": 50, "maxlen": 20, "embedding_dim": 8,
+                     "batch_size": 256, "learning_rate": 3e-3, "seed": 0}
+# The config key a planted-data flag stands for in a run config.
+_CONFIG_KEY_OF_PLANTED_ARG = {"embedding_dim": "columns.embedding_dim", "batch_size": "train.batch_size",
+                              "learning_rate": "train.learning_rate", "seed": "train.seed"}
+
+
+def _add_planted_args(parser, given_only=False):
+    """The planted data's flags; with `given_only` their defaults are None (filled in by the
+    planted path), so that a command can tell which were given."""
     planted = parser.add_argument_group("planted demo data (without --config)")
-    planted.add_argument("--users", type=int, default=2000, help="users in the planted behaviour log")
-    planted.add_argument("--items", type=int, default=1000, help="items in the catalogue")
-    planted.add_argument("--events-per-user", type=int, default=50, help="impressions per user")
-    planted.add_argument("--maxlen", type=int, default=20, help="history length DIN attends over")
-    planted.add_argument("--embedding-dim", type=int, default=8, help="embedding dimension of every table")
-    planted.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    planted.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's learning rate")
-    planted.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    helps = {"users": "users in the planted behaviour log", "items": "items in the catalogue",
+             "events_per_user": "impressions per user", "maxlen": "history length DIN attends over",
+             "embedding_dim": "embedding dimension of every table", "batch_size": "training batch size",
+             "learning_rate": "Adam's learning rate", "seed": "seed of the data and of training"}
+    for name, default in _PLANTED_DEFAULTS.items():
+        planted.add_argument("--" + name.replace("_", "-"), type=type(default), default=None if given_only else default,
+                             help=helps[name] + (f" (default: {default})" if given_only else ""))
+
+
+def _refuse_planted_args(args):
+    """A CliError for a planted-data flag given with --config, which it would not change (a sweep
+    over --learning-rate trained the same model every time)."""
+    given = [name for name in _PLANTED_DEFAULTS if getattr(args, name, None) is not None]
+    if given:
+        name = given[0]
+        key = _CONFIG_KEY_OF_PLANTED_ARG.get(name)
+        flag = "--" + name.replace("_", "-")
+        raise CliError(f"{flag} describes the planted demo data and does nothing with --config",
+                       f"set {key} in the config, or pass --set {key}=VALUE" if key else
+                       "your data's size is what its files hold")
+
+
+def _add_overrides(parser):
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a key of the config, e.g. --set train.learning_rate=0.01 --set "
+                             "model.args.dnn_hidden_units=[64,32] (the value is read as YAML; repeatable)")
 
 
 def _add_progress(parser):
@@ -511,19 +542,22 @@ def build_parser():
     train.add_argument("--epochs", type=int, help="training epochs (default: the config's train.epochs; 2 for "
                                                   "planted data)")
     train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs (losses, metrics) to DIR")
+    _add_overrides(train)
     _add_progress(train)
-    _add_planted_args(train)
+    _add_planted_args(train, given_only=True)
 
     evaluate = command("evaluate", "AUC, GAUC and logloss (per task) of a trained model on the config's test rows, "
                                    "with a calibration plot (and a gate heatmap for MMOE/PLE); for YoutubeDNN, MIND "
                                    "and SDM, recall, hit rate and NDCG at k against popularity")
     _add_config(evaluate, required=True, what="the run `tfrec train --config` trained")
     evaluate.add_argument("--output", help="the run folder (default: the config's `output`)")
+    _add_overrides(evaluate)
 
     predict = command("predict", "score the rows of CSV/Parquet files with a trained ranking model, a chunk at a "
                                  "time, and write the scores to a CSV file (one line per row, in order)")
     _add_config(predict, required=True, what="the run `tfrec train --config` trained")
     predict.add_argument("--output", help="the run folder (default: the config's `output`)")
+    _add_overrides(predict)
     predict.add_argument("--data", action="append", metavar="FILE",
                          help="rows to score: a CSV/Parquet file or a glob, as data.train holds them, labels not "
                               "needed (repeatable; default: the config's data.test)")
@@ -534,6 +568,7 @@ def build_parser():
     export = command("export", "export a trained model as a versioned SavedModel for TF Serving")
     _add_config(export, what="the run `tfrec train --config` trained")
     export.add_argument("--output", help="with --config: the run folder (default: the config's `output`)")
+    _add_overrides(export)
     export.add_argument("--model", help="without --config: a model saved with model.save() (any file name)")
     export.add_argument("--export-base", help="the model's --model_base_path (default: the config's export.base)")
     export.add_argument("--version", type=int, help="the version number (default: one more than the highest)")

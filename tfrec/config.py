@@ -158,7 +158,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 256
     learning_rate: float = 0.001
-    seed: int = 0
+    seed: int = 0  # the rows' shuffle and, unless model.args.seed is set, the initial weights
     warm_start: Optional[str] = None
     grow_vocabularies: Any = None
 
@@ -399,13 +399,15 @@ def _parse_columns(path, raw):
     return config
 
 
-def load_config(path, output=None, export_base=None):
+def load_config(path, output=None, export_base=None, overrides=()):
     """Reads and checks a run config (YAML).
 
     Args:
       path: the YAML file.
       output: overrides the config's `output` folder (relative to the current directory).
       export_base: overrides `export.base` (relative to the current directory).
+      overrides: "key.path=value" texts (`tfrec train --set`), each setting one key of the file
+        before it is checked; the value is read as YAML ("0.01", "[64, 32]", "{maxlen: 20}").
 
     Returns:
       A `RunConfig` with absolute paths.
@@ -425,6 +427,8 @@ def load_config(path, output=None, export_base=None):
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a run config is a mapping with the keys {', '.join(_TOP_LEVEL)}")
+    for override in overrides:
+        _override(raw, override)
     _check_keys(path, "", raw, _TOP_LEVEL)
     if "data" not in raw:
         _fail(path, "data", "is required: {train: <CSV or Parquet files or a glob>}")
@@ -526,6 +530,25 @@ def _parse_weight(path, weight, config):
     if weight in config.tasks.values():
         _fail(path, "weight", f"'{weight}' is a label column; the weights need a column of their own")
     return weight
+
+
+def _override(raw, text):
+    """Sets the key `text` ("train.learning_rate=0.01") names in the config's mapping `raw`."""
+    import yaml
+
+    key, equals, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not equals or not all(parts):
+        raise ConfigError(f"--set {text!r}: give KEY=VALUE, e.g. --set train.learning_rate=0.01")
+    section = raw
+    for depth, part in enumerate(parts[:-1]):
+        section = section.setdefault(part, {})
+        if section is None or not isinstance(section, dict):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is not a section of keys in the config")
+    try:
+        section[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: the value {value!r} is not YAML: {' '.join(str(error).split())}") from None
 
 
 _RETRIEVAL_COLUMN_OPTIONS = ("embedding_dim", "min_count")
@@ -1141,11 +1164,18 @@ def step(what, out=None):
     print(f"{what}: done in {time.perf_counter() - started:.1f} s", file=out, flush=True)
 
 
+def model_args(config):
+    """`model.args`, with the model's `seed` (of its initial weights) following `train.seed`:
+    DeepCTR's default 1024 at seed 0, 1024 + seed otherwise, so that runs of other seeds start
+    from other weights (they only shuffled the rows otherwise)."""
+    return {"seed": 1024 + config.train.seed, **config.model.args}
+
+
 def build_model(config, columns):
     """The config's model over `columns`, uncompiled (task names from the labels for multi-task)."""
     import tfrec.models
 
-    args = dict(config.model.args)
+    args = model_args(config)
     if config.multitask:
         args.setdefault("task_names", list(config.tasks))
         args.setdefault("task_types", ["binary"] * len(config.tasks))

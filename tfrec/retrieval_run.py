@@ -298,7 +298,7 @@ def build_model(config, user_columns, item_columns, train):
     settings, item = config.retrieval, item_columns[0]
     counts = _target_counts(config, train, item_columns)
     sampler = NegativeSampler(settings.sampler, settings.num_sampled, item_name=item.name, item_count=counts)
-    args = dict(config.model.args)
+    args = run.model_args(config)
     if config.model.name == "SDM":
         args.setdefault("units", item.embedding_dim)
         args.setdefault("history_feature_list", [settings.item] + ([settings.category] if settings.category else []))

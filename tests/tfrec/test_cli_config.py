@@ -495,6 +495,35 @@ def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, caps
         main(["train", "--config", str(tmp_path / "run.yaml"), "--debug"])
 
 
+def test_set_overrides_config_keys_and_planted_data_flags_are_refused_with_a_config(tmp_path, capsys):
+    """From an audit of sweeps: `--learning-rate 0.5 --seed 7` with --config exited 0 and trained
+    the same model as without them."""
+    from tfrec.cli import main
+    from tfrec.config import load_config, model_args
+
+    (tmp_path / "run.yaml").write_text("data: {train: x.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                       "train: {epochs: 2}\n")
+    path = str(tmp_path / "run.yaml")
+    config = load_config(path, overrides=["train.learning_rate=0.01", "model.args.dnn_hidden_units=[64, 32]",
+                                          "split.test_fraction=0.3", "train.seed=3"])
+    assert config.train.learning_rate == 0.01 and config.train.epochs == 2 and config.split.test_fraction == 0.3
+    assert config.model.args == {"dnn_hidden_units": [64, 32]}
+    assert model_args(config)["seed"] == 1027  # other seeds start from other weights
+    assert model_args(load_config(path))["seed"] == 1024  # DeepCTR's default at seed 0
+    assert model_args(load_config(path, overrides=["model.args.seed=5"]))["seed"] == 5
+    for argv, message in (
+            (["--set", "train.lerning_rate=0.1"], "train.lerning_rate: unknown key in 'train'"),
+            (["--set", "train.epochs"], "--set 'train.epochs': give KEY=VALUE"),
+            (["--set", "train.epochs.x=1"], "--set train.epochs.x: 'train.epochs' is not a section of keys"),
+            (["--learning-rate", "0.5"], "--learning-rate describes the planted demo data and does nothing with "
+                                         "--config -- set train.learning_rate in the config, or pass --set "
+                                         "train.learning_rate=VALUE"),
+            (["--users", "5"], "--users describes the planted demo data and does nothing with --config")):
+        assert main(["train", "--config", path, *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_version_and_help_give_every_flag_a_text(capsys):
     from tfrec.cli import build_parser, main
 

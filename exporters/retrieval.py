@@ -46,7 +46,7 @@ from tensorflow.python.framework import auto_control_deps_utils as acd_utils
 from exporters import layout, warmup
 from exporters.saved_model import (SERVING_SIGNATURE, export_saved_model, model_inputs,
                                    signature_input_specs, write_saved_model_version)
-from tfrec.data.pipeline import id_text
+from tfrec.data.pipeline import check_unique_ids, id_text
 from tfrec.layers.retrieval import NegativeSampling
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def _candidate_ids(candidates, item_input):
     if not isinstance(candidates, pd.DataFrame):
         raise ValueError(
             f"candidates must be a pandas DataFrame with the item id column, got "
-            f"{type(candidates).__name__}")
+            f"{type(candidates).__name__}: pass pd.DataFrame({{{_input_name(item_input)!r}: ids}})")
     name = _input_name(item_input)
     if name not in candidates.columns:
         in_index = " (it is the frame's index: call candidates.reset_index() first)" \
@@ -306,11 +306,7 @@ def _candidate_ids(candidates, item_input):
                          f"(column {name!r})")
     if column.isna().any():
         raise ValueError(f"candidates column {name!r} has {int(column.isna().sum())} missing ids")
-    duplicated = column[column.duplicated()]
-    if len(duplicated):
-        raise ValueError(
-            f"candidates column {name!r} repeats {duplicated.nunique()} id(s), e.g. "
-            f"{list(duplicated.unique()[:5])}; each candidate must appear once")
+    check_unique_ids(column, f"candidates column {name!r}")
     if item_input.dtype == tf.string:  # ints as their decimal text, as df_to_inputs reads them
         values = np.array([id_text(value) for value in column.to_numpy(dtype=object)], dtype=object)
         bad = [value for value in values if not isinstance(value, (str, bytes))]

@@ -48,6 +48,7 @@ COLUMNS_FILE = "columns.json"
 METRICS_FILE = "metrics.json"
 CALIBRATION_FILE = "calibration.png"
 GATES_FILE = "gates.png"
+RUN_FILE = "run.json"  # how the run was made: config, overrides, versions, seeds, data files, losses
 # Rows that `evaluate` and `predict` read and score at once: their memory is one chunk's, whatever
 # the file's size (reading a 5M-row CSV whole, then one predict call over it, took 13 GiB).
 CHUNK_ROWS = 200_000
@@ -264,6 +265,7 @@ class RunConfig:
     # A column of sample weights (not a feature): each training row's loss counts this many times
     # (every task's); evaluate weighs its metrics by it when the test rows have it.
     weight: Optional[str] = None
+    overrides: list = field(default_factory=list)  # the `--set` texts applied to the file
 
     @property
     def tasks(self):
@@ -510,6 +512,7 @@ def load_config(path, output=None, export_base=None, overrides=()):
                        evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
                        strategy=_parse_strategy(path, raw), retrieval=retrieval, output=output)
     config.weight = _parse_weight(path, raw.get("weight"), config)
+    config.overrides = list(overrides)
     if retrieval and "embedding_dim" not in (raw.get("columns") or {}):
         config.columns.embedding_dim = RETRIEVAL_EMBEDDING_DIM
     if config.model.name in RANKING_MODELS and len(config.tasks) != 1:
@@ -1309,8 +1312,88 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     # A new run's inferred vocabularies hold the values seen columns.min_count times (listed
     # columns: no count); a warm start's grew by its own count.
     save(model, columns, config, out, min_count=warm.recorded if warm else
-         config.columns.min_count if config.columns.infer else None)
+         config.columns.min_count if config.columns.infer else None,
+         record=run_record(config, len(train_df), history.history))
     return model
+
+
+def run_record(config, rows, history):
+    """What `run.json` keeps of a training run, to reproduce it and to tell runs apart: the
+    config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
+    seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
+    on) and each epoch's losses and metrics."""
+    import platform
+
+    import tensorflow as tf
+
+    from tfrec import __version__
+
+    return {"config": config.path, "overrides": config.overrides, "model": {"name": config.model.name,
+                                                                           "args": model_args(config)},
+            "train": dataclasses.asdict(config.train), "weight": config.weight, "rows": rows,
+            "data": {"train": _file_stamps(config.data.train), "test": _file_stamps(config.data.test or [])},
+            "held_out": held_out_inputs(config),
+            "versions": {"tfrec": __version__, "tensorflow": tf.__version__, "python": platform.python_version()},
+            "history": {name: [float(value) for value in values] for name, values in history.items()},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+_STAMP_BYTES = 1 << 20
+
+
+def _file_stamps(patterns, paths=True):
+    """Each file of `patterns`: its size and the SHA-256 of its first and last MiB (what changes
+    with the rows, without reading a large file whole), and its path (else its name alone: a
+    folder copied or moved elsewhere holds the same rows)."""
+    import hashlib
+
+    stamps = []
+    for path in sorted(path for pattern in patterns for path in glob.glob(pattern)):
+        size, digest = os.path.getsize(path), hashlib.sha256()
+        with open(path, "rb") as handle:
+            digest.update(handle.read(_STAMP_BYTES))
+            if size > _STAMP_BYTES:
+                handle.seek(max(_STAMP_BYTES, size - _STAMP_BYTES))
+                digest.update(handle.read())
+        stamps.append({"path" if paths else "name": path if paths else os.path.basename(path), "bytes": size,
+                       "sha256_first_last_mib": digest.hexdigest()})
+    return stamps
+
+
+def held_out_inputs(config):
+    """What a test split of the training files depends on: the files as they are, and the split
+    and retrieval settings (None with data.test, whose rows are the test files)."""
+    if config.data.test:
+        return None
+    if config.retrieval:  # each user's last events, by the keys that make the samples
+        settings = dataclasses.asdict(config.retrieval)
+        return {"data.train": _file_stamps(config.data.train, paths=False),
+                "retrieval": {key: settings[key] for key in _SAMPLE_KEYS}}
+    return {"data.train": _file_stamps(config.data.train, paths=False), "split": dataclasses.asdict(config.split)}
+
+
+_SAMPLE_KEYS = ("user", "item", "category", "time", "time_format", "seq_maxlen", "short_sess_length", "min_history")
+
+
+def check_held_out_rows_unchanged(config):
+    """A ConfigError when the test split `evaluate` would make now is not the one `train` held out
+    (the training files or the split settings changed since, as `run.json` records them): it
+    would score rows the model trained on."""
+    path = config.output_file(RUN_FILE)
+    if config.data.test or not os.path.exists(path):  # test files, or a run older than run.json
+        return
+    with open(path, encoding="utf-8") as handle:
+        then = json.load(handle).get("held_out")
+    now = held_out_inputs(config)
+    if then is None or then == now:
+        return
+    changed = [key for key in now if key != "data.train" and now[key] != then.get(key)]
+    if now["data.train"] != then.get("data.train"):
+        changed.insert(0, "data.train (its files' names, sizes or contents)")
+    raise ConfigError(f"{config.path}: the test rows would be another split of data.train than the one `tfrec "
+                      f"train` held out ({', '.join(changed)} changed since, as {path} records): the model would "
+                      "be scored on rows it trained on",
+                      hint="train again, or give the test rows as data.test")
 
 
 def _say_shards(model, min_shard_bytes, out=None):
@@ -1557,11 +1640,12 @@ def _check_dense(df, columns, config):
                                   f"rows.{inferred}")
 
 
-def save(model, columns, config, out, min_count=None):
+def save(model, columns, config, out, min_count=None, record=None):
     """Writes the model and its columns to `config.output`: from the chief of a cluster; other
     workers of a synchronous run save too (Keras' saving takes part in collectives) but to a
     scratch folder that is removed. `min_count`: how often a value had to be seen to get a row
-    of the vocabularies, recorded for a warm start to grow them alike."""
+    of the vocabularies, recorded for a warm start to grow them alike; `record`: `run.json`'s
+    content (`run_record`)."""
     import shutil
     import tempfile
 
@@ -1582,7 +1666,15 @@ def save(model, columns, config, out, min_count=None):
         model.save(os.path.join(folder, MODEL_FILE + staged + ".keras"))
         with open(os.path.join(folder, COLUMNS_FILE + staged), "w", encoding="utf-8") as handle:
             json.dump(columns_to_json(columns, min_count), handle, indent=1)
+        if record is not None:
+            with open(os.path.join(folder, RUN_FILE + staged), "w", encoding="utf-8") as handle:
+                json.dump(record, handle, indent=1)
         os.replace(os.path.join(folder, MODEL_FILE + staged + ".keras"), os.path.join(folder, MODEL_FILE))
+        if record is not None:
+            os.replace(os.path.join(folder, RUN_FILE + staged), os.path.join(folder, RUN_FILE))
+        else:  # an earlier run's record would describe another model
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, RUN_FILE))
         os.replace(os.path.join(folder, COLUMNS_FILE + staged), os.path.join(folder, COLUMNS_FILE))
     if not chief:
         shutil.rmtree(folder, ignore_errors=True)
@@ -1644,6 +1736,7 @@ def evaluate(config, out=None):
         return retrieval_run.evaluate(config, out)
     with step("loading the trained model", out):
         model, columns = trained(config)
+    check_held_out_rows_unchanged(config)
     group = config.evaluate.group
     gates = _gate_model(model)
     if gates is not None:  # one pass gives the scores and the gate weights

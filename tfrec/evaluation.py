@@ -7,6 +7,7 @@ import numpy as np
 
 from . import metrics
 from .data import df_to_inputs
+from .data.pipeline import check_unique_ids
 
 
 # Rows turned into model inputs and scored per `predict` call: Keras copies a call's whole input
@@ -88,7 +89,8 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
     Args:
       model: a `TwoTowerModel` (YoutubeDNN, MIND, SDM).
       user_inputs: {feature: array} holding the user tower's inputs (`df_to_inputs`).
-      candidate_inputs: {item feature: (items,) ids}, as `df_to_inputs(items, [item_column])`.
+      candidate_inputs: {item feature: (items,) ids}, as `df_to_inputs(items, [item_column])`;
+        each id once (a ValueError names repeated ones, as `export_retrieval` does).
       k: items per row (at most the number of candidates).
       excluded: None, or per row an array of candidate positions left out of its ranking (the
         items a user has seen, as `export_retrieval(..., exclude=...)` leaves them out); a row
@@ -96,6 +98,9 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
       block_rows: rows scored at once, so memory stays at block_rows x items scores.
     """
     user_tower, item_tower = model.user_tower, model.item_tower
+    if len(item_tower.input_names) == 1:  # the item id
+        name = item_tower.input_names[0]
+        check_unique_ids(candidate_inputs[name], f"candidate_inputs[{name!r}]")
     items = item_tower.predict({name: candidate_inputs[name] for name in item_tower.input_names},
                                batch_size=batch_size, verbose=0)
     users = user_tower.predict({name: user_inputs[name] for name in user_tower.input_names}, batch_size=batch_size,

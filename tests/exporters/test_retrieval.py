@@ -345,6 +345,8 @@ def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, yo
      r"its columns are \['movie_id', 'popularity'\]"),
     (lambda frame: frame.head(30), r"k must be an integer in \[1, number of candidates = 30\], got 50"),
     (lambda frame: pd.concat([frame.head(100), frame.head(1)]), r"repeats 1 id\(s\)"),
+    (lambda frame: frame["item_id"].to_numpy(), r"candidates must be a pandas DataFrame with the item id column, "
+                                                r"got ndarray: pass pd.DataFrame\(\{'item_id': ids\}\)"),
     (lambda frame: frame.assign(item_id=np.arange(len(frame)) + 0.5), "must hold strings"),  # ints: their text
 ])
 def test_bad_candidates_are_refused_before_anything_is_written(

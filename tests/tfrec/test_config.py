@@ -610,3 +610,34 @@ def test_a_warm_start_from_a_folder_without_a_recorded_count_says_how_its_vocabu
         assert ("does not record how often a value had to be seen to get a row (an older tfrec wrote it): new "
                 "values get one when seen once today; to keep rare values out as the earlier run did, set "
                 "train.grow_vocabularies to its columns.min_count" in out.getvalue()) == said
+
+
+def test_a_run_records_how_it_was_made_and_evaluate_refuses_another_split(tmp_path):
+    """From a reproducibility audit: evaluate split the training files anew with today's settings,
+    so a changed test_fraction or file scored rows the model trained on (AUC 0.62 -> 0.74)."""
+    write_csv_frame(tmp_path / "d.csv")
+    text = ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, seed: 1}\n"
+            "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\ntrain: {batch_size: 2, epochs: 2}\n")
+    path = str(write(tmp_path, text))
+    config = load_config(path, overrides=["train.learning_rate=0.01"])
+    config.train.epochs = 1  # as `tfrec train --epochs 1` sets it
+    run.train(config, verbose=0)
+    record = json.loads((tmp_path / "runs" / "run" / "run.json").read_text())
+    assert record["config"] == path and record["overrides"] == ["train.learning_rate=0.01"]
+    assert record["train"]["epochs"] == 1 and record["train"]["learning_rate"] == 0.01
+    assert record["model"] == {"name": "DIN", "args": {"seed": 1024}} and record["rows"] == 6
+    assert set(record["versions"]) == {"tfrec", "tensorflow", "python"} and len(record["history"]["loss"]) == 1
+    assert record["held_out"]["split"] == {"test_fraction": 0.25, "order_by": None, "seed": 1}
+    assert [stamp["path"] for stamp in record["data"]["train"]] == [str(tmp_path / "d.csv")]
+    assert [stamp["name"] for stamp in record["held_out"]["data.train"]] == ["d.csv"]
+    run.evaluate(load_config(path))
+
+    for overrides, changed in ((["split.seed=2"], "split"), (["split.test_fraction=0.5"], "split")):
+        with pytest.raises(ConfigError, match=rf"the test rows would be another split of data.train than the one "
+                                              rf"`tfrec train` held out \({changed} changed since"):
+            run.evaluate(load_config(path, overrides=overrides))
+    frame().iloc[:7].assign(hist_item_id="").to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(ConfigError, match=r"\(data.train \(its files' names, sizes or contents\) changed"):
+        run.evaluate(load_config(path))
+    write_csv_frame(tmp_path / "test.csv")  # separate test files: nothing to compare
+    assert run.evaluate(load_config(path, overrides=["data.test=test.csv"]))["rows"] == 8

@@ -646,7 +646,7 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
                                                   "--cluster", cluster, "--", *train[:-1], str(tmp_path / "warm.yaml")])
             assert processes.wait(warm, deadline) == 0, processes.logs()
             assert "split across the parameter servers: " in processes.log("chief_warm")
-    assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras"]  # the chief's alone
+    assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras", "run.json"]  # the chief's alone
     assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     print(f"\nMIND, {kind}, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "

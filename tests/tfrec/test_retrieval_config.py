@@ -218,6 +218,10 @@ def test_rank_candidates_warns_of_candidates_sharing_the_out_of_vocabulary_vecto
     users = df_to_inputs(test.head(4), [c for c in columns if c is not item_column])
     with pytest.warns(UserWarning, match="2 of 301 candidates have the same vector as another one"):
         rank_candidates(model, users, df_to_inputs(items, [item_column]), 10)
+    # A repeated id is refused, as the export refuses it: it held two places of 703 of 1,500 users' top 50.
+    repeated = pd.concat([items, items.head(3)], ignore_index=True)
+    with pytest.raises(ValueError, match=r"candidate_inputs\['item_id'\] repeats 3 id\(s\), e.g. \["):
+        rank_candidates(model, users, df_to_inputs(repeated, [item_column]), 10)
 
 
 def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_answers(mind_run, tmp_path, capsys):

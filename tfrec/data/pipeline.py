@@ -308,6 +308,16 @@ def _labels(df, label_columns):
     return {col: _label_values(df, col, "a label") for col in label_columns}
 
 
+def check_unique_ids(values, what):
+    """A ValueError naming up to 5 of the ids `values` repeats: a candidate listed twice would fill
+    two places of every user's top k."""
+    ids = pd.Series(np.asarray(values, dtype=object).reshape(-1))
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{what} repeats {duplicated.nunique()} id(s), e.g. {list(duplicated.unique()[:5])}; each "
+                         "candidate must appear once")
+
+
 def _weight_values(df, name):
     """A sample-weight column as float32, or a ValueError naming the row of a weight that is not a
     finite number >= 0 (NaN would make every weight of the model NaN, a negative one train it away

@@ -1328,11 +1328,12 @@ def run_record(config, rows, history):
 
     from tfrec import __version__
 
+    train_files = _file_stamps(config.data.train)  # each file read once: its stamps serve both entries
     return {"config": config.path, "overrides": config.overrides, "model": {"name": config.model.name,
                                                                            "args": model_args(config)},
             "train": dataclasses.asdict(config.train), "weight": config.weight, "rows": rows,
-            "data": {"train": _file_stamps(config.data.train), "test": _file_stamps(config.data.test or [])},
-            "held_out": held_out_inputs(config),
+            "data": {"train": train_files, "test": _file_stamps(config.data.test or [])},
+            "held_out": held_out_inputs(config, train_files),
             "versions": {"tfrec": __version__, "tensorflow": tf.__version__, "python": platform.python_version()},
             "history": {name: [float(value) for value in values] for name, values in history.items()},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -1341,10 +1342,9 @@ def run_record(config, rows, history):
 _STAMP_BYTES = 1 << 20
 
 
-def _file_stamps(patterns, paths=True):
-    """Each file of `patterns`: its size and the SHA-256 of its first and last MiB (what changes
-    with the rows, without reading a large file whole), and its path (else its name alone: a
-    folder copied or moved elsewhere holds the same rows)."""
+def _file_stamps(patterns):
+    """Each file of `patterns`: its path, its size and the SHA-256 of its first and last MiB (what
+    changes with the rows, without reading a large file whole)."""
     import hashlib
 
     stamps = []
@@ -1355,21 +1355,23 @@ def _file_stamps(patterns, paths=True):
             if size > _STAMP_BYTES:
                 handle.seek(max(_STAMP_BYTES, size - _STAMP_BYTES))
                 digest.update(handle.read())
-        stamps.append({"path" if paths else "name": path if paths else os.path.basename(path), "bytes": size,
-                       "sha256_first_last_mib": digest.hexdigest()})
+        stamps.append({"path": path, "bytes": size, "sha256_first_last_mib": digest.hexdigest()})
     return stamps
 
 
-def held_out_inputs(config):
-    """What a test split of the training files depends on: the files as they are, and the split
-    and retrieval settings (None with data.test, whose rows are the test files)."""
+def held_out_inputs(config, train_files=None):
+    """What a test split of the training files depends on: the files as they are (by name, size
+    and content: a folder copied or moved elsewhere holds the same rows), and the split and
+    retrieval settings; None with data.test, whose rows are the test files. `train_files`:
+    `_file_stamps(config.data.train)`, when the caller has them."""
     if config.data.test:
         return None
+    files = [{"name": os.path.basename(stamp["path"]), **{k: v for k, v in stamp.items() if k != "path"}}
+             for stamp in (train_files if train_files is not None else _file_stamps(config.data.train))]
     if config.retrieval:  # each user's last events, by the keys that make the samples
         settings = dataclasses.asdict(config.retrieval)
-        return {"data.train": _file_stamps(config.data.train, paths=False),
-                "retrieval": {key: settings[key] for key in _SAMPLE_KEYS}}
-    return {"data.train": _file_stamps(config.data.train, paths=False), "split": dataclasses.asdict(config.split)}
+        return {"data.train": files, "retrieval": {key: settings[key] for key in _SAMPLE_KEYS}}
+    return {"data.train": files, "split": dataclasses.asdict(config.split)}
 
 
 _SAMPLE_KEYS = ("user", "item", "category", "time", "time_format", "seq_maxlen", "short_sess_length", "min_history")

@@ -17,8 +17,8 @@ PREDICT_ROWS = 100_000
 
 def predict_outputs(model, df, feature_columns, batch_size=4096):
     """{output name: (rows,) float64 scores} of a ranking model for the rows of `df`, scored
-    `PREDICT_ROWS` rows per `predict` call; an output of several values per row (e.g. a gate's
-    weights, `scoring_model(model, gates)`) is (rows, values)."""
+    `PREDICT_ROWS` rows per `predict` call; an output of several values per row (e.g. an expert
+    gate's weights) is (rows, values)."""
     names = list(model.output_names)
     parts = {name: [] for name in names}
     for start in range(0, max(len(df), 1), PREDICT_ROWS):

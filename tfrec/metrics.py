@@ -54,13 +54,14 @@ def _checked_weights(sample_weight, n):
     return weights
 
 
-def _group_aucs(y_true, y_score, group_index, weights):
-    """(AUC of each group, its positives' weight, its negatives' weight): the weighted
+def _group_aucs(y_true, y_score, group_index, weights, groups):
+    """(AUC of each of `groups` groups, its positives' weight, its negatives' weight): the weighted
     Mann-Whitney U of every group in one sort, a positive and a negative of equal score counting
     one half. The AUCs of groups lacking a class are NaN."""
+    if not len(y_true):
+        return np.full(groups, np.nan), np.zeros(groups), np.zeros(groups)
     order = np.lexsort((y_score, group_index))  # by group, then score
     group, score, label, weight = group_index[order], y_score[order], y_true[order], weights[order]
-    n = len(order)
     new_group = np.r_[True, group[1:] != group[:-1]]
     new_block = new_group | np.r_[True, score[1:] != score[:-1]]  # a block: one group's equal scores
     block = np.cumsum(new_block) - 1
@@ -71,7 +72,6 @@ def _group_aucs(y_true, y_score, group_index, weights):
     below = np.cumsum(block_neg) - block_neg
     first_block_of_group = np.maximum.accumulate(np.where(new_group[new_block], np.arange(len(block_pos)), 0))
     below -= below[first_block_of_group]
-    groups = int(group.max()) + 1 if n else 0
     won = np.bincount(block_group, weights=block_pos * (below + 0.5 * block_neg), minlength=groups)
     pos = np.bincount(block_group, weights=block_pos, minlength=groups)
     neg = np.bincount(block_group, weights=block_neg, minlength=groups)
@@ -98,8 +98,7 @@ def auc(y_true, y_score, sample_weight=None):
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     weights = _checked_weights(sample_weight, len(y_true))
-    (value,), (pos,), (neg,) = _group_aucs(y_true, y_score, np.zeros(len(y_true), np.int64), weights) \
-        if len(y_true) else ([np.nan], [0.0], [0.0])
+    (value,), (pos,), (neg,) = _group_aucs(y_true, y_score, np.zeros(len(y_true), np.int64), weights, 1)
     if not (pos > 0 and neg > 0):
         raise ValueError(
             f"AUC needs both classes in y_true, got {int(y_true.sum())} positive(s) and "
@@ -135,8 +134,8 @@ def gauc(y_true, y_score, groups, sample_weight=None):
             f"groups must have the same length as y_true, got {len(groups)} and {len(y_true)}"
         )
     weights = _checked_weights(sample_weight, len(y_true))
-    _, group_index = np.unique(groups, return_inverse=True)
-    group_aucs, pos, neg = _group_aucs(y_true, y_score, group_index.reshape(-1), weights)
+    keys, group_index = np.unique(groups, return_inverse=True)
+    group_aucs, pos, neg = _group_aucs(y_true, y_score, group_index.reshape(-1), weights, len(keys))
     valid = (pos > 0) & (neg > 0)
     if not valid.any():
         raise ValueError(

@@ -532,8 +532,8 @@ class RecModel(tf.keras.Model):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
-        if indexed is None:
-            return super().test_step(data)
+        if indexed is None:  # raw features: Keras' own step, fed the same float32 (batch,) weights
+            return super().test_step(tf.keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
         y_pred = self._split.core(indexed, training=False)
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)

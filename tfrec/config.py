@@ -144,6 +144,28 @@ class SplitConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """`train.validation:` rows held out of the training split to choose the epoch.
+
+    `fraction` of the training rows (the last by `split.order_by`, else a random share drawn with
+    `split.seed`; a retrieval model's samples: a random share) are not trained on; after each
+    epoch the model is scored on them, and the weights of the epoch with the best `monitor` are
+    the ones saved. The test rows never take part, so `evaluate` stays an unbiased estimate.
+
+    Attributes:
+      fraction: the share of the training rows, in (0, 1).
+      monitor: the figure that picks the epoch, as Keras logs it without "val_": "auc" or
+        "logloss" (one label), "<task>_auc", "<task>_mae" or "<task>_loss" (several), "loss"
+        (any model; the retrieval models' only one). Default: the AUC (the first task's), or
+        "loss" for a retrieval model. AUCs are maximised, the others minimised.
+      patience: epochs without a better `monitor` after which training stops; None: every epoch runs.
+    """
+    fraction: float = 0.1
+    monitor: Optional[str] = None
+    patience: Optional[int] = None
+
+
+@dataclass
 class TrainConfig:
     """`train:` Keras fit settings (Adam with `learning_rate`).
 
@@ -155,6 +177,9 @@ class TrainConfig:
     `columns.min_count`, which `columns.json` records) or, given an int N, at least N times;
     false: such values are looked up as the out-of-vocabulary row. A retrieval model's sampler
     counts the new data's targets.
+
+    `validation`: a `ValidationConfig` (early stopping and the best epoch), or None: every row
+    trains and the last epoch's weights are saved.
     """
     epochs: int = 1
     batch_size: int = 256
@@ -162,6 +187,7 @@ class TrainConfig:
     seed: int = 0  # the rows' shuffle and, unless model.args.seed is set, the initial weights
     warm_start: Optional[str] = None
     grow_vocabularies: Any = None
+    validation: Optional[ValidationConfig] = None
 
 
 @dataclass
@@ -512,6 +538,7 @@ def load_config(path, output=None, export_base=None, overrides=()):
                        evaluate=EvaluateConfig(**_section(path, raw, "evaluate")), export=export_section,
                        strategy=_parse_strategy(path, raw), retrieval=retrieval, output=output)
     config.weight = _parse_weight(path, raw.get("weight"), config)
+    config.train.validation = _parse_validation(path, config.train.validation, config)
     config.overrides = list(overrides)
     if retrieval and "embedding_dim" not in (raw.get("columns") or {}):
         config.columns.embedding_dim = RETRIEVAL_EMBEDDING_DIM
@@ -533,6 +560,39 @@ def _parse_weight(path, weight, config):
     if weight in config.tasks.values():
         _fail(path, "weight", f"'{weight}' is a label column; the weights need a column of their own")
     return weight
+
+
+def _parse_validation(path, raw, config):
+    if raw is None:
+        return None
+    key = "train.validation"
+    if not isinstance(raw, dict):
+        _fail(path, key, f"must be a mapping such as {{fraction: 0.1, patience: 2}}, got {raw!r}")
+    _check_keys(path, key, raw, [f.name for f in dataclasses.fields(ValidationConfig)])
+    validation = ValidationConfig(**raw)
+    _number(path, f"{key}.fraction", validation.fraction, 0.0, 1.0)
+    if validation.patience is not None:
+        _int(path, f"{key}.patience", validation.patience, 1)
+    logged = validation_figures(config)
+    if validation.monitor is None:
+        validation.monitor = logged[1] if len(logged) > 1 and logged[1].endswith("auc") else "loss"
+    elif validation.monitor not in logged:
+        _fail(path, f"{key}.monitor", f"{validation.monitor!r} is not a figure of {config.model.name}'s validation; "
+              f"it logs {', '.join(logged)}")
+    return validation
+
+
+def validation_figures(config):
+    """The figures Keras logs (without "val_") for a model compiled by `_compile`, loss first."""
+    if config.retrieval:
+        return ["loss"]
+    if not config.multitask:
+        return ["loss", "auc", "logloss"]
+    types = config.model.args.get("task_types") or ["binary"] * len(config.tasks)
+    figures = ["loss"]
+    for task, task_type in zip(config.tasks, types):
+        figures += [f"{task}_auc" if task_type == "binary" else f"{task}_mae", f"{task}_loss"]
+    return figures
 
 
 def _override(raw, text):
@@ -874,21 +934,61 @@ def _sequence_cell(cell, separator):
 
 def split_data(df, config):
     """(train_df, test_df) by `config.split`: the last rows by `order_by`, or a seeded random split."""
+    return _hold_out(df, config, config.split.test_fraction, "split.test_fraction", ("training", "test"),
+                     config.split.order_by)
+
+
+def validation_split(df, config, out=None):
+    """(fit_df, validation_df): `train.validation.fraction` of the training rows held out as
+    `split_data` holds out the test rows (validation_df None without `train.validation`)."""
+    validation = config.train.validation
+    if validation is None:
+        return df, None
+    # A retrieval model's samples are split at random: its order is each user's events.
+    fit_df, validation_df = _hold_out(df, config, validation.fraction, "train.validation.fraction",
+                                      ("training", "validation"), None if config.retrieval else config.split.order_by)
+    monitored = _monitored_label(config)
+    if monitored is not None and validation_df[monitored].nunique() < 2:
+        raise ConfigError(f"{config.path}: train.validation: the {len(validation_df)} validation rows' "
+                          f"'{monitored}' is always {validation_df[monitored].iloc[0]}, so their AUC is undefined; "
+                          "raise train.validation.fraction or monitor loss")
+    order = "at random" if config.retrieval or not config.split.order_by else f"the last by {config.split.order_by}"
+    rows = "samples" if config.retrieval else "rows"
+    print(f"validation: {len(validation_df)} of the training {rows} ({order}), not trained on; the epoch with the "
+          f"best val_{validation.monitor} is kept" + (f", and training stops after {validation.patience} epoch(s) "
+                                                       "without a better one" if validation.patience else ""),
+          file=out or sys.stdout)
+    return fit_df, validation_df
+
+
+def _monitored_label(config):
+    """The label column whose AUC `train.validation` monitors, or None (a loss or MAE)."""
+    monitor = config.train.validation.monitor
+    if monitor == "auc":
+        return next(iter(config.tasks.values()))
+    if monitor.endswith("_auc") and monitor[:-len("_auc")] in config.tasks:
+        return config.tasks[monitor[:-len("_auc")]]
+    return None
+
+
+def _hold_out(df, config, fraction, key, names, order_by):
+    """(kept, held out): `fraction` of the rows of `df`, the last by column `order_by` or drawn
+    with `split.seed`, each part in the file's order."""
     import numpy as np
 
-    n_test = int(round(len(df) * config.split.test_fraction))
-    if n_test < 1 or n_test >= len(df):
-        raise ConfigError(f"{config.path}: split.test_fraction: {config.split.test_fraction} of {len(df)} rows "
-                          "leaves no training or no test rows")
-    if config.split.order_by is not None:
-        if config.split.order_by not in df.columns:
-            raise ConfigError(f"{config.path}: split.order_by: '{config.split.order_by}' is not a column; the "
-                              f"columns are {list(df.columns)}")
-        order = np.argsort(df[config.split.order_by].to_numpy(), kind="stable")
+    n_held_out = int(round(len(df) * fraction))
+    if n_held_out < 1 or n_held_out >= len(df):
+        raise ConfigError(f"{config.path}: {key}: {fraction} of {len(df)} rows leaves no {names[0]} or no "
+                          f"{names[1]} rows")
+    if order_by is not None:
+        if order_by not in df.columns:
+            raise ConfigError(f"{config.path}: split.order_by: '{order_by}' is not a column; the columns are "
+                              f"{list(df.columns)}")
+        order = np.argsort(df[order_by].to_numpy(), kind="stable")
     else:
         order = np.random.default_rng(config.split.seed).permutation(len(df))
-    train_rows, test_rows = np.sort(order[:-n_test]), np.sort(order[-n_test:])
-    return df.iloc[train_rows].reset_index(drop=True), df.iloc[test_rows].reset_index(drop=True)
+    kept, held_out = np.sort(order[:-n_held_out]), np.sort(order[-n_held_out:])
+    return df.iloc[kept].reset_index(drop=True), df.iloc[held_out].reset_index(drop=True)
 
 
 def load_frames(config, feature_columns=None):
@@ -1243,11 +1343,15 @@ def train(config, verbose=2, tensorboard=None, out=None):
         train_df, test_df = load_frames(config, warm.columns if warm else None)
     print(f"{len(train_df)} training rows, {len(test_df)} test rows", file=out or sys.stdout)
     _say_repeated_rows(train_df, test_df, out)
+    train_df, validation_df = validation_split(train_df, config, out)  # vocabularies from the rows trained on
     if warm:
         check_no_answer_is_a_feature(warm.columns, config, "weight (a feature of the run in train.warm_start)")
     columns = warm.columns if warm else build_columns(train_df, config)
     train_df = prepare(train_df, columns)
     _check_dense(train_df, columns, config)
+    if validation_df is not None:
+        validation_df = prepare(validation_df, columns)
+        _check_dense(validation_df, columns, config)
     _check_test_rows(test_df, columns, config)  # before loading or training a model, not after it
     tf.keras.utils.set_random_seed(config.train.seed)
     strategy = strategy_of(config)
@@ -1260,7 +1364,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
         return model
 
     return fit_and_save(config, strategy, make_model, columns, train_df, _label_columns(config), warm, verbose,
-                        tensorboard, out)
+                        tensorboard, out, validation_df)
 
 
 def strategy_of(config):
@@ -1272,12 +1376,13 @@ def strategy_of(config):
 
 
 def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None,
-                 out=None):
+                 out=None, validation_df=None):
     """Trains `make_model()` (a compiled model, built in the scope of `strategy`) on
     the rows of `train_df` (`labels`: their label columns, None for a two-tower model's samples),
     with the run's TensorBoard logs and backups; checks its losses and saves it with `columns`
     and the count its vocabularies required (`warm`: the `WarmStartColumns` of a warm start, or
-    None). Returns the model."""
+    None). With `validation_df` (`validation_split`), keeps the best epoch's weights and stops
+    early as `train.validation` says. Returns the model."""
     import tensorflow as tf
 
     from tfrec.data import df_to_dataset
@@ -1297,31 +1402,62 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     if settings.kind is None:
         dataset = df_to_dataset(train_df, columns, labels, batch_size=config.train.batch_size, seed=config.train.seed,
                                 weight_column=config.weight)
+        if validation_df is not None:
+            fit_args["validation_data"] = df_to_dataset(validation_df, columns, labels, shuffle=False,
+                                                        batch_size=config.train.batch_size, weight_column=config.weight)
     else:
-        dataset = distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
-            train_df, columns, labels, config.train.batch_size, seed=config.train.seed, repeat=True,
-            weight_column=config.weight))
+        def distributed(df, shuffle):
+            return distribute.distributed_dataset(strategy, distribute.dataframe_dataset_fn(
+                df, columns, labels, config.train.batch_size, shuffle=shuffle, seed=config.train.seed, repeat=True,
+                weight_column=config.weight))
+
         # Keras needs the length of a distributed dataset: an epoch is one pass over the rows
         # (a final partial batch is left to the next epoch's shuffle). Keras keeps one iterator
         # across epochs when given steps_per_epoch, so the data repeats (else epoch 2 runs dry).
+        dataset = distributed(train_df, shuffle=True)
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
+        if validation_df is not None:
+            fit_args.update(validation_data=distributed(validation_df, shuffle=False),
+                            validation_steps=max(1, len(validation_df) // config.train.batch_size))
+    validation = config.train.validation if validation_df is not None else None
+    if validation:
+        # Keras' own early stopping; its best weights are restored at the end, stopped or not.
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            f"val_{validation.monitor}", mode="max" if validation.monitor.endswith("auc") else "min",
+            patience=validation.patience or config.train.epochs, restore_best_weights=True))
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
+    kept = {"rows": len(validation_df), "best_epoch": _say_best_epoch(config, history.history, out)} \
+        if validation else None
     # A new run's inferred vocabularies hold the values seen columns.min_count times (listed
     # columns: no count); a warm start's grew by its own count.
     save(model, columns, config, out, min_count=warm.recorded if warm else
          config.columns.min_count if config.columns.infer else None,
-         record=run_record(config, len(train_df), history.history))
+         record=run_record(config, len(train_df), history.history, kept))
     return model
 
 
-def run_record(config, rows, history):
+def _say_best_epoch(config, history, out=None):
+    """Prints which epoch's weights training kept; returns its number (from 1)."""
+    monitor = config.train.validation.monitor
+    figures = history.get(f"val_{monitor}")
+    if not figures:  # load_config checked the name against validation_figures: they disagree
+        raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history)}")
+    best = (max if monitor.endswith("auc") else min)(range(len(figures)), key=figures.__getitem__)
+    stopped = f"; stopped after epoch {len(figures)} of {config.train.epochs}" \
+        if len(figures) < config.train.epochs else ""
+    print(f"kept epoch {best + 1} (val_{monitor} {figures[best]:.4f}){stopped}", file=out or sys.stdout)
+    return best + 1
+
+
+def run_record(config, rows, history, validation=None):
     """What `run.json` keeps of a training run, to reproduce it and to tell runs apart: the
     config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
     seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
-    on) and each epoch's losses and metrics."""
+    on), each epoch's losses and metrics and, with `train.validation`, {"rows": n, "best_epoch":
+    k}, the validation rows and the epoch kept (from 1)."""
     import platform
 
     import tensorflow as tf
@@ -1336,6 +1472,7 @@ def run_record(config, rows, history):
             "held_out": held_out_inputs(config, train_files),
             "versions": {"tfrec": __version__, "tensorflow": tf.__version__, "python": platform.python_version()},
             "history": {name: [float(value) for value in values] for name, values in history.items()},
+            "validation": validation,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

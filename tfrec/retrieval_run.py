@@ -321,6 +321,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
+    train_df, validation_df = run.validation_split(train_df, config, out)
     tf.keras.utils.set_random_seed(config.train.seed)
     strategy = run.strategy_of(config)
     if warm:
@@ -342,7 +343,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
         return model
 
     # The model's output is its sampled-softmax loss: the rows need no labels.
-    return run.fit_and_save(config, strategy, make_model, every, train_df, None, warm, verbose, tensorboard, out)
+    return run.fit_and_save(config, strategy, make_model, every, train_df, None, warm, verbose, tensorboard, out,
+                            validation_df)
 
 
 def evaluate(config, out=None):

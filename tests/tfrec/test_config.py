@@ -104,6 +104,20 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "export: {index: {k: 20}}\n", "export.index.k: is not an index option: set retrieval.k \\(or --k\\)"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, join_timeout: 0}\n",
      "strategy.join_timeout: must be a number in \\(0, inf\\), got 0"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: 0.1}\n",
+     "train.validation: must be a mapping such as {fraction: 0.1, patience: 2}, got 0.1"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {fraction: 1}}\n",
+     "train.validation.fraction: must be a number in \\(0.0, 1.0\\), got 1"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {patience: 0}}\n",
+     "train.validation.patience: must be an integer >= 1, got 0"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {metric: auc}}\n",
+     "train.validation.metric: unknown key in 'train.validation'; known keys: fraction, monitor, patience"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {monitor: val_auc}}\n",
+     "train.validation.monitor: 'val_auc' is not a figure of DIN's validation; it logs loss, auc, logloss"),
+    ("data: {train: d.csv}\nlabels: {ctr: click, ctcvr: buy}\nmodel: {name: ESMM}\ntrain: {validation: {monitor: auc}}\n",
+     "'auc' is not a figure of ESMM's validation; it logs loss, ctr_auc, ctr_loss, ctcvr_auc, ctcvr_loss"),
+    ("data: {train: d.csv}\nmodel: {name: MIND}\nretrieval: {user: user_id, item: item_id, time: ts}\n"
+     "train: {validation: {monitor: recall}}\n", "'recall' is not a figure of MIND's validation; it logs loss$"),
 ])
 def test_config_mistakes_name_the_file_and_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -183,9 +197,15 @@ def test_explicit_columns_and_an_ordered_split(tmp_path):
 
 
 def test_multitask_example_trains_evaluates_and_draws_its_gates(tmp_path):
-    config = load_config(str(REPO / "examples" / "multitask_mmoe.yaml"), output=str(tmp_path / "run"))
-    config.train.epochs = 1
+    """... choosing its epoch by the first task's validation AUC."""
+    config = load_config(str(REPO / "examples" / "multitask_mmoe.yaml"), output=str(tmp_path / "run"),
+                         overrides=["train.validation={fraction: 0.1}"])
+    assert config.train.validation.monitor == "ctr_auc"
+    config.train.epochs = 2
     run.train(config)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["validation"]["best_epoch"] == int(np.argmax(record["history"]["val_ctr_auc"])) + 1
+    assert len(record["history"]["val_ctcvr_auc"]) == 2
     report = run.evaluate(config)
     assert set(report["tasks"]) == {"ctr", "ctcvr"}
     for task in report["tasks"].values():
@@ -221,12 +241,16 @@ def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     assert copy is not loaded and all(isinstance(v, tf.distribute.DistributedValues) for v in copy.weights)
     np.testing.assert_allclose(copy.predict(rows, verbose=0), loaded.predict(rows, verbose=0), atol=1e-6)
     assert placed_copy(loaded) is loaded  # outside any strategy
+    # ... here with validation rows, which the strategy distributes too.
     warm = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\noutput: warm\n"
-                                           f"train: {{batch_size: 2, epochs: 1, warm_start: {config.output}}}\n"
+                                           f"train: {{batch_size: 2, epochs: 2, warm_start: {config.output}, "
+                                           "validation: {fraction: 0.34, monitor: loss}}\n"
                                            "strategy: {kind: mirrored}\n", name="warm.yaml")))
     model = run.train(warm)
     assert isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
-    assert model.optimizer.iterations.numpy() == 3
+    assert model.optimizer.iterations.numpy() == 2 * 2  # every epoch: 6 - 2 validation rows / batch 2
+    record = json.loads(Path(warm.output_file("run.json")).read_text())
+    assert record["validation"]["rows"] == 2 and len(record["history"]["val_loss"]) == 2
 
 
 def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
@@ -641,3 +665,59 @@ def test_a_run_records_how_it_was_made_and_evaluate_refuses_another_split(tmp_pa
         run.evaluate(load_config(path))
     write_csv_frame(tmp_path / "test.csv")  # separate test files: nothing to compare
     assert run.evaluate(load_config(path, overrides=["data.test=test.csv"]))["rows"] == 8
+
+
+def overfitting_frame(rows=600, seed=0):
+    """Clicks that depend on the item alone, with ids and histories a model can memorise."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, 30, rows)
+    return pd.DataFrame({
+        "user_id": [f"u{u}" for u in rng.integers(0, 300, rows)], "item_id": [f"i{i}" for i in items],
+        "hist_item_id": ["|".join(f"i{i}" for i in rng.integers(0, 30, 3)) for _ in range(rows)],
+        "click": (rng.random(rows) < np.where(items < 10, 0.7, 0.3)).astype(int), "ts": np.arange(rows)})
+
+
+def test_validation_rows_pick_the_epoch_that_is_saved_and_stop_training_early(tmp_path, capsys):
+    """`train.validation`: the rows are held out of training and its vocabularies, the best
+    epoch's weights are the saved ones (their validation loss is the best logged), and training
+    stops `patience` epochs after it."""
+    from tfrec import load_model
+    from tfrec.data import df_to_dataset
+
+    overfitting_frame().to_csv(tmp_path / "d.csv", index=False)
+    text = ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN, args: {dnn_hidden_units: [16]}}\n"
+            "split: {test_fraction: 0.2, order_by: ts}\ncolumns: {exclude: [ts], sequences: {hist_item_id: {}}}\n"
+            "train: {epochs: 12, batch_size: 32, learning_rate: 0.03, "
+            "validation: {fraction: 0.25, monitor: loss, patience: 2}}\n")
+    config = load_config(str(write(tmp_path, text)))
+    run.train(config, verbose=0)
+    out = capsys.readouterr().out
+    assert "validation: 120 of the training rows (the last by ts), not trained on; the epoch with the best " \
+           "val_loss is kept, and training stops after 2 epoch(s) without a better one" in out
+    record = json.loads((tmp_path / "runs" / "run" / "run.json").read_text())
+    val_loss = record["history"]["val_loss"]
+    best = int(np.argmin(val_loss)) + 1
+    assert record["rows"] == 360 and record["validation"] == {"rows": 120, "best_epoch": best}
+    assert best < len(val_loss) == best + 2 < 12, val_loss  # memorising the ids overfits: training stopped
+    assert f"kept epoch {best} (val_loss {val_loss[best - 1]:.4f}); stopped after epoch {best + 2} of 12" in out
+
+    fit_rows, validation_rows = run.validation_split(run.load_frames(config)[0], config)
+    assert validation_rows["ts"].min() > fit_rows["ts"].max()  # the latest training rows, as the test split
+    columns = run.trained_columns(config)
+    users = set(next(c for c in columns if c.name == "user_id").vocabulary)
+    assert users == set(fit_rows["user_id"]) and set(validation_rows["user_id"]) - users  # none seen only in validation
+    model = load_model(config.output_file("model.keras"))
+    saved = model.evaluate(df_to_dataset(run.prepare(validation_rows, columns), columns, "click", shuffle=False,
+                                         batch_size=32), return_dict=True, verbose=0)
+    assert saved["loss"] == pytest.approx(val_loss[best - 1], abs=1e-5)  # the best epoch's weights, not the last
+
+
+def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_training(tmp_path):
+    df = overfitting_frame(rows=100)
+    df.loc[df["ts"] >= 64, "click"] = 0  # the validation rows (the last of the training split) never click
+    df.to_csv(tmp_path / "d.csv", index=False)
+    text = ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {order_by: ts}\n"
+            "columns: {exclude: [ts], sequences: {hist_item_id: {}}}\ntrain: {validation: {fraction: 0.2}}\n")
+    with pytest.raises(ConfigError, match=r"train.validation: the 16 validation rows' 'click' is always 0, so their "
+                                          r"AUC is undefined; raise train.validation.fraction or monitor loss"):
+        run.train(load_config(str(write(tmp_path, text))), verbose=0)

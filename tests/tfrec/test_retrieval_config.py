@@ -164,8 +164,18 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
     {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2}},
 ], ids=["YoutubeDNN", "SDM"])
 def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
-    config = run_config(tmp_path, model=model, output="run")
-    assert tfrec("train", "--config", config, capsys=capsys)[0] == 0
+    """YoutubeDNN also holds a tenth of its samples out to choose its epoch by their loss."""
+    validation = model["name"] == "YoutubeDNN"
+    config = run_config(tmp_path, model=model, output="run", train={"validation": {"fraction": 0.1}} if validation
+                        else {})
+    code, out, _ = tfrec("train", "--config", config, capsys=capsys)
+    assert code == 0
+    if validation:
+        record = json.loads((tmp_path / "run" / "run.json").read_text())
+        val_loss = record["history"]["val_loss"]
+        assert len(val_loss) == 8 and record["validation"]["best_epoch"] == int(np.argmin(val_loss)) + 1
+        assert record["validation"]["rows"] == round((record["rows"] + record["validation"]["rows"]) * 0.1)
+        assert "of the training samples (at random), not trained on; the epoch with the best val_loss is kept" in out
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     assert code == 0
     print(out)

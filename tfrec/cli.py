@@ -1,9 +1,10 @@
-"""The `tfrec` command: demo, train, evaluate, predict, export, serve, query, bench.
+"""The `tfrec` command: demo, train, evaluate, predict, compare, export, serve, query, bench.
 
   tfrec demo                                  planted data -> DIN -> export -> serve -> query
   tfrec train --config run.yaml               your data (CSV/Parquet) -> a trained model
   tfrec evaluate --config run.yaml            AUC, GAUC, logloss, calibration plot (retrieval: recall@k ...)
   tfrec predict --config run.yaml --data rows.csv --scores scores.csv   batch scores of a file
+  tfrec compare runs/a runs/b                 runs side by side: differing settings, figures
   tfrec export --config run.yaml              a versioned SavedModel for TF Serving (retrieval: top k)
   tfrec serve --model_base_path=... --model_name=...
   tfrec query --model-name din --inputs @request.json
@@ -261,6 +262,16 @@ def _print_retrieval_report(report):
         print(f"{name:>10}: recall@{k} {scores['recall']:.4f}  hit rate@{k} {scores['hit_rate']:.4f}  "
               f"NDCG@{k} {scores['ndcg']:.4f}")
     print(f"({report['rows']} test users, each user's last event ranked among {report['candidates']} items)")
+
+
+def cmd_compare(args):
+    from tfrec.runs import compare, format_table
+
+    header, rows, notes = compare(args.runs)
+    print(format_table(header, rows))
+    for note in notes:
+        print(f"note: {note}")
+    return 0
 
 
 def cmd_export(args):
@@ -583,6 +594,10 @@ def build_parser():
                              "request sends there are left out of its top k (repeatable; a config's "
                              "retrieval.exclude_seen does this for its histories)")
 
+    compare = command("compare", "runs side by side: the settings in which they differ, the epoch kept and their "
+                                 "test figures, from the run folders of `tfrec train --config` and `tfrec evaluate`")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="a run folder (the config's output or --output)")
+
     commands.add_parser("serve", add_help=False,
                         help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")
 
@@ -654,7 +669,7 @@ def main(argv=None):
         return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "export": cmd_export,
+                "export": cmd_export, "compare": cmd_compare,
                 "query": cmd_query, "bench": cmd_bench}
     try:
         return commands[args.command](args)

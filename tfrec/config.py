@@ -1457,7 +1457,8 @@ def run_record(config, rows, history, validation=None):
     config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
     seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
     on), each epoch's losses and metrics and, with `train.validation`, {"rows": n, "best_epoch":
-    k}, the validation rows and the epoch kept (from 1)."""
+    k}, the validation rows and the epoch kept (from 1). `settings`: every section of the config
+    as run (defaults and overrides applied), which `tfrec compare` lines up."""
     import platform
 
     import tensorflow as tf
@@ -1465,7 +1466,11 @@ def run_record(config, rows, history, validation=None):
     from tfrec import __version__
 
     train_files = _file_stamps(config.data.train)  # each file read once: its stamps serve both entries
-    return {"config": config.path, "overrides": config.overrides, "model": {"name": config.model.name,
+    settings = dataclasses.asdict(config)
+    for where in ("path", "overrides", "output", "export"):  # where the run reads and writes, not how it trains
+        settings.pop(where)
+    return {"config": config.path, "overrides": config.overrides, "settings": settings,
+            "model": {"name": config.model.name,
                                                                            "args": model_args(config)},
             "train": dataclasses.asdict(config.train), "weight": config.weight, "rows": rows,
             "data": {"train": train_files, "test": _file_stamps(config.data.test or [])},

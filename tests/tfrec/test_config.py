@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -721,3 +722,54 @@ def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_t
     with pytest.raises(ConfigError, match=r"train.validation: the 16 validation rows' 'click' is always 0, so their "
                                           r"AUC is undefined; raise train.validation.fraction or monitor loss"):
         run.train(load_config(str(write(tmp_path, text))), verbose=0)
+
+
+def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_that_do_not_compare(tmp_path, capsys):
+    """`tfrec compare` after a sweep: the settings that differ (not the ones every run shares),
+    the epoch kept and the test figures; a run not evaluated, or evaluated on other test rows,
+    is named."""
+    from tfrec.cli import main
+
+    write_csv_frame(tmp_path / "d.csv")
+    path = str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                               "split: {test_fraction: 0.5}\ncolumns: {exclude: [row_id], sequences: "
+                               "{hist_item_id: {}}}\ntrain: {batch_size: 2}\n"))
+    sweep = {"a": [], "b": ["train.learning_rate=0.01", "train.validation={fraction: 0.25, monitor: loss}"],
+             "c": ["split.seed=1"]}
+    for name, overrides in sweep.items():
+        args = ["--config", path, "--output", str(tmp_path / name)] + [a for o in overrides for a in ("--set", o)]
+        assert main(["train", "--progress", "none"] + args) == 0 and main(["evaluate"] + args) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "a_unevaluated")
+    os.remove(tmp_path / "a_unevaluated" / "metrics.json")
+    capsys.readouterr()
+
+    def compare(*names):
+        assert main(["compare"] + [str(tmp_path / name) for name in names]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        table = [line.split() for line in lines if not line.startswith("note: ")]
+        return table[0], {row[0]: dict(zip(table[0], row)) for row in table[1:]}, \
+            [line for line in lines if line.startswith("note: ")]
+
+    header, rows, notes = compare("a", "b")
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    auc = json.loads((tmp_path / "b" / "metrics.json").read_text())["tasks"]["prediction"]["auc"]
+    assert header == ["run", "train.learning_rate", "train.validation.fraction", "train.validation.monitor", "rows",
+                      "kept_epoch", "val_loss", "auc", "logloss"] and notes == []
+    b = rows[str(tmp_path / "b")]
+    assert b["train.learning_rate"] == "0.0100" and b["train.validation.fraction"] == "0.2500"
+    kept = record["validation"]["best_epoch"]
+    assert b["rows"] == "3" and b["kept_epoch"] == f"{kept}/1" and b["val_loss"] == f"{record['history']['val_loss'][kept - 1]:.4f}"
+    assert b["auc"] == f"{auc:.4f}" and rows[str(tmp_path / "a")]["val_loss"] == "-"
+
+    header, rows, notes = compare("a", "c", "a_unevaluated")
+    assert header[1:3] == ["split.seed", "rows"] and rows[str(tmp_path / "a_unevaluated")]["auc"] == "-"
+    assert notes == [f"note: {tmp_path / 'a_unevaluated'}: not evaluated (`tfrec evaluate --config ... --output "
+                     f"{tmp_path / 'a_unevaluated'}`)",
+                     f"note: the test figures come from different test rows, so they do not compare: "
+                     f"{tmp_path / 'a'}; {tmp_path / 'c'}"]
+    header, _, _ = compare("b")  # one run: its overrides
+    assert header[:5] == ["run", "train.learning_rate", "train.validation.fraction", "train.validation.monitor",
+                          "train.validation.patience"]
+
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 1
+    assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in capsys.readouterr().err

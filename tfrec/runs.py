@@ -1,0 +1,131 @@
+"""Runs side by side: what `tfrec compare` prints from the folders `tfrec train --config` and
+`tfrec evaluate` wrote (`run.json`, `metrics.json`).
+
+A sweep (`--set train.learning_rate=0.01 --output runs/lr01`, ...) leaves one folder per run;
+`compare(folders)` lines them up: the settings in which they differ, how they trained, and their
+test figures, with a note when the figures are not comparable (other test rows, no evaluation).
+"""
+import json
+import os
+
+from tfrec.config import METRICS_FILE, RUN_FILE, ConfigError
+
+
+def read_run(folder):
+    """{"folder", "record" (run.json), "metrics" (metrics.json, or None before `evaluate`)}."""
+    path = os.path.join(folder, RUN_FILE)
+    if not os.path.isfile(path):
+        what = "no such folder" if not os.path.isdir(folder) else \
+            f"no {RUN_FILE}, which `tfrec train --config` writes (a run of an earlier tfrec has none)"
+        raise ConfigError(f"{folder}: not a run folder: {what}")
+    with open(path, encoding="utf-8") as handle:
+        record = json.load(handle)
+    metrics_path = os.path.join(folder, METRICS_FILE)
+    metrics = None
+    if os.path.isfile(metrics_path):
+        with open(metrics_path, encoding="utf-8") as handle:
+            metrics = json.load(handle)
+    return {"folder": folder, "record": record, "metrics": metrics}
+
+
+def settings(record):
+    """A run's settings as flat {"train.learning_rate": 0.01, "model.args.dnn_hidden_units": [64, 32],
+    ...}: the config as run, the model's arguments with its seed, the versions, and the data files
+    by name and a hash of their contents (their place is no setting)."""
+    chosen = dict(record.get("settings") or {"train": record["train"], "weight": record.get("weight")})
+    chosen["model"] = record["model"]
+    chosen["versions"] = record["versions"]
+    chosen["data"] = {**chosen.get("data", {}), **{
+        part: " ".join(f"{os.path.basename(stamp['path'])}@{stamp['sha256_first_last_mib'][:8]}" for stamp in stamps)
+        for part, stamps in record["data"].items() if stamps}}
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    walk("", chosen)
+    return flat
+
+
+def figures(run):
+    """{figure name: value} of a run: the validation figure kept, then the test figures."""
+    record, metrics, out = run["record"], run["metrics"], {}
+    validation = record.get("validation")
+    if validation:
+        monitor = f"val_{record['train']['validation']['monitor']}"
+        out["kept_epoch"] = f"{validation['best_epoch']}/{len(record['history']['loss'])}"
+        out[monitor] = record["history"][monitor][validation["best_epoch"] - 1]
+    if metrics is None:
+        return out
+    if "tasks" in metrics:  # a ranking model: each task's figures
+        for task, result in metrics["tasks"].items():
+            prefix = "" if task == "prediction" else f"{task}_"
+            for name in ("auc", "gauc", "logloss", "mse", "mae"):
+                if result.get(name) is not None:
+                    out[f"{prefix}{name}"] = result[name]
+    else:  # a retrieval model, next to popularity
+        for name, value in metrics["model"].items():
+            out[f"{name}@{metrics['k']}"] = value
+        out[f"popularity_recall@{metrics['k']}"] = metrics["popularity"]["recall"]
+    return out
+
+
+def evaluated_on(run):
+    """What a run's test figures were computed on: the test files evaluated, or the split of the
+    training files that `run.json` records (`evaluate` refuses any other)."""
+    data = (run["metrics"] or {}).get("data")
+    if isinstance(data, list):  # the files of data.test (else a text naming the test split)
+        return ("data.test", tuple(data))
+    return ("held out", json.dumps(run["record"].get("held_out"), sort_keys=True))
+
+
+def compare(folders):
+    """(header, rows, notes): one row per run folder, its settings that differ between the runs
+    (all of its `--set` overrides when there is one run), its trained rows and its figures; notes
+    name runs not evaluated and runs whose test rows differ, whose figures are not comparable."""
+    runs = [read_run(folder) for folder in folders]
+    flat = [settings(run["record"]) for run in runs]
+    keys = sorted({key for one in flat for key in one})
+    if len(runs) > 1:
+        differing = [key for key in keys if len({json.dumps(one.get(key), sort_keys=True) for one in flat}) > 1]
+    else:  # the keys its --set overrides gave
+        given = [override.split("=", 1)[0] for override in runs[0]["record"].get("overrides", [])]
+        differing = [key for key in keys if any(key == g or key.startswith(g + ".") for g in given)]
+    scores = [figures(run) for run in runs]
+    names = sorted(dict.fromkeys(name for one in scores for name in one),  # how each trained, then its test figures
+                   key=lambda name: name != "kept_epoch" and not name.startswith("val_"))
+    header = ["run"] + differing + ["rows"] + names
+    rows = []
+    for run, one, score in zip(runs, flat, scores):
+        rows.append([run["folder"]] + [one.get(key) for key in differing]
+                    + [run["record"].get("rows")] + [score.get(name) for name in names])
+    notes = [f"{run['folder']}: not evaluated (`tfrec evaluate --config ... --output {run['folder']}`)"
+             for run in runs if run["metrics"] is None]
+    evaluated = [run for run in runs if run["metrics"] is not None]
+    groups = {}
+    for run in evaluated:
+        groups.setdefault(evaluated_on(run), []).append(run["folder"])
+    if len(groups) > 1:
+        notes.append("the test figures come from different test rows, so they do not compare: "
+                     + "; ".join(", ".join(folders) for folders in groups.values()))
+    return header, rows, notes
+
+
+def format_table(header, rows):
+    """The rows as aligned text columns; numbers to 4 decimals, a missing value as "-"."""
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):  # 4 decimals, unless they would hide it (a learning rate of 3e-05)
+            return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+        if isinstance(value, (list, dict)):
+            return json.dumps(value, separators=(",", ":"))  # one word: the columns split on spaces
+        return str(value)
+
+    table = [header] + [[cell(value) for value in row] for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in table)

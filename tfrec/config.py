@@ -324,11 +324,14 @@ def _fail(path, key, problem):
 
 
 def _check_keys(path, section, given, allowed):
-    unknown = sorted(set(given) - set(allowed))
+    unknown = sorted(set(given) - set(allowed), key=str)
     if unknown:
         where = f"'{section}'" if section else "the top level"
+        # YAML reads {fraction:0.1} as the key "fraction:0.1" with no value
+        spacing = f" (YAML needs a space after the colon: {{{str(unknown[0]).replace(':', ': ', 1)}}})" \
+            if ":" in str(unknown[0]) else ""
         _fail(path, f"{section + '.' if section else ''}{unknown[0]}",
-              f"unknown key in {where}; known keys: {', '.join(allowed)}")
+              f"unknown key in {where}; known keys: {', '.join(allowed)}{spacing}")
 
 
 def _int(path, key, value, minimum):

@@ -8,7 +8,7 @@ test figures, with a note when the figures are not comparable (other test rows, 
 import json
 import os
 
-from tfrec.config import METRICS_FILE, RUN_FILE, ConfigError
+from tfrec.config import METRICS_FILE, RUN_FILE
 
 
 def read_run(folder):
@@ -17,7 +17,7 @@ def read_run(folder):
     if not os.path.isfile(path):
         what = "no such folder" if not os.path.isdir(folder) else \
             f"no {RUN_FILE}, which `tfrec train --config` writes (a run of an earlier tfrec has none)"
-        raise ConfigError(f"{folder}: not a run folder: {what}")
+        raise FileNotFoundError(f"{folder}: not a run folder: {what}")
     with open(path, encoding="utf-8") as handle:
         record = json.load(handle)
     metrics_path = os.path.join(folder, METRICS_FILE)

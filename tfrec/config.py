@@ -1432,8 +1432,7 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
-    kept = {"rows": len(validation_df), "best_epoch": _say_best_epoch(config, history.history, out)} \
-        if validation else None
+    kept = {"rows": len(validation_df), **_say_best_epoch(config, history, out)} if validation else None
     # A new run's inferred vocabularies hold the values seen columns.min_count times (listed
     # columns: no count); a warm start's grew by its own count.
     save(model, columns, config, out, min_count=warm.recorded if warm else
@@ -1443,16 +1442,18 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
 
 
 def _say_best_epoch(config, history, out=None):
-    """Prints which epoch's weights training kept; returns its number (from 1)."""
+    """Prints which epoch's weights training kept; returns {"best_epoch", "epochs"} (numbered
+    from 1; a run resumed from a backup counts on from its earlier epochs, and chooses among those
+    run since, as Keras' EarlyStopping keeps no state in the backup)."""
     monitor = config.train.validation.monitor
-    figures = history.get(f"val_{monitor}")
+    figures = history.history.get(f"val_{monitor}")
     if not figures:  # load_config checked the name against validation_figures: they disagree
-        raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history)}")
+        raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history.history)}")
     best = (max if monitor.endswith("auc") else min)(range(len(figures)), key=figures.__getitem__)
-    stopped = f"; stopped after epoch {len(figures)} of {config.train.epochs}" \
-        if len(figures) < config.train.epochs else ""
-    print(f"kept epoch {best + 1} (val_{monitor} {figures[best]:.4f}){stopped}", file=out or sys.stdout)
-    return best + 1
+    best_epoch, epochs = history.epoch[best] + 1, history.epoch[-1] + 1
+    stopped = f"; stopped after epoch {epochs} of {config.train.epochs}" if epochs < config.train.epochs else ""
+    print(f"kept epoch {best_epoch} (val_{monitor} {figures[best]:.4f}){stopped}", file=out or sys.stdout)
+    return {"best_epoch": best_epoch, "epochs": epochs}
 
 
 def run_record(config, rows, history, validation=None):
@@ -1460,7 +1461,7 @@ def run_record(config, rows, history, validation=None):
     config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
     seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
     on), each epoch's losses and metrics and, with `train.validation`, {"rows": n, "best_epoch":
-    k}, the validation rows and the epoch kept (from 1). `settings`: every section of the config
+    k, "epochs": e}, the validation rows, the epoch kept and the last epoch run (from 1). `settings`: every section of the config
     as run (defaults and overrides applied), which `tfrec compare` lines up."""
     import platform
 

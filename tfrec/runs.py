@@ -57,8 +57,10 @@ def figures(run):
     validation = record.get("validation")
     if validation:
         monitor = f"val_{record['train']['validation']['monitor']}"
-        out["kept_epoch"] = f"{validation['best_epoch']}/{len(record['history']['loss'])}"
-        out[monitor] = record["history"][monitor][validation["best_epoch"] - 1]
+        # The history holds the epochs run since a resume, if any: the last ones.
+        figures = record["history"][monitor]
+        out["kept_epoch"] = f"{validation['best_epoch']}/{validation['epochs']}"
+        out[monitor] = figures[len(figures) - 1 - (validation["epochs"] - validation["best_epoch"])]
     if metrics is None:
         return out
     if "tasks" in metrics:  # a ranking model: each task's figures

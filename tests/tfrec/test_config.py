@@ -700,7 +700,7 @@ def test_validation_rows_pick_the_epoch_that_is_saved_and_stop_training_early(tm
     record = json.loads((tmp_path / "runs" / "run" / "run.json").read_text())
     val_loss = record["history"]["val_loss"]
     best = int(np.argmin(val_loss)) + 1
-    assert record["rows"] == 360 and record["validation"] == {"rows": 120, "best_epoch": best}
+    assert record["rows"] == 360 and record["validation"] == {"rows": 120, "best_epoch": best, "epochs": best + 2}
     assert best < len(val_loss) == best + 2 < 12, val_loss  # memorising the ids overfits: training stopped
     assert f"kept epoch {best} (val_loss {val_loss[best - 1]:.4f}); stopped after epoch {best + 2} of 12" in out
 
@@ -713,6 +713,22 @@ def test_validation_rows_pick_the_epoch_that_is_saved_and_stop_training_early(tm
     saved = model.evaluate(df_to_dataset(run.prepare(validation_rows, columns), columns, "click", shuffle=False,
                                          batch_size=32), return_dict=True, verbose=0)
     assert saved["loss"] == pytest.approx(val_loss[best - 1], abs=1e-5)  # the best epoch's weights, not the last
+
+
+def test_the_epoch_kept_by_a_run_resumed_from_its_backup_counts_on_from_its_earlier_epochs(tmp_path, capsys):
+    """Keras' history of a resumed run holds the epochs since the resume (here epochs 4-6 of 8)."""
+    from types import SimpleNamespace
+
+    from tfrec.runs import figures
+
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "train: {epochs: 8, validation: {patience: 1}}\n")))
+    resumed = SimpleNamespace(epoch=[3, 4, 5], history={"loss": [0.5, 0.4, 0.3], "val_auc": [0.7, 0.8, 0.75]})
+    assert run._say_best_epoch(config, resumed) == {"best_epoch": 5, "epochs": 6}
+    assert capsys.readouterr().out == "kept epoch 5 (val_auc 0.8000); stopped after epoch 6 of 8\n"
+    record = {"train": {"validation": {"monitor": "auc"}}, "history": resumed.history,
+              "validation": {"rows": 10, "best_epoch": 5, "epochs": 6}}
+    assert figures({"record": record, "metrics": None}) == {"kept_epoch": "5/6", "val_auc": 0.8}
 
 
 def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_training(tmp_path):

@@ -577,6 +577,9 @@ def _parse_validation(path, raw, config):
     if validation.patience is not None:
         _int(path, f"{key}.patience", validation.patience, 1)
     logged = validation_figures(config)
+    if isinstance(validation.monitor, str) and validation.monitor.startswith("val_") and \
+            validation.monitor[len("val_"):] in logged:  # Keras' name of the figure
+        validation.monitor = validation.monitor[len("val_"):]
     if validation.monitor is None:
         validation.monitor = logged[1] if len(logged) > 1 and logged[1].endswith("auc") else "loss"
     elif validation.monitor not in logged:
@@ -951,10 +954,16 @@ def validation_split(df, config, out=None):
     fit_df, validation_df = _hold_out(df, config, validation.fraction, "train.validation.fraction",
                                       ("training", "validation"), None if config.retrieval else config.split.order_by)
     monitored = _monitored_label(config)
-    if monitored is not None and validation_df[monitored].nunique() < 2:
-        raise ConfigError(f"{config.path}: train.validation: the {len(validation_df)} validation rows' "
-                          f"'{monitored}' is always {validation_df[monitored].iloc[0]}, so their AUC is undefined; "
-                          "raise train.validation.fraction or monitor loss")
+    if monitored is not None:
+        counts = validation_df[monitored].value_counts()
+        if len(counts) < 2:
+            raise ConfigError(f"{config.path}: train.validation: the {len(validation_df)} validation rows' "
+                              f"'{monitored}' is always {counts.index[0]}, so their AUC is undefined; raise "
+                              "train.validation.fraction or monitor loss")
+        if counts.min() < FEW_VALIDATION_ROWS:
+            print(f"note: the validation rows hold {counts.min()} of '{monitored}' = {counts.idxmin()}: an AUC of so "
+                  "few moves by chance from epoch to epoch, and so may the epoch kept; raise "
+                  "train.validation.fraction", file=out or sys.stdout)
     order = "at random" if config.retrieval or not config.split.order_by else f"the last by {config.split.order_by}"
     rows = "samples" if config.retrieval else "rows"
     print(f"validation: {len(validation_df)} of the training {rows} ({order}), not trained on; the epoch with the "
@@ -962,6 +971,10 @@ def validation_split(df, config, out=None):
                                                        "without a better one" if validation.patience else ""),
           file=out or sys.stdout)
     return fit_df, validation_df
+
+
+# Fewer validation rows of a class than this make the AUC that picks the epoch noisy.
+FEW_VALIDATION_ROWS = 50
 
 
 def _monitored_label(config):
@@ -1386,6 +1399,7 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     and the count its vocabularies required (`warm`: the `WarmStartColumns` of a warm start, or
     None). With `validation_df` (`validation_split`), keeps the best epoch's weights and stops
     early as `train.validation` says. Returns the model."""
+    import numpy as np
     import tensorflow as tf
 
     from tfrec.data import df_to_dataset
@@ -1420,8 +1434,12 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
         dataset = distributed(train_df, shuffle=True)
         fit_args["steps_per_epoch"] = max(1, len(train_df) // config.train.batch_size)
         if validation_df is not None:
-            fit_args.update(validation_data=distributed(validation_df, shuffle=False),
-                            validation_steps=max(1, len(validation_df) // config.train.batch_size))
+            # Keras needs the steps of a distributed dataset, and whole batches keep the workers in
+            # step: the last batch is filled up with the first rows again, so that every epoch's
+            # steps take the same rows (Keras keeps one iterator of the repeated data across epochs).
+            steps = -(-len(validation_df) // config.train.batch_size)
+            whole = validation_df.iloc[np.arange(steps * config.train.batch_size) % len(validation_df)]
+            fit_args.update(validation_data=distributed(whole, shuffle=False), validation_steps=steps)
     validation = config.train.validation if validation_df is not None else None
     if validation:
         # Keras' own early stopping; its best weights are restored at the end, stopped or not.
@@ -1523,17 +1541,38 @@ def held_out_inputs(config, train_files=None):
 _SAMPLE_KEYS = ("user", "item", "category", "time", "time_format", "seq_maxlen", "short_sess_length", "min_history")
 
 
-def check_held_out_rows_unchanged(config):
+def same_held_out_rows(one, other):
+    """Whether two `held_out_inputs` records make the same test split (split.seed draws nothing
+    when split.order_by orders the rows)."""
+    def rows(held_out):
+        if held_out and held_out.get("split", {}).get("order_by") is not None:
+            return {**held_out, "split": {k: v for k, v in held_out["split"].items() if k != "seed"}}
+        return held_out
+
+    return rows(one) == rows(other)
+
+
+def check_held_out_rows_unchanged(config, out=None):
     """A ConfigError when the test split `evaluate` would make now is not the one `train` held out
     (the training files or the split settings changed since, as `run.json` records them): it
-    would score rows the model trained on."""
+    would score rows the model trained on. Test files (data.test) that are training files of the
+    run are named in a note."""
     path = config.output_file(RUN_FILE)
-    if config.data.test or not os.path.exists(path):  # test files, or a run older than run.json
+    if not os.path.exists(path):  # a run older than run.json
         return
     with open(path, encoding="utf-8") as handle:
-        then = json.load(handle).get("held_out")
+        record = json.load(handle)
+    if config.data.test:
+        trained = {(stamp["bytes"], stamp["sha256_first_last_mib"]) for stamp in record["data"]["train"]}
+        for stamp in _file_stamps(config.data.test):
+            if (stamp["bytes"], stamp["sha256_first_last_mib"]) in trained:
+                print(f"note: data.test {stamp['path']} is a file the model trained on (its size and contents are "
+                      f"those of a data.train file {path} records): its figures score rows the model has seen",
+                      file=out or sys.stdout)
+        return
+    then = record.get("held_out")
     now = held_out_inputs(config)
-    if then is None or then == now:
+    if then is None or same_held_out_rows(then, now):
         return
     changed = [key for key in now if key != "data.train" and now[key] != then.get(key)]
     if now["data.train"] != then.get("data.train"):
@@ -1884,7 +1923,7 @@ def evaluate(config, out=None):
         return retrieval_run.evaluate(config, out)
     with step("loading the trained model", out):
         model, columns = trained(config)
-    check_held_out_rows_unchanged(config)
+    check_held_out_rows_unchanged(config, out)
     group = config.evaluate.group
     gates = _gate_model(model)
     if gates is not None:  # one pass gives the scores and the gate weights

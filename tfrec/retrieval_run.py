@@ -362,7 +362,7 @@ def evaluate(config, out=None):
 
     with run.step("loading the trained model", out):
         model, every = run.trained(config)
-    run.check_held_out_rows_unchanged(config)
+    run.check_held_out_rows_unchanged(config, out)
     settings, k = config.retrieval, config.retrieval.k
     train_df, test_df = samples(config, out)
     item_column = item_feature(config, every)

@@ -8,7 +8,7 @@ test figures, with a note when the figures are not comparable (other test rows, 
 import json
 import os
 
-from tfrec.config import METRICS_FILE, RUN_FILE
+from tfrec.config import METRICS_FILE, RUN_FILE, same_held_out_rows
 
 
 def read_run(folder):
@@ -59,8 +59,9 @@ def figures(run):
         monitor = f"val_{record['train']['validation']['monitor']}"
         # The history holds the epochs run since a resume, if any: the last ones.
         figures = record["history"][monitor]
-        out["kept_epoch"] = f"{validation['best_epoch']}/{validation['epochs']}"
-        out[monitor] = figures[len(figures) - 1 - (validation["epochs"] - validation["best_epoch"])]
+        epochs = validation.get("epochs", len(figures))  # recorded since runs could resume with validation
+        out["kept_epoch"] = f"{validation['best_epoch']}/{epochs}"
+        out[monitor] = figures[len(figures) - 1 - (epochs - validation["best_epoch"])]
     if metrics is None:
         return out
     if "tasks" in metrics:  # a ranking model: each task's figures
@@ -77,12 +78,44 @@ def figures(run):
 
 
 def evaluated_on(run):
-    """What a run's test figures were computed on: the test files evaluated, or the split of the
-    training files that `run.json` records (`evaluate` refuses any other)."""
+    """What a run's test figures were computed on: {"held_out": the split of the training files
+    that `run.json` records (`evaluate` refuses any other)} or {"test": the test files evaluated}."""
     data = (run["metrics"] or {}).get("data")
     if isinstance(data, list):  # the files of data.test (else a text naming the test split)
-        return ("data.test", tuple(data))
-    return ("held out", json.dumps(run["record"].get("held_out"), sort_keys=True))
+        return {"held_out": None, "test": data}
+    return {"held_out": run["record"].get("held_out")}
+
+
+def validated_on(run):
+    """What a run's validation figures were computed on: the training rows (the test split's
+    complement) and the share held out of them; None without `train.validation`."""
+    record = run["record"]
+    if not record.get("validation"):
+        return None
+    return {"held_out": record.get("held_out"), "fraction": record["train"]["validation"]["fraction"]}
+
+
+def _same_rows(one, other):
+    """Whether two `evaluated_on` / `validated_on` records name the same rows."""
+    def rest(rows):
+        return {key: value for key, value in rows.items() if key != "held_out"}
+
+    return same_held_out_rows(one["held_out"], other["held_out"]) and rest(one) == rest(other)
+
+
+def _groups(runs, rows_of):
+    """[[folder, ...], ...]: the runs grouped by the rows `rows_of(run)` names (None: left out)."""
+    groups = []
+    for run in runs:
+        rows = rows_of(run)
+        if rows is None:
+            continue
+        group = next((group for group in groups if _same_rows(group[0], rows)), None)
+        if group is None:
+            groups.append((rows, [run["folder"]]))
+        else:
+            group[1].append(run["folder"])
+    return [folders for _, folders in groups]
 
 
 def compare(folders):
@@ -107,13 +140,14 @@ def compare(folders):
                     + [run["record"].get("rows")] + [score.get(name) for name in names])
     notes = [f"{run['folder']}: not evaluated (`tfrec evaluate --config ... --output {run['folder']}`)"
              for run in runs if run["metrics"] is None]
-    evaluated = [run for run in runs if run["metrics"] is not None]
-    groups = {}
-    for run in evaluated:
-        groups.setdefault(evaluated_on(run), []).append(run["folder"])
-    if len(groups) > 1:
-        notes.append("the test figures come from different test rows, so they do not compare: "
-                     + "; ".join(", ".join(folders) for folders in groups.values()))
+    for what, key in (("test", evaluated_on), ("validation", validated_on)):
+        groups = _groups([run for run in runs if run["metrics"] is not None or what == "validation"], key)
+        if len(groups) > 1:
+            notes.append(f"the {what} figures come from different {what} rows, so they do not compare: "
+                         + "; ".join(", ".join(folders) for folders in groups))
+    repeated = sorted({folder for folder in folders if folders.count(folder) > 1})
+    if repeated:
+        notes.append(f"given more than once: {', '.join(repeated)}")
     return header, rows, notes
 
 

@@ -115,8 +115,8 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "train.validation.metric: unknown key in 'train.validation'; known keys: fraction, monitor, patience$"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {fraction:0.1}}\n",
      "train.validation.fraction:0.1: unknown key .* \\(YAML needs a space after the colon: {fraction: 0.1}\\)"),
-    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {monitor: val_auc}}\n",
-     "train.validation.monitor: 'val_auc' is not a figure of DIN's validation; it logs loss, auc, logloss"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {monitor: val_ndcg}}\n",
+     "train.validation.monitor: 'val_ndcg' is not a figure of DIN's validation; it logs loss, auc, logloss"),
     ("data: {train: d.csv}\nlabels: {ctr: click, ctcvr: buy}\nmodel: {name: ESMM}\ntrain: {validation: {monitor: auc}}\n",
      "'auc' is not a figure of ESMM's validation; it logs loss, ctr_auc, ctr_loss, ctcvr_auc, ctcvr_loss"),
     ("data: {train: d.csv}\nmodel: {name: MIND}\nretrieval: {user: user_id, item: item_id, time: ts}\n"
@@ -247,13 +247,19 @@ def test_a_strategy_section_trains_under_the_strategy_with_backups(tmp_path):
     # ... here with validation rows, which the strategy distributes too.
     warm = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\noutput: warm\n"
                                            f"train: {{batch_size: 2, epochs: 2, warm_start: {config.output}, "
-                                           "validation: {fraction: 0.34, monitor: loss}}\n"
+                                           "validation: {fraction: 0.5, monitor: loss}}\n"
                                            "strategy: {kind: mirrored}\n", name="warm.yaml")))
     model = run.train(warm)
     assert isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
-    assert model.optimizer.iterations.numpy() == 2 * 2  # every epoch: 6 - 2 validation rows / batch 2
+    assert model.optimizer.iterations.numpy() == 2 * 1  # every epoch: 6 - 3 validation rows / batch 2
     record = json.loads(Path(warm.output_file("run.json")).read_text())
-    assert record["validation"]["rows"] == 2 and len(record["history"]["val_loss"]) == 2
+    assert record["validation"]["rows"] == 3 and len(record["history"]["val_loss"]) == 2
+    # Every validation row counts, in whole batches of 2 (the last filled up with the first row),
+    # the same rows every epoch.
+    validation_rows = run.validation_split(run.load_frames(warm, columns)[0], warm)[1].iloc[[0, 1, 2, 0]]
+    kept = run.trained(warm)[0].evaluate(df_to_inputs(run.prepare(validation_rows, columns), columns),
+                                         validation_rows["click"].to_numpy(), batch_size=8, verbose=0)[0]
+    assert kept == pytest.approx(record["history"]["val_loss"][record["validation"]["best_epoch"] - 1], abs=1e-5)
 
 
 def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
@@ -639,7 +645,7 @@ def test_a_warm_start_from_a_folder_without_a_recorded_count_says_how_its_vocabu
                 "train.grow_vocabularies to its columns.min_count" in out.getvalue()) == said
 
 
-def test_a_run_records_how_it_was_made_and_evaluate_refuses_another_split(tmp_path):
+def test_a_run_records_how_it_was_made_and_evaluate_refuses_another_split(tmp_path, capsys):
     """From a reproducibility audit: evaluate split the training files anew with today's settings,
     so a changed test_fraction or file scored rows the model trained on (AUC 0.62 -> 0.74)."""
     write_csv_frame(tmp_path / "d.csv")
@@ -666,8 +672,10 @@ def test_a_run_records_how_it_was_made_and_evaluate_refuses_another_split(tmp_pa
     frame().iloc[:7].assign(hist_item_id="").to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(ConfigError, match=r"\(data.train \(its files' names, sizes or contents\) changed"):
         run.evaluate(load_config(path))
-    write_csv_frame(tmp_path / "test.csv")  # separate test files: nothing to compare
+    write_csv_frame(tmp_path / "test.csv")  # separate test files: no split to compare, but the trained file again
+    capsys.readouterr()
     assert run.evaluate(load_config(path, overrides=["data.test=test.csv"]))["rows"] == 8
+    assert f"note: data.test {tmp_path / 'test.csv'} is a file the model trained on" in capsys.readouterr().out
 
 
 def overfitting_frame(rows=600, seed=0):
@@ -731,15 +739,32 @@ def test_the_epoch_kept_by_a_run_resumed_from_its_backup_counts_on_from_its_earl
     assert figures({"record": record, "metrics": None}) == {"kept_epoch": "5/6", "val_auc": 0.8}
 
 
-def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_training(tmp_path):
+def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_training(tmp_path, capsys):
     df = overfitting_frame(rows=100)
     df.loc[df["ts"] >= 64, "click"] = 0  # the validation rows (the last of the training split) never click
     df.to_csv(tmp_path / "d.csv", index=False)
     text = ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {order_by: ts}\n"
-            "columns: {exclude: [ts], sequences: {hist_item_id: {}}}\ntrain: {validation: {fraction: 0.2}}\n")
+            "columns: {exclude: [ts], sequences: {hist_item_id: {}}}\ntrain: {validation: {fraction: 0.2, "
+            "monitor: val_auc}}\n")
+    config = load_config(str(write(tmp_path, text)))
+    assert config.train.validation.monitor == "auc"  # Keras' name, val_auc, names it too
     with pytest.raises(ConfigError, match=r"train.validation: the 16 validation rows' 'click' is always 0, so their "
                                           r"AUC is undefined; raise train.validation.fraction or monitor loss"):
-        run.train(load_config(str(write(tmp_path, text))), verbose=0)
+        run.train(config, verbose=0)
+    df.loc[df["ts"] == 70, "click"] = 1  # one click: an AUC, but a noisy one
+    df.to_csv(tmp_path / "d.csv", index=False)
+    capsys.readouterr()
+    run.validation_split(run.load_frames(config)[0], config)
+    assert "note: the validation rows hold 1 of 'click' = 1: an AUC of so few moves by chance" in capsys.readouterr().out
+
+
+def test_a_seed_changes_no_split_ordered_by_a_column():
+    split = {"data.train": [{"name": "d.csv", "bytes": 1, "sha256_first_last_mib": "x"}],
+             "split": {"test_fraction": 0.2, "order_by": "ts", "seed": 0}}
+    reseeded = {**split, "split": {**split["split"], "seed": 1}}
+    assert run.same_held_out_rows(split, reseeded)
+    unordered = {**split, "split": {**split["split"], "order_by": None}}
+    assert not run.same_held_out_rows(unordered, {**unordered, "split": {**unordered["split"], "seed": 1}})
 
 
 def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_that_do_not_compare(tmp_path, capsys):
@@ -785,6 +810,12 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
                      f"{tmp_path / 'a_unevaluated'}`)",
                      f"note: the test figures come from different test rows, so they do not compare: "
                      f"{tmp_path / 'a'}; {tmp_path / 'c'}"]
+    shutil.copytree(tmp_path / "b", tmp_path / "b_half")  # as if validated on half the training rows
+    record["train"]["validation"]["fraction"] = record["settings"]["train"]["validation"]["fraction"] = 0.5
+    (tmp_path / "b_half" / "run.json").write_text(json.dumps(record))
+    assert compare("b", "b_half", "b")[2] == [
+        f"note: the validation figures come from different validation rows, so they do not compare: "
+        f"{tmp_path / 'b'}, {tmp_path / 'b'}; {tmp_path / 'b_half'}", f"note: given more than once: {tmp_path / 'b'}"]
     header, _, _ = compare("b")  # one run: its overrides
     assert header[:5] == ["run", "train.learning_rate", "train.validation.fraction", "train.validation.monitor",
                           "train.validation.patience"]

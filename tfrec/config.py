@@ -581,11 +581,16 @@ def _parse_validation(path, raw, config):
             validation.monitor[len("val_"):] in logged:  # Keras' name of the figure
         validation.monitor = validation.monitor[len("val_"):]
     if validation.monitor is None:
-        validation.monitor = logged[1] if len(logged) > 1 and logged[1].endswith("auc") else "loss"
+        validation.monitor = logged[1] if len(logged) > 1 and maximised(logged[1]) else "loss"
     elif validation.monitor not in logged:
         _fail(path, f"{key}.monitor", f"{validation.monitor!r} is not a figure of {config.model.name}'s validation; "
               f"it logs {', '.join(logged)}")
     return validation
+
+
+def maximised(figure):
+    """Whether a validation figure is better higher (an AUC) rather than lower (a loss, an error)."""
+    return figure.endswith("auc")
 
 
 def validation_figures(config):
@@ -1444,7 +1449,7 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     if validation:
         # Keras' own early stopping; its best weights are restored at the end, stopped or not.
         callbacks.append(tf.keras.callbacks.EarlyStopping(
-            f"val_{validation.monitor}", mode="max" if validation.monitor.endswith("auc") else "min",
+            f"val_{validation.monitor}", mode="max" if maximised(validation.monitor) else "min",
             patience=validation.patience or config.train.epochs, restore_best_weights=True))
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
@@ -1467,7 +1472,7 @@ def _say_best_epoch(config, history, out=None):
     figures = history.history.get(f"val_{monitor}")
     if not figures:  # load_config checked the name against validation_figures: they disagree
         raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history.history)}")
-    best = (max if monitor.endswith("auc") else min)(range(len(figures)), key=figures.__getitem__)
+    best = (max if maximised(monitor) else min)(range(len(figures)), key=figures.__getitem__)
     best_epoch, epochs = history.epoch[best] + 1, history.epoch[-1] + 1
     stopped = f"; stopped after epoch {epochs} of {config.train.epochs}" if epochs < config.train.epochs else ""
     print(f"kept epoch {best_epoch} (val_{monitor} {figures[best]:.4f}){stopped}", file=out or sys.stdout)
@@ -1479,8 +1484,9 @@ def run_record(config, rows, history, validation=None):
     config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
     seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
     on), each epoch's losses and metrics and, with `train.validation`, {"rows": n, "best_epoch":
-    k, "epochs": e}, the validation rows, the epoch kept and the last epoch run (from 1). `settings`: every section of the config
-    as run (defaults and overrides applied), which `tfrec compare` lines up."""
+    k, "epochs": e}, the validation rows, the epoch kept and the last epoch run (from 1).
+    `settings`: every section of the config as run (defaults and overrides applied), which
+    `tfrec compare` lines up."""
     import platform
 
     import tensorflow as tf

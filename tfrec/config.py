@@ -576,7 +576,7 @@ def _parse_validation(path, raw, config):
     _number(path, f"{key}.fraction", validation.fraction, 0.0, 1.0)
     if validation.patience is not None:
         _int(path, f"{key}.patience", validation.patience, 1)
-    logged = validation_figures(config)
+    logged = list(validation_figures(config))
     if isinstance(validation.monitor, str) and validation.monitor.startswith("val_") and \
             validation.monitor[len("val_"):] in logged:  # Keras' name of the figure
         validation.monitor = validation.monitor[len("val_"):]
@@ -594,15 +594,17 @@ def maximised(figure):
 
 
 def validation_figures(config):
-    """The figures Keras logs (without "val_") for a model compiled by `_compile`, loss first."""
+    """{figure: the label column whose AUC it is, or None}: the figures Keras logs (without
+    "val_") for a model compiled by `_compile`, loss first."""
     if config.retrieval:
-        return ["loss"]
+        return {"loss": None}
     if not config.multitask:
-        return ["loss", "auc", "logloss"]
+        return {"loss": None, "auc": next(iter(config.tasks.values())), "logloss": None}
     types = config.model.args.get("task_types") or ["binary"] * len(config.tasks)
-    figures = ["loss"]
-    for task, task_type in zip(config.tasks, types):
-        figures += [f"{task}_auc" if task_type == "binary" else f"{task}_mae", f"{task}_loss"]
+    figures = {"loss": None}
+    for (task, label), task_type in zip(config.tasks.items(), types):
+        figures.update({f"{task}_auc": label} if task_type == "binary" else {f"{task}_mae": None})
+        figures[f"{task}_loss"] = None
     return figures
 
 
@@ -958,7 +960,7 @@ def validation_split(df, config, out=None):
     # A retrieval model's samples are split at random: its order is each user's events.
     fit_df, validation_df = _hold_out(df, config, validation.fraction, "train.validation.fraction",
                                       ("training", "validation"), None if config.retrieval else config.split.order_by)
-    monitored = _monitored_label(config)
+    monitored = validation_figures(config)[validation.monitor]  # the label of an AUC
     if monitored is not None:
         counts = validation_df[monitored].value_counts()
         if len(counts) < 2:
@@ -980,16 +982,6 @@ def validation_split(df, config, out=None):
 
 # Fewer validation rows of a class than this make the AUC that picks the epoch noisy.
 FEW_VALIDATION_ROWS = 50
-
-
-def _monitored_label(config):
-    """The label column whose AUC `train.validation` monitors, or None (a loss or MAE)."""
-    monitor = config.train.validation.monitor
-    if monitor == "auc":
-        return next(iter(config.tasks.values()))
-    if monitor.endswith("_auc") and monitor[:-len("_auc")] in config.tasks:
-        return config.tasks[monitor[:-len("_auc")]]
-    return None
 
 
 def _hold_out(df, config, fraction, key, names, order_by):

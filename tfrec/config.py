@@ -589,15 +589,19 @@ def _parse_validation(path, raw, config):
 
 
 def maximised(figure):
-    """Whether a validation figure is better higher (an AUC) rather than lower (a loss, an error)."""
-    return figure.endswith("auc")
+    """Whether a validation figure is better higher (an AUC, a recall) rather than lower (a loss, an error)."""
+    return figure.endswith("auc") or figure == "recall"
 
 
 def validation_figures(config):
-    """{figure: the label column whose AUC it is, or None}: the figures Keras logs (without
-    "val_") for a model compiled by `_compile`, loss first."""
+    """{figure: the label column whose AUC it is, or None}: the figures a run's validation logs
+    (without "val_"), loss first: Keras' for a model compiled by `_compile`, and a retrieval
+    model's recall@k (`RecallValidation`)."""
     if config.retrieval:
-        return {"loss": None}
+        # recall ranks the catalogue in the training process after each epoch, with Keras'
+        # predict: not under a multi-process strategy, whose processes would each rank.
+        return {"loss": None} if config.strategy.kind in ("multi_worker", "parameter_server") else \
+            {"loss": None, "recall": None}
     if not config.multitask:
         return {"loss": None, "auc": next(iter(config.tasks.values())), "logloss": None}
     types = config.model.args.get("task_types") or ["binary"] * len(config.tasks)
@@ -1389,13 +1393,14 @@ def strategy_of(config):
 
 
 def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, verbose=2, tensorboard=None,
-                 out=None, validation_df=None):
+                 out=None, validation_df=None, validation_callbacks=()):
     """Trains `make_model()` (a compiled model, built in the scope of `strategy`) on
     the rows of `train_df` (`labels`: their label columns, None for a two-tower model's samples),
     with the run's TensorBoard logs and backups; checks its losses and saves it with `columns`
     and the count its vocabularies required (`warm`: the `WarmStartColumns` of a warm start, or
     None). With `validation_df` (`validation_split`), keeps the best epoch's weights and stops
-    early as `train.validation` says. Returns the model."""
+    early as `train.validation` says; `validation_callbacks` log the validation figures Keras'
+    own evaluation does not (a retrieval model's val_recall). Returns the model."""
     import numpy as np
     import tensorflow as tf
 
@@ -1439,6 +1444,7 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
             fit_args.update(validation_data=distributed(whole, shuffle=False), validation_steps=steps)
     validation = config.train.validation if validation_df is not None else None
     if validation:
+        callbacks += validation_callbacks  # before EarlyStopping, which reads what they log
         # Keras' own early stopping; its best weights are restored at the end, stopped or not.
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             f"val_{validation.monitor}", mode="max" if maximised(validation.monitor) else "min",

@@ -4,6 +4,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import warnings
 
 import numpy as np
+import tensorflow as tf
 
 from . import metrics
 from .data import df_to_inputs
@@ -127,3 +128,38 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
                 raise ValueError(f"a row has fewer than k={k} candidates left after its exclusions")
         top[block] = metrics.top_k_indices(scores, k)
     return top
+
+
+class RecallValidation(tf.keras.callbacks.Callback):
+    """Logs `val_recall`, a two-tower model's recall@k on held-out samples, after every epoch.
+
+    A retrieval model's `val_loss` is its sampled softmax on the held-out samples: the target
+    against the negatives sampled for its batch, a figure that moves with the batch size and the
+    sampler. This ranks the whole catalogue for each held-out user exactly, as `rank_candidates`
+    (and the brute-force export) does, and counts the samples whose item is in the top k: the
+    figure `tfrec evaluate` reports. List it before the callbacks that read `val_recall`
+    (`EarlyStopping`, `ModelCheckpoint`): Keras hands each callback the same epoch logs in turn.
+
+    Args:
+      user_inputs: {feature: (rows, ...) array} the held-out samples' user tower inputs.
+      candidate_inputs: {item feature: (items,) ids}, each id once, as `rank_candidates` takes.
+      candidate_ids: (items,) the id of each candidate, to compare the ranking with `truth`.
+      truth: (rows,) each sample's item id.
+      k: the cut-off (at most the number of candidates).
+      excluded: None, or per row the candidate positions left out of its ranking, as
+        `rank_candidates` takes them.
+    """
+
+    def __init__(self, user_inputs, candidate_inputs, candidate_ids, truth, k, excluded=None):
+        super().__init__()
+        self.user_inputs, self.candidate_inputs, self.excluded = user_inputs, candidate_inputs, excluded
+        self.candidate_ids, self.truth, self.k = np.asarray(candidate_ids), np.asarray(truth), int(k)
+
+    def on_epoch_end(self, epoch, logs=None):
+        ranked = self.candidate_ids[rank_candidates(self.model, self.user_inputs, self.candidate_inputs, self.k,
+                                                    self.excluded)]
+        recall = metrics.recall_at_k(self.truth, ranked, ranked.shape[1])
+        if logs is not None:
+            logs["val_recall"] = recall
+        if self.params.get("verbose"):
+            print(f"epoch {epoch + 1}: val_recall@{self.k} {recall:.4f}")

@@ -12,6 +12,7 @@ from feature_columns import serving_dtype
 import json
 import logging
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -317,6 +318,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
     `columns.json` (user columns, then the item column) to `config.output`."""
     import tensorflow as tf
 
+    from tfrec.evaluation import RecallValidation
+
     warm = run.warm_start_columns(config, out) if config.train.warm_start else None
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
@@ -342,9 +345,34 @@ def train(config, verbose=2, tensorboard=None, out=None):
         model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
         return model
 
+    # Each epoch's recall@k on the validation samples, for train.validation.monitor: recall.
+    recall = [] if validation_df is None or "recall" not in run.validation_figures(config) else [
+        RecallValidation(k=config.retrieval.k, **vars(ranking_inputs(config, every, train_df, validation_df)))]
     # The model's output is its sampled-softmax loss: the rows need no labels.
     return run.fit_and_save(config, strategy, make_model, every, train_df, None, warm, verbose, tensorboard, out,
-                            validation_df)
+                            validation_df, validation_callbacks=recall)
+
+
+def ranking_inputs(config, every, train, held_out):
+    """What ranking the catalogue for the samples `held_out` takes, as the keyword arguments of
+    `tfrec.evaluation.RecallValidation` but k: user_inputs, candidate_inputs, candidate_ids,
+    truth and excluded (None unless retrieval.exclude_seen). `every`: the run's columns, the
+    item's last; `train`: the training samples, whose targets are the catalogue without data.items."""
+    from tfrec.data import df_to_inputs
+
+    settings = config.retrieval
+    item_column = item_feature(config, every)
+    items = catalogue(config, train, item_column)
+    if settings.k > len(items):
+        raise ConfigError(f"{config.path}: retrieval.k: {settings.k} is more than the {len(items)} items of the "
+                          "catalogue")
+    ids = items[settings.item].to_numpy()
+    excluded = _seen_positions(held_out, history_features(every, settings.item), ids, item_column, config) \
+        if settings.exclude_seen else None
+    user_columns = [column for column in every if column is not item_column]
+    return SimpleNamespace(user_inputs=df_to_inputs(held_out, user_columns),
+                           candidate_inputs=df_to_inputs(items, [item_column]), candidate_ids=ids,
+                           truth=item_ids(held_out[settings.item], item_column, config, "data.train"), excluded=excluded)
 
 
 def evaluate(config, out=None):
@@ -357,7 +385,7 @@ def evaluate(config, out=None):
        "files": {"metrics": path}}.
     """
     from tfrec import metrics
-    from tfrec.data import df_to_inputs, popularity_top_k
+    from tfrec.data import popularity_top_k
     from tfrec.evaluation import rank_candidates
 
     with run.step("loading the trained model", out):
@@ -366,16 +394,10 @@ def evaluate(config, out=None):
     settings, k = config.retrieval, config.retrieval.k
     train_df, test_df = samples(config, out)
     item_column = item_feature(config, every)
-    items = catalogue(config, train_df, item_column)
-    if k > len(items):
-        raise ConfigError(f"{config.path}: retrieval.k: {k} is more than the {len(items)} items of the catalogue")
-    truth = item_ids(test_df[settings.item], item_column, config, "data.train")
-    ids = items[settings.item].to_numpy()
-    excluded = _seen_positions(test_df, history_features(every, settings.item), ids, item_column, config) \
-        if settings.exclude_seen else None
-    with run.step(f"ranking {len(items)} items for {len(test_df)} test users", out):
-        users = df_to_inputs(test_df, [column for column in every if column is not item_column])
-        ranked = ids[rank_candidates(model, users, df_to_inputs(items, [item_column]), k, excluded)]
+    ranking = ranking_inputs(config, every, train_df, test_df)
+    ids, truth, excluded = ranking.candidate_ids, ranking.truth, ranking.excluded
+    with run.step(f"ranking {len(ids)} items for {len(test_df)} test users", out):
+        ranked = ids[rank_candidates(model, ranking.user_inputs, ranking.candidate_inputs, k, excluded)]
     targets = pd.DataFrame({settings.item: item_ids(train_df[settings.item], item_column, config, "data.train")})
     known = targets[targets[settings.item].isin(set(ids.tolist()))]
     popular = _popular(popularity_top_k(known, known[settings.item].nunique(), settings.item), k, len(test_df),
@@ -386,7 +408,7 @@ def evaluate(config, out=None):
         return {"recall": metrics.recall_at_k(truth, top, width), "hit_rate": metrics.hit_rate_at_k(truth, top, width),
                 "ndcg": metrics.ndcg_at_k(truth, top, width)}
 
-    report = {"rows": len(test_df), "candidates": len(items), "k": k, "model": scores(ranked),
+    report = {"rows": len(test_df), "candidates": len(ids), "k": k, "model": scores(ranked),
               "popularity": scores(popular)}
     path = config.output_file(run.METRICS_FILE)
     with open(path, "w", encoding="utf-8") as handle:

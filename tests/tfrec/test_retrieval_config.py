@@ -164,18 +164,37 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
     {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2}},
 ], ids=["YoutubeDNN", "SDM"])
 def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
-    """YoutubeDNN also holds a tenth of its samples out to choose its epoch by their loss."""
+    """YoutubeDNN also holds a tenth of its samples out to choose its epoch by their recall@k
+    (the default monitor), which ranks the whole catalogue as evaluation does: the model saved
+    is the best epoch's, whose recall on those samples is the one logged for it."""
     validation = model["name"] == "YoutubeDNN"
     config = run_config(tmp_path, model=model, output="run", train={"validation": {"fraction": 0.1}} if validation
                         else {})
     code, out, _ = tfrec("train", "--config", config, capsys=capsys)
     assert code == 0
     if validation:
+        from tfrec import config as run
+        from tfrec import load_model, retrieval_run
+        from tfrec.evaluation import rank_candidates
+        from tfrec.metrics import recall_at_k
+
         record = json.loads((tmp_path / "run" / "run.json").read_text())
-        val_loss = record["history"]["val_loss"]
-        assert len(val_loss) == 8 and record["validation"]["best_epoch"] == int(np.argmin(val_loss)) + 1
+        val_recall = record["history"]["val_recall"]
+        assert len(val_recall) == len(record["history"]["val_loss"]) == 8
+        best = record["validation"]["best_epoch"]
+        assert best == int(np.argmax(val_recall)) + 1
         assert record["validation"]["rows"] == round((record["rows"] + record["validation"]["rows"]) * 0.1)
-        assert "of the training samples (at random), not trained on; the epoch with the best val_loss is kept" in out
+        assert "of the training samples (at random), not trained on; the epoch with the best val_recall is kept" in out
+        assert f"kept epoch {best} (val_recall {val_recall[best - 1]:.4f})" in out
+        assert "epoch 8: val_recall@50 " in out
+        loaded = run.load_config(config)
+        train_df, validation_df = run.validation_split(retrieval_run.samples(loaded)[0], loaded)
+        model_, every = run.trained(loaded)
+        held_out = retrieval_run.ranking_inputs(loaded, every, train_df, validation_df)
+        ranked = held_out.candidate_ids[rank_candidates(model_, held_out.user_inputs, held_out.candidate_inputs, 50,
+                                                        held_out.excluded)]
+        assert recall_at_k(held_out.truth, ranked, 50) == pytest.approx(val_recall[best - 1], abs=1e-9)
+        assert max(val_recall) > min(val_recall)  # the figure moves with training
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     assert code == 0
     print(out)

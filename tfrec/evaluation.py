@@ -161,5 +161,3 @@ class RecallValidation(tf.keras.callbacks.Callback):
         recall = metrics.recall_at_k(self.truth, ranked, ranked.shape[1])
         if logs is not None:
             logs["val_recall"] = recall
-        if self.params.get("verbose"):
-            print(f"epoch {epoch + 1}: val_recall@{self.k} {recall:.4f}")

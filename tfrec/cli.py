@@ -265,12 +265,17 @@ def _print_retrieval_report(report):
 
 
 def cmd_compare(args):
-    from tfrec.runs import compare, format_table
+    from tfrec.runs import compare, format_csv, format_json, format_table, sort_rows
 
     header, rows, notes = compare(args.runs)
-    print(format_table(header, rows))
-    for note in notes:
-        print(f"note: {note}")
+    if args.sort:
+        rows = sort_rows(header, rows, args.sort)
+    if args.format == "json":
+        print(format_json(header, rows, notes))
+        return 0
+    print(format_csv(header, rows) if args.format == "csv" else format_table(header, rows))
+    for note in notes:  # after a CSV table too, on stderr, so the file holds the table alone
+        print(f"note: {note}", file=sys.stderr if args.format == "csv" else sys.stdout)
     return 0
 
 
@@ -597,6 +602,12 @@ def build_parser():
     compare = command("compare", "runs side by side: the settings in which they differ, the epoch kept and their "
                                  "test figures, from the run folders of `tfrec train --config` and `tfrec evaluate`")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="a run folder (the config's output or --output)")
+    compare.add_argument("--sort", metavar="COLUMN", help="order the runs by a column, best first: a figure better "
+                                                          "higher (auc, recall@50, val_auc) descending, any other "
+                                                          "(logloss, a setting) ascending")
+    compare.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="table: aligned text; json: columns, runs and notes; csv: the table unrounded (notes "
+                              "on stderr)")
 
     commands.add_parser("serve", add_help=False,
                         help="the TF-Serving-compatible server (tensorflow_model_server's flags; `tfrec serve --help`)")

@@ -155,9 +155,10 @@ class ValidationConfig:
     Attributes:
       fraction: the share of the training rows, in (0, 1).
       monitor: the figure that picks the epoch, as Keras logs it without "val_": "auc" or
-        "logloss" (one label), "<task>_auc", "<task>_mae" or "<task>_loss" (several), "loss"
-        (any model; the retrieval models' only one). Default: the AUC (the first task's), or
-        "loss" for a retrieval model. AUCs are maximised, the others minimised.
+        "logloss" (one label), "<task>_auc", "<task>_mae" or "<task>_loss" (several), "recall"
+        (a retrieval model's recall@k, but under a multi-process strategy), "loss" (any model).
+        Default: the AUC (the first task's), or a retrieval model's recall (loss where it has
+        none). AUCs and recall are maximised, the others minimised.
       patience: epochs without a better `monitor` after which training stops; None: every epoch runs.
     """
     fraction: float = 0.1
@@ -589,8 +590,10 @@ def _parse_validation(path, raw, config):
 
 
 def maximised(figure):
-    """Whether a validation figure is better higher (an AUC, a recall) rather than lower (a loss, an error)."""
-    return figure.endswith("auc") or figure == "recall"
+    """Whether a figure is better higher (an AUC, a recall, a hit rate, an NDCG) rather than lower
+    (a loss, an error): a validation figure, with or without "val_", or a test figure of
+    `metrics.json` as `tfrec compare` names it ("recall@50")."""
+    return figure.split("@")[0].endswith(("auc", "recall", "hit_rate", "ndcg"))
 
 
 def validation_figures(config):

@@ -5,10 +5,12 @@ A sweep (`--set train.learning_rate=0.01 --output runs/lr01`, ...) leaves one fo
 `compare(folders)` lines them up: the settings in which they differ, how they trained, and their
 test figures, with a note when the figures are not comparable (other test rows, no evaluation).
 """
+import csv
+import io
 import json
 import os
 
-from tfrec.config import METRICS_FILE, RUN_FILE, same_held_out_rows
+from tfrec.config import METRICS_FILE, RUN_FILE, maximised, same_held_out_rows
 
 
 def read_run(folder):
@@ -165,3 +167,34 @@ def format_table(header, rows):
     table = [header] + [[cell(value) for value in row] for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in table)
+
+
+def sort_rows(header, rows, column):
+    """`rows` best first by `column` of `header`: a figure better higher (an AUC, a recall@k)
+    descending, any other column ascending; runs without a value last. A ValueError names the
+    columns there are."""
+    if column not in header:
+        raise ValueError(f"--sort {column}: no such column; the columns are {', '.join(header[1:])}")
+    index, descending = header.index(column), maximised(column)
+    present = [row for row in rows if row[index] is not None]
+    return sorted(present, key=lambda row: _sort_key(row[index]), reverse=descending) + \
+        [row for row in rows if row[index] is None]
+
+
+def _sort_key(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def format_json(header, rows, notes):
+    """{"columns": header, "runs": [{column: value}], "notes": [...]} as indented JSON text."""
+    return json.dumps({"columns": header, "runs": [dict(zip(header, row)) for row in rows], "notes": notes}, indent=1)
+
+
+def format_csv(header, rows):
+    """The table as CSV text (values unrounded; a list or mapping as JSON), for a spreadsheet or pandas."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([json.dumps(value) if isinstance(value, (list, dict)) else value for value in row]
+                     for row in rows)
+    return text.getvalue().rstrip("\n")

@@ -1,4 +1,6 @@
 """tfrec.config: run configs, column inference from a DataFrame, the multi-task example, SIM and CLSR from a config."""
+import csv
+import io
 import json
 import os
 import re
@@ -824,5 +826,23 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
     assert header[:5] == ["run", "train.learning_rate", "train.validation.fraction", "train.validation.monitor",
                           "train.validation.patience"]
 
+    # Sorted best first, and for a script: JSON (notes included) and CSV (unrounded; notes on stderr).
+    folders = [str(tmp_path / name) for name in ("a", "b", "c", "a_unevaluated")]
+    aucs = {folder: json.loads(open(os.path.join(folder, "metrics.json")).read())["tasks"]["prediction"]["auc"]
+            for folder in folders[:3]}
+    assert main(["compare", "--sort", "auc", "--format", "json"] + folders) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [run["run"] for run in report["runs"]] == sorted(aucs, key=aucs.get, reverse=True) + folders[3:]
+    assert [run["auc"] for run in report["runs"]][:3] == sorted(aucs.values(), reverse=True)
+    assert report["columns"][0] == "run" and len(report["notes"]) == 2
+    assert main(["compare", "--sort", "logloss", "--format", "csv"] + folders) == 0
+    out, err = capsys.readouterr()
+    table = list(csv.DictReader(io.StringIO(out)))
+    loglosses = [float(row["logloss"]) for row in table[:3]]
+    assert loglosses == sorted(loglosses) and table[3]["logloss"] == "" and table[3]["run"] == folders[3]
+    assert err.count("note: ") == 2
+    assert main(["compare", "--sort", "ndcg"] + folders) == 1
+    assert "tfrec compare: error: --sort ndcg: no such column; the columns are split.seed, train.learning_rate" \
+        in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 1
     assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in capsys.readouterr().err

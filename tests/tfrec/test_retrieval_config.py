@@ -174,7 +174,7 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
     assert code == 0
     if validation:
         from tfrec import config as run
-        from tfrec import load_model, retrieval_run
+        from tfrec import retrieval_run
         from tfrec.evaluation import rank_candidates
         from tfrec.metrics import recall_at_k
 

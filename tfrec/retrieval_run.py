@@ -345,8 +345,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
         model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
         return model
 
-    # Each epoch's recall@k on the validation samples, for train.validation.monitor: recall.
-    recall = [] if validation_df is None or "recall" not in run.validation_figures(config) else [
+    # Each epoch's recall@k on the validation samples, when it is the monitor (it costs a ranking).
+    recall = [] if validation_df is None or config.train.validation.monitor != "recall" else [
         RecallValidation(k=config.retrieval.k, **vars(ranking_inputs(config, every, train_df, validation_df)))]
     # The model's output is its sampled-softmax loss: the rows need no labels.
     return run.fit_and_save(config, strategy, make_model, every, train_df, None, warm, verbose, tensorboard, out,

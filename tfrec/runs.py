@@ -160,9 +160,7 @@ def format_table(header, rows):
             return "-"
         if isinstance(value, float):  # 4 decimals, unless they would hide it (a learning rate of 3e-05)
             return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
-        if isinstance(value, (list, dict)):
-            return json.dumps(value, separators=(",", ":"))  # one word: the columns split on spaces
-        return str(value)
+        return str(_json_cell(value))
 
     table = [header] + [[cell(value) for value in row] for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
@@ -182,7 +180,15 @@ def sort_rows(header, rows, column):
 
 
 def _sort_key(value):
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    """Numbers by value, anything else (text, a list) by its JSON text after them: a column may mix types."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
+
+
+def _json_cell(value):
+    """A list or mapping as compact JSON (one word: the table's columns split on spaces), else the value."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
 def format_json(header, rows, notes):
@@ -195,6 +201,5 @@ def format_csv(header, rows):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([json.dumps(value) if isinstance(value, (list, dict)) else value for value in row]
-                     for row in rows)
+    writer.writerows([_json_cell(value) for value in row] for row in rows)
     return text.getvalue().rstrip("\n")

@@ -153,8 +153,9 @@ class SimHashSearch(tf.keras.layers.Layer):
 
         Equal ids have equal embeddings. So when the table has no more rows than one history has
         events (a category table, a small catalogue), each row the batch uses is hashed once, from
-        its first event, instead of every event: on 256 histories of 2,000 events, the training
-        step's hashing went from ~170 ms to a few ms. A larger table hashes every event.
+        its first event, instead of every event: on 256 histories of 2,000 events (an item table
+        of 1,000 rows, a category table of 20), the layer's training call went from 175 to 9 ms
+        under XLA. A larger table hashes every event.
         """
         rows = self.table_rows[table]
         if ids.shape[-1] is None or rows > ids.shape[-1]:

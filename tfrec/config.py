@@ -1417,9 +1417,19 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     callbacks = []
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=tensorboard))
+    validation = config.train.validation if validation_df is not None else None
+    early_stopping = None
+    if validation:
+        # Keras' own early stopping; its best weights are restored at the end, stopped or not.
+        early_stopping = tf.keras.callbacks.EarlyStopping(
+            f"val_{validation.monitor}", mode="max" if maximised(validation.monitor) else "min",
+            patience=validation.patience or config.train.epochs, restore_best_weights=True)
+        callbacks += [*validation_callbacks, early_stopping]  # it reads what the validation callbacks log
     if settings.checkpoint_dir:
         claim_backup_folder(settings.checkpoint_dir, config, columns)
-        callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq)
+        # A resumed run carries on early stopping's count, best figure and best weights.
+        callbacks += distribute.checkpoint_callbacks(settings.checkpoint_dir, settings.save_freq,
+                                                     keep_state_of=[early_stopping] if early_stopping else [])
     fit_args = {}
     if settings.kind is None:
         dataset = df_to_dataset(train_df, columns, labels, batch_size=config.train.batch_size, seed=config.train.seed,
@@ -1445,18 +1455,12 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
             steps = -(-len(validation_df) // config.train.batch_size)
             whole = validation_df.iloc[np.arange(steps * config.train.batch_size) % len(validation_df)]
             fit_args.update(validation_data=distributed(whole, shuffle=False), validation_steps=steps)
-    validation = config.train.validation if validation_df is not None else None
-    if validation:
-        callbacks += validation_callbacks  # before EarlyStopping, which reads what they log
-        # Keras' own early stopping; its best weights are restored at the end, stopped or not.
-        callbacks.append(tf.keras.callbacks.EarlyStopping(
-            f"val_{validation.monitor}", mode="max" if maximised(validation.monitor) else "min",
-            patience=validation.patience or config.train.epochs, restore_best_weights=True))
     with step(f"training {config.model.name} for {config.train.epochs} epoch(s)"
               + (f" ({settings.kind})" if settings.kind else ""), out):
         history = model.fit(dataset, epochs=config.train.epochs, verbose=verbose, callbacks=callbacks, **fit_args)
     check_losses(history.history.get("loss", []))
-    kept = {"rows": len(validation_df), **_say_best_epoch(config, history, out)} if validation else None
+    kept = {"rows": len(validation_df), **_say_best_epoch(config, history, early_stopping, out)} \
+        if validation else None
     # A new run's inferred vocabularies hold the values seen columns.min_count times (listed
     # columns: no count); a warm start's grew by its own count.
     save(model, columns, config, out, min_count=warm.recorded if warm else
@@ -1465,18 +1469,16 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
     return model
 
 
-def _say_best_epoch(config, history, out=None):
-    """Prints which epoch's weights training kept; returns {"best_epoch", "epochs"} (numbered
-    from 1; a run resumed from a backup counts on from its earlier epochs, and chooses among those
-    run since, as Keras' EarlyStopping keeps no state in the backup)."""
+def _say_best_epoch(config, history, early_stopping, out=None):
+    """Prints which epoch's weights training kept (`early_stopping`'s best, which a run resumed
+    from its backup remembers from before the restart); returns {"best_epoch", "epochs"}
+    (numbered from 1; a resumed run counts on from its earlier epochs)."""
     monitor = config.train.validation.monitor
-    figures = history.history.get(f"val_{monitor}")
-    if not figures:  # load_config checked the name against validation_figures: they disagree
+    if not history.history.get(f"val_{monitor}"):  # load_config checked the name against validation_figures
         raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history.history)}")
-    best = (max if maximised(monitor) else min)(range(len(figures)), key=figures.__getitem__)
-    best_epoch, epochs = history.epoch[best] + 1, history.epoch[-1] + 1
+    best_epoch, epochs = early_stopping.best_epoch + 1, history.epoch[-1] + 1
     stopped = f"; stopped after epoch {epochs} of {config.train.epochs}" if epochs < config.train.epochs else ""
-    print(f"kept epoch {best_epoch} (val_{monitor} {figures[best]:.4f}){stopped}", file=out or sys.stdout)
+    print(f"kept epoch {best_epoch} (val_{monitor} {early_stopping.best:.4f}){stopped}", file=out or sys.stdout)
     return {"best_epoch": best_epoch, "epochs": epochs}
 
 

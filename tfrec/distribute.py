@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -307,19 +308,55 @@ def distributed_dataset(strategy, dataset_fn, input_options=None):
 
 class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
     """`tf.keras.callbacks.BackupAndRestore` that backs up every `save_freq` steps under
-    ParameterServerStrategy too.
+    ParameterServerStrategy too, and resumes the state of the `EarlyStopping` and
+    `ModelCheckpoint` callbacks given in `keep_state_of`.
 
-    tf-keras skips its batch hooks under that strategy: `fit` only schedules a step there, and a
-    worker runs it later, so a backup taken at the hook would pair the variables of some steps
-    with the step count of others. Here, every `save_freq` scheduled steps, the chief waits for
-    the steps in flight (`ClusterCoordinator.join`) and then writes the backup with the number
-    of steps done, so a restarted chief resumes mid-epoch, as under the other strategies. The
-    wait drains the workers' queue once per backup: keep `save_freq` at hundreds of steps.
-    Other strategies behave exactly as tf-keras' callback.
+    tf-keras skips its batch hooks under ParameterServerStrategy: `fit` only schedules a step
+    there, and a worker runs it later, so a backup taken at the hook would pair the variables of
+    some steps with the step count of others. Here, every `save_freq` scheduled steps, the chief
+    waits for the steps in flight (`ClusterCoordinator.join`) and then writes the backup with the
+    number of steps done, so a restarted chief resumes mid-epoch, as under the other strategies.
+    The wait drains the workers' queue once per backup: keep `save_freq` at hundreds of steps.
+
+    Keras' `EarlyStopping` and `ModelCheckpoint(save_best_only=True)` keep their best figure (and
+    `EarlyStopping` its patience count and best weights) in memory only: a resumed run would
+    start both afresh, stop late, restore the best weights of the epochs since the restart, and
+    overwrite the best checkpoint with the first epoch after it, however worse. For the callbacks
+    in `keep_state_of`, the chief writes that state to `backup_dir/callbacks` at the start of
+    every epoch (the state through the epoch before, which is what a backup taken in that epoch
+    pairs with), and a resumed `fit` hands each callback the state of the epoch it resumes in.
+    An epoch whose validation had not ended when the process died is not counted, as in Keras'
+    history. Pass the callbacks to `fit` too, in any order.
     """
+
+    def __init__(self, backup_dir, *args, keep_state_of=(), **kwargs):
+        super().__init__(backup_dir, *args, **kwargs)
+        for callback in keep_state_of:
+            if not isinstance(callback, (tf.keras.callbacks.EarlyStopping, tf.keras.callbacks.ModelCheckpoint)):
+                raise ValueError(f"keep_state_of takes EarlyStopping and ModelCheckpoint callbacks, got "
+                                 f"{type(callback).__name__}")
+        self.keep_state_of = tuple(keep_state_of)
+        self._state_dir = os.path.join(backup_dir, "callbacks")
 
     def _coordinated(self):
         return self.model._cluster_coordinator is not None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        # A backup was restored when it holds an epoch (tf-keras' "unused" value is -1).
+        self._backed_up_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
+        self._restored = self._backed_up_epoch >= 0
+        self._first_epoch = True
+        self._current_weights = set()  # best-weight files holding this run's weights (a dead run's may not)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self.keep_state_of:
+            if self._first_epoch and self._restored:
+                self._resume_callbacks(epoch)
+            self._first_epoch = False
+            if is_chief():
+                self._write_callback_state(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         if not self._coordinated():
@@ -337,9 +374,74 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             self._training_state._ckpt_saved_batch.assign(batch)
             self._backup(epoch=self._current_epoch, batch=batch)
 
+    def _backup(self, epoch, batch=0):
+        super()._backup(epoch, batch)
+        self._backed_up_epoch = epoch
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self.delete_checkpoint and self.keep_state_of and is_chief():
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+
+    # The state file: {"epochs": {epoch: [each callback's state at its start]}}; EarlyStopping's
+    # best weights in "best_weights_<epoch>.npz", written once per new best epoch.
+
+    def _states(self):
+        path = os.path.join(self._state_dir, "state.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as source:
+            return {int(epoch): states for epoch, states in json.load(source)["epochs"].items()}
+
+    def _write_callback_state(self, epoch):
+        os.makedirs(self._state_dir, exist_ok=True)
+        # A resumed fit starts in the epoch of the last backup or later: earlier states are done with.
+        states = {e: kept for e, kept in self._states().items() if e >= self._backed_up_epoch}
+        states[epoch] = [self._state_of(callback) for callback in self.keep_state_of]
+        _write_json_atomically(os.path.join(self._state_dir, "state.json"), {"epochs": states})
+        referenced = {state.get("weights") for kept in states.values() for state in kept}
+        for name in os.listdir(self._state_dir):  # best weights no state refers to any more
+            if name.startswith("best_weights_") and name not in referenced:
+                os.remove(os.path.join(self._state_dir, name))
+
+    def _state_of(self, callback):
+        if isinstance(callback, tf.keras.callbacks.ModelCheckpoint):
+            return {"best": float(callback.best)}
+        state = {"best": float(callback.best), "wait": int(callback.wait), "best_epoch": int(callback.best_epoch)}
+        if callback.best_weights is not None:
+            state["weights"] = f"best_weights_{callback.best_epoch}.npz"
+            if state["weights"] not in self._current_weights:
+                path = os.path.join(self._state_dir, state["weights"])
+                with open(path + ".tmp", "wb") as out:
+                    np.savez(out, *callback.best_weights)
+                os.replace(path + ".tmp", path)
+                self._current_weights.add(state["weights"])
+        return state
+
+    def _resume_callbacks(self, epoch):
+        """Hands each callback its state at the start of `epoch` (or of the latest epoch before)."""
+        states = self._states()
+        started = [e for e in states if e <= epoch]
+        if not started:
+            return
+        for callback, state in zip(self.keep_state_of, states[max(started)]):
+            callback.best = state["best"]
+            if isinstance(callback, tf.keras.callbacks.EarlyStopping):
+                callback.wait, callback.best_epoch = state["wait"], state["best_epoch"]
+                if "weights" in state:
+                    with np.load(os.path.join(self._state_dir, state["weights"])) as saved:
+                        callback.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+                    self._current_weights.add(state["weights"])
+
+
+def _write_json_atomically(path, value):
+    with open(path + ".tmp", "w") as out:
+        json.dump(value, out)
+    os.replace(path + ".tmp", path)
+
 
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",
-                         delete_backup=True):
+                         delete_backup=True, keep_state_of=()):
     """The callbacks a long or distributed run needs: backup-and-restore, and the best model.
 
     Args:
@@ -355,16 +457,20 @@ def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monito
       best_model_path: if given, a `ModelCheckpoint` keeps there the weights (a TensorFlow
         checkpoint, which sharded tables save and restore into) of the epoch with the best
         `monitor` ("val_auc", the validation AUC, needs `validation_data` and an "AUC"
-        metric). `model.load_weights(best_model_path)` restores them.
+        metric). `model.load_weights(best_model_path)` restores them. A resumed run remembers
+        the best figure before the restart, so a worse epoch after it does not replace them.
       delete_backup: remove the backup when `fit` ends (Keras' default); False keeps it.
+      keep_state_of: more callbacks whose state a resumed run carries on (see
+        `BackupAndRestore`), e.g. the run's `tf.keras.callbacks.EarlyStopping`.
     """
     # Absolute: under ParameterServerStrategy each server writes its own shards, and a relative
     # path would be resolved against that server's working directory, not the chief's.
-    callbacks = [BackupAndRestore(os.path.abspath(backup_dir), save_freq=save_freq, delete_checkpoint=delete_backup)]
-    if best_model_path:
-        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.abspath(best_model_path), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True))
-    return callbacks
+    best = [tf.keras.callbacks.ModelCheckpoint(
+        os.path.abspath(best_model_path), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True)
+    ] if best_model_path else []
+    backup = BackupAndRestore(os.path.abspath(backup_dir), save_freq=save_freq, delete_checkpoint=delete_backup,
+                              keep_state_of=best + list(keep_state_of))
+    return [backup] + best
 
 
 def _unsharded_name(variable):

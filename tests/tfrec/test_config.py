@@ -729,20 +729,52 @@ def test_validation_rows_pick_the_epoch_that_is_saved_and_stop_training_early(tm
     assert saved["loss"] == pytest.approx(val_loss[best - 1], abs=1e-5)  # the best epoch's weights, not the last
 
 
-def test_the_epoch_kept_by_a_run_resumed_from_its_backup_counts_on_from_its_earlier_epochs(tmp_path, capsys):
-    """Keras' history of a resumed run holds the epochs since the resume (here epochs 4-6 of 8)."""
-    from types import SimpleNamespace
+def test_a_run_resumed_from_its_backup_keeps_the_best_epoch_from_before_the_restart(tmp_path, capsys, monkeypatch):
+    """A run that dies one epoch after its best epoch and is started again stops one epoch later
+    (patience 2) and saves the weights of that earlier best epoch, numbering epochs on from the
+    first run's (Keras' own EarlyStopping would start afresh after the restart)."""
+    import tensorflow as tf
 
+    from tfrec import load_model
+    from tfrec.data import df_to_dataset
     from tfrec.runs import figures
 
-    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
-                                             "train: {epochs: 8, validation: {patience: 1}}\n")))
-    resumed = SimpleNamespace(epoch=[3, 4, 5], history={"loss": [0.5, 0.4, 0.3], "val_auc": [0.7, 0.8, 0.75]})
-    assert run._say_best_epoch(config, resumed) == {"best_epoch": 5, "epochs": 6}
-    assert capsys.readouterr().out == "kept epoch 5 (val_auc 0.8000); stopped after epoch 6 of 8\n"
-    record = {"train": {"validation": {"monitor": "auc"}}, "history": resumed.history,
-              "validation": {"rows": 10, "best_epoch": 5, "epochs": 6}}
-    assert figures({"record": record, "metrics": None}) == {"kept_epoch": "5/6", "val_auc": 0.8}
+    overfitting_frame().to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, (
+        "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN, args: {dnn_hidden_units: [16]}}\n"
+        "split: {test_fraction: 0.2, order_by: ts}\ncolumns: {exclude: [ts], sequences: {hist_item_id: {}}}\n"
+        "strategy: {checkpoint_dir: backup, save_freq: epoch}\n"
+        "train: {epochs: 12, batch_size: 32, learning_rate: 0.03, validation: {fraction: 0.25, monitor: loss, "
+        "patience: 2}}\n"))))
+    val_loss = []
+    on_epoch_end = tf.keras.callbacks.EarlyStopping.on_epoch_end
+
+    def dies_one_epoch_after_the_best(stopping, epoch, logs=None):
+        on_epoch_end(stopping, epoch, logs)
+        val_loss.append(logs["val_loss"])
+        if stopping.wait == 1:
+            raise KeyboardInterrupt  # as a killed process: no on_train_end, the backup stays
+
+    monkeypatch.setattr(tf.keras.callbacks.EarlyStopping, "on_epoch_end", dies_one_epoch_after_the_best)
+    with pytest.raises(KeyboardInterrupt):
+        run.train(config, verbose=0)
+    monkeypatch.undo()
+    best = int(np.argmin(val_loss)) + 1
+    assert len(val_loss) == best + 1
+    run.train(config, verbose=0)
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "runs" / "run" / "run.json").read_text())
+    assert record["validation"] == {"rows": 120, "best_epoch": best, "epochs": best + 2}
+    # The backup of the epoch it died in was not written: the run did that epoch again, then one more.
+    assert len(record["history"]["val_loss"]) == 2
+    assert f"kept epoch {best} (val_loss {val_loss[best - 1]:.4f}); stopped after epoch {best + 2} of 12" in out
+    assert figures({"record": record, "metrics": None})["kept_epoch"] == f"{best}/{best + 2}"
+    columns = run.trained_columns(config)
+    validation_rows = run.validation_split(run.load_frames(config)[0], config)[1]
+    saved = load_model(config.output_file("model.keras")).evaluate(
+        df_to_dataset(run.prepare(validation_rows, columns), columns, "click", shuffle=False, batch_size=32),
+        return_dict=True, verbose=0)
+    assert saved["loss"] == pytest.approx(val_loss[best - 1], abs=1e-5)  # the best epoch's weights, from the backup
 
 
 def test_validation_with_too_few_rows_of_a_class_for_its_auc_is_refused_before_training(tmp_path, capsys):

@@ -388,6 +388,65 @@ def test_checkpoint_paths_are_absolute_so_every_server_writes_where_the_chief_re
     assert best.filepath == str(tmp_path / "runs" / "best" / "weights")
 
 
+class _Died(Exception):
+    """What the test raises to end a fit as a killed process would (no `on_train_end`)."""
+
+
+def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_path):
+    """A run that dies and resumes stops at the epoch, keeps the weights and leaves the best
+    checkpoint that the same run without the interruption does: Keras' EarlyStopping and
+    ModelCheckpoint would start afresh (here: train on to epoch 7 and keep it instead of epoch 2,
+    and overwrite the best checkpoint with epoch 4's weights; epochs numbered from 1)."""
+    import tensorflow as tf
+
+    from tfrec.distribute import checkpoint_callbacks
+
+    scores = [0.50, 0.70, 0.60, 0.65, 0.62, 0.80, 0.90]  # best epoch 1 (from 0); patience 3 stops after epoch 4
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("float32")
+
+    class Score(tf.keras.callbacks.Callback):  # a validation figure the test chooses, logged before the others read it
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_score"] = scores[epoch]
+
+    class DieAfterEpoch(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise _Died()
+
+    def run(name, *extra):
+        tf.keras.utils.set_random_seed(0)
+        model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu"), tf.keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        model.build((None, 3))
+        stopping = tf.keras.callbacks.EarlyStopping("val_score", mode="max", patience=3, restore_best_weights=True)
+        # 4 steps an epoch, a backup every 3: the last one before epoch 3 ends is at its step 3 of 4.
+        callbacks = [Score(), stopping, *checkpoint_callbacks(
+            tmp_path / name / "backup", save_freq=3, best_model_path=str(tmp_path / name / "best" / "weights"),
+            monitor="val_score", keep_state_of=[stopping]), *extra]
+        history = model.fit(x, y, batch_size=16, epochs=len(scores), shuffle=False, verbose=0, callbacks=callbacks)
+        return model, stopping, history
+
+    whole, whole_stopping, _ = run("whole")
+    with pytest.raises(_Died):
+        run("resumed", DieAfterEpoch())
+    assert os.listdir(tmp_path / "resumed" / "backup" / "callbacks")
+    resumed, resumed_stopping, history = run("resumed")
+    assert history.epoch == [3, 4]  # epoch 3 resumed at its last step, then one more
+    for stopping in (whole_stopping, resumed_stopping):
+        assert (stopping.best_epoch, stopping.best, stopping.stopped_epoch) == (1, 0.70, 4)
+    for kept, reference in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_array_equal(kept, reference)
+    for name, model in (("whole", whole), ("resumed", resumed)):
+        best = tf.keras.models.clone_model(model)
+        best.load_weights(str(tmp_path / name / "best" / "weights")).expect_partial()  # weights, not the optimizer
+        for kept, reference in zip(best.get_weights(), whole.get_weights()):
+            np.testing.assert_array_equal(kept, reference)
+    assert os.listdir(tmp_path / "resumed" / "backup") == []  # the finished run removed its backup and state
+    with pytest.raises(ValueError, match="keep_state_of takes EarlyStopping and ModelCheckpoint callbacks, got Score"):
+        checkpoint_callbacks(tmp_path / "other", keep_state_of=[Score()])
+
+
 # ---------------------------------------------------------------------------------------------
 # Clusters of local processes.
 

@@ -324,7 +324,8 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
     overwrite the best checkpoint with the first epoch after it, however worse. For the callbacks
     in `keep_state_of`, the chief writes that state to `backup_dir/callbacks` at the start of
     every epoch (the state through the epoch before, which is what a backup taken in that epoch
-    pairs with), and a resumed `fit` hands each callback the state of the epoch it resumes in.
+    pairs with; `EarlyStopping`'s best weights as one .npz per new best epoch, the model's size),
+    and a resumed `fit` hands each callback the state of the epoch it resumes in.
     An epoch whose validation had not ended when the process died is not counted, as in Keras'
     history. Pass the callbacks to `fit` too, in any order.
     """

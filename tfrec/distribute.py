@@ -326,8 +326,9 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
     every epoch (the state through the epoch before, which is what a backup taken in that epoch
     pairs with; `EarlyStopping`'s best weights as one .npz per new best epoch, the model's size),
     and a resumed `fit` hands each callback the state of the epoch it resumes in.
-    An epoch whose validation had not ended when the process died is not counted, as in Keras'
-    history. Pass the callbacks to `fit` too, in any order.
+    With save_freq "epoch", the backup at an epoch's end also writes the next epoch's entry, with
+    the state of the callbacks listed before this one. An epoch whose validation had not ended
+    when the process died is not counted, as in Keras' history. Pass the callbacks to `fit` too.
     """
 
     def __init__(self, backup_dir, *args, keep_state_of=(), **kwargs):
@@ -376,6 +377,10 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             self._backup(epoch=self._current_epoch, batch=batch)
 
     def _backup(self, epoch, batch=0):
+        if self.save_freq == "epoch" and self.keep_state_of and is_chief():
+            # The run resumes at the next epoch: its state goes with this backup, as the callbacks
+            # listed before this one have it (the next epoch's start writes it again in any case).
+            self._write_callback_state(epoch + 1)
         super()._backup(epoch, batch)
         self._backed_up_epoch = epoch
 

@@ -392,7 +392,8 @@ class _Died(Exception):
     """What the test raises to end a fit as a killed process would (no `on_train_end`)."""
 
 
-def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_path):
+@pytest.mark.parametrize("save_freq", [3, "epoch"])
+def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_path, save_freq):
     """A run that dies and resumes stops at the epoch, keeps the weights and leaves the best
     checkpoint that the same run without the interruption does: Keras' EarlyStopping and
     ModelCheckpoint would start afresh (here: train on to epoch 7 and keep it instead of epoch 2,
@@ -420,9 +421,10 @@ def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_
         model.compile("adam", "mse")
         model.build((None, 3))
         stopping = tf.keras.callbacks.EarlyStopping("val_score", mode="max", patience=3, restore_best_weights=True)
-        # 4 steps an epoch, a backup every 3: the last one before epoch 3 ends is at its step 3 of 4.
+        # 4 steps an epoch. A backup every 3 steps: the last one before epoch 4 ends is at its step 3
+        # of 4. Every epoch: the backup at its end (the process dies after it), with its state.
         callbacks = [Score(), stopping, *checkpoint_callbacks(
-            tmp_path / name / "backup", save_freq=3, best_model_path=str(tmp_path / name / "best" / "weights"),
+            tmp_path / name / "backup", save_freq=save_freq, best_model_path=str(tmp_path / name / "best" / "weights"),
             monitor="val_score", keep_state_of=[stopping]), *extra]
         history = model.fit(x, y, batch_size=16, epochs=len(scores), shuffle=False, verbose=0, callbacks=callbacks)
         return model, stopping, history
@@ -432,7 +434,7 @@ def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_
         run("resumed", DieAfterEpoch())
     assert os.listdir(tmp_path / "resumed" / "backup" / "callbacks")
     resumed, resumed_stopping, history = run("resumed")
-    assert history.epoch == [3, 4]  # epoch 3 resumed at its last step, then one more
+    assert history.epoch == ([3, 4] if save_freq == 3 else [4])  # resumed in epoch 4 at its last step, or after it
     for stopping in (whole_stopping, resumed_stopping):
         assert (stopping.best_epoch, stopping.best, stopping.stopped_epoch) == (1, 0.70, 4)
     for kept, reference in zip(resumed.get_weights(), whole.get_weights()):

@@ -345,20 +345,20 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        # A backup was restored when it holds an epoch (tf-keras' "unused" value is -1).
+        # A backup was restored when it holds an epoch (tf-keras' "unused" value is -1): the
+        # callbacks get their state back at the first epoch's start, after their own on_train_begin.
         self._backed_up_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
-        self._restored = self._backed_up_epoch >= 0
-        self._first_epoch = True
+        self._resume_pending = self._backed_up_epoch >= 0
+        self._writes_state = bool(self.keep_state_of) and is_chief()
         self._current_weights = set()  # best-weight files holding this run's weights (a dead run's may not)
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        if self.keep_state_of:
-            if self._first_epoch and self._restored:
-                self._resume_callbacks(epoch)
-            self._first_epoch = False
-            if is_chief():
-                self._write_callback_state(epoch)
+        if self.keep_state_of and self._resume_pending:
+            self._resume_callbacks(epoch)
+        self._resume_pending = False
+        if self._writes_state:
+            self._write_callback_state(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         if not self._coordinated():
@@ -377,7 +377,7 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             self._backup(epoch=self._current_epoch, batch=batch)
 
     def _backup(self, epoch, batch=0):
-        if self.save_freq == "epoch" and self.keep_state_of and is_chief():
+        if self.save_freq == "epoch" and self._writes_state:
             # The run resumes at the next epoch: its state goes with this backup, as the callbacks
             # listed before this one have it (the next epoch's start writes it again in any case).
             self._write_callback_state(epoch + 1)
@@ -386,7 +386,7 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        if self.delete_checkpoint and self.keep_state_of and is_chief():
+        if self.delete_checkpoint and self._writes_state:
             shutil.rmtree(self._state_dir, ignore_errors=True)
 
     # The state file: {"epochs": {epoch: [each callback's state at its start]}}; EarlyStopping's

@@ -156,7 +156,7 @@ class ValidationConfig:
       fraction: the share of the training rows, in (0, 1).
       monitor: the figure that picks the epoch, as Keras logs it without "val_": "auc" or
         "logloss" (one label), "<task>_auc", "<task>_mae" or "<task>_loss" (several), "recall"
-        (a retrieval model's recall@k, but under a multi-process strategy), "loss" (any model).
+        (a retrieval model's recall@k), "loss" (any model).
         Default: the AUC (the first task's), or a retrieval model's recall (loss where it has
         none). AUCs and recall are maximised, the others minimised.
       patience: epochs without a better `monitor` after which training stops; None: every epoch runs.
@@ -601,10 +601,7 @@ def validation_figures(config):
     (without "val_"), loss first: Keras' for a model compiled by `_compile`, and a retrieval
     model's recall@k (`RecallValidation`)."""
     if config.retrieval:
-        # recall ranks the catalogue in the training process after each epoch, with Keras'
-        # predict: not under a multi-process strategy, whose processes would each rank.
-        return {"loss": None} if config.strategy.kind in ("multi_worker", "parameter_server") else \
-            {"loss": None, "recall": None}
+        return {"loss": None, "recall": None}
     if not config.multitask:
         return {"loss": None, "auc": next(iter(config.tasks.values())), "logloss": None}
     types = config.model.args.get("task_types") or ["binary"] * len(config.tasks)

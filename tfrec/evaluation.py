@@ -80,6 +80,22 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
 
 
 
+def tower_outputs(tower, inputs, batch_size=4096):
+    """A tower's outputs for `inputs` ({feature: array}, more features allowed), as numpy: one
+    array, or a list of them for several outputs (MIND's interests and their mask).
+
+    The tower is called batch by batch, not through `predict`, so this also runs in a callback
+    during `fit` under any strategy: there, inside the strategy's scope, `predict` cannot read its
+    own data under ParameterServerStrategy and is a collective every worker must join under
+    MultiWorkerMirroredStrategy."""
+    rows = len(next(iter(inputs.values())))
+    parts = [tf.nest.flatten(tower({name: inputs[name][start:start + batch_size] for name in tower.input_names},
+                                   training=False))
+             for start in range(0, max(rows, 1), batch_size)]  # 0 rows: one empty call gives the shapes
+    outputs = [np.concatenate([part[i].numpy() for part in parts]) for i in range(len(parts[0]))]
+    return outputs if len(outputs) > 1 else outputs[0]
+
+
 def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batch_size=4096, block_rows=1024):
     """(rows, k) positions of the candidates a two-tower model ranks first for each user, best first.
 
@@ -102,10 +118,8 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
     if len(item_tower.input_names) == 1:  # the item id
         name = item_tower.input_names[0]
         check_unique_ids(candidate_inputs[name], f"candidate_inputs[{name!r}]")
-    items = item_tower.predict({name: candidate_inputs[name] for name in item_tower.input_names},
-                               batch_size=batch_size, verbose=0)
-    users = user_tower.predict({name: user_inputs[name] for name in user_tower.input_names}, batch_size=batch_size,
-                               verbose=0)
+    items = tower_outputs(item_tower, candidate_inputs, batch_size)
+    users = tower_outputs(user_tower, user_inputs, batch_size)
     counts = np.unique(items, axis=0, return_counts=True)[1]
     shared = int(counts[counts > 1].sum())
     if shared:  # ids outside the item vocabulary all get its one out-of-vocabulary row
@@ -140,6 +154,11 @@ class RecallValidation(tf.keras.callbacks.Callback):
     figure `tfrec evaluate` reports. List it before the callbacks that read `val_recall`
     (`EarlyStopping`, `ModelCheckpoint`): Keras hands each callback the same epoch logs in turn.
 
+    Under a (multi-worker) mirrored strategy each replica ranks its share of the samples and an
+    all-reduce sums their hits, so every worker logs the same figure and early stopping stops
+    them at the same epoch; under ParameterServerStrategy the chief, which runs the callbacks,
+    ranks them all.
+
     Args:
       user_inputs: {feature: (rows, ...) array} the held-out samples' user tower inputs.
       candidate_inputs: {item feature: (items,) ids}, each id once, as `rank_candidates` takes.
@@ -156,8 +175,28 @@ class RecallValidation(tf.keras.callbacks.Callback):
         self.candidate_ids, self.truth, self.k = np.asarray(candidate_ids), np.asarray(truth), int(k)
 
     def on_epoch_end(self, epoch, logs=None):
-        ranked = self.candidate_ids[rank_candidates(self.model, self.user_inputs, self.candidate_inputs, self.k,
-                                                    self.excluded)]
-        recall = metrics.recall_at_k(self.truth, ranked, ranked.shape[1])
+        recall = _summed_over_replicas(self.model.distribute_strategy, self._recall_sum) / len(self.truth)
         if logs is not None:
             logs["val_recall"] = recall
+
+    def _recall_sum(self, share, shares):
+        """The sum of the per-sample recalls of every `shares`-th sample from `share` on."""
+        rows = np.arange(share, len(self.truth), shares)
+        if not len(rows):
+            return 0.0
+        excluded = None if self.excluded is None else [self.excluded[row] for row in rows]
+        ranked = self.candidate_ids[rank_candidates(self.model, {name: values[rows] for name, values in
+                                                                 self.user_inputs.items()},
+                                                    self.candidate_inputs, self.k, excluded)]
+        return metrics.recall_at_k(self.truth[rows], ranked, self.k) * len(rows)
+
+
+def _summed_over_replicas(strategy, part):
+    """The sum of `part(i, n)` over the n replicas of a mirrored or multi-worker mirrored
+    `strategy`, replica i computing its share, the same total in every process; else `part(0, 1)`
+    (one process, or ParameterServerStrategy, whose chief alone runs the callbacks)."""
+    if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return part(0, 1)
+    shares = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(part(context.replica_id_in_sync_group, context.num_replicas_in_sync), tf.float64))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None))

@@ -123,10 +123,6 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "'auc' is not a figure of ESMM's validation; it logs loss, ctr_auc, ctr_loss, ctcvr_auc, ctcvr_loss"),
     ("data: {train: d.csv}\nmodel: {name: MIND}\nretrieval: {user: user_id, item: item_id, time: ts}\n"
      "train: {validation: {monitor: ndcg}}\n", "'ndcg' is not a figure of MIND's validation; it logs loss, recall$"),
-    # Each process of a multi-process strategy would rank the catalogue: there a retrieval run monitors its loss.
-    ("data: {train: d.csv}\nmodel: {name: MIND}\nretrieval: {user: user_id, item: item_id, time: ts}\n"
-     "strategy: {kind: multi_worker}\ntrain: {validation: {monitor: recall}}\n",
-     "'recall' is not a figure of MIND's validation; it logs loss$"),
 ])
 def test_config_mistakes_name_the_file_and_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

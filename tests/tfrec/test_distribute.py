@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
+from tests.tfrec.test_retrieval_config import saved_models_validation_recall
 from tfrec.distribute import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -651,15 +652,16 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     batch. parameter_server: 2 servers hold the tables, split along their rows, while the chief
     runs the command and 2 workers train; the negatives are sampled by frequency, so they are
     gathered from both shards of the item table, and a warm start on the same cluster carries
-    every weight into the split tables and back. Either way, the chief's run folder holds a model
-    that evaluates better than popularity."""
+    every weight into the split tables and back. Either way, the epoch kept is the best by
+    recall@50 on validation samples, and the chief's run folder holds a model that evaluates
+    better than popularity."""
     import yaml
 
     from tfrec.cli import main
 
     config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))
     config["data"]["train"] = os.path.join(ROOT, "examples", "data", "events.csv")
-    config["train"].update(epochs=4, batch_size=128)
+    config["train"].update(epochs=4, batch_size=128, validation={"fraction": 0.1})
     config.update(output=str(tmp_path / "run"), strategy={"kind": kind, "join_timeout": 120})
     if kind == "parameter_server":
         config["retrieval"].update(sampler="frequency", num_sampled=64)
@@ -687,6 +689,7 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
         for name, trainer in trainers.items():
             assert processes.wait(trainer, deadline) == 0, processes.logs()
             assert f"training MIND for 4 epoch(s) ({kind})" in processes.log(name)
+        trainer_logs = {name: processes.log(name) for name in trainers}
         if kind == "parameter_server":
             assert "parameter_server: waiting until every task of the cluster is up (chief 0 at 127.0.0.1:" \
                 in processes.log("chief")
@@ -708,6 +711,15 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
             assert processes.wait(warm, deadline) == 0, processes.logs()
             assert "split across the parameter servers: " in processes.log("chief_warm")
     assert sorted(os.listdir(tmp_path / "run")) == ["columns.json", "model.keras", "run.json"]  # the chief's alone
+    # The epoch kept is the best by recall@50 on the validation samples, ranked after each epoch
+    # (under multi_worker, each worker ranks half of them and they add up their hits): the saved
+    # model ranked here has the recall logged for its epoch, and every worker logged the same.
+    record = json.load(open(tmp_path / "run" / "run.json"))
+    val_recall = record["history"]["val_recall"]
+    assert len(val_recall) == 4 and record["validation"]["best_epoch"] == int(np.argmax(val_recall)) + 1
+    assert saved_models_validation_recall(str(tmp_path / "run.yaml")) == pytest.approx(max(val_recall), abs=1e-9)
+    for name, log in trainer_logs.items():
+        assert [float(v) for v in re.findall(r"val_recall: ([0-9.]+)", log)] == pytest.approx(val_recall, abs=1e-4), name
     assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     print(f"\nMIND, {kind}, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "

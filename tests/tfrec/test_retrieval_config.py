@@ -159,6 +159,22 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
     assert all(len(set(row)) == 50 for row in served)  # MIND's two interests merged, each item once
 
 
+def saved_models_validation_recall(config_path):
+    """recall@retrieval.k of a run's saved model on its validation samples, ranked here."""
+    from tfrec import config as run
+    from tfrec import retrieval_run
+    from tfrec.evaluation import rank_candidates
+    from tfrec.metrics import recall_at_k
+
+    config = run.load_config(config_path)
+    train_df, validation_df = run.validation_split(retrieval_run.samples(config)[0], config)
+    model, every = run.trained(config)
+    held_out = retrieval_run.ranking_inputs(config, every, train_df, validation_df)
+    ranked = held_out.candidate_ids[rank_candidates(model, held_out.user_inputs, held_out.candidate_inputs,
+                                                    config.retrieval.k, held_out.excluded)]
+    return recall_at_k(held_out.truth, ranked, config.retrieval.k)
+
+
 @pytest.mark.parametrize("model", [
     {"name": "YoutubeDNN", "args": {"user_dnn_hidden_units": [32, 16], "temperature": 0.1}},
     {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2}},
@@ -173,11 +189,6 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
     code, out, _ = tfrec("train", "--config", config, capsys=capsys)
     assert code == 0
     if validation:
-        from tfrec import config as run
-        from tfrec import retrieval_run
-        from tfrec.evaluation import rank_candidates
-        from tfrec.metrics import recall_at_k
-
         record = json.loads((tmp_path / "run" / "run.json").read_text())
         val_recall = record["history"]["val_recall"]
         assert len(val_recall) == len(record["history"]["val_loss"]) == 8
@@ -187,13 +198,7 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
         assert "of the training samples (at random), not trained on; the epoch with the best val_recall is kept" in out
         assert f"kept epoch {best} (val_recall {val_recall[best - 1]:.4f})" in out
         assert f"val_recall: {val_recall[-1]:.4f}" in out  # on Keras' line of the last epoch
-        loaded = run.load_config(config)
-        train_df, validation_df = run.validation_split(retrieval_run.samples(loaded)[0], loaded)
-        model_, every = run.trained(loaded)
-        held_out = retrieval_run.ranking_inputs(loaded, every, train_df, validation_df)
-        ranked = held_out.candidate_ids[rank_candidates(model_, held_out.user_inputs, held_out.candidate_inputs, 50,
-                                                        held_out.excluded)]
-        assert recall_at_k(held_out.truth, ranked, 50) == pytest.approx(val_recall[best - 1], abs=1e-9)
+        assert saved_models_validation_recall(config) == pytest.approx(val_recall[best - 1], abs=1e-9)
         assert max(val_recall) > min(val_recall)  # the figure moves with training
     code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
     assert code == 0

@@ -135,6 +135,32 @@ def test_a_step_leaves_rows_outside_the_batch_bit_identical(small):
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_layer("dnn").get_weights(), dense_before))
 
 
+def test_lazy_adam_false_keeps_keras_adam_through_save_and_load(small, tmp_path):
+    """`compile(..., lazy_adam=False)`: Keras' Adam as given, whose step moves rows outside the
+    batch (their moments decay); a `.keras` file keeps the choice, and the loaded model's next
+    step is the original's."""
+    train_df, _, columns = small
+    model = new_model(columns, optimizer=tf.keras.optimizers.Adam(0.01), lazy_adam=False)
+    assert type(model.optimizer) is tf.keras.optimizers.Adam
+    for start in (0, BATCH):
+        model.train_on_batch(*batch(train_df, columns, start))
+    x, y = batch(train_df, columns, 5 * BATCH)
+    before = _table_state(model)
+    model.save(str(tmp_path / "din.keras"))
+    model.train_on_batch(x, y)
+    used = np.unique(model._split.lookup(x)[0].numpy())  # the first lookup's table: emb_user_id
+    table = "emb_" + next(c.embedding_name for c in columns if c.name == model._split.indexed_names[0])
+    untouched = np.setdiff1d(np.arange(before[table].shape[0]), used)
+    moved = np.any(_table_state(model)[table][untouched] != before[table][untouched], axis=1)
+    assert moved.any()  # rows with moments from the earlier steps, not in this batch
+
+    loaded = tf.keras.models.load_model(str(tmp_path / "din.keras"))
+    assert type(loaded.optimizer) is tf.keras.optimizers.Adam and loaded.get_compile_config()["lazy_adam"] is False
+    loaded.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_lazy_adam_matches_adam_on_dense_and_sums_repeated_rows():
     dense_lazy, dense_adam = tf.Variable(np.ones((3, 2), np.float32)), tf.Variable(np.ones((3, 2), np.float32))
     lazy, adam = LazyAdam(0.1), tf.keras.optimizers.Adam(0.1)

@@ -148,6 +148,8 @@ class RecModel(tf.keras.Model):
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only
         the rows the batch used, so a step costs the same whatever the table size.
+        `lazy_adam=False` keeps Keras' Adam as given, which decays the moments of every row of
+        every table at every step (as DeepCTR trains), at a cost that grows with the tables.
       * `steps_per_execution=None` means `STEPS_PER_EXECUTION` (32) batches per call of Keras'
         train / test / predict function (Keras' default 1 under a distribution strategy). A
         `fit`, `evaluate` or `predict` given a callback with per-batch hooks (`on_*_batch_begin`
@@ -165,15 +167,16 @@ class RecModel(tf.keras.Model):
     """
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
-                run_eagerly=None, steps_per_execution=None, jit_compile=None, **kwargs):
+                run_eagerly=None, steps_per_execution=None, jit_compile=None, lazy_adam=True, **kwargs):
         # A distribution strategy sums the replicas' gradients in apply_gradients, outside any
         # replica's XLA call, and schedules its own steps: it keeps Keras' defaults.
         distributed = self._distribution_strategy is not None or tf.distribute.has_strategy()
         if steps_per_execution is None and not distributed:
             steps_per_execution = STEPS_PER_EXECUTION
-        super().compile(sparse_optimizer(optimizer), loss, metrics, loss_weights, weighted_metrics, run_eagerly,
+        super().compile(sparse_optimizer(optimizer) if lazy_adam else optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly,
                         steps_per_execution, jit_compile=False, **kwargs)
         self._tfrec_jit_compile = jit_compile is None or bool(jit_compile)
+        self._tfrec_lazy_adam = bool(lazy_adam)
         # XLA cannot read a variable that lives on another task, as every variable does under
         # ParameterServerStrategy (on the parameter servers): there the step runs without XLA.
         on_ps = isinstance(self.distribute_strategy, tf.distribute.experimental.ParameterServerStrategy)
@@ -190,10 +193,12 @@ class RecModel(tf.keras.Model):
                                      row_tables=row_tables if update_in_step else ())
 
     def get_compile_config(self):
-        """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)."""
+        """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)
+        and its `lazy_adam`."""
         config = super().get_compile_config()
         if config is not None:
-            config = dict(config, jit_compile=getattr(self, "_tfrec_jit_compile", True))
+            config = dict(config, jit_compile=getattr(self, "_tfrec_jit_compile", True),
+                          lazy_adam=getattr(self, "_tfrec_lazy_adam", True))
         return config
 
     def compile_from_config(self, config):

@@ -181,10 +181,15 @@ class TrainConfig:
 
     `validation`: a `ValidationConfig` (early stopping and the best epoch), or None: every row
     trains and the last epoch's weights are saved.
+
+    `lazy_adam`: true (the default) updates only the embedding rows a batch used
+    (`tfrec.optimizers.LazyAdam`); false trains with Keras' Adam as given, which decays every
+    row's moments at every step, as DeepCTR trains (`RecModel.compile(..., lazy_adam=False)`).
     """
     epochs: int = 1
     batch_size: int = 256
     learning_rate: float = 0.001
+    lazy_adam: bool = True
     seed: int = 0  # the rows' shuffle and, unless model.args.seed is set, the initial weights
     warm_start: Optional[str] = None
     grow_vocabularies: Any = None
@@ -495,6 +500,8 @@ def load_config(path, output=None, export_base=None, overrides=()):
     _int(path, "train.epochs", train.epochs, 1)
     _int(path, "train.batch_size", train.batch_size, 1)
     _number(path, "train.learning_rate", train.learning_rate, 0.0, float("inf"))
+    if not isinstance(train.lazy_adam, bool):
+        _fail(path, "train.lazy_adam", f"must be true or false, got {train.lazy_adam!r}")
     if train.warm_start is not None:
         if not isinstance(train.warm_start, str):
             _fail(path, "train.warm_start", f"must be the folder of an earlier run, got {train.warm_start!r}")
@@ -1325,10 +1332,11 @@ def _compile(model, config):
 
     optimizer = tf.keras.optimizers.Adam(config.train.learning_rate)
     if config.multitask:
-        compile_multitask(model, optimizer, weighted_metrics=config.weight is not None)
+        compile_multitask(model, optimizer, weighted_metrics=config.weight is not None,
+                          lazy_adam=config.train.lazy_adam)
     else:
         # With sample weights, the metrics Keras prints are weighted too (its loss divides by the rows).
-        model.compile(optimizer, "binary_crossentropy",
+        model.compile(optimizer, "binary_crossentropy", lazy_adam=config.train.lazy_adam,
                       **{"weighted_metrics" if config.weight else "metrics": [metrics.AUC(), metrics.LogLoss()]})
 
 

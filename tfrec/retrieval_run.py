@@ -342,7 +342,7 @@ def train(config, verbose=2, tensorboard=None, out=None):
     def make_model():
         model = distribute.placed_copy(warm_model) if warm else build_model(config, user_columns, item_columns,
                                                                             train_df)
-        model.compile(tf.keras.optimizers.Adam(config.train.learning_rate))
+        model.compile(tf.keras.optimizers.Adam(config.train.learning_rate), lazy_adam=config.train.lazy_adam)
         return model
 
     # Each epoch's recall@k on the validation samples, when it is the monitor (it costs a ranking).

@@ -107,6 +107,8 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
      "export: {index: {k: 20}}\n", "export.index.k: is not an index option: set retrieval.k \\(or --k\\)"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, join_timeout: 0}\n",
      "strategy.join_timeout: must be a number in \\(0, inf\\), got 0"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {lazy_adam: 0}\n",
+     "train.lazy_adam: must be true or false, got 0"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: 0.1}\n",
      "train.validation: must be a mapping such as {fraction: 0.1, patience: 2}, got 0.1"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\ntrain: {validation: {fraction: 1}}\n",
@@ -202,12 +204,14 @@ def test_explicit_columns_and_an_ordered_split(tmp_path):
 
 
 def test_multitask_example_trains_evaluates_and_draws_its_gates(tmp_path):
-    """... choosing its epoch by the first task's validation AUC."""
+    """... choosing its epoch by the first task's validation AUC, with Keras' own Adam
+    (`train.lazy_adam: false`)."""
     config = load_config(str(REPO / "examples" / "multitask_mmoe.yaml"), output=str(tmp_path / "run"),
-                         overrides=["train.validation={fraction: 0.1}"])
+                         overrides=["train.validation={fraction: 0.1}", "train.lazy_adam=false"])
     assert config.train.validation.monitor == "ctr_auc"
     config.train.epochs = 2
     run.train(config)
+    assert type(run.trained(config)[0].optimizer).__name__ == "Adam"  # not LazyAdam
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["validation"]["best_epoch"] == int(np.argmax(record["history"]["val_ctr_auc"])) + 1
     assert len(record["history"]["val_ctcvr_auc"]) == 2

@@ -99,7 +99,8 @@ def output_task_types(model):
     return types
 
 
-def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True, weighted_metrics=False):
+def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True, weighted_metrics=False,
+                      **compile_args):
     """Compiles a multi-task model with each task's loss and an optional weight per task.
 
     Binary tasks get binary cross-entropy (and an AUC metric), regression tasks mean squared
@@ -114,6 +115,7 @@ def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True, 
       metrics: whether to add the per-task metrics.
       weighted_metrics: whether they are weighted by the sample weights (Keras'
         `weighted_metrics`), for data that has them.
+      **compile_args: other arguments of the model's `compile` (e.g. `jit_compile`, `lazy_adam`).
 
     Returns:
       The compiled model.
@@ -140,7 +142,7 @@ def compile_multitask(model, optimizer="adam", loss_weights=None, metrics=True, 
         optimizer=optimizer,
         loss={name: LOSS_OF_TASK[t] for name, t in types.items()},
         loss_weights=weights,
-        **{"weighted_metrics" if weighted_metrics else "metrics": task_metrics})
+        **{"weighted_metrics" if weighted_metrics else "metrics": task_metrics}, **compile_args)
     return model
 
 

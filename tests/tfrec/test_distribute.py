@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-from tests.tfrec.test_retrieval_config import saved_models_validation_recall
 from tfrec.distribute import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -657,6 +656,7 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     better than popularity."""
     import yaml
 
+    from tests.tfrec.test_retrieval_config import saved_models_validation_recall
     from tfrec.cli import main
 
     config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))

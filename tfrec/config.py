@@ -49,6 +49,7 @@ METRICS_FILE = "metrics.json"
 CALIBRATION_FILE = "calibration.png"
 GATES_FILE = "gates.png"
 RUN_FILE = "run.json"  # how the run was made: config, overrides, versions, seeds, data files, losses
+SKIPPED_LINES_FILE = "skipped_lines.csv"  # data.bad_lines: skip: every line left out (file, line, text)
 # Rows that `evaluate` and `predict` read and score at once: their memory is one chunk's, whatever
 # the file's size (reading a 5M-row CSV whole, then one predict call over it, took 13 GiB).
 CHUNK_ROWS = 200_000
@@ -82,8 +83,9 @@ class DataConfig:
       items: (retrieval) the catalogue, files with the item column, one row per item: what
         evaluation ranks and the export serves; None: every item that is a training target.
       bad_lines: "error" (a CSV line with more cells than its header stops the command, naming
-        the file and line) or "skip" (such lines are left out, and each file's count and first
-        lines are printed).
+        the file and line) or "skip" (such lines are left out, each file's count and first lines
+        are printed, and every one is kept, with its file, line number and text, in the run
+        folder's `skipped_lines.csv`).
     """
     train: list
     test: Optional[list] = None
@@ -742,7 +744,7 @@ def _expand(patterns, key, config_path):
     return files
 
 
-def _read_file(path, text_columns=(), bad_lines="error"):
+def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
     """One CSV/Parquet file as a DataFrame; in a CSV, `text_columns` (where present) are read as
     text, not parsed as numbers, and so is a column of whole numbers written with leading zeros
     ("02134", "000123": ids, not amounts), which would otherwise become 2134 and 123 and meet
@@ -755,7 +757,7 @@ def _read_file(path, text_columns=(), bad_lines="error"):
             return pd.read_parquet(path)
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
-    with _reading(path, bad_lines):
+    with _reading(path, bad_lines, skipped_to):
         df = _read_csv(path, sep, text_columns, bad_lines)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
     if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
@@ -800,9 +802,10 @@ _PANDAS_BAD_LINES = {"error": "error", "skip": "warn"}
 
 
 @contextlib.contextmanager
-def _reading(path, bad_lines="error"):
+def _reading(path, bad_lines="error", skipped_to=None):
     """pandas' parser errors ("Expected 7 fields in line 50002, saw 8") as ConfigErrors naming the
-    file; with bad_lines "skip", the lines it left out are counted and printed, never lost silently."""
+    file; with bad_lines "skip", the lines it left out are counted and printed, never lost silently,
+    and with `skipped_to` (a CSV file's path) written there with their text."""
     import pandas as pd
 
     with warnings.catch_warnings(record=True) as caught:
@@ -819,11 +822,41 @@ def _reading(path, bad_lines="error"):
         if not issubclass(warning.category, pd.errors.ParserWarning):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if skipped:
+        if skipped_to:
+            _record_skipped_lines(skipped_to, path, [int(re.match(r"Skipping line (\d+)", line).group(1))
+                                                     for line in skipped])
         print(f"note: {path}: left out {len(skipped)} malformed line(s) (data.bad_lines: skip): "
-              f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}", flush=True)
+              f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}"
+              + (f"; all of them, with their text, in {skipped_to}" if skipped_to else ""), flush=True)
 
 
-def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error"):
+def _record_skipped_lines(record, path, numbers):
+    """Adds lines `numbers` of the data file `path` (counted from 1, the header included, as pandas
+    counts them), with their text, to the CSV `record` (columns file, line, text); the lines it
+    holds already, of this or another file, stay. So the lines `data.bad_lines: skip` leaves out of
+    the data can still be read, fixed and fed again."""
+    import gzip
+
+    import pandas as pd
+
+    wanted, texts = set(numbers), {}
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8", errors="replace",
+                                                       newline="") as lines:
+        for number, line in enumerate(lines, 1):
+            if number in wanted:
+                texts[number] = line.rstrip("\r\n")
+                if len(texts) == len(wanted):
+                    break
+    rows = pd.DataFrame({"file": path, "line": sorted(texts), "text": [texts[n] for n in sorted(texts)]})
+    if os.path.exists(record):
+        rows = pd.concat([pd.read_csv(record, dtype={"file": str, "text": str}, keep_default_na=False), rows])
+    os.makedirs(os.path.dirname(os.path.abspath(record)), exist_ok=True)
+    staged = f"{record}.{os.getpid()}.tmp"  # each worker of a multi-process run reads, and records, the same lines
+    rows.drop_duplicates(["file", "line"], keep="last").sort_values(["file", "line"]).to_csv(staged, index=False)
+    os.replace(staged, record)
+
+
+def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
     Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
     pandas reads them (a chunk of ids with a gap gets floats, which prepare() handles)."""
@@ -837,10 +870,10 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
         return
-    with _reading(path, bad_lines):
+    with _reading(path, bad_lines, skipped_to):
         reader = _read_csv(path, sep, text_columns, bad_lines, chunksize=chunk_rows)
     while True:
-        with _reading(path, bad_lines):  # around each read only: the caller's own warnings pass
+        with _reading(path, bad_lines, skipped_to):  # around each read only: the caller's own warnings pass
             chunk = next(reader, None)
         if chunk is None:
             return
@@ -848,7 +881,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error")
 
 
 def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),
-              text_columns=(), bad_lines="error"):
+              text_columns=(), bad_lines="error", skipped_to=None):
     """One DataFrame from CSV/Parquet files (globs expanded), sequence cells turned into lists.
 
     A CSV cell of a sequence column holds its items joined by `separator` ("i3|i7|i9"; empty for
@@ -862,13 +895,13 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     import pandas as pd
 
     targets = _text_columns(sequences, numeric, text_columns)
-    frames = [_read_file(f, targets, bad_lines) for f in _expand(files, key, config_path)]
+    frames = [_read_file(f, targets, bad_lines, skipped_to) for f in _expand(files, key, config_path)]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return _with_sequences(df, config_path, sequences, separator, numeric)
 
 
 def read_data_chunks(files, key="data.test", config_path="config", sequences=(), separator="|", numeric=(),
-                     text_columns=(), chunk_rows=None, bad_lines="error"):
+                     text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
     """`read_data`'s frame, at most `chunk_rows` rows (default CHUNK_ROWS) at a time: a file of any
     size in the memory of one chunk. The rows are numbered on across chunks and files (the index),
     as `read_data` numbers them."""
@@ -876,7 +909,7 @@ def read_data_chunks(files, key="data.test", config_path="config", sequences=(),
 
     targets, offset = _text_columns(sequences, numeric, text_columns), 0
     for path in _expand(files, key, config_path):
-        for chunk in _read_file_chunks(path, targets, chunk_rows, bad_lines):
+        for chunk in _read_file_chunks(path, targets, chunk_rows, bad_lines, skipped_to):
             chunk.index = pd.RangeIndex(offset, offset + len(chunk))
             offset += len(chunk)
             yield _with_sequences(chunk, config_path, sequences, separator, numeric)
@@ -1022,14 +1055,20 @@ def load_frames(config, feature_columns=None):
     config's `columns` section says which)."""
     sequences, numeric, text = _file_columns(config, feature_columns)
     df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
-                         numeric, text, config.data.bad_lines), config, sequences)
+                         numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
     _check_labels(df, config, weight_required=True)
     if config.data.test:
-        test = fill(read_data(config.data.test, "data.test", config.path, sequences,
-                               config.data.sequence_separator, numeric, text, config.data.bad_lines), config, sequences)
+        test = fill(read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator,
+                              numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
+
+
+def skipped_lines_file(config):
+    """Where the lines `data.bad_lines: skip` leaves out are kept: the run folder's
+    `SKIPPED_LINES_FILE`, or None with `bad_lines: error` (a malformed line stops the command)."""
+    return config.output_file(SKIPPED_LINES_FILE) if config.data.bad_lines == "skip" else None
 
 
 def _file_columns(config, feature_columns=None):
@@ -1057,7 +1096,7 @@ def data_chunks(config, feature_columns, files, key, labels=True):
     columns made padding (`prepare`)."""
     sequences, numeric, text = _file_columns(config, feature_columns)
     for chunk in read_data_chunks(files, key, config.path, sequences, config.data.sequence_separator, numeric, text,
-                                  bad_lines=config.data.bad_lines):
+                                  bad_lines=config.data.bad_lines, skipped_to=skipped_lines_file(config)):
         chunk = fill(chunk, config, sequences)
         if labels:
             _check_labels(chunk, config)

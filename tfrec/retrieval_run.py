@@ -37,7 +37,8 @@ def read_log(config, out=None):
     settings = config.retrieval
     ids = [settings.user, settings.item] + ([settings.category] if settings.category else [])
     log = run.fill(run.read_data(config.data.train, "data.train", config.path, text_columns=ids,
-                                 bad_lines=config.data.bad_lines), config, ())
+                                 bad_lines=config.data.bad_lines, skipped_to=run.skipped_lines_file(config)),
+                  config, ())
     for key in ("user", "item", "category", "time"):
         name = getattr(settings, key)
         if name is not None and name not in log.columns:

@@ -176,10 +176,20 @@ def test_bad_lines_skip_leaves_malformed_lines_out_and_says_which(tmp_path, caps
     train_df, test_df = run.load_frames(config)
     assert len(train_df) + len(test_df) == 8 and sorted(train_df["row_id"].tolist() + test_df["row_id"].tolist()) == \
         list(range(8))
-    assert "d.csv: left out 1 malformed line(s) (data.bad_lines: skip): Skipping line 4: expected 6 fields, saw 7" \
-        in capsys.readouterr().out
-    chunks = list(run.read_data_chunks([str(tmp_path / "d.csv")], chunk_rows=3, bad_lines="skip"))
+    record = config.output_file(run.SKIPPED_LINES_FILE)
+    assert "d.csv: left out 1 malformed line(s) (data.bad_lines: skip): Skipping line 4: expected 6 fields, saw 7; " \
+           f"all of them, with their text, in {record}" in capsys.readouterr().out
+    kept = pd.read_csv(record, dtype=str, keep_default_na=False)
+    assert kept.to_dict("records") == [{"file": str(tmp_path / "d.csv"), "line": "4", "text": text[3]}]
+    # Read a chunk at a time (evaluate, predict), lines further down are numbered as in the file,
+    # and the record keeps the lines of every file and read.
+    text[9:9] = [text[8] + ",x", "junk,,,,,,"]
+    (tmp_path / "e.csv").write_text("\n".join(text) + "\n")
+    chunks = list(run.read_data_chunks([str(tmp_path / "e.csv")], chunk_rows=3, bad_lines="skip", skipped_to=record))
     assert sum(map(len, chunks)) == 8
+    kept = pd.read_csv(record, dtype=str, keep_default_na=False)
+    assert kept.to_dict("records") == [{"file": str(tmp_path / "d.csv"), "line": "4", "text": text[3]}] + [
+        {"file": str(tmp_path / "e.csv"), "line": str(number), "text": text[number - 1]} for number in (4, 10, 11)]
     with pytest.raises(ConfigError, match="data.bad_lines: must be one of error, skip, got 'ignore'"):
         load_config(str(write(tmp_path, "data: {train: d.csv, bad_lines: ignore}\nlabels: click\n"
                                         "model: {name: DIN}\n")))

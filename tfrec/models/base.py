@@ -173,7 +173,8 @@ class RecModel(tf.keras.Model):
         distributed = self._distribution_strategy is not None or tf.distribute.has_strategy()
         if steps_per_execution is None and not distributed:
             steps_per_execution = STEPS_PER_EXECUTION
-        super().compile(sparse_optimizer(optimizer) if lazy_adam else optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly,
+        optimizer = sparse_optimizer(optimizer) if lazy_adam else optimizer
+        super().compile(optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly,
                         steps_per_execution, jit_compile=False, **kwargs)
         self._tfrec_jit_compile = jit_compile is None or bool(jit_compile)
         self._tfrec_lazy_adam = bool(lazy_adam)

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pytest
 
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 # pytest-xdist runs one worker per core, and each would size its TensorFlow thread pools to every
 # core, contending with the other worker. Measured on 2 cores, 3 training-heavy test files under
 # -n 2: 326 s with the default pools, 277 s with one thread each. Only this process: the servers
 # and cluster tasks the tests start keep TensorFlow's defaults (a parameter-server cluster whose
-# tasks have one inter-op thread each hangs).
+# tasks have one thread per pool hangs).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     _THREADS_PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)

@@ -146,7 +146,9 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
       Other arguments: as in `export_saved_model`.
 
     Returns:
-      The absolute path of the new version directory.
+      The absolute path of the new version directory. Loaded with `tf.saved_model.load`, the
+      version is also callable: `loaded(features)` runs `serving_default` on one dict
+      {input name: values} and returns its dict of outputs.
     """
     export_base = os.path.abspath(os.fspath(export_base))
     if SERVING_SIGNATURE not in signatures:
@@ -159,6 +161,7 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     warmup.check_feeds_run(serving, feeds)
     _warn_of_signature_changes(export_base, serving)
 
+    root.__call__ = _called_as_serving_default(serving)
     with layout.staged_version_dir(export_base, version) as staged:
         # Keras would add a traced call function per layer of every model under `root` (what
         # `model.save(save_traces=True)` keeps for `load_model`): about 40% of an export's time
@@ -265,6 +268,13 @@ def _layer_output(model, layer_name):
 def _is_single_column(tensor):
     """Whether a Keras tensor has shape (None, 1): a scalar per example."""
     return tensor.shape.rank == 2 and tensor.shape[1] == 1
+
+
+def _called_as_serving_default(serving):
+    """A tf.function taking `serving`'s keyword inputs as one dict: saved as the root's
+    `__call__`, it makes a loaded export callable like the Keras model it came from."""
+    return tf.function(lambda features: serving(**features),
+                       input_signature=[warmup.signature_input_specs(serving)])
 
 
 def signature_input_specs(model):

@@ -158,6 +158,8 @@ def test_brute_force_export_is_numpy_exact_top_k(exported, exact, candidates):
     rows, exact_ids, exact_scores, scores = exact
     loaded = tf.saved_model.load(exported.brute_force_path)
     outputs = loaded.signatures["serving_default"](**constants(rows))
+    for name, values in loaded(constants(rows)).items():  # called as a model, the same answer
+        np.testing.assert_array_equal(values.numpy(), outputs[name].numpy(), err_msg=name)
     ids, returned = decoded(outputs["item_ids"].numpy()), outputs["scores"].numpy()
 
     assert ids.shape == returned.shape == (200, K)

@@ -133,6 +133,19 @@ def test_signature_outputs_equal_model_predict_on_unseen_lengths_and_values(
     assert ctr[0] == ctr[1]
 
 
+def test_a_loaded_export_is_callable_on_one_dict_of_features(loaded, serving_signature):
+    """`tf.saved_model.load(path)(features)`, as a loaded Keras model is called: tensors,
+    numpy arrays and lists alike give serving_default's outputs; a missing feature is an error."""
+    expected = serving_signature(**signature_feed(UNSEEN_ROWS))
+    for feed in (signature_feed(UNSEEN_ROWS), {k: np.asarray(v) for k, v in UNSEEN_ROWS.items()}, UNSEEN_ROWS):
+        outputs = loaded(feed)
+        assert set(outputs) == set(expected)
+        for name, values in expected.items():
+            np.testing.assert_array_equal(outputs[name].numpy(), values.numpy(), err_msg=name)
+    with pytest.raises(TypeError, match="different keys"):
+        loaded({k: v for k, v in UNSEEN_ROWS.items() if k != "price"})
+
+
 def test_single_item_sequences_match_model_predict(tiny_model, serving_signature):
     rows = {"user": ["bob"], "hist_item_id": [[4]], "price": [2.0], "context": [[0.0, 1.0, 2.0]]}
     outputs = serving_signature(**signature_feed(rows))

@@ -30,7 +30,7 @@ than k items), the missing slots hold the padding id ("" or 0) with score -inf.
 """
 import feature_columns._legacy_keras  # noqa: F401
 
-import collections
+import collections.abc
 import json
 import logging
 import math
@@ -100,8 +100,10 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
         `user_tower`, `item_tower` and `item_input` (one Input: the item id feature).
       export_base: the retrieval model's base path (`exports/youtubednn`); its siblings
         `<export_base>_brute_force`, `_user_tower` and `_item_embeddings` are written too.
-      candidates: a pandas DataFrame with the item id column (the item Input's name); each
-        row is one candidate. Other columns are ignored.
+      candidates: the candidate item ids: a pandas DataFrame with the item id column (the item
+        Input's name; other columns are ignored), a dict holding that feature (e.g.
+        `df_to_inputs`' output), or the ids themselves (a list, numpy array or pandas
+        Series); each id is one candidate.
       k: how many items each user gets.
       index: "scann" or "brute_force".
       version: the version number of all four directories; None for the smallest number that
@@ -287,13 +289,33 @@ def _input_name(tensor):
     return tensor._keras_history.layer.name
 
 
+def _candidates_frame(candidates, name):
+    """The candidates as a DataFrame with the id column `name`: a frame as it is; a dict's
+    `name` entry or a list / array / Series of ids as that column ((n, 1) arrays flattened)."""
+    if isinstance(candidates, pd.DataFrame):
+        return candidates
+    if isinstance(candidates, collections.abc.Mapping):
+        if name not in candidates:
+            raise ValueError(f"the candidates dict has no {name!r} entry (the model's item id feature); "
+                             f"its keys are {sorted(map(str, candidates))}")
+        candidates = candidates[name]
+    if isinstance(candidates, (str, bytes)) or not isinstance(
+            candidates, (pd.Series, np.ndarray, tf.Tensor, list, tuple)):
+        raise ValueError(f"candidates must be item ids (a list, numpy array or Series), a dict or a "
+                         f"pandas DataFrame with the {name!r} column, got {type(candidates).__name__}")
+    ids = np.asarray(candidates, dtype=object if isinstance(candidates, (list, tuple)) else None)
+    if ids.ndim == 2 and ids.shape[1] == 1:
+        ids = ids[:, 0]
+    if ids.ndim != 1:
+        raise ValueError(f"candidate ids must be one id per candidate, shape (n,) or (n, 1); got "
+                         f"shape {ids.shape}")
+    return pd.DataFrame({name: pd.Series(ids, dtype=ids.dtype)})
+
+
 def _candidate_ids(candidates, item_input):
-    """The id column of the candidates frame as a numpy array (object for strings, int64)."""
-    if not isinstance(candidates, pd.DataFrame):
-        raise ValueError(
-            f"candidates must be a pandas DataFrame with the item id column, got "
-            f"{type(candidates).__name__}: pass pd.DataFrame({{{_input_name(item_input)!r}: ids}})")
+    """The candidates' ids as a numpy array (object for strings, int64)."""
     name = _input_name(item_input)
+    candidates = _candidates_frame(candidates, name)
     if name not in candidates.columns:
         in_index = " (it is the frame's index: call candidates.reset_index() first)" \
             if name in (candidates.index.names or ()) else ""

@@ -347,8 +347,12 @@ def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, yo
      r"its columns are \['movie_id', 'popularity'\]"),
     (lambda frame: frame.head(30), r"k must be an integer in \[1, number of candidates = 30\], got 50"),
     (lambda frame: pd.concat([frame.head(100), frame.head(1)]), r"repeats 1 id\(s\)"),
-    (lambda frame: frame["item_id"].to_numpy(), r"candidates must be a pandas DataFrame with the item id column, "
-                                                r"got ndarray: pass pd.DataFrame\(\{'item_id': ids\}\)"),
+    (lambda frame: set(frame["item_id"]), r"candidates must be item ids \(a list, numpy array or Series\), a dict "
+                                          r"or a pandas DataFrame with the 'item_id' column, got set"),
+    (lambda frame: {"movie_id": frame["item_id"]}, r"the candidates dict has no 'item_id' entry \(the model's "
+                                                   r"item id feature\); its keys are \['movie_id'\]"),
+    (lambda frame: np.stack([frame["item_id"]] * 2, axis=1), r"one id per candidate, shape \(n,\) or \(n, 1\); "
+                                                            r"got shape \(\d+, 2\)"),
     (lambda frame: frame.assign(item_id=np.arange(len(frame)) + 0.5), "must hold strings"),  # ints: their text
 ])
 def test_bad_candidates_are_refused_before_anything_is_written(
@@ -386,11 +390,17 @@ def test_an_export_that_stops_midway_publishes_none_of_the_four(youtubednn, cand
 def test_an_export_with_another_k_than_the_served_version_says_so(youtubednn, candidates, tmp_path, caplog):
     """Tomorrow's k (the width of every answer) differs from the version being served: the
     export warns, naming the outputs and their shapes, as it does for changed inputs."""
-    exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+    # The candidates as a user may hold them: a list of ids, a dict of (n, 1) features, a Series.
+    ids = candidates["item_id"]
+    exporters.export_retrieval(youtubednn, tmp_path / "r", ids.tolist(), k=K, index="brute_force")
     with caplog.at_level("WARNING", logger="exporters.saved_model"):
-        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K, index="brute_force")
+        exporters.export_retrieval(youtubednn, tmp_path / "r", {"item_id": ids.to_numpy(dtype=object)[:, None]},
+                                   k=K, index="brute_force")
         assert "answers other outputs" not in caplog.text  # the same k: nothing to say
-        exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, k=K // 2, index="brute_force")
+        exporters.export_retrieval(youtubednn, tmp_path / "r", ids, k=K // 2, index="brute_force")
+    for version in (1, 2, 3):
+        with open(tmp_path / "r_item_embeddings" / str(version) / "item_ids.txt", encoding="utf-8") as f:
+            assert f.read().splitlines() == [str(i) for i in ids]
     assert f"the new version of {tmp_path / 'r'} answers other outputs than version 2" in caplog.text
     assert re.search(rf"item_ids \w+ \[None, {K}\] -> \w+ \[None, {K // 2}\]; scores float32 \[None, {K}\] -> "
                      rf"float32 \[None, {K // 2}\]", caplog.text), caplog.text

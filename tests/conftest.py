@@ -14,7 +14,7 @@ import tensorflow as tf
 # -n 2: 326 s with the default pools, 277 s with one thread each (set then through TF_NUM_*_THREADS
 # in every process these files start, one or so). Only this process: the servers
 # and cluster tasks the tests start keep TensorFlow's defaults (a parameter-server cluster whose
-# tasks have one thread per pool hangs).
+# tasks have one inter-op thread deadlocks, and tfrec.distribute refuses to start one).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     _THREADS_PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)

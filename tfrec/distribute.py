@@ -178,6 +178,10 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
     Returns:
       The strategy. For "parameter_server" this is the chief's: it waits for the workers and
       parameter servers of the cluster to be up.
+
+    Raises:
+      ValueError: an unknown kind; a parameter_server cluster without workers or parameter
+        servers, or a chief with one inter-op thread, with which such a cluster deadlocks.
     """
     kind = "default" if kind is None else str(kind).lower().replace("-", "_")
     if kind == "default":
@@ -203,6 +207,7 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
         if not num_ps or not config["cluster"].get("worker"):
             raise ValueError("parameter_server needs a cluster with 'worker' and 'ps' jobs")
         with _joining(kind, config, join_timeout):
+            _refuse_one_inter_op_thread()
             return tf.distribute.experimental.ParameterServerStrategy(
                 resolver, variable_partitioner=embedding_partitioner(num_ps, min_shard_bytes))
     raise ValueError(f"unknown strategy kind {kind!r}: expected None or one of {STRATEGY_KINDS}")
@@ -562,11 +567,32 @@ def placed_copy(model):
     return copy
 
 
+def _refuse_one_inter_op_thread():
+    """Raises ValueError when this process runs TensorFlow with one inter-op thread.
+
+    A ParameterServerStrategy cluster whose tasks have one inter-op thread deadlocks: measured
+    here with TF_NUM_INTEROP_THREADS=1 in every task's environment, the chief's `fit` logged its
+    first three steps and then nothing for minutes (the same cluster with the default pools, or
+    with TF_NUM_INTRAOP_THREADS=1 alone, trains). Refused at start-up rather than left to hang.
+    """
+    threads = tf.config.threading.get_inter_op_parallelism_threads()
+    from_env = os.environ.get("TF_NUM_INTEROP_THREADS", "").strip()
+    if threads == 1 or (threads == 0 and from_env == "1"):
+        where = "TF_NUM_INTEROP_THREADS=1" if threads == 0 else \
+            "tf.config.threading.set_inter_op_parallelism_threads(1)"
+        raise ValueError(
+            f"parameter_server: this task runs TensorFlow with one inter-op thread ({where}), with which "
+            "a ParameterServerStrategy cluster deadlocks (training stops after its first steps); leave "
+            "the inter-op pool at its default, or at 2 or more threads, on every task of the cluster")
+
+
 def run_server(tf_config=None):
-    """Runs this task's `tf.distribute.Server` (a ParameterServerStrategy worker or ps) forever."""
+    """Runs this task's `tf.distribute.Server` (a ParameterServerStrategy worker or ps) forever.
+    Refuses a process with one inter-op thread (`build_strategy`'s parameter_server)."""
     resolver = cluster_resolver(tf_config)
     if resolver.task_type not in ("worker", "ps"):
         raise ValueError(f"only 'worker' and 'ps' tasks run a bare server, not {resolver.task_type!r}")
+    _refuse_one_inter_op_thread()
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
                                   task_index=resolver.task_id, protocol="grpc", start=True)
     print(f"tfrec.distribute: {resolver.task_type} {resolver.task_id} serving at {server.target}", flush=True)
@@ -633,7 +659,10 @@ def main(argv=None):
     tf_config = {"cluster": cluster, "task": {"type": args.role, "index": args.index}}
     program = args.program[1:] if args.program[:1] == ["--"] else args.program
     if not program:
-        return run_server(tf_config)
+        try:
+            return run_server(tf_config)
+        except ValueError as error:
+            parser.error(str(error))
     os.environ["TF_CONFIG"] = json.dumps(tf_config)
     sys.stdout.flush()
     os.execvp(program[0], program)

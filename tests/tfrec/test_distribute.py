@@ -311,10 +311,10 @@ def test_mini_batch_aware_l2_on_sharded_tables_equals_unsharded():
     np.testing.assert_array_equal(results[1][1], [2, 4, 0, 0, 6, 0])
 
 
-def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
+def test_cluster_specs_roles_and_strategy_kinds(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from tfrec.distribute import _cluster_from_flag, build_strategy, is_chief, main, parse_tf_config
+    from tfrec.distribute import _cluster_from_flag, build_strategy, is_chief, main, parse_tf_config, run_server
 
     cluster = {"chief": ["c:1"], "worker": ["w:1", "w:2"], "ps": ["p:1", "p:2"]}
     assert _cluster_from_flag("chief=c:1;worker=w:1,w:2;ps=p:1,p:2") == cluster
@@ -332,6 +332,18 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path):
         build_strategy("horovod")
     with pytest.raises(ValueError, match="'worker' and 'ps'"):
         build_strategy("parameter_server", tf_config={"cluster": {"worker": ["w:1"]}, "task": {"type": "chief"}})
+    # With one inter-op thread a parameter-server cluster deadlocks: every task refuses to start.
+    # (Under pytest-xdist this process already runs one inter-op thread; the variable covers -n 0.)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "1")
+    ps_cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"], "ps": ["127.0.0.1:3"]}
+    one_thread = r"parameter_server: this task runs TensorFlow with one inter-op thread \(.+\), with which a " \
+                 r"ParameterServerStrategy cluster deadlocks"
+    with pytest.raises(ValueError, match=one_thread):
+        build_strategy("parameter_server", tf_config={"cluster": ps_cluster, "task": {"type": "chief", "index": 0}})
+    for role in ("worker", "ps"):
+        with pytest.raises(ValueError, match=one_thread):
+            run_server({"cluster": ps_cluster, "task": {"type": role, "index": 0}})
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS")
     with pytest.raises(SystemExit):
         main(["--role", "ps", "--index", "2", "--cluster", "ps=p:1,p:2"])  # no task ps:2
     # Misspelt specs are refused, naming the mistake, rather than read as another cluster.

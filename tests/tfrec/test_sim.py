@@ -96,6 +96,28 @@ def test_simhash_hamming_distances_equal_a_numpy_reference():
     np.testing.assert_array_equal(layer.hamming(layer.signature(query), layer.signature(keys)).numpy(), expected)
 
 
+@pytest.mark.parametrize("num_bits", [64, 128])
+def test_simhash_search_picks_the_nearest_events_summed_over_tables_ties_by_position(num_bits):
+    """Two tables (item, category): the picks are numpy's stable sort of the summed distances over
+    the unmasked events, whether the counts add up as uint8 (64 bits) or int32 (128)."""
+    rng = np.random.default_rng(4)
+    batch, length, dim, topk, rows = 6, 300, 8, 40, (200, 12)
+    layer = SimHashSearch(topk, tables=["item", "cate"], table_rows=list(rows), num_bits=num_bits)
+    queries = [tf.constant(rng.normal(size=(batch, 1, dim)), tf.float32) for _ in rows]
+    histories = [rng.integers(0, r, (batch, length)) for r in rows]
+    mask = rng.random((batch, length)) < 0.9
+    layer(queries, histories, tf.constant(mask))
+    tables = [rng.normal(size=(r, dim)).astype(np.float32) for r in rows]
+    for index, (table, stored) in enumerate(zip(tables, layer.signatures)):
+        stored.assign(layer.signature(tf.constant(table), table=index))
+    distance = sum(layer.hamming(layer.signature(q, table=t), layer.signature(tf.constant(tables[t][h]), table=t))
+                   .numpy() for t, (q, h) in enumerate(zip(queries, histories)))
+    expected = np.argsort(np.where(mask, distance, 10**6), axis=1, kind="stable")[:, :topk]
+    positions, valid = layer(queries, histories, tf.constant(mask), training=False)
+    np.testing.assert_array_equal(positions.numpy(), expected)
+    assert valid.numpy().all()
+
+
 @pytest.mark.parametrize("rows", [5000, 500], ids=["hashes_every_event", "hashes_each_row_once"])
 def test_simhash_top_k_approximates_cosine_top_k_and_serves_from_precomputed_signatures(rows):
     rng = np.random.default_rng(3)

@@ -14,7 +14,9 @@ is the upper bound a server on this machine can reach. All processes share 2 cor
 generator's threads take CPU from the server, as they do from the in-process threads. The
 target's ratio (batched gRPC over in-process batched, 8 clients) is measured again in pairs of
 back-to-back runs, so that the load other jobs put on a shared machine, which drifts over the
-minutes between the table's cells, cancels out.
+minutes between the table's cells, cancels out. Each pair also reports the CPU time per
+request of the in-process path, of the server and of the load generator, which does not depend
+on how the cores are shared.
 """
 import argparse
 import json
@@ -78,9 +80,10 @@ def load_request(workdir):
                     arrays[name].dtype.kind]) for name in arrays.files}
 
 
-def run_clients(clients, seconds, make_call):
+def run_clients(clients, seconds, make_call, server_pid=None):
     """Runs `clients` threads, each calling its own `make_call()` back to back for `seconds`;
-    returns QPS, p50/p99 latency and the number of failed calls."""
+    returns QPS, p50/p99 latency, the number of failed calls, and the CPU time (user + system,
+    every thread) this process and the process `server_pid` spent in those seconds."""
     latencies = [[] for _ in range(clients)]
     errors = [0] * clients
     start = threading.Barrier(clients + 1)
@@ -107,14 +110,18 @@ def run_clients(clients, seconds, make_call):
     stop_at.append(time.perf_counter() + 1e9)
     start.wait(timeout=120)
     began = time.perf_counter()
+    cpu_began = time.process_time(), server_pid and common.process_cpu_seconds(server_pid)
     stop_at[0] = began + seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    cpu = {"cpu_s": time.process_time() - cpu_began[0]}
+    if server_pid:
+        cpu["server_cpu_s"] = common.process_cpu_seconds(server_pid) - cpu_began[1]
     samples = [s for per_thread in latencies for s in per_thread]
     return {"qps": len(samples) / elapsed, "p50_ms": common.percentile_ms(samples, 50),
             "p99_ms": common.percentile_ms(samples, 99), "errors": sum(errors),
-            "requests": len(samples)}
+            "requests": len(samples), **cpu}
 
 
 def grpc_call_factory(target, request_arrays):
@@ -157,10 +164,11 @@ def rest_call_factory(url, request_arrays):
     return make_call
 
 
-def child_load(workdir, protocol, address, clients, seconds):
+def child_load(workdir, protocol, address, clients, seconds, server_pid=None):
     request = load_request(workdir)
     factory = grpc_call_factory if protocol == "grpc" else rest_call_factory
-    common.emit(run_clients(int(clients), float(seconds), factory(address, request)))
+    common.emit(run_clients(int(clients), float(seconds), factory(address, request),
+                            server_pid=server_pid and int(server_pid)))
 
 
 def in_process_contender(workdir):
@@ -283,7 +291,7 @@ def serve_and_load(workdir, batching, seconds):
                 print(f"  {'batched' if batching else 'unbatched'} {protocol} x{clients}: "
                       f"{results[f'{protocol}_{clients}']['qps']:.0f} req/s", flush=True)
         if batching:
-            results["pairs"] = [headline_pair(workdir, server.grpc_target, seconds, index)
+            results["pairs"] = [headline_pair(workdir, server, seconds, index)
                                 for index in range(PAIRS)]
         else:
             results["rss_before_junk_mib"] = rss_mib(server.pid)
@@ -293,26 +301,34 @@ def serve_and_load(workdir, batching, seconds):
     return results
 
 
-def headline_pair(workdir, target, seconds, index):
-    """Batched gRPC over in-process batched throughput at HEADLINE_CLIENTS, the two measured
-    back to back (in alternating order, so that a drift in the machine's load favours
-    neither)."""
+def headline_pair(workdir, server, seconds, index):
+    """Batched gRPC against in-process batched at HEADLINE_CLIENTS, the two measured back to
+    back (in alternating order, so that a drift in the machine's load favours neither): the
+    throughput ratio, and the CPU each spent per request (ms): in-process, the server's and
+    the load generator's, which shares the server's cores."""
     def in_process():
         return common.run_child(__file__, "--child", "in_process_batched", workdir, seconds,
-                                HEADLINE_CLIENTS)["qps"]
+                                HEADLINE_CLIENTS)
 
     def served():
-        return common.run_child(__file__, "--child", "load", workdir, "grpc", target,
-                                HEADLINE_CLIENTS, seconds)["qps"]
+        return common.run_child(__file__, "--child", "load", workdir, "grpc", server.grpc_target,
+                                HEADLINE_CLIENTS, seconds, server.pid)
     if index % 2:
-        grpc_qps = served()
-        in_process_qps = in_process()
+        grpc = served()
+        local = in_process()
     else:
-        in_process_qps = in_process()
-        grpc_qps = served()
-    print(f"  pair {index + 1}: batched gRPC x{HEADLINE_CLIENTS} {grpc_qps:.0f} req/s, "
-          f"in-process {in_process_qps:.0f} req/s", flush=True)
-    return grpc_qps / in_process_qps
+        local = in_process()
+        grpc = served()
+    # CPU over the timed seconds; the requests finished in them (a few more were begun).
+    pair = {"ratio": grpc["qps"] / local["qps"],
+            "in_process_cpu_ms": 1000 * local["cpu_s"] / local["requests"],
+            "server_cpu_ms": 1000 * grpc["server_cpu_s"] / grpc["requests"],
+            "client_cpu_ms": 1000 * grpc["cpu_s"] / grpc["requests"]}
+    print(f"  pair {index + 1}: batched gRPC x{HEADLINE_CLIENTS} {grpc['qps']:.0f} req/s, "
+          f"in-process {local['qps']:.0f} req/s; CPU per request: server {pair['server_cpu_ms']:.2f} ms, "
+          f"load generator {pair['client_cpu_ms']:.2f} ms, in-process {pair['in_process_cpu_ms']:.2f} ms",
+          flush=True)
+    return pair
 
 
 def cell(run):
@@ -369,16 +385,27 @@ def main():
     table_ratio = (served[True][f"grpc_{HEADLINE_CLIENTS}"]["qps"]
                    / in_process[f"batched_{HEADLINE_CLIENTS}"]["qps"])
     pairs = served[True]["pairs"]
+    ratios = [pair["ratio"] for pair in pairs]
+    cpu = {key: statistics.median(pair[key] for pair in pairs)
+           for key in ("in_process_cpu_ms", "server_cpu_ms", "client_cpu_ms")}
     unbatched = served[False]
     lines += [
         "",
-        f"At {HEADLINE_CLIENTS} clients, batched gRPC reaches **{statistics.median(pairs):.0%}** "
+        f"At {HEADLINE_CLIENTS} clients, batched gRPC reaches **{statistics.median(ratios):.0%}** "
         f"of in-process batched throughput (target: at least 80%): the median of {PAIRS} "
         f"ratios each measured back to back, the in-process cell in its own process right "
-        f"before or after the gRPC one ({', '.join(f'{r:.0%}' for r in pairs)}). The table's "
+        f"before or after the gRPC one ({', '.join(f'{r:.0%}' for r in ratios)}). The table's "
         f"cells are minutes apart, and the other jobs sharing this machine change the CPU it "
         f"has to give between them by more than the difference measured; from the table "
         f"alone the ratio would be {table_ratio:.0%}.",
+        "",
+        f"CPU per request in those pairs (medians; user + system time of every thread, over the "
+        f"timed seconds): in-process {cpu['in_process_cpu_ms']:.2f} ms, the server "
+        f"{cpu['server_cpu_ms']:.2f} ms (in-process / server: "
+        f"**{cpu['in_process_cpu_ms'] / cpu['server_cpu_ms']:.2f}**), and the load generator "
+        f"another {cpu['client_cpu_ms']:.2f} ms on the same 2 cores. This ratio, unlike the "
+        f"throughput one, does not depend on how the two cores are shared: it is about what the server "
+        f"would reach against in-process with its clients on other machines.",
         "",
         f"Server RSS with the DIN export loaded: {unbatched['rss_loaded_mib']:.0f} MiB; before "
         f"the fuzzing run (after the load cells) {unbatched['rss_before_junk_mib']:.0f} MiB, "

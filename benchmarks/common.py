@@ -43,6 +43,13 @@ def process_memory_mib(pid, field="VmHWM"):
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
+def process_cpu_seconds(pid):
+    """Another process's user + system CPU time so far, all its threads, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # from field 3 (state) on: utime is 14, stime 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_peak_rss_mib(pid):
     """Another process's peak resident set size (VmHWM), in MiB."""
     return process_memory_mib(pid, "VmHWM")

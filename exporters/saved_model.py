@@ -148,7 +148,8 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     Returns:
       The absolute path of the new version directory. Loaded with `tf.saved_model.load`, the
       version is also callable: `loaded(features)` runs `serving_default` on one dict
-      {input name: values} and returns its dict of outputs.
+      {input name: values} and returns its dict of outputs (unless `root` has a `__call__` of
+      its own, which is saved instead).
     """
     export_base = os.path.abspath(os.fspath(export_base))
     if SERVING_SIGNATURE not in signatures:
@@ -161,7 +162,8 @@ def write_saved_model_version(export_base, root, signatures, version=None, warmu
     warmup.check_feeds_run(serving, feeds)
     _warn_of_signature_changes(export_base, serving)
 
-    root.__call__ = _called_as_serving_default(serving)
+    if not callable(root):  # a root with a __call__ of its own keeps it
+        root.__call__ = _called_as_serving_default(serving)
     with layout.staged_version_dir(export_base, version) as staged:
         # Keras would add a traced call function per layer of every model under `root` (what
         # `model.save(save_traces=True)` keeps for `load_model`): about 40% of an export's time

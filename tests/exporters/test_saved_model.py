@@ -146,6 +146,20 @@ def test_a_loaded_export_is_callable_on_one_dict_of_features(loaded, serving_sig
         loaded({k: v for k, v in UNSEEN_ROWS.items() if k != "price"})
 
 
+def test_a_root_with_a_call_of_its_own_keeps_it(tmp_path):
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return 2 * x
+
+    serving = tf.function(lambda **features: {"y": features["x"] + 1}).get_concrete_function(
+        x=tf.TensorSpec([None], tf.float32))
+    path = exporters.write_saved_model_version(tmp_path / "m", Doubler(), {"serving_default": serving})
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_array_equal(loaded(tf.constant([1.0, 3.0])).numpy(), [2.0, 6.0])
+    np.testing.assert_array_equal(loaded.signatures["serving_default"](x=tf.constant([1.0]))["y"].numpy(), [2.0])
+
+
 def test_single_item_sequences_match_model_predict(tiny_model, serving_signature):
     rows = {"user": ["bob"], "hist_item_id": [[4]], "price": [2.0], "context": [[0.0, 1.0, 2.0]]}
     outputs = serving_signature(**signature_feed(rows))

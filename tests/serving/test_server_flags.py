@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from serving import Client, LocalServer, ServingError
-from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
+from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser, main
 from tests.serving.rest_helpers import rest_call, wait_for
 
 REPO = __file__.rsplit("/tests/", 1)[0]
@@ -40,6 +40,18 @@ def run_server(*flags):
     done = subprocess.run([sys.executable, "-m", "serving.server", "--port=0", *flags],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout + done.stderr
+
+
+def start_in_process(capsys, caplog, *flags):
+    """`serving.server.main(FLAGS)` in this process, for checks of start-up failures that come
+    before any model loads: (exit code, output), as run_server gives them without a process's
+    ~5 s of TensorFlow import."""
+    try:
+        code = main(["--port=0", *flags])
+    except SystemExit as stopped:  # argparse's usage errors
+        code = stopped.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err + caplog.text
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +122,8 @@ def test_unknown_flag_fails_clearly():
     assert "tensorflow_model_server" in output
 
 
-def test_abbreviated_flag_is_not_taken_for_a_longer_one():
-    code, output = run_server("--model_base_path=/nonexistent", "--rest=8501")
+def test_abbreviated_flag_is_not_taken_for_a_longer_one(capsys, caplog):
+    code, output = start_in_process(capsys, caplog, "--model_base_path=/nonexistent", "--rest=8501")
     assert code == 2 and "unrecognized arguments: --rest=8501" in output
 
 
@@ -126,12 +138,15 @@ def test_abbreviated_flag_is_not_taken_for_a_longer_one():
      'config { name: "a" base_path: "/y" } }', "Illegal to list model a multiple times"),
     ("", "it has no model_config_list"),
 ])
-def test_invalid_model_config_file_fails_naming_the_file(tmp_path, text, problem):
+def test_invalid_model_config_file_fails_naming_the_file(tmp_path, capsys, caplog, text, problem):
+    """The missing file as a process started by a user; the other mistakes in this process."""
     path = tmp_path / "models.config"
-    if text is not None:
+    if text is None:
+        code, output = run_server(f"--model_config_file={path}")
+    else:
         path.write_text(text)
-    code, output = run_server(f"--model_config_file={path}")
-    assert code != 0
+        code, output = start_in_process(capsys, caplog, f"--model_config_file={path}")
+    assert code == 1
     assert f"Failed to start server. Error: Invalid model config file '{path}': " in output
     assert problem in output
     assert "Running gRPC ModelServer" not in output

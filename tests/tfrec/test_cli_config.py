@@ -160,12 +160,13 @@ def test_evaluate_reads_only_the_test_files_a_chunk_at_a_time_with_the_figures_o
 
 
 def test_predict_writes_the_trained_models_scores_of_a_file_in_its_row_order(ranking_run, test_rows, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, capsys):
     """`tfrec predict`: batch scoring of a file, a chunk at a time, with the columns to join the
     scores back on; the scores are the trained model's."""
     import pandas as pd
 
     from tfrec import config as run
+    from tfrec.cli import main
     from tfrec.evaluation import predict_frame
 
     model, _, _ = test_rows
@@ -192,14 +193,16 @@ def test_predict_writes_the_trained_models_scores_of_a_file_in_its_row_order(ran
                       REPO / "examples" / "data" / "ranking.csv", "--scores", tmp_path / "cli.csv", "--keep", "item_id"))
     assert result.stdout.strip().endswith(f"wrote {len(rows)} rows of item_id, score: {tmp_path / 'cli.csv'}")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "cli.csv")["score"], scores["score"], atol=1e-6)
+    # The mistakes, in this process (the same main() as the command's).
     rows.drop(columns="cate_id").to_csv(tmp_path / "lacking.csv", index=False)
-    failed = tfrec("predict", "--config", RANKING, "--output", ranking_run.output, "--data", tmp_path / "lacking.csv",
-                   "--scores", tmp_path / "x.csv")
-    assert failed.returncode == 1 and "--data: the rows lack the column(s) ['cate_id']" in failed.stderr
+    capsys.readouterr()
+    assert main(["predict", "--config", str(RANKING), "--output", str(ranking_run.output), "--data",
+                 str(tmp_path / "lacking.csv"), "--scores", str(tmp_path / "x.csv")]) == 1
+    assert "--data: the rows lack the column(s) ['cate_id']" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
-    retrieval = tfrec("predict", "--config", REPO / "examples" / "retrieval_mind.yaml", "--data", tmp_path / "rows.parquet",
-                      "--scores", tmp_path / "x.csv")
-    assert retrieval.returncode == 1 and "tfrec predict scores rows with a ranking model" in retrieval.stderr
+    assert main(["predict", "--config", str(REPO / "examples" / "retrieval_mind.yaml"), "--data",
+                 str(tmp_path / "rows.parquet"), "--scores", str(tmp_path / "x.csv")]) == 1
+    assert "tfrec predict scores rows with a ranking model" in capsys.readouterr().err
 
 
 def signature_feed(signature, inputs):

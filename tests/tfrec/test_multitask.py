@@ -27,7 +27,8 @@ WORLD = dict(task_relatedness=0.5, seed=0)
 TASKS = ("ctr", "ctcvr")
 LABEL_COLUMNS = {"ctr": "click", "ctcvr": "conversion"}  # task -> label column
 # 250 divides NUM_TRAIN: a partial last batch would XLA-compile every model's step twice.
-EPOCHS, BATCH_SIZE, LEARNING_RATE = 3, 250, 0.01
+# Two epochs put every task at 0.972-0.979 of the oracle AUC (seed 0), well above the 0.93 asserted.
+EPOCHS, BATCH_SIZE, LEARNING_RATE = 2, 250, 0.01
 ESMM_TOWER = (32, 16)
 # model name -> (builder, small-size arguments)
 MODELS = {

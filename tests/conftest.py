@@ -71,3 +71,27 @@ def stub(server):
     channel = grpc.insecure_channel(server.grpc_target)
     yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
     channel.close()
+
+
+# Test files that share a session fixture costing more than a few seconds: pytest-xdist's
+# `--dist loadfile` would otherwise send them to different workers, and each worker would build
+# the fixture again (planted_din trains DIN and din_server starts a server: ~20 s of a core).
+SHARED_FIXTURE_FILES = {
+    "planted_din": ("tests/tfrec/test_din.py", "tests/tfrec/test_training_path.py", "tests/serving/test_inference.py"),
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with the files of SHARED_FIXTURE_FILES run as one unit, in one worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    group_of = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            return group_of.get(path, path)
+
+    return SharedFixtureScheduling(config, log)

@@ -81,6 +81,7 @@ SHARED_FIXTURE_FILES = {
 }
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: a run without it (-p no:xdist) ignores it
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile` with the files of SHARED_FIXTURE_FILES run as one unit, in one worker."""
     if config.getvalue("dist") != "loadfile":

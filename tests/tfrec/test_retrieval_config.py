@@ -177,7 +177,7 @@ def saved_models_validation_recall(config_path):
 
 @pytest.mark.parametrize("model", [
     {"name": "YoutubeDNN", "args": {"user_dnn_hidden_units": [32, 16], "temperature": 0.1}},
-    {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2}},
+    {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2, "temperature": 0.1}},
 ], ids=["YoutubeDNN", "SDM"])
 def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
     """YoutubeDNN also holds a tenth of its samples out to choose its epoch by their recall@k

@@ -10,9 +10,11 @@ from feature_columns import SparseEmbedding
 
 import exporters
 from tfrec.data import df_to_dataset, df_to_inputs
-from tfrec.models import RecModel
+from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns, retrieval_samples
+from tfrec.models import RecModel, YoutubeDNN
 from tfrec.optimizers import LazyAdam
 from tfrec.recipes import build_din, planted_din_data
+from tfrec.utils import NegativeSampler
 
 BATCH = 64
 
@@ -216,3 +218,27 @@ def test_fit_on_numpy_looks_rows_up_once_and_trains_like_raw_batches(small):
     by_batch.train_on_batch(x, y)
     for a, b in zip(by_fit.get_weights(), by_batch.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_seeded_fit_does_not_depend_on_what_the_process_ran_before():
+    """Dropout and drawn negatives inside the XLA-compiled step come from `tf.random.Generator`
+    states, which importing tfrec turns on: XLA ignores the seed of a legacy stateful random op and
+    draws from one process-wide state, so a seeded fit used to change with the random ops the
+    process had compiled and run before it."""
+    data = make_retrieval_data(num_users=100, num_items=200, events_per_user=12, seed=0)
+    user_columns, item_columns = retrieval_feature_columns(data, 10, embedding_dim=8)
+    train, _ = retrieval_samples(data, 10)
+    x = df_to_inputs(train, user_columns + item_columns)
+
+    def seeded_fit():
+        tf.keras.utils.set_random_seed(0)
+        model = YoutubeDNN(user_columns, item_columns, user_dnn_hidden_units=(16, 8), dnn_dropout=0.5,
+                           sampler_config=NegativeSampler("uniform", 20, "item_id"))
+        model.compile(tf.keras.optimizers.Adam(0.01))
+        model.fit(x, np.zeros(len(train)), batch_size=64, epochs=1, verbose=0)
+        return model.get_weights()
+
+    first = seeded_fit()
+    tf.function(lambda: tf.random.uniform([1000]), jit_compile=True)()  # moves XLA's process-wide state
+    for before, after in zip(first, seeded_fit(), strict=True):
+        np.testing.assert_array_equal(before, after)

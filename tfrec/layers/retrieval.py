@@ -16,7 +16,7 @@ class L2Normalize(tf.keras.layers.Layer):
 
 
 @_register
-class NegativeSampling(tf.keras.layers.Layer):
+class NegativeSampling(tf.keras.__internal__.layers.BaseRandomLayer):
     """Draws the extra negatives of a batch and gives every candidate its expected count.
 
     call(positive_rows) with the batch's positive item rows (batch, 1) int returns
@@ -25,7 +25,8 @@ class NegativeSampling(tf.keras.layers.Layer):
     negatives). The expected counts are the expected number of times each candidate enters a batch's
     candidates, batch * f(item) for a positive (f its share of item_count, or uniform without
     counts) and num_sampled * q(item) for a negative (q the sampler's distribution). Their log is
-    the logQ correction. Rows 0 (padding) is never drawn. Inference draws nothing.
+    the logQ correction. Rows 0 (padding) is never drawn. Inference draws nothing. The draws come
+    from a `tf.random.Generator` seeded by `seed` (XLA would ignore a stateful op's seed).
 
     `table` names the item table it draws rows of, so that `tfrec.saving.with_grown_tables`
     grows the sampler with the table.
@@ -33,7 +34,7 @@ class NegativeSampling(tf.keras.layers.Layer):
 
     def __init__(self, sampler, num_sampled, vocabulary_size, item_count=None, distortion=1.0, seed=None,
                  table=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, force_generator=True, **kwargs)
         self.sampler = sampler
         self.table = table
         self.num_sampled = int(num_sampled) if sampler != "inbatch" else 0
@@ -57,8 +58,9 @@ class NegativeSampling(tf.keras.layers.Layer):
         positive_counts = batch * tf.gather(self._batch_share, positive_rows)
         if not training or self.num_sampled == 0:
             return tf.zeros([0], tf.int32), positive_counts, positive_rows
-        negatives = tf.random.categorical(tf.math.log(self._draw_share)[None, :], self.num_sampled,
-                                          dtype=tf.int32, seed=self.seed)[0]
+        negatives = tf.random.stateless_categorical(
+            tf.math.log(self._draw_share)[None, :], self.num_sampled, dtype=tf.int32,
+            seed=tf.cast(self._random_generator.make_seed_for_stateless_op(), tf.int32))[0]  # XLA's kernel: int32
         negative_counts = self.num_sampled * tf.gather(self._draw_share, negatives)
         return (negatives, tf.concat([positive_counts, negative_counts], axis=0),
                 tf.concat([positive_rows, negatives], axis=0))

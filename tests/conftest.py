@@ -73,6 +73,21 @@ def stub(server):
     channel.close()
 
 
+@pytest.fixture
+def tfrec_main(capsys):
+    """`tfrec ARGV` run in this process, the same `main` as the command's: a function of the
+    arguments (any objects, passed as text) that returns (exit code, stdout, stderr)."""
+    from tfrec.cli import main
+
+    def run(*argv):
+        capsys.readouterr()
+        code = main([str(arg) for arg in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 # Test files that share a session fixture costing more than a few seconds: pytest-xdist's
 # `--dist loadfile` would otherwise send them to different workers, and each worker would build
 # the fixture again (planted_din trains DIN and din_server starts a server: ~20 s of a core).

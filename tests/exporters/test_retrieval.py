@@ -210,9 +210,8 @@ def test_user_tower_export_returns_the_user_vectors(exported, exact, youtubednn)
 
 
 def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
-        exported, exact, candidates, tmp_path, capsys):
+        exported, exact, candidates, tmp_path, tfrec_main):
     from serving import Client, LocalServer
-    from tfrec.cli import main
 
     rows, _, _, scores = exact
     base = os.path.dirname(exported.path)
@@ -232,10 +231,10 @@ def test_scann_export_served_over_grpc_recalls_the_brute_force_top_k(
             latency[name] = (time.perf_counter() - started) / 20 * 1000
         logs = server.logs()
         one_user = json.dumps({feature: values[:1].tolist() for feature, values in rows.items()})
-        capsys.readouterr()
-        assert main(["query", "--target", server.grpc_target, "--model-name", "youtubednn_brute_force",
-                     "--inputs", one_user]) == 0
-        queried = json.loads(capsys.readouterr().out)  # string ids printed as text (were a TypeError)
+        code, out, _ = tfrec_main("query", "--target", server.grpc_target, "--model-name", "youtubednn_brute_force",
+                                  "--inputs", one_user)
+        assert code == 0
+        queried = json.loads(out)  # string ids printed as text (were a TypeError)
     assert queried["item_ids"] == decoded(brute_force["item_ids"][:1]).tolist()
 
     for name in ("youtubednn", "youtubednn_brute_force"):  # both loaded, warm-up replayed
@@ -593,20 +592,17 @@ def test_candidates_the_item_table_does_not_know_are_left_out_with_a_warning(you
         exporters.export_retrieval(youtubednn, tmp_path / "none", new_items, k=5, index="brute_force")
 
 
-def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, tmp_path, capsys):
+def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, tmp_path, tfrec_main):
     """`tfrec export --model --candidates --k` writes the retrieval export (it used to write a
     ranking export of the training loss); a catalogue of int ids reaches a string item table
     as their decimal text; without --candidates it says what is needed."""
-    from tfrec.cli import main
-
     youtubednn.save(tmp_path / "yt.keras")
     catalogue = tmp_path / "items.csv"
     pd.DataFrame({"item_id": ITEMS[:300]}).to_csv(catalogue, index=False)
     base = tmp_path / "exports" / "yt"
-    capsys.readouterr()
-    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base),
-                 "--candidates", str(catalogue), "--k", "7"]) == 0
-    assert capsys.readouterr().out.strip().endswith(os.path.join("yt", "1"))
+    code, out, _ = tfrec_main("export", "--model", tmp_path / "yt.keras", "--export-base", base,
+                              "--candidates", catalogue, "--k", 7)
+    assert code == 0 and out.strip().endswith(os.path.join("yt", "1"))
     loaded = tf.saved_model.load(str(base) + "_brute_force/1")
     rows = user_rows(2, 5)
     outputs = loaded.signatures["serving_default"](**constants(rows))
@@ -616,14 +612,14 @@ def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, t
 
     # --exclude: each row's own top 3, sent as its history, are left out of version 2's answer.
     rows["hist_item_id"] = plain[:, :3].astype(object)
-    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base),
-                 "--candidates", str(catalogue), "--k", "7", "--exclude", "hist_item_id"]) == 0
+    assert tfrec_main("export", "--model", tmp_path / "yt.keras", "--export-base", base,
+                      "--candidates", catalogue, "--k", 7, "--exclude", "hist_item_id")[0] == 0
     unseen = decoded(tf.saved_model.load(str(base) + "_brute_force/2").signatures["serving_default"](
         **constants(rows))["item_ids"].numpy())
     assert not any(set(row) & set(history) for row, history in zip(unseen, rows["hist_item_id"]))
 
-    assert main(["export", "--model", str(tmp_path / "yt.keras"), "--export-base", str(base)]) == 1
-    error = capsys.readouterr().err
+    code, _, error = tfrec_main("export", "--model", tmp_path / "yt.keras", "--export-base", base)
+    assert code == 1
     assert "is a retrieval (two-tower) model: its export serves the top k items of a catalogue" in error
     assert "pass --candidates ITEMS.csv (or .parquet) with the item id column 'item_id'" in error
 

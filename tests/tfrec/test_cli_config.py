@@ -160,13 +160,12 @@ def test_evaluate_reads_only_the_test_files_a_chunk_at_a_time_with_the_figures_o
 
 
 def test_predict_writes_the_trained_models_scores_of_a_file_in_its_row_order(ranking_run, test_rows, tmp_path,
-                                                                              monkeypatch, capsys):
+                                                                              monkeypatch, tfrec_main):
     """`tfrec predict`: batch scoring of a file, a chunk at a time, with the columns to join the
     scores back on; the scores are the trained model's."""
     import pandas as pd
 
     from tfrec import config as run
-    from tfrec.cli import main
     from tfrec.evaluation import predict_frame
 
     model, _, _ = test_rows
@@ -195,14 +194,13 @@ def test_predict_writes_the_trained_models_scores_of_a_file_in_its_row_order(ran
     np.testing.assert_allclose(pd.read_csv(tmp_path / "cli.csv")["score"], scores["score"], atol=1e-6)
     # The mistakes, in this process (the same main() as the command's).
     rows.drop(columns="cate_id").to_csv(tmp_path / "lacking.csv", index=False)
-    capsys.readouterr()
-    assert main(["predict", "--config", str(RANKING), "--output", str(ranking_run.output), "--data",
-                 str(tmp_path / "lacking.csv"), "--scores", str(tmp_path / "x.csv")]) == 1
-    assert "--data: the rows lack the column(s) ['cate_id']" in capsys.readouterr().err
+    code, _, err = tfrec_main("predict", "--config", RANKING, "--output", ranking_run.output, "--data",
+                              tmp_path / "lacking.csv", "--scores", tmp_path / "x.csv")
+    assert code == 1 and "--data: the rows lack the column(s) ['cate_id']" in err
     assert not (tmp_path / "x.csv").exists()
-    assert main(["predict", "--config", str(REPO / "examples" / "retrieval_mind.yaml"), "--data",
-                 str(tmp_path / "rows.parquet"), "--scores", str(tmp_path / "x.csv")]) == 1
-    assert "tfrec predict scores rows with a ranking model" in capsys.readouterr().err
+    code, _, err = tfrec_main("predict", "--config", REPO / "examples" / "retrieval_mind.yaml", "--data",
+                              tmp_path / "rows.parquet", "--scores", tmp_path / "x.csv")
+    assert code == 1 and "tfrec predict scores rows with a ranking model" in err
 
 
 def signature_feed(signature, inputs):
@@ -328,7 +326,7 @@ def served(ranking_run, tiny_export, tmp_path_factory):
     server.stop()
 
 
-def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tmp_path, capsys):
+def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tmp_path, tfrec_main):
     model, _, inputs = test_rows
     request = {name: np.asarray(values)[:5].tolist() for name, values in inputs.items()}
     request_file = tmp_path / "request.json"
@@ -338,12 +336,10 @@ def test_served_and_queried_scores_equal_the_trained_model(served, test_rows, tm
     expected = model.predict({k: np.asarray(v)[:5] for k, v in inputs.items()}, verbose=0).reshape(-1)
     assert served_scores.shape == (5,)
     np.testing.assert_allclose(served_scores, expected, atol=1e-5)
-    from tfrec.cli import main  # --version-label reaches the server (this config names no label)
-
-    capsys.readouterr()
-    assert main(["query", "--target", served.target, "--model-name", "din", "--inputs", f"@{request_file}",
-                 "--version-label", "canary"]) == 1
-    assert "Unrecognized servable version label: canary" in capsys.readouterr().err
+    # --version-label reaches the server (this config names no label).
+    code, _, err = tfrec_main("query", "--target", served.target, "--model-name", "din", "--inputs", f"@{request_file}",
+                              "--version-label", "canary")
+    assert code == 1 and "Unrecognized servable version label: canary" in err
 
 
 def test_out_of_range_ids_score_as_the_oov_row_in_training_export_and_grpc(tiny_export, served):
@@ -367,7 +363,7 @@ def test_the_server_exits_cleanly_on_sigterm(served):
     assert "Traceback" not in log and "Server stopped" in log
 
 
-def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test_rows, tmp_path, capsys):
+def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test_rows, tmp_path, tfrec_main):
     """Day 2: train.warm_start starts from yesterday's run (its weights and columns) on today's
     rows, where a new item gets a row of its own appended to yesterday's vocabulary (or, with
     grow_vocabularies: false, is out of vocabulary); a near-zero learning rate leaves the scores
@@ -375,7 +371,6 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
     import pandas as pd
     import yaml
 
-    from tfrec.cli import main
     from tfrec.config import load_config, trained
     from tfrec.data import df_to_inputs
 
@@ -391,9 +386,8 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
     config["train"].update(warm_start=str(ranking_run.output), epochs=1, learning_rate=1e-12)
     config.update(output="today", export={"base": "today/export"})
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
-    capsys.readouterr()
-    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
-    out = capsys.readouterr().out
+    code, out, _ = tfrec_main("train", "--config", tmp_path / "today.yaml")
+    assert code == 0
     assert "loading the model to start from" in out
     assert "growing the vocabularies by the new values (item_id +1; seen at least 2 times)" in out
     assert "model.args are not used with train.warm_start" in out  # the example's args: the model keeps its own
@@ -415,16 +409,16 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
 
     config["train"]["grow_vocabularies"] = False
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
-    capsys.readouterr()
-    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
+    code, out, _ = tfrec_main("train", "--config", tmp_path / "today.yaml")
+    assert code == 0
     assert re.search(r"grow_vocabularies is false: the values new to the vocabularies are looked up as the "
-                     r"out-of-vocabulary row \(.*item_id \d+\.\d%", capsys.readouterr().out)
+                     r"out-of-vocabulary row \(.*item_id \d+\.\d%", out)
     assert {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())} == before
     config["train"]["grow_vocabularies"] = 1  # a count given: it overrides the recorded one
     (tmp_path / "today.yaml").write_text(yaml.safe_dump(config))
-    assert main(["train", "--config", str(tmp_path / "today.yaml")]) == 0
-    assert re.search(r"growing the vocabularies by the new values \(item_id \+\d+; seen at least once\)",
-                     capsys.readouterr().out)
+    code, out, _ = tfrec_main("train", "--config", tmp_path / "today.yaml")
+    assert code == 0
+    assert re.search(r"growing the vocabularies by the new values \(item_id \+\d+; seen at least once\)", out)
     vocabulary = {c["name"]: c for c in json.loads((tmp_path / "today" / "columns.json").read_text())}["item_id"]
     assert "i-once" in vocabulary["vocabulary"] and vocabulary["min_count"] == 1
     del config["train"]["grow_vocabularies"]
@@ -432,9 +426,9 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
     # Today's data is checked before yesterday's model is loaded: a mistake there is reported first.
     today.drop(columns="cate_id").to_csv(tmp_path / "data" / "no_cate.csv", index=False)
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump({**config, "data": {**config["data"], "train": "data/no_cate.csv"}}))
-    assert main(["train", "--config", str(tmp_path / "wrong.yaml")]) == 1
-    captured = capsys.readouterr()
-    assert "lack the feature column(s) ['cate_id']" in captured.err and "loading the model" not in captured.out
+    code, out, err = tfrec_main("train", "--config", tmp_path / "wrong.yaml")
+    assert code == 1
+    assert "lack the feature column(s) ['cate_id']" in err and "loading the model" not in out
 
     for change, message in [({"train": {"warm_start": str(tmp_path / "nowhere")}}, "holds no model.keras"),
                             ({"model": {"name": "SIM"}}, "holds a model named 'din', and this config trains SIM"),
@@ -443,10 +437,10 @@ def test_warm_start_continues_the_earlier_run_with_its_columns(ranking_run, test
         wrong = {**config, **{key: ({**config[key], **value} if isinstance(value, dict) and key in config
                                     else value) for key, value in change.items()}}
         (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))
-        assert main(["train", "--config", str(tmp_path / "wrong.yaml")]) == 1
-        captured = capsys.readouterr()
+        code, out, err = tfrec_main("train", "--config", tmp_path / "wrong.yaml")
+        assert code == 1
         # Found before today's data is read against yesterday's columns (which would blame the data).
-        assert message in captured.err and "training rows" not in captured.out
+        assert message in err and "training rows" not in out
 
 
 def test_ordinary_mistakes_are_one_line_errors(tmp_path):
@@ -480,12 +474,13 @@ def test_ordinary_mistakes_are_one_line_errors(tmp_path):
         assert len(lines) == 1 and ": error: " in lines[0] and mistakes[name][1] in lines[0], (name, err)
 
 
-def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, capsys):
+def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, tfrec_main):
     from tfrec.cli import main
     from tfrec.config import ConfigError
 
-    assert main(["export", "--model", str(tmp_path / "no_model"), "--export-base", str(tmp_path / "m")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = tfrec_main("export", "--model", tmp_path / "no_model", "--export-base", tmp_path / "m")
+    assert code == 1
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tfrec export: error: no saved model at") and "--debug" in err[0]
     (tmp_path / "run.yaml").write_text("data: {train: x.csv}\nlabels: click\nmodel: {name: DeepFM}\n")
     with pytest.raises(ConfigError, match="model.name: unknown model 'DeepFM'"):
@@ -498,10 +493,9 @@ def test_the_same_errors_in_process_and_debug_shows_the_exception(tmp_path, caps
         main(["train", "--config", str(tmp_path / "run.yaml"), "--debug"])
 
 
-def test_set_overrides_config_keys_and_planted_data_flags_are_refused_with_a_config(tmp_path, capsys):
+def test_set_overrides_config_keys_and_planted_data_flags_are_refused_with_a_config(tmp_path, tfrec_main):
     """From an audit of sweeps: `--learning-rate 0.5 --seed 7` with --config exited 0 and trained
     the same model as without them."""
-    from tfrec.cli import main
     from tfrec.config import load_config, model_args
 
     (tmp_path / "run.yaml").write_text("data: {train: x.csv}\nlabels: click\nmodel: {name: DIN}\n"
@@ -522,8 +516,9 @@ def test_set_overrides_config_keys_and_planted_data_flags_are_refused_with_a_con
                                          "--config -- set train.learning_rate in the config, or pass --set "
                                          "train.learning_rate=VALUE"),
             (["--users", "5"], "--users describes the planted demo data and does nothing with --config")):
-        assert main(["train", "--config", path, *argv]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
+        code, _, err = tfrec_main("train", "--config", path, *argv)
+        assert code == 1
+        err = err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
 
 

@@ -413,7 +413,7 @@ def test_an_empty_item_in_a_csv_history_stays_a_placeholder_keeping_the_events_a
             "time_feature: timestamp}"),
     ("CLSR", "{proxy_recent: 2, proxy_min_length: 3, dnn_hidden_units: [16], att_hidden_size: [8]}"),
 ])
-def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, name, args):
+def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, tfrec_main, name, args):
     """The ranking example's CSV with model.name SIM or CLSR: histories found as for DIN, the model
     trained, saved, evaluated from its saved file, exported by `tfrec export --config`, and the
     export scores the test rows as the trained model does. SIM also reads its events' times:
@@ -422,7 +422,6 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, 
     import pandas as pd
     import tensorflow as tf
 
-    from tfrec.cli import main
     from tfrec.data import df_to_inputs
 
     example = (REPO / "examples" / "ranking_din.yaml").read_text()
@@ -447,8 +446,9 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, capsys, 
     run.train(config, verbose=0)
     report = run.evaluate(config)["tasks"]["prediction"]
     assert 0.5 < report["auc"] < 1 and np.isfinite(report["gauc"])
-    assert main(["export", "--config", str(path)]) == 0
-    export_path = capsys.readouterr().out.strip().splitlines()[-1]
+    code, out, _ = tfrec_main("export", "--config", path)
+    assert code == 0
+    export_path = out.strip().splitlines()[-1]
     loaded, columns = run.trained(config)
     if name == "SIM":
         assert [(c.name, type(c).__name__, c.dtype) for c in columns if "timestamp" in c.name] == [
@@ -815,12 +815,11 @@ def test_a_seed_changes_no_split_ordered_by_a_column():
     assert not run.same_held_out_rows(unordered, {**unordered, "split": {**unordered["split"], "seed": 1}})
 
 
-def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_that_do_not_compare(tmp_path, capsys):
+def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_that_do_not_compare(tmp_path,
+                                                                                                 tfrec_main):
     """`tfrec compare` after a sweep: the settings that differ (not the ones every run shares),
     the epoch kept and the test figures; a run not evaluated, or evaluated on other test rows,
     is named."""
-    from tfrec.cli import main
-
     write_csv_frame(tmp_path / "d.csv")
     path = str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
                                "split: {test_fraction: 0.5}\ncolumns: {exclude: [row_id], sequences: "
@@ -828,15 +827,15 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
     sweep = {"a": [], "b": ["train.learning_rate=0.01", "train.validation={fraction: 0.25, monitor: loss}"],
              "c": ["split.seed=1"]}
     for name, overrides in sweep.items():
-        args = ["--config", path, "--output", str(tmp_path / name)] + [a for o in overrides for a in ("--set", o)]
-        assert main(["train", "--progress", "none"] + args) == 0 and main(["evaluate"] + args) == 0
+        args = ["--config", path, "--output", tmp_path / name] + [a for o in overrides for a in ("--set", o)]
+        assert tfrec_main("train", "--progress", "none", *args)[0] == 0 and tfrec_main("evaluate", *args)[0] == 0
     shutil.copytree(tmp_path / "a", tmp_path / "a_unevaluated")
     os.remove(tmp_path / "a_unevaluated" / "metrics.json")
-    capsys.readouterr()
 
     def compare(*names):
-        assert main(["compare"] + [str(tmp_path / name) for name in names]) == 0
-        lines = capsys.readouterr().out.splitlines()
+        code, out, _ = tfrec_main("compare", *[tmp_path / name for name in names])
+        assert code == 0
+        lines = out.splitlines()
         table = [line.split() for line in lines if not line.startswith("note: ")]
         return table[0], {row[0]: dict(zip(table[0], row)) for row in table[1:]}, \
             [line for line in lines if line.startswith("note: ")]
@@ -872,19 +871,21 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
     folders = [str(tmp_path / name) for name in ("a", "b", "c", "a_unevaluated")]
     aucs = {folder: json.loads(open(os.path.join(folder, "metrics.json")).read())["tasks"]["prediction"]["auc"]
             for folder in folders[:3]}
-    assert main(["compare", "--sort", "auc", "--format", "json"] + folders) == 0
-    report = json.loads(capsys.readouterr().out)
+    code, out, _ = tfrec_main("compare", "--sort", "auc", "--format", "json", *folders)
+    assert code == 0
+    report = json.loads(out)
     assert [run["run"] for run in report["runs"]] == sorted(aucs, key=aucs.get, reverse=True) + folders[3:]
     assert [run["auc"] for run in report["runs"]][:3] == sorted(aucs.values(), reverse=True)
     assert report["columns"][0] == "run" and len(report["notes"]) == 2
-    assert main(["compare", "--sort", "logloss", "--format", "csv"] + folders) == 0
-    out, err = capsys.readouterr()
+    code, out, err = tfrec_main("compare", "--sort", "logloss", "--format", "csv", *folders)
+    assert code == 0
     table = list(csv.DictReader(io.StringIO(out)))
     loglosses = [float(row["logloss"]) for row in table[:3]]
     assert loglosses == sorted(loglosses) and table[3]["logloss"] == "" and table[3]["run"] == folders[3]
     assert err.count("note: ") == 2
-    assert main(["compare", "--sort", "ndcg"] + folders) == 1
-    assert "tfrec compare: error: --sort ndcg: no such column; the columns are split.seed, train.learning_rate" \
-        in capsys.readouterr().err
-    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 1
-    assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in capsys.readouterr().err
+    code, _, err = tfrec_main("compare", "--sort", "ndcg", *folders)
+    assert code == 1
+    assert "tfrec compare: error: --sort ndcg: no such column; the columns are split.seed, train.learning_rate" in err
+    code, _, err = tfrec_main("compare", tmp_path / "a", tmp_path / "nothing")
+    assert code == 1
+    assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in err

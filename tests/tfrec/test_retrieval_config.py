@@ -50,15 +50,6 @@ def trained_copy(run, tmp_path):
     return str(shutil.copytree(run.output, tmp_path / "trained"))
 
 
-def tfrec(*argv, capsys=None):
-    """`tfrec ARGV` in this process: (exit code, stdout, stderr)."""
-    if capsys is not None:
-        capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr() if capsys is not None else ("", "")
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def mind_run(tmp_path_factory):
     """The example config trained, evaluated and exported (version 1)."""
@@ -99,7 +90,7 @@ def test_mind_from_a_config_retrieves_clearly_better_than_popularity(mind_run):
     assert report["model"]["hit_rate"] == report["model"]["recall"]  # one held-out item per user
 
 
-def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run, capsys):
+def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run, tfrec_main):
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -135,8 +126,8 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
         with grpc.insecure_channel(server.grpc_target) as channel:
             answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(raw, timeout=60)
         raw_ids = tf.make_ndarray(answer.outputs["item_ids"])
-        code, out, err = tfrec("query", "--target", server.grpc_target, "--model-name", "mind", "--config",
-                               mind_run.path, *[arg for user in asked for arg in ("--user", user)], capsys=capsys)
+        code, out, err = tfrec_main("query", "--target", server.grpc_target, "--model-name", "mind", "--config",
+                                    mind_run.path, *[arg for user in asked for arg in ("--user", user)])
     # tfrec query --user: each user asked with every event of theirs in the log, the last included.
     assert code == 0, err
     assert json.loads(out)["item_ids"] == np.vectorize(lambda b: b.decode())(by_request["item_ids"]).tolist()
@@ -147,11 +138,10 @@ def test_served_export_answers_the_trained_towers_exact_top_k_over_grpc(mind_run
         recent = events["item_id"].tolist()[-mind_run.retrieval.seq_maxlen:]
         assert requests["hist_item_id"][row][:len(recent)].tolist() == recent and requests["hist_len"][row] == len(recent)
         assert requests["gender"][row] == events["gender"].iloc[-1]
-    assert tfrec("query", "--model-name", "mind", "--config", mind_run.path, "--user", "nobody",
-                 capsys=capsys)[2].count("no event of user(s) ['nobody'] in the log") == 1
-    assert "give the request with --inputs, or --config with --user" in tfrec("query", "--model-name", "mind",
-                                                                              capsys=capsys)[2]
-    assert "--user needs --config" in tfrec("query", "--model-name", "mind", "--user", "u1", capsys=capsys)[2]
+    assert tfrec_main("query", "--model-name", "mind", "--config", mind_run.path, "--user", "nobody")[2].count(
+        "no event of user(s) ['nobody'] in the log") == 1
+    assert "give the request with --inputs, or --config with --user" in tfrec_main("query", "--model-name", "mind")[2]
+    assert "--user needs --config" in tfrec_main("query", "--model-name", "mind", "--user", "u1")[2]
     served = np.vectorize(lambda b: b.decode())(outputs["item_ids"])
     assert served.shape == (8, 50)
     assert set(served.ravel()) <= set(items["item_id"])
@@ -179,14 +169,14 @@ def saved_models_validation_recall(config_path):
     {"name": "YoutubeDNN", "args": {"user_dnn_hidden_units": [32, 16], "temperature": 0.1}},
     {"name": "SDM", "args": {"rnn_layers": 1, "num_head": 2, "temperature": 0.1}},
 ], ids=["YoutubeDNN", "SDM"])
-def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
+def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, tfrec_main):
     """YoutubeDNN also holds a tenth of its samples out to choose its epoch by their recall@k
     (the default monitor), which ranks the whole catalogue as evaluation does: the model saved
     is the best epoch's, whose recall on those samples is the one logged for it."""
     validation = model["name"] == "YoutubeDNN"
     config = run_config(tmp_path, model=model, output="run", train={"validation": {"fraction": 0.1}} if validation
                         else {})
-    code, out, _ = tfrec("train", "--config", config, capsys=capsys)
+    code, out, _ = tfrec_main("train", "--config", config)
     assert code == 0
     if validation:
         record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -200,7 +190,7 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
         assert f"val_recall: {val_recall[-1]:.4f}" in out  # on Keras' line of the last epoch
         assert saved_models_validation_recall(config) == pytest.approx(val_recall[best - 1], abs=1e-9)
         assert max(val_recall) > min(val_recall)  # the figure moves with training
-    code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
+    code, out, _ = tfrec_main("evaluate", "--config", config)
     assert code == 0
     print(out)
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -216,7 +206,7 @@ def test_youtubednn_and_sdm_train_from_the_same_config(model, tmp_path, capsys):
     assert {"gender", "age", "user_id", "item_id"} <= set(names)
 
 
-def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_run, tmp_path, capsys, caplog):
+def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_run, tmp_path, tfrec_main, caplog):
     log = pd.read_csv(REPO / "examples" / "data" / "events.csv")
     trained_items = sorted(set(log["item_id"]))
     retired = trained_items[:2]
@@ -225,11 +215,11 @@ def test_a_catalogue_file_is_what_evaluation_ranks_and_the_export_serves(mind_ru
     # export.index: ScaNN from 100 items up (the default builds it from 20,000, exact below).
     config = run_config(tmp_path, data={"items": "items.csv"}, output=trained_copy(mind_run, tmp_path),
                         export={"base": str(tmp_path / "export" / "mind"), "index": {"min_candidates": 100}})
-    code, out, _ = tfrec("evaluate", "--config", config, capsys=capsys)
+    code, out, _ = tfrec_main("evaluate", "--config", config)
     # "i-new" would get the shared out-of-vocabulary vector: ranked nowhere, served nowhere.
     assert code == 0 and f"ranked among {len(catalogue) - 1} items" in out
     assert f"1 of {len(catalogue)} catalogue items are not in the item vocabulary (e.g. ['i-new'])" in caplog.text
-    code, out, _ = tfrec("export", "--config", config, "--k", 20, capsys=capsys)
+    code, out, _ = tfrec_main("export", "--config", config, "--k", 20)
     assert code == 0
     # Trained items the catalogue no longer lists are named, not dropped silently.
     assert f"not served: 2 of the model's items (not in data.items), e.g. {retired}" in out
@@ -258,7 +248,7 @@ def test_rank_candidates_warns_of_candidates_sharing_the_out_of_vocabulary_vecto
         rank_candidates(model, users, df_to_inputs(repeated, [item_column]), 10)
 
 
-def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_answers(mind_run, tmp_path, capsys):
+def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_answers(mind_run, tmp_path, tfrec_main):
     from tfrec import retrieval_run
     from tfrec.config import load_config, trained
     from tfrec.data import df_to_inputs
@@ -266,11 +256,11 @@ def test_exclude_seen_leaves_each_users_history_out_in_evaluation_and_served_ans
 
     path = run_config(tmp_path, retrieval={"exclude_seen": True}, output=trained_copy(mind_run, tmp_path),
                       export={"base": str(tmp_path / "export" / "mind")})
-    code, out, _ = tfrec("evaluate", "--config", path, capsys=capsys)
+    code, out, _ = tfrec_main("evaluate", "--config", path)
     assert code == 0
     config = load_config(str(path))
     unseen = json.loads(Path(config.output_file("metrics.json")).read_text())
-    assert tfrec("export", "--config", path, capsys=capsys)[0] == 0
+    assert tfrec_main("export", "--config", path)[0] == 0
 
     import tensorflow as tf
 
@@ -306,19 +296,19 @@ def test_the_popularity_baseline_leaves_out_what_the_model_may_not_recommend():
     np.testing.assert_array_equal(ranked, [["i1", "i3", "i4"], ["i1", "i2", "i3"], ["i2", "i2", "i2"]])
 
 
-def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_run, tmp_path, capsys):
+def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_run, tmp_path, tfrec_main):
     """Today's run starts from yesterday's weights and columns; its negatives follow today's
     config (the sampler holds no weights), here frequency-sampled where yesterday's were the batch's."""
     from tfrec.saving import load_model
 
     config = run_config(tmp_path, output="today", columns=None, retrieval={"sampler": "frequency", "num_sampled": 16},
                         train={"warm_start": mind_run.output, "epochs": 1, "learning_rate": 1e-12})
-    code, out, err = tfrec("train", "--config", config, capsys=capsys)
+    code, out, err = tfrec_main("train", "--config", config)
     assert code == 0, err
     assert "negatives: retrieval.sampler 'frequency', num_sampled 16 (the earlier run: 'inbatch', 0)" in out, out
     sampler = load_model(str(tmp_path / "today" / "model.keras"), compile=False).get_layer("negative_sampling")
     assert (sampler.sampler, sampler.num_sampled) == ("frequency", 16)
-    assert tfrec("evaluate", "--config", config, capsys=capsys)[0] == 0
+    assert tfrec_main("evaluate", "--config", config)[0] == 0
     assert json.loads((tmp_path / "today" / "columns.json").read_text()) == \
         json.loads(Path(mind_run.output_file("columns.json")).read_text())
     today = json.loads((tmp_path / "today" / "metrics.json").read_text())
@@ -326,7 +316,7 @@ def test_warm_start_continues_a_retrieval_run_from_its_weights_and_columns(mind_
     assert today["model"] == pytest.approx(yesterday["model"], abs=0.005)  # the same model, ranked alike
 
 
-def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_results(mind_run, tmp_path, capsys):
+def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_results(mind_run, tmp_path, tfrec_main):
     """Day 2's log brings six new items (of a new category), each user group clicking its three:
     the warm start grows the item and category tables, counts today's targets for the sampler's
     logQ correction, and ranks a group's third new item in the top k of users who clicked the
@@ -347,7 +337,7 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
                   for i, item in enumerate(rng.permutation([f"new{n % 2 * 3 + j}" for j in range(1, 4)]))]
     pd.concat([log, pd.DataFrame(new_events)]).to_csv(tmp_path / "data" / "events.csv", index=False)
 
-    code, out, err = tfrec("train", "--config", config, capsys=capsys)
+    code, out, err = tfrec_main("train", "--config", config)
     assert code == 0, err
     assert "growing the vocabularies by the new values (item_id +6, hist_cate_id +1; seen at least once)" in out, out
     assert "not used with train.warm_start: retrieval.seq_maxlen 30 (kept: 20); the model is the earlier run's" in out
@@ -364,7 +354,7 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
     assert model.get_layer("negative_sampling").get_config()["item_count"] == \
         item_counts(train["item_id"].to_numpy(), item_column).tolist()  # today's targets
 
-    assert tfrec("evaluate", "--config", config, capsys=capsys)[0] == 0
+    assert tfrec_main("evaluate", "--config", config)[0] == 0
     assert json.loads((tmp_path / "today" / "metrics.json").read_text())["candidates"] == 299 + 6
     clicked = test[test["item_id"].str.startswith("new")].reset_index(drop=True)
     assert len(clicked) == 120
@@ -394,21 +384,21 @@ def test_warm_start_gives_todays_new_items_rows_counts_and_a_place_in_the_result
     ({"model": {"args": {"user_dnn_hidden_units": [32, 8]}}}, "model:"),
     ({"model": {"args": {"k_max": 2, "heads": 3}}}, "model.args:"),
 ])
-def test_config_mistakes_are_one_line_errors_naming_the_key(changes, message, tmp_path, capsys):
+def test_config_mistakes_are_one_line_errors_naming_the_key(changes, message, tmp_path, tfrec_main):
     config = run_config(tmp_path, output="run", **changes)
-    code, _, err = tfrec("train", "--config", config, capsys=capsys)
+    code, _, err = tfrec_main("train", "--config", config)
     assert code == 1
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
-def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp_path, capsys):
+def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp_path, tfrec_main):
     config = run_config(tmp_path, retrieval={"k": 400}, output=trained_copy(mind_run, tmp_path))
-    code, _, err = tfrec("evaluate", "--config", config, capsys=capsys)
+    code, _, err = tfrec_main("evaluate", "--config", config)
     assert code == 1 and "retrieval.k: 400 is more than the 299 items of the catalogue" in err
-    code, _, err = tfrec("export", "--config", config, "--candidates", "items.csv", capsys=capsys)
+    code, _, err = tfrec_main("export", "--config", config, "--candidates", "items.csv")
     assert code == 1 and "--candidates is for --model; with --config the catalogue is data.items" in err
-    code, _, err = tfrec("export", "--config", config, "--k", 0, capsys=capsys)
+    code, _, err = tfrec_main("export", "--config", config, "--k", 0)
     assert code == 1 and "k must be an integer in [1, number of candidates = 299], got 0" in err
 
 

@@ -72,13 +72,12 @@ def test_load_model_names_a_missing_path(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["din_keras", "din.h5"])
-def test_tfrec_export_takes_a_model_saved_under_any_name(saved, tmp_path, capsys, name):
+def test_tfrec_export_takes_a_model_saved_under_any_name(saved, tmp_path, tfrec_main, name):
     import tensorflow as tf
 
-    from tfrec.cli import main
-
-    assert main(["export", "--model", str(saved / name), "--export-base", str(tmp_path / "din")]) == 0
-    path = capsys.readouterr().out.strip().splitlines()[-1]
+    code, out, _ = tfrec_main("export", "--model", saved / name, "--export-base", tmp_path / "din")
+    assert code == 0
+    path = out.strip().splitlines()[-1]
     assert path == str(tmp_path / "din" / "1")
     x = dict(np.load(saved / "x.npz"))
     signature = tf.saved_model.load(path).signatures["serving_default"]

@@ -40,11 +40,11 @@ def tiny_din_data():
     return train, test, din_feature_columns(log, maxlen=10, embedding_dim=8)
 
 
-def tiny_din(columns):
+def tiny_din(columns, **kwargs):
     from tfrec.data import DIN_HISTORY_FEATURES
     from tfrec.models import DIN
 
-    return DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(8,), att_hidden_size=(8,))
+    return DIN(columns, DIN_HISTORY_FEATURES, dnn_hidden_units=(8,), att_hidden_size=(8,), **kwargs)
 
 
 def train_synchronous(kind):
@@ -82,9 +82,9 @@ def run_multi_worker(out, export_base):
 
 
 def run_parameter_server_chief(out, export_base, step_log, pace_s):
-    """The chief of a 2-worker, 2-ps cluster: trains DIN with a sharded item table, backing up
-    every SAVE_FREQ steps (a restarted chief resumes from there), validating after each epoch
-    and keeping the best weights by validation AUC, and exports."""
+    """The chief of a 2-worker, 2-ps cluster: trains DIN (with dropout) with a sharded item
+    table, backing up every SAVE_FREQ steps (a restarted chief resumes from there), validating
+    after each epoch and keeping the best weights by validation AUC, and exports."""
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
@@ -94,7 +94,9 @@ def run_parameter_server_chief(out, export_base, step_log, pace_s):
 
     train, test, columns = tiny_din_data()
     strategy = build_strategy("parameter_server", min_shard_bytes=1024)
-    model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0)
+    # With dropout: its masks come from a tf.random.Generator (as `import tfrec` makes Keras draw),
+    # whose state is a variable on a parameter server that every worker's step draws from.
+    model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0, dnn_dropout=0.5)
     table = next(layer for layer in model.layers if layer.name == "emb_item_id").embeddings
     shards = table.variables if isinstance(table, tf.__internal__.distribute.ShardedVariable) else [table]
     before = [s.numpy() for s in shards]

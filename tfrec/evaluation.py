@@ -96,6 +96,28 @@ def tower_outputs(tower, inputs, batch_size=4096):
     return outputs if len(outputs) > 1 else outputs[0]
 
 
+def candidate_vectors(model, candidate_inputs, batch_size=4096):
+    """(items, d) a two-tower model's item vectors of the candidates, in their order.
+
+    `candidate_inputs`: {item feature: (items,) ids}, each id once (a ValueError names repeated
+    ones, as `export_retrieval` does). Candidates sharing a vector (usually ids outside the item
+    vocabulary, which all read its out-of-vocabulary row) get a warning: they rank alike for
+    every user.
+    """
+    item_tower = model.item_tower
+    if len(item_tower.input_names) == 1:  # the item id
+        name = item_tower.input_names[0]
+        check_unique_ids(candidate_inputs[name], f"candidate_inputs[{name!r}]")
+    items = tower_outputs(item_tower, candidate_inputs, batch_size)
+    counts = np.unique(items, axis=0, return_counts=True)[1]
+    shared = int(counts[counts > 1].sum())
+    if shared:
+        warnings.warn(f"{shared} of {len(items)} candidates have the same vector as another one, "
+                      "usually ids outside the item vocabulary sharing its out-of-vocabulary row; they rank "
+                      "alike for every user (exporters.export_retrieval leaves such ids out)", stacklevel=3)
+    return items
+
+
 def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batch_size=4096, block_rows=1024):
     """(rows, k) positions of the candidates a two-tower model ranks first for each user, best first.
 
@@ -107,25 +129,20 @@ def rank_candidates(model, user_inputs, candidate_inputs, k, excluded=None, batc
       model: a `TwoTowerModel` (YoutubeDNN, MIND, SDM).
       user_inputs: {feature: array} holding the user tower's inputs (`df_to_inputs`).
       candidate_inputs: {item feature: (items,) ids}, as `df_to_inputs(items, [item_column])`;
-        each id once (a ValueError names repeated ones, as `export_retrieval` does).
+        each id once (`candidate_vectors`).
       k: items per row (at most the number of candidates).
       excluded: None, or per row an array of candidate positions left out of its ranking (the
         items a user has seen, as `export_retrieval(..., exclude=...)` leaves them out); a row
         left with fewer than k candidates is an error.
       block_rows: rows scored at once, so memory stays at block_rows x items scores.
     """
-    user_tower, item_tower = model.user_tower, model.item_tower
-    if len(item_tower.input_names) == 1:  # the item id
-        name = item_tower.input_names[0]
-        check_unique_ids(candidate_inputs[name], f"candidate_inputs[{name!r}]")
-    items = tower_outputs(item_tower, candidate_inputs, batch_size)
-    users = tower_outputs(user_tower, user_inputs, batch_size)
-    counts = np.unique(items, axis=0, return_counts=True)[1]
-    shared = int(counts[counts > 1].sum())
-    if shared:  # ids outside the item vocabulary all get its one out-of-vocabulary row
-        warnings.warn(f"rank_candidates: {shared} of {len(items)} candidates have the same vector as another one, "
-                      "usually ids outside the item vocabulary sharing its out-of-vocabulary row; they rank "
-                      "alike for every user (exporters.export_retrieval leaves such ids out)", stacklevel=2)
+    items = candidate_vectors(model, candidate_inputs, batch_size)
+    return rank_vectors(tower_outputs(model.user_tower, user_inputs, batch_size), items, k, excluded, block_rows)
+
+
+def rank_vectors(users, items, k, excluded=None, block_rows=1024):
+    """`rank_candidates` on tower outputs: `users` (rows, d), or MIND's [(rows, k_max, d)
+    interests, (rows, k_max) mask], against `items` (items, d)."""
     interests, active = users if isinstance(users, list) else (users[:, None, :], None)
     top = np.empty((len(interests), k), dtype=np.int64)
     for start in range(0, len(interests), block_rows):
@@ -154,7 +171,8 @@ class RecallValidation(tf.keras.callbacks.Callback):
     figure `tfrec evaluate` reports. List it before the callbacks that read `val_recall`
     (`EarlyStopping`, `ModelCheckpoint`): Keras hands each callback the same epoch logs in turn.
 
-    Under a (multi-worker) mirrored strategy each replica ranks its share of the samples and an
+    Under a (multi-worker) mirrored strategy each replica ranks its share of the samples against
+    the catalogue's item vectors, computed once per process for all its replicas, and an
     all-reduce sums their hits, so every worker logs the same figure and early stopping stops
     them at the same epoch; under ParameterServerStrategy the chief, which runs the callbacks,
     ranks them all.
@@ -175,19 +193,20 @@ class RecallValidation(tf.keras.callbacks.Callback):
         self.candidate_ids, self.truth, self.k = np.asarray(candidate_ids), np.asarray(truth), int(k)
 
     def on_epoch_end(self, epoch, logs=None):
-        recall = _summed_over_replicas(self.model.distribute_strategy, self._recall_sum) / len(self.truth)
+        items = candidate_vectors(self.model, self.candidate_inputs)  # once per process, for all its replicas
+        recall = _summed_over_replicas(self.model.distribute_strategy,
+                                       lambda share, shares: self._recall_sum(items, share, shares)) / len(self.truth)
         if logs is not None:
             logs["val_recall"] = recall
 
-    def _recall_sum(self, share, shares):
+    def _recall_sum(self, items, share, shares):
         """The sum of the per-sample recalls of every `shares`-th sample from `share` on."""
         rows = np.arange(share, len(self.truth), shares)
         if not len(rows):
             return 0.0
         excluded = None if self.excluded is None else [self.excluded[row] for row in rows]
-        ranked = self.candidate_ids[rank_candidates(self.model, {name: values[rows] for name, values in
-                                                                 self.user_inputs.items()},
-                                                    self.candidate_inputs, self.k, excluded)]
+        users = tower_outputs(self.model.user_tower, {name: values[rows] for name, values in self.user_inputs.items()})
+        ranked = self.candidate_ids[rank_vectors(users, items, self.k, excluded)]
         return metrics.recall_at_k(self.truth[rows], ranked, self.k) * len(rows)
 
 

@@ -176,6 +176,49 @@ def run_resumable(out, backup_dir, best_path, step_log, pace_s, kind="mirrored")
                  "steps_per_epoch": int(np.ceil(len(train) / 32))})
 
 
+def run_recall_on_two_replicas(out):
+    """MIND trained 2 epochs under a MirroredStrategy of two logical CPUs with RecallValidation.
+    Writes each epoch's val_recall (each replica ranked half of the held-out samples), the recall
+    of the same samples ranked in one piece by `rank_candidates` after training, and how many
+    times the callback's epochs embedded the catalogue with the item tower."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tests.tfrec.retrieval_helpers import planted_retrieval
+    from tfrec import evaluation
+    from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns
+    from tfrec.metrics import recall_at_k
+    from tfrec.models import MIND
+
+    embedded = []
+    tower_outputs = evaluation.tower_outputs
+
+    def counted(tower, inputs, batch_size=4096):  # the real function, its item tower calls counted
+        if tower.name.endswith("_item_tower"):
+            embedded.append(len(next(iter(inputs.values()))))
+        return tower_outputs(tower, inputs, batch_size)
+
+    evaluation.tower_outputs = counted
+    data = make_retrieval_data(num_users=200, num_items=100, events_per_user=20, seed=0)
+    planted = planted_retrieval(data, retrieval_feature_columns(data, 10, embedding_dim=8), 10)
+    truth = planted.test["item_id"].to_numpy()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        tf.keras.utils.set_random_seed(0)
+        model = MIND(planted.user_columns, planted.item_columns, k_max=2, user_dnn_hidden_units=(8,),
+                     sampler_config=planted.sampler)
+        model.compile(tf.keras.optimizers.Adam(3e-3))
+    validation = evaluation.RecallValidation(planted.x_test, {"item_id": data.item_ids}, data.item_ids, truth, k=10)
+    history = model.fit(planted.x_train, np.zeros(len(planted.train)), batch_size=256, epochs=2, verbose=0,
+                        callbacks=[validation])
+    catalogue_embeddings = list(embedded)
+    ranked = data.item_ids[evaluation.rank_candidates(model, planted.x_test, {"item_id": data.item_ids}, 10)]
+    _write(out, {"replicas": strategy.num_replicas_in_sync, "val_recall": history.history["val_recall"],
+                 "recall_in_one_piece": recall_at_k(truth, ranked, 10), "items": len(data.item_ids),
+                 "catalogue_embeddings": catalogue_embeddings})
+
+
 def _write(path, report):
     with open(path + ".tmp", "w") as out:
         json.dump(report, out)
@@ -745,7 +788,22 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
         assert warm_metrics["model"] == pytest.approx(metrics["model"], abs=1e-6)
 
 
-MODES = {"multi_worker": run_multi_worker, "ps_chief": run_parameter_server_chief, "resumable": run_resumable}
+def test_recall_validation_ranks_a_share_on_each_of_two_replicas_and_embeds_the_catalogue_once(tmp_path):
+    """Under a MirroredStrategy of 2 devices (logical CPUs, in a process of its own), each replica
+    ranks half of the held-out samples and their hits add up to the recall of ranking them in
+    one piece; the catalogue's item vectors are computed once per epoch for both replicas."""
+    with _Processes(tmp_path) as processes:
+        child = processes.start("replicas", [sys.executable, THIS, "recall_replicas", str(tmp_path / "out.json")])
+        assert processes.wait(child, time.monotonic() + 150) == 0, processes.logs()
+    report = json.load(open(tmp_path / "out.json"))
+    assert report["replicas"] == 2
+    assert report["val_recall"][-1] == pytest.approx(report["recall_in_one_piece"], abs=1e-12)
+    assert report["recall_in_one_piece"] > 0
+    assert report["catalogue_embeddings"] == [report["items"]] * 2  # 2 epochs, one embedding each
+
+
+MODES = {"multi_worker": run_multi_worker, "ps_chief": run_parameter_server_chief, "resumable": run_resumable,
+         "recall_replicas": run_recall_on_two_replicas}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

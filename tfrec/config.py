@@ -76,8 +76,9 @@ class DataConfig:
       train: files (CSV `.csv`/`.csv.gz`/`.tsv`, or Parquet `.parquet`/`.pq`), absolute after
         loading; each entry may be a glob.
       test: files of a separate test set; None splits `train` (see `SplitConfig`).
-      sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`; a JSON list
-        `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`, is read as one too); Parquet holds lists.
+      sequence_separator: how a CSV cell holds a sequence (`"i3|i7|i9"`, spaces around an item
+        dropped: `"i3 | i7"` is i3, i7; a JSON list `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`,
+        is read as one too); Parquet holds lists.
       fill: {column: value} for the empty cells of a column, in the training and test files
         alike, as pandas' `fillna` (`{price: 0}`); not for labels or sequences.
       items: (retrieval) the catalogue, files with the item column, one row per item: what
@@ -983,7 +984,9 @@ def _sequence_cell(cell, separator):
                     return ["" if item is None else str(item) for item in parse(cell)]
                 except (ValueError, SyntaxError, TypeError):
                     pass
-        return cell.split(separator) if cell.strip() else []
+        # "i3 | i7" or "i3, i7": the spaces belong to the separator, not to the ids, which would
+        # otherwise miss their rows in the table the candidate column reads.
+        return [item.strip() for item in cell.split(separator)] if cell.strip() else []
     if cell is None or (isinstance(cell, float) and cell != cell):
         return []
     return list(cell)

@@ -608,7 +608,7 @@ def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
 
 
 def test_history_cells_in_other_formats_and_undeclared_histories(tmp_path):
-    """A JSON-list cell is a sequence; comma-joined cells name the separator to set; a CSV history
+    """A JSON-list cell is a sequence, as is "a | b"; comma-joined cells name the separator to set; a CSV history
     not listed under columns.sequences, and test rows without a feature, are named before training."""
     df = frame()
     as_json = df.assign(hist_item_id=[json.dumps(cell) for cell in df["hist_item_id"]])
@@ -620,6 +620,10 @@ def test_history_cells_in_other_formats_and_undeclared_histories(tmp_path):
     df.to_csv(tmp_path / "lists.csv", index=False)  # pandas writes a list cell as "['a', 'b']"
     read = run.read_data([str(tmp_path / "lists.csv")], sequences=["hist_item_id"])
     assert read["hist_item_id"].tolist() == df["hist_item_id"].tolist()
+    spaced = df.assign(hist_item_id=[" | ".join(cell) for cell in df["hist_item_id"]])
+    spaced.to_csv(tmp_path / "spaced.csv", index=False)
+    read = run.read_data([str(tmp_path / "spaced.csv")], sequences=["hist_item_id"])
+    assert read["hist_item_id"].tolist() == df["hist_item_id"].tolist()  # the spaces are no part of an id
 
     df.assign(hist_item_id=[",".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(ConfigError, match=r"data.sequence_separator: no cell of 'hist_item_id' holds '\|', but most "

@@ -25,6 +25,8 @@ GLOBAL_BATCH = 64
 EPOCHS = 3
 STEPS_PER_EPOCH = 800 // GLOBAL_BATCH  # 12 global batches of 64 rows (the last 32 rows dropped)
 SAVE_FREQ = 4
+RESUMABLE_BATCH = 32
+RESUMABLE_STEPS_PER_EPOCH = -(-800 // RESUMABLE_BATCH)  # 25, the last batch partial
 PS_STEPS_PER_EPOCH = 12
 
 
@@ -167,13 +169,13 @@ def run_resumable(out, backup_dir, best_path, step_log, pace_s, kind="mirrored")
     model = build_and_compile(tiny_din, columns, strategy=strategy, seed=0)
     callbacks = checkpoint_callbacks(backup_dir, save_freq=SAVE_FREQ, best_model_path=best_path)
     callbacks.append(_step_log_callback(step_log, float(pace_s)))
-    history = model.fit(df_to_inputs(train, columns), train["click"].to_numpy("float32"), batch_size=32,
+    history = model.fit(df_to_inputs(train, columns), train["click"].to_numpy("float32"), batch_size=RESUMABLE_BATCH,
                         epochs=3, verbose=0, callbacks=callbacks,
                         validation_data=(df_to_inputs(test, columns), test["click"].to_numpy("float32")))
     _write(out, {"iterations": int(model.optimizer.iterations.numpy()),
                  "finite": bool(all(np.isfinite(w).all() for w in model.get_weights())),
                  "val_auc": history.history["val_auc"], "epochs_run": len(history.history["loss"]),
-                 "steps_per_epoch": int(np.ceil(len(train) / 32))})
+                 "steps_per_epoch": int(np.ceil(len(train) / RESUMABLE_BATCH))})
 
 
 def run_recall_on_two_replicas(out):
@@ -624,9 +626,10 @@ def _steps(path, what="step"):
 
 
 def _kill_mid_epoch(processes, first, logs, deadline):
-    """SIGKILLs the `first` processes once the step log `logs[0]` is mid-way through the first
-    epoch, past two backups. Returns the last step any of them logged."""
-    kill_after = 2 * SAVE_FREQ + 2
+    """SIGKILLs the `first` processes once the step log `logs[0]` is mid-way through the second
+    epoch, past two of its backups (so the resume restores the epoch as well as the step).
+    Returns the last step any of them logged."""
+    kill_after = RESUMABLE_STEPS_PER_EPOCH + 2 * SAVE_FREQ + 2
     while time.monotonic() < deadline and all(p.poll() is None for p in first):
         if (_steps(logs[0]) or [0])[-1] >= kill_after:
             break
@@ -661,7 +664,7 @@ def _assert_resumed(log, last_done, run=1, runs=2):
 
 def _kill_and_resume(tmp_path, workers):
     """Starts the resumable run (1 process, or `workers` multi-worker processes), SIGKILLs it
-    mid-way through the first epoch, starts it again with the same commands, checks the resume.
+    mid-way through the second epoch, starts it again with the same commands, checks the resume.
     Bounded at 200 s: the 2-worker run took 96-140 s beside another test's training on 2 cores."""
     deadline = time.monotonic() + 200
     backup, best, step_log = (str(tmp_path / "backup"), str(tmp_path / "best" / "weights"),
@@ -685,7 +688,9 @@ def _kill_and_resume(tmp_path, workers):
     for log, report_path in zip(logs, outs):
         _assert_resumed(log, last_done)
         report = json.load(open(report_path))
+        assert report["steps_per_epoch"] == RESUMABLE_STEPS_PER_EPOCH
         assert report["iterations"] == 3 * report["steps_per_epoch"]  # nothing lost, nothing repeated
+        assert report["epochs_run"] == 2  # the second and third: Keras' history starts at the restored epoch
         assert report["finite"]
     assert os.path.exists(best + ".index")
 

@@ -79,15 +79,23 @@ def test_infer_options_labels_dense_sequences_and_errors():
     assert error.value.key is None
 
 
-def test_int_ids_shared_with_a_history_get_one_string_vocabulary():
+def test_int_ids_with_an_int_history_stay_int64_and_a_text_history_makes_one_string_table():
     df = pd.DataFrame({"item_id": [1, 2, 3, 1], "hist_item_id": [[], [1], [1, 2], [3]], "click": [1, 0, 1, 0]})
     item, history = infer_feature_columns(df, ["click"])
-    assert item.dtype == history.dtype == "string" and item.vocabulary == ("1", "2", "3")
+    assert item.dtype == history.dtype == "int64" and item.vocabulary == (1, 2, 3)  # requests send numbers
     rows = df_to_inputs(df, [item, history])
-    assert rows["item_id"].tolist() == ["1", "2", "3", "1"] and rows["hist_item_id"][2].tolist() == ["1", "2"]
-    # A CSV read by `tfrec train --config`: int ids, histories split from "1|2" into strings.
+    assert rows["item_id"].tolist() == [1, 2, 3, 1] and rows["hist_item_id"].tolist() == [[0, 0], [1, 0], [1, 2], [3, 0]]
+    # Parquet's lists (numpy arrays), and histories padded with 0 as DeepCTR pads them, infer the same.
+    arrays = df.assign(hist_item_id=[np.array(cell, np.int64) for cell in df["hist_item_id"]])
+    padded = df.assign(hist_item_id=[cell + [0] * (2 - len(cell)) for cell in df["hist_item_id"]])
+    assert infer_feature_columns(arrays, ["click"]) == infer_feature_columns(padded, ["click"]) == [item, history]
+    # A CSV read by `tfrec train --config`: histories split from "1|2" into text, so the item
+    # column and its history share one string table (a table never mixes 5 and "5").
     from_csv = df.assign(hist_item_id=[[str(i) for i in cell] for cell in df["hist_item_id"]])
-    assert infer_feature_columns(from_csv, ["click"]) == [item, history]
+    item, history = infer_feature_columns(from_csv, ["click"])
+    assert item.dtype == history.dtype == "string" and item.vocabulary == ("1", "2", "3")
+    rows = df_to_inputs(from_csv, [item, history])
+    assert rows["item_id"].tolist() == ["1", "2", "3", "1"] and rows["hist_item_id"][2].tolist() == ["1", "2"]
 
 
 def test_infer_is_what_a_config_infers():

@@ -65,6 +65,18 @@ def integer_ids(values):
     return values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
 
 
+def integer_sequence_ids(cells):
+    """Whether sequence cells (lists or 1-D arrays) hold only plain integer ids >= 1, or 0 as
+    padding: a history of ints (Parquet, a DataFrame), not of text (a CSV cell "5|9" is text)."""
+    def integers(cell):
+        if isinstance(cell, np.ndarray):  # Parquet's lists: one dtype per cell
+            return cell.dtype.kind in "iu" and (cell.size == 0 or cell.min() >= 0)
+        return isinstance(cell, list) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 0 for v in cell)
+
+    return all(integers(cell) for cell in cells)
+
+
 def table_column(table, values, integer, embedding_dim, min_count=1):
     """SparseFeat `table` whose vocabulary holds the `values` (a flat list of every id its columns
     hold) seen at least `min_count` times, most frequent first.
@@ -108,10 +120,11 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     (the target and its history counted together), most frequent first (ties by their text),
     without the padding values "" and 0. Row 0 of the table is padding and row 1 the
     out-of-vocabulary row: an unknown or rare value, in training or at serving, is looked up
-    there. A table whose columns are all integer ids >= 1 and that no sequence shares stays
-    `dtype="int64"` (requests send numbers); any other table is `dtype="string"` (its integer
-    values as their decimal text: `df_to_inputs` turns an int column into that text, and a
-    request sends e.g. `"5"`). NaN cells of a string table are not counted.
+    there. A table whose columns all hold integer ids >= 1 (an int column; a sequence whose cells
+    are lists or arrays of ints, 0 as padding allowed) stays `dtype="int64"` (requests send
+    numbers); any other table is `dtype="string"` (its integer values as their decimal text:
+    `df_to_inputs` turns an int column into that text, and a request sends e.g. `"5"`), as is
+    the table of a CSV history, whose cells are text. NaN cells of a string table are not counted.
 
     Args:
       df: the training rows; sequence cells are lists or 1-D arrays.
@@ -161,7 +174,8 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     for table, names in tables.items():
         # Integer only if every column of the table is a plain int column of ids >= 1 (decided
         # before counting, so a table never mixes 5 and "5").
-        integer = all(name not in sequences and integer_ids(df[name].to_numpy()) for name in names)
+        integer = all(integer_sequence_ids(df[name]) if name in sequences else integer_ids(df[name].to_numpy())
+                      for name in names)
         values = []
         for name in names:
             cells = df[name].to_numpy()

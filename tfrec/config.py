@@ -889,9 +889,9 @@ def read_data(files, key="data.train", config_path="config", sequences=(), separ
     none; an empty item between two separators is a placeholder, read as padding, so the
     sequences of one event stay aligned); a Parquet cell holds a list already. In a CSV, the
     column `<f>` of a sequence `hist_<f>` is read as text, as the sequence's items are: an id
-    "007" stays "007" on both. The sequences in `numeric` (event times) hold numbers, ints when
-    every item is one, and their placeholders are 0. Columns in `text_columns` are read as
-    text too.
+    "007" stays "007" on both. The sequences in `numeric` (event times, the ids of an integer
+    table) hold numbers, ints when every item is one, and their placeholders are 0; their `<f>`
+    is read as pandas reads it. Columns in `text_columns` are read as text too.
     """
     import pandas as pd
 
@@ -948,7 +948,9 @@ def _numeric_cells(cells, name, config_path):
         except (ValueError, OverflowError):
             continue
     bad = next(item for cell in texts for item in cell if not _is_number(item))
-    raise ConfigError(f"{config_path}: columns.dense: '{name}' is a sequence of numbers, but holds {bad!r}")
+    raise ConfigError(f"{config_path}: '{name}' is a sequence of numbers (event times in columns.dense, or the ids "
+                      f"of an integer table), but holds {bad!r}",
+                      hint="give the sequence as numbers in the data, or declare its column differently")
 
 
 def _is_number(text):
@@ -1077,19 +1079,18 @@ def skipped_lines_file(config):
 def _file_columns(config, feature_columns=None):
     """(sequence columns, those of numbers, text columns) of the data files, by a trained model's
     columns or else the config's `columns` section. A string column's ids are read as written:
-    "04324" is looked up as "04324", as requests send it."""
-    columns, text = config.columns, []
-    if feature_columns is not None:
-        sequences = [c.name for c in feature_columns if isinstance(c, (VarLenSparseFeat, VarLenDenseFeat))]
-        numeric = [c.name for c in feature_columns if isinstance(c, VarLenDenseFeat)]
-        text = [c.name for c in feature_columns if isinstance(c, SparseFeat) and c.dtype == "string"]
-    elif columns.infer:
+    "04324" is looked up as "04324", as requests send it. The ids of an integer table's sequence
+    are numbers ("42|5" is 42, 5), and so is the column it shares the table with."""
+    columns = config.columns
+    if feature_columns is None and not columns.infer:
+        feature_columns = explicit_columns(config)
+    if feature_columns is None:  # inferred from the files: every id sequence is read as text
         sequences = list(columns.sequences)
-        numeric = [name for name in sequences if name in (columns.dense or ())]
-    else:
-        sequences = [c["name"] for c in columns.explicit if c["type"] in ("sequence", "dense_sequence")]
-        numeric = [c["name"] for c in columns.explicit if c["type"] == "dense_sequence"]
-        text = [c["name"] for c in columns.explicit if c["type"] == "sparse" and c.get("dtype") == "string"]
+        return sequences, [name for name in sequences if name in (columns.dense or ())], []
+    sequences = [c.name for c in feature_columns if isinstance(c, (VarLenSparseFeat, VarLenDenseFeat))]
+    numeric = [c.name for c in feature_columns if isinstance(c, VarLenDenseFeat) or
+               (isinstance(c, VarLenSparseFeat) and c.dtype != "string")]
+    text = [c.name for c in feature_columns if isinstance(c, SparseFeat) and c.dtype == "string"]
     return sequences, numeric, text
 
 

@@ -75,6 +75,28 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
     assert names["hist_item_id"] is VarLenSparseFeat  # found without being listed
 
 
+
+def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_columns(tmp_path):
+    """Parquet lists of int ids give the item column and its history one int64 table; a CSV of
+    the same rows, scored by that model, reads "1|2" as the numbers 1, 2 and its item column as
+    ints, and an item that is no number is named."""
+    from tfrec.data import df_to_inputs
+
+    df = pd.DataFrame({"item_id": [1, 2, 3, 1], "hist_item_id": [[], [1], [1, 2], [3]], "click": [1, 0, 1, 0]})
+    df.to_parquet(tmp_path / "d.parquet")
+    config = load_config(str(write(tmp_path, "data: {train: d.parquet}\nlabels: click\nmodel: {name: DIN}\n")))
+    columns = run.infer_columns(run.read_data([str(tmp_path / "d.parquet")]), config)
+    assert [(c.name, c.dtype) for c in columns] == [("item_id", "int64"), ("hist_item_id", "int64")]
+    rows = df.assign(hist_item_id=["|".join(map(str, cell)) for cell in df["hist_item_id"]])
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    [chunk] = run.data_chunks(config, columns, [str(tmp_path / "rows.csv")], "data.test")
+    inputs = df_to_inputs(chunk, columns)
+    assert inputs["item_id"].tolist() == [1, 2, 3, 1]
+    assert inputs["hist_item_id"].tolist() == [[0, 0], [1, 0], [1, 2], [3, 0]]
+    rows.assign(hist_item_id=["", "1", "1|i2", "3"]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ConfigError, match=r"'hist_item_id' is a sequence of numbers .*, but holds 'i2'"):
+        next(run.data_chunks(config, columns, [str(tmp_path / "bad.csv")], "data.test"))
+
 @pytest.mark.parametrize("text, message", [
     ("labels: click\nmodel: {name: DIN}\n", "data: is required"),
     ("data: {train: d.csv}\nmodel: {name: DIN}\n", "labels: is required"),

@@ -426,7 +426,7 @@ def test_an_empty_item_in_a_csv_history_stays_a_placeholder_keeping_the_events_a
     assert [cell.tolist() for cell in df["hist_times"]] == [[1.5, 2.0], [3.0]]  # not cut to ints
     assert df["hist_ids"][0].dtype == np.int64
     (tmp_path / "bad.csv").write_text("hist_times\n1|x\n")
-    with pytest.raises(ConfigError, match="'hist_times' is a sequence of numbers, but holds 'x'"):
+    with pytest.raises(ConfigError, match=r"'hist_times' is a sequence of numbers \(event times .*\), but holds 'x'"):
         run.read_data([str(tmp_path / "bad.csv")], sequences=["hist_times"], numeric=["hist_times"])
 
 

@@ -625,11 +625,11 @@ def _steps(path, what="step"):
         return [int(line.split()[1]) for line in log if line.startswith(what + " ")]
 
 
-def _kill_mid_epoch(processes, first, logs, deadline):
-    """SIGKILLs the `first` processes once the step log `logs[0]` is mid-way through the second
-    epoch, past two of its backups (so the resume restores the epoch as well as the step).
-    Returns the last step any of them logged."""
-    kill_after = RESUMABLE_STEPS_PER_EPOCH + 2 * SAVE_FREQ + 2
+def _kill_mid_epoch(processes, first, logs, deadline, epochs_done=0, steps_per_epoch=0):
+    """SIGKILLs the `first` processes once the step log `logs[0]` is mid-way through the epoch
+    after `epochs_done` epochs of `steps_per_epoch` steps, past two of its backups. Returns the
+    last step any of them logged."""
+    kill_after = epochs_done * steps_per_epoch + 2 * SAVE_FREQ + 2
     while time.monotonic() < deadline and all(p.poll() is None for p in first):
         if (_steps(logs[0]) or [0])[-1] >= kill_after:
             break
@@ -681,7 +681,8 @@ def _kill_and_resume(tmp_path, workers):
     kind = ["mirrored"] if workers == 1 else ["multi_worker"]
     with _Processes(tmp_path) as processes:
         first = [processes.start(f"first{i}", c + ["0.15"] + kind) for i, c in enumerate(commands)]
-        last_done = _kill_mid_epoch(processes, first, logs, deadline)
+        # In the second epoch: the resume restores the epoch as well as the step.
+        last_done = _kill_mid_epoch(processes, first, logs, deadline, 1, RESUMABLE_STEPS_PER_EPOCH)
         second = [processes.start(f"second{i}", c + ["0"] + kind) for i, c in enumerate(commands)]
         for process in second:
             assert processes.wait(process, deadline) == 0, processes.logs()

@@ -1062,12 +1062,42 @@ def load_frames(config, feature_columns=None):
     df = fill(read_data(config.data.train, "data.train", config.path, sequences, config.data.sequence_separator,
                          numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
     _check_labels(df, config, weight_required=True)
+    if feature_columns is None and config.columns.infer:
+        numeric = numeric + _plain_integer_sequences(df, sequences, numeric)  # the test files read alike
     if config.data.test:
         test = fill(read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator,
                               numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
         _check_labels(test, config)
         return df, test
     return split_data(df, config)
+
+
+def _plain_integer_sequences(df, sequences, numeric):
+    """Columns to infer from a CSV: an id sequence whose every item, and the `<f>` of a `hist_<f>`
+    whose every value, is a whole number >= 1 written plainly ("42"; not "042", "+42" or "4.0";
+    an empty placeholder is padding) is turned into numbers in `df`, as Parquet's lists of ints
+    are, so its table is an int64 one and requests send numbers. Any other stays text, so "007"
+    stays "007". Returns the sequences turned."""
+    import numpy as np
+
+    def plain(value, placeholder=False):
+        return isinstance(value, str) and ((placeholder and value == "") or
+                                           (value.isascii() and value.isdigit() and value[0] != "0"))
+
+    turned = []
+    for name in sequences:
+        owner = name[len(HISTORY_PREFIX):] if name.startswith(HISTORY_PREFIX) else None
+        owner = owner if owner in df.columns else None
+        if name in numeric or not all(isinstance(cell, list) and all(plain(item, True) for item in cell)
+                                      for cell in df[name]):
+            continue
+        if owner is not None and not all(plain(value) for value in df[owner]):
+            continue
+        df[name] = [np.array([int(item) if item else 0 for item in cell], np.int64) for cell in df[name]]
+        if owner is not None:
+            df[owner] = df[owner].astype(np.int64)
+        turned.append(name)
+    return turned
 
 
 def skipped_lines_file(config):

@@ -79,7 +79,8 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
 def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_columns(tmp_path):
     """Parquet lists of int ids give the item column and its history one int64 table; a CSV of
     the same rows, scored by that model, reads "1|2" as the numbers 1, 2 and its item column as
-    ints, and an item that is no number is named."""
+    ints, and an item that is no number is named. Inferred from the CSV itself, the table is
+    int64 too, unless an id is written with a leading zero."""
     from tfrec.data import df_to_inputs
 
     df = pd.DataFrame({"item_id": [1, 2, 3, 1], "hist_item_id": [[], [1], [1, 2], [3]], "click": [1, 0, 1, 0]})
@@ -96,6 +97,17 @@ def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_c
     rows.assign(hist_item_id=["", "1", "1|i2", "3"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ConfigError, match=r"'hist_item_id' is a sequence of numbers .*, but holds 'i2'"):
         next(run.data_chunks(config, columns, [str(tmp_path / "bad.csv")], "data.test"))
+    # Columns inferred from that CSV: whole numbers written plainly make the same int64 table, in
+    # the training and the test files; one id written "01" keeps the table text ("01" stays "01").
+    for train, dtype in (("rows.csv", "int64"), ("zero.csv", "string")):
+        rows.assign(item_id=["01", "2", "3", "1"] if train == "zero.csv" else rows["item_id"]).to_csv(
+            tmp_path / train, index=False)
+        csv = load_config(str(write(tmp_path, f"data: {{train: {train}, test: rows.csv}}\nlabels: click\n"
+                                              "model: {name: DIN}\ncolumns: {sequences: {hist_item_id: {}}}\n")))
+        train_df, test_df = run.load_frames(csv)
+        assert [(c.name, c.dtype) for c in run.infer_columns(train_df, csv)] == [("item_id", dtype), ("hist_item_id", dtype)]
+        if dtype == "int64":
+            assert [cell.tolist() for cell in test_df["hist_item_id"]] == df["hist_item_id"].tolist()
 
 @pytest.mark.parametrize("text, message", [
     ("labels: click\nmodel: {name: DIN}\n", "data: is required"),

@@ -89,8 +89,8 @@ def test_int_ids_with_an_int_history_stay_int64_and_a_text_history_makes_one_str
     arrays = df.assign(hist_item_id=[np.array(cell, np.int64) for cell in df["hist_item_id"]])
     padded = df.assign(hist_item_id=[cell + [0] * (2 - len(cell)) for cell in df["hist_item_id"]])
     assert infer_feature_columns(arrays, ["click"]) == infer_feature_columns(padded, ["click"]) == [item, history]
-    # A CSV read by `tfrec train --config`: histories split from "1|2" into text, so the item
-    # column and its history share one string table (a table never mixes 5 and "5").
+    # A text history (a CSV's cells as `tfrec.config.read_data` splits them): the item column and
+    # its history share one string table (a table never mixes 5 and "5").
     from_csv = df.assign(hist_item_id=[[str(i) for i in cell] for cell in df["hist_item_id"]])
     item, history = infer_feature_columns(from_csv, ["click"])
     assert item.dtype == history.dtype == "string" and item.vocabulary == ("1", "2", "3")

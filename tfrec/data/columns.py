@@ -123,8 +123,9 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     there. A table whose columns all hold integer ids >= 1 (an int column; a sequence whose cells
     are lists or arrays of ints, 0 as padding allowed) stays `dtype="int64"` (requests send
     numbers); any other table is `dtype="string"` (its integer values as their decimal text:
-    `df_to_inputs` turns an int column into that text, and a request sends e.g. `"5"`), as is
-    the table of a CSV history, whose cells are text. NaN cells of a string table are not counted.
+    `df_to_inputs` turns an int column into that text, and a request sends e.g. `"5"`), as is a
+    table whose history holds text (`tfrec.config` reads a CSV history of plain whole numbers as
+    ints, other CSV histories as text). NaN cells of a string table are not counted.
 
     Args:
       df: the training rows; sequence cells are lists or 1-D arrays.

@@ -1063,7 +1063,7 @@ def load_frames(config, feature_columns=None):
                          numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
     _check_labels(df, config, weight_required=True)
     if feature_columns is None and config.columns.infer:
-        numeric = numeric + _plain_integer_sequences(df, sequences, numeric)  # the test files read alike
+        numeric = numeric + _plain_integer_sequences(df, sequences, numeric, config.path)  # test files alike
     if config.data.test:
         test = fill(read_data(config.data.test, "data.test", config.path, sequences, config.data.sequence_separator,
                               numeric, text, config.data.bad_lines, skipped_lines_file(config)), config, sequences)
@@ -1072,16 +1072,16 @@ def load_frames(config, feature_columns=None):
     return split_data(df, config)
 
 
-def _plain_integer_sequences(df, sequences, numeric):
+def _plain_integer_sequences(df, sequences, numeric, config_path):
     """Columns to infer from a CSV: an id sequence whose every item, and the `<f>` of a `hist_<f>`
     whose every value, is a whole number >= 1 written plainly ("42"; not "042", "+42" or "4.0";
-    an empty placeholder is padding) is turned into numbers in `df`, as Parquet's lists of ints
-    are, so its table is an int64 one and requests send numbers. Any other stays text, so "007"
-    stays "007". Returns the sequences turned."""
+    an empty placeholder or a 0 in the sequence is padding) is turned into numbers in `df`, as
+    Parquet's lists of ints are, so its table is an int64 one and requests send numbers. Any
+    other stays text, so "007" stays "007". Returns the sequences turned."""
     import numpy as np
 
-    def plain(value, placeholder=False):
-        return isinstance(value, str) and ((placeholder and value == "") or
+    def plain(value, padding=False):
+        return isinstance(value, str) and ((padding and value in ("", "0")) or
                                            (value.isascii() and value.isdigit() and value[0] != "0"))
 
     turned = []
@@ -1093,7 +1093,7 @@ def _plain_integer_sequences(df, sequences, numeric):
             continue
         if owner is not None and not all(plain(value) for value in df[owner]):
             continue
-        df[name] = [np.array([int(item) if item else 0 for item in cell], np.int64) for cell in df[name]]
+        df[name] = _numeric_cells(df[name], name, config_path)
         if owner is not None:
             df[owner] = df[owner].astype(np.int64)
         turned.append(name)

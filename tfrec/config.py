@@ -1074,15 +1074,16 @@ def load_frames(config, feature_columns=None):
 
 def _plain_integer_sequences(df, sequences, numeric, config_path):
     """Columns to infer from a CSV: an id sequence whose every item, and the `<f>` of a `hist_<f>`
-    whose every value, is a whole number >= 1 written plainly ("42"; not "042", "+42" or "4.0";
+    whose every value, is a whole number in [1, 2^63) written plainly ("42"; not "042", "+42" or "4.0";
     an empty placeholder or a 0 in the sequence is padding) is turned into numbers in `df`, as
     Parquet's lists of ints are, so its table is an int64 one and requests send numbers. Any
     other stays text, so "007" stays "007". Returns the sequences turned."""
     import numpy as np
 
-    def plain(value, padding=False):
+    def plain(value, padding=False):  # an int64 table's id: below 2^63, as "18446744073709551615" is not
         return isinstance(value, str) and ((padding and value in ("", "0")) or
-                                           (value.isascii() and value.isdigit() and value[0] != "0"))
+                                           (value.isascii() and value.isdigit() and value[0] != "0"
+                                            and int(value) < 2 ** 63))
 
     turned = []
     for name in sequences:

@@ -98,10 +98,12 @@ def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_c
     with pytest.raises(ConfigError, match=r"'hist_item_id' is a sequence of numbers .*, but holds 'i2'"):
         next(run.data_chunks(config, columns, [str(tmp_path / "bad.csv")], "data.test"))
     # Columns inferred from that CSV: whole numbers written plainly (0 in a history is padding)
-    # make the same int64 table, in the training and the test files; one id written "01" keeps
-    # the table text ("01" stays "01").
+    # make the same int64 table, in the training and the test files; one id written "01", or one
+    # beyond int64, keeps the table text ("01" stays "01").
     rows.assign(hist_item_id=["0|0", "1|0", "1|2", "3|0"]).to_csv(tmp_path / "padded.csv", index=False)
-    for train, dtype in (("rows.csv", "int64"), ("padded.csv", "int64"), ("zero.csv", "string")):
+    rows.assign(item_id=["18446744073709551615", "2", "3", "1"]).to_csv(tmp_path / "huge.csv", index=False)
+    for train, dtype in (("rows.csv", "int64"), ("padded.csv", "int64"), ("zero.csv", "string"),
+                         ("huge.csv", "string")):
         if train == "zero.csv":
             rows.assign(item_id=["01", "2", "3", "1"]).to_csv(tmp_path / train, index=False)
         csv = load_config(str(write(tmp_path, f"data: {{train: {train}, test: rows.csv}}\nlabels: click\n"

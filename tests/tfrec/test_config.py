@@ -113,6 +113,30 @@ def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_c
         if dtype == "int64":
             assert [cell.tolist() for cell in test_df["hist_item_id"]] == df["hist_item_id"].tolist()
 
+
+def test_uint64_ids_beyond_int64_make_a_text_table_and_reach_the_model_exactly(tmp_path):
+    """Parquet uint64 ids (hashed ids often are) fit an int64 table while below 2^63; one id from
+    2^63 on, in the item column or in its history, makes the table text, and every id reaches the
+    model as its exact digits (they wrapped to negative int64s before, all unknown to the table)."""
+    from tfrec.data import df_to_inputs
+
+    big = 2 ** 64 - 1
+    for item_id, history, dtype in (([5, 2, 3], [[], [5], [5, 2]], "int64"),
+                                    ([big, 2, 3], [[], [big], [big, 2]], "string"),
+                                    ([5, 2, 3], [[], [big], [5, big]], "string")):
+        df = pd.DataFrame({"item_id": np.array(item_id, np.uint64), "click": [1, 0, 1],
+                           "hist_item_id": [np.array(cell, np.uint64) for cell in history]})
+        df.to_parquet(tmp_path / "d.parquet")
+        config = load_config(str(write(tmp_path, "data: {train: d.parquet}\nlabels: click\nmodel: {name: DIN}\n")))
+        columns = run.infer_columns(run.read_data([str(tmp_path / "d.parquet")]), config)
+        assert [(c.name, c.dtype) for c in columns] == [("item_id", dtype), ("hist_item_id", dtype)]
+        inputs = df_to_inputs(pd.read_parquet(tmp_path / "d.parquet"), columns)
+        as_text = (lambda v: v) if dtype == "int64" else str
+        assert inputs["item_id"].tolist() == [as_text(v) for v in item_id]
+        padding = 0 if dtype == "int64" else ""
+        assert inputs["hist_item_id"].tolist() == [[as_text(v) for v in cell] + [padding] * (2 - len(cell))
+                                                   for cell in history]
+
 @pytest.mark.parametrize("text, message", [
     ("labels: click\nmodel: {name: DIN}\n", "data: is required"),
     ("data: {train: d.csv}\nmodel: {name: DIN}\n", "labels: is required"),

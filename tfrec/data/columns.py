@@ -60,19 +60,23 @@ def build_vocabulary(counts, min_count=1):
             if count >= min_count and value not in ("", 0)]
 
 
+_INT64_END = 2 ** 63  # uint64 ids from here on do not fit an int64 table: such a table is text
+
+
 def integer_ids(values):
-    """Whether a numpy array holds plain integer ids >= 1, which an int64 table takes as they are."""
-    return values.dtype.kind in "iu" and (len(values) == 0 or values.min() >= 1)
+    """Whether a numpy array holds plain integer ids in [1, 2^63), which an int64 table takes as they are."""
+    return values.dtype.kind in "iu" and (len(values) == 0 or (values.min() >= 1 and int(values.max()) < _INT64_END))
 
 
 def integer_sequence_ids(cells):
-    """Whether sequence cells (lists or 1-D arrays) hold only plain integer ids >= 1, or 0 as
-    padding: a history of ints (Parquet, a DataFrame), not of text (a CSV cell "5|9" is text)."""
+    """Whether sequence cells (lists or 1-D arrays) hold only plain integer ids in [1, 2^63), or 0
+    as padding: a history of ints (Parquet, a DataFrame), not of text (a CSV cell "5|9" is text)."""
     def integers(cell):
         if isinstance(cell, np.ndarray):  # Parquet's lists: one dtype per cell
-            return cell.dtype.kind in "iu" and (cell.size == 0 or cell.min() >= 0)
+            return cell.dtype.kind in "iu" and (cell.size == 0 or (cell.min() >= 0 and int(cell.max()) < _INT64_END))
         return isinstance(cell, list) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 0 for v in cell)
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < _INT64_END
+            for v in cell)
 
     return all(integers(cell) for cell in cells)
 

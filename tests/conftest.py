@@ -9,8 +9,8 @@ import pytest
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
-# pytest-xdist runs one worker per core, and each would size its TensorFlow thread pools to every
-# core, contending with the other worker. Measured on 2 cores, 3 training-heavy test files under
+# pytest-xdist runs a worker or more per core, and each would size its TensorFlow thread pools to
+# every core, contending with the other workers. Measured on 2 cores, 3 training-heavy test files under
 # -n 2: 326 s with the default pools, 277 s with one thread each (set then through TF_NUM_*_THREADS
 # in every process these files start, one or so). Only this process: the servers
 # and cluster tasks the tests start keep TensorFlow's defaults (a parameter-server cluster whose

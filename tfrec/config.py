@@ -1080,10 +1080,12 @@ def _plain_integer_sequences(df, sequences, numeric, config_path):
     other stays text, so "007" stays "007". Returns the sequences turned."""
     import numpy as np
 
-    def plain(value, padding=False):  # an int64 table's id: below 2^63, as "18446744073709551615" is not
+    from tfrec.data.columns import INT64_ID_END
+
+    def plain(value, padding=False):  # an int64 table's id, as "18446744073709551615" is not
         return isinstance(value, str) and ((padding and value in ("", "0")) or
                                            (value.isascii() and value.isdigit() and value[0] != "0"
-                                            and int(value) < 2 ** 63))
+                                            and int(value) < INT64_ID_END))
 
     turned = []
     for name in sequences:

@@ -60,12 +60,12 @@ def build_vocabulary(counts, min_count=1):
             if count >= min_count and value not in ("", 0)]
 
 
-_INT64_END = 2 ** 63  # uint64 ids from here on do not fit an int64 table: such a table is text
+INT64_ID_END = 2 ** 63  # ids from here on (uint64) do not fit an int64 table: such a table is text
 
 
 def integer_ids(values):
     """Whether a numpy array holds plain integer ids in [1, 2^63), which an int64 table takes as they are."""
-    return values.dtype.kind in "iu" and (len(values) == 0 or (values.min() >= 1 and int(values.max()) < _INT64_END))
+    return values.dtype.kind in "iu" and (len(values) == 0 or (values.min() >= 1 and int(values.max()) < INT64_ID_END))
 
 
 def integer_sequence_ids(cells):
@@ -73,9 +73,9 @@ def integer_sequence_ids(cells):
     as padding: a history of ints (Parquet, a DataFrame), not of text (a CSV cell "5|9" is text)."""
     def integers(cell):
         if isinstance(cell, np.ndarray):  # Parquet's lists: one dtype per cell
-            return cell.dtype.kind in "iu" and (cell.size == 0 or (cell.min() >= 0 and int(cell.max()) < _INT64_END))
+            return cell.dtype.kind in "iu" and (cell.size == 0 or (cell.min() >= 0 and int(cell.max()) < INT64_ID_END))
         return isinstance(cell, list) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < _INT64_END
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < INT64_ID_END
             for v in cell)
 
     return all(integers(cell) for cell in cells)

@@ -80,7 +80,8 @@ class DataConfig:
         dropped: `"i3 | i7"` is i3, i7; a JSON list `["i3", "i7", "i9"]`, or pandas' `['i3', 'i7']`,
         is read as one too); Parquet holds lists.
       fill: {column: value} for the empty cells of a column, in the training and test files
-        alike, as pandas' `fillna` (`{price: 0}`); not for labels or sequences.
+        alike, as pandas' `fillna` (`{price: 0}`); also a label's (`{conversion: 0}` where a
+        log leaves it blank without a click); not for sequences.
       items: (retrieval) the catalogue, files with the item column, one row per item: what
         evaluation ranks and the export serves; None: every item that is a training target.
       bad_lines: "error" (a CSV line with more cells than its header stops the command, naming
@@ -1156,9 +1157,9 @@ def fill(df, config, sequences):
     for name, value in config.data.fill.items():
         if name not in df.columns:
             _fail(config.path, f"data.fill.{name}", f"is not a column of the data; its columns are {list(df.columns)}")
-        if name in sequences or name in config.tasks.values():
-            _fail(config.path, f"data.fill.{name}", "is a sequence or a label: its empty cells are not filled (an "
-                  "empty sequence is an empty history; drop the rows of a missing label)")
+        if name in sequences:
+            _fail(config.path, f"data.fill.{name}", "is a sequence: its empty cells are not filled (an empty "
+                  "sequence is an empty history)")
         df[name] = df[name].fillna(value)
     return df
 
@@ -1193,7 +1194,9 @@ def _check_labels(df, config, weight_required=False):
         if np.isnan(values).any():
             missing = np.flatnonzero(np.isnan(values))
             raise ConfigError(f"{config.path}: labels: column '{column}' has {len(missing)} empty cell(s), the "
-                              f"first in data row {df.index[missing[0]]}; fill or drop those rows")
+                              f"first in data row {df.index[missing[0]]}; if an empty cell means a known value (a conversion left "
+                              f"blank where there was no click: 0), give it with data: {{fill: {{{column}: 0}}}}, "
+                              "else drop those rows")
         if binary and not np.isin(values, (0, 1)).all():
             bad = np.flatnonzero(~np.isin(values, (0, 1)))
             raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "

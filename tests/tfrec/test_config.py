@@ -592,9 +592,17 @@ def test_data_fill_gives_the_empty_cells_of_a_column_their_value(tmp_path):
     assert sorted(pd.concat([train_df, test_df])["price"].tolist()) == [-1, -1, 0.5, 1.0, 1.5, 1.5, 2.0, 2.0]
     with pytest.raises(ConfigError, match=r"data.fill.cost: is not a column of the data; its columns are \["):
         run.load_frames(config("{cost: 0}"))
-    for column in ("click", "hist_item_id"):
-        with pytest.raises(ConfigError, match=rf"data.fill.{column}: is a sequence or a label"):
-            run.load_frames(config(f"{{{column}: 0}}"))
+    with pytest.raises(ConfigError, match=r"data.fill.hist_item_id: is a sequence: its empty cells are not filled"):
+        run.load_frames(config("{hist_item_id: 0}"))
+    # A label left blank where its value is known (a conversion not logged without a click) is
+    # filled when the config says so, and named with that remedy when it does not.
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]], click=[1, None, 0, 1, None, 0, 1, 0]
+              ).to_csv(tmp_path / "d.csv", index=False)
+    train_df, test_df = run.load_frames(config("{price: -1, click: 0}"))
+    assert sorted(pd.concat([train_df, test_df])["click"].tolist()) == [0] * 5 + [1] * 3
+    with pytest.raises(ConfigError, match=r"labels: column 'click' has 2 empty cell\(s\), the first in data row 1; "
+                                          r"if an empty cell means a known value .*data: \{fill: \{click: 0\}\}"):
+        run.load_frames(config("{price: -1}"))
     with pytest.raises(ConfigError, match=r"data.fill: must map a column to the number or text"):
         config("[price]")
     with pytest.raises(ConfigError, match=r"data.fills: unknown key in 'data'; known keys: train, test"):

@@ -1,21 +1,16 @@
 """saved_model_cli, shipped with TensorFlow, is the independent check of a real SavedModel."""
 import feature_columns._legacy_keras  # noqa: F401
 
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 
+from tests.conftest import run_saved_model_cli
 from tests.exporters.test_saved_model import expected_outputs
-
-SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
 def saved_model_cli(*args):
-    completed = subprocess.run([SAVED_MODEL_CLI, *args], capture_output=True, text=True,
-                               timeout=120)
+    completed = run_saved_model_cli(*args)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 

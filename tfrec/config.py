@@ -1194,9 +1194,9 @@ def _check_labels(df, config, weight_required=False):
         if np.isnan(values).any():
             missing = np.flatnonzero(np.isnan(values))
             raise ConfigError(f"{config.path}: labels: column '{column}' has {len(missing)} empty cell(s), the "
-                              f"first in data row {df.index[missing[0]]}; if an empty cell means a known value (a conversion left "
-                              f"blank where there was no click: 0), give it with data: {{fill: {{{column}: 0}}}}, "
-                              "else drop those rows")
+                              f"first in data row {df.index[missing[0]]}; if an empty cell means a known value "
+                              f"(a conversion left blank where there was no click: 0), give it with data: "
+                              f"{{fill: {{{column}: 0}}}}, else drop those rows")
         if binary and not np.isin(values, (0, 1)).all():
             bad = np.flatnonzero(~np.isin(values, (0, 1)))
             raise ConfigError(f"{config.path}: labels: column '{column}' must hold 0/1 (a binary task), but data "

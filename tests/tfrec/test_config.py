@@ -137,6 +137,7 @@ def test_uint64_ids_beyond_int64_make_a_text_table_and_reach_the_model_exactly(t
         assert inputs["hist_item_id"].tolist() == [[as_text(v) for v in cell] + [padding] * (2 - len(cell))
                                                    for cell in history]
 
+
 @pytest.mark.parametrize("text, message", [
     ("labels: click\nmodel: {name: DIN}\n", "data: is required"),
     ("data: {train: d.csv}\nmodel: {name: DIN}\n", "labels: is required"),

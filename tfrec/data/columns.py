@@ -63,9 +63,14 @@ def build_vocabulary(counts, min_count=1):
 INT64_ID_END = 2 ** 63  # ids from here on (uint64) do not fit an int64 table: such a table is text
 
 
+def _integers_from(values, low):
+    """Whether numpy array `values` holds only integers in [low, 2^63)."""
+    return values.dtype.kind in "iu" and (values.size == 0 or (values.min() >= low and int(values.max()) < INT64_ID_END))
+
+
 def integer_ids(values):
     """Whether a numpy array holds plain integer ids in [1, 2^63), which an int64 table takes as they are."""
-    return values.dtype.kind in "iu" and (len(values) == 0 or (values.min() >= 1 and int(values.max()) < INT64_ID_END))
+    return _integers_from(values, 1)
 
 
 def integer_sequence_ids(cells):
@@ -73,7 +78,7 @@ def integer_sequence_ids(cells):
     as padding: a history of ints (Parquet, a DataFrame), not of text (a CSV cell "5|9" is text)."""
     def integers(cell):
         if isinstance(cell, np.ndarray):  # Parquet's lists: one dtype per cell
-            return cell.dtype.kind in "iu" and (cell.size == 0 or (cell.min() >= 0 and int(cell.max()) < INT64_ID_END))
+            return _integers_from(cell, 0)
         return isinstance(cell, list) and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < INT64_ID_END
             for v in cell)

@@ -216,14 +216,3 @@ def test_the_own_data_example_runs_and_scores_the_test_rows():
     assert {c.name for c in run.columns} == {"user_id", "item_id", "cate_id", "hist_item_id", "hist_cate_id"}
     assert len(run.log_test) == run.log["user_id"].nunique()
 
-
-def test_the_readme_example_runs():
-    text = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- example: readme-data -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md lost its tfrec.data example"
-    scope = {}
-    exec(compile(match.group(1), "README.md", "exec"), scope)
-    history = next(c for c in scope["columns"] if c.name == "hist_item_id")
-    assert scope["x"]["hist_item_id"].shape == (len(scope["train_df"]), history.maxlen) and history.maxlen <= 10
-    test_df = scope["test_df"]
-    assert len(test_df) == 50 + test_df["click"].sum()  # each user's last event, and a negative if it is a click

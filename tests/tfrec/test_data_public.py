@@ -1,9 +1,7 @@
 """tfrec.data's public helpers for a user's own data: columns and vocabularies from a DataFrame,
 behaviour log -> DIN/SIM samples (negatives that avoid the user's items, histories as arrays),
-leave-last-out, and the documented example that uses them all."""
-import re
+and leave-last-out (docs/own_data.md's example of them all: tests/test_documented_examples.py)."""
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -196,23 +194,3 @@ def test_leave_last_out_holds_out_each_users_last_events_in_the_frames_order():
         leave_last_out(log, time_col="when")
     with pytest.raises(ValueError, match="test_events must be an int >= 1"):
         leave_last_out(log, test_events=0)
-
-
-# --- The documented example runs ---------------------------------------------------------------
-
-def documented_example(name):
-    text = (REPO / "docs" / "own_data.md").read_text()
-    match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"docs/own_data.md lost its example {name}"
-    return match.group(1)
-
-
-def test_the_own_data_example_runs_and_scores_the_test_rows():
-    scope = {}
-    exec(compile(documented_example("behaviour-log"), "docs/own_data.md", "exec"), scope)
-    run = SimpleNamespace(**scope)
-    assert run.scores.shape == (len(run.test_df), 1) and np.all((run.scores > 0) & (run.scores < 1))
-    assert run.test_df.groupby("user_id")["click"].size().min() >= 2
-    assert {c.name for c in run.columns} == {"user_id", "item_id", "cate_id", "hist_item_id", "hist_cate_id"}
-    assert len(run.log_test) == run.log["user_id"].nunique()
-

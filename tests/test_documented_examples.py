@@ -1,0 +1,101 @@
+"""The Python examples of README.md and docs/, run as a reader copies them: a document's examples
+in order, in one namespace, from a fresh folder; the README's `tfrec serve` flags are given to the
+real server on a free port."""
+import re
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def example(name, document="README.md"):
+    """The code of the ```python block after `<!-- example: name -->` in `document`."""
+    text = README if document == "README.md" else (REPO / document).read_text()
+    match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"{document} lost its example {name}"
+    return match.group(1)
+
+
+def run(name, scope, document="README.md"):
+    exec(compile(example(name, document), f"{document} ({name})", "exec"), scope)
+    return scope
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reader_folder(tmp_path_factory):
+    """A fresh working folder for the examples' relative paths (models/din, exports/mind)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("reader"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def scope():
+    """The README's namespace, shared by its examples as a reader's session would be."""
+    return {}
+
+
+def test_the_deepctr_style_din_trains_on_its_raw_strings(scope):
+    run("readme-din", scope)
+    scores = scope["model"].predict(scope["x"], verbose=0)
+    assert scores.shape == (4, 1) and np.all((scores > 0) & (scores < 1))
+
+
+def test_the_data_example_builds_din_inputs_from_a_log():
+    data = run("readme-data", {})
+    history = next(c for c in data["columns"] if c.name == "hist_item_id")
+    assert data["x"]["hist_item_id"].shape == (len(data["train_df"]), history.maxlen) and history.maxlen <= 10
+    test_df = data["test_df"]
+    assert len(test_df) == 50 + test_df["click"].sum()  # each user's last event, and a negative if it is a click
+
+
+def test_the_multitask_example_trains_mmoe_and_reads_its_gates():
+    mmoe = run("readme-multitask", {})
+    assert sorted(mmoe["gates"]) == ["gate_ctcvr", "gate_ctr"]
+    for weights in mmoe["gates"].values():
+        assert weights.shape == (1000, 3)
+        np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope):
+    from serving import LocalServer
+
+    run("readme-export", scope)
+    command = re.search(r"^tfrec serve (.*)$", README, re.M).group(1)
+    flags = dict(flag.lstrip("-").split("=", 1) for flag in shlex.split(command))
+    assert {"port", "rest_api_port"} <= set(flags)  # LocalServer picks free ports for these two
+    with LocalServer(model_base_path=flags["model_base_path"], model_name=flags["model_name"]) as server:
+        query = example("readme-query").replace(f"127.0.0.1:{flags['port']}", server.grpc_target)
+        exec(compile(query, "README.md (readme-query)", "exec"), scope)
+    request = {"user_id": np.array(["u1"]), "item_id": np.array(["i2"]), "hist_item_id": np.array([["i1", "i3"]]),
+               "seq_length": np.array([2])}
+    np.testing.assert_allclose(scope["scores"], scope["model"].predict(request, verbose=0)[:, 0], atol=1e-6)
+
+
+def test_the_own_data_example_runs_and_scores_the_test_rows():
+    run_ = SimpleNamespace(**run("behaviour-log", {}, "docs/own_data.md"))
+    assert run_.scores.shape == (len(run_.test_df), 1) and np.all((run_.scores > 0) & (run_.scores < 1))
+    assert run_.test_df.groupby("user_id")["click"].size().min() >= 2
+    assert {c.name for c in run_.columns} == {"user_id", "item_id", "cate_id", "hist_item_id", "hist_cate_id"}
+    assert len(run_.log_test) == run_.log["user_id"].nunique()
+
+
+def test_the_retrieval_example_trains_mind_and_its_export_beats_popularity():
+    from tfrec.data import planted_recalls
+
+    mind = SimpleNamespace(**run("retrieval-export", run("retrieval-mind", {}, "docs/retrieval.md"), "docs/retrieval.md"))
+    served = tf.saved_model.load(mind.result.path)
+    answer = served(mind.df_to_inputs(mind.test, mind.user_columns))  # int32 arrays, as df_to_inputs gives them
+    top50 = answer["item_ids"].numpy()[:, :50]
+    assert np.isin(top50, mind.candidates_df["item_id"]).all()
+    recall = (top50 == mind.test["item_id"].to_numpy()[:, None]).any(axis=1).mean()
+    reference = planted_recalls(mind.log, mind.train, mind.test, k=50)
+    print(f"\ndocs/retrieval.md's MIND, served recall@50 {recall:.3f}: popularity {reference['popularity']:.3f}, "
+          f"oracle {reference['oracle']:.3f}")
+    assert recall >= 1.8 * reference["popularity"]

@@ -75,7 +75,11 @@ def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_pro
         exec(compile(query, "README.md (readme-query)", "exec"), scope)
     request = {"user_id": np.array(["u1"]), "item_id": np.array(["i2"]), "hist_item_id": np.array([["i1", "i3"]]),
                "seq_length": np.array([2])}
-    np.testing.assert_allclose(scope["scores"], scope["model"].predict(request, verbose=0)[:, 0], atol=1e-6)
+    in_process = scope["model"].predict(request, verbose=0)[:, 0]
+    np.testing.assert_allclose(scope["scores"], in_process, atol=1e-6)
+    # "tf.saved_model.load("models/din/1") is callable on one dict of raw features and answers as
+    # serving_default does"
+    np.testing.assert_allclose(tf.saved_model.load(scope["path"])(request)["prediction"], in_process, atol=1e-6)
 
 
 def test_the_own_data_example_runs_and_scores_the_test_rows():

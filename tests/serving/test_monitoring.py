@@ -8,8 +8,6 @@ start-up naming the file.
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -21,8 +19,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from serving import Client, LocalServer, ServingError
 from serving.monitoring import LATENCY_BUCKETS_MICROS, Metrics, read_monitoring_config_file
 from tests.serving.saved_models import toy_request
+from tests.serving.start_up import start_in_process
 
-REPO = __file__.rsplit("/tests/", 1)[0]
 METRICS_PATH = "/monitoring/prometheus/metrics"
 X = [[1.0, 2.0, 3.0]]
 
@@ -134,12 +132,6 @@ def test_metrics_path_is_the_configured_one_only(server):
     assert status == 200 and json.loads(body)["model_version_status"]
 
 
-def run_server(*flags):
-    done = subprocess.run([sys.executable, "-m", "serving.server", "--port=0", *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout + done.stderr
-
-
 @pytest.mark.parametrize("text, problem", [
     (None, "no such file"),
     ("prometheus_config { enable: yes_please }", "not a text-format MonitoringConfig"),
@@ -155,11 +147,11 @@ def test_bad_monitoring_config_file_fails_start_up_naming_it(tmp_path, text, pro
     assert problem in str(info.value)
 
 
-def test_bad_monitoring_config_file_stops_the_server(tmp_path):
+def test_bad_monitoring_config_file_stops_the_server(tmp_path, capsys, caplog):
     path = tmp_path / "monitoring.config"
     path.write_text("prometheus_config { nope: 1 }")
-    code, output = run_server(f"--model_base_path={tmp_path}",
-                              f"--monitoring_config_file={path}")
+    code, output = start_in_process(capsys, caplog, f"--model_base_path={tmp_path}",
+                                    f"--monitoring_config_file={path}")
     assert code == 1
     assert f"Failed to start server. Error: Invalid monitoring config file '{path}': " in output
     assert "Running gRPC ModelServer" not in output

@@ -4,8 +4,6 @@ whose shape differs from the signature's is fed to the model as TF Serving feeds
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
 import socket
-import subprocess
-import sys
 import time
 
 import grpc
@@ -14,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from serving import Client, LocalServer, ServingError
-from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser, main
+from serving.server import _IGNORED_TF_SERVING_FLAGS, build_arg_parser
 from tests.serving.rest_helpers import rest_call, wait_for
+from tests.serving.start_up import run_server, start_in_process
 
-REPO = __file__.rsplit("/tests/", 1)[0]
 REST_TIMEOUT_MS = 1500
 IGNORED_GIVEN = ("--num_unload_threads=2", "--tensorflow_intra_op_parallelism=2",
                  "--enable_grpc_healthcheck_service", "--flush_filesystem_caches=false")
@@ -33,25 +31,6 @@ def save_tf1_column(path):
                 "serving_default": tf.compat.v1.saved_model.predict_signature_def(
                     {"x": x}, {"y": x * 2.0 + 1.0})})
             builder.save()
-
-
-def run_server(*flags):
-    """`python -m serving.server FLAGS` expected to stop at start-up: (exit code, output)."""
-    done = subprocess.run([sys.executable, "-m", "serving.server", "--port=0", *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout + done.stderr
-
-
-def start_in_process(capsys, caplog, *flags):
-    """`serving.server.main(FLAGS)` in this process, for checks of start-up failures that come
-    before any model loads: (exit code, output), as run_server gives them without a process's
-    ~5 s of TensorFlow import."""
-    try:
-        code = main(["--port=0", *flags])
-    except SystemExit as stopped:  # argparse's usage errors
-        code = stopped.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err + caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -63,16 +63,23 @@ def test_the_multitask_example_trains_mmoe_and_reads_its_gates():
         np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-5)
 
 
-def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope):
+def serve_and_query(query_name, scope, document="README.md"):
+    """Starts the server with the document's `tfrec serve` flags (on free ports) and runs its
+    query example against it."""
     from serving import LocalServer
 
-    run("readme-export", scope)
-    command = re.search(r"^tfrec serve (.*)$", README, re.M).group(1)
+    text = README if document == "README.md" else (REPO / document).read_text()
+    command = re.search(r"^tfrec serve (.*)$", text, re.M).group(1)
     flags = dict(flag.lstrip("-").split("=", 1) for flag in shlex.split(command))
-    assert {"port", "rest_api_port"} <= set(flags)  # LocalServer picks free ports for these two
+    assert set(flags) <= {"port", "rest_api_port", "model_name", "model_base_path"}  # LocalServer's ports are free ones
     with LocalServer(model_base_path=flags["model_base_path"], model_name=flags["model_name"]) as server:
-        query = example("readme-query").replace(f"127.0.0.1:{flags['port']}", server.grpc_target)
-        exec(compile(query, "README.md (readme-query)", "exec"), scope)
+        query = example(query_name, document).replace(f"127.0.0.1:{flags['port']}", server.grpc_target)
+        exec(compile(query, f"{document} ({query_name})", "exec"), scope)
+
+
+def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope):
+    run("readme-export", scope)
+    serve_and_query("readme-query", scope)
     request = {"user_id": np.array(["u1"]), "item_id": np.array(["i2"]), "hist_item_id": np.array([["i1", "i3"]]),
                "seq_length": np.array([2])}
     in_process = scope["model"].predict(request, verbose=0)[:, 0]
@@ -103,3 +110,16 @@ def test_the_retrieval_example_trains_mind_and_its_export_beats_popularity():
     print(f"\ndocs/retrieval.md's MIND, served recall@50 {recall:.3f}: popularity {reference['popularity']:.3f}, "
           f"oracle {reference['oracle']:.3f}")
     assert recall >= 1.8 * reference["popularity"]
+
+
+def test_the_long_sequence_example_trains_sim_and_serves_one_history_for_all_candidates():
+    document = "docs/long_sequences.md"
+    sim = {}
+    for name in ("sim-columns", "sim-fit", "sim-export"):
+        run(name, sim, document)
+    print(f"\n{document}'s SIM (hard search, L = 2,000), test AUC {sim['test_auc']:.4f}, "
+          f"oracle {sim['oracle_auc']:.4f}")
+    assert sim["test_auc"] >= 0.85 * sim["oracle_auc"]
+    assert all(sim["request"][name].shape[0] == 1 for name in sim["history"])
+    serve_and_query("sim-query", sim, document)
+    np.testing.assert_allclose(sim["scores"], sim["model"].predict(sim["one_user"], verbose=0)[:, 0], atol=1e-6)

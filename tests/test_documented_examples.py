@@ -1,12 +1,14 @@
 """The Python examples of README.md and docs/, run as a reader copies them: a document's examples
 in order, in one namespace, from a fresh folder; the README's `tfrec serve` flags are given to the
 real server on a free port."""
+import contextlib
 import re
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -63,9 +65,10 @@ def test_the_multitask_example_trains_mmoe_and_reads_its_gates():
         np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-5)
 
 
-def serve_and_query(query_name, scope, document="README.md"):
-    """Starts the server with the document's `tfrec serve` flags (on free ports) and runs its
-    query example against it."""
+@contextlib.contextmanager
+def served_as_documented(document="README.md"):
+    """The server started with the document's `tfrec serve` flags, on free ports: yields
+    (its gRPC target, the port the document's examples name)."""
     from serving import LocalServer
 
     text = README if document == "README.md" else (REPO / document).read_text()
@@ -73,13 +76,26 @@ def serve_and_query(query_name, scope, document="README.md"):
     flags = dict(flag.lstrip("-").split("=", 1) for flag in shlex.split(command))
     assert set(flags) <= {"port", "rest_api_port", "model_name", "model_base_path"}  # LocalServer's ports are free ones
     with LocalServer(model_base_path=flags["model_base_path"], model_name=flags["model_name"]) as server:
-        query = example(query_name, document).replace(f"127.0.0.1:{flags['port']}", server.grpc_target)
-        exec(compile(query, f"{document} ({query_name})", "exec"), scope)
+        yield server.grpc_target, flags["port"]
 
 
-def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope):
+def run_against(server, name, scope, document="README.md"):
+    """Runs the example `name` with the port it names replaced by the running `server`'s."""
+    target, port = server
+    exec(compile(example(name, document).replace(f"127.0.0.1:{port}", target), f"{document} ({name})", "exec"), scope)
+    return scope
+
+
+@pytest.fixture(scope="module")
+def readme_server(scope):
+    """The README's DIN exported by its example and served with its `tfrec serve` flags."""
     run("readme-export", scope)
-    serve_and_query("readme-query", scope)
+    with served_as_documented() as server:
+        yield server
+
+
+def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope, readme_server):
+    run_against(readme_server, "readme-query", scope)
     request = {"user_id": np.array(["u1"]), "item_id": np.array(["i2"]), "hist_item_id": np.array([["i1", "i3"]]),
                "seq_length": np.array([2])}
     in_process = scope["model"].predict(request, verbose=0)[:, 0]
@@ -87,6 +103,16 @@ def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_pro
     # "tf.saved_model.load("models/din/1") is callable on one dict of raw features and answers as
     # serving_default does"
     np.testing.assert_allclose(tf.saved_model.load(scope["path"])(request)["prediction"], in_process, atol=1e-6)
+
+
+def test_every_client_call_docs_serving_lists_runs_against_the_readmes_din(readme_server):
+    """docs/serving.md's listing leaves `df` and `config` to the reader: rows of the README's
+    features, and the served model's config in text format."""
+    listing = {"df": pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i2", "i3"],
+                                   "hist_item_id": [["i1", "i3"], ["i2"]], "seq_length": [2, 1]}),
+               "config": 'model_config_list { config { name: "din" base_path: "%s" model_platform: "tensorflow" } }'
+                         % Path("models/din").resolve()}
+    run_against(readme_server, "serving-clients", listing, "docs/serving.md")
 
 
 def test_the_own_data_example_runs_and_scores_the_test_rows():
@@ -121,5 +147,6 @@ def test_the_long_sequence_example_trains_sim_and_serves_one_history_for_all_can
           f"oracle {sim['oracle_auc']:.4f}")
     assert sim["test_auc"] >= 0.85 * sim["oracle_auc"]
     assert all(sim["request"][name].shape[0] == 1 for name in sim["history"])
-    serve_and_query("sim-query", sim, document)
+    with served_as_documented(document) as server:
+        run_against(server, "sim-query", sim, document)
     np.testing.assert_allclose(sim["scores"], sim["model"].predict(sim["one_user"], verbose=0)[:, 0], atol=1e-6)

@@ -4,6 +4,8 @@ real server on a free port."""
 import contextlib
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,3 +152,16 @@ def test_the_long_sequence_example_trains_sim_and_serves_one_history_for_all_can
     with served_as_documented(document) as server:
         run_against(server, "sim-query", sim, document)
     np.testing.assert_allclose(sim["scores"], sim["model"].predict(sim["one_user"], verbose=0)[:, 0], atol=1e-6)
+
+
+def test_the_distributed_program_runs_alone_under_mirrored_and_exports(tmp_path):
+    """docs/distributed.md's train.py as `python train.py mirrored` (the cluster strategies run
+    tfrec.distribute's own programs in tests/tfrec/test_distribute.py)."""
+    (tmp_path / "train.py").write_text(example("train-py", "docs/distributed.md"))
+    done = subprocess.run([sys.executable, "train.py", "mirrored"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    validation_aucs = [float(auc) for auc in re.findall(r"val_auc: ([0-9.]+)", done.stdout)]
+    assert len(validation_aucs) == 3 and validation_aucs[-1] > 0.7, done.stdout[-2000:]  # 0.79 when written
+    assert (tmp_path / "exports" / "din" / "1" / "saved_model.pb").exists()
+    assert (tmp_path / "runs" / "din" / "best").is_dir()

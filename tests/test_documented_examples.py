@@ -1,5 +1,5 @@
 """The Python examples of README.md and docs/, run as a reader copies them: a document's examples
-in order, in one namespace, from a fresh folder; the README's `tfrec serve` flags are given to the
+in order, in one namespace, from a fresh folder; a document's `tfrec serve` flags are given to the
 real server on a free port."""
 import contextlib
 import re
@@ -26,8 +26,14 @@ def example(name, document="README.md"):
     return match.group(1)
 
 
-def run(name, scope, document="README.md"):
-    exec(compile(example(name, document), f"{document} ({name})", "exec"), scope)
+def run(name, scope, document="README.md", server=None):
+    """Runs the example `name` in the namespace `scope`; given a running `server` (its gRPC
+    target, the port the document's examples name), against that server."""
+    code = example(name, document)
+    if server is not None:
+        target, port = server
+        code = code.replace(f"127.0.0.1:{port}", target)
+    exec(compile(code, f"{document} ({name})", "exec"), scope)
     return scope
 
 
@@ -81,13 +87,6 @@ def served_as_documented(document="README.md"):
         yield server.grpc_target, flags["port"]
 
 
-def run_against(server, name, scope, document="README.md"):
-    """Runs the example `name` with the port it names replaced by the running `server`'s."""
-    target, port = server
-    exec(compile(example(name, document).replace(f"127.0.0.1:{port}", target), f"{document} ({name})", "exec"), scope)
-    return scope
-
-
 @pytest.fixture(scope="module")
 def readme_server(scope):
     """The README's DIN exported by its example and served with its `tfrec serve` flags."""
@@ -97,7 +96,7 @@ def readme_server(scope):
 
 
 def test_the_din_is_exported_served_with_the_readmes_flags_and_answers_as_in_process(scope, readme_server):
-    run_against(readme_server, "readme-query", scope)
+    run("readme-query", scope, server=readme_server)
     request = {"user_id": np.array(["u1"]), "item_id": np.array(["i2"]), "hist_item_id": np.array([["i1", "i3"]]),
                "seq_length": np.array([2])}
     in_process = scope["model"].predict(request, verbose=0)[:, 0]
@@ -114,7 +113,7 @@ def test_every_client_call_docs_serving_lists_runs_against_the_readmes_din(readm
                                    "hist_item_id": [["i1", "i3"], ["i2"]], "seq_length": [2, 1]}),
                "config": 'model_config_list { config { name: "din" base_path: "%s" model_platform: "tensorflow" } }'
                          % Path("models/din").resolve()}
-    run_against(readme_server, "serving-clients", listing, "docs/serving.md")
+    run("serving-clients", listing, "docs/serving.md", server=readme_server)
 
 
 def test_the_own_data_example_runs_and_scores_the_test_rows():
@@ -150,7 +149,7 @@ def test_the_long_sequence_example_trains_sim_and_serves_one_history_for_all_can
     assert sim["test_auc"] >= 0.85 * sim["oracle_auc"]
     assert all(sim["request"][name].shape[0] == 1 for name in sim["history"])
     with served_as_documented(document) as server:
-        run_against(server, "sim-query", sim, document)
+        run("sim-query", sim, document, server=server)
     np.testing.assert_allclose(sim["scores"], sim["model"].predict(sim["one_user"], verbose=0)[:, 0], atol=1e-6)
 
 

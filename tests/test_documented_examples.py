@@ -15,13 +15,11 @@ import pytest
 import tensorflow as tf
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
 
 
 def example(name, document="README.md"):
     """The code of the ```python block after `<!-- example: name -->` in `document`."""
-    text = README if document == "README.md" else (REPO / document).read_text()
-    match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", (REPO / document).read_text(), re.S)
     assert match, f"{document} lost its example {name}"
     return match.group(1)
 
@@ -79,8 +77,7 @@ def served_as_documented(document="README.md"):
     (its gRPC target, the port the document's examples name)."""
     from serving import LocalServer
 
-    text = README if document == "README.md" else (REPO / document).read_text()
-    command = re.search(r"^tfrec serve (.*)$", text, re.M).group(1)
+    command = re.search(r"^tfrec serve (.*)$", (REPO / document).read_text(), re.M).group(1)
     flags = dict(flag.lstrip("-").split("=", 1) for flag in shlex.split(command))
     assert set(flags) <= {"port", "rest_api_port", "model_name", "model_base_path"}  # LocalServer's ports are free ones
     with LocalServer(model_base_path=flags["model_base_path"], model_name=flags["model_name"]) as server:

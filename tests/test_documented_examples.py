@@ -45,12 +45,12 @@ def reader_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scope():
-    """The README's namespace, shared by its examples as a reader's session would be."""
-    return {}
+    """The README's namespace after its first example (the DIN that "Export and serve" exports),
+    shared by its examples as a reader's session would be."""
+    return run("readme-din", {})
 
 
 def test_the_deepctr_style_din_trains_on_its_raw_strings(scope):
-    run("readme-din", scope)
     scores = scope["model"].predict(scope["x"], verbose=0)
     assert scores.shape == (4, 1) and np.all((scores > 0) & (scores < 1))
 
@@ -124,7 +124,10 @@ def test_the_own_data_example_runs_and_scores_the_test_rows():
 def test_the_retrieval_example_trains_mind_and_its_export_beats_popularity():
     from tfrec.data import planted_recalls
 
-    mind = SimpleNamespace(**run("retrieval-export", run("retrieval-mind", {}, "docs/retrieval.md"), "docs/retrieval.md"))
+    mind = {}
+    for name in ("retrieval-mind", "retrieval-export"):
+        run(name, mind, "docs/retrieval.md")
+    mind = SimpleNamespace(**mind)
     served = tf.saved_model.load(mind.result.path)
     answer = served(mind.df_to_inputs(mind.test, mind.user_columns))  # int32 arrays, as df_to_inputs gives them
     top50 = answer["item_ids"].numpy()[:, :50]

@@ -371,8 +371,11 @@ def dispatch_line(runs):
             "little, so the share is a lower bound); the rest of a step is spent between them, dispatching "
             f"{ops[0]}-{ops[-1]} small operations per batch of 1024, in both implementations. A step this size is "
             "bound by the number of operations XLA's CPU runtime dispatches, and DeepCTR's XLA step dispatches as "
-            "many: reaching 1.3x its speed would take fewer operations per step (e.g. one optimizer update for all "
-            "weights), not faster arithmetic.")
+            "many: reaching 1.3x its speed would take fewer operations per step, not faster arithmetic. One Adam "
+            "update for all dense weights is not the way: a trial (not kept) that concatenated their gradients, "
+            "moments and weights, updated them once and split them back made the XLA step slower (2026-12-05, "
+            "`python benchmarks/bench_multitask.py --child step tfrec MODEL`: MMOE 10.09 against 8.97 ms, ESMM "
+            "6.52 against 5.89 ms); the concatenations and splits cost more than the per-weight kernels they replace.")
 
 
 def main():

@@ -12,17 +12,14 @@ import tensorflow as tf
 # pytest-xdist runs a worker or more per core, and each would size its TensorFlow thread pools to
 # every core, contending with the other workers. Measured on 2 cores, 3 training-heavy test files under
 # -n 2: 326 s with the default pools, 277 s with one thread each (set then through TF_NUM_*_THREADS
-# in every process these files start, one or so). The servers, CLI commands and cluster tasks the
-# tests start get the same intra-op pool (through the environment they inherit): the whole suite
-# took 1045 s against 1173 s with their default pools. Their inter-op pools keep TensorFlow's
-# default: a parameter-server cluster whose tasks have one inter-op thread deadlocks, and
-# tfrec.distribute refuses to start one.
+# in every process these files start, one or so). Only this process: the servers
+# and cluster tasks the tests start keep TensorFlow's defaults (a parameter-server cluster whose
+# tasks have one inter-op thread deadlocks, and tfrec.distribute refuses to start one).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     _THREADS_PER_WORKER = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS_PER_WORKER)
     tf.config.threading.set_inter_op_parallelism_threads(_THREADS_PER_WORKER)
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(_THREADS_PER_WORKER))
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 

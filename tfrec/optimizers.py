@@ -19,15 +19,16 @@ MASKED_UPDATE_MAX_SIZE = 1 << 16
 class LazyAdam(tf.keras.optimizers.Adam):
     """Adam that updates only the looked-up rows of an embedding table.
 
-    Dense gradients get Keras' Adam unchanged. For an `IndexedSlices` gradient (a `tf.gather`
-    from a table) Keras' Adam decays both moments of every row at every step, so its cost grows
-    with the table; here the moments and weights of the rows in the batch are updated and every
-    other row, with its moments, is left exactly as it was (the "lazy" Adam of TF-Addons and
-    TF1's `LazyAdamOptimizer`). A row's moments therefore decay only on the steps that use it.
-    A table of at most `MASKED_UPDATE_MAX_SIZE` weights is updated by one masked pass (repeated
-    rows summed by a segment sum, untouched rows selected back bit for bit), any other by
-    gathering and scattering the batch's de-duplicated rows; both give the same update (up to the
-    order in which repeated rows are summed).
+    Dense gradients get Keras' Adam update, bit for bit (its expressions, with the step's beta
+    powers and step size built once per traced step rather than once per weight). For an
+    `IndexedSlices` gradient (a `tf.gather` from a table) Keras' Adam decays both moments of every
+    row at every step, so its cost grows with the table; here the moments and weights of the rows in
+    the batch are updated and every other row, with its moments, is left exactly as it was (the
+    "lazy" Adam of TF-Addons and TF1's `LazyAdamOptimizer`). A row's moments therefore decay only on
+    the steps that use it. A table of at most `MASKED_UPDATE_MAX_SIZE` weights is updated by one
+    masked pass (repeated rows summed by a segment sum, untouched rows selected back bit for bit),
+    any other by gathering and scattering the batch's de-duplicated rows; both give the same update
+    (up to the order in which repeated rows are summed).
     Slots and config are Adam's, so checkpoints and `get_config` round-trip as usual, and the
     update compiles with XLA inside a training step.
     """

@@ -99,9 +99,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
         """(beta_1, beta_2, alpha, epsilon) as `dtype` for step t, `iterations` if it has `counted`
         the step, else `iterations` + 1: alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t), epsilon as
         Keras' Adam has it (times sqrt(1 - beta_2^t) when `adaptive_epsilon`)."""
-        shared = getattr(self, "_scalars_by_graph", None)
+        shared = None if tf.executing_eagerly() else getattr(self, "_scalars_by_graph", None)
         key = (tf.compat.v1.get_default_graph(), dtype, counted)
-        if shared is not None and not tf.executing_eagerly() and key in shared:
+        if shared is not None and key in shared:
             return shared[key]
         step = tf.cast(self.iterations if counted else self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
@@ -109,7 +109,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
         alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         epsilon = self.epsilon * tf.sqrt(1 - beta_2_power) if self.adaptive_epsilon else self.epsilon
         scalars = beta_1, beta_2, alpha, epsilon
-        if shared is not None and not tf.executing_eagerly():
+        if shared is not None:
             shared[key] = scalars
         return scalars
 

@@ -185,16 +185,17 @@ def test_lazy_adam_builds_the_step_scalars_once_for_every_weight_of_a_traced_ste
     updates dense weights exactly as Adam, and tables as its own eager update does."""
     shapes = [(3, 2), (2,), (4, 4)]
 
+    def table_gradient(scale):  # rows 2 and 0 of a (4, 1) table
+        return tf.IndexedSlices(scale * tf.constant([[1.0], [-4.0]]), tf.constant([2, 0]), tf.constant([4, 1]))
+
     def train(optimizer, steps=3):
         weights = [tf.Variable(np.ones(shape, np.float32)) for shape in shapes]
         table = tf.Variable(np.zeros((4, 1), np.float32))
 
         @tf.function
         def step(scale):
-            optimizer.apply_gradients(
-                [(tf.fill(w.shape, scale * (i + 1)), w) for i, w in enumerate(weights)] +
-                [(tf.IndexedSlices(scale * tf.constant([[1.0], [-4.0]]), tf.constant([2, 0]), tf.constant([4, 1])),
-                  table)])
+            dense = [(tf.fill(w.shape, scale * (i + 1)), w) for i, w in enumerate(weights)]
+            optimizer.apply_gradients(dense + [(table_gradient(scale), table)])
 
         for i in range(steps):
             step(tf.constant(i + 1.0))
@@ -210,8 +211,7 @@ def test_lazy_adam_builds_the_step_scalars_once_for_every_weight_of_a_traced_ste
     eager = LazyAdam(0.1)
     table = tf.Variable(np.zeros((4, 1), np.float32))
     for i in range(3):
-        eager.apply_gradients([(tf.IndexedSlices((i + 1.0) * tf.constant([[1.0], [-4.0]]), tf.constant([2, 0]),
-                                                 tf.constant([4, 1])), table)])
+        eager.apply_gradients([(table_gradient(i + 1.0), table)])
     np.testing.assert_array_equal(lazy_table, table.numpy())
 
 

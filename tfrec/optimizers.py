@@ -73,11 +73,15 @@ class LazyAdam(tf.keras.optimizers.Adam):
             return self._lazy_update(gradient, variable, counted=False)
         # Keras' dense Adam update, with this step's scalars shared by every weight.
         _, _, alpha, epsilon = self._step_scalars(variable.dtype, counted=False)
-        index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
+        m, v = self._moments(variable)
         m.assign_add((gradient - m) * (1 - self.beta_1))
         v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
         variable.assign_sub((m * alpha) / (tf.sqrt(v) + epsilon))
+
+    def _moments(self, variable):
+        """Adam's first and second moment slots of `variable`."""
+        index = self._index_dict[self._var_key(variable)]
+        return self._momentums[index], self._velocities[index]
 
     @contextlib.contextmanager
     def _sharing_step_scalars(self):
@@ -116,8 +120,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def _lazy_update(self, gradient, variable, counted):
         """Adam's update of the rows in `gradient` (IndexedSlices) only (`counted`: as in `_step_scalars`)."""
         beta_1, beta_2, alpha, epsilon = self._step_scalars(variable.dtype, counted)
-        index = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[index], self._velocities[index]
+        m, v = self._moments(variable)
         if _masked_update_shape(variable.shape):
             num_rows = variable.shape[0]
             grads = tf.math.unsorted_segment_sum(gradient.values, gradient.indices, num_rows)

@@ -96,10 +96,13 @@ def test_simhash_hamming_distances_equal_a_numpy_reference():
     np.testing.assert_array_equal(layer.hamming(layer.signature(query), layer.signature(keys)).numpy(), expected)
 
 
-@pytest.mark.parametrize("num_bits", [64, 128])
+@pytest.mark.parametrize("num_bits", [64, 128, 1024])
 def test_simhash_search_picks_the_nearest_events_summed_over_tables_ties_by_position(num_bits):
     """Two tables (item, category): the picks are numpy's stable sort of the summed distances over
-    the unmasked events, whether the counts add up as uint8 (64 bits) or int32 (128)."""
+    the unmasked events, whether the counts add up as uint8 (64 bits) or int32 (128, 1024). One
+    history shared by every candidate (a `shared_history` request) is searched by a matmul of
+    +-1 bits instead, in bfloat16 (64, 128) or float32 (1024): it picks the same events, also when
+    fewer than topk are unmasked."""
     rng = np.random.default_rng(4)
     batch, length, dim, topk, rows = 6, 300, 8, 40, (200, 12)
     layer = SimHashSearch(topk, tables=["item", "cate"], table_rows=list(rows), num_bits=num_bits)
@@ -116,6 +119,14 @@ def test_simhash_search_picks_the_nearest_events_summed_over_tables_ties_by_posi
     positions, valid = layer(queries, histories, tf.constant(mask), training=False)
     np.testing.assert_array_equal(positions.numpy(), expected)
     assert valid.numpy().all()
+    for one_mask in (mask[:1], np.arange(length)[None, :] % 20 == 3):  # 15 real events < topk
+        one_history = [history[:1] for history in histories]
+        shared = layer(queries, one_history, tf.constant(one_mask), training=False)
+        tiled = layer(queries, [np.repeat(history, batch, 0) for history in one_history],
+                      tf.constant(np.repeat(one_mask, batch, 0)), training=False)
+        for got, want in zip(shared, tiled):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert shared[1].numpy().sum(axis=1).tolist() == [15] * batch
 
 
 @pytest.mark.parametrize("rows", [5000, 500], ids=["hashes_every_event", "hashes_each_row_once"])

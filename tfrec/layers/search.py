@@ -38,17 +38,9 @@ def ranked_positions(scores, mask, k):
     return positions, tf.ensure_shape(tf.pad(valid, missing), [None, k])
 
 
-def signature_signs(signatures, dtype, valid=None):
-    """(n, words) int64 SimHash signatures -> (n, 64 words) their bits as +1 / -1 in the packing's
-    order (0 in the rows where `valid` (n, 1) is false). Each byte is looked up in a (257, 8)
-    table, the cheapest unpacking TensorFlow has here (a broadcast shift-and-mask takes 3x as
-    long); row 256 is a masked event's."""
-    byte_bits = np.where((np.arange(256)[:, None] >> np.arange(8)) & 1, 1, -1)
-    byte_bits = tf.constant(np.concatenate([byte_bits, np.zeros((1, 8), int)]), dtype)            # (257, 8)
-    bytes_ = tf.reshape(tf.cast(tf.bitcast(signatures, tf.uint8), tf.int32), [tf.shape(signatures)[0], -1])
-    if valid is not None:
-        bytes_ = tf.where(valid, bytes_, 256)
-    return tf.reshape(tf.gather(byte_bits, bytes_), [tf.shape(signatures)[0], -1])
+def signature_bytes(signatures):
+    """(n, words) int64 SimHash signatures -> their (n, 8 words) bytes as int32, little-endian."""
+    return tf.reshape(tf.cast(tf.bitcast(signatures, tf.uint8), tf.int32), [tf.shape(signatures)[0], -1])
 
 
 @_register
@@ -190,24 +182,31 @@ class SimHashSearch(tf.keras.layers.Layer):
         one matmul.
 
         With bits as +-1, <s_q, s_e> = agreeing bits - differing bits = 2 * agreements - bits, the
-        same order. So the whole (B, L) comparison is one (B, bits + 1) x (bits + 1, L) product
+        same order. So the whole (B, L) comparison is one (B, bits + 8) x (bits + 8, L) product
         over every table's bits, instead of an XOR, a popcount and a sum over B x L signatures per
-        table (100 candidates x 10,000 events: 0.6 ms against 1.5). A masked event's bits are 0
-        and its extra column -(bits + 2), below every real score, so no (B, L) select is needed.
-        A real event's partial sums are integers within +-bits, a masked one's the even -(bits + 2)
-        alone, so bfloat16 is exact up to 256 bits.
+        table (100 candidates x 10,000 events: 0.6 ms against 1.5). The bits come from one lookup
+        per byte (a broadcast shift-and-mask takes 3x as long); one more byte per row puts a
+        masked event 2 * bits + 4 lower, below every real one, so no (B, L) select is needed.
+        TensorFlow's bfloat16 matmul sums in float32, and its results are exact bfloat16 integers
+        up to 256 bits (a masked one rounded by at most 2); beyond, it runs in float32.
         """
         bits = 64 * self.words * len(self.tables)
         dtype = tf.bfloat16 if bits <= 256 else tf.float32
-        valid = tf.reshape(mask[:1], [-1, 1])                                                          # (L, 1)
-        query_signs = signature_signs(tf.concat([self.signature(query, table)[:, 0]
-                                             for table, query in enumerate(queries)], axis=-1), dtype)  # (B, bits)
-        event_signs = signature_signs(tf.concat([history[0] for history in signatures], axis=-1), dtype,
-                                  valid)                                                               # (L, bits)
-        masked = tf.where(valid, tf.constant(0, dtype), tf.constant(-(bits + 2), dtype))              # (L, 1)
-        scores = tf.matmul(tf.pad(query_signs, [[0, 0], [0, 1]], constant_values=1),
-                           tf.concat([event_signs, masked], axis=-1), transpose_b=True)                 # (B, L)
-        return ranked_positions(scores, mask, self.topk)
+        # Rows 0-255: a byte's 8 bits as +-1, in the packing's order. Row 256 (a real event's
+        # extra byte) scores 0 against the query's extra byte 255 (all +1); row 257 (a masked one's)
+        # scores -(2 * bits + 4).
+        byte_signs = np.where((np.arange(256)[:, None] >> np.arange(8)) & 1, 1, -1)
+        byte_signs = np.concatenate([byte_signs, np.zeros((2, 8), int)])
+        byte_signs[257, 0] = -(2 * bits + 4)
+        byte_signs = tf.constant(byte_signs, dtype)                                                   # (258, 8)
+        query_bytes = tf.pad(signature_bytes(tf.concat([self.signature(query, table)[:, 0]
+                                                        for table, query in enumerate(queries)], axis=-1)),
+                             [[0, 0], [0, 1]], constant_values=255)                                   # (B, bits / 8 + 1)
+        event_bytes = tf.concat([signature_bytes(tf.concat([history[0] for history in signatures], axis=-1)),
+                                 tf.where(tf.reshape(mask[:1], [-1, 1]), 256, 257)], axis=1)          # (L, bits / 8 + 1)
+        query_signs, event_signs = [tf.reshape(tf.gather(byte_signs, bytes_), [tf.shape(bytes_)[0], -1])
+                                    for bytes_ in (query_bytes, event_bytes)]
+        return ranked_positions(tf.matmul(query_signs, event_signs, transpose_b=True), mask, self.topk)
 
     def _hash_events(self, keys, ids, table):
         """The signatures (B, L, W) of events `ids` (B, L) whose embeddings are `keys` (B, L, d),

@@ -262,8 +262,17 @@ def test_a_batch_is_searched_in_concurrent_slices_with_the_results_of_one_search
     whole = signature(**constants(rows))  # 200 queries: searched in slices
     for n in (0, 1, 2 * SCANN_SEARCH_SLICES - 1, 2 * SCANN_SEARCH_SLICES, 37):  # one search below 16 queries
         part = signature(**constants({name: values[:n] for name, values in rows.items()}))
-        np.testing.assert_array_equal(part["item_ids"].numpy(), whole["item_ids"].numpy()[:n])
-        np.testing.assert_allclose(part["scores"].numpy(), whole["scores"].numpy()[:n], atol=1e-6)
+        # Row by row, not bit for bit: ScaNN's own batched search depends on the batch's size (its
+        # partition scores are one product per batch, and a near-tie can flip: with scann's API, 11
+        # of 250 ids differ between 5 queries searched alone and the same 5 in a batch of 200).
+        # A slice put in the wrong rows, or lost, would share almost no ids with its rows.
+        assert part["item_ids"].shape[0] == part["scores"].shape[0] == n
+        for got_ids, got_scores, want_ids, want_scores in zip(
+                part["item_ids"].numpy(), part["scores"].numpy(), whole["item_ids"].numpy(), whole["scores"].numpy()):
+            same = set(got_ids) & set(want_ids)
+            assert len(same) >= 0.8 * len(want_ids)
+            got, want = dict(zip(got_ids, got_scores)), dict(zip(want_ids, want_scores))
+            np.testing.assert_allclose([got[i] for i in same], [want[i] for i in same], atol=1e-6)
     # In the saved graph the slices' searches are marked read-only and not chained to each other.
     saved_model = saved_model_pb2.SavedModel()
     with open(os.path.join(exported.path, "saved_model.pb"), "rb") as pb:

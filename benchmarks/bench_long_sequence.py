@@ -1,11 +1,11 @@
 """Long sequences: SIM (hard, soft and SimHash search) and CLSR against DIN: latency, memory, quality.
 
     python -m benchmarks.bench_long_sequence                   # every part, full sizes
-    python -m benchmarks.bench_long_sequence --part latency    # one part: latency | memory | quality
+    python -m benchmarks.bench_long_sequence --part latency    # one part: latency | turns | memory | quality
     python -m benchmarks.bench_long_sequence --quick           # tiny sizes (a smoke test), with or without --part
 
 Writes the "long_sequence" section of BENCHMARKS.md. Each part rewrites only its own block inside
-it ("long_sequence_latency", "long_sequence_memory", "long_sequence_quality"), with the command,
+it ("long_sequence_latency", "long_sequence_turns", ...), with the command,
 date and commit that produced it, so the parts can run (and be rerun) separately.
 
 * latency: p50 / p99 time to score 100 candidates for one user (a request of 100 rows sharing one
@@ -14,6 +14,10 @@ date and commit that produced it, so the parts can run (and be rerun) separately
   exported `serving_default` signature loaded with `tf.saved_model.load`, fed the dtypes a serving
   client sends, (c) gRPC Predict to `serving.LocalServer` through `serving.Client`. Untrained
   models: the cost is the same ops on the same shapes whatever the weights.
+* turns: DIN against each SIM at L = 10,000 through (b) and the `shared_history` signature, all
+  four exports loaded in one process and called in turn (`common.per_call_ms`: the fastest of
+  several rounds), so the ratio the issue targets does not move with the machine's load between
+  the latency part's processes.
 * memory: the peak RSS of a few SIM training steps at L = 10,000, batch 256, one process per model,
   against the same process's high-water mark once data and model are built; and the largest
   tensors of the model's training step (forward and gradients) traced with static shapes.
@@ -36,7 +40,7 @@ from benchmarks.bench_din import EpochTimer, StepTimer  # noqa: E402
 from benchmarks.bench_multitask import steady_examples_per_s  # noqa: E402
 
 SECTION = "long_sequence"
-PARTS = ("latency", "memory", "quality")
+PARTS = ("latency", "turns", "memory", "quality")
 HISTORY = ["item_id", "cate_id"]
 # The tests' sizes (tests/tfrec/test_sim.py): embedding 8, DNN (64, 32), attention (32, 16).
 EMBEDDING_DIM = 8
@@ -49,13 +53,13 @@ CANDIDATES = 100  # rows of one latency request, all with the same user and hist
 SIZES = {
     "full": dict(
         lengths=(100, 1_000, 10_000), grpc_lengths=(100, 1_000, 10_000),
-        warmup=5, min_reps=50, max_reps=1_000, budget_s=15.0,
+        warmup=5, min_reps=50, max_reps=1_000, budget_s=15.0, turn_calls=5, turn_rounds=15,
         memory_length=10_000, memory_steps=6, memory_models=("sim-hard", "sim-soft", "sim-simhash", "din"),
         overrides={"longterm": {}, "drift": {}}, long_maxlen=2_000, epochs=3, seeds=(0, 1, 2),
     ),
     "quick": dict(
         lengths=(100, 400), grpc_lengths=(400,),
-        warmup=2, min_reps=10, max_reps=40, budget_s=1.0,
+        warmup=2, min_reps=10, max_reps=40, budget_s=1.0, turn_calls=2, turn_rounds=2,
         memory_length=1_000, memory_steps=3, memory_models=("sim-hard", "sim-soft", "sim-simhash", "din"),
         overrides={"longterm": dict(num_users=120, history_length=300), "drift": dict(num_users=120)},
         long_maxlen=300, epochs=1, seeds=(0,),
@@ -119,11 +123,31 @@ def timed(fn, size):
     return dict(p50_ms=common.percentile_ms(samples, 50), p99_ms=common.percentile_ms(samples, 99), n=len(samples))
 
 
+def exported_signatures(model, columns, test, base):
+    """`model` exported under `base`, then ((serving_default, its feed), (shared_history, its
+    feed)): the feeds are the `test` rows cast to the signature's dtypes (what a serving client
+    sends), with the history as one row for shared_history."""
+    import numpy as np
+    import tensorflow as tf
+    from exporters import export_saved_model
+    from feature_columns import history_input_names
+    from tfrec.data import df_to_inputs
+
+    export_saved_model(model, base, warmup_inputs=df_to_inputs(test.head(2), columns), model_name="model")
+    version = sorted(os.scandir(base), key=lambda entry: int(entry.name))[-1].path
+    signatures = tf.saved_model.load(version).signatures
+    request, shared = df_to_inputs(test, columns), history_input_names(model)
+    specs = signatures["serving_default"].structured_input_signature[1]
+    feed = {name: tf.constant(np.asarray(request[name]).astype(spec.dtype.as_numpy_dtype))
+            for name, spec in specs.items()}
+    shared_feed = {name: value[:1] if name in shared else value for name, value in feed.items()}
+    return (signatures["serving_default"], feed), (signatures["shared_history"], shared_feed)
+
+
 def child_latency(model_name, length, size_name, workdir):
     size = SIZES[size_name]
     import numpy as np
     import tensorflow as tf
-    from exporters import export_saved_model
     from feature_columns import history_input_names
     from tfrec.data import df_to_inputs
     from tfrec.data.long_history import long_history_feature_columns
@@ -148,13 +172,8 @@ def child_latency(model_name, length, size_name, workdir):
     # (b) The exported serving_default signature, fed what a serving client sends (int64 ids and
     # times, the signature's dtype for every input).
     base = os.path.join(workdir, f"{model_name}-{length}")
-    export_saved_model(model, base, warmup_inputs=df_to_inputs(test.head(2), columns), model_name="model")
-    version = sorted(os.scandir(base), key=lambda entry: int(entry.name))[-1].path
-    signature = tf.saved_model.load(version).signatures["serving_default"]
-    specs = signature.structured_input_signature[1]
-    feed = {name: tf.constant(np.asarray(request[name]).astype(spec.dtype.as_numpy_dtype))
-            for name, spec in specs.items()}
-    report["feed_dtypes"] = sorted({spec.dtype.name for spec in specs.values()})
+    (signature, feed), (shared_signature, shared_feed) = exported_signatures(model, columns, test, base)
+    report["feed_dtypes"] = sorted({value.dtype.name for value in feed.values()})
     signed = signature(**feed)["prediction"].numpy().ravel()
     report["max_abs_diff_signature"] = float(np.max(np.abs(signed - in_process)))
     report["signature"] = timed(lambda: signature(**feed)["prediction"].numpy(), size)
@@ -166,8 +185,6 @@ def child_latency(model_name, length, size_name, workdir):
     shared_tensors = {name: tf.constant(shared_request[name]) for name in model.input_names}
     report["max_abs_diff_in_process_shared"] = float(np.max(np.abs(call(shared_tensors).numpy().ravel() - in_process)))
     report["in_process_shared"] = timed(lambda: call(shared_tensors).numpy(), size)
-    shared_signature = tf.saved_model.load(version).signatures["shared_history"]
-    shared_feed = {name: value[:1] if name in shared else value for name, value in feed.items()}
     signed = shared_signature(**shared_feed)["prediction"].numpy().ravel()
     report["max_abs_diff_signature_shared"] = float(np.max(np.abs(signed - in_process)))
     report["signature_shared"] = timed(lambda: shared_signature(**shared_feed)["prediction"].numpy(), size)
@@ -190,6 +207,27 @@ def child_latency(model_name, length, size_name, workdir):
             report["server_peak_rss_mib"] = common.process_peak_rss_mib(server.pid)
     report["peak_rss_mib"] = common.peak_rss_mib()
     common.emit(report)
+
+
+def child_turns(size_name, workdir):
+    """DIN and each SIM at the longest L, exported and called in turn in this one process."""
+    size = SIZES[size_name]
+    import tensorflow as tf
+    from tfrec.data.long_history import long_history_feature_columns
+
+    length = size["lengths"][-1]
+    train, test = one_history(length, users=2, targets_per_user=CANDIDATES, test_share=0.5)
+    calls = {"signature": {}, "signature_shared": {}}
+    for model_name in LATENCY_MODELS:
+        tf.keras.utils.set_random_seed(0)
+        model, columns = build(model_name, long_history_feature_columns((train, test), length, EMBEDDING_DIM))
+        model.refresh_derived_weights()
+        signatures = exported_signatures(model, columns, test, os.path.join(workdir, f"turns-{model_name}"))
+        for path, (signature, feed) in zip(calls, signatures):
+            calls[path][model_name] = (lambda signature=signature, feed=feed: signature(**feed)["prediction"], 1)
+    common.emit(dict(length=length, calls=size["turn_calls"], rounds=size["turn_rounds"],
+                     **{path: common.per_call_ms(fns, size["turn_calls"], size["turn_rounds"])
+                        for path, fns in calls.items()}))
 
 
 def current_rss_mib():
@@ -391,6 +429,32 @@ def latency_part(size, flag, workdir):
     return lines
 
 
+def turns_part(size, flag, workdir):
+    r = run(flag, "turns", workdir)
+    if "error" in r:
+        return ["### DIN against SIM, taking turns in one process", "", f"Fails: {r['error']}"]
+    length = r["length"]
+    lines = [
+        f"### DIN against SIM at L = {length:,}, taking turns in one process",
+        "",
+        f"The latency part's request ({CANDIDATES} candidates, one history of exactly L = {length:,} events) and "
+        "models, exported, all four loaded in one process and called in turn: each round times "
+        f"{r['calls']} calls of every model's signature, and a cell is the fastest of {r['rounds']} rounds "
+        "(`common.per_call_ms`; a burst of another process only adds time). So the ratio does not move with the "
+        "machine's load between the latency part's processes. Paths as above: (b) `serving_default` (it finds "
+        "the history repeated on every row and searches it once), (e) `shared_history`.",
+        "",
+        "| search | path | DIN ms | SIM ms | DIN / SIM | target >= 20x |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for search in SEARCHES:
+        for path in ("signature", "signature_shared"):
+            din, sim = r[path]["din"], r[path][f"sim-{search}"]
+            lines.append(f"| {search} | {PATHS[path]} | {din:.2f} | {sim:.2f} | {din / sim:.1f}x | "
+                         f"{verdict(din / sim >= 20)} |")
+    return lines
+
+
 def memory_part(size, flag):
     runs = {model: run(flag, "memory", model) for model in size["memory_models"]}
     length, steps = size["memory_length"], size["memory_steps"]
@@ -491,7 +555,7 @@ def quality_part(size, flag):
 
 
 INTRO = ("## Long sequences: SIM and CLSR\n\nWritten by `benchmarks/bench_long_sequence.py`; each part below "
-         "is rewritten on its own (`--part latency|memory|quality`) and names the run that produced it.")
+         "is rewritten on its own (`--part latency|turns|memory|quality`) and names the run that produced it.")
 
 
 def write_part(part, lines, command):
@@ -511,6 +575,8 @@ def main():
         kind, *rest = args.child
         if kind == "latency":
             return child_latency(rest[0], int(rest[1]), size_name, rest[2])
+        if kind == "turns":
+            return child_turns(size_name, rest[0])
         if kind == "memory":
             return child_memory(rest[0], size_name)
         return child_quality(rest[0], rest[1], int(rest[2]), int(rest[3]), size_name)
@@ -521,10 +587,10 @@ def main():
     for part in ([args.part] if args.part else PARTS):
         started = time.time()
         print(f"== {part} ==", flush=True)
-        if part == "latency":
+        if part in ("latency", "turns"):
             workdir = tempfile.mkdtemp(prefix="bench-long-sequence-")
             try:
-                lines = latency_part(size, flag, workdir)
+                lines = (latency_part if part == "latency" else turns_part)(size, flag, workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         elif part == "memory":

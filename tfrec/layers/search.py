@@ -148,16 +148,21 @@ class SimHashSearch(tf.keras.layers.Layer):
 
     def call(self, queries, histories, mask, keys=None, training=None):
         histories = [tf.cast(history, tf.int32) for history in histories]
+        query_signatures = [self.signature(query, table) for table, query in enumerate(queries)]  # (B, 1, W) each
         if training and keys is not None:
             signatures = [self._hash_events(tf.stop_gradient(key), history, table)
                           for table, (key, history) in enumerate(zip(keys, histories))]  # (B, L, W) each
-            return self._nearest(queries, signatures, mask)
+            return self._nearest(query_signatures, signatures, mask)
         signatures = [tf.gather(stored, history) for stored, history in zip(self.signatures, histories)]
+        # Both branches are stateless (the variables are read above), so the lowered cond needs no
+        # control outputs, and its outputs get their shape back (Grappler infers them as of unknown rank).
         one_history = tf.logical_and(tf.equal(tf.shape(histories[0])[0], 1), tf.shape(queries[0])[0] > 1)
-        return tf.cond(one_history, lambda: self._nearest_in_one_history(queries, signatures, mask),
-                       lambda: self._nearest(queries, signatures, mask))
+        positions, valid = tf.cond(one_history,
+                                   lambda: self._nearest_in_one_history(query_signatures, signatures, mask),
+                                   lambda: self._nearest(query_signatures, signatures, mask))
+        return tf.ensure_shape(positions, [None, self.topk]), tf.ensure_shape(valid, [None, self.topk])
 
-    def _nearest(self, queries, signatures, mask):
+    def _nearest(self, query_signatures, signatures, mask):
         """The search over signatures (B, L, W) per table: XOR and popcount, then top_k.
 
         Ranked by the bits that agree (the total minus the distance: the same order), counted
@@ -169,14 +174,14 @@ class SimHashSearch(tf.keras.layers.Layer):
         """
         counts_fit_uint8 = self.words == 1 and 64 * len(self.tables) <= 255
         agreements = 0
-        for table, (query, history_signatures) in enumerate(zip(queries, signatures)):
+        for query_signature, history_signatures in zip(query_signatures, signatures):
             agree = tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(
-                history_signatures, tf.bitwise.invert(self.signature(query, table))))          # (B, L, W) uint8
+                history_signatures, tf.bitwise.invert(query_signature)))                        # (B, L, W) uint8
             agreements += tf.squeeze(agree, -1) if counts_fit_uint8 else \
                 tf.reduce_sum(tf.cast(agree, tf.int32), axis=-1)                                # (B, L)
         return top_k_positions(tf.cast(agreements, tf.float32), mask, self.topk)
 
-    def _nearest_in_one_history(self, queries, signatures, mask):
+    def _nearest_in_one_history(self, query_signatures, signatures, mask):
         """The search when every candidate shares one history (signatures (1, L, W) per table and
         mask (1, L), as a served request's `shared_history` carries them): `_nearest`'s picks from
         one matmul.
@@ -199,8 +204,7 @@ class SimHashSearch(tf.keras.layers.Layer):
         byte_signs = np.concatenate([byte_signs, np.zeros((2, 8), int)])
         byte_signs[257, 0] = -(2 * bits + 4)
         byte_signs = tf.constant(byte_signs, dtype)                                                   # (258, 8)
-        query_bytes = tf.pad(signature_bytes(tf.concat([self.signature(query, table)[:, 0]
-                                                        for table, query in enumerate(queries)], axis=-1)),
+        query_bytes = tf.pad(signature_bytes(tf.concat([query[:, 0] for query in query_signatures], axis=-1)),
                              [[0, 0], [0, 1]], constant_values=255)                                   # (B, bits / 8 + 1)
         event_bytes = tf.concat([signature_bytes(tf.concat([history[0] for history in signatures], axis=-1)),
                                  tf.where(tf.reshape(mask[:1], [-1, 1]), 256, 257)], axis=1)          # (L, bits / 8 + 1)

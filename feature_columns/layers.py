@@ -149,7 +149,7 @@ def most_recent_matching(keys, eligible, targets, k):
         positions = tf.gather(order, tf.where(valid, end - count + slot, 0))
         return tf.where(valid, positions, 0), valid
 
-    return _of_width(tf.cond(tf.equal(tf.shape(eligible)[0], 1), shared, per_row), k)
+    return positions_of_width(tf.cond(tf.equal(tf.shape(eligible)[0], 1), shared, per_row), k)
 
 
 def take_positions(values, positions, valid):
@@ -181,11 +181,11 @@ def _most_recent_items(eligible, k):
         valid = slot < count
         return tf.where(valid, tf.maximum(count - k, 0) + slot, 0), valid
 
-    return _of_width(tf.cond(tf.reduce_all(tf.equal(end, count)), prefix,
+    return positions_of_width(tf.cond(tf.reduce_all(tf.equal(end, count)), prefix,
                              lambda: most_recent_positions(eligible, k)), k)
 
 
-def _of_width(positions_and_valid, k):
+def positions_of_width(positions_and_valid, k):
     """A tf.cond's (positions, valid) with their (batch, k) shape stated in the graph.
 
     Grappler infers a lowered cond's outputs as of unknown rank, and every op after it logs

@@ -12,7 +12,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import take_positions, top_k_indices
+from feature_columns import positions_of_width, take_positions, top_k_indices
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -154,13 +154,12 @@ class SimHashSearch(tf.keras.layers.Layer):
                           for table, (key, history) in enumerate(zip(keys, histories))]  # (B, L, W) each
             return self._nearest(query_signatures, signatures, mask)
         signatures = [tf.gather(stored, history) for stored, history in zip(self.signatures, histories)]
-        # Both branches are stateless (the variables are read above), so the lowered cond needs no
-        # control outputs, and its outputs get their shape back (Grappler infers them as of unknown rank).
+        # Both branches are stateless (the variables are read above): a lowered cond that reads
+        # one gets control outputs, which Grappler warns about in every tf.function of the model.
         one_history = tf.logical_and(tf.equal(tf.shape(histories[0])[0], 1), tf.shape(queries[0])[0] > 1)
-        positions, valid = tf.cond(one_history,
-                                   lambda: self._nearest_in_one_history(query_signatures, signatures, mask),
-                                   lambda: self._nearest(query_signatures, signatures, mask))
-        return tf.ensure_shape(positions, [None, self.topk]), tf.ensure_shape(valid, [None, self.topk])
+        return positions_of_width(tf.cond(one_history,
+                                          lambda: self._nearest_in_one_history(query_signatures, signatures, mask),
+                                          lambda: self._nearest(query_signatures, signatures, mask)), self.topk)
 
     def _nearest(self, query_signatures, signatures, mask):
         """The search over signatures (B, L, W) per table: XOR and popcount, then top_k.

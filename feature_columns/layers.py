@@ -182,7 +182,7 @@ def _most_recent_items(eligible, k):
         return tf.where(valid, tf.maximum(count - k, 0) + slot, 0), valid
 
     return positions_of_width(tf.cond(tf.reduce_all(tf.equal(end, count)), prefix,
-                             lambda: most_recent_positions(eligible, k)), k)
+                                      lambda: most_recent_positions(eligible, k)), k)
 
 
 def positions_of_width(positions_and_valid, k):

@@ -12,8 +12,10 @@ date and commit that produced it, so the parts can run (and be rerun) separately
   history of L events) at each L, for SIM with each search (topk 50, short_maxlen 50, times) and DIN
   attending over the whole history (maxlen L); (a) a `tf.function` of the model on tensors, (b) the
   exported `serving_default` signature loaded with `tf.saved_model.load`, fed the dtypes a serving
-  client sends, (c) gRPC Predict to `serving.LocalServer` through `serving.Client`. Untrained
-  models: the cost is the same ops on the same shapes whatever the weights.
+  client sends, (c) gRPC Predict to `serving.LocalServer` through `serving.Client`, every row as
+  given; (d)-(f) the same with the history sent once (the export's `shared_history` signature);
+  (g) the request of (c) with `serving.Client`'s default signature, which sends it so itself.
+  Untrained models: the cost is the same ops on the same shapes whatever the weights.
 * turns: DIN against each SIM at L = 10,000 through (b) and the `shared_history` signature, all
   four exports loaded in one process and called in turn (`common.per_call_ms`: the fastest of
   several rounds), so the ratio the issue targets does not move with the machine's load between
@@ -71,9 +73,9 @@ MODEL_NAMES = {
 }
 LATENCY_MODELS = ("sim-hard", "sim-soft", "sim-simhash", "din")
 PATHS = {"in_process": "(a) in process, `tf.function`", "signature": "(b) exported signature",
-         "grpc": "(c) gRPC, `serving.Client`",
+         "grpc": "(c) gRPC, `serving_default` named",
          "in_process_shared": "(d) as (a), history sent once", "signature_shared": "(e) `shared_history` signature",
-         "grpc_shared": "(f) gRPC, `shared_history`"}
+         "grpc_shared": "(f) gRPC, `shared_history`", "grpc_client": "(g) gRPC, `serving.Client`'s default"}
 
 
 def quality_configs(size):
@@ -196,9 +198,15 @@ def child_latency(model_name, length, size_name, workdir):
 
         with LocalServer(model_base_path=base, model_name="model", rest=False) as server, \
                 Client(server.grpc_target, timeout=600) as client:
-            served = np.asarray(client.predict("model", request)["prediction"]).ravel()
+            # (c) The rows as given, what any TF Serving client sends: serving_default named.
+            served = np.asarray(client.predict("model", request, signature_name="serving_default")[
+                "prediction"]).ravel()
             report["max_abs_diff_grpc"] = float(np.max(np.abs(served - in_process)))
-            report["grpc"] = timed(lambda: client.predict("model", request), size)
+            report["grpc"] = timed(lambda: client.predict("model", request, signature_name="serving_default"), size)
+            # (g) The client's default signature: it sends a history repeated on every row once.
+            served = np.asarray(client.predict("model", request)["prediction"]).ravel()
+            report["max_abs_diff_grpc_client"] = float(np.max(np.abs(served - in_process)))
+            report["grpc_client"] = timed(lambda: client.predict("model", request), size)
             served = np.asarray(client.predict("model", shared_request, signature_name="shared_history")[
                 "prediction"]).ravel()
             report["max_abs_diff_grpc_shared"] = float(np.max(np.abs(served - in_process)))
@@ -368,8 +376,8 @@ def latency_part(size, flag, workdir):
         f"One request: the {CANDIDATES} impressions of one user of `make_long_history_setting(\"longterm\", "
         "num_users=2, targets_per_user=100, history_length=L, min_history_length=L, test_share=0.5, seed=0)` "
         f"(the test user): {CANDIDATES} rows with the same history of exactly L events (item, category, "
-        "time), fed as the model's raw inputs: in (a)-(c) every row carries the whole history, in (d)-(f) "
-        "the history is sent once, as one row, for all 100 candidates (the export's `shared_history` "
+        "time), fed as the model's raw inputs: in (a)-(c) and (g) every row carries the whole history, in "
+        "(d)-(f) the history is sent once, as one row, for all 100 candidates (the export's `shared_history` "
         "signature). Models are built with the "
         "tests' sizes (embedding 8, DNN 64-32, attention 32-16 with weight normalisation) and left untrained: "
         "the weights do not change the ops or the shapes, so not the cost either. SIM: topk 50, short_maxlen "
@@ -378,8 +386,12 @@ def latency_part(size, flag, workdir):
         "(b) `exporters.export_saved_model`, `tf.saved_model.load(...).signatures[\"serving_default\"]`, fed "
         "numpy arrays cast to the signature's dtypes (int64 ids and times, as `serving.Client` sends); "
         "(c) gRPC Predict to `serving.LocalServer` (the model server in a subprocess on this machine) through "
-        "`serving.Client`; (d) the function of (a) fed the history once; (e) the export's `shared_history` "
-        "signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`). Each cell: p50 / p99 ms "
+        "`serving.Client` with `signature_name=\"serving_default\"`: every row goes out as given, as any TF "
+        "Serving client sends it; (d) the function of (a) fed the history once; (e) the export's "
+        "`shared_history` signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`); (g) the "
+        "request of (c) through `serving.Client.predict` with its default signature, which sends a history "
+        "repeated on every row once, to `shared_history`, when its rows hold at least "
+        "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events in all (not at L = 100). Each cell: p50 / p99 ms "
         f"(sequential calls timed, after {size['warmup']} warm-up "
         f"calls; at least {size['min_reps']}, and up to {size['max_reps']} within {size['budget_s']:g} s). "
         "One process per (model, L).",
@@ -396,7 +408,7 @@ def latency_part(size, flag, workdir):
                      + " | ".join(ms(r.get(path)) for path in PATHS) + " |")
     diffs = [r[key] for r in runs.values() for key in r if key.startswith("max_abs_diff_")]
     if diffs:
-        lines += ["", f"Scores of (b)-(f) against (a): max |diff| {max(diffs):.1e} over every request."]
+        lines += ["", f"Scores of (b)-(g) against (a): max |diff| {max(diffs):.1e} over every request."]
 
     lines += ["", f"Issue targets: SIM at L = {longest:,} at least 20x faster than DIN over the same history "
               f"(DIN p50 / SIM p50), and SIM's p50 growing less than 3x from L = {shortest:,} to L = {longest:,} "
@@ -421,7 +433,7 @@ def latency_part(size, flag, workdir):
         lines += ["", f"Model server peak RSS after its requests: {min(servers):.0f}-{max(servers):.0f} MiB. "
                   f"A serving_default request carries the history once per candidate ({CANDIDATES} copies of L "
                   "items, categories and times), so path (c) also pays for serialising, sending and parsing that "
-                  "many int64s; a `shared_history` request (f) carries it once. For DIN and SIM, `serving_default` "
+                  "many int64s; a `shared_history` request (f) carries it once, and so does `serving.Client`'s default (g). For DIN and SIM, `serving_default` "
                   "finds the history repeated on every row (when the request's histories hold at least "
                   "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events) and runs the model on one row, as "
                   "`shared_history` does, so (b) and (c) search it once; (a) calls the Keras model, which "

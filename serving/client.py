@@ -62,6 +62,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from exporters import SERVING_SIGNATURE as DEFAULT_SIGNATURE
+from exporters import saved_model as saved_model_export
 from serving.errors import ServingError, status_code_of_http, status_code_of_number
 from serving.json_tensor import from_json_value, to_json_value
 from serving.request_checks import resolve_output_filter
@@ -197,6 +198,31 @@ def _signature_summary(signature_def_map):
             if not name.startswith("__")}
 
 
+def _history_sent_once(signature_map, arrays):
+    """`arrays` with the user's history cut to its first row, for `shared_history`; or None.
+
+    A DeepCTR-style request repeats one user's history on each of its candidate rows. When the
+    model has a `shared_history` signature (a tfrec export of a model with histories) taking the
+    same inputs, each input it declares with one row (the `hist_` sequences and their length)
+    repeats its first row on every row of the request, and they hold at least
+    `exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` values (from where the server's
+    `serving_default` scores such a request on its first row too), the history need only be
+    sent once: the same scores, from a request as many times smaller as it has rows.
+    """
+    default = signature_map.signature_def.get(DEFAULT_SIGNATURE)
+    shared = signature_map.signature_def.get(saved_model_export.SHARED_HISTORY_SIGNATURE)
+    if default is None or shared is None or not set(arrays) == set(shared.inputs) == set(default.inputs):
+        return None
+    once = [name for name, info in shared.inputs.items() if (shape_of(info.tensor_shape) or [None])[0] == 1]
+    rows = {array.shape[0] if array.ndim else None for array in arrays.values()}
+    if not once or len(rows) != 1 or None in rows or rows.pop() < 2 or \
+            max(arrays[name].size for name in once) < saved_model_export.ONE_HISTORY_MIN_ELEMENTS:
+        return None
+    if not all(np.array_equal(arrays[name][1:], arrays[name][:-1]) for name in once):
+        return None
+    return {name: array[:1] if name in once else array for name, array in arrays.items()}
+
+
 def _status_list(response):
     return [{"version": status.version,
              "state": _State.Name(status.state),
@@ -288,6 +314,7 @@ class _BaseClient:
         self.timeout = timeout
         self.retries = max(0, int(retries))
         self._signature_maps = {}
+        self._history_sent_per_row = set()  # (model, version, label) whose shared_history refused a request
         self._cache_lock = threading.Lock()
 
     def _retrying(self, call):
@@ -342,13 +369,16 @@ class _BaseClient:
         Args:
           model_name: served model name.
           inputs: dict of lists / numpy arrays, or a pandas DataFrame, keyed by input alias.
-          signature_name: signature to run (default "serving_default").
+          signature_name: signature to run. The default, "serving_default", sends a history
+            repeated on every row (one user's candidates) once, through the export's
+            `shared_history` signature, when the server would score it on one row anyway (see
+            `_history_sent_once`); the outputs are the same. Name "serving_default" to send
+            every row as given.
           version / version_label: pin a version (default: the latest available).
           output_filter: aliases of the outputs to return (default: all).
           timeout: seconds (default: the client's timeout).
         """
         timeout = self.timeout if timeout is None else timeout
-        signature_name = signature_name or DEFAULT_SIGNATURE
         output_filter = list(output_filter or ())
         key = (model_name, version, version_label)
         signature_map = self._signature_def_map(model_name, version, version_label, timeout)
@@ -371,8 +401,26 @@ class _BaseClient:
 
     def _predict_with(self, signature_map, model_name, inputs, signature_name, version,
                       version_label, output_filter, timeout):
+        named, signature_name = signature_name is not None, signature_name or DEFAULT_SIGNATURE
         signature = signature_map.signature_def.get(signature_name)
         arrays = self._prepared_inputs(inputs, signature)
+        key = (model_name, version, version_label)
+        once = None if named or key in self._history_sent_per_row else _history_sent_once(signature_map, arrays)
+        if once is not None:
+            shared = saved_model_export.SHARED_HISTORY_SIGNATURE
+            try:
+                return self._predict_arrays(model_name, once, shared, signature_map.signature_def[shared],
+                                            version, version_label, output_filter, timeout)
+            except ServingError as error:
+                if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                # e.g. a server batching requests (--enable_batching), which needs one row
+                # count in every input: send the rows as given, and so from now on.
+                outputs = self._predict_arrays(model_name, arrays, signature_name, signature, version,
+                                               version_label, output_filter, timeout)
+                with self._cache_lock:
+                    self._history_sent_per_row.add(key)
+                return outputs
         return self._predict_arrays(model_name, arrays, signature_name, signature, version,
                                     version_label, output_filter, timeout)
 

@@ -451,3 +451,61 @@ def test_client_sends_cold_start_rows_ids_as_numbers_and_names_bad_values(plante
         misspelt = {("seq_lenght" if name == "seq_length" else name): value for name, value in inputs.items()}
         with pytest.raises(ServingError, match=r"Sent but not in the signature: \{seq_lenght\}"):
             client.predict("din", misspelt)
+
+
+class _PredictRecorder(grpc.UnaryUnaryClientInterceptor):
+    """Passes every call on; notes each Predict request's signature and input shapes."""
+
+    def __init__(self):
+        self.sent = []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        if details.method.endswith("/Predict"):
+            self.sent.append((request.model_spec.signature_name,
+                              {name: [d.size for d in proto.tensor_shape.dim] for name, proto in request.inputs.items()}))
+        return continuation(details, request)
+
+
+def recording(client):
+    """`client`'s Predict requests, as they leave it for the real server."""
+    recorder = _PredictRecorder()
+    client._predictions = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.intercept_channel(client._channel, recorder))
+    return recorder
+
+
+def test_client_sends_a_history_repeated_on_every_row_once(planted_din, din_export, din_server):
+    """One user's 100 candidates with the history copied onto every row (a DeepCTR-style
+    request, here padded with "" to 200 events: 20,000 in all, where the server's own
+    serving_default scores it on one row) go out with the history once, to `shared_history`,
+    and score as the rows as given; a request whose rows differ, or that names
+    serving_default, goes out as given. A server batching requests refuses the one-row history
+    (batching needs one row count): the client then sends the rows as given, and so from then on."""
+    from feature_columns import history_input_names
+
+    inputs, _ = din_rows(planted_din, 100)
+    history = history_input_names(planted_din.model)
+    one_user = {name: np.repeat(values[:1], 100, axis=0) if name in history else values for name, values in inputs.items()}
+    expected = planted_din.model.predict(one_user, verbose=0).ravel()
+    request = {name: np.concatenate([values, np.full((100, 200 - values.shape[1]), "", values.dtype)], axis=1)
+               if values.ndim == 2 else values for name, values in one_user.items()}
+    changed = {**request, "hist_item_id": request["hist_item_id"].copy()}
+    changed["hist_item_id"][-1, 0] = request["hist_item_id"][0, 1]
+    once = {name: [1, 200] if name.startswith("hist_") else [1] if name in history else [100] for name in request}
+    as_given = {name: list(np.shape(values)) for name, values in request.items()}
+
+    with Client(din_server.grpc_target) as client, RestClient(din_server.rest_url) as rest:
+        sent = recording(client)
+        np.testing.assert_allclose(client.predict("din", request)["prediction"], expected, atol=1e-6)
+        np.testing.assert_allclose(client.predict("din", request, signature_name="serving_default")["prediction"],
+                                   expected, atol=1e-6)
+        np.testing.assert_allclose(client.predict("din", changed)["prediction"][:-1], expected[:-1], atol=1e-6)
+        np.testing.assert_allclose(rest.predict("din", request)["prediction"], expected, atol=1e-6)
+    assert sent.sent == [("shared_history", once), ("serving_default", as_given), ("serving_default", as_given)]
+
+    with LocalServer(model_base_path=din_export.base, model_name="din", rest=False,
+                     extra_args=("--enable_batching",)) as batching, Client(batching.grpc_target) as client:
+        sent = recording(client)
+        for _ in range(2):
+            np.testing.assert_allclose(client.predict("din", request)["prediction"], expected, atol=1e-6)
+    assert sent.sent == [("shared_history", once), ("serving_default", as_given), ("serving_default", as_given)]

@@ -62,15 +62,28 @@ def test_soft_search_top_k_equals_numpy_top_k_of_inner_products(normalize):
     keys = [rng.normal(size=(batch, length, dim)) * rng.gamma(1.0, size=(batch, length, 1)) for dim in (12, 4)]
     mask = rng.random((batch, length)) < 0.8
     mask[0] = np.arange(length) < topk - 3  # a row with fewer events than topk
-    positions, valid = SoftSearch(topk, normalize=normalize)(
-        [tf.constant(q, tf.float32) for q in queries], [tf.constant(k, tf.float32) for k in keys], tf.constant(mask))
+    search = SoftSearch(topk, normalize=normalize)
     unit = (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)) if normalize else (lambda x: x)
-    scores = sum(np.einsum("bqd,bld->bl", unit(q), unit(k)) for q, k in zip(queries, keys))
-    scores = np.where(mask, scores, -np.inf)
-    for row in range(batch):
-        expected = np.argsort(-scores[row])[:min(topk, mask[row].sum())]
-        assert positions.numpy()[row][valid.numpy()[row]].tolist() == expected.tolist()
-    assert valid.numpy()[0].sum() == topk - 3
+
+    def check(keys, mask):
+        positions, valid = search([tf.constant(q, tf.float32) for q in queries],
+                                  [tf.constant(k, tf.float32) for k in keys], tf.constant(mask))
+        scores = sum(np.einsum("bqd,bld->bl", unit(q), np.broadcast_to(unit(k), (batch, length, k.shape[-1])))
+                     for q, k in zip(queries, keys))
+        mask = np.broadcast_to(mask, (batch, length))
+        scores = np.where(mask, scores, -np.inf)
+        for row in range(batch):
+            expected = np.argsort(-scores[row])[:min(topk, mask[row].sum())]
+            assert positions.numpy()[row][valid.numpy()[row]].tolist() == expected.tolist()
+            assert not valid.numpy()[row][len(expected):].any()
+        return valid.numpy()
+
+    assert check(keys, mask)[0].sum() == topk - 3
+    # One history shared by every row (keys and mask of one row: a shared_history request) is
+    # searched by one product with the mask folded in; it picks what numpy does, here among
+    # only 15 real events, fewer than topk.
+    one_mask = np.arange(length)[None, :] % 20 == 0
+    assert (check([k[:1] for k in keys], one_mask).sum(axis=1) == 15).all()
 
 
 def numpy_signatures(embeddings, hyperplanes):

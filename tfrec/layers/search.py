@@ -48,9 +48,10 @@ class SoftSearch(tf.keras.layers.Layer):
     """SIM's soft search: the `topk` behaviours with the largest inner product with the candidate.
 
     call(queries, keys, mask): per feature of an event (lists in the same order: item, category)
-    the candidate's embeddings (batch, 1, d_f) and the events' (batch, L, d_f); mask (batch, L)
-    bool. The score of an event is sum_f <q_f, k_f>, one batched matmul per feature, (batch, L).
-    Returns (positions, valid), both (batch, topk), highest score first.
+    the candidate's embeddings (batch, 1, d_f) and the events' (batch, L, d_f), or (1, L, d_f)
+    for one history shared by every row; mask (batch, L) or (1, L) bool. The score of an event
+    is sum_f <q_f, k_f>, (batch, L). Returns (positions, valid), both (batch, topk), highest score
+    first.
 
     With `normalize`, each feature's embeddings are L2-normalised first (the score is a sum of
     cosines). The model's own embeddings need it: their norms carry popularity and click
@@ -65,12 +66,30 @@ class SoftSearch(tf.keras.layers.Layer):
         self.normalize = bool(normalize)
 
     def call(self, queries, keys, mask):
+        if self.normalize:
+            queries = [tf.math.l2_normalize(query, axis=-1) for query in queries]
+            keys = [tf.math.l2_normalize(key, axis=-1) for key in keys]
+        one_history = tf.logical_and(tf.equal(tf.shape(keys[0])[0], 1), tf.shape(queries[0])[0] > 1)
+        return positions_of_width(tf.cond(one_history, lambda: self._top_in_one_history(queries, keys, mask),
+                                          lambda: self._top(queries, keys, mask)), self.topk)
+
+    def _top(self, queries, keys, mask):
         scores = 0.0
         for query, key in zip(queries, keys):
-            if self.normalize:
-                query, key = tf.math.l2_normalize(query, axis=-1), tf.math.l2_normalize(key, axis=-1)
             scores += tf.squeeze(tf.matmul(query, key, transpose_b=True), axis=1)       # (B, L)
         return top_k_positions(scores, mask, self.topk)
+
+    def _top_in_one_history(self, queries, keys, mask):
+        """The search when every candidate shares one history (keys (1, L, d_f), mask (1, L), as
+        a served `shared_history` request carries them): one (B, E + 1) x (E + 1, L) product
+        over every feature, where a broadcast batched matmul per feature makes B products of
+        one row each. The extra column puts a masked event at the float32 minimum, below every
+        real one, so no (B, L) select is needed either."""
+        masked = tf.where(tf.reshape(mask[:1], [-1, 1]), 0.0, tf.float32.min)                          # (L, 1)
+        events = tf.concat([key[0] for key in keys] + [masked], axis=-1)                                 # (L, E + 1)
+        candidates = tf.concat([query[:, 0] for query in queries] + [tf.ones_like(queries[0][:, 0, :1])],
+                               axis=-1)                                                                  # (B, E + 1)
+        return ranked_positions(tf.matmul(candidates, events, transpose_b=True), mask, self.topk)
 
     def get_config(self):
         config = super().get_config()

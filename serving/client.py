@@ -22,7 +22,9 @@ that matters (int64 -> int32 within range, int -> float, float64 -> float32, int
 decimal text for a string input, as a string table reads ids); the signature
 dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
 the call retried once, when the server refuses a request and the signature has changed since,
-e.g. after a new version was loaded).
+e.g. after a new version was loaded). A request repeating one user's history on every row
+(one user's candidates) goes out with the history once, to the export's `shared_history`
+signature, when the server would score it on one row anyway (`predict`'s `signature_name`).
 
 REST follows TF Serving's REST API: it has no output_filter (outputs are filtered here, with
 the error gRPC gives for an unknown alias), and inputs the signature does not name are

@@ -38,6 +38,12 @@ def ranked_positions(scores, mask, k):
     return positions, tf.ensure_shape(tf.pad(valid, missing), [None, k])
 
 
+def shares_one_history(candidates, events):
+    """Whether the rows of `candidates` (batch, ...) share the one row of `events` (1, ...): the
+    case a search can score with one product over the history instead of one per row."""
+    return tf.logical_and(tf.equal(tf.shape(events)[0], 1), tf.shape(candidates)[0] > 1)
+
+
 def signature_bytes(signatures):
     """(n, words) int64 SimHash signatures -> their (n, 8 words) bytes as int32, little-endian."""
     return tf.reshape(tf.cast(tf.bitcast(signatures, tf.uint8), tf.int32), [tf.shape(signatures)[0], -1])
@@ -69,8 +75,8 @@ class SoftSearch(tf.keras.layers.Layer):
         if self.normalize:
             queries = [tf.math.l2_normalize(query, axis=-1) for query in queries]
             keys = [tf.math.l2_normalize(key, axis=-1) for key in keys]
-        one_history = tf.logical_and(tf.equal(tf.shape(keys[0])[0], 1), tf.shape(queries[0])[0] > 1)
-        return positions_of_width(tf.cond(one_history, lambda: self._top_in_one_history(queries, keys, mask),
+        return positions_of_width(tf.cond(shares_one_history(queries[0], keys[0]),
+                                          lambda: self._top_in_one_history(queries, keys, mask),
                                           lambda: self._top(queries, keys, mask)), self.topk)
 
     def _top(self, queries, keys, mask):
@@ -175,8 +181,7 @@ class SimHashSearch(tf.keras.layers.Layer):
         signatures = [tf.gather(stored, history) for stored, history in zip(self.signatures, histories)]
         # Both branches are stateless (the variables are read above): a lowered cond that reads
         # one gets control outputs, which Grappler warns about in every tf.function of the model.
-        one_history = tf.logical_and(tf.equal(tf.shape(histories[0])[0], 1), tf.shape(queries[0])[0] > 1)
-        return positions_of_width(tf.cond(one_history,
+        return positions_of_width(tf.cond(shares_one_history(queries[0], histories[0]),
                                           lambda: self._nearest_in_one_history(query_signatures, signatures, mask),
                                           lambda: self._nearest(query_signatures, signatures, mask)), self.topk)
 

@@ -724,7 +724,11 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
 
     config = yaml.safe_load(open(os.path.join(ROOT, "examples", "retrieval_mind.yaml")))
     config["data"]["train"] = os.path.join(ROOT, "examples", "data", "events.csv")
-    config["train"].update(epochs=4, batch_size=128, validation={"fraction": 0.1})
+    # Asynchronous steps under parameter_server learn more slowly (validation recall 0.39, 0.46, 0.46,
+    # 0.52 over 4 epochs, against 0.44-0.62 synchronously); a loaded CI machine once left 4 epochs
+    # below popularity (0.378 against 0.416), so that run gets 6.
+    epochs = 6 if kind == "parameter_server" else 4
+    config["train"].update(epochs=epochs, batch_size=128, validation={"fraction": 0.1})
     config.update(output=str(tmp_path / "run"), strategy={"kind": kind, "join_timeout": 120})
     if kind == "parameter_server":
         config["retrieval"].update(sampler="frequency", num_sampled=64)
@@ -751,7 +755,7 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
                                                            "--cluster", cluster, "--", *train])}
         for name, trainer in trainers.items():
             assert processes.wait(trainer, deadline) == 0, processes.logs()
-            assert f"training MIND for 4 epoch(s) ({kind})" in processes.log(name)
+            assert f"training MIND for {epochs} epoch(s) ({kind})" in processes.log(name)
         trainer_logs = {name: processes.log(name) for name in trainers}
         if kind == "parameter_server":
             assert "parameter_server: waiting until every task of the cluster is up (chief 0 at 127.0.0.1:" \
@@ -779,14 +783,14 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
     # model ranked here has the recall logged for its epoch, and every worker logged the same.
     record = json.load(open(tmp_path / "run" / "run.json"))
     val_recall = record["history"]["val_recall"]
-    assert len(val_recall) == 4 and record["validation"]["best_epoch"] == int(np.argmax(val_recall)) + 1
+    assert len(val_recall) == epochs and record["validation"]["best_epoch"] == int(np.argmax(val_recall)) + 1
     assert saved_models_validation_recall(str(tmp_path / "run.yaml")) == pytest.approx(max(val_recall), abs=1e-9)
     for name, log in trainer_logs.items():
         assert [float(v) for v in re.findall(r"val_recall: ([0-9.]+)", log)] == pytest.approx(val_recall, abs=1e-4), name
     assert main(["evaluate", "--config", str(tmp_path / "run.yaml")]) == 0
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
-    print(f"\nMIND, {kind}, 4 epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
-          f"{metrics['popularity']['recall']:.3f}")
+    print(f"\nMIND, {kind}, {epochs} epochs: recall@50 {metrics['model']['recall']:.3f}, popularity "
+          f"{metrics['popularity']['recall']:.3f}; val_recall by epoch {val_recall}")
     assert metrics["model"]["recall"] > metrics["popularity"]["recall"]
     if kind == "parameter_server":
         assert main(["evaluate", "--config", str(tmp_path / "warm.yaml")]) == 0

@@ -14,7 +14,7 @@ date and commit that produced it, so the parts can run (and be rerun) separately
   exported `serving_default` signature loaded with `tf.saved_model.load`, fed the dtypes a serving
   client sends, (c) gRPC Predict to `serving.LocalServer` through `serving.Client`, every row as
   given; (d)-(f) the same with the history sent once (the export's `shared_history` signature);
-  (g) the request of (c) with `serving.Client`'s default signature, which sends it so itself.
+  (g) the request of (c) with `serving.Client`'s default signature, which itself sends the history once.
   Untrained models: the cost is the same ops on the same shapes whatever the weights.
 * turns: DIN against each SIM at L = 10,000 through (b) and the `shared_history` signature, all
   four exports loaded in one process and called in turn (`common.per_call_ms`: the fastest of
@@ -434,7 +434,8 @@ def latency_part(size, flag, workdir):
         lines += ["", f"Model server peak RSS after its requests: {min(servers):.0f}-{max(servers):.0f} MiB. "
                   f"A serving_default request carries the history once per candidate ({CANDIDATES} copies of L "
                   "items, categories and times), so path (c) also pays for serialising, sending and parsing that "
-                  "many int64s; a `shared_history` request (f) carries it once, and so does `serving.Client`'s default (g). For DIN and SIM, `serving_default` "
+                  "many int64s; a `shared_history` request (f) carries it once, and so does `serving.Client`'s "
+                  "default (g). For DIN and SIM, `serving_default` "
                   "finds the history repeated on every row (when the request's histories hold at least "
                   "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events) and runs the model on one row, as "
                   "`shared_history` does, so (b) and (c) search it once; (a) calls the Keras model, which "
@@ -459,9 +460,8 @@ def turns_part(size, flag, workdir):
         "ratio does not move with the machine's load between the latency part's processes. It still moves "
         f"from one process to the next (here DIN's (b) from {min(dins):.0f} to {max(dins):.0f} ms), so "
         f"{len(runs)} processes run one after the other; a cell is their median, the range in brackets. "
-        "Paths as above: (b) "
-        "`serving_default` (it finds the history repeated on every row and searches it once), (e) "
-        "`shared_history`.",
+        "Paths as above: (b) `serving_default` (it finds the history repeated on every row and searches it "
+        "once), (e) `shared_history`.",
         "",
         "| search | path | DIN ms | SIM ms | DIN / SIM, median (range) | target >= 20x |",
         "|---|---|---:|---:|---:|---|",
@@ -471,9 +471,9 @@ def turns_part(size, flag, workdir):
             din = [r[path]["din"] for r in runs]
             sim = [r[path][f"sim-{search}"] for r in runs]
             ratios = [d / s for d, s in zip(din, sim)]
+            ratio = statistics.median(ratios)
             lines.append(f"| {search} | {PATHS[path]} | {statistics.median(din):.2f} | {statistics.median(sim):.2f} | "
-                         f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) | "
-                         f"{verdict(statistics.median(ratios) >= 20)} |")
+                         f"{ratio:.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) | {verdict(ratio >= 20)} |")
     return lines
 
 

@@ -461,8 +461,8 @@ class _PredictRecorder(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation, details, request):
         if details.method.endswith("/Predict"):
-            self.sent.append((request.model_spec.signature_name,
-                              {name: [d.size for d in proto.tensor_shape.dim] for name, proto in request.inputs.items()}))
+            shapes = {name: [d.size for d in proto.tensor_shape.dim] for name, proto in request.inputs.items()}
+            self.sent.append((request.model_spec.signature_name, shapes))
         return continuation(details, request)
 
 
@@ -485,7 +485,8 @@ def test_client_sends_a_history_repeated_on_every_row_once(planted_din, din_expo
 
     inputs, _ = din_rows(planted_din, 100)
     history = history_input_names(planted_din.model)
-    one_user = {name: np.repeat(values[:1], 100, axis=0) if name in history else values for name, values in inputs.items()}
+    one_user = {name: np.repeat(values[:1], 100, axis=0) if name in history else values
+                for name, values in inputs.items()}
     expected = planted_din.model.predict(one_user, verbose=0).ravel()
     request = {name: np.concatenate([values, np.full((100, 200 - values.shape[1]), "", values.dtype)], axis=1)
                if values.ndim == 2 else values for name, values in one_user.items()}

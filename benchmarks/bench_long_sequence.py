@@ -14,7 +14,8 @@ date and commit that produced it, so the parts can run (and be rerun) separately
   exported `serving_default` signature loaded with `tf.saved_model.load`, fed the dtypes a serving
   client sends, (c) gRPC Predict to `serving.LocalServer` through `serving.Client`, every row as
   given; (d)-(f) the same with the history sent once (the export's `shared_history` signature);
-  (g) the request of (c) with `serving.Client`'s default signature, which itself sends the history once.
+  (g) the request of (c) with `serving.Client`'s default signature, which itself sends the history once;
+  (h), (i) the same two over REST.
   Untrained models: the cost is the same ops on the same shapes whatever the weights.
 * turns: DIN against each SIM at L = 10,000 through (b) and the `shared_history` signature, all
   four exports loaded in one process and called in turn (`common.per_call_ms`: the fastest of
@@ -76,7 +77,8 @@ LATENCY_MODELS = ("sim-hard", "sim-soft", "sim-simhash", "din")
 PATHS = {"in_process": "(a) in process, `tf.function`", "signature": "(b) exported signature",
          "grpc": "(c) gRPC, `serving_default` named",
          "in_process_shared": "(d) as (a), history sent once", "signature_shared": "(e) `shared_history` signature",
-         "grpc_shared": "(f) gRPC, `shared_history`", "grpc_client": "(g) gRPC, `serving.Client`'s default"}
+         "grpc_shared": "(f) gRPC, `shared_history`", "grpc_client": "(g) gRPC, `serving.Client`'s default",
+         "rest": "(h) REST, `serving_default` named", "rest_client": "(i) REST, `serving.RestClient`'s default"}
 
 
 def quality_configs(size):
@@ -195,10 +197,10 @@ def child_latency(model_name, length, size_name, workdir):
 
     # (c) gRPC Predict to the local model server.
     if length in size["grpc_lengths"]:
-        from serving import Client, LocalServer
+        from serving import Client, LocalServer, RestClient
 
-        with LocalServer(model_base_path=base, model_name="model", rest=False) as server, \
-                Client(server.grpc_target, timeout=600) as client:
+        with LocalServer(model_base_path=base, model_name="model") as server, \
+                Client(server.grpc_target, timeout=600) as client, RestClient(server.rest_url, timeout=600) as rest:
             # (c) The rows as given, what any TF Serving client sends: serving_default named.
             served = np.asarray(client.predict("model", request, signature_name="serving_default")[
                 "prediction"]).ravel()
@@ -208,6 +210,12 @@ def child_latency(model_name, length, size_name, workdir):
             served = np.asarray(client.predict("model", request)["prediction"]).ravel()
             report["max_abs_diff_grpc_client"] = float(np.max(np.abs(served - in_process)))
             report["grpc_client"] = timed(lambda: client.predict("model", request), size)
+            # (h), (i) The same two over REST, where every row of the request becomes JSON.
+            for path, signature_name in (("rest", "serving_default"), ("rest_client", None)):
+                served = np.asarray(rest.predict("model", request, signature_name=signature_name)[
+                    "prediction"]).ravel()
+                report[f"max_abs_diff_{path}"] = float(np.max(np.abs(served - in_process)))
+                report[path] = timed(lambda: rest.predict("model", request, signature_name=signature_name), size)
             served = np.asarray(client.predict("model", shared_request, signature_name="shared_history")[
                 "prediction"]).ravel()
             report["max_abs_diff_grpc_shared"] = float(np.max(np.abs(served - in_process)))
@@ -377,7 +385,7 @@ def latency_part(size, flag, workdir):
         f"One request: the {CANDIDATES} impressions of one user of `make_long_history_setting(\"longterm\", "
         "num_users=2, targets_per_user=100, history_length=L, min_history_length=L, test_share=0.5, seed=0)` "
         f"(the test user): {CANDIDATES} rows with the same history of exactly L events (item, category, "
-        "time), fed as the model's raw inputs: in (a)-(c) and (g) every row carries the whole history, in "
+        "time), fed as the model's raw inputs: in (a)-(c) and (g)-(i) every row carries the whole history, in "
         "(d)-(f) the history is sent once, as one row, for all 100 candidates (the export's `shared_history` "
         "signature). Models are built with the "
         "tests' sizes (embedding 8, DNN 64-32, attention 32-16 with weight normalisation) and left untrained: "
@@ -392,7 +400,8 @@ def latency_part(size, flag, workdir):
         "`shared_history` signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`); (g) the "
         "request of (c) through `serving.Client.predict` with its default signature, which sends a history "
         "repeated on every row once, to `shared_history`, when its rows hold at least "
-        "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events in all (not at L = 100). Each cell: p50 / p99 ms "
+        "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events in all (not at L = 100); (h) and (i) the same "
+        "two over the server's REST API through `serving.RestClient` (JSON). Each cell: p50 / p99 ms "
         f"(sequential calls timed, after {size['warmup']} warm-up "
         f"calls; at least {size['min_reps']}, and up to {size['max_reps']} within {size['budget_s']:g} s). "
         "One process per (model, L).",
@@ -409,7 +418,7 @@ def latency_part(size, flag, workdir):
                      + " | ".join(ms(r.get(path)) for path in PATHS) + " |")
     diffs = [r[key] for r in runs.values() for key in r if key.startswith("max_abs_diff_")]
     if diffs:
-        lines += ["", f"Scores of (b)-(g) against (a): max |diff| {max(diffs):.1e} over every request."]
+        lines += ["", f"Scores of (b)-(i) against (a): max |diff| {max(diffs):.1e} over every request."]
 
     lines += ["", f"Issue targets: SIM at L = {longest:,} at least 20x faster than DIN over the same history "
               f"(DIN p50 / SIM p50), and SIM's p50 growing less than 3x from L = {shortest:,} to L = {longest:,} "

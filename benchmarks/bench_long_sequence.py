@@ -30,6 +30,7 @@ date and commit that produced it, so the parts can run (and be rerun) separately
 Every configuration runs in its own Python process (`common.run_child`).
 """
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -195,32 +196,23 @@ def child_latency(model_name, length, size_name, workdir):
     report["signature_shared"] = timed(lambda: shared_signature(**shared_feed)["prediction"].numpy(), size)
     report["request_shared_mib"] = sum(np.asarray(v).nbytes for v in shared_request.values()) / 2**20
 
-    # (c) gRPC Predict to the local model server.
+    # (c), (f)-(i) Predict to the local model server, over gRPC and REST.
     if length in size["grpc_lengths"]:
         from serving import Client, LocalServer, RestClient
 
         with LocalServer(model_base_path=base, model_name="model") as server, \
                 Client(server.grpc_target, timeout=600) as client, RestClient(server.rest_url, timeout=600) as rest:
-            # (c) The rows as given, what any TF Serving client sends: serving_default named.
-            served = np.asarray(client.predict("model", request, signature_name="serving_default")[
-                "prediction"]).ravel()
-            report["max_abs_diff_grpc"] = float(np.max(np.abs(served - in_process)))
-            report["grpc"] = timed(lambda: client.predict("model", request, signature_name="serving_default"), size)
-            # (g) The client's default signature: it sends a history repeated on every row once.
-            served = np.asarray(client.predict("model", request)["prediction"]).ravel()
-            report["max_abs_diff_grpc_client"] = float(np.max(np.abs(served - in_process)))
-            report["grpc_client"] = timed(lambda: client.predict("model", request), size)
-            # (h), (i) The same two over REST, where every row of the request becomes JSON.
-            for path, signature_name in (("rest", "serving_default"), ("rest_client", None)):
-                served = np.asarray(rest.predict("model", request, signature_name=signature_name)[
-                    "prediction"]).ravel()
+            served_paths = (
+                ("grpc", client, request, "serving_default"),  # (c) the rows as given, as any TF Serving client
+                ("grpc_shared", client, shared_request, "shared_history"),  # (f) the history sent once by hand
+                ("grpc_client", client, request, None),  # (g) the client's default: it sends the history once
+                ("rest", rest, request, "serving_default"),  # (h), (i) the same over REST, where rows become JSON
+                ("rest_client", rest, request, None))
+            for path, served_by, feed, signature_name in served_paths:
+                call = functools.partial(served_by.predict, "model", feed, signature_name=signature_name)
+                served = np.asarray(call()["prediction"]).ravel()
                 report[f"max_abs_diff_{path}"] = float(np.max(np.abs(served - in_process)))
-                report[path] = timed(lambda: rest.predict("model", request, signature_name=signature_name), size)
-            served = np.asarray(client.predict("model", shared_request, signature_name="shared_history")[
-                "prediction"]).ravel()
-            report["max_abs_diff_grpc_shared"] = float(np.max(np.abs(served - in_process)))
-            report["grpc_shared"] = timed(
-                lambda: client.predict("model", shared_request, signature_name="shared_history"), size)
+                report[path] = timed(call, size)
             report["server_peak_rss_mib"] = common.process_peak_rss_mib(server.pid)
     report["peak_rss_mib"] = common.peak_rss_mib()
     common.emit(report)

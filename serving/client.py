@@ -408,23 +408,24 @@ class _BaseClient:
         arrays = self._prepared_inputs(inputs, signature)
         key = (model_name, version, version_label)
         once = None if named or key in self._history_sent_per_row else _history_sent_once(signature_map, arrays)
+        refused = False
         if once is not None:
             shared = saved_model_export.SHARED_HISTORY_SIGNATURE
             try:
                 return self._predict_arrays(model_name, once, shared, signature_map.signature_def[shared],
                                             version, version_label, output_filter, timeout)
             except ServingError as error:
-                if error.code != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
                 # e.g. a server batching requests (--enable_batching), which needs one row
                 # count in every input: send the rows as given, and so from now on.
-                outputs = self._predict_arrays(model_name, arrays, signature_name, signature, version,
-                                               version_label, output_filter, timeout)
-                with self._cache_lock:
-                    self._history_sent_per_row.add(key)
-                return outputs
-        return self._predict_arrays(model_name, arrays, signature_name, signature, version,
-                                    version_label, output_filter, timeout)
+                if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                refused = True
+        outputs = self._predict_arrays(model_name, arrays, signature_name, signature, version,
+                                       version_label, output_filter, timeout)
+        if refused:
+            with self._cache_lock:
+                self._history_sent_per_row.add(key)
+        return outputs
 
     def metadata(self, model_name, version=None, timeout=None, version_label=None):
         """{signature name: {"inputs": {alias: (dtype name, shape list)}, "outputs": {...}}}."""

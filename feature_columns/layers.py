@@ -88,18 +88,60 @@ class SparseIndex(tf.keras.layers.Layer):
         return config
 
 
+# top_k_indices ranks rows at least this many times wider than k in two passes, over blocks of
+# TOP_K_BLOCK positions: below that, the second top_k's fixed cost outweighs the narrower pass.
+TOP_K_TWO_PASS_MIN_WIDTH = 160
+TOP_K_BLOCK = 16
+
+
 def top_k_indices(values, k):
-    """The positions of the `k` largest of each row of `values` (..., n), int or float: the
+    """The positions of the `k` largest of each row of `values` (batch, n), int or float: the
     indices of `tf.math.top_k` (largest first, ties in position order).
 
-    Integers are ranked as float32, exactly while they lie within +-2^24 (or equal the dtype's
-    min, a power of two): a training step runs under XLA, whose CPU top-k is fast only for
-    float32 and sorts every row of any other type ((256, 2,000) int32, k = 50: 55 ms against
+    Integers (and bfloat16) are ranked as float32, exactly while they lie within +-2^24 (or equal
+    the dtype's min, a power of two): a training step runs under XLA, whose CPU top-k is fast only
+    for float32 and sorts every row of any other type ((256, 2,000) int32, k = 50: 55 ms against
     3 ms for float32).
+
+    Rows of at least `TOP_K_TWO_PASS_MIN_WIDTH` x k values (a 10,000-event history searched for
+    50) are ranked in two passes, `_top_k_in_blocks`, with the same result.
     """
-    if values.dtype.is_integer:
+    if values.dtype.is_integer or values.dtype == tf.bfloat16:
         values = tf.cast(values, tf.float32)
-    return tf.math.top_k(values, k).indices
+    width, k_value = values.shape[-1], tf.get_static_value(k)
+    if width is not None and k_value is not None:
+        if width >= TOP_K_TWO_PASS_MIN_WIDTH * k_value:
+            return _top_k_in_blocks(values, k)
+        return tf.math.top_k(values, k).indices
+    return tf.cond(tf.shape(values)[-1] >= TOP_K_TWO_PASS_MIN_WIDTH * k,
+                   lambda: _top_k_in_blocks(values, k), lambda: tf.math.top_k(values, k).indices)
+
+
+def _top_k_in_blocks(values, k):
+    """`tf.math.top_k(values, k).indices` for values (batch, n) float32, n >= k x TOP_K_BLOCK, from
+    two narrower top_ks: over the maxima of blocks of TOP_K_BLOCK positions, then over the k blocks
+    with the largest maxima, taken in position order.
+
+    Those k blocks hold the k largest values, ties included: a block holding one of them has a
+    maximum at least the k-th largest value v; fewer than k values exceed v, so fewer than k
+    blocks have a maximum above v, and all are taken; the values equal to v that top_k keeps are
+    the first in position order, and they lie in the first blocks whose maximum is v, the ones
+    top_k keeps among equal maxima. The second pass sees the k blocks in position order, so it
+    breaks ties as top_k does over the whole row.
+    (100, 10,000), k = 50: 1.6 ms against 1.9 for one top_k.
+    """
+    rows, width = tf.shape(values)[0], tf.shape(values)[1]
+    # At least k blocks, so that the pass compiles (XLA compiles both branches of top_k_indices'
+    # tf.cond) whatever the width.
+    num_blocks = tf.maximum(-(-width // TOP_K_BLOCK), k)
+    blocks = tf.reshape(tf.pad(values, [[0, 0], [0, num_blocks * TOP_K_BLOCK - width]],
+                               constant_values=-float("inf")), [rows, num_blocks, TOP_K_BLOCK])
+    # The padding is never kept: it ranks last (ties after every real position), and a row this
+    # pass ranks has at least k real ones.
+    chosen = tf.sort(tf.math.top_k(tf.reduce_max(blocks, axis=-1), k).indices, axis=-1)        # (batch, k)
+    candidates = tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [rows, -1])                 # (batch, k x block)
+    best = tf.math.top_k(candidates, k).indices
+    return tf.gather(chosen, best // TOP_K_BLOCK, batch_dims=1) * TOP_K_BLOCK + best % TOP_K_BLOCK
 
 
 def most_recent_positions(eligible, k):

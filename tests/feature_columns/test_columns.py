@@ -11,6 +11,7 @@ from feature_columns import (DEFAULT_GROUP_NAME, DenseFeat, FeatureEncoder, Rece
                              SparseFeat, SparseIndex, VarLenSparseFeat, build_input_features, get_feature_names,
                              validate_columns)
 from feature_columns.feature_column import read_vocabulary_file
+from feature_columns.layers import TOP_K_TWO_PASS_MIN_WIDTH
 import tensorflow as tf
 
 
@@ -203,6 +204,31 @@ def test_top_k_indices_are_top_ks_and_compile_without_a_sort(dtype):
     np.testing.assert_array_equal(compiled(values), expected)
     hlo = compiled.experimental_get_compiler_ir(values)(stage="optimized_hlo")
     assert " sort(" not in hlo
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_top_k_indices_of_wide_rows_in_two_passes_are_top_ks(k):
+    """Rows at least TOP_K_TWO_PASS_MIN_WIDTH x k wide are ranked over blocks, then over the best
+    blocks: the same indices as one top_k, with ties (many equal values, masked float32.min and
+    -inf positions) in position order; static and dynamic widths, eager and under XLA."""
+    rng = np.random.default_rng(k)
+    width = TOP_K_TWO_PASS_MIN_WIDTH * k + 13           # not a whole number of blocks
+    values = rng.integers(-4, 4, (6, width)).astype(np.float32)
+    values[1] = rng.normal(size=width)
+    values[2:4] = np.where(rng.random((2, width)) < 0.995, np.finfo(np.float32).min, values[2:4])
+    values[4] = np.where(rng.random(width) < 0.5, -np.inf, values[4])
+    values[5, -3:] = 10.0                                                  # the best in the last block
+    values = tf.constant(values)
+    expected = tf.math.top_k(values, k).indices
+    dynamic = tf.function(feature_columns.top_k_indices, input_signature=[tf.TensorSpec([None, None]),
+                                                                          tf.TensorSpec([], tf.int32)])
+    compiled = tf.function(lambda x: feature_columns.top_k_indices(x, k), jit_compile=True)
+    for indices in (feature_columns.top_k_indices(values, k), dynamic(values, k), compiled(values)):
+        np.testing.assert_array_equal(indices, expected)
+    static = tf.function(lambda x: feature_columns.top_k_indices(x, k)).get_concrete_function(
+        tf.TensorSpec([None, width]))
+    # The two passes and the sort of the chosen blocks (tf.sort is a top_k too).
+    assert [node.op for node in static.graph.as_graph_def().node].count("TopKV2") == 3
 
 
 @pytest.mark.parametrize("shared", [False, True])

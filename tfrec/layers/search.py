@@ -5,8 +5,9 @@ the Exact Search Unit (ESU) attends over those few. Each GSU here returns positi
 history, (batch, topk) int32, and a (batch, topk) bool `valid`; `feature_columns.take_positions`
 then gathers the chosen events' ids, embeddings or times. Hard search (same category, most
 recent first) is `feature_columns.RecentSequence` with a `where` mask. Every search is a handful
-of vectorised ops over (batch, L): scores or distances, then one top_k. No tensor of size
-batch x L x topk (or x candidates) is ever built.
+of vectorised ops over (batch, L): scores or distances, then `feature_columns.top_k_indices`
+(one top_k, or two narrower ones over a long history). No tensor of size batch x L x topk (or x
+candidates) is ever built.
 """
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 

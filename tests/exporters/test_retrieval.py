@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import exporters
-from exporters.retrieval import merge_interest_results
+from exporters.retrieval import _BruteForceIndex, merge_interest_results
 from tests.conftest import run_saved_model_cli
 
 NUM_ITEMS = 5000
@@ -167,6 +167,20 @@ def test_brute_force_export_is_numpy_exact_top_k(exported, exact, candidates):
     np.testing.assert_allclose(returned, score_of(scores, candidates, ids), atol=1e-5)  # of these ids
     assert all(len(set(row)) == K for row in ids)
     assert np.mean(ids == exact_ids) > 0.99  # the rest: float ties/rounding order only
+
+
+def test_brute_force_search_over_a_large_catalogue_is_top_k_with_ties_in_item_order():
+    """Over a catalogue at least 160 x k items long the search ranks in two passes
+    (feature_columns.top_k_indices); its answer is still top_k's, k given or a tensor."""
+    rng = np.random.default_rng(3)
+    vectors = np.round(rng.normal(size=(20_000, 4)), 1).astype(np.float32)  # rounded: many equal scores
+    queries = tf.constant(np.round(rng.normal(size=(6, 4)), 1), tf.float32)
+    index = _BruteForceIndex(vectors)
+    expected = tf.math.top_k(tf.matmul(queries, vectors, transpose_b=True), 100)
+    searched = tf.function(index.search, input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([], tf.int32)])
+    for indices, scores in (index.search(queries, 100), searched(queries, 100)):
+        np.testing.assert_array_equal(indices, expected.indices)
+        np.testing.assert_array_equal(scores, expected.values)
 
 
 def test_exclude_leaves_the_items_a_request_sends_out_of_its_top_k(youtubednn, candidates, exact, tmp_path):

@@ -217,7 +217,8 @@ def identity_two_tower(vectors):
     item_tower = tf.keras.Model(item_id, tf.keras.layers.Flatten(name="item_embedding")(table(item_id)),
                                 name="identity_item_tower")
     table.set_weights([vectors])
-    return SimpleNamespace(user_tower=user_tower, item_tower=item_tower, item_input=item_id, name="identity")
+    return SimpleNamespace(user_tower=user_tower, item_tower=item_tower, item_input=item_id, name="identity",
+                           submodules=user_tower.submodules + item_tower.submodules)
 
 
 def directory_mib(path):

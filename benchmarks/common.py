@@ -2,7 +2,9 @@
 
 Each benchmark runs every contender in its own Python process (so peak RSS is per contender and
 DeepMatch can switch TensorFlow to graph mode), in one script run, and rewrites only its own
-section of BENCHMARKS.md, between `<!-- NAME:start -->` and `<!-- NAME:end -->`.
+section of BENCHMARKS.md, between `<!-- NAME:start -->` and `<!-- NAME:end -->`. A `--quick` run
+(tiny sizes, a smoke test) writes BENCHMARKS.quick.md instead, so its figures never replace
+measured ones.
 """
 import json
 import os
@@ -15,6 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+QUICK_BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.quick.md")
 HEADER = """# tfrec benchmarks
 
 Written by the scripts in `benchmarks/`; each section says the command that produced it. These
@@ -94,14 +97,16 @@ def commit_line():
 
 
 def write_section(name, markdown):
-    """Replaces (or appends) section `name` of BENCHMARKS.md."""
-    text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else HEADER
+    """Replaces (or appends) section `name` of BENCHMARKS.md (of BENCHMARKS.quick.md in a run
+    with `--quick`)."""
+    path = QUICK_BENCHMARKS_MD if "--quick" in sys.argv[1:] else BENCHMARKS_MD
+    text = open(path).read() if os.path.exists(path) else HEADER
     block = f"<!-- {name}:start -->\n{markdown.strip()}\n<!-- {name}:end -->"
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    with open(BENCHMARKS_MD, "w") as out:
+    with open(path, "w") as out:
         out.write(text)
-    print(f"wrote section '{name}' of {BENCHMARKS_MD}")
+    print(f"wrote section '{name}' of {path}")
 
 
 def percentile_ms(samples_s, q):

@@ -637,12 +637,12 @@ def scann_part(size, flag, workdir):
         lines += ["", f"Issue target: QPS(ScaNN export) / QPS(brute-force export) >= {TARGET_SPEEDUP:g}x at "
                   f"recall@{K} >= {TARGET_RECALL}: {speedup:.1f}x at recall {scann['recall']:.4f} "
                   f"({'met' if met else '**not met**'}); one query at a time: {single:.1f}x."]
-        for kind, title in (("scann_int8", "The int8-reordering export"),
-                            ("scann_fast", "The export searching 10 leaves and rescoring 256")):
-            if "error" not in loads[kind]:
+        for kind in SCANN_EXPORTS:
+            if kind != "scann" and "error" not in loads[kind]:
                 speedup, recall = loads[kind]["qps"] / brute["qps"], loads[kind]["recall"]
                 met = speedup >= TARGET_SPEEDUP and recall >= TARGET_RECALL
-                lines[-1] += f" {title}: {speedup:.1f}x at recall {recall:.4f} ({'met' if met else '**not met**'})."
+                lines[-1] += (f" {EXPORT_NAMES[kind]}: {speedup:.1f}x at recall {recall:.4f} "
+                              f"({'met' if met else '**not met**'}).")
     if "error" not in export:
         lines += [
             "",

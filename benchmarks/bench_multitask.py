@@ -162,7 +162,8 @@ def child_step(impl, model_name, size_name):
     step alone (forward, backward and the LazyAdam update in one XLA call), and the same work as
     the two calls it took before the update joined the step: forward + backward as one XLA call,
     then `optimizer.apply_gradients` as a call of its own (Keras compiles each weight's update as
-    a separate XLA function).
+    a separate XLA function). And the compiled step of `one_table_twin`, what one table in place
+    of the six small ones would cost.
     """
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     size = SIZES[size_name]
@@ -202,6 +203,7 @@ def child_step(impl, model_name, size_name):
     if impl.startswith("tfrec"):
         indexed = model._split.core_inputs(x)
         fused = model.core_step_function()
+        one_table, one_table_inputs = one_table_twin(model_name, rows, sizes)
         separate = base._TrainingSplit(model, jit_compile=True, update_in_step=False).step
         _, gradients = separate(indexed, y, None)
         pairs = [(g, v) for g, v in zip(gradients, model.trainable_variables) if g is not None]
@@ -210,7 +212,9 @@ def child_step(impl, model_name, size_name):
         def apply(gradients):
             return model.optimizer.apply_gradients(zip(gradients, [v for _, v in pairs]))
 
+        one_table_step = one_table.core_step_function()
         fns.update(xla_step_ms=(lambda: fused(indexed, y, None), 1),
+                   xla_step_ms_one_table=(lambda: one_table_step(one_table_inputs, y, None), 1),
                    xla_forward_backward_ms=(lambda: separate(indexed, y, None), 1),
                    optimizer_call_ms=(lambda: apply([g for g, _ in pairs]), 1))
         report.update(update_in_step=model._split.update_in_step, weights_updated=len(pairs))
@@ -218,6 +222,25 @@ def child_step(impl, model_name, size_name):
     if impl in ("tfrec", "deepctr-xla"):  # the XLA operations of tfrec's compiled call / DeepCTR's whole step
         report["profile"] = common.xla_op_profile(fns["xla_step_ms" if impl == "tfrec" else "keras_step_ms_one_per_call"][0])
     common.emit(report)
+
+
+def one_table_twin(model_name, rows, sizes):
+    """(model, its compiled step's inputs): tfrec's model with one table of all the sparse columns'
+    width (user_id's rows, 8 x 6 columns) in place of the six: the same layers after the embeddings,
+    one lookup and one table update instead of six. What fusing the small tables into one variable
+    could save at most."""
+    import tensorflow as tf
+    from feature_columns import DenseFeat, SparseFeat, look_up_rows
+    from tfrec.data import df_to_inputs
+    import tfrec.models
+
+    columns = [SparseFeat("user_id", sizes["user_id"], CONFIG["embedding_dim"] * len(sizes), dtype="int32")]
+    columns += [DenseFeat(name) for name in PLANTED_DENSE]
+    tf.keras.utils.set_random_seed(1024)
+    model = getattr(tfrec.models, model_name)(columns, seed=1024, task_names=tuple(PLANTED_TASKS))
+    model.compile(tf.keras.optimizers.Adam(CONFIG["learning_rate"]), ["binary_crossentropy"] * len(PLANTED_TASKS))
+    x = {name: tf.constant(value) for name, value in look_up_rows(columns, df_to_inputs(rows, columns)).items()}
+    return model, model._split.core_inputs(x)
 
 
 def child_adult(impl, model_name, size_name):
@@ -375,7 +398,22 @@ def dispatch_line(runs):
             "update for all dense weights is not the way: a trial (not kept) that concatenated their gradients, "
             "moments and weights, updated them once and split them back made the XLA step slower (2026-12-05, "
             "`python benchmarks/bench_multitask.py --child step tfrec MODEL`: MMOE 10.09 against 8.97 ms, ESMM "
-            "6.52 against 5.89 ms); the concatenations and splits cost more than the per-weight kernels they replace.")
+            "6.52 against 5.89 ms); the concatenations and splits cost more than the per-weight kernels they replace. "
+            + one_table_sentence(runs))
+
+
+def one_table_sentence(runs):
+    """What fusing the six small tables into one could save, from the step children's one-table twin."""
+    pairs = [(model_name, run) for model_name in STEP_MODELS
+             if "xla_step_ms_one_table" in (run := runs.get((model_name, "tfrec"), {}))]
+    if not pairs:
+        return ""
+    return ("Nor is one variable for the small tables with one lookup per batch: the same model with one table as "
+            "wide as the six (8 x 6 columns; `one_table_twin`) in place of them, its compiled step measured in "
+            "turn with the six-table one, takes " + "; ".join(
+                f"{model_name} {run['xla_step_ms_one_table']:.2f} against {run['xla_step_ms']:.2f} ms"
+                for model_name, run in pairs) + ", so six lookups and table updates instead of one cost at most "
+            "that difference.")
 
 
 def main():

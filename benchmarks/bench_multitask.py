@@ -520,11 +520,19 @@ def main():
         dispatch_line(step_runs),
     ]
     lines += ["", "### Real data: UCI Adult (census income)", ""]
-    if any_adult is None:
+    if not adult_runs:
         lines.append(f"Not run: no UCI Adult file at {ADULT_PATH} (download `adult.data` from the UCI repository "
                      "and set UCI_ADULT_PATH, or put it at data/uci-adult/adult.data).")
-        return common.write_section("multitask", "\n".join(lines))
-    lines += [
+    elif any_adult is None:
+        lines += ["Every run failed:", "", *adult_table(adult_runs)]
+    else:
+        lines += adult_lines(any_adult, adult_runs, size)
+    common.write_section("multitask", "\n".join(lines))
+
+
+def adult_lines(any_adult, adult_runs, size):
+    """The Adult part: how it was run, and its table."""
+    return [
         "UCI Adult's `adult.data` (the census-income training file, 32,561 rows), read by "
         "`tfrec.data.load_adult(path)`; a fixed permutation (numpy seed 0), first 80% "
         f"({any_adult['train_rows']}) train, last 20% ({any_adult['test_rows']}) test. Tasks: `income` (>50K) and "
@@ -538,7 +546,6 @@ def main():
         "",
         *adult_table(adult_runs),
     ]
-    common.write_section("multitask", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ def test_benchmark_module_imports(name):
 def test_scann_benchmarks_stand_in_model_exports_and_answers_exact_top_k(tmp_path):
     from benchmarks.bench_retrieval import clustered_vectors, identity_two_tower
     from exporters import export_retrieval
+    from tfrec.metrics import top_k_indices
 
     vectors, queries = clustered_vectors(dict(candidates=400, queries=8, points_per_cluster=50))
     candidates = pd.DataFrame({"item_id": np.arange(len(vectors), dtype=np.int64)})
     export = export_retrieval(identity_two_tower(vectors), str(tmp_path / "identity"), candidates, k=10,
                               warmup_inputs={"query": queries[:3]})
     served = tf.saved_model.load(export.path).signatures["serving_default"](query=tf.constant(queries))
-    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
-    np.testing.assert_array_equal(served["item_ids"].numpy(), exact)
+    np.testing.assert_array_equal(served["item_ids"].numpy(), top_k_indices(queries @ vectors.T, 10))

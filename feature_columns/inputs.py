@@ -18,8 +18,8 @@ import tensorflow as tf
 from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
-from .layers import (PaddingMask, RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions,
-                     lookup_fingerprint)
+from .layers import (SMALL_TABLE_MAX_SIZE, PaddingMask, RecentSequence, RowOffset, SequencePooling, SparseEmbedding,
+                     SparseIndex, TakePositions, lookup_fingerprint)
 
 
 def serving_dtype(dtype):
@@ -176,9 +176,14 @@ class FeatureEncoder:
         scaled by the inverse of each id's frequency (see `SparseEmbedding`).
       seed: seed for the default embedding initializer.
       features: existing Inputs to reuse (e.g. shared by two towers); built if None.
+      pack_small_tables: store the small tables of one width in one variable (`small_table_packs`),
+        each table's rows shifted past the previous ones' (`RowOffset`): a batch looks them all up
+        in one layer call and the optimizer updates one variable instead of one per table. The
+        model computes the same function and the same mini-batch aware penalty.
     """
 
-    def __init__(self, feature_columns, l2_reg_embedding=0.0, seed=1024, features=None, prefix=""):
+    def __init__(self, feature_columns, l2_reg_embedding=0.0, seed=1024, features=None, prefix="",
+                 pack_small_tables=False):
         policy = tf.keras.mixed_precision.global_policy()
         if policy.compute_dtype != "float32":
             # Else fit fails deep in the graph: "x and y must have the same dtype, got tf.bfloat16 != tf.float32".
@@ -187,17 +192,36 @@ class FeatureEncoder:
                              f"building the model (mixed precision is not supported)")
         self.columns = OrderedDict((column.name, column) for column in validate_columns(list(feature_columns)))
         self.features = features if features is not None else build_input_features(feature_columns, prefix)
-        self._indexers, self._tables = {}, {}
+        # table name -> its SparseIndex, its SparseEmbedding (one per pack of small tables), and,
+        # for a packed table after the first of its pack, the row its own rows start at.
+        self._indexers, self._tables, self._offsets = {}, {}, {}
+
+        def default_initializer():
+            return tf.keras.initializers.RandomNormal(mean=0.0, stddev=0.0001, seed=seed)
+
         for column in self.columns.values():
-            if isinstance(column, (DenseFeat, VarLenDenseFeat)) or column.embedding_name in self._tables:
+            if isinstance(column, (DenseFeat, VarLenDenseFeat)) or column.embedding_name in self._indexers:
                 continue
             table = column.embedding_name
             self._indexers[table] = index_layer(column, name=prefix + "index_" + table)
-            initializer = column.embeddings_initializer or tf.keras.initializers.RandomNormal(
-                mean=0.0, stddev=0.0001, seed=seed)
-            self._tables[table] = SparseEmbedding(
-                column.vocabulary_size, column.embedding_dim, embeddings_initializer=initializer,
-                l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
+        packs = small_table_packs(self.columns.values()) if pack_small_tables else []
+        for pack in packs:
+            rows = [self._column_of_table(table).vocabulary_size for table in pack]
+            embedding = SparseEmbedding(
+                sum(rows), self._column_of_table(pack[0]).embedding_dim, embeddings_initializer=default_initializer(),
+                l2_reg=l2_reg_embedding, name=prefix + "emb_packed_" + "_".join(pack))
+            for table, offset in zip(pack, np.cumsum([0] + rows[:-1])):
+                self._tables[table] = embedding
+                if offset:
+                    self._offsets[table] = int(offset)
+        for table in self._indexers:
+            if table not in self._tables:
+                column = self._column_of_table(table)
+                self._tables[table] = SparseEmbedding(
+                    column.vocabulary_size, column.embedding_dim,
+                    embeddings_initializer=column.embeddings_initializer or default_initializer(),
+                    l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
+        self._packed = {table for pack in packs for table in pack}
         self._prefix = prefix
         self._indices, self._weights, self._histories, self._masks = {}, {}, {}, {}
         # Lookups are registered (key -> table, indices) and embedded in one call per table
@@ -225,8 +249,13 @@ class FeatureEncoder:
         return [name for name, column in self.columns.items() if isinstance(column, kind)]
 
     def table(self, name):
-        """The SparseEmbedding layer that embeds column `name`."""
-        return self._tables[self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name]
+        """The SparseEmbedding layer that embeds column `name`, alone (never a packed table)."""
+        table = self.column(name, (SparseFeat, VarLenSparseFeat)).embedding_name
+        if table in self._packed:
+            raise ValueError(f"the table of '{name}' is packed with other small tables in "
+                             f"'{self._tables[table].name}'; build the encoder with pack_small_tables=False "
+                             "to read it alone")
+        return self._tables[table]
 
     def _raw_indices(self, name):
         column = self.columns[name]
@@ -308,7 +337,7 @@ class FeatureEncoder:
         if key not in self._lookups:
             table = self.column(column_name, (SparseFeat, VarLenSparseFeat)).embedding_name
             self._lookups[key] = (table, indices)
-            self._pending[(table, regularize)].append(key)
+            self._pending[(self._tables[table].name, regularize)].append(key)
 
     def mask(self, name):
         """(batch, maxlen) bool, true on real items of the sequence `name`."""
@@ -327,26 +356,34 @@ class FeatureEncoder:
         """(batch, 1, dim) for a SparseFeat, (batch, maxlen, dim) for a sequence or lookup key.
 
         A column not registered yet is registered with every other unregistered column of its
-        table, so plain columns sharing a table are looked up together.
+        table (of its pack of tables), so plain columns sharing a variable are looked up together.
         """
         if key not in self._embedded:
             if key not in self._lookups:
                 if key in self._embedded_only_by_views:
                     raise ValueError(f"'{key}' is embedded only through History.recent views")
-                table = self.column(key, (SparseFeat, VarLenSparseFeat)).embedding_name
+                stored = self._tables[self.column(key, (SparseFeat, VarLenSparseFeat)).embedding_name]
                 for name, column in self.columns.items():
-                    if getattr(column, "embedding_name", None) == table and \
-                            name not in self._embedded_only_by_views:
+                    table = getattr(column, "embedding_name", None)
+                    if table is not None and self._tables[table] is stored and name not in self._embedded_only_by_views:
                         self.lookup(name, name, self.indices(name))
             table = self._lookups[key][0]
+            embedding = self._tables[table]
             group = next(g for g, keys in self._pending.items() if key in keys)
             keys, first_call = self._pending.pop(group), not any(
                 self._lookups[k][0] == table for k in self._embedded)
-            embedded = self._tables[table]([self._lookups[k][1] for k in keys], regularize=group[1])
+            embedded = embedding([self._rows(k) for k in keys], regularize=group[1])
             self._embedded.update(zip(keys, embedded))
             if first_call:
-                _start_counts_from_vocabulary(self._tables[table], self._column_of_table(table))
+                _start_counts_from_vocabulary(embedding, self._column_of_table(table))
         return self._embedded[key]
+
+    def _rows(self, key):
+        """The embedding rows of lookup `key`: its indices, after its table's offset in a pack."""
+        table, indices = self._lookups[key]
+        if table not in self._offsets:
+            return indices
+        return RowOffset(self._offsets[table], name=self.layer_name("packed_rows_" + key))(indices)
 
     def _column_of_table(self, table):
         return next(c for c in self.columns.values() if getattr(c, "embedding_name", None) == table)
@@ -404,6 +441,39 @@ def _truncate_together(sequences, maxlen, layer_name, lengths=None, where=None, 
         return {names[0]: recent(sequences[names[0]], **condition)}
     kept, kept_others = recent(sequences[names[0]], aligned=others, **condition)
     return dict(zip(names, [kept] + kept_others))
+
+
+def small_table_packs(columns):
+    """Lists of table names whose tables `FeatureEncoder(pack_small_tables=True)` stores in one
+    variable: of one embedding width, at most SMALL_TABLE_MAX_SIZE weights in all, with at least
+    two tables each, in column order.
+
+    A table packs when only SparseFeats read it (a behaviour sequence's table is searched and
+    grown whole), it is trainable with the default initializer, and its size is fixed: plain
+    ids or hashing, not a vocabulary (which `tfrec.saving.with_grown_tables` grows).
+    """
+    readers = OrderedDict()
+    for column in columns:
+        if isinstance(column, (SparseFeat, VarLenSparseFeat)):
+            readers.setdefault(column.embedding_name, []).append(column)
+    by_width = defaultdict(list)
+    for table, table_columns in readers.items():
+        first = table_columns[0]
+        if all(isinstance(c, SparseFeat) and c.trainable and c.embeddings_initializer is None and c.vocabulary is None
+               and c.vocabulary_path is None for c in table_columns) and \
+                first.vocabulary_size * first.embedding_dim <= SMALL_TABLE_MAX_SIZE:
+            by_width[first.embedding_dim].append((table, first.vocabulary_size))
+    packs = []
+    for width, tables in by_width.items():
+        pack, rows = [], 0
+        for table, size in tables:
+            if (rows + size) * width > SMALL_TABLE_MAX_SIZE:
+                packs.append(pack)
+                pack, rows = [], 0
+            pack.append(table)
+            rows += size
+        packs.append(pack)
+    return [pack for pack in packs if len(pack) > 1]
 
 
 def index_layer(column, name=None):

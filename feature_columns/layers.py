@@ -376,6 +376,35 @@ def gather_rows(table, ids):
     return tf.nn.embedding_lookup(table, ids)
 
 
+# A table of at most this many weights (8,192 rows of 8) is "small": `FeatureEncoder` may pack
+# several into one variable, and tfrec's LazyAdam updates it by one masked pass over the whole
+# table, which compiles into the XLA training step (a larger table's row-only update needs a
+# de-duplication of the batch's rows, which XLA compiles to a sort).
+SMALL_TABLE_MAX_SIZE = 1 << 16
+
+
+@_register
+class RowOffset(tf.keras.layers.Layer):
+    """Shifts a column's embedding rows by `offset`: its place in a table packed with others.
+
+    (batch, ...) int32 rows -> the same rows + offset. `FeatureEncoder` packs the small tables
+    of one width into one `SparseEmbedding`, each table's rows after the previous one's, so a
+    batch looks all of them up in one layer call and the optimizer updates one variable.
+    """
+
+    def __init__(self, offset, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = int(offset)
+
+    def call(self, rows):
+        return rows + self.offset
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(offset=self.offset)
+        return config
+
+
 @_register
 class SparseEmbedding(tf.keras.layers.Layer):
     """An embedding table whose training step touches only the rows the batch looks up.

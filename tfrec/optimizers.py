@@ -4,15 +4,16 @@ import contextlib
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import tensorflow as tf
+from feature_columns.layers import SMALL_TABLE_MAX_SIZE
 
 __all__ = ["LazyAdam", "sparse_optimizer"]
 
-# A table of at most this many weights (8,192 rows of 8) gets its lazy update as one masked pass
-# over the whole table: a pass bounded by this constant needs no de-duplication of the batch's rows
-# (tf.unique, which XLA compiles to a sort: inside the XLA step it made an MMOE step ~1.3x slower
-# than the update outside XLA), so it compiles into the XLA training step. Larger tables keep the
-# row-only update, whose cost follows the batch, not the table.
-MASKED_UPDATE_MAX_SIZE = 1 << 16
+# A table of at most this many weights (a small table: `feature_columns.SMALL_TABLE_MAX_SIZE`) gets
+# its lazy update as one masked pass over the whole table: a pass bounded by this constant needs no
+# de-duplication of the batch's rows (tf.unique, which XLA compiles to a sort: inside the XLA step it
+# made an MMOE step ~1.3x slower than the update outside XLA), so it compiles into the XLA training
+# step. Larger tables keep the row-only update, whose cost follows the batch, not the table.
+MASKED_UPDATE_MAX_SIZE = SMALL_TABLE_MAX_SIZE
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")

@@ -1,6 +1,6 @@
 """Keras layers the models are composed of. All are registered, so `custom_objects` is optional."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
-from feature_columns.layers import (RecentSequence, SequencePooling, SparseEmbedding, SparseIndex,
+from feature_columns.layers import (RecentSequence, RowOffset, SequencePooling, SparseEmbedding, SparseIndex,
                                     TakePositions)
 
 from .attention import AttentionSequencePooling, LocalActivationUnit
@@ -10,11 +10,12 @@ from .core import DNN, Dice, PredictionLayer, activation_layer
 custom_objects = {
     cls.__name__: cls
     for cls in (AttentionSequencePooling, LocalActivationUnit, DNN, Dice, PredictionLayer,
-                RecentSequence, SequencePooling, SparseEmbedding, SparseIndex, TakePositions)
+                RecentSequence, RowOffset, SequencePooling, SparseEmbedding, SparseIndex, TakePositions)
 }
 
 __all__ = ["AttentionSequencePooling", "LocalActivationUnit", "DNN", "Dice", "PredictionLayer",
-           "RecentSequence", "SequencePooling", "SparseEmbedding", "SparseIndex", "TakePositions", "activation_layer",
+           "RecentSequence", "RowOffset", "SequencePooling", "SparseEmbedding", "SparseIndex", "TakePositions",
+           "activation_layer",
            "custom_objects"]
 
 from .experts import ExpertGate, ExpertMixture, Experts, gate_model  # noqa: E402

@@ -37,7 +37,7 @@ def ESMM(dnn_feature_columns, tower_dnn_hidden_units=(256, 128, 64), l2_reg_embe
     Raises:
       ValueError: not exactly two tasks, a task type other than "binary", or bad task names.
     """
-    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
+    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed, pack_small_tables=True)
     task_types, task_names = check_tasks(task_types, task_names, "ESMM", features=encoder.features,
                                          reserved=(CVR,))
     if len(task_names) != 2:

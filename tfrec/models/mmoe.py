@@ -33,7 +33,7 @@ def MMOE(dnn_feature_columns, num_experts=3, expert_dnn_hidden_units=(256, 128),
     Raises:
       ValueError: bad tasks (see `check_tasks`) or num_experts < 1.
     """
-    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
+    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed, pack_small_tables=True)
     task_types, task_names = check_tasks(task_types, task_names, "MMOE", features=encoder.features)
     if not isinstance(num_experts, int) or isinstance(num_experts, bool) or num_experts < 1:
         raise ValueError(f"MMOE: num_experts must be an int >= 1, got {num_experts!r}")

@@ -48,7 +48,7 @@ def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_lev
     Raises:
       ValueError: bad tasks (see `check_tasks`) or an expert/level count < 1.
     """
-    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
+    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed, pack_small_tables=True)
     task_types, task_names = check_tasks(task_types, task_names, "PLE", features=encoder.features)
     if SHARED in task_names:
         raise ValueError(f"PLE: task name '{SHARED}' is reserved for the shared experts and gate")

@@ -32,7 +32,7 @@ def SharedBottom(dnn_feature_columns, bottom_dnn_hidden_units=(256, 128), tower_
     Raises:
       ValueError: bad tasks (see `check_tasks`).
     """
-    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed)
+    encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed, pack_small_tables=True)
     task_types, task_names = check_tasks(task_types, task_names, "SharedBottom", features=encoder.features)
     shared = encoder.dnn_input()                                                                 # (B, F)
     if bottom_dnn_hidden_units:

@@ -24,9 +24,9 @@ CONFIG = dict(embedding_dim=8, batch_size=1024, learning_rate=1e-3)
 IMPLS = ("tfrec", "tfrec-noxla", "deepctr", "deepctr-xla")
 # The quick smoke run covers every model and both libraries with fewer contenders, to start fewer processes.
 SIZES = {
-    "full": dict(train_rows=100_000, test_rows=25_000, epochs=5, impls=IMPLS,
+    "full": dict(train_rows=100_000, test_rows=25_000, epochs=5, impls=IMPLS, planted_seeds=3,
                  adult_seeds=3, adult_epochs=10, adult_models=("MMOE", "PLE", "SharedBottom")),
-    "quick": dict(train_rows=5_000, test_rows=5_000, epochs=1, impls=("tfrec", "deepctr"),
+    "quick": dict(train_rows=5_000, test_rows=5_000, epochs=1, impls=("tfrec", "deepctr"), planted_seeds=1,
                   adult_seeds=1, adult_epochs=2, adult_models=("MMOE",)),
 }
 MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
@@ -126,32 +126,38 @@ def train_once(impl, model_name, train_df, test_df, sizes, dense_names, tasks, e
 
 
 def child_planted(impl, model_name, size_name):
+    """One contender on the planted data, once per seed (1024, 1025, ...): per-seed AUCs and speeds."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     size = SIZES[size_name]
     train_df, test_df, sizes = planted(size)
     import tensorflow as tf
     from tfrec import metrics
 
-    report = dict(impl=impl, model=model_name, train_rows=len(train_df), test_rows=len(test_df), epochs=size["epochs"])
-    try:
-        model, x_test, scores, seconds = train_once(impl, model_name, train_df, test_df, sizes, PLANTED_DENSE,
-                                                    PLANTED_TASKS, size["epochs"], seed=1024)
-    except Exception as error:  # a contender that cannot train in this mode is reported as failing
-        report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-        return common.emit(report)
-    report.update(epoch_s=seconds, examples_per_s=steady_examples_per_s(len(train_df), seconds),
-                  auc={task: metrics.auc(test_df[label], scores[task]) for task, label in PLANTED_TASKS.items()},
+    report = dict(impl=impl, model=model_name, train_rows=len(train_df), test_rows=len(test_df), epochs=size["epochs"],
+                  seeds=[1024 + i for i in range(size["planted_seeds"])], first_epoch_s=[], examples_per_s=[],
+                  auc={task: [] for task in PLANTED_TASKS},
                   oracle_auc={task: metrics.auc(test_df[PLANTED_TASKS[task]], test_df[p])
                               for task, p in PLANTED_ORACLE.items()})
-    if model_name == "ESMM":
-        # pCVR is the second input of the ctcvr = ctr x cvr product, in both implementations.
-        cvr_model = tf.keras.Model(model.inputs, model.get_layer("ctcvr").input[1])
-        clicked = test_df["click"].to_numpy() == 1
-        cvr = np.asarray(cvr_model.predict(x_test, batch_size=4096, verbose=0)).reshape(-1)
-        report["cvr_auc"] = metrics.auc(test_df["conversion"][clicked], cvr[clicked])
-        report["cvr_oracle_auc"] = metrics.auc(test_df["conversion"][clicked],
-                                               test_df["p_conversion_given_click"][clicked])
-        report["clicked_test_rows"] = int(clicked.sum())
+    clicked = test_df["click"].to_numpy() == 1
+    for seed in report["seeds"]:
+        try:
+            model, x_test, scores, seconds = train_once(impl, model_name, train_df, test_df, sizes, PLANTED_DENSE,
+                                                        PLANTED_TASKS, size["epochs"], seed=seed)
+        except Exception as error:  # a contender that cannot train in this mode is reported as failing
+            report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+            return common.emit(report)
+        report["first_epoch_s"].append(seconds[0])
+        report["examples_per_s"].append(steady_examples_per_s(len(train_df), seconds))
+        for task, label in PLANTED_TASKS.items():
+            report["auc"][task].append(metrics.auc(test_df[label], scores[task]))
+        if model_name == "ESMM":
+            # pCVR is the second input of the ctcvr = ctr x cvr product, in both implementations.
+            cvr_model = tf.keras.Model(model.inputs, model.get_layer("ctcvr").input[1])
+            cvr = np.asarray(cvr_model.predict(x_test, batch_size=4096, verbose=0)).reshape(-1)
+            report.setdefault("cvr_auc", []).append(metrics.auc(test_df["conversion"][clicked], cvr[clicked]))
+            report["cvr_oracle_auc"] = metrics.auc(test_df["conversion"][clicked],
+                                                   test_df["p_conversion_given_click"][clicked])
+            report["clicked_test_rows"] = int(clicked.sum())
     common.emit(report)
 
 
@@ -278,9 +284,13 @@ def run(kind, impl, model_name, flag):
     return report
 
 
+def mean_std(values):
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
 def planted_table(runs, tasks):
-    lines = ["| model | implementation | train ex/s | vs DeepCTR default | first epoch (s) | "
-             + " | ".join(f"{t} AUC (oracle)" for t in tasks) + " | "
+    lines = ["| model | implementation | train ex/s (mean) | vs DeepCTR default | first epoch (s) | "
+             + " | ".join(f"{t} AUC, mean ± std (oracle)" for t in tasks) + " | "
              + " | ".join(f"{t} AUC / oracle" for t in tasks) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * (2 * len(tasks))]
     for (model_name, impl), run_ in runs.items():
@@ -288,11 +298,46 @@ def planted_table(runs, tasks):
         if "error" in run_:
             lines.append(f"{name} fails: {run_['error']} |  |  |" + " |" * (2 * len(tasks)))
             continue
+        speed = np.mean(run_["examples_per_s"])
         base = runs.get((model_name, "deepctr"), {})
-        ratio = f"{run_['examples_per_s'] / base['examples_per_s']:.2f}x" if "examples_per_s" in base else "n/a"
-        lines.append(f"{name} {run_['examples_per_s']:.0f} | {ratio} | {run_['epoch_s'][0]:.1f} | "
-                     + " | ".join(f"{run_['auc'][t]:.4f} ({run_['oracle_auc'][t]:.4f})" for t in tasks) + " | "
-                     + " | ".join(f"{run_['auc'][t] / run_['oracle_auc'][t]:.3f}" for t in tasks) + " |")
+        ratio = f"{speed / np.mean(base['examples_per_s']):.2f}x" if "error" not in base and base else "n/a"
+        lines.append(f"{name} {speed:.0f} | {ratio} | {np.mean(run_['first_epoch_s']):.1f} | "
+                     + " | ".join(f"{mean_std(run_['auc'][t])} ({run_['oracle_auc'][t]:.4f})" for t in tasks) + " | "
+                     + " | ".join(f"{np.mean(run_['auc'][t]) / run_['oracle_auc'][t]:.3f}" for t in tasks) + " |")
+    return lines
+
+
+def fastest(runs, model_name, impls):
+    """(impl, run) of the fastest of `impls` (mean over seeds) that trained `model_name`, or None."""
+    trained = [(impl, runs[(model_name, impl)]) for impl in impls
+               if "error" not in runs.get((model_name, impl), {"error": "not run"})]
+    return max(trained, key=lambda pair: np.mean(pair[1]["examples_per_s"])) if trained else None
+
+
+def auc_difference(ours, theirs, task):
+    """(mean AUC of ours - mean of theirs, its standard error) over the seeds (0 with one seed)."""
+    a, b = np.asarray(ours["auc"][task]), np.asarray(theirs["auc"][task])
+    error = np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)) if min(len(a), len(b)) > 1 else 0.0
+    return float(a.mean() - b.mean()), float(error)
+
+
+def target_lines(runs, models, tasks):
+    """Per model: tfrec's faster mode against DeepCTR's faster mode, the issue's target (>= 1.3x at AUC >= DeepCTR's)."""
+    lines = ["| model | tfrec (faster mode) | DeepCTR (faster mode) | speed ratio | "
+             + " | ".join(f"{t} AUC tfrec - DeepCTR (± s.e.)" for t in tasks) + " | target met |",
+             "|---|---|---|---:|" + "---:|" * len(tasks) + "---|"]
+    for model_name in models:
+        ours, theirs = fastest(runs, model_name, IMPLS[:2]), fastest(runs, model_name, IMPLS[2:])
+        if ours is None or theirs is None:
+            lines.append(f"| {model_name} | {'fails' if ours is None else IMPL_NAMES[ours[0]]} | "
+                         f"{'fails' if theirs is None else IMPL_NAMES[theirs[0]]} | n/a |" + " n/a |" * len(tasks)
+                         + " n/a |")
+            continue
+        ratio = np.mean(ours[1]["examples_per_s"]) / np.mean(theirs[1]["examples_per_s"])
+        deltas = [auc_difference(ours[1], theirs[1], t) for t in tasks]
+        met = ratio >= 1.3 and all(d >= 0 for d, _ in deltas)
+        lines.append(f"| {model_name} | {IMPL_NAMES[ours[0]]} | {IMPL_NAMES[theirs[0]]} | {ratio:.2f}x | "
+                     + " | ".join(f"{d:+.4f} (± {e:.4f})" for d, e in deltas) + f" | {'yes' if met else 'no'} |")
     return lines
 
 
@@ -336,8 +381,7 @@ def adult_table(runs):
         base = runs.get((model_name, "deepctr"), {})
         ratio = f"{speed / np.mean(base['examples_per_s']):.2f}x" if "examples_per_s" in base else "n/a"
         lines.append(f"{name} {speed:.0f} | {ratio} | "
-                     + " | ".join(f"{np.mean(run_['auc'][t]):.4f} ± {np.std(run_['auc'][t]):.4f}"
-                                  for t in ADULT_TASKS) + " |")
+                     + " | ".join(mean_std(run_["auc"][t]) for t in ADULT_TASKS) + " |")
     return lines
 
 
@@ -414,8 +458,14 @@ def packing_sentence(runs):
             "update instead of six. The same model with six variables (`separate_tables_twin`), its compiled step "
             "measured in turn with the packed one, takes "
             + "; ".join(f"{model_name} {run['xla_step_ms_separate_tables']:.2f} against {run['xla_step_ms']:.2f} ms "
-                        f"(packed: {100 * (1 - run['xla_step_ms'] / run['xla_step_ms_separate_tables']):.0f}% less)"
+                        f"packed ({percent_less(run['xla_step_ms'], run['xla_step_ms_separate_tables'])})"
                         for model_name, run in pairs) + ".")
+
+
+def percent_less(value, reference):
+    """'5% less', '3% more' or 'the same' for `value` against `reference`."""
+    saving = round(100 * (1 - value / reference))
+    return f"{saving}% less" if saving > 0 else f"{-saving}% more" if saving < 0 else "the same"
 
 
 def main():
@@ -450,7 +500,7 @@ def main():
     command = f"python benchmarks/bench_multitask.py{' --quick' if args.quick else ''}"
     any_planted = next(r for r in planted_runs.values() if "train_rows" in r)
     any_adult = next((r for r in adult_runs.values() if "train_rows" in r), None)
-    esmm = [(impl, run_) for (model_name, impl), run_ in planted_runs.items() if "cvr_auc" in run_]
+    esmm = [(impl, run_) for (model_name, impl), run_ in planted_runs.items() if run_.get("cvr_auc")]
     lines = [
         "## Multi-task: MMOE, PLE, ESMM, SharedBottom vs DeepCTR 0.9.4",
         "",
@@ -466,7 +516,9 @@ def main():
         f"{CONFIG['batch_size']}, embedding {CONFIG['embedding_dim']}, each model's DeepCTR default sizes (MMOE: 3 "
         "experts 256-128, towers 64; PLE: 1 shared + 1 specific expert per task, 2 levels, experts 256, towers 64; "
         "ESMM: towers 256-128-64; SharedBottom: bottom 256-128, towers 64), Adam 1e-3, binary cross-entropy on both "
-        f"heads, {size['epochs']} epoch(s), seed 1024, each contender in its own process on the same numpy arrays. "
+        f"heads, {size['epochs']} epoch(s), {size['planted_seeds']} seed(s) (1024, 1025, ...: initialisation and "
+        "shuffling), each contender in its own process on the same numpy arrays; AUC and speed are means over the "
+        "seeds. "
         + ("Train ex/s is the only epoch's, so it includes graph building / XLA compilation."
            if size["epochs"] == 1 else "Train ex/s is steady state: over every epoch after the first (which builds "
            "and compiles the graph; its wall time is the first-epoch column).")
@@ -475,8 +527,9 @@ def main():
         *planted_table(planted_runs, tasks),
         "",
         "Issue target (>= 1.3x DeepCTR's speed at equal or better AUC on every task), each side in its faster "
-        "mode of the two above; \"target met\" reads the AUC condition strictly (a difference >= 0), although "
-        "single-seed differences of a few 1e-3 are within seed noise (see the seed std on Adult below):",
+        "mode of the two above; \"target met\" reads the AUC condition strictly (a difference of the means >= 0), "
+        "although a difference within about two standard errors (in brackets: of the difference of the means over "
+        "the seeds) is within seed noise:",
         "",
         *target_lines(planted_runs, MODELS, tasks),
     ]
@@ -485,7 +538,7 @@ def main():
         lines += ["", f"ESMM's CVR head (pCVR, the factor of pCTCVR = pCTR x pCVR) on the {clicked} clicked test "
                   f"impressions, label conversion, oracle p_conversion_given_click "
                   f"{esmm[0][1]['cvr_oracle_auc']:.4f}: "
-                  + "; ".join(f"{IMPL_NAMES[impl]} {r['cvr_auc']:.4f}" for impl, r in esmm) + "."]
+                  + "; ".join(f"{IMPL_NAMES[impl]} {mean_std(r['cvr_auc'])}" for impl, r in esmm) + "."]
     table, notes = step_lines(step_runs)
     lines += [
         "",

@@ -10,7 +10,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 from feature_columns import FeatureEncoder
 
-from .multitask import check_tasks, task_tower
+from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
 
 CVR = "cvr"
@@ -49,8 +49,7 @@ def ESMM(dnn_feature_columns, tower_dnn_hidden_units=(256, 128, 64), l2_reg_embe
 
     tower = dict(hidden_units=tower_dnn_hidden_units, activation=dnn_activation, l2_reg=l2_reg_dnn,
                  dropout_rate=dnn_dropout, use_bn=dnn_use_bn)
-    ctr = task_tower(dnn_input, "binary", ctr_name, seed=seed, **tower)                          # (B, 1)
-    # Its own seed, so the CVR tower does not start as a copy of the CTR tower.
-    cvr = task_tower(dnn_input, "binary", CVR, seed=seed + 1, **tower)                           # (B, 1)
+    ctr = task_tower(dnn_input, "binary", ctr_name, seed=task_seed(seed, 0), **tower)            # (B, 1)
+    cvr = task_tower(dnn_input, "binary", CVR, seed=task_seed(seed, 1), **tower)                 # (B, 1)
     ctcvr = tf.keras.layers.Multiply(name=ctcvr_name)([ctr, cvr])                                # (B, 1)
     return RecModel(inputs=encoder.features, outputs=[ctr, ctcvr], name="esmm")

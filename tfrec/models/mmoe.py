@@ -7,7 +7,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
-from .multitask import check_tasks, task_tower
+from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
 
 
@@ -42,10 +42,10 @@ def MMOE(dnn_feature_columns, num_experts=3, expert_dnn_hidden_units=(256, 128),
     experts = Experts(num_experts, expert_dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout,
                       dnn_use_bn, seed=seed, name="experts")(dnn_input)                      # (B, n, D)
     outputs = []
-    for task_type, task_name in zip(task_types, task_names):
+    for index, (task_type, task_name) in enumerate(zip(task_types, task_names)):
         gate = ExpertGate(num_experts, gate_dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout,
-                          dnn_use_bn, seed=seed, name="gate_" + task_name)(dnn_input)        # (B, n)
+                          dnn_use_bn, seed=task_seed(seed, index), name="gate_" + task_name)(dnn_input)  # (B, n)
         mixture = ExpertMixture(name="mixture_" + task_name)(experts, gate)                  # (B, D)
         outputs.append(task_tower(mixture, task_type, task_name, tower_dnn_hidden_units, dnn_activation,
-                                  l2_reg_dnn, dnn_dropout, dnn_use_bn, seed))
+                                  l2_reg_dnn, dnn_dropout, dnn_use_bn, task_seed(seed, index)))
     return RecModel(inputs=encoder.features, outputs=outputs, name="mmoe")

@@ -10,7 +10,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from feature_columns import FeatureEncoder
 
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
-from .multitask import check_tasks, task_tower
+from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
 
 SHARED = "shared"
@@ -69,15 +69,16 @@ def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_lev
         shared_experts = Experts(shared_expert_num, expert_dnn_hidden_units, seed=group_seeds[-1],
                                  name=prefix + "experts_" + SHARED, **mlp)(shared_input)         # (B, m, D)
         task_outputs = []
-        for name, x, own_experts in zip(task_names, task_inputs, task_experts):
-            gate = ExpertGate(specific_expert_num + shared_expert_num, gate_dnn_hidden_units, seed=seed,
-                              name=prefix + "gate_" + name, **mlp)(x)                             # (B, s+m)
+        for index, (name, x, own_experts) in enumerate(zip(task_names, task_inputs, task_experts)):
+            gate = ExpertGate(specific_expert_num + shared_expert_num, gate_dnn_hidden_units,
+                              seed=task_seed(seed, index), name=prefix + "gate_" + name, **mlp)(x)  # (B, s+m)
             task_outputs.append(ExpertMixture(name=prefix + "mixture_" + name)(
                 [own_experts, shared_experts], gate))                                            # (B, D)
         if is_last:
             return task_outputs, None
         gate = ExpertGate(len(task_names) * specific_expert_num + shared_expert_num, gate_dnn_hidden_units,
-                          seed=seed, name=prefix + "gate_" + SHARED, **mlp)(shared_input)         # (B, T*s+m)
+                          seed=task_seed(seed, len(task_names)), name=prefix + "gate_" + SHARED,
+                          **mlp)(shared_input)                                                   # (B, T*s+m)
         shared_output = ExpertMixture(name=prefix + "mixture_" + SHARED)(task_experts + [shared_experts], gate)
         return task_outputs, shared_output
 
@@ -87,6 +88,6 @@ def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_lev
         task_inputs, shared_input = extraction_network(task_inputs, shared_input, level,
                                                        is_last=level == num_levels - 1)
     outputs = [task_tower(x, task_type, task_name, tower_dnn_hidden_units, dnn_activation, l2_reg_dnn,
-                          dnn_dropout, dnn_use_bn, seed)
-               for task_type, task_name, x in zip(task_types, task_names, task_inputs)]
+                          dnn_dropout, dnn_use_bn, task_seed(seed, index))
+               for index, (task_type, task_name, x) in enumerate(zip(task_types, task_names, task_inputs))]
     return RecModel(inputs=encoder.features, outputs=outputs, name="ple")

@@ -8,7 +8,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from feature_columns import FeatureEncoder
 
 from ..layers import DNN
-from .multitask import check_tasks, task_tower
+from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
 
 
@@ -39,6 +39,6 @@ def SharedBottom(dnn_feature_columns, bottom_dnn_hidden_units=(256, 128), tower_
         shared = DNN(bottom_dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn, seed=seed,
                      name="shared_bottom")(shared)                                               # (B, D)
     outputs = [task_tower(shared, task_type, task_name, tower_dnn_hidden_units, dnn_activation, l2_reg_dnn,
-                          dnn_dropout, dnn_use_bn, seed)
-               for task_type, task_name in zip(task_types, task_names)]
+                          dnn_dropout, dnn_use_bn, task_seed(seed, index))
+               for index, (task_type, task_name) in enumerate(zip(task_types, task_names))]
     return RecModel(inputs=encoder.features, outputs=outputs, name="shared_bottom")

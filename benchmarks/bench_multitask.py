@@ -341,33 +341,6 @@ def target_lines(runs, models, tasks):
     return lines
 
 
-def fastest(runs, model_name, impls):
-    """(impl, run) of the fastest of `impls` that trained `model_name`, or None."""
-    trained = [(impl, runs[(model_name, impl)]) for impl in impls
-               if "examples_per_s" in runs.get((model_name, impl), {})]
-    return max(trained, key=lambda pair: pair[1]["examples_per_s"]) if trained else None
-
-
-def target_lines(runs, models, tasks):
-    """Per model: tfrec's faster mode against DeepCTR's faster mode, the issue's target (>= 1.3x at AUC >= DeepCTR's)."""
-    lines = ["| model | tfrec (faster mode) | DeepCTR (faster mode) | speed ratio | "
-             + " | ".join(f"{t} AUC tfrec - DeepCTR" for t in tasks) + " | target met |",
-             "|---|---|---|---:|" + "---:|" * len(tasks) + "---|"]
-    for model_name in models:
-        ours, theirs = fastest(runs, model_name, IMPLS[:2]), fastest(runs, model_name, IMPLS[2:])
-        if ours is None or theirs is None:
-            lines.append(f"| {model_name} | {'fails' if ours is None else IMPL_NAMES[ours[0]]} | "
-                         f"{'fails' if theirs is None else IMPL_NAMES[theirs[0]]} | n/a |" + " n/a |" * len(tasks)
-                         + " n/a |")
-            continue
-        ratio = ours[1]["examples_per_s"] / theirs[1]["examples_per_s"]
-        deltas = [ours[1]["auc"][t] - theirs[1]["auc"][t] for t in tasks]
-        met = ratio >= 1.3 and all(d >= 0 for d in deltas)
-        lines.append(f"| {model_name} | {IMPL_NAMES[ours[0]]} | {IMPL_NAMES[theirs[0]]} | {ratio:.2f}x | "
-                     + " | ".join(f"{d:+.4f}" for d in deltas) + f" | {'yes' if met else 'no'} |")
-    return lines
-
-
 def adult_table(runs):
     lines = ["| model | implementation | train ex/s (mean) | vs DeepCTR default | "
              + " | ".join(f"{t} AUC (mean ± std)" for t in ADULT_TASKS) + " |",

@@ -108,6 +108,22 @@ def test_outputs_are_named_by_task(data, name):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_each_task_head_starts_from_its_own_weights_and_the_small_tables_share_one(data, name):
+    build, kwargs = MODELS[name]
+    model = build(data["columns"], **kwargs)
+    heads = [("tower_ctr", "tower_cvr" if name == "esmm" else "tower_ctcvr")]
+    if name in ("mmoe", "ple"):
+        prefix = "level_1_" if name == "ple" else ""
+        heads.append((prefix + "gate_ctr", prefix + "gate_ctcvr"))
+    for pair in heads:
+        kernels = [[w.numpy() for w in model.get_layer(layer).weights if "kernel" in w.name] for layer in pair]
+        assert kernels[0] and not any(np.array_equal(a, b) for a, b in zip(*kernels)), pair
+    # The id tables pack into one variable; device's, which has a vocabulary (it can grow), stays apart.
+    tables = sorted(layer.name for layer in model.layers if isinstance(layer, tfrec.layers.SparseEmbedding))
+    assert tables == ["emb_device", "emb_packed_user_id_item_id_cate_id_age_group_hour"], tables
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_each_task_reaches_093_of_the_oracle_auc(trained, data, name):
     test = data["test"]
     ctr, ctcvr = _predict(trained[name][0], test)

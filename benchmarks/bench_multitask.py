@@ -125,8 +125,33 @@ def train_once(impl, model_name, train_df, test_df, sizes, dense_names, tasks, e
     return model, x_test, {task: np.asarray(s).reshape(-1) for task, s in zip(tasks, scores)}, timer.seconds
 
 
+def train_seeds(report, impl, model_name, data, tasks, epochs, seeds, after_each=None):
+    """Trains one contender once per seed (1024, 1025, ...) and adds per-seed lists to `report`:
+    `auc` {task: [...]}, `examples_per_s`, `first_epoch_s`. `after_each(model, x_test)` runs after
+    each training. A contender that cannot train in this mode gets report["error"]. Returns `report`."""
+    from tfrec import metrics
+
+    train_df, test_df, sizes, dense_names = data
+    report.update(seeds=[1024 + i for i in range(seeds)], auc={task: [] for task in tasks}, examples_per_s=[],
+                  first_epoch_s=[])
+    for seed in report["seeds"]:
+        try:
+            model, x_test, scores, seconds = train_once(impl, model_name, train_df, test_df, sizes, dense_names, tasks,
+                                                        epochs, seed=seed)
+        except Exception as error:
+            report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+            return report
+        report["first_epoch_s"].append(seconds[0])
+        report["examples_per_s"].append(steady_examples_per_s(len(train_df), seconds))
+        for task, label in tasks.items():
+            report["auc"][task].append(metrics.auc(test_df[label], scores[task]))
+        if after_each is not None:
+            after_each(model, x_test)
+    return report
+
+
 def child_planted(impl, model_name, size_name):
-    """One contender on the planted data, once per seed (1024, 1025, ...): per-seed AUCs and speeds."""
+    """One contender on the planted data, once per seed: per-seed AUCs and speeds (and ESMM's pCVR AUC)."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     size = SIZES[size_name]
     train_df, test_df, sizes = planted(size)
@@ -134,31 +159,23 @@ def child_planted(impl, model_name, size_name):
     from tfrec import metrics
 
     report = dict(impl=impl, model=model_name, train_rows=len(train_df), test_rows=len(test_df), epochs=size["epochs"],
-                  seeds=[1024 + i for i in range(size["planted_seeds"])], first_epoch_s=[], examples_per_s=[],
-                  auc={task: [] for task in PLANTED_TASKS},
                   oracle_auc={task: metrics.auc(test_df[PLANTED_TASKS[task]], test_df[p])
                               for task, p in PLANTED_ORACLE.items()})
     clicked = test_df["click"].to_numpy() == 1
-    for seed in report["seeds"]:
-        try:
-            model, x_test, scores, seconds = train_once(impl, model_name, train_df, test_df, sizes, PLANTED_DENSE,
-                                                        PLANTED_TASKS, size["epochs"], seed=seed)
-        except Exception as error:  # a contender that cannot train in this mode is reported as failing
-            report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-            return common.emit(report)
-        report["first_epoch_s"].append(seconds[0])
-        report["examples_per_s"].append(steady_examples_per_s(len(train_df), seconds))
-        for task, label in PLANTED_TASKS.items():
-            report["auc"][task].append(metrics.auc(test_df[label], scores[task]))
-        if model_name == "ESMM":
-            # pCVR is the second input of the ctcvr = ctr x cvr product, in both implementations.
-            cvr_model = tf.keras.Model(model.inputs, model.get_layer("ctcvr").input[1])
-            cvr = np.asarray(cvr_model.predict(x_test, batch_size=4096, verbose=0)).reshape(-1)
-            report.setdefault("cvr_auc", []).append(metrics.auc(test_df["conversion"][clicked], cvr[clicked]))
-            report["cvr_oracle_auc"] = metrics.auc(test_df["conversion"][clicked],
-                                                   test_df["p_conversion_given_click"][clicked])
-            report["clicked_test_rows"] = int(clicked.sum())
-    common.emit(report)
+    conversion = test_df["conversion"][clicked]
+
+    def cvr_auc(model, x_test):
+        # pCVR is the second input of the ctcvr = ctr x cvr product, in both implementations.
+        cvr_model = tf.keras.Model(model.inputs, model.get_layer("ctcvr").input[1])
+        cvr = np.asarray(cvr_model.predict(x_test, batch_size=4096, verbose=0)).reshape(-1)
+        report["cvr_auc"].append(metrics.auc(conversion, cvr[clicked]))
+
+    if model_name == "ESMM":
+        report.update(cvr_auc=[], clicked_test_rows=int(clicked.sum()),
+                      cvr_oracle_auc=metrics.auc(conversion, test_df["p_conversion_given_click"][clicked]))
+    common.emit(train_seeds(report, impl, model_name, (train_df, test_df, sizes, PLANTED_DENSE), PLANTED_TASKS,
+                            size["epochs"], size["planted_seeds"],
+                            after_each=cvr_auc if model_name == "ESMM" else None))
 
 
 def child_step(impl, model_name, size_name):
@@ -254,22 +271,10 @@ def child_adult(impl, model_name, size_name):
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     size = SIZES[size_name]
     train_df, test_df, sizes, dense_names = adult()
-    from tfrec import metrics
-
     report = dict(impl=impl, model=model_name, train_rows=len(train_df), test_rows=len(test_df),
-                  epochs=size["adult_epochs"], seeds=size["adult_seeds"], auc={t: [] for t in ADULT_TASKS},
-                  examples_per_s=[])
-    for seed in range(size["adult_seeds"]):
-        try:
-            _, _, scores, seconds = train_once(impl, model_name, train_df, test_df, sizes, dense_names, ADULT_TASKS,
-                                               size["adult_epochs"], seed=1024 + seed)
-        except Exception as error:
-            report["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-            return common.emit(report)
-        for task, label in ADULT_TASKS.items():
-            report["auc"][task].append(metrics.auc(test_df[label], scores[task]))
-        report["examples_per_s"].append(steady_examples_per_s(len(train_df), seconds))
-    common.emit(report)
+                  epochs=size["adult_epochs"])
+    common.emit(train_seeds(report, impl, model_name, (train_df, test_df, sizes, dense_names), ADULT_TASKS,
+                            size["adult_epochs"], size["adult_seeds"]))
 
 
 def run(kind, impl, model_name, flag):

@@ -128,7 +128,7 @@ def _top_k_in_blocks(values, k):
     the first in position order, and they lie in the first blocks whose maximum is v, the ones
     top_k keeps among equal maxima. The second pass sees the k blocks in position order, so it
     breaks ties as top_k does over the whole row.
-    (100, 10,000), k = 50: 1.6 ms against 1.9 for one top_k.
+    (100, 10,000), k = 50: 1.6 ms against 1.8 for one top_k.
     """
     rows, width = tf.shape(values)[0], tf.shape(values)[1]
     # At least k blocks, so that the pass compiles (XLA compiles both branches of top_k_indices'
@@ -138,7 +138,9 @@ def _top_k_in_blocks(values, k):
                                constant_values=-float("inf")), [rows, num_blocks, TOP_K_BLOCK])
     # The padding is never kept: it ranks last (ties after every real position), and a row this
     # pass ranks has at least k real ones.
-    chosen = tf.sort(tf.math.top_k(tf.reduce_max(blocks, axis=-1), k).indices, axis=-1)        # (batch, k)
+    # Unsorted: the chosen blocks are put in position order next anyway ((100, 10,000), k = 50:
+    # 1.57 against 1.70 ms for the two passes).
+    chosen = tf.sort(tf.math.top_k(tf.reduce_max(blocks, axis=-1), k, sorted=False).indices, axis=-1)  # (batch, k)
     candidates = tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [rows, -1])                 # (batch, k x block)
     best = tf.math.top_k(candidates, k).indices
     return tf.gather(chosen, best // TOP_K_BLOCK, batch_dims=1) * TOP_K_BLOCK + best % TOP_K_BLOCK

@@ -283,6 +283,19 @@ def test_gate_model_refuses_models_without_gates(trained, name):
         gate_model(trained[name][0])
 
 
+@pytest.mark.parametrize("sizes", [[3], [1, 1], [1, 2, 1]])
+def test_expert_mixture_is_the_gate_weighted_sum_of_every_group(sizes):
+    """One stacked group (MMOE), groups of one expert (PLE's default) and groups of mixed sizes."""
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(size=(5, n, 4)).astype("float32") for n in sizes]
+    gate = rng.dirichlet(np.ones(sum(sizes)), size=5).astype("float32")
+    mixed = tfrec.layers.ExpertMixture()([tf.constant(g) for g in groups] if len(groups) > 1 else tf.constant(groups[0]),
+                                         tf.constant(gate))
+    np.testing.assert_allclose(mixed.numpy(), np.einsum("bnd,bn->bd", np.concatenate(groups, axis=1), gate), atol=1e-6)
+    with pytest.raises(ValueError, match=f"the gate gives {sum(sizes) + 1} weights for {sum(sizes)} experts"):
+        tfrec.layers.ExpertMixture()([tf.constant(g) for g in groups], tf.constant(np.hstack([gate, gate[:, :1]])))
+
+
 BUILD_ERRORS = [
     (MMOE, dict(task_types=("binary",)), r"task_types has 1 entries .* task_names has 2"),
     (PLE, dict(task_types=("binary", "binary", "binary")), r"task_types has 3 entries"),

@@ -85,18 +85,27 @@ class ExpertGate(_ExpertLayer):
 class ExpertMixture(tf.keras.layers.Layer):
     """The gate-weighted sum of experts, sum_n g_n * f_n.
 
-    `experts`: (batch, N, D), or a list of (batch, N_i, D) joined along the expert axis (PLE
-    fuses a task's own experts with the shared ones); `gate_weights`: (batch, N) -> (batch, D).
+    `experts`: (batch, N, D), or a list of groups (batch, N_i, D) in the gate's order (PLE fuses a
+    task's own experts with the shared ones); `gate_weights`: (batch, N) -> (batch, D).
+
+    A group of several experts is mixed by one einsum; a group of one (PLE's default: one expert a
+    task, one shared) is scaled by its weight instead. Under XLA on CPU the einsum is a batched
+    (1 x N) by (N x D) product per example, which costs more than the multiply: PLE's compiled
+    step went from 8.9-10.5 to 8.4-9.9 ms (six alternating rounds in one process).
     """
 
     def call(self, experts, gate_weights):
-        if isinstance(experts, (list, tuple)):
-            experts = tf.concat(experts, axis=1)
-        num_experts, num_weights = experts.shape[1], gate_weights.shape[-1]
-        if num_experts is not None and num_weights is not None and num_experts != num_weights:
+        groups = list(experts) if isinstance(experts, (list, tuple)) else [experts]
+        sizes = [group.shape[1] for group in groups]
+        num_weights = gate_weights.shape[-1]
+        if None not in sizes and num_weights is not None and sum(sizes) != num_weights:
             raise ValueError(f"ExpertMixture '{self.name}': the gate gives {num_weights} weights "
-                             f"for {num_experts} experts")
-        return tf.einsum("bnd,bn->bd", experts, gate_weights)
+                             f"for {sum(sizes)} experts")
+        if None in sizes or len(groups) == 1:
+            return tf.einsum("bnd,bn->bd", tf.concat(groups, axis=1) if len(groups) > 1 else groups[0],
+                             gate_weights)
+        return tf.add_n([tf.squeeze(group, 1) * weights if size == 1 else tf.einsum("bnd,bn->bd", group, weights)
+                         for group, size, weights in zip(groups, sizes, tf.split(gate_weights, sizes, axis=-1))])
 
 
 def gate_model(model):

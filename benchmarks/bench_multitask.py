@@ -30,7 +30,7 @@ SIZES = {
                   adult_seeds=1, adult_epochs=2, adult_models=("MMOE",)),
 }
 MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
-STEP_MODELS = ("MMOE", "SharedBottom")  # the largest and the smallest step
+STEP_MODELS = ("PLE", "MMOE", "SharedBottom")  # the largest, a middle and the smallest step
 # tfrec's default compile is XLA; DeepCTR's is not.
 JIT_COMPILE = {"tfrec": {}, "tfrec-noxla": dict(jit_compile=False), "deepctr": {},
                "deepctr-xla": dict(jit_compile=True)}

@@ -29,7 +29,8 @@ SIZES = {
     "quick": dict(train_rows=5_000, test_rows=5_000, epochs=1, impls=("tfrec", "deepctr"), planted_seeds=1,
                   adult_seeds=1, adult_epochs=2, adult_models=("MMOE",)),
 }
-MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
+MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
+TURNS_PROCESSES = {"full": 5, "quick": 1}  # processes of `--turns` per model, one after the other  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
 STEP_MODELS = ("PLE", "MMOE", "SharedBottom")  # the largest, a middle and the smallest step
 # tfrec's default compile is XLA; DeepCTR's is not.
 JIT_COMPILE = {"tfrec": {}, "tfrec-noxla": dict(jit_compile=False), "deepctr": {},
@@ -178,26 +179,15 @@ def child_planted(impl, model_name, size_name):
                             after_each=cvr_auc if model_name == "ESMM" else None))
 
 
-def child_step(impl, model_name, size_name):
-    """Where one training step's time goes, on one fixed batch of the planted data, ms per batch.
-
-    Every contender: Keras' train function (what `fit` calls) per batch, at one batch per call
-    and, for tfrec, at its default STEPS_PER_EXECUTION batches per call. tfrec also: its compiled
-    step alone (forward, backward and the LazyAdam update in one XLA call), and the same work as
-    the two calls it took before the update joined the step: forward + backward as one XLA call,
-    then `optimizer.apply_gradients` as a call of its own (Keras compiles each weight's update as
-    a separate XLA function). And the compiled step of `separate_tables_twin`, the same model
-    with its six small tables in six variables instead of one (what packing them saves).
-    """
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    size = SIZES[size_name]
-    train_df, _, sizes = planted(size)
+def train_steps(impl, model_name, rows, sizes):
+    """(model, x, y, {name: (call, batches per call)}): Keras' train function of `impl`'s model (compiled as
+    `impl` compiles it) on one batch of planted `rows`, fed again and again from memory: at one batch per call
+    ("keras_step_ms_one_per_call") and, where the compile's default runs more (tfrec's
+    STEPS_PER_EXECUTION), at that default ("keras_step_ms_default")."""
     import tensorflow as tf
     from feature_columns import look_up_rows
     from tfrec.data import df_to_inputs
-    from tfrec.models import base
 
-    rows = train_df.iloc[:CONFIG["batch_size"]]
     columns = tfrec_columns(sizes, PLANTED_DENSE)
     x = df_to_inputs(rows, columns)
     y = tuple(tf.constant(rows[label].to_numpy("float32")) for label in PLANTED_TASKS.values())
@@ -210,7 +200,6 @@ def child_step(impl, model_name, size_name):
     x = {name: tf.constant(value) for name, value in x.items()}
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
     train_function = model.make_train_function()
-    report = dict(impl=impl, model=model_name, batch=CONFIG["batch_size"])
     steps = model._steps_per_execution
     default_steps = int(steps.numpy()) if steps is not None else 1
 
@@ -223,7 +212,30 @@ def child_step(impl, model_name, size_name):
     fns = {"keras_step_ms_one_per_call": keras_step(1)}
     if default_steps > 1:
         fns["keras_step_ms_default"] = keras_step(default_steps)
-        report["steps_per_execution"] = default_steps
+    return model, x, y, fns
+
+
+def child_step(impl, model_name, size_name):
+    """Where one training step's time goes, on one fixed batch of the planted data, ms per batch.
+
+    Every contender: Keras' train function (what `fit` calls) per batch, at one batch per call
+    and, for tfrec, at its default STEPS_PER_EXECUTION batches per call. tfrec also: its compiled
+    step alone (forward, backward and the LazyAdam update in one XLA call), and the same work as
+    the two calls it took before the update joined the step: forward + backward as one XLA call,
+    then `optimizer.apply_gradients` as a call of its own (Keras compiles each weight's update as
+    a separate XLA function). And the compiled step of `separate_tables_twin`, the same model
+    with its six small tables in six variables instead of one (what packing them saves).
+    """
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    train_df, _, sizes = planted(SIZES[size_name])
+    import tensorflow as tf
+    from tfrec.models import base
+
+    rows = train_df.iloc[:CONFIG["batch_size"]]
+    model, x, y, fns = train_steps(impl, model_name, rows, sizes)
+    report = dict(impl=impl, model=model_name, batch=CONFIG["batch_size"])
+    if "keras_step_ms_default" in fns:
+        report["steps_per_execution"] = fns["keras_step_ms_default"][1]
     if impl.startswith("tfrec"):
         indexed = model._split.core_inputs(x)
         fused = model.core_step_function()
@@ -246,6 +258,22 @@ def child_step(impl, model_name, size_name):
     if impl in ("tfrec", "deepctr-xla"):  # the XLA operations of tfrec's compiled call / DeepCTR's whole step
         report["profile"] = common.xla_op_profile(fns["xla_step_ms" if impl == "tfrec" else "keras_step_ms_one_per_call"][0])
     common.emit(report)
+
+
+def child_turns(_, model_name, size_name):
+    """Every contender's Keras train function at the batches per call its compile defaults to (what `fit`
+    runs: tfrec's 32, DeepCTR's one), all four built in this one process and timed in turn
+    (`common.per_call_ms`, the fastest of 7 rounds): ms per batch. Load from other processes then reaches
+    every contender alike, which the planted part's one process per contender cannot promise."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    train_df, _, sizes = planted(SIZES[size_name])
+    rows = train_df.iloc[:CONFIG["batch_size"]]
+    fns = {}
+    for impl in IMPLS:
+        *_, steps = train_steps(impl, model_name, rows, sizes)
+        fns[impl] = steps.get("keras_step_ms_default", steps["keras_step_ms_one_per_call"])
+    common.emit(dict(model=model_name, batch=CONFIG["batch_size"], batches_per_call={i: f[1] for i, f in fns.items()},
+                     ms_per_batch=common.per_call_ms(fns, calls=4)))
 
 
 def separate_tables_twin(model_name, rows, sizes):
@@ -446,17 +474,60 @@ def percent_less(value, reference):
     return f"{saving}% less" if saving > 0 else f"{-saving}% more" if saving < 0 else "the same"
 
 
+def faster_mode(ms_per_batch, library):
+    """(impl, ms per batch) of `library`'s faster contender."""
+    return min(((impl, ms) for impl, ms in ms_per_batch.items() if impl.startswith(library)), key=lambda pair: pair[1])
+
+
+def turns_section(flag, processes):
+    """Section multitask_turns: each model's four contenders taking turns in one process, `processes` times."""
+    runs = {model_name: [run("turns", "all", model_name, flag) for _ in range(processes)] for model_name in MODELS}
+    batches = next(report["batches_per_call"] for reports in runs.values() for report in reports
+                   if "batches_per_call" in report)
+    lines = ["### Speed taking turns in one process", "",
+             f"Command: `python benchmarks/bench_multitask.py --turns{' --quick' if flag else ''}` "
+             f"({common.machine_line()}, {common.commit_line()}).", "",
+             "The planted part above trains each contender in a process of its own, one after the other, so the "
+             "machine's load can change between them, and its speed ratios move by up to a fifth from run to run. "
+             "Here the four contenders of a model are built in one process and their Keras train functions timed "
+             f"in turn on one planted batch of {CONFIG['batch_size']} rows fed from memory, each at the batches per "
+             f"call its compile defaults to (what `fit` runs: tfrec {batches['tfrec']}, DeepCTR {batches['deepctr']}): "
+             "ms per batch, "
+             "the fastest of 7 rounds (`--child turns`, `common.per_call_ms`). No input pipeline and no metrics "
+             "between steps, so these ratios are the steps' alone. "
+             f"{processes} such processes per model, one after the other; a cell is their median, the range in "
+             "brackets.", "",
+             "| model | " + " | ".join(IMPL_NAMES[impl] + " ms per batch" for impl in IMPLS)
+             + " | tfrec / DeepCTR, faster modes | target >= 1.3x |",
+             "|---|" + "---:|" * len(IMPLS) + "---:|---|"]
+    for model_name, reports in runs.items():
+        good = [report["ms_per_batch"] for report in reports if "ms_per_batch" in report]
+        if not good:
+            lines.append(f"| {model_name} | fails: {reports[0].get('error', 'no report')} |" + " |" * len(IMPLS))
+            continue
+        ratios = sorted(faster_mode(ms, "deepctr")[1] / faster_mode(ms, "tfrec")[1] for ms in good)
+        median = float(np.median(ratios))
+        lines.append(f"| {model_name} | " + " | ".join(f"{np.median([ms[impl] for ms in good]):.2f}" for impl in IMPLS)
+                     + f" | {median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | {'met' if median >= 1.3 else '**not met**'} |")
+    common.write_section("multitask_turns", "\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--turns", action="store_true",
+                        help="only the speed ratios measured taking turns in one process (section multitask_turns)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "IMPL", "MODEL"))
     args = parser.parse_args()
     size_name = "quick" if args.quick else "full"
     if args.child:
         kind, impl, model_name = args.child
-        return {"planted": child_planted, "adult": child_adult, "step": child_step}[kind](impl, model_name, size_name)
+        return {"planted": child_planted, "adult": child_adult, "step": child_step,
+                "turns": child_turns}[kind](impl, model_name, size_name)
 
     flag = ["--quick"] if args.quick else []
+    if args.turns:
+        return turns_section(flag, TURNS_PROCESSES[size_name])
     size = SIZES[size_name]
     tasks = list(PLANTED_TASKS)
     planted_runs = {}

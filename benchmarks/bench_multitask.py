@@ -29,8 +29,8 @@ SIZES = {
     "quick": dict(train_rows=5_000, test_rows=5_000, epochs=1, impls=("tfrec", "deepctr"), planted_seeds=1,
                   adult_seeds=1, adult_epochs=2, adult_models=("MMOE",)),
 }
-MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")
-TURNS_PROCESSES = {"full": 5, "quick": 1}  # processes of `--turns` per model, one after the other  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
+MODELS = ("MMOE", "PLE", "ESMM", "SharedBottom")  # on Adult, ESMM's ctr -> ctcvr chain does not fit the tasks
+TURNS_PROCESSES = {"full": 5, "quick": 1}  # processes of `--turns` per model, one after the other
 STEP_MODELS = ("PLE", "MMOE", "SharedBottom")  # the largest, a middle and the smallest step
 # tfrec's default compile is XLA; DeepCTR's is not.
 JIT_COMPILE = {"tfrec": {}, "tfrec-noxla": dict(jit_compile=False), "deepctr": {},
@@ -474,9 +474,9 @@ def percent_less(value, reference):
     return f"{saving}% less" if saving > 0 else f"{-saving}% more" if saving < 0 else "the same"
 
 
-def faster_mode(ms_per_batch, library):
-    """(impl, ms per batch) of `library`'s faster contender."""
-    return min(((impl, ms) for impl, ms in ms_per_batch.items() if impl.startswith(library)), key=lambda pair: pair[1])
+def faster_mode_ms(ms_per_batch, library):
+    """The ms per batch of `library`'s faster contender ("tfrec" or "deepctr": with or without XLA)."""
+    return min(ms for impl, ms in ms_per_batch.items() if impl.startswith(library))
 
 
 def turns_section(flag, processes):
@@ -492,8 +492,7 @@ def turns_section(flag, processes):
              "Here the four contenders of a model are built in one process and their Keras train functions timed "
              f"in turn on one planted batch of {CONFIG['batch_size']} rows fed from memory, each at the batches per "
              f"call its compile defaults to (what `fit` runs: tfrec {batches['tfrec']}, DeepCTR {batches['deepctr']}): "
-             "ms per batch, "
-             "the fastest of 7 rounds (`--child turns`, `common.per_call_ms`). No input pipeline and no metrics "
+             "ms per batch, the fastest of 7 rounds (`--child turns`, `common.per_call_ms`). No input pipeline and no metrics "
              "between steps, so these ratios are the steps' alone. "
              f"{processes} such processes per model, one after the other; a cell is their median, the range in "
              "brackets.", "",
@@ -505,7 +504,7 @@ def turns_section(flag, processes):
         if not good:
             lines.append(f"| {model_name} | fails: {reports[0].get('error', 'no report')} |" + " |" * len(IMPLS))
             continue
-        ratios = sorted(faster_mode(ms, "deepctr")[1] / faster_mode(ms, "tfrec")[1] for ms in good)
+        ratios = sorted(faster_mode_ms(ms, "deepctr") / faster_mode_ms(ms, "tfrec") for ms in good)
         median = float(np.median(ratios))
         lines.append(f"| {model_name} | " + " | ".join(f"{np.median([ms[impl] for ms in good]):.2f}" for impl in IMPLS)
                      + f" | {median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | {'met' if median >= 1.3 else '**not met**'} |")

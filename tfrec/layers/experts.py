@@ -102,8 +102,7 @@ class ExpertMixture(tf.keras.layers.Layer):
             raise ValueError(f"ExpertMixture '{self.name}': the gate gives {num_weights} weights "
                              f"for {sum(sizes)} experts")
         if None in sizes or len(groups) == 1:
-            return tf.einsum("bnd,bn->bd", tf.concat(groups, axis=1) if len(groups) > 1 else groups[0],
-                             gate_weights)
+            return tf.einsum("bnd,bn->bd", tf.concat(groups, axis=1), gate_weights)
         return tf.add_n([tf.squeeze(group, 1) * weights if size == 1 else tf.einsum("bnd,bn->bd", group, weights)
                          for group, size, weights in zip(groups, sizes, tf.split(gate_weights, sizes, axis=-1))])
 

@@ -482,8 +482,8 @@ def faster_mode_ms(ms_per_batch, library):
 def turns_section(flag, processes):
     """Section multitask_turns: each model's four contenders taking turns in one process, `processes` times."""
     runs = {model_name: [run("turns", "all", model_name, flag) for _ in range(processes)] for model_name in MODELS}
-    batches = next(report["batches_per_call"] for reports in runs.values() for report in reports
-                   if "batches_per_call" in report)
+    batches = next((report["batches_per_call"] for reports in runs.values() for report in reports
+                    if "batches_per_call" in report), {"tfrec": "?", "deepctr": "?"})  # "?": every child failed
     lines = ["### Speed taking turns in one process", "",
              f"Command: `python benchmarks/bench_multitask.py --turns{' --quick' if flag else ''}` "
              f"({common.machine_line()}, {common.commit_line()}).", "",
@@ -502,7 +502,7 @@ def turns_section(flag, processes):
     for model_name, reports in runs.items():
         good = [report["ms_per_batch"] for report in reports if "ms_per_batch" in report]
         if not good:
-            lines.append(f"| {model_name} | fails: {reports[0].get('error', 'no report')} |" + " |" * len(IMPLS))
+            lines.append(f"| {model_name} | fails: {reports[0].get('error', 'no report')} |" + " |" * (len(IMPLS) + 1))
             continue
         ratios = sorted(faster_mode_ms(ms, "deepctr") / faster_mode_ms(ms, "tfrec") for ms in good)
         median = float(np.median(ratios))

@@ -20,7 +20,7 @@ from tfrec.data import df_to_dataset, df_to_inputs, long_history_feature_columns
 from tfrec.evaluation import evaluate_binary
 from tfrec.layers import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion, InterestFusionGate,
                           LongTermInterest, ShortTermInterest)
-from tfrec.models import CLSR, DIN, interest_model
+from tfrec.models import CLSR, DIN, interest_model, steerable_model
 from tests.conftest import run_saved_model_cli
 
 HISTORY = ["item_id", "cate_id"]
@@ -296,6 +296,49 @@ def test_the_step_without_xla_trains_as_the_default_xla_step(drift):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 
+def _at_weight(steered, inputs, weight):
+    """The steerable model's (prediction, alpha) with every row at `weight` (a number or (batch, 1))."""
+    rows = len(next(iter(inputs.values())))
+    weight = np.broadcast_to(np.asarray(weight, np.float32), (rows, 1))
+    prediction, alpha = steered.predict(dict(inputs, long_term_weight=weight), batch_size=4096, verbose=0)
+    return prediction.reshape(-1), alpha
+
+
+def test_a_steerable_model_scores_at_the_requested_long_term_weight(clsr, drift):
+    """steerable_model: the request's weight w replaces alpha. w = alpha is the model itself;
+    w = 1 and w = 0 fuse exactly u_l and u_s; AUCs over w are printed next to the oracle."""
+    steered = steerable_model(clsr.model)
+    assert steered.output_names == ["prediction", "alpha"]
+    alpha = interest_model(clsr.model, ["alpha"]).predict(drift.inputs, batch_size=4096, verbose=0)["alpha"]
+    prediction, learned = _at_weight(steered, drift.inputs, alpha)
+    np.testing.assert_allclose(prediction, predict(clsr.model, drift.inputs), atol=1e-6)
+    np.testing.assert_allclose(learned, alpha, atol=1e-6)
+
+    inputs = head(drift.inputs)
+    fusion = steered.get_layer("fused_interest")  # its last call is the steerable model's
+    fused = tf.keras.Model(steered.input, fusion.get_output_at(len(fusion.inbound_nodes) - 1))
+    interests = interest_model(clsr.model, ["long_term_interest", "short_term_interest"])(inputs)
+    for weight, interest in ((1.0, "long_term_interest"), (0.0, "short_term_interest")):
+        at_weight = dict(inputs, long_term_weight=np.full((64, 1), weight, np.float32))
+        np.testing.assert_allclose(fused(at_weight).numpy(), interests[interest].numpy(), atol=1e-6)
+
+    labels = drift.test["click"].to_numpy()
+    oracle = oracle_auc(labels, drift.test["p_click"].to_numpy())
+    aucs = {"alpha": metrics.auc(labels, prediction)}
+    for weight in (0.0, 0.5, 1.0):
+        aucs[f"w={weight}"] = metrics.auc(labels, _at_weight(steered, drift.inputs, weight)[0])
+    print("\nCLSR test AUC by long-term weight (oracle {:.4f}): ".format(oracle)
+          + ", ".join(f"{name} {auc:.4f}" for name, auc in aucs.items()) + f"; mean alpha {alpha.mean():.3f}")
+    assert len(set(round(auc, 4) for auc in aucs.values())) == len(aucs)  # the weight moves the scores
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"long_term_weight must lie in \[0, 1\]"):
+        _at_weight(steered, inputs, 1.5)
+    with pytest.raises(ValueError, match="needs a CLSR"):
+        steerable_model(tf.keras.Model(clsr.model.input, clsr.model.get_layer("long_term_interest").output))
+    with pytest.raises(ValueError, match="already takes 'long_term_weight'"):
+        steerable_model(steered)
+
+
 # ---------------------------------------------------------------------------- save, export, serve
 
 @pytest.mark.parametrize("fmt", ["savedmodel", "h5"])
@@ -312,6 +355,9 @@ def test_save_and_load_round_trip(clsr, drift, tmp_path, fmt):
     assert loaded.output_names == ["prediction"]
     np.testing.assert_allclose(interest_model(loaded)(inputs)["alpha"].numpy(),
                                interest_model(clsr.model)(inputs)["alpha"].numpy(), atol=1e-6)
+    steered = dict(inputs, long_term_weight=np.full((len(before), 1), 0.3, np.float32))
+    np.testing.assert_allclose(steerable_model(loaded)(steered)[0].numpy(),
+                               steerable_model(clsr.model)(steered)[0].numpy(), atol=1e-6)
 
 
 def test_export_passes_saved_model_cli(clsr_export):
@@ -337,6 +383,32 @@ def test_grpc_predict_and_alpha_equal_in_process(clsr, clsr_export, drift):
         served = client.predict("clsr", inputs)
     np.testing.assert_allclose(served["prediction"], predict(clsr.model, inputs), atol=1e-5)
     np.testing.assert_allclose(served["alpha"], expected, atol=1e-5)
+
+
+def test_a_steerable_export_serves_the_requested_weight_over_grpc(clsr, drift, tmp_path):
+    import grpc
+    from exporters import export_saved_model
+    from serving import Client, LocalServer
+    from serving.errors import ServingError
+
+    steered = steerable_model(clsr.model)
+    base = tmp_path / "clsr_steerable"
+    warmup = dict(df_to_inputs(drift.test.head(3), drift.columns), long_term_weight=np.full((3, 1), 0.5, np.float32))
+    export_saved_model(steered, str(base), warmup_inputs=warmup)
+    inputs = head(drift.inputs, 20)
+    weights = np.linspace(0.0, 1.0, 20, dtype=np.float32)  # one per row: the signature takes (batch,)
+    expected, alpha = _at_weight(steered, inputs, weights[:, None])
+    with LocalServer(model_base_path=str(base), model_name="clsr_steerable", rest=False) as server, \
+            Client(server.grpc_target) as client:
+        served = client.predict("clsr_steerable", dict(inputs, long_term_weight=weights))
+        with pytest.raises(ServingError) as refused:
+            client.predict("clsr_steerable", dict(inputs, long_term_weight=weights - 0.5))
+        again = client.predict("clsr_steerable", dict(inputs, long_term_weight=weights))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "long_term_weight must lie in [0, 1]" in refused.value.message
+    for answer in (served, again):
+        np.testing.assert_allclose(answer["prediction"].reshape(-1), expected, atol=1e-5)
+        np.testing.assert_allclose(answer["alpha"], alpha.reshape(-1), atol=1e-5)
 
 
 def test_shared_history_signature_repeats_the_history_for_every_candidate(clsr_export, drift):

@@ -30,12 +30,13 @@ custom_objects.update({cls.__name__: cls for cls in (RelevancePooling, SimHashSe
 __all__ += ["RelevancePooling", "SimHashSearch", "SoftSearch", "TargetAttention", "TimeGapEmbedding"]
 
 from .clsr import (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion,  # noqa: E402
-                   InterestFusionGate, LongTermInterest, ShortTermInterest)
+                   InterestFusionGate, LongTermInterest, LongTermWeight, ShortTermInterest)
 
 custom_objects.update({cls.__name__: cls for cls in (HistoryMean, HistoryRNN, InterestContrastiveLoss, InterestFusion,
-                                                     InterestFusionGate, LongTermInterest, ShortTermInterest)})
+                                                     InterestFusionGate, LongTermInterest, LongTermWeight,
+                                                     ShortTermInterest)})
 __all__ += ["HistoryMean", "HistoryRNN", "InterestContrastiveLoss", "InterestFusion", "InterestFusionGate",
-            "LongTermInterest", "ShortTermInterest"]
+            "LongTermInterest", "LongTermWeight", "ShortTermInterest"]
 
 from .retrieval import L2Normalize, NegativeSampling, SampledSoftmax  # noqa: E402
 

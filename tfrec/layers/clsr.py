@@ -292,3 +292,27 @@ class InterestFusion(tf.keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[1])
+
+
+@_register
+class LongTermWeight(tf.keras.layers.Layer):
+    """A long-term weight a request chooses in place of the gate's alpha (see `steerable_model`).
+
+    (batch, 1) -> the same values, after checking that each lies in [0, 1]: a weight outside
+    that range is an InvalidArgumentError naming the input, not an extrapolated score.
+    """
+
+    def __init__(self, input_name="long_term_weight", **kwargs):
+        super().__init__(**kwargs)
+        self.input_name = input_name
+
+    def call(self, weight):
+        inside = tf.reduce_all((weight >= 0.0) & (weight <= 1.0))
+        check = tf.debugging.Assert(inside, [f"{self.input_name} must lie in [0, 1], got", weight], summarize=5)
+        with tf.control_dependencies([check]):
+            return tf.identity(weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_name=self.input_name)
+        return config

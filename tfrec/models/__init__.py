@@ -17,9 +17,9 @@ from .sim import SIM  # noqa: E402
 
 __all__ += ["SIM"]
 
-from .clsr import CLSR, interest_model  # noqa: E402
+from .clsr import CLSR, interest_model, steerable_model  # noqa: E402
 
-__all__ += ["CLSR", "interest_model"]
+__all__ += ["CLSR", "interest_model", "steerable_model"]
 
 from .two_tower import TwoTowerModel  # noqa: E402
 from .youtubednn import YoutubeDNN  # noqa: E402

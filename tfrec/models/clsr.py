@@ -12,12 +12,15 @@ from feature_columns import FeatureEncoder, SparseFeat
 
 from ..layers.clsr import (CONTRASTIVE_LOSSES, RNN_TYPES, HistoryMean, InterestContrastiveLoss,
                            HistoryRNN, InterestFusion, InterestFusionGate, LongTermInterest,
-                           ShortTermInterest)
+                           LongTermWeight, ShortTermInterest)
 from ..layers.core import check_task
 from .base import RecModel, click_prediction
 
 # Names of the layers whose outputs a sub-model can read (see `interest_model`).
 INTEREST_LAYERS = ("long_term_interest", "short_term_interest", "long_term_proxy", "short_term_proxy", "alpha")
+ALPHA = "alpha"
+# The input of `steerable_model`: the long-term weight a request scores with, in place of alpha.
+LONG_TERM_WEIGHT = "long_term_weight"
 
 
 def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn="gru", proxy_recent=3,
@@ -126,7 +129,7 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
 
     # Adaptive fusion.
     h = HistoryRNN(dim, "gru", seed=seed + 4, name="fusion_history")(events, mask)
-    alpha = InterestFusionGate(att_hidden_size, att_activation, seed=seed + 5, name="alpha")([h, target, u_l, u_s])
+    alpha = InterestFusionGate(att_hidden_size, att_activation, seed=seed + 5, name=ALPHA)([h, target, u_l, u_s])
     interest = InterestFusion(name="fused_interest")([alpha, u_l, u_s])             # u (B, E)
 
     # Prediction: u with the target and every other feature, as DIN's tower.
@@ -145,3 +148,44 @@ def interest_model(model, names=INTEREST_LAYERS):
     """
     return tf.keras.Model(model.input, {name: model.get_layer(name).output for name in names},
                           name=f"{model.name}_interests")
+
+
+def steerable_model(model):
+    """A CLSR whose requests choose the long-term weight: alpha, seen and steered.
+
+    Returns a Keras model over the same layers and weights as `model` (a CLSR, freshly built or
+    reloaded). Its inputs are `model`'s plus "long_term_weight", (batch, 1) float32 in [0, 1],
+    which takes the gate's place in u = w * u_l + (1 - w) * u_s; its outputs are "prediction",
+    the score at that weight, and "alpha", the weight the gate chooses (with which `model`
+    scores). w = alpha gives `model`'s prediction; w = 1 scores with the long-term interest
+    alone, w = 0 with the short-term one. Export it beside the model, e.g.
+    `exporters.export_saved_model(steerable_model(model), "exports/clsr_steerable")`, so that a
+    request can set the balance (more of the stable interests on a home feed, more of the session
+    after a search). A weight outside [0, 1] is an InvalidArgumentError naming the input.
+    """
+    if LONG_TERM_WEIGHT in model.input_names:
+        raise ValueError(f"steerable_model: {model.name!r} already takes {LONG_TERM_WEIGHT!r}")
+    names = {layer.name for layer in model.layers}
+    if ALPHA not in names or "fused_interest" not in names:
+        raise ValueError(f"steerable_model needs a CLSR (layers {ALPHA!r} and 'fused_interest'); "
+                         f"{model.name!r} has no such layers")
+    gate = model.get_layer(ALPHA)
+    weight = tf.keras.Input((1,), name=LONG_TERM_WEIGHT, dtype=tf.float32)
+    chosen = LongTermWeight(LONG_TERM_WEIGHT, name="chosen_long_term_weight")(weight)
+    prediction = _replayed(model, {id(gate.output): chosen})
+    return tf.keras.Model({**model.input, LONG_TERM_WEIGHT: weight}, [prediction, gate.output],
+                          name=f"{model.name}_steerable")
+
+
+def _replayed(model, replaced):
+    """`model`'s output with tensors replaced ({id(tensor): new tensor}): every layer call downstream
+    of them is made again on the new tensors, with the same layers (so the same weights)."""
+    replaced = dict(replaced)
+    for layer in model.layers:  # a functional model lists its layers in the order they are called
+        for node in layer.inbound_nodes:
+            if not any(id(t) in replaced for t in tf.nest.flatten((node.call_args, node.call_kwargs))):
+                continue
+            args, kwargs = tf.nest.map_structure(lambda t: replaced.get(id(t), t), (node.call_args, node.call_kwargs))
+            for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(layer(*args, **kwargs))):
+                replaced[id(old)] = new
+    return replaced[id(model.output)]

@@ -298,9 +298,11 @@ def cmd_export(args):
             raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {config.path} trains "
                            f"{config.model.name}", "leave them out to export a ranking model")
         test_df = run.prepare(run.load_frames(config, columns)[1], columns)
-        with step(f"exporting to {config.export.base}"):
-            path = export_saved_model(model, config.export.base, version=args.version or config.export.version,
-                                      warmup_inputs=df_to_inputs(test_df.head(5), columns),
+        warmup_inputs = df_to_inputs(test_df.head(5), columns)
+        model, base, warmup_inputs = _steered(args, model, config.export.base, warmup_inputs)
+        with step(f"exporting to {base}"):
+            path = export_saved_model(model, base, version=args.version or config.export.version,
+                                      warmup_inputs=warmup_inputs,
                                       extra_outputs=list(config.export.extra_outputs) + list(args.extra_output))
         print(path)
         return 0
@@ -316,10 +318,37 @@ def cmd_export(args):
     if args.candidates or args.exclude or args.k is not None:
         raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {args.model} holds "
                        f"{type(model).__name__}", "leave them out to export a ranking model")
-    with step(f"exporting to {args.export_base}"):
-        path = export_saved_model(model, args.export_base, version=args.version, extra_outputs=args.extra_output)
+    model, base, _ = _steered(args, model, args.export_base)
+    with step(f"exporting to {base}"):
+        path = export_saved_model(model, base, version=args.version, extra_outputs=args.extra_output)
     print(path)
     return 0
+
+
+def _steered(args, model, base, warmup_inputs=None):
+    """(model, export base, warm-up inputs), as `--steerable` asks: CLSR's `steerable_model`
+    exported to `<base>_steerable`, its warm-up rows at long-term weight 0.5; else unchanged."""
+    if not args.steerable:
+        return model, base, warmup_inputs
+    import numpy as np
+
+    from tfrec.models.clsr import LONG_TERM_WEIGHT, steerable_model
+
+    try:
+        model = steerable_model(model)
+    except ValueError as error:
+        raise CliError(f"--steerable: {error}", "it is for a CLSR model: leave it out for this one") from None
+    if warmup_inputs is not None:
+        rows = len(next(iter(warmup_inputs.values())))
+        warmup_inputs = {**warmup_inputs, LONG_TERM_WEIGHT: np.full(rows, 0.5, np.float32)}
+    return model, f"{base.rstrip('/')}_steerable", warmup_inputs
+
+
+def _refuse_ranking_options(args):
+    """--extra-output and --steerable change a ranking model's signature; a retrieval export's is fixed."""
+    for flag, given in (("--extra-output", args.extra_output), ("--steerable", args.steerable)):
+        if given:
+            raise CliError(f"{flag} is for ranking models", "a retrieval export answers item_ids and scores")
 
 
 def _export_retrieval_run(model, columns, config, args):
@@ -329,8 +358,7 @@ def _export_retrieval_run(model, columns, config, args):
     from tfrec import retrieval_run
     from tfrec.data import df_to_inputs
 
-    if args.extra_output:
-        raise CliError("--extra-output is for ranking models", "a retrieval export answers item_ids and scores")
+    _refuse_ranking_options(args)
     if args.candidates:
         raise CliError("--candidates is for --model; with --config the catalogue is data.items",
                        "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
@@ -364,8 +392,7 @@ def _export_retrieval(model, args):
         raise CliError(f"{args.model} is a retrieval (two-tower) model: its export serves the top "
                        "k items of a catalogue", f"pass --candidates ITEMS.csv (or .parquet) with the item id "
                        f"column '{name}', one row per item, and --k")
-    if args.extra_output:
-        raise CliError("--extra-output is for ranking models", "a retrieval export answers item_ids and scores")
+    _refuse_ranking_options(args)
     candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
                            text_columns=[name] if dtype.name == "string" else [])
     with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
@@ -590,6 +617,10 @@ def build_parser():
     export.add_argument("--version", type=int, help="the version number (default: one more than the highest)")
     export.add_argument("--extra-output", action="append", default=[], metavar="LAYER",
                         help="a layer name whose output the signature returns too (repeatable)")
+    export.add_argument("--steerable", action="store_true",
+                        help="CLSR: export the model whose requests choose the long-term weight (input "
+                             "long_term_weight in [0, 1], outputs prediction and the gate's alpha), to "
+                             "<export base>_steerable")
     export.add_argument("--candidates", metavar="ITEMS",
                         help="a retrieval model's catalogue: CSV/Parquet with its item id column, one row per item")
     export.add_argument("--k", type=int, help="a retrieval model's top k per user (default: the config's "

@@ -486,6 +486,7 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, tfrec_ma
     import tensorflow as tf
 
     from tfrec.data import df_to_inputs
+    from tfrec.models import interest_model
 
     example = (REPO / "examples" / "ranking_din.yaml").read_text()
     data = str(REPO / "examples" / "data" / "ranking.csv")
@@ -520,11 +521,26 @@ def test_sim_and_clsr_train_evaluate_and_export_from_a_config(tmp_path, tfrec_ma
     inputs = df_to_inputs(test_df, columns)
     signature = tf.saved_model.load(export_path).signatures["serving_default"]
     specs = signature.structured_input_signature[1]
-    served = signature(**{key: tf.constant(np.asarray(inputs[key]).reshape([-1] + list(np.shape(inputs[key]))[1:])
-                                           if spec.shape.rank > 1 else np.asarray(inputs[key]).reshape(-1),
-                                           dtype=spec.dtype) for key, spec in specs.items()})
+    served_inputs = {key: tf.constant(np.asarray(inputs[key]).reshape([-1] + list(np.shape(inputs[key]))[1:])
+                                      if spec.shape.rank > 1 else np.asarray(inputs[key]).reshape(-1),
+                                      dtype=spec.dtype) for key, spec in specs.items()}
+    served = signature(**served_inputs)
     np.testing.assert_allclose(served["prediction"].numpy().reshape(-1),
                                loaded.predict(inputs, verbose=0).reshape(-1), atol=1e-5)
+
+    # --steerable: CLSR's steerable_model beside the model, scoring at the weight each row sends.
+    code, out, err = tfrec_main("export", "--config", path, "--steerable")
+    if name != "CLSR":
+        assert code == 1 and "--steerable: steerable_model needs a CLSR" in err
+        return
+    assert code == 0, err
+    steered_path = out.strip().splitlines()[-1]
+    assert steered_path.startswith(str(tmp_path / "export_steerable"))
+    steered = tf.saved_model.load(steered_path).signatures["serving_default"]
+    alpha = interest_model(loaded, ["alpha"]).predict(inputs, verbose=0)["alpha"].reshape(-1)
+    at_alpha = steered(**served_inputs, long_term_weight=tf.constant(alpha))
+    np.testing.assert_allclose(at_alpha["prediction"].numpy(), served["prediction"].numpy().reshape(-1), atol=1e-5)
+    np.testing.assert_allclose(at_alpha["alpha"].numpy(), alpha, atol=1e-5)
 
 
 def test_a_config_refuses_a_ranking_model_with_two_outputs(tmp_path):

@@ -1,11 +1,11 @@
 """Retrieval: the ScaNN export against brute force, and tfrec's MIND / SDM / YoutubeDNN against DeepMatch 0.3.2.
 
     python -m benchmarks.bench_retrieval                   # every part, full sizes
-    python -m benchmarks.bench_retrieval --part scann      # one part: scann | deepmatch | movielens
+    python -m benchmarks.bench_retrieval --part scann      # one part: scann | scann_settings | deepmatch | movielens
     python -m benchmarks.bench_retrieval --quick           # small sizes (a smoke test), with or without --part
 
 Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own block inside it
-("retrieval_scann", "retrieval_deepmatch", "retrieval_movielens") with the command, date and commit that produced it.
+("retrieval_scann", "retrieval_scann_settings", "retrieval_deepmatch", "retrieval_movielens") with the command, date and commit that produced it.
 
 * scann: N random unit vectors (d = 64, a mixture of Gaussian clusters, fixed seed) as the
   candidates, queries from the same distribution; recall@100 against exact search, queries/s
@@ -46,10 +46,10 @@ from benchmarks.bench_din import EpochTimer, StepTimer  # noqa: E402
 from benchmarks.bench_long_sequence import current_rss_mib, timed  # noqa: E402
 
 SECTION = "retrieval"
-PARTS = ("scann", "deepmatch", "movielens")
+PARTS = ("scann", "scann_settings", "deepmatch", "movielens")
 MODULE = "benchmarks.bench_retrieval"
 INTRO = ("## Retrieval: ScaNN and DeepMatch\n\nWritten by `benchmarks/bench_retrieval.py`; each part below is "
-         "rewritten on its own (`--part scann|deepmatch|movielens`) and names the run that produced it.")
+         "rewritten on its own (`--part scann|scann_settings|deepmatch|movielens`) and names the run that produced it.")
 
 # --- part "scann" ---------------------------------------------------------------------------------
 DIM, K, BATCH = 64, 100, 100
@@ -73,6 +73,15 @@ EXPORT_NAMES = {"scann": "ScaNN export (`export_retrieval`, index=\"scann\")",
                 "scann_int8": "ScaNN export, `reordering_dtype=\"int8\"`",
                 "scann_fast": "ScaNN export, `num_leaves_to_search=10, num_reordering_candidates=256`",
                 "brute_force": "brute-force export (its `_brute_force` twin)"}
+
+# --- part "scann_settings": the default ScaNN settings against faster ones, on part scann's data
+# and on data whose clusters are larger than a partition ------------------------------------------
+SETTINGS_DATA = {  # points per cluster, the rest of the data as in part scann
+    "full": {"part scann's data: 1,000 clusters of 1,000": 1_000, "50 clusters of 20,000": 20_000},
+    "quick": {"100 clusters of 500": 500, "5 clusters of 10,000": 10_000},
+}
+SETTINGS_QUERIES = {"full": 500, "quick": 100}
+SETTINGS_TIMING = dict(warmup=1, min_reps=10, max_reps=100, budget_s=4.0)
 
 # --- part "deepmatch" -----------------------------------------------------------------------------
 MODELS = ("youtubednn", "mind", "sdm")
@@ -174,17 +183,15 @@ def child_truth(size_name, workdir):
     common.emit(report)
 
 
-def child_pybind(size_name, workdir):
-    """scann's pybind searcher, built with export_retrieval's default ScaNN settings."""
-    import numpy as np
-    import scann
-    from exporters.retrieval import _scann_config
+# Parallel search: each core takes its share of a 100-query call (pybind's default sub-batch of 256
+# queries would keep such a call on one thread).
+PER_THREAD = -(-BATCH // (os.cpu_count() or 1))
 
-    size = SCANN_SIZES[size_name]
-    vectors, queries = clustered_vectors(size)
-    exact = np.load(os.path.join(workdir, "exact.npy"))
-    config = _scann_config(len(vectors), K, {})
-    started = time.perf_counter()
+
+def pybind_searcher(vectors, config):
+    """scann's pybind searcher built with `config` (`exporters.retrieval._scann_config`'s keys)."""
+    import scann
+
     builder = scann.scann_ops_pybind.builder(vectors, K, "dot_product")
     if config["num_leaves"] > 1:
         builder = builder.tree(num_leaves=config["num_leaves"], num_leaves_to_search=config["num_leaves_to_search"],
@@ -194,11 +201,22 @@ def child_pybind(size_name, workdir):
                                anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"],
                                training_sample_size=config["training_sample_size"], hash_type=config["hash_type"])
     builder = builder.reorder(config["num_reordering_candidates"]).set_n_training_threads(config["training_threads"])
-    searcher = builder.build()
+    return builder.build()
+
+
+def child_pybind(size_name, workdir):
+    """scann's pybind searcher, built with export_retrieval's default ScaNN settings."""
+    import numpy as np
+    from exporters.retrieval import _scann_config
+
+    size = SCANN_SIZES[size_name]
+    vectors, queries = clustered_vectors(size)
+    exact = np.load(os.path.join(workdir, "exact.npy"))
+    config = _scann_config(len(vectors), K, {})
+    started = time.perf_counter()
+    searcher = pybind_searcher(vectors, config)
     build_s = time.perf_counter() - started
-    # Serial, and parallel with each core taking its share of a 100-query call (pybind's default
-    # sub-batch of 256 queries would keep such a call on one thread).
-    per_thread = -(-BATCH // (os.cpu_count() or 1))
+    per_thread = PER_THREAD
     report = search_report(lambda q: searcher.search_batched(q)[0], lambda q: searcher.search(q)[0][None],
                            queries, exact, size)
     report["parallel"] = search_report(lambda q: searcher.search_batched_parallel(q, batch_size=per_thread)[0],
@@ -206,6 +224,44 @@ def child_pybind(size_name, workdir):
     report.update(impl="pybind", build_s=build_s, config=config, per_thread=per_thread,
                   peak_rss_mib=common.peak_rss_mib())
     common.emit(report)
+
+
+def scann_settings(default):
+    """(name, export_retrieval ScaNN options): the default, fewer and more leaves searched, coarser hashing."""
+    leaves = default["num_leaves_to_search"]
+    return [("default", {}), ("10 leaves searched", {"num_leaves_to_search": min(10, leaves)}),
+            (f"{2 * leaves} leaves searched", {"num_leaves_to_search": min(2 * leaves, default["num_leaves"])}),
+            ("3 dimensions per block", {"dimensions_per_block": 3}),
+            ("4 dimensions per block", {"dimensions_per_block": 4})]
+
+
+def child_settings(size_name):
+    """Recall@100 and batched QPS of scann's pybind searcher at each of `scann_settings`, on each of
+    SETTINGS_DATA (the number of leaves searched is a search-time argument of one built searcher)."""
+    import numpy as np
+    from exporters.retrieval import _scann_config
+    from tfrec.metrics import top_k_indices
+
+    results = []
+    for data_name, points in SETTINGS_DATA[size_name].items():
+        size = dict(SCANN_SIZES[size_name], queries=SETTINGS_QUERIES[size_name], points_per_cluster=points,
+                    batched=SETTINGS_TIMING)
+        vectors, queries = clustered_vectors(size)
+        exact = np.concatenate([top_k_indices(queries[i:i + 20] @ vectors.T, K) for i in range(0, len(queries), 20)])
+        default = _scann_config(len(vectors), K, {})
+        searchers, rows = {}, []
+        for name, options in scann_settings(default):
+            config = _scann_config(len(vectors), K, options)
+            blocks = config["dimensions_per_block"]
+            if blocks not in searchers:
+                searchers[blocks] = pybind_searcher(vectors, config)
+            searcher, leaves = searchers[blocks], config["num_leaves_to_search"]
+            report = search_report(lambda q, searcher=searcher, leaves=leaves: searcher.search_batched_parallel(
+                q, leaves_to_search=leaves, batch_size=PER_THREAD)[0], None, queries, exact, size, single=False)
+            rows.append(dict(name=name, leaves=leaves, blocks=blocks, recall=report["recall"], qps=report["qps"],
+                             batch_ms=report["batch_ms"]))
+        results.append(dict(data=data_name, rows=rows))
+    common.emit(dict(results=results, default=_scann_config(SCANN_SIZES[size_name]["candidates"], K, {})))
 
 
 def identity_two_tower(vectors):
@@ -680,6 +736,43 @@ def scann_part(size, flag, workdir):
     return lines
 
 
+def scann_settings_part(size_name, flag):
+    report = run(flag, "settings")
+    heading = "### ScaNN settings: the defaults against faster ones, on easier and harder data"
+    if "error" in report:
+        return [heading, "", f"The sweep failed: {report['error']}"]
+    default = report["default"]
+    lines = [
+        heading,
+        "",
+        f"scann's pybind searcher (`search_batched_parallel`, {PER_THREAD} queries per thread), built with "
+        f"`export_retrieval`'s default settings ({default['num_leaves']:,} leaves, "
+        f"{default['num_leaves_to_search']} searched, {default['dimensions_per_block']} dimensions per block, "
+        f"{default['num_reordering_candidates']} rescored) and searched with fewer or more leaves, or rebuilt "
+        f"with coarser hashing; {SCANN_SIZES[size_name]['candidates']:,} unit vectors of d = {DIM} drawn as in part scann, but "
+        "also with clusters many times larger than a partition, so that a query's true top "
+        f"{K} spreads over several partitions; {SETTINGS_QUERIES[size_name]} "
+        f"queries from the same mixture, recall@{K} against exact search, QPS = {BATCH} / the median time of a "
+        f"{BATCH}-query call.",
+        "",
+        f"| data | setting | leaves searched | dimensions per block | recall@{K} | batched QPS | batch p50 ms (calls) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in report["results"]:
+        for row in result["rows"]:
+            lines.append(f"| {result['data']} | {row['name']} | {row['leaves']} | {row['blocks']} "
+                         f"| {row['recall']:.4f} | {row['qps']:,.0f} | {fmt_ms(row['batch_ms'])} |")
+    easy, hard = ({row["name"]: row for row in result["rows"]} for result in report["results"])
+    faster = "10 leaves searched"
+    lines += ["", f"Searching {easy[faster]['leaves']} leaves instead of {default['num_leaves_to_search']} keeps "
+              f"recall@{K} at {easy[faster]['recall']:.3f} (default {easy['default']['recall']:.3f}) on part "
+              f"scann's data, where a query's neighbours share its partition, and drops it to "
+              f"{hard[faster]['recall']:.3f} (default {hard['default']['recall']:.3f}) where they do not; "
+              f"4 dimensions per block drop it to {easy['4 dimensions per block']['recall']:.3f} and "
+              f"{hard['4 dimensions per block']['recall']:.3f}."]
+    return lines
+
+
 def contender_rows(runs):
     """The table of YoutubeDNN, MIND (and its tfrec-only variants) and SDM, tfrec and DeepMatch."""
     lines = [f"| model | implementation | recall@{CONFIG['recall_k']} | train ex/s | tfrec / DeepMatch ex/s "
@@ -830,6 +923,8 @@ def main():
             return child_truth(size_name, rest[0])
         if kind == "pybind":
             return child_pybind(size_name, rest[0])
+        if kind == "settings":
+            return child_settings(size_name)
         if kind == "export":
             return child_export(size_name, rest[0])
         if kind == "load":
@@ -852,6 +947,8 @@ def main():
                 lines = scann_part(SCANN_SIZES[size_name], flag, workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
+        elif part == "scann_settings":
+            lines = scann_settings_part(size_name, flag)
         elif part == "deepmatch":
             lines = deepmatch_part(DEEPMATCH_SIZES[size_name], flag)
         else:

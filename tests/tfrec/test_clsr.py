@@ -355,9 +355,9 @@ def test_save_and_load_round_trip(clsr, drift, tmp_path, fmt):
     assert loaded.output_names == ["prediction"]
     np.testing.assert_allclose(interest_model(loaded)(inputs)["alpha"].numpy(),
                                interest_model(clsr.model)(inputs)["alpha"].numpy(), atol=1e-6)
-    steered = dict(inputs, long_term_weight=np.full((len(before), 1), 0.3, np.float32))
-    np.testing.assert_allclose(steerable_model(loaded)(steered)[0].numpy(),
-                               steerable_model(clsr.model)(steered)[0].numpy(), atol=1e-6)
+    at_weight = dict(inputs, long_term_weight=np.full((len(before), 1), 0.3, np.float32))
+    np.testing.assert_allclose(steerable_model(loaded)(at_weight)[0].numpy(),
+                               steerable_model(clsr.model)(at_weight)[0].numpy(), atol=1e-6)
 
 
 def test_export_passes_saved_model_cli(clsr_export):

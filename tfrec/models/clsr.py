@@ -18,7 +18,7 @@ from .base import RecModel, click_prediction
 
 # Names of the layers whose outputs a sub-model can read (see `interest_model`).
 INTEREST_LAYERS = ("long_term_interest", "short_term_interest", "long_term_proxy", "short_term_proxy", "alpha")
-ALPHA = "alpha"
+ALPHA, FUSED_INTEREST = "alpha", "fused_interest"
 # The input of `steerable_model`: the long-term weight a request scores with, in place of alpha.
 LONG_TERM_WEIGHT = "long_term_weight"
 
@@ -130,7 +130,7 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
     # Adaptive fusion.
     h = HistoryRNN(dim, "gru", seed=seed + 4, name="fusion_history")(events, mask)
     alpha = InterestFusionGate(att_hidden_size, att_activation, seed=seed + 5, name=ALPHA)([h, target, u_l, u_s])
-    interest = InterestFusion(name="fused_interest")([alpha, u_l, u_s])             # u (B, E)
+    interest = InterestFusion(name=FUSED_INTEREST)([alpha, u_l, u_s])             # u (B, E)
 
     # Prediction: u with the target and every other feature, as DIN's tower.
     dnn_input = encoder.dnn_input(exclude=history.names,
@@ -166,8 +166,8 @@ def steerable_model(model):
     if LONG_TERM_WEIGHT in model.input_names:
         raise ValueError(f"steerable_model: {model.name!r} already takes {LONG_TERM_WEIGHT!r}")
     names = {layer.name for layer in model.layers}
-    if ALPHA not in names or "fused_interest" not in names:
-        raise ValueError(f"steerable_model needs a CLSR (layers {ALPHA!r} and 'fused_interest'); "
+    if ALPHA not in names or FUSED_INTEREST not in names:
+        raise ValueError(f"steerable_model needs a CLSR (layers {ALPHA!r} and {FUSED_INTEREST!r}); "
                          f"{model.name!r} has no such layers")
     gate = model.get_layer(ALPHA)
     weight = tf.keras.Input((1,), name=LONG_TERM_WEIGHT, dtype=tf.float32)

@@ -105,3 +105,27 @@ def test_one_call_step_trains_like_the_step_without_xla(data):
         model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(fast.predict(x, verbose=0), plain.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
+    """At 32 batches per Keras call, `fit` trains the batches of the first one's shape in one XLA
+    loop (`_TrainingSplit.steps`) and an epoch's partial last batch on its own: the same losses,
+    weights and step count as one compiled step per call. Data that ends within a call (shorter
+    than `steps_per_epoch` says) trains every batch it read, then ends training, as in Keras' loop."""
+    columns, x, y = data
+    looped, stepped = new_model(columns), new_model(columns, steps_per_execution=1)
+    batches = int(np.ceil(len(y[0]) / 7))  # 85 of 7 rows and one of 5: two calls of 32, one of 22
+    histories = [model.fit(x, y, batch_size=7, epochs=2, shuffle=False, verbose=0).history
+                 for model in (looped, stepped)]
+    traces = looped._split.steps.experimental_get_tracing_count()
+    assert traces >= 1  # the loop is in the train function
+    for name, values in histories[1].items():
+        np.testing.assert_allclose(histories[0][name], values, rtol=1e-6)
+    unknown_length = tf.data.Dataset.from_tensor_slices((x, tuple(y))).batch(7).filter(lambda *_: True)
+    assert unknown_length.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    for model in (looped, stepped):
+        model.fit(unknown_length, epochs=1, steps_per_epoch=batches + 20, verbose=0)
+        assert int(model.optimizer.iterations) == 3 * batches, model is looped
+    assert looped._split.steps.experimental_get_tracing_count() == traces  # a short call is padded, not retraced
+    for a, b in zip(looped.get_weights(), stepped.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)

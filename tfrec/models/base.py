@@ -85,7 +85,32 @@ class _TrainingSplit:
         self.update_in_step = update_in_step
         self.row_tables = list(row_tables)
         self.step = tf.function(step, jit_compile=jit_compile)
+        # Several steps in one XLA call, when the step itself applies every update.
+        self.steps = tf.function(lambda count, *batches: self._steps(step, count, *batches), jit_compile=True) \
+            if update_in_step and not self.row_tables else None
         self.packed = {}
+
+    def _steps(self, step, count, indexed, y, sample_weight):
+        """`step` on the first `count` batches stacked along a new first axis (steps, batch, ...),
+        one after the other in one XLA loop -> the predictions, stacked the same way (the rows
+        past `count` zeros).
+
+        The weights and the optimizer's slots stay inside the call from one step to the next,
+        where a call per step passes every one of them in and out: on one planted batch, 32 steps
+        in one loop took 3.43 ms a step against 3.98 for Keras' train function at 32 calls of the
+        step (MMOE), 2.31 against 2.75 (ESMM).
+        """
+        size = tf.shape(tf.nest.flatten(indexed)[0])[0]
+        outputs = tf.nest.flatten(self.core.output)
+
+        def one_step(i, predictions):
+            y_pred, _ = step(*tf.nest.map_structure(lambda t: None if t is None else t[i],
+                                                    (indexed, y, sample_weight)))
+            return i + 1, [p.write(i, o) for p, o in zip(predictions, tf.nest.flatten(y_pred))]
+
+        _, predictions = tf.while_loop(lambda i, _: i < count, one_step,
+                                       [tf.constant(0), [tf.TensorArray(o.dtype, size=size) for o in outputs]])
+        return tf.nest.pack_sequence_as(self.core.output, [p.stack() for p in predictions])
 
     def pack(self, arrays):
         """{name: (n, ...) numpy array} -> {block: (n, width)}, the arrays of each numeric dtype side by side.
@@ -520,12 +545,90 @@ class RecModel(tf.keras.Model):
         """
         return self._split.step
 
-    def train_step(self, data):
+    def _step_inputs(self, data):
+        """(x, (indexed, y, sample_weight)): a batch of `fit`'s data as the compiled step takes it."""
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
         if indexed is None:
             indexed = self._split.lookup(x, training=True)
+        return x, (indexed, y, _one_weight_per_row(sample_weight))
+
+    def make_train_function(self, force=False):
+        """Keras' train function. When the compiled step applies every update itself (see
+        `compile`), one that reads its `steps_per_execution` batches first and trains those of the
+        first one's shape in one XLA call (`_TrainingSplit.steps`, padded to that many steps so it
+        compiles once); a batch of another shape (an epoch's partial last batch) and those after
+        it get one compiled step each, as in Keras' own loop."""
+        split = getattr(self, "_split", None)
+        steps = self._steps_per_execution
+        if (self.train_function is not None and not force) or split is None or split.steps is None \
+                or self.run_eagerly or steps is None or self._cluster_coordinator is not None \
+                or int(steps.numpy()) == 1:
+            return super().make_train_function(force)
+        in_one_call = int(steps.numpy())
+
+        def train_function(iterator):
+            requested = tf.cast(self._steps_per_execution, tf.int32)
+            _, first = self._step_inputs(next(iterator))
+            leaves = tf.nest.flatten(first)
+            given = [t for t in leaves if t is not None]
+            batches = [tf.TensorArray(t.dtype, size=requested, infer_shape=False).write(0, t) for t in given]
+
+            def read(count, _, uniform, batches):
+                # As an optional: data that ends within the call (a dataset of unknown length)
+                # trains the batches read so far, then ends the epoch as Keras' loop does.
+                optional = iterator.get_next_as_optional()
+
+                def append():
+                    batch = [t for t in tf.nest.flatten(self._step_inputs(optional.get_value())[1]) if t is not None]
+                    same = tf.reduce_all([tf.reduce_all(tf.equal(tf.shape(t), tf.shape(f)))
+                                          for t, f in zip(batch, given)])
+                    return (tf.where(same & tf.equal(uniform, count), count + 1, uniform),
+                            [b.write(count, t) for b, t in zip(batches, batch)])
+
+                uniform, batches = tf.cond(optional.has_value(), append, lambda: (uniform, batches))
+                return count + tf.cast(optional.has_value(), tf.int32), optional.has_value(), uniform, batches
+
+            # count: the batches read; uniform: how many of them, from the first on, have its shape.
+            count, _, uniform, batches = tf.while_loop(
+                lambda count, more, *_: more & (count < requested), read,
+                [tf.constant(1), tf.constant(True), tf.constant(1), batches])
+
+            def restored(tensors, leading):
+                """(indexed, y, sample_weight) from `tensors`, each given `leading` open dimensions."""
+                tensors = iter(tensors)
+                return tf.nest.pack_sequence_as(first, [None if leaf is None else tf.ensure_shape(
+                    next(tensors), [None] * leading + leaf.shape[1:].as_list()) for leaf in leaves])
+
+            padding = tf.maximum(in_one_call - uniform, 0)
+            indexed, y, sample_weight = restored(
+                [tf.pad(b.gather(tf.range(uniform)), [[0, padding]] + [[0, 0]] * leaf.shape.rank)
+                 for b, leaf in zip(batches, given)], 2)
+            y_pred = split.steps(uniform, indexed, y, sample_weight)
+            self.compiled_metrics.update_state(*tf.nest.map_structure(
+                lambda t: None if t is None else _merge_steps(t[:uniform]), (y, y_pred, sample_weight)))
+
+            def one_step(i):
+                indexed, y, sample_weight = restored([b.read(i) for b in batches], 1)
+                y_pred, _ = split.step(indexed, y, sample_weight)
+                self.compiled_metrics.update_state(y, y_pred, sample_weight)
+                with tf.control_dependencies(tf.nest.flatten(y_pred)):  # the next step after this one
+                    return i + 1
+
+            trained = tf.while_loop(lambda i: i < count, one_step, [uniform])
+            self._train_counter.assign_add(tf.cast(count, self._train_counter.dtype))
+            # Data that ran out within the call: its batches are trained first (the iterator shares
+            # no variable with the steps, so nothing else orders the two), then the exhausted
+            # iterator's error ends the epoch, as in Keras' own loop.
+            with tf.control_dependencies([trained, *tf.nest.flatten(y_pred)]):
+                tf.cond(count < requested, lambda: tf.shape(tf.nest.flatten(next(iterator))[0])[0], lambda: 0)
+            return self.get_metrics_result()
+
+        self.train_tf_function = self.train_function = tf.function(train_function, reduce_retracing=True)
+        return self.train_function
+
+    def train_step(self, data):
+        x, (indexed, y, sample_weight) = self._step_inputs(data)
         y_pred, gradients = self._split.step(indexed, y, sample_weight)
         pairs = [(g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None]
         if not self._split.update_in_step:
@@ -548,6 +651,14 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def _merge_steps(stacked):
+    """(steps, batch, ...) -> (steps * batch, ...); None stays None."""
+    if stacked is None:
+        return None
+    merged = tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], axis=0))
+    return tf.ensure_shape(merged, [None] + stacked.shape[2:].as_list())
 
 
 def _one_weight_per_row(sample_weight):

@@ -600,13 +600,21 @@ class RecModel(tf.keras.Model):
                 return tf.nest.pack_sequence_as(first, [None if leaf is None else tf.ensure_shape(
                     next(tensors), [None] * leading + leaf.shape[1:].as_list()) for leaf in leaves])
 
-            padding = tf.maximum(in_one_call - uniform, 0)
-            indexed, y, sample_weight = restored(
-                [tf.pad(b.gather(tf.range(uniform)), [[0, padding]] + [[0, 0]] * leaf.shape.rank)
-                 for b, leaf in zip(batches, given)], 2)
-            y_pred = split.steps(uniform, indexed, y, sample_weight)
-            self.compiled_metrics.update_state(*tf.nest.map_structure(
-                lambda t: None if t is None else _merge_steps(t[:uniform]), (y, y_pred, sample_weight)))
+            # One batch a call (train_on_batch, per-batch callbacks) takes the one compiled step.
+            looped = tf.where(requested > 1, uniform, 0)
+
+            def in_one_loop():
+                padding = tf.maximum(in_one_call - looped, 0)
+                indexed, y, sample_weight = restored(
+                    [tf.pad(b.gather(tf.range(looped)), [[0, padding]] + [[0, 0]] * leaf.shape.rank)
+                     for b, leaf in zip(batches, given)], 2)
+                y_pred = split.steps(looped, indexed, y, sample_weight)
+                self.compiled_metrics.update_state(*tf.nest.map_structure(
+                    lambda t: None if t is None else _merge_steps(t[:looped]), (y, y_pred, sample_weight)))
+                with tf.control_dependencies(tf.nest.flatten(y_pred)):
+                    return tf.constant(0)
+
+            done = tf.cond(looped > 0, in_one_loop, lambda: tf.constant(0))
 
             def one_step(i):
                 indexed, y, sample_weight = restored([b.read(i) for b in batches], 1)
@@ -615,12 +623,12 @@ class RecModel(tf.keras.Model):
                 with tf.control_dependencies(tf.nest.flatten(y_pred)):  # the next step after this one
                     return i + 1
 
-            trained = tf.while_loop(lambda i: i < count, one_step, [uniform])
+            trained = tf.while_loop(lambda i: i < count, one_step, [looped])
             self._train_counter.assign_add(tf.cast(count, self._train_counter.dtype))
             # Data that ran out within the call: its batches are trained first (the iterator shares
             # no variable with the steps, so nothing else orders the two), then the exhausted
             # iterator's error ends the epoch, as in Keras' own loop.
-            with tf.control_dependencies([trained, *tf.nest.flatten(y_pred)]):
+            with tf.control_dependencies([done, trained]):
                 tf.cond(count < requested, lambda: tf.shape(tf.nest.flatten(next(iterator))[0])[0], lambda: 0)
             return self.get_metrics_result()
 

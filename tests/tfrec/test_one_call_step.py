@@ -133,7 +133,7 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
     assert unknown_length.cardinality() == tf.data.UNKNOWN_CARDINALITY
     for model in (looped, stepped):
         model.fit(unknown_length, epochs=1, steps_per_epoch=batches + 20, verbose=0)
-        assert int(model.optimizer.iterations) == 3 * batches, model is looped
+        assert int(model.optimizer.iterations) == 3 * batches
     assert loop.experimental_get_tracing_count() == traces  # a short call is padded, not retraced
     assert int(in_loops.numpy()) == 3 * (batches - 1)
     for a, b in zip(looped.get_weights(), stepped.get_weights()):

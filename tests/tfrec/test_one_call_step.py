@@ -138,3 +138,12 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
     assert int(in_loops.numpy()) == 3 * (batches - 1)
     for a, b in zip(looped.get_weights(), stepped.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+    class OwnStep(type(looped)):  # a subclass's own train_step is what its fit runs
+        def train_step(self, data):
+            return super().train_step(data)
+
+    own = OwnStep(looped.inputs, looped.outputs)
+    own.compile("adam", ["binary_crossentropy"] * 2)
+    own.fit(x, y, batch_size=7, verbose=0)
+    assert own._split.steps.experimental_get_tracing_count() == 0

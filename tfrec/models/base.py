@@ -563,7 +563,10 @@ class RecModel(tf.keras.Model):
         it get one compiled step each, as in Keras' own loop."""
         split = getattr(self, "_split", None)
         steps = self._steps_per_execution
-        if (self.train_function is not None and not force) or split is None or split.steps is None \
+        # A subclass's own train_step or compute_metrics is what its fit must run.
+        own_step = type(self).train_step is not RecModel.train_step or \
+            type(self).compute_metrics is not tf.keras.Model.compute_metrics
+        if (self.train_function is not None and not force) or split is None or split.steps is None or own_step \
                 or self.run_eagerly or steps is None or self._cluster_coordinator is not None \
                 or int(steps.numpy()) == 1:
             return super().make_train_function(force)

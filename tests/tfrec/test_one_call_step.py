@@ -4,11 +4,11 @@ import pytest
 
 import feature_columns  # noqa: F401
 import tensorflow as tf
-from feature_columns import DenseFeat, SparseFeat
+from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
 
 from tfrec import optimizers
 from tfrec.data import df_to_inputs, make_multitask_data, multitask_feature_columns
-from tfrec.models import MMOE
+from tfrec.models import DIN, MMOE
 from tfrec.models.base import STEPS_PER_EXECUTION
 from tfrec.optimizers import LazyAdam
 
@@ -147,3 +147,8 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
     own.compile("adam", ["binary_crossentropy"] * 2)
     own.fit(x, y, batch_size=7, verbose=0)
     assert own._split.steps.experimental_get_tracing_count() == 0
+    # A model with behaviour sequences keeps one XLA call per step (its steps are long).
+    din = DIN([SparseFeat("item_id", 20, 4), VarLenSparseFeat(SparseFeat("hist_item_id", 20, 4, embedding_name="item_id"),
+                                                             maxlen=5)], ["item_id"])
+    din.compile("adam", "binary_crossentropy")
+    assert din._split.update_in_step and din._split.steps is None

@@ -85,9 +85,13 @@ class _TrainingSplit:
         self.update_in_step = update_in_step
         self.row_tables = list(row_tables)
         self.step = tf.function(step, jit_compile=jit_compile)
-        # Several steps in one XLA call, when the step itself applies every update.
+        # Several steps in one XLA call, when the step itself applies every update and the model
+        # reads one value per feature (no behaviour sequences): a step of a few milliseconds, of
+        # which passing the weights in and out is a noticeable share. A sequence model's step is
+        # long enough that the loop's extra compilation (seconds for SIM or SDM) would not pay.
+        flat = all(t.shape.rank == 2 and t.shape[1] == 1 for t in model.inputs)
         self.steps = tf.function(lambda count, *batches: self._steps(step, count, *batches), jit_compile=True) \
-            if update_in_step and not self.row_tables else None
+            if update_in_step and not self.row_tables and flat else None
         self.packed = {}
 
     def _steps(self, step, count, indexed, y, sample_weight):
@@ -181,8 +185,8 @@ class RecModel(tf.keras.Model):
         / `on_*_batch_end`, e.g. TensorBoard, a ModelCheckpoint saving every n batches) runs one
         batch per call, so the callback still sees every batch; `train_on_batch`,
         `test_on_batch` and `predict_on_batch` run one batch either way. When every update is
-        inside the XLA call, `fit` trains a call's batches in one XLA loop
-        (`make_train_function`).
+        inside the XLA call and the model has no behaviour sequences (the multi-task models),
+        `fit` trains a call's batches in one XLA loop (`make_train_function`).
 
     A batch may also carry its features' embedding rows already looked up, under
     `feature_columns.indexed_key(name, lookup)` (what `feature_columns.look_up_rows` and

@@ -46,6 +46,8 @@ class _TrainingSplit:
     (y_pred, gradients). When `update_in_step`, it also applies the model's optimizer to every
     gradient but those of `row_tables` (tables LazyAdam updates after the step, with
     `update_rows_after_step`), and returns only theirs (the others are None).
+    `steps(count, indexed, y, sample_weight)` runs `step` on `count` stacked batches in one XLA
+    loop (see `_steps`); None unless the step applies every update and the model has no sequences.
     """
 
     def __init__(self, model, jit_compile, update_in_step=False, row_tables=()):

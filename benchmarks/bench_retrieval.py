@@ -164,16 +164,22 @@ def numpy_top_k(queries, vectors):
     return np.take_along_axis(top, order, axis=1)
 
 
-def child_truth(size_name, workdir):
-    """Exact top-100 ids of every query (tfrec.metrics.top_k_indices, ties to the lower id), then numpy brute force."""
+def exact_top_k(queries, vectors):
+    """The exact top-100 ids of every query (tfrec.metrics.top_k_indices, ties to the lower id), 20 queries at a time."""
     import numpy as np
     from tfrec.metrics import top_k_indices
+
+    return np.concatenate([top_k_indices(queries[i:i + 20] @ vectors.T, K) for i in range(0, len(queries), 20)])
+
+
+def child_truth(size_name, workdir):
+    """Exact top-100 ids of every query (`exact_top_k`), then numpy brute force."""
+    import numpy as np
 
     size = SCANN_SIZES[size_name]
     vectors, queries = clustered_vectors(size)
     started = time.perf_counter()
-    exact = np.concatenate([top_k_indices(chunk @ vectors.T, K) for chunk in
-                            (queries[i:i + 20] for i in range(0, len(queries), 20))])
+    exact = exact_top_k(queries, vectors)
     exact_s = time.perf_counter() - started
     np.save(os.path.join(workdir, "exact.npy"), exact)
     np.save(os.path.join(workdir, "queries.npy"), queries)
@@ -238,16 +244,14 @@ def scann_settings(default):
 def child_settings(size_name):
     """Recall@100 and batched QPS of scann's pybind searcher at each of `scann_settings`, on each of
     SETTINGS_DATA (the number of leaves searched is a search-time argument of one built searcher)."""
-    import numpy as np
     from exporters.retrieval import _scann_config
-    from tfrec.metrics import top_k_indices
 
     results = []
     for data_name, points in SETTINGS_DATA[size_name].items():
         size = dict(SCANN_SIZES[size_name], queries=SETTINGS_QUERIES[size_name], points_per_cluster=points,
                     batched=SETTINGS_TIMING)
         vectors, queries = clustered_vectors(size)
-        exact = np.concatenate([top_k_indices(queries[i:i + 20] @ vectors.T, K) for i in range(0, len(queries), 20)])
+        exact = exact_top_k(queries, vectors)
         default = _scann_config(len(vectors), K, {})
         searchers, rows = {}, []
         for name, options in scann_settings(default):

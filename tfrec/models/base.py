@@ -673,9 +673,7 @@ class RecModel(tf.keras.Model):
 
 
 def _merge_steps(stacked):
-    """(steps, batch, ...) -> (steps * batch, ...); None stays None."""
-    if stacked is None:
-        return None
+    """(steps, batch, ...) -> (steps * batch, ...)."""
     merged = tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], axis=0))
     return tf.ensure_shape(merged, [None] + stacked.shape[2:].as_list())
 

@@ -859,9 +859,7 @@ def deepmatch_part(size, flag):
         "the epochs after the first (one `fit` call with each library's defaults and an epoch timer, which has no "
         "per-batch hooks: tfrec runs 32 batches per Keras call, DeepMatch one; after the first epoch every step is "
         "compiled); later epochs: the fastest and slowest of them. The first epoch includes building the training "
-        "graph (and, for tfrec, its XLA compilation); fit is the whole `fit` call, which on numpy arrays can end "
-        "with seconds of waiting for tf.data's autotuning thread as Keras deletes its iterator (for any Keras model "
-        "in eager mode, here tfrec's; docs/training.md): train ex/s leaves that out. One data seed and one model seed: recall differences of a few points are noise.",
+        "graph (and, for tfrec, its XLA compilation); fit is the whole `fit` call. One data seed and one model seed: recall differences of a few points are noise.",
         "",
     ]
     lines += contender_rows(runs)

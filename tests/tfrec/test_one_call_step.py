@@ -1,4 +1,6 @@
 """The multi-task fast path: LazyAdam's update inside the XLA step, 32 batches per Keras call."""
+import time
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
 from tfrec import optimizers
 from tfrec.data import df_to_inputs, make_multitask_data, multitask_feature_columns
 from tfrec.models import DIN, MMOE
+from tfrec.models import base
 from tfrec.models.base import STEPS_PER_EXECUTION
 from tfrec.optimizers import LazyAdam
 
@@ -152,3 +155,30 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
                                                              maxlen=5)], ["item_id"])
     din.compile("adam", "binary_crossentropy")
     assert din._split.update_in_step and din._split.steps is None
+
+
+def test_fit_on_numpy_trains_as_keras_numpy_path_and_ends_with_its_last_epoch(data, monkeypatch):
+    """fit's numpy arrays go through Keras' own numpy data set with tf.data's autotuning off: the
+    same batches (in order here, with sample weights) train the same weights as Keras' path, and
+    fit returns when its last epoch ends (deleting Keras' autotuned iterator waited up to seconds,
+    docs/training.md)."""
+    columns, x, y = data
+    weights = np.linspace(0.5, 1.5, len(y[0])).astype("float32")
+    ended, fed = [], []
+    timer = tf.keras.callbacks.LambdaCallback(on_train_end=lambda logs: ended.append(time.perf_counter()))
+
+    def fitted():
+        model = new_model(columns)
+        model.fit(x, y, batch_size=64, epochs=3, shuffle=False, sample_weight=weights, verbose=0, callbacks=[timer])
+        return model, time.perf_counter() - ended[-1]
+
+    as_dataset = base._numpy_without_autotuning
+    monkeypatch.setattr(base, "_numpy_without_autotuning",
+                        lambda *args: fed.append(as_dataset(*args)) or fed[-1])
+    model, after_last_epoch = fitted()
+    assert isinstance(fed[0][0], tf.data.Dataset) and fed[0][1] is None and fed[0][2]["steps_per_epoch"] == 10
+    assert after_last_epoch < 1.0
+    monkeypatch.setattr(base, "_numpy_without_autotuning", lambda x, y, kwargs, distributed: (x, y, kwargs))
+    keras_path, _ = fitted()
+    for ours, keras in zip(model.get_weights(), keras_path.get_weights()):
+        np.testing.assert_allclose(ours, keras, rtol=1e-6, atol=1e-7)

@@ -254,8 +254,11 @@ class RecModel(tf.keras.Model):
         if rows is not x:
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        x = x if rows is x else self._split.pack(rows)
+        if not args:
+            x, y, kwargs = _numpy_without_autotuning(x, y, kwargs, self._distribution_strategy is not None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
-            history = super().fit(x if rows is x else self._split.pack(rows), y, *args, **kwargs)
+            history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
 
@@ -702,6 +705,36 @@ def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):
                           f"(up to {values[collapsed].max()}) are outside its table and share row 0 (the padding / "
                           "out-of-vocabulary row); size the table by max() + 1, label-encode the ids, or give "
                           "the column a vocabulary", stacklevel=3)
+
+
+def _numpy_without_autotuning(x, y, kwargs, distributed):
+    """`fit`'s numpy inputs as the data set Keras would make of them, with tf.data's autotuning off.
+
+    Keras feeds numpy arrays through one iterator for all epochs, and deleting it when `fit` ends
+    waits for tf.data's autotuning thread to wake: 0-18 s after a fit of 20-30 s (docs/training.md).
+    The same data set (Keras' own numpy adapter: the same batches, per-epoch shuffle and sample
+    weights) without autotuning ends at once. Returns (x, y, kwargs) for `Model.fit`; what only
+    Keras' numpy path handles (validation_split, class_weight, steps_per_epoch, distribution
+    strategies) keeps it, as do inputs that are not all numpy arrays.
+    """
+    from tf_keras.src.engine import data_adapter  # the adapter Keras' fit uses for numpy arrays
+
+    weights = kwargs.get("sample_weight")
+    arrays = tf.nest.flatten([x, y, weights])
+    if distributed or tf.distribute.has_strategy() or kwargs.get("validation_split") or \
+            any(kwargs.get(name) is not None for name in ("class_weight", "steps_per_epoch")) or \
+            not isinstance(x, Mapping) or not all(isinstance(a, np.ndarray) for a in arrays if a is not None) or \
+            not len(next(iter(x.values()), ())):
+        return x, y, kwargs
+    kwargs = dict(kwargs)
+    epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
+    adapter = data_adapter.TensorLikeDataAdapter(
+        x, y, kwargs.pop("sample_weight", None), batch_size=kwargs.pop("batch_size", None),
+        epochs=max(epochs, 1), shuffle=kwargs.pop("shuffle", True))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    kwargs["steps_per_epoch"] = adapter.get_size()
+    return adapter.get_dataset().with_options(options), None, kwargs
 
 
 def _hooks_batches(callbacks, mode):

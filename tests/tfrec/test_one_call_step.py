@@ -10,8 +10,7 @@ from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
 
 from tfrec import optimizers
 from tfrec.data import df_to_inputs, make_multitask_data, multitask_feature_columns
-from tfrec.models import DIN, MMOE
-from tfrec.models import base
+from tfrec.models import DIN, MMOE, base
 from tfrec.models.base import STEPS_PER_EXECUTION
 from tfrec.optimizers import LazyAdam
 

@@ -203,7 +203,7 @@ class RecModel(tf.keras.Model):
                 run_eagerly=None, steps_per_execution=None, jit_compile=None, lazy_adam=True, **kwargs):
         # A distribution strategy sums the replicas' gradients in apply_gradients, outside any
         # replica's XLA call, and schedules its own steps: it keeps Keras' defaults.
-        distributed = self._distribution_strategy is not None or tf.distribute.has_strategy()
+        distributed = self._is_distributed()
         if steps_per_execution is None and not distributed:
             steps_per_execution = STEPS_PER_EXECUTION
         optimizer = sparse_optimizer(optimizer) if lazy_adam else optimizer
@@ -225,6 +225,10 @@ class RecModel(tf.keras.Model):
             (not row_tables or self.optimizer.can_update_rows_after_step())
         self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step,
                                      row_tables=row_tables if update_in_step else ())
+
+    def _is_distributed(self):
+        """Whether the model was built, or is used, under a distribution strategy."""
+        return self._distribution_strategy is not None or tf.distribute.has_strategy()
 
     def get_compile_config(self):
         """Keras' compile config, with the XLA setting of this `compile` (not Keras' own False)
@@ -256,7 +260,7 @@ class RecModel(tf.keras.Model):
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         x = x if rows is x else self._split.pack(rows)
         if not args:
-            x, y, kwargs = _numpy_without_autotuning(x, y, kwargs, self._distribution_strategy is not None)
+            x, y, kwargs = _numpy_without_autotuning(x, y, kwargs, self._is_distributed())
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
@@ -719,9 +723,8 @@ def _numpy_without_autotuning(x, y, kwargs, distributed):
     """
     from tf_keras.src.engine import data_adapter  # the adapter Keras' fit uses for numpy arrays
 
-    weights = kwargs.get("sample_weight")
-    arrays = tf.nest.flatten([x, y, weights])
-    if distributed or tf.distribute.has_strategy() or kwargs.get("validation_split") or \
+    arrays = tf.nest.flatten([x, y, kwargs.get("sample_weight")])
+    if distributed or kwargs.get("validation_split") or \
             any(kwargs.get(name) is not None for name in ("class_weight", "steps_per_epoch")) or \
             not isinstance(x, Mapping) or not all(isinstance(a, np.ndarray) for a in arrays if a is not None) or \
             not len(next(iter(x.values()), ())):

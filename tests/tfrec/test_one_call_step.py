@@ -156,28 +156,52 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
     assert din._split.update_in_step and din._split.steps is None
 
 
-def test_fit_on_numpy_trains_as_keras_numpy_path_and_ends_with_its_last_epoch(data, monkeypatch):
-    """fit's numpy arrays go through Keras' own numpy data set with tf.data's autotuning off: the
-    same batches (in order here, with sample weights) train the same weights as Keras' path, and
-    fit returns when its last epoch ends (deleting Keras' autotuned iterator waited up to seconds,
-    docs/training.md)."""
+def test_numpy_fit_evaluate_and_predict_match_keras_numpy_path_and_end_with_their_work(data, monkeypatch):
+    """fit (its training and validation data, given or split off by validation_split), evaluate and
+    predict feed numpy arrays through Keras' own numpy data set with tf.data's autotuning off: the
+    same batches (in order here, with sample weights and class weights) give the same weights,
+    losses and scores as Keras' numpy path, and fit returns when its last epoch ends (deleting
+    Keras' autotuned iterator waited up to seconds, docs/training.md)."""
     columns, x, y = data
     weights = np.linspace(0.5, 1.5, len(y[0])).astype("float32")
-    ended, fed = [], []
+    held_out = ({k: v[:300] for k, v in x.items()}, [v[:300] for v in y], weights[:300])
+    din_columns = [SparseFeat("item_id", 20, 4),
+                   VarLenSparseFeat(SparseFeat("hist_item_id", 20, 4, embedding_name="item_id"), maxlen=5)]
+    rng = np.random.default_rng(0)
+    din_x = {"item_id": rng.integers(1, 20, 200), "hist_item_id": rng.integers(0, 20, (200, 5))}
+    ended = []
     timer = tf.keras.callbacks.LambdaCallback(on_train_end=lambda logs: ended.append(time.perf_counter()))
 
-    def fitted():
+    def run():
+        fed.clear()
         model = new_model(columns)
-        model.fit(x, y, batch_size=64, epochs=3, shuffle=False, sample_weight=weights, verbose=0, callbacks=[timer])
-        return model, time.perf_counter() - ended[-1]
+        split = model.fit(x, y, batch_size=64, epochs=3, shuffle=False, sample_weight=weights, validation_split=0.25,
+                          verbose=0, callbacks=[timer]).history
+        after_last_epoch = time.perf_counter() - ended[-1]
+        given = model.fit(x, y, batch_size=64, validation_data=held_out, validation_batch_size=50, verbose=0).history
+        evaluated = model.evaluate(x, y, batch_size=50, sample_weight=weights, verbose=0, return_dict=True)
+        tf.keras.utils.set_random_seed(5)
+        din = DIN(din_columns, ["item_id"], seed=5)
+        din.compile("adam", "binary_crossentropy", jit_compile=False)
+        din.fit(din_x, (din_x["item_id"] % 2).astype("float32"), batch_size=32, class_weight={0: 1.0, 1: 3.0},
+                shuffle=False, verbose=0)
+        return [split, given, evaluated], model.predict(x, batch_size=50, verbose=0) + din.get_weights(), \
+            after_last_epoch
 
-    as_dataset = base._numpy_without_autotuning
+    fed, as_dataset = [], base._numpy_without_autotuning
     monkeypatch.setattr(base, "_numpy_without_autotuning",
-                        lambda *args: fed.append(as_dataset(*args)) or fed[-1])
-    model, after_last_epoch = fitted()
-    assert isinstance(fed[0][0], tf.data.Dataset) and fed[0][1] is None and fed[0][2]["steps_per_epoch"] == 10
-    assert after_last_epoch < 1.0
-    monkeypatch.setattr(base, "_numpy_without_autotuning", lambda x, y, kwargs, distributed: (x, y, kwargs))
-    keras_path, _ = fitted()
-    for ours, keras in zip(model.get_weights(), keras_path.get_weights()):
-        np.testing.assert_allclose(ours, keras, rtol=1e-6, atol=1e-7)
+                        lambda *args, **kwargs: fed.append(as_dataset(*args, **kwargs)) or fed[-1])
+    ours = run()
+    # each fit's validation and training data, evaluate's, the DIN fit's and predict's
+    assert len(fed) == 7 and all(isinstance(x, tf.data.Dataset) and y is None for x, y, _ in fed)
+    assert [(kwargs["steps_per_epoch"], kwargs.get("validation_steps")) for _, _, kwargs in fed
+            if "steps_per_epoch" in kwargs] == [(8, 3), (10, 6), (7, None)]
+    assert ours[2] < 1.0
+    monkeypatch.setattr(base, "_numpy_without_autotuning", lambda x, y, kwargs, **_: (x, y, kwargs))
+    keras_path = run()
+    for a, b in zip(ours[0], keras_path[0]):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, err_msg=name)
+    for a, b in zip(ours[1], keras_path[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

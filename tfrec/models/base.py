@@ -259,23 +259,56 @@ class RecModel(tf.keras.Model):
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         x = x if rows is x else self._split.pack(rows)
-        if not args:
-            x, y, kwargs = _numpy_without_autotuning(x, y, kwargs, self._is_distributed())
+        if not args and not self._is_distributed():
+            x, y, kwargs = self._fit_arguments_without_autotuning(x, y, kwargs)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
 
+    def _fit_arguments_without_autotuning(self, x, y, kwargs):
+        """fit's (x, y, kwargs) with numpy training and validation arrays as data sets without
+        tf.data's autotuning (`_numpy_without_autotuning`); `validation_split` split off first,
+        as Keras does (the last rows, before shuffling)."""
+        from tf_keras.src.engine import data_adapter  # Keras' own split of fit's arrays
+
+        kwargs = dict(kwargs)
+        arrays = [a for a in tf.nest.flatten([x, y, kwargs.get("sample_weight")]) if a is not None]
+        if kwargs.get("validation_split") and kwargs.get("validation_data") is None and \
+                all(isinstance(a, np.ndarray) for a in arrays):
+            (x, y, sample_weight), kwargs["validation_data"] = data_adapter.train_validation_split(
+                (x, y, kwargs.get("sample_weight")), kwargs.pop("validation_split"))
+            kwargs["sample_weight"] = sample_weight
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
+            validation_x, validation_y = self._checked(*validation[:2])
+            evaluation = {"sample_weight": validation[2] if len(validation) == 3 else None,
+                          "steps": kwargs.get("validation_steps"),
+                          "batch_size": kwargs.get("validation_batch_size") or kwargs.get("batch_size")}
+            validation_x, validation_y, evaluation = _numpy_without_autotuning(validation_x, validation_y, evaluation)
+            kwargs["validation_data"] = validation_x if isinstance(validation_x, tf.data.Dataset) else \
+                (validation_x, validation_y, evaluation.get("sample_weight"))
+            kwargs["validation_steps"] = evaluation["steps"]
+        epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
+        # Keras ignores `shuffle` for a data set, so it may stay in kwargs
+        return _numpy_without_autotuning(x, y, kwargs, shuffle=kwargs.get("shuffle", True), epochs=max(epochs, 1),
+                                         steps="steps_per_epoch")
+
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
         kwargs = self._with_checked_sample_weight(x, kwargs)
         callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)
+        # fit's validation passes its data set (`_use_cached_eval_dataset`), not these arrays
+        if not args and not kwargs.get("_use_cached_eval_dataset") and not self._is_distributed():
+            x, y, kwargs = _numpy_without_autotuning(x, y, kwargs)
         with self._one_step_per_execution(_hooks_batches(callbacks, "test")):
             return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         x, _ = self._checked(x, None)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        if not args and not self._is_distributed():
+            x, _, kwargs = _numpy_without_autotuning(x, None, kwargs)
         with self._one_step_per_execution(_hooks_batches(callbacks, "predict")):
             return super().predict(x, *args, **kwargs)
 
@@ -711,32 +744,30 @@ def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):
                           "the column a vocabulary", stacklevel=3)
 
 
-def _numpy_without_autotuning(x, y, kwargs, distributed):
-    """`fit`'s numpy inputs as the data set Keras would make of them, with tf.data's autotuning off.
+def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="steps"):
+    """(x, y, kwargs) of a `fit`, `evaluate` or `predict` whose x, y and sample weights are numpy
+    arrays, given as the data set Keras would make of them, with tf.data's autotuning off.
 
-    Keras feeds numpy arrays through one iterator for all epochs, and deleting it when `fit` ends
-    waits for tf.data's autotuning thread to wake: 0-18 s after a fit of 20-30 s (docs/training.md).
-    The same data set (Keras' own numpy adapter: the same batches, per-epoch shuffle and sample
-    weights) without autotuning ends at once. Returns (x, y, kwargs) for `Model.fit`; what only
-    Keras' numpy path handles (validation_split, class_weight, steps_per_epoch, distribution
-    strategies) keeps it, as do inputs that are not all numpy arrays.
+    Keras feeds numpy arrays through one iterator per call (for all of fit's epochs), and deleting
+    it waits for tf.data's autotuning thread to wake: 0-18 s after a fit of 20-30 s, 0-1.7 s after
+    an evaluate or predict of 4-8 s (docs/training.md). The same data set (Keras' own numpy
+    adapter: the same batches, per-epoch shuffle and sample weights) without autotuning ends at
+    once. Its batch count goes to `kwargs[steps]` (Keras needs it with several steps per call).
+    Other inputs, and calls given their number of steps, keep Keras' path.
     """
-    from tf_keras.src.engine import data_adapter  # the adapter Keras' fit uses for numpy arrays
+    from tf_keras.src.engine import data_adapter  # the adapter Keras uses for numpy arrays
 
-    arrays = tf.nest.flatten([x, y, kwargs.get("sample_weight")])
-    if distributed or kwargs.get("validation_split") or \
-            any(kwargs.get(name) is not None for name in ("class_weight", "steps_per_epoch")) or \
-            not isinstance(x, Mapping) or not all(isinstance(a, np.ndarray) for a in arrays if a is not None) or \
-            not len(next(iter(x.values()), ())):
+    arrays = [a for a in tf.nest.flatten([x, y, kwargs.get("sample_weight")]) if a is not None]
+    if x is None or kwargs.get(steps) is not None or not all(isinstance(a, np.ndarray) for a in arrays) or \
+            not len(arrays[0]):
         return x, y, kwargs
     kwargs = dict(kwargs)
-    epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
     adapter = data_adapter.TensorLikeDataAdapter(
-        x, y, kwargs.pop("sample_weight", None), batch_size=kwargs.pop("batch_size", None),
-        epochs=max(epochs, 1), shuffle=kwargs.pop("shuffle", True))
+        x, y, kwargs.pop("sample_weight", None), batch_size=kwargs.pop("batch_size", None), epochs=epochs,
+        shuffle=shuffle)
     options = tf.data.Options()
     options.autotune.enabled = False
-    kwargs["steps_per_epoch"] = adapter.get_size()
+    kwargs[steps] = adapter.get_size()
     return adapter.get_dataset().with_options(options), None, kwargs
 
 

@@ -759,7 +759,7 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
 
     arrays = [a for a in tf.nest.flatten([x, y, kwargs.get("sample_weight")]) if a is not None]
     if x is None or kwargs.get(steps) is not None or not all(isinstance(a, np.ndarray) for a in arrays) or \
-            not len(arrays[0]):
+            not arrays[0].ndim or not len(arrays[0]):
         return x, y, kwargs
     kwargs = dict(kwargs)
     adapter = data_adapter.TensorLikeDataAdapter(

@@ -342,9 +342,9 @@ def main():
         "Every row but one is fed numpy arrays (`model.fit(x, y, batch_size=1024)`); a tfrec model's `fit` maps "
         "raw strings to table rows once per call with its own lookup layers, so its steps slice int32 rows, not "
         "strings (the old-path row, a plain Keras model, slices and looks up strings at every step). Fed by "
-        "`tfrec.data.df_to_dataset` with its defaults (a tf.data pipeline of the same rows, shuffled each epoch "
-        "row by row, which maps the raw strings to table rows once, when it is built), the raw-string default "
-        "runs at "
+        "`tfrec.data.df_to_dataset` with its defaults (a tf.data pipeline of the same rows, shuffled each epoch, "
+        "which maps the raw strings to table rows once, when it is built, and gathers each batch's rows by their "
+        "shuffled row numbers), the raw-string default runs at "
         f"{runs['tfrec-str-dataset']['examples_per_s'] / base['examples_per_s']:.2f}x DeepCTR's default.",
         "",
         "tfrec's Dice keeps BatchNorm moving statistics with momentum 0.9 (DeepCTR: Keras' 0.99); the "

@@ -274,24 +274,18 @@ def dataframe_dataset_fn(df, feature_columns, label_columns, global_batch_size, 
     (`tf.data.Dataset.list_files(...).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)`).
     `weight_column`: a column of sample weights, as `df_to_dataset` takes it.
     """
-    from tfrec.data.pipeline import dataset_elements
+    from tfrec.data.pipeline import batched_rows, dataset_elements
 
     elements = dataset_elements(df, feature_columns, label_columns, weight_column)
-    rows = len(df)
 
     def dataset_fn(input_context=None):
-        dataset = tf.data.Dataset.from_tensor_slices(elements)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        if shuffle:
-            dataset = dataset.shuffle(max(rows, 1), seed=seed, reshuffle_each_iteration=True)
+        shard = (input_context.num_input_pipelines, input_context.input_pipeline_id) \
+            if input_context is not None and input_context.num_input_pipelines > 1 else None
         # One replica per worker under ParameterServerStrategy: its batch is the whole global batch.
         batch = input_context.get_per_replica_batch_size(global_batch_size) \
             if input_context is not None else global_batch_size
-        dataset = dataset.batch(batch, drop_remainder=input_context is not None and repeat)
-        if repeat:
-            dataset = dataset.repeat()
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return batched_rows(elements, len(df), batch, shuffle, seed, repeat,
+                            drop_remainder=input_context is not None and repeat, shard=shard)
 
     return dataset_fn
 

@@ -150,3 +150,30 @@ def test_gaps_are_named_by_feature_and_row_and_int_ids_in_floats_are_their_text(
     with pytest.raises(ValueError, match=r"feature 'user' has dtype 'string' and needs str values, but row 1 holds "
                                          r"(None|nan)"):
         df_to_inputs(pd.DataFrame({"user": ["5", None, "6"], "price": [1.0, 2.0, 3.0]}), columns_)
+
+
+def test_batches_of_row_numbers_are_the_row_wise_pipelines_batches():
+    """`batched_rows` (df_to_dataset's and the distributed pipeline's) shuffles and batches row
+    numbers, then gathers each batch: the same batches, epoch after epoch, as shuffling and
+    batching the rows themselves with the same seed, also for one shard of the rows."""
+    from tfrec.data.pipeline import batched_rows
+
+    rng = np.random.default_rng(0)
+    elements = ({"id": rng.integers(0, 100, 103), "city": rng.choice(["oslo", "rome"], 103),
+                 "hist": rng.integers(0, 100, (103, 4))}, rng.random(103).astype("float32"))
+    for shuffle, seed, repeat, drop_remainder, shard in ((True, 7, False, False, None), (True, 8, True, True, (3, 1)),
+                                                         (False, None, False, False, (2, 0))):
+        rows = tf.data.Dataset.from_tensor_slices(elements)
+        rows = rows.shard(*shard) if shard else rows
+        rows = rows.shuffle(103, seed=seed, reshuffle_each_iteration=True) if shuffle else rows
+        rows = rows.batch(10, drop_remainder=drop_remainder)
+        expected = rows.repeat() if repeat else rows
+        ours = batched_rows(elements, 103, 10, shuffle, seed, repeat, drop_remainder, shard)
+        assert ours.element_spec == expected.element_spec
+        # Two epochs, each reshuffled (repeated: 12 batches, four epochs of 3, in one iteration).
+        for _ in range(1 if repeat else 2):
+            pairs = list(zip(ours.take(12), expected.take(12)))
+            assert len(pairs) == (12 if repeat else int(rows.cardinality()))
+            for a, b in pairs:
+                for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
+                    np.testing.assert_array_equal(x.numpy(), y.numpy())

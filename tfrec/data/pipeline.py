@@ -368,11 +368,32 @@ def df_to_dataset(df, feature_columns, label_columns=None, batch_size=256, shuff
       ValueError: a label is not a finite number (NaN, inf, text), or a weight not one >= 0; the
         message names the row.
     """
-    dataset = tf.data.Dataset.from_tensor_slices(
-        dataset_elements(df, feature_columns, label_columns, weight_column, look_up))
+    return batched_rows(dataset_elements(df, feature_columns, label_columns, weight_column, look_up), len(df),
+                        batch_size, shuffle, seed, repeat, drop_remainder)
+
+
+def batched_rows(elements, rows, batch_size, shuffle=True, seed=None, repeat=False, drop_remainder=False,
+                 shard=None):
+    """A prefetched data set of `elements` (a nest of arrays of `rows` rows) in batches: the rows
+    (every `shard[0]`-th from row `shard[1]`, if given) shuffled over all of them with `seed` and
+    reshuffled every epoch, batched, optionally repeated forever.
+
+    The batches are those of `from_tensor_slices(elements).shuffle(rows, seed).batch(...)`, row
+    for row (a shuffle's order depends on its seed and element count, not on the elements), but
+    the pipeline shuffles and batches row numbers and gathers each batch's rows at once: tf.data
+    copies every element through its shuffle buffer and batch, and an element of many features
+    costs one copy per feature. A million rows of the multi-task data (8 features and 2 labels)
+    took 7.7-8.1 s an epoch row by row, 1.3-1.4 s by row numbers, iterated alone (longer than
+    MMOE's whole epoch, 4 s, on the 2 cores it shares).
+    """
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
+    indices = tf.data.Dataset.range(rows)
+    if shard is not None:
+        indices = indices.shard(*shard)
     if shuffle:
-        dataset = dataset.shuffle(max(len(df), 1), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        indices = indices.shuffle(max(rows, 1), seed=seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
-        dataset = dataset.repeat()
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        indices = indices.repeat()
+    batches = indices.map(lambda batch: tf.nest.map_structure(lambda values: tf.gather(values, batch), tensors))
+    return batches.prefetch(tf.data.AUTOTUNE)

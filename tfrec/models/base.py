@@ -273,9 +273,8 @@ class RecModel(tf.keras.Model):
         from tf_keras.src.engine import data_adapter  # Keras' own split of fit's arrays
 
         kwargs = dict(kwargs)
-        arrays = [a for a in tf.nest.flatten([x, y, kwargs.get("sample_weight")]) if a is not None]
         if kwargs.get("validation_split") and kwargs.get("validation_data") is None and \
-                all(isinstance(a, np.ndarray) for a in arrays):
+                _numpy_arrays(x, y, kwargs.get("sample_weight")) is not None:
             (x, y, sample_weight), kwargs["validation_data"] = data_adapter.train_validation_split(
                 (x, y, kwargs.get("sample_weight")), kwargs.pop("validation_split"))
             kwargs["sample_weight"] = sample_weight
@@ -744,6 +743,12 @@ def _warn_of_ids_beyond_their_table(model_name, raw, rows, keys, share=0.01):
                           "the column a vocabulary", stacklevel=3)
 
 
+def _numpy_arrays(*nests):
+    """The arrays of `nests` (None left out) if all are numpy arrays, else None."""
+    arrays = [a for a in tf.nest.flatten(list(nests)) if a is not None]
+    return arrays if all(isinstance(a, np.ndarray) for a in arrays) else None
+
+
 def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="steps"):
     """(x, y, kwargs) of a `fit`, `evaluate` or `predict` whose x, y and sample weights are numpy
     arrays, given as the data set Keras would make of them, with tf.data's autotuning off.
@@ -757,9 +762,8 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
     """
     from tf_keras.src.engine import data_adapter  # the adapter Keras uses for numpy arrays
 
-    arrays = [a for a in tf.nest.flatten([x, y, kwargs.get("sample_weight")]) if a is not None]
-    if x is None or kwargs.get(steps) is not None or not all(isinstance(a, np.ndarray) for a in arrays) or \
-            not arrays[0].ndim or not len(arrays[0]):
+    arrays = _numpy_arrays(x, y, kwargs.get("sample_weight"))
+    if x is None or kwargs.get(steps) is not None or arrays is None or not arrays[0].ndim or not len(arrays[0]):
         return x, y, kwargs
     kwargs = dict(kwargs)
     adapter = data_adapter.TensorLikeDataAdapter(

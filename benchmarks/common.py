@@ -76,8 +76,19 @@ def emit(report):
     print(json.dumps(report), flush=True)
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo ("" where there is none): figures move by machine
+    (e.g. 1M x 64 brute-force search took 72 ms a 100-query call on one, 120 ms on another)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def machine_line():
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+    model = cpu_model()
+    return (f"{platform.processor() or platform.machine()}{f' ({model})' if model else ''}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 

@@ -88,7 +88,8 @@ def cpu_model():
 
 def machine_line():
     model = cpu_model()
-    return (f"{platform.processor() or platform.machine()}{f' ({model})' if model else ''}, {os.cpu_count()} cores, Python "
+    machine = platform.processor() or platform.machine()
+    return (f"{machine}{f' ({model})' if model else ''}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 

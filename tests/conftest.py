@@ -100,8 +100,8 @@ SHARED_FIXTURE_FILES = {
 # each file's tests in a 3-worker CI run on 2 cores: test_clsr 330 s, test_distribute 275 s, ...,
 # test_fuzz 45 s). Under `--dist loadfile` a file runs whole on one worker, so one handed out last
 # would run on alone while the other workers had nothing left: these start first, and the short
-# files fill in. Run so, the suite took 1039-1051 s (two runs) against 1115-1118 s in xdist's own order,
-# the workers ending within 17 s of each other.
+# files fill in. Run so, the suite took 1039-1051 s (two runs) against 1115-1118 s in xdist's own
+# order, the workers ending within 17 s of each other.
 LONGEST_FILES = (
     "tests/tfrec/test_clsr.py",
     "tests/tfrec/test_distribute.py",

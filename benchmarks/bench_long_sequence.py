@@ -222,17 +222,22 @@ def child_turns(size_name, workdir):
     """DIN and each SIM at the longest L, exported and called in turn in this one process."""
     size = SIZES[size_name]
     import tensorflow as tf
+    from tfrec.data import df_to_inputs
     from tfrec.data.long_history import long_history_feature_columns
 
     length = size["lengths"][-1]
     train, test = one_history(length, users=2, targets_per_user=CANDIDATES, test_share=0.5)
-    calls = {"signature": {}, "signature_shared": {}}
+    calls = {"in_process": {}, "signature": {}, "signature_shared": {}}
     for model_name in LATENCY_MODELS:
         tf.keras.utils.set_random_seed(0)
         model, columns = build(model_name, long_history_feature_columns((train, test), length, EMBEDDING_DIM))
         model.refresh_derived_weights()
+        request = df_to_inputs(test, columns)
+        call = tf.function(lambda x, model=model: model(x, training=False))  # (a), as the latency part
+        tensors = {name: tf.constant(request[name]) for name in model.input_names}
+        calls["in_process"][model_name] = (lambda call=call, tensors=tensors: call(tensors), 1)
         signatures = exported_signatures(model, columns, test, os.path.join(workdir, f"turns-{model_name}"))
-        for path, (signature, feed) in zip(calls, signatures):
+        for path, (signature, feed) in zip(("signature", "signature_shared"), signatures):
             calls[path][model_name] = (lambda signature=signature, feed=feed: signature(**feed)["prediction"], 1)
     common.emit(dict(length=length, calls=size["turn_calls"], rounds=size["turn_rounds"],
                      **{path: common.per_call_ms(fns, size["turn_calls"], size["turn_rounds"])
@@ -392,7 +397,7 @@ def latency_part(size, flag, workdir):
         "`shared_history` signature; (f) gRPC Predict to it (`signature_name=\"shared_history\"`); (g) the "
         "request of (c) through `serving.Client.predict` with its default signature, which sends a history "
         "repeated on every row once, to `shared_history`, when its rows hold at least "
-        "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events in all (not at L = 100); (h) and (i) the same "
+        "`feature_columns.ONE_HISTORY_MIN_ELEMENTS` events in all (not at L = 100); (h) and (i) the same "
         "two over the server's REST API through `serving.RestClient` (JSON). Each cell: p50 / p99 ms "
         f"(sequential calls timed, after {size['warmup']} warm-up "
         f"calls; at least {size['min_reps']}, and up to {size['max_reps']} within {size['budget_s']:g} s). "
@@ -436,11 +441,10 @@ def latency_part(size, flag, workdir):
                   f"A serving_default request carries the history once per candidate ({CANDIDATES} copies of L "
                   "items, categories and times), so path (c) also pays for serialising, sending and parsing that "
                   "many int64s; a `shared_history` request (f) carries it once, and so does `serving.Client`'s "
-                  "default (g). For DIN and SIM, `serving_default` "
-                  "finds the history repeated on every row (when the request's histories hold at least "
-                  "`exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` events) and runs the model on one row, as "
-                  "`shared_history` does, so (b) and (c) search it once; (a) calls the Keras model, which "
-                  "searches every row."]
+                  "default (g). For DIN and SIM, `serving_default` and the model called in process "
+                  "find the history repeated on every row (when the request's histories hold at least "
+                  "`feature_columns.ONE_HISTORY_MIN_ELEMENTS` events) and run the model on one row, as "
+                  "`shared_history` does, so (a), (b) and (c) search it once."]
     return lines
 
 
@@ -461,14 +465,14 @@ def turns_part(size, flag, workdir):
         "ratio does not move with the machine's load between the latency part's processes. It still moves "
         f"from one process to the next (here DIN's (b) from {min(dins):.0f} to {max(dins):.0f} ms), so "
         f"{len(runs)} processes run one after the other; a cell is their median, the range in brackets. "
-        "Paths as above: (b) `serving_default` (it finds the history repeated on every row and searches it "
-        "once), (e) `shared_history`.",
+        "Paths as above: (a) the Keras model in a `tf.function` and (b) `serving_default` (both find the history "
+        "repeated on every row and search it once), (e) `shared_history`.",
         "",
         "| search | path | DIN ms | SIM ms | DIN / SIM, median (range) | target >= 20x |",
         "|---|---|---:|---:|---:|---|",
     ]
     for search in SEARCHES:
-        for path in ("signature", "signature_shared"):
+        for path in ("in_process", "signature", "signature_shared"):
             din = [r[path]["din"] for r in runs]
             sim = [r[path][f"sim-{search}"] for r in runs]
             ratios = [d / s for d, s in zip(din, sim)]

@@ -50,7 +50,7 @@ import os
 from google.protobuf import message
 import numpy as np
 import tensorflow as tf
-from feature_columns import history_input_names, serving_dtype
+from feature_columns import history_input_names, on_one_history, serving_dtype
 from tensorflow.core.protobuf import saved_model_pb2
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
@@ -61,9 +61,6 @@ logger = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
 SHARED_HISTORY_SIGNATURE = "shared_history"
-# serving_default looks for one history repeated on every row only in requests whose history
-# holds at least this many events (rows x width): below it the check costs more than it saves.
-ONE_HISTORY_MIN_ELEMENTS = 20_000
 CLASSIFY_SIGNATURE = "classify"
 REGRESS_SIGNATURE = "regress"
 CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -346,32 +343,17 @@ def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
     (see `_broadcast_history_signature`). A request whose rows all carry the same history (what a
     DeepCTR-style client sends to score N candidates for one user) then runs the model on that
     history's first row, as `shared_history` does: the search and attention over it run once,
-    not once per row. Any other request, and one whose histories hold fewer than
-    ONE_HISTORY_MIN_ELEMENTS events in all (not worth the check), runs row by row. Both give
-    the same scores (the export checks it on the warm-up rows), so the client sees no
-    difference but the time.
+    not once per row (`feature_columns.on_one_history`). Any other request, and one whose
+    histories hold fewer than `feature_columns.ONE_HISTORY_MIN_ELEMENTS` events in all (not worth
+    the check), runs row by row. Both give the same scores (the export checks it on the warm-up
+    rows), so the client sees no difference but the time.
     """
     def run(features):
         return _run(serving_model, features)
 
     @tf.function
     def serve(**features):
-        if not one_history_inputs:
-            return run(features)
-        histories = [features[name] for name in one_history_inputs]
-
-        def repeats_one_history():  # each row equal to the next: two aligned slices, no broadcast
-            return tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories])
-
-        rows = tf.shape(histories[0])[0]
-        # As many history rows as candidate rows: a request with fewer stays the model's error.
-        same_rows = [tf.equal(tf.shape(values)[0], rows) for name, values in features.items()
-                     if name not in one_history_inputs]
-        worth_checking = tf.reduce_all([rows > 1, tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS] + same_rows)
-        one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
-        return tf.cond(one_history,
-                       lambda: run({**features, **{name: features[name][:1] for name in one_history_inputs}}),
-                       lambda: run(features))
+        return on_one_history(run, features, one_history_inputs) if one_history_inputs else run(features)
 
     return serve.get_concrete_function(**(input_specs or signature_input_specs(serving_model)))
 

@@ -86,6 +86,35 @@ def history_input_names(model):
     return names
 
 
+# Rows are compared for one repeated history only when the histories hold at least this many
+# events in all (rows x width): below it the comparison costs more than it saves.
+ONE_HISTORY_MIN_ELEMENTS = 20_000
+
+
+def on_one_history(run, features, history_names):
+    """`run(features)`, or, when every row of the `history_names` inputs repeats one history (what
+    a DeepCTR-style client sends to score N candidates for one user), `run` on that history's first
+    row with the other features as they are.
+
+    For a model whose layers broadcast a shared history (DIN, SIM) both give the same outputs,
+    and the one-row run searches and attends over the history once instead of once per row. The
+    rows are compared (one pass over the histories) only when there are more than one, every
+    other feature has as many rows (fewer stays the model's error) and the histories hold at
+    least ONE_HISTORY_MIN_ELEMENTS events. A `tf.cond` picks the run: traced, both are in the graph.
+    """
+    histories = [features[name] for name in history_names]
+
+    def repeats_one_history():  # each row equal to the next: two aligned slices, no broadcast
+        return tf.reduce_all([tf.reduce_all(tf.equal(values[1:], values[:-1])) for values in histories])
+
+    rows = tf.shape(histories[0])[0]
+    same_rows = [tf.equal(tf.shape(values)[0], rows) for name, values in features.items() if name not in history_names]
+    worth_checking = tf.reduce_all([rows > 1, tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS] + same_rows)
+    one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
+    return tf.cond(one_history, lambda: run({**features, **{name: features[name][:1] for name in history_names}}),
+                   lambda: run(features))
+
+
 class History:
     """Candidate features and their behaviour sequences, as a sequence model reads them.
 
@@ -113,6 +142,13 @@ class History:
         self._encoder, self.view_name, self._parent = encoder, view, parent
         first = self.names[0] if view is None else f"{view}_{self.names[0]}"
         self.mask, self.lengths = encoder.padding_mask(first, indices[self.names[0]])
+
+    @property
+    def input_names(self):
+        """The Inputs this history reads: its sequences, the aligned ones, and their length input
+        (the first sequence's `length_name`) if they have one."""
+        length_name = self._encoder.columns[self.names[0]].length_name
+        return self.names + list(self.aligned) + ([length_name] if length_name else [])
 
     def _key(self, name):
         return name if self.view_name is None else f"{name}@{self.view_name}"

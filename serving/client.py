@@ -207,7 +207,7 @@ def _history_sent_once(signature_map, arrays):
     model has a `shared_history` signature (a tfrec export of a model with histories) taking the
     same inputs, each input it declares with one row (the `hist_` sequences and their length)
     repeats its first row on every row of the request, and they hold at least
-    `exporters.saved_model.ONE_HISTORY_MIN_ELEMENTS` values (from where the server's
+    `feature_columns.ONE_HISTORY_MIN_ELEMENTS` values (from where the server's
     `serving_default` scores such a request on its first row too), the history need only be
     sent once: the same scores, from a request as many times smaller as it has rows.
     """
@@ -218,7 +218,7 @@ def _history_sent_once(signature_map, arrays):
     once = [name for name, info in shared.inputs.items() if (shape_of(info.tensor_shape) or [None])[0] == 1]
     rows = {array.shape[0] if array.ndim else None for array in arrays.values()}
     if not once or len(rows) != 1 or None in rows or rows.pop() < 2 or \
-            max(arrays[name].size for name in once) < saved_model_export.ONE_HISTORY_MIN_ELEMENTS:
+            max(arrays[name].size for name in once) < feature_columns.ONE_HISTORY_MIN_ELEMENTS:
         return None
     if not all(np.array_equal(arrays[name][1:], arrays[name][:-1]) for name in once):
         return None

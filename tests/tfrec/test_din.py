@@ -118,6 +118,26 @@ def test_save_and_load_round_trip(planted_din, tmp_path, fmt):
         loaded.load_weights(tmp_path / "din_weights.h5")
     np.testing.assert_allclose(predict(loaded, inputs), before, atol=1e-6)
     assert loaded.output_names == ["prediction"]
+    assert loaded.broadcasts_history  # so it still scores a history repeated on every row once
+
+
+def test_a_history_sequence_pooled_into_the_dnn_keeps_row_by_row_scoring(monkeypatch):
+    """DIN scores a batch whose rows repeat one history on its first row only when every `hist_`
+    input is read by its attention: a `hist_` sequence that is only pooled into the DNN input
+    has one row per candidate, so such a model scores row by row (and equals itself on any rows)."""
+    import feature_columns.inputs
+
+    monkeypatch.setattr(feature_columns.inputs, "ONE_HISTORY_MIN_ELEMENTS", 1)
+    item = SparseFeat("item_id", 10, 4)
+    history = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, embedding_name="item_id"), maxlen=3)
+    pooled = VarLenSparseFeat(SparseFeat("hist_genre", 5, 4), maxlen=3)
+    rows = {"item_id": np.arange(1, 5)[:, None], "hist_item_id": np.tile([[1, 2, 3]], (4, 1)),
+            "hist_genre": np.tile([[1, 2, 0]], (4, 1))}
+    assert DIN([item, history], ["item_id"]).broadcasts_history
+    model = DIN([item, history, pooled], ["item_id"])
+    assert not model.broadcasts_history
+    np.testing.assert_allclose(model(rows, training=False), tf.keras.Model(model.inputs, model.outputs)(rows),
+                               atol=1e-6)
 
 
 def test_build_errors_name_the_problem():

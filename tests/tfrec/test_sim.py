@@ -203,14 +203,15 @@ def test_build_errors_name_the_problem():
 @pytest.mark.parametrize("model_name", ["hard", "soft", "simhash", "din"])
 def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp_path, caplog, monkeypatch):
     """One user's history sent once (one row, its length too) for 40 candidates gives the scores
-    of the same history repeated on every row: in process and through the export's
-    `shared_history` signature, which runs the model on the one row (it does not repeat it);
-    `serving_default` fed the history on every row takes that path too."""
-    import exporters.saved_model
+    of the same history repeated on every row, computed row by row: in process and through the
+    export's `shared_history` signature, which runs the model on the one row (it does not repeat
+    it); the model called in process and `serving_default`, fed the history on every row, take
+    that path too."""
+    import feature_columns.inputs
     from exporters import export_saved_model
 
-    # This request's 12,000 history events are below the gate; let serving_default look anyway.
-    monkeypatch.setattr(exporters.saved_model, "ONE_HISTORY_MIN_ELEMENTS", 1)
+    # This request's 12,000 history events are below the gate; let the model and serving_default look anyway.
+    monkeypatch.setattr(feature_columns.inputs, "ONE_HISTORY_MIN_ELEMENTS", 1)
 
     width = 300
     columns = random_columns(width)
@@ -227,8 +228,11 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     repeated = {name: np.repeat(inputs[name][7:8], 40, axis=0) if name in history else inputs[name]
                 for name in model.input_names}
     shared = {name: repeated[name][:1] if name in history else repeated[name] for name in model.input_names}
-    expected = model(repeated, training=False).numpy()
-    np.testing.assert_allclose(model(shared, training=False).numpy(), expected, atol=1e-6)
+    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, without RecModel's look for one history
+    expected = row_by_row(repeated, training=False).numpy()
+    assert model.broadcasts_history
+    for rows in (shared, repeated):
+        np.testing.assert_allclose(model(rows, training=False).numpy(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="one row per example .*shared_history signature"):
         model.predict(shared, verbose=0)  # predict splits rows into batches: it needs a history per row
 
@@ -245,15 +249,16 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     default = tf.saved_model.load(path).signatures["serving_default"]
     for rows in (repeated, {name: inputs[name] for name in model.input_names}):
         served = default(**{name: tf.constant(value, specs[name].dtype) for name, value in rows.items()})
-        np.testing.assert_allclose(served["prediction"].numpy(), model(rows, training=False).numpy().ravel(),
+        np.testing.assert_allclose(served["prediction"].numpy(), row_by_row(rows, training=False).numpy().ravel(),
                                    atol=1e-6)
 
 
-def test_serving_default_searches_a_history_repeated_on_every_row_once(tmp_path):
+def test_serving_default_and_the_model_search_a_history_repeated_on_every_row_once(tmp_path):
     """A DeepCTR-style request (one user's history copied onto each of its 100 candidate rows)
-    through `serving_default` runs the search once, as `shared_history` does: at L = 8,000 it
-    takes a fraction of the time of the same request with one row's history changed, which is
-    searched row by row. Both score as the model does in process."""
+    through `serving_default`, or to the model in process, runs the search once, as
+    `shared_history` does: at L = 8,000 it takes a fraction of the time of the same request with
+    one row's history changed, which is searched row by row. Both score as the model does row by
+    row."""
     import time
 
     from exporters import export_saved_model
@@ -271,16 +276,21 @@ def test_serving_default_searches_a_history_repeated_on_every_row_once(tmp_path)
     one_changed["hist_item_id"][-1, 0] = (one_changed["hist_item_id"][-1, 0] % 59) + 1
     requests = {layout: {name: tf.constant(value, specs[name].dtype) for name, value in feed.items()}
                 for layout, feed in (("one history", one_history), ("one row changed", one_changed))}
-    best = {layout: float("inf") for layout in requests}
+    in_process = tf.function(lambda features: model(features, training=False))
+    paths = {"serving_default": lambda request: default(**request)["prediction"], "in process": in_process}
+    best = {(path, layout): float("inf") for path in paths for layout in requests}
     for _ in range(7):  # interleaved, the fastest of each: robust to a busy machine
-        for layout, request in requests.items():
+        for (path, layout) in best:
             started = time.perf_counter()
-            default(**request)["prediction"].numpy()
-            best[layout] = min(best[layout], time.perf_counter() - started)
-    assert best["one history"] < 0.5 * best["one row changed"], best
+            paths[path](requests[layout]).numpy()
+            best[path, layout] = min(best[path, layout], time.perf_counter() - started)
+    for path in paths:
+        assert best[path, "one history"] < 0.5 * best[path, "one row changed"], best
+    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, without RecModel's look for one history
     for layout, feed in (("one history", one_history), ("one row changed", one_changed)):
-        np.testing.assert_allclose(default(**requests[layout])["prediction"].numpy(),
-                                   model(feed, training=False).numpy().ravel(), atol=1e-5)
+        expected = row_by_row(feed, training=False).numpy()
+        np.testing.assert_allclose(default(**requests[layout])["prediction"].numpy(), expected.ravel(), atol=1e-5)
+        np.testing.assert_allclose(in_process(requests[layout]).numpy(), expected, atol=1e-5)
     # Fewer history rows than candidates is not one shared history: the model rejects it.
     with pytest.raises(tf.errors.InvalidArgumentError):
         default(**{name: value[:rows // 2] if name.startswith("hist_") else value

@@ -22,13 +22,13 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
-from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check_inputs, indexed_feature,
-                             indexed_key)
+from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check_inputs, history_input_names,
+                             indexed_feature, indexed_key, on_one_history)
 
 from ..layers import DNN, PredictionLayer
 from ..optimizers import LazyAdam, sparse_optimizer
 
-__all__ = ["RecModel", "click_prediction"]
+__all__ = ["RecModel", "click_prediction", "history_model"]
 
 # Batches per call of Keras' train / test / predict function when `compile` is not given
 # `steps_per_execution`: Keras' per-call work (Python, callbacks, dispatch) is a fixed cost per
@@ -197,7 +197,34 @@ class RecModel(tf.keras.Model):
 
     `core_step_function()` is the compiled function (a `tf.function`; its
     `experimental_get_tracing_count()` shows that `fit` used it).
+
+    A model whose layers broadcast a shared history (DIN and SIM set `broadcasts_history`: their
+    searches and attention read one row of `hist_*` inputs for every candidate row) scores a batch
+    whose rows repeat one history, as a DeepCTR-style caller sends one user's candidates, on that
+    history's first row when it is called for inference (`model(x)`, `predict`): the same scores,
+    with the history searched once instead of once per row (`feature_columns.on_one_history`).
     """
+
+    broadcasts_history = False
+
+    def call(self, inputs, training=None, mask=None):
+        histories = history_input_names(self) if self.broadcasts_history and isinstance(inputs, Mapping) else []
+        if (training is not None and training is not False) or not histories or \
+                any(name not in inputs for name in histories):
+            return super().call(inputs, training, mask)
+        return on_one_history(lambda features: super(RecModel, self).call(features, training, mask), inputs, histories)
+
+    def get_config(self):
+        config = super().get_config()
+        return dict(config, broadcasts_history=True) if self.broadcasts_history else config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        broadcasts_history = config.pop("broadcasts_history", False)
+        model = super().from_config(config, custom_objects)
+        model.broadcasts_history = broadcasts_history
+        return model
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
                 run_eagerly=None, steps_per_execution=None, jit_compile=None, lazy_adam=True, **kwargs):
@@ -709,6 +736,16 @@ class RecModel(tf.keras.Model):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
+
+
+def history_model(inputs, outputs, history, name):
+    """`RecModel(inputs, outputs, name=name)` for a model whose layers broadcast one history row
+    over every candidate row (DIN's attention, SIM's searches), `history` its
+    `feature_columns.History`: `broadcasts_history` is set when every `hist_` input is read
+    through that history (a `hist_` sequence pooled into the DNN input would not broadcast)."""
+    model = RecModel(inputs=inputs, outputs=outputs, name=name)
+    model.broadcasts_history = set(history_input_names(model)) <= set(history.input_names)
+    return model
 
 
 def _merge_steps(stacked):

@@ -9,7 +9,7 @@ from feature_columns import FeatureEncoder
 
 from ..layers import AttentionSequencePooling
 from ..layers.core import check_task
-from .base import RecModel, click_prediction
+from .base import click_prediction, history_model
 
 
 def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_units=(256, 128, 64),
@@ -42,5 +42,5 @@ def DIN(dnn_feature_columns, history_feature_list, dnn_use_bn=False, dnn_hidden_
     dnn_input = encoder.dnn_input(exclude=history.names, extra=[interest])
     output = click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,
                               seed, task)
-    return RecModel(inputs=encoder.features, outputs=output, name="din")
+    return history_model(encoder.features, output, history, name="din")
 

@@ -14,7 +14,7 @@ from feature_columns.inputs import concat
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
 from ..layers.core import check_task
 from ..layers.search import RelevancePooling, SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
-from .base import RecModel, click_prediction
+from .base import click_prediction, history_model
 
 SEARCHES = ("hard", "soft", "simhash")
 SOFT_SEARCH_EMBEDDINGS = ("shared", "auxiliary")
@@ -135,7 +135,7 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
     output = click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,
                               seed, task)
     outputs = output if auxiliary_output is None else [output, auxiliary_output]
-    return RecModel(inputs=encoder.features, outputs=outputs, name="sim")
+    return history_model(encoder.features, outputs, history, name="sim")
 
 
 def _auxiliary_ctr(query, keys, mask, task, seed):

@@ -12,7 +12,7 @@ import tfrec.layers
 from tfrec.data import df_to_inputs
 from tfrec.evaluation import evaluate_binary
 from tfrec.layers import AttentionSequencePooling, LocalActivationUnit
-from tfrec.models import DIN
+from tfrec.models import DIN, SharedHistoryModel
 from tfrec.recipes import build_din
 from tests.conftest import run_saved_model_cli
 
@@ -118,7 +118,7 @@ def test_save_and_load_round_trip(planted_din, tmp_path, fmt):
         loaded.load_weights(tmp_path / "din_weights.h5")
     np.testing.assert_allclose(predict(loaded, inputs), before, atol=1e-6)
     assert loaded.output_names == ["prediction"]
-    assert loaded.broadcasts_history  # so it still scores a history repeated on every row once
+    assert isinstance(loaded, SharedHistoryModel)  # so it still scores a history repeated on every row once
 
 
 def test_a_history_sequence_pooled_into_the_dnn_keeps_row_by_row_scoring(monkeypatch):
@@ -133,9 +133,9 @@ def test_a_history_sequence_pooled_into_the_dnn_keeps_row_by_row_scoring(monkeyp
     pooled = VarLenSparseFeat(SparseFeat("hist_genre", 5, 4), maxlen=3)
     rows = {"item_id": np.arange(1, 5)[:, None], "hist_item_id": np.tile([[1, 2, 3]], (4, 1)),
             "hist_genre": np.tile([[1, 2, 0]], (4, 1))}
-    assert DIN([item, history], ["item_id"]).broadcasts_history
+    assert isinstance(DIN([item, history], ["item_id"]), SharedHistoryModel)
     model = DIN([item, history, pooled], ["item_id"])
-    assert not model.broadcasts_history
+    assert not isinstance(model, SharedHistoryModel)
     np.testing.assert_allclose(model(rows, training=False), tf.keras.Model(model.inputs, model.outputs)(rows),
                                atol=1e-6)
 

@@ -14,7 +14,7 @@ from tfrec.data.long_history import long_history_feature_columns, make_long_hist
 from tfrec.data.planted import oracle_auc
 from tfrec.layers import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 from tfrec.metrics import auc
-from tfrec.models import DIN, SIM
+from tfrec.models import DIN, SIM, SharedHistoryModel
 from tests.conftest import run_saved_model_cli
 
 HISTORY = ["item_id", "cate_id"]
@@ -230,7 +230,7 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     shared = {name: repeated[name][:1] if name in history else repeated[name] for name in model.input_names}
     row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, without RecModel's look for one history
     expected = row_by_row(repeated, training=False).numpy()
-    assert model.broadcasts_history
+    assert isinstance(model, SharedHistoryModel)
     for rows in (shared, repeated):
         np.testing.assert_allclose(model(rows, training=False).numpy(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="one row per example .*shared_history signature"):

@@ -1,8 +1,8 @@
 """The model zoo: one file per model, DeepCTR/DeepMatch signatures."""
-from .base import RecModel, history_model
+from .base import RecModel, SharedHistoryModel, history_model
 from .din import DIN
 
-__all__ = ["DIN", "RecModel", "history_model"]
+__all__ = ["DIN", "RecModel", "SharedHistoryModel", "history_model"]
 
 from .esmm import ESMM  # noqa: E402
 from .mmoe import MMOE  # noqa: E402

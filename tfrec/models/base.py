@@ -28,7 +28,7 @@ from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check
 from ..layers import DNN, PredictionLayer
 from ..optimizers import LazyAdam, sparse_optimizer
 
-__all__ = ["RecModel", "click_prediction", "history_model"]
+__all__ = ["RecModel", "SharedHistoryModel", "click_prediction", "history_model"]
 
 # Batches per call of Keras' train / test / predict function when `compile` is not given
 # `steps_per_execution`: Keras' per-call work (Python, callbacks, dispatch) is a fixed cost per
@@ -197,34 +197,7 @@ class RecModel(tf.keras.Model):
 
     `core_step_function()` is the compiled function (a `tf.function`; its
     `experimental_get_tracing_count()` shows that `fit` used it).
-
-    A model whose layers broadcast a shared history (DIN and SIM set `broadcasts_history`: their
-    searches and attention read one row of `hist_*` inputs for every candidate row) scores a batch
-    whose rows repeat one history, as a DeepCTR-style caller sends one user's candidates, on that
-    history's first row when it is called for inference (`model(x)`, `predict`): the same scores,
-    with the history searched once instead of once per row (`feature_columns.on_one_history`).
     """
-
-    broadcasts_history = False
-
-    def call(self, inputs, training=None, mask=None):
-        histories = history_input_names(self) if self.broadcasts_history and isinstance(inputs, Mapping) else []
-        if (training is not None and training is not False) or not histories or \
-                any(name not in inputs for name in histories):
-            return super().call(inputs, training, mask)
-        return on_one_history(lambda features: super(RecModel, self).call(features, training, mask), inputs, histories)
-
-    def get_config(self):
-        config = super().get_config()
-        return dict(config, broadcasts_history=True) if self.broadcasts_history else config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        broadcasts_history = config.pop("broadcasts_history", False)
-        model = super().from_config(config, custom_objects)
-        model.broadcasts_history = broadcasts_history
-        return model
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
                 run_eagerly=None, steps_per_execution=None, jit_compile=None, lazy_adam=True, **kwargs):
@@ -738,14 +711,37 @@ class RecModel(tf.keras.Model):
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec")
+class SharedHistoryModel(RecModel):
+    """A RecModel whose layers broadcast one history row over every candidate row (DIN's
+    attention, SIM's searches): called for inference (`model(x)`, `predict`, `evaluate`), it
+    scores a batch whose rows repeat one history, as a DeepCTR-style caller sends one user's
+    candidates, on that history's first row, as the export's `serving_default` does: the same
+    scores, with the history searched once instead of once per row
+    (`feature_columns.on_one_history`). Training steps never look.
+
+    A class of its own rather than a flag, so that it saves, loads and `clone_model`s as a
+    functional model does (a custom `get_config` would make Keras clone it from its config).
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        histories = history_input_names(self) if isinstance(inputs, Mapping) else []
+        if (training is not None and training is not False) or not histories or \
+                any(name not in inputs for name in histories):
+            return super().call(inputs, training, mask)
+        return on_one_history(lambda features: super(SharedHistoryModel, self).call(features, training, mask),
+                              inputs, histories)
+
+
 def history_model(inputs, outputs, history, name):
-    """`RecModel(inputs, outputs, name=name)` for a model whose layers broadcast one history row
-    over every candidate row (DIN's attention, SIM's searches), `history` its
-    `feature_columns.History`: `broadcasts_history` is set when every `hist_` input is read
-    through that history (a `hist_` sequence pooled into the DNN input would not broadcast)."""
-    model = RecModel(inputs=inputs, outputs=outputs, name=name)
-    model.broadcasts_history = set(history_input_names(model)) <= set(history.input_names)
-    return model
+    """The model of a sequence model whose layers broadcast one history row over every candidate
+    row, `history` its `feature_columns.History`: a `SharedHistoryModel` when every `hist_` input
+    is read through that history, else a `RecModel` (a `hist_` sequence pooled into the DNN
+    input has one row per candidate and would not broadcast)."""
+    model = SharedHistoryModel(inputs=inputs, outputs=outputs, name=name)
+    if set(history_input_names(model)) <= set(history.input_names):
+        return model
+    return RecModel(inputs=inputs, outputs=outputs, name=name)
 
 
 def _merge_steps(stacked):
@@ -831,6 +827,6 @@ def click_prediction(dnn_input, dnn_hidden_units, dnn_activation, l2_reg_dnn, dn
     return PredictionLayer(task, name="prediction")(logit)
 
 
-# `.h5` files name a Model subclass by its bare class name: make that name loadable without
+# `.h5` files name a Model subclass by its bare class name: make those names loadable without
 # custom_objects, as the registered "tfrec>RecModel" is for SavedModels.
-tf.keras.utils.get_custom_objects()["RecModel"] = RecModel
+tf.keras.utils.get_custom_objects().update(RecModel=RecModel, SharedHistoryModel=SharedHistoryModel)

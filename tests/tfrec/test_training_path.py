@@ -11,7 +11,7 @@ from feature_columns import SparseEmbedding
 import exporters
 from tfrec.data import df_to_dataset, df_to_inputs
 from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns, retrieval_samples
-from tfrec.models import RecModel, YoutubeDNN
+from tfrec.models import SharedHistoryModel, YoutubeDNN
 from tfrec.optimizers import LazyAdam
 from tfrec.recipes import build_din, planted_din_data
 from tfrec.utils import NegativeSampler
@@ -222,7 +222,7 @@ def test_save_load_and_checkpoint_resume_keep_the_optimizer_state(small, trained
 
     trained.save(str(tmp_path / "din.h5"))
     loaded = tf.keras.models.load_model(str(tmp_path / "din.h5"))  # no custom_objects needed
-    assert type(loaded) is RecModel and type(loaded.optimizer) is LazyAdam
+    assert type(loaded) is SharedHistoryModel and type(loaded.optimizer) is LazyAdam  # DIN's class
     np.testing.assert_allclose(loaded.predict(inputs, verbose=0), expected, atol=1e-6)
     assert int(loaded.optimizer.iterations) == int(trained.optimizer.iterations)
 

@@ -150,6 +150,14 @@ def exported_signatures(model, columns, test, base):
     return (signatures["serving_default"], feed), (signatures["shared_history"], shared_feed)
 
 
+def in_process_call(model, request):
+    """Path (a): (a `tf.function` of `model` for inference, `request`'s model inputs as tensors)."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False)), {name: tf.constant(request[name])
+                                                              for name in model.input_names}
+
+
 def child_latency(model_name, length, size_name, workdir):
     size = SIZES[size_name]
     import numpy as np
@@ -170,8 +178,7 @@ def child_latency(model_name, length, size_name, workdir):
                   request_mib=sum(np.asarray(v).nbytes for v in request.values()) / 2**20)
 
     # (a) In process: a tf.function of the model, called on tensors.
-    call = tf.function(lambda x: model(x, training=False))
-    tensors = {name: tf.constant(request[name]) for name in model.input_names}
+    call, tensors = in_process_call(model, request)
     in_process = call(tensors).numpy().ravel()
     report["in_process"] = timed(lambda: call(tensors).numpy(), size)
 
@@ -232,9 +239,7 @@ def child_turns(size_name, workdir):
         tf.keras.utils.set_random_seed(0)
         model, columns = build(model_name, long_history_feature_columns((train, test), length, EMBEDDING_DIM))
         model.refresh_derived_weights()
-        request = df_to_inputs(test, columns)
-        call = tf.function(lambda x, model=model: model(x, training=False))  # (a), as the latency part
-        tensors = {name: tf.constant(request[name]) for name in model.input_names}
+        call, tensors = in_process_call(model, df_to_inputs(test, columns))
         calls["in_process"][model_name] = (lambda call=call, tensors=tensors: call(tensors), 1)
         signatures = exported_signatures(model, columns, test, os.path.join(workdir, f"turns-{model_name}"))
         for path, (signature, feed) in zip(("signature", "signature_shared"), signatures):

@@ -228,7 +228,7 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     repeated = {name: np.repeat(inputs[name][7:8], 40, axis=0) if name in history else inputs[name]
                 for name in model.input_names}
     shared = {name: repeated[name][:1] if name in history else repeated[name] for name in model.input_names}
-    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, without RecModel's look for one history
+    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, row by row
     expected = row_by_row(repeated, training=False).numpy()
     assert isinstance(model, SharedHistoryModel)
     for rows in (shared, repeated):
@@ -286,7 +286,7 @@ def test_serving_default_and_the_model_search_a_history_repeated_on_every_row_on
             best[path, layout] = min(best[path, layout], time.perf_counter() - started)
     for path in paths:
         assert best[path, "one history"] < 0.5 * best[path, "one row changed"], best
-    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, without RecModel's look for one history
+    row_by_row = tf.keras.Model(model.inputs, model.outputs)  # the same layers, row by row
     for layout, feed in (("one history", one_history), ("one row changed", one_changed)):
         expected = row_by_row(feed, training=False).numpy()
         np.testing.assert_allclose(default(**requests[layout])["prediction"].numpy(), expected.ravel(), atol=1e-5)

@@ -177,3 +177,18 @@ def test_batches_of_row_numbers_are_the_row_wise_pipelines_batches():
             for a, b in pairs:
                 for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
                     np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_df_to_dataset_runs_without_autotuning_so_each_epochs_iterator_ends_at_once(frame):
+    """Keras deletes a data set's iterator at every epoch's end; with tf.data's autotuning on, that
+    waited for the autotuning thread to wake (5 s after each of CLSR's later epochs)."""
+    import time
+
+    dataset = df_to_dataset(frame, columns(), "label", batch_size=2, seed=0)
+    assert dataset.options().autotune.enabled is False
+    for _ in range(3):
+        iterator = iter(dataset)
+        assert sum(1 for _ in iterator) == 2
+        started = time.perf_counter()
+        del iterator
+        assert time.perf_counter() - started < 0.5

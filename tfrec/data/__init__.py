@@ -22,7 +22,7 @@ from .columns import (ColumnInferenceError, build_vocabulary, grow_vocabularies,
                       unknown_counts, unknown_shares)
 from .long_history import (LONG_HISTORY_SETTINGS, long_history_feature_columns, make_long_history_data,
                            make_long_history_setting)
-from .pipeline import df_to_dataset, df_to_inputs
+from .pipeline import df_to_dataset, df_to_inputs, without_autotuning
 from .planted import (DIN_HISTORY_FEATURES, SPARSE_USER_SETTINGS, din_feature_columns, make_behaviour_log,
                       make_multitask_data, make_sparse_user_log, multitask_feature_columns, oracle_auc)
 from .retrieval import (PLANTED_RANKINGS, RETRIEVAL_PROFILE_FEATURES, RetrievalData, make_retrieval_data,
@@ -42,5 +42,5 @@ __all__ = [
     "PLANTED_RANKINGS", "RETRIEVAL_PROFILE_FEATURES", "RetrievalData", "make_retrieval_data", "planted_recalls",
     "planted_top_k", "popularity_top_k", "retrieval_feature_columns", "retrieval_samples", "sample_feature_columns",
     "sdm_feature_columns", "shares_of", "unknown_counts", "unknown_shares",
-    "true_next_item_probabilities",
+    "true_next_item_probabilities", "without_autotuning",
 ]

@@ -25,6 +25,7 @@ import tensorflow as tf
 from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check_inputs, history_input_names,
                              indexed_feature, indexed_key, on_one_history)
 
+from ..data.pipeline import without_autotuning
 from ..layers import DNN, PredictionLayer
 from ..optimizers import LazyAdam, sparse_optimizer
 
@@ -802,10 +803,8 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
     adapter = data_adapter.TensorLikeDataAdapter(
         x, y, kwargs.pop("sample_weight", None), batch_size=kwargs.pop("batch_size", None), epochs=epochs,
         shuffle=shuffle)
-    options = tf.data.Options()
-    options.autotune.enabled = False
     kwargs[steps] = adapter.get_size()
-    return adapter.get_dataset().with_options(options), None, kwargs
+    return without_autotuning(adapter.get_dataset()), None, kwargs
 
 
 def _hooks_batches(callbacks, mode):

@@ -30,8 +30,8 @@ def main(argv):
     if sys.platform.startswith("linux"):
         _die_with_parent(int(argv[0]))
     from serving import server  # after the prctl: importing TensorFlow takes seconds
-    return server.main(argv[1:])
+    server.exit_process(server.main(argv[1:]))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

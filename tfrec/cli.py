@@ -403,9 +403,10 @@ def _export_retrieval(model, args):
 
 
 def cmd_serve(argv):
-    from serving.server import main as serve_main
+    """Serves until SIGTERM / SIGINT, then ends the process (`serving.server.exit_process`)."""
+    from serving.server import exit_process, main as serve_main
 
-    return serve_main(argv)
+    exit_process(serve_main(argv))
 
 
 def read_inputs(value, flag="--inputs"):

@@ -30,7 +30,9 @@ def main(argv):
     if sys.platform.startswith("linux"):
         _die_with_parent(int(argv[0]))
     from serving import server  # after the prctl: importing TensorFlow takes seconds
-    server.exit_process(server.main(argv[1:]))
+    from serving.process import exit_process
+
+    exit_process(server.main(argv[1:]))
 
 
 if __name__ == "__main__":

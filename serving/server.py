@@ -42,6 +42,7 @@ from exporters import read_model_config
 from serving import inference, monitoring, rest
 from serving.batching import BatchingOptions
 from serving.errors import ServingError, invalid_argument
+from serving.process import exit_process
 from serving.rest import DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, RestServer
 from serving.servable import metadata_response
 from serving.server_core import ServerCore, single_model_config, validate_config
@@ -583,20 +584,6 @@ def main(argv=None):
     if not threads_ended:  # a load still in a read that never returns: Python would wait for it at exit
         exit_process(status)
     return status
-
-
-def exit_process(status):
-    """Ends the process now with `status`, its logs and standard streams flushed: for a process
-    whose server `main` has returned (every thread it started has stopped, or is stuck in a read).
-    The interpreter's own teardown of TensorFlow would take about a second more (0.9 s after a bare
-    `import tensorflow`), which every restart and rolling update would wait for."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing left to write to
-            pass
-    os._exit(status)
 
 
 if __name__ == "__main__":

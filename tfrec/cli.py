@@ -403,8 +403,9 @@ def _export_retrieval(model, args):
 
 
 def cmd_serve(argv):
-    """Serves until SIGTERM / SIGINT, then ends the process (`serving.server.exit_process`)."""
-    from serving.server import exit_process, main as serve_main
+    """Serves until SIGTERM / SIGINT, then ends the process (`serving.process.exit_process`)."""
+    from serving.process import exit_process
+    from serving.server import main as serve_main
 
     exit_process(serve_main(argv))
 
@@ -731,5 +732,18 @@ def main(argv=None):
         return 1
 
 
+def run():
+    """The `tfrec` command: `main`, then the process ends at once with its exit code
+    (`serving.process.exit_process`), without the second that Python's teardown of TensorFlow takes.
+    Every command has closed what it wrote by then. A task of a cluster (TF_CONFIG set) exits as
+    Python does: its peers may still be running, and TensorFlow's teardown is its goodbye to them."""
+    status = main()
+    if os.environ.get("TF_CONFIG"):
+        sys.exit(status)
+    from serving.process import exit_process
+
+    exit_process(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

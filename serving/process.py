@@ -17,4 +17,3 @@ def exit_process(status):
         except (OSError, ValueError):  # a closed pipe or stream: nothing left to write to
             pass
     os._exit(0 if status is None else int(status))
-

@@ -403,11 +403,9 @@ def _export_retrieval(model, args):
 
 
 def cmd_serve(argv):
-    """Serves until SIGTERM / SIGINT, then ends the process (`serving.process.exit_process`)."""
-    from serving.process import exit_process
     from serving.server import main as serve_main
 
-    exit_process(serve_main(argv))
+    return serve_main(argv)
 
 
 def read_inputs(value, flag="--inputs"):

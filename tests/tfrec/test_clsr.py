@@ -273,9 +273,9 @@ def test_quality_on_drift_data_next_to_din_and_the_oracle(clsr, clsr_without_con
               f"(oracle AUC {oracle:.4f}, ratio {report['auc'] / oracle:.3f})")
     print(f"fit seconds ({EPOCHS} epochs): CLSR {clsr.seconds:.1f}, CLSR beta=0 {clsr_without_contrast.seconds:.1f}, "
           f"DIN {din.seconds:.1f}")
-    # Keras' GRU layers made XLA recompile the step at every batch; HistoryRNN compiles it once
-    # per batch shape (the last, smaller batch is the second).
-    assert clsr.model.core_step_function().experimental_get_tracing_count() <= 2
+    # Keras' GRU layers made XLA recompile the step at every batch; with HistoryRNN it is traced
+    # once (and XLA compiles it once per batch shape: the last, smaller batch is the second).
+    assert clsr.model.core_step_function().experimental_get_tracing_count() == 1
     assert reports["CLSR"]["auc"] >= reports["CLSR beta=0"]["auc"] + 0.03
     assert reports["CLSR"]["auc"] >= 0.75 * oracle
     assert reports["CLSR"]["auc"] >= reports["DIN"]["auc"]

@@ -72,6 +72,25 @@ def test_raw_string_model_trains_compiled_and_its_export_takes_raw_strings(small
                                atol=1e-6)
 
 
+def test_fit_traces_the_training_step_once_and_keras_names_its_metrics_as_ever(small):
+    """`fit` makes the optimizer's slots and the metrics before it first calls its training
+    function: a tf.function that makes variables while it traces is traced a second time, and
+    the step's trace is most of a small model's first epoch. So on numpy arrays and on a data set
+    alike, with an epoch's partial last batch, the step is traced once; and the metrics keep the
+    names Keras gives them inside its trace, not numbered on from the metrics made before."""
+    train_df, test_df, columns = small
+    x, y = df_to_inputs(train_df, columns), train_df["click"].to_numpy(np.float32)
+    assert len(train_df) % 100
+    tf.keras.metrics.AUC()  # "auc" taken in this process: one more made here would be "auc_1"
+    for data in ({"x": x, "y": y, "batch_size": 100}, {"x": df_to_dataset(train_df, columns, "click", 100, seed=0)}):
+        model = new_model(columns, metrics=["AUC"])
+        history = model.fit(**data, epochs=2, verbose=0,
+                            validation_data=(df_to_inputs(test_df, columns), test_df["click"].to_numpy(np.float32)))
+        assert model.train_function.experimental_get_tracing_count() == 1
+        assert model.core_step_function().experimental_get_tracing_count() == 1
+        assert sorted(history.history) == ["auc", "loss", "val_auc", "val_loss"]
+
+
 def test_rows_looked_up_by_the_pipeline_train_and_predict_like_raw_values(small):
     train_df, test_df, columns = small
     x, y = batch(train_df, columns, 0)

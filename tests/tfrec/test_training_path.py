@@ -72,12 +72,14 @@ def test_raw_string_model_trains_compiled_and_its_export_takes_raw_strings(small
                                atol=1e-6)
 
 
-def test_fit_traces_the_training_step_once_and_keras_names_its_metrics_as_ever(small):
+def test_fit_evaluate_and_predict_trace_their_step_once_and_keras_names_the_metrics_as_ever(small):
     """`fit` makes the optimizer's slots and the metrics before it first calls its training
     function: a tf.function that makes variables while it traces is traced a second time, and
     the step's trace is most of a small model's first epoch. So on numpy arrays and on a data set
     alike, with an epoch's partial last batch, the step is traced once; and the metrics keep the
-    names Keras gives them inside its trace, not numbered on from the metrics made before."""
+    names Keras gives them inside its trace, not numbered on from the metrics made before.
+    Keras' loop of `steps_per_execution` steps traces its body twice; the steps it calls are
+    traced once."""
     train_df, test_df, columns = small
     x, y = df_to_inputs(train_df, columns), train_df["click"].to_numpy(np.float32)
     assert len(train_df) % 100
@@ -89,6 +91,10 @@ def test_fit_traces_the_training_step_once_and_keras_names_its_metrics_as_ever(s
         assert model.train_function.experimental_get_tracing_count() == 1
         assert model.core_step_function().experimental_get_tracing_count() == 1
         assert sorted(history.history) == ["auc", "loss", "val_auc", "val_loss"]
+        model.predict(x, batch_size=100, verbose=0)
+        steps = model._split.step_functions
+        assert sorted(steps) == ["_predict_step", "_test_step", "_train_step"]
+        assert all(step.experimental_get_tracing_count() == 1 for step in steps.values())
 
 
 def test_rows_looked_up_by_the_pipeline_train_and_predict_like_raw_values(small):

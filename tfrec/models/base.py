@@ -94,6 +94,7 @@ class _TrainingSplit:
         self.steps = tf.function(lambda count, *batches: self._steps(step, count, *batches), jit_compile=True) \
             if update_in_step and not self.row_tables and flat else None
         self.packed = {}
+        self.step_functions = {}  # RecModel._traced_once's, by step
 
     def _steps(self, step, count, indexed, y, sample_weight):
         """`step` on the first `count` batches stacked along a new first axis (steps, batch, ...),
@@ -720,6 +721,31 @@ class RecModel(tf.keras.Model):
         return self.train_function
 
     def train_step(self, data):
+        return self._traced_once(self._train_step, data)
+
+    def test_step(self, data):
+        return self._traced_once(self._test_step, data)
+
+    def predict_step(self, data):
+        return self._traced_once(self._predict_step, data)
+
+    def _traced_once(self, step, data):
+        """`step(data)`, as a tf.function of its own while Keras traces its train / test / predict
+        function (outside a distribution strategy, which runs steps its own way).
+
+        Keras runs `steps_per_execution` steps a call in a loop whose outputs are first assigned
+        inside it, and AutoGraph traces such a loop's body twice. A tf.function called twice with
+        the same input signature is traced once: for `evaluate` and `predict`, whose step is the
+        whole model, that halves their tracing (a small DIN's first `predict`: 1.5-1.7 s -> 0.9-1.1 s).
+        """
+        split = getattr(self, "_split", None)
+        if split is None or tf.executing_eagerly() or self._is_distributed():
+            return step(data)
+        if step.__name__ not in split.step_functions:
+            split.step_functions[step.__name__] = tf.function(step)
+        return split.step_functions[step.__name__](data)
+
+    def _train_step(self, data):
         x, (indexed, y, sample_weight) = self._step_inputs(data)
         y_pred, gradients = self._split.step(indexed, y, sample_weight)
         pairs = [(g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None]
@@ -729,7 +755,7 @@ class RecModel(tf.keras.Model):
             self.optimizer.update_rows_after_step(pairs)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def test_step(self, data):
+    def _test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
@@ -739,7 +765,7 @@ class RecModel(tf.keras.Model):
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def predict_step(self, data):
+    def _predict_step(self, data):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         indexed = self._split.core_inputs(x) if getattr(self, "_split", None) else None
         return super().predict_step(data) if indexed is None else self._split.core(indexed, training=False)

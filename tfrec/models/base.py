@@ -276,8 +276,8 @@ class RecModel(tf.keras.Model):
 
         `data` is fit's labels, or (`in_dataset`) its data set, whose element spec gives them.
         The slots are made for every trainable weight, as `compile_from_config` makes them for a
-        loaded model. Labels of another form (a generator, a distributed data set) leave the
-        metrics to Keras, as before.
+        loaded model. Labels of another form (a generator, a `DatasetCreator`) leave the metrics
+        to Keras, as before.
         """
         split = getattr(self, "_split", None)
         if split is None or getattr(self, "compiled_loss", None) is None:
@@ -286,6 +286,8 @@ class RecModel(tf.keras.Model):
         if in_dataset:
             spec = getattr(data, "element_spec", None)
             labels = tf.keras.utils.unpack_x_y_sample_weight(spec)[1] if isinstance(spec, tuple) else None
+            # A distributed data set's labels on several replicas: each replica's have one spec.
+            labels = tf.nest.map_structure(lambda spec: getattr(spec, "_value_specs", [spec])[0], labels)
         else:
             labels = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)),
                                            data)

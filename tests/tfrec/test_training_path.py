@@ -79,7 +79,7 @@ def test_fit_evaluate_and_predict_trace_their_step_once_and_keras_names_the_metr
     alike, with an epoch's partial last batch, the step is traced once; and the metrics keep the
     names Keras gives them inside its trace, not numbered on from the metrics made before.
     Keras' loop of `steps_per_execution` steps traces its body twice; the steps it calls are
-    traced once."""
+    traced once. `evaluate` before any `fit` makes the metrics first too."""
     train_df, test_df, columns = small
     x, y = df_to_inputs(train_df, columns), train_df["click"].to_numpy(np.float32)
     assert len(train_df) % 100
@@ -95,6 +95,9 @@ def test_fit_evaluate_and_predict_trace_their_step_once_and_keras_names_the_metr
         steps = model._split.step_functions
         assert sorted(steps) == ["_predict_step", "_test_step", "_train_step"]
         assert all(step.experimental_get_tracing_count() == 1 for step in steps.values())
+    fresh = new_model(columns, metrics=["AUC"])  # evaluated before any fit, as a loaded model is
+    assert sorted(fresh.evaluate(x, y, batch_size=100, verbose=0, return_dict=True)) == ["auc", "loss"]
+    assert fresh._split.step_functions["_test_step"].experimental_get_tracing_count() == 1
 
 
 def test_rows_looked_up_by_the_pipeline_train_and_predict_like_raw_values(small):

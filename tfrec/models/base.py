@@ -273,16 +273,28 @@ class RecModel(tf.keras.Model):
         and metrics' accumulators. A tf.function that creates variables on its first trace is
         traced a second time without them, so every `fit` of a new model traced its forward and
         backward graph twice: a small DIN's first `fit` took 5.5 s, against 4.8 s traced once.
-
-        `data` is fit's labels, or (`in_dataset`) its data set, whose element spec gives them.
         The slots are made for every trainable weight, as `compile_from_config` makes them for a
-        loaded model. Labels of another form (a generator, a `DatasetCreator`) leave the metrics
-        to Keras, as before.
+        loaded model. `data` and `in_dataset`: as in `_build_metrics`.
+        """
+        if getattr(self, "_split", None) is not None:
+            with self.distribute_strategy.scope():
+                _build_optimizer(self.optimizer, self.trainable_variables)
+        self._build_metrics(data, in_dataset)
+
+    def _build_metrics(self, data, in_dataset):
+        """Creates the compiled losses' and metrics' accumulators before `fit` or `evaluate` first
+        traces a step (see `_build_training_variables`; the first `evaluate` of a loaded model
+        traced its whole model twice for them).
+
+        `data` is the call's labels, or (`in_dataset`) its data set, whose element spec gives
+        them. Labels of another form (a generator, a `DatasetCreator`) leave the metrics to
+        Keras, as before.
         """
         split = getattr(self, "_split", None)
-        if split is None or getattr(self, "compiled_loss", None) is None:
+        if split is None or getattr(self, "compiled_loss", None) is None or \
+                (self.compiled_loss.built and self.compiled_metrics.built):
             return
-        y_pred = split.core._nested_outputs  # the structure the training step's y_pred has
+        y_pred = split.core._nested_outputs  # the structure the steps' y_pred has
         if in_dataset:
             spec = getattr(data, "element_spec", None)
             labels = tf.keras.utils.unpack_x_y_sample_weight(spec)[1] if isinstance(spec, tuple) else None
@@ -291,17 +303,15 @@ class RecModel(tf.keras.Model):
         else:
             labels = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)),
                                            data)
-        with self.distribute_strategy.scope():
-            _build_optimizer(self.optimizer, self.trainable_variables)
-            # Keras numbers a metric's default name within the graph it is made in ("auc", "auc_1"):
-            # in a graph of its own, as in the traced function, however many models the process
-            # built before. The variables are made outside it, in `init_scope`, as they are there.
-            with tf.__internal__.FuncGraph("compiled_metrics").as_default():
-                if not self.compiled_loss.built:
-                    self.compiled_loss.build(y_pred)
-                if labels is not None and not self.compiled_metrics.built and \
-                        all(isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(labels)):
-                    self.compiled_metrics.build(y_pred, self.compiled_metrics._conform_to_outputs(y_pred, labels))
+        # Keras numbers a metric's default name within the graph it is made in ("auc", "auc_1"):
+        # in a graph of its own, as in the traced function, however many models the process
+        # built before. The variables are made outside it, in `init_scope`, as they are there.
+        with self.distribute_strategy.scope(), tf.__internal__.FuncGraph("compiled_metrics").as_default():
+            if not self.compiled_loss.built:
+                self.compiled_loss.build(y_pred)
+            if labels is not None and not self.compiled_metrics.built and \
+                    all(isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(labels)):
+                self.compiled_metrics.build(y_pred, self.compiled_metrics._conform_to_outputs(y_pred, labels))
 
     def _fit_arguments_without_autotuning(self, x, y, kwargs):
         """fit's (x, y, kwargs) with numpy training and validation arrays as data sets without
@@ -337,6 +347,7 @@ class RecModel(tf.keras.Model):
         # fit's validation passes its data set (`_use_cached_eval_dataset`), not these arrays
         if not args and not kwargs.get("_use_cached_eval_dataset") and not self._is_distributed():
             x, y, kwargs = _numpy_without_autotuning(x, y, kwargs)
+        self._build_metrics(x if y is None else y, y is None)
         with self._one_step_per_execution(_hooks_batches(callbacks, "test")):
             return super().evaluate(x, y, *args, **kwargs)
 

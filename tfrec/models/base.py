@@ -301,8 +301,7 @@ class RecModel(tf.keras.Model):
             # A distributed data set's labels on several replicas: each replica's have one spec.
             labels = tf.nest.map_structure(lambda spec: getattr(spec, "_value_specs", [spec])[0], labels)
         else:
-            labels = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)),
-                                           data)
+            labels = tf.nest.map_structure(tf.type_spec_from_value, data)
         # Keras numbers a metric's default name within the graph it is made in ("auc", "auc_1"):
         # in a graph of its own, as in the traced function, however many models the process
         # built before. The variables are made outside it, in `init_scope`, as they are there.

@@ -125,9 +125,13 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
         return loop(count, *batches)
 
     looped._split.steps = counted
+    traced, core_call = [], looped._split.core.call  # the core's calls while a function traces it
+    looped._split.core.call = lambda *args, **kwargs: traced.append(not tf.executing_eagerly()) or \
+        core_call(*args, **kwargs)
     histories = [model.fit(x, y, batch_size=7, epochs=2, shuffle=False, verbose=0).history
                  for model in (looped, stepped)]
     assert int(in_loops.numpy()) == 2 * (batches - 1)  # all but each epoch's partial batch
+    assert traced == [True]  # the loop runs the partial batch's compiled step: one trace for both
     traces = loop.experimental_get_tracing_count()
     for name, values in histories[1].items():
         np.testing.assert_allclose(histories[0][name], values, rtol=1e-6)

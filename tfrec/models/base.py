@@ -91,15 +91,16 @@ class _TrainingSplit:
         # which passing the weights in and out is a noticeable share. A sequence model's step is
         # long enough that the loop's extra compilation (seconds for SIM or SDM) would not pay.
         flat = all(t.shape.rank == 2 and t.shape[1] == 1 for t in model.inputs)
-        self.steps = tf.function(lambda count, *batches: self._steps(step, count, *batches), jit_compile=True) \
+        self.steps = tf.function(self._steps, jit_compile=True) \
             if update_in_step and not self.row_tables and flat else None
         self.packed = {}
         self.step_functions = {}  # RecModel._traced_once's, by step
 
-    def _steps(self, step, count, indexed, y, sample_weight):
-        """`step` on the first `count` batches stacked along a new first axis (steps, batch, ...),
-        one after the other in one XLA loop -> the predictions, stacked the same way (the rows
-        past `count` zeros).
+    def _steps(self, count, indexed, y, sample_weight):
+        """`self.step` on the first `count` batches stacked along a new first axis (steps, batch,
+        ...), one after the other in one XLA loop -> the predictions, stacked the same way (the rows
+        past `count` zeros). The loop calls the compiled step that trains a batch of another shape,
+        so the model is traced once for both.
 
         The weights and the optimizer's slots stay inside the call from one step to the next,
         where a call per step passes every one of them in and out: on one planted batch of 1024
@@ -110,8 +111,8 @@ class _TrainingSplit:
         outputs = tf.nest.flatten(self.core.output)
 
         def one_step(i, predictions):
-            y_pred, _ = step(*tf.nest.map_structure(lambda t: None if t is None else t[i],
-                                                    (indexed, y, sample_weight)))
+            y_pred, _ = self.step(*tf.nest.map_structure(lambda t: None if t is None else t[i],
+                                                         (indexed, y, sample_weight)))
             return i + 1, [p.write(i, o) for p, o in zip(predictions, tf.nest.flatten(y_pred))]
 
         _, predictions = tf.while_loop(lambda i, _: i < count, one_step,

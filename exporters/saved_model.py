@@ -101,7 +101,7 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
         signature_input_specs(serving_model), warmup_inputs, num_warmup_records))
     # A model that broadcasts a shared history serves a request repeating one history on every
     # row as shared_history does; any other gets shared_history as the history repeated per row.
-    signature = _serving_function(serving_model, one_history_inputs=histories if shared_history else ())
+    signature = _serving_function(serving_model, shared_history=shared_history, histories=histories)
     if histories and shared_history is None:
         shared_history = _repeated_history_signature(serving_model, signature, histories)
     signatures = {SERVING_SIGNATURE: signature}
@@ -335,25 +335,30 @@ def _is_score_column(name, tensor):
     return name != INTEREST_MASK and _is_single_column(tensor)
 
 
-def _serving_function(serving_model, input_specs=None, one_history_inputs=()):
+def _serving_function(serving_model, input_specs=None, shared_history=None, histories=()):
     """The `serving_default` concrete function over raw features by Input name (or over
     `input_specs`, a variant of `signature_input_specs`).
 
-    `one_history_inputs` names the history inputs of a model that broadcasts a shared history
-    (see `_broadcast_history_signature`). A request whose rows all carry the same history (what a
-    DeepCTR-style client sends to score N candidates for one user) then runs the model on that
-    history's first row, as `shared_history` does: the search and attention over it run once,
-    not once per row (`feature_columns.on_one_history`). Any other request, and one whose
-    histories hold fewer than `feature_columns.ONE_HISTORY_MIN_ELEMENTS` events in all (not worth
-    the check), runs row by row. Both give the same scores (the export checks it on the warm-up
-    rows), so the client sees no difference but the time.
+    `shared_history` is the `shared_history` function of a model that broadcasts a shared history
+    over `histories` (see `_broadcast_history_signature`). A request whose rows all carry the same
+    history (what a DeepCTR-style client sends to score N candidates for one user) then runs that
+    function on the history's first row: the search and attention over it run once, not once per
+    row (`feature_columns.on_one_history`), and the model is traced once for both signatures. Any
+    other request, and one whose histories hold fewer than
+    `feature_columns.ONE_HISTORY_MIN_ELEMENTS` events in all (not worth the check), runs row by
+    row. Both give the same scores (the export checks it on the warm-up rows), so the client sees
+    no difference but the time.
     """
     def run(features):
         return _run(serving_model, features)
 
+    def run_on_one_row(features):
+        specs = shared_history.structured_input_signature[1]
+        return shared_history(**{name: tf.ensure_shape(value, specs[name].shape) for name, value in features.items()})
+
     @tf.function
     def serve(**features):
-        return on_one_history(run, features, one_history_inputs) if one_history_inputs else run(features)
+        return on_one_history(run, features, histories, run_on_one_row) if shared_history else run(features)
 
     return serve.get_concrete_function(**(input_specs or signature_input_specs(serving_model)))
 

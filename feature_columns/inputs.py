@@ -91,10 +91,10 @@ def history_input_names(model):
 ONE_HISTORY_MIN_ELEMENTS = 20_000
 
 
-def on_one_history(run, features, history_names):
+def on_one_history(run, features, history_names, run_on_one_row=None):
     """`run(features)`, or, when every row of the `history_names` inputs repeats one history (what
-    a DeepCTR-style client sends to score N candidates for one user), `run` on that history's first
-    row with the other features as they are.
+    a DeepCTR-style client sends to score N candidates for one user), `run_on_one_row` (by default
+    `run`) on that history's first row with the other features as they are.
 
     For a model whose layers broadcast a shared history (DIN, SIM) both give the same outputs,
     and the one-row run searches and attends over the history once instead of once per row. The
@@ -111,7 +111,8 @@ def on_one_history(run, features, history_names):
     same_rows = [tf.equal(tf.shape(values)[0], rows) for name, values in features.items() if name not in history_names]
     worth_checking = tf.reduce_all([rows > 1, tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS] + same_rows)
     one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
-    return tf.cond(one_history, lambda: run({**features, **{name: features[name][:1] for name in history_names}}),
+    return tf.cond(one_history,
+                   lambda: (run_on_one_row or run)({**features, **{name: features[name][:1] for name in history_names}}),
                    lambda: run(features))
 
 

@@ -236,9 +236,16 @@ def test_one_shared_history_scores_like_the_history_on_every_row(model_name, tmp
     with pytest.raises(ValueError, match="one row per example .*shared_history signature"):
         model.predict(shared, verbose=0)  # predict splits rows into batches: it needs a history per row
 
+    output, traced = model.get_layer(model.output_names[0]), []
+    output_call = output.call  # called once per trace of the model (and per eager call)
+    monkeypatch.setattr(output, "call", lambda *args, **kwargs: traced.append(not tf.executing_eagerly()) or
+                        output_call(*args, **kwargs))
     with caplog.at_level("INFO", logger="exporters.saved_model"):
         path = export_saved_model(model, str(tmp_path / "m"), warmup_inputs={k: v[:3] for k, v in inputs.items()})
     assert "repeats the history" not in caplog.text
+    # Traced three times: shared_history, the broadcast check on the warm-up rows' shapes and
+    # serving_default's row-by-row branch; its one-history branch calls shared_history's function.
+    assert traced.count(True) == 3
     signature = tf.saved_model.load(path).signatures["shared_history"]
     specs = signature.structured_input_signature[1]
     assert {name for name, spec in specs.items() if spec.shape[0] == 1} == set(history)

@@ -428,6 +428,32 @@ def test_an_export_with_another_k_than_the_served_version_says_so(youtubednn, ca
                      rf"float32 \[None, {K // 2}\]", caplog.text), caplog.text
 
 
+def test_no_layer_keeps_a_list_as_long_as_the_catalogue(youtubednn):
+    """Keras tracks a layer's list attributes and walks every entry whenever it lists the layer's
+    weights or saves it: each of an export's saves walked the 5,000-id vocabulary dozens of times
+    (0.4 s a save). The vocabulary and a sampler's item counts are kept as tuples; their configs
+    still hold lists, and the layers rebuilt from them map and draw as before."""
+    from tensorflow.python.trackable.data_structures import TrackableDataStructure
+
+    from feature_columns import SparseIndex
+    from tfrec.layers import NegativeSampling
+
+    sampler = NegativeSampling("frequency", 5, NUM_ITEMS + 2, item_count=[0.0, 0.0] + [1.0] * NUM_ITEMS, seed=1)
+    index = next(layer for layer in youtubednn.layers if isinstance(layer, SparseIndex) and layer.vocabulary)
+    for layer in (youtubednn, sampler):
+        tracked = [len(value) for module in layer._flatten_modules()
+                   for value in getattr(module, "_self_tracked_trackables", ())
+                   if isinstance(value, TrackableDataStructure)]
+        assert max(tracked, default=0) < 10, tracked
+    assert type(index.get_config()["vocabulary"]) is list and type(sampler.get_config()["item_count"]) is list
+    copy = SparseIndex.from_config(index.get_config())
+    ids = tf.constant([[ITEMS[7], "", "unknown"]])
+    assert copy(ids).numpy().tolist() == index(ids).numpy().tolist() == [[9, 0, 1]]
+    drawn = [layer(tf.constant([2, 3]), training=True)[0].numpy()
+             for layer in (sampler, NegativeSampling.from_config(sampler.get_config()))]
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+
+
 def test_bad_index_options_and_models_are_refused(youtubednn, candidates, tmp_path):
     with pytest.raises(ValueError, match=r"index must be one of \('scann', 'brute_force'\)"):
         exporters.export_retrieval(youtubednn, tmp_path / "r", candidates, index="hnsw")

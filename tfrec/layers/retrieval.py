@@ -39,7 +39,8 @@ class NegativeSampling(tf.keras.__internal__.layers.BaseRandomLayer):
         self.table = table
         self.num_sampled = int(num_sampled) if sampler != "inbatch" else 0
         self.vocabulary_size = int(vocabulary_size)
-        self.item_count = None if item_count is None else [float(c) for c in item_count]
+        # A tuple, as SparseIndex's vocabulary: Keras walks a list attribute's entries at every save.
+        self.item_count = None if item_count is None else tuple(float(c) for c in item_count)
         self.distortion = float(distortion)
         self.seed = seed
         if self.item_count is not None and len(self.item_count) != self.vocabulary_size:
@@ -68,7 +69,7 @@ class NegativeSampling(tf.keras.__internal__.layers.BaseRandomLayer):
     def get_config(self):
         config = super().get_config()
         config.update(sampler=self.sampler, num_sampled=self.num_sampled, vocabulary_size=self.vocabulary_size,
-                      item_count=self.item_count, distortion=self.distortion, seed=self.seed, table=self.table)
+                      item_count=None if self.item_count is None else list(self.item_count), distortion=self.distortion, seed=self.seed, table=self.table)
         return config
 
 

@@ -111,9 +111,11 @@ def on_one_history(run, features, history_names, run_on_one_row=None):
     same_rows = [tf.equal(tf.shape(values)[0], rows) for name, values in features.items() if name not in history_names]
     worth_checking = tf.reduce_all([rows > 1, tf.size(histories[0]) >= ONE_HISTORY_MIN_ELEMENTS] + same_rows)
     one_history = tf.cond(worth_checking, repeats_one_history, lambda: tf.constant(False))
-    return tf.cond(one_history,
-                   lambda: (run_on_one_row or run)({**features, **{name: features[name][:1] for name in history_names}}),
-                   lambda: run(features))
+
+    def on_first_row():  # sliced inside the branch: only a request that takes it pays for the copy
+        return (run_on_one_row or run)({**features, **{name: features[name][:1] for name in history_names}})
+
+    return tf.cond(one_history, on_first_row, lambda: run(features))
 
 
 class History:

@@ -69,7 +69,8 @@ class NegativeSampling(tf.keras.__internal__.layers.BaseRandomLayer):
     def get_config(self):
         config = super().get_config()
         config.update(sampler=self.sampler, num_sampled=self.num_sampled, vocabulary_size=self.vocabulary_size,
-                      item_count=None if self.item_count is None else list(self.item_count), distortion=self.distortion, seed=self.seed, table=self.table)
+                      item_count=None if self.item_count is None else list(self.item_count),
+                      distortion=self.distortion, seed=self.seed, table=self.table)
         return config
 
 

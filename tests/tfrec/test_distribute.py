@@ -71,7 +71,8 @@ def train_synchronous(kind):
     logger = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(logs["loss"] / strategy.num_replicas_in_sync))
     history = model.fit(data, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, callbacks=[logger], verbose=0)
-    return {"batch": losses, "epoch": history.history["loss"], "replicas": strategy.num_replicas_in_sync}, model
+    return {"batch": losses, "epoch": history.history["loss"], "replicas": strategy.num_replicas_in_sync,
+            "traces": model.train_function.experimental_get_tracing_count()}, model
 
 
 def run_multi_worker(out, export_base):
@@ -217,6 +218,7 @@ def run_recall_on_two_replicas(out):
     catalogue_embeddings = list(embedded)
     ranked = data.item_ids[evaluation.rank_candidates(model, planted.x_test, {"item_id": data.item_ids}, 10)]
     _write(out, {"replicas": strategy.num_replicas_in_sync, "val_recall": history.history["val_recall"],
+                 "traces": model.train_function.experimental_get_tracing_count(),
                  "recall_in_one_piece": recall_at_k(truth, ranked, 10), "items": len(data.item_ids),
                  "catalogue_embeddings": catalogue_embeddings})
 
@@ -512,7 +514,8 @@ def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_
 # Clusters of local processes.
 
 def test_multi_worker_mirrored_matches_one_process(tmp_path):
-    """2 MultiWorkerMirroredStrategy workers train DIN to the single-process loss trajectory."""
+    """2 MultiWorkerMirroredStrategy workers train DIN to the single-process loss trajectory,
+    each tracing its training step once, as the single process does."""
     deadline = time.monotonic() + 140
     ports = free_ports(2)
     cluster = json.dumps({"worker": [f"127.0.0.1:{p}" for p in ports]})
@@ -528,11 +531,13 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
             assert processes.wait(worker, deadline) == 0, processes.logs()
     steps = STEPS_PER_EPOCH * EPOCHS
     assert len(reference["batch"]) == steps and reference["replicas"] == 1
+    assert reference["traces"] == 1
     exports = [json.load(open(out))["export"] for out in outs]
     assert exports[1] is None and os.path.exists(os.path.join(exports[0], "saved_model.pb"))  # worker 0 is chief
     for out in outs:
         worker = json.load(open(out))
         assert worker["replicas"] == 2 and len(worker["batch"]) == steps
+        assert worker["traces"] == 1  # fit builds the metrics from one replica's label spec before it traces
         np.testing.assert_allclose(worker["batch"], reference["batch"], rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(worker["epoch"], reference["epoch"], rtol=2e-4, atol=2e-5)
     assert reference["epoch"][-1] < reference["epoch"][0]
@@ -802,12 +807,14 @@ def test_a_retrieval_config_trains_on_two_workers_and_the_chief_writes_the_run(t
 def test_recall_validation_ranks_a_share_on_each_of_two_replicas_and_embeds_the_catalogue_once(tmp_path):
     """Under a MirroredStrategy of 2 devices (logical CPUs, in a process of its own), each replica
     ranks half of the held-out samples and their hits add up to the recall of ranking them in
-    one piece; the catalogue's item vectors are computed once per epoch for both replicas."""
+    one piece; the catalogue's item vectors are computed once per epoch for both replicas; and fit
+    traces its step once, as with one replica."""
     with _Processes(tmp_path) as processes:
         child = processes.start("replicas", [sys.executable, THIS, "recall_replicas", str(tmp_path / "out.json")])
         assert processes.wait(child, time.monotonic() + 150) == 0, processes.logs()
     report = json.load(open(tmp_path / "out.json"))
     assert report["replicas"] == 2
+    assert report["traces"] == 1  # the labels' PerReplicaSpec gives the metrics before fit's first trace
     assert report["val_recall"][-1] == pytest.approx(report["recall_in_one_piece"], abs=1e-12)
     assert report["recall_in_one_piece"] > 0
     assert report["catalogue_embeddings"] == [report["items"]] * 2  # 2 epochs, one embedding each

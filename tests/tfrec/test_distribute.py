@@ -537,7 +537,7 @@ def test_multi_worker_mirrored_matches_one_process(tmp_path):
     for out in outs:
         worker = json.load(open(out))
         assert worker["replicas"] == 2 and len(worker["batch"]) == steps
-        assert worker["traces"] == 1  # fit builds the metrics from one replica's label spec before it traces
+        assert worker["traces"] == 1  # fit builds the metrics before its first trace
         np.testing.assert_allclose(worker["batch"], reference["batch"], rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(worker["epoch"], reference["epoch"], rtol=2e-4, atol=2e-5)
     assert reference["epoch"][-1] < reference["epoch"][0]

@@ -9,8 +9,9 @@ import tensorflow as tf
 from feature_columns import DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 
 import tfrec.layers
-from tfrec.data import df_to_dataset, df_to_inputs
+from tfrec.data import df_to_inputs
 from tfrec.data.long_history import long_history_feature_columns, make_long_history_setting
+from tfrec.data.pipeline import batched_rows, dataset_elements
 from tfrec.data.planted import oracle_auc
 from tfrec.layers import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 from tfrec.metrics import auc
@@ -315,14 +316,27 @@ def long_history():
     return SimpleNamespace(train=train, test=test, oracle=oracle_auc(test.click.to_numpy(), test.p_click.to_numpy()))
 
 
-def train_and_score(data, build, maxlen, epochs=3):
+def long_history_rows(data, maxlen):
+    """Columns keeping the last `maxlen` events, and the train and test frames' rows as tensors.
+
+    Reading 12,800 histories of up to 2,000 events into arrays, looking them up and copying them
+    into tensors takes seconds, so models on the same columns share them (`df_to_dataset` is
+    `batched_rows` of `dataset_elements`, batch for batch)."""
     columns = long_history_feature_columns((data.train, data.test), maxlen)
+
+    def rows(frame, labels=None):
+        return tf.nest.map_structure(tf.convert_to_tensor, dataset_elements(frame, columns, labels))
+
+    return SimpleNamespace(columns=columns, train=rows(data.train, "click"), test=rows(data.test))
+
+
+def train_and_score(data, build, rows, epochs=3):
     tf.keras.utils.set_random_seed(0)
-    model = build(columns)
+    model = build(rows.columns)
     model.compile(tf.keras.optimizers.Adam(3e-3), "binary_crossentropy")
-    model.fit(df_to_dataset(data.train, columns, "click", batch_size=256, seed=0), epochs=epochs, verbose=0)
-    scores = model.predict(df_to_dataset(data.test, columns, batch_size=1024, shuffle=False), verbose=0).ravel()
-    return SimpleNamespace(model=model, columns=columns, auc=auc(data.test.click.to_numpy(), scores))
+    model.fit(batched_rows(rows.train, len(data.train), batch_size=256, seed=0), epochs=epochs, verbose=0)
+    scores = model.predict(batched_rows(rows.test, len(data.test), batch_size=1024, shuffle=False), verbose=0).ravel()
+    return SimpleNamespace(model=model, columns=rows.columns, auc=auc(data.test.click.to_numpy(), scores))
 
 
 @pytest.fixture(scope="module")
@@ -331,9 +345,11 @@ def trained(long_history):
         return lambda columns: SIM(columns, HISTORY, search=search, topk=50, short_maxlen=50,
                                    time_feature="timestamp", **SMALL)
 
-    models = {search: train_and_score(long_history, sim(search), LONG_MAXLEN) for search in ("hard", "soft", "simhash")}
+    long_rows = long_history_rows(long_history, LONG_MAXLEN)
+    models = {search: train_and_score(long_history, sim(search), long_rows) for search in ("hard", "soft", "simhash")}
     no_time = lambda columns: [c for c in columns if "timestamp" not in c.name]  # noqa: E731
-    models["din50"] = train_and_score(long_history, lambda c: DIN(no_time(c), HISTORY, **SMALL), 50)
+    models["din50"] = train_and_score(long_history, lambda c: DIN(no_time(c), HISTORY, **SMALL),
+                                      long_history_rows(long_history, 50))
     print(f"\nlong-history test AUC, oracle {long_history.oracle:.4f}: " + ", ".join(
         f"{name} {run.auc:.4f} ({run.auc / long_history.oracle:.3f})" for name, run in models.items()))
     return models

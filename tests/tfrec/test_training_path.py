@@ -100,6 +100,30 @@ def test_fit_evaluate_and_predict_trace_their_step_once_and_keras_names_the_metr
     assert fresh._split.step_functions["_test_step"].experimental_get_tracing_count() == 1
 
 
+def test_a_partial_last_batch_trains_in_an_eager_step_instead_of_a_second_compilation(small):
+    """XLA compiles the step for every batch shape. An epoch's partial last batch is kept by the
+    training function and trained by one eager step after its call (`_KeptBatch`): nothing is
+    lost or repeated, and the model trains as one whose every batch takes the same step without
+    XLA. Once the eager steps have taken as long as the first call, the compiled step trains the
+    partial batch (compiling for it once), so a long fit pays at most about that much."""
+    train_df, test_df, columns = small
+    x, y = df_to_inputs(train_df, columns), train_df["click"].to_numpy(np.float32)
+    batches = -(-len(y) // 100)
+    assert len(y) % 100
+    kept, plain = new_model(columns), new_model(columns, jit_compile=False)
+    for model in (kept, plain):
+        model.fit(x, y, batch_size=100, epochs=2, shuffle=False, verbose=0)
+        assert int(model.optimizer.iterations) == 2 * batches
+    assert kept._split.kept.eager_steps == 2 and plain._split.kept is None
+    assert kept.core_step_function().experimental_get_tracing_count() == 1
+    test = df_to_inputs(test_df, columns)
+    np.testing.assert_allclose(kept.predict(test, verbose=0), plain.predict(test, verbose=0), atol=2e-4)
+    kept.train_function.budget_s = 0.0  # the next eager step uses up the budget
+    kept.fit(x, y, batch_size=100, epochs=2, shuffle=False, verbose=0)
+    assert kept._split.kept.eager_steps == 3 and int(kept.optimizer.iterations) == 4 * batches
+    assert kept.train_function.experimental_get_tracing_count() == 1
+
+
 def test_rows_looked_up_by_the_pipeline_train_and_predict_like_raw_values(small):
     train_df, test_df, columns = small
     x, y = batch(train_df, columns, 0)

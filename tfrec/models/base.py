@@ -17,6 +17,7 @@ lookup layers: there is no second preprocessing path that could drift from the s
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import contextlib
+import time
 import warnings
 from collections.abc import Mapping
 
@@ -37,6 +38,133 @@ __all__ = ["RecModel", "SharedHistoryModel", "click_prediction", "history_model"
 STEPS_PER_EXECUTION = 32
 
 
+class _KeptBatch:
+    """A batch with fewer rows than the first one `fit` trained (an epoch's partial last batch),
+    kept by the training function and trained by one eager step once its call returns.
+
+    XLA compiles the step again for every new batch shape, and for the last batch alone that cost
+    more than the rest of a short first epoch: fit of 25,700 rows at batch 256 (its last batch 100
+    rows), first epoch against 25,600 rows: SDM 14.9 against 8.8 s, MIND 5.1 against 3.5 s,
+    YoutubeDNN 4.4 against 3.1 s. One eager step of SDM on 100 rows takes 0.17 s, once an epoch.
+
+    One batch is kept at a time. Another batch coming in the same call trains the kept one first,
+    with the compiled step (compiled for its shape, as without keeping), so batches train in the
+    order they come.
+    """
+
+    def __init__(self):
+        # Made with the model's `compile`, not while a step traces: a tf.function that makes
+        # variables on its first trace is traced again.
+        self.rows = tf.Variable(-1, trainable=False, name="first_batch_rows")
+        self.pending = tf.Variable(False, trainable=False, name="batch_kept")
+        self.keeping = tf.Variable(True, trainable=False, name="keeping_batches")
+        # The kept batch's tensors, serialized: one variable for any number and types of them.
+        self.batch = tf.Variable(tf.constant([], tf.string), shape=tf.TensorShape(None), trainable=False,
+                                 name="kept_batch")
+        # Per trace of the training function (one per structure of (indexed, y, sample_weight)):
+        # (that structure, which of its entries are given, their specs); `layout` numbers the kept one's.
+        self.layouts = []
+        self.layout = tf.Variable(0, trainable=False, name="kept_batch_layout")
+        self.eager_steps = 0
+
+    def _kept(self, layout):
+        structure, slots, specs = layout
+        parts = self.batch.read_value()
+        values = iter(tf.ensure_shape(tf.io.parse_tensor(parts[i], spec.dtype), spec.shape)
+                      for i, spec in enumerate(specs))
+        return tf.nest.pack_sequence_as(structure, [next(values) if s else None for s in slots])
+
+    def train_or_keep(self, inputs, train):
+        """In the training function: `train(inputs)` (the compiled step, its updates and metrics;
+        it returns tensors to wait for), or keep `inputs` (indexed, y, sample_weight) when they
+        have fewer rows than the first batch. Returns tensors to wait for."""
+        flat = tf.nest.flatten(inputs)
+        given = [t for t in flat if t is not None]
+        layout = (inputs, [t is not None for t in flat], [tf.TensorSpec(t.shape, t.dtype) for t in given])
+        self.layouts.append(layout)
+        number = len(self.layouts) - 1
+        rows, first = tf.shape(given[0])[0], self.first_batch_rows(given[0])
+
+        def train_kept():  # kept earlier in this call, so by this trace
+            with tf.control_dependencies(train(self._kept(layout))):
+                return self.pending.assign(False)
+
+        def keep():
+            with tf.control_dependencies([self.batch.assign(tf.stack([tf.io.serialize_tensor(t) for t in given])),
+                                          self.layout.assign(number)]):
+                return self.pending.assign(True)
+
+        def train_this():
+            with tf.control_dependencies(train(inputs)):
+                return tf.constant(False)
+
+        before = tf.cond(self.pending, train_kept, lambda: tf.constant(False))
+        with tf.control_dependencies([before]):
+            return [tf.cond((rows < first) & self.keeping, keep, train_this)]
+
+    def first_batch_rows(self, tensor):
+        """The rows of the first batch this `fit` trained: those of `tensor`, one of a batch's
+        tensors, if it is the first."""
+        rows = tf.shape(tensor)[0]
+        return tf.cond(self.rows < 0, lambda: self.rows.assign(rows), self.rows.read_value)
+
+    def train_eagerly(self, train):
+        """After a call of the training function: `train` on the kept batch, eagerly. Returns
+        whether a batch was kept."""
+        if not bool(self.pending.numpy()):
+            return False
+        train(self._kept(self.layouts[int(self.layout.numpy())]))
+        self.pending.assign(False)
+        self.eager_steps += 1
+        return True
+
+    def stop_keeping(self):
+        """From now on the compiled step trains every batch (compiling for a partial one's shape)."""
+        self.keeping.assign(False)
+
+    def restart(self):
+        """A new `fit`: its first batch sets the rows again."""
+        self.rows.assign(-1)
+
+
+class _KeepingTrainFunction:
+    """Keras' training function (a tf.function, whose attributes it passes on), then an eager
+    step on the batch its call kept (`_KeptBatch`).
+
+    Eager steps go on until together they have taken as long as the first call did (its tracing
+    and compilation, a bound on compiling for the partial batch's shape); from then on the
+    compiled step trains that batch too. So a long `fit` spends at most about that much more than
+    compiling at once, and a short one saves the compilation.
+    """
+
+    def __init__(self, function, kept, train, metrics):
+        self.function, self.kept, self.train, self.metrics = function, kept, train, metrics
+        self.budget_s, self.eager_s = None, 0.0
+
+    def __call__(self, iterator):
+        started = time.perf_counter()
+        try:
+            logs = self.function(iterator)
+        except tf.errors.OutOfRangeError:  # the data ran out within the call: its kept batch trains first
+            self._train_kept()
+            raise
+        if self.budget_s is None:
+            self.budget_s = time.perf_counter() - started
+        return self.metrics() if self._train_kept() else logs
+
+    def _train_kept(self):
+        started = time.perf_counter()
+        if not self.kept.train_eagerly(self.train):
+            return False
+        self.eager_s += time.perf_counter() - started
+        if self.eager_s >= (self.budget_s or 0.0):
+            self.kept.stop_keeping()
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self.function, name)
+
+
 class _TrainingSplit:
     """The model cut after its SparseIndex layers (a plain object, so Keras does not track it).
 
@@ -49,9 +177,10 @@ class _TrainingSplit:
     `update_rows_after_step`), and returns only theirs (the others are None).
     `steps(count, indexed, y, sample_weight)` runs `step` on `count` stacked batches in one XLA
     loop (see `_steps`); None unless the step applies every update and the model has no sequences.
+    `kept`: with `keep_partial_batches`, the `_KeptBatch` of `fit`'s partial last batches.
     """
 
-    def __init__(self, model, jit_compile, update_in_step=False, row_tables=()):
+    def __init__(self, model, jit_compile, keep_partial_batches=False, update_in_step=False, row_tables=()):
         indexed, read_raw, self.indexed_names, self.indexed_keys = [], [], [], []
         model_inputs = {id(t) for t in model.inputs}
         for layer in model.layers:
@@ -86,6 +215,7 @@ class _TrainingSplit:
         self.update_in_step = update_in_step
         self.row_tables = list(row_tables)
         self.step = tf.function(step, jit_compile=jit_compile)
+        self.kept = _KeptBatch() if keep_partial_batches else None
         # Several steps in one XLA call, when the step itself applies every update and the model
         # reads one value per feature (no behaviour sequences): a step of a few milliseconds, of
         # which passing the weights in and out is a noticeable share. A sequence model's step is
@@ -224,7 +354,8 @@ class RecModel(tf.keras.Model):
         row_tables = [table for table in tables if lazy and not self.optimizer.needs_no_unique([table])]
         update_in_step = xla and not distributed and lazy and \
             (not row_tables or self.optimizer.can_update_rows_after_step())
-        self._split = _TrainingSplit(self, jit_compile=xla, update_in_step=update_in_step,
+        self._split = _TrainingSplit(self, jit_compile=xla, keep_partial_batches=xla and not distributed,
+                                     update_in_step=update_in_step,
                                      row_tables=row_tables if update_in_step else ())
 
     def _is_distributed(self):
@@ -263,6 +394,8 @@ class RecModel(tf.keras.Model):
         if not args and not self._is_distributed():
             x, y, kwargs = self._fit_arguments_without_autotuning(x, y, kwargs)
         self._build_training_variables(x if y is None else y, y is None)
+        if getattr(self, "_split", None) is not None and self._split.kept is not None:
+            self._split.kept.restart()
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
@@ -652,14 +785,33 @@ class RecModel(tf.keras.Model):
         """Keras' train function. When the compiled step applies every update itself (see
         `compile`), one that reads its `steps_per_execution` batches first and trains those of the
         first one's shape in one XLA call (`_TrainingSplit.steps`, padded to that many steps so it
-        compiles once); a batch of another shape (an epoch's partial last batch) and those after
-        it get one compiled step each, as in Keras' own loop."""
+        compiles once); a batch of another shape and those after it get one compiled step each,
+        as in Keras' own loop. Outside a distribution strategy, an epoch's partial last batch is
+        trained by an eager step after the call instead (`_KeptBatch`, `_KeepingTrainFunction`)."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        function = self._train_function(force)
+        if self._keeps_partial_batches():
+            self.train_function = _KeepingTrainFunction(function, self._split.kept, self._eager_train_batch,
+                                                        self.get_metrics_result)
+        return self.train_function
+
+    def _keeps_partial_batches(self):
+        """Whether the training step keeps a partial batch for an eager step (`_KeptBatch`): with
+        an XLA step, outside a distribution strategy, and with Keras' own metrics update."""
+        split = getattr(self, "_split", None)
+        return split is not None and split.kept is not None and not self._is_distributed() \
+            and not self.run_eagerly and not self._has_own_step()
+
+    def _has_own_step(self):
+        """Whether a subclass has its own train_step or compute_metrics, which its fit must run."""
+        return type(self).train_step is not RecModel.train_step or \
+            type(self).compute_metrics is not tf.keras.Model.compute_metrics
+
+    def _train_function(self, force):
         split = getattr(self, "_split", None)
         steps = self._steps_per_execution
-        # A subclass's own train_step or compute_metrics is what its fit must run.
-        own_step = type(self).train_step is not RecModel.train_step or \
-            type(self).compute_metrics is not tf.keras.Model.compute_metrics
-        if (self.train_function is not None and not force) or split is None or split.steps is None or own_step \
+        if split is None or split.steps is None or self._has_own_step() \
                 or self.run_eagerly or steps is None or self._cluster_coordinator is not None \
                 or int(steps.numpy()) == 1:
             return super().make_train_function(force)
@@ -670,6 +822,8 @@ class RecModel(tf.keras.Model):
             _, first = self._step_inputs(next(iterator))
             leaves = tf.nest.flatten(first)
             given = [t for t in leaves if t is not None]
+            if self._keeps_partial_batches():  # batches of the first one's shape bypass `_train_or_keep`
+                self._split.kept.first_batch_rows(given[0])
             batches = [tf.TensorArray(t.dtype, size=requested, infer_shape=False).write(0, t) for t in given]
 
             def read(count, _, uniform, batches):
@@ -715,19 +869,20 @@ class RecModel(tf.keras.Model):
             done = tf.cond(looped > 0, in_one_loop, lambda: tf.constant(0))
 
             def one_step(i):
-                indexed, y, sample_weight = restored([b.read(i) for b in batches], 1)
-                y_pred, _ = split.step(indexed, y, sample_weight)
-                self.compiled_metrics.update_state(y, y_pred, sample_weight)
-                with tf.control_dependencies(tf.nest.flatten(y_pred)):  # the next step after this one
+                batch = restored([b.read(i) for b in batches], 1)
+                with tf.control_dependencies(self._train_or_keep(batch)):  # the next step after this one
                     return i + 1
 
             trained = tf.while_loop(lambda i: i < count, one_step, [looped])
             self._train_counter.assign_add(tf.cast(count, self._train_counter.dtype))
-            # Data that ran out within the call: its batches are trained first (the iterator shares
-            # no variable with the steps, so nothing else orders the two), then the exhausted
-            # iterator's error ends the epoch, as in Keras' own loop.
-            with tf.control_dependencies([done, trained]):
-                tf.cond(count < requested, lambda: tf.shape(tf.nest.flatten(next(iterator))[0])[0], lambda: 0)
+            # Data that ran out within the call: its batches are trained first, then the exhausted
+            # iterator's error ends the epoch, as in Keras' own loop. The iterator shares no variable
+            # with the steps, and a control dependency of the tf.cond did not order the two (lowered,
+            # its branch waits only for its predicate: the error came before the last batch trained
+            # in 3 of 5 runs), so the predicate itself reads the steps' results.
+            steps_done = tf.equal(done, 0) & (trained >= looped)
+            tf.cond(steps_done & (count < requested), lambda: tf.shape(tf.nest.flatten(next(iterator))[0])[0],
+                    lambda: 0)
             return self.get_metrics_result()
 
         self.train_tf_function = self.train_function = tf.function(train_function, reduce_retracing=True)
@@ -760,13 +915,39 @@ class RecModel(tf.keras.Model):
 
     def _train_step(self, data):
         x, (indexed, y, sample_weight) = self._step_inputs(data)
-        y_pred, gradients = self._split.step(indexed, y, sample_weight)
+        if not self._keeps_partial_batches():
+            y_pred = self._train_batch(self._split.step, indexed, y, sample_weight)
+            return self.compute_metrics(x, y, y_pred, sample_weight)
+        with tf.control_dependencies(self._train_or_keep((indexed, y, sample_weight))):
+            return self.get_metrics_result()
+
+    def _train_or_keep(self, batch):
+        """The compiled step and the metrics on `batch` (indexed, y, sample_weight), or the batch
+        kept for `_eager_train_batch` (`_KeptBatch`). Returns tensors to wait for."""
+        def train(batch):
+            y_pred = self._train_batch(self._split.step, *batch)
+            self.compiled_metrics.update_state(batch[1], y_pred, batch[2])
+            return tf.nest.flatten(y_pred)
+
+        if not self._keeps_partial_batches():
+            return train(batch)
+        return self._split.kept.train_or_keep(batch, train)
+
+    def _eager_train_batch(self, batch):
+        """A kept batch, trained eagerly by the step's Python function: no compilation for its shape."""
+        y_pred = self._train_batch(self._split.step.python_function, *batch)
+        self.compiled_metrics.update_state(batch[1], y_pred, batch[2])
+
+    def _train_batch(self, step, indexed, y, sample_weight):
+        """`step` (the compiled step or its Python function) on one batch, and the updates it
+        leaves to do. Returns the predictions."""
+        y_pred, gradients = step(indexed, y, sample_weight)
         pairs = [(g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None]
         if not self._split.update_in_step:
             self.optimizer.apply_gradients(pairs)
         elif pairs:
             self.optimizer.update_rows_after_step(pairs)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        return y_pred
 
     def _test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)

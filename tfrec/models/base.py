@@ -43,9 +43,9 @@ class _KeptBatch:
     kept by the training function and trained by one eager step once its call returns.
 
     XLA compiles the step again for every new batch shape, and for the last batch alone that cost
-    more than the rest of a short first epoch: fit of 25,700 rows at batch 256 (its last batch 100
-    rows), first epoch against 25,600 rows: SDM 14.9 against 8.8 s, MIND 5.1 against 3.5 s,
-    YoutubeDNN 4.4 against 3.1 s. One eager step of SDM on 100 rows takes 0.17 s, once an epoch.
+    most of a short fit's first epoch: on 25,700 rows at batch 256 (the last batch 100 rows)
+    against 25,600, SDM's first epoch took 14.1 against 8.4-8.8 s, MIND's 5.6 against 3.8 s
+    (docs/training.md). One eager step of SDM on 100 rows takes 0.17 s, once an epoch.
 
     One batch is kept at a time. Another batch coming in the same call trains the kept one first,
     with the compiled step (compiled for its shape, as without keeping), so batches train in the

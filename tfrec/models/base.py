@@ -925,9 +925,7 @@ class RecModel(tf.keras.Model):
         """The compiled step and the metrics on `batch` (indexed, y, sample_weight), or the batch
         kept for `_eager_train_batch` (`_KeptBatch`). Returns tensors to wait for."""
         def train(batch):
-            y_pred = self._train_batch(self._split.step, *batch)
-            self.compiled_metrics.update_state(batch[1], y_pred, batch[2])
-            return tf.nest.flatten(y_pred)
+            return self._train_and_measure(self._split.step, batch)
 
         if not self._keeps_partial_batches():
             return train(batch)
@@ -935,8 +933,13 @@ class RecModel(tf.keras.Model):
 
     def _eager_train_batch(self, batch):
         """A kept batch, trained eagerly by the step's Python function: no compilation for its shape."""
-        y_pred = self._train_batch(self._split.step.python_function, *batch)
+        self._train_and_measure(self._split.step.python_function, batch)
+
+    def _train_and_measure(self, step, batch):
+        """`_train_batch`, then the compiled metrics on its predictions. Returns them, flat."""
+        y_pred = self._train_batch(step, *batch)
         self.compiled_metrics.update_state(batch[1], y_pred, batch[2])
+        return tf.nest.flatten(y_pred)
 
     def _train_batch(self, step, indexed, y, sample_weight):
         """`step` (the compiled step or its Python function) on one batch, and the updates it

@@ -146,18 +146,18 @@ class _KeepingTrainFunction:
         try:
             logs = self.function(iterator)
         except tf.errors.OutOfRangeError:  # the data ran out within the call: its kept batch trains first
-            self._train_kept()
+            self._train_kept(started)
             raise
-        if self.budget_s is None:
-            self.budget_s = time.perf_counter() - started
-        return self.metrics() if self._train_kept() else logs
+        return self.metrics() if self._train_kept(started) else logs
 
-    def _train_kept(self):
+    def _train_kept(self, call_started):
+        if self.budget_s is None:  # the first call, also when its data ran out within it
+            self.budget_s = time.perf_counter() - call_started
         started = time.perf_counter()
         if not self.kept.train_eagerly(self.train):
             return False
         self.eager_s += time.perf_counter() - started
-        if self.eager_s >= (self.budget_s or 0.0):
+        if self.eager_s >= self.budget_s:
             self.kept.stop_keeping()
         return True
 

@@ -789,9 +789,9 @@ class RecModel(tf.keras.Model):
         `compile`), one that reads its `steps_per_execution` batches first and trains those of the
         first one's shape in one XLA call (`_TrainingSplit.steps`, padded to that many steps so it
         compiles once); a batch of another shape and those after it get one compiled step each,
-        as in Keras' own loop. Without that loop (a model with sequences) and outside a
-        distribution strategy, an epoch's partial last batch is trained by an eager step after
-        the call instead (`_KeptBatch`, `_KeepingTrainFunction`)."""
+        as in Keras' own loop. Without that loop (a model with sequences, or a table updated after
+        the step) and outside a distribution strategy, an epoch's partial last batch is trained
+        by an eager step after the call instead (`_KeptBatch`, `_KeepingTrainFunction`)."""
         if self.train_function is not None and not force:
             return self.train_function
         function = self._train_function(force)

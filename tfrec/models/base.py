@@ -827,8 +827,6 @@ class RecModel(tf.keras.Model):
             _, first = self._step_inputs(next(iterator))
             leaves = tf.nest.flatten(first)
             given = [t for t in leaves if t is not None]
-            if self._keeps_partial_batches():  # batches of the first one's shape bypass `_train_or_keep`
-                self._split.kept.first_batch_rows(given[0])
             batches = [tf.TensorArray(t.dtype, size=requested, infer_shape=False).write(0, t) for t in given]
 
             def read(count, _, uniform, batches):

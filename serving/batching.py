@@ -3,7 +3,8 @@
 Requests to the same model version and signature whose inputs agree on dtype and on every
 dimension but the first are queued, concatenated along dimension 0, run as one call, and
 the outputs split back by rows. A batch closes when it holds `max_batch_size` rows or when
-its oldest request has waited `batch_timeout_micros`. With `allowed_batch_sizes`, a batch is
+its oldest request has waited `batch_timeout_micros`. A batch that fails runs each of its
+requests again alone, so one caller's bad input fails only that caller. With `allowed_batch_sizes`, a batch is
 padded (repeating its first row) up to the next allowed size, and the padding is dropped
 from the outputs.
 
@@ -273,19 +274,34 @@ class Batcher:
             if batch is None:
                 return
             try:
-                self._run_batch(batch)
-            except ServingError as error:
-                for task in batch:
-                    task.error = error
-            except Exception as error:  # noqa: BLE001 - a worker must never die
-                log.exception("%s: batch failed", self._name)
-                for task in batch:
-                    task.error = ServingError(grpc.StatusCode.INTERNAL, str(error))
+                if not self._run_or_fail(batch) and len(batch) > 1:
+                    # One caller's bad input (a NaN the model's checks refuse) fails the whole
+                    # batch: each request runs again alone, so every caller gets its own outputs
+                    # or its own error, never another caller's.
+                    for task in batch:
+                        task.error = None
+                        self._run_or_fail([task])
             finally:
                 for task in batch:
                     task.finish()
 
+    def _run_or_fail(self, batch):
+        """Runs `batch`; whether it ran. If not, each of its tasks holds the error."""
+        try:
+            self._run_batch(batch)
+            return True
+        except ServingError as error:
+            failure = error
+        except Exception as error:  # noqa: BLE001 - a worker must never die
+            log.exception("%s: batch failed", self._name)
+            failure = ServingError(grpc.StatusCode.INTERNAL, str(error))
+        for task in batch:
+            task.error = failure
+        return False
+
     def _padded_size(self, rows):
+        if not rows:  # a batch of 0-row requests has no row to pad with; the model takes 0 rows
+            return 0
         for size in self._options.allowed_batch_sizes:
             if size >= rows:
                 return size
@@ -297,8 +313,8 @@ class Batcher:
         inputs = {}
         for alias in batch[0].inputs:
             parts = [task.inputs[alias] for task in batch]
-            if padded > rows:
-                first_row = parts[0][:1]
+            if padded > rows:  # the first row of the batch, repeated (not of a 0-row request's part)
+                first_row = next(part for part in parts if len(part))[:1]
                 parts.append(np.repeat(first_row, padded - rows, axis=0))
             inputs[alias] = np.concatenate(parts, axis=0)
         log.debug("%s: running a batch of %d requests, %d rows (padded to %d)",

@@ -9,7 +9,8 @@
   tf1/1          TF1 SavedModelBuilder export: "x" [-1,2] -> "y" = x @ [[1],[10]], and
                  signature "strlen": "words" -> "n".
   int_toy/1      like toy's serving_default but "x" is int64; score = x @ [1,2,3] + 100.
-  batchy/1       "x" [-1,2] -> "y" = 2x and "batch_rows" = rows of the batch it ran in.
+  batchy/1       "x" [-1,2] -> "y" = 2x and "batch_rows" = rows of the batch it ran in; a
+                 NaN or inf in "x" fails the call.
   estimator/1    TF1 Estimator-style export (Session + SavedModelBuilder): a string
                  placeholder "input_example_tensor" of shape [-1] parsed by ParseExample
                  (features "x" float [2], "n" int64 (default 0), "word" string (default "")),
@@ -73,6 +74,7 @@ class Batchy(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
     def serve(self, x):
         rows = tf.shape(x)[0]
+        x = tf.debugging.assert_all_finite(x, "x holds NaN or inf")
         return {"y": x * 2.0, "batch_rows": tf.fill([rows], rows)}
 
 

@@ -15,6 +15,8 @@ BATCHING_PARAMETERS = """
 max_batch_size { value: 8 }
 batch_timeout_micros { value: 300000 }
 num_batch_threads { value: 1 }
+allowed_batch_sizes: 4
+allowed_batch_sizes: 8
 """
 
 
@@ -35,9 +37,30 @@ def client(server):
         yield grpc_client
 
 
+def concurrently(client, requests):
+    """Each of `requests` ({"x": rows}) sent at once from its own thread: the outputs, or the
+    ServingError, of each."""
+    results = [None] * len(requests)
+    client.metadata("batchy")  # cache the signature, so each thread makes one Predict call
+    start = threading.Barrier(len(requests))
+
+    def call(index):
+        start.wait()
+        try:
+            results[index] = client.predict("batchy", requests[index])
+        except ServingError as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_batching_parameters_parse_like_tf_serving():
-    options = BatchingOptions.from_text(BATCHING_PARAMETERS + "allowed_batch_sizes: 4\n"
-                                        "allowed_batch_sizes: 8\n")
+    options = BatchingOptions.from_text(BATCHING_PARAMETERS)
     assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads,
             options.allowed_batch_sizes) == (8, 300000, 1, (4, 8))
     with pytest.raises(ValueError, match="must equal max_batch_size"):
@@ -46,19 +69,7 @@ def test_batching_parameters_parse_like_tf_serving():
 
 def test_concurrent_requests_run_in_one_batch_and_get_their_own_rows(client):
     rows = [np.array([[i, -i]], np.float32) for i in range(8)]
-    results = [None] * len(rows)
-    client.metadata("batchy")  # cache the signature, so each thread makes one Predict call
-    start = threading.Barrier(len(rows))
-
-    def call(index):
-        start.wait()
-        results[index] = client.predict("batchy", {"x": rows[index]})
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = concurrently(client, [{"x": x} for x in rows])
     for x, outputs in zip(rows, results):
         np.testing.assert_array_equal(outputs["y"], 2 * x)
     batch_sizes = [int(outputs["batch_rows"][0]) for outputs in results]
@@ -78,6 +89,27 @@ def test_request_larger_than_max_batch_size_is_refused(client):
         client.predict("batchy", {"x": np.zeros((9, 2), np.float32)})
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.message == "Task size 9 is larger than maximum input batch size 8"
+
+
+def test_one_callers_bad_input_fails_that_caller_alone(client):
+    rows = [np.array([[i, -i]], np.float32) for i in range(6)]
+    rows[2] = np.array([[np.nan, 1.0]], np.float32)
+    results = concurrently(client, [{"x": x} for x in rows])
+    assert isinstance(results[2], ServingError) and results[2].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x holds NaN or inf" in results[2].message
+    for index, (x, outputs) in enumerate(zip(rows, results)):
+        if index != 2:
+            np.testing.assert_array_equal(outputs["y"], 2 * x)
+
+
+def test_a_0_row_request_gets_0_rows_alone_or_batched_with_others(client):
+    """A batch is padded to an allowed size (4 or 8) with its first row, which a 0-row request
+    does not have: it must neither fail nor fail the requests batched with it."""
+    empty = np.zeros((0, 2), np.float32)
+    assert client.predict("batchy", {"x": empty})["y"].shape == (0, 2)
+    rows = [empty, np.array([[1, 2], [3, 4], [5, 6]], np.float32), empty]
+    for x, outputs in zip(rows, concurrently(client, [{"x": x} for x in rows])):
+        np.testing.assert_array_equal(outputs["y"], 2 * x)
 
 
 def test_sigterm_stops_the_server_with_exit_code_0(server, client):

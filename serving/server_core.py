@@ -112,6 +112,10 @@ class ServerCore:
         self._retired = []
         self._busy = {}  # VersionManager -> the Future of its poll or retries on the load threads
         self._lock = threading.Lock()
+        # One reload at a time, as TF Serving's ServerCore holds config_mu_ through ReloadConfig:
+        # an earlier reload still waiting for its loads would otherwise install its labels over
+        # those of a later one that had already answered OK.
+        self._reload_lock = threading.Lock()
         self._poll_cond = threading.Condition()
         self._config_generation = 0   # bumped by every config change (under _lock)
         self._polled_at = weakref.WeakKeyDictionary()  # VersionManager -> config generation of its last poll
@@ -175,12 +179,22 @@ class ServerCore:
         version that is still loading. Stricter than TF Serving: a model the reload adds, moves or
         gives another version policy must have a version it wants on disk (else NOT_FOUND, or
         INVALID_ARGUMENT for a missing base path, and nothing changes), and a moved model whose
-        new path loads no version keeps serving from the old one (UNKNOWN).
+        new path loads no version keeps serving from the old one (UNKNOWN). Reloads run one at a
+        time, in the order they come, as in TF Serving.
         """
         if config.WhichOneof("config") is None:
             raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                                    "ModelConfigList is currently supported")
         validate_config(config)
+        deadline = time.monotonic() + timeout
+        if not self._reload_lock.acquire(timeout=timeout):  # waits for an earlier reload to end
+            raise _timed_out()
+        try:
+            self._reload(config, deadline)
+        finally:
+            self._reload_lock.release()
+
+    def _reload(self, config, deadline):
         with self._lock:
             before = {name: model.config for name, model in self._models.items()}
         # A model the reload adds or points elsewhere must have a version there: refused before
@@ -196,7 +210,6 @@ class ServerCore:
             if old is not None and old.base_path != model.base_path:
                 moved.append(model)
         generation = self._apply_config(config, labels_later=True)
-        deadline = time.monotonic() + timeout
         changed = [m.name for m in config.model_config_list.config
                    if m.name not in before or before[m.name].model_version_policy != m.model_version_policy]
         with self._poll_cond:
@@ -207,7 +220,8 @@ class ServerCore:
             # model in a slow load on a load thread does not hold the reload back.
             if not self._poll_cond.wait_for(
                     lambda: self._stopping or (all(self._polled_since(name, generation) for name in changed)
-                                               and not any(m.name in self._replacing for m in moved)), timeout):
+                                               and not any(m.name in self._replacing for m in moved)),
+                    max(0.0, deadline - time.monotonic())):
                 raise _timed_out()
         added = [m.name for m in config.model_config_list.config if m.name not in before]
         self.wait_until_models_available(added, max(0.0, deadline - time.monotonic()))

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
+from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, prediction_log_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
 from exporters.layout import staged_version_dir
@@ -397,6 +397,59 @@ def test_a_label_moved_to_a_version_a_reload_loads_takes_effect_once_it_has_load
             wait_for(lambda: load.count() >= counted + 50)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert load.errors() == [] and load.versions() == {1}
+
+
+def test_reloads_run_one_at_a_time_so_the_one_sent_last_decides(saved_models, tmp_path):
+    """R1 adds a model whose load takes a while (3,000 warmup requests) and keeps label stable at
+    version 1; R2, sent while R1 waits for that load, lists the same models with stable at 2. As
+    TF Serving serializes ReloadConfig, R2 waits for R1: once R2 answers OK the added model
+    serves, and R2's label stays (R1 used to install its labels over it when its load ended)."""
+    slow = tmp_path / "slow"
+    shutil.copytree(saved_models / "toy" / "1", slow / "1")
+    good = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+        request=toy_request([[1.0, 2.0, 3.0]], [b"warm"], "slow"))).SerializeToString()
+    with tf.io.TFRecordWriter(str(slow / "1" / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for _ in range(3000):
+            writer.write(good)
+
+    def config(stable, with_slow):
+        request = model_management_pb2.ReloadConfigRequest()
+        toy = request.config.model_config_list.config.add()
+        toy.name, toy.base_path, toy.model_platform = "toy", str(saved_models / "toy"), "tensorflow"
+        toy.model_version_policy.all.SetInParent()
+        toy.version_labels["stable"] = stable
+        if with_slow:
+            model = request.config.model_config_list.config.add()
+            model.name, model.base_path, model.model_platform = "slow", str(slow), "tensorflow"
+        return request
+
+    path = tmp_path / "models.config"
+    path.write_text(str(config(1, False).config))
+    with LocalServer(model_config_file=str(path), rest=False) as server, \
+            grpc.insecure_channel(server.grpc_target) as channel:
+        reload = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        errors = []
+
+        def send(name, request, delay):
+            time.sleep(delay)
+            try:
+                reload(request, timeout=120)
+                if name == "R2":  # its OK means its models serve
+                    predict(toy_request([[1.0, 2.0, 3.0]], [b"x"], "slow"), timeout=30)
+            except grpc.RpcError as error:
+                errors.append((name, error.code(), error.details()))
+
+        threads = [threading.Thread(target=send, args=("R1", config(1, True), 0.0)),
+                   threading.Thread(target=send, args=("R2", config(2, True), 0.05))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        request = toy_request([[1.0, 2.0, 3.0]], [b"x"])
+        request.model_spec.version_label = "stable"
+        assert predict(request, timeout=30).model_spec.version.value == 2
 
 
 def test_a_reload_waits_for_the_load_retries_of_a_model_it_adds(live, saved_models, tmp_path):

@@ -192,3 +192,44 @@ def test_df_to_dataset_runs_without_autotuning_so_each_epochs_iterator_ends_at_o
         started = time.perf_counter()
         del iterator
         assert time.perf_counter() - started < 0.5
+
+
+def test_padding_in_a_longer_cell_is_not_an_event_so_the_frame_keeps_what_the_model_keeps():
+    """Cells post-padded (DeepCTR's pad_sequences, a CSV's empty placeholders) and longer than
+    maxlen keep their most recent events, not their last cells: the model, fed the cells as they
+    are, keeps the same ones, so training (on the frame) and serving (on raw rows) agree."""
+    from feature_columns import VarLenDenseFeat
+    from tfrec.models import DIN
+    columns = [SparseFeat("item_id", 10, 4, dtype="int64"), SparseFeat("cate_id", dtype="string", vocabulary=["a", "b"]),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, dtype="int64", embedding_name="item_id"), maxlen=3),
+               VarLenSparseFeat(SparseFeat("hist_cate_id", dtype="string", vocabulary=["a", "b"],
+                                           embedding_name="cate_id"), maxlen=3),
+               VarLenDenseFeat("hist_time", 3, dtype="int64")]
+    padded = pd.DataFrame({"item_id": [7, 7, 7], "cate_id": ["a", "b", "a"],
+                           "hist_item_id": [[1, 2, 3, 0, 0], [4, 0, 5, 0, 0], [1, 2, 99, 3, 4]],  # 99: out of range
+                           "hist_cate_id": [["a", "b", "a", "", ""], ["b", "", "a", "", ""], ["a", "a", "b", "b", "a"]],
+                           "hist_time": [[1, 2, 3, 0, 0], [4, 0, 5, 0, 0], [1, 2, 9, 3, 4]]})
+    events = pd.DataFrame({"item_id": [7, 7, 7], "cate_id": ["a", "b", "a"],
+                           "hist_item_id": [[1, 2, 3], [4, 5], [2, 3, 4]],
+                           "hist_cate_id": [["a", "b", "a"], ["b", "a"], ["a", "b", "a"]],
+                           "hist_time": [[1, 2, 3], [4, 5], [2, 3, 4]]})
+    kept, expected = df_to_inputs(padded, columns), df_to_inputs(events, columns)
+    for name in expected:
+        assert kept[name].tolist() == expected[name].tolist(), name
+    assert kept["hist_item_id"].tolist() == [[1, 2, 3], [4, 5, 0], [2, 3, 4]]
+
+    model = DIN(columns[:4], ["item_id", "cate_id"], dnn_hidden_units=(8,), att_hidden_size=(8,))
+    for weight in model.weights:  # embeddings that tell events apart
+        if "embeddings" in weight.name:
+            weight.assign(tf.random.stateless_normal(weight.shape, seed=[1, 2]))
+    raw = {name: np.array(padded[name].tolist()) for name in ["item_id", "cate_id", "hist_item_id", "hist_cate_id"]}
+    np.testing.assert_allclose(model.predict({name: kept[name] for name in raw}, verbose=0),
+                               model.predict(raw, verbose=0), atol=1e-6)
+
+    # A length column bounds the events too: the first `length` cells of a row are its items.
+    columns[2] = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, dtype="int64", embedding_name="item_id"),
+                                  maxlen=3, length_name="hist_len")
+    bounded = df_to_inputs(padded.assign(hist_len=[2, 5, 4]), columns)
+    assert bounded["hist_item_id"].tolist() == [[1, 2, 0], [4, 5, 0], [1, 2, 3]]
+    assert bounded["hist_len"].tolist() == [2, 2, 3]
+    assert bounded["hist_time"].tolist() == [[1, 2, 0], [4, 5, 0], [1, 2, 3]]

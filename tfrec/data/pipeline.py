@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, look_up_rows
+from feature_columns import (HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, index_layer,
+                             look_up_rows)
 
 __all__ = ["df_to_inputs", "df_to_dataset", "without_autotuning"]
 
@@ -133,40 +134,94 @@ def _sequence_lengths(cells, name):
     return lengths
 
 
-def _pad_recent(cells, lengths, maxlen, pad_value, cast):
-    """(n, maxlen): each row's last min(len, maxlen) items, cast by `cast`, left-aligned, padded.
+def _joined(parts):
+    """The items of `parts` (numpy arrays or lists, in order) as one numpy array."""
+    if parts and all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts)
+    return np.array(list(itertools.chain.from_iterable(parts)))
 
-    Cells that are all numpy arrays (or None) are cut to their kept part and joined by
-    np.concatenate, so long histories cost O(n * maxlen) and only kept items are cast; other
-    cells (lists, tuples, a mix) are chained item by item and every item is cast.
+
+def _picked_events(column, cells, lengths, given_lengths=None):
+    """{row: positions in its cell} for the rows of sequence `column` whose kept events are not
+    simply their last `maxlen` cells.
+
+    A model keeps a row's most recent `maxlen` events: the positions whose id its lookup does not
+    map to padding ("" or 0, an out-of-range plain id, "0" in a hashed string history), within
+    the row's given length (`given_lengths`, the column's `length_name` in the DataFrame). A row
+    longer than maxlen whose last maxlen cells hold padding (a CSV history with placeholders,
+    `"i3|i7|||||"`, or an array post-padded as DeepCTR's `pad_sequences` pads) would lose its real
+    events to a plain cut, and train on other histories than its export serves. Only those
+    rows' cells are looked up whole, so rows of 1000s of events still cost O(maxlen) each.
+    """
+    maxlen, lookup = column.maxlen, index_layer(column)
+    rows = np.flatnonzero(lengths > maxlen)
+
+    def events(parts):
+        ids = _ids(_joined(parts), column.dtype, column.name)
+        return lookup(tf.constant(ids), sequence=True).numpy() != 0
+
+    if not len(rows):
+        return {}
+    tail_positions = lengths[rows, None] - maxlen + np.arange(maxlen)
+    in_tail = events([cells[row][lengths[row] - maxlen:] for row in rows]).reshape(len(rows), maxlen)
+    if given_lengths is not None:
+        in_tail &= tail_positions < given_lengths[rows, None]
+    cut_into = rows[~in_tail.all(axis=1)]
+    if not len(cut_into):
+        return {}
+    picked = {}
+    whole = np.split(events([cells[row] for row in cut_into]), np.cumsum(lengths[cut_into])[:-1])
+    for row, event in zip(cut_into.tolist(), whole):
+        if given_lengths is not None:
+            event &= np.arange(len(event)) < given_lengths[row]
+        picked[row] = np.flatnonzero(event)[-maxlen:]
+    return picked
+
+
+def _events_kept_by(df, sequence, lengths):
+    """`_picked_events` of `sequence` in `df`; none for a dense one (any number is an event)."""
+    if not isinstance(sequence, VarLenSparseFeat):
+        return {}
+    given = df[sequence.length_name].to_numpy().astype(np.int64) if sequence.length_name in df.columns else None
+    return _picked_events(sequence, df[sequence.name].to_numpy(), lengths, given)
+
+
+def _pad_recent(cells, lengths, maxlen, pad_value, cast, picked):
+    """(n, maxlen): each row's kept items, cast by `cast`, left-aligned, padded with `pad_value`.
+
+    A row keeps its last min(len, maxlen) items, or for a row in `picked` (`_picked_events`) the
+    items at its positions. Only kept items are cut out and cast, so rows of 1000s of events cost
+    O(maxlen) each.
     """
     kept = np.minimum(lengths, maxlen)
-    real = np.arange(maxlen)[None, :] < kept[:, None]
-    if len(cells) and all(c is None or isinstance(c, np.ndarray) for c in cells):
-        parts = [c[len(c) - k:] for c, k in zip(cells, kept.tolist()) if k]
-        flat = cast(np.concatenate(parts) if parts else np.array([]))
-        out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
-        out[real] = flat  # the kept items in row-major order, exactly as `real` lists them
-        return out
-    flat = cast(np.array(list(itertools.chain.from_iterable(c for c in cells if c is not None))))
-    first_kept = np.cumsum(lengths) - kept  # flat index of each row's oldest kept item
+    parts = []
+    for row, cell in enumerate(cells):
+        if row in picked:
+            kept[row] = len(picked[row])
+            parts.append(np.asarray(cell)[picked[row]])
+        elif kept[row]:
+            parts.append(cell[len(cell) - kept[row]:])
+    flat = cast(_joined(parts))
     out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
-    out[real] = flat[(first_kept[:, None] + np.arange(maxlen)[None, :])[real]]
+    out[np.arange(maxlen)[None, :] < kept[:, None]] = flat  # the kept items in row-major order
     return out
 
 
-def _sequence_inputs(df, column, lengths):
+def _sequence_inputs(df, column, lengths, picked):
     """Padded ids (n, maxlen), plus its length and weight arrays where the column names them."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
     padding = "" if column.dtype == _STRING else 0
     padded = _pad_recent(cells, lengths, column.maxlen, padding,
-                         lambda flat: _ids(flat, column.dtype, column.name))
+                         lambda flat: _ids(flat, column.dtype, column.name), picked)
     inputs = {column.name: padded}
     if column.length_name is not None:
         if column.length_name in df.columns:
-            inputs[column.length_name] = df[column.length_name].to_numpy().astype(np.int32)
+            given = df[column.length_name].to_numpy().astype(np.int32)
         else:
-            inputs[column.length_name] = np.minimum(lengths, column.maxlen).astype(np.int32)
+            given = np.minimum(lengths, column.maxlen).astype(np.int32)
+        for row, positions in picked.items():  # a picked row's kept cells are all events
+            given[row] = len(positions)
+        inputs[column.length_name] = given
     if column.weight_name is not None:
         weight_cells = _column(df, column.weight_name, f"feature '{column.name}'").to_numpy()
         weight_lengths = _sequence_lengths(weight_cells, column.weight_name)
@@ -178,7 +233,7 @@ def _sequence_inputs(df, column, lengths):
                 f"{lengths[mismatch[0]]} items"
             )
         inputs[column.weight_name] = _pad_recent(weight_cells, lengths, column.maxlen, 0.0,
-                                                 lambda flat: flat.astype(np.float32))
+                                                 lambda flat: flat.astype(np.float32), picked)
     return inputs
 
 
@@ -216,10 +271,11 @@ def _dense_input(df, column):
     return array
 
 
-def _dense_sequence_input(df, column, lengths):
-    """(n, maxlen) of the column's dtype: the most recent maxlen numbers, right-padded with 0."""
+def _dense_sequence_input(df, column, lengths, picked):
+    """(n, maxlen) of the column's dtype: the numbers of the kept events, right-padded with 0."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    return _pad_recent(cells, lengths, column.maxlen, 0, lambda flat: _numbers(flat, column.dtype, column.name))
+    return _pad_recent(cells, lengths, column.maxlen, 0, lambda flat: _numbers(flat, column.dtype, column.name),
+                       picked)
 
 
 def df_to_inputs(df, feature_columns):
@@ -227,14 +283,16 @@ def df_to_inputs(df, feature_columns):
 
     SparseFeat -> (n,) of its dtype (int32/int64, or an object array of str for "string").
     VarLenSparseFeat -> (n, maxlen): each cell is a list/array ordered oldest to newest; the
-    most recent `maxlen` items are kept, left-aligned, right-padded with 0 (or ""). Its
+    most recent `maxlen` events are kept, left-aligned, right-padded with 0 (or ""), as the model
+    keeps them: padding in a longer cell ("" or 0, at the end or between events) is not an event,
+    and the behaviour sequences of one maxlen keep the events of the first of them. Its
     `length_name` -> (n,) int32 true lengths capped at maxlen (taken from the DataFrame if it
-    has that column); its `weight_name` column (a list of floats per row) -> (n, maxlen)
+    has that column, and then also bounding which cells are events); its `weight_name` column (a list of floats per row) -> (n, maxlen)
     float32 aligned with the kept items. DenseFeat -> (n,) float32 if dimension is 1, else
     (n, dimension); cells may hold lists or arrays; dtype "int64" gives int64 (epoch seconds
     stay exact). VarLenDenseFeat -> (n, maxlen) of its dtype: a list/array of numbers per row,
-    the most recent `maxlen` kept and right-padded with 0, exactly as a VarLenSparseFeat of the
-    same maxlen keeps and pads the same rows (so `hist_timestamp` lines up with `hist_item_id`).
+    the kept events' numbers right-padded with 0, exactly as the VarLenSparseFeat behaviour
+    sequences of the same maxlen keep and pad the same rows (so `hist_timestamp` lines up with `hist_item_id`).
     Sequence cells that are numpy arrays are cut to their kept part before they are joined, so
     rows of 1000s of events cost O(maxlen) each.
 
@@ -246,33 +304,44 @@ def df_to_inputs(df, feature_columns):
     lengths = {column.name: _sequence_lengths(_column(df, column.name, f"feature '{column.name}'").to_numpy(),
                                               column.name)
                for column in feature_columns if isinstance(column, (VarLenSparseFeat, VarLenDenseFeat))}
-    _check_events_aligned(feature_columns, lengths)
+    groups = _check_events_aligned(feature_columns, lengths)
+    picks = {}
     for column in feature_columns:
         if isinstance(column, SparseFeat):
             values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
             inputs[column.name] = _ids(values, column.dtype, column.name)
-        elif isinstance(column, VarLenSparseFeat):
-            inputs.update(_sequence_inputs(df, column, lengths[column.name]))
         elif isinstance(column, DenseFeat):
             inputs[column.name] = _dense_input(df, column)
-        elif isinstance(column, VarLenDenseFeat):
-            inputs[column.name] = _dense_sequence_input(df, column, lengths[column.name])
+        elif isinstance(column, (VarLenSparseFeat, VarLenDenseFeat)):
+            # A behaviour sequence keeps the events its group's first sparse sequence keeps (as the
+            # model truncates them together); any other sequence its own.
+            leader = groups.get(column.name, column)
+            if leader.name not in picks:
+                picks[leader.name] = _events_kept_by(df, leader, lengths[leader.name])
+            if isinstance(column, VarLenSparseFeat):
+                inputs.update(_sequence_inputs(df, column, lengths[column.name], picks[leader.name]))
+            else:
+                inputs[column.name] = _dense_sequence_input(df, column, lengths[column.name], picks[leader.name])
         else:
             raise ValueError(f"not a feature column: {column!r}")
     return inputs
 
 
 def _check_events_aligned(feature_columns, lengths):
-    """A ValueError when two behaviour sequences (`hist_<f>`, one maxlen) differ in length on a row.
+    """{name: its group's first sparse sequence} for the behaviour sequences (`hist_<f>`) of each
+    maxlen; a ValueError when two of them differ in length on a row.
 
     They are features of the same events (item, category, time), kept at the same positions:
     a time missing from one row would pair every later event with its neighbour's time.
     """
-    first = {}
+    first, leaders, groups = {}, {}, {}
     for column in feature_columns:
         if column.name not in lengths or not column.name.startswith(HISTORY_PREFIX):
             continue
         other = first.setdefault(column.maxlen, column.name)
+        if isinstance(column, VarLenSparseFeat):
+            leaders.setdefault(column.maxlen, column)
+        groups[column.name] = column.maxlen
         rows = np.flatnonzero(lengths[column.name] != lengths[other])
         if len(rows):
             row = rows[0]
@@ -281,6 +350,7 @@ def _check_events_aligned(feature_columns, lengths):
                 f"are the same events' features), but row {row} has {lengths[other][row]} and "
                 f"{lengths[column.name][row]} ({len(rows)} row(s) differ); keep a placeholder (\"\" or 0, "
                 "padding) where an event's value is missing")
+    return {name: leaders[maxlen] for name, maxlen in groups.items() if maxlen in leaders}
 
 
 def _label_values(df, name, owner):

@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import zlib
 from concurrent import futures
 
 import grpc
@@ -413,10 +414,12 @@ class RestServer:
             if request.transport is not None:
                 request.transport.close()
             return web.Response(status=408)  # never sent: the connection is closed
-        except ServingError as error:  # body over the limit
+        except ServingError as error:  # body over the limit (413), or bad gzip (400)
             self._record(request_route, error.code, started)
-            response = self._json(413, error_json(error.message))
-            response.force_close()
+            too_large = error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            response = self._json(413 if too_large else http_status_of(error.code), error_json(error.message))
+            if too_large:  # the rest of a body over the limit is never read
+                response.force_close()
             return response
         if request_route is None:
             return self._json(404, error_json(f"Not found: {raw_path}"))
@@ -457,8 +460,9 @@ class RestServer:
             f"bytes (--rest_api_max_body_bytes)")
 
     async def _read_body(self, request, deadline):
-        """The whole body (bytes); _DroppedRequest if it does not arrive in time,
-        ServingError (413) if it is larger than the limit."""
+        """The whole body (bytes), uncompressed if it is gzip; _DroppedRequest if it does not
+        arrive in time, ServingError (413) if it is larger than the limit, (400) if its
+        Content-Encoding is not gzip or its gzip data is bad."""
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise self._too_large(str(length))
@@ -472,8 +476,9 @@ class RestServer:
             timeout = remaining if timeout is None else min(timeout, remaining)
         try:
             if timeout is None:
-                return await self._read_all(request)
-            return await asyncio.wait_for(self._read_all(request), timeout)
+                body = await self._read_all(request)
+            else:
+                body = await asyncio.wait_for(self._read_all(request), timeout)
         except asyncio.TimeoutError:
             log.info("Dropping a REST request whose body did not arrive in time: %s %s",
                      request.method, request.raw_path[:200])
@@ -482,6 +487,27 @@ class RestServer:
             log.debug("REST client disconnected while sending %s %s", request.method,
                       request.raw_path[:200])
             raise _DroppedRequest() from None
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding != "gzip":
+            raise invalid_argument(f"Unsupported Content-Encoding {encoding!r}: the REST API takes a JSON "
+                                   "body as it is or gzip-compressed (Content-Encoding: gzip)")
+        return self._gunzip(body)
+
+    def _gunzip(self, body):
+        """A gzip-compressed body, uncompressed, as TF Serving's HTTP server does by default; the
+        body limit applies to the uncompressed bytes, so a small bomb is 413, not a full memory."""
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = decompressor.decompress(body, self._max_body_bytes + 1)
+        except zlib.error as error:
+            raise invalid_argument(f"Content-Encoding is gzip, but the body is not gzip data: {error}") from None
+        if len(data) > self._max_body_bytes:
+            raise self._too_large(f"more than {self._max_body_bytes} (uncompressed)")
+        if not decompressor.eof:
+            raise invalid_argument("Content-Encoding is gzip, but the gzip body is truncated")
+        return data
 
     async def _read_all(self, request):
         chunks, size = [], 0

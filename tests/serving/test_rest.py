@@ -8,6 +8,7 @@ requests. In-process RestServers over a slow fake core check the deadline
 """
 import feature_columns._legacy_keras  # noqa: F401  (Keras 2 before TensorFlow)
 
+import gzip
 import http.client
 import json
 import logging
@@ -176,6 +177,23 @@ def test_client_leaving_mid_body_disturbs_nothing(server):
                      b"Content-Length: 1000\r\n\r\n{\"instances\"")
     assert_good_request_answered(server)
     assert "Traceback" not in server.logs()
+
+
+def test_a_gzip_body_is_uncompressed_as_tf_serving_does(server):
+    assert call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(GOOD_BODY),
+                {"Content-Encoding": "gzip"})[::2] == (200, GOOD_ANSWER)
+    status, _, body = call(server.port, "POST", "/v1/models/toy:predict", GOOD_BODY[:-3],
+                           {"Content-Encoding": "gzip"})
+    assert status == 400 and body["error"].startswith("Content-Encoding is gzip, but the body is not gzip data")
+    status, _, body = call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(GOOD_BODY)[:-9],
+                           {"Content-Encoding": "gzip"})
+    assert (status, body["error"]) == (400, "Content-Encoding is gzip, but the gzip body is truncated")
+    status, _, body = call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(b" " * (MAX_BODY_BYTES + 1)),
+                           {"Content-Encoding": "gzip"})
+    assert status == 413 and "(uncompressed)" in body["error"]
+    status, _, body = call(server.port, "POST", "/v1/models/toy:predict", GOOD_BODY, {"Content-Encoding": "br"})
+    assert status == 400 and body["error"].startswith("Unsupported Content-Encoding 'br'")
+    assert_good_request_answered(server)
 
 
 def test_absolute_form_request_target_is_routed_by_its_path(server):

@@ -130,13 +130,15 @@ def _input_arrays(inputs):
     return {name: _as_array(values, name) for name, values in inputs.items()}
 
 
-def _cast_to_signature(array, dtype):
-    """Casts a numeric array to the signature's dtype when nothing that matters is lost.
+def _cast_to_signature(name, array, dtype):
+    """Casts a numeric array to the signature's dtype of input `name` when nothing that matters
+    is lost.
 
-    int -> float, float64 -> float32, int64 -> int32 (values within range), int -> its decimal
-    text for a string input, and an empty array (no rows, or rows with no items) to the
-    signature's dtype. Anything else is left as it is, for the server to accept or refuse with
-    INVALID_ARGUMENT.
+    int -> float, float64 -> float32, int64 -> int32 (an integer outside the input's range is a
+    ValueError naming the input and the row: the server would only say int64 is not int32),
+    int -> its decimal text for a string input, and an empty array (no rows, or rows with no
+    items) to the signature's dtype. Anything else is left as it is, for the server to accept or
+    refuse with INVALID_ARGUMENT.
     """
     if dtype == types_pb2.DT_STRING:
         # Ids as their decimal text, as a string table reads them; rows with no items at all
@@ -157,8 +159,12 @@ def _cast_to_signature(array, dtype):
         return array.astype(target)
     if target.kind in "iu" and array.dtype.kind in "iu":
         limits = np.iinfo(target)
-        if array.size == 0 or (array.min() >= limits.min and array.max() <= limits.max):
-            return array.astype(target)
+        outside = np.argwhere((array < limits.min) | (array > limits.max))
+        if len(outside):
+            index = tuple(outside[0])
+            raise ValueError(f"Input {name!r} expects {tf.dtypes.as_dtype(dtype).name} values, but row "
+                             f"{index[0] if index else 0} holds {array[index]}, which does not fit")
+        return array.astype(target)
     return array
 
 
@@ -354,7 +360,7 @@ class _BaseClient:
         if signature is None:
             return arrays
         arrays = {name: _cast_to_signature(
-                      _numeric(name, array, signature.inputs[name].dtype)
+                      name, _numeric(name, array, signature.inputs[name].dtype)
                       if name in signature.inputs else array,
                       signature.inputs[name].dtype if name in signature.inputs else None)
                   for name, array in arrays.items()}

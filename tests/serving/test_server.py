@@ -394,6 +394,20 @@ def test_rest_client_raises_serving_error(rest):
     assert "output tensor alias not found in signature: zz" in info.value.message
 
 
+def test_clients_refuse_an_integer_outside_the_inputs_dtype_before_sending(client, rest):
+    """An int32 input (another exporter's; tfrec's ids are int64) fed 2**40: named with its row
+    by the client, where the server could only say that int64 is not int32."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["ids"].dtype = types_pb2.DT_INT32
+    for api in (client, rest):
+        assert api._prepared_inputs({"ids": [1, -2**31]}, signature)["ids"].dtype == np.int32
+        with pytest.raises(ValueError, match=re.escape(
+                "Input 'ids' expects int32 values, but row 2 holds 1099511627776, which does not fit")):
+            api._prepared_inputs({"ids": [1, 2, 2**40]}, signature)
+
+
 def test_clients_name_the_input_a_mistake_is_in(client, rest, server):
     for api in (client, rest):
         with pytest.raises(ValueError, match=re.escape(

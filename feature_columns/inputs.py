@@ -521,6 +521,21 @@ def index_layer(column, name=None):
                        string_input=column.dtype == STRING_DTYPE, name=name)
 
 
+def is_padding(column, raw):
+    """numpy bool: where `index_layer(column)` maps the raw items `raw` of a sequence to row 0, its
+    padding ("" or 0; "0" too in a hashed string sequence; for plain ids, any id outside
+    [1, vocabulary_size)), by the same rule without building its lookup table: a pipeline's
+    check of long histories. `raw` holds the column's dtype (ints, or str for "string")."""
+    raw = np.asarray(raw)
+    if column.dtype != STRING_DTYPE and not column.use_hash and column.vocabulary is None \
+            and column.vocabulary_path is None:
+        return ~((raw > 0) & (raw < column.vocabulary_size))
+    padding = raw == ("" if column.dtype == STRING_DTYPE else 0)
+    if column.use_hash and column.dtype == STRING_DTYPE:
+        padding |= raw == "0"
+    return padding
+
+
 INDEXED_SUFFIX = ":rows"
 
 

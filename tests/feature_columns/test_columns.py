@@ -123,6 +123,20 @@ def test_sparse_index_hash_keeps_padding_and_is_stable():
         assert np.array_equal(hashed, again)
 
 
+@pytest.mark.parametrize("column", [
+    SparseFeat("plain", 6, dtype="int64"), SparseFeat("ints", 9, vocabulary=[10, 20, 30], dtype="int64"),
+    SparseFeat("hashed_ints", 8, use_hash=True, dtype="int64"),
+    SparseFeat("strings", dtype="string", vocabulary=["a", "0", "b"]),
+    SparseFeat("hashed_strings", 8, use_hash=True, dtype="string")], ids=lambda column: column.name)
+def test_is_padding_is_where_the_sequences_lookup_gives_row_0(column):
+    """The numpy rule a pipeline reads long histories by, against the layer a model looks them up with."""
+    sequence = VarLenSparseFeat(column, maxlen=4)
+    raw = np.array(["", "0", "a", "b", "zz"], object) if column.dtype == "string" \
+        else np.array([0, -3, 1, 5, 6, 10, 30, 99, 2**40], np.int64)
+    looked_up = feature_columns.inputs.index_layer(sequence)(tf.constant(raw)[None, :], sequence=True).numpy()[0]
+    assert feature_columns.is_padding(sequence, raw).tolist() == (looked_up == 0).tolist()
+
+
 def test_recent_sequence_keeps_the_last_maxlen_items():
     recent = RecentSequence(3)
     indices = tf.constant([[1, 2, 3, 4, 5, 0, 0], [6, 7, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from feature_columns import (HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, index_layer,
+from feature_columns import (HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, is_padding,
                              look_up_rows)
 
 __all__ = ["df_to_inputs", "df_to_dataset", "without_autotuning"]
@@ -141,49 +141,34 @@ def _joined(parts):
     return np.array(list(itertools.chain.from_iterable(parts)))
 
 
-def _picked_events(column, cells, lengths, given_lengths=None):
+def _picked_events(column, recent, cells, lengths, given_lengths=None):
     """{row: positions in its cell} for the rows of sequence `column` whose kept events are not
-    simply their last `maxlen` cells.
+    simply their last `maxlen` cells (`recent`, their ids as `_pad_recent` cut them).
 
     A model keeps a row's most recent `maxlen` events: the positions whose id its lookup does not
-    map to padding ("" or 0, an out-of-range plain id, "0" in a hashed string history), within
-    the row's given length (`given_lengths`, the column's `length_name` in the DataFrame). A row
-    longer than maxlen whose last maxlen cells hold padding (a CSV history with placeholders,
-    `"i3|i7|||||"`, or an array post-padded as DeepCTR's `pad_sequences` pads) would lose its real
-    events to a plain cut, and train on other histories than its export serves. Only those
-    rows' cells are looked up whole, so rows of 1000s of events still cost O(maxlen) each.
+    map to padding (`feature_columns.is_padding`: "" or 0, an out-of-range plain id, "0" in a
+    hashed string history), within the row's given length (`given_lengths`, the column's
+    `length_name` in the DataFrame). A row longer than maxlen whose last maxlen cells hold
+    padding (a CSV history with placeholders, `"i3|i7|||||"`, or an array post-padded as
+    DeepCTR's `pad_sequences` pads) would lose its real events to a plain cut, and train on other
+    histories than its export serves. Only those rows' cells are read whole, so rows of 1000s of
+    events still cost O(maxlen) each.
     """
-    maxlen, lookup = column.maxlen, index_layer(column)
+    maxlen = column.maxlen
     rows = np.flatnonzero(lengths > maxlen)
-
-    def events(parts):
-        ids = _ids(_joined(parts), column.dtype, column.name)
-        return lookup(tf.constant(ids), sequence=True).numpy() != 0
-
-    if not len(rows):
-        return {}
-    tail_positions = lengths[rows, None] - maxlen + np.arange(maxlen)
-    in_tail = events([cells[row][lengths[row] - maxlen:] for row in rows]).reshape(len(rows), maxlen)
+    in_tail = ~is_padding(column, recent[rows])
     if given_lengths is not None:
-        in_tail &= tail_positions < given_lengths[rows, None]
+        in_tail &= lengths[rows, None] - maxlen + np.arange(maxlen) < given_lengths[rows, None]
     cut_into = rows[~in_tail.all(axis=1)]
     if not len(cut_into):
         return {}
+    events = ~is_padding(column, _ids(_joined([cells[row] for row in cut_into]), column.dtype, column.name))
     picked = {}
-    whole = np.split(events([cells[row] for row in cut_into]), np.cumsum(lengths[cut_into])[:-1])
-    for row, event in zip(cut_into.tolist(), whole):
+    for row, event in zip(cut_into.tolist(), np.split(events, np.cumsum(lengths[cut_into])[:-1])):
         if given_lengths is not None:
             event &= np.arange(len(event)) < given_lengths[row]
         picked[row] = np.flatnonzero(event)[-maxlen:]
     return picked
-
-
-def _events_kept_by(df, sequence, lengths):
-    """`_picked_events` of `sequence` in `df`; none for a dense one (any number is an event)."""
-    if not isinstance(sequence, VarLenSparseFeat):
-        return {}
-    given = df[sequence.length_name].to_numpy().astype(np.int64) if sequence.length_name in df.columns else None
-    return _picked_events(sequence, df[sequence.name].to_numpy(), lengths, given)
 
 
 def _pad_recent(cells, lengths, maxlen, pad_value, cast, picked):
@@ -194,25 +179,38 @@ def _pad_recent(cells, lengths, maxlen, pad_value, cast, picked):
     O(maxlen) each.
     """
     kept = np.minimum(lengths, maxlen)
-    parts = []
-    for row, cell in enumerate(cells):
-        if row in picked:
-            kept[row] = len(picked[row])
-            parts.append(np.asarray(cell)[picked[row]])
-        elif kept[row]:
-            parts.append(cell[len(cell) - kept[row]:])
-    flat = cast(_joined(parts))
+    flat = cast(_joined([cell[len(cell) - k:] for cell, k in zip(cells, kept.tolist()) if k]))
     out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
     out[np.arange(maxlen)[None, :] < kept[:, None]] = flat  # the kept items in row-major order
+    return _put_picked(out, cells, picked, pad_value, cast)
+
+
+def _put_picked(out, cells, picked, pad_value, cast):
+    """`out` (n, maxlen) with each row in `picked` replaced by its cells at the picked positions,
+    cast by `cast`, left-aligned, padded with `pad_value`."""
+    if not picked:
+        return out
+    rows = list(picked)
+    counts = np.array([len(picked[row]) for row in rows])
+    chosen = np.full((len(rows), out.shape[1]), pad_value, dtype=out.dtype)
+    chosen[np.arange(out.shape[1])[None, :] < counts[:, None]] = cast(
+        _joined([np.asarray(cells[row])[picked[row]] for row in rows]))
+    out[rows] = chosen
     return out
 
 
-def _sequence_inputs(df, column, lengths, picked):
-    """Padded ids (n, maxlen), plus its length and weight arrays where the column names them."""
+def _sequence_inputs(df, column, lengths, picked=None):
+    """(inputs, picked): the padded ids (n, maxlen), plus its length and weight arrays where the
+    column names them, and the rows whose events were picked (`_picked_events`): given, as a
+    sequence's group leader picked them, or, with `picked` None, picked here."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
     padding = "" if column.dtype == _STRING else 0
-    padded = _pad_recent(cells, lengths, column.maxlen, padding,
-                         lambda flat: _ids(flat, column.dtype, column.name), picked)
+    cast = lambda flat: _ids(flat, column.dtype, column.name)  # noqa: E731
+    padded = _pad_recent(cells, lengths, column.maxlen, padding, cast, picked)
+    if picked is None:
+        given = df[column.length_name].to_numpy().astype(np.int64) if column.length_name in df.columns else None
+        picked = _picked_events(column, padded, cells, lengths, given)
+        padded = _put_picked(padded, cells, picked, padding, cast)
     inputs = {column.name: padded}
     if column.length_name is not None:
         if column.length_name in df.columns:
@@ -234,7 +232,7 @@ def _sequence_inputs(df, column, lengths, picked):
             )
         inputs[column.weight_name] = _pad_recent(weight_cells, lengths, column.maxlen, 0.0,
                                                  lambda flat: flat.astype(np.float32), picked)
-    return inputs
+    return inputs, picked
 
 
 def _dense_input(df, column):
@@ -305,23 +303,23 @@ def df_to_inputs(df, feature_columns):
                                               column.name)
                for column in feature_columns if isinstance(column, (VarLenSparseFeat, VarLenDenseFeat))}
     groups = _check_events_aligned(feature_columns, lengths)
-    picks = {}
-    for column in feature_columns:
+    picks = {}  # per sequence that picks its events: the rows `_picked_events` found
+    # A behaviour sequence keeps the events its group's first sparse sequence keeps (the model
+    # truncates them together), so those leaders go first; any other sequence keeps its own.
+    for column in sorted(feature_columns, key=lambda column: groups.get(column.name, column) is not column):
         if isinstance(column, SparseFeat):
             values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
             inputs[column.name] = _ids(values, column.dtype, column.name)
         elif isinstance(column, DenseFeat):
             inputs[column.name] = _dense_input(df, column)
-        elif isinstance(column, (VarLenSparseFeat, VarLenDenseFeat)):
-            # A behaviour sequence keeps the events its group's first sparse sequence keeps (as the
-            # model truncates them together); any other sequence its own.
+        elif isinstance(column, VarLenSparseFeat):
             leader = groups.get(column.name, column)
-            if leader.name not in picks:
-                picks[leader.name] = _events_kept_by(df, leader, lengths[leader.name])
-            if isinstance(column, VarLenSparseFeat):
-                inputs.update(_sequence_inputs(df, column, lengths[column.name], picks[leader.name]))
-            else:
-                inputs[column.name] = _dense_sequence_input(df, column, lengths[column.name], picks[leader.name])
+            sequence, picks[column.name] = _sequence_inputs(df, column, lengths[column.name],
+                                                            None if leader is column else picks[leader.name])
+            inputs.update(sequence)
+        elif isinstance(column, VarLenDenseFeat):
+            leader = groups.get(column.name, column)
+            inputs[column.name] = _dense_sequence_input(df, column, lengths[column.name], picks.get(leader.name, {}))
         else:
             raise ValueError(f"not a feature column: {column!r}")
     return inputs

@@ -283,6 +283,28 @@ def test_build_errors_name_the_problem(planted):
         MIND(planted.user_columns, planted.item_columns)
 
 
+@pytest.mark.parametrize("heads", [None, 3])
+def test_sampled_softmax_is_its_formula_for_counts_above_one(heads):
+    """logit = <u, v> / T - log(expected count), an accidental hit removed, for counts from 0.1 to
+    8 (TFRS' own correction clips its probability to 1: counts 8 and 2 were both corrected as 1);
+    a multi-vector user (MIND) is scored by its best head."""
+    from tfrec.layers.retrieval import SampledSoftmax
+    rng = np.random.default_rng(0)
+    batch, negatives, dim, temperature = 4, 3, 5, 0.5
+    user = rng.normal(size=(batch, dim) if heads is None else (batch, heads, dim)).astype(np.float32)
+    items = rng.normal(size=(batch + negatives, dim)).astype(np.float32)
+    rows = np.array([1, 2, 3, 4, 7, 2, 9], np.int32)  # negative row 2 is the second positive: an accidental hit
+    counts = np.array([8.0, 2.0, 0.5, 0.1, 1.5, 3.0, 0.2], np.float32)
+    loss = SampledSoftmax(temperature)(tf.constant(user), tf.constant(items[:batch]), tf.constant(items[batch:]),
+                                       tf.constant(rows), tf.constant(counts)).numpy()[:, 0]
+    scores = user @ items.T if heads is None else np.einsum("bhd,cd->bhc", user, items).max(axis=1)
+    logits = scores / temperature - np.log(counts)[None, :]
+    hits = (rows[None, :] == rows[:batch, None]) & ~np.eye(batch, batch + negatives, dtype=bool)
+    logits[hits] = -np.inf
+    expected = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def test_negative_sampler_takes_numpy_ints_and_names_bad_values():
     sampler = NegativeSampler("uniform", np.int64(64), "item_id")
     assert sampler.num_sampled == 64 and type(sampler.num_sampled) is int

@@ -85,6 +85,12 @@ class SampledSoftmax(tf.keras.layers.Layer):
     `NegativeSampling`. Row i's softmax runs over all batch + num_sampled candidates with
     logits <user_i, item> / temperature - log(expected count), its own positive as the label,
     and accidental hits (another candidate equal to its positive) removed. Returns (batch, 1).
+
+    The correction does not go through the task's `candidate_sampling_probability`: TFRS clips
+    that to [1e-6, 1], a probability's range, so every candidate expected more than once per
+    batch (the popular items, whose logits the correction lowers most) would get the same
+    correction, log 1 = 0. It rides in one more dimension of the product instead,
+    <[u, 1], [v, -T log n]> / T = <u, v> / T - log n, exact for any count n (at least 1e-6).
     """
 
     def __init__(self, temperature=1.0, **kwargs):
@@ -96,9 +102,10 @@ class SampledSoftmax(tf.keras.layers.Layer):
             temperature=self.temperature, remove_accidental_hits=True)
 
     def call(self, user, positives, negatives, candidate_rows, expected_counts):
-        candidates = tf.concat([positives, negatives], axis=0)
-        loss = self.task(user, candidates, candidate_sampling_probability=expected_counts,
-                         candidate_ids=tf.cast(candidate_rows, tf.int64), compute_metrics=False,
+        correction = -self.temperature * tf.math.log(tf.maximum(expected_counts, 1e-6))
+        candidates = tf.concat([tf.concat([positives, negatives], axis=0), correction[:, None]], axis=-1)
+        user = tf.concat([user, tf.ones_like(user[..., :1])], axis=-1)  # every head of a multi-vector user
+        loss = self.task(user, candidates, candidate_ids=tf.cast(candidate_rows, tf.int64), compute_metrics=False,
                          compute_batch_metrics=False)
         return loss[:, None]
 

@@ -714,15 +714,22 @@ def _check_feature(name, value, dtype):
                 row = _first_row(fractional)
                 raise ValueError(f"feature '{name}' needs integer ids, but row {row} holds "
                                  f"{value[row].tolist()!r}; {hint}")
-        low, high = _INT_RANGES[dtype]
-        if value.dtype.kind in "iuf" and (value.min() < low or value.max() > high):
-            row = _first_row((value < low) | (value > high))
-            raise ValueError(f"feature '{name}' holds {value[row].tolist()!r} (row {row}), outside the "
-                             f"{dtype} range [{low}, {high}] of its input, where it would wrap around to "
-                             "another id; declare the column dtype='int64', or map the ids to "
-                             "[0, vocabulary_size) or give the column a vocabulary")
+        check_id_range(name, value, dtype)
         return value.astype(dtype) if value.dtype == np.float64 else value
     return value
+
+
+def check_id_range(name, value, dtype):
+    """A ValueError naming feature `name` and the row of the first id of the numeric array `value`
+    outside the range of the integer `dtype` ("int32"/"int64"), which a cast would wrap around to
+    another id (4294967301 to 5 in int32)."""
+    low, high = _INT_RANGES[dtype]
+    if value.size and value.dtype.kind in "iuf" and (value.min() < low or value.max() > high):
+        row = _first_row((value < low) | (value > high))
+        raise ValueError(f"feature '{name}' holds {value[row].tolist()!r} (row {row}), outside the "
+                         f"{dtype} range [{low}, {high}] of its input, where it would wrap around to "
+                         "another id; declare the column dtype='int64', or map the ids to "
+                         "[0, vocabulary_size) or give the column a vocabulary")
 
 
 def check_inputs(inputs, input_dtypes, labels=None, what="the model"):

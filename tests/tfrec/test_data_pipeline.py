@@ -233,3 +233,14 @@ def test_padding_in_a_longer_cell_is_not_an_event_so_the_frame_keeps_what_the_mo
     assert bounded["hist_item_id"].tolist() == [[1, 2, 0], [4, 5, 0], [1, 2, 3]]
     assert bounded["hist_len"].tolist() == [2, 2, 3]
     assert bounded["hist_time"].tolist() == [[1, 2, 0], [4, 5, 0], [1, 2, 3]]
+
+
+def test_an_id_outside_its_integer_dtype_is_refused_not_wrapped_around():
+    # 4294967301 = 2**32 + 5: an int32 cast made it id 5, another item, silently.
+    columns_ = [SparseFeat("item_id", 10)]  # DeepCTR's default dtype, int32
+    df = pd.DataFrame({"item_id": [5, 4294967301]})
+    with pytest.raises(ValueError, match=r"feature 'item_id' holds 4294967301 \(row 1\), outside the int32 range"):
+        df_to_inputs(df, columns_)
+    with pytest.raises(ValueError, match=r"feature 'item_id' holds 4294967301 \(row 1\)"):
+        df_to_dataset(df.assign(label=[1, 0]), columns_, "label")
+    assert df_to_inputs(df, [SparseFeat("item_id", 10, dtype="int64")])["item_id"].tolist() == [5, 4294967301]

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from feature_columns import (HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, is_padding,
                              look_up_rows)
+from feature_columns.inputs import check_id_range
 
 __all__ = ["df_to_inputs", "df_to_dataset", "without_autotuning"]
 
@@ -77,10 +78,10 @@ def _ids(values, dtype, feature_name):
 def _integers(values, dtype, feature_name, what="integers"):
     """`values` as an int array of `dtype`; integral floats are accepted, anything else raises."""
     values = np.asarray(values)
-    if values.dtype.kind in "iub" or values.size == 0:
-        return values.astype(dtype)
-    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
-        # Integral floats, e.g. an int column that pandas widened to float somewhere.
+    # Integral floats too, e.g. an int column that pandas widened to float somewhere.
+    if values.dtype.kind in "iub" or values.size == 0 or (
+            values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values))):
+        check_id_range(feature_name, values, dtype)  # the cast would wrap it around to another id
         return values.astype(dtype)
     cells = values.tolist()
     row = next((row for row, v in enumerate(cells) if not _is_whole_number(v)), 0)

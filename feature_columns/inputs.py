@@ -699,12 +699,10 @@ def _check_feature(name, value, dtype):
         raise ValueError(f"feature '{name}' needs {dtype} values, but holds strings "
                          f"(e.g. {value.reshape(-1)[:3].tolist()}); {fix}")
     if dtype.startswith("float"):
-        if value.dtype == object:
-            return _numbers_of(name, value, f"{dtype} numbers", hint).astype(dtype)
-        if value.dtype.kind == "f" and np.isnan(value).any():  # would make every score and loss NaN
-            row = _first_row(np.isnan(value))
-            raise ValueError(f"feature '{name}' needs {dtype} numbers, but row {row} holds NaN; {hint}")
-        return value
+        numbers = _numbers_of(name, value, f"{dtype} numbers", hint) if value.dtype == object else value
+        if numbers.dtype.kind == "f":
+            check_finite(name, numbers, f"{dtype} numbers")
+        return numbers.astype(dtype) if value.dtype == object else value
     if dtype in _INT_RANGES:
         if value.dtype == object:
             value = _numbers_of(name, value, "integer ids", hint)
@@ -717,6 +715,21 @@ def _check_feature(name, value, dtype):
         check_id_range(name, value, dtype)
         return value.astype(dtype) if value.dtype == np.float64 else value
     return value
+
+
+def check_finite(name, value, what):
+    """A ValueError naming feature `name` and the first row of the float array `value` that holds
+    NaN or an infinity (np.log of 0): either makes every score and loss NaN."""
+    bad = ~np.isfinite(value)
+    if bad.any():
+        row = _first_row(bad)
+        cell = float(value.reshape(len(value), -1)[row][bad.reshape(len(value), -1)[row]][0])
+        if np.isnan(cell):
+            shown, fix = "NaN", f"fill missing values first (e.g. df['{name}'].fillna(...)) or drop those rows"
+        else:
+            shown = repr(cell)
+            fix = "replace or clip infinite values first (np.log of 0 gives -inf), or drop those rows"
+        raise ValueError(f"feature '{name}' needs {what}, but row {row} holds {shown}; {fix}")
 
 
 def check_id_range(name, value, dtype):

@@ -244,3 +244,12 @@ def test_an_id_outside_its_integer_dtype_is_refused_not_wrapped_around():
     with pytest.raises(ValueError, match=r"feature 'item_id' holds 4294967301 \(row 1\)"):
         df_to_dataset(df.assign(label=[1, 0]), columns_, "label")
     assert df_to_inputs(df, [SparseFeat("item_id", 10, dtype="int64")])["item_id"].tolist() == [5, 4294967301]
+
+
+def test_an_infinity_in_a_dense_column_is_refused_as_nan_is():
+    # np.log of a price of 0: every score and loss of a model trained on it became NaN.
+    df = pd.DataFrame({"price": [0.5, 1.0, -np.inf], "vec": [[1.0, 2.0], [3.0, np.inf], [5.0, 6.0]]})
+    with pytest.raises(ValueError, match=r"feature 'price' needs numbers, but row 2 holds -inf; replace"):
+        df_to_inputs(df, [DenseFeat("price", 1)])
+    with pytest.raises(ValueError, match=r"feature 'vec' needs numbers, but row 1 holds inf"):
+        df_to_inputs(df, [DenseFeat("vec", 2)])

@@ -118,6 +118,14 @@ def test_nan_in_a_float_array_names_the_feature(din):
         din.fit(feed, np.array([1.0, 0.0, 1.0]), verbose=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", object])
+def test_an_infinity_in_a_float_feature_names_the_feature_and_row(din, dtype):
+    feed = rows([1, 2, 3])
+    feed["price"] = np.array([0.5, -np.inf, 1.0], dtype=dtype)  # np.log of a price of 0
+    with pytest.raises(ValueError, match=r"feature 'price' needs float32 numbers, but row 1 holds -inf; replace"):
+        din.predict(feed, verbose=0)
+
+
 def test_a_missing_id_in_an_integer_feature_names_the_feature(din):
     feed = rows([1, 2, 3])
     feed["hour"] = pd.Series([1, None, 3], dtype=object)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from feature_columns import (HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat, is_padding,
                              look_up_rows)
-from feature_columns.inputs import check_id_range
+from feature_columns.inputs import check_finite, check_id_range
 
 __all__ = ["df_to_inputs", "df_to_dataset", "without_autotuning"]
 
@@ -263,10 +263,8 @@ def _dense_input(df, column):
             f"feature '{column.name}' needs {column.dimension} {kind}(s) per row, got an array "
             f"of shape {array.shape}"
         )
-    if array.dtype.kind == "f" and np.isnan(array).any():  # every score and loss would be NaN
-        row = int(np.flatnonzero(np.isnan(array.reshape(len(array), -1)).any(axis=1))[0])
-        raise ValueError(f"feature '{column.name}' needs numbers, but row {row} holds NaN; fill missing "
-                         f"values first (e.g. df['{column.name}'].fillna(...)) or drop those rows")
+    if array.dtype.kind == "f" and len(array):
+        check_finite(column.name, array, "numbers")
     return array
 
 

@@ -760,7 +760,7 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
     with _reading(path, bad_lines, skipped_to):
-        df = _read_csv(path, sep, text_columns, bad_lines)
+        df = _whole_number_ids(_read_csv(path, sep, text_columns, bad_lines), text_columns)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
     if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
         import pyarrow as pa
@@ -796,6 +796,17 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
                        on_bad_lines=_PANDAS_BAD_LINES[bad_lines], **options)
+
+
+def _whole_number_ids(df, text_columns):
+    """`df` with the ids of its `text_columns` written as whole-number floats ("39.0": pandas writes
+    an int column with gaps so) as the whole number ("39"), as `id_text` makes the 39.0 that the
+    column is read as when its type is inferred: the same ids in train, evaluate and predict, and
+    the ones a request sends."""
+    for name in text_columns:
+        if name in df.columns:
+            df[name] = df[name].str.replace(r"^([+-]?\d+)\.0+$", r"\1", regex=True)
+    return df
 
 
 # pandas' on_bad_lines for each data.bad_lines: "warn" leaves a line out with a ParserWarning
@@ -879,7 +890,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
             chunk = next(reader, None)
         if chunk is None:
             return
-        yield chunk
+        yield _whole_number_ids(chunk, text_columns)
 
 
 def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),

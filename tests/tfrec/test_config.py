@@ -649,6 +649,27 @@ def test_ids_read_from_a_csv_keep_their_text_and_int_ids_with_gaps_stay_ids(tmp_
     assert inputs["user_id"].tolist() == ["1", "2", "", "1", "2", "3"]  # the gap is padding
 
 
+def test_an_int_id_column_with_gaps_has_the_same_ids_in_train_evaluate_and_predict(tmp_path):
+    """pandas writes an int column with a gap as floats ("5.0"): training infers a table of "5" from
+    them, and evaluate and predict, which read a trained string column as text, read "5.0" as "5"
+    too (they read "5.0", and every id was unknown)."""
+    df = frame().assign(user_id=[1, 2, None, 1, 2, 3, 1, 9])
+    df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)
+    assert "2.0" in (tmp_path / "d.csv").read_text()
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "split: {test_fraction: 0.25, order_by: row_id}\n"
+                                             "columns: {exclude: [row_id], dense: [price], "
+                                             "sequences: {hist_item_id: {}}}\n")))
+    train_df, _ = run.load_frames(config)
+    columns = run.infer_columns(train_df, config)
+    assert set(next(c for c in columns if c.name == "user_id").vocabulary) == {"1", "2", "3"}
+    trained_read, _ = run.load_frames(config, columns)  # as evaluate reads the split of a trained run
+    (predict_read,) = run.data_chunks(config, columns, [str(tmp_path / "d.csv")], "--data", labels=False)
+    expected = ["1", "2", "", "1", "2", "3", "1", "9"]
+    assert run.prepare(trained_read, columns)["user_id"].tolist() == expected[:len(trained_read)]
+    assert predict_read["user_id"].tolist() == expected
+
+
 def test_whole_numbers_written_with_leading_zeros_are_ids_kept_as_text(tmp_path):
     """A user id column holding "000012" and "12" has two users, a string table, and requests send
     the text; a column of plain whole numbers (the click label, a count) is still read as numbers."""

@@ -734,10 +734,10 @@ def check_finite(name, value, what):
 
 def check_id_range(name, value, dtype):
     """A ValueError naming feature `name` and the row of the first id of the numeric array `value`
-    outside the range of the integer `dtype` ("int32"/"int64"), which a cast would wrap around to
-    another id (4294967301 to 5 in int32)."""
+    (or object array of Python ints) outside the range of the integer `dtype` ("int32"/"int64"),
+    which a cast would wrap around to another id (4294967301 to 5 in int32)."""
     low, high = _INT_RANGES[dtype]
-    if value.size and value.dtype.kind in "iuf" and (value.min() < low or value.max() > high):
+    if value.size and value.dtype.kind in "iufO" and (value.min() < low or value.max() > high):
         row = _first_row((value < low) | (value > high))
         raise ValueError(f"feature '{name}' holds {value[row].tolist()!r} (row {row}), outside the "
                          f"{dtype} range [{low}, {high}] of its input, where it would wrap around to "

@@ -670,6 +670,21 @@ def test_an_int_id_column_with_gaps_has_the_same_ids_in_train_evaluate_and_predi
     assert predict_read["user_id"].tolist() == expected
 
 
+def test_a_gap_in_an_integer_id_column_of_rows_to_score_is_padding():
+    """A predict/test file's int id column with an empty cell is read as floats and prepare() makes
+    the gap padding 0, as it documents; df_to_inputs refused the mix of floats and int 0, naming row 0."""
+    from tfrec.data import df_to_inputs
+
+    columns = [SparseFeat("shop_id", 50), SparseFeat("user_id", 50, dtype="int64")]
+    rows = pd.DataFrame({"shop_id": [34.0, np.nan, 25.0], "user_id": [np.nan, 3.0, 4.0]})
+    inputs = df_to_inputs(run.prepare(rows, columns), columns)
+    assert inputs["shop_id"].tolist() == [34, 0, 25] and inputs["shop_id"].dtype == np.int32
+    assert inputs["user_id"].tolist() == [0, 3, 4] and inputs["user_id"].dtype == np.int64
+    with pytest.raises(ValueError, match=r"feature 'shop_id' has dtype 'int32' and needs integer ids, but row 2 "
+                                         r"holds 2.5; ids are whole numbers"):
+        df_to_inputs(run.prepare(rows.assign(shop_id=[34.0, np.nan, 2.5]), columns), columns)
+
+
 def test_whole_numbers_written_with_leading_zeros_are_ids_kept_as_text(tmp_path):
     """A user id column holding "000012" and "12" has two users, a string table, and requests send
     the text; a column of plain whole numbers (the click label, a count) is still read as numbers."""

@@ -78,13 +78,18 @@ def _ids(values, dtype, feature_name):
 def _integers(values, dtype, feature_name, what="integers"):
     """`values` as an int array of `dtype`; integral floats are accepted, anything else raises."""
     values = np.asarray(values)
+    whole_objects = values.dtype == object and all(map(_is_whole_number, values.tolist()))
+    if whole_objects:
+        # Whole numbers of mixed types, e.g. prepare()'s padding 0 among the floats of a column with
+        # gaps; as Python ints, compared exactly with the dtype's range.
+        values = np.array([int(v) for v in values.tolist()], dtype=object)
     # Integral floats too, e.g. an int column that pandas widened to float somewhere.
-    if values.dtype.kind in "iub" or values.size == 0 or (
+    if whole_objects or values.dtype.kind in "iub" or values.size == 0 or (
             values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values))):
         check_id_range(feature_name, values, dtype)  # the cast would wrap it around to another id
         return values.astype(dtype)
     cells = values.tolist()
-    row = next((row for row, v in enumerate(cells) if not _is_whole_number(v)), 0)
+    row = next(row for row, v in enumerate(cells) if not _is_whole_number(v))
     value = cells[row]
     if value is None or (isinstance(value, float) and value != value):
         hint = "missing values must be filled first"

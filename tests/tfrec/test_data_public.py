@@ -96,6 +96,20 @@ def test_int_ids_with_an_int_history_stay_int64_and_a_text_history_makes_one_str
     assert rows["item_id"].tolist() == ["1", "2", "3", "1"] and rows["hist_item_id"][2].tolist() == ["1", "2"]
 
 
+@pytest.mark.parametrize("missing", [None, np.nan])
+def test_a_missing_history_is_an_empty_one_in_inference_as_in_df_to_inputs(missing):
+    # A Parquet null list or a left join's user without events; inference raised a bare TypeError.
+    df = pd.DataFrame({"item_id": [1, 2, 3, 1], "hist_item_id": [[1], missing, [1, 2], [3]],
+                       "hist_price": [[0.5], missing, [1.5, 2.5], [3.5]], "click": [1, 0, 1, 0]})
+    item, history, price = infer_feature_columns(df, ["click"], dense=["hist_price"])
+    assert item.dtype == history.dtype == "int64" and item.vocabulary == (1, 2, 3) and history.maxlen == 2
+    assert isinstance(price, VarLenDenseFeat) and price.maxlen == 2
+    rows = df_to_inputs(df, [item, history, price])
+    assert rows["hist_item_id"].tolist() == [[1, 0], [0, 0], [1, 2], [3, 0]]
+    assert rows["hist_price"][1].tolist() == [0, 0]
+    assert tfrec.data.unknown_shares([item, history], df) == {}
+
+
 def test_infer_is_what_a_config_infers():
     from tfrec import config as run
 

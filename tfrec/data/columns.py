@@ -15,7 +15,7 @@ import numpy as np
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 from feature_columns.feature_column import read_vocabulary_file
 
-from .pipeline import id_text
+from .pipeline import history_cells, id_text
 
 __all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column", "grow_vocabularies",
            "unknown_shares"]
@@ -184,16 +184,16 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
     for table, names in tables.items():
         # Integer only if every column of the table is a plain int column of ids >= 1 (decided
         # before counting, so a table never mixes 5 and "5").
-        integer = all(integer_sequence_ids(df[name]) if name in sequences else integer_ids(df[name].to_numpy())
+        cells = {name: history_cells(df[name]) if name in sequences else df[name].to_numpy() for name in names}
+        integer = all(integer_sequence_ids(cells[name]) if name in sequences else integer_ids(cells[name])
                       for name in names)
         values = []
         for name in names:
-            cells = df[name].to_numpy()
-            values += [v for cell in cells for v in cell] if name in sequences else cells.tolist()
+            values += [v for cell in cells[name] for v in cell] if name in sequences else cells[name].tolist()
         base = table_column(table, values, integer, embedding_dim, min_count)
         for name in names:
             if name in sequences:
-                longest = max((len(cell) for cell in df[name]), default=1)
+                longest = max((len(cell) for cell in cells[name]), default=1)
                 maxlen = sequences[name].get("maxlen", max(longest, 1))
                 columns.append(VarLenSparseFeat(base._replace(name=name), maxlen=maxlen))
             else:
@@ -224,7 +224,8 @@ def _ids_of(df, column):
     an integer table (other values are refused, naming the feature, when inputs are built), else
     each id's text; NaN and padding ("" / 0) left out."""
     cells = df[column.name].to_numpy()
-    values = [v for cell in cells for v in cell] if isinstance(column, VarLenSparseFeat) else cells.tolist()
+    values = ([v for cell in history_cells(cells) for v in cell] if isinstance(column, VarLenSparseFeat)
+              else cells.tolist())
     if column.dtype != "string":
         ids = [int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
     else:
@@ -313,10 +314,11 @@ def _dense_column(df, name, sequences, dense):
     """DenseFeat, or VarLenDenseFeat for a sequence; integer times (a dense sequence `hist_<f>` of
     integers and its `<f>`) are int64: float32 cannot hold epoch seconds exactly."""
     if name in sequences:
-        longest = max((len(cell) for cell in df[name]), default=1)
+        cells = history_cells(df[name])
+        longest = max((len(cell) for cell in cells), default=1)
         return VarLenDenseFeat(name, sequences[name].get("maxlen", max(longest, 1)),
-                               dtype="int64" if _integer_items(df[name]) else "float32")
+                               dtype="int64" if _integer_items(cells) else "float32")
     twin = HISTORY_PREFIX + name
-    if twin in sequences and twin in dense and df[name].dtype.kind in "iu" and _integer_items(df[twin]):
+    if twin in sequences and twin in dense and df[name].dtype.kind in "iu" and _integer_items(history_cells(df[twin])):
         return DenseFeat(name, 1, dtype="int64")
     return DenseFeat(name, 1)

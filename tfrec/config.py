@@ -1058,11 +1058,35 @@ def _hold_out(df, config, fraction, key, names, order_by):
         if order_by not in df.columns:
             raise ConfigError(f"{config.path}: split.order_by: '{order_by}' is not a column; the columns are "
                               f"{list(df.columns)}")
-        order = np.argsort(df[order_by].to_numpy(), kind="stable")
+        times = sortable_times(df[order_by], f"{config.path}: split.order_by")
+        order = np.argsort(times.values, kind="stable")  # a numpy array, UTC datetime64 for dates
     else:
         order = np.random.default_rng(config.split.seed).permutation(len(df))
     kept, held_out = np.sort(order[:-n_held_out]), np.sort(order[-n_held_out:])
     return df.iloc[kept].reset_index(drop=True), df.iloc[held_out].reset_index(drop=True)
+
+
+def sortable_times(times, where, time_format=None, format_key=None):
+    """A column of times as values that sort by time: numbers and datetimes as they are, text as
+    dates of `time_format`, else year-first (ISO 8601) dates. Other text is a ConfigError naming
+    `where` ("<config>: <key>") and the row: sorted as text, 12/02/2024 would come after 01/03/2025,
+    and day and month are never guessed (`format_key`: the key that gives `time_format`)."""
+    import numpy as np
+    import pandas as pd
+
+    if times.dtype.kind in "iufM":
+        return times
+    parsed = pd.to_datetime(times.astype(str), format=time_format or "ISO8601", errors="coerce", utc=True)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        other_dates = (f"for other dates give {format_key} (e.g. '%d/%m/%Y %H:%M')" if format_key else
+                       "convert other dates to one of those in the data")
+        expected = f"dates in {format_key} {time_format!r}" if time_format else (
+            f"numbers (epoch seconds) or year-first dates (2024-03-01 09:05); {other_dates}, so day and month are "
+            "never guessed")
+        raise ConfigError(f"{where}: column '{times.name}' holds {times.iloc[bad[0]]!r} in data row {bad[0]} "
+                          f"({len(bad)} such cell(s)); it must hold {expected}")
+    return parsed
 
 
 def load_frames(config, feature_columns=None):

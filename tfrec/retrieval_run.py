@@ -68,20 +68,9 @@ def read_log(config, out=None):
 
 
 def _event_times(times, config):
-    """The time column as something that sorts by time: numbers as they are, text as dates of
-    `retrieval.time_format`, else year-first (ISO 8601) dates."""
-    if times.dtype.kind in "iufM":
-        return times
-    form = config.retrieval.time_format
-    parsed = pd.to_datetime(times.astype(str), format=form or "ISO8601", errors="coerce", utc=True)
-    bad = np.flatnonzero(parsed.isna().to_numpy())
-    if len(bad):
-        expected = f"dates in retrieval.time_format {form!r}" if form else (
-            "numbers (epoch seconds) or year-first dates (2024-03-01 09:05); for other dates give "
-            "retrieval.time_format (e.g. '%d/%m/%Y %H:%M'), so day and month are never guessed")
-        raise ConfigError(f"{config.path}: retrieval.time: column '{times.name}' holds {times.iloc[bad[0]]!r} in data "
-                          f"row {bad[0]} ({len(bad)} such cell(s)); it must hold {expected}")
-    return parsed
+    """The time column as something that sorts by time (`tfrec.config.sortable_times`)."""
+    return run.sortable_times(times, f"{config.path}: retrieval.time", config.retrieval.time_format,
+                              "retrieval.time_format")
 
 
 def samples(config, out=None):

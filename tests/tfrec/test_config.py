@@ -649,6 +649,22 @@ def test_ids_read_from_a_csv_keep_their_text_and_int_ids_with_gaps_stay_ids(tmp_
     assert inputs["user_id"].tolist() == ["1", "2", "", "1", "2", "3"]  # the gap is padding
 
 
+def test_split_order_by_dates_sorts_by_time_and_refuses_dates_it_would_sort_as_text(tmp_path):
+    """Sorted as text, 12/30/2023 came after 01/02/2024, so the test rows were not the latest; the
+    rule is retrieval.time's: numbers or year-first dates, other text refused naming the row."""
+    times = ["2024-01-02 09:00", "2023-12-30 10:00", "2024-01-01", "2023-12-31 23:59"]
+    df = pd.DataFrame({"item_id": ["a", "b", "a", "b"], "click": [1, 0, 1, 0], "time": times})
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "split: {test_fraction: 0.5, order_by: time}\n")))
+    train, test = run.split_data(df, config)
+    assert test["time"].tolist() == ["2024-01-02 09:00", "2024-01-01"]  # in the file's order
+    month_first = df.assign(time=["01/02/2024 09:00", "12/30/2023 10:00", "01/01/2024 00:00", "12/31/2023 23:59"])
+    with pytest.raises(ConfigError, match=re.escape("split.order_by: column 'time' holds '01/02/2024 09:00' in data "
+                                                    "row 0 (4 such cell(s)); it must hold numbers (epoch seconds) or "
+                                                    "year-first dates")):
+        run.split_data(month_first, config)
+
+
 def test_an_int_id_column_with_gaps_has_the_same_ids_in_train_evaluate_and_predict(tmp_path):
     """pandas writes an int column with a gap as floats ("5.0"): training infers a table of "5" from
     them, and evaluate and predict, which read a trained string column as text, read "5.0" as "5"

@@ -110,6 +110,25 @@ def test_a_missing_history_is_an_empty_one_in_inference_as_in_df_to_inputs(missi
     assert tfrec.data.unknown_shares([item, history], df) == {}
 
 
+def test_bool_and_date_columns_are_ids_of_the_text_inference_gave_them_and_gaps_are_no_ids():
+    # Inferred as string tables of "True"/"2024-01-01 00:00:00", then refused by df_to_inputs as
+    # "missing values"; pd.NA and None became ids '<NA>' and 'None'; a NaN was named as row 0.
+    df = pd.DataFrame({"new": [True, False, True, True],
+                       "day": pd.to_datetime(["2024-01-01", "2024-01-02"] * 2).astype("datetime64[ns]"),
+                       "city": pd.Series(["a", None, "b", pd.NA], dtype=object), "click": [1, 0, 1, 0]})
+    assert df["day"].dtype == "datetime64[ns]"  # whose numpy values are ints to tolist()
+    columns = {c.name: c for c in infer_feature_columns(df, ["click"])}
+    assert columns["new"].vocabulary == ("True", "False")
+    assert columns["day"].vocabulary == ("2024-01-01 00:00:00", "2024-01-02 00:00:00")
+    assert sorted(columns["city"].vocabulary) == ["a", "b"]
+    rows = df_to_inputs(df.drop(columns="city"), [columns["new"], columns["day"]])
+    assert rows["new"].tolist() == ["True", "False", "True", "True"]
+    assert rows["day"].tolist() == ["2024-01-01 00:00:00", "2024-01-02 00:00:00"] * 2
+    with pytest.raises(ValueError, match=r"feature 'city' has dtype 'string' and needs str values, but row 1 holds "
+                                         r"nan; missing values"):
+        df_to_inputs(pd.DataFrame({"city": [5.0, np.nan, 7.0]}), [columns["city"]])
+
+
 def test_infer_is_what_a_config_infers():
     from tfrec import config as run
 

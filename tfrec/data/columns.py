@@ -15,7 +15,7 @@ import numpy as np
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 from feature_columns.feature_column import read_vocabulary_file
 
-from .pipeline import history_cells, id_text
+from .pipeline import history_cells, id_texts
 
 __all__ = ["ColumnInferenceError", "infer_feature_columns", "build_vocabulary", "table_column", "grow_vocabularies",
            "unknown_shares"]
@@ -96,7 +96,7 @@ def table_column(table, values, integer, embedding_dim, min_count=1):
     Raises:
       ColumnInferenceError: no value occurs `min_count` times (key "min_count").
     """
-    counts = Counter(values if integer else [str(id_text(v)) for v in values if not (isinstance(v, float) and v != v)])
+    counts = Counter(values if integer else id_texts(values))
     kept = build_vocabulary(counts, min_count)
     if not kept:
         raise ColumnInferenceError("min_count", f"no value of column '{table}' occurs {min_count} times in the "
@@ -189,7 +189,8 @@ def infer_feature_columns(df, label_columns=(), exclude=(), dense=None, sequence
                       for name in names)
         values = []
         for name in names:
-            values += [v for cell in cells[name] for v in cell] if name in sequences else cells[name].tolist()
+            # pandas' values (Timestamps, pd.NA), not numpy's (a datetime64[ns] as an int)
+            values += [v for cell in cells[name] for v in cell] if name in sequences else df[name].tolist()
         base = table_column(table, values, integer, embedding_dim, min_count)
         for name in names:
             if name in sequences:
@@ -223,13 +224,12 @@ def _ids_of(df, column):
     """The ids of `column` in `df` (every item of a sequence) as its table counts them: ints for
     an integer table (other values are refused, naming the feature, when inputs are built), else
     each id's text; NaN and padding ("" / 0) left out."""
-    cells = df[column.name].to_numpy()
-    values = ([v for cell in history_cells(cells) for v in cell] if isinstance(column, VarLenSparseFeat)
-              else cells.tolist())
+    values = ([v for cell in history_cells(df[column.name]) for v in cell] if isinstance(column, VarLenSparseFeat)
+              else df[column.name].tolist())
     if column.dtype != "string":
         ids = [int(v) for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
     else:
-        ids = [str(id_text(v)) for v in values if not (isinstance(v, float) and v != v)]
+        ids = id_texts(values)
     return [v for v in ids if v not in ("", 0)]
 
 

@@ -4,6 +4,7 @@ The arrays are keyed by feature name, as the Keras Inputs built from the same fe
 are, so `model.fit(df_to_inputs(df, columns), labels)` and `model.fit(df_to_dataset(...))`
 both work. Values stay raw (ints or strings): vocabulary lookup and hashing happen in the graph.
 """
+import datetime
 import itertools
 import re
 
@@ -38,12 +39,27 @@ def _column(df, name, owner):
 def id_text(value):
     """The text a string table reads for `value`: an int as its decimal text, and a whole-number
     float too (pandas reads an int column with gaps as floats: 5.0 is "5", as a request sends it);
+    a bool as "True"/"False", a date and time as pandas writes a Timestamp ("2024-01-01 00:00:00");
     any other value as it is."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, (datetime.datetime, np.datetime64)) and not pd.isna(value):
+        return str(pd.Timestamp(value))
     return value
+
+
+def is_missing(value):
+    """Whether an id is a missing value: None, NaN, pd.NA or NaT."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def id_texts(values):
+    """The `id_text` of each of `values` that is not missing, as str: the ids a string table counts."""
+    return [str(id_text(v)) for v in values if not is_missing(v)]
 
 
 def _ids(values, dtype, feature_name):
@@ -57,20 +73,20 @@ def _ids(values, dtype, feature_name):
             return np.char.decode(values, "utf-8").astype(object)
         if values.dtype.kind == "f" and np.all(values == np.round(values)):  # NaN fails this
             values = values.astype(np.int64)
-        if values.dtype.kind in "iuU" or values.size == 0:
+        if values.dtype.kind in "iubU" or values.size == 0:
             return values.astype(str).astype(object)
-        if values.dtype.kind == "O":
-            cells = values.tolist()
-            if all(isinstance(v, (str, bytes)) for v in cells):
-                return values
-            cells = [id_text(v) for v in cells]
-            values = np.array(cells, dtype=object)
-            if all(isinstance(v, (str, bytes)) for v in cells):
-                return values
-        row = next(row for row, v in enumerate(values.tolist()) if not isinstance(v, (str, bytes)))
+        if values.dtype.kind == "M":  # as Timestamps: numpy's own text of a date differs ("T")
+            values = np.array(list(pd.DatetimeIndex(values)), dtype=object)
+        cells = values.tolist()
+        if values.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in cells):
+            return values
+        texts = [id_text(v) for v in cells]
+        if all(isinstance(v, (str, bytes)) for v in texts):
+            return np.array(texts, dtype=object)
+        row = next(row for row, v in enumerate(texts) if not isinstance(v, (str, bytes)))
         raise ValueError(
             f"feature '{feature_name}' has dtype 'string' and needs str values, but row {row} holds "
-            f"{values[row]!r}; missing values must be filled first (\"\" is padding)"
+            f"{cells[row]!r}; missing values must be filled first (\"\" is padding)"
         )
     return _integers(values, dtype, feature_name, "integer ids")
 

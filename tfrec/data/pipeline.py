@@ -53,7 +53,7 @@ def id_text(value):
 
 
 def is_missing(value):
-    """Whether an id is a missing value: None, NaN, pd.NA or NaT."""
+    """Whether an id or a sequence cell is a missing value: None, NaN, pd.NA or NaT."""
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
@@ -139,22 +139,17 @@ def _numbers(values, dtype, feature_name):
         ) from None
 
 
-def no_history(cell):
-    """Whether a sequence cell is None or NaN: a Parquet null list, a left join's user without
-    events; such a cell is an empty history."""
-    return cell is None or (isinstance(cell, float) and cell != cell)
-
-
 def history_cells(cells):
-    """Sequence cells with each `no_history` cell as an empty list."""
-    return [[] if no_history(cell) else cell for cell in cells]
+    """Sequence cells with each missing one (`is_missing`: a Parquet null list, a left join's user
+    without events) as an empty history."""
+    return [[] if is_missing(cell) else cell for cell in cells]
 
 
 def _sequence_lengths(cells, name):
     """len() of every cell; a cell must be a list, tuple or 1-D array (None or NaN counts as empty)."""
     lengths = np.empty(len(cells), dtype=np.int64)
     for row, cell in enumerate(cells):
-        if no_history(cell):
+        if is_missing(cell):
             lengths[row] = 0
         elif isinstance(cell, (list, tuple)) or (isinstance(cell, np.ndarray) and cell.ndim == 1):
             lengths[row] = len(cell)

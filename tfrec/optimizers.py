@@ -33,6 +33,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     table gets the row update: there workers update the tables asynchronously, and a masked pass
     writes back the whole table as it read it, so two workers' overlapping steps would each
     overwrite the other's rows (measured: MIND on 2 workers learnt about half as fast as on one).
+    With `amsgrad`, every weight gets Keras' AMSGrad update (not lazy), of de-duplicated rows.
     Slots and config are Adam's, so checkpoints and `get_config` round-trip as usual, and the
     update compiles with XLA inside a training step.
     """
@@ -66,8 +67,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def _deduplicate_sparse_grad(self, grads):
         # The masked update of a small table sums repeated rows itself; only the others need
         # Keras' tf.unique, which stays outside any XLA function that updates small tables only.
-        return [g if isinstance(g, tf.IndexedSlices) and _gets_masked_update(g.dense_shape)
+        return [g if isinstance(g, tf.IndexedSlices) and self._sums_repeated_rows(g.dense_shape)
                 else super(LazyAdam, self)._deduplicate_sparse_grad([g])[0] for g in grads]
+
+    def _sums_repeated_rows(self, shape):
+        """Whether the update of a table of this shape sums its repeated rows itself (the masked update):
+        not under AMSGrad, whose update is Keras' and squares each (de-duplicated) row's gradient."""
+        return not self.amsgrad and _gets_masked_update(shape)
 
     def update_step(self, gradient, variable):
         if self.amsgrad:
@@ -148,8 +154,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
     def needs_no_unique(self, tables):
         """Whether updating `tables` (variables read through tf.gather) needs no tf.unique: true
-        when every one gets the masked update. Then the whole update compiles well with XLA."""
-        return all(_gets_masked_update(table.shape) for table in tables)
+        when every one gets the masked update (never under AMSGrad). Then the whole update
+        compiles well with XLA."""
+        return all(self._sums_repeated_rows(table.shape) for table in tables)
 
 
 def _gets_masked_update(shape):

@@ -231,6 +231,24 @@ def test_lazy_adam_matches_adam_on_dense_and_sums_repeated_rows():
     np.testing.assert_allclose(table.numpy().ravel(), [0.1, 0.0, -0.1, 0.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_lazy_adam_with_amsgrad_sums_repeated_rows_of_a_small_table_as_keras_does(jit_compile):
+    """AMSGrad is Keras' update, which squares each row's summed gradient: a row hit twice by a
+    step on a small table must not get the sum of the squares (the masked update's shortcut)."""
+    def one_step(optimizer):
+        table = tf.Variable(np.ones((4, 2), np.float32))
+        optimizer.build([table])
+        gradient = tf.IndexedSlices(tf.ones((2, 2)), tf.constant([1, 1]), tf.constant([4, 2]))
+        tf.function(lambda: optimizer.apply_gradients([(gradient, table)]), jit_compile=jit_compile)()
+        return table.numpy(), optimizer._velocities[0].numpy()
+
+    lazy_table, lazy_v = one_step(LazyAdam(0.1, amsgrad=True))
+    adam_table, adam_v = one_step(tf.keras.optimizers.Adam(0.1, amsgrad=True))
+    np.testing.assert_allclose(lazy_v, adam_v, rtol=1e-6)  # row 1: (1 - beta_2) * 2^2 = 0.004
+    np.testing.assert_allclose(lazy_table, adam_table, rtol=1e-6)
+    assert not LazyAdam(amsgrad=True).needs_no_unique([tf.Variable(np.ones((4, 2), np.float32))])
+
+
 def test_lazy_adam_builds_the_step_scalars_once_for_every_weight_of_a_traced_step():
     """Keras' Adam builds beta_1^t, beta_2^t and the step size for each weight; LazyAdam builds
     them once per traced step (they were ~40% of the operations tracing an update adds) and still

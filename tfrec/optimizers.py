@@ -33,6 +33,8 @@ class LazyAdam(tf.keras.optimizers.Adam):
     table gets the row update: there workers update the tables asynchronously, and a masked pass
     writes back the whole table as it read it, so two workers' overlapping steps would each
     overwrite the other's rows (measured: MIND on 2 workers learnt about half as fast as on one).
+    `weight_decay` stays Keras' and is not lazy: every weight of a table, used or not, decays at
+    every step, whichever way the table is updated.
     With `amsgrad`, every weight gets Keras' AMSGrad update (not lazy), of de-duplicated rows.
     Slots and config are Adam's, so checkpoints and `get_config` round-trip as usual, and the
     update compiles with XLA inside a training step.
@@ -52,13 +54,16 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
     def update_rows_after_step(self, grads_and_vars):
         """The row updates of tables left out of the `apply_gradients` call that just counted this
-        step: the same step number, repeated rows summed first (`tf.unique`).
+        step: the same step number, repeated rows summed first (`tf.unique`), and the whole table
+        decayed first when `weight_decay` is set, as `apply_gradients` would have.
 
         So a training step can update its dense weights and small tables inside one XLA call and
         only the large tables, whose de-duplication XLA compiles badly, after it.
         """
         grads_and_vars = list(grads_and_vars)
         grads = super()._deduplicate_sparse_grad([g for g, _ in grads_and_vars])
+        # As in apply_gradients: Keras decays every weight it is given, before its update.
+        self._apply_weight_decay([variable for _, variable in grads_and_vars])
         with self._sharing_step_scalars():
             for gradient, (_, variable) in zip(grads, grads_and_vars):
                 # apply_gradients has already counted this step in `iterations`.

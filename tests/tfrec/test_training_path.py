@@ -249,6 +249,31 @@ def test_lazy_adam_with_amsgrad_sums_repeated_rows_of_a_small_table_as_keras_doe
     assert not LazyAdam(amsgrad=True).needs_no_unique([tf.Variable(np.ones((4, 2), np.float32))])
 
 
+def test_weight_decay_decays_every_row_of_a_large_table_under_the_default_compile():
+    """Keras' Adam decays every weight at every step; a table too large for the masked update,
+    updated after the XLA step, must be decayed too (its unused rows move by weight decay only)."""
+    from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+    from tfrec.models import DIN
+    from tfrec.optimizers import MASKED_UPDATE_MAX_SIZE
+
+    users = MASKED_UPDATE_MAX_SIZE // 4 + 10  # a large table: more weights than the masked update takes
+    columns = [SparseFeat("user_id", users, 4), SparseFeat("item_id", 8, 4), DenseFeat("price", 1),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 8, 4, embedding_name="item_id"), maxlen=3)]
+    rng = np.random.default_rng(0)
+    x = {"user_id": rng.integers(1, 10, 64), "item_id": rng.integers(1, 8, 64),
+         "price": rng.random(64).astype(np.float32), "hist_item_id": rng.integers(0, 8, (64, 3))}
+    y = (x["item_id"] % 2).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = DIN(columns, ["item_id"], dnn_hidden_units=(8,), att_hidden_size=(4,), seed=0, l2_reg_embedding=0)
+    model.compile(tf.keras.optimizers.Adam(0.05, weight_decay=0.5), "binary_crossentropy")
+    table = model.get_layer("emb_user_id").embeddings
+    unused = table.numpy()[10:]  # rows no example looks up
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert model._split.update_in_step and any(t is table for t in model._split.row_tables)  # after the XLA step
+    # Four steps, each multiplying every weight by 1 - learning rate * weight decay.
+    np.testing.assert_allclose(table.numpy()[10:], unused * (1 - 0.05 * 0.5) ** 4, rtol=1e-5, atol=1e-7)
+
+
 def test_lazy_adam_builds_the_step_scalars_once_for_every_weight_of_a_traced_step():
     """Keras' Adam builds beta_1^t, beta_2^t and the step size for each weight; LazyAdam builds
     them once per traced step (they were ~40% of the operations tracing an update adds) and still

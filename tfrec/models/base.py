@@ -307,9 +307,10 @@ class RecModel(tf.keras.Model):
         lookups, the loss and the gradients, and, when the optimizer is LazyAdam and no
         distribution strategy is in use, the update of the dense weights and of every table
         small enough for the masked update (`tfrec.optimizers.MASKED_UPDATE_MAX_SIZE` weights);
-        larger tables get their row update right after the call (all weights do, when clipping,
-        an EMA or a learning-rate schedule needs them in one `apply_gradients`, and under
-        AMSGrad, whose update de-duplicates every table's rows with `tf.unique`).
+        larger tables get their row update (and their weight decay) right after the call (all
+        weights do, when clipping, an EMA or a learning-rate schedule needs them in one
+        `apply_gradients`, and under AMSGrad, whose update de-duplicates every table's rows with
+        `tf.unique`).
         `jit_compile=False` trains without XLA (for a layer XLA cannot compile).
       * Keras' Adam ("adam" or a `tf.keras.optimizers.Adam`) becomes `tfrec.optimizers.LazyAdam`
         with the same settings: Adam on dense weights, and on embedding tables an update of only

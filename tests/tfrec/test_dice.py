@@ -95,3 +95,21 @@ def test_symbolic_learning_phase_and_config_round_trip():
     # The order of weights that earlier versions saved (set_weights and .h5 files rely on it).
     assert [w.name for w in model.get_layer("dice").weights] == [
         "dice/alphas:0", "dice/bn/moving_mean:0", "dice/bn/moving_variance:0"]
+
+
+def test_a_frozen_dice_runs_as_at_inference_and_keeps_its_statistics():
+    """As a frozen Keras BatchNormalization: freezing the layer, or the model around it, makes the
+    training pass an inference pass, which leaves the moving statistics alone."""
+    dice, reference = twin_layers((32, 5))
+    x = tf.constant(np.random.default_rng(6).normal(loc=3.0, size=(32, 5)).astype("float32"))
+    dice.trainable = False
+    np.testing.assert_array_equal(dice(x, training=True), dice(x, training=False))
+
+    inputs = tf.keras.Input((5,))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(Dice(name="dice")(inputs)))
+    model.trainable = False
+    model.compile("sgd", "mse")
+    statistics = [v.numpy().copy() for v in model.get_layer("dice").non_trainable_weights]
+    model.fit(x, np.zeros(32), batch_size=8, verbose=0)
+    for value, moving in zip(statistics, model.get_layer("dice").non_trainable_weights):
+        np.testing.assert_array_equal(moving.numpy(), value)

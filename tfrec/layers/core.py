@@ -65,7 +65,9 @@ class Dice(tf.keras.layers.Layer):
 
     In training the layer computes BN itself (`_dice_on_batch`, the same function as Keras'
     BatchNormalization with the batch's statistics) and updates the BN sublayer's moving mean and
-    variance as that layer would; at inference it calls the sublayer. Under XLA on CPU this made
+    variance as that layer would; at inference it calls the sublayer. A frozen layer (its own,
+    its model's or its BN sublayer's `trainable = False`) runs as at inference, as a frozen Keras
+    BatchNormalization does, so fine-tuning leaves its statistics alone. Under XLA on CPU this made
     DIN's training step about a third faster: BN's row reductions dominated it.
     """
 
@@ -88,6 +90,8 @@ class Dice(tf.keras.layers.Layer):
     def call(self, inputs, training=None):
         if training is None:
             training = tf.keras.backend.learning_phase()
+        if not self.batch_norm.trainable:  # frozen, with the layer or the model: as Keras' BN, inference
+            training = False
         return tf.__internal__.smart_cond.smart_cond(
             training, lambda: self._on_batch(inputs), lambda: self._with_moving_statistics(inputs))
 

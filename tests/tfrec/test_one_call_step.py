@@ -162,6 +162,34 @@ def test_batches_of_one_shape_train_in_one_xla_loop_as_one_step_each(data):
     assert din._split.update_in_step and din._split.steps is None
 
 
+def test_data_of_unknown_size_runs_one_batch_per_call_unless_the_user_set_the_steps(data):
+    """Keras refuses data whose size it cannot infer (a filtered data set, a generator) at more
+    than one batch per call: the default compile runs such a call one batch per call, so it works
+    as in Keras, and keeps its 32 batches per call (the XLA loop) for the other calls."""
+    columns, x, y = data
+    known = tf.data.Dataset.from_tensor_slices((x, tuple(y))).batch(64)
+    unknown = known.filter(lambda *_: True)
+    batches = int(known.cardinality())
+
+    def generator():
+        yield from known.as_numpy_iterator()
+
+    model = new_model(columns)
+    history = model.fit(known, validation_data=unknown, verbose=0).history
+    assert len(history["val_loss"]) == 1 and int(model.optimizer.iterations) == batches
+    model.fit(unknown, verbose=0)
+    model.fit(generator(), verbose=0)
+    assert int(model.optimizer.iterations) == 3 * batches
+    np.testing.assert_allclose(model.evaluate(unknown, verbose=0), model.evaluate(known, verbose=0), rtol=1e-6)
+    for a, b in zip(model.predict(unknown.map(lambda x, _: x), verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
+
+    chosen = new_model(columns, steps_per_execution=4)
+    with pytest.raises(ValueError, match="Could not infer the size of the data"):
+        chosen.evaluate(unknown, verbose=0)
+
+
 def test_numpy_fit_evaluate_and_predict_match_keras_numpy_path_and_end_with_their_work(data, monkeypatch):
     """fit (its training and validation data, given or split off by validation_split), evaluate and
     predict feed numpy arrays through Keras' own numpy data set with tf.data's autotuning off: the

@@ -19,7 +19,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import contextlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -322,7 +322,11 @@ class RecModel(tf.keras.Model):
         `fit`, `evaluate` or `predict` given a callback with per-batch hooks (`on_*_batch_begin`
         / `on_*_batch_end`, e.g. TensorBoard, a ModelCheckpoint saving every n batches) runs one
         batch per call, so the callback still sees every batch; `train_on_batch`,
-        `test_on_batch` and `predict_on_batch` run one batch either way. When every update is
+        `test_on_batch` and `predict_on_batch` run one batch either way. So does a call on data
+        whose size Keras cannot infer (a data set of unknown cardinality, e.g. filtered or read
+        from TFRecord files, or a generator) without its number of steps, as a `fit` with such
+        validation data does: Keras refuses those at more than one batch per call, which an
+        explicit `steps_per_execution` still gets. When every update is
         inside the XLA call and the model has no behaviour sequences (the multi-task models),
         `fit` trains a call's batches in one XLA loop (`make_train_function`).
 
@@ -340,7 +344,9 @@ class RecModel(tf.keras.Model):
         # A distribution strategy sums the replicas' gradients in apply_gradients, outside any
         # replica's XLA call, and schedules its own steps: it keeps Keras' defaults.
         distributed = self._is_distributed()
-        if steps_per_execution is None and not distributed:
+        # Only tfrec's own choice yields to data of unknown size; a user's keeps Keras' error.
+        self._tfrec_chose_steps_per_execution = steps_per_execution is None and not distributed
+        if self._tfrec_chose_steps_per_execution:
             steps_per_execution = STEPS_PER_EXECUTION
         optimizer = sparse_optimizer(optimizer) if lazy_adam else optimizer
         super().compile(optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly,
@@ -401,7 +407,11 @@ class RecModel(tf.keras.Model):
         self._build_training_variables(x if y is None else y, y is None)
         if getattr(self, "_split", None) is not None and self._split.kept is not None:
             self._split.kept.restart()
-        with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")):
+        validation = kwargs.get("validation_data", args[5] if len(args) > 5 else None)
+        sizes_unknown = self._size_unknown(x, kwargs.get("steps_per_epoch", args[10] if len(args) > 10 else None)) or \
+            self._size_unknown(validation, kwargs.get("validation_steps", args[11] if len(args) > 11 else None))
+        with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")
+                                          or sizes_unknown):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
@@ -486,7 +496,8 @@ class RecModel(tf.keras.Model):
         if not args and not kwargs.get("_use_cached_eval_dataset") and not self._is_distributed():
             x, y, kwargs = _numpy_without_autotuning(x, y, kwargs)
         self._build_metrics(x if y is None else y, y is None)
-        with self._one_step_per_execution(_hooks_batches(callbacks, "test")):
+        size_unknown = self._size_unknown(x, kwargs.get("steps", args[3] if len(args) > 3 else None))
+        with self._one_step_per_execution(_hooks_batches(callbacks, "test") or size_unknown):
             return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
@@ -494,7 +505,8 @@ class RecModel(tf.keras.Model):
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         if not args and not self._is_distributed():
             x, _, kwargs = _numpy_without_autotuning(x, None, kwargs)
-        with self._one_step_per_execution(_hooks_batches(callbacks, "predict")):
+        size_unknown = self._size_unknown(x, kwargs.get("steps", args[2] if len(args) > 2 else None))
+        with self._one_step_per_execution(_hooks_batches(callbacks, "predict") or size_unknown):
             return super().predict(x, *args, **kwargs)
 
     # Keras 2 runs `steps_per_execution` steps per call of its train / test / predict function,
@@ -511,6 +523,15 @@ class RecModel(tf.keras.Model):
     def predict_on_batch(self, x):
         with self._one_step_per_execution():
             return super().predict_on_batch(x)
+
+    def _size_unknown(self, data, steps):
+        """Whether a call on `data` for `steps` should run one batch per call of Keras' functions
+        because Keras cannot infer its size, and `compile` chose `steps_per_execution`."""
+        if steps is not None or not getattr(self, "_tfrec_chose_steps_per_execution", False):
+            return False
+        if isinstance(data, tf.data.Dataset):
+            return int(data.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+        return isinstance(data, Iterator)  # a generator: Keras' adapter for it has no size
 
     @contextlib.contextmanager
     def _one_step_per_execution(self, when=True):

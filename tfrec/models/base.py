@@ -401,6 +401,11 @@ class RecModel(tf.keras.Model):
         if rows is not x:
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        if self._has_derived_weights() and (callbacks is None or isinstance(callbacks, list)):
+            # First, so the callbacks that save or read the model at an epoch's end see them fresh.
+            callbacks = [_RefreshingDerivedWeights()] + (callbacks or [])
+            args, kwargs = (args[:3] + (callbacks,) + args[4:], kwargs) if len(args) > 3 else \
+                (args, dict(kwargs, callbacks=callbacks))
         x = x if rows is x else self._split.pack(rows)
         if not args and not self._is_distributed():
             x, y, kwargs = self._fit_arguments_without_autotuning(x, y, kwargs)
@@ -496,6 +501,7 @@ class RecModel(tf.keras.Model):
         if not args and not kwargs.get("_use_cached_eval_dataset") and not self._is_distributed():
             x, y, kwargs = _numpy_without_autotuning(x, y, kwargs)
         self._build_metrics(x if y is None else y, y is None)
+        self.refresh_derived_weights()  # fit's validation too: training has moved the weights they derive from
         size_unknown = self._size_unknown(x, kwargs.get("steps", args[3] if len(args) > 3 else None))
         with self._one_step_per_execution(_hooks_batches(callbacks, "test") or size_unknown):
             return super().evaluate(x, y, *args, **kwargs)
@@ -768,12 +774,18 @@ class RecModel(tf.keras.Model):
         """Recomputes weights derived from others, e.g. SIM's SimHash signatures of an item table.
 
         A layer with a `refresh_from(model)` method keeps such a cache for inference; `fit` calls
-        this when it ends and the exporter before it writes a model, so in-process and served
-        predictions read the same, up-to-date values.
+        this at the end of every epoch, before the callbacks (a ModelCheckpoint saves them fresh),
+        and when it ends, `evaluate` (fit's validation too) before it starts, and the exporter
+        before it writes a model, so in-process and served predictions read the same, up-to-date
+        values.
         """
         for layer in self._flatten_layers(include_self=False):
             if hasattr(layer, "refresh_from"):
                 layer.refresh_from(self)
+
+    def _has_derived_weights(self):
+        """Whether a layer keeps weights derived from others (`refresh_derived_weights`)."""
+        return any(hasattr(layer, "refresh_from") for layer in self._flatten_layers(include_self=False))
 
     def _look_up_once(self, x, chunk_rows=65_536):
         """Numpy features -> their embedding rows, looked up once by the model's own layers.
@@ -1095,6 +1107,13 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
         shuffle=shuffle)
     kwargs[steps] = adapter.get_size()
     return without_autotuning(adapter.get_dataset()), None, kwargs
+
+
+class _RefreshingDerivedWeights(tf.keras.callbacks.Callback):
+    """Refreshes the model's derived weights (`RecModel.refresh_derived_weights`) at each epoch's end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.refresh_derived_weights()
 
 
 def _hooks_batches(callbacks, mode):

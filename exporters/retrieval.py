@@ -158,7 +158,7 @@ def export_retrieval(model, export_base, candidates, k=100, index="scann", versi
         raise ValueError(
             f"k must be an integer in [1, number of candidates = {num_candidates}], got {k!r}")
     k = int(k)
-    exclude = _excluded_features(user_tower, item_input, exclude)
+    exclude = _excluded_features(user_tower, item_tower, item_input, exclude)
     interests = _user_output_kind(user_tower)
     built = index
     min_candidates = scann_options.get("min_candidates", DEFAULT_MIN_SCANN_CANDIDATES)
@@ -240,11 +240,12 @@ def item_id_feature(model):
     return _input_name(item_input), item_input.dtype
 
 
-def _excluded_features(user_tower, item_input, exclude):
-    """`exclude` as a tuple of user tower Input names, each a sequence of ids of the item's
-    dtype (a history of items), or a ValueError naming what is wrong."""
+def _excluded_features(user_tower, item_tower, item_input, exclude):
+    """`exclude` as a tuple of user tower Input names, each a sequence of ids looked up in the
+    item's table (a history of items), or a ValueError naming what is wrong."""
     names = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
     inputs = dict(zip(user_tower.input_names, user_tower.inputs))
+    item_lookups = _lookups_reading(item_tower, item_input)
     for name in names:
         if name not in inputs:
             raise ValueError(f"exclude: {name!r} is not a feature of the user tower; its features are "
@@ -255,7 +256,20 @@ def _excluded_features(user_tower, item_input, exclude):
             raise ValueError(f"exclude: {name!r} must be a sequence of item ids (like hist_item_id), but it is "
                              f"{tensor.dtype.name} of shape {tensor.shape}, and the item id is "
                              f"{item_input.dtype.name}")
+        lookups = _lookups_reading(user_tower, tensor)
+        if item_lookups and lookups and not lookups & item_lookups:
+            # e.g. hist_cate_id: its ids are categories, and excluding them would drop the items
+            # that happen to share their numbers
+            raise ValueError(f"exclude: {name!r} must be a sequence of item ids (like hist_item_id), but it is "
+                             f"looked up in another table ({sorted(lookups)[0]}) than the item id "
+                             f"({sorted(item_lookups)[0]})")
     return names
+
+
+def _lookups_reading(tower, tensor):
+    """The names of the SparseIndex layers of `tower` that read its Input `tensor` (one per table)."""
+    return {layer.name for layer in tower.layers if isinstance(layer, SparseIndex)
+            for node in layer._inbound_nodes for read in tf.nest.flatten(node.keras_inputs) if read is tensor}
 
 
 def _towers(model):
@@ -291,7 +305,8 @@ def _input_name(tensor):
 
 def _candidates_frame(candidates, name):
     """The candidates as a DataFrame with the id column `name`: a frame as it is; a dict's
-    `name` entry or a list / array / Series of ids as that column ((n, 1) arrays flattened)."""
+    `name` entry or a list / array / Series / Index of ids (or what `Series.unique()` gives, an
+    extension array under pandas 3) as that column ((n, 1) arrays flattened)."""
     if isinstance(candidates, pd.DataFrame):
         return candidates
     if isinstance(candidates, collections.abc.Mapping):
@@ -299,8 +314,8 @@ def _candidates_frame(candidates, name):
             raise ValueError(f"the candidates dict has no {name!r} entry (the model's item id feature); "
                              f"its keys are {sorted(map(str, candidates))}")
         candidates = candidates[name]
-    if isinstance(candidates, (str, bytes)) or not isinstance(
-            candidates, (pd.Series, np.ndarray, tf.Tensor, list, tuple)):
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (
+            pd.Series, pd.Index, pd.api.extensions.ExtensionArray, np.ndarray, tf.Tensor, list, tuple)):
         raise ValueError(f"candidates must be item ids (a list, numpy array or Series), a dict or a "
                          f"pandas DataFrame with the {name!r} column, got {type(candidates).__name__}")
     ids = np.asarray(candidates, dtype=object if isinstance(candidates, (list, tuple)) else None)
@@ -328,7 +343,14 @@ def _candidate_ids(candidates, item_input):
                          f"(column {name!r})")
     if column.isna().any():
         raise ValueError(f"candidates column {name!r} has {int(column.isna().sum())} missing ids")
-    check_unique_ids(column, f"candidates column {name!r}")
+    ids = _id_values(column, item_input, name)
+    # Checked as the ids are served, so b"7", "7" and 7 are one id of a string model.
+    check_unique_ids(ids, f"candidates column {name!r}")
+    return ids
+
+
+def _id_values(column, item_input, name):
+    """The ids of candidates column `column` as the model's item input takes them."""
     if item_input.dtype == tf.string:  # ints as their decimal text, as df_to_inputs reads them
         values = np.array([id_text(value) for value in column.to_numpy(dtype=object)], dtype=object)
         bad = [value for value in values if not isinstance(value, (str, bytes))]

@@ -369,6 +369,7 @@ def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, yo
      r"its columns are \['movie_id', 'popularity'\]"),
     (lambda frame: frame.head(30), r"k must be an integer in \[1, number of candidates = 30\], got 50"),
     (lambda frame: pd.concat([frame.head(100), frame.head(1)]), r"repeats 1 id\(s\)"),
+    (lambda frame: list(frame["item_id"]) + [frame["item_id"].iloc[0].encode()], r"repeats 1 id\(s\)"),  # b"x", "x"
     (lambda frame: set(frame["item_id"]), r"candidates must be item ids \(a list, numpy array or Series\), a dict "
                                           r"or a pandas DataFrame with the 'item_id' column, got set"),
     (lambda frame: {"movie_id": frame["item_id"]}, r"the candidates dict has no 'item_id' entry \(the model's "
@@ -382,6 +383,30 @@ def test_bad_candidates_are_refused_before_anything_is_written(
     with pytest.raises(ValueError, match=message):
         exporters.export_retrieval(youtubednn, tmp_path / "r", change(candidates), k=K)
     assert os.listdir(tmp_path) == []
+
+
+def test_candidates_may_be_what_pandas_gives_for_a_columns_unique_ids(youtubednn, candidates):
+    """Series.unique() (an ArrowStringArray under pandas 3) and an Index hold the ids as a list does."""
+    from exporters.retrieval import _candidate_ids, _towers
+    column, item_input = candidates["item_id"], _towers(youtubednn)[2]
+    for ids in (column.unique(), pd.Index(column), column.value_counts().index):
+        assert sorted(_candidate_ids(ids, item_input)) == sorted(column)
+
+
+def test_exclude_refuses_a_sequence_of_another_tables_ids():
+    """hist_cate_id holds categories: excluding them would drop the items that share their numbers."""
+    from feature_columns import SparseFeat, VarLenSparseFeat
+    from tfrec.models import YoutubeDNN
+    item = SparseFeat("item_id", 200, DIM, dtype="int64")
+    model = YoutubeDNN([SparseFeat("user_id", 10, 4, dtype="int64"),
+                        VarLenSparseFeat(SparseFeat("hist_item_id", 200, DIM, embedding_name="item_id",
+                                                    dtype="int64"), maxlen=5),
+                        VarLenSparseFeat(SparseFeat("hist_cate_id", 20, 4, dtype="int64"), maxlen=5)],
+                       [item], user_dnn_hidden_units=(DIM,))
+    with pytest.raises(ValueError, match=r"exclude: 'hist_cate_id' must be a sequence of item ids \(like "
+                                         r"hist_item_id\), but it is looked up in another table"):
+        exporters.export_retrieval(model, "/nonexistent/never/written", np.arange(1, 200), k=10,
+                                   index="brute_force", exclude="hist_cate_id")
 
 
 def test_an_export_that_stops_midway_publishes_none_of_the_four(youtubednn, candidates, tmp_path, monkeypatch):

@@ -39,8 +39,8 @@ def interest_number(lengths, k_max):
     """MIND's adaptive interest count (eq. 9): max(1, min(k_max, floor(log2(length)))), int32.
 
     Counted exactly in integers: floor(log2(n)) >= j iff n >= 2^j, so a float log2 that lands
-    just under an integer (log2(8) = 2.9999998) cannot cost an interest. A history of 0 or 1
-    events has 1 interest, 2-3 events 2, 4-7 events 3, ...
+    just under an integer (log2(8) = 2.9999998) cannot cost an interest. A history of 0 to 3
+    events has 1 interest, 4-7 events 2, 8-15 events 3, ...
     """
     lengths = tf.cast(tf.reshape(lengths, [-1]), tf.int32)
     powers = tf.constant([2 ** j for j in range(1, k_max + 1)], tf.int32)  # 2^1 .. 2^k_max

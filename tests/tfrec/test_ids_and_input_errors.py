@@ -270,6 +270,15 @@ def test_labels_a_binary_head_cannot_learn_from_are_named_before_training(din, l
     assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, din.weights))
 
 
+def test_a_single_output_takes_its_labels_in_a_list_of_one_as_keras_does(din):
+    weights = din.get_weights()
+    din.fit(rows([1, 2, 3]), [np.array([1.0, 0.0, 1.0])], verbose=0)
+    din.set_weights(weights)  # the module's other tests read this model's weights
+    with pytest.raises(ValueError, match=r"output 'prediction' needs labels in \[0, 1\] \(a binary head\), but row 2 "
+                                         r"holds \[3.0\]"):
+        din.fit(rows([1, 2, 3]), [np.array([1.0, 0.0, 3.0])], verbose=0)
+
+
 def test_multitask_labels_must_be_one_per_head():
     from tfrec.models import MMOE
 

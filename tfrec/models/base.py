@@ -680,6 +680,8 @@ class RecModel(tf.keras.Model):
                 raise ValueError(f"model '{self.name}' has {len(outputs)} outputs {outputs}, but {len(y)} label "
                                  "arrays were given; give one per output, in that order, or {output name: labels}")
             labels = dict(zip(outputs, y))
+        elif isinstance(y, (list, tuple)) and len(y) == 1 and np.ndim(y[0]) >= 1:  # Keras' [labels] of one output
+            labels = {outputs[0]: y[0]}
         elif len(outputs) > 1:
             raise ValueError(f"model '{self.name}' has {len(outputs)} outputs {outputs}, but one label array was "
                              "given, which would train every head on it; give a list of one per output, or "

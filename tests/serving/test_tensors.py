@@ -297,6 +297,6 @@ def test_client_types_python_numbers_by_the_signatures_float_dtype(dtype):
     bfloat16 as kind "V", so it used to go out as double and be refused)."""
     from serving.client import _cast_to_signature
 
-    proto = ndarray_to_proto(_cast_to_signature(np.array([2.5, 1]), dtype))
+    proto = ndarray_to_proto(_cast_to_signature("x", np.array([2.5, 1]), dtype))
     assert proto.dtype == dtype
     assert tf.make_ndarray(proto).astype(np.float64).tolist() == [2.5, 1.0]

@@ -732,14 +732,15 @@ def check_finite(name, value, what):
         raise ValueError(f"feature '{name}' needs {what}, but row {row} holds {shown}; {fix}")
 
 
-def check_id_range(name, value, dtype):
+def check_id_range(name, value, dtype, where="row {}".format):
     """A ValueError naming feature `name` and the row of the first id of the numeric array `value`
     (or object array of Python ints) outside the range of the integer `dtype` ("int32"/"int64"),
-    which a cast would wrap around to another id (4294967301 to 5 in int32)."""
+    which a cast would wrap around to another id (4294967301 to 5 in int32). `where(row)` names the
+    row."""
     low, high = _INT_RANGES[dtype]
     if value.size and value.dtype.kind in "iufO" and (value.min() < low or value.max() > high):
         row = _first_row((value < low) | (value > high))
-        raise ValueError(f"feature '{name}' holds {value[row].tolist()!r} (row {row}), outside the "
+        raise ValueError(f"feature '{name}' holds {np.asarray(value[row]).tolist()!r} ({where(row)}), outside the "
                          f"{dtype} range [{low}, {high}] of its input, where it would wrap around to "
                          "another id; declare the column dtype='int64', or map the ids to "
                          "[0, vocabulary_size) or give the column a vocabulary")

@@ -4,7 +4,7 @@ import pytest
 
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+from feature_columns import DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 from tfrec.data import df_to_dataset, df_to_inputs
 
 
@@ -86,6 +86,30 @@ def test_bad_values_are_named(frame):
         df_to_inputs(pd.DataFrame({"item_id": ["1060", "1082", "0777"]}), [ids])
     with pytest.raises(ValueError, match=r"needs integer ids, but row 1 holds nan; missing values must be filled"):
         df_to_inputs(pd.DataFrame({"item_id": [5, None, 7]}), [ids])
+
+
+def test_a_bad_item_of_a_history_is_named_by_its_row_and_column():
+    # The message named its place among all the rows' kept items ("row 6"), and a list mixing ids
+    # and text was all text to numpy ("row 0 holds '1'").
+    hist = VarLenSparseFeat(SparseFeat("hist", 10), maxlen=3)
+    df = pd.DataFrame({"hist": [[1, 2], [3, 4, 5], [6, 7]]}, index=["a", "b", "c"])
+    for bad, shown in [(2 ** 40, r"holds 1099511627776 \(row 2 \(index 'c'\)\), outside the int32 range"),
+                       (1.5, r"but row 2 \(index 'c'\) holds 1.5; ids are whole numbers"),
+                       ("x", r"but row 2 \(index 'c'\) holds 'x'; text is not an integer id")]:
+        with pytest.raises(ValueError, match=rf"feature 'hist' .*{shown}"):
+            df_to_inputs(df.assign(hist=[[1, 2], [3, 4, 5], [6, bad]]), [hist])
+    # A row whose events are picked from a whole cell longer than maxlen (padding in its tail).
+    with pytest.raises(ValueError, match=r"feature 'hist' .*but row 1 \(index 'b'\) holds 'x'"):
+        df_to_inputs(df.assign(hist=[[1, 2], [3, "x", 4, 5, 0, 0], [6, 7]]), [hist])
+    # A dense history's numbers and a history's weights alike.
+    weighted = VarLenSparseFeat(SparseFeat("hist", 10), maxlen=3, weight_name="hist_weight")
+    with pytest.raises(ValueError, match=r"feature 'hist_weight' has dtype 'float32' and needs numbers, but row 1 "
+                                         r"\(index 'b'\) holds 'x'"):
+        df_to_inputs(df.assign(hist_weight=[[1.0, 1.0], [1.0, "x", 1.0], [1.0, 1.0]]), [weighted])
+    times = VarLenDenseFeat("hist_time", 3)
+    with pytest.raises(ValueError, match=r"feature 'hist_time' has dtype 'float32' and needs numbers, but row 2 "
+                                         r"\(index 'c'\) holds 'x'"):
+        df_to_inputs(df.assign(hist_time=[[1.0, 2.0], [3.0, 4.0, 5.0], [6.0, "x"]]), [hist, times])
 
 
 def test_df_to_dataset_batches_in_order_without_shuffle(frame):

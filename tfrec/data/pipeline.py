@@ -62,10 +62,11 @@ def id_texts(values):
     return [str(id_text(v)) for v in values if not is_missing(v)]
 
 
-def _ids(values, dtype, feature_name):
+def _ids(values, dtype, feature_name, where="row {}".format):
     """Casts ids to the column's dtype: int32/int64 arrays, or object arrays of str for strings.
 
-    A string column takes ints and whole-number floats as their `id_text`.
+    A string column takes ints and whole-number floats as their `id_text`. A refused value is named
+    by `where(its position in values)`.
     """
     values = np.asarray(values)
     if dtype == _STRING:
@@ -85,14 +86,15 @@ def _ids(values, dtype, feature_name):
             return np.array(texts, dtype=object)
         row = next(row for row, v in enumerate(texts) if not isinstance(v, (str, bytes)))
         raise ValueError(
-            f"feature '{feature_name}' has dtype 'string' and needs str values, but row {row} holds "
+            f"feature '{feature_name}' has dtype 'string' and needs str values, but {where(row)} holds "
             f"{cells[row]!r}; missing values must be filled first (\"\" is padding)"
         )
-    return _integers(values, dtype, feature_name, "integer ids")
+    return _integers(values, dtype, feature_name, "integer ids", where)
 
 
-def _integers(values, dtype, feature_name, what="integers"):
-    """`values` as an int array of `dtype`; integral floats are accepted, anything else raises."""
+def _integers(values, dtype, feature_name, what="integers", where="row {}".format):
+    """`values` as an int array of `dtype`; integral floats are accepted, anything else raises
+    (naming the value's place by `where`, as `_ids` does)."""
     values = np.asarray(values)
     whole_objects = values.dtype == object and all(map(_is_whole_number, values.tolist()))
     if whole_objects:
@@ -102,7 +104,7 @@ def _integers(values, dtype, feature_name, what="integers"):
     # Integral floats too, e.g. an int column that pandas widened to float somewhere.
     if whole_objects or values.dtype.kind in "iub" or values.size == 0 or (
             values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values))):
-        check_id_range(feature_name, values, dtype)  # the cast would wrap it around to another id
+        check_id_range(feature_name, values, dtype, where)  # the cast would wrap it around to another id
         return values.astype(dtype)
     cells = values.tolist()
     row = next(row for row, v in enumerate(cells) if not _is_whole_number(v))
@@ -112,12 +114,12 @@ def _integers(values, dtype, feature_name, what="integers"):
     elif isinstance(value, str):
         zeros = next((r for r, v in enumerate(cells) if isinstance(v, str) and re.match(r"\s*[+-]?0\d", v)), None)
         hint = ("the column is text: a CSV column of whole numbers is read as text when one is written with leading "
-                f"zeros ({cells[zeros]!r} in row {zeros}), which this integer table does not take" if zeros is not None
-                else "text is not an integer id")
+                f"zeros ({cells[zeros]!r} in {where(zeros)}), which this integer table does not take"
+                if zeros is not None else "text is not an integer id")
     else:
         hint = "ids are whole numbers"
-    raise ValueError(f"feature '{feature_name}' has dtype {dtype!r} and needs {what}, but row {row} holds {value!r}; "
-                     f"{hint}")
+    raise ValueError(f"feature '{feature_name}' has dtype {dtype!r} and needs {what}, but {where(row)} holds "
+                     f"{value!r}; {hint}")
 
 
 def _is_whole_number(value):
@@ -125,18 +127,28 @@ def _is_whole_number(value):
         isinstance(value, (float, np.floating)) and np.isfinite(value) and value == round(value))
 
 
-def _numbers(values, dtype, feature_name):
-    """Numbers of a dense feature as `dtype`: int64 (integral values only), float32 or float64."""
+def _numbers(values, dtype, feature_name, where="row {}".format):
+    """Numbers of a dense feature as `dtype`: int64 (integral values only), float32 or float64; a
+    value that is not a number is named by `where`, as `_ids` names a refused id."""
     if dtype == _INT64:
-        return _integers(values, dtype, feature_name)
+        return _integers(values, dtype, feature_name, where=where)
+    values = np.asarray(values)
     try:
-        return np.asarray(values).astype(dtype)
+        return values.astype(dtype)
     except (TypeError, ValueError):
-        values = np.asarray(values)
-        raise ValueError(
-            f"feature '{feature_name}' has dtype {dtype!r} and needs numbers, but holds "
-            f"{values.dtype} values (e.g. {values[:3].tolist()})"
-        ) from None
+        cells = values.tolist()
+        row = next(row for row, value in enumerate(cells) if not _is_float(value))
+        raise ValueError(f"feature '{feature_name}' has dtype {dtype!r} and needs numbers, but {where(row)} holds "
+                         f"{cells[row]!r}") from None
+
+
+def _is_float(value):
+    """Whether numpy's cast to a float dtype takes `value` (a number, or a number's text)."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def history_cells(cells):
@@ -169,7 +181,28 @@ def _joined(parts):
     return np.array(list(itertools.chain.from_iterable(parts)))
 
 
-def _picked_events(column, recent, cells, lengths, given_lengths=None):
+def _cast_cells(cast, parts, rows, index):
+    """`cast(items, where)` of the items of `parts`, cells or parts of cells of the DataFrame rows
+    `rows` (`index` their labels), joined. A ValueError names a refused item by its row, not by its
+    position among all the rows' items: a failed cast is repeated cell by cell to find the row."""
+    try:
+        return cast(_joined(parts), "item {}".format)
+    except ValueError:
+        for row, part in zip(rows, parts):
+            # Objects: numpy makes text of every item of a list that mixes ints and text.
+            items = part if isinstance(part, np.ndarray) else np.array(part, dtype=object)
+            cast(items, lambda _: _row_named(index, row))
+        raise
+
+
+def _row_named(index, row):
+    """How a message names row number `row` of a DataFrame whose row labels are `index`."""
+    label = index[row]
+    label = label.item() if isinstance(label, np.generic) else label  # 5, not numpy's np.int64(5)
+    return f"row {row} (index {label!r})"
+
+
+def _picked_events(column, recent, cells, lengths, index, given_lengths=None):
     """{row: positions in its cell} for the rows of sequence `column` whose kept events are not
     simply their last `maxlen` cells (`recent`, their ids as `_pad_recent` cut them).
 
@@ -180,7 +213,7 @@ def _picked_events(column, recent, cells, lengths, given_lengths=None):
     padding (a CSV history with placeholders, `"i3|i7|||||"`, or an array post-padded as
     DeepCTR's `pad_sequences` pads) would lose its real events to a plain cut, and train on other
     histories than its export serves. Only those rows' cells are read whole, so rows of 1000s of
-    events still cost O(maxlen) each.
+    events still cost O(maxlen) each. `index`: the rows' labels, for messages.
     """
     maxlen = column.maxlen
     rows = np.flatnonzero(lengths > maxlen)
@@ -190,7 +223,9 @@ def _picked_events(column, recent, cells, lengths, given_lengths=None):
     cut_into = rows[~in_tail.all(axis=1)]
     if not len(cut_into):
         return {}
-    events = ~is_padding(column, _ids(_joined([cells[row] for row in cut_into]), column.dtype, column.name))
+    ids = _cast_cells(lambda items, where: _ids(items, column.dtype, column.name, where),
+                      [cells[row] for row in cut_into], cut_into, index)
+    events = ~is_padding(column, ids)
     picked = {}
     for row, event in zip(cut_into.tolist(), np.split(events, np.cumsum(lengths[cut_into])[:-1])):
         if given_lengths is not None:
@@ -199,30 +234,33 @@ def _picked_events(column, recent, cells, lengths, given_lengths=None):
     return picked
 
 
-def _pad_recent(cells, lengths, maxlen, pad_value, cast, picked):
-    """(n, maxlen): each row's kept items, cast by `cast`, left-aligned, padded with `pad_value`.
+def _pad_recent(cells, lengths, maxlen, pad_value, cast, picked, index):
+    """(n, maxlen): each row's kept items, cast by `cast` (as `_cast_cells` casts, `index` the rows'
+    labels), left-aligned, padded with `pad_value`.
 
     A row keeps its last min(len, maxlen) items, or for a row in `picked` (`_picked_events`) the
     items at its positions. Only kept items are cut out and cast, so rows of 1000s of events cost
     O(maxlen) each.
     """
     kept = np.minimum(lengths, maxlen)
-    flat = cast(_joined([cell[len(cell) - k:] for cell, k in zip(cells, kept.tolist()) if k]))
+    counts = kept.tolist()
+    rows = [row for row, count in enumerate(counts) if count]
+    flat = _cast_cells(cast, [cells[row][len(cells[row]) - counts[row]:] for row in rows], rows, index)
     out = np.full((len(lengths), maxlen), pad_value, dtype=flat.dtype)
     out[np.arange(maxlen)[None, :] < kept[:, None]] = flat  # the kept items in row-major order
-    return _put_picked(out, cells, picked, pad_value, cast)
+    return _put_picked(out, cells, picked, pad_value, cast, index)
 
 
-def _put_picked(out, cells, picked, pad_value, cast):
+def _put_picked(out, cells, picked, pad_value, cast, index):
     """`out` (n, maxlen) with each row in `picked` replaced by its cells at the picked positions,
-    cast by `cast`, left-aligned, padded with `pad_value`."""
+    cast as `_pad_recent` casts, left-aligned, padded with `pad_value`."""
     if not picked:
         return out
     rows = list(picked)
     counts = np.array([len(picked[row]) for row in rows])
     chosen = np.full((len(rows), out.shape[1]), pad_value, dtype=out.dtype)
-    chosen[np.arange(out.shape[1])[None, :] < counts[:, None]] = cast(
-        _joined([np.asarray(cells[row])[picked[row]] for row in rows]))
+    chosen[np.arange(out.shape[1])[None, :] < counts[:, None]] = _cast_cells(
+        cast, [np.asarray(cells[row])[picked[row]] for row in rows], rows, index)
     out[rows] = chosen
     return out
 
@@ -233,12 +271,12 @@ def _sequence_inputs(df, column, lengths, picked=None):
     sequence's group leader picked them, or, with `picked` None, picked here."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
     padding = "" if column.dtype == _STRING else 0
-    cast = lambda flat: _ids(flat, column.dtype, column.name)  # noqa: E731
-    padded = _pad_recent(cells, lengths, column.maxlen, padding, cast, picked)
+    cast = lambda items, where: _ids(items, column.dtype, column.name, where)  # noqa: E731
+    padded = _pad_recent(cells, lengths, column.maxlen, padding, cast, picked, df.index)
     if picked is None:
         given = df[column.length_name].to_numpy().astype(np.int64) if column.length_name in df.columns else None
-        picked = _picked_events(column, padded, cells, lengths, given)
-        padded = _put_picked(padded, cells, picked, padding, cast)
+        picked = _picked_events(column, padded, cells, lengths, df.index, given)
+        padded = _put_picked(padded, cells, picked, padding, cast, df.index)
     inputs = {column.name: padded}
     if column.length_name is not None:
         if column.length_name in df.columns:
@@ -258,8 +296,9 @@ def _sequence_inputs(df, column, lengths, picked=None):
                 f"item; row {mismatch[0]} has {weight_lengths[mismatch[0]]} weights for "
                 f"{lengths[mismatch[0]]} items"
             )
-        inputs[column.weight_name] = _pad_recent(weight_cells, lengths, column.maxlen, 0.0,
-                                                 lambda flat: flat.astype(np.float32), picked)
+        inputs[column.weight_name] = _pad_recent(
+            weight_cells, lengths, column.maxlen, 0.0,
+            lambda items, where: _numbers(items, "float32", column.weight_name, where), picked, df.index)
     return inputs, picked
 
 
@@ -298,8 +337,8 @@ def _dense_input(df, column):
 def _dense_sequence_input(df, column, lengths, picked):
     """(n, maxlen) of the column's dtype: the numbers of the kept events, right-padded with 0."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    return _pad_recent(cells, lengths, column.maxlen, 0, lambda flat: _numbers(flat, column.dtype, column.name),
-                       picked)
+    return _pad_recent(cells, lengths, column.maxlen, 0,
+                       lambda items, where: _numbers(items, column.dtype, column.name, where), picked, df.index)
 
 
 def df_to_inputs(df, feature_columns):
@@ -391,8 +430,8 @@ def _label_values(df, name, owner):
         row = int(bad[0])
         value = column.iloc[row]
         value = value.item() if isinstance(value, np.generic) else value
-        raise ValueError(f"{owner} column '{name}' needs finite numbers, but row {row} (index "
-                         f"{column.index[row]!r}) holds {value!r}; {len(bad)} row(s) do")
+        raise ValueError(f"{owner} column '{name}' needs finite numbers, but {_row_named(column.index, row)} holds "
+                         f"{value!r}; {len(bad)} row(s) do")
     return values
 
 
@@ -423,8 +462,8 @@ def _weight_values(df, name):
     negative = np.flatnonzero(values < 0)
     if len(negative):
         row = int(negative[0])
-        raise ValueError(f"the sample weight column '{name}' needs numbers >= 0, but row {row} (index "
-                         f"{df.index[row]!r}) holds {values[row]:g}; {len(negative)} row(s) do")
+        raise ValueError(f"the sample weight column '{name}' needs numbers >= 0, but {_row_named(df.index, row)} "
+                         f"holds {values[row]:g}; {len(negative)} row(s) do")
     return values
 
 

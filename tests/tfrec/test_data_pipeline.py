@@ -270,6 +270,20 @@ def test_an_id_outside_its_integer_dtype_is_refused_not_wrapped_around():
     assert df_to_inputs(df, [SparseFeat("item_id", 10, dtype="int64")])["item_id"].tolist() == [5, 4294967301]
 
 
+def test_nan_or_an_infinity_in_a_dense_history_or_a_historys_weights_is_refused():
+    # Padding is 0; a NaN time (or a None among the floats, which numpy casts to NaN) or weight
+    # reached the model through df_to_dataset, whose batches fit does not check: every score NaN.
+    df = pd.DataFrame({"hist": [[1, 2], [3, 4, 5], [6, 7]], "hist_weight": [[1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0]],
+                       "hist_time": [[1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0]]})
+    hist = VarLenSparseFeat(SparseFeat("hist", 10), maxlen=3, weight_name="hist_weight")
+    times = VarLenDenseFeat("hist_time", 3)
+    for bad, shown in [(np.nan, "NaN"), (None, "NaN"), (-np.inf, "-inf")]:
+        with pytest.raises(ValueError, match=rf"feature 'hist_time' needs numbers, but row 2 holds {shown}"):
+            df_to_dataset(df.assign(hist_time=[[1.0, 2.0], [3.0, 4.0, 5.0], [6.0, bad]]), [hist, times])
+    with pytest.raises(ValueError, match=r"feature 'hist_weight' needs numbers, but row 1 holds NaN"):
+        df_to_inputs(df.assign(hist_weight=[[1.0, 1.0], [1.0, np.nan, 1.0], [1.0, 1.0]]), [hist, times])
+
+
 def test_an_infinity_in_a_dense_column_is_refused_as_nan_is():
     # np.log of a price of 0: every score and loss of a model trained on it became NaN.
     df = pd.DataFrame({"price": [0.5, 1.0, -np.inf], "vec": [[1.0, 2.0], [3.0, np.inf], [5.0, 6.0]]})

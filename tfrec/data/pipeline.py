@@ -296,9 +296,11 @@ def _sequence_inputs(df, column, lengths, picked=None):
                 f"item; row {mismatch[0]} has {weight_lengths[mismatch[0]]} weights for "
                 f"{lengths[mismatch[0]]} items"
             )
-        inputs[column.weight_name] = _pad_recent(
-            weight_cells, lengths, column.maxlen, 0.0,
-            lambda items, where: _numbers(items, "float32", column.weight_name, where), picked, df.index)
+        weights = _pad_recent(weight_cells, lengths, column.maxlen, 0.0,
+                              lambda items, where: _numbers(items, "float32", column.weight_name, where), picked,
+                              df.index)
+        check_finite(column.weight_name, weights, "numbers")
+        inputs[column.weight_name] = weights
     return inputs, picked
 
 
@@ -337,8 +339,11 @@ def _dense_input(df, column):
 def _dense_sequence_input(df, column, lengths, picked):
     """(n, maxlen) of the column's dtype: the numbers of the kept events, right-padded with 0."""
     cells = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    return _pad_recent(cells, lengths, column.maxlen, 0,
-                       lambda items, where: _numbers(items, column.dtype, column.name, where), picked, df.index)
+    numbers = _pad_recent(cells, lengths, column.maxlen, 0,
+                          lambda items, where: _numbers(items, column.dtype, column.name, where), picked, df.index)
+    if numbers.dtype.kind == "f":  # padding is 0, so NaN (a None among floats too) is a missing value
+        check_finite(column.name, numbers, "numbers")
+    return numbers
 
 
 def df_to_inputs(df, feature_columns):
@@ -361,7 +366,8 @@ def df_to_inputs(df, feature_columns):
 
     Raises:
       KeyError: a feature's column is missing (the message names the feature and df's columns).
-      ValueError: values that do not fit the column's dtype or dimension.
+      ValueError: values that do not fit the column's dtype or dimension, or NaN or an infinity
+        among a dense feature's, a dense history's or a history weight's numbers.
     """
     inputs = {}
     lengths = {column.name: _sequence_lengths(_column(df, column.name, f"feature '{column.name}'").to_numpy(),

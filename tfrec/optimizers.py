@@ -54,8 +54,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
     def update_rows_after_step(self, grads_and_vars):
         """The row updates of tables left out of the `apply_gradients` call that just counted this
-        step: the same step number, repeated rows summed first (`tf.unique`), and the whole table
-        decayed first when `weight_decay` is set, as `apply_gradients` would have.
+        step: the same step number, repeated rows summed first (`tf.unique`), the whole table
+        decayed first when `weight_decay` is set, and a table's `constraint` applied after its
+        update, as `apply_gradients` would have.
 
         So a training step can update its dense weights and small tables inside one XLA call and
         only the large tables, whose de-duplication XLA compiles badly, after it.
@@ -68,6 +69,10 @@ class LazyAdam(tf.keras.optimizers.Adam):
             for gradient, (_, variable) in zip(grads, grads_and_vars):
                 # apply_gradients has already counted this step in `iterations`.
                 self._lazy_update(gradient, variable, counted=True)
+        # As apply_gradients ends: Keras constrains every weight it updated (the whole table).
+        for _, variable in grads_and_vars:
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
 
     def _deduplicate_sparse_grad(self, grads):
         # The masked update of a small table sums repeated rows itself; only the others need

@@ -52,6 +52,32 @@ def test_masked_update_of_a_small_table_equals_the_row_update(monkeypatch):
     np.testing.assert_array_equal(masked[1][[2, 3, 5]], 0.0)
 
 
+def test_a_large_tables_update_after_the_step_applies_its_constraint_as_apply_gradients_does():
+    """A table too large for the masked update is updated after the XLA step (`update_rows_after_step`);
+    Keras applies a variable's `constraint` after its update, and so must that path."""
+    rows = optimizers.MASKED_UPDATE_MAX_SIZE // 2 + 1
+    rng = np.random.default_rng(0)
+    value = rng.uniform(0.0, 0.05, size=(rows, 2)).astype(np.float32)
+    gradient = tf.IndexedSlices(tf.constant([[1.0, -1.0], [1.0, 1.0]]), tf.constant([3, 7]), tf.constant([rows, 2]))
+    assert not LazyAdam().needs_no_unique([tf.Variable(value)])  # a table updated after the step
+
+    def trained(after_step, constraint):
+        table, dense = tf.Variable(value, constraint=constraint), tf.Variable([1.0])
+        optimizer = LazyAdam(0.1)
+        optimizer.build([dense, table])
+        if after_step:
+            optimizer.apply_gradients([(tf.constant([1.0]), dense)])
+            optimizer.update_rows_after_step([(gradient, table)])
+        else:
+            optimizer.apply_gradients([(tf.constant([1.0]), dense), (gradient, table)])
+        return table.numpy()
+
+    for constraint in (tf.keras.constraints.NonNeg(), tf.keras.constraints.MaxNorm(0.05, axis=1)):
+        expected = trained(after_step=False, constraint=constraint)
+        np.testing.assert_allclose(trained(after_step=True, constraint=constraint), expected, rtol=1e-6)
+        assert not np.allclose(trained(after_step=True, constraint=None), expected)  # the constraint moved it
+
+
 def test_small_tables_update_inside_the_xla_step_and_large_ones_outside(data):
     columns, _, _ = data
     model = new_model(columns)

@@ -428,30 +428,51 @@ def test_export_passes_saved_model_cli_and_serves_equal_to_in_process(simhash_ex
     np.testing.assert_allclose(served_shared["prediction"], one_user_in_process, atol=1e-5)
 
 
-def test_simhash_signatures_are_fresh_for_validation_and_for_callbacks_at_each_epoch_end():
-    """Training moves the tables after the signatures of their rows are written: fit's validation
-    and a callback saving the model at an epoch's end (ModelCheckpoint) read them refreshed."""
-    width = 8
+def _simhash_sim_and_its_stale_rows(width=8):
+    """A compiled SIM(search="simhash") and a function counting the rows whose stored signatures
+    differ from those of the tables' current rows."""
     tf.keras.utils.set_random_seed(0)
     model = SIM(random_columns(width), HISTORY, search="simhash", topk=2, short_maxlen=2, num_heads=1,
                 simhash_bits=8, **SMALL)
     model.compile(tf.keras.optimizers.Adam(0.1), "binary_crossentropy")
     search = next(layer for layer in model._flatten_layers() if isinstance(layer, SimHashSearch))
-    rng = np.random.default_rng(0)
-    x, validation_x = random_inputs(128, width), random_inputs(64, width, seed=1)
-    y, validation_y = rng.integers(0, 2, 128).astype(np.float32), rng.integers(0, 2, 64).astype(np.float32)
 
     def stale_rows():
         return sum(int(np.any(signatures.numpy() != search.signature(model.get_layer(name).embeddings, table).numpy(),
                               axis=-1).sum()) for table, (signatures, name) in enumerate(zip(search.signatures,
                                                                                             search.tables)))
 
+    return model, stale_rows
+
+
+def test_simhash_signatures_are_fresh_for_validation_and_for_callbacks_at_each_epoch_end():
+    """Training moves the tables after the signatures of their rows are written: fit's validation
+    and a callback saving the model at an epoch's end (ModelCheckpoint) read them refreshed."""
+    width = 8
+    model, stale_rows = _simhash_sim_and_its_stale_rows(width)
+    rng = np.random.default_rng(0)
+    x, validation_x = random_inputs(128, width), random_inputs(64, width, seed=1)
+    y, validation_y = rng.integers(0, 2, 128).astype(np.float32), rng.integers(0, 2, 64).astype(np.float32)
     stale = {"validation": [], "epoch end": []}
     model.fit(x, y, batch_size=32, epochs=2, validation_data=(validation_x, validation_y), verbose=0,
               callbacks=[tf.keras.callbacks.LambdaCallback(
                   on_test_begin=lambda logs: stale["validation"].append(stale_rows()),
                   on_epoch_end=lambda epoch, logs: stale["epoch end"].append(stale_rows()))])
     assert stale == {"validation": [0, 0], "epoch end": [0, 0]}
+
+
+def test_simhash_signatures_are_fresh_at_each_epoch_end_for_a_callback_list_too():
+    # Keras' fit runs a CallbackList as given, without the list fit adds the refresh to: its callbacks
+    # read the signatures of the rows as they were before the epoch (no validation refreshed them).
+    width = 8
+    model, stale_rows = _simhash_sim_and_its_stale_rows(width)
+    stale = []
+    callbacks = tf.keras.callbacks.CallbackList(
+        [tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: stale.append(stale_rows()))], model=model)
+    labels = np.random.default_rng(0).integers(0, 2, 128).astype(np.float32)
+    model.fit(random_inputs(128, width), labels, batch_size=32, epochs=2, verbose=0, callbacks=callbacks)
+    assert stale == [0, 0]
+    assert [type(callback) for callback in callbacks.callbacks] == [tf.keras.callbacks.LambdaCallback]  # as given
 
 
 def test_auxiliary_soft_search_trains_its_own_embeddings_with_a_second_head():

@@ -401,9 +401,10 @@ class RecModel(tf.keras.Model):
         if rows is not x:
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
-        if self._has_derived_weights() and (callbacks is None or isinstance(callbacks, list)):
-            # First, so the callbacks that save or read the model at an epoch's end see them fresh.
-            callbacks = [_RefreshingDerivedWeights()] + (callbacks or [])
+        # First, so the callbacks that save or read the model at an epoch's end see them fresh.
+        refreshing = _RefreshingDerivedWeights(self) if self._has_derived_weights() else None
+        if refreshing is not None and not isinstance(callbacks, tf.keras.callbacks.CallbackList):
+            callbacks = [refreshing] + (tf.nest.flatten(callbacks) if callbacks else [])  # as Keras reads them
             args, kwargs = (args[:3] + (callbacks,) + args[4:], kwargs) if len(args) > 3 else \
                 (args, dict(kwargs, callbacks=callbacks))
         x = x if rows is x else self._split.pack(rows)
@@ -416,7 +417,7 @@ class RecModel(tf.keras.Model):
         sizes_unknown = self._size_unknown(x, kwargs.get("steps_per_epoch", args[10] if len(args) > 10 else None)) or \
             self._size_unknown(validation, kwargs.get("validation_steps", args[11] if len(args) > 11 else None))
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")
-                                          or sizes_unknown):
+                                          or sizes_unknown), _called_first(callbacks, refreshing):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
@@ -1114,12 +1115,32 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
 class _RefreshingDerivedWeights(tf.keras.callbacks.Callback):
     """Refreshes the model's derived weights (`RecModel.refresh_derived_weights`) at each epoch's end."""
 
+    def __init__(self, model):
+        super().__init__()
+        self.set_model(model)  # Keras sets the model of a list's callbacks, not of a CallbackList's
+
     def on_epoch_end(self, epoch, logs=None):
         self.model.refresh_derived_weights()
 
 
+@contextlib.contextmanager
+def _called_first(callbacks, callback):
+    """Within the block, a `tf.keras.callbacks.CallbackList` `callbacks` calls `callback` (unless
+    None) before its own: Keras' fit runs a CallbackList as given. It is as given after the block,
+    for another fit. Other `callbacks` are left alone."""
+    if callback is None or not isinstance(callbacks, tf.keras.callbacks.CallbackList):
+        yield
+        return
+    callbacks.callbacks.insert(0, callback)
+    try:
+        yield
+    finally:
+        callbacks.callbacks.remove(callback)
+
+
 def _hooks_batches(callbacks, mode):
-    """Whether any of `callbacks` (a list, or None) has per-batch hooks for `mode` ("train", "test", "predict")."""
+    """Whether any of `callbacks` (a list, a CallbackList, or None) has per-batch hooks for `mode`
+    ("train", "test", "predict")."""
     return any(getattr(c, f"_implements_{mode}_batch_hooks")() for c in callbacks or ()
                if isinstance(c, tf.keras.callbacks.Callback))
 

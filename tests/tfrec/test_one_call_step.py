@@ -216,6 +216,28 @@ def test_data_of_unknown_size_runs_one_batch_per_call_unless_the_user_set_the_st
         chosen.evaluate(unknown, verbose=0)
 
 
+def test_validation_data_of_unknown_size_leaves_the_training_its_batches_per_call(data):
+    """Only fit's validation runs one batch per call when only the validation data has an unknown
+    size: the whole fit did, training too (the XLA loop of 32 steps then never ran)."""
+    columns, x, y = data
+    known = tf.data.Dataset.from_tensor_slices((x, tuple(y))).batch(64)
+    unknown = known.filter(lambda *_: True)
+    model = new_model(columns)
+    seen = {"training": [], "validation": []}
+
+    def steps_per_call(part):
+        return lambda *_: seen[part].append(int(model.steps_per_execution.numpy()))
+
+    history = model.fit(known, validation_data=unknown, epochs=2, verbose=0, callbacks=[
+        tf.keras.callbacks.LambdaCallback(on_epoch_begin=steps_per_call("training"),
+                                          on_test_begin=steps_per_call("validation"))]).history
+    batches = int(known.cardinality())  # 10: Keras runs at most an epoch's batches per call
+    assert seen == {"training": [min(batches, STEPS_PER_EXECUTION)] * 2, "validation": [1, 1]}
+    assert int(model.optimizer.iterations) == 2 * batches
+    np.testing.assert_allclose(history["val_loss"][-1], model.evaluate(known, verbose=0)[0], rtol=1e-6)
+    assert getattr(model, "_eval_data_handler", None) is None  # a later fit makes its own
+
+
 def test_numpy_fit_evaluate_and_predict_match_keras_numpy_path_and_end_with_their_work(data, monkeypatch):
     """fit (its training and validation data, given or split off by validation_split), evaluate and
     predict feed numpy arrays through Keras' own numpy data set with tf.data's autotuning off: the

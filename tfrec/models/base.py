@@ -324,9 +324,11 @@ class RecModel(tf.keras.Model):
         batch per call, so the callback still sees every batch; `train_on_batch`,
         `test_on_batch` and `predict_on_batch` run one batch either way. So does a call on data
         whose size Keras cannot infer (a data set of unknown cardinality, e.g. filtered or read
-        from TFRecord files, or a generator) without its number of steps, as a `fit` with such
-        validation data does: Keras refuses those at more than one batch per call, which an
-        explicit `steps_per_execution` still gets. When every update is
+        from TFRecord files, or a generator) without its number of steps: Keras refuses those at
+        more than one batch per call, which an explicit `steps_per_execution` still gets. A `fit`
+        whose validation data set alone is of unknown size validates one batch per call and trains
+        at `STEPS_PER_EXECUTION` (with a generator as validation data, the whole fit runs one
+        batch per call). When every update is
         inside the XLA call and the model has no behaviour sequences (the multi-task models),
         `fit` trains a call's batches in one XLA loop (`make_train_function`).
 
@@ -414,10 +416,15 @@ class RecModel(tf.keras.Model):
         if getattr(self, "_split", None) is not None and self._split.kept is not None:
             self._split.kept.restart()
         validation = kwargs.get("validation_data", args[5] if len(args) > 5 else None)
+        validation_size_unknown = self._size_unknown(
+            validation, kwargs.get("validation_steps", args[11] if len(args) > 11 else None))
+        # A data set's validation runs one batch per call on its own (`_validating_one_step_per_call`).
+        validating_apart = validation_size_unknown and isinstance(validation, tf.data.Dataset)
         sizes_unknown = self._size_unknown(x, kwargs.get("steps_per_epoch", args[10] if len(args) > 10 else None)) or \
-            self._size_unknown(validation, kwargs.get("validation_steps", args[11] if len(args) > 11 else None))
+            (validation_size_unknown and not validating_apart)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")
-                                          or sizes_unknown), _called_first(callbacks, refreshing):
+                                          or sizes_unknown), _called_first(callbacks, refreshing), \
+                self._validating_one_step_per_call(validation if validating_apart else None):
             history = super().fit(x, y, *args, **kwargs)
         self.refresh_derived_weights()
         return history
@@ -539,6 +546,27 @@ class RecModel(tf.keras.Model):
         if isinstance(data, tf.data.Dataset):
             return int(data.cardinality()) == tf.data.UNKNOWN_CARDINALITY
         return isinstance(data, Iterator)  # a generator: Keras' adapter for it has no size
+
+    @contextlib.contextmanager
+    def _validating_one_step_per_call(self, validation):
+        """Within the block (a `fit`), fit's validation on the data set `validation` (unless None)
+        reads it one batch per call, and the training keeps its steps per call.
+
+        Keras' fit makes the data handler of its validation at the first validation, at the
+        training's steps per call, and refuses data of unknown size there. The one made here, which
+        fit then takes, counts one batch per call (its own setting, 1), as `evaluate` then runs
+        fit's validation on such data (`_size_unknown`).
+        """
+        if validation is None:
+            yield
+            return
+        from tf_keras.src.engine import data_adapter  # the handler Keras' fit keeps as `_eval_data_handler`
+
+        self._eval_data_handler = data_adapter.get_data_handler(validation, epochs=1, model=self)
+        try:
+            yield
+        finally:
+            self._eval_data_handler = None  # as Keras' fit drops it when it ends, here also when it fails
 
     @contextlib.contextmanager
     def _one_step_per_execution(self, when=True):

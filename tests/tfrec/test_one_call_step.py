@@ -119,11 +119,13 @@ def test_every_batch_trains_and_batch_callbacks_see_every_batch(data):
     model.train_on_batch({k: v[:64] for k, v in x.items()}, [v[:64] for v in y])  # one step, before any fit
     model.fit(x, y, batch_size=64, epochs=2, verbose=0)
     assert int(model.optimizer.iterations) == 1 + 2 * batches
-    seen = []
-    model.fit(x, y, batch_size=64, verbose=0,
-              callbacks=[tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))])
-    assert seen == list(range(batches)) and int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
-    assert int(model.optimizer.iterations) == 1 + 3 * batches
+    # Keras takes a list of callbacks, a single one or a CallbackList.
+    for wrap in (lambda c: [c], lambda c: c, lambda c: tf.keras.callbacks.CallbackList([c], model=model)):
+        seen = []
+        model.fit(x, y, batch_size=64, verbose=0, callbacks=wrap(
+            tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))))
+        assert seen == list(range(batches)) and int(model.steps_per_execution.numpy()) == STEPS_PER_EXECUTION
+    assert int(model.optimizer.iterations) == 1 + 5 * batches
 
 
 def test_one_call_step_trains_like_the_step_without_xla(data):

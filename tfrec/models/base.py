@@ -1167,9 +1167,11 @@ def _called_first(callbacks, callback):
 
 
 def _hooks_batches(callbacks, mode):
-    """Whether any of `callbacks` (a list, a CallbackList, or None) has per-batch hooks for `mode`
-    ("train", "test", "predict")."""
-    return any(getattr(c, f"_implements_{mode}_batch_hooks")() for c in callbacks or ()
+    """Whether any of `callbacks` (a list, a single callback, a CallbackList, or None, as Keras takes
+    them) has per-batch hooks for `mode` ("train", "test", "predict")."""
+    if not isinstance(callbacks, tf.keras.callbacks.CallbackList):
+        callbacks = tf.nest.flatten(callbacks)
+    return any(getattr(c, f"_implements_{mode}_batch_hooks")() for c in callbacks
                if isinstance(c, tf.keras.callbacks.Callback))
 
 

@@ -3,6 +3,7 @@
     python -m benchmarks.bench_retrieval                   # every part, full sizes
     python -m benchmarks.bench_retrieval --part scann      # one part: scann | scann_settings | deepmatch | movielens
     python -m benchmarks.bench_retrieval --quick           # small sizes (a smoke test), with or without --part
+    python -m benchmarks.bench_retrieval --part movielens --seeds 3  # each training contender with 3 model seeds
 
 Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own block inside it
 ("retrieval_scann", "retrieval_scann_settings", "retrieval_deepmatch", "retrieval_movielens") with the command, date and commit that produced it.
@@ -28,6 +29,11 @@ Writes the "retrieval" section of BENCHMARKS.md; each part rewrites only its own
   format (`--data`, default data/ml-100k; `python -m benchmarks.movielens_100k` writes it on a
   machine without access to grouplens.org) through `tfrec.datasets.load_movielens_retrieval`,
   DeepMatch's own MovieLens example; with the popularity baseline.
+
+`--seeds N` (parts deepmatch and movielens) trains every contender N times, run i with
+`set_random_seed(seed + i)` and model seed 1024 + i (1024 is both libraries' default, so run 0
+is the one-seed run); the recall column is then the mean, and every run's recall is listed
+under the table. The speed columns are run 0's.
 
 Every configuration runs in its own Python process (`common.run_child`). Needs `pip install
 --no-deps deepmatch==0.3.2 deepctr==0.9.4` for the deepmatch part (benchmarks only).
@@ -99,6 +105,7 @@ HISTORY = ["item_id", "cate_id"]
 CONFIG = dict(embedding_dim=32, profile_embedding_dim=8, seq_maxlen=30, short_sess_length=5, batch_size=256,
               learning_rate=3e-3, user_dnn_hidden_units=(64, 32), temperature=0.1, k_max=2, p=100, dynamic_k=True,
               recall_k=50, seed=0)
+MODEL_SEED = 1024  # both libraries' default seed of YoutubeDNN, MIND and SDM (their initialisers)
 DEEPMATCH_SIZES = {
     "full": dict(users=2_000, items=2_000, events=50, epochs=6),
     "quick": dict(users=300, items=300, events=20, epochs=1),
@@ -461,7 +468,7 @@ def quiet_version_checks():
     requests.get = lambda *args, **kwargs: SimpleNamespace(status_code=599)
 
 
-def build_model(impl, model_name, user_columns, item_columns, counts):
+def build_model(impl, model_name, user_columns, item_columns, counts, seed=MODEL_SEED):
     """The model (compiled) of one implementation, with the same config on both sides."""
     import tensorflow as tf
 
@@ -481,15 +488,17 @@ def build_model(impl, model_name, user_columns, item_columns, counts):
         optimizer = tf.keras.optimizers.legacy.Adam(CONFIG["learning_rate"])  # graph mode takes only the legacy ones
         loss = dict(loss=sampledsoftmaxloss)
     if model_name == "youtubednn":
-        model = YoutubeDNN(*columns, user_dnn_hidden_units=hidden, temperature=temperature, sampler_config=sampler)
+        model = YoutubeDNN(*columns, user_dnn_hidden_units=hidden, temperature=temperature, sampler_config=sampler,
+                           seed=seed)
     elif model_name == "mind_defaults":
-        model = MIND(*columns, user_dnn_hidden_units=hidden, sampler_config=sampler)
+        model = MIND(*columns, user_dnn_hidden_units=hidden, sampler_config=sampler, seed=seed)
     elif model_name.startswith("mind"):  # DeepMatch's MIND has no temperature: plain dot products (tfrec's default 1.0)
         config = {**dict(k_max=CONFIG["k_max"], p=CONFIG["p"], dynamic_k=CONFIG["dynamic_k"]),
                   **(MIND_VARIANTS[model_name][1] if model_name in MIND_VARIANTS else {})}
-        model = MIND(*columns, **config, user_dnn_hidden_units=hidden, sampler_config=sampler)
+        model = MIND(*columns, **config, user_dnn_hidden_units=hidden, sampler_config=sampler, seed=seed)
     else:
-        model = SDM(*columns, HISTORY, units=CONFIG["embedding_dim"], temperature=temperature, sampler_config=sampler)
+        model = SDM(*columns, HISTORY, units=CONFIG["embedding_dim"], temperature=temperature, sampler_config=sampler,
+                    seed=seed)
     model.compile(optimizer=optimizer, **loss)
     return model
 
@@ -531,7 +540,7 @@ def served_scores(impl, model_name, model, inputs, item_ids):
     return np.where(active[:, :, None], scores, -np.inf).max(axis=1)
 
 
-def child_train(impl, model_name, size_name, data_path=None):
+def child_train(impl, model_name, size_name, run_index=0, data_path=None):
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if impl == "deepmatch":
         quiet_version_checks()
@@ -549,11 +558,12 @@ def child_train(impl, model_name, size_name, data_path=None):
     x_train, x_test = df_to_inputs(train, columns), df_to_inputs(test, columns)
     if impl == "deepmatch":  # DeepCTR's Inputs are (None, 1) for a scalar feature
         x_train, x_test = ({k: v.reshape(-1, 1) if v.ndim == 1 else v for k, v in x.items()} for x in (x_train, x_test))
-    tf.keras.utils.set_random_seed(CONFIG["seed"])
+    run_index = int(run_index)
+    tf.keras.utils.set_random_seed(CONFIG["seed"] + run_index)
     report = dict(impl=impl, model=model_name, train_rows=len(train), test_rows=len(test), items=len(item_ids),
-                  epochs=epochs)
+                  epochs=epochs, seed=CONFIG["seed"] + run_index, model_seed=MODEL_SEED + run_index)
     try:
-        model = build_model(impl, model_name, user_columns, item_columns, counts)
+        model = build_model(impl, model_name, user_columns, item_columns, counts, MODEL_SEED + run_index)
         report.update(model_class=type(model).__name__, optimizer=type(model.optimizer).__name__,
                       params=int(sum(np.prod(w.shape) for w in model.trainable_weights)))
         if impl == "deepmatch":  # graph variables outside model.trainable_weights: the optimizer never updates them
@@ -869,16 +879,47 @@ def untracked_lines(runs):
     return lines
 
 
-def train_runs(flag, *data):
+def seeded_runs(flag, seeds, impl, model, *data):
+    """One contender trained with `seeds` model seeds: run 0's report, its recall replaced by the
+    mean of the runs' ("recalls": every run's, or the first failure)."""
+    reports = []
+    for index in range(seeds):
+        reports.append(run(flag, "train", impl, model, index, *data))
+        if "error" in reports[-1]:
+            return reports[-1]
+    recalls = [r["recall"] for r in reports]
+    return dict(reports[0], recall=statistics.mean(recalls), recalls=recalls)
+
+
+def train_runs(flag, seeds, *data):
     """Every contender of the table (`data`: nothing for planted data, or a MovieLens folder)."""
-    runs = {(model, impl): run(flag, "train", impl, model, *data) for model in MODELS for impl in IMPLS}
-    runs.update({(variant, "tfrec"): run(flag, "train", "tfrec", variant, *data) for variant in MIND_VARIANTS})
-    return runs
+    contenders = [(model, impl) for model in MODELS for impl in IMPLS] + [(v, "tfrec") for v in MIND_VARIANTS]
+    return {(model, impl): seeded_runs(flag, seeds, impl, model, *data) for model, impl in contenders}
 
 
-def deepmatch_part(size, flag):
+def seed_lines(runs, seeds):
+    """The sentence on seeds after a table's description, and with several seeds every run's recall."""
+    if seeds == 1:
+        return ("One data seed and one model seed: recall differences of a few points are noise "
+                "(`--seeds N` trains each contender N times)."), []
+    k = CONFIG["recall_k"]
+    lines = ["", f"recall@{k} of each run, model seeds {MODEL_SEED}..{MODEL_SEED + seeds - 1} "
+             f"(`set_random_seed({CONFIG['seed']}..{CONFIG['seed'] + seeds - 1})`): mean, sample standard "
+             "deviation, runs."]
+    for (model, impl), r in runs.items():
+        if "recalls" in r:
+            title = MIND_VARIANTS[model][0] if model in MIND_VARIANTS else MODEL_NAMES[model]
+            sd = statistics.stdev(r["recalls"])
+            lines.append(f"- {title}, {'tfrec' if impl == 'tfrec' else 'DeepMatch 0.3.2'}: {r['recall']:.4f} "
+                         f"± {sd:.4f} (" + ", ".join(f"{x:.4f}" for x in r["recalls"]) + ")")
+    return (f"One data seed and {seeds} model seeds (recall@{k}: their mean; the speed columns: the first "
+            "run's)."), lines
+
+
+def deepmatch_part(size, flag, seeds=1):
     references = run(flag, "references")
-    runs = train_runs(flag)
+    runs = train_runs(flag, seeds)
+    seeds_sentence, per_seed = seed_lines(runs, seeds)
     k = CONFIG["recall_k"]
     lines = [
         "### tfrec against DeepMatch 0.3.2: YoutubeDNN, MIND, SDM",
@@ -909,10 +950,10 @@ def deepmatch_part(size, flag):
         "the epochs after the first (one `fit` call with each library's defaults and an epoch timer, which has no "
         "per-batch hooks: tfrec runs 32 batches per Keras call, DeepMatch one; after the first epoch every step is "
         "compiled); later epochs: the fastest and slowest of them. The first epoch includes building the training "
-        "graph (and, for tfrec, its XLA compilation); fit is the whole `fit` call. One data seed and one model seed: recall differences of a few points are noise.",
+        "graph (and, for tfrec, its XLA compilation); fit is the whole `fit` call. " + seeds_sentence,
         "",
     ]
-    lines += contender_rows(runs)
+    lines += contender_rows(runs) + per_seed
     if "error" not in references:
         lines += ["", f"Planted-truth recall@{k} on the same test rows (`planted_recalls`): oracle "
                   f"{references['oracle']:.4f}, mixture {references['mixture']:.4f}, centroid "
@@ -932,11 +973,12 @@ def deepmatch_part(size, flag):
     return lines
 
 
-def movielens_part(size_name, flag, data_path):
+def movielens_part(size_name, flag, data_path, seeds=1):
     references = run(flag, "movielens_references", data_path)
     if "error" in references:  # e.g. no MovieLens files there: the loader's message says where to get them
         raise SystemExit(f"--part movielens: {references['error']}")
-    runs = train_runs(flag, data_path)
+    runs = train_runs(flag, seeds, data_path)
+    seeds_sentence, per_seed = seed_lines(runs, seeds)
     k = CONFIG["recall_k"]
     lines = [
         "### Real data: MovieLens, tfrec against DeepMatch 0.3.2",
@@ -949,10 +991,10 @@ def movielens_part(size_name, flag, data_path):
         f"{references['train_rows']:,} training samples, {references['test_rows']:,} test rows, "
         f"{references['items']:,} movies ranked. Profile features gender, age, occupation, zip. Models, config, "
         f"training and recall@{k} exactly as in the planted part above, {MOVIELENS_EPOCHS[size_name]} epoch(s); recall@{k} ranks every rated movie. "
-        "One data seed and one model seed.",
+        + seeds_sentence,
         "",
     ]
-    lines += contender_rows(runs)
+    lines += contender_rows(runs) + per_seed
     lines += ["", f"Popularity baseline (the {k} movies rated most often in training, for every user): "
               f"recall@{k} {references['popularity']:.4f}."]
     lines += untracked_lines(runs)
@@ -964,6 +1006,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     parser.add_argument("--part", choices=PARTS, help="run one part only (default: all)")
     parser.add_argument("--data", default=MOVIELENS_DATA, help="the MovieLens folder of part movielens")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="parts deepmatch and movielens: train every contender with this many model seeds")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size_name = "quick" if args.quick else "full"
@@ -985,11 +1029,13 @@ def main():
             return child_references(size_name)
         if kind == "movielens_references":
             return child_movielens_references(size_name, rest[0])
-        return child_train(rest[0], rest[1], size_name, *rest[2:])
+        return child_train(rest[0], rest[1], size_name, *rest[2:])  # impl, model, run index[, data]
 
     flag = ["--quick"] if args.quick else []
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     command = (f"python -m {MODULE}" + (f" --part {args.part}" if args.part else "")
-               + (" --quick" if args.quick else ""))
+               + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds > 1 else ""))
     for part in ([args.part] if args.part else PARTS):
         started = time.time()
         print(f"== {part} ==", flush=True)
@@ -1002,9 +1048,9 @@ def main():
         elif part == "scann_settings":
             lines = scann_settings_part(size_name, flag)
         elif part == "deepmatch":
-            lines = deepmatch_part(DEEPMATCH_SIZES[size_name], flag)
+            lines = deepmatch_part(DEEPMATCH_SIZES[size_name], flag, args.seeds)
         else:
-            lines = movielens_part(size_name, flag, args.data)
+            lines = movielens_part(size_name, flag, args.data, args.seeds)
         print("\n".join(lines), flush=True)
         common.write_part(SECTION, part, PARTS, lines, command, INTRO, MODULE)
         print(f"== {part}: {time.time() - started:.0f} s ==", flush=True)

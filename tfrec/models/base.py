@@ -17,6 +17,7 @@ lookup layers: there is no second preprocessing path that could drift from the s
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
 import contextlib
+import inspect
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -402,12 +403,13 @@ class RecModel(tf.keras.Model):
         rows = self._look_up_once(x)
         if rows is not x:
             _warn_of_ids_beyond_their_table(self.name, x, rows, self._split.indexed_key_of)
-        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        callbacks = _keras_argument(tf.keras.Model.fit, "callbacks", args, kwargs)
         # First, so the callbacks that save or read the model at an epoch's end see them fresh.
         refreshing = _RefreshingDerivedWeights(self) if self._has_derived_weights() else None
         if refreshing is not None and not isinstance(callbacks, tf.keras.callbacks.CallbackList):
             callbacks = [refreshing] + (tf.nest.flatten(callbacks) if callbacks else [])  # as Keras reads them
-            args, kwargs = (args[:3] + (callbacks,) + args[4:], kwargs) if len(args) > 3 else \
+            at = _position(tf.keras.Model.fit, "callbacks")
+            args, kwargs = (args[:at] + (callbacks,) + args[at + 1:], kwargs) if len(args) > at else \
                 (args, dict(kwargs, callbacks=callbacks))
         x = x if rows is x else self._split.pack(rows)
         if not args and not self._is_distributed():
@@ -415,12 +417,12 @@ class RecModel(tf.keras.Model):
         self._build_training_variables(x if y is None else y, y is None)
         if getattr(self, "_split", None) is not None and self._split.kept is not None:
             self._split.kept.restart()
-        validation = kwargs.get("validation_data", args[5] if len(args) > 5 else None)
+        validation = _keras_argument(tf.keras.Model.fit, "validation_data", args, kwargs)
         validation_size_unknown = self._size_unknown(
-            validation, kwargs.get("validation_steps", args[11] if len(args) > 11 else None))
+            validation, _keras_argument(tf.keras.Model.fit, "validation_steps", args, kwargs))
         # A data set's validation runs one batch per call on its own (`_validating_one_step_per_call`).
         validating_apart = validation_size_unknown and isinstance(validation, tf.data.Dataset)
-        sizes_unknown = self._size_unknown(x, kwargs.get("steps_per_epoch", args[10] if len(args) > 10 else None)) or \
+        sizes_unknown = self._size_unknown(x, _keras_argument(tf.keras.Model.fit, "steps_per_epoch", args, kwargs)) or \
             (validation_size_unknown and not validating_apart)
         with self._one_step_per_execution(_hooks_batches(callbacks, "train") or _hooks_batches(callbacks, "test")
                                           or sizes_unknown), _called_first(callbacks, refreshing), \
@@ -504,22 +506,22 @@ class RecModel(tf.keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y = self._checked(x, y)
         kwargs = self._with_checked_sample_weight(x, kwargs)
-        callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)
+        callbacks = _keras_argument(tf.keras.Model.evaluate, "callbacks", args, kwargs)
         # fit's validation passes its data set (`_use_cached_eval_dataset`), not these arrays
         if not args and not kwargs.get("_use_cached_eval_dataset") and not self._is_distributed():
             x, y, kwargs = _numpy_without_autotuning(x, y, kwargs)
         self._build_metrics(x if y is None else y, y is None)
         self.refresh_derived_weights()  # fit's validation too: training has moved the weights they derive from
-        size_unknown = self._size_unknown(x, kwargs.get("steps", args[3] if len(args) > 3 else None))
+        size_unknown = self._size_unknown(x, _keras_argument(tf.keras.Model.evaluate, "steps", args, kwargs))
         with self._one_step_per_execution(_hooks_batches(callbacks, "test") or size_unknown):
             return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         x, _ = self._checked(x, None)
-        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        callbacks = _keras_argument(tf.keras.Model.predict, "callbacks", args, kwargs)
         if not args and not self._is_distributed():
             x, _, kwargs = _numpy_without_autotuning(x, None, kwargs)
-        size_unknown = self._size_unknown(x, kwargs.get("steps", args[2] if len(args) > 2 else None))
+        size_unknown = self._size_unknown(x, _keras_argument(tf.keras.Model.predict, "steps", args, kwargs))
         with self._one_step_per_execution(_hooks_batches(callbacks, "predict") or size_unknown):
             return super().predict(x, *args, **kwargs)
 
@@ -1138,6 +1140,18 @@ def _numpy_without_autotuning(x, y, kwargs, shuffle=False, epochs=1, steps="step
         shuffle=shuffle)
     kwargs[steps] = adapter.get_size()
     return without_autotuning(adapter.get_dataset()), None, kwargs
+
+
+def _position(method, name):
+    """Where argument `name` of Keras' `method` (fit, evaluate or predict) stands among the
+    positional arguments after its data (x, and y but for predict)."""
+    return [p for p in inspect.signature(method).parameters if p not in ("self", "x", "y")].index(name)
+
+
+def _keras_argument(method, name, args, kwargs):
+    """Argument `name` of a call of Keras' `method` given `args` after its data and `kwargs`, or None."""
+    at = _position(method, name)
+    return kwargs.get(name, args[at] if len(args) > at else None)
 
 
 class _RefreshingDerivedWeights(tf.keras.callbacks.Callback):

@@ -55,6 +55,21 @@ def test_load_model_needs_no_other_import_in_a_fresh_process(saved):
     assert result.stdout.count("loaded") == len(NAMES), result.stdout
 
 
+def test_a_savedmodel_folder_holds_no_layer_traces_and_keeps_kerass_serving_signature(saved):
+    """`model.save(folder)` skips the per-layer traces (load_model rebuilds tfrec models from their
+    config), and still writes the signature Keras gives the folder: the model's call."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved / "din_keras"))
+    assert not hasattr(loaded, "call_and_return_all_conditional_losses")  # what save_traces=True adds
+    signature = loaded.signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    x = dict(np.load(saved / "x.npz"))
+    feed = {name: tf.constant(value.reshape(-1, 1) if value.ndim == 1 else value, specs[name].dtype)
+            for name, value in x.items()}
+    np.testing.assert_allclose(signature(**feed)["prediction"].numpy(), np.load(saved / "expected.npy"), atol=1e-6)
+
+
 def test_load_model_keeps_the_compiled_metrics(saved):
     from tfrec import load_model
 

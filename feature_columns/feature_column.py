@@ -120,6 +120,28 @@ def read_vocabulary_counts(path):
     return None if not counts or counts[0] is None else counts
 
 
+def _vocabulary_value(name, dtype, value):
+    """A vocabulary entry as the column's lookup takes it: an int of an integer column (a whole
+    number, or its plain decimal text as a vocabulary file holds it), a str of a string column.
+
+    Anything else would be looked up as another value (1.5 as id 1) or fail inside TensorFlow
+    when the model is built, without naming the column.
+    """
+    if dtype == STRING_DTYPE:
+        if isinstance(value, (str, bytes)):
+            return value
+        _fail("SparseFeat", name, f"vocabulary entry {value!r} ({type(value).__name__}) is not a string, as the "
+                                  "entries of a dtype 'string' column must be (a missing value? leave it out, "
+                                  "e.g. df[col].dropna().unique(); numbers: give their text)")
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_" \
+            and float(value).is_integer():
+        return int(value)
+    _fail("SparseFeat", name, f"vocabulary entry {value!r} is not an integer id, as the entries of a dtype "
+                              f"{dtype!r} column must be (text ids need dtype='string')")
+
+
 class SparseFeat(namedtuple("SparseFeat", [
         "name", "vocabulary_size", "embedding_dim", "use_hash", "vocabulary_path", "dtype",
         "embeddings_initializer", "embedding_name", "group_name", "trainable", "vocabulary"])):
@@ -155,6 +177,9 @@ class SparseFeat(namedtuple("SparseFeat", [
             lines = _file_lines(vocabulary_path)
             deepctr_file = is_deepctr_vocabulary(lines)
             vocabulary_entries = [value for value, _ in _vocabulary_lines(vocabulary_path, lines)]
+        elif isinstance(vocabulary, (str, bytes)):
+            _fail("SparseFeat", name, f"vocabulary must be a list of values, got the string {vocabulary!r} (a file "
+                                      "of values is vocabulary_path=)")
         else:
             vocabulary_entries = None if vocabulary is None else list(vocabulary)
         if vocabulary_entries is not None:
@@ -164,13 +189,15 @@ class SparseFeat(namedtuple("SparseFeat", [
             use_hash = False
             if not vocabulary_entries:
                 _fail("SparseFeat", name, "the vocabulary is empty")
-            if len(set(vocabulary_entries)) != len(vocabulary_entries):
+            # Compared as the lookup will see them, so that "5" and "05" of an int file are duplicates.
+            values = [_vocabulary_value(name, dtype, v) for v in vocabulary_entries]
+            if len(set(values)) != len(values):
                 _fail("SparseFeat", name, "the vocabulary has duplicate entries")
             padding = "" if dtype == STRING_DTYPE else 0
-            if dtype != STRING_DTYPE and vocabulary_path is None:
-                vocabulary_entries = [int(v) for v in vocabulary_entries]
-            if padding in vocabulary_entries:
+            if padding in values:
                 _fail("SparseFeat", name, f"the vocabulary must not contain the padding value {padding!r}")
+            if vocabulary_path is None:
+                vocabulary_entries = values
             needed = len(vocabulary_entries) + NUM_RESERVED_INDICES
             if vocabulary_size is None or (isinstance(vocabulary_size, str) and vocabulary_size == "auto") \
                     or (deepctr_file and vocabulary_size == len(vocabulary_entries) + 1):

@@ -351,6 +351,42 @@ def test_hashed_string_sequences_take_deepctrs_zero_padding():
     assert index(tf.constant(["0"])).numpy()[0] > 0
 
 
+@pytest.mark.parametrize("dtype, vocabulary, lines, message", [
+    ("int64", [1.5, 2], None, r"'x': vocabulary entry 1.5 is not an integer id"),   # was looked up as id 1
+    ("int64", ["a", "b"], None, r"'x': vocabulary entry 'a' is not an integer id"),
+    ("string", ["a", None], None, r"'x': vocabulary entry None \(NoneType\) is not a string"),
+    ("string", ["a", float("nan")], None, r"'x': vocabulary entry nan \(float\) is not a string"),
+    ("string", [1, 2], None, r"'x': vocabulary entry 1 \(int\) is not a string"),
+    ("string", "abc", None, r"'x': vocabulary must be a list of values, got the string 'abc'"),
+    ("int64", None, "5\nabc\n", r"'x': vocabulary entry 'abc' is not an integer id"),
+    ("int64", None, "5\n05\n", r"'x': the vocabulary has duplicate entries"),
+    ("int64", None, "0\n5\n", r"'x': the vocabulary must not contain the padding value 0"),
+])
+def test_vocabulary_entries_not_of_the_column_type_fail_at_construction(tmp_path, dtype, vocabulary, lines,
+                                                                        message):
+    """Entries the lookup would read as other values, or fail on inside TensorFlow only when the
+    model is built (without naming the column), are refused when the column is declared."""
+    path = None
+    if lines is not None:
+        path = tmp_path / "vocab.txt"
+        path.write_text(lines)
+        path = str(path)
+    with pytest.raises(ValueError, match=message):
+        SparseFeat("x", None, 4, dtype=dtype, vocabulary=vocabulary, vocabulary_path=path)
+
+
+def test_vocabulary_entries_of_the_column_type_are_accepted(tmp_path):
+    assert SparseFeat("x", None, dtype="int64", vocabulary=[np.int64(5), 6.0, "7"]).vocabulary == (5, 6, 7)
+    assert SparseFeat("x", None, dtype="string", vocabulary=np.array(["a", "b"], dtype=object)).vocabulary == (
+        "a", "b")
+    path = tmp_path / "vocab.txt"
+    path.write_text("5\n-6\n")
+    column = SparseFeat("x", None, dtype="int64", vocabulary_path=str(path))
+    assert column.vocabulary_size == 4
+    assert SparseIndex(4, vocabulary=read_vocabulary_file(str(path)))(tf.constant([5, -6, 7, 0], tf.int64)).numpy(
+        ).tolist() == [2, 3, 1, 0]
+
+
 def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
     """DeepCTR's `index,value` CSV, with the use_hash=True and vocabulary_size = entries + 1 it
     gives it, looks values up by that vocabulary (in index order); unknown values go to OOV."""

@@ -238,8 +238,11 @@ def _serving_model(model, extra_outputs):
         raise TypeError(
             "export_saved_model needs a functional tf.keras Model built from named "
             f"tf.keras.Input layers; got {type(model).__name__}")
+    if isinstance(extra_outputs, (str, bytes)):  # iterated, it would name its letters as layers
+        raise ValueError(f"extra_outputs must be a list of layer names, e.g. [{extra_outputs!r}], "
+                         f"got the string {extra_outputs!r}")
     outputs = dict(zip(model.output_names, model.outputs))
-    for name in extra_outputs:
+    for name in extra_outputs or ():
         if name in outputs:
             raise ValueError(
                 f"extra output {name!r} is already an output of the model {model.name!r}")

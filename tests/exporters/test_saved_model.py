@@ -175,6 +175,17 @@ def test_unknown_extra_output_names_the_layer_and_the_choices(tiny_model, tmp_pa
     assert not (tmp_path / "tiny").exists()
 
 
+def test_extra_outputs_none_is_none_and_a_string_is_refused(tiny_model, tmp_path):
+    """None (no extra outputs) failed with "'NoneType' object is not iterable"; a string was taken
+    letter by letter ("extra output 'c' is not a layer")."""
+    with pytest.raises(ValueError, match=r"extra_outputs must be a list of layer names, e.g. \['shared'\]"):
+        exporters.export_saved_model(tiny_model, tmp_path / "tiny", extra_outputs="shared")
+    assert not (tmp_path / "tiny").exists()
+    path = exporters.export_saved_model(tiny_model, tmp_path / "tiny", extra_outputs=None)
+    assert set(tf.saved_model.load(path).signatures["serving_default"].structured_outputs) == set(
+        tiny_model.output_names)
+
+
 def test_subclassed_model_is_refused(tmp_path):
     class Identity(tf.keras.Model):
         def call(self, inputs):

@@ -279,6 +279,28 @@ def test_a_single_output_takes_its_labels_in_a_list_of_one_as_keras_does(din):
         din.fit(rows([1, 2, 3]), [np.array([1.0, 0.0, 3.0])], verbose=0)
 
 
+def test_labels_of_shape_rows_and_rows_by_one_train_the_same_model_in_turn():
+    """DeepCTR's examples pass `train[["label"]].values`, (rows, 1); a model first fit on (rows,)
+    labels then failed with "tf2xla conversion failed" (DIN) or "can't multiply sequence by
+    non-int of type 'NoneType'" (MMOE's one-loop step): the training function, traced again for
+    the other shape, saw labels of unknown rank."""
+    from tfrec.models import MMOE
+
+    rng = np.random.default_rng(0)
+    x = {"item_id": rng.integers(1, 8, 32), "hist_item_id": rng.integers(0, 8, (32, 3)),
+         "price": rng.random(32).astype("float32")}
+    labels = rng.integers(0, 2, 32)
+    columns = [SparseFeat("item_id", 8, 4), DenseFeat("price", 1),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 8, 4, embedding_name="item_id"), maxlen=3)]
+    din = DIN(columns, ["item_id"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    mmoe = MMOE(columns[:2], num_experts=2, expert_dnn_hidden_units=(4,))
+    for model, per_output in ((din, lambda y: y), (mmoe, lambda y: [y, y])):
+        model.compile("adam", "binary_crossentropy")
+        for y in (labels, labels.reshape(-1, 1), labels):
+            history = model.fit(x, per_output(y), batch_size=8, verbose=0)
+            assert np.isfinite(history.history["loss"][0]), model.name
+
+
 def test_multitask_labels_must_be_one_per_head():
     from tfrec.models import MMOE
 

@@ -297,6 +297,21 @@ class _TrainingSplit:
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")
+def _labels_per_row(y):
+    """Labels (an array, a list of them or {output: array}) with each (rows, 1) array as (rows,):
+    every output is (batch, 1), and Keras takes either shape, but a training function traced for
+    one and called with the other is traced again for labels of unknown rank, which neither XLA
+    (DIN: "tf2xla conversion failed") nor the one-loop step (MMOE) can compile."""
+    def per_row(values):
+        return values.reshape(-1) if isinstance(values, np.ndarray) and values.ndim == 2 and \
+            values.shape[1] == 1 else values
+    if isinstance(y, Mapping):
+        return {name: per_row(values) for name, values in y.items()}
+    if isinstance(y, (list, tuple)):
+        return type(y)(per_row(values) for values in y)
+    return per_row(y)
+
+
 class RecModel(tf.keras.Model):
     """A functional `tf.keras.Model` whose `fit` compiles everything after the lookups with XLA.
 
@@ -646,6 +661,7 @@ class RecModel(tf.keras.Model):
             self._check_shapes(x)
             if y is not None:
                 self._check_labels(y)
+                y = _labels_per_row(y)
         if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) > 1 \
                 and isinstance(x.element_spec[1], Mapping):
             self._check_labelled_outputs(x.element_spec[1])

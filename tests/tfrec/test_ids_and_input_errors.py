@@ -301,6 +301,27 @@ def test_labels_of_shape_rows_and_rows_by_one_train_the_same_model_in_turn():
             assert np.isfinite(history.history["loss"][0]), model.name
 
 
+def test_a_later_fit_with_histories_of_other_widths_feeds_each_feature_its_own_ids():
+    """fit packs the numeric inputs side by side and a traced training function split them at the
+    widths of the fit that traced it: a third layout failed ("Determined shape must either match
+    input shape along split_dim"), and one of the same total width fed a tag id to the item table."""
+    columns = [SparseFeat("item_id", 10, 4), VarLenSparseFeat(SparseFeat("tags", 10, 4), 4),
+               VarLenSparseFeat(SparseFeat("hist_item_id", 10, 4, embedding_name="item_id"), 4)]
+    model = DIN(columns, ["item_id"], dnn_hidden_units=(4,), att_hidden_size=(4,), l2_reg_embedding=0)
+    model.compile("adam", "binary_crossentropy")
+    labels = np.random.default_rng(0).integers(0, 2, 32)
+
+    def fit(history, tags):
+        model.fit({"item_id": np.full(32, 1), "hist_item_id": history, "tags": tags}, labels, verbose=0)
+
+    fit(np.full((32, 4), 2), np.full((32, 2), 3))
+    items = model.get_layer("emb_item_id").embeddings.numpy()
+    fit(np.full((32, 3), 6), np.full((32, 3), 5))  # the same total width, 1 + 4 + 2 = 1 + 3 + 3
+    changed = np.flatnonzero(np.abs(model.get_layer("emb_item_id").embeddings.numpy() - items).max(axis=1) > 0)
+    assert 5 not in changed and 6 in changed, changed
+    fit(np.full((32, 2), 6), np.full((32, 1), 5))
+
+
 def test_multitask_labels_must_be_one_per_head():
     from tfrec.models import MMOE
 

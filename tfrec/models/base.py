@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import time
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -260,20 +261,27 @@ class _TrainingSplit:
         pipeline that shares the CPU with the step; a multi-task model has a dozen small inputs.
         `core_inputs` splits the blocks again (`self.packed` is their layout).
         """
-        blocks, self.packed = {}, {}
+        layouts, parts = {}, {}
         for name, array in arrays.items():
-            block = f"__tfrec_{array.dtype.name}_block__" if array.dtype.kind in "biuf" else name
-            blocks.setdefault(block, []).append(array.reshape(len(array), -1) if block != name else array)
-            if block != name:
-                self.packed.setdefault(block, []).append((name, array.shape[1:]))
-        return {block: np.concatenate(parts, axis=1) if block in self.packed else parts[0]
-                for block, parts in blocks.items()}
+            if array.dtype.kind in "biuf":
+                layouts.setdefault(array.dtype.name, []).append((name, array.shape[1:]))
+                parts.setdefault(array.dtype.name, []).append(array.reshape(len(array), -1))
+        # The layout is in the block's name: a later fit's histories of other widths then trace
+        # the training function again, where a trace made for another layout would split them
+        # at its widths (an error, or, for the same total width, ids fed to the wrong features).
+        named = {f"__tfrec_{dtype}_block_{zlib.crc32(repr(layout).encode()):08x}__": dtype
+                 for dtype, layout in layouts.items()}
+        self.packed.update((block, layouts[dtype]) for block, dtype in named.items())
+        blocks = {block: np.concatenate(parts[dtype], axis=1) for block, dtype in named.items()}
+        return {**{name: array for name, array in arrays.items() if array.dtype.kind not in "biuf"}, **blocks}
 
     def _unpacked(self, x):
-        if not self.packed or any(block not in x for block in self.packed):
+        if not any(block in x for block in self.packed):
             return x
         x = dict(x)
         for block, parts in self.packed.items():
+            if block not in x:
+                continue
             widths = [int(np.prod(shape, dtype=int)) for _, shape in parts]
             for (name, shape), column in zip(parts, tf.split(x.pop(block), widths, axis=1)):
                 x[name] = tf.reshape(column, [-1, *shape])

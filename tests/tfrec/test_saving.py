@@ -70,6 +70,21 @@ def test_a_savedmodel_folder_holds_no_layer_traces_and_keeps_kerass_serving_sign
     np.testing.assert_allclose(signature(**feed)["prediction"].numpy(), np.load(saved / "expected.npy"), atol=1e-6)
 
 
+def test_the_model_classes_are_registered_under_their_own_names():
+    """A function put between `register_keras_serializable` and its class takes the class's
+    registration: this catches it for every object tfrec registers."""
+    import tensorflow as tf
+
+    from tfrec.models.base import RecModel, SharedHistoryModel
+    from tfrec.saving import registered_objects
+
+    registered = {name: obj for name, obj in registered_objects().items() if name.startswith("tfrec>")}
+    assert registered["tfrec>RecModel"] is RecModel and registered["tfrec>SharedHistoryModel"] is SharedHistoryModel
+    assert all(name == f"tfrec>{obj.__name__}" and not obj.__name__.startswith("_")
+               for name, obj in registered.items()), sorted(registered)
+    assert tf.keras.utils.get_registered_name(RecModel) == "tfrec>RecModel"
+
+
 def test_load_model_keeps_the_compiled_metrics(saved):
     from tfrec import load_model
 

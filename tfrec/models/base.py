@@ -304,7 +304,6 @@ class _TrainingSplit:
         return rows + [x[name] for name in self.raw_names]
 
 
-@tf.keras.utils.register_keras_serializable(package="tfrec")
 def _labels_per_row(y):
     """Labels (an array, a list of them or {output: array}) with each (rows, 1) array as (rows,):
     every output is (batch, 1), and Keras takes either shape, but a training function traced for
@@ -320,6 +319,7 @@ def _labels_per_row(y):
     return per_row(y)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec")
 class RecModel(tf.keras.Model):
     """A functional `tf.keras.Model` whose `fit` compiles everything after the lookups with XLA.
 

@@ -767,10 +767,22 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
         import pyarrow.compute as pc
         from pyarrow import csv
 
-        skip = (lambda row: "skip") if bad_lines == "skip" else None  # the lines pandas left out
-        texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
-                             convert_options=csv.ConvertOptions(include_columns=integers,
-                                                                column_types={n: pa.string() for n in integers}))
+        def skip(row):  # the lines pandas left out (more cells than the header); it keeps shorter ones
+            return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
+
+        try:
+            texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
+                                 convert_options=csv.ConvertOptions(include_columns=integers,
+                                                                    column_types={n: pa.string() for n in integers}))
+            texts = {name: texts[name] for name in integers} if texts.num_rows == len(df) else None
+        except pa.ArrowInvalid:
+            texts = None
+        if texts is None:  # a line with fewer cells than the header (empty in pandas' rows): pandas' own read,
+            # so each text stays in its row (usecols would keep lines with more cells, which pandas left out)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the lines the first read counted
+                texts = _read_csv(path, sep, integers, bad_lines)
+            texts = {name: pa.array(texts[name], pa.string()) for name in integers}
         for name in integers:
             if pc.any(pc.match_substring_regex(texts[name], r"^\s*[+-]?0\d")).as_py():
                 df[name] = texts[name].to_pandas().str.strip()

@@ -258,6 +258,20 @@ def test_bad_lines_skip_leaves_malformed_lines_out_and_says_which(tmp_path, caps
                                         "model: {name: DIN}\n")))
 
 
+def test_a_line_with_fewer_cells_than_the_header_has_empty_cells_and_ids_stay_in_their_rows(tmp_path):
+    """pandas reads a line without its last cells (an empty trailing field left out) with those
+    cells empty; the leading-zero pass over the integer columns refused it (pyarrow's "Expected 3
+    columns, got 2", no file named), and with bad_lines: skip left it out, so every later id moved
+    up a row and the last one was empty."""
+    (tmp_path / "short.csv").write_text("user_id,item_id,note\n5,a,x\n7,b\n12,c,y\n")
+    read = run.read_data([str(tmp_path / "short.csv")])
+    assert read["user_id"].tolist() == [5, 7, 12] and read["note"].tolist()[::2] == ["x", "y"]
+    assert read["note"].isna().tolist() == [False, True, False]
+    (tmp_path / "zeros.csv").write_text("user_id,item_id,note\n5,a,x\n7,b\n8,q,r,extra\n012,c,y\n")
+    read = run.read_data([str(tmp_path / "zeros.csv")], bad_lines="skip")
+    assert read["user_id"].tolist() == ["5", "7", "012"] and read["item_id"].tolist() == ["a", "b", "c"]
+
+
 def test_explicit_columns_and_an_ordered_split(tmp_path):
     frame().to_csv(tmp_path / "d.csv", index=False)
     path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, "

@@ -806,8 +806,11 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     import pandas as pd
 
     header = pd.read_csv(path, sep=sep, nrows=0).columns
+    # index_col=False: lines with a cell more than the header are never read with the first as a
+    # row label, which shifts every column by one; a separator ending each line is no column
+    # (pandas drops the empty cells), and other extra cells are named by `_reading`.
     return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
-                       on_bad_lines=_PANDAS_BAD_LINES[bad_lines], **options)
+                       on_bad_lines=_PANDAS_BAD_LINES[bad_lines], index_col=False, **options)
 
 
 def _whole_number_ids(df, text_columns):
@@ -843,6 +846,10 @@ def _reading(path, bad_lines="error", skipped_to=None):
                                    "header included), or set data.bad_lines: skip") from None
     skipped = [line for warning in caught if issubclass(warning.category, pd.errors.ParserWarning)
                for line in str(warning.message).strip().splitlines() if line.startswith("Skipping line")]
+    if any(str(warning.message).startswith("Length of header or names does not match") for warning in caught):
+        # pandas took the first line's cells as the width and dropped the cells beyond the header
+        raise ConfigError(f"{path}: {_longer_line(path)}; pandas would drop the extra cells",
+                          hint="name every column in the header, or remove the extra cells")
     for warning in caught:  # anything else is shown as it would have been
         if not issubclass(warning.category, pd.errors.ParserWarning):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
@@ -853,6 +860,22 @@ def _reading(path, bad_lines="error", skipped_to=None):
         print(f"note: {path}: left out {len(skipped)} malformed line(s) (data.bad_lines: skip): "
               f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}"
               + (f"; all of them, with their text, in {skipped_to}" if skipped_to else ""), flush=True)
+
+
+def _longer_line(path):
+    """Where the first line of a CSV file with a non-empty cell beyond its header is, as pandas
+    counts lines (from 1, the header included)."""
+    import csv
+    import gzip
+
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8-sig", errors="replace",
+                                                       newline="") as lines:
+        reader = csv.reader(lines, delimiter=_csv_separator(path))
+        header = next(reader)
+        for cells in reader:
+            if any(cell.strip() for cell in cells[len(header):]):
+                return f"line {reader.line_num} has {len(cells)} cells, but the header names {len(header)} columns"
+    return f"a line has more cells than the header names columns ({len(header)})"
 
 
 def _record_skipped_lines(record, path, numbers):

@@ -272,6 +272,23 @@ def test_a_line_with_fewer_cells_than_the_header_has_empty_cells_and_ids_stay_in
     assert read["user_id"].tolist() == ["5", "7", "012"] and read["item_id"].tolist() == ["a", "b", "c"]
 
 
+def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):
+    """pandas reads data lines with one cell more than the header with their first cell as a row
+    label: a separator at the end of each line made user_id the items, item_id the clicks and
+    click empty, with no error (and predict scored such rows silently)."""
+    (tmp_path / "d.csv").write_text("user_id,item_id,click\nu5,a,1,\nu7,b,0,\nu12,c,1,\n")
+    expected = {"user_id": ["u5", "u7", "u12"], "item_id": ["a", "b", "c"], "click": [1, 0, 1]}
+    assert run.read_data([str(tmp_path / "d.csv")]).to_dict("list") == expected
+    chunks = list(run.read_data_chunks([str(tmp_path / "d.csv")], chunk_rows=2))
+    assert pd.concat(chunks).to_dict("list") == expected
+    # An extra cell that holds a value is no separator's: the line stops the read, named.
+    (tmp_path / "e.csv").write_text("user_id,item_id,click\nu5,a,1,\nu7,b,0,x\nu12,c,1,\n")
+    for read in (lambda: run.read_data([str(tmp_path / "e.csv")]),
+                 lambda: list(run.read_data_chunks([str(tmp_path / "e.csv")], chunk_rows=2, bad_lines="skip"))):
+        with pytest.raises(ConfigError, match=r"e.csv: line 3 has 4 cells, but the header names 3 columns"):
+            read()
+
+
 def test_explicit_columns_and_an_ordered_split(tmp_path):
     frame().to_csv(tmp_path / "d.csv", index=False)
     path = write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nsplit: {test_fraction: 0.25, "

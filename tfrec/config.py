@@ -1198,11 +1198,12 @@ def _file_columns(config, feature_columns=None):
     return sequences, numeric, text
 
 
-def data_chunks(config, feature_columns, files, key, labels=True):
+def data_chunks(config, feature_columns, files, key, labels=True, text_columns=()):
     """The rows of `files` (a pattern or list, as data.test takes) for a trained model, `CHUNK_ROWS`
     at a time: read, filled (`data.fill`), labels checked (if `labels`), gaps in categorical
-    columns made padding (`prepare`)."""
+    columns made padding (`prepare`); `text_columns` (no features) read as text."""
     sequences, numeric, text = _file_columns(config, feature_columns)
+    text = text + list(text_columns)
     for chunk in read_data_chunks(files, key, config.path, sequences, config.data.sequence_separator, numeric, text,
                                   bad_lines=config.data.bad_lines, skipped_to=skipped_lines_file(config)):
         chunk = fill(chunk, config, sequences)
@@ -2180,11 +2181,14 @@ def predict(config, files, scores_path, keep=(), out=None):
     if clashing:
         raise ConfigError(f"--keep: {clashing} would be written twice, as kept and as the score column",
                           hint="keep other columns, or rename them")
+    # The kept columns that are no features are copied as the files write them: read as numbers, a
+    # gap made 7 a "7.0" and a long request id a float that other ids round to.
+    kept_text = [name for name in keep if name not in {column.name for column in columns}]
     staged = f"{scores_path}.{os.getpid()}.tmp"
     rows, started = 0, time.perf_counter()
     try:
         with open(staged, "w", encoding="utf-8", newline="") as handle:
-            for chunk in data_chunks(config, columns, files, "--data", labels=False):
+            for chunk in data_chunks(config, columns, files, "--data", labels=False, text_columns=kept_text):
                 missing = [name for name in [c.name for c in columns] + list(keep) if name not in chunk.columns]
                 if missing:
                     raise ConfigError(f"--data: the rows lack the column(s) {missing} (features of the model, or "

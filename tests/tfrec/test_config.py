@@ -766,6 +766,23 @@ def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatc
     assert column.vocabulary_path == str(tmp_path / "cfg" / "items.txt")
 
 
+def test_predict_writes_the_kept_columns_as_the_file_holds_them(tmp_path):
+    """A request id column with an empty cell is read by pandas as floats: --keep wrote 7 as "7.0"
+    and 1234567890123456789 as "1.2345678901234568e+18", the same as its neighbour's id."""
+    write_csv_frame(tmp_path / "d.csv")
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 1, batch_size: 4}\n")))
+    run.train(config, verbose=0)
+    request_ids = ["1234567890123456789", "", "1234567890123456781", "7", "8", "9", "10", "11"]
+    rows = pd.read_csv(tmp_path / "d.csv", dtype=str, keep_default_na=False).assign(request_id=request_ids)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    run.predict(config, [str(tmp_path / "rows.csv")], str(tmp_path / "scores.csv"), keep=["request_id", "user_id"])
+    scores = pd.read_csv(tmp_path / "scores.csv", dtype=str, keep_default_na=False)
+    assert scores["request_id"].tolist() == request_ids
+    assert scores["user_id"].tolist() == rows["user_id"].tolist()
+
+
 def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
     df = frame().assign(price=[3e38] * 8)  # finite, but the network's sums overflow to inf
     df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)

@@ -2102,6 +2102,8 @@ def evaluate(config, out=None):
     print(f"scoring the rows of {what}, {CHUNK_ROWS} at a time ...", file=out or sys.stdout, flush=True)
     for chunk in test_chunks(config, columns):
         _check_test_rows(chunk, columns, config)
+        if chunk.empty:  # a file of no rows (its header alone): Keras refuses to predict none
+            continue
         outputs = predict_outputs(scoring, chunk, columns)
         for task, label in config.tasks.items():
             labels[task].append(chunk[label].to_numpy(dtype=np.float64))
@@ -2168,6 +2170,8 @@ def predict(config, files, scores_path, keep=(), out=None):
     Returns:
       {"rows": n, "file": scores_path, "columns": [...]}
     """
+    import pandas as pd
+
     from tfrec.evaluation import predict_outputs
 
     if config.retrieval:
@@ -2194,6 +2198,8 @@ def predict(config, files, scores_path, keep=(), out=None):
                     raise ConfigError(f"--data: the rows lack the column(s) {missing} (features of the model, or "
                                       f"named by --keep); their columns are {list(chunk.columns)}",
                                       hint="score files holding the columns the model was trained on")
+                if chunk.empty:  # a file of no rows (its header alone): Keras refuses to predict none
+                    continue
                 outputs = predict_outputs(model, chunk, columns)
                 scores = chunk[list(keep)].copy()
                 for output, name in score_names.items():
@@ -2201,6 +2207,8 @@ def predict(config, files, scores_path, keep=(), out=None):
                 scores.to_csv(handle, header=not rows, index=False)
                 rows += len(chunk)
                 _say_scored(rows, started, out)
+            if not rows:  # the header alone, so the file still reads as a table
+                pd.DataFrame(columns=list(keep) + list(score_names.values())).to_csv(handle, index=False)
         os.replace(staged, scores_path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -783,6 +783,26 @@ def test_predict_writes_the_kept_columns_as_the_file_holds_them(tmp_path):
     assert scores["user_id"].tolist() == rows["user_id"].tolist()
 
 
+def test_a_file_of_no_rows_scores_none_in_predict_and_evaluate(tmp_path):
+    """A header-only file (a day without rows) among the files to score or the test files stopped
+    predict and evaluate with Keras' "Expected input data to be non-empty.", naming no file."""
+    write_csv_frame(tmp_path / "d.csv")
+    (tmp_path / "empty.csv").write_text((tmp_path / "d.csv").read_text().splitlines()[0] + "\n")
+    config = load_config(str(write(tmp_path, "data: {train: d.csv, test: [empty.csv, d.csv]}\nlabels: click\n"
+                                             "model: {name: DIN}\ntrain: {epochs: 1, batch_size: 4}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")))
+    run.train(config, verbose=0)
+    files = [str(tmp_path / "empty.csv"), str(tmp_path / "d.csv")]
+    assert run.predict(config, files, str(tmp_path / "scores.csv"), keep=["row_id"])["rows"] == 8
+    assert pd.read_csv(tmp_path / "scores.csv")["row_id"].tolist() == list(range(8))  # one header
+    assert run.predict(config, files[:1], str(tmp_path / "none.csv"), keep=["row_id"])["rows"] == 0
+    assert (tmp_path / "none.csv").read_text() == "row_id,score\n"
+    assert run.evaluate(config)["rows"] == 8
+    config.data.test = files[:1]
+    with pytest.raises(ConfigError, match="data.test: no test rows"):
+        run.evaluate(config)
+
+
 def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
     df = frame().assign(price=[3e38] * 8)  # finite, but the network's sums overflow to inf
     df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)

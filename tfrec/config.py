@@ -481,12 +481,16 @@ def load_config(path, output=None, export_base=None, overrides=()):
                                              for value in fill.values()):
         _fail(path, "data.fill", f"must map a column to the number or text for its empty cells, e.g. "
               f"{{price: 0}}, got {fill!r}")
+    separator = data.get("sequence_separator", "|")
+    if not isinstance(separator, str) or not separator:  # str.split would refuse it at the first history cell
+        _fail(path, "data.sequence_separator", f"must be the text between a CSV sequence's items, such as '|', "
+              f"got {separator!r}")
     if data.get("bad_lines", "error") not in BAD_LINES:
         _fail(path, "data.bad_lines", f"must be one of {', '.join(BAD_LINES)}, got {data['bad_lines']!r}")
     data = DataConfig(train=_files(path, "data.train", data["train"]),
                       test=_files(path, "data.test", data["test"]) if data.get("test") else None,
                       items=_files(path, "data.items", data["items"]) if data.get("items") else None,
-                      sequence_separator=data.get("sequence_separator", "|"), fill=fill,
+                      sequence_separator=separator, fill=fill,
                       bad_lines=data.get("bad_lines", "error"))
     if "model" not in raw:
         _fail(path, "model", f"is required: {{name: one of {', '.join(MODELS + RETRIEVAL_MODELS)}, args: {{...}}}}")

@@ -1974,6 +1974,13 @@ def _check_test_rows(test_df, columns, config):
     if group is not None and group not in test_df.columns:
         raise ConfigError(f"{config.path}: evaluate.group: '{group}' is not a column; the columns are "
                           f"{list(test_df.columns)}")
+    # A row of no group (GAUC could not sort the keys); a categorical feature's gaps are padding (prepare)
+    padded = {column.name for column in columns if isinstance(column, SparseFeat)}
+    if group is not None and group not in padded and test_df[group].isna().any():
+        empty = test_df.index[test_df[group].isna().to_numpy()]
+        raise ConfigError(f"{config.path}: evaluate.group: column '{group}' has {len(empty)} empty cell(s) in the "
+                          f"test rows, the first in data row {empty[0]}; give their value with data: "
+                          f"{{fill: {{{group}: ...}}}}, or drop those rows")
 
 
 def _check_dense(df, columns, config):

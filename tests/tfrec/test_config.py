@@ -807,6 +807,27 @@ def test_a_file_of_no_rows_scores_none_in_predict_and_evaluate(tmp_path):
         run.evaluate(config)
 
 
+def test_an_empty_cell_of_the_gauc_group_column_is_named(tmp_path):
+    """evaluate.group read as text with an empty cell failed in GAUC with "TypeError: '<' not
+    supported between instances of 'float' and 'str'", an unexpected error naming nothing."""
+    df = frame().assign(session=["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"])
+    df = df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]])
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.assign(session=["s1", "s1", "s2", None, "s3", "s3", "s4", "s4"]).to_csv(tmp_path / "t.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv, test: t.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id, session], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 1, batch_size: 4}\nevaluate: {group: session}\n")))
+    message = (r"evaluate.group: column 'session' has 1 empty cell\(s\) in the test rows, the first in data row 3; "
+               r".*data: \{fill: \{session: ")
+    with pytest.raises(ConfigError, match=message):  # before training
+        run.train(config, verbose=0)
+    config.data.test = [str(tmp_path / "d.csv")]
+    run.train(config, verbose=0)
+    config.data.test = [str(tmp_path / "t.csv")]
+    with pytest.raises(ConfigError, match=message):
+        run.evaluate(config)
+
+
 def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
     df = frame().assign(price=[3e38] * 8)  # finite, but the network's sums overflow to inf
     df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)

@@ -848,6 +848,9 @@ def _reading(path, bad_lines="error", skipped_to=None):
             raise ConfigError(f"{path}: {str(error).strip()}",
                               hint="fix or drop the malformed line of the file (pandas counts lines from 1, the "
                                    "header included), or set data.bad_lines: skip") from None
+        except pd.errors.EmptyDataError:  # pandas' "No columns to parse from file" names none of a glob's files
+            raise ConfigError(f"{path}: the file is empty, without even a header line",
+                              hint="remove it from the data files, or write the header of its columns") from None
     skipped = [line for warning in caught if issubclass(warning.category, pd.errors.ParserWarning)
                for line in str(warning.message).strip().splitlines() if line.startswith("Skipping line")]
     if any(str(warning.message).startswith("Length of header or names does not match") for warning in caught):

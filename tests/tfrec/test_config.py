@@ -276,6 +276,16 @@ def test_a_line_with_fewer_cells_than_the_header_has_empty_cells_and_ids_stay_in
     assert read["user_id"].tolist() == ["5", "7", "012"] and read["item_id"].tolist() == ["a", "b", "c"]
 
 
+def test_an_empty_file_is_named(tmp_path):
+    """A file of no bytes (an export that wrote nothing) failed with pandas' "No columns to parse
+    from file", which names no file among those of a glob."""
+    (tmp_path / "empty.csv").write_text("")
+    for read in (lambda: run.read_data([str(tmp_path / "empty.csv")]),
+                 lambda: list(run.read_data_chunks([str(tmp_path / "empty.csv")]))):
+        with pytest.raises(ConfigError, match=r"empty.csv: the file is empty, without even a header line"):
+            read()
+
+
 def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):
     """pandas reads data lines with one cell more than the header with their first cell as a row
     label: a separator at the end of each line made user_id the items, item_id the clicks and

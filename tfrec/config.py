@@ -922,7 +922,11 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
             import pyarrow.parquet as pq
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, ValueError) as error:  # pyarrow's "Parquet file size is 0 bytes" names no file
+            raise ConfigError(f"{path}: cannot be read as Parquet: {error}") from None
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
         return
     with _reading(path, bad_lines, skipped_to):

@@ -284,6 +284,9 @@ def test_an_empty_file_is_named(tmp_path):
                  lambda: list(run.read_data_chunks([str(tmp_path / "empty.csv")]))):
         with pytest.raises(ConfigError, match=r"empty.csv: the file is empty, without even a header line"):
             read()
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"empty.parquet: cannot be read as Parquet: Parquet file size is 0 bytes"):
+        list(run.read_data_chunks([str(tmp_path / "empty.parquet")]))  # evaluate's and predict's read
 
 
 def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):

@@ -809,6 +809,11 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     `bad_lines` says; `options` as read_csv takes them (chunksize: a reader of chunks)."""
     import pandas as pd
 
+    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].dropna()
+    twice = sorted(set(names[names.duplicated()]))
+    if twice:  # pandas would read the second as "<name>.1", another column (a label's twin: a leaked feature)
+        raise ConfigError(f"{path}: the header names {twice} more than once", hint="give each column its own name, "
+                          "or drop the repeated columns")
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     # index_col=False: lines with a cell more than the header are never read with the first as a
     # row label, which shifts every column by one; a separator ending each line is no column

@@ -289,6 +289,15 @@ def test_an_empty_file_is_named(tmp_path):
         list(run.read_data_chunks([str(tmp_path / "empty.parquet")]))  # evaluate's and predict's read
 
 
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """pandas reads a second 'click' as 'click.1', which inference made a feature: the label, leaked."""
+    (tmp_path / "d.csv").write_text("user_id,click,item_id,click\nu1,1,a,1\nu2,0,b,0\n")
+    for read in (lambda: run.read_data([str(tmp_path / "d.csv")]),
+                 lambda: list(run.read_data_chunks([str(tmp_path / "d.csv")]))):
+        with pytest.raises(ConfigError, match=r"d.csv: the header names \['click'\] more than once"):
+            read()
+
+
 def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):
     """pandas reads data lines with one cell more than the header with their first cell as a row
     label: a separator at the end of each line made user_id the items, item_id the clicks and

@@ -298,7 +298,8 @@ def cmd_export(args):
             raise CliError(f"--candidates, --exclude and --k are for a retrieval model; {config.path} trains "
                            f"{config.model.name}", "leave them out to export a ranking model")
         test_df = run.prepare(run.load_frames(config, columns)[1], columns)
-        warmup_inputs = df_to_inputs(test_df.head(5), columns)
+        # the first test rows; none (a test file of its header alone): export_saved_model's synthesised row
+        warmup_inputs = df_to_inputs(test_df.head(5), columns) if len(test_df) else None
         model, base, warmup_inputs = _steered(args, model, config.export.base, warmup_inputs)
         with step(f"exporting to {base}"):
             path = export_saved_model(model, base, version=args.version or config.export.version,

@@ -829,6 +829,20 @@ def test_a_file_of_no_rows_scores_none_in_predict_and_evaluate(tmp_path):
         run.evaluate(config)
 
 
+def test_export_of_a_run_whose_test_file_has_no_rows_warms_up_with_a_synthesised_row(tmp_path, tfrec_main):
+    """The warm-up requests are the first test rows: of a header-only data.test, the export failed
+    with "warm-up input 'hist_item_id' has shape [0], but the serving signature takes shape [None, None]"."""
+    write_csv_frame(tmp_path / "d.csv")
+    (tmp_path / "empty.csv").write_text((tmp_path / "d.csv").read_text().splitlines()[0] + "\n")
+    path = write(tmp_path, "data: {train: d.csv, test: empty.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                           "train: {epochs: 1, batch_size: 4}\nexport: {base: models/din}\n"
+                           "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n")
+    run.train(load_config(str(path)), verbose=0)
+    code, out, err = tfrec_main("export", "--config", path)
+    assert code == 0, err
+    assert (tmp_path / "models" / "din" / "1" / "saved_model.pb").exists()  # warmed up by a synthesised row
+
+
 def test_an_empty_cell_of_the_gauc_group_column_is_named(tmp_path):
     """evaluate.group read as text with an empty cell failed in GAUC with "TypeError: '<' not
     supported between instances of 'float' and 'str'", an unexpected error naming nothing."""

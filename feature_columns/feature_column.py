@@ -135,8 +135,8 @@ def _vocabulary_value(name, dtype, value):
                                   "e.g. df[col].dropna().unique(); numbers: give their text)")
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
         return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_" \
-            and float(value).is_integer():
+    # True is a Real (numpy's bool_ is not): a flag in an id vocabulary is a mistake, not id 1
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
         return int(value)
     _fail("SparseFeat", name, f"vocabulary entry {value!r} is not an integer id, as the entries of a dtype "
                               f"{dtype!r} column must be (text ids need dtype='string')")

@@ -814,7 +814,7 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     if twice:  # pandas would read the second as "<name>.1", another column (a label's twin: a leaked feature)
         raise ConfigError(f"{path}: the header names {twice} more than once", hint="give each column its own name, "
                           "or drop the repeated columns")
-    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    header = set(names)
     # index_col=False: lines with a cell more than the header are never read with the first as a
     # row label, which shifts every column by one; a separator ending each line is no column
     # (pandas drops the empty cells), and other extra cells are named by `_reading`.

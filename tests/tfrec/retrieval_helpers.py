@@ -47,8 +47,8 @@ def losses_of_a_short_fit(model, planted, loss):
 
 def reloaded_towers(model, directory):
     """(user tower, item tower) pairs loaded back from `model` saved as a SavedModel and as `.h5`,
-    and from each tower saved on its own as a SavedModel, `.h5` and `.keras` (what users who bring
-    their own ANN service export)."""
+    and from each tower saved on its own as a SavedModel (checked to hold no per-layer traces), `.h5`
+    and `.keras` (what users who bring their own ANN service export)."""
     def load(path):
         return tf.keras.models.load_model(path, custom_objects=tfrec.layers.custom_objects)
 
@@ -60,5 +60,8 @@ def reloaded_towers(model, directory):
     for suffix in ("", ".h5", ".keras"):
         model.user_tower.save(directory / f"user_tower{suffix}")
         model.item_tower.save(directory / f"item_tower{suffix}")
+        if not suffix:  # a tower's folder, like its model's, holds no per-layer traces
+            assert not hasattr(tf.saved_model.load(str(directory / "user_tower")),
+                               "call_and_return_all_conditional_losses")
         pairs.append((load(directory / f"user_tower{suffix}"), load(directory / f"item_tower{suffix}")))
     return pairs

@@ -319,8 +319,32 @@ def _labels_per_row(y):
     return per_row(y)
 
 
+class SavedWithoutLayerTraces:
+    """A `tf.keras.Model` mixin: `save` to a SavedModel folder writes no per-layer traces.
+
+    `save_traces=False` unless the caller passes `save_traces=True`, as `exporters` does: every
+    tfrec layer has `get_config` and is registered, so `load_model` rebuilds the model from its
+    config instead of reviving traced functions. Keras' own `serving_default` signature (the
+    model's call) is still written.
+    """
+
+    def save(self, filepath, overwrite=True, save_format=None, **kwargs):
+        # Tracing every layer's call for the folder cost most of a save and of the load that
+        # revived them: CLSR (100 events, the tests' sizes) saved in 9.3 s and loaded in 7.3 s
+        # with traces, 1.4 s and 1.4 s without. Keras refuses the option for a `.keras` file.
+        from tf_keras.src.saving.legacy.saved_model.save_impl import default_save_signature
+        from tf_keras.src.saving.saving_api import get_save_format  # how Keras picks the format
+
+        if get_save_format(filepath, save_format) == "tf" and not kwargs.get("save_traces", False):
+            kwargs["save_traces"] = False
+            # Keras makes its serving_default signature (the model's call) among the traces.
+            if kwargs.get("signatures") is None:
+                kwargs["signatures"] = default_save_signature(self)
+        return super().save(filepath, overwrite=overwrite, save_format=save_format, **kwargs)
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec")
-class RecModel(tf.keras.Model):
+class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
     """A functional `tf.keras.Model` whose `fit` compiles everything after the lookups with XLA.
 
     Built like any functional model, `RecModel(inputs, outputs, name=...)`; it saves, loads
@@ -364,24 +388,8 @@ class RecModel(tf.keras.Model):
     `core_step_function()` is the compiled function (a `tf.function`; its
     `experimental_get_tracing_count()` shows that `fit` used it).
 
-    `save` to a SavedModel folder writes no per-layer traces (`save_traces=False`), as
-    `exporters` does: every tfrec layer has `get_config` and is registered, so `load_model`
-    rebuilds the model from its config instead of reviving traced functions.
+    `save` to a SavedModel folder writes no per-layer traces (`SavedWithoutLayerTraces`).
     """
-
-    def save(self, filepath, overwrite=True, save_format=None, **kwargs):
-        # Tracing every layer's call for the folder cost most of a save and of the load that
-        # revived them: CLSR (100 events, the tests' sizes) saved in 9.3 s and loaded in 7.3 s
-        # with traces, 1.4 s and 1.4 s without. Keras refuses the option for a `.keras` file.
-        from tf_keras.src.saving.legacy.saved_model.save_impl import default_save_signature
-        from tf_keras.src.saving.saving_api import get_save_format  # how Keras picks the format
-
-        if get_save_format(filepath, save_format) == "tf" and not kwargs.get("save_traces", False):
-            kwargs["save_traces"] = False
-            # Keras makes its serving_default signature (the model's call) among the traces.
-            if kwargs.get("signatures") is None:
-                kwargs["signatures"] = default_save_signature(self)
-        return super().save(filepath, overwrite=overwrite, save_format=save_format, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
                 run_eagerly=None, steps_per_execution=None, jit_compile=None, lazy_adam=True, **kwargs):

@@ -15,11 +15,20 @@ from feature_columns import FeatureEncoder, SparseFeat
 
 from ..layers.retrieval import L2Normalize, NegativeSampling, SampledSoftmax
 from ..utils import NegativeSampler, sampledsoftmaxloss
-from .base import RecModel
+from .base import RecModel, SavedWithoutLayerTraces
 
-__all__ = ["TwoTowerModel", "TwoTowerBuilder"]
+__all__ = ["TwoTowerModel", "TwoTowerBuilder", "Tower"]
 
 USER_EMBEDDING, INTEREST_MASK, ITEM_EMBEDDING = "user_embedding", "interest_mask", "item_embedding"
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec")
+class Tower(SavedWithoutLayerTraces, tf.keras.Model):
+    """A two-tower model's user or item tower: a functional model cut from the trained graph.
+
+    Its SavedModel folder holds no per-layer traces, as a tfrec model's does, so saving and
+    loading a tower cost what the model's own save and load cost.
+    """
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")
@@ -58,12 +67,11 @@ class TwoTowerModel(RecModel):
     @property
     def user_tower(self):
         outputs = self._user_outputs()
-        return tf.keras.Model(self.user_input, outputs if len(outputs) > 1 else outputs[0],
-                              name=f"{self.name}_user_tower")
+        return Tower(self.user_input, outputs if len(outputs) > 1 else outputs[0], name=f"{self.name}_user_tower")
 
     @property
     def item_tower(self):
-        return tf.keras.Model(self.item_input, self.item_embedding, name=f"{self.name}_item_tower")
+        return Tower(self.item_input, self.item_embedding, name=f"{self.name}_item_tower")
 
     def _user_outputs(self):
         names = [layer.name for layer in self.layers]
@@ -153,4 +161,4 @@ class TwoTowerBuilder:
 
 
 # `.h5` files name a Model subclass by its bare class name (as for RecModel).
-tf.keras.utils.get_custom_objects()["TwoTowerModel"] = TwoTowerModel
+tf.keras.utils.get_custom_objects().update(TwoTowerModel=TwoTowerModel, Tower=Tower)

@@ -107,18 +107,21 @@ def user_requests(config, users, out=None):
       ConfigError: a user has no event in the log.
     """
     from tfrec.data import df_to_inputs, retrieval_samples
+    from tfrec.data.pipeline import id_text
 
     settings = config.retrieval
     columns = run.trained_columns(config)
     log = read_log(config, out)
-    wanted = [str(user) for user in users]
+    # Users are asked for by their text; a Parquet log's ids keep their type (12, not "12").
+    by_text = {str(id_text(user)): user for user in pd.unique(log[settings.user])}
+    missing = [str(id_text(user)) for user in users if str(id_text(user)) not in by_text]
+    if missing:
+        raise ConfigError(f"{config.path}: data.train: no event of user(s) {missing[:5]} in the log, so there is no "
+                          f"history to ask with (users are asked for by their text, e.g. {next(iter(by_text))!r})")
+    wanted = [by_text[str(id_text(user))] for user in users]
     theirs = log[log[settings.user].isin(wanted)]
     last = theirs.sort_values(settings.time, kind="stable").groupby(settings.user, sort=False).tail(1).set_index(
         settings.user)
-    missing = [user for user in wanted if user not in last.index]
-    if missing:
-        raise ConfigError(f"{config.path}: data.train: no event of user(s) {missing[:5]} in the log, so there is no "
-                          f"history to ask with (users are read as text, e.g. {log[settings.user].iloc[0]!r})")
     step = pd.Timedelta(seconds=1) if log[settings.time].dtype.kind == "M" else 1
     following = last.loc[list(dict.fromkeys(wanted))].reset_index()
     following[settings.time] += step

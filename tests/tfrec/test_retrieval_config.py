@@ -492,6 +492,29 @@ def test_a_catalogue_of_another_id_type_than_the_log_is_read_as_the_model_takes_
     assert retrieval_run.catalogue(config, train, item)["item_id"].tolist() == ["1", "2", "3"]  # 99: no row
 
 
+def test_user_requests_find_the_users_of_a_parquet_log_with_integer_ids(tmp_path, monkeypatch):
+    """A Parquet log keeps its int user ids (only a CSV's are read as text): `tfrec query --user
+    12` asks for "12", which found no event of user 12 there."""
+    from tfrec import config as run
+    from tfrec import retrieval_run
+
+    log = events([12] * 3 + [7] * 3, [1, 2, 3, 3, 2, 1], list(range(6)))
+    config = own_log_config(tmp_path, log)
+    log.to_parquet(tmp_path / "log.parquet")
+    config.data.train = [str(tmp_path / "log.parquet")]
+    train, _ = retrieval_run.samples(config)
+    user_columns, item_columns = retrieval_run.columns(config, train)
+    assert user_columns[0].dtype == "int64"
+    monkeypatch.setattr(run, "trained_columns", lambda _: user_columns + item_columns)  # no training needed
+    requests = retrieval_run.user_requests(config, ["12", 7])
+    assert requests["user_id"].tolist() == [12, 7]
+    assert requests["hist_item_id"].tolist() == [[1, 2, 3, 0, 0], [3, 2, 1, 0, 0]]
+    with pytest.raises(run.ConfigError, match=re.escape("no event of user(s) ['13'] in the log, so there is no "
+                                                        "history to ask with (users are asked for by their text, "
+                                                        "e.g. '12')")):
+        retrieval_run.user_requests(config, ["13"])
+
+
 @contextlib.contextmanager
 def _logged(text):
     """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""

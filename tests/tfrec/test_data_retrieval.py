@@ -1,4 +1,5 @@
 import itertools
+import re
 
 import numpy as np
 import pandas as pd
@@ -189,6 +190,27 @@ def test_samples_from_a_plain_shuffled_log_and_options():
     for bad in (dict(seq_maxlen=0), dict(seq_maxlen=4, short_sess_length=0), dict(seq_maxlen=4, min_history=0)):
         with pytest.raises(ValueError, match="must be an int >= 1"):
             retrieval_samples(data, **bad)
+
+
+def test_samples_refuse_a_log_they_would_split_wrongly_without_a_word():
+    """Empty user cells were one user of all those events (their histories mixed), an empty
+    item a history item; date text was sorted as text ("2024-3-9" after "2024-3-10"), which held
+    out another event than the user's last."""
+    log = pd.DataFrame({"user_id": ["a", None, "a", "b", np.nan], "item_id": ["i1", "i2", "i3", "i4", "i5"],
+                        "timestamp": [1, 2, 3, 4, 5]})
+    for bad, message in [
+        (log, "column 'user_id' has 2 empty cell(s), the first in row 1"),
+        (log.assign(user_id="a", item_id=["i1", "i2", None, "i4", "i5"]), "column 'item_id' has 1 empty cell(s), "
+                                                                         "the first in row 2"),
+        (log.assign(user_id="a", timestamp=[1, 2, None, 4, 5]), "column 'timestamp' has 1 empty cell(s)"),
+        (log.assign(user_id="a", timestamp=["2024-3-9", "2024-3-10", "2024-3-2", "2024-3-3", "2024-3-4"]),
+         "column 'timestamp' holds text ('2024-3-9' in row 0), which sorts as text, not by time"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            retrieval_samples(bad, 4, user_cols=(), category_col=None)
+    dates = pd.to_datetime(pd.Series(["2024-3-9", "2024-3-10", "2024-3-2"]), format="ISO8601")
+    _, test = retrieval_samples(log.head(3).assign(user_id="a", timestamp=dates), 4, user_cols=(), category_col=None)
+    assert test["item_id"].tolist() == ["i2"]
 
 
 def test_samples_keep_a_logs_own_column_names():

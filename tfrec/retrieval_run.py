@@ -29,11 +29,13 @@ def read_log(config, out=None):
 
     Every `retrieval:` column must be there, and no user, item, time, category or profile cell
     empty (after `data.fill`). User, item and category ids of a CSV are read as text, so "007"
-    stays "007" and is not user 7. Times are numbers, year-first dates (ISO 8601), or dates in
+    stays "007" and is not user 7; a log of CSV and Parquet files has them as text throughout. Times are numbers, year-first dates (ISO 8601), or dates in
     `retrieval.time_format`; other text is refused rather than sorted as text or read with a
     guessed day and month order, either of which would hold out another event than each user's
     last. An event repeated exactly (same user, item and time) counts once.
     """
+    from tfrec.data.pipeline import id_text
+
     settings = config.retrieval
     ids = [settings.user, settings.item] + ([settings.category] if settings.category else [])
     log = run.fill(run.read_data(config.data.train, "data.train", config.path, text_columns=ids,
@@ -58,6 +60,9 @@ def read_log(config, out=None):
                 f"give their value with data: {{fill: {{{name}: ...}}}}, or fill them in the data"
             raise ConfigError(f"{config.path}: {key}: column '{name}' has {len(gaps)} empty cell(s), the first in "
                               f"data row {gaps[0]}; {fix}")
+    for name in ids:  # a CSV's ids are text, a Parquet file's keep their type: user "12" of one is 12 of another
+        if log[name].dtype.kind == "O" and pd.api.types.infer_dtype(log[name]) != "string":
+            log[name] = [str(id_text(value)) for value in log[name]]
     log[settings.time] = _event_times(log[settings.time], config)
     repeated = log.duplicated([settings.user, settings.item, settings.time])
     if repeated.any():

@@ -515,6 +515,23 @@ def test_user_requests_find_the_users_of_a_parquet_log_with_integer_ids(tmp_path
         retrieval_run.user_requests(config, ["13"])
 
 
+def test_a_log_split_over_csv_and_parquet_files_keeps_each_user_one_user(tmp_path):
+    """A CSV's ids are read as text and a Parquet file's keep their type: yesterday's events in
+    CSV and today's in Parquet made user "12" and user 12 two users, each with half a history
+    and a held-out event of its own."""
+    from tfrec import retrieval_run
+
+    log = events([12] * 6 + [7] * 6, [1, 2, 3, 4, 5, 6] * 2, list(range(12)))
+    yesterday = log["timestamp"] % 6 < 3
+    config = own_log_config(tmp_path, log[yesterday])
+    log[~yesterday].to_parquet(tmp_path / "today.parquet")
+    config.data.train.append(str(tmp_path / "today.parquet"))
+    train, test = retrieval_run.samples(config)
+    assert test["user_id"].tolist() == ["12", "7"] and test["item_id"].tolist() == ["6", "6"]
+    assert test["hist_item_id"].map(list).tolist() == [["1", "2", "3", "4", "5"]] * 2
+    assert len(train) == 8
+
+
 @contextlib.contextmanager
 def _logged(text):
     """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""

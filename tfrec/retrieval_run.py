@@ -367,6 +367,12 @@ def ranking_inputs(config, every, train, held_out):
     ids = items[settings.item].to_numpy()
     excluded = _seen_positions(held_out, history_features(every, settings.item), ids, item_column, config) \
         if settings.exclude_seen else None
+    left = len(ids) - np.array([len(seen) for seen in excluded or []], dtype=np.int64)
+    short = np.flatnonzero(left < settings.k)
+    if len(short):  # checked here, not when ranking: train would fail only after its first epoch
+        raise ConfigError(f"{config.path}: retrieval.k: {settings.k} is more than the items left to rank for "
+                          f"{len(short)} user(s) once retrieval.exclude_seen leaves their history out (user "
+                          f"{held_out[settings.user].iloc[short[0]]!r}: {left[short[0]]} of the {len(ids)} items)")
     user_columns = [column for column in every if column is not item_column]
     return SimpleNamespace(user_inputs=df_to_inputs(held_out, user_columns),
                            candidate_inputs=df_to_inputs(items, [item_column]), candidate_ids=ids,

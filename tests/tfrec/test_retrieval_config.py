@@ -532,6 +532,26 @@ def test_a_log_split_over_csv_and_parquet_files_keeps_each_user_one_user(tmp_pat
     assert len(train) == 8
 
 
+def test_exclude_seen_with_a_k_that_leaves_a_user_too_few_items_is_refused_before_ranking(tmp_path):
+    """With retrieval.exclude_seen a user's history is left out of the catalogue they are ranked
+    over; a k larger than what is left failed in the ranking with 'a row has fewer than k=2
+    candidates left after its exclusions', naming no key (and in train, only after the first
+    epoch, when the validation recall ranks)."""
+    from tfrec import retrieval_run
+    from tfrec.config import ConfigError
+
+    log = events(["u1"] * 4 + ["u2"] * 3, ["i1", "i2", "i3", "i4", "i1", "i4", "i2"], list(range(7)))
+    config = own_log_config(tmp_path, log, exclude_seen=True, k=2)  # the catalogue: the targets i2, i3, i4
+    train, test = retrieval_run.samples(config)
+    every = sum(retrieval_run.columns(config, train), [])
+    with pytest.raises(ConfigError, match=re.escape("retrieval.k: 2 is more than the items left to rank for 1 user(s) "
+                                                    "once retrieval.exclude_seen leaves their history out "
+                                                    "(user 'u1': 1 of the 3 items)")):
+        retrieval_run.ranking_inputs(config, every, train, test)
+    config.retrieval.k = 1
+    assert [len(seen) for seen in retrieval_run.ranking_inputs(config, every, train, test).excluded] == [2, 1]
+
+
 @contextlib.contextmanager
 def _logged(text):
     """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""

@@ -397,7 +397,8 @@ def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEV
 
     Args:
       log: a `RetrievalData` or a DataFrame with user_id, item_id, cate_id, timestamp and
-        `user_cols`.
+        `user_cols`; no user, item, category or time cell empty, and times as numbers or
+        datetimes (text would sort as text).
       seq_maxlen: events kept in hist_* (and prefer_*) per sample (int >= 1).
       short_sess_length: events in short_* (int >= 1), or None for no SDM columns.
       user_cols: user profile columns carried from the log.

@@ -364,6 +364,7 @@ def _export_retrieval_run(model, columns, config, args):
         raise CliError("--candidates is for --model; with --config the catalogue is data.items",
                        "set data: {items: ITEMS.csv} in the config, or leave it out to serve every training target")
     train_df, test_df = retrieval_run.samples(config)
+    retrieval_run.check_trained_columns(config, columns, test_df)
     item_column = retrieval_run.item_feature(config, columns)
     items = retrieval_run.catalogue(config, train_df, item_column)
     k = config.retrieval.k if args.k is None else args.k

@@ -135,11 +135,22 @@ def user_requests(config, users, out=None):
                                 user_cols=settings.profile, min_history=1, user_col=settings.user,
                                 item_col=settings.item, category_col=settings.category, time_col=settings.time)
     test = test.set_index(settings.user).loc[wanted].reset_index()
+    check_trained_columns(config, columns, test)
     inputs = df_to_inputs(test, [column for column in columns if column.name != settings.item])
     # Dtypes as the export's signature declares them, so a raw TF Serving request built with
     # tf.make_tensor_proto from these arrays is accepted.
     return {name: values.astype(serving_dtype(values.dtype).as_numpy_dtype, copy=False)
             for name, values in inputs.items()}
+
+
+def check_trained_columns(config, columns, samples):
+    """A ConfigError naming the trained model's `columns` that the config's `samples` lack: its
+    retrieval: settings (item, category, profile) changed since train."""
+    missing = [column.name for column in columns if column.name not in samples.columns]
+    if missing:
+        raise ConfigError(f"{config.path}: retrieval: the model trained in {config.output} takes {missing}, which "
+                          "this config's retrieval: settings do not make (its item, category or profile changed "
+                          "since train)", hint="set them back, or train again")
 
 
 def item_feature(config, columns):
@@ -397,6 +408,7 @@ def evaluate(config, out=None):
     run.check_held_out_rows_unchanged(config, out)
     settings, k = config.retrieval, config.retrieval.k
     train_df, test_df = samples(config, out)
+    check_trained_columns(config, every, test_df)
     item_column = item_feature(config, every)
     ranking = ranking_inputs(config, every, train_df, test_df)
     ids, truth, excluded = ranking.candidate_ids, ranking.truth, ranking.excluded

@@ -552,6 +552,34 @@ def test_exclude_seen_with_a_k_that_leaves_a_user_too_few_items_is_refused_befor
     assert [len(seen) for seen in retrieval_run.ranking_inputs(config, every, train, test).excluded] == [2, 1]
 
 
+def test_a_config_whose_retrieval_settings_changed_since_train_is_named_by_evaluate_export_and_query(
+        tmp_path, monkeypatch, tfrec_main):
+    """The trained model takes the inputs of the samples it was trained on; with retrieval.profile
+    or retrieval.item changed since, export failed with 'feature 'age' needs column 'age', which
+    the DataFrame lacks' or a bare 'StopIteration', naming no key."""
+    from tfrec import config as run
+    from tfrec import retrieval_run
+
+    log = events(["u1"] * 4 + ["u2"] * 4, ["i1", "i2", "i3", "i1"] * 2, list(range(8)))
+    config = own_log_config(tmp_path, log, k=1)
+    train, _ = retrieval_run.samples(config)
+    every = sum(retrieval_run.columns(config, train), [])
+    monkeypatch.setattr(run, "trained", lambda _: (None, every))  # the model itself is never reached
+    monkeypatch.setattr(run, "trained_columns", lambda _: every)
+    raw = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    for changes, names in [({"profile": []}, "['age']"), ({"item": "genre", "category": None},
+                                                           "['hist_item_id', 'item_id']")]:
+        (tmp_path / "changed.yaml").write_text(yaml.safe_dump({**raw, "retrieval": {**raw["retrieval"], **changes},
+                                                               "output": config.output, "export": {"base": str(tmp_path / "export")}}))
+        message = (f"retrieval: the model trained in {config.output} takes {names}, which this config's retrieval: "
+                   "settings do not make")
+        for command in ("evaluate", "export"):
+            code, _, err = tfrec_main(command, "--config", tmp_path / "changed.yaml")
+            assert code == 1 and message in err, err
+        with pytest.raises(run.ConfigError, match=re.escape(message)):
+            retrieval_run.user_requests(run.load_config(str(tmp_path / "changed.yaml")), ["u1"])
+
+
 @contextlib.contextmanager
 def _logged(text):
     """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""

@@ -61,7 +61,7 @@ def read_log(config, out=None):
             raise ConfigError(f"{config.path}: {key}: column '{name}' has {len(gaps)} empty cell(s), the first in "
                               f"data row {gaps[0]}; {fix}")
     for name in ids:  # a CSV's ids are text, a Parquet file's keep their type: user "12" of one is 12 of another
-        if log[name].dtype.kind == "O" and pd.api.types.infer_dtype(log[name]) != "string":
+        if log[name].dtype.kind == "O" and pd.api.types.infer_dtype(log[name]).startswith("mixed"):
             log[name] = [str(id_text(value)) for value in log[name]]
     log[settings.time] = _event_times(log[settings.time], config)
     repeated = log.duplicated([settings.user, settings.item, settings.time])

@@ -84,7 +84,15 @@ def samples(config, out=None):
     from tfrec.data.retrieval import PREFER_LENGTH
 
     settings = config.retrieval
-    train, test = retrieval_samples(read_log(config, out), settings.seq_maxlen, short_sess_length=settings.short_sess_length,
+    log = read_log(config, out)
+    # Ties keep the log's order: with dates alone, a newest-first log holds out a day's first event.
+    users = log[settings.user]
+    last = log[settings.time] == log.groupby(users)[settings.time].transform("max")
+    tied = int((last.groupby(users).sum() > 1).sum())
+    if tied:
+        logger.warning("%d of %d users' last event shares its time with another event of theirs (dates without a "
+                       "time of day?): the held-out event is the one the log lists last", tied, users.nunique())
+    train, test = retrieval_samples(log, settings.seq_maxlen, short_sess_length=settings.short_sess_length,
                                     user_cols=settings.profile, min_history=settings.min_history,
                                     user_col=settings.user, item_col=settings.item, category_col=settings.category,
                                     time_col=settings.time)

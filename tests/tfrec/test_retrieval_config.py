@@ -580,6 +580,18 @@ def test_a_config_whose_retrieval_settings_changed_since_train_is_named_by_evalu
             retrieval_run.user_requests(run.load_config(str(tmp_path / "changed.yaml")), ["u1"])
 
 
+def test_a_log_whose_users_last_events_tie_in_time_says_so(tmp_path):
+    """Dates without a time of day tie a user's events of one day; the held-out event is then the
+    one listed last, which in a newest-first export is the day's first: worth a warning."""
+    from tfrec import retrieval_run
+
+    days = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-03"]
+    log = events(["u1"] * 4 + ["u2"] * 4, ["i1", "i2", "i3", "i4"] * 2, days + days[:3] + ["2024-03-04"])
+    with _logged("1 of 2 users' last event shares its time with another event of theirs"):
+        _, test = retrieval_run.samples(own_log_config(tmp_path, log))
+    assert test["item_id"].tolist() == ["i4", "i4"]
+
+
 @contextlib.contextmanager
 def _logged(text):
     """Asserts that the block logs a warning containing `text` (tfrec.retrieval_run's logger)."""

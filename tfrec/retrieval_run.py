@@ -151,14 +151,15 @@ def user_requests(config, users, out=None):
             for name, values in inputs.items()}
 
 
-def check_trained_columns(config, columns, samples):
-    """A ConfigError naming the trained model's `columns` that the config's `samples` lack: its
-    retrieval: settings (item, category, profile) changed since train."""
+def check_trained_columns(config, columns, samples, folder=None):
+    """A ConfigError naming the `columns` of the model trained in `folder` (default: the config's
+    output) that the config's `samples` lack: its retrieval: settings (item, category, profile)
+    changed since that training."""
     missing = [column.name for column in columns if column.name not in samples.columns]
     if missing:
-        raise ConfigError(f"{config.path}: retrieval: the model trained in {config.output} takes {missing}, which "
-                          "this config's retrieval: settings do not make (its item, category or profile changed "
-                          "since train)", hint="set them back, or train again")
+        raise ConfigError(f"{config.path}: retrieval: the model trained in {folder or config.output} takes {missing}, "
+                          "which this config's retrieval: settings do not make (its item, category or profile "
+                          "changed since that training)", hint="set them back, or train afresh")
 
 
 def item_feature(config, columns):
@@ -340,6 +341,8 @@ def train(config, verbose=2, tensorboard=None, out=None):
     warm = run.warm_start_columns(config, out) if config.train.warm_start else None
     with run.step(f"reading {len(config.data.train)} log file(s)", out):
         train_df, test_df = samples(config, out)
+    if warm:
+        check_trained_columns(config, warm.columns, train_df, config.train.warm_start)
     print(f"{len(train_df)} training samples, {len(test_df)} test users", file=out or sys.stdout)
     train_df, validation_df = run.validation_split(train_df, config, out)
     tf.keras.utils.set_random_seed(config.train.seed)

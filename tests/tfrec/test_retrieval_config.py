@@ -555,8 +555,8 @@ def test_exclude_seen_with_a_k_that_leaves_a_user_too_few_items_is_refused_befor
 def test_a_config_whose_retrieval_settings_changed_since_train_is_named_by_evaluate_export_and_query(
         tmp_path, monkeypatch, tfrec_main):
     """The trained model takes the inputs of the samples it was trained on; with retrieval.profile
-    or retrieval.item changed since, export failed with 'feature 'age' needs column 'age', which
-    the DataFrame lacks' or a bare 'StopIteration', naming no key."""
+    or retrieval.item changed since, export (and a warm start from the run) failed with 'feature
+    'age' needs column 'age', which the DataFrame lacks' or a bare 'StopIteration', naming no key."""
     from tfrec import config as run
     from tfrec import retrieval_run
 
@@ -576,8 +576,14 @@ def test_a_config_whose_retrieval_settings_changed_since_train_is_named_by_evalu
         for command in ("evaluate", "export"):
             code, _, err = tfrec_main(command, "--config", tmp_path / "changed.yaml")
             assert code == 1 and message in err, err
+        changed = run.load_config(str(tmp_path / "changed.yaml"))
         with pytest.raises(run.ConfigError, match=re.escape(message)):
-            retrieval_run.user_requests(run.load_config(str(tmp_path / "changed.yaml")), ["u1"])
+            retrieval_run.user_requests(changed, ["u1"])
+        # A warm start from that run: refused before its model is loaded.
+        changed.train.warm_start = config.output
+        monkeypatch.setattr(run, "warm_start_columns", lambda *_: run.WarmStartColumns(every, 1, 1))
+        with pytest.raises(run.ConfigError, match=re.escape(message)):
+            retrieval_run.train(changed)
 
 
 def test_a_log_whose_users_last_events_tie_in_time_says_so(tmp_path):

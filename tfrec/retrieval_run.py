@@ -29,10 +29,11 @@ def read_log(config, out=None):
 
     Every `retrieval:` column must be there, and no user, item, time, category or profile cell
     empty (after `data.fill`). User, item and category ids of a CSV are read as text, so "007"
-    stays "007" and is not user 7; a log of CSV and Parquet files has them as text throughout. Times are numbers, year-first dates (ISO 8601), or dates in
-    `retrieval.time_format`; other text is refused rather than sorted as text or read with a
-    guessed day and month order, either of which would hold out another event than each user's
-    last. An event repeated exactly (same user, item and time) counts once.
+    stays "007" and is not user 7; a log of CSV and Parquet files has them as text throughout.
+    Times are numbers, year-first dates (ISO 8601), or dates in `retrieval.time_format`; other
+    text is refused rather than sorted as text or read with a guessed day and month order, either
+    of which would hold out another event than each user's last. An event repeated exactly (same
+    user, item and time) counts once.
     """
     from tfrec.data.pipeline import id_text
 
@@ -389,12 +390,13 @@ def ranking_inputs(config, every, train, held_out):
     ids = items[settings.item].to_numpy()
     excluded = _seen_positions(held_out, history_features(every, settings.item), ids, item_column, config) \
         if settings.exclude_seen else None
-    left = len(ids) - np.array([len(seen) for seen in excluded or []], dtype=np.int64)
-    short = np.flatnonzero(left < settings.k)
-    if len(short):  # checked here, not when ranking: train would fail only after its first epoch
-        raise ConfigError(f"{config.path}: retrieval.k: {settings.k} is more than the items left to rank for "
-                          f"{len(short)} user(s) once retrieval.exclude_seen leaves their history out (user "
-                          f"{held_out[settings.user].iloc[short[0]]!r}: {left[short[0]]} of the {len(ids)} items)")
+    if excluded is not None:  # checked here, not when ranking: train would fail only after its first epoch
+        left = len(ids) - np.array([len(seen) for seen in excluded], dtype=np.int64)
+        short = np.flatnonzero(left < settings.k)
+        if len(short):
+            raise ConfigError(f"{config.path}: retrieval.k: {settings.k} is more than the items left to rank for "
+                              f"{len(short)} user(s) once retrieval.exclude_seen leaves their history out (user "
+                              f"{held_out[settings.user].iloc[short[0]]!r}: {left[short[0]]} of the {len(ids)} items)")
     user_columns = [column for column in every if column is not item_column]
     return SimpleNamespace(user_inputs=df_to_inputs(held_out, user_columns),
                            candidate_inputs=df_to_inputs(items, [item_column]), candidate_ids=ids,

@@ -291,3 +291,24 @@ def test_an_infinity_in_a_dense_column_is_refused_as_nan_is():
         df_to_inputs(df, [DenseFeat("price", 1)])
     with pytest.raises(ValueError, match=r"feature 'vec' needs numbers, but row 1 holds inf"):
         df_to_inputs(df, [DenseFeat("vec", 2)])
+
+
+def test_dense_cells_of_another_size_nulls_and_dates_are_named_by_row():
+    # Each was a message naming no row (numpy's "could not convert", "all input arrays must have
+    # the same shape"), a raw TypeError, or, for dates, float32 nanoseconds off by minutes.
+    cases = [
+        (pd.Series([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.1, 0.1]]), 3,
+         r"feature 'vec' needs 3 float\(s\) per row, but row 2 holds 2"),
+        (pd.Series([[0.1, 0.2], [0.4, "x"]]), 2, r"feature 'vec' has dtype 'float32' and needs numbers, but row 1 holds 'x'"),
+        (pd.Series(["1.5", "2", "x"], dtype=object), 1, r"needs numbers, but row 2 holds 'x'"),
+        (pd.Series([True, None, False], dtype="boolean"), 1, r"needs numbers, but row 1 holds <NA>"),
+        (pd.Series(pd.to_datetime(["2020-01-01", "2020-01-02"])), 1,
+         r"feature 'vec' holds datetime64\[\w+\] values; give numbers, e.g. seconds since 1970: "
+         r"df\['vec'\].astype\('datetime64\[s\]'\).astype\('int64'\)"),
+    ]
+    for values, dimension, message in cases:
+        for dtype in ("float32", "int64") if "datetime" in message else ("float32",):
+            with pytest.raises(ValueError, match=message):
+                df_to_inputs(pd.DataFrame({"vec": values}), [DenseFeat("vec", dimension, dtype=dtype)])
+    assert df_to_inputs(pd.DataFrame({"vec": pd.Series([True, False])}), [DenseFeat("vec", 1)])["vec"].tolist() == [1, 0]
+    assert df_to_inputs(pd.DataFrame({"vec": [[1.0], [2.0]]}), [DenseFeat("vec", 1)])["vec"].tolist() == [1, 2]

@@ -305,32 +305,27 @@ def _sequence_inputs(df, column, lengths, picked=None):
 
 
 def _dense_input(df, column):
-    """(n,) or (n, dimension): int64 for dtype "int64", else float32 (also for "float64")."""
-    if column.dtype == _INT64:
-        dtype, kind = np.int64, "int64"
-        convert = lambda values: _integers(values, _INT64, column.name)  # noqa: E731
-    else:
-        dtype, kind = np.float32, "float"
-        convert = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
+    """(n,) or (n, dimension): int64 for dtype "int64", else float32 (also for "float64"). A value
+    that is not a number, or a cell of another size than the dimension, is named by its row."""
+    dtype, kind = (_INT64, "int64") if column.dtype == _INT64 else ("float32", "float")
     values = _column(df, column.name, f"feature '{column.name}'").to_numpy()
-    if column.dimension == 1 and values.dtype != object:
-        array = convert(values)
+    if values.dtype.kind in "mM":
+        # A float32 count of nanoseconds since 1970 is off by minutes: refused, not cast.
+        raise ValueError(f"feature '{column.name}' holds {values.dtype} values; give numbers, e.g. seconds since 1970: "
+                         f"df['{column.name}'].astype('datetime64[s]').astype('int64') (durations: .dt.total_seconds())")
+    if column.dimension == 1 and not (values.dtype == object and any(np.ndim(cell) for cell in values)):
+        array = _numbers(values, dtype, column.name)
     else:
-        try:
-            array = np.stack([convert(cell).reshape(-1) for cell in values]) \
-                if len(values) else np.zeros((0, column.dimension), dtype)
-        except ValueError as error:
-            raise ValueError(
-                f"feature '{column.name}' needs {column.dimension} {kind}(s) per row: {error}"
-            ) from None
-        if column.dimension == 1 and array.ndim == 2 and array.shape[1] == 1:
+        rows = []
+        for row, cell in enumerate(values):
+            numbers = _numbers(np.ravel(cell), dtype, column.name, where=lambda _, row=row: f"row {row}")
+            if numbers.size != column.dimension:
+                raise ValueError(f"feature '{column.name}' needs {column.dimension} {kind}(s) per row, but row "
+                                 f"{row} holds {numbers.size}")
+            rows.append(numbers)
+        array = np.stack(rows) if rows else np.zeros((0, column.dimension), dtype)
+        if column.dimension == 1:
             array = array[:, 0]
-    expected = (len(df),) if column.dimension == 1 else (len(df), column.dimension)
-    if array.shape != expected:
-        raise ValueError(
-            f"feature '{column.name}' needs {column.dimension} {kind}(s) per row, got an array "
-            f"of shape {array.shape}"
-        )
     if array.dtype.kind == "f" and len(array):
         check_finite(column.name, array, "numbers")
     return array

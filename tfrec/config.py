@@ -774,8 +774,9 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
         def skip(row):  # the lines pandas left out (more cells than the header); it keeps shorter ones
             return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
 
-        try:
-            texts = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
+        try:  # named as pandas names them (" item_id" is item_id), its cells cleaned below
+            texts = csv.read_csv(path, read_options=csv.ReadOptions(column_names=list(df.columns), skip_rows=1),
+                                 parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
                                  convert_options=csv.ConvertOptions(include_columns=integers,
                                                                     column_types={n: pa.string() for n in integers}))
             texts = {name: texts[name] for name in integers} if texts.num_rows == len(df) else None
@@ -788,8 +789,10 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
                 texts = _read_csv(path, sep, integers, bad_lines)
             texts = {name: pa.array(texts[name], pa.string()) for name in integers}
         for name in integers:
-            if pc.any(pc.match_substring_regex(texts[name], r"^\s*[+-]?0\d")).as_py():
-                df[name] = texts[name].to_pandas().str.strip()
+            # pyarrow keeps the spaces around a cell, and the quotes of one that follows a space (' "05"')
+            text = pc.replace_substring_regex(texts[name], r'^\s*"?|"?\s*$', "")
+            if pc.any(pc.match_substring_regex(text, r"^[+-]?0\d")).as_py():
+                df[name] = text.to_pandas()
     return df
 
 
@@ -809,7 +812,7 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     `bad_lines` says; `options` as read_csv takes them (chunksize: a reader of chunks)."""
     import pandas as pd
 
-    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].dropna()
+    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, skipinitialspace=True).iloc[0].dropna()
     twice = sorted(set(names[names.duplicated()]))
     if twice:  # pandas would read the second as "<name>.1", another column (a label's twin: a leaked feature)
         raise ConfigError(f"{path}: the header names {twice} more than once", hint="give each column its own name, "
@@ -817,9 +820,10 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     header = set(names)
     # index_col=False: lines with a cell more than the header are never read with the first as a
     # row label, which shifts every column by one; a separator ending each line is no column
-    # (pandas drops the empty cells), and other extra cells are named by `_reading`.
+    # (pandas drops the empty cells), and other extra cells are named by `_reading`. Spaces after a
+    # separator ("u1, i5") are no part of the cell: " i5" would be another item than "i5".
     return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
-                       on_bad_lines=_PANDAS_BAD_LINES[bad_lines], index_col=False, **options)
+                       on_bad_lines=_PANDAS_BAD_LINES[bad_lines], index_col=False, skipinitialspace=True, **options)
 
 
 def _whole_number_ids(df, text_columns):

@@ -298,6 +298,19 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
             read()
 
 
+def test_spaces_after_the_separator_are_no_part_of_a_cell_in_every_read(tmp_path):
+    """"user_id, item_id" / "u1, i5" was read with a column " item_id" and an item " i5", another
+    than the "i5" of a line without the space; the leading-zero pass (pyarrow's read, which keeps
+    the spaces) refused a header with a space, and must keep "02134" whether quoted or not."""
+    (tmp_path / "d.csv").write_text('user_id, item_id, zip, click\nu1, i5, 02134, 1\nu2, "i6", "00123", 0\n'
+                                    "u3,i5,7,1\n")
+    expected = {"user_id": ["u1", "u2", "u3"], "item_id": ["i5", "i6", "i5"], "zip": ["02134", "00123", "7"],
+                "click": [1, 0, 1]}
+    assert run.read_data([str(tmp_path / "d.csv")]).to_dict("list") == expected
+    chunks = run.read_data_chunks([str(tmp_path / "d.csv")], text_columns=["zip"], chunk_rows=2)  # evaluate, predict
+    assert pd.concat(chunks).to_dict("list") == expected
+
+
 def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):
     """pandas reads data lines with one cell more than the header with their first cell as a row
     label: a separator at the end of each line made user_id the items, item_id the clicks and

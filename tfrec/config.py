@@ -812,7 +812,13 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     `bad_lines` says; `options` as read_csv takes them (chunksize: a reader of chunks)."""
     import pandas as pd
 
-    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, skipinitialspace=True).iloc[0].dropna()
+    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                        skipinitialspace=True).iloc[0]
+    unnamed = [position for position, name in enumerate(names, 1) if not name]
+    if unnamed:  # pandas would read it as "Unnamed: 0", which columns: infer made a feature
+        raise ConfigError(f"{path}: column {unnamed[0]} of the header (counted from 1) has no name",
+                          hint="name it in the header, or leave it out: pandas' to_csv writes the row index as an "
+                               "unnamed first column unless given index=False")
     twice = sorted(set(names[names.duplicated()]))
     if twice:  # pandas would read the second as "<name>.1", another column (a label's twin: a leaked feature)
         raise ConfigError(f"{path}: the header names {twice} more than once", hint="give each column its own name, "

@@ -311,6 +311,20 @@ def test_spaces_after_the_separator_are_no_part_of_a_cell_in_every_read(tmp_path
     assert pd.concat(chunks).to_dict("list") == expected
 
 
+def test_a_header_with_an_unnamed_column_is_refused(tmp_path):
+    """pandas' to_csv writes its index as a first column with an empty name, which pandas reads as
+    "Unnamed: 0": columns: infer made the row number a feature, without a word."""
+    pd.DataFrame({"user_id": ["u1", "u2"], "click": [1, 0]}).to_csv(tmp_path / "d.csv")
+    for read in (lambda: run.read_data([str(tmp_path / "d.csv")]),
+                 lambda: list(run.read_data_chunks([str(tmp_path / "d.csv")]))):
+        with pytest.raises(ConfigError, match=r"d.csv: column 1 of the header \(counted from 1\) has no name") as error:
+            read()
+        assert "index=False" in error.value.hint
+    (tmp_path / "e.csv").write_text("user_id, ,click\nu1,5,1\n")  # a name of spaces alone is none either
+    with pytest.raises(ConfigError, match=r"e.csv: column 2 of the header"):
+        run.read_data([str(tmp_path / "e.csv")])
+
+
 def test_a_separator_ending_every_line_is_no_column_and_never_shifts_the_columns(tmp_path):
     """pandas reads data lines with one cell more than the header with their first cell as a row
     label: a separator at the end of each line made user_id the items, item_id the clicks and

@@ -941,8 +941,18 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
             parquet = pq.ParquetFile(path)
         except (OSError, ValueError) as error:  # pyarrow's "Parquet file size is 0 bytes" names no file
             raise ConfigError(f"{path}: cannot be read as Parquet: {error}") from None
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # to_pandas makes an int column with a gap floats (7 -> 7.0): the text columns' ints as their text
+        schema = parquet.schema_arrow
+        integers = [name for name in text_columns
+                    if name in schema.names and pa.types.is_integer(schema.field(name).type)]
         for batch in parquet.iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+            chunk = batch.to_pandas()
+            for name in integers:
+                chunk[name] = pc.cast(batch.column(name), pa.string()).to_pandas()
+            yield chunk
         return
     with _reading(path, bad_lines, skipped_to):
         reader = _read_csv(path, sep, text_columns, bad_lines, chunksize=chunk_rows)

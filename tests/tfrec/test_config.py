@@ -836,6 +836,27 @@ def test_predict_writes_the_kept_columns_as_the_file_holds_them(tmp_path):
     assert scores["user_id"].tolist() == rows["user_id"].tolist()
 
 
+def test_predict_writes_the_kept_integers_of_a_parquet_file_as_it_holds_them(tmp_path):
+    """A Parquet int column with a null (written without pandas' metadata, as Spark writes it) came
+    out of to_pandas as floats: --keep wrote request id 7 as "7.0"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_csv_frame(tmp_path / "d.csv")
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 1, batch_size: 4}\n")))
+    run.train(config, verbose=0)
+    request_ids = [1234567890123456789, None, 1234567890123456781, 7, 8, 9, 10, 11]
+    rows = pa.Table.from_pandas(frame(), preserve_index=False).append_column("request_id",
+                                                                             pa.array(request_ids, pa.int64()))
+    pq.write_table(rows.replace_schema_metadata(None), tmp_path / "rows.parquet")
+    run.predict(config, [str(tmp_path / "rows.parquet")], str(tmp_path / "scores.csv"), keep=["request_id", "user_id"])
+    scores = pd.read_csv(tmp_path / "scores.csv", dtype=str, keep_default_na=False)
+    assert scores["request_id"].tolist() == ["" if i is None else str(i) for i in request_ids]
+    assert scores["user_id"].tolist() == [str(i) for i in frame()["user_id"]]
+
+
 def test_a_file_of_no_rows_scores_none_in_predict_and_evaluate(tmp_path):
     """A header-only file (a day without rows) among the files to score or the test files stopped
     predict and evaluate with Keras' "Expected input data to be non-empty.", naming no file."""

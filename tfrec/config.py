@@ -921,9 +921,8 @@ def _record_skipped_lines(record, path, numbers):
     if os.path.exists(record):
         rows = pd.concat([pd.read_csv(record, dtype={"file": str, "text": str}, keep_default_na=False), rows])
     os.makedirs(os.path.dirname(os.path.abspath(record)), exist_ok=True)
-    staged = f"{record}.{os.getpid()}.tmp"  # each worker of a multi-process run reads, and records, the same lines
-    rows.drop_duplicates(["file", "line"], keep="last").sort_values(["file", "line"]).to_csv(staged, index=False)
-    os.replace(staged, record)
+    with distribute.replaced_atomically(record) as handle:  # each worker of a cluster records the same lines
+        rows.drop_duplicates(["file", "line"], keep="last").sort_values(["file", "line"]).to_csv(handle, index=False)
 
 
 def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
@@ -1957,10 +1956,8 @@ def claim_backup_folder(folder, config, columns):
                 "that wrote it; remove the folder to start afresh, or give this run its own checkpoint_dir")
         return
     os.makedirs(folder, exist_ok=True)
-    staged = f"{path}.{os.getpid()}.tmp"
-    with open(staged, "w", encoding="utf-8") as handle:
+    with distribute.replaced_atomically(path) as handle:
         json.dump({"run": record, "config": config.path, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
-    os.replace(staged, path)
 
 
 def repeated_rows(train_df, test_df):
@@ -2195,7 +2192,7 @@ def evaluate(config, out=None):
         _gate_heatmap(files["gates"], {name: total / rows for name, total in gate_sums.items()})
     report["files"] = files
     os.makedirs(config.output, exist_ok=True)
-    with open(files["metrics"], "w", encoding="utf-8") as handle:
+    with distribute.replaced_atomically(files["metrics"]) as handle:  # never a cut-short file runs.py fails to read
         json.dump(report, handle, indent=1, default=float)
     return report
 
@@ -2231,31 +2228,25 @@ def predict(config, files, scores_path, keep=(), out=None):
     # The kept columns that are no features are copied as the files write them: read as numbers, a
     # gap made 7 a "7.0" and a long request id a float that other ids round to.
     kept_text = [name for name in keep if name not in {column.name for column in columns}]
-    staged = f"{scores_path}.{os.getpid()}.tmp"
     rows, started = 0, time.perf_counter()
-    try:
-        with open(staged, "w", encoding="utf-8", newline="") as handle:
-            for chunk in data_chunks(config, columns, files, "--data", labels=False, text_columns=kept_text):
-                missing = [name for name in [c.name for c in columns] + list(keep) if name not in chunk.columns]
-                if missing:
-                    raise ConfigError(f"--data: the rows lack the column(s) {missing} (features of the model, or "
-                                      f"named by --keep); their columns are {list(chunk.columns)}",
-                                      hint="score files holding the columns the model was trained on")
-                if chunk.empty:  # a file of no rows (its header alone): Keras refuses to predict none
-                    continue
-                outputs = predict_outputs(model, chunk, columns)
-                scores = chunk[list(keep)].copy()
-                for output, name in score_names.items():
-                    scores[name] = outputs[output]
-                scores.to_csv(handle, header=not rows, index=False)
-                rows += len(chunk)
-                _say_scored(rows, started, out)
-            if not rows:  # the header alone, so the file still reads as a table
-                pd.DataFrame(columns=list(keep) + list(score_names.values())).to_csv(handle, index=False)
-        os.replace(staged, scores_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(staged)
+    with distribute.replaced_atomically(scores_path) as handle:
+        for chunk in data_chunks(config, columns, files, "--data", labels=False, text_columns=kept_text):
+            missing = [name for name in [c.name for c in columns] + list(keep) if name not in chunk.columns]
+            if missing:
+                raise ConfigError(f"--data: the rows lack the column(s) {missing} (features of the model, or "
+                                  f"named by --keep); their columns are {list(chunk.columns)}",
+                                  hint="score files holding the columns the model was trained on")
+            if chunk.empty:  # a file of no rows (its header alone): Keras refuses to predict none
+                continue
+            outputs = predict_outputs(model, chunk, columns)
+            scores = chunk[list(keep)].copy()
+            for output, name in score_names.items():
+                scores[name] = outputs[output]
+            scores.to_csv(handle, header=not rows, index=False)
+            rows += len(chunk)
+            _say_scored(rows, started, out)
+        if not rows:  # the header alone, so the file still reads as a table
+            pd.DataFrame(columns=list(keep) + list(score_names.values())).to_csv(handle, index=False)
     return {"rows": rows, "file": scores_path, "columns": list(keep) + list(score_names.values())}
 
 
@@ -2299,7 +2290,8 @@ def _calibration_plot(path, tasks, weights=None, bins=10):
                ylabel="observed rate" + (" (weighted)" if weights is not None else ""), xlim=(0, top), ylim=(0, top))
         ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with distribute.replaced_atomically(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)
 
 
@@ -2342,5 +2334,6 @@ def _gate_heatmap(path, gates):
     ax.set_title("mean gate weight per expert (test rows)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with distribute.replaced_atomically(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)

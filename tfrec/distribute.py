@@ -417,9 +417,8 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             state["weights"] = f"best_weights_{callback.best_epoch}.npz"
             if state["weights"] not in self._current_weights:
                 path = os.path.join(self._state_dir, state["weights"])
-                with open(path + ".tmp", "wb") as out:
+                with replaced_atomically(path, "wb") as out:
                     np.savez(out, *callback.best_weights)
-                os.replace(path + ".tmp", path)
                 self._current_weights.add(state["weights"])
         return state
 
@@ -440,9 +439,24 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 
 
 def _write_json_atomically(path, value):
-    with open(path + ".tmp", "w") as out:
+    with replaced_atomically(path) as out:
         json.dump(value, out)
-    os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path, mode="w"):
+    """A file to write (`mode` "w", UTF-8 text, or "wb") that becomes `path` only when written whole:
+    it is written beside `path` and renamed into it, so a crash mid-write leaves the file as it was,
+    never cut short; on an error the staged file is removed. One name per process: the workers of
+    a cluster may write the same file."""
+    staged = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(staged, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as handle:
+            yield handle
+        os.replace(staged, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staged)
 
 
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",

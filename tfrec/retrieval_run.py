@@ -440,7 +440,7 @@ def evaluate(config, out=None):
     report = {"rows": len(test_df), "candidates": len(ids), "k": k, "model": scores(ranked),
               "popularity": scores(popular)}
     path = config.output_file(run.METRICS_FILE)
-    with open(path, "w", encoding="utf-8") as handle:
+    with distribute.replaced_atomically(path) as handle:
         json.dump(report, handle, indent=1)
     report["files"] = {"metrics": path}
     return report

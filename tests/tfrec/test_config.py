@@ -1,4 +1,5 @@
 """tfrec.config: run configs, column inference from a DataFrame, the multi-task example, SIM and CLSR from a config."""
+import contextlib
 import csv
 import io
 import json
@@ -855,6 +856,40 @@ def test_predict_writes_the_kept_integers_of_a_parquet_file_as_it_holds_them(tmp
     scores = pd.read_csv(tmp_path / "scores.csv", dtype=str, keep_default_na=False)
     assert scores["request_id"].tolist() == ["" if i is None else str(i) for i in request_ids]
     assert scores["user_id"].tolist() == [str(i) for i in frame()["user_id"]]
+
+
+def test_a_crash_while_evaluate_writes_leaves_the_files_it_wrote_before(tmp_path, monkeypatch):
+    """metrics.json and calibration.png were written in place: a crash mid-write left them cut short."""
+    import matplotlib.figure
+
+    write_csv_frame(tmp_path / "d.csv")
+    config = load_config(str(write(tmp_path, "data: {train: d.csv, test: d.csv}\nlabels: click\nmodel: {name: DIN}\n"
+                                             "columns: {exclude: [row_id], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 1, batch_size: 4}\n")))
+    run.train(config, verbose=0)
+    run.evaluate(config)
+    folder = Path(config.output)
+    written = {name: (folder / name).read_bytes() for name in os.listdir(folder) if name.endswith((".json", ".png"))}
+    assert {run.METRICS_FILE, run.CALIBRATION_FILE} <= set(written)
+
+    def cut_short(write_some):
+        def crash(*args, **kwargs):
+            write_some(*args, **kwargs)
+            raise OSError("No space left on device")
+        return crash
+
+    def some_png(figure, target, **kwargs):
+        with (open(target, "wb") if isinstance(target, str) else contextlib.nullcontext(target)) as handle:
+            handle.write(b"\x89PNG")
+
+    for patched, name, write_some in ((matplotlib.figure.Figure, "savefig", some_png),
+                                      (json, "dump", lambda value, handle, **kwargs: handle.write('{"rows": '))):
+        with monkeypatch.context() as patch:
+            patch.setattr(patched, name, cut_short(write_some))
+            with pytest.raises(OSError, match="No space left"):
+                run.evaluate(config)
+        assert {name: (folder / name).read_bytes() for name in written} == written
+        assert not [name for name in os.listdir(folder) if name.endswith(".tmp")]
 
 
 def test_a_file_of_no_rows_scores_none_in_predict_and_evaluate(tmp_path):

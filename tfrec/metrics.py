@@ -116,7 +116,8 @@ def gauc(y_true, y_score, groups, sample_weight=None):
     Args:
       y_true: (n,) labels in {0, 1}.
       y_score: (n,) scores; no NaN.
-      groups: (n,) group keys (ints or strings), e.g. user ids.
+      groups: (n,) group keys (ints or strings), e.g. user ids; in an object array, compared as
+        text (5 and "5" are one group).
       sample_weight: optional (n,) weights >= 0: each group's AUC is weighted (see `auc`) and
         counts its rows' total weight instead of its row count.
 
@@ -129,6 +130,8 @@ def gauc(y_true, y_score, groups, sample_weight=None):
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     groups = _as_1d(groups, "groups")
+    if groups.dtype == object:  # ints and text (5 and "u7": files read apart) sort only as text, 5 as "5"
+        groups = groups.astype(str)
     if len(groups) != len(y_true):
         raise ValueError(
             f"groups must have the same length as y_true, got {len(groups)} and {len(y_true)}"

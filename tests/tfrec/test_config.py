@@ -947,6 +947,27 @@ def test_an_empty_cell_of_the_gauc_group_column_is_named(tmp_path):
         run.evaluate(config)
 
 
+def test_a_gauc_group_column_of_numbers_in_one_test_file_and_text_in_another_is_grouped_by_its_text(tmp_path):
+    """evaluate.group read as ints from one test file and as text from another (5 and "u7", one
+    object column) failed in GAUC with "TypeError: '<' not supported between instances of 'str'
+    and 'int'"; 5 and "5" are one group, as the files write them."""
+    df = frame().assign(session=["5", "5", "6", "6", "u7", "u7", "u8", "u8"])
+    df = df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]])
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df[:4].to_csv(tmp_path / "numbers.csv", index=False)
+    df[4:].assign(session=["u7", "u7", "5", "5"]).to_csv(tmp_path / "text.csv", index=False)
+    config = load_config(str(write(tmp_path, "data: {train: d.csv, test: [numbers.csv, text.csv]}\nlabels: click\n"
+                                             "model: {name: DIN}\nevaluate: {group: session}\n"
+                                             "columns: {exclude: [row_id, session], sequences: {hist_item_id: {}}}\n"
+                                             "train: {epochs: 1, batch_size: 4}\n")))
+    run.train(config, verbose=0)
+    (as_text,) = [task["gauc"] for task in run.evaluate(config)["tasks"].values()]
+    df.assign(session=["5", "5", "6", "6", "u7", "u7", "5", "5"]).to_csv(tmp_path / "one.csv", index=False)
+    config.data.test = [str(tmp_path / "one.csv")]  # the same rows, one file: read as text throughout
+    (one_file,) = [task["gauc"] for task in run.evaluate(config)["tasks"].values()]
+    assert as_text == pytest.approx(one_file)
+
+
 def test_a_diverged_run_fails_and_saves_nothing(tmp_path):
     df = frame().assign(price=[3e38] * 8)  # finite, but the network's sums overflow to inf
     df.assign(hist_item_id=["|".join(cell) for cell in df["hist_item_id"]]).to_csv(tmp_path / "d.csv", index=False)

@@ -70,6 +70,13 @@ def test_gauc_matches_per_group_brute_force_with_ties():
     assert metrics.gauc(y, s, g) == pytest.approx(num / den, abs=1e-12)
 
 
+def test_gauc_groups_of_ints_and_text_are_compared_as_text():
+    """An object array of 5 and "u7" (a group column read apart) failed: '<' between 'str' and 'int'."""
+    y, s = [1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.2, 0.8, 0.7, 0.3]
+    mixed = np.array([5, 5, "u7", "u7", "5", "5"], dtype=object)
+    assert metrics.gauc(y, s, mixed) == pytest.approx(metrics.gauc(y, s, ["5", "5", "u7", "u7", "5", "5"]))
+
+
 def test_gauc_errors():
     with pytest.raises(ValueError, match="none of the 2 group"):
         metrics.gauc([1, 1, 0], [0.1, 0.2, 0.3], [1, 1, 2])

@@ -215,10 +215,13 @@ class VersionManager:
         wanted = aspired_versions(self.config.model_version_policy, present)
         self._paths = dict(present)
         self._wanted = set(wanted)
-        with self._lock:  # a version no longer wanted is not retried
+        with self._lock:  # a version no longer wanted is not retried: its failure is final
             for version, state in self._states.items():
-                if version not in wanted:
+                if version not in wanted and state.retry_at is not None:
+                    # END, as TF Serving's CancelLoadServableRetry ends it: LOADING would
+                    # stay for good, since no retry comes
                     state.retry_at = None
+                    state.state = _State.END
         if not present:
             log.warning("No versions of servable %s found under base path %s. Did you forget "
                         "to name your leaf directory as a number (eg. '/1/')?",

@@ -240,6 +240,20 @@ def test_without_retries_a_failed_load_stays_failed(live, saved_models):
         assert "Retrying of Loading servable" not in server.logs()
 
 
+def test_a_failed_version_deleted_while_retries_remain_ends(live):
+    """An operator deletes a bad push: its pending retries are cancelled and the version is END
+    with its failure, as in TF Serving (it stayed LOADING for good, looking like a rollout)."""
+    with LocalServer(model_base_path=str(live), model_name="live", rest=False,
+                     poll_wait_seconds=0.2) as server:  # TF Serving's 5 retries, 60 s apart
+        os.mkdir(live / "2")  # a push that never got its files
+        loading = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
+        assert loading[0] == "LOADING" and "Could not find SavedModel" in loading[2]
+        os.rmdir(live / "2")
+        wait_for(lambda: statuses(server.grpc_target, "live")[2] == ("END",) + loading[1:],
+                 timeout=10, what="version 2 END with its failure")
+        assert statuses(server.grpc_target, "live")[1][0] == "AVAILABLE"
+
+
 def test_truncated_or_incomplete_variables_are_data_loss_naming_the_files(live, saved_models):
     """TensorFlow says "Read less bytes than requested" or gives a hint about devices; the
     status names the damaged folder and files. The old version keeps serving."""

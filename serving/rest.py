@@ -507,6 +507,9 @@ class RestServer:
             raise self._too_large(f"more than {self._max_body_bytes} (uncompressed)")
         if not decompressor.eof:
             raise invalid_argument("Content-Encoding is gzip, but the gzip body is truncated")
+        if decompressor.unused_data:  # refused as TF Serving's zlib wrapper does: not read as JSON
+            raise invalid_argument(f"Content-Encoding is gzip, but {len(decompressor.unused_data)} bytes "
+                                   "follow the end of the gzip data (another gzip member or garbage)")
         return data
 
     async def _read_all(self, request):

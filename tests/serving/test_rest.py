@@ -188,6 +188,11 @@ def test_a_gzip_body_is_uncompressed_as_tf_serving_does(server):
     status, _, body = call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(GOOD_BODY)[:-9],
                            {"Content-Encoding": "gzip"})
     assert (status, body["error"]) == (400, "Content-Encoding is gzip, but the gzip body is truncated")
+    for trailing in (b"xx", gzip.compress(b" ")):  # served as if absent / JSON cut at the member's end
+        status, _, body = call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(GOOD_BODY) + trailing,
+                               {"Content-Encoding": "gzip"})
+        assert (status, body["error"]) == (400, f"Content-Encoding is gzip, but {len(trailing)} bytes follow the "
+                                                "end of the gzip data (another gzip member or garbage)")
     status, _, body = call(server.port, "POST", "/v1/models/toy:predict", gzip.compress(b" " * (MAX_BODY_BYTES + 1)),
                            {"Content-Encoding": "gzip"})
     assert status == 413 and "(uncompressed)" in body["error"]

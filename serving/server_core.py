@@ -110,6 +110,7 @@ class ServerCore:
         self._models = {}
         self._replacing = {}  # name -> the manager of a new base path, loaded before it takes over
         self._retired = []
+        self._removed = {}  # name -> the manager of a model a reload removed: its versions' END states
         self._busy = {}  # VersionManager -> the Future of its poll or retries on the load threads
         self._lock = threading.Lock()
         # One reload at a time, as TF Serving's ServerCore holds config_mu_ through ReloadConfig:
@@ -294,7 +295,8 @@ class ServerCore:
                 if labels_later and new is not None:
                     new = _with_labels(new, model.config.version_labels)
                 if new is None:
-                    self._retired.append(self._models.pop(name))
+                    self._removed[name] = self._models.pop(name)
+                    self._retired.append(self._removed[name])
                 elif new.base_path != model.config.base_path:
                     if name in self._replacing:
                         self._replacing[name].config = new
@@ -305,6 +307,7 @@ class ServerCore:
                     model.config = new
             for name, model_config in wanted.items():
                 if name not in self._models:
+                    self._removed.pop(name, None)
                     self._models[name] = VersionManager(_with_labels(model_config, {}) if labels_later else model_config,
                                                         self._batching, self._enable_warmup,
                                                         **self._version_options)
@@ -459,10 +462,13 @@ class ServerCore:
     def model_status(self, model_spec):
         """GetModelStatusResponse for a ModelSpec, as TF Serving's GetModelStatusImpl.
 
-        Like TF Serving, a version_label in the spec is ignored: all versions are listed.
+        Like TF Serving, a version_label in the spec is ignored: all versions are listed, and a
+        model a reload removed keeps its versions' states (END once unloaded), as TF Serving's
+        ServableStateMonitor does.
         """
         name = model_spec.name
-        model = self._model(name)
+        with self._lock:
+            model = self._models.get(name) or self._removed.get(name)
         states = model.states() if model is not None else {}
         if model_spec.HasField("version"):
             version = model_spec.version.value

@@ -215,13 +215,8 @@ class VersionManager:
         wanted = aspired_versions(self.config.model_version_policy, present)
         self._paths = dict(present)
         self._wanted = set(wanted)
-        with self._lock:  # a version no longer wanted is not retried: its failure is final
-            for version, state in self._states.items():
-                if version not in wanted and state.retry_at is not None:
-                    # END, as TF Serving's CancelLoadServableRetry ends it: LOADING would
-                    # stay for good, since no retry comes
-                    state.retry_at = None
-                    state.state = _State.END
+        with self._lock:
+            self._cancel_retries(v for v in self._states if v not in wanted)
         if not present:
             log.warning("No versions of servable %s found under base path %s. Did you forget "
                         "to name your leaf directory as a number (eg. '/1/')?",
@@ -240,6 +235,15 @@ class VersionManager:
                     continue  # retries spent and unchanged since: do not retry every poll
             self._load(version, present[version])
         self._unload_unwanted(wanted)
+
+    def _cancel_retries(self, versions):
+        """Ends the pending load retries of `versions` (under the lock): their failure is final,
+        END as TF Serving's CancelLoadServableRetry ends it (LOADING would stay for good)."""
+        for version in versions:
+            state = self._states[version]
+            if state.retry_at is not None:
+                state.retry_at = None
+                state.state = _State.END
 
     def _retry(self, version):
         previous = self._states[version]
@@ -332,5 +336,6 @@ class VersionManager:
         with self._lock:
             self._closed = True
             versions = sorted(self._serving)
+            self._cancel_retries(list(self._states))
         for version in versions:
             self.unload(version)

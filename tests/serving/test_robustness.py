@@ -240,18 +240,32 @@ def test_without_retries_a_failed_load_stays_failed(live, saved_models):
         assert "Retrying of Loading servable" not in server.logs()
 
 
-def test_a_failed_version_deleted_while_retries_remain_ends(live):
-    """An operator deletes a bad push: its pending retries are cancelled and the version is END
-    with its failure, as in TF Serving (it stayed LOADING for good, looking like a rollout)."""
+def test_a_failed_version_deleted_or_removed_while_retries_remain_ends(live):
+    """An operator deletes a bad push, or a reload removes its model: the pending retries are
+    cancelled and the version is END with its failure, as in TF Serving (it stayed LOADING for
+    good, looking like a rollout in progress)."""
     with LocalServer(model_base_path=str(live), model_name="live", rest=False,
                      poll_wait_seconds=0.2) as server:  # TF Serving's 5 retries, 60 s apart
         os.mkdir(live / "2")  # a push that never got its files
         loading = wait_for(lambda: failed_status(server.grpc_target, "live", 2))
         assert loading[0] == "LOADING" and "Could not find SavedModel" in loading[2]
         os.rmdir(live / "2")
-        wait_for(lambda: statuses(server.grpc_target, "live")[2] == ("END",) + loading[1:],
+        ended = ("END",) + loading[1:]
+        wait_for(lambda: statuses(server.grpc_target, "live")[2] == ended,
                  timeout=10, what="version 2 END with its failure")
         assert statuses(server.grpc_target, "live")[1][0] == "AVAILABLE"
+
+        os.mkdir(live / "3")
+        loading = wait_for(lambda: failed_status(server.grpc_target, "live", 3))
+        assert loading[0] == "LOADING"
+        request = model_management_pb2.ReloadConfigRequest()
+        other = request.config.model_config_list.config.add(name="other", base_path=str(live))
+        other.model_version_policy.specific.versions.append(1)
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
+        wait_for(lambda: statuses(server.grpc_target, "live") == {
+            1: ("END", 0, ""), 2: ended, 3: ("END",) + loading[1:]},
+            timeout=10, what="every version of the removed model END")
 
 
 def test_truncated_or_incomplete_variables_are_data_loss_naming_the_files(live, saved_models):

@@ -554,6 +554,29 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
         _reload(model_stub, server.config_text)
 
 
+def test_a_model_a_reload_removes_keeps_its_versions_states(server, client, model_stub, tmp_path, saved_models):
+    """As TF Serving's ServableStateMonitor: GetModelStatus of a removed model lists its versions
+    END, so an operator sees it was unloaded (it was NOT_FOUND 'Could not find any versions');
+    Predict is NOT_FOUND; added again, it serves."""
+    copy_version(str(saved_models / "toy" / "2"), str(tmp_path / "gone"), 1)
+    added = server.config_text.rstrip().rstrip("}") + f'  config {{ name: "gone" base_path: "{tmp_path / "gone"}" }}\n}}\n'
+    try:
+        _reload(model_stub, added)
+        assert [v["state"] for v in client.status("gone")] == ["AVAILABLE"]
+        _reload(model_stub, server.config_text)
+        ended = {"version": 1, "state": "END", "error_code": "OK", "error_message": ""}
+        assert wait_for(lambda: client.status("gone") == [ended], what="gone END")
+        assert client.status("gone", version=1) == [ended]
+        assert rest_call(server, "/v1/models/gone")[1]["model_version_status"][0]["state"] == "END"
+        with pytest.raises(ServingError) as removed:
+            client.predict("gone", {"x": X, "tag": TAGS})
+        assert removed.value.code == grpc.StatusCode.NOT_FOUND
+        _reload(model_stub, added)
+        assert [v["state"] for v in client.status("gone")] == ["AVAILABLE"]
+    finally:
+        _reload(model_stub, server.config_text)
+
+
 def test_a_new_base_path_serves_before_the_old_one_goes_and_zero_padded_versions_load(
         server, client, model_stub, tmp_path, saved_models):
     """A reload that moves a model to another base path keeps answering from the old path until

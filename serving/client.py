@@ -17,10 +17,11 @@ return types, and both raise `ServingError` (with `.code`, a `grpc.StatusCode`, 
 
 `predict` takes a dict of lists / numpy arrays, or a pandas DataFrame. Rows of different
 lengths (list-valued cells) become a 2-D array right-padded with 0 (or "" for strings) to the
-longest row of the request. Inputs are cast to the signature's dtype when that loses nothing
-that matters (int64 -> int32 within range, int -> float, float64 -> float32, int -> its
-decimal text for a string input, as a string table reads ids); the signature
-dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
+longest row of the request, when the signature leaves the row length open (-1), as a
+history's (a ValueError naming the row when it fixes it). Inputs are cast to the signature's
+dtype when that loses nothing that matters (int64 -> int32 within range, int -> float,
+float64 -> float32, int -> its decimal text for a string input, as a string table reads ids);
+the signature dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
 the call retried once, when the server refuses a request and the signature has changed since,
 e.g. after a new version was loaded). A request repeating one user's history on every row
 (one user's candidates) goes out with the history once, to the export's `shared_history`
@@ -84,9 +85,18 @@ def _is_row(value):
     return isinstance(value, (list, tuple, np.ndarray))
 
 
-def _padded_rows(rows, name):
-    """Right-pads list-valued rows to the longest one: 0 for numbers, "" / b"" for strings."""
+def _padded_rows(rows, name, declared=None):
+    """Right-pads list-valued rows to the longest one: 0 for numbers, "" / b"" for strings.
+    `declared`: the row length the signature declares, if it declares one; a row of another
+    length is a ValueError, since padding a fixed-size feature (a vector of 3) would change the
+    score."""
     rows = [[] if _is_missing(row) else list(row) if _is_row(row) else [row] for row in rows]
+    if declared is not None:
+        wrong = next((index for index, row in enumerate(rows) if len(row) != declared), None)
+        if wrong is not None:
+            raise ValueError(f"Input {name!r} takes rows of {declared} values, but row {wrong} holds "
+                             f"{len(rows[wrong])}: only a length the signature leaves open (-1), "
+                             "such as a history's, is padded")
     width = max((len(row) for row in rows), default=0)
     first = next((row[0] for row in rows if row), 0)
     pad = "" if isinstance(first, str) else b"" if isinstance(first, bytes) else 0
@@ -106,28 +116,40 @@ def _exact(array, items):
     return array
 
 
-def _as_array(values, name):
-    """One input column as a numpy array (ragged rows padded)."""
+def _as_array(values, name, declared=None):
+    """One input column as a numpy array (ragged rows padded; `declared` as in `_padded_rows`)."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         return values
     if hasattr(values, "tolist") and not isinstance(values, np.ndarray):
         values = values.tolist()  # pandas Series / Index
     if isinstance(values, (list, tuple, np.ndarray)) and any(_is_row(v) for v in values):
-        return _padded_rows(values, name)
+        return _padded_rows(values, name, declared)
     array = np.asarray(values)
     if array.dtype == object and array.size and all(isinstance(v, str) for v in array.flat):
         array = array.astype(str)
     return _exact(array, values) if isinstance(values, (list, tuple)) else array
 
 
-def _input_arrays(inputs):
-    """A dict of lists / arrays, or a pandas DataFrame, as {name: np.ndarray}."""
+def _input_arrays(inputs, widths=None):
+    """A dict of lists / arrays, or a pandas DataFrame, as {name: np.ndarray}; `widths`:
+    {name: the row length its signature declares}."""
+    widths = widths or {}
     if hasattr(inputs, "columns") and hasattr(inputs, "__getitem__"):
-        return {str(column): _as_array(inputs[column], column) for column in inputs.columns}
+        return {str(column): _as_array(inputs[column], column, widths.get(str(column)))
+                for column in inputs.columns}
     if not hasattr(inputs, "items"):
         raise TypeError(f"inputs must be a dict of arrays or a pandas DataFrame, got "
                         f"{type(inputs).__name__}")
-    return {name: _as_array(values, name) for name, values in inputs.items()}
+    return {name: _as_array(values, name, widths.get(name)) for name, values in inputs.items()}
+
+
+def _declared_widths(signature):
+    """{input: its second dimension's size} for the inputs whose signature fixes it."""
+    if signature is None:
+        return {}
+    return {name: info.tensor_shape.dim[1].size for name, info in signature.inputs.items()
+            if not info.tensor_shape.unknown_rank and len(info.tensor_shape.dim) >= 2
+            and info.tensor_shape.dim[1].size >= 0}
 
 
 def _cast_to_signature(name, array, dtype):
@@ -356,7 +378,7 @@ class _BaseClient:
         return {} if signature is None else {alias: info.dtype for alias, info in signature.inputs.items()}
 
     def _prepared_inputs(self, inputs, signature):
-        arrays = _input_arrays(inputs)
+        arrays = _input_arrays(inputs, _declared_widths(signature))
         if signature is None:
             return arrays
         arrays = {name: _cast_to_signature(

@@ -423,6 +423,18 @@ def test_clients_name_the_input_a_mistake_is_in(client, rest, server):
         "Failed to process input: x of 'inputs' object. Error: JSON Value: null Type: Null")
 
 
+def test_clients_pad_only_the_row_lengths_a_signature_leaves_open(client, rest):
+    """toy's "x" is [-1, 3]: a row of 2 values was padded with 0 and scored as [4, 5, 0] (a silent
+    wrong score); it is a ValueError naming the input and the row. A history ([-1, -1]) is padded
+    (test_keras_dict_model_from_dataframe_pads_ragged_rows)."""
+    for api in (client, rest):
+        with pytest.raises(ValueError, match=re.escape("Input 'x' takes rows of 3 values, but row 1 holds 2")):
+            api.predict("toy", {"x": [[1.0, 2.0, 3.0], [4.0, 5.0]], "tag": ["a", "b"]})
+        with pytest.raises(ValueError, match=re.escape("Input 'x' takes rows of 3 values, but row 0 holds 4")):
+            api.predict("toy", pd.DataFrame({"x": [[1.0, 2.0, 3.0, 4.0], [4.0, 5.0, 6.0]], "tag": ["a", "b"]}))
+        assert_good_request_answered(api)
+
+
 # ---------------------------------------------------------------- versions on disk
 
 

@@ -21,8 +21,8 @@ longest row of the request, when the signature leaves the row length open (-1), 
 history's (a ValueError naming the row when it fixes it). Inputs are cast to the signature's
 dtype when that loses nothing that matters (int64 -> int32 within range, int -> float,
 float64 -> float32, int -> its decimal text for a string input, as a string table reads ids);
-the signature dtypes come from GetModelMetadata once per model/version/label and are cached (refetched, and
-the call retried once, when the server refuses a request and the signature has changed since,
+the signature dtypes come from GetModelMetadata once per model/version/label and are cached
+(refetched, and the call retried once, when the server refuses a request and the signature has changed since,
 e.g. after a new version was loaded). A request repeating one user's history on every row
 (one user's candidates) goes out with the history once, to the export's `shared_history`
 signature, when the server would score it on one row anyway (`predict`'s `signature_name`).
@@ -125,6 +125,8 @@ def _as_array(values, name, declared=None):
     if isinstance(values, (list, tuple, np.ndarray)) and any(_is_row(v) for v in values):
         return _padded_rows(values, name, declared)
     array = np.asarray(values)
+    if array.dtype.kind == "U" and isinstance(values, (list, tuple)) and any(map(_is_missing, values)):
+        array = np.array(values, dtype=object)  # numpy wrote a gap among strings as the text "nan"
     if array.dtype == object and array.size and all(isinstance(v, str) for v in array.flat):
         array = array.astype(str)
     return _exact(array, values) if isinstance(values, (list, tuple)) else array
@@ -192,14 +194,18 @@ def _cast_to_signature(name, array, dtype):
 
 def _numeric(name, array, dtype):
     """An object array for a numeric input as numbers; a None, NaN-as-object or text value is
-    a ValueError naming the input, the row and the dtype expected."""
-    if array.dtype != object or dtype == types_pb2.DT_STRING:
+    a ValueError naming the input, the row and the dtype expected. For a string input, only a
+    missing value (None, NaN) is that error (it failed in the encoding, naming neither)."""
+    if array.dtype != object:
         return array
+    text = dtype == types_pb2.DT_STRING
     expected = tf.dtypes.as_dtype(dtype).name
     for index, value in np.ndenumerate(array):
-        if value is None or isinstance(value, (str, bytes)):
+        if _is_missing(value) if text else value is None or isinstance(value, (str, bytes)):
             raise ValueError(f"Input {name!r} expects {expected} values, but row "
                              f"{index[0] if index else 0} holds {value!r}")
+    if text:
+        return array
     target = numpy_dtype_of(dtype)
     try:
         return array.astype(target)

@@ -413,6 +413,13 @@ def test_clients_name_the_input_a_mistake_is_in(client, rest, server):
         with pytest.raises(ValueError, match=re.escape(
                 "Input 'x' expects float32 values, but row 0 holds None")):
             api.predict("toy", {"x": [[1.0, 2.0, None]], "tag": ["a"]})
+        # A gap in a string input: None failed in the encoding (gRPC: TensorProtoError, REST:
+        # AttributeError), NaN (pandas' gap, None in a DataFrame too) was sent as the text "nan".
+        for missing, inputs in ((None, {"tag": ["a", None]}), (float("nan"), {"tag": ["a", float("nan")]}),
+                                (float("nan"), pd.DataFrame({"tag": ["a", None]}))):
+            with pytest.raises(ValueError, match=re.escape(
+                    f"Input 'tag' expects string values, but row 1 holds {missing!r}")):
+                api.predict("toy", {"x": [[1.0, 2.0, 3.0]] * 2, "tag": inputs["tag"]})
         with pytest.raises(ServingError) as info:  # the server's batch-size check names both
             api.predict("toy", {"x": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "tag": ["a"]})
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT

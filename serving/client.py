@@ -392,10 +392,11 @@ class _BaseClient:
                       if name in signature.inputs else array,
                       signature.inputs[name].dtype if name in signature.inputs else None)
                   for name, array in arrays.items()}
-        for name, array in arrays.items():  # [] for a request of no rows: (0, 0) for a 2-D input
+        for name, array in arrays.items():  # [] for a request of no rows: (0, 3) for a [-1, 3] input
             shape = signature.inputs[name].tensor_shape if name in signature.inputs else None
             if array.size == 0 and shape is not None and not shape.unknown_rank and array.ndim < len(shape.dim):
-                arrays[name] = array.reshape(array.shape + (0,) * (len(shape.dim) - array.ndim))
+                fixed = tuple(max(dim.size, 0) for dim in shape.dim[array.ndim:])
+                arrays[name] = array.reshape(array.shape + fixed)
         return arrays
 
     def predict(self, model_name, inputs, signature_name=None, version=None,

@@ -442,6 +442,15 @@ def test_clients_pad_only_the_row_lengths_a_signature_leaves_open(client, rest):
         assert_good_request_answered(api)
 
 
+def test_a_request_of_no_rows_takes_the_fixed_lengths_of_the_signature(client):
+    """gRPC: toy's "x" ([-1, 3]) with no rows went out as (0, 0), which the model refused
+    (INVALID_ARGUMENT 'Incompatible shapes'); it goes as (0, 3) and gets no scores. (REST's
+    JSON [] holds no inner length, as in TF Serving.)"""
+    assert client.predict("toy", {"x": [], "tag": []})["score"].shape == (0,)
+    empty = pd.DataFrame({"x": [[1.0, 2.0, 3.0]], "tag": ["a"]}).iloc[:0]
+    assert client.predict("toy", empty)["score"].shape == (0,)
+
+
 # ---------------------------------------------------------------- versions on disk
 
 

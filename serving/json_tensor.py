@@ -24,7 +24,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from serving.errors import ServingError, invalid_argument
-from serving.tensors import dtype_string, numpy_dtype_of
+from serving.tensors import dtype_string, numpy_dtype_of, rank_problem
 
 ROW = "row"
 COLUMNAR = "columnar"
@@ -221,6 +221,9 @@ def _values_and_shape(value, dtype):
 
 
 def _to_array(values, shape, dtype):
+    problem = rank_problem(len(shape))
+    if problem:  # numpy's ValueError would be a 500
+        raise invalid_argument(f"A JSON tensor {problem}")
     np_dtype = numpy_dtype_of(dtype)
     if np_dtype == object:
         array = np.empty(len(values), dtype=object)

@@ -102,19 +102,26 @@ def shape_string(shape):
     return "[?]" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
 
 
+def rank_problem(rank):
+    """Why a request tensor of `rank` dimensions cannot be served ("has 65 dimensions; ..."), or
+    None."""
+    if rank > TF_MAX_RANK:
+        return f"has {rank} dimensions, more than TensorFlow's maximum of {TF_MAX_RANK}"
+    if rank > MAX_DECODABLE_RANK:
+        return (f"has {rank} dimensions; this server decodes tensors of at most {MAX_DECODABLE_RANK} "
+                "dimensions")
+    return None
+
+
 def proto_dims(proto):
     """The dims of a request TensorProto's shape, checked before anything is decoded:
     TensorProtoError for an unknown rank, a negative dim, or a rank numpy cannot hold."""
     shape = proto.tensor_shape
     if shape.unknown_rank:
         raise TensorProtoError("the shape has unknown rank")
-    rank = len(shape.dim)
-    if rank > TF_MAX_RANK:
-        raise TensorProtoError(f"the shape has {rank} dimensions, more than TensorFlow's "
-                               f"maximum of {TF_MAX_RANK}")
-    if rank > MAX_DECODABLE_RANK:
-        raise TensorProtoError(f"the shape has {rank} dimensions; this server decodes tensors "
-                               f"of at most {MAX_DECODABLE_RANK} dimensions")
+    problem = rank_problem(len(shape.dim))
+    if problem:
+        raise TensorProtoError(f"the shape {problem}")
     dims = [dim.size for dim in shape.dim]
     if any(d < 0 for d in dims):
         raise TensorProtoError(f"the shape {shape_string(dims)} has a negative dimension")

@@ -319,6 +319,11 @@ def test_garbage_instead_of_http_gets_a_json_error(server):
     (json.dumps({"instances": [{"x": [1, 2, 3], "tag": "a"},
                                {"x": [1, [2], 3], "tag": "b"}]}).encode(),
      "Encountered list at unexpected level: 1 expected < 1"),
+    # deeper than numpy's 64 dimensions, for the unknown-rank input of "double": it was a 500
+    (b'{"signature_name": "double", "inputs": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}",
+     "A JSON tensor has 65 dimensions; this server decodes tensors of at most 64 dimensions"),
+    (b'{"signature_name": "double", "instances": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}",
+     "A JSON tensor has 300 dimensions, more than TensorFlow's maximum of 254"),
 ])
 def test_bad_json_is_400_with_tf_serving_messages(server, body, message):
     status, _, answer = call(server.port, "POST", "/v1/models/toy:predict", body)

@@ -87,16 +87,16 @@ def _is_row(value):
 
 def _padded_rows(rows, name, declared=None):
     """Right-pads list-valued rows to the longest one: 0 for numbers, "" / b"" for strings.
-    `declared`: the row length the signature declares, if it declares one; a row of another
-    length is a ValueError, since padding a fixed-size feature (a vector of 3) would change the
-    score."""
+    `declared`: the row length the signature declares, if it declares one; ragged rows are then
+    a ValueError naming a row of another length, since padding a fixed-size feature (a vector of
+    3) would change the score (rows of one length go as they are, for the model to take or refuse).
+    """
     rows = [[] if _is_missing(row) else list(row) if _is_row(row) else [row] for row in rows]
-    if declared is not None:
-        wrong = next((index for index, row in enumerate(rows) if len(row) != declared), None)
-        if wrong is not None:
-            raise ValueError(f"Input {name!r} takes rows of {declared} values, but row {wrong} holds "
-                             f"{len(rows[wrong])}: only a length the signature leaves open (-1), "
-                             "such as a history's, is padded")
+    if declared is not None and len({len(row) for row in rows}) > 1:  # one is not `declared` long
+        wrong = next(index for index, row in enumerate(rows) if len(row) != declared)
+        raise ValueError(f"Input {name!r} takes rows of {declared} values, but row {wrong} holds "
+                         f"{len(rows[wrong])}: only a length the signature leaves open (-1), "
+                         "such as a history's, is padded")
     width = max((len(row) for row in rows), default=0)
     first = next((row[0] for row in rows if row), 0)
     pad = "" if isinstance(first, str) else b"" if isinstance(first, bytes) else 0

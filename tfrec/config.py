@@ -760,7 +760,7 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
     sep = _csv_separator(path)
     if sep is None:
         try:
-            return pd.read_parquet(path)
+            return _with_index_as_columns(pd.read_parquet(path))
         except ImportError as error:
             raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
     with _reading(path, bad_lines, skipped_to):
@@ -925,6 +925,14 @@ def _record_skipped_lines(record, path, numbers):
         rows.drop_duplicates(["file", "line"], keep="last").sort_values(["file", "line"]).to_csv(handle, index=False)
 
 
+def _with_index_as_columns(df):
+    """A Parquet frame whose named index (a pandas frame's `set_index("item_id")` before
+    `to_parquet`), which pandas restores as the index, back among its columns: it holds data, and
+    as an index it would be no column, its feature missing or, with `columns: infer`, left out
+    without a word. An unnamed index (row labels) is no data and stays out."""
+    return df.reset_index() if any(name is not None for name in df.index.names) else df
+
+
 def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
     Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
@@ -948,7 +956,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
         integers = [name for name in text_columns
                     if name in schema.names and pa.types.is_integer(schema.field(name).type)]
         for batch in parquet.iter_batches(batch_size=chunk_rows):
-            chunk = batch.to_pandas()
+            chunk = _with_index_as_columns(batch.to_pandas())
             for name in integers:
                 chunk[name] = pc.cast(batch.column(name), pa.string()).to_pandas()
             yield chunk

@@ -77,6 +77,20 @@ def test_parquet_list_cells_are_sequences_and_csv_cells_are_split(tmp_path):
 
 
 
+def test_a_parquet_files_named_index_is_read_as_its_columns(tmp_path):
+    """`df.set_index("item_id").to_parquet(...)`: pandas gave item_id back as the index, so it was
+    no column, in the whole read and in the chunks; an unnamed index (row labels) stays out."""
+    df = frame()
+    df.set_index(["user_id", "item_id"]).to_parquet(tmp_path / "named.parquet")
+    df.iloc[::2].to_parquet(tmp_path / "labels.parquet")  # row labels 0, 2, 4...: a pandas index of no name
+    whole = run.read_data([str(tmp_path / "named.parquet")])
+    [chunk] = run.read_data_chunks([str(tmp_path / "named.parquet")])
+    for read in (whole, chunk):
+        assert sorted(read.columns) == sorted(df.columns)
+        assert read["item_id"].tolist() == df["item_id"].tolist() and read.index.tolist() == list(range(len(df)))
+    assert sorted(run.read_data([str(tmp_path / "labels.parquet")]).columns) == sorted(df.columns)
+
+
 def test_an_integer_tables_csv_history_reads_as_numbers_for_a_model_with_int64_columns(tmp_path):
     """Parquet lists of int ids give the item column and its history one int64 table; a CSV of
     the same rows, scored by that model, reads "1|2" as the numbers 1, 2 and its item column as

@@ -84,7 +84,8 @@ def export_saved_model(model, export_base, version=None, warmup_inputs=None, ext
         under the layer name (e.g. ESMM's "cvr" tower, which is not a Keras output).
       model_name: the model name in the warm-up requests' model_spec; defaults to the last
         component of `export_base`, the name TF Serving serves that base path under.
-      num_warmup_records: how many warm-up requests (one row each) to write.
+      num_warmup_records: how many warm-up requests (one row each) to write; at most 1000,
+        TF Serving's limit.
 
     Returns:
       The absolute path of the new version directory, `export_base/<version>`.

@@ -22,6 +22,8 @@ from tfrec.data.pipeline import id_text
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 DEFAULT_NUM_WARMUP_RECORDS = 5
+# TF Serving's WarmupConsts::kMaxNumRecords: it refuses to load a version whose file holds more.
+MAX_NUM_WARMUP_RECORDS = 1000
 
 
 def signature_input_specs(signature):
@@ -39,7 +41,8 @@ def warmup_feeds(input_specs, warmup_inputs=None, num_records=DEFAULT_NUM_WARMUP
         the signature does not take (labels, say) are ignored. A list-valued cell (a sequence
         or a dense vector) becomes a row of a right-padded 2-D array, padded with 0 or b"".
         A [n, 1] array for an input the signature takes as [None] is squeezed.
-      num_records: how many requests to make, from the first rows.
+      num_records: how many requests to make, from the first rows; at most
+        `MAX_NUM_WARMUP_RECORDS`.
 
     Returns:
       A list of feeds. With `warmup_inputs=None`, one synthetic single-row feed: zeros, or b""
@@ -47,13 +50,16 @@ def warmup_feeds(input_specs, warmup_inputs=None, num_records=DEFAULT_NUM_WARMUP
       min(num_records, number of rows) rows.
 
     Raises:
-      ValueError: an input is missing, has the wrong shape or cannot take the dtype, or the
-        columns have different numbers of rows.
+      ValueError: an input is missing, has the wrong shape or cannot take the dtype, the
+        columns have different numbers of rows, or num_records is not in [1, 1000].
     """
     if warmup_inputs is None:
         return [synthetic_feed(input_specs)]
     if num_records < 1:
         raise ValueError(f"num_warmup_records must be at least 1, got {num_records}")
+    if num_records > MAX_NUM_WARMUP_RECORDS:
+        raise ValueError(f"num_warmup_records must be at most {MAX_NUM_WARMUP_RECORDS}, got {num_records}: TF "
+                         "Serving refuses to load a version with more warm-up records")
     columns = {
         name: _conformed(name, _head(_column(warmup_inputs, name), num_records), spec)
         for name, spec in input_specs.items()

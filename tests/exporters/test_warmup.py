@@ -142,3 +142,13 @@ def test_warmup_that_fails_in_the_model_stops_the_export(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="warm-up request 1 .* fails on the serving signature"):
         exporters.export_saved_model(tiny_model, tmp_path / "tiny", warmup_inputs=frame)
     assert not (tmp_path / "tiny").exists()
+
+
+def test_more_warmup_records_than_tf_serving_loads_are_refused_before_writing(tiny_model, tmp_path):
+    """TF Serving refuses to load a version whose warm-up file holds more than 1000 records
+    ("Number of warmup records exceeds the maximum"): 1001 were written, and the version never served."""
+    frame = training_frame(1001)
+    with pytest.raises(ValueError, match="num_warmup_records must be at most 1000, got 1001: TF Serving refuses"):
+        exporters.export_saved_model(tiny_model, tmp_path / "tiny", warmup_inputs=frame, num_warmup_records=1001)
+    assert not (tmp_path / "tiny").exists()
+    assert len(warmup.warmup_feeds(SPECS, frame, num_records=1000)) == 1000

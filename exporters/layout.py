@@ -31,19 +31,23 @@ _OWNER_FILE = ".staging-owner"
 _warned_about = set()
 # Inside `published_together`: the staged versions it publishes when it ends.
 _published_together = contextvars.ContextVar("published_together", default=None)
+# TF Serving reads version numbers as int64.
+MAX_VERSION = 2**63 - 1
 
 
 def version_directories(export_base):
     """{version number: its directory} of the integer-named subdirectories of `export_base`.
 
     A zero-padded name ("007") is version 7, as TF Serving reads it, and is served from that
-    folder; if "7" exists too, "7" is the one.
+    folder; if "7" exists too, "7" is the one. A number beyond int64 is no version: TF Serving
+    cannot read it as one and ignores the folder.
     """
     if not os.path.isdir(export_base):
         return {}
     found = {}
     for name in sorted(os.listdir(export_base), key=lambda n: (len(n), n), reverse=True):
-        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(export_base, name)):
+        if name.isascii() and name.isdigit() and int(name) <= MAX_VERSION \
+                and os.path.isdir(os.path.join(export_base, name)):
             found[int(name)] = os.path.join(export_base, name)  # the shortest name is written last
     return dict(sorted(found.items()))
 
@@ -90,7 +94,7 @@ def staged_version_dir(export_base, version=None):
     if os.path.exists(export_base) and not os.path.isdir(export_base):
         raise NotADirectoryError(f"the export base {export_base!r} is a file; it must be a folder (TF Serving's "
                                  "--model_base_path), whose subfolders are the versions")
-    version = next_version(export_base) if version is None else checked_version(version)
+    version = checked_version(next_version(export_base) if version is None else version)
     os.makedirs(export_base, exist_ok=True)
     final_dir = os.path.join(export_base, str(version))
     _refuse_existing(final_dir)
@@ -265,11 +269,12 @@ def _warn_left_in_place(staging_dir, reason):
 
 
 def checked_version(version, what="version"):
-    """Returns `version` as an int, or raises naming `what` unless it is a non-negative integer.
+    """Returns `version` as an int, or raises naming `what` unless it is a non-negative integer
+    that TF Serving can read (at most `MAX_VERSION`).
 
     Raises:
       TypeError: not an integer (bools and strings included).
-      ValueError: negative.
+      ValueError: negative, or beyond int64.
     """
     if isinstance(version, bool):
         raise TypeError(f"{what} must be a non-negative integer, got {version!r}")
@@ -279,6 +284,9 @@ def checked_version(version, what="version"):
         raise TypeError(f"{what} must be a non-negative integer, got {version!r}") from None
     if version < 0:
         raise ValueError(f"{what} must be a non-negative integer, got {version}")
+    if version > MAX_VERSION:
+        raise ValueError(f"{what} must be a non-negative integer of at most 2**63 - 1, got {version}: TF Serving "
+                         "reads versions as int64 and ignores a folder named beyond")
     return version
 
 

@@ -139,9 +139,9 @@ def _set_version_policy(config, policy):
         policy_proto.all.SetInParent()
     elif _is_pair(policy, "latest"):
         num_versions = checked_version(policy[1], what=f"model {config.name!r}: ('latest', n)")
-        if num_versions < 1:
+        if not 1 <= num_versions < 2**32:  # TF Serving's num_versions is a uint32
             raise ValueError(
-                f"model {config.name!r}: ('latest', n) needs n >= 1, got {num_versions}")
+                f"model {config.name!r}: ('latest', n) needs n >= 1 and below 2**32, got {num_versions}")
         policy_proto.latest.num_versions = num_versions
     elif _is_pair(policy, "specific") and not isinstance(policy[1], (str, bytes)) and policy[1]:
         policy_proto.specific.versions.extend(

@@ -31,7 +31,7 @@ def _version_dirs(base_path):
     """
     if not os.path.isdir(base_path):
         return None
-    return {version: path for version, path in version_directories(base_path).items() if version < 2**63}
+    return version_directories(base_path)
 
 
 def no_version_error(model_config):

@@ -99,6 +99,13 @@ def test_rewriting_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
      "model 'din': version label 'stable' must be a non-negative integer"),
     ({"din": {"base_path": "a", "version_labels": {"stable": "1"}}}, TypeError,
      "model 'din': version label 'stable' must be a non-negative integer"),
+    # beyond the protos' int64 / uint32: protobuf's "Value out of range: 9223372036854775808", naming no model
+    ({"din": {"base_path": "a", "version_labels": {"stable": 2**63}}}, ValueError,
+     r"model 'din': version label 'stable' must be a non-negative integer of at most 2\*\*63 - 1"),
+    ({"din": {"base_path": "a", "version_policy": ("specific", [1, 2**63])}}, ValueError,
+     r"model 'din': \('specific', versions\) must be a non-negative integer of at most 2\*\*63 - 1"),
+    ({"din": {"base_path": "a", "version_policy": ("latest", 2**32)}}, ValueError,
+     r"model 'din': \('latest', n\) needs n >= 1 and below 2\*\*32, got 4294967296"),
 ])
 def test_bad_models_are_refused_and_the_old_file_is_kept(tmp_path, models, error, message):
     path = exporters.write_model_config(tmp_path / "models.config", {"old": "exports/old"})

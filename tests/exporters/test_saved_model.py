@@ -97,11 +97,25 @@ def test_a_version_taking_other_inputs_than_the_latest_is_exported_with_a_warnin
 
 
 @pytest.mark.parametrize("version, error", [(-1, ValueError), ("3", TypeError),
-                                            (True, TypeError)])
+                                            (True, TypeError), (2**63, ValueError)])
 def test_bad_version_is_refused(tiny_model, tmp_path, version, error):
     with pytest.raises(error, match="version must be a non-negative integer"):
         exporters.export_saved_model(tiny_model, tmp_path / "tiny", version=version)
     assert not (tmp_path / "tiny").exists()
+
+
+def test_versions_beyond_int64_are_none_that_tf_serving_would_serve(tiny_model, tmp_path):
+    """TF Serving reads version folders as int64 and ignores one named beyond: version=2**63 was
+    written (never served), and a folder so named made the next version 2**63 + 1."""
+    export_base = tmp_path / "tiny"
+    (export_base / str(2**63)).mkdir(parents=True)
+    assert exporters.existing_versions(export_base) == []
+    assert exporters.export_saved_model(tiny_model, export_base) == str(export_base / "1")
+    assert exporters.export_saved_model(tiny_model, export_base, version=2**63 - 1) == str(export_base / str(2**63 - 1))
+    with pytest.raises(ValueError, match=r"version must be a non-negative integer of at most 2\*\*63 - 1, got "
+                                         r"9223372036854775808: TF Serving reads versions as int64"):
+        exporters.export_saved_model(tiny_model, export_base)
+    assert sorted(os.listdir(export_base)) == sorted(["1", str(2**63 - 1), str(2**63)])
 
 
 def test_signature_takes_raw_features_by_name(serving_signature):

@@ -291,10 +291,15 @@ def checked_version(version, what="version"):
 
 
 def _refuse_existing(final_dir):
-    if os.path.lexists(final_dir):
+    """FileExistsError if the version of `final_dir` (`export_base/<version>`) exists: that
+    folder, or a zero-padded one ("007" for 7), which servers read as the same version (one
+    serving it would never load the new folder)."""
+    export_base, name = os.path.split(final_dir)
+    existing = final_dir if os.path.lexists(final_dir) else version_directories(export_base).get(int(name))
+    if existing is not None:
         raise FileExistsError(
-            errno.EEXIST, f"version directory {final_dir} already exists; pass another version "
-            "or version=None for the next free one", final_dir)
+            errno.EEXIST, f"version directory {existing} already exists; pass another version "
+            "or version=None for the next free one", existing)
 
 
 def _publish(staging_dir, final_dir):

@@ -75,6 +75,17 @@ def test_versions_count_up_from_one_and_existing_ones_are_refused(tiny_model, tm
     assert exporters.next_version(export_base) == 8
 
 
+def test_a_version_held_by_a_zero_padded_folder_is_refused(tiny_model, tmp_path):
+    """"007" is version 7 to TF Serving: version=7 wrote a second folder "7" of version 7, which a
+    server already serving "007" never loads."""
+    export_base = tmp_path / "tiny"
+    exporters.export_saved_model(tiny_model, export_base, version=7)
+    os.rename(export_base / "7", export_base / "007")
+    with pytest.raises(FileExistsError, match=f"{export_base / '007'} already exists"):
+        exporters.export_saved_model(tiny_model, export_base, version=7)
+    assert os.listdir(export_base) == ["007"]
+
+
 def test_a_version_taking_other_inputs_than_the_latest_is_exported_with_a_warning(tiny_model, tmp_path, caplog):
     """A new version whose inputs differ (an inferred column's type moved with the data) would
     break the clients of the served one: the export names each change."""

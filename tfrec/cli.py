@@ -302,7 +302,7 @@ def cmd_export(args):
         warmup_inputs = df_to_inputs(test_df.head(5), columns) if len(test_df) else None
         model, base, warmup_inputs = _steered(args, model, config.export.base, warmup_inputs)
         with step(f"exporting to {base}"):
-            path = export_saved_model(model, base, version=args.version or config.export.version,
+            path = export_saved_model(model, base, version=_export_version(args, config),
                                       warmup_inputs=warmup_inputs,
                                       extra_outputs=list(config.export.extra_outputs) + list(args.extra_output))
         print(path)
@@ -324,6 +324,11 @@ def cmd_export(args):
         path = export_saved_model(model, base, version=args.version, extra_outputs=args.extra_output)
     print(path)
     return 0
+
+
+def _export_version(args, config):
+    """--version, else the config's export.version (--version 0 is version 0, not "not given")."""
+    return config.export.version if args.version is None else args.version
 
 
 def _steered(args, model, base, warmup_inputs=None):
@@ -377,7 +382,7 @@ def _export_retrieval_run(model, columns, config, args):
         user_columns = [column for column in columns if column.name != config.retrieval.item]
         exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
             else args.exclude
-        result = export_retrieval(model, config.export.base, items, k=k, version=args.version or config.export.version,
+        result = export_retrieval(model, config.export.base, items, k=k, version=_export_version(args, config),
                                   warmup_inputs=df_to_inputs(test_df.head(5), user_columns), exclude=exclude,
                                   **(config.export.index or {}))
     print(result.path)

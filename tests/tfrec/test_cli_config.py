@@ -219,6 +219,17 @@ def test_exported_model_scores_equal_the_trained_model(ranking_run, test_rows):
     np.testing.assert_allclose(served, model.predict(inputs, verbose=0).reshape(-1), atol=1e-5)
 
 
+def test_export_version_0_is_version_0(ranking_run, tfrec_main, tmp_path):
+    """`--version 0` was read as no version (`args.version or ...`): the export went to the next
+    free version, or to the config's export.version."""
+    base = tmp_path / "din"
+    code, out, err = tfrec_main("export", "--config", RANKING, "--output", ranking_run.output, "--export-base", base,
+                                "--version", 0)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == str(base / "0")
+    assert os.listdir(base) == ["0"]
+
+
 def tiny_oov_model():
     """A tiny DIN on plain integer ids (no vocabulary: ids index the tables), trained one epoch on
     rows that include out-of-range ids (99 and -3 for tables of 5 and 6 rows)."""

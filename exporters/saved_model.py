@@ -51,6 +51,7 @@ from google.protobuf import message
 import numpy as np
 import tensorflow as tf
 from feature_columns import history_input_names, on_one_history, serving_dtype
+from feature_columns.feature_column import _checked_name
 from tensorflow.core.protobuf import saved_model_pb2
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
@@ -285,9 +286,11 @@ def signature_input_specs(model):
 
     A (None, 1) Input is taken as a vector [None]; other Inputs keep their shape. Integer
     Inputs are declared int64 (`serving_dtype`); `model_inputs` casts them back in the graph.
+    An Input name that is no signature input name (`user-id`, which TensorFlow renames, so the
+    signature could not find its feature) is a ValueError naming it.
     """
-    return {name: tf.TensorSpec([None] if _is_single_column(tensor) else tensor.shape,
-                                serving_dtype(tensor.dtype), name=name)
+    return {_checked_name("Input", name): tf.TensorSpec([None] if _is_single_column(tensor) else tensor.shape,
+                                                        serving_dtype(tensor.dtype), name=name)
             for name, tensor in zip(model.input_names, model.inputs)}
 
 

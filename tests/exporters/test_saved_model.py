@@ -220,6 +220,18 @@ def test_subclassed_model_is_refused(tmp_path):
         exporters.export_saved_model(Identity(), tmp_path / "identity")
 
 
+@pytest.mark.parametrize("name", ["user-id", "user id", "_user"])
+def test_an_input_name_no_signature_can_take_is_refused_naming_it(tmp_path, name):
+    """TensorFlow renames such a signature input ("user-id" -> "user_id"): the export failed
+    tracing, with a KeyError deep in a TensorFlow traceback naming neither the input nor why."""
+    user = tf.keras.Input((1,), name=name, dtype=tf.float32)
+    model = tf.keras.Model({name: user}, tf.keras.layers.Dense(1, name="score")(user))
+    with pytest.raises(ValueError, match=f"Input '{name}': name '{name}' must start with a letter and hold only "
+                                         "letters, digits and '_'"):
+        exporters.export_saved_model(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("feature, value", [("price", float("nan")), ("context", float("inf"))])
 def test_nan_or_inf_in_a_float_input_is_invalid_argument_naming_it(serving_signature, feature, value):
     """A tfrec model never saw a NaN (fit refuses them): its export refuses one instead of scoring it."""

@@ -42,14 +42,21 @@ def version_directories(export_base):
     folder; if "7" exists too, "7" is the one. A number beyond int64 is no version: TF Serving
     cannot read it as one and ignores the folder.
     """
+    names = _version_names(export_base)
+    found = {}
+    for name in sorted(names, key=lambda n: (len(n), n), reverse=True):
+        if os.path.isdir(os.path.join(export_base, name)):
+            found[names[name]] = os.path.join(export_base, name)  # the shortest name is written last
+    return dict(sorted(found.items()))
+
+
+def _version_names(export_base):
+    """{name: version number} of the entries of `export_base` (folders or not) named as a
+    version: ASCII digits, zero-padded or not, within int64."""
     if not os.path.isdir(export_base):
         return {}
-    found = {}
-    for name in sorted(os.listdir(export_base), key=lambda n: (len(n), n), reverse=True):
-        if name.isascii() and name.isdigit() and int(name) <= MAX_VERSION \
-                and os.path.isdir(os.path.join(export_base, name)):
-            found[int(name)] = os.path.join(export_base, name)  # the shortest name is written last
-    return dict(sorted(found.items()))
+    return {name: int(name) for name in os.listdir(export_base)
+            if name.isascii() and name.isdigit() and int(name) <= MAX_VERSION}
 
 
 def existing_versions(export_base):
@@ -58,9 +65,9 @@ def existing_versions(export_base):
 
 
 def next_version(export_base):
-    """Returns 1 + the highest existing version under `export_base`, or 1 if there is none."""
-    versions = existing_versions(export_base)
-    return versions[-1] + 1 if versions else 1
+    """Returns 1 + the highest version under `export_base`, or 1 if there is none. An entry
+    named as a version that is no folder (a file "3") counts too: its number cannot be written."""
+    return max(_version_names(export_base).values(), default=0) + 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,16 @@ def test_versions_count_up_from_one_and_existing_ones_are_refused(tiny_model, tm
     assert exporters.next_version(export_base) == 8
 
 
+def test_the_next_version_skips_a_file_named_as_a_version(tiny_model, tmp_path):
+    """A file "2" beside version 1 made version=None fail with "version directory .../2 already
+    exists; pass another version or version=None"."""
+    export_base = tmp_path / "tiny"
+    exporters.export_saved_model(tiny_model, export_base)
+    (export_base / "2").write_text("not a version")
+    assert exporters.export_saved_model(tiny_model, export_base) == str(export_base / "3")
+    assert exporters.existing_versions(export_base) == [1, 3]
+
+
 def test_a_version_held_by_a_zero_padded_folder_is_refused(tiny_model, tmp_path):
     """"007" is version 7 to TF Serving: version=7 wrote a second folder "7" of version 7, which a
     server already serving "007" never loads."""

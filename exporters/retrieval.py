@@ -372,12 +372,13 @@ def _id_values(column, item_input, name):
         raise ValueError(
             f"candidates column {name!r} must hold integers (the model's item id input is "
             f"{item_input.dtype.name}), but its dtype is {column.dtype}")
-    limits = np.iinfo(np.int64)
-    beyond = [] if column.dtype.kind == "i" else \
-        [int(v) for v in column.tolist() if not limits.min <= int(v) <= limits.max]  # uint64, Python ints
+    # The item tower's dtype (int32 or int64), as its vectors are computed in it: an int32 tower
+    # gave 2**32 + 3 the vector of item 3.
+    limits = np.iinfo(item_input.dtype.as_numpy_dtype)
+    beyond = [int(v) for v in column.tolist() if not limits.min <= int(v) <= limits.max]  # uint64, Python ints
     if beyond:
-        raise ValueError(f"candidates column {name!r} holds {beyond[0]}, beyond int64 (the ids' served "
-                         "dtype), which would wrap around to another id")
+        raise ValueError(f"candidates column {name!r} holds {beyond[0]}, beyond {item_input.dtype.name} (the "
+                         "model's item id input), which would wrap around to another id")
     return column.to_numpy(dtype=np.int64)
 
 

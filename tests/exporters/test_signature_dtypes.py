@@ -214,3 +214,13 @@ def test_retrieval_and_user_tower_signatures_take_int64_ids(tmp_path):
             np.testing.assert_allclose(outputs["scores"].numpy(), expected, rtol=1e-5)
         with pytest.raises(tf.errors.InvalidArgumentError, match="Input user_id holds values"):
             serve(user_id=tf.constant([1, 2**40], tf.int64))
+
+
+def test_retrieval_candidates_beyond_the_int32_item_input_are_refused(tmp_path):
+    """The item tower computes the candidates' vectors in its dtype: 2**32 + 3 wrapped around to
+    item 3 and was exported with its vector, a result no request could tell from item 3's."""
+    with pytest.raises(ValueError, match=r"candidates column 'item_id' holds 4294967299, beyond int32 \(the model's "
+                                         r"item id input\), which would wrap around to another id"):
+        exporters.export_retrieval(int32_two_tower(), tmp_path / "tt", [1, 2, 3, 2**32 + 3], k=2,
+                                   index="brute_force")
+    assert not (tmp_path / "tt").exists()

@@ -97,10 +97,15 @@ def staged_version_dir(export_base, version=None):
     Raises:
       FileExistsError: `export_base/<version>` already exists.
       NotADirectoryError: `export_base` is a file.
+      ValueError: `export_base` is itself a version (holds a saved_model.pb).
     """
     if os.path.exists(export_base) and not os.path.isdir(export_base):
         raise NotADirectoryError(f"the export base {export_base!r} is a file; it must be a folder (TF Serving's "
                                  "--model_base_path), whose subfolders are the versions")
+    if os.path.exists(os.path.join(export_base, "saved_model.pb")):
+        # e.g. exports/din/3: the new version would go inside it, where no server looks for one
+        raise ValueError(f"the export base {export_base!r} holds a saved_model.pb: it is a version folder, not the "
+                         "folder of versions (TF Serving's --model_base_path); pass its parent")
     version = checked_version(next_version(export_base) if version is None else version)
     os.makedirs(export_base, exist_ok=True)
     final_dir = os.path.join(export_base, str(version))

@@ -93,6 +93,15 @@ def test_an_export_base_that_is_a_file_is_refused_naming_it(tiny_model, tmp_path
     assert base.read_text() == "not a folder"
 
 
+def test_an_export_base_that_is_a_version_folder_is_refused_naming_it(tiny_model, exported):
+    """A version folder passed as the base (exports/tiny/1) got a version 1 inside it, where no server
+    looks: the export seemed to succeed and the served model never changed."""
+    with pytest.raises(ValueError, match=r"the export base '.*tiny/1' holds a saved_model.pb: it is a version folder, "
+                                         r"not the folder of versions \(TF Serving's --model_base_path\); pass its parent"):
+        exporters.export_saved_model(tiny_model, exported)
+    assert sorted(os.listdir(exported)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"]
+
+
 def test_a_killed_writers_staging_directory_is_removed_by_the_next_export(tmp_path, caplog):
     writer, staging_dir = start_writer(tmp_path, 1)
     writer.kill()

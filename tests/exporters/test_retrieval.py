@@ -653,16 +653,18 @@ def test_merge_keeps_each_items_best_score_over_valid_interests():
 
 def test_candidates_the_item_table_does_not_know_are_left_out_with_a_warning(youtubednn, candidates, tmp_path,
                                                                              caplog):
-    """Unknown items would all get the one untrained OOV vector and score alike."""
-    new_items = pd.DataFrame({"item_id": [f"new{i}" for i in range(20)], "popularity": 0.0})
+    """Unknown items would all get the one untrained OOV vector and score alike. The padding id ""
+    is no item either: it was exported with the padding row's vector, and came back as a result
+    with a finite score, where "" marks an empty slot."""
+    new_items = pd.DataFrame({"item_id": [f"new{i}" for i in range(20)] + [""], "popularity": 0.0})
     with caplog.at_level("WARNING", logger="exporters.retrieval"):
         result = exporters.export_retrieval(youtubednn, tmp_path / "r", pd.concat([candidates, new_items]), k=K,
                                             index="brute_force")
     assert result.num_candidates == NUM_ITEMS
-    assert "20 of 5020 candidates are not in the item table's vocabulary" in caplog.text
+    assert "21 of 5021 candidates are not in the item table's vocabulary or are its padding id" in caplog.text
     served = tf.saved_model.load(result.path).signatures["serving_default"](**constants(user_rows(4, 3)))
     assert not set(decoded(served["item_ids"].numpy().reshape(-1)).tolist()) & set(new_items["item_id"])
-    with pytest.raises(ValueError, match="none of the 20 candidates is an item the model was trained with"):
+    with pytest.raises(ValueError, match="none of the 21 candidates is an item the model was trained with"):
         exporters.export_retrieval(youtubednn, tmp_path / "none", new_items, k=5, index="brute_force")
 
 

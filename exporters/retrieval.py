@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,9 @@ ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 ITEM_IDS_FILE = "item_ids.txt"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MIN_SCANN_CANDIDATES = 20_000
+# What str.splitlines() splits at: an id holding one (NEL, U+2028, ...) would be several lines
+# of item_ids.txt, and line i no longer row i.
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 SCANN_SEARCH_SLICES = 8  # slices of a batch searched at once, on as many cores as the server has
 
 RetrievalExport = collections.namedtuple("RetrievalExport", [
@@ -360,7 +364,7 @@ def _id_values(column, item_input, name):
                 f"string), but holds {bad[0]!r} of type {type(bad[0]).__name__}")
         values = np.array([value.decode("utf-8") if isinstance(value, bytes) else value
                            for value in values], dtype=object)
-        broken = [value for value in values if "\n" in value or "\r" in value]
+        broken = [value for value in values if _LINE_BREAK.search(value)]
         if broken:
             raise ValueError(f"candidates column {name!r}: ids must not contain line breaks "
                              f"({ITEM_IDS_FILE} holds one id per line), e.g. {broken[0]!r}")

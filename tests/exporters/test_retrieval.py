@@ -377,6 +377,9 @@ def test_saved_model_cli_runs_the_brute_force_export_and_shows_both(exported, yo
     (lambda frame: np.stack([frame["item_id"]] * 2, axis=1), r"one id per candidate, shape \(n,\) or \(n, 1\); "
                                                             r"got shape \(\d+, 2\)"),
     (lambda frame: frame.assign(item_id=np.arange(len(frame)) + 0.5), "must hold strings"),  # ints: their text
+    # splitlines() splits there too: item_ids.txt had a line more than item_embeddings.npy rows
+    (lambda frame: list(frame["item_id"][:-1]) + ["item\u2028x"], r"ids must not contain line breaks"),
+    (lambda frame: list(frame["item_id"][:-1]) + ["item\x85x"], r"ids must not contain line breaks"),
 ])
 def test_bad_candidates_are_refused_before_anything_is_written(
         youtubednn, candidates, tmp_path, change, message):

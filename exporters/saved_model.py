@@ -51,7 +51,7 @@ from google.protobuf import message
 import numpy as np
 import tensorflow as tf
 from feature_columns import history_input_names, on_one_history, serving_dtype
-from feature_columns.feature_column import _checked_name
+from feature_columns.feature_column import checked_name
 from tensorflow.core.protobuf import saved_model_pb2
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
@@ -289,7 +289,7 @@ def signature_input_specs(model):
     An Input name that is no signature input name (`user-id`, which TensorFlow renames, so the
     signature could not find its feature) is a ValueError naming it.
     """
-    return {_checked_name("Input", name): tf.TensorSpec([None] if _is_single_column(tensor) else tensor.shape,
+    return {checked_name("Input", name): tf.TensorSpec([None] if _is_single_column(tensor) else tensor.shape,
                                                         serving_dtype(tensor.dtype), name=name)
             for name, tensor in zip(model.input_names, model.inputs)}
 

@@ -35,7 +35,7 @@ def _fail(kind, name, problem):
 _VALID_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 
-def _checked_name(kind, name, key="name", owner=None):
+def checked_name(kind, name, key="name", owner=None):
     """`name` if it is a non-empty ASCII identifier, else a ValueError suggesting one."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} {key} must be a non-empty string, got {name!r}")
@@ -165,7 +165,7 @@ class SparseFeat(namedtuple("SparseFeat", [
                 vocabulary_path=None, dtype="int32", embeddings_initializer=None,
                 embedding_name=None, group_name=DEFAULT_GROUP_NAME, trainable=True,
                 vocabulary=None):
-        _checked_name("SparseFeat", name)
+        checked_name("SparseFeat", name)
         if dtype not in SPARSE_DTYPES:
             _fail("SparseFeat", name, f"dtype must be one of {SPARSE_DTYPES}, got {dtype!r}")
         if vocabulary is not None and vocabulary_path is not None:
@@ -221,7 +221,7 @@ class SparseFeat(namedtuple("SparseFeat", [
             embedding_dim = 6 * int(pow(vocabulary_size, 0.25))
         embedding_dim = _count("SparseFeat", name, "embedding_dim", embedding_dim, also=" or 'auto'")
         embedding_name = name if embedding_name is None else \
-            _checked_name("SparseFeat", embedding_name, "embedding_name", owner=name)
+            checked_name("SparseFeat", embedding_name, "embedding_name", owner=name)
         return super().__new__(cls, name, vocabulary_size, embedding_dim, use_hash, vocabulary_path,
                                dtype, embeddings_initializer, embedding_name, group_name, trainable,
                                vocabulary)
@@ -262,7 +262,7 @@ class VarLenSparseFeat(namedtuple("VarLenSparseFeat", [
             _fail("VarLenSparseFeat", sparsefeat.name, f"combiner must be one of {COMBINERS}, got {combiner!r}")
         for key, other in (("length_name", length_name), ("weight_name", weight_name)):
             if other is not None:
-                _checked_name("VarLenSparseFeat", other, key, owner=sparsefeat.name)
+                checked_name("VarLenSparseFeat", other, key, owner=sparsefeat.name)
             if other is not None and other == sparsefeat.name:
                 _fail("VarLenSparseFeat", sparsefeat.name, "length_name/weight_name must differ from the feature name")
         return super().__new__(cls, sparsefeat, maxlen, combiner, length_name, weight_name, weight_norm)
@@ -302,7 +302,7 @@ class DenseFeat(namedtuple("DenseFeat", ["name", "dimension", "dtype", "transfor
     __slots__ = ()
 
     def __new__(cls, name, dimension=1, dtype="float32", transform_fn=None):
-        _checked_name("DenseFeat", name)
+        checked_name("DenseFeat", name)
         dimension = _count("DenseFeat", name, "dimension", dimension)
         if dtype not in DENSE_DTYPES:
             _fail("DenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")
@@ -323,7 +323,7 @@ class VarLenDenseFeat(namedtuple("VarLenDenseFeat", ["name", "maxlen", "dtype"])
     __slots__ = ()
 
     def __new__(cls, name, maxlen, dtype="float32"):
-        _checked_name("VarLenDenseFeat", name)
+        checked_name("VarLenDenseFeat", name)
         maxlen = _count("VarLenDenseFeat", name, "maxlen", maxlen)
         if dtype not in DENSE_DTYPES:
             _fail("VarLenDenseFeat", name, f"dtype must be one of {DENSE_DTYPES}, got {dtype!r}")

@@ -80,7 +80,9 @@ def _vocabulary_lines(path, lines=None):
 def _file_lines(path):
     """(text, count or None) per non-empty line of a vocabulary file, as written."""
     lines = []
-    with open(path, encoding="utf-8") as handle:
+    # utf-8-sig: a file saved with a byte-order mark (Excel, Notepad, pandas' to_csv(encoding=
+    # "utf-8-sig")) would otherwise start its first value with it, an entry no input ever matches.
+    with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\n")
             if not line:

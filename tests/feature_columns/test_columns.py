@@ -387,6 +387,18 @@ def test_vocabulary_entries_of_the_column_type_are_accepted(tmp_path):
         ).tolist() == [2, 3, 1, 0]
 
 
+@pytest.mark.parametrize("text", ["i1\ni2\n", "2,i2\n1,i1\n"])
+def test_a_vocabulary_file_with_a_byte_order_mark_looks_up_its_first_value(tmp_path, text):
+    """A file saved with a UTF-8 byte-order mark (Excel, Notepad, pandas' encoding="utf-8-sig"):
+    its first value was read with the mark in front, so that value went to the OOV row."""
+    path = tmp_path / "vocab.txt"
+    path.write_text(text, encoding="utf-8-sig")
+    column = SparseFeat("item", 4, dtype="string", use_hash=text[0] == "2", vocabulary_path=str(path))
+    assert read_vocabulary_file(str(path)) == ["i1", "i2"]
+    rows = feature_columns.look_up_rows([column], {"item": np.array(["i1", "i2", "i3"], dtype=object)})
+    assert rows[feature_columns.indexed_key("item", column)].reshape(-1).tolist() == [2, 3, 1]
+
+
 def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
     """DeepCTR's `index,value` CSV, with the use_hash=True and vocabulary_size = entries + 1 it
     gives it, looks values up by that vocabulary (in index order); unknown values go to OOV."""

@@ -266,6 +266,17 @@ def test_deepmatch_style_user_model(trained, planted):
     assert [t.name for t in model.item_input] == ["item_id"]
 
 
+def test_a_tower_refuses_a_list_of_arrays_that_keras_would_match_by_position(planted):
+    """A DeepCTR-style list in the order of the feature columns: the tower's inputs are in the
+    order of their names, so Keras scored one feature's values as another's, without a word."""
+    model = YoutubeDNN(planted.user_columns, planted.item_columns, user_dnn_hidden_units=(DIM,))
+    users = user_features(model, {k: v[:4] for k, v in planted.x_test.items()})
+    in_column_order = [users[name] for name in feature_columns.get_feature_names(planted.user_columns)]
+    assert list(users) != feature_columns.get_feature_names(planted.user_columns)
+    with pytest.raises(ValueError, match=r"_user_tower' takes a dict \{feature name: array\}, not a list of"):
+        model.user_tower.predict(in_column_order, verbose=0)
+
+
 @pytest.mark.parametrize("loss", [None, sampledsoftmaxloss])
 def test_both_compile_forms_train(planted, loss):
     tf.keras.utils.set_random_seed(1)

@@ -343,6 +343,16 @@ class SavedWithoutLayerTraces:
         return super().save(filepath, overwrite=overwrite, save_format=save_format, **kwargs)
 
 
+def refuse_positional_inputs(model, x):
+    """A ValueError for a list of arrays fed to `model` of several inputs."""
+    if isinstance(x, (list, tuple)) and len(model.inputs) > 1:
+        # Keras would match a list to the Inputs by position, whose order (by name) is not the
+        # columns' order: ids of one feature would silently stand for another's.
+        raise ValueError(f"model '{model.name}' takes a dict {{feature name: array}}, not a list of "
+                         f"{len(x)} arrays, which would be matched to its inputs by position in the order "
+                         f"{list(model.input_names)}, not the order of its feature columns")
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec")
 class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
     """A functional `tf.keras.Model` whose `fit` compiles everything after the lookups with XLA.
@@ -663,12 +673,7 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
                              f"tfrec.data.df_to_inputs(df, feature_columns) (it pads each history to its "
                              f"maxlen), or {{name: df[name] for name in model.input_names}} when every "
                              f"column already holds what its Input takes")
-        if isinstance(x, (list, tuple)) and len(self.inputs) > 1:
-            # Keras would match a list to the Inputs by position, whose order (by name) is not the
-            # columns' order: ids of one feature would silently stand for another's.
-            raise ValueError(f"model '{self.name}' takes a dict {{feature name: array}}, not a list of "
-                             f"{len(x)} arrays, which would be matched to its inputs by position in the order "
-                             f"{list(self.input_names)}, not the order of its feature columns")
+        refuse_positional_inputs(self, x)
         dtypes = {name: tensor.dtype.name for name, tensor in zip(self.input_names, self.inputs)}
         dtypes.update((key, "int32") for key in getattr(getattr(self, "_split", None), "indexed_keys", ()))
         self._check_looked_up_rows(x)

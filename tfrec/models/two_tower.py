@@ -15,7 +15,7 @@ from feature_columns import FeatureEncoder, SparseFeat
 
 from ..layers.retrieval import L2Normalize, NegativeSampling, SampledSoftmax
 from ..utils import NegativeSampler, sampledsoftmaxloss
-from .base import RecModel, SavedWithoutLayerTraces
+from .base import RecModel, SavedWithoutLayerTraces, refuse_positional_inputs
 
 __all__ = ["TwoTowerModel", "TwoTowerBuilder", "Tower"]
 
@@ -29,6 +29,10 @@ class Tower(SavedWithoutLayerTraces, tf.keras.Model):
     Its SavedModel folder holds no per-layer traces, as a tfrec model's does, so saving and
     loading a tower cost what the model's own save and load cost.
     """
+
+    def predict(self, x, *args, **kwargs):
+        refuse_positional_inputs(self, x)
+        return super().predict(x, *args, **kwargs)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec")

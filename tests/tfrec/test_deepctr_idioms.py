@@ -59,6 +59,28 @@ def test_bools_floats_and_non_positive_sizes_are_refused_naming_the_column(make,
         make()
 
 
+@pytest.mark.parametrize("model_name", ["MMOE", "PLE", "MIND", "CLSR"])
+def test_numpy_integer_counts_of_a_model_are_accepted(encoded, model_name):
+    """Counts taken from numpy (a sweep over np.arange, a config read with numpy) build the model,
+    as in DeepCTR/DeepMatch: MMOE/PLE refused them, MIND failed in Keras' RepeatVector ("Expected
+    an integer value for `n`") and CLSR in its short-term proxy."""
+    data, sizes = encoded["data"], encoded["sizes"]
+    columns = [SparseFeat(feat, sizes[feat], DIM) for feat in ("user_id", "item_id", "cate_id")]
+    if model_name == "MIND":
+        history = VarLenSparseFeat(SparseFeat("hist_item_id", sizes["item_id"], DIM, embedding_name="item_id"),
+                                   maxlen=MAXLEN, length_name="hist_len")
+        model = MIND(columns[:1] + [history], columns[1:2], k_max=np.int64(2), user_dnn_hidden_units=(DIM,))
+        assert model.user_tower.output_shape[0] == (None, 2, DIM)
+        return
+    two = np.int64(2)
+    model = {"MMOE": lambda: MMOE(columns, num_experts=two, expert_dnn_hidden_units=(4,)),
+             "PLE": lambda: PLE(columns, shared_expert_num=two, specific_expert_num=two, num_levels=two,
+                                expert_dnn_hidden_units=(4,)),
+             "CLSR": lambda: ranking_setup(encoded, "CLSR", proxy_recent=two)[0]}[model_name]()
+    config = model.get_config()
+    assert "np.int" not in repr(config)  # a numpy int would not go into a saved model's JSON as an int
+
+
 def test_criteo_script_shape_trains_din_free_columns_on_pandas():
     # run_classification_criteo.py: sparse features sized by max() + 1 (numpy ints), dense by 1.
     data = criteo_like_frame()
@@ -156,7 +178,7 @@ def label_encoded_impressions():
     return dict(data=data, sizes=sizes, hist_item=hist_item, hist_cate=hist_cate, lengths=lengths)
 
 
-def ranking_setup(encoded, model_name):
+def ranking_setup(encoded, model_name, **kwargs):
     """DIN / SIM / CLSR: run_din.py's columns and inputs (histories padded into numpy arrays)."""
     data, sizes = encoded["data"], encoded["sizes"]
     columns = [SparseFeat(feat, sizes[feat], embedding_dim=np.int64(DIM)) for feat in ("user_id", "gender", "item_id",
@@ -173,8 +195,8 @@ def ranking_setup(encoded, model_name):
     model = {"DIN": lambda: DIN(columns, history, **small),
              "SIM": lambda: SIM(columns, history, search="hard", search_feature="cate_id", topk=2, short_maxlen=2,
                                 num_heads=1, **small),
-             "CLSR": lambda: CLSR(columns, history, user_feature="user_id", proxy_recent=1, proxy_min_length=1,
-                                  **small)}[model_name]()
+             "CLSR": lambda: CLSR(columns, history, user_feature="user_id", **{"proxy_recent": 1, **kwargs},
+                                  proxy_min_length=1, **small)}[model_name]()
     model.compile("adam", "binary_crossentropy")
     return model, x, data["label"].values
 

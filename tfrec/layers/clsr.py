@@ -16,7 +16,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from .attention import AttentionSequencePooling
-from .core import DNN, MLPLayer
+from .core import DNN, MLPLayer, check_positive_int
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -159,8 +159,9 @@ class HistoryMean(tf.keras.layers.Layer):
 
     def __init__(self, recent=None, **kwargs):
         super().__init__(**kwargs)
-        if recent is not None and (not isinstance(recent, int) or isinstance(recent, bool) or recent < 1):
-            raise ValueError(f"HistoryMean '{self.name}': recent must be None or an int >= 1, got {recent!r}")
+        if recent is not None:
+            check_positive_int(recent, "recent", f"HistoryMean '{self.name}'")
+            recent = int(recent)
         self.recent = recent
 
     def call(self, events, mask):

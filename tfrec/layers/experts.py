@@ -20,7 +20,7 @@ class _ExpertLayer(MLPLayer):
     def __init__(self, num_experts, hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs):
         super().__init__(hidden_units, activation, l2_reg, dropout_rate, use_bn, seed, **kwargs)
         check_positive_int(num_experts, "num_experts", f"{type(self).__name__} '{self.name}'")
-        self.num_experts = num_experts
+        self.num_experts = int(num_experts)
 
     def dnn(self, hidden_units, seed, name):
         return DNN(hidden_units, self.activation, self.l2_reg, self.dropout_rate, self.use_bn, seed=seed, name=name)

@@ -117,8 +117,8 @@ def MIND(user_feature_columns, item_feature_columns, k_max=2, p=100, dynamic_k=F
     others = [name for name in encoder.names((SparseFeat, VarLenSparseFeat, DenseFeat))
               if name not in [towers.item_name] + history.names]
     user_input = capsules
-    if others:
-        profile = tf.keras.layers.RepeatVector(k_max, name="profile_per_interest")(
+    if others:  # int(): RepeatVector refuses a numpy int
+        profile = tf.keras.layers.RepeatVector(int(k_max), name="profile_per_interest")(
             encoder.dnn_input(exclude=[towers.item_name] + history.names))
         user_input = tf.keras.layers.Concatenate(axis=-1, name="interest_with_profile")([profile, capsules])
     hidden = DNN(user_dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout, dnn_use_bn,

@@ -6,6 +6,7 @@ mixture sum_i g^k_i(x) f_i(x) -> tower h^k -> prediction named by the task.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from feature_columns import FeatureEncoder
 
+from ..layers.core import check_positive_int
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
 from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
@@ -35,8 +36,7 @@ def MMOE(dnn_feature_columns, num_experts=3, expert_dnn_hidden_units=(256, 128),
     """
     encoder = FeatureEncoder(dnn_feature_columns, l2_reg_embedding=l2_reg_embedding, seed=seed, pack_small_tables=True)
     task_types, task_names = check_tasks(task_types, task_names, "MMOE", features=encoder.features)
-    if not isinstance(num_experts, int) or isinstance(num_experts, bool) or num_experts < 1:
-        raise ValueError(f"MMOE: num_experts must be an int >= 1, got {num_experts!r}")
+    check_positive_int(num_experts, "num_experts", "MMOE")
     dnn_input = encoder.dnn_input()                                                          # (B, F)
 
     experts = Experts(num_experts, expert_dnn_hidden_units, dnn_activation, l2_reg_dnn, dnn_dropout,

@@ -9,16 +9,12 @@ outputs feed one tower per task -> prediction named by the task.
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 from feature_columns import FeatureEncoder
 
+from ..layers.core import check_positive_int
 from ..layers.experts import ExpertGate, ExpertMixture, Experts
 from .multitask import check_tasks, task_seed, task_tower
 from .base import RecModel
 
 SHARED = "shared"
-
-
-def _check_count(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"PLE: {name} must be an int >= 1, got {value!r}")
 
 
 def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_levels=2,
@@ -52,9 +48,9 @@ def PLE(dnn_feature_columns, shared_expert_num=1, specific_expert_num=1, num_lev
     task_types, task_names = check_tasks(task_types, task_names, "PLE", features=encoder.features)
     if SHARED in task_names:
         raise ValueError(f"PLE: task name '{SHARED}' is reserved for the shared experts and gate")
-    _check_count(shared_expert_num, "shared_expert_num")
-    _check_count(specific_expert_num, "specific_expert_num")
-    _check_count(num_levels, "num_levels")
+    for value, name in ((shared_expert_num, "shared_expert_num"), (specific_expert_num, "specific_expert_num"),
+                        (num_levels, "num_levels")):
+        check_positive_int(value, name, "PLE")
     mlp = dict(activation=dnn_activation, l2_reg=l2_reg_dnn, dropout_rate=dnn_dropout, use_bn=dnn_use_bn)
 
     def extraction_network(task_inputs, shared_input, level, is_last):

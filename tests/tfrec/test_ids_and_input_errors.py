@@ -197,6 +197,22 @@ def test_feeding_mistakes_are_named_before_anything_runs(din, mistake, message):
     assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, din.weights))
 
 
+def test_a_list_of_arrays_is_refused_by_the_one_batch_methods_and_in_a_data_set(din):
+    """fit / evaluate / predict refused a list; *_on_batch and fit on a data set of lists took it
+    and matched it to the inputs by position (sorted by name), scoring and training one feature's
+    values as another's without a word."""
+    weights = [w.numpy() for w in din.weights]
+    x, y = rows([1, 2, 3]), np.array([1.0, 0.0, 1.0])
+    listed = [x[name] for name in ("user_id", "hour", "item_id", "price", "hist_item_id")]  # the columns' order
+    message = r"model 'din' takes a dict \{feature name: array\}, not a list of 5 arrays"
+    for call in (lambda: din.predict_on_batch(listed), lambda: din.test_on_batch(listed, y),
+                 lambda: din.train_on_batch(listed, y),
+                 lambda: din.fit(tf.data.Dataset.from_tensor_slices((tuple(listed), y)).batch(3), verbose=0)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, din.weights))
+
+
 def test_sequences_of_one_event_list_in_different_widths_or_negative_lengths_are_refused_by_fit_too():
     """The graph's own check of aligned widths and lengths (RecentSequence) does not run inside an
     XLA-compiled step, so fit trained on misaligned events without a word, and predict failed with

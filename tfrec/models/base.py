@@ -344,7 +344,9 @@ class SavedWithoutLayerTraces:
 
 
 def refuse_positional_inputs(model, x):
-    """A ValueError for a list of arrays fed to `model` of several inputs."""
+    """A ValueError for a list of arrays (or a data set of lists) fed to `model` of several inputs."""
+    if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple):
+        x = x.element_spec[0]  # (features, labels...)
     if isinstance(x, (list, tuple)) and len(model.inputs) > 1:
         # Keras would match a list to the Inputs by position, whose order (by name) is not the
         # columns' order: ids of one feature would silently stand for another's.
@@ -587,15 +589,18 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
     # Keras 2 runs `steps_per_execution` steps per call of its train / test / predict function,
     # also in the *_on_batch methods, whose one batch then runs out at the second step. They run
     # the same (multi-step) function for one step.
-    def train_on_batch(self, *args, **kwargs):
+    def train_on_batch(self, x, *args, **kwargs):
+        refuse_positional_inputs(self, x)
         with self._one_step_per_execution():
-            return super().train_on_batch(*args, **kwargs)
+            return super().train_on_batch(x, *args, **kwargs)
 
-    def test_on_batch(self, *args, **kwargs):
+    def test_on_batch(self, x, *args, **kwargs):
+        refuse_positional_inputs(self, x)
         with self._one_step_per_execution():
-            return super().test_on_batch(*args, **kwargs)
+            return super().test_on_batch(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
+        refuse_positional_inputs(self, x)
         with self._one_step_per_execution():
             return super().predict_on_batch(x)
 

@@ -64,7 +64,7 @@ def test_numpy_integer_counts_of_a_model_are_accepted(encoded, model_name):
     """Counts taken from numpy (a sweep over np.arange, a config read with numpy) build the model,
     as in DeepCTR/DeepMatch: MMOE/PLE refused them, MIND failed in Keras' RepeatVector ("Expected
     an integer value for `n`") and CLSR in its short-term proxy."""
-    data, sizes = encoded["data"], encoded["sizes"]
+    sizes = encoded["sizes"]
     columns = [SparseFeat(feat, sizes[feat], DIM) for feat in ("user_id", "item_id", "cate_id")]
     if model_name == "MIND":
         history = VarLenSparseFeat(SparseFeat("hist_item_id", sizes["item_id"], DIM, embedding_name="item_id"),

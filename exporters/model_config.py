@@ -18,14 +18,13 @@ replaced atomically: a reader sees the old file or the new one, never a partial 
 import feature_columns._legacy_keras  # noqa: F401
 
 import collections.abc
-import contextlib
 import os
-import secrets
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from exporters.layout import checked_version
+from tfrec.files import replaced_atomically
 
 MODEL_OPTIONS = ("model_platform", "version_policy", "version_labels")
 DEFAULT_MODEL_PLATFORM = "tensorflow"
@@ -54,7 +53,10 @@ def write_model_config(path, models):
       TypeError: a version in an option is not an integer.
     """
     path = os.path.abspath(os.fspath(path))
-    _replace_file(path, text_format.MessageToString(model_server_config(models)))
+    text = text_format.MessageToString(model_server_config(models))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with replaced_atomically(path) as config_file:
+        config_file.write(text)
     return path
 
 
@@ -157,21 +159,3 @@ def _is_pair(policy, kind):
     return isinstance(policy, (tuple, list)) and len(policy) == 2 and policy[0] == kind
 
 
-def _replace_file(path, text):
-    """Writes `text` to `path` by writing a sibling temporary file and renaming it over."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}")
-    # os.open with 0o666 (not tempfile, which makes it 0600) so the umask decides, and a
-    # server running as another user can read the file.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as temporary_file:
-            temporary_file.write(text)
-            temporary_file.flush()
-            os.fsync(temporary_file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise

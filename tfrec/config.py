@@ -34,6 +34,7 @@ from typing import Any, Optional
 from feature_columns import HISTORY_PREFIX, DenseFeat, SparseFeat, VarLenDenseFeat, VarLenSparseFeat
 
 from tfrec import distribute
+from tfrec.files import replaced_atomically
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "read_data", "split_data", "infer_columns",
            "columns_to_json", "columns_from_json", "train", "trained", "evaluate", "predict", "MODELS"]
@@ -921,7 +922,7 @@ def _record_skipped_lines(record, path, numbers):
     if os.path.exists(record):
         rows = pd.concat([pd.read_csv(record, dtype={"file": str, "text": str}, keep_default_na=False), rows])
     os.makedirs(os.path.dirname(os.path.abspath(record)), exist_ok=True)
-    with distribute.replaced_atomically(record) as handle:  # each worker of a cluster records the same lines
+    with replaced_atomically(record) as handle:  # each worker of a cluster records the same lines
         rows.drop_duplicates(["file", "line"], keep="last").sort_values(["file", "line"]).to_csv(handle, index=False)
 
 
@@ -1964,7 +1965,7 @@ def claim_backup_folder(folder, config, columns):
                 "that wrote it; remove the folder to start afresh, or give this run its own checkpoint_dir")
         return
     os.makedirs(folder, exist_ok=True)
-    with distribute.replaced_atomically(path) as handle:
+    with replaced_atomically(path) as handle:
         json.dump({"run": record, "config": config.path, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
 
 
@@ -2200,7 +2201,7 @@ def evaluate(config, out=None):
         _gate_heatmap(files["gates"], {name: total / rows for name, total in gate_sums.items()})
     report["files"] = files
     os.makedirs(config.output, exist_ok=True)
-    with distribute.replaced_atomically(files["metrics"]) as handle:  # never a cut-short file runs.py fails to read
+    with replaced_atomically(files["metrics"]) as handle:  # never a cut-short file runs.py fails to read
         json.dump(report, handle, indent=1, default=float)
     return report
 
@@ -2237,7 +2238,7 @@ def predict(config, files, scores_path, keep=(), out=None):
     # gap made 7 a "7.0" and a long request id a float that other ids round to.
     kept_text = [name for name in keep if name not in {column.name for column in columns}]
     rows, started = 0, time.perf_counter()
-    with distribute.replaced_atomically(scores_path) as handle:
+    with replaced_atomically(scores_path) as handle:
         for chunk in data_chunks(config, columns, files, "--data", labels=False, text_columns=kept_text):
             missing = [name for name in [c.name for c in columns] + list(keep) if name not in chunk.columns]
             if missing:
@@ -2298,7 +2299,7 @@ def _calibration_plot(path, tasks, weights=None, bins=10):
                ylabel="observed rate" + (" (weighted)" if weights is not None else ""), xlim=(0, top), ylim=(0, top))
         ax.legend(loc="upper left")
     fig.tight_layout()
-    with distribute.replaced_atomically(path, "wb") as handle:
+    with replaced_atomically(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)
 
@@ -2342,6 +2343,6 @@ def _gate_heatmap(path, gates):
     ax.set_title("mean gate weight per expert (test rows)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    with distribute.replaced_atomically(path, "wb") as handle:
+    with replaced_atomically(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)

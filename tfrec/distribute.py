@@ -42,6 +42,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from tfrec.files import replaced_atomically
+
 __all__ = [
     "STRATEGY_KINDS", "DEFAULT_MIN_SHARD_BYTES", "build_strategy", "parse_tf_config",
     "cluster_resolver", "embedding_partitioner", "build_and_compile", "distributed_dataset",
@@ -441,22 +443,6 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 def _write_json_atomically(path, value):
     with replaced_atomically(path) as out:
         json.dump(value, out)
-
-
-@contextlib.contextmanager
-def replaced_atomically(path, mode="w"):
-    """A file to write (`mode` "w", UTF-8 text, or "wb") that becomes `path` only when written whole:
-    it is written beside `path` and renamed into it, so a crash mid-write leaves the file as it was,
-    never cut short; on an error the staged file is removed. One name per process: the workers of
-    a cluster may write the same file."""
-    staged = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(staged, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as handle:
-            yield handle
-        os.replace(staged, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(staged)
 
 
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",

@@ -19,6 +19,7 @@ import pandas as pd
 
 from tfrec import config as run
 from tfrec import distribute
+from tfrec.files import replaced_atomically
 from tfrec.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -440,7 +441,7 @@ def evaluate(config, out=None):
     report = {"rows": len(test_df), "candidates": len(ids), "k": k, "model": scores(ranked),
               "popularity": scores(popular)}
     path = config.output_file(run.METRICS_FILE)
-    with distribute.replaced_atomically(path) as handle:
+    with replaced_atomically(path) as handle:
         json.dump(report, handle, indent=1)
     report["files"] = {"metrics": path}
     return report

@@ -405,7 +405,8 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         # A resumed fit starts in the epoch of the last backup or later: earlier states are done with.
         states = {e: kept for e, kept in self._states().items() if e >= self._backed_up_epoch}
         states[epoch] = [self._state_of(callback) for callback in self.keep_state_of]
-        _write_json_atomically(os.path.join(self._state_dir, "state.json"), {"epochs": states})
+        with replaced_atomically(os.path.join(self._state_dir, "state.json")) as out:
+            json.dump({"epochs": states}, out)
         referenced = {state.get("weights") for kept in states.values() for state in kept}
         for name in os.listdir(self._state_dir):  # best weights no state refers to any more
             if name.startswith("best_weights_") and name not in referenced:
@@ -438,11 +439,6 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
                     with np.load(os.path.join(self._state_dir, state["weights"])) as saved:
                         callback.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
                     self._current_weights.add(state["weights"])
-
-
-def _write_json_atomically(path, value):
-    with replaced_atomically(path) as out:
-        json.dump(value, out)
 
 
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",

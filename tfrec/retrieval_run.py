@@ -129,11 +129,12 @@ def user_requests(config, users, out=None):
     log = read_log(config, out)
     # Users are asked for by their text; a Parquet log's ids keep their type (12, not "12").
     by_text = {str(id_text(user)): user for user in pd.unique(log[settings.user])}
-    missing = [str(id_text(user)) for user in users if str(id_text(user)) not in by_text]
+    asked = [str(id_text(user)) for user in users]
+    missing = [user for user in asked if user not in by_text]
     if missing:
         raise ConfigError(f"{config.path}: data.train: no event of user(s) {missing[:5]} in the log, so there is no "
                           f"history to ask with (users are asked for by their text, e.g. {next(iter(by_text))!r})")
-    wanted = [by_text[str(id_text(user))] for user in users]
+    wanted = [by_text[user] for user in asked]
     theirs = log[log[settings.user].isin(wanted)]
     last = theirs.sort_values(settings.time, kind="stable").groupby(settings.user, sort=False).tail(1).set_index(
         settings.user)

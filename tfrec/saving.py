@@ -106,7 +106,8 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
     Returns:
       A new model, uncompiled, holding every weight of `model`; a grown table keeps its rows
       (old ids keep their vectors and their counts for the frequency-scaled regulariser), and its
-      new rows start as `new_rows` says, with a count of 0.
+      new rows start as `new_rows` says, with a count of 0 (and, in SIM's SimHash search, the
+      signature of their new embedding).
 
     Raises:
       ValueError: a table of `vocabularies` is not in the model, or its vocabulary does not start
@@ -134,6 +135,9 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
         old_rows = tables[0]["input_dim"]
         for embedding in tables:
             embedding["input_dim"] += added[table]
+        for search in (c for c in layers if "table_rows" in c):  # SimHashSearch: a signature per row of its tables
+            search["table_rows"] = [rows + added[table] if name.endswith("emb_" + table) else rows
+                                    for name, rows in zip(search["tables"], search["table_rows"])]
         for sampling in samplers:  # one saved before samplers named their table: known by its size
             if sampling.get("table", table) == table and sampling["vocabulary_size"] == old_rows:
                 if sampling["item_count"] is not None and item_count is None:
@@ -176,6 +180,7 @@ def with_grown_tables(model, vocabularies, item_count=None, new_rows="initialize
                 added_rows = trained.mean(axis=0) + added_rows
             value = np.concatenate([value, added_rows])
         new.assign(value)
+    grown.refresh_derived_weights()  # e.g. the new rows' SimHash signatures, from their embeddings
     return grown
 
 

@@ -155,6 +155,36 @@ def test_grown_tables_keep_every_weight_and_give_new_values_their_own_rows(tmp_p
         with_grown_tables(model, {"item_id": ("b", "a", "c", "z")})
 
 
+def test_a_grown_simhash_sim_searches_new_items_by_the_signatures_of_their_rows():
+    """SIM's SimHash search keeps a signature per row of the item table: a warm start's grown table
+    gets one for each new row (from its embedding), so histories of new items are searched, not
+    looked up past the end of the signatures."""
+    import pandas as pd
+
+    import tfrec.models
+    from tfrec.data import df_to_inputs, grow_vocabularies, infer_feature_columns
+    from tfrec.saving import with_grown_tables
+
+    yesterday = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u1"], "item_id": ["a", "b", "a", "c"],
+                              "cate_id": ["x", "y", "x", "y"], "hist_item_id": [["a"], ["b", "a"], [], ["c"]],
+                              "hist_cate_id": [["x"], ["y", "x"], [], ["y"]], "click": [1, 0, 1, 0]})
+    columns = infer_feature_columns(yesterday, ["click"], embedding_dim=4)
+    model = tfrec.models.SIM(columns, ["item_id", "cate_id"], search="simhash", topk=2, short_maxlen=1,
+                             dnn_hidden_units=(4,), att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(df_to_inputs(yesterday, columns), yesterday["click"].to_numpy(np.float32), verbose=0)
+    today = yesterday.assign(item_id=["a", "z", "z", "c"], hist_item_id=[["z"], ["b", "z"], [], ["y"]])
+    grown_columns, grown = grow_vocabularies(columns, today)
+    grown_model = with_grown_tables(model, grown)
+    search = grown_model.get_layer("gsu")
+    assert search.table_rows[0] == model.get_layer("gsu").table_rows[0] + 2  # z and y
+    np.testing.assert_array_equal(search.signatures[0].numpy(),
+                                  search.signature(grown_model.get_layer("emb_item_id").embeddings).numpy())
+    np.testing.assert_array_equal(grown_model.predict(df_to_inputs(yesterday, grown_columns), verbose=0),
+                                  model.predict(df_to_inputs(yesterday, columns), verbose=0))
+    assert np.isfinite(grown_model.predict(df_to_inputs(today, grown_columns), verbose=0)).all()
+
+
 def test_a_table_read_from_a_vocabulary_file_grows_into_a_vocabulary_list(tmp_path):
     import pandas as pd
 

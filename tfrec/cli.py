@@ -504,6 +504,19 @@ _CONFIG_KEY_OF_PLANTED_ARG = {"embedding_dim": "columns.embedding_dim", "batch_s
                               "learning_rate": "train.learning_rate", "seed": "train.seed"}
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` (int or float) above 0, refused with the flag's name
+    before anything is read or trained (0 epochs, requests or users would fail deep inside, or
+    divide by zero)."""
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
 def _add_planted_args(parser, given_only=False):
     """The planted data's flags; with `given_only` their defaults are None (filled in by the
     planted path), so that a command can tell which were given."""
@@ -513,7 +526,8 @@ def _add_planted_args(parser, given_only=False):
              "embedding_dim": "embedding dimension of every table", "batch_size": "training batch size",
              "learning_rate": "Adam's learning rate", "seed": "seed of the data and of training"}
     for name, default in _PLANTED_DEFAULTS.items():
-        planted.add_argument("--" + name.replace("_", "-"), type=type(default), default=None if given_only else default,
+        kind = type(default) if name == "seed" else _positive(type(default))
+        planted.add_argument("--" + name.replace("_", "-"), type=kind, default=None if given_only else default,
                              help=helps[name] + (f" (default: {default})" if given_only else ""))
 
 
@@ -575,21 +589,21 @@ def build_parser():
 
     demo = command("demo", "train, evaluate, export, serve and query DIN on built-in planted data")
     _add_planted_args(demo)
-    demo.add_argument("--epochs", type=int, default=2, help="training epochs")
+    demo.add_argument("--epochs", type=_positive(int), default=2, help="training epochs")
     _add_progress(demo)
     demo.add_argument("--workdir", help="keep artefacts here (default: a temporary directory, removed at the end "
                                         "and on Ctrl-C)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    demo.add_argument("--candidates", type=int, default=100, help="candidates ranked per user")
+    demo.add_argument("--candidates", type=_positive(int), default=100, help="candidates ranked per user")
     demo.add_argument("--show-users", type=int, default=3, help="users whose ranking is printed")
-    demo.add_argument("--top-k", type=int, default=5, help="items printed per user")
+    demo.add_argument("--top-k", type=_positive(int), default=5, help="items printed per user")
 
     train = command("train", "train a model on your data (--config) or DIN on planted data (--output)")
     _add_config(train, what="the data, columns, model and training")
     train.add_argument("--output", help="with --config: the run folder (default: the config's `output`); without: "
                                         "the file the planted-data DIN is saved to (.keras, .h5 or a folder)")
     train.add_argument("--export-base", help=argparse.SUPPRESS)
-    train.add_argument("--epochs", type=int, help="training epochs (default: the config's train.epochs; 2 for "
+    train.add_argument("--epochs", type=_positive(int), help="training epochs (default: the config's train.epochs; 2 for "
                                                   "planted data)")
     train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs (losses, metrics) to DIR")
     _add_overrides(train)
@@ -663,14 +677,14 @@ def build_parser():
     query.add_argument("--version-label", help="a version label of the server's model config (e.g. stable)")
     query.add_argument("--output-filter", action="append", metavar="OUTPUT",
                        help="return only this output (repeatable; default: all)")
-    query.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    query.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds to wait for the server")
 
     bench = command("bench", "gRPC Predict latency p50/p99 of one request, repeated")
     bench.add_argument("--target", default="127.0.0.1:8500", help="the server's gRPC host:port")
     bench.add_argument("--model-name", required=True, help="the served model's name")
     bench.add_argument("--inputs", required=True, metavar="JSON|@FILE", help="the request: JSON or @FILE")
-    bench.add_argument("--requests", type=int, default=200, help="requests sent one after another")
-    bench.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
+    bench.add_argument("--requests", type=_positive(int), default=200, help="requests sent one after another")
+    bench.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds to wait for each answer")
     return parser
 
 

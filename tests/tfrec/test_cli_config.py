@@ -549,6 +549,24 @@ def test_version_and_help_give_every_flag_a_text(capsys):
             assert action.help, f"tfrec {name} {action.option_strings} has no help text"
 
 
+@pytest.mark.parametrize("argv", [["train", "--config", "run.yaml", "--epochs", "0"],
+                                  ["train", "--output", "din.keras", "--users", "-5"],
+                                  ["demo", "--top-k", "0"],
+                                  ["bench", "--model-name", "din", "--inputs", "{}", "--requests", "0"],
+                                  ["query", "--model-name", "din", "--inputs", "{}", "--timeout", "0"]])
+def test_a_count_or_timeout_of_0_is_refused_with_its_flag_before_anything_runs(argv, capsys):
+    """`tfrec bench --requests 0` sent its warm-up request, then failed on an empty percentile;
+    `tfrec train --config ... --epochs 0` read the data and built the model before Keras refused."""
+    from tfrec.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    flag = next(a for a in argv if a.startswith("--") and a not in ("--config", "--output", "--model-name",
+                                                                   "--inputs"))
+    assert f"argument {flag}: must be above 0, got {argv[-1]}" in capsys.readouterr().err
+
+
 def test_ctrl_c_stops_the_demo_and_removes_its_temporary_directory(tmp_path):
     # Epochs enough that Ctrl-C lands in training however late a loaded machine delivers it
     # (200 epochs of this data took 2 s: a late signal found the demo done); SIGINT handled as

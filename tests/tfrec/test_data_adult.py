@@ -58,3 +58,18 @@ def test_adult_feature_columns_feed_df_to_inputs(adult):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="UCI Adult data not found.*nowhere.data"):
         load_adult(str(tmp_path / "nowhere.data"))
+
+
+def test_adult_test_file_with_its_comment_line_reads_like_adult_data(tmp_path):
+    """adult.test opens with UCI's comment line "|1x3 Cross validator" and writes its labels
+    ">50K." / "<=50K."; it reads as adult.data does."""
+    rows = ["25, Private, 226802, 11th, 7, Never-married, Machine-op-inspct, Own-child, Black, Male, 0, 0, 40, "
+            "United-States, <=50K.",
+            "38, ?, 89814, HS-grad, 9, Married-civ-spouse, Farming-fishing, Husband, White, Male, 0, 0, 50, "
+            "United-States, >50K."]
+    path = tmp_path / "adult.test"
+    path.write_text("|1x3 Cross validator\n" + "\n".join(rows) + "\n\n")
+    df, _, _ = load_adult(str(path))
+    assert len(df) == 2
+    assert df["income"].tolist() == [0, 1] and df["never_married"].tolist() == [1, 0]
+    assert df["workclass"].tolist() == ["Private", "unknown"]

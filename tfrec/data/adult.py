@@ -40,8 +40,9 @@ def load_adult(path=None):
     numeric columns are standardised with this frame's mean and std (float32).
 
     Args:
-      path: the UCI `adult.data` file (no header, ", "-separated); None reads the file the
-        environment variable UCI_ADULT_PATH names.
+      path: the UCI `adult.data` (or `adult.test`) file (no header, ", "-separated; lines
+        starting with "|" are comments); None reads the file the environment variable
+        UCI_ADULT_PATH names.
 
     Returns:
       (df, sparse_names, dense_names): df has the sparse and dense columns plus int64 labels
@@ -58,8 +59,9 @@ def load_adult(path=None):
         raise FileNotFoundError(
             f"UCI Adult data not found {where}: download the original adult.data from {ADULT_URL} "
             f"and pass path= or set {ADULT_PATH_VARIABLE}")
+    # UCI's files mark comment lines with "|": adult.test opens with "|1x3 Cross validator".
     raw = pd.read_csv(path, header=None, sep=",", skipinitialspace=True, dtype=str,
-                      keep_default_na=False, skip_blank_lines=True)
+                      keep_default_na=False, skip_blank_lines=True, comment="|")
     if raw.shape[1] != len(_RAW_COLUMNS):
         raise ValueError(f"{path!r} has {raw.shape[1]} columns, Adult has {len(_RAW_COLUMNS)}: {_RAW_COLUMNS}")
     raw.columns = _RAW_COLUMNS

@@ -10,7 +10,7 @@ from tfrec.data import df_to_inputs
 from tfrec.datasets.census import CENSUS_COLUMNS
 from tfrec.datasets import (ALI_CCP_FIELDS, CENSUS_DENSE, CENSUS_SPARSE, CLSR_TIME_RANGE, MOVIELENS_GENRES,
                             load_ali_ccp, load_amazon, load_census_income, load_movielens_ranking,
-                            load_movielens_retrieval, load_taobao, read_movielens)
+                            load_movielens_retrieval, load_taobao, read_amazon_reviews, read_movielens)
 
 DAY = 86_400
 
@@ -313,6 +313,22 @@ def test_amazon_din_recipe(tmp_path):
     assert set(item_column.vocabulary) == {r["asin"] for r in reviews}
     inputs = df_to_inputs(ds.test, ds.feature_columns)
     assert inputs["hist_item_id"].shape == (len(ds.test), 20)
+
+
+def test_amazon_items_whose_meta_names_no_category_are_unknown(tmp_path):
+    """A meta record with an empty category path ([[]], or the 2018 files' empty `category`)
+    names no category: its item is "unknown", like an item without meta, not the text "[]"."""
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    reviews = [("A1", "B1", 1), ("A1", "B2", 2), ("A1", "B3", 3), ("A2", "B3", 1), ("A2", "B4", 2)]
+    (folder / "reviews.json").write_text("".join(json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t}) + "\n"
+                                                 for u, i, t in reviews))
+    meta = [repr({"asin": "B1", "categories": [[]]}), repr({"asin": "B2", "categories": [["Audio"], []]}),
+            json.dumps({"asin": "B3", "category": []}), repr({"asin": "B4", "categories": [["Electronics", "Cams"]]})]
+    (folder / "meta.json").write_text("\n".join(meta) + "\n")
+    log = read_amazon_reviews(str(folder / "reviews.json"), str(folder / "meta.json"))
+    assert dict(zip(log["item_id"], log["cate_id"])) == {"B1": "unknown", "B2": "unknown", "B3": "unknown",
+                                                         "B4": "Cams"}
 
 
 # ---------------------------------------------------------------- Taobao

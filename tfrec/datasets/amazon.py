@@ -10,7 +10,8 @@ The recipe is DIN's (Zhou et al., KDD 2018; zhougr1993/DeepInterestNetwork, util
 2_remap_id.py and din/build_dataset.py), which DIEN (Zhou et al., AAAI 2019) reuses:
 
 * an item's category is the last entry of its last category path (`categories[-1][-1]`; the
-  2018 files' flat `category` list: its last entry); items without meta get "unknown";
+  2018 files' flat `category` list: its last entry); items without meta, or with an empty last
+  path or list, get "unknown";
 * each user's reviews are sorted by unixReviewTime (equal times keep the file's order);
 * every prefix predicts the next review: the sample of review i >= 1 (counted from 0) has the
   user's reviews 0..i-1 as history (the most recent `maxlen`), the item of review i as a
@@ -56,9 +57,11 @@ def _records(path):
 
 def _category(record):
     paths = record.get("categories")
-    if paths:
-        last = paths[-1]
-        return str(last[-1]) if isinstance(last, (list, tuple)) and last else str(last)
+    last = paths[-1] if paths else None
+    if isinstance(last, (list, tuple)):  # an empty path ([[]]) names no category
+        last = last[-1] if last else None
+    if last:
+        return str(last)
     flat = record.get("category")
     if flat:
         return str(flat[-1]) if isinstance(flat, (list, tuple)) else str(flat)

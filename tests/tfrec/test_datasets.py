@@ -548,3 +548,31 @@ def test_a_missing_second_file_is_named(tmp_path):
     folder, _ = write_amazon(tmp_path / "amazon")
     with pytest.raises(FileNotFoundError, match="meta_Books.json"):
         load_amazon(str(folder / "reviews_Electronics_5.json"), str(folder / "meta_Books.json"))
+
+
+
+@pytest.mark.parametrize("dataset, separator", [("ml-1m", "::"), ("ml-100k", "\t"), ("taobao", ","),
+                                                ("census", None)])
+def test_a_cut_off_or_edited_file_is_named_with_its_layout(tmp_path, dataset, separator):
+    """A file whose last line lost its last field (an interrupted download or unzip), or with text
+    where a number belongs, raises a ValueError naming the file, the layout it should have and
+    where to get it, not pandas' "invalid literal for int() with base 10: ''"."""
+    if dataset.startswith("ml-"):
+        folder = (write_movielens_1m if dataset == "ml-1m" else write_movielens_100k)(tmp_path / dataset)
+        path, load = folder / ("ratings.dat" if dataset == "ml-1m" else "u.data"), lambda: read_movielens(str(folder))
+    elif dataset == "taobao":
+        path = tmp_path / "UserBehavior.csv"
+        write_taobao(path)
+        load = lambda: load_taobao(str(path))  # noqa: E731
+    else:
+        folder = tmp_path / "census"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        (folder / "census-income.test").write_text(_census_row(rng, False, False))
+        path, load = folder / "census-income.data", lambda: load_census_income(str(folder))
+        path.write_text("x" + _census_row(rng, False, False) + _census_row(rng, True, False))  # age "x52"
+    if separator is not None:
+        text = path.read_text("latin-1").rstrip("\n")
+        path.write_text(text[:text.rindex(separator)] + "\n", "latin-1")
+    with pytest.raises(ValueError, match=f"{path.name}' does not read as .*truncated or edited.*https://"):
+        load()

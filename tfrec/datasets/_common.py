@@ -1,4 +1,5 @@
 """What every loader of `tfrec.datasets` shares: the result type, file checks, negative sampling."""
+import contextlib
 import gzip
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from feature_columns import history_name
 from ..data import build_din_samples, retrieval_samples
 from ..data.retrieval import HIST_LENGTH
 
-__all__ = ["LoadedDataset", "require_file", "open_text", "din_prefix_samples", "sample_negatives",
+__all__ = ["LoadedDataset", "require_file", "reading", "open_text", "din_prefix_samples", "sample_negatives",
            "insert_negatives"]
 
 DAY = 86_400
@@ -64,6 +65,18 @@ def require_file(path, dataset, what, url):
             "its path to the loader"
         )
     return path
+
+
+@contextlib.contextmanager
+def reading(path, dataset, layout, url):
+    """A ValueError while `path` is parsed (a cut-off download, an edited line) raised again
+    naming the file, the layout it should have and where to get it: pandas' own messages ("invalid
+    literal for int() with base 10: ''") name none of them."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{dataset}: {os.path.abspath(path)!r} does not read as {layout} ({error}); a "
+                         f"truncated or edited copy? Get the original from {url}") from error
 
 
 def open_text(path, encoding="utf-8"):

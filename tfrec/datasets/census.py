@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import adult_feature_columns
-from ._common import LoadedDataset, require_file
+from ._common import LoadedDataset, reading, require_file
 
 __all__ = ["CENSUS_COLUMNS", "CENSUS_SPARSE", "CENSUS_DENSE", "CENSUS_TASKS", "load_census_income"]
 
@@ -55,11 +55,15 @@ CENSUS_TASKS = {"income": "income", "never_married": "never_married"}
 
 
 def _read(path):
-    raw = pd.read_csv(path, header=None, sep=",", skipinitialspace=True, dtype=str, keep_default_na=False,
-                      skip_blank_lines=True)
-    if raw.shape[1] != len(CENSUS_COLUMNS):
-        raise ValueError(f"{path!r} has {raw.shape[1]} columns, census-income has {len(CENSUS_COLUMNS)}")
-    raw.columns = CENSUS_COLUMNS
+    """The file's columns, named: text, but the numeric inputs and the instance weight as numbers."""
+    with reading(path, "UCI census-income", f"{len(CENSUS_COLUMNS)} comma-separated columns", URL):
+        raw = pd.read_csv(path, header=None, sep=",", skipinitialspace=True, dtype=str, keep_default_na=False,
+                          skip_blank_lines=True)
+        if raw.shape[1] != len(CENSUS_COLUMNS):
+            raise ValueError(f"it has {raw.shape[1]} columns")
+        raw.columns = CENSUS_COLUMNS
+        for name in CENSUS_DENSE + ["instance_weight"]:
+            raw[name] = pd.to_numeric(raw[name])
     return raw
 
 
@@ -68,8 +72,8 @@ def _frame(raw, sparse, dense, mean, std):
     for name in sparse:
         df[name] = raw[name].str.strip().replace({"?": "unknown", "": "unknown"})
     for name in dense:
-        df[name] = ((pd.to_numeric(raw[name]).to_numpy(np.float64) - mean[name]) / std[name]).astype(np.float32)
-    df["instance_weight"] = pd.to_numeric(raw["instance_weight"]).to_numpy(np.float32)
+        df[name] = ((raw[name].to_numpy(np.float64) - mean[name]) / std[name]).astype(np.float32)
+    df["instance_weight"] = raw["instance_weight"].to_numpy(np.float32)
     # The files write "- 50000." and "50000+.".
     df["income"] = raw["income_50k"].str.strip().str.rstrip(".").eq("50000+").astype(np.int64)
     df["never_married"] = raw["marital_stat"].str.strip().eq("Never married").astype(np.int64)
@@ -102,7 +106,7 @@ def load_census_income(path, validation_share=0.5, seed=0, drop_marital_proxies=
     sparse = [c for c in CENSUS_SPARSE if not (drop_marital_proxies and c in MARITAL_PROXIES)]
     dense = list(CENSUS_DENSE)
     raw_train, raw_test = _read(train_path), _read(test_path)
-    values = {name: pd.to_numeric(raw_train[name]).to_numpy(np.float64) for name in dense}
+    values = {name: raw_train[name].to_numpy(np.float64) for name in dense}
     mean = {name: v.mean() for name, v in values.items()}
     std = {name: (v.std() if v.std() > 0 else 1.0) for name, v in values.items()}
     train = _frame(raw_train, sparse, dense, mean, std)

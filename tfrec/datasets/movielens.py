@@ -40,7 +40,7 @@ from feature_columns import SparseFeat, VarLenSparseFeat, history_name
 from ..data import din_feature_columns, retrieval_samples
 from ..data.planted import _id_column
 from ..data.retrieval import (HIST_LENGTH, PREFER_LENGTH, PREFER_PREFIX, SHORT_LENGTH, SHORT_PREFIX)
-from ._common import LoadedDataset, din_prefix_samples, require_file
+from ._common import LoadedDataset, din_prefix_samples, reading, require_file
 
 __all__ = ["MOVIELENS_GENRES", "MOVIELENS_PROFILE_FEATURES", "read_movielens", "load_movielens_ranking",
            "load_movielens_retrieval"]
@@ -52,6 +52,14 @@ MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's",
                     "Sci-Fi", "Thriller", "War", "Western")
 MOVIELENS_PROFILE_FEATURES = ["gender", "age", "occupation", "zip"]
 _FILES = {"100k": ("u.data", "u.item", "u.user"), "1m": ("ratings.dat", "movies.dat", "users.dat")}
+# What each of _FILES holds, for the message on a file that does not parse.
+_LAYOUTS = {
+    "100k": ("tab-separated integers user id, item id, rating, timestamp",
+             "'|'-separated lines movie id|title|3 more fields|19 genre flags",
+             "'|'-separated lines user id|age|gender|occupation|zip code"),
+    "1m": ("'::'-separated integers UserID::MovieID::Rating::Timestamp", "'::'-separated lines MovieID::Title::Genres",
+           "'::'-separated lines UserID::Gender::Age::Occupation::Zip-code"),
+}
 _GENRE_CODE = {name: code for code, name in enumerate(MOVIELENS_GENRES, start=1)}
 
 
@@ -95,29 +103,40 @@ def read_movielens(path, variant=None):
 
     Raises:
       FileNotFoundError: a file is missing (the message names it and says where to get it).
+      ValueError: a file does not parse as its layout (a cut-off copy: the message names it).
     """
     variant = _variant(path, variant)
     ratings_file, movies_file, users_file = (os.path.join(path, name) for name in _FILES[variant])
-    if variant == "100k":
-        ratings = pd.read_csv(ratings_file, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"],
-                              dtype=np.int64)
-        movies = pd.read_csv(movies_file, sep="|", header=None, encoding="latin-1", dtype=str, keep_default_na=False)
-        flags = movies.iloc[:, 5:5 + len(MOVIELENS_GENRES)].to_numpy() == "1"
-        names = np.asarray(MOVIELENS_GENRES, dtype=object)
-        genres = ["|".join(names[row]) or "unknown" for row in flags]
-        movies = pd.DataFrame({"item_id": movies[0].astype(np.int64), "title": movies[1], "genres": genres})
-        users = pd.read_csv(users_file, sep="|", header=None, dtype=str, keep_default_na=False,
-                            names=["user_id", "age", "gender", "occupation", "zip"])
-    else:
-        ratings = _double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"]).astype(np.int64)
-        movies = pd.read_csv(movies_file, sep="::", engine="python", header=None, encoding="latin-1", dtype=str,
-                             keep_default_na=False, names=["item_id", "title", "genres"])
-        movies["item_id"] = movies["item_id"].astype(np.int64)
-        users = _double_colon(users_file, ["user_id", "gender", "age", "occupation", "zip"])
-    for name in ("gender", "occupation", "zip"):  # a copy edited on Windows may pad them with spaces
-        users[name] = users[name].str.strip()
-    users["user_id"] = users["user_id"].astype(np.int64)
-    users["age"] = users["age"].astype(np.int64)
+    dataset = f"MovieLens {variant.upper()}"
+    ratings_layout, movies_layout, users_layout = _LAYOUTS[variant]
+    with reading(ratings_file, dataset, ratings_layout, URL):
+        if variant == "100k":
+            ratings = pd.read_csv(ratings_file, sep="\t", header=None,
+                                  names=["user_id", "item_id", "rating", "timestamp"], dtype=np.int64)
+        else:
+            ratings = _double_colon(ratings_file, ["user_id", "item_id", "rating", "timestamp"]).astype(np.int64)
+    with reading(movies_file, dataset, movies_layout, URL):
+        if variant == "100k":
+            movies = pd.read_csv(movies_file, sep="|", header=None, encoding="latin-1", dtype=str,
+                                 keep_default_na=False)
+            flags = movies.iloc[:, 5:5 + len(MOVIELENS_GENRES)].to_numpy() == "1"
+            names = np.asarray(MOVIELENS_GENRES, dtype=object)
+            genres = ["|".join(names[row]) or "unknown" for row in flags]
+            movies = pd.DataFrame({"item_id": movies[0].astype(np.int64), "title": movies[1], "genres": genres})
+        else:
+            movies = pd.read_csv(movies_file, sep="::", engine="python", header=None, encoding="latin-1",
+                                 dtype=str, keep_default_na=False, names=["item_id", "title", "genres"])
+            movies["item_id"] = movies["item_id"].astype(np.int64)
+    with reading(users_file, dataset, users_layout, URL):
+        if variant == "100k":
+            users = pd.read_csv(users_file, sep="|", header=None, dtype=str, keep_default_na=False,
+                                names=["user_id", "age", "gender", "occupation", "zip"])
+        else:
+            users = _double_colon(users_file, ["user_id", "gender", "age", "occupation", "zip"])
+        for name in ("gender", "occupation", "zip"):  # a copy edited on Windows may pad them with spaces
+            users[name] = users[name].str.strip()
+        users["user_id"] = users["user_id"].astype(np.int64)
+        users["age"] = users["age"].astype(np.int64)
     first_genre = movies["genres"].str.split("|").str[0]
     movies["cate_id"] = first_genre.map(_GENRE_CODE).fillna(_GENRE_CODE["unknown"]).astype(np.int64)
     log = ratings.merge(movies[["item_id", "cate_id", "genres", "title"]], on="item_id", how="left", validate="m:1")

@@ -45,7 +45,7 @@ import pandas as pd
 from feature_columns import history_name
 
 from ..data import long_history_feature_columns
-from ._common import DAY, LoadedDataset, insert_negatives, require_file, sample_negatives
+from ._common import DAY, LoadedDataset, insert_negatives, reading, require_file, sample_negatives
 
 __all__ = ["CLSR_TIME_RANGE", "read_taobao", "load_taobao"]
 
@@ -64,15 +64,17 @@ def read_taobao(path, behaviors=("pv",), time_range=CLSR_TIME_RANGE, chunksize=5
     """
     require_file(path, "Taobao UserBehavior", "UserBehavior.csv", URL)
     kept = []
-    reader = pd.read_csv(path, header=None, names=_RAW_COLUMNS, chunksize=chunksize,
-                         dtype={"user_id": np.int64, "item_id": np.int64, "cate_id": np.int64, "behavior": str,
-                                "timestamp": np.int64})
-    for chunk in reader:
-        keep = chunk["behavior"].isin(list(behaviors)).to_numpy()
-        if time_range is not None:
-            time = chunk["timestamp"].to_numpy()
-            keep = keep & (time >= time_range[0]) & (time <= time_range[1])
-        kept.append(chunk.loc[keep, ["user_id", "item_id", "cate_id", "timestamp"]])
+    with reading(path, "Taobao UserBehavior", "lines user_id,item_id,category_id,behavior_type,timestamp (integers "
+                                               "but the behaviour: pv, buy, cart or fav)", URL):
+        reader = pd.read_csv(path, header=None, names=_RAW_COLUMNS, chunksize=chunksize,
+                             dtype={"user_id": np.int64, "item_id": np.int64, "cate_id": np.int64, "behavior": str,
+                                    "timestamp": np.int64})
+        for chunk in reader:
+            keep = chunk["behavior"].isin(list(behaviors)).to_numpy()
+            if time_range is not None:
+                time = chunk["timestamp"].to_numpy()
+                keep = keep & (time >= time_range[0]) & (time <= time_range[1])
+            kept.append(chunk.loc[keep, ["user_id", "item_id", "cate_id", "timestamp"]])
     return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(
         {name: np.zeros(0, np.int64) for name in ["user_id", "item_id", "cate_id", "timestamp"]})
 

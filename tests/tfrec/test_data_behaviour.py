@@ -88,3 +88,18 @@ def test_check_esmm_labels():
     bad = pd.DataFrame({"click": [1, 0, 0, 0], "conversion": [1, 1, 0, 1]}, index=[10, 11, 12, 13])
     with pytest.raises(ValueError, match=r"2 row\(s\) have conversion=1 but click=0.*\[11, 13\]"):
         check_esmm_labels(bad)
+
+
+def test_a_log_it_would_split_wrongly_is_refused():
+    """Times given as text sort as text ("10" before "9"): the held-out event would be the user's
+    first and its history their later events; an empty user would pool events of several users.
+    Both are refused, as retrieval_samples refuses them."""
+    log = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [5, 6, 7], "cate_id": [1, 1, 1],
+                        "timestamp": ["9", "10", "11"], "click": [1, 1, 1]})
+    with pytest.raises(ValueError, match=r"build_din_samples: column 'timestamp' holds text \('9' in row 0\)"):
+        build_din_samples(log, maxlen=5)
+    with pytest.raises(ValueError, match="build_din_samples: column 'user_id' has 1 empty cell"):
+        build_din_samples(log.assign(timestamp=[9, 10, 11], user_id=[1, None, 1]), maxlen=5)
+    train, test = build_din_samples(log.assign(timestamp=pd.to_datetime(["2024-01-09", "2024-01-10", "2024-01-11"])),
+                                    maxlen=5)
+    assert test["item_id"].tolist() == [7] and list(test["hist_item_id"][0]) == [5, 6]

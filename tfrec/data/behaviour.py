@@ -28,6 +28,24 @@ def _require_columns(frame, columns, what):
         raise KeyError(f"{what} needs column(s) {missing}; the frame has {list(frame.columns)}")
 
 
+def check_events(log, needed, time_col, who):
+    """Raises ValueError for a log that `who` (a sample builder) would split wrongly without a
+    word: an empty cell in a column of `needed` (empty users would be one user of all their
+    events), or times in `time_col` given as text, which sorts as text ("10" before "9"), so a
+    user's held-out event would not be their last and histories would hold later events."""
+    for name in needed:
+        gaps = np.flatnonzero(pd.isna(log[name]).to_numpy())
+        if len(gaps):
+            raise ValueError(f"{who}: column '{name}' has {len(gaps)} empty cell(s), the first in row "
+                             f"{gaps[0]}; an event needs all of {needed}: drop those rows")
+    times = log[time_col]
+    text = np.flatnonzero([isinstance(v, str) for v in times]) if times.dtype.kind == "O" else []
+    if len(text):
+        raise ValueError(f"{who}: column '{time_col}' holds text ({times.iloc[text[0]]!r} in row "
+                         f"{text[0]}), which sorts as text, not by time; give numbers or datetimes "
+                         f"(pd.to_datetime(log['{time_col}'], format=...))")
+
+
 def _histories(values, starts, ends, histories="list"):
     """One cell per row holding values[s:e]: a Python list ("list"), or a view of `values`
     ("array": the cells of a column share one numpy array, so a row costs an array header
@@ -134,7 +152,9 @@ def build_din_samples(
     frame (more than one per user makes per-user metrics such as GAUC defined).
 
     Args:
-      log: DataFrame with the columns named below (category_col may be None: no category).
+      log: DataFrame with the columns named below (category_col may be None: no category); no
+        user, item, category or time cell empty, and times as numbers or datetimes (text would
+        sort as text).
       maxlen: history length kept per sample (>= 1).
       negatives: sampled negatives per positive (>= 0); needs >= 2 distinct items.
       seed: seed of the negative sampler.
@@ -168,6 +188,7 @@ def build_din_samples(
     target_cols = [item_col] + ([category_col] if category_col is not None else [])
     extra_cols = [c for c in extra_cols if c not in (user_col, time_col, label_col, *target_cols)]
     _require_columns(log, [user_col, time_col, label_col, *target_cols, *extra_cols], "build_din_samples")
+    check_events(log, [user_col, *target_cols, time_col], time_col, "build_din_samples")
     labels = log[label_col].to_numpy()
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"column '{label_col}' must hold only 0 and 1")

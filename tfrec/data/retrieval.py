@@ -25,6 +25,7 @@ import pandas as pd
 from feature_columns import SparseFeat, VarLenSparseFeat, history_name
 
 from ..metrics import recall_at_k, top_k_indices
+from .behaviour import check_events
 from .columns import integer_ids, table_column
 from .planted import _catalogue, _check_catalogue_sizes, _check_id_type, _format_ids, _id_column
 
@@ -422,20 +423,7 @@ def retrieval_samples(log, seq_maxlen, short_sess_length=None, user_cols=RETRIEV
     sequences = [item_col] + ([category_col] if category_col is not None else [])
     _require_columns(log, [user_col, *sequences, time_col, *user_cols],
                      "retrieval_samples (user_col, item_col, category_col, time_col and user_cols name them)")
-    # Empty users would be one user of all their events, and text times sort as text: either
-    # holds out another event than a user's last, without a word.
-    needed = [user_col, *sequences, time_col]
-    for name in needed:
-        gaps = np.flatnonzero(pd.isna(log[name]).to_numpy())
-        if len(gaps):
-            raise ValueError(f"retrieval_samples: column '{name}' has {len(gaps)} empty cell(s), the first in row "
-                             f"{gaps[0]}; an event needs all of {needed}: drop those rows")
-    times = log[time_col]
-    text = np.flatnonzero([isinstance(v, str) for v in times]) if times.dtype.kind == "O" else []
-    if len(text):
-        raise ValueError(f"retrieval_samples: column '{time_col}' holds text ({times.iloc[text[0]]!r} in row "
-                         f"{text[0]}), which sorts as text, not by time; give numbers or datetimes "
-                         f"(pd.to_datetime(log['{time_col}'], format=...))")
+    check_events(log, [user_col, *sequences, time_col], time_col, "retrieval_samples")
 
     user_codes = pd.factorize(log[user_col])[0]  # users in order of first appearance
     order = np.lexsort((np.arange(len(log)), log[time_col].to_numpy(), user_codes))

@@ -413,6 +413,20 @@ def test_taobao_clsr_recipe(tmp_path):
     assert [c.name for c in share.feature_columns] == ["user_id", "item_id", "cate_id", "hist_item_id", "hist_cate_id"]
 
 
+def test_taobao_k_core_counts_users_and_items_not_repeated_views(tmp_path):
+    """With drop_repeats=False the k-core still keeps items seen by >= k users and users with
+    >= k items (docs/datasets.md): one user viewing an item k times does not make it k users."""
+    t = CLSR_TIME_RANGE[0] + 600
+    rows = [(u, i, 1, "pv", t + 60 * (3 * u + i)) for u in (1, 2, 3) for i in (10, 11, 12)]
+    rows += [(1, 99, 1, "pv", t + 5000 + s) for s in range(3)]  # one user, three views
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text("".join(f"{u},{i},{c},{b},{ts}\n" for u, i, c, b, ts in rows))
+    ds = load_taobao(str(path), k_core=2, drop_repeats=False, negatives=0, validation_negatives=0,
+                     test_negatives=0)
+    items = set(pd.concat([ds.train, ds.validation, ds.test])["item_id"])
+    assert 99 not in items and items <= {10, 11, 12} and ds.stats["items"] == 3
+
+
 # ---------------------------------------------------------------- Ali-CCP
 
 def _features(pairs):

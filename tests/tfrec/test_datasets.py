@@ -537,6 +537,25 @@ def test_census_income_mmoe_frames(tmp_path):
     assert "det_hh_fam_stat" not in dropped.train.columns
 
 
+def test_census_income_reads_the_gzipped_files_uci_ships(tmp_path):
+    """UCI ships census-income.data.gz and census-income.test.gz: they load as the unpacked files do."""
+    import gzip
+
+    rng = np.random.default_rng(5)
+    rows = {"data": "".join(_census_row(rng, i % 3 == 0, i % 4 == 0) for i in range(12)),
+            "test": "".join(_census_row(rng, i % 2 == 0, i % 5 == 0) for i in range(6))}
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    packed.mkdir()
+    for suffix, text in rows.items():
+        (plain / f"census-income.{suffix}").write_text(text)
+        with gzip.open(packed / f"census-income.{suffix}.gz", "wt") as file:
+            file.write(text)
+    expected, got = load_census_income(str(plain)), load_census_income(str(packed))
+    for frame in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(getattr(got, frame), getattr(expected, frame))
+
+
 # ---------------------------------------------------------------- missing files
 
 @pytest.mark.parametrize("load, args, name", [

@@ -1,8 +1,8 @@
 """UCI census-income (KDD) -> the two-task benchmark of MMoE and PLE.
 
-Reads `census-income.data` and `census-income.test` (https://archive.ics.uci.edu/dataset/117/census+income+kdd,
-never downloaded here): no header, 42 comma-separated columns (40 attributes, the instance
-weight, the income label).
+Reads `census-income.data` and `census-income.test`, or the `.gz` files UCI ships
+(https://archive.ics.uci.edu/dataset/117/census+income+kdd, never downloaded here): no header,
+42 comma-separated columns (40 attributes, the instance weight, the income label).
 
 The recipe is MMoE's (Ma et al., KDD 2018, section 5.2), which PLE (Tang et al., RecSys 2020)
 reuses: task `income` is income > 50K, task `never_married` is marital status == "Never
@@ -54,6 +54,14 @@ MARITAL_PROXIES = ["det_hh_fam_stat", "det_hh_summ"]
 CENSUS_TASKS = {"income": "income", "never_married": "never_married"}
 
 
+def _census_file(folder, name, what):
+    """The path of `name` in `folder`, or of its gzipped copy `name`.gz (as UCI ships it)."""
+    plain = os.path.join(folder, name)
+    if not os.path.isfile(plain) and os.path.isfile(plain + ".gz"):
+        return plain + ".gz"
+    return require_file(plain, "UCI census-income", f"{what} {name} (or {name}.gz)", URL)
+
+
 def _read(path):
     """The file's columns, named: text, but the numeric inputs and the instance weight as numbers."""
     with reading(path, "UCI census-income", f"{len(CENSUS_COLUMNS)} comma-separated columns", URL):
@@ -84,7 +92,8 @@ def load_census_income(path, validation_share=0.5, seed=0, drop_marital_proxies=
     """MMoE / PLE's census-income tasks (see the module docstring).
 
     Args:
-      path: the folder with census-income.data and census-income.test.
+      path: the folder with census-income.data and census-income.test (or UCI's gzipped
+        census-income.data.gz and census-income.test.gz).
       validation_share: share of the test file moved to the validation frame (MMoE: 0.5; 0 keeps
         the whole test file as test).
       seed: seed of that split.
@@ -99,10 +108,8 @@ def load_census_income(path, validation_share=0.5, seed=0, drop_marital_proxies=
     """
     if not 0.0 <= validation_share < 1.0:
         raise ValueError(f"validation_share must lie in [0, 1), got {validation_share!r}")
-    train_path = require_file(os.path.join(path, "census-income.data"), "UCI census-income",
-                              "the training file census-income.data", URL)
-    test_path = require_file(os.path.join(path, "census-income.test"), "UCI census-income",
-                             "the test file census-income.test", URL)
+    train_path = _census_file(path, "census-income.data", "the training file")
+    test_path = _census_file(path, "census-income.test", "the test file")
     sparse = [c for c in CENSUS_SPARSE if not (drop_marital_proxies and c in MARITAL_PROXIES)]
     dense = list(CENSUS_DENSE)
     raw_train, raw_test = _read(train_path), _read(test_path)

@@ -390,17 +390,19 @@ def _known_items(item_tower, ids):
     """The candidate ids the item table has a row of its own for. The others (outside its
     vocabulary, or beyond the rows of a plain integer id table) all share one untrained row
     (OOV, padding), so they would score alike and fill the top k of every user: they are
-    left out, with a warning. So is the padding id itself ("" or 0), which is no item, and which
-    answers stand for an empty slot. A hashed table has no unknown ids.
+    left out, with a warning. So is the padding id itself ("" or 0), whatever the table (a
+    hashed one too), which is no item, and which answers stand for an empty slot. A hashed
+    table has no other unknown ids.
 
     Returns (ids, their table rows); the rows are None when the tower has no such lookup."""
+    unknown = ids == ("" if ids.dtype == object else 0)
     lookups = [layer for layer in item_tower.submodules
                if isinstance(layer, SparseIndex) and layer.unknown_index is not None]
-    if len(lookups) != 1:
-        return ids, None
-    [lookup] = lookups
-    rows = lookup(tf.constant(ids.astype(object) if lookup.string_input else ids)).numpy()
-    unknown = (rows == lookup.unknown_index) | (rows == 0)  # row 0: padding
+    rows = None
+    if len(lookups) == 1:
+        [lookup] = lookups
+        rows = lookup(tf.constant(ids.astype(object) if lookup.string_input else ids)).numpy()
+        unknown |= (rows == lookup.unknown_index) | (rows == 0)  # row 0: padding
     if unknown.all():
         raise ValueError(f"none of the {len(ids)} candidates is an item the model was trained with (e.g. "
                          f"{ids[:5].tolist()}): each would get the same untrained vector")
@@ -408,7 +410,7 @@ def _known_items(item_tower, ids):
         logger.warning("export_retrieval: %d of %d candidates are not in the item table's vocabulary or are its "
                        "padding id (e.g. %s) and would share one untrained vector; they are left out of the index",
                        int(unknown.sum()), len(ids), ids[unknown][:5].tolist())
-    return ids[~unknown], rows[~unknown]
+    return ids[~unknown], None if rows is None else rows[~unknown]
 
 
 def _warn_of_never_trained_candidates(model, ids, rows):

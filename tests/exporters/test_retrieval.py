@@ -671,6 +671,31 @@ def test_candidates_the_item_table_does_not_know_are_left_out_with_a_warning(you
         exporters.export_retrieval(youtubednn, tmp_path / "none", new_items, k=5, index="brute_force")
 
 
+def test_the_padding_id_is_left_out_of_a_hashed_item_tables_catalogue(tmp_path, caplog):
+    """A hashed item table knows every id, but "" (or 0) is still its padding, no item: it was
+    exported as a candidate, and served as a recommendation, where "" marks an empty slot."""
+    from feature_columns import SparseFeat, VarLenSparseFeat
+    from tfrec.models import YoutubeDNN
+
+    for dtype, items, padding in (("string", ["a", "b", "c", "d"], ""), ("int64", [3, 5, 7, 9], 0)):
+        item = SparseFeat("item_id", 50, embedding_dim=4, dtype=dtype, use_hash=True)
+        history = VarLenSparseFeat(SparseFeat("hist_item_id", 50, embedding_dim=4, dtype=dtype, use_hash=True,
+                                              embedding_name="item_id"), maxlen=3)
+        model = YoutubeDNN([history], [item], user_dnn_hidden_units=(4,))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="exporters.retrieval"):
+            result = exporters.export_retrieval(model, tmp_path / dtype, pd.DataFrame({"item_id": items + [padding]}),
+                                                k=4, index="brute_force")
+        assert result.num_candidates == 4
+        assert "1 of 5 candidates are not in the item table's vocabulary or are its padding id" in caplog.text
+        with open(os.path.join(result.item_embeddings_path, "item_ids.txt"), encoding="utf-8") as ids:
+            assert ids.read().split() == [str(item) for item in items]
+        history_rows = tf.constant([items[:2] + [padding]] * 2, tf.string if dtype == "string" else tf.int64)
+        served = tf.saved_model.load(result.path).signatures["serving_default"](hist_item_id=history_rows)
+        assert sorted(served["item_ids"].numpy()[0].tolist()) == sorted(
+            item.encode() if dtype == "string" else item for item in items)
+
+
 def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, tmp_path, tfrec_main):
     """`tfrec export --model --candidates --k` writes the retrieval export (it used to write a
     ranking export of the training loss); a catalogue of int ids reaches a string item table

@@ -21,6 +21,8 @@ import secrets
 import shutil
 import socket
 
+from tfrec.files import fsync_path, synced_tree
+
 logger = logging.getLogger(__name__)
 
 # What `staged_version_dir` names its staging directories; nothing else is ever removed.
@@ -159,7 +161,9 @@ def _publish_staged(staged):
     staging_dir, final_dir, lock = staged
     try:
         os.remove(os.path.join(staging_dir, _OWNER_FILE))
+        synced_tree(staging_dir)  # so a crash after the rename cannot leave a version of empty files
         _publish(staging_dir, final_dir)
+        fsync_path(os.path.dirname(final_dir))  # the rename itself
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise

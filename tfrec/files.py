@@ -1,9 +1,9 @@
-"""Files written whole or not at all."""
+"""Files and folders written whole or not at all."""
 import contextlib
 import os
 import secrets
 
-__all__ = ["replaced_atomically"]
+__all__ = ["fsync_path", "replaced_atomically", "synced_tree"]
 
 
 @contextlib.contextmanager
@@ -26,3 +26,25 @@ def replaced_atomically(path, mode="w"):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(staged)
+
+
+def synced_tree(folder):
+    """Flushes every file and folder under `folder`, and `folder` itself, to disk: call it
+    before renaming a folder into place. Without it the rename may reach the disk before the
+    data of the files it names, and a crash right after leaves the new name holding empty or
+    cut files."""
+    for parent, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                fsync_path(path)
+        fsync_path(parent)
+
+
+def fsync_path(path):
+    """Flushes the file or folder `path` to disk (a folder's: the names renamed into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -155,3 +155,31 @@ def test_staging_directories_of_unknown_writers_are_left_with_one_warning_each(t
         f"leaving staging directory {no_owner} in place (it records no writer); remove it by "
         "hand once no export is writing it",
     ]
+
+
+def test_a_version_is_flushed_to_disk_before_it_is_renamed_into_place(tiny_model, tmp_path, monkeypatch):
+    """Every file and folder of the staged SavedModel is fsynced before the rename, and the base
+    folder after it: otherwise a crash right after an export could leave a published version of
+    empty or cut files, which a server would try to load."""
+    events = []
+    fsync, rename = os.fsync, os.rename
+
+    def recorded_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recorded_rename(source, target):
+        events.append(("rename", str(source), str(target)))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "rename", recorded_rename)
+    version_dir = exporters.export_saved_model(tiny_model, tmp_path / "tiny")
+
+    [renamed] = [index for index, event in enumerate(events) if event[0] == "rename" and event[2] == version_dir]
+    staging_dir = events[renamed][1]
+    synced_before = {path for kind, path in events[:renamed] if kind == "fsync"}
+    written = {os.path.join(staging_dir, os.path.relpath(os.path.join(parent, name), version_dir))
+               for parent, folders, files in os.walk(version_dir) for name in folders + files} | {staging_dir}
+    assert len(written) > 5 and written <= synced_before
+    assert ("fsync", str(tmp_path / "tiny")) in events[renamed:]

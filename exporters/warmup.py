@@ -39,7 +39,8 @@ def warmup_feeds(input_specs, warmup_inputs=None, num_records=DEFAULT_NUM_WARMUP
       input_specs: {input name: tf.TensorSpec} of the signature, batch dimension first.
       warmup_inputs: None, a dict {feature name: array or list}, or a pandas DataFrame. Columns
         the signature does not take (labels, say) are ignored. A list-valued cell (a sequence
-        or a dense vector) becomes a row of a right-padded 2-D array, padded with 0 or b"".
+        or a dense vector) becomes a row of a right-padded 2-D array, padded with 0 or b"" to
+        the row length the signature declares, or to the longest row where it leaves it open.
         A [n, 1] array for an input the signature takes as [None] is squeezed.
       num_records: how many requests to make, from the first rows; at most
         `MAX_NUM_WARMUP_RECORDS`.
@@ -152,7 +153,8 @@ def _conformed(name, rows, spec):
 
 
 def _stacked(name, rows, spec):
-    """Stacks rows, right-padding list-valued rows (sequences) to the longest one."""
+    """Stacks rows, right-padding list-valued rows (sequences) to the row length the signature
+    declares, or to the longest row where it leaves the length open."""
     if not any(isinstance(row, (list, tuple, np.ndarray)) for row in rows):
         return np.asarray(rows)
     cells = [np.asarray(row) if isinstance(row, (list, tuple, np.ndarray)) else None
@@ -162,6 +164,15 @@ def _stacked(name, rows, spec):
             f"warm-up input {name!r} mixes list-valued and scalar rows (or has nested lists); "
             "each row must be a scalar, or each row a flat list")
     width = max([1] + [len(cell) for cell in cells])
+    declared = spec.shape[1] if spec.shape.rank == 2 else None
+    if declared is not None:
+        # A sequence declared with a fixed length (an Input of shape (10,)) takes every row
+        # padded to it; which end of a longer row the model would keep, nothing says.
+        longer = [row for row, cell in enumerate(cells) if len(cell) > declared]
+        if longer:
+            raise ValueError(f"warm-up input {name!r} takes rows of {declared} values, but row {longer[0]} "
+                             f"holds {len(cells[longer[0]])}")
+        width = declared
     padded = np.full((len(cells), width), _padding(spec.dtype), dtype=object)
     for row, cell in enumerate(cells):
         padded[row, :len(cell)] = cell

@@ -99,6 +99,20 @@ def test_dataframe_list_cells_are_padded_to_the_longest_of_the_rows_taken():
     assert [feed["user"].tolist() for feed in feeds] == [[b"alice"], [b"bob"]]
 
 
+def test_ragged_rows_of_an_input_of_declared_length_are_padded_to_that_length():
+    """A history declared with a fixed length: its rows were padded to the longest row taken, so
+    rows all shorter than the declared length stopped the export with a shape mismatch, while a
+    short row among full ones went through."""
+    specs = {"hist_item_id": tf.TensorSpec([None, 4], tf.int64, "hist_item_id"),
+             "tags": tf.TensorSpec([None, 3], tf.string, "tags")}
+    feeds = warmup.warmup_feeds(specs, pd.DataFrame({"hist_item_id": [[1, 2], [3], [4, 5, 6]],
+                                                     "tags": [["a"], ["b", "c"], []]}))
+    assert [feed["hist_item_id"].tolist() for feed in feeds] == [[[1, 2, 0, 0]], [[3, 0, 0, 0]], [[4, 5, 6, 0]]]
+    assert [feed["tags"].tolist() for feed in feeds] == [[[b"a", b"", b""]], [[b"b", b"c", b""]], [[b"", b"", b""]]]
+    with pytest.raises(ValueError, match=r"warm-up input 'tags' takes rows of 3 values, but row 1 holds 4"):
+        warmup.warmup_feeds(specs, {"hist_item_id": [[1], [2]], "tags": [["a"], ["b", "c", "d", "e"]]})
+
+
 def test_synthetic_feed_fills_unknown_sizes_with_one():
     feed = warmup.synthetic_feed(SPECS)
     assert {name: (values.dtype, values.shape) for name, values in feed.items()} == {

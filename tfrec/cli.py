@@ -380,8 +380,10 @@ def _export_retrieval_run(model, columns, config, args):
         print(f"not served: {len(left_out)} of the model's items ({where}), e.g. {left_out[:5]}")
     with step(f"exporting the top {k} of {len(items)} items to {config.export.base}"):
         user_columns = [column for column in columns if column.name != config.retrieval.item]
-        exclude = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
-            else args.exclude
+        # --exclude adds to exclude_seen's histories, so a feature it names is checked, never dropped.
+        histories = retrieval_run.history_features(columns, config.retrieval.item) if config.retrieval.exclude_seen \
+            else []
+        exclude = list(dict.fromkeys(histories + args.exclude))
         result = export_retrieval(model, config.export.base, items, k=k, version=_export_version(args, config),
                                   warmup_inputs=df_to_inputs(test_df.head(5), user_columns), exclude=exclude,
                                   **(config.export.index or {}))
@@ -649,7 +651,7 @@ def build_parser():
     export.add_argument("--exclude", action="append", default=[], metavar="FEATURE",
                         help="a retrieval model's user feature holding item ids (e.g. hist_item_id): the items a "
                              "request sends there are left out of its top k (repeatable; a config's "
-                             "retrieval.exclude_seen does this for its histories)")
+                             "retrieval.exclude_seen does this for its histories, and --exclude adds to them)")
 
     compare = command("compare", "runs side by side: the settings in which they differ, the epoch kept and their "
                                  "test figures, from the run folders of `tfrec train --config` and `tfrec evaluate`")

@@ -402,6 +402,15 @@ def test_evaluate_and_export_refuse_what_a_retrieval_run_cannot_do(mind_run, tmp
     assert code == 1 and "k must be an integer in [1, number of candidates = 299], got 0" in err
 
 
+def test_export_exclude_adds_to_exclude_seen(mind_run, tmp_path, tfrec_main):
+    """With retrieval.exclude_seen, --exclude was dropped without a word, a misspelt feature too."""
+    config = run_config(tmp_path, retrieval={"exclude_seen": True}, output=trained_copy(mind_run, tmp_path),
+                        export={"base": str(tmp_path / "export" / "mind")})
+    code, _, err = tfrec_main("export", "--config", config, "--exclude", "hist_itme_id")
+    assert code == 1 and "exclude: 'hist_itme_id' is not a feature of the user tower" in err
+    assert not (tmp_path / "export").exists()
+
+
 def test_evaluate_and_export_of_a_saved_run_log_no_graph_optimizer_errors(mind_run, tmp_path, capfd):
     """A saved run's histories are of any width, so its truncation is a tf.cond, whose outputs
     Grappler took as of unknown rank: every evaluate logged 3 'Error in PredictCost()' lines and

@@ -643,6 +643,14 @@ class Client(_BaseClient):
         self._channel.close()
 
 
+def _not_http_message(url, line):
+    """What a RestClient says when the server of `url` answered `line`, no HTTP status line."""
+    answer = repr(line.strip()[:60]) if line.strip().isprintable() else "binary data, as a gRPC port does"
+    return (f"cannot reach {url}: {urllib.parse.urlsplit(url).netloc} does not speak HTTP/REST (it answered "
+            f"{answer}); point RestClient at the server's REST port (--rest_api_port), or use serving.Client for "
+            "its gRPC port")
+
+
 class RestClient(_BaseClient):
     """REST client of TF Serving's HTTP API (http.client, one keep-alive connection per
     thread); same methods as `Client` (multi_inference and reload_config raise UNIMPLEMENTED,
@@ -721,6 +729,8 @@ class RestClient(_BaseClient):
             except (http.client.RemoteDisconnected, http.client.BadStatusLine,
                     ConnectionResetError, BrokenPipeError) as error:
                 self._drop_connection()
+                if type(error) is http.client.BadStatusLine and error.line:  # an answer, but not HTTP
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE, _not_http_message(url, error.line)) from None
                 if reused and attempt == 0:
                     continue  # the server closed an idle keep-alive connection: reconnect
                 raise ServingError(grpc.StatusCode.UNAVAILABLE,

@@ -394,6 +394,17 @@ def test_rest_client_raises_serving_error(rest):
     assert "output tensor alias not found in signature: zz" in info.value.message
 
 
+def test_a_rest_client_at_the_grpc_port_says_the_port_does_not_speak_http(server):
+    """It said 'cannot reach ...: \\x00\\x00\\x18\\x04...', the gRPC server's HTTP/2 frames."""
+    with RestClient(f"http://{server.grpc_target}", retries=0) as wrong_port:
+        with pytest.raises(ServingError) as info:
+            wrong_port.predict("toy", {"x": X, "tag": TAGS})
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert f"{server.grpc_target} does not speak HTTP/REST (it answered binary data, as a gRPC port does); point " \
+           "RestClient at the server's REST port (--rest_api_port), or use serving.Client" in info.value.message
+    assert "\x00" not in info.value.message
+
+
 def test_clients_refuse_an_integer_outside_the_inputs_dtype_before_sending(client, rest):
     """An int32 input (another exporter's; tfrec's ids are int64) fed 2**40: named with its row
     by the client, where the server could only say that int64 is not int32."""

@@ -268,9 +268,10 @@ def build_arg_parser():
                         help="replay assets.extra/tf_serving_warmup_requests on load")
     parser.add_argument("--allow_version_labels_for_unavailable_models", type=_bool_flag,
                         nargs="?", const=True, default=False,
-                        help="let a config reload point a label at a version that is not "
-                             "AVAILABLE (requests by that label get NOT_FOUND until it is); "
-                             "false: such a reload is refused with FAILED_PRECONDITION")
+                        help="let a config reload point a new label (or one keeping its version) at a "
+                             "version that is not AVAILABLE (requests by that label get NOT_FOUND until it "
+                             "is); moving a label to one, and with false any such label, is refused with "
+                             "FAILED_PRECONDITION")
     parser.add_argument("--grpc_max_threads", type=int, default=32,
                         help="threads answering gRPC calls")
     parser.add_argument("--grpc_channel_arguments", type=_grpc_channel_arguments, default=[],

@@ -84,7 +84,8 @@ class ServerCore:
         --load_retry_interval_micros (in seconds here); retries run on the poll thread when
         due, also when polling is off.
       allow_labels_for_unavailable: --allow_version_labels_for_unavailable_models; when
-        False, a config reload whose labels name versions that are not AVAILABLE is refused.
+        False, a config reload whose labels name versions that are not AVAILABLE is refused;
+        when True, only one that moves an existing label to such a version.
       num_load_threads: --num_load_threads: this many threads poll and load the models, each
         model's on one thread at a time, and the poll thread does not wait for them: a model with
         a slow load (a large export, a slow disk, a long warm-up, a read that never returns) holds
@@ -263,19 +264,24 @@ class ServerCore:
     def _install_labels(self, labels):
         """Gives each model the labels {model: {label: version}} at once, or FAILED_PRECONDITION
         and no change when a label names a version that is not AVAILABLE (TF Serving's
-        UpdateModelVersionLabelMap; --allow_version_labels_for_unavailable_models skips it)."""
+        UpdateModelVersionLabelMap). --allow_version_labels_for_unavailable_models lets a new
+        label, or one keeping its version, wait for it; moving a label to such a version is
+        refused all the same, as in TF Serving, since requests by that label would fail."""
         with self._lock:
             models = {name: self._models[name] for name in labels if name in self._models}
-        if not self._allow_labels_for_unavailable:
-            for name, model in models.items():
-                states = model.states()
-                for version in labels[name].values():
-                    if states.get(version, (None,))[0] != _AVAILABLE:
-                        raise ServingError(
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            f"Request to assign label to version {version} of model {name}, which is not "
-                            "currently available for inference (--allow_version_labels_for_unavailable_models "
-                            "allows it)")
+        for name, model in models.items():
+            states, current = model.states(), model.config.version_labels
+            for label, version in labels[name].items():
+                if self._allow_labels_for_unavailable and current.get(label, version) == version:
+                    continue
+                if states.get(version, (None,))[0] != _AVAILABLE:
+                    allowed = f"allows it for a new label, not for moving label {label} from version " \
+                              f"{current[label]}" if self._allow_labels_for_unavailable else "allows it"
+                    raise ServingError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {name}, which is not "
+                        f"currently available for inference (--allow_version_labels_for_unavailable_models "
+                        f"{allowed})")
         for name, model in models.items():
             model.config = _with_labels(model.config, labels[name])  # one assignment: requests see old or new
 

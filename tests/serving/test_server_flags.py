@@ -289,3 +289,42 @@ def test_num_load_threads_a_stuck_load_holds_back_neither_other_models_nor_the_r
         assert server.stop() == 0
         assert time.monotonic() - started < 30
     assert "load thread(s) still in a load" in server.logs()
+
+
+def test_allow_version_labels_for_unavailable_models_does_not_let_a_label_move_to_such_a_version(saved_models):
+    """As TF Serving's UpdateModelVersionLabelMap: the flag lets a new label (or one keeping its
+    version) name a version that is not AVAILABLE, but moving a label there is refused, labels
+    unchanged; it used to be taken, and every request by that label failed."""
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_pb2
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.server_core import ServerCore
+
+    def config(labels):
+        return text_format.Parse(
+            f'model_config_list {{ config {{ name: "toy" base_path: "{saved_models / "toy"}" '
+            + "".join(f'version_labels {{ key: "{label}" value: {version} }} ' for label, version in labels.items())
+            + "} }", model_server_config_pb2.ModelServerConfig())
+
+    def served_version(label):
+        return core.servable(model_pb2.ModelSpec(name="toy", version_label=label)).version
+
+    core = ServerCore(config({}), poll_wait_seconds=0, allow_labels_for_unavailable=True)  # loads version 2 only
+    core.start()
+    try:
+        core.wait_until_models_available(["toy"], timeout=60)
+        core.reload_config(config({"stable": 2, "canary": 9}))  # canary: new, may wait for version 9
+        assert served_version("stable") == 2
+        with pytest.raises(ServingError) as moved:
+            core.reload_config(config({"stable": 1, "canary": 9}))
+        assert moved.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert moved.value.message == (
+            "Request to assign label to version 1 of model toy, which is not currently available for inference "
+            "(--allow_version_labels_for_unavailable_models allows it for a new label, not for moving label "
+            "stable from version 2)")
+        assert served_version("stable") == 2
+        core.reload_config(config({"stable": 2, "canary": 9, "beta": 1}))  # kept and new labels
+        assert served_version("stable") == 2
+    finally:
+        core.stop()

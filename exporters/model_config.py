@@ -44,7 +44,8 @@ def write_model_config(path, models):
         * model_platform: default "tensorflow";
         * version_policy: "latest" (the newest version), ("latest", n), "all", or
           ("specific", [1, 2]); left out, TF Serving serves the newest version;
-        * version_labels: {label: version}, e.g. {"stable": 1, "canary": 2}.
+        * version_labels: {label: version}, e.g. {"stable": 1, "canary": 2}; labels are
+          non-empty strings.
         Base paths are written absolute (URIs such as gs://... are kept as they are).
 
     Raises:
@@ -122,7 +123,14 @@ def _model_config(spec):
         model_platform=spec.get("model_platform", DEFAULT_MODEL_PLATFORM))
     if spec.get("version_policy") is not None:
         _set_version_policy(config, spec["version_policy"])
-    for label, version in (spec.get("version_labels") or {}).items():
+    labels = spec.get("version_labels") or {}
+    if not isinstance(labels, collections.abc.Mapping):
+        raise ValueError(f"model {name!r}: version_labels must be a mapping {{label: version}}, e.g. "
+                         f"{{'stable': 1}}; got {labels!r}")
+    for label, version in labels.items():
+        # an int fails in protobuf ('bad argument type for built-in operation'); no REST path names ""
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"model {name!r}: a version label must be a non-empty string, got {label!r}")
         config.version_labels[label] = checked_version(
             version, what=f"model {name!r}: version label {label!r}")
     return config

@@ -99,6 +99,12 @@ def test_rewriting_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
      "model 'din': version label 'stable' must be a non-negative integer"),
     ({"din": {"base_path": "a", "version_labels": {"stable": "1"}}}, TypeError,
      "model 'din': version label 'stable' must be a non-negative integer"),
+    ({"din": {"base_path": "a", "version_labels": {1: 1}}}, ValueError,
+     "model 'din': a version label must be a non-empty string, got 1"),
+    ({"din": {"base_path": "a", "version_labels": {"": 1}}}, ValueError,
+     "model 'din': a version label must be a non-empty string, got ''"),
+    ({"din": {"base_path": "a", "version_labels": ["stable"]}}, ValueError,
+     r"model 'din': version_labels must be a mapping \{label: version\}, e.g. \{'stable': 1\}; got \['stable'\]"),
     # beyond the protos' int64 / uint32: protobuf's "Value out of range: 9223372036854775808", naming no model
     ({"din": {"base_path": "a", "version_labels": {"stable": 2**63}}}, ValueError,
      r"model 'din': version label 'stable' must be a non-negative integer of at most 2\*\*63 - 1"),

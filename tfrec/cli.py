@@ -404,9 +404,9 @@ def _export_retrieval(model, args):
     _refuse_ranking_options(args)
     candidates = read_data([os.path.abspath(args.candidates)], key="--candidates", config_path="tfrec export",
                            text_columns=[name] if dtype.name == "string" else [])
-    with step(f"exporting the top {args.k} of {len(candidates)} candidates to {args.export_base}"):
-        result = export_retrieval(model, args.export_base, candidates, k=100 if args.k is None else args.k, version=args.version,
-                                  exclude=args.exclude)
+    k = 100 if args.k is None else args.k
+    with step(f"exporting the top {k} of {len(candidates)} candidates to {args.export_base}"):
+        result = export_retrieval(model, args.export_base, candidates, k=k, version=args.version, exclude=args.exclude)
     print(result.path)
     return 0
 

@@ -722,6 +722,13 @@ def test_cli_exports_a_saved_retrieval_model_over_a_catalogue_file(youtubednn, t
         **constants(rows))["item_ids"].numpy())
     assert not any(set(row) & set(history) for row, history in zip(unseen, rows["hist_item_id"]))
 
+    unknown = tmp_path / "unknown.csv"
+    pd.DataFrame({"item_id": ["new1", "new2"]}).to_csv(unknown, index=False)
+    code, out, error = tfrec_main("export", "--model", tmp_path / "yt.keras", "--export-base", base,
+                                  "--candidates", unknown)
+    assert code == 1 and "none of the 2 candidates is an item the model was trained with" in error
+    assert "exporting the top 100 of 2 candidates" in out  # without --k, the default k (it said 'top None')
+
     code, _, error = tfrec_main("export", "--model", tmp_path / "yt.keras", "--export-base", base)
     assert code == 1
     assert "is a retrieval (two-tower) model: its export serves the top k items of a catalogue" in error

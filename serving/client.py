@@ -746,7 +746,11 @@ class RestClient(_BaseClient):
             except (ValueError, KeyError, TypeError):
                 message = text or f"HTTP {status}"
             raise ServingError(status_code_of_http(status), message)
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except ValueError:  # e.g. a web page: another HTTP server than TF Serving's REST API
+            raise ServingError(grpc.StatusCode.UNKNOWN, f"the answer of {url} is not JSON ({text[:60]!r}): "
+                               f"{urllib.parse.urlsplit(url).netloc} may not be a TF Serving REST port") from None
 
     def _classify_regress_body(self, examples, context, signature_name):
         from serving.json_examples import examples_json

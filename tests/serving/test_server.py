@@ -405,6 +405,37 @@ def test_a_rest_client_at_the_grpc_port_says_the_port_does_not_speak_http(server
     assert "\x00" not in info.value.message
 
 
+def test_a_rest_client_at_another_http_server_says_its_answer_is_not_json():
+    """A port answering 200 with a web page gave json's bare 'Expecting value: line 1 column 1 (char 0)'."""
+    import http.server
+    import threading
+
+    class WebPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = b"<!doctype html><title>app</title>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        with RestClient(f"http://127.0.0.1:{web.server_port}", retries=0) as wrong_server:
+            with pytest.raises(ServingError) as info:
+                wrong_server.predict("toy", {"x": X, "tag": TAGS})
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert info.value.code == grpc.StatusCode.UNKNOWN
+    assert info.value.message == (
+        f"the answer of http://127.0.0.1:{web.server_port}/v1/models/toy/metadata is not JSON "
+        f"('<!doctype html><title>app</title>'): 127.0.0.1:{web.server_port} may not be a TF Serving REST port")
+
+
 def test_clients_refuse_an_integer_outside_the_inputs_dtype_before_sending(client, rest):
     """An int32 input (another exporter's; tfrec's ids are int64) fed 2**40: named with its row
     by the client, where the server could only say that int64 is not int32."""

@@ -1671,14 +1671,15 @@ def fit_and_save(config, strategy, make_model, columns, train_df, labels, warm, 
 def _say_best_epoch(config, history, early_stopping, out=None):
     """Prints which epoch's weights training kept (`early_stopping`'s best, which a run resumed
     from its backup remembers from before the restart); returns {"best_epoch", "epochs"}
-    (numbered from 1; a resumed run counts on from its earlier epochs)."""
+    (numbered from 1; a resumed run counts on from its earlier epochs) and "figure", the kept
+    epoch's val_<monitor> (a resumed run's history lacks the epochs before the restart)."""
     monitor = config.train.validation.monitor
     if not history.history.get(f"val_{monitor}"):  # load_config checked the name against validation_figures
         raise RuntimeError(f"training logged no val_{monitor}, only {sorted(history.history)}")
     best_epoch, epochs = early_stopping.best_epoch + 1, history.epoch[-1] + 1
     stopped = f"; stopped after epoch {epochs} of {config.train.epochs}" if epochs < config.train.epochs else ""
     print(f"kept epoch {best_epoch} (val_{monitor} {early_stopping.best:.4f}){stopped}", file=out or sys.stdout)
-    return {"best_epoch": best_epoch, "epochs": epochs}
+    return {"best_epoch": best_epoch, "epochs": epochs, "figure": float(early_stopping.best)}
 
 
 def run_record(config, rows, history, validation=None):
@@ -1686,7 +1687,8 @@ def run_record(config, rows, history, validation=None):
     config file and its `--set` overrides, the settings as trained (epochs after `--epochs`), the
     seeds, the versions, the data files (`_file_stamps`; `held_out`: what the test split depends
     on), each epoch's losses and metrics and, with `train.validation`, {"rows": n, "best_epoch":
-    k, "epochs": e}, the validation rows, the epoch kept and the last epoch run (from 1).
+    k, "epochs": e, "figure": f}, the validation rows, the epoch kept, the last epoch run (from 1)
+    and the kept epoch's validation figure.
     `settings`: every section of the config as run (defaults and overrides applied), which
     `tfrec compare` lines up."""
     import platform

@@ -63,7 +63,9 @@ def figures(run):
         figures = record["history"][monitor]
         epochs = validation.get("epochs", len(figures))  # recorded since runs could resume with validation
         out["kept_epoch"] = f"{validation['best_epoch']}/{epochs}"
-        out[monitor] = figures[len(figures) - 1 - (epochs - validation["best_epoch"])]
+        # An older run.json has no "figure": its history has it unless the kept epoch preceded a resume.
+        kept = len(figures) - 1 - (epochs - validation["best_epoch"])
+        out[monitor] = validation.get("figure", figures[kept] if kept >= 0 else None)
     if metrics is None:
         return out
     if "tasks" in metrics:  # a ranking model: each task's figures

@@ -8,6 +8,7 @@ test figures, with a note when the figures are not comparable (other test rows, 
 import csv
 import io
 import json
+import math
 import os
 
 from tfrec.config import METRICS_FILE, RUN_FILE, maximised, same_held_out_rows
@@ -176,9 +177,15 @@ def sort_rows(header, rows, column):
     if column not in header:
         raise ValueError(f"--sort {column}: no such column; the columns are {', '.join(header[1:])}")
     index, descending = header.index(column), maximised(column)
-    present = [row for row in rows if row[index] is not None]
+    present = [row for row in rows if not _missing(row[index])]
     return sorted(present, key=lambda row: _sort_key(row[index]), reverse=descending) + \
-        [row for row in rows if row[index] is None]
+        [row for row in rows if _missing(row[index])]
+
+
+def _missing(value):
+    """None, or a NaN figure (a diverged validation): no value to rank by (a NaN would leave the
+    order of every run to chance)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _sort_key(value):
@@ -194,8 +201,13 @@ def _json_cell(value):
 
 
 def format_json(header, rows, notes):
-    """{"columns": header, "runs": [{column: value}], "notes": [...]} as indented JSON text."""
-    return json.dumps({"columns": header, "runs": [dict(zip(header, row)) for row in rows], "notes": notes}, indent=1)
+    """{"columns": header, "runs": [{column: value}], "notes": [...]} as indented JSON text; a figure
+    that is not finite is null (JSON has no NaN or Infinity: `jq` and strict parsers refuse them)."""
+    def value(cell):
+        return None if isinstance(cell, float) and not math.isfinite(cell) else cell
+
+    return json.dumps({"columns": header, "runs": [{name: value(cell) for name, cell in zip(header, row)} for row in rows],
+                       "notes": notes}, indent=1)
 
 
 def format_csv(header, rows):

@@ -1286,3 +1286,17 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
     code, _, err = tfrec_main("compare", tmp_path / "a", tmp_path / "nothing")
     assert code == 1
     assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in err
+
+
+def test_compare_ranks_a_nan_figure_last_and_writes_it_as_json_null():
+    """A NaN figure (a diverged validation) has no rank: sorted with the others it would leave
+    their order to chance. JSON has no NaN, so `--format json` writes null."""
+    from tfrec.runs import format_json, sort_rows
+
+    header = ["run", "val_auc", "val_loss"]
+    rows = [["mid", 0.5, 0.6], ["nan", float("nan"), float("nan")], ["high", 0.9, float("inf")], ["low", 0.1, 0.3],
+            ["none", None, None]]
+    assert [row[0] for row in sort_rows(header, rows, "val_auc")] == ["high", "mid", "low", "nan", "none"]
+    assert [row[0] for row in sort_rows(header, rows, "val_loss")] == ["low", "mid", "high", "nan", "none"]
+    report = json.loads(format_json(header, rows, []), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert [run["val_loss"] for run in report["runs"]] == [0.6, None, None, 0.3, None]

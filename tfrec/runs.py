@@ -21,14 +21,19 @@ def read_run(folder):
         what = "no such folder" if not os.path.isdir(folder) else \
             f"no {RUN_FILE}, which `tfrec train --config` writes (a run of an earlier tfrec has none)"
         raise FileNotFoundError(f"{folder}: not a run folder: {what}")
-    with open(path, encoding="utf-8") as handle:
-        record = json.load(handle)
     metrics_path = os.path.join(folder, METRICS_FILE)
-    metrics = None
-    if os.path.isfile(metrics_path):
-        with open(metrics_path, encoding="utf-8") as handle:
-            metrics = json.load(handle)
-    return {"folder": folder, "record": record, "metrics": metrics}
+    return {"folder": folder, "record": _read_json(path, "tfrec train --config"),
+            "metrics": _read_json(metrics_path, "tfrec evaluate --config") if os.path.isfile(metrics_path) else None}
+
+
+def _read_json(path, writer):
+    """The JSON of `path`, or a ValueError naming the file (JSON's own error names only a line)."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}): cut short or edited by hand; `{writer}` "
+                             "writes it again") from None
 
 
 def settings(record):

@@ -1300,3 +1300,12 @@ def test_compare_ranks_a_nan_figure_last_and_writes_it_as_json_null():
     assert [row[0] for row in sort_rows(header, rows, "val_loss")] == ["low", "mid", "high", "nan", "none"]
     report = json.loads(format_json(header, rows, []), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert [run["val_loss"] for run in report["runs"]] == [0.6, None, None, 0.3, None]
+
+
+def test_compare_names_a_run_file_that_is_not_json(tmp_path, tfrec_main):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "run.json").write_text('{"config": ')  # cut short (a full disk, an editor)
+    code, _, err = tfrec_main("compare", tmp_path / "a")
+    assert code == 1
+    assert f"tfrec compare: error: {tmp_path / 'a' / 'run.json'} is not valid JSON (Expecting value: line 1 column " \
+           "12 (char 11)): cut short or edited by hand; `tfrec train --config` writes it again" in err

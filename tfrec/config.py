@@ -711,7 +711,9 @@ def _parse_retrieval(path, raw, model_name, data):
 
 
 def _parse_strategy(path, raw):
-    strategy = StrategyConfig(**_section(path, raw, "strategy"))
+    section = _section(path, raw, "strategy")
+    given = {key for key, value in section.items() if value is not None}
+    strategy = StrategyConfig(**section)
     if strategy.kind is not None and strategy.kind not in distribute.STRATEGY_KINDS:
         _fail(path, "strategy.kind", f"must be one of {', '.join(distribute.STRATEGY_KINDS)}, got {strategy.kind!r}")
     if isinstance(strategy.tf_config, str) and not strategy.tf_config.lstrip().startswith("{"):
@@ -731,6 +733,17 @@ def _parse_strategy(path, raw):
     _int(path, "strategy.min_shard_bytes", strategy.min_shard_bytes, 1)
     if strategy.join_timeout is not None:
         strategy.join_timeout = _number(path, "strategy.join_timeout", strategy.join_timeout, 0, float("inf"))
+    # A setting the run would not read is refused rather than left to do nothing.
+    alone = f"strategy.kind is {strategy.kind or 'not set'}, which trains in this one process"
+    for key in ("tf_config", "join_timeout"):
+        if key in given and strategy.kind not in ("multi_worker", "parameter_server"):
+            _fail(path, f"strategy.{key}", f"is for a cluster (kind multi_worker or parameter_server), but {alone}")
+    if "min_shard_bytes" in given and strategy.kind != "parameter_server":
+        _fail(path, "strategy.min_shard_bytes", f"splits tables across parameter servers (kind parameter_server), "
+              f"but strategy.kind is {strategy.kind or 'not set'}")
+    if "save_freq" in given and strategy.checkpoint_dir is None:
+        _fail(path, "strategy.save_freq", "is how often to back up to strategy.checkpoint_dir, which is not set: "
+              "set it to back up (a killed run then resumes), or leave save_freq out")
     return strategy
 
 

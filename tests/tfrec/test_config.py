@@ -185,6 +185,16 @@ def test_uint64_ids_beyond_int64_make_a_text_table_and_reach_the_model_exactly(t
      "export: {index: {k: 20}}\n", "export.index.k: is not an index option: set retrieval.k \\(or --k\\)"),
     ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, join_timeout: 0}\n",
      "strategy.join_timeout: must be a number in \\(0, inf\\), got 0"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {tf_config: {cluster: {worker: [a:1]}}}\n",
+     "strategy.tf_config: is for a cluster \\(kind multi_worker or parameter_server\\), but strategy.kind is not "
+     "set, which trains in this one process"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: mirrored, join_timeout: 60}\n",
+     "strategy.join_timeout: is for a cluster .*, but strategy.kind is mirrored, which trains in this one process"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: multi_worker, min_shard_bytes: 9}\n",
+     "strategy.min_shard_bytes: splits tables across parameter servers \\(kind parameter_server\\), but "
+     "strategy.kind is multi_worker"),
+    ("data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\nstrategy: {kind: mirrored, save_freq: 50}\n",
+     "strategy.save_freq: is how often to back up to strategy.checkpoint_dir, which is not set"),
     ("data: {train: d.csv, sequence_separator: ''}\nlabels: click\nmodel: {name: DIN}\n",
      "data.sequence_separator: must be the text between a CSV sequence's items, such as '\\|', got ''"),
     ("data: {train: d.csv, sequence_separator: 0}\nlabels: click\nmodel: {name: DIN}\n",

@@ -73,6 +73,8 @@ def parse_tf_config(tf_config=None):
         raise ValueError('TF_CONFIG needs {"cluster": {job: [host:port, ...]}, "task": {"type": ..., '
                          f'"index": ...}}}}, got {str(config)[:200]!r}')
     check_cluster(config["cluster"])
+    if config.get("task"):
+        _check_task(config["cluster"], config["task"])
     return config
 
 
@@ -92,6 +94,20 @@ def _json_or_file(text, what):
 JOBS = ("chief", "worker", "ps", "evaluator")
 
 
+def _check_task(cluster, task):
+    """A ValueError naming the cluster's tasks when TF_CONFIG's `task` is not one of them (a job
+    it lacks, an index past its addresses): TensorFlow's own errors name no task, or none at all
+    for an index that is not a number."""
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    index = int(index) if isinstance(index, str) and index.isdigit() else index  # "0" reads as 0, as in TensorFlow
+    if isinstance(task, dict) and task.get("type") in cluster and isinstance(index, int) \
+            and not isinstance(index, bool) and 0 <= index < len(cluster[task["type"]]):
+        return
+    tasks = ", ".join(f"{job} {i}" for job, addresses in cluster.items() for i in range(len(addresses)))
+    raise ValueError(f"TF_CONFIG's task {task!r} is not a task of its cluster: give {{\"type\": job, \"index\": i}} "
+                     f"of one of {tasks}")
+
+
 def check_cluster(cluster):
     """A ValueError naming the first mistake of a cluster dict {job: ["host:port", ...]}: a job
     TensorFlow does not know, a job without addresses, or an address that is not host:port."""
@@ -106,6 +122,8 @@ def check_cluster(cluster):
             host, _, port = str(address).rpartition(":")
             if not host or not port.isdigit() or any(c in address for c in "=;, "):
                 raise ValueError(f"cluster job {job!r}: {address!r} is not host:port")
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"cluster job {job!r}: {address!r}: a port is a number from 1 to 65535")
 
 
 @contextlib.contextmanager
@@ -208,6 +226,11 @@ def build_strategy(kind=None, tf_config=None, devices=None, min_shard_bytes=DEFA
         num_ps = len(config["cluster"].get("ps", []))
         if not num_ps or not config["cluster"].get("worker"):
             raise ValueError("parameter_server needs a cluster with 'worker' and 'ps' jobs")
+        if resolver.task_type not in (None, "chief"):  # it would wait for the chief it is meant to be
+            raise ValueError(
+                f"parameter_server: the program runs on the chief (the coordinator), not on {resolver.task_type} "
+                f"{resolver.task_id}: start that task as a bare server, `python -m tfrec.distribute --role "
+                f"{resolver.task_type} --index {resolver.task_id} --cluster ...` without a program")
         with _joining(kind, config, join_timeout):
             _refuse_one_inter_op_thread()
             return tf.distribute.experimental.ParameterServerStrategy(

@@ -407,7 +407,20 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown strategy kind"):
         build_strategy("horovod")
     with pytest.raises(ValueError, match="'worker' and 'ps'"):
-        build_strategy("parameter_server", tf_config={"cluster": {"worker": ["w:1"]}, "task": {"type": "chief"}})
+        build_strategy("parameter_server", tf_config={"cluster": {"chief": ["c:1"], "worker": ["w:1"]},
+                                                      "task": {"type": "chief"}})
+    # A worker given the program (as under multi_worker) would wait, silent, for the chief it is meant to be.
+    with pytest.raises(ValueError, match=re.escape(
+            "parameter_server: the program runs on the chief (the coordinator), not on worker 1: start that task "
+            "as a bare server, `python -m tfrec.distribute --role worker --index 1 --cluster ...` without a program")):
+        build_strategy("parameter_server", tf_config={"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    # A task the cluster lacks, and a port no host has, are named before TensorFlow waits for them.
+    for task in ({"type": "worker", "index": 2}, {"type": "evaluator", "index": 0}, {"type": "ps", "index": "x"}):
+        with pytest.raises(ValueError, match=re.escape(
+                f"TF_CONFIG's task {task!r} is not a task of its cluster: give {{\"type\": job, \"index\": i}} of "
+                "one of chief 0, worker 0, worker 1, ps 0, ps 1")):
+            parse_tf_config({"cluster": cluster, "task": task})
+    assert parse_tf_config({"cluster": cluster, "task": {"type": "ps", "index": "1"}})["task"]["index"] == "1"
     # With one inter-op thread a parameter-server cluster deadlocks: every task refuses to start.
     # (Under pytest-xdist this process already runs one inter-op thread; the variable covers -n 0.)
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "1")
@@ -427,6 +440,8 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path, monkeypatch):
                           ("chief=c:1, worker=w:1", "'worker=w:1' is not host:port"),
                           ("wroker=w:1", "'wroker' is not one of chief, worker, ps, evaluator"),
                           ("worker=w", "'w' is not host:port"),
+                          ("worker=w:70000", "'w:70000': a port is a number from 1 to 65535"),
+                          ("worker=w:0", "'w:0': a port is a number from 1 to 65535"),
                           (str(tmp_path / "nowhere.json"), "no such file"),
                           ("{\"worker\": [\"w:1\"]", "not JSON")]:
         with pytest.raises(ValueError, match=re.escape(message)):

@@ -1965,7 +1965,8 @@ def claim_backup_folder(folder, config, columns):
                                                                                      config.path)],
         "columns": columns_to_json(columns)}, sort_keys=True, default=str)
     path = os.path.join(folder, RUN_RECORD_FILE)
-    backup = os.path.isdir(folder) and any(entry != RUN_RECORD_FILE for entry in os.listdir(folder))
+    # Another worker's record being written (or one a kill cut short) is staged beside it: no backup.
+    backup = os.path.isdir(folder) and any(not entry.startswith(RUN_RECORD_FILE) for entry in os.listdir(folder))
     if backup:
         try:
             with open(path, encoding="utf-8") as handle:

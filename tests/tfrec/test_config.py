@@ -464,6 +464,10 @@ def test_a_backup_folder_resumes_only_the_run_that_wrote_it(tmp_path):
 
     first = config()
     columns = run.build_columns(run.load_frames(first)[0], first)
+    # The workers of a cluster claim the folder together: one's record, staged beside its place
+    # while written, is no backup to the others.
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "tfrec_run.json.4242-0a1b2c3d.tmp").write_text("{")
     run.claim_backup_folder(first.strategy.checkpoint_dir, first, columns)
     (tmp_path / "backup" / "chief").mkdir()  # a backup, as BackupAndRestore leaves it when killed
     run.claim_backup_folder(first.strategy.checkpoint_dir, first, columns)  # the same run resumes

@@ -373,7 +373,8 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         # callbacks get their state back at the first epoch's start, after their own on_train_begin.
         self._backed_up_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
         self._resume_pending = self._backed_up_epoch >= 0
-        self._writes_state = bool(self.keep_state_of) and is_chief()
+        # The task that writes the backup (TF_CONFIG may be unset: a cluster given to build_strategy).
+        self._writes_state = bool(self.keep_state_of) and self.model.distribute_strategy.extended.should_checkpoint
         self._current_weights = set()  # best-weight files holding this run's weights (a dead run's may not)
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -495,8 +495,13 @@ class _Died(Exception):
     """What the test raises to end a fit as a killed process would (no `on_train_end`)."""
 
 
-@pytest.mark.parametrize("save_freq", [3, "epoch"])
-def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_path, save_freq):
+@pytest.mark.parametrize("save_freq, tf_config", [
+    (3, None), ("epoch", None),
+    # The task that writes the backup (its model's strategy says which) writes the state too, not
+    # the one TF_CONFIG names: a cluster given as build_strategy(tf_config=...) sets no TF_CONFIG.
+    (3, {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}})])
+def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_path, monkeypatch, save_freq,
+                                                                            tf_config):
     """A run that dies and resumes stops at the epoch, keeps the weights and leaves the best
     checkpoint that the same run without the interruption does: Keras' EarlyStopping and
     ModelCheckpoint would start afresh (here: train on to epoch 7 and keep it instead of epoch 2,
@@ -504,6 +509,9 @@ def test_a_resumed_run_keeps_early_stoppings_and_the_best_checkpoints_state(tmp_
     import tensorflow as tf
 
     from tfrec.distribute import checkpoint_callbacks
+
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
 
     scores = [0.50, 0.70, 0.60, 0.65, 0.62, 0.80, 0.90]  # best epoch 1 (from 0); patience 3 stops after epoch 4
     x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")

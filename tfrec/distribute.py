@@ -59,9 +59,21 @@ _PART = re.compile(r"/part_(\d+)(:\d+)$")
 
 def parse_tf_config(tf_config=None):
     """TF_CONFIG as a dict: from `tf_config` (a dict, a JSON string or a JSON file path) or the
-    TF_CONFIG environment variable when None. Returns {} when there is none."""
-    if tf_config is None:
-        tf_config = os.environ.get("TF_CONFIG", "")
+    TF_CONFIG environment variable when None. Returns {} when there is none. A `tf_config` of the
+    cluster alone (one file for every task) takes this task from the TF_CONFIG variable when that
+    names the same cluster (`python -m tfrec.distribute --role R --index I` sets it)."""
+    if tf_config is not None:
+        config = _parsed_tf_config(tf_config)
+        if config and not config.get("task"):
+            environment = _parsed_tf_config(os.environ.get("TF_CONFIG", ""))
+            if environment.get("task") and environment["cluster"] == config["cluster"]:
+                config["task"] = environment["task"]
+        return config
+    return _parsed_tf_config(os.environ.get("TF_CONFIG", ""))
+
+
+def _parsed_tf_config(tf_config):
+    """`tf_config` (a dict, JSON or a JSON file, "" for none) as a checked dict, {} for none."""
     if isinstance(tf_config, dict):
         config = dict(tf_config)
     else:

@@ -403,6 +403,13 @@ def test_cluster_specs_roles_and_strategy_kinds(tmp_path, monkeypatch):
     assert not is_chief(tf_config={"cluster": cluster, "task": {"type": "worker", "index": 0}})
     assert is_chief(tf_config={"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 0}})
     assert not is_chief(tf_config={"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 1}})
+    # One run config for every task gives the cluster alone; each task is the one TF_CONFIG names
+    # (`python -m tfrec.distribute --role worker --index 1` sets it), if of the same cluster.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert parse_tf_config({"cluster": cluster})["task"] == {"type": "worker", "index": 1}
+    assert not is_chief(tf_config=json.dumps({"cluster": cluster}))
+    assert "task" not in parse_tf_config({"cluster": {"worker": ["w:1"]}})
+    monkeypatch.delenv("TF_CONFIG")
     assert build_strategy(None) is tf.distribute.get_strategy()
     with pytest.raises(ValueError, match="unknown strategy kind"):
         build_strategy("horovod")

@@ -414,6 +414,12 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             self._backup(epoch=self._current_epoch, batch=batch)
 
     def _backup(self, epoch, batch=0):
+        if self.save_freq != "epoch" and epoch == self.params.get("epochs", 0) - 1 and \
+                batch == (self.params.get("steps") or 0) - 1:
+            # The run's last step, before the last validation: a run killed after it would resume
+            # with no epoch left, so without that validation (and the callbacks' last state).
+            # It resumes from the backup before instead and does those steps and the validation again.
+            return
         if self.save_freq == "epoch" and self._writes_state:
             # The run resumes at the next epoch: its state goes with this backup, as the callbacks
             # listed before this one have it (the next epoch's start writes it again in any case).

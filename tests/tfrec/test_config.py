@@ -1323,3 +1323,33 @@ def test_compare_names_a_run_file_that_is_not_json(tmp_path, tfrec_main):
     assert code == 1
     assert f"tfrec compare: error: {tmp_path / 'a' / 'run.json'} is not valid JSON (Expecting value: line 1 column " \
            "12 (char 11)): cut short or edited by hand; `tfrec train --config` writes it again" in err
+
+
+def test_a_run_killed_during_its_last_validation_after_its_last_backup_finishes_when_started_again(tmp_path,
+                                                                                                  monkeypatch):
+    """12 steps an epoch and a backup every 4: the last step of the last epoch is backed up before
+    that epoch's validation. A run killed during it, resumed from that backup, would run no epoch
+    (no validation figure to pick the kept epoch by), and so fail at every restart."""
+    import tensorflow as tf
+
+    overfitting_frame().to_csv(tmp_path / "d.csv", index=False)
+    config = load_config(str(write(tmp_path, (
+        "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN, args: {dnn_hidden_units: [8]}}\n"
+        "split: {test_fraction: 0.2, order_by: ts}\ncolumns: {exclude: [ts], sequences: {hist_item_id: {}}}\n"
+        "strategy: {checkpoint_dir: backup, save_freq: 4}\n"
+        "train: {epochs: 2, batch_size: 32, validation: {fraction: 0.25, monitor: loss}}\n"))))
+    on_epoch_end = tf.keras.callbacks.EarlyStopping.on_epoch_end
+
+    def dies_in_the_last_validation(stopping, epoch, logs=None):
+        on_epoch_end(stopping, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a killed process: no on_train_end, the backup stays
+
+    monkeypatch.setattr(tf.keras.callbacks.EarlyStopping, "on_epoch_end", dies_in_the_last_validation)
+    with pytest.raises(KeyboardInterrupt):
+        run.train(config, verbose=0)
+    monkeypatch.undo()
+    run.train(config, verbose=0)
+    record = json.loads((tmp_path / "runs" / "run" / "run.json").read_text())
+    assert record["rows"] == 360 and record["validation"]["epochs"] == 2
+    assert len(record["history"]["val_loss"]) == 1  # the last epoch again, from its backup before its last steps

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 
 from tfrec.config import METRICS_FILE, RUN_FILE, maximised, same_held_out_rows
 
@@ -194,10 +195,13 @@ def _missing(value):
 
 
 def _sort_key(value):
-    """Numbers by value, anything else (text, a list) by its JSON text after them: a column may mix types."""
+    """Numbers by value, anything else (text, a list as its JSON text) after them, its runs of
+    digits by value ("3/5" before "10/12", [64,32] before [128,64]): a column may mix types."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, value, "")
-    return (1, 0, json.dumps(value, sort_keys=True))
+        return (0, value, [])
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    # re.split with a group alternates text and digits, so equal positions compare like with like.
+    return (1, 0, [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))])
 
 
 def _json_cell(value):

@@ -1316,6 +1316,16 @@ def test_compare_ranks_a_nan_figure_last_and_writes_it_as_json_null():
     assert [run["val_loss"] for run in report["runs"]] == [0.6, None, None, 0.3, None]
 
 
+def test_compare_sorts_the_numbers_within_text_by_value():
+    """kept_epoch "10/12" sorted as text came before "3/5"; so did hidden units [128,64] before [64,32]."""
+    from tfrec.runs import sort_rows
+
+    header = ["run", "kept_epoch", "model.args.dnn_hidden_units"]
+    rows = [["a", "10/12", [128, 64]], ["b", "3/5", [64, 32]], ["c", "3/12", [256]], ["d", None, None]]
+    assert [row[0] for row in sort_rows(header, rows, "kept_epoch")] == ["b", "c", "a", "d"]
+    assert [row[0] for row in sort_rows(header, rows, "model.args.dnn_hidden_units")] == ["b", "a", "c", "d"]
+
+
 def test_compare_names_a_run_file_that_is_not_json(tmp_path, tfrec_main):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "run.json").write_text('{"config": ')  # cut short (a full disk, an editor)

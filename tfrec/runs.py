@@ -132,8 +132,13 @@ def _groups(runs, rows_of):
 def compare(folders):
     """(header, rows, notes): one row per run folder, its settings that differ between the runs
     (all of its `--set` overrides when there is one run), its trained rows and its figures; notes
-    name runs not evaluated and runs whose test rows differ, whose figures are not comparable."""
-    runs = [read_run(folder) for folder in folders]
+    name runs not evaluated, runs whose test rows differ, whose figures are not comparable, and
+    folders left out for holding no run.json yet (a run of `runs/*` still training)."""
+    unfinished = [folder for folder in folders if os.path.isdir(folder) and not os.path.isfile(
+        os.path.join(folder, RUN_FILE))]
+    if len(unfinished) == len(folders):
+        read_run(folders[0])  # nothing to compare: its error says why
+    runs = [read_run(folder) for folder in folders if folder not in unfinished]
     flat = [settings(run["record"]) for run in runs]
     keys = sorted({key for one in flat for key in one})
     if len(runs) > 1:
@@ -156,6 +161,8 @@ def compare(folders):
         if len(groups) > 1:
             notes.append(f"the {what} figures come from different {what} rows, so they do not compare: "
                          + "; ".join(", ".join(folders) for folders in groups))
+    notes += [f"{folder}: left out: no {RUN_FILE} yet (a run still training, or not a run folder)"
+              for folder in dict.fromkeys(unfinished)]
     repeated = sorted({folder for folder in folders if folders.count(folder) > 1})
     if repeated:
         notes.append(f"given more than once: {', '.join(repeated)}")

@@ -1300,6 +1300,13 @@ def test_compare_lines_up_runs_by_their_differing_settings_and_flags_figures_tha
     code, _, err = tfrec_main("compare", tmp_path / "a", tmp_path / "nothing")
     assert code == 1
     assert f"tfrec compare: error: {tmp_path / 'nothing'}: not a run folder: no such folder" in err
+    (tmp_path / "training").mkdir()  # a run of the sweep still training: no run.json yet
+    code, out, _ = tfrec_main("compare", *folders, tmp_path / "training")
+    assert code == 0 and len(out.splitlines()) > len(folders)
+    assert f"note: {tmp_path / 'training'}: left out: no run.json yet (a run still training, or not a run " \
+           "folder)" in out
+    code, _, err = tfrec_main("compare", tmp_path / "training")
+    assert code == 1 and "not a run folder: no run.json, which `tfrec train --config` writes" in err
 
 
 def test_compare_ranks_a_nan_figure_last_and_writes_it_as_json_null():

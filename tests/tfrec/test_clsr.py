@@ -259,6 +259,24 @@ def test_contrastive_loss_disentangles_the_interests(clsr, clsr_without_contrast
     assert both_0 <= both - 0.2  # measurably lower without the self-supervision
 
 
+def test_evaluation_reports_the_contrastive_loss_of_its_rows(clsr, drift):
+    """evaluate (so fit's validation, "val_contrastive_loss") measures L_con on its rows: it read
+    0.0; predict still measures nothing."""
+    rows = drift.test.head(300)
+    inputs = df_to_inputs(rows, drift.columns)
+    contrastive = clsr.model.get_layer("contrastive")
+    out = interest_model(clsr.model).predict(inputs, batch_size=300, verbose=0)
+    expected = contrastive.contrastive_loss(*(out[name] for name in ("long_term_interest", "short_term_interest",
+                                                                      "long_term_proxy", "short_term_proxy")),
+                                            inputs["seq_length"]).numpy()
+    result = clsr.model.evaluate(inputs, rows["click"].values, batch_size=300, verbose=0, return_dict=True)
+    assert expected > 0.1
+    np.testing.assert_allclose(result["contrastive_loss"], expected, rtol=1e-4)
+    counted = contrastive.tracker.count.numpy()
+    predict(clsr.model, inputs)
+    assert contrastive.tracker.count.numpy() == counted
+
+
 def _report(fitted, drift):
     return evaluate_binary(fitted.model, drift.test, drift.columns, "click", truth_col="p_click", group_col="user_id")
 

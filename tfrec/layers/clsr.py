@@ -16,7 +16,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from .attention import AttentionSequencePooling
-from .core import DNN, MLPLayer, check_positive_int
+from .core import DNN, MLPLayer, check_positive_int, in_evaluation
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -192,10 +192,11 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
     (d Euclidean) or BPR softplus(<a, q> - <a, p>), averaged over the rows whose history is longer
     than `min_length` (each term, as the official code does; 0 when no row qualifies). In training
     `weight * L_con` is added with `add_loss`, and L_con itself (unweighted) is reported by
-    `add_metric` as "contrastive_loss", so `fit`'s history shows it even with weight 0. Inference
-    computes nothing here: predictions and the served signature update no variable, and
-    `evaluate` reports 0 for "contrastive_loss" (for a held-out value call `contrastive_loss` on
-    the interests and proxies that `tfrec.models.interest_model` reads).
+    `add_metric` as "contrastive_loss", so `fit`'s history shows it even with weight 0. An
+    evaluation step (`evaluate`, `fit`'s validation: `tfrec.layers.core.evaluating`) reports
+    L_con on its rows too ("val_contrastive_loss"), without adding it to the loss, as the
+    embeddings' L2 penalty is left out there. Other inference computes nothing here:
+    predictions and the served signature update no variable.
 
     The official TF1 code's triplet sums max(.., 0) over the dimensions of the squared
     differences; this is the paper's form, one hinge on Euclidean distances.
@@ -232,9 +233,9 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
 
     def call(self, inputs, training=None):
         u_l, u_s, p_l, p_s, lengths = inputs
-        if training:
+        if training or in_evaluation():
             value = self.contrastive_loss(u_l, u_s, p_l, p_s, lengths)
-            if self.weight:
+            if self.weight and training:
                 self.add_loss(self.weight * value)
             self.add_metric(self.tracker(value))
         return [tf.identity(u_l), tf.identity(u_s)]

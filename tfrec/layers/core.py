@@ -1,6 +1,7 @@
 """Building blocks shared by the models: activations, the DNN tower, the prediction head."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -114,6 +115,29 @@ class Dice(tf.keras.layers.Layer):
         config = super().get_config()
         config.update(epsilon=self.epsilon, momentum=self.momentum)
         return config
+
+
+_evaluating = [False]
+
+
+@contextlib.contextmanager
+def evaluating():
+    """Layer calls traced or run within are an evaluation step (`evaluate`, `fit`'s validation).
+
+    Keras calls a layer with training=False there as in `predict` and in an exported signature;
+    a layer that measures something besides its output in training (a self-supervised loss) also
+    measures it under this context, and in no other inference.
+    """
+    outer, _evaluating[0] = _evaluating[0], True
+    try:
+        yield
+    finally:
+        _evaluating[0] = outer
+
+
+def in_evaluation():
+    """Whether the current layer call is within `evaluating()`."""
+    return _evaluating[0]
 
 
 def check_positive_int(value, name, owner):

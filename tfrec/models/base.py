@@ -30,6 +30,7 @@ from feature_columns import (RecentSequence, SparseEmbedding, SparseIndex, check
 
 from ..data.pipeline import without_autotuning
 from ..layers import DNN, PredictionLayer
+from ..layers.core import evaluating
 from ..optimizers import LazyAdam, sparse_optimizer
 
 __all__ = ["RecModel", "SharedHistoryModel", "click_prediction", "history_model"]
@@ -1087,9 +1088,10 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         sample_weight = _one_weight_per_row(sample_weight)
         indexed = self._split.core_inputs(x)
-        if indexed is None:  # raw features: Keras' own step, fed the same float32 (batch,) weights
-            return super().test_step(tf.keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
-        y_pred = self._split.core(indexed, training=False)
+        with evaluating():  # so layer metrics of training (CLSR's contrastive loss) get their val_ values
+            if indexed is None:  # raw features: Keras' own step, fed the same float32 (batch,) weights
+                return super().test_step(tf.keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+            y_pred = self._split.core(indexed, training=False)
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 

@@ -59,7 +59,8 @@ def CLSR(dnn_feature_columns, history_feature_list, user_feature="user_id", rnn=
       share) can be read by a sub-model (`interest_model`) or exported with
       `exporters.export_saved_model(model, base, extra_outputs=["alpha"])`. Training with plain
       `compile(loss="binary_crossentropy")` and `fit` optimises the click loss plus
-      beta * L_con; `fit`'s history reports L_con as "contrastive_loss".
+      beta * L_con; `fit`'s history reports L_con as "contrastive_loss" (and on validation data as
+      "val_contrastive_loss", which `val_loss` leaves out).
 
     XLA: `RecModel.compile` XLA-compiles the training step by default, and CLSR keeps that
     default. Its three RNNs are Keras' generic `RNN` over GRU / LSTM cells (`HistoryRNN`), which

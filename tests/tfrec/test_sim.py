@@ -199,6 +199,15 @@ def test_build_errors_name_the_problem():
         SIM(columns, HISTORY, search_feature="brand")
     with pytest.raises(ValueError, match="must share one maxlen"):
         SIM(columns[:5] + [VarLenDenseFeat("hist_timestamp", 7, dtype="int64")], HISTORY, time_feature="timestamp")
+    # 0 built a model that ignored the long history; a fraction was truncated; 0 heads divided by zero
+    for search, argument in [("hard", dict(topk=0)), ("soft", dict(topk=0)), ("simhash", dict(topk=2.5)),
+                             ("hard", dict(short_maxlen=0)), ("hard", dict(num_heads=0))]:
+        name = next(iter(argument))
+        with pytest.raises(ValueError, match=f"SIM: {name} must be an int >= 1"):
+            SIM(columns, HISTORY, search=search, **argument)
+    for layer in (lambda: SoftSearch(0), lambda: SimHashSearch(0, ["item_id"], [60]), lambda: TargetAttention(0)):
+        with pytest.raises(ValueError, match="must be an int >= 1"):
+            layer()
 
 
 @pytest.mark.parametrize("model_name", ["hard", "soft", "simhash", "din"])

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 from feature_columns import positions_of_width, take_positions, top_k_indices
 
+from .core import check_positive_int
+
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
 
@@ -69,6 +71,7 @@ class SoftSearch(tf.keras.layers.Layer):
 
     def __init__(self, topk, normalize=False, **kwargs):
         super().__init__(**kwargs)
+        check_positive_int(topk, "topk", f"SoftSearch '{self.name}'")
         self.topk = int(topk)
         self.normalize = bool(normalize)
 
@@ -134,6 +137,7 @@ class SimHashSearch(tf.keras.layers.Layer):
             raise ValueError(f"SimHashSearch: num_bits must be >= 1, got {num_bits}")
         if len(tables) != len(table_rows):
             raise ValueError(f"SimHashSearch: {len(tables)} tables but {len(table_rows)} row counts")
+        check_positive_int(topk, "topk", f"SimHashSearch '{self.name}'")
         self.topk = int(topk)
         self.tables = list(tables)
         self.table_rows = [int(r) for r in table_rows]
@@ -341,6 +345,7 @@ class TargetAttention(tf.keras.layers.Layer):
 
     def __init__(self, num_heads=4, key_dim=None, dropout=0.0, seed=1024, **kwargs):
         super().__init__(**kwargs)
+        check_positive_int(num_heads, "num_heads", f"TargetAttention '{self.name}'")
         self.num_heads = int(num_heads)
         self.key_dim = key_dim
         self.dropout = dropout

@@ -12,7 +12,7 @@ from feature_columns import DenseFeat, FeatureEncoder, SparseEmbedding, VarLenDe
 from feature_columns.inputs import concat
 
 from ..layers import DNN, AttentionSequencePooling, PredictionLayer
-from ..layers.core import check_task
+from ..layers.core import check_positive_int, check_task
 from ..layers.search import RelevancePooling, SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
 from .base import click_prediction, history_model
 
@@ -58,6 +58,9 @@ def SIM(dnn_feature_columns, history_feature_list, search="hard", search_feature
       with an auxiliary soft search).
     """
     check_task(task)
+    # 0 would build a model that silently ignores the long history (or the recent events).
+    for name, value in (("topk", topk), ("short_maxlen", short_maxlen), ("num_heads", num_heads)):
+        check_positive_int(value, name, "SIM")
     if search not in SEARCHES:
         raise ValueError(f"SIM: search must be one of {SEARCHES}, got {search!r}")
     if soft_search_embedding not in SOFT_SEARCH_EMBEDDINGS:

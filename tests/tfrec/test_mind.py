@@ -316,6 +316,16 @@ def test_sampled_softmax_is_its_formula_for_counts_above_one(heads):
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+def test_a_temperature_that_is_not_above_0_is_an_error_naming_it(planted):
+    """0 gave NaN losses from the first step; a negative temperature trained users away from their items."""
+    towers = dict(user_dnn_hidden_units=(DIM,))
+    for temperature in (0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="temperature .* must be a number > 0"):
+            YoutubeDNN(planted.user_columns, planted.item_columns, temperature=temperature, **towers)
+    with pytest.raises(ValueError, match="temperature .* must be a number > 0"):
+        MIND(planted.user_columns, planted.item_columns, temperature=0.0, **towers)
+
+
 def test_negative_sampler_takes_numpy_ints_and_names_bad_values():
     sampler = NegativeSampler("uniform", np.int64(64), "item_id")
     assert sampler.num_sampled == 64 and type(sampler.num_sampled) is int

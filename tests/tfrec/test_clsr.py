@@ -208,6 +208,12 @@ def test_build_errors_name_the_problem(drift):
         CLSR(drift.columns, HISTORY, contrastive_loss="infonce")
     with pytest.raises(ValueError, match="no feature column named 'visitor'"):
         CLSR(drift.columns, HISTORY, user_feature="visitor")
+    # A NaN weight made every weight NaN; a negative one, or margin, trained the interests apart without bound.
+    for argument, value, message in [("contrastive_weight", float("nan"), "weight .CLSR's contrastive_weight. must be"),
+                                     ("contrastive_weight", -0.1, "contrastive_weight. must be a number >= 0"),
+                                     ("margin", -1.0, "margin must be a number >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            CLSR(drift.columns, HISTORY, **{argument: value})
     item = SparseFeat("item_id", 10, 4)
     with pytest.raises(ValueError, match="needs its behaviour sequence"):
         CLSR([SparseFeat("user_id", 10, 4), item], ["item_id"])

@@ -16,7 +16,7 @@ import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from .attention import AttentionSequencePooling
-from .core import DNN, MLPLayer, check_positive_int, in_evaluation
+from .core import DNN, MLPLayer, check_number, check_positive_int, in_evaluation
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -206,6 +206,10 @@ class InterestContrastiveLoss(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         if loss not in CONTRASTIVE_LOSSES:
             raise ValueError(f"contrastive loss must be one of {CONTRASTIVE_LOSSES}, got {loss!r}")
+        # A NaN or negative weight made every weight NaN, or trained the interests apart without bound
+        owner = f"InterestContrastiveLoss '{self.name}'"
+        check_number(weight, "weight (CLSR's contrastive_weight)", owner)
+        check_number(margin, "margin", owner)
         self.loss = loss
         self.margin = float(margin)
         self.weight = float(weight)

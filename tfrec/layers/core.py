@@ -146,6 +146,14 @@ def check_positive_int(value, name, owner):
         raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
 
 
+def check_number(value, name, owner, positive=False):
+    """A ValueError "<owner>: <name> must be a number >= 0" (> 0 when `positive`) unless `value`
+    is a finite one (numpy floats too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf") or \
+            (positive and value == 0):
+        raise ValueError(f"{owner}: {name} must be a number {'>' if positive else '>='} 0, got {value!r}")
+
+
 def check_activation(activation, owner):
     """A ValueError naming `owner` unless `activation_layer` can build `activation`."""
     if isinstance(activation, str) and activation.lower() in ("dice", "prelu"):

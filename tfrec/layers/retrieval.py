@@ -1,10 +1,10 @@
 """Layers of two-tower retrieval: negative sampling and the sampled softmax around TFRS' Retrieval."""
 import feature_columns  # noqa: F401  (Keras 2 before TensorFlow)
 
-import numbers
-
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+
+from .core import check_number
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
 
@@ -98,10 +98,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
     def __init__(self, temperature=1.0, **kwargs):
         super().__init__(**kwargs)
         # 0 divides every logit into NaN losses, a negative one trains the user away from its items
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
-                not 0 < temperature < float("inf"):
-            raise ValueError(f"SampledSoftmax '{self.name}': temperature (a model's temperature) must be a "
-                             f"number > 0, got {temperature!r}")
+        check_number(temperature, "temperature (a model's temperature)", f"SampledSoftmax '{self.name}'", positive=True)
         self.temperature = float(temperature)
         self.task = tfrs.tasks.Retrieval(
             loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True,

@@ -10,7 +10,7 @@ from feature_columns import SparseFeat
 
 from tfrec.data.retrieval import make_retrieval_data, retrieval_feature_columns
 from tfrec.layers import CapsuleLayer, InterestMask, LabelAwareAttention
-from tfrec.layers.capsules import squash
+from tfrec.layers.capsules import interest_number, squash
 from tfrec.models import MIND, YoutubeDNN
 from tfrec.utils import NegativeSampler, item_counts, sampledsoftmaxloss
 from tests.tfrec.retrieval_helpers import (losses_of_a_short_fit, planted_retrieval, recall_at_50, reloaded_towers,
@@ -104,6 +104,8 @@ def test_dynamic_k_gives_short_histories_fewer_interests():
     np.testing.assert_array_equal(got, np.arange(k_max)[None, :] < expected[:, None])  # the first K'_u
     assert got.sum(axis=1)[[1, 2, 3, 4, 7, 8, 16]].tolist() == [1, 1, 1, 2, 2, 3, 4]
     np.testing.assert_array_equal(InterestMask(k_max)(mask).numpy(), 1.0)
+    # k_max past 30: 2^31 does not fit int32, and no int32 length needs more than 30 interests.
+    assert interest_number(tf.constant([1, 2 ** 30, 2 ** 31 - 1]), 40).numpy().tolist() == [1, 30, 30]
     # Inactive interests take no events: their capsules are zero, the active ones are unchanged in kind.
     behaviours, _ = random_behaviours(batch=len(lengths), length=40, seed=4)
     capsules = CapsuleLayer(8, 8, 40, k_max, seed=1)(behaviours, mask, got).numpy()

@@ -43,7 +43,8 @@ def interest_number(lengths, k_max):
     events has 1 interest, 4-7 events 2, 8-15 events 3, ...
     """
     lengths = tf.cast(tf.reshape(lengths, [-1]), tf.int32)
-    powers = tf.constant([2 ** j for j in range(1, k_max + 1)], tf.int32)  # 2^1 .. 2^k_max
+    # 2^1 .. 2^k_max, but no power past 2^30: no int32 length reaches 2^31 (nor int32 holds it).
+    powers = tf.constant([2 ** j for j in range(1, min(k_max, 30) + 1)], tf.int32)
     count = tf.reduce_sum(tf.cast(lengths[:, None] >= powers[None, :], tf.int32), axis=1)
     return tf.clip_by_value(count, 1, k_max)
 

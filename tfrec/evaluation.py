@@ -78,8 +78,6 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
     return report
 
 
-
-
 def tower_outputs(tower, inputs, batch_size=4096):
     """A tower's outputs for `inputs` ({feature: array}, more features allowed), as numpy: one
     array, or a list of them for several outputs (MIND's interests and their mask).
@@ -165,8 +163,8 @@ class RecallValidation(tf.keras.callbacks.Callback):
     """Logs `val_recall`, a two-tower model's recall@k on held-out samples, after every epoch.
 
     A retrieval model's `val_loss` is its sampled softmax on the held-out samples: the target
-    against the negatives sampled for its batch, a figure that moves with the batch size and the
-    sampler. This ranks the whole catalogue for each held-out user exactly, as `rank_candidates`
+    against the batch's other items (a sampler draws its negatives in training only), a figure
+    that moves with the batch size. This ranks the whole catalogue for each held-out user exactly, as `rank_candidates`
     (and the brute-force export) does, and counts the samples whose item is in the top k: the
     figure `tfrec evaluate` reports. List it before the callbacks that read `val_recall`
     (`EarlyStopping`, `ModelCheckpoint`): Keras hands each callback the same epoch logs in turn.

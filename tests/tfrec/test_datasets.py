@@ -479,9 +479,23 @@ def test_ali_ccp_esmm_frames(tmp_path):
 
     frequent = load_ali_ccp(str(folder), min_count=2, fields={"205": "item_id", "101": "user_id"})
     assert [list(c.vocabulary) for c in frequent.feature_columns] == [["4001"], ["31", "32"]]
-    write_ali_ccp(folder, "train", [(0, 1, "aa11", "4001", "501", [])], users)
-    with pytest.raises(ValueError, match="conversion=1 but click=0"):
-        load_ali_ccp(str(folder))
+    assert ds.stats["dropped_conversions_without_click"] == 0
+
+
+def test_ali_ccp_drops_conversions_without_click(tmp_path):
+    """The real files hold impressions with buy=1, click=0 (published preprocessing skips them):
+    the loader drops and counts them instead of refusing the whole dataset."""
+    folder = tmp_path / "aliccp"
+    users = {"aa11": ("31", "3438769")}
+    write_ali_ccp(folder, "train", [(1, 1, "aa11", "4001", "501", []), (0, 1, "aa11", "4002", "501", []),
+                                    (0, 0, "aa11", "4003", "501", [])], users)
+    write_ali_ccp(folder, "test", [(0, 1, "aa11", "4001", "501", []), (1, 0, "aa11", "4003", "501", [])], users)
+    ds = load_ali_ccp(str(folder), fields={"205": "item_id"})
+    assert ds.train["item_id"].tolist() == ["4001", "4003"] and ds.test["item_id"].tolist() == ["4003"]
+    assert ds.stats["dropped_conversions_without_click"] == 2 and ds.stats["train_samples"] == 2
+    assert list(ds.feature_columns[0].vocabulary) == ["4001", "4003"]
+    train, test = read_ali_ccp(str(folder), fields={"205": "item_id"})
+    assert train["conversion"].tolist() == [1, 0] and test["click"].tolist() == [1]
 
 
 # ---------------------------------------------------------------- census-income

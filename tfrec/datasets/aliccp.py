@@ -14,7 +14,9 @@ with others (the user's), one line per md5,
 where a feature_list joins features with "\\x01" and writes each as "field\\x02id\\x03value".
 
 Labels: click, and conversion (the `buy` column); ESMM trains its CTR head on click and its
-CTCVR head on conversion (a conversion implies a click, which the loader checks).
+CTCVR head on conversion. CTCVR = CTR x CVR needs a conversion to imply a click: impressions
+with buy=1 but click=0 are dropped (as the published preprocessing of the dataset drops them)
+and counted in the stats.
 
 Features: the documented subset ALI_CCP_FIELDS, the dataset's single-valued fields (user
 profile 101-129, item 205 / 206 / 207 / 216, position 301), each a string SparseFeat on the raw
@@ -35,7 +37,6 @@ import pandas as pd
 
 from feature_columns import SparseFeat
 
-from ..data import check_esmm_labels
 from ._common import LoadedDataset, open_text, require_file
 
 __all__ = ["ALI_CCP_FIELDS", "ALI_CCP_TASKS", "read_ali_ccp", "load_ali_ccp"]
@@ -99,6 +100,7 @@ def _read_split(folder, split, fields, max_samples):
     wanted = set(fields)
     ids = {field: _Codes() for field in fields}
     clicks, buys, md5_codes, md5_index = array("b"), array("b"), array("i"), {}
+    conversions_without_click = 0
     with open_text(skeleton_path) as lines:
         for number, line in enumerate(lines, start=1):
             if max_samples is not None and len(clicks) >= max_samples:
@@ -109,8 +111,12 @@ def _read_split(folder, split, fields, max_samples):
                     continue
                 raise ValueError(f"{skeleton_path!r} line {number}: expected sample_id,click,buy,md5,feature_num,"
                                  f"feature_list, got {len(parts)} field(s)")
-            clicks.append(int(parts[1]))
-            buys.append(int(parts[2]))
+            click, buy = int(parts[1]), int(parts[2])
+            if buy == 1 and click == 0:  # breaks ESMM's CTCVR = CTR x CVR
+                conversions_without_click += 1
+                continue
+            clicks.append(click)
+            buys.append(buy)
             md5_codes.append(md5_index.setdefault(parts[3], len(md5_index)))
             found = _parse(parts[5], wanted)
             for field, field_ids in ids.items():
@@ -136,11 +142,13 @@ def _read_split(folder, split, fields, max_samples):
         frame[name] = ids.pop(field).values(codes)
     frame["click"] = np.frombuffer(clicks, dtype=np.int8).astype(np.int64)
     frame["conversion"] = np.frombuffer(buys, dtype=np.int8).astype(np.int64)
-    return frame, int((~matched).sum())
+    return frame, int((~matched).sum()), conversions_without_click
 
 
 def read_ali_ccp(path, fields=None, max_samples=None):
     """(train, test) frames of Ali-CCP's raw feature ids: one str column per field, click, conversion.
+
+    Impressions with a conversion but no click are dropped (see the module docstring).
 
     Args:
       path: the folder holding the four files (unpacked from sample_train.tar.gz / sample_test.tar.gz).
@@ -148,8 +156,8 @@ def read_ali_ccp(path, fields=None, max_samples=None):
       max_samples: read only the first lines of each skeleton file (for a quick look).
     """
     fields = dict(ALI_CCP_FIELDS if fields is None else fields)
-    train, _ = _read_split(path, "train", fields, max_samples)
-    test, _ = _read_split(path, "test", fields, max_samples)
+    train = _read_split(path, "train", fields, max_samples)[0]
+    test = _read_split(path, "test", fields, max_samples)[0]
     return train, test
 
 
@@ -166,18 +174,17 @@ def load_ali_ccp(path, fields=None, min_count=1, max_samples=None, embedding_dim
       LoadedDataset: train / test with one str column per field (the raw feature id, "" when
       missing), click and conversion (int64); feature_columns: a string SparseFeat per field
       (vocabulary from the training file); label_columns ALI_CCP_TASKS ({"ctr": "click",
-      "ctcvr": "conversion"}). `ESMM(ds.feature_columns)`, then `df_to_dataset(ds.train,
+      "ctcvr": "conversion"}); stats count the impressions read and those dropped for a
+      conversion without a click (dropped_conversions_without_click). `ESMM(ds.feature_columns)`, then `df_to_dataset(ds.train,
       ds.feature_columns, label_columns=ds.label_columns)`.
 
     Raises:
-      FileNotFoundError: a file is missing; ValueError: a conversion without a click, or a field
-      with no id seen min_count times in training.
+      FileNotFoundError: a file is missing; ValueError: a field with no id seen min_count times
+      in training.
     """
     fields = dict(ALI_CCP_FIELDS if fields is None else fields)
-    train, missing_train = _read_split(path, "train", fields, max_samples)
-    test, missing_test = _read_split(path, "test", fields, max_samples)
-    for frame in (train, test):
-        check_esmm_labels(frame)
+    train, missing_train, dropped_train = _read_split(path, "train", fields, max_samples)
+    test, missing_test, dropped_test = _read_split(path, "test", fields, max_samples)
     columns = []
     for name in fields.values():
         counts = Counter(train[name].tolist())
@@ -191,5 +198,6 @@ def load_ali_ccp(path, fields=None, min_count=1, max_samples=None, embedding_dim
               f"training-file vocabularies (min count {min_count})")
     stats = {"train_samples": len(train), "test_samples": len(test),
              "train_clicks": int(train["click"].sum()), "train_conversions": int(train["conversion"].sum()),
-             "unmatched_common_features": missing_train + missing_test}
+             "unmatched_common_features": missing_train + missing_test,
+             "dropped_conversions_without_click": dropped_train + dropped_test}
     return LoadedDataset("ali-ccp/esmm", train, test, columns, dict(ALI_CCP_TASKS), recipe=recipe, stats=stats)

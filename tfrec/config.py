@@ -773,10 +773,7 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
 
     sep = _csv_separator(path)
     if sep is None:
-        try:
-            return _with_index_as_columns(pd.read_parquet(path))
-        except ImportError as error:
-            raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
+        return _parquet_frame(_parquet_file(path).read(), text_columns)
     with _reading(path, bad_lines, skipped_to):
         df = _whole_number_ids(_read_csv(path, sep, text_columns, bad_lines), text_columns)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
@@ -803,11 +800,52 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
                 texts = _read_csv(path, sep, integers, bad_lines)
             texts = {name: pa.array(texts[name], pa.string()) for name in integers}
         for name in integers:
-            # pyarrow keeps the spaces around a cell, and the quotes of one that follows a space (' "05"')
-            text = pc.replace_substring_regex(texts[name], r'^\s*"?|"?\s*$', "")
-            if pc.any(pc.match_substring_regex(text, r"^[+-]?0\d")).as_py():
+            text = _cell_texts(texts[name])
+            if pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
                 df[name] = text.to_pandas()
     return df
+
+
+_LEADING_ZERO = r"^[+-]?0\d"
+
+
+def _cell_texts(texts):
+    """pyarrow's string cells of a CSV column as pandas reads them: pyarrow keeps the spaces around
+    a cell, and the quotes of one that follows a space (' "05"')."""
+    import pyarrow.compute as pc
+
+    return pc.replace_substring_regex(texts, r'^\s*"?|"?\s*$', "")
+
+
+def _zero_padded_columns(path, sep, names, bad_lines):
+    """The columns among `names` of a CSV that `_read_file` reads as text for their leading zeros:
+    every cell a whole number (pandas' int column), some written "007". Found in one streaming pass
+    before a chunked read, so every chunk reads them as the whole file is read, whatever the chunk
+    holds; [] when pyarrow cannot parse the file (pandas' read then names the malformed line)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    def skip(row):  # as in _read_file: the lines pandas leaves out
+        return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
+
+    header = list(_csv_names(path, sep))
+    whole, padded = {name for name in names if name in header}, set()
+    try:
+        with csv.open_csv(path, read_options=csv.ReadOptions(column_names=header, skip_rows=1),
+                          parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
+                          convert_options=csv.ConvertOptions(include_columns=sorted(whole), column_types={
+                              name: pa.string() for name in whole})) as batches:
+            for batch in batches:
+                for name in sorted(whole):
+                    text = _cell_texts(batch.column(name))
+                    if not pc.all(pc.match_substring_regex(text, r"^[+-]?\d+$")).as_py():
+                        whole.discard(name)
+                    elif pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
+                        padded.add(name)
+    except pa.ArrowInvalid:
+        return []
+    return sorted(padded & whole)
 
 
 def _csv_separator(path):
@@ -826,8 +864,7 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     `bad_lines` says; `options` as read_csv takes them (chunksize: a reader of chunks)."""
     import pandas as pd
 
-    names = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
-                        skipinitialspace=True).iloc[0]
+    names = _csv_names(path, sep)
     unnamed = [position for position, name in enumerate(names, 1) if not name]
     if unnamed:  # pandas would read it as "Unnamed: 0", which columns: infer made a feature
         raise ConfigError(f"{path}: column {unnamed[0]} of the header (counted from 1) has no name",
@@ -844,6 +881,14 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     # separator ("u1, i5") are no part of the cell: " i5" would be another item than "i5".
     return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
                        on_bad_lines=_PANDAS_BAD_LINES[bad_lines], index_col=False, skipinitialspace=True, **options)
+
+
+def _csv_names(path, sep):
+    """The cells of a CSV's header line, as pandas names the columns (spaces after a separator dropped)."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                       skipinitialspace=True).iloc[0]
 
 
 def _whole_number_ids(df, text_columns):
@@ -947,6 +992,31 @@ def _with_index_as_columns(df):
     return df.reset_index() if any(name is not None for name in df.index.names) else df
 
 
+def _parquet_file(path):
+    """pyarrow's ParquetFile of `path`, or a ConfigError naming the file."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as error:  # pyarrow's "Parquet file size is 0 bytes" names no file
+        raise ConfigError(f"{path}: cannot be read as Parquet: {error}") from None
+
+
+def _parquet_frame(data, text_columns):
+    """The frame of a Parquet table or batch, the int columns among `text_columns` as their text:
+    to_pandas makes an int column with a gap floats (7 -> 7.0), where a CSV's text column reads "7"."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    df = _with_index_as_columns(data.to_pandas())
+    for name in text_columns:
+        if name in data.schema.names and pa.types.is_integer(data.schema.field(name).type):
+            df[name] = pc.cast(data.column(name), pa.string()).to_pandas()
+    return df
+
+
 def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
     Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
@@ -954,28 +1024,13 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
     chunk_rows = chunk_rows or CHUNK_ROWS
     sep = _csv_separator(path)
     if sep is None:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as error:
-            raise ConfigError(f"{path}: reading Parquet needs pyarrow ({error}); pip install pyarrow") from None
-        try:
-            parquet = pq.ParquetFile(path)
-        except (OSError, ValueError) as error:  # pyarrow's "Parquet file size is 0 bytes" names no file
-            raise ConfigError(f"{path}: cannot be read as Parquet: {error}") from None
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        # to_pandas makes an int column with a gap floats (7 -> 7.0): the text columns' ints as their text
-        schema = parquet.schema_arrow
-        integers = [name for name in text_columns
-                    if name in schema.names and pa.types.is_integer(schema.field(name).type)]
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            chunk = _with_index_as_columns(batch.to_pandas())
-            for name in integers:
-                chunk[name] = pc.cast(batch.column(name), pa.string()).to_pandas()
-            yield chunk
+        for batch in _parquet_file(path).iter_batches(batch_size=chunk_rows):
+            yield _parquet_frame(batch, text_columns)
         return
     with _reading(path, bad_lines, skipped_to):
+        names = _csv_names(path, sep)
+        text_columns = list(text_columns) + _zero_padded_columns(path, sep, set(names) - set(text_columns),
+                                                                 bad_lines)
         reader = _read_csv(path, sep, text_columns, bad_lines, chunksize=chunk_rows)
     while True:
         with _reading(path, bad_lines, skipped_to):  # around each read only: the caller's own warnings pass

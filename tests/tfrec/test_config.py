@@ -837,6 +837,25 @@ def test_whole_numbers_written_with_leading_zeros_are_ids_kept_as_text(tmp_path)
     assert set(run.load_frames(explicit)[0]["user_id"].tolist()) == {"12", "7"}
 
 
+def test_a_file_reads_alike_whole_and_in_chunks_csv_or_parquet(tmp_path):
+    """evaluate reads data.test in chunks and train reads it whole: a session id column (no
+    feature, evaluate.group) with "007" and "7" kept them apart whole but merged them in chunks,
+    the leading zero found only in a chunk (not in the first) or not at all; and a Parquet text
+    column of ints with a gap was text in chunks but floats whole."""
+    (tmp_path / "d.csv").write_text("session,user_id,click\n7,3,0\n8,4,1\n007,5,1\n9,6,0\n")
+    whole = run.read_data([str(tmp_path / "d.csv")])
+    chunks = list(run.read_data_chunks([str(tmp_path / "d.csv")], chunk_rows=2))
+    assert whole["session"].tolist() == ["7", "8", "007", "9"]
+    pd.testing.assert_frame_equal(pd.concat(chunks), whole)
+    assert whole["user_id"].dtype.kind == "i"  # plain whole numbers stay numbers
+    pd.DataFrame({"user_id": pd.array([7, None, 3], dtype="Int64"), "click": [0, 1, 1]}).to_parquet(
+        tmp_path / "d.parquet")
+    whole = run.read_data([str(tmp_path / "d.parquet")], text_columns=["user_id"])
+    chunks = list(run.read_data_chunks([str(tmp_path / "d.parquet")], text_columns=["user_id"], chunk_rows=2))
+    assert whole["user_id"].tolist()[::2] == ["7", "3"] and whole["user_id"].isna().tolist() == [False, True, False]
+    pd.testing.assert_frame_equal(pd.concat(chunks), whole)
+
+
 def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatch):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "items.txt").write_text("a\nb\nc\n")

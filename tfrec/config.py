@@ -775,7 +775,7 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
     if sep is None:
         return _parquet_frame(_parquet_file(path).read(), text_columns)
     with _reading(path, bad_lines, skipped_to):
-        df = _whole_number_ids(_read_csv(path, sep, text_columns, bad_lines), text_columns)
+        df = _whole_number_ids(_without_trailing_spaces(_read_csv(path, sep, text_columns, bad_lines)), text_columns)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
     if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
         import pyarrow as pa
@@ -878,17 +878,31 @@ def _read_csv(path, sep, text_columns, bad_lines, **options):
     # index_col=False: lines with a cell more than the header are never read with the first as a
     # row label, which shifts every column by one; a separator ending each line is no column
     # (pandas drops the empty cells), and other extra cells are named by `_reading`. Spaces after a
-    # separator ("u1, i5") are no part of the cell: " i5" would be another item than "i5".
-    return pd.read_csv(path, sep=sep, dtype={name: str for name in text_columns if name in header},
+    # separator ("u1, i5") are no part of the cell: " i5" would be another item than "i5"; nor
+    # are those before one (`_csv_names`, `_without_trailing_spaces`).
+    return pd.read_csv(path, sep=sep, names=list(names), header=0,
+                       dtype={name: str for name in text_columns if name in header},
                        on_bad_lines=_PANDAS_BAD_LINES[bad_lines], index_col=False, skipinitialspace=True, **options)
 
 
 def _csv_names(path, sep):
-    """The cells of a CSV's header line, as pandas names the columns (spaces after a separator dropped)."""
+    """The cells of a CSV's header line, as the reads name the columns: spaces around a name are no
+    part of it ("user_id " is user_id)."""
     import pandas as pd
 
     return pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
-                       skipinitialspace=True).iloc[0]
+                       skipinitialspace=True).iloc[0].str.rstrip()
+
+
+def _without_trailing_spaces(df):
+    """`df` (a CSV's frame) with its text cells' trailing spaces dropped, as read_csv drops the
+    leading ones (skipinitialspace): "u1 " is the user "u1", not another id."""
+    import pandas as pd
+
+    for name in df.columns:
+        if pd.api.types.is_string_dtype(df[name].dtype):
+            df[name] = df[name].str.rstrip()
+    return df
 
 
 def _whole_number_ids(df, text_columns):
@@ -1037,7 +1051,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
             chunk = next(reader, None)
         if chunk is None:
             return
-        yield _whole_number_ids(chunk, text_columns)
+        yield _whole_number_ids(_without_trailing_spaces(chunk), text_columns)
 
 
 def read_data(files, key="data.train", config_path="config", sequences=(), separator="|", numeric=(),

@@ -336,6 +336,17 @@ def test_spaces_after_the_separator_are_no_part_of_a_cell_in_every_read(tmp_path
     assert pd.concat(chunks).to_dict("list") == expected
 
 
+def test_spaces_before_the_separator_are_no_part_of_a_cell_either(tmp_path):
+    """"u1 ,i5" kept the trailing space: "u1 " and "u1" were two users (and "user_id " a column
+    other than user_id), while leading spaces were already dropped."""
+    (tmp_path / "d.csv").write_text("user_id ,item_id,zip,click\nu1 ,i5  ,02134 ,1\nu1,i5,007,0\n")
+    expected = {"user_id": ["u1", "u1"], "item_id": ["i5", "i5"], "zip": ["02134", "007"], "click": [1, 0]}
+    assert run.read_data([str(tmp_path / "d.csv")]).to_dict("list") == expected
+    assert run.read_data([str(tmp_path / "d.csv")], text_columns=["user_id"]).to_dict("list") == expected
+    chunks = run.read_data_chunks([str(tmp_path / "d.csv")], text_columns=["user_id"], chunk_rows=1)
+    assert pd.concat(chunks).to_dict("list") == expected
+
+
 def test_a_header_with_an_unnamed_column_is_refused(tmp_path):
     """pandas' to_csv writes its index as a first column with an empty name, which pandas reads as
     "Unnamed: 0": columns: infer made the row number a feature, without a word."""

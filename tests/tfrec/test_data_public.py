@@ -227,3 +227,15 @@ def test_leave_last_out_holds_out_each_users_last_events_in_the_frames_order():
         leave_last_out(log, time_col="when")
     with pytest.raises(ValueError, match="test_events must be an int >= 1"):
         leave_last_out(log, test_events=0)
+
+
+def test_leave_last_out_refuses_empty_users_and_text_times():
+    """NaN users were one user of all their events (the held-out row the last of them all), None
+    users a TypeError from numpy, and times "9", "10", "11" sorted as text made "9" the last."""
+    for users in ([1.0, np.nan, np.nan, 1.0], ["a", None, None, "a"]):
+        log = pd.DataFrame({"user_id": users, "timestamp": [1, 2, 3, 4]})
+        with pytest.raises(ValueError, match=r"leave_last_out: column 'user_id' has 2 empty cell\(s\), the first in "
+                                             r"row 1"):
+            leave_last_out(log)
+    with pytest.raises(ValueError, match=r"leave_last_out: column 'timestamp' holds text \('9' in row 0\)"):
+        leave_last_out(pd.DataFrame({"user_id": [1, 1, 1], "timestamp": ["9", "10", "11"]}))

@@ -72,8 +72,8 @@ def leave_last_out(df, user_col="user_id", time_col="timestamp", test_events=1):
     any frame (a log, samples you built, a user's own data).
 
     Args:
-      df: a DataFrame with `user_col` and `time_col` (any sortable values: ints, floats,
-        datetimes, strings).
+      df: a DataFrame with `user_col` and `time_col` (numbers or datetimes; text times and
+        empty cells are refused, as the sample builders refuse them: `check_events`).
       test_events: rows held out per user (>= 1; more than one makes per-user metrics such as
         GAUC defined).
 
@@ -82,6 +82,7 @@ def leave_last_out(df, user_col="user_id", time_col="timestamp", test_events=1):
     """
     _check_count("test_events", test_events, 1)
     _require_columns(df, [user_col, time_col], "leave_last_out")
+    check_events(df, [user_col, time_col], time_col, "leave_last_out")
     _, user_codes = np.unique(df[user_col].to_numpy(), return_inverse=True)
     user_codes = user_codes.reshape(-1)
     order = np.lexsort((np.arange(len(df)), df[time_col].to_numpy(), user_codes))

@@ -821,7 +821,9 @@ def _zero_padded_columns(path, sep, names, bad_lines):
     """The columns among `names` of a CSV that `_read_file` reads as text for their leading zeros:
     every cell a whole number (pandas' int column), some written "007". Found in one streaming pass
     before a chunked read, so every chunk reads them as the whole file is read, whatever the chunk
-    holds; [] when pyarrow cannot parse the file (pandas' read then names the malformed line)."""
+    holds. pyarrow reads the text fast; a file it cannot parse (a line with fewer cells, a quoted
+    line break) is read by pandas, as `_read_file` falls back."""
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyarrow import csv
@@ -829,23 +831,31 @@ def _zero_padded_columns(path, sep, names, bad_lines):
     def skip(row):  # as in _read_file: the lines pandas leaves out
         return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
 
+    def scan(batches):  # batches: {name: the cells' text} a block of lines at a time
+        whole, padded = {name for name in names if name in header}, set()
+        for texts in batches:
+            for name in sorted(whole):
+                text = _cell_texts(texts[name])
+                if not pc.all(pc.match_substring_regex(text, r"^[+-]?\d+$")).as_py():
+                    whole.discard(name)
+                elif pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
+                    padded.add(name)
+        return sorted(padded & whole)
+
     header = list(_csv_names(path, sep))
-    whole, padded = {name for name in names if name in header}, set()
+    texts = {name: pa.string() for name in names if name in header}
     try:
         with csv.open_csv(path, read_options=csv.ReadOptions(column_names=header, skip_rows=1),
                           parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
-                          convert_options=csv.ConvertOptions(include_columns=sorted(whole), column_types={
-                              name: pa.string() for name in whole})) as batches:
-            for batch in batches:
-                for name in sorted(whole):
-                    text = _cell_texts(batch.column(name))
-                    if not pc.all(pc.match_substring_regex(text, r"^[+-]?\d+$")).as_py():
-                        whole.discard(name)
-                    elif pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
-                        padded.add(name)
+                          convert_options=csv.ConvertOptions(include_columns=sorted(texts),
+                                                             column_types=texts)) as batches:
+            return scan(batches)
     except pa.ArrowInvalid:
-        return []
-    return sorted(padded & whole)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the chunked read counts the lines
+            chunks = _read_csv(path, sep, sorted(texts), bad_lines, chunksize=CHUNK_ROWS)
+            # an empty cell ("", "NA": pandas' gap) is no whole number
+            return scan({name: pa.array(chunk[name].fillna(""), pa.string()) for name in texts} for chunk in chunks)
 
 
 def _csv_separator(path):

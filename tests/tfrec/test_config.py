@@ -865,6 +865,13 @@ def test_a_file_reads_alike_whole_and_in_chunks_csv_or_parquet(tmp_path):
     chunks = list(run.read_data_chunks([str(tmp_path / "d.parquet")], text_columns=["user_id"], chunk_rows=2))
     assert whole["user_id"].tolist()[::2] == ["7", "3"] and whole["user_id"].isna().tolist() == [False, True, False]
     pd.testing.assert_frame_equal(pd.concat(chunks), whole)
+    # Lines pyarrow cannot parse (a quoted line break; a short line, which pandas keeps) read alike too.
+    for text in ('session,note,click\n7,"a\nb",0\n8,x,1\n007,y,1\n9,z,0\n',
+                 "session,note,click\n7,a,0\n8,x\n007,y,1\n9,z,0\n"):
+        (tmp_path / "e.csv").write_text(text)
+        whole = run.read_data([str(tmp_path / "e.csv")])
+        assert whole["session"].tolist() == ["7", "8", "007", "9"]
+        pd.testing.assert_frame_equal(pd.concat(run.read_data_chunks([str(tmp_path / "e.csv")], chunk_rows=2)), whole)
 
 
 def test_explicit_vocabulary_path_is_relative_to_the_config(tmp_path, monkeypatch):

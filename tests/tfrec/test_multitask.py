@@ -239,6 +239,23 @@ def test_save_and_load_give_identical_outputs_for_every_head(trained, reloaded, 
         np.testing.assert_allclose(_esmm_cvr(restored, rows), _esmm_cvr(model, rows), atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["saved_model", "model.h5", "model.keras"])
+def test_a_frozen_table_stays_frozen_after_save_and_load(tmp_path, path):
+    """SparseFeat(trainable=False) (a pretrained table): a SavedModel folder revived the table
+    trainable, so fine-tuning the loaded model changed it."""
+    from feature_columns import DenseFeat, SparseFeat
+    from tfrec.saving import load_model
+
+    model = MMOE([SparseFeat("user", 5, 4, trainable=False), SparseFeat("item", 5, 4), DenseFeat("score", 1)],
+                 num_experts=2, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=())
+    model.compile("adam", "binary_crossentropy")
+    model.save(tmp_path / path)
+    restored = load_model(tmp_path / path)
+    frozen = restored.get_layer("emb_user").embeddings
+    assert all(w is not frozen for w in restored.trainable_weights)
+    assert len(restored.trainable_weights) == len(model.trainable_weights)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_weights_saved_to_h5_load_into_a_rebuilt_model(trained, data, tmp_path, name):
     """DeepCTR's other way to persist: model.save_weights('m.h5') into the same architecture."""

@@ -343,6 +343,26 @@ class SavedWithoutLayerTraces:
                 kwargs["signatures"] = default_save_signature(self)
         return super().save(filepath, overwrite=overwrite, save_format=save_format, **kwargs)
 
+    @property
+    def _trackable_saved_model_saver(self):
+        # Keras revives a model of a custom class from its config and then sets the saved
+        # `model.trainable` on it, which Keras applies to every layer: a table frozen with
+        # SparseFeat(trainable=False) came back trainable. A trainable model (the default, as
+        # from_config builds it) saved without traces (so revived only from its config) leaves
+        # out the flag, and each layer keeps its own. With traces, a load without tfrec's classes
+        # revives the model from the flag itself, which must then stay.
+        from tf_keras.src.saving.legacy.saved_model.model_serialization import ModelSavedModelSaver
+        from tf_keras.src.saving.legacy.saved_model.utils import should_save_traces
+
+        class KeepingLayersTrainable(ModelSavedModelSaver):
+            def _python_properties_internal(self):
+                metadata = super()._python_properties_internal()
+                if metadata.get("trainable") and not should_save_traces():
+                    metadata["trainable"] = None
+                return metadata
+
+        return KeepingLayersTrainable(self)
+
 
 def refuse_positional_inputs(model, x):
     """A ValueError for a list of arrays (or a data set of lists) fed to `model` of several inputs."""

@@ -122,6 +122,22 @@ def test_mtl_script_shape_trains_mmoe_on_pandas():
     assert [p.shape for p in predictions] == [(len(data), 1)] * 2
 
 
+def test_one_value_features_may_come_as_rows_or_columns_from_call_to_call():
+    # data[feat].values is (rows,), data[[feat]].values (rows, 1): both are what a (batch, 1) Input
+    # takes, and a predict after one with the other failed ("expected axis -1 of input shape to
+    # have value 8, but received input with shape (None, 4)").
+    columns = [SparseFeat("C1", 5, 4), SparseFeat("C2", 5, 4), DenseFeat("I1", 1)]
+    model = MMOE(columns, num_experts=2, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=())
+    model.compile("adam", "binary_crossentropy")
+    x = {"C1": np.array([1, 2, 3]), "C2": np.array([3, 2, 1]), "I1": np.array([0.5, 0.1, 0.2])}
+    expected = model.predict(x, verbose=0)
+    for name in x:
+        as_column = model.predict({**x, name: x[name][:, None]}, verbose=0)
+        np.testing.assert_allclose(np.concatenate(as_column), np.concatenate(expected), err_msg=name)
+    model.fit({**x, "C1": x["C1"][:, None]}, [np.array([1, 0, 1])] * 2, verbose=0)
+    model.evaluate(x, [np.array([1, 0, 1])] * 2, verbose=0)
+
+
 # --- Every model on LabelEncoder ids, numpy sizes and pandas columns -----------------------------
 
 ROWS, MAXLEN, DIM = 32, 4, 4

@@ -138,6 +138,22 @@ def test_one_value_features_may_come_as_rows_or_columns_from_call_to_call():
     model.evaluate(x, [np.array([1, 0, 1])] * 2, verbose=0)
 
 
+def test_sequence_weights_in_deepctrs_shape_weigh_the_sequence():
+    # run_multivalue_movielens.py: model_input["genres_weight"] = np.random.randn(rows, max_len, 1),
+    # DeepCTR's Input shape of a weight_name; predict failed ("unsupported operand type(s) for -:
+    # 'NoneType' and 'int'").
+    columns = [SparseFeat("user", 5, 4),
+               VarLenSparseFeat(SparseFeat("genres", 6, 4), maxlen=3, combiner="mean", weight_name="genres_weight")]
+    model = MMOE(columns, num_experts=2, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=())
+    model.compile("adam", "binary_crossentropy")
+    weights = np.array([[0.5, 2.0, 0.0], [1.0, 0.0, 0.0]], dtype="float32")
+    x = {"user": np.array([1, 2]), "genres": np.array([[1, 2, 0], [3, 0, 0]]), "genres_weight": weights}
+    expected = model.predict(x, verbose=0)
+    deepctr_shape = {**x, "genres_weight": weights[..., None]}
+    np.testing.assert_allclose(np.concatenate(model.predict(deepctr_shape, verbose=0)), np.concatenate(expected))
+    model.fit(deepctr_shape, [np.array([1, 0])] * 2, verbose=0)
+
+
 # --- Every model on LabelEncoder ids, numpy sizes and pandas columns -----------------------------
 
 ROWS, MAXLEN, DIM = 32, 4, 4

@@ -706,7 +706,7 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         x, y = check_inputs(x, dtypes, y, what=f"model '{self.name}'")
         if isinstance(x, Mapping):
             self._check_shapes(x)
-            x = self._one_value_rows_as_inputs(x)
+            x = self._as_input_shapes(x)
             if y is not None:
                 self._check_labels(y)
                 y = _labels_per_row(y)
@@ -715,16 +715,29 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
             self._check_labelled_outputs(x.element_spec[1])
         return x, y
 
-    def _one_value_rows_as_inputs(self, x):
-        """{name: array} with each (rows,) array of a (batch, 1) Input (a SparseFeat, a length,
-        a DenseFeat(1)) as (rows, 1). Keras takes either, but a predict / evaluate / fit traced
-        for one and called with the other is traced again for inputs of unknown rank, in which
-        the embeddings lose their width: "expected axis -1 of input shape to have value 8, but
-        received input with shape (None, 4)"."""
-        one_value = {name for name, tensor in zip(self.input_names, self.inputs) if tensor.shape.rank == 2
-                     and tensor.shape[-1] == 1}
-        return {name: value[:, None] if name in one_value and isinstance(value, np.ndarray) and value.ndim == 1
-                else value for name, value in x.items()}
+    def _as_input_shapes(self, x):
+        """{name: array} in the shapes of the Inputs: each (rows,) array of a (batch, 1) Input (a
+        SparseFeat, a length, a DenseFeat(1)) as (rows, 1), and each (rows, events, 1) array of
+        a sequence Input as (rows, events).
+
+        Keras takes (rows,) or (rows, 1), but a predict / evaluate / fit traced for one and called
+        with the other is traced again for inputs of unknown rank, in which the embeddings lose
+        their width ("expected axis -1 of input shape to have value 8, but received input with
+        shape (None, 4)"). (rows, maxlen, 1) is DeepCTR's shape of a VarLenSparseFeat's weights.
+        """
+        widths = {name: tensor.shape[-1] for name, tensor in zip(self.input_names, self.inputs)
+                  if tensor.shape.rank == 2}
+
+        def as_input(name, value):
+            if name not in widths or not isinstance(value, np.ndarray):
+                return value
+            if widths[name] == 1 and value.ndim == 1:
+                return value[:, None]
+            if widths[name] is None and value.ndim == 3 and value.shape[-1] == 1:
+                return value[..., 0]
+            return value
+
+        return {name: as_input(name, value) for name, value in x.items()}
 
     def _check_shapes(self, x):
         """A ValueError naming the feature when {name: array} lacks an input, gives a sequence or a

@@ -236,7 +236,7 @@ class SparseFeat(namedtuple("SparseFeat", [
         """What must agree between columns sharing this column's embedding table, by name."""
         return {"vocabulary_size": self.vocabulary_size, "embedding_dim": self.embedding_dim,
                 "use_hash": self.use_hash, "vocabulary_path": self.vocabulary_path, "vocabulary": self.vocabulary,
-                "string ids": self.dtype == STRING_DTYPE}
+                "string ids": self.dtype == STRING_DTYPE, "trainable": bool(self.trainable)}
 
     def __hash__(self):
         return self.name.__hash__()
@@ -355,7 +355,9 @@ def _short(value):
 def validate_columns(feature_columns):
     """Checks a column list as a whole: unique names and consistent shared embedding tables.
 
-    Columns sharing a table must agree on its size, dimension and vocabulary. A column may name a
+    Columns sharing a table must agree on its size, dimension, vocabulary and `trainable` (the
+    table is built once, from the first of them: a frozen item table declared after its trainable
+    history would train). A column may name a
     table of its own (`embedding_name` used by no other column, as DeepCTR allows); a warning
     points at the likely intended table when that name is close to another's (a typo would
     otherwise train a separate table silently).

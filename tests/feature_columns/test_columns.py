@@ -94,6 +94,14 @@ def test_bad_column_lists_fail_naming_the_columns():
     other_dim = VarLenSparseFeat(SparseFeat("hist_item_id", 10, 8, embedding_name="item_id"), maxlen=3)
     with pytest.raises(ValueError, match=r"differ in embedding_dim \(4 and 8\);"):
         validate_columns([SparseFeat("item_id", 10), other_dim])
+    # The table is built from the first column: a frozen item table after its history trained.
+    frozen = SparseFeat("item_id", 10, trainable=False)
+    with pytest.raises(ValueError, match=r"'hist_item_id' and 'item_id' share embedding 'item_id' but differ in "
+                                         r"trainable \(True and False\)"):
+        validate_columns([VarLenSparseFeat(SparseFeat("hist_item_id", 10, embedding_name="item_id"), maxlen=3),
+                          frozen])
+    validate_columns([frozen, VarLenSparseFeat(SparseFeat("hist_item_id", 10, embedding_name="item_id",
+                                                          trainable=False), maxlen=3)])
     with pytest.raises(ValueError, match="'item_id' is declared twice"):
         validate_columns([SparseFeat("item_id", 10), SparseFeat("item_id", 10)])
 

@@ -130,8 +130,16 @@ def _vocabulary_value(name, dtype, value):
     when the model is built, without naming the column.
     """
     if dtype == STRING_DTYPE:
-        if isinstance(value, (str, bytes)):
+        if isinstance(value, str):
             return value
+        if isinstance(value, bytes):
+            # As text: TensorFlow looks up b"a" as "a" (a duplicate of it), and a model whose
+            # vocabulary holds bytes does not load from a .keras file.
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                _fail("SparseFeat", name, f"vocabulary entry {value!r} is not UTF-8 text, as the model's string "
+                                          "inputs are; decode the values first")
         _fail("SparseFeat", name, f"vocabulary entry {value!r} ({type(value).__name__}) is not a string, as the "
                                   "entries of a dtype 'string' column must be (a missing value? leave it out, "
                                   "e.g. df[col].dropna().unique(); numbers: give their text)")

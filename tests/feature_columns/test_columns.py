@@ -43,11 +43,26 @@ def test_vocabulary_sizes_the_table():
     assert feat.vocabulary_size == 5  # padding + OOV + 3
 
 
+def test_a_vocabulary_of_bytes_is_text_and_its_lookup_saves_to_a_keras_file(tmp_path):
+    # df[col].unique() of bytes (read from TFRecords or parquet): the .keras file did not load
+    # ("Error when deserializing class 'SparseIndex'").
+    feat = SparseFeat("city", None, 4, dtype="string", vocabulary=[b"paris", "rome", "z\u00fcrich".encode()])
+    assert feat.vocabulary == ("paris", "rome", "z\u00fcrich")
+    raw = tf.keras.Input((1,), dtype="string", name="city")
+    model = tf.keras.Model(raw, feature_columns.inputs.index_layer(feat)(raw))
+    model.save(tmp_path / "lookup.keras")
+    cities = np.array([["rome"], ["z\u00fcrich"], ["oslo"]], dtype=object)
+    np.testing.assert_array_equal(tf.keras.models.load_model(tmp_path / "lookup.keras")(cities), [[3], [4], [1]])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: SparseFeat("city", None, dtype="string"), "'city': dtype 'string' needs vocabulary"),
     (lambda: SparseFeat("city", 3, dtype="string", vocabulary=["a", "b"]), "'city': vocabulary_size=3 is too small"),
     (lambda: SparseFeat("city", None, dtype="string", vocabulary=["a", ""]), "'city': the vocabulary must not contain"),
     (lambda: SparseFeat("city", None, dtype="string", vocabulary=["a", "a"]), "'city': the vocabulary has duplicate"),
+    (lambda: SparseFeat("city", None, dtype="string", vocabulary=[b"a", "a"]), "'city': the vocabulary has duplicate"),
+    (lambda: SparseFeat("city", None, dtype="string", vocabulary=[b"\xff"]), r"'city': vocabulary entry b'\\xff' is "
+                                                                              "not UTF-8 text"),
     (lambda: SparseFeat("city", 10, dtype="float16"), "'city': dtype must be one of"),
     (lambda: SparseFeat("city", 10, vocabulary_path="/no/such/file"), "'city': vocabulary_path"),
     (lambda: VarLenSparseFeat(SparseFeat("hist", 10), maxlen=0), "'hist': maxlen must be an int >= 1"),

@@ -716,14 +716,15 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         return x, y
 
     def _as_input_shapes(self, x):
-        """{name: array} in the shapes of the Inputs: each (rows,) array of a (batch, 1) Input (a
-        SparseFeat, a length, a DenseFeat(1)) as (rows, 1), and each (rows, events, 1) array of
-        a sequence Input as (rows, events).
+        """{name: array} in one shape per Input: each (rows, 1) array of a (batch, 1) Input (a
+        SparseFeat, a length, a DenseFeat(1)) as (rows,), and each (rows, events, 1) array of a
+        sequence Input as (rows, events).
 
         Keras takes (rows,) or (rows, 1), but a predict / evaluate / fit traced for one and called
         with the other is traced again for inputs of unknown rank, in which the embeddings lose
         their width ("expected axis -1 of input shape to have value 8, but received input with
-        shape (None, 4)"). (rows, maxlen, 1) is DeepCTR's shape of a VarLenSparseFeat's weights.
+        shape (None, 4)"). (rows,) is what DeepCTR's scripts and tfrec's data sets give.
+        (rows, maxlen, 1) is DeepCTR's shape of a VarLenSparseFeat's weights.
         """
         widths = {name: tensor.shape[-1] for name, tensor in zip(self.input_names, self.inputs)
                   if tensor.shape.rank == 2}
@@ -731,8 +732,8 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         def as_input(name, value):
             if name not in widths or not isinstance(value, np.ndarray):
                 return value
-            if widths[name] == 1 and value.ndim == 1:
-                return value[:, None]
+            if widths[name] == 1 and value.ndim == 2 and value.shape[1] == 1:
+                return value[:, 0]
             if widths[name] is None and value.ndim == 3 and value.shape[-1] == 1:
                 return value[..., 0]
             return value

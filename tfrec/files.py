@@ -2,6 +2,7 @@
 import contextlib
 import os
 import secrets
+import stat
 
 __all__ = ["fsync_path", "replaced_atomically", "synced_tree"]
 
@@ -32,11 +33,12 @@ def synced_tree(folder):
     """Flushes every file and folder under `folder`, and `folder` itself, to disk: call it
     before renaming a folder into place. Without it the rename may reach the disk before the
     data of the files it names, and a crash right after leaves the new name holding empty or
-    cut files."""
+    cut files. Only regular files are flushed: opening a FIFO would wait for a writer for good,
+    and a link's target lies elsewhere."""
     for parent, _, names in os.walk(folder, topdown=False):
         for name in names:
             path = os.path.join(parent, name)
-            if not os.path.islink(path):
+            if stat.S_ISREG(os.lstat(path).st_mode):
                 fsync_path(path)
         fsync_path(parent)
 

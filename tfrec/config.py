@@ -772,8 +772,8 @@ def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
     import pandas as pd
 
     sep = _csv_separator(path)
-    if sep is None:
-        return _parquet_frame(_parquet_file(path).read(), text_columns)
+    if sep is None:  # a Parquet log keeps its int ids (`retrieval_run` makes a mix with CSV text)
+        return _parquet_frame(_parquet_file(path).read(), ())
     with _reading(path, bad_lines, skipped_to):
         df = _whole_number_ids(_without_trailing_spaces(_read_csv(path, sep, text_columns, bad_lines)), text_columns)
     integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
@@ -1037,7 +1037,8 @@ def _parquet_frame(data, text_columns):
     df = _with_index_as_columns(data.to_pandas())
     for name in text_columns:
         if name in data.schema.names and pa.types.is_integer(data.schema.field(name).type):
-            df[name] = pc.cast(data.column(name), pa.string()).to_pandas()
+            # the values, not a Series: to_pandas gave df the file's own index (a frame's saved rows 3, 9, ...)
+            df[name] = pc.cast(data.column(name), pa.string()).to_pandas().to_numpy()
     return df
 
 

@@ -14,6 +14,7 @@ from tfrec.data.long_history import long_history_feature_columns, make_long_hist
 from tfrec.data.pipeline import batched_rows, dataset_elements
 from tfrec.data.planted import oracle_auc
 from tfrec.layers import SimHashSearch, SoftSearch, TargetAttention, TimeGapEmbedding
+from tfrec.layers import search as search_module
 from tfrec.metrics import auc
 from tfrec.models import DIN, SIM, SharedHistoryModel
 from tests.conftest import run_saved_model_cli
@@ -110,13 +111,16 @@ def test_simhash_hamming_distances_equal_a_numpy_reference():
     np.testing.assert_array_equal(layer.hamming(layer.signature(query), layer.signature(keys)).numpy(), expected)
 
 
+@pytest.mark.parametrize("native_bfloat16", [True, False], ids=["cpu_with_bfloat16", "cpu_without"])
 @pytest.mark.parametrize("num_bits", [64, 128, 1024])
-def test_simhash_search_picks_the_nearest_events_summed_over_tables_ties_by_position(num_bits):
+def test_simhash_search_picks_the_nearest_events_summed_over_tables_ties_by_position(num_bits, native_bfloat16,
+                                                                                   monkeypatch):
     """Two tables (item, category): the picks are numpy's stable sort of the summed distances over
     the unmasked events, whether the counts add up as uint8 (64 bits) or int32 (128, 1024). One
     history shared by every candidate (a `shared_history` request) is searched by a matmul of
-    +-1 bits instead, in bfloat16 (64, 128) or float32 (1024): it picks the same events, also when
-    fewer than topk are unmasked."""
+    +-1 bits instead, in bfloat16 (64, 128 bits, on a CPU with bfloat16 in hardware) or float32:
+    it picks the same events, also when fewer than topk are unmasked."""
+    monkeypatch.setattr(search_module, "native_bfloat16", lambda: native_bfloat16)
     rng = np.random.default_rng(4)
     batch, length, dim, topk, rows = 6, 300, 8, 40, (200, 12)
     layer = SimHashSearch(topk, tables=["item", "cate"], table_rows=list(rows), num_bits=num_bits)

@@ -1,5 +1,6 @@
 """Files and folders written whole or not at all."""
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -44,9 +45,18 @@ def synced_tree(folder):
 
 
 def fsync_path(path):
-    """Flushes the file or folder `path` to disk (a folder's: the names renamed into it)."""
+    """Flushes the file or folder `path` to disk (a folder's: the names renamed into it).
+
+    Some network and FUSE file systems cannot flush a folder and refuse with EINVAL (fsync(2):
+    "fd is bound to a special file which does not support synchronization"); there the renames
+    are as durable as the file system makes them, and the write goes on. A file they cannot
+    flush still fails the write.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP) or not os.path.isdir(path):
+            raise
     finally:
         os.close(fd)

@@ -1,5 +1,6 @@
 import feature_columns._legacy_keras  # noqa: F401
 
+import errno
 import logging
 import os
 import signal
@@ -183,3 +184,25 @@ def test_a_version_is_flushed_to_disk_before_it_is_renamed_into_place(tiny_model
                for parent, folders, files in os.walk(version_dir) for name in folders + files} | {staging_dir}
     assert len(written) > 5 and written <= synced_before
     assert ("fsync", str(tmp_path / "tiny")) in events[renamed:]
+
+
+@pytest.mark.parametrize("refused", ["folder", "file"])
+def test_a_file_system_that_cannot_flush_a_folder_still_takes_exports(refused, tiny_model, tmp_path, monkeypatch):
+    """Some network and FUSE file systems refuse a folder's fsync with EINVAL: an export there
+    still publishes its version. A file that cannot be flushed still fails the export, and
+    publishes nothing."""
+    fsync = os.fsync
+
+    def fsync_refusing(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}") == (refused == "folder"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_refusing)
+    if refused == "folder":
+        version_dir = exporters.export_saved_model(tiny_model, tmp_path / "tiny")
+        assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    else:
+        with pytest.raises(OSError, match="Invalid argument"):
+            exporters.export_saved_model(tiny_model, tmp_path / "tiny")
+        assert [name for name in os.listdir(tmp_path / "tiny") if not name.startswith(".")] == []

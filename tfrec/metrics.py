@@ -172,6 +172,8 @@ def logloss(y_true, y_pred, eps=1e-7, sample_weight=None):
         raise ValueError("logloss of an empty array is undefined")
     if np.isnan(y_pred).any():
         raise ValueError(f"y_pred contains {int(np.isnan(y_pred).sum())} NaN value(s)")
+    if np.isnan(y_true).any():  # the range check below lets NaN through, and the mean would be NaN
+        raise ValueError(f"y_true contains {int(np.isnan(y_true).sum())} NaN value(s)")
     if ((y_true < 0) | (y_true > 1)).any():
         raise ValueError("y_true must lie in [0, 1]")
     weights = _checked_weights(sample_weight, len(y_true))

@@ -129,3 +129,39 @@ def test_weighted_metrics_equal_the_unweighted_ones_of_rows_repeated_by_their_we
 def test_bad_sample_weights_are_refused(weights, message):
     with pytest.raises(ValueError, match=message):
         metrics.auc([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1], sample_weight=weights)
+
+
+def test_logloss_refuses_nan_labels():
+    """A NaN label passed the [0, 1] range check (NaN compares False) and made the mean NaN."""
+    with pytest.raises(ValueError, match="y_true contains 1 NaN"):
+        metrics.logloss([np.nan, 1.0, 0.0], [0.5, 0.7, 0.2])
+
+
+def weighted_pairwise_auc(y, s, w):
+    """Brute force with weights: each (positive, negative) pair counts w_pos * w_neg; comparisons,
+    not differences, so that inf against inf is a tie."""
+    pos, neg = y == 1, y == 0
+    pair = w[pos][:, None] * w[neg][None, :]
+    above, tied = s[pos][:, None] > s[neg][None, :], s[pos][:, None] == s[neg][None, :]
+    return (pair * above + 0.5 * pair * tied).sum() / pair.sum()
+
+
+def test_auc_and_gauc_match_brute_force_with_infinite_scores_signed_zeros_and_weights():
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n = 30
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        s = rng.choice([-np.inf, np.inf, 0.0, -0.0, 1e-300, -1e300, 0.5], n)
+        w = rng.choice([0.0, 0.5, 1.0, 3.0], n)
+        w[:2] = 1.0
+        groups = rng.integers(0, 4, n)
+        assert metrics.auc(y, s, w) == pytest.approx(weighted_pairwise_auc(y, s, w), abs=1e-12)
+        num = den = 0.0
+        for group in np.unique(groups):
+            m = groups == group
+            size = w[m].sum()
+            if w[m & (y == 1)].sum() > 0 and w[m & (y == 0)].sum() > 0:
+                num, den = num + size * weighted_pairwise_auc(y[m], s[m], w[m]), den + size
+        if den:
+            assert metrics.gauc(y, s, groups, w) == pytest.approx(num / den, abs=1e-12)

@@ -117,7 +117,8 @@ def gauc(y_true, y_score, groups, sample_weight=None):
       y_true: (n,) labels in {0, 1}.
       y_score: (n,) scores; no NaN.
       groups: (n,) group keys (ints or strings), e.g. user ids; in an object array, compared as
-        text (5 and "5" are one group).
+        text (5 and "5" are one group). None or NaN is no key: such a row is refused, not pooled
+        with the other rows of no group into one.
       sample_weight: optional (n,) weights >= 0: each group's AUC is weighted (see `auc`) and
         counts its rows' total weight instead of its row count.
 
@@ -125,11 +126,15 @@ def gauc(y_true, y_score, groups, sample_weight=None):
       float: sum_g n_g * AUC_g / sum_g n_g over groups with both classes.
 
     Raises:
-      ValueError: on length mismatches, NaN scores, bad weights, or when no group has both
-        classes.
+      ValueError: on length mismatches, NaN scores, bad weights, missing (None / NaN) group keys,
+        or when no group has both classes.
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     groups = _as_1d(groups, "groups")
+    missing = pd.isna(groups)
+    if missing.any():
+        raise ValueError(f"groups has {int(missing.sum())} missing (None or NaN) key(s), the first in row "
+                         f"{int(np.argmax(missing))}; give those rows a group or leave them out")
     if groups.dtype == object:  # ints and text (5 and "u7": files read apart) sort only as text, 5 as "5"
         groups = groups.astype(str)
     if len(groups) != len(y_true):

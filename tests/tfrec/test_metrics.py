@@ -165,3 +165,14 @@ def test_auc_and_gauc_match_brute_force_with_infinite_scores_signed_zeros_and_we
                 num, den = num + size * weighted_pairwise_auc(y[m], s[m], w[m]), den + size
         if den:
             assert metrics.gauc(y, s, groups, w) == pytest.approx(num / den, abs=1e-12)
+
+
+
+@pytest.mark.parametrize("groups", [np.array([np.nan, np.nan, 1.0, 1.0, 2.0, 2.0]),
+                                    np.array([None, None, "a", "a", "b", "b"], dtype=object)])
+def test_gauc_refuses_missing_group_keys_instead_of_pooling_them(groups):
+    """Rows of no group (NaN or None keys) were silently one more group: here its AUC of 1 raised
+    GAUC from 0 (the two real groups) to 1/3."""
+    y, s = [1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.2, 0.8, 0.3, 0.4]
+    with pytest.raises(ValueError, match=r"groups has 2 missing \(None or NaN\) key\(s\), the first in row 0"):
+        metrics.gauc(y, s, groups)

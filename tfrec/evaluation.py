@@ -50,7 +50,7 @@ def binary_report(labels, scores, groups=None, sample_weight=None):
     if groups is not None:
         try:
             report["gauc"] = metrics.gauc(labels, scores, groups, sample_weight)
-        except ValueError:  # the scores passed auc() above, so no group holds both labels
+        except metrics.OneClassError:  # no group holds both labels; any other refusal is a mistake
             report["gauc"] = float("nan")
     return report
 

@@ -12,7 +12,12 @@ import pandas as pd
 import tensorflow as tf
 
 __all__ = ["auc", "gauc", "logloss", "AUC", "LogLoss", "recall_at_k", "hit_rate_at_k", "ndcg_at_k",
-           "index_recall", "top_k_indices"]
+           "index_recall", "top_k_indices", "OneClassError"]
+
+
+class OneClassError(ValueError):
+    """`auc` or `gauc` of labels of one class (per group, for `gauc`): the metric is undefined
+    for the data, not for a mistake in the call. A ValueError, as every other refusal here."""
 
 
 def _as_1d(values, what):
@@ -93,14 +98,15 @@ def auc(y_true, y_score, sample_weight=None):
       float: the probability that a random positive scores above a random negative.
 
     Raises:
-      ValueError: on a length mismatch, NaN scores, labels other than 0/1, bad weights, or when
-        y_true holds a single class (of positive weight; AUC is undefined then).
+      ValueError: on a length mismatch, NaN scores, labels other than 0/1, or bad weights;
+        OneClassError (a ValueError) when y_true holds a single class (of positive weight; AUC is
+        undefined then).
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     weights = _checked_weights(sample_weight, len(y_true))
     (value,), (pos,), (neg,) = _group_aucs(y_true, y_score, np.zeros(len(y_true), np.int64), weights, 1)
     if not (pos > 0 and neg > 0):
-        raise ValueError(
+        raise OneClassError(
             f"AUC needs both classes in y_true, got {int(y_true.sum())} positive(s) and "
             f"{int(len(y_true) - y_true.sum())} negative(s)" + ("" if sample_weight is None else " (of weight > 0)")
         )
@@ -126,8 +132,8 @@ def gauc(y_true, y_score, groups, sample_weight=None):
       float: sum_g n_g * AUC_g / sum_g n_g over groups with both classes.
 
     Raises:
-      ValueError: on length mismatches, NaN scores, bad weights, missing (None / NaN) group keys,
-        or when no group has both classes.
+      ValueError: on length mismatches, NaN scores, bad weights or missing (None / NaN) group
+        keys; OneClassError (a ValueError) when no group has both classes.
     """
     y_true, y_score = _check_binary_inputs(y_true, y_score)
     groups = _as_1d(groups, "groups")
@@ -146,7 +152,7 @@ def gauc(y_true, y_score, groups, sample_weight=None):
     group_aucs, pos, neg = _group_aucs(y_true, y_score, group_index.reshape(-1), weights, len(keys))
     valid = (pos > 0) & (neg > 0)
     if not valid.any():
-        raise ValueError(
+        raise OneClassError(
             f"GAUC needs at least one group with both a positive and a negative label; none of "
             f"the {len(pos)} group(s) has both"
         )

@@ -176,3 +176,13 @@ def test_gauc_refuses_missing_group_keys_instead_of_pooling_them(groups):
     y, s = [1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.2, 0.8, 0.3, 0.4]
     with pytest.raises(ValueError, match=r"groups has 2 missing \(None or NaN\) key\(s\), the first in row 0"):
         metrics.gauc(y, s, groups)
+
+
+def test_one_class_labels_raise_one_class_error_a_value_error():
+    for call in (lambda: metrics.auc([1, 1], [0.2, 0.3]), lambda: metrics.gauc([1, 0, 1], [0.1, 0.2, 0.3], [1, 2, 3])):
+        with pytest.raises(metrics.OneClassError):
+            call()
+    assert issubclass(metrics.OneClassError, ValueError)
+    with pytest.raises(ValueError) as error:  # other refusals stay plain ValueErrors
+        metrics.auc([0, 1], [0.1, np.nan])
+    assert not isinstance(error.value, metrics.OneClassError)

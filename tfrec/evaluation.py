@@ -21,8 +21,10 @@ def predict_outputs(model, df, feature_columns, batch_size=4096):
     `PREDICT_ROWS` rows per `predict` call; an output of several values per row (e.g. an expert
     gate's weights) is (rows, values)."""
     names = list(model.output_names)
+    if not len(df):  # Keras refuses to predict no rows: one empty call gives each output's width
+        return _no_rows_outputs(model, df, feature_columns, names)
     parts = {name: [] for name in names}
-    for start in range(0, max(len(df), 1), PREDICT_ROWS):
+    for start in range(0, len(df), PREDICT_ROWS):
         predictions = model.predict(df_to_inputs(df.iloc[start:start + PREDICT_ROWS], feature_columns),
                                     batch_size=batch_size, verbose=0)
         if isinstance(predictions, dict):
@@ -36,8 +38,24 @@ def predict_outputs(model, df, feature_columns, batch_size=4096):
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+def _no_rows_outputs(model, df, feature_columns, names):
+    """`predict_outputs` of no rows: (0,) or (0, values) arrays, from one call of the model."""
+    predictions = model(df_to_inputs(df, feature_columns), training=False)
+    if isinstance(predictions, dict):
+        predictions = [predictions[name] for name in names]
+    predictions = tf.nest.flatten(predictions)
+    outputs = {}
+    for name, values in zip(names, predictions):
+        values = np.asarray(values, dtype=np.float64)
+        width = int(np.prod(values.shape[1:]))
+        outputs[name] = np.zeros((0,) if width == 1 else (0, width))
+    return outputs
+
+
 def predict_frame(model, df, feature_columns, batch_size=4096, output=None):
     """Model scores for the rows of `df`, as a flat float64 array (one output, or `output`)."""
+    if output is not None and output not in model.output_names:
+        raise ValueError(f"output {output!r} is not an output of {model.name}; its outputs are {list(model.output_names)}")
     outputs = predict_outputs(model, df, feature_columns, batch_size)
     return outputs[output] if output is not None else next(iter(outputs.values()))
 
@@ -55,14 +73,30 @@ def binary_report(labels, scores, groups=None, sample_weight=None):
     return report
 
 
+def _check_frame(df, names):
+    """A KeyError naming the first of `names` (argument name -> column) that `df` lacks, and a
+    ValueError for a frame of no rows, before anything is scored."""
+    for argument, column in names.items():
+        if column is not None and column not in df.columns:
+            raise KeyError(f"{argument} '{column}' is not a column of the DataFrame; its columns are "
+                           f"{list(df.columns)}")
+    if not len(df):
+        raise ValueError("the DataFrame has no rows to evaluate")
+
+
 def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group_col=None, output=None,
                     batch_size=4096):
     """AUC, GAUC (by `group_col`; NaN if no group has both labels) and logloss of `model` on `df`, plus the oracle's AUC.
 
     `truth_col` holds the generator's true probability; rows where it is NaN (sampled negatives)
-    are left out of the oracle figure and of the model's `auc_vs_oracle_rows`, so the ratio
+    are left out of the oracle figure and of the model's `model_auc_on_oracle_rows`, so the ratio
     model/oracle compares like with like.
+
+    Raises:
+      KeyError: `df` lacks `label_col`, `truth_col` or `group_col` (naming it), or a feature's column.
+      ValueError: `df` has no rows, its labels are of one class, or no row of known truth has both.
     """
+    _check_frame(df, {"label_col": label_col, "truth_col": truth_col, "group_col": group_col})
     scores = predict_frame(model, df, feature_columns, batch_size, output)
     labels = df[label_col].to_numpy(dtype=np.float64)
     groups = None if group_col is None else df[group_col].to_numpy()
@@ -70,7 +104,11 @@ def evaluate_binary(model, df, feature_columns, label_col, truth_col=None, group
     if truth_col is not None:
         truth = df[truth_col].to_numpy(dtype=np.float64)
         known = ~np.isnan(truth)
-        report["oracle_auc"] = metrics.auc(labels[known], truth[known])
+        try:
+            report["oracle_auc"] = metrics.auc(labels[known], truth[known])
+        except ValueError as error:
+            raise ValueError(f"truth_col '{truth_col}': no oracle AUC on the {int(known.sum())} row(s) whose truth "
+                             f"is known: {error}") from None
         report["model_auc_on_oracle_rows"] = metrics.auc(labels[known], scores[known])
         report["ratio_to_oracle"] = report["model_auc_on_oracle_rows"] / report["oracle_auc"]
         if group_col is not None and known.all() and not np.isnan(report["gauc"]):

@@ -1,8 +1,44 @@
-"""tfrec.evaluation's edge cases."""
+"""tfrec.evaluation's edge cases, on a tiny untrained DIN where a model is needed (its scores are
+not the point): empty frames, missing columns, and which GAUC refusals `binary_report` turns into
+NaN."""
 import numpy as np
 import pytest
 
 from tfrec import evaluation
+
+
+@pytest.fixture(scope="module")
+def tiny_din():
+    from tfrec.recipes import build_din, planted_din_data
+
+    _, _, test_df, columns = planted_din_data(users=12, items=20, events_per_user=8, maxlen=3, embedding_dim=4)
+    return build_din(columns), test_df, columns
+
+
+def test_predict_outputs_of_no_rows_are_empty_arrays(tiny_din):
+    """Keras refuses to predict no rows ('Expected input data to be non-empty')."""
+    model, test_df, columns = tiny_din
+    outputs = evaluation.predict_outputs(model, test_df.iloc[:0], columns)
+    assert list(outputs) == list(model.output_names)
+    assert outputs["prediction"].shape == (0,) and outputs["prediction"].dtype == np.float64
+    assert evaluation.predict_frame(model, test_df.iloc[:0], columns).shape == (0,)
+
+
+def test_evaluate_binary_names_what_is_wrong_with_the_frame(tiny_din):
+    model, test_df, columns = tiny_din
+    report = evaluation.evaluate_binary(model, test_df, columns, "click", truth_col="p_click", group_col="user_id")
+    assert report["rows"] == len(test_df) and 0 <= report["auc"] <= 1 and "model_auc_on_oracle_rows" in report
+    with pytest.raises(ValueError, match="no rows to evaluate"):
+        evaluation.evaluate_binary(model, test_df.iloc[:0], columns, "click")
+    for argument, name in (("label_col", "clicked"), ("truth_col", "p_true"), ("group_col", "uid")):
+        kwargs = {"label_col": "click", argument: name}
+        with pytest.raises(KeyError, match=f"{argument} '{name}' is not a column of the DataFrame; its columns are"):
+            evaluation.evaluate_binary(model, test_df, columns, **kwargs)
+    with pytest.raises(ValueError, match="output 'ctr' is not an output of .*; its outputs are \\['prediction'\\]"):
+        evaluation.evaluate_binary(model, test_df, columns, "click", output="ctr")
+    # No row of known truth: the error says it is the oracle's figure, not the model's, that is missing.
+    with pytest.raises(ValueError, match="truth_col 'p_click': no oracle AUC on the 0 row"):
+        evaluation.evaluate_binary(model, test_df.assign(p_click=np.nan), columns, "click", truth_col="p_click")
 
 
 def test_binary_report_gauc_is_nan_only_when_no_group_has_both_labels():

@@ -226,7 +226,17 @@ class RecallValidation(tf.keras.callbacks.Callback):
     def __init__(self, user_inputs, candidate_inputs, candidate_ids, truth, k, excluded=None):
         super().__init__()
         self.user_inputs, self.candidate_inputs, self.excluded = user_inputs, candidate_inputs, excluded
-        self.candidate_ids, self.truth, self.k = np.asarray(candidate_ids), np.asarray(truth), int(k)
+        self.candidate_ids, self.truth, self.k = np.asarray(candidate_ids), np.asarray(truth), metrics._check_k(k)
+        # Checked here, not after the first epoch's training (an empty truth divided by zero there).
+        if not len(self.truth):
+            raise ValueError("RecallValidation: truth holds no samples to rank")
+        for what, values in [(f"user_inputs[{name!r}]", values) for name, values in user_inputs.items()] + \
+                [("excluded", excluded)] * (excluded is not None):
+            if len(values) != len(self.truth):
+                raise ValueError(f"RecallValidation: {what} has {len(values)} rows and truth {len(self.truth)}; "
+                                 "give one per held-out sample")
+        if self.k > len(self.candidate_ids):
+            raise ValueError(f"RecallValidation: k={self.k} is more than the {len(self.candidate_ids)} candidates")
 
     def on_epoch_end(self, epoch, logs=None):
         items = candidate_vectors(self.model, self.candidate_inputs)  # once per process, for all its replicas

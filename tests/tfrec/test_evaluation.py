@@ -1,6 +1,6 @@
 """tfrec.evaluation's edge cases, on a tiny untrained DIN where a model is needed (its scores are
-not the point): empty frames, missing columns, and which GAUC refusals `binary_report` turns into
-NaN."""
+not the point): empty frames, missing columns, which GAUC refusals `binary_report` turns into NaN,
+and the arguments `RecallValidation` checks before the first epoch rather than after it."""
 import numpy as np
 import pytest
 
@@ -50,3 +50,20 @@ def test_binary_report_gauc_is_nan_only_when_no_group_has_both_labels():
         evaluation.binary_report(labels, scores, np.array([1, 2]))
     with pytest.raises(ValueError, match="missing"):
         evaluation.binary_report(labels, scores, np.array([np.nan, np.nan, 1.0, 1.0]))
+
+
+def test_recall_validation_checks_its_arguments_before_training():
+    """k above the candidates failed at the end of the first epoch; no samples divided by zero there."""
+    users = {"user_id": np.arange(3), "hist_item_id": np.zeros((3, 4), np.int64)}
+    items, ids = {"item_id": np.arange(5)}, np.arange(5)
+    evaluation.RecallValidation(users, items, ids, np.array([1, 2, 3]), k=5)
+    with pytest.raises(ValueError, match="k=6 is more than the 5 candidates"):
+        evaluation.RecallValidation(users, items, ids, np.array([1, 2, 3]), k=6)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        evaluation.RecallValidation(users, items, ids, np.array([1, 2, 3]), k=2.5)
+    with pytest.raises(ValueError, match="truth holds no samples"):
+        evaluation.RecallValidation({"user_id": np.arange(0)}, items, ids, np.array([]), k=2)
+    with pytest.raises(ValueError, match=r"user_inputs\['hist_item_id'\] has 2 rows and truth 3"):
+        evaluation.RecallValidation({**users, "hist_item_id": np.zeros((2, 4))}, items, ids, np.array([1, 2, 3]), k=2)
+    with pytest.raises(ValueError, match="excluded has 1 rows and truth 3"):
+        evaluation.RecallValidation(users, items, ids, np.array([1, 2, 3]), k=2, excluded=[[0]])

@@ -13,7 +13,14 @@ HELD_OUT_EVENTS = 5  # per user, so GAUC is defined on the test frame
 
 
 def planted_din_data(users=2000, items=1000, events_per_user=50, maxlen=20, embedding_dim=8, seed=0):
-    """(log, train_df, test_df, columns): a raw-string-id behaviour log turned into DIN samples."""
+    """(log, train_df, test_df, columns): a raw-string-id behaviour log turned into DIN samples.
+
+    Each user's last `HELD_OUT_EVENTS` events are the test rows, so `events_per_user` must be
+    above it (a ValueError otherwise: there would be no training rows)."""
+    if not events_per_user > HELD_OUT_EVENTS:
+        raise ValueError(f"events_per_user must be more than {HELD_OUT_EVENTS}, got {events_per_user}: each user's last "
+                         f"{HELD_OUT_EVENTS} events are held out as test rows, so {events_per_user} leave none to "
+                         "train on")
     log = make_behaviour_log(num_users=users, num_items=items, events_per_user=events_per_user, seed=seed,
                              id_type="str")
     train_df, test_df = build_din_samples(log, maxlen=maxlen, extra_cols=("p_click",),

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -565,6 +566,17 @@ def test_a_count_or_timeout_of_0_is_refused_with_its_flag_before_anything_runs(a
     flag = next(a for a in argv if a.startswith("--") and a not in ("--config", "--output", "--model-name",
                                                                    "--inputs"))
     assert f"argument {flag}: must be above 0, got {argv[-1]}" in capsys.readouterr().err
+
+
+def test_demo_with_no_events_left_to_train_on_names_the_flag_and_removes_its_directory(tfrec_main, tmp_path,
+                                                                                       monkeypatch):
+    """Each user's last 5 events are test rows: with 5 per user, fit failed inside Keras ('Expected
+    input data to be non-empty')."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's temporary folder goes
+    code, _, err = tfrec_main("demo", "--users", 10, "--items", 20, "--events-per-user", 5)
+    assert code == 1
+    assert "tfrec demo: error: events_per_user must be more than 5, got 5" in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_ctrl_c_stops_the_demo_and_removes_its_temporary_directory(tmp_path):

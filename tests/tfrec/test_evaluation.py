@@ -67,3 +67,14 @@ def test_recall_validation_checks_its_arguments_before_training():
         evaluation.RecallValidation({**users, "hist_item_id": np.zeros((2, 4))}, items, ids, np.array([1, 2, 3]), k=2)
     with pytest.raises(ValueError, match="excluded has 1 rows and truth 3"):
         evaluation.RecallValidation(users, items, ids, np.array([1, 2, 3]), k=2, excluded=[[0]])
+
+
+def test_planted_din_data_needs_more_events_per_user_than_it_holds_out():
+    """With 5 events per user every event was a test row, and training failed inside Keras
+    ('Expected input data to be non-empty'): `tfrec demo --events-per-user 5`."""
+    from tfrec.recipes import HELD_OUT_EVENTS, planted_din_data
+
+    with pytest.raises(ValueError, match=f"events_per_user must be more than {HELD_OUT_EVENTS}, got 5"):
+        planted_din_data(users=10, items=20, events_per_user=5)
+    _, train_df, test_df, _ = planted_din_data(users=10, items=20, events_per_user=HELD_OUT_EVENTS + 1)
+    assert len(train_df) == 10 and len(test_df) == 10 * HELD_OUT_EVENTS

@@ -597,7 +597,7 @@ def build_parser():
                                         "and on Ctrl-C)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
     demo.add_argument("--candidates", type=_positive(int), default=100, help="candidates ranked per user")
-    demo.add_argument("--show-users", type=int, default=3, help="users whose ranking is printed")
+    demo.add_argument("--show-users", type=_positive(int), default=3, help="users whose ranking is printed")
     demo.add_argument("--top-k", type=_positive(int), default=5, help="items printed per user")
 
     train = command("train", "train a model on your data (--config) or DIN on planted data (--output)")

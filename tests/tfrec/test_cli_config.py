@@ -553,6 +553,7 @@ def test_version_and_help_give_every_flag_a_text(capsys):
 @pytest.mark.parametrize("argv", [["train", "--config", "run.yaml", "--epochs", "0"],
                                   ["train", "--output", "din.keras", "--users", "-5"],
                                   ["demo", "--top-k", "0"],
+                                  ["demo", "--show-users", "-1"],  # head(-1): every user but one
                                   ["bench", "--model-name", "din", "--inputs", "{}", "--requests", "0"],
                                   ["query", "--model-name", "din", "--inputs", "{}", "--timeout", "0"]])
 def test_a_count_or_timeout_of_0_is_refused_with_its_flag_before_anything_runs(argv, capsys):

@@ -580,6 +580,24 @@ def test_demo_with_no_events_left_to_train_on_names_the_flag_and_removes_its_dir
     assert os.listdir(tmp_path) == []
 
 
+def test_predict_refuses_a_scores_file_it_could_not_write_or_that_is_a_file_it_scores(tfrec_main, tmp_path):
+    """--scores naming the --data file (or a file of its glob) replaced the rows with their scores;
+    a folder, or a file in no folder, failed only when renamed into place, after every row was scored.
+    Each is refused before the model is even looked for (this run folder holds none)."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("user_id,item_id\nu1,i1\n")
+    flags = ["predict", "--config", RANKING, "--output", tmp_path / "run"]
+    for data, scores, message in ((rows, rows, f"--scores {rows} is one of the files to score"),
+                                  (tmp_path / "*.csv", rows, f"--scores {rows} is one of the files to score"),
+                                  (rows, tmp_path, f"--scores {tmp_path} is a folder"),
+                                  (rows, tmp_path / "no" / "s.csv", f"--scores: no folder {tmp_path / 'no'} to write")):
+        code, _, err = tfrec_main(*flags, "--data", data, "--scores", scores)
+        assert code == 1 and f"tfrec predict: error: {message}" in err, err
+    assert rows.read_text() == "user_id,item_id\nu1,i1\n"
+    code, _, err = tfrec_main(*flags, "--data", rows, "--scores", tmp_path / "scores.csv")
+    assert code == 1 and "no trained model at" in err  # the next check, once the scores file is fine
+
+
 def test_ctrl_c_stops_the_demo_and_removes_its_temporary_directory(tmp_path):
     # Epochs enough that Ctrl-C lands in training however late a loaded machine delivers it
     # (200 epochs of this data took 2 s: a late signal found the demo done); SIGINT handled as

@@ -268,10 +268,10 @@ def build_arg_parser():
                         help="replay assets.extra/tf_serving_warmup_requests on load")
     parser.add_argument("--allow_version_labels_for_unavailable_models", type=_bool_flag,
                         nargs="?", const=True, default=False,
-                        help="let a config reload point a new label (or one keeping its version) at a "
-                             "version that is not AVAILABLE (requests by that label get NOT_FOUND until it "
-                             "is); moving a label to one, and with false any such label, is refused with "
-                             "FAILED_PRECONDITION")
+                        help="let the start-up config, or a config reload, point a new label (or one "
+                             "keeping its version) at a version that is not AVAILABLE (requests by that "
+                             "label get NOT_FOUND until it is); moving a label to one, and with false any "
+                             "such label (the start fails), is refused with FAILED_PRECONDITION")
     parser.add_argument("--grpc_max_threads", type=int, default=32,
                         help="threads answering gRPC calls")
     parser.add_argument("--grpc_channel_arguments", type=_grpc_channel_arguments, default=[],
@@ -540,8 +540,9 @@ def main(argv=None):
     try:
         # As tensorflow_model_server: a configured model none of whose versions can load
         # (after the load retries) fails the start, so a deployment that gates on the
-        # process never sees a server that serves nothing.
-        core.wait_until_models_available(core.model_names(), stop=stop)
+        # process never sees a server that serves nothing; nor does a label of the config
+        # file that names a version which did not load.
+        core.wait_until_started(stop=stop)
         if not stop.is_set():
             grpc_server, port = _start_grpc(core, args)
             _announce(f"Running gRPC ModelServer at {_address(args.host, port)} ...")

@@ -65,6 +65,11 @@ def _with_labels(model_config, labels):
     return copy
 
 
+def _labels_of(config):
+    """{model: {label: version}} of a ModelServerConfig."""
+    return {m.name: dict(m.version_labels) for m in config.model_config_list.config}
+
+
 def _timed_out():
     return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                         "Timed out waiting for the new model config to load")
@@ -84,8 +89,9 @@ class ServerCore:
         --load_retry_interval_micros (in seconds here); retries run on the poll thread when
         due, also when polling is off.
       allow_labels_for_unavailable: --allow_version_labels_for_unavailable_models; when
-        False, a config reload whose labels name versions that are not AVAILABLE is refused;
-        when True, only one that moves an existing label to such a version.
+        False, a start-up config (see `wait_until_started`) or a config reload whose labels name
+        versions that are not AVAILABLE is refused; when True, only a reload that moves an
+        existing label to such a version.
       num_load_threads: --num_load_threads: this many threads poll and load the models, each
         model's on one thread at a time, and the poll thread does not wait for them: a model with
         a slow load (a large export, a slow disk, a long warm-up, a read that never returns) holds
@@ -129,10 +135,11 @@ class ServerCore:
         self._loaders = futures.ThreadPoolExecutor(num_load_threads, thread_name_prefix="model-loader") \
             if num_load_threads > 0 else None
         self._apply_config(config)
+        self._start_up_labels = _labels_of(config)
 
     def start(self):
         """Loads the initial versions of every model (with load threads: starts their loads;
-        `wait_until_models_available` waits for them), then starts the poll thread."""
+        `wait_until_started` waits for them), then starts the poll thread."""
         self._poll_all()
         self._thread = threading.Thread(target=self._poll_loop, name="model-poller",
                                         daemon=True)
@@ -211,7 +218,7 @@ class ServerCore:
                     raise error
             if old is not None and old.base_path != model.base_path:
                 moved.append(model)
-        generation = self._apply_config(config, labels_later=True)
+        generation = self._apply_config(config)
         changed = [m.name for m in config.model_config_list.config
                    if m.name not in before or before[m.name].model_version_policy != m.model_version_policy]
         with self._poll_cond:
@@ -232,7 +239,17 @@ class ServerCore:
         if stayed:
             raise ServingError(grpc.StatusCode.UNKNOWN, "Some servables did not become available (their models keep "
                                f"serving from the old base path): {{{', '.join(stayed)}}}")
-        self._install_labels({m.name: dict(m.version_labels) for m in config.model_config_list.config})
+        self._install_labels(_labels_of(config))
+
+    def wait_until_started(self, stop=None):
+        """The end of TF Serving's start-up: waits until every configured model has a version
+        AVAILABLE (`wait_until_models_available`), then gives the models the labels of the
+        start-up config, checked as a reload's are (FAILED_PRECONDITION when a label names a
+        version that is not AVAILABLE, unless --allow_version_labels_for_unavailable_models).
+        Until then no request can name a label."""
+        self.wait_until_models_available(self.model_names(), stop=stop)
+        if not (self._stopping or (stop is not None and stop.is_set())):
+            self._install_labels(self._start_up_labels)
 
     def wait_until_models_available(self, names, timeout=None, stop=None):
         """TF Serving's WaitUntilModelsAvailable: returns once every named model has a version
@@ -277,17 +294,18 @@ class ServerCore:
                 if states.get(version, (None,))[0] != _AVAILABLE:
                     allowed = f"allows it for a new label, not for moving label {label} from version " \
                               f"{current[label]}" if self._allow_labels_for_unavailable else "allows it"
+                    available = sorted(v for v, (state, _) in states.items() if state == _AVAILABLE)
                     raise ServingError(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"Request to assign label to version {version} of model {name}, which is not "
-                        f"currently available for inference (--allow_version_labels_for_unavailable_models "
-                        f"{allowed})")
+                        f"currently available for inference (label {label}; available versions: "
+                        f"{available or 'none'}; --allow_version_labels_for_unavailable_models {allowed})")
         for name, model in models.items():
             model.config = _with_labels(model.config, labels[name])  # one assignment: requests see old or new
 
-    def _apply_config(self, config, labels_later=False):
-        """Installs a config; returns its generation number. With `labels_later`, every model
-        keeps the labels it has (a new one has none) until `_install_labels`."""
+    def _apply_config(self, config):
+        """Installs a config; returns its generation number. Every model keeps the labels it
+        has (a new one has none) until `_install_labels`."""
         with self._lock:
             self._config_generation += 1
             wanted = {m.name: m for m in config.model_config_list.config}
@@ -297,13 +315,12 @@ class ServerCore:
                     self._retired.append(self._replacing.pop(name))
             for name in list(self._models):
                 model = self._models[name]
-                new = wanted.get(name)
-                if labels_later and new is not None:
-                    new = _with_labels(new, model.config.version_labels)
-                if new is None:
+                if name not in wanted:
                     self._removed[name] = self._models.pop(name)
                     self._retired.append(self._removed[name])
-                elif new.base_path != model.config.base_path:
+                    continue
+                new = _with_labels(wanted[name], model.config.version_labels)
+                if new.base_path != model.config.base_path:
                     if name in self._replacing:
                         self._replacing[name].config = new
                     else:
@@ -314,7 +331,7 @@ class ServerCore:
             for name, model_config in wanted.items():
                 if name not in self._models:
                     self._removed.pop(name, None)
-                    self._models[name] = VersionManager(_with_labels(model_config, {}) if labels_later else model_config,
+                    self._models[name] = VersionManager(_with_labels(model_config, {}),
                                                         self._batching, self._enable_warmup,
                                                         **self._version_options)
             return self._config_generation

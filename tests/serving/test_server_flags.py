@@ -321,10 +321,49 @@ def test_allow_version_labels_for_unavailable_models_does_not_let_a_label_move_t
         assert moved.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert moved.value.message == (
             "Request to assign label to version 1 of model toy, which is not currently available for inference "
-            "(--allow_version_labels_for_unavailable_models allows it for a new label, not for moving label "
-            "stable from version 2)")
+            "(label stable; available versions: [2]; --allow_version_labels_for_unavailable_models allows it for a "
+            "new label, not for moving label stable from version 2)")
         assert served_version("stable") == 2
         core.reload_config(config({"stable": 2, "canary": 9, "beta": 1}))  # kept and new labels
         assert served_version("stable") == 2
     finally:
         core.stop()
+
+
+def labelled_toy_config(path, saved_models, labels):
+    """A models.config serving toy (versions 1 and 2 on disk; the default policy loads 2) with `labels`."""
+    path.write_text(f'model_config_list {{ config {{ name: "toy" base_path: "{saved_models / "toy"}" '
+                    + "".join(f'version_labels {{ key: "{label}" value: {version} }} '
+                              for label, version in labels.items()) + "} }\n")
+    return path
+
+
+@pytest.mark.parametrize("labels, refused, available", [
+    ({"stable": 2, "canary": 7}, "version 7 of model toy", "[2]"),  # no folder 7
+    ({"stable": 1}, "version 1 of model toy", "[2]"),  # on disk, but the policy loads 2 only
+])
+def test_a_start_up_label_on_a_version_that_did_not_load_fails_the_start(saved_models, tmp_path, labels, refused,
+                                                                          available):
+    """As a reload's labels, and as tensorflow_model_server: the server used to start (so a process,
+    not main() in this one, which would serve on) and answer every request by such a label NOT_FOUND."""
+    config = labelled_toy_config(tmp_path / "models.config", saved_models, labels)
+    code, output = run_server(f"--model_config_file={config}")
+    assert code == 1
+    assert (f"Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version "
+            f"{refused.split()[1]} of model toy, which is not currently available for inference") in output
+    assert f"available versions: {available}; --allow_version_labels_for_unavailable_models allows it" in output
+    assert "Running gRPC ModelServer" not in output
+
+
+def test_allow_version_labels_for_unavailable_models_lets_start_up_labels_wait_for_their_versions(saved_models,
+                                                                                                   tmp_path):
+    config = labelled_toy_config(tmp_path / "models.config", saved_models, {"stable": 2, "canary": 7})
+    with LocalServer(model_config_file=str(config), rest=False,
+                     extra_args=["--allow_version_labels_for_unavailable_models"]) as server, \
+            Client(server.grpc_target) as client:
+        assert client.predict("toy", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]},
+                              version_label="stable")["score"].tolist() == [3.0]  # version 2
+        with pytest.raises(ServingError) as waiting:
+            client.predict("toy", {"x": [[1.0, 0.0, 0.0]], "tag": ["a"]}, version_label="canary")
+        assert waiting.value.code == grpc.StatusCode.NOT_FOUND
+        assert "Servable not found for request: Specific(toy, 7)" in waiting.value.message

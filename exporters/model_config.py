@@ -46,7 +46,9 @@ def write_model_config(path, models):
           ("specific", [1, 2]); left out, TF Serving serves the newest version;
         * version_labels: {label: version}, e.g. {"stable": 1, "canary": 2}; labels are
           non-empty strings.
-        Base paths are written absolute (URIs such as gs://... are kept as they are).
+        Base paths are written absolute, relative ones taken from the current directory
+        (tensorflow_model_server and `tfrec serve` refuse a relative base_path); URIs such as
+        gs://... are kept as they are.
 
     Raises:
       ValueError: a model lacks a name or base path, a name repeats, or an option is unknown

@@ -364,8 +364,8 @@ class ModelConfigFileError(ValueError):
 
 
 def read_model_config_file(path):
-    """Parses and checks a text-format ModelServerConfig file; relative base paths are taken
-    from the current directory, as tensorflow_model_server does.
+    """Parses and checks a text-format ModelServerConfig file; a relative base path is refused,
+    as tensorflow_model_server refuses it (INVALID_ARGUMENT).
 
     Raises ModelConfigFileError naming the file and the problem (missing or unreadable file,
     text that is not a ModelServerConfig, a model without name or base_path, ...)."""
@@ -385,7 +385,6 @@ def read_model_config_file(path):
     for index, model in enumerate(config.model_config_list.config):
         if not model.base_path:
             raise fail(f"model {model.name or f'#{index + 1}'!r} has no base_path")
-        model.base_path = os.path.abspath(model.base_path)
     try:
         validate_config(config)
     except ServingError as error:

@@ -40,6 +40,11 @@ def validate_config(config):
         names.add(model.name)
         if not model.base_path:
             raise invalid_argument(f"Model {model.name} has no base_path")
+        if "://" not in model.base_path and not os.path.isabs(model.base_path):
+            # As TF Serving's ValidateModelConfigList (tensorflow_model_server sets no
+            # model_config_list_root_dir): relative to what would depend on where the server runs.
+            raise invalid_argument(f"Expected model {model.name} to have an absolute path or URI; got "
+                                   f"base_path()={model.base_path}")
         if model.model_platform not in ("", "tensorflow"):
             raise invalid_argument(
                 f"Model {model.name} has model_platform {model.model_platform!r}; this server "

@@ -624,6 +624,24 @@ def test_reloads_that_would_lose_models_or_point_labels_nowhere_are_refused(serv
         _reload(model_stub, server.config_text)
 
 
+def test_a_reload_with_a_relative_base_path_is_refused(server, client, model_stub, saved_models):
+    """As TF Serving's ValidateModelConfigList: INVALID_ARGUMENT, nothing changes. A base path
+    relative to the server's directory used to be loaded from there, where TF Serving refuses it."""
+    relative = os.path.relpath(saved_models / "toy", os.getcwd())  # the server runs in this directory
+    added = server.config_text.rstrip().rstrip("}") + f'  config {{ name: "rel" base_path: "{relative}" }}\n}}\n'
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            _reload(model_stub, added)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == f"Expected model rel to have an absolute path or URI; got base_path()={relative}"
+        with pytest.raises(ServingError) as unknown:
+            client.predict("rel", {"x": X, "tag": TAGS})
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+        assert_good_request_answered(client)
+    finally:
+        _reload(model_stub, server.config_text)
+
+
 def test_a_model_a_reload_removes_keeps_its_versions_states(server, client, model_stub, tmp_path, saved_models):
     """As TF Serving's ServableStateMonitor: GetModelStatus of a removed model lists its versions
     END, so an operator sees it was unloaded (it was NOT_FOUND 'Could not find any versions');

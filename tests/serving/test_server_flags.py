@@ -116,6 +116,9 @@ def test_abbreviated_flag_is_not_taken_for_a_longer_one(capsys, caplog):
     ('model_config_list { config { name: "a" base_path: "/x" } '
      'config { name: "a" base_path: "/y" } }', "Illegal to list model a multiple times"),
     ("", "it has no model_config_list"),
+    # Relative to what? tensorflow_model_server refuses it; it used to be taken from the server's directory.
+    ('model_config_list { config { name: "a" base_path: "models/a" } }',
+     "Expected model a to have an absolute path or URI; got base_path()=models/a"),
 ])
 def test_invalid_model_config_file_fails_naming_the_file(tmp_path, capsys, caplog, text, problem):
     """The missing file as a process started by a user; the other mistakes in this process."""

@@ -106,13 +106,14 @@ def _demo(args, workdir):
     from serving import Client, LocalServer
     from tfrec.data import df_to_inputs
     from tfrec.evaluation import evaluate_binary
+    from tfrec.recipes import HELD_OUT_EVENTS
 
     print(f"working in {workdir}")
     print(f"[1/5] planted-truth behaviour log: {args.users} users x {args.events_per_user} events, "
           f"{args.items} items (string ids)", flush=True)
     log, train_df, test_df, columns = _planted_din(args)
     print(f"      {len(log)} impressions -> {len(train_df)} train / {len(test_df)} test samples "
-          "(last 5 events of each user held out)")
+          f"(last {HELD_OUT_EVENTS} events of each user held out)")
 
     with step("[2/5] training DIN with Keras fit"):
         model = _train_din(args, train_df, columns)
@@ -251,25 +252,9 @@ def cmd_predict(args):
         raise CliError("predict needs --data FILE (the rows to score); the config has no data.test to default to",
                        "see `tfrec predict --help`")
     keep = [name for names in args.keep for name in names.split(",") if name]
-    scores = os.path.abspath(args.scores)
-    _check_scores_file(scores, run._expand(files, "--data" if args.data else "data.test", config.path))
-    result = run.predict(config, files, scores, keep=keep)
+    result = run.predict(config, files, os.path.abspath(args.scores), keep=keep)
     print(f"wrote {result['rows']} rows of {', '.join(result['columns'])}: {result['file']}")
     return 0
-
-
-def _check_scores_file(scores, inputs):
-    """A CliError, before the model is loaded and every row scored, for a --scores path the
-    scores cannot be renamed into at the end (a folder, or in no folder), or that is one of the
-    `inputs` scored: the scores would replace its rows."""
-    if os.path.isdir(scores):
-        raise CliError(f"--scores {scores} is a folder", "give the CSV file to write, e.g. --scores scores.csv")
-    if not os.path.isdir(os.path.dirname(scores)):
-        raise CliError(f"--scores: no folder {os.path.dirname(scores)} to write {os.path.basename(scores)} in",
-                       "create the folder first")
-    if os.path.exists(scores) and any(os.path.samefile(scores, path) for path in inputs):
-        raise CliError(f"--scores {scores} is one of the files to score: the scores would replace its rows",
-                       "write the scores to another file")
 
 
 def _print_retrieval_report(report):

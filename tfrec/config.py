@@ -2322,6 +2322,8 @@ def predict(config, files, scores_path, keep=(), out=None):
     if config.retrieval:
         raise ConfigError(f"{config.path}: tfrec predict scores rows with a ranking model; a retrieval model's "
                           "answers (each user's top k items) come from its export: tfrec export, then tfrec query")
+    _check_scores_path(scores_path, _expand(files, "--data", config.path))
+    keep = list(dict.fromkeys(keep))  # a column kept twice is written once
     with step("loading the trained model", out):
         model, columns = trained(config)
     score_names = {task: task for task in config.tasks} if config.multitask else \
@@ -2353,6 +2355,21 @@ def predict(config, files, scores_path, keep=(), out=None):
         if not rows:  # the header alone, so the file still reads as a table
             pd.DataFrame(columns=list(keep) + list(score_names.values())).to_csv(handle, index=False)
     return {"rows": rows, "file": scores_path, "columns": list(keep) + list(score_names.values())}
+
+
+def _check_scores_path(scores_path, inputs):
+    """A ConfigError, before the model is loaded and every row scored, for a scores path the
+    scores cannot be renamed into at the end (a folder, or in no folder), or that is one of the
+    `inputs` scored: the scores would replace its rows."""
+    folder = os.path.dirname(os.path.abspath(scores_path))
+    if os.path.isdir(scores_path):
+        raise ConfigError(f"--scores {scores_path} is a folder", hint="give the CSV file to write, e.g. --scores scores.csv")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--scores: no folder {folder} to write {os.path.basename(scores_path)} in",
+                          hint="create the folder first")
+    if os.path.exists(scores_path) and any(os.path.samefile(scores_path, path) for path in inputs):
+        raise ConfigError(f"--scores {scores_path} is one of the files to score: the scores would replace its rows",
+                          hint="write the scores to another file")
 
 
 def _test_weights(per_chunk, config):

@@ -897,10 +897,23 @@ def test_predict_writes_the_kept_columns_as_the_file_holds_them(tmp_path):
     request_ids = ["1234567890123456789", "", "1234567890123456781", "7", "8", "9", "10", "11"]
     rows = pd.read_csv(tmp_path / "d.csv", dtype=str, keep_default_na=False).assign(request_id=request_ids)
     rows.to_csv(tmp_path / "rows.csv", index=False)
-    run.predict(config, [str(tmp_path / "rows.csv")], str(tmp_path / "scores.csv"), keep=["request_id", "user_id"])
+    run.predict(config, [str(tmp_path / "rows.csv")], str(tmp_path / "scores.csv"),
+                keep=["request_id", "user_id", "request_id"])
     scores = pd.read_csv(tmp_path / "scores.csv", dtype=str, keep_default_na=False)
+    assert list(scores.columns) == ["request_id", "user_id", "score"]  # a column kept twice is written once
     assert scores["request_id"].tolist() == request_ids
     assert scores["user_id"].tolist() == rows["user_id"].tolist()
+
+
+def test_predict_from_python_refuses_to_write_its_scores_over_a_file_it_scores(tmp_path):
+    """run.predict given its own input as the scores path replaced the rows with their scores once
+    done; it is refused before the model is loaded (this config has no trained run)."""
+    write_csv_frame(tmp_path / "d.csv")
+    before = (tmp_path / "d.csv").read_text()
+    config = load_config(str(write(tmp_path, "data: {train: d.csv}\nlabels: click\nmodel: {name: DIN}\n")))
+    with pytest.raises(ConfigError, match="is one of the files to score: the scores would replace its rows"):
+        run.predict(config, [str(tmp_path / "*.csv")], str(tmp_path / "d.csv"))
+    assert (tmp_path / "d.csv").read_text() == before
 
 
 def test_predict_writes_the_kept_integers_of_a_parquet_file_as_it_holds_them(tmp_path):

@@ -1,5 +1,6 @@
 """tfrec.datasets: each loader on small files written here in the dataset's original format."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -331,6 +332,27 @@ def test_amazon_items_whose_meta_names_no_category_are_unknown(tmp_path):
                                                          "B4": "Cams"}
 
 
+@pytest.mark.parametrize("time, problem", [('"12 3"', "'12 3'"), ("1.5", "1.5"), ("null", "None"), ("true", "True")])
+def test_an_amazon_review_time_that_is_no_whole_number_names_the_file_and_line(tmp_path, time, problem):
+    """int() of a bad unixReviewTime raised its bare "invalid literal for int() with base 10",
+    naming neither the file nor the line (and int(1.5) made it 1 without a word)."""
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    (folder / "reviews.json").write_text('{"reviewerID": "A1", "asin": "B1", "unixReviewTime": "1300000000"}\n\n'
+                                         f'{{"reviewerID": "A1", "asin": "B2", "unixReviewTime": {time}}}\n')
+    (folder / "meta.json").write_text("")
+    with pytest.raises(ValueError, match=f"reviews.json' does not read as .*line 3: unixReviewTime is "
+                                         f"{re.escape(problem)}, not a whole number.*https://"):
+        read_amazon_reviews(str(folder / "reviews.json"), str(folder / "meta.json"))
+    (folder / "reviews.json").write_text('{"reviewerID": "A1", "asin": "B1"}\n')
+    with pytest.raises(KeyError, match="line 1: the review lacks 'unixReviewTime'"):
+        read_amazon_reviews(str(folder / "reviews.json"), str(folder / "meta.json"))
+    (folder / "meta.json").write_text("{'asin': 'B1', 'categories': [['Cams']]\n")  # cut off
+    (folder / "reviews.json").write_text('{"reviewerID": "A1", "asin": "B1", "unixReviewTime": 1}\n')
+    with pytest.raises(ValueError, match="meta.json' does not read as .*line 1: neither JSON nor a Python dict"):
+        read_amazon_reviews(str(folder / "reviews.json"), str(folder / "meta.json"))
+
+
 # ---------------------------------------------------------------- Taobao
 
 T0 = CLSR_TIME_RANGE[0]
@@ -496,6 +518,29 @@ def test_ali_ccp_drops_conversions_without_click(tmp_path):
     assert list(ds.feature_columns[0].vocabulary) == ["4001", "4003"]
     train, test = read_ali_ccp(str(folder), fields={"205": "item_id"})
     assert train["conversion"].tolist() == [1, 0] and test["click"].tolist() == [1]
+
+
+@pytest.mark.parametrize("click, buy, problem", [("x", "0", "click is 'x', not a whole number"),
+                                                 ("1", "", "buy is '', not a whole number"),
+                                                 ("2", "0", "click and buy must be 0 or 1, got '2' and '0'"),
+                                                 ("1", "300", "click and buy must be 0 or 1, got '1' and '300'")])
+def test_an_ali_ccp_label_that_is_not_0_or_1_names_the_file_and_line(tmp_path, click, buy, problem):
+    """int() of a bad click or buy cell raised its bare "invalid literal for int() with base 10: 'x'"
+    (and 300 overflowed the int8 codes), naming neither the file nor the line."""
+    folder = tmp_path / "aliccp"
+    users = {"aa11": ("31", "3438769")}
+    write_ali_ccp(folder, "train", [(1, 1, "aa11", "4001", "501", []), (0, 0, "aa11", "4002", "501", [])], users)
+    write_ali_ccp(folder, "test", [(0, 0, "aa11", "4001", "501", [])], users)
+    path = folder / "sample_skeleton_train.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = ",".join([lines[1].split(",")[0], click, buy] + lines[1].split(",")[3:])
+    path.write_text("".join(lines))
+    with pytest.raises(ValueError, match=f"Ali-CCP: .*sample_skeleton_train.csv' does not read as .*\\(line 2: "
+                                         f"{re.escape(problem)}\\).*https://"):
+        load_ali_ccp(str(folder))
+    path.write_text("".join([lines[0], "2,0,0\n"]))
+    with pytest.raises(ValueError, match="sample_skeleton_train.csv' does not read as .*line 2: expected 6 fields, got 3"):
+        read_ali_ccp(str(folder))
 
 
 # ---------------------------------------------------------------- census-income

@@ -2,6 +2,7 @@
 import contextlib
 import gzip
 import os
+import re
 from dataclasses import dataclass, field
 
 import feature_columns  # noqa: F401  (sets Keras 2 before TensorFlow is imported)
@@ -14,8 +15,8 @@ from feature_columns import history_name
 from ..data import build_din_samples, retrieval_samples
 from ..data.retrieval import HIST_LENGTH
 
-__all__ = ["LoadedDataset", "require_file", "reading", "open_text", "din_prefix_samples", "sample_negatives",
-           "insert_negatives"]
+__all__ = ["LoadedDataset", "require_file", "reading", "bad_line", "whole_number", "open_text", "din_prefix_samples",
+           "sample_negatives", "insert_negatives"]
 
 DAY = 86_400
 
@@ -77,6 +78,28 @@ def reading(path, dataset, layout, url):
     except ValueError as error:
         raise ValueError(f"{dataset}: {os.path.abspath(path)!r} does not read as {layout} ({error}); a "
                          f"truncated or edited copy? Get the original from {url}") from error
+
+
+def bad_line(number, problem):
+    """The ValueError of line `number` (counted from 1) of a file read line by line; raised inside
+    `reading`, which adds the file, its layout and where to get the original."""
+    return ValueError(f"line {number}: {problem}")
+
+
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def whole_number(value, number, what):
+    """`value` (a cell's text, or a number a JSON line holds) as an int; anything else (text, a
+    fraction, a bool, None) is a `bad_line` naming line `number` and the field `what`: int()'s
+    own "invalid literal for int() with base 10: 'x'" names neither, and int(1.5) would be 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value):
+        return int(value)
+    raise bad_line(number, f"{what} is {value!r}, not a whole number")
 
 
 def open_text(path, encoding="utf-8"):

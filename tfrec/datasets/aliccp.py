@@ -37,7 +37,7 @@ import pandas as pd
 
 from feature_columns import SparseFeat
 
-from ._common import LoadedDataset, open_text, require_file
+from ._common import LoadedDataset, bad_line, open_text, reading, require_file, whole_number
 
 __all__ = ["ALI_CCP_FIELDS", "ALI_CCP_TASKS", "read_ali_ccp", "load_ali_ccp"]
 
@@ -63,6 +63,7 @@ ALI_CCP_FIELDS = {
 ALI_CCP_TASKS = {"ctr": "click", "ctcvr": "conversion"}
 _FILES = {"train": ("sample_skeleton_train.csv", "common_features_train.csv"),
           "test": ("sample_skeleton_test.csv", "common_features_test.csv")}
+_SKELETON_LAYOUT = "lines sample_id,click,buy,md5,feature_num,feature_list (click and buy 0 or 1)"
 
 
 def _parse(feature_list, wanted):
@@ -101,7 +102,7 @@ def _read_split(folder, split, fields, max_samples):
     ids = {field: _Codes() for field in fields}
     clicks, buys, md5_codes, md5_index = array("b"), array("b"), array("i"), {}
     conversions_without_click = 0
-    with open_text(skeleton_path) as lines:
+    with reading(skeleton_path, "Ali-CCP", _SKELETON_LAYOUT, URL), open_text(skeleton_path) as lines:
         for number, line in enumerate(lines, start=1):
             if max_samples is not None and len(clicks) >= max_samples:
                 break
@@ -109,9 +110,10 @@ def _read_split(folder, split, fields, max_samples):
             if len(parts) != 6:
                 if not line.strip():
                     continue
-                raise ValueError(f"{skeleton_path!r} line {number}: expected sample_id,click,buy,md5,feature_num,"
-                                 f"feature_list, got {len(parts)} field(s)")
-            click, buy = int(parts[1]), int(parts[2])
+                raise bad_line(number, f"expected 6 fields, got {len(parts)}")
+            click, buy = whole_number(parts[1], number, "click"), whole_number(parts[2], number, "buy")
+            if click not in (0, 1) or buy not in (0, 1):  # ESMM's labels; int8 codes would overflow on 300
+                raise bad_line(number, f"click and buy must be 0 or 1, got {parts[1]!r} and {parts[2]!r}")
             if buy == 1 and click == 0:  # breaks ESMM's CTCVR = CTR x CVR
                 conversions_without_click += 1
                 continue
@@ -180,7 +182,8 @@ def load_ali_ccp(path, fields=None, min_count=1, max_samples=None, embedding_dim
 
     Raises:
       FileNotFoundError: a file is missing; ValueError: a field with no id seen min_count times
-      in training.
+      in training, or a skeleton line out of its layout (another number of fields, a click or
+      buy other than 0 or 1): the message names the file and the line.
     """
     fields = dict(ALI_CCP_FIELDS if fields is None else fields)
     train, missing_train, dropped_train = _read_split(path, "train", fields, max_samples)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import din_feature_columns
-from ._common import LoadedDataset, din_prefix_samples, open_text, require_file
+from ._common import LoadedDataset, bad_line, din_prefix_samples, open_text, reading, require_file, whole_number
 
 __all__ = ["read_amazon_reviews", "load_amazon"]
 
@@ -40,19 +40,27 @@ URL = "https://jmcauley.ucsd.edu/data/amazon/ (5-core reviews, e.g. reviews_Elec
 UNKNOWN_CATEGORY = "unknown"
 
 
+_REVIEWS_LAYOUT = "one review per line, a JSON object (or Python dict literal) with reviewerID, asin and unixReviewTime"
+_META_LAYOUT = "one product per line, a JSON object (or Python dict literal) with asin and categories"
+
+
 def _records(path):
+    """(line number, record) of each non-empty line; call it inside `reading`, which names the file."""
     with open_text(path) as lines:
         for number, line in enumerate(lines, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 try:
-                    yield ast.literal_eval(line)
+                    record = ast.literal_eval(line)
                 except (ValueError, SyntaxError):
-                    raise ValueError(f"{path!r} line {number} is neither JSON nor a Python dict literal") from None
+                    raise bad_line(number, "neither JSON nor a Python dict literal") from None
+            if not isinstance(record, dict):
+                raise bad_line(number, f"a {type(record).__name__}, not an object of named fields")
+            yield number, record
 
 
 def _category(record):
@@ -77,25 +85,30 @@ def read_amazon_reviews(reviews_path, meta_path):
 
     Raises:
       FileNotFoundError: a file is missing (the message names it and where to get it).
-      KeyError: a review without reviewerID, asin or unixReviewTime.
+      KeyError: a review without reviewerID, asin or unixReviewTime (the message names the line).
+      ValueError: a line that is neither JSON nor a Python dict literal, or a unixReviewTime that
+      is no whole number: the message names the file, the line, the layout and where to get it.
     """
     require_file(reviews_path, "Amazon reviews", "the 5-core reviews file (e.g. reviews_Electronics_5.json)", URL)
     require_file(meta_path, "Amazon reviews", "the metadata file (e.g. meta_Electronics.json)", URL)
     users, items, times = [], [], []
-    for record in _records(reviews_path):
-        try:
-            users.append(str(record["reviewerID"]))
-            items.append(str(record["asin"]))
-            times.append(int(record["unixReviewTime"]))
-        except KeyError as error:
-            raise KeyError(f"{reviews_path!r}: a review lacks {error}; reviews need reviewerID, asin and "
-                           "unixReviewTime") from None
+    with reading(reviews_path, "Amazon reviews", _REVIEWS_LAYOUT, URL):
+        for number, record in _records(reviews_path):
+            try:
+                user, item, time = record["reviewerID"], record["asin"], record["unixReviewTime"]
+            except KeyError as error:
+                raise KeyError(f"{reviews_path!r} line {number}: the review lacks {error}; reviews need reviewerID, "
+                               "asin and unixReviewTime") from None
+            users.append(str(user))
+            items.append(str(item))
+            times.append(whole_number(time, number, "unixReviewTime"))
     reviewed = set(items)
     category = {}
-    for record in _records(meta_path):
-        asin = str(record.get("asin"))
-        if asin in reviewed and asin not in category:
-            category[asin] = _category(record)
+    with reading(meta_path, "Amazon reviews", _META_LAYOUT, URL):
+        for _, record in _records(meta_path):
+            asin = str(record.get("asin"))
+            if asin in reviewed and asin not in category:
+                category[asin] = _category(record)
     log = pd.DataFrame({"user_id": pd.Series(users, dtype=str), "item_id": pd.Series(items, dtype=str),
                         "timestamp": np.asarray(times, dtype=np.int64)})
     log["cate_id"] = log["item_id"].map(category).fillna(UNKNOWN_CATEGORY).astype(str)
@@ -119,6 +132,11 @@ def load_amazon(reviews_path, meta_path, maxlen=100, negatives=1, seed=0, embedd
       hist_item_id, hist_cate_id (lists of str, oldest first); feature_columns =
       `tfrec.data.din_feature_columns` with string vocabularies; history_features ["item_id",
       "cate_id"]; label_columns "click".
+
+    Raises:
+      FileNotFoundError: a file is missing; KeyError: a review lacks a field; ValueError: a line
+      is out of its layout (neither JSON nor a dict literal, a unixReviewTime that is no whole
+      number): the message names the file and the line.
     """
     log = read_amazon_reviews(reviews_path, meta_path)
     train, test = din_prefix_samples(log, maxlen, negatives, seed, min_history=1, test_events=1)

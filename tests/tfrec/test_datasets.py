@@ -332,6 +332,26 @@ def test_amazon_items_whose_meta_names_no_category_are_unknown(tmp_path):
                                                          "B4": "Cams"}
 
 
+def test_amazon_drops_a_review_repeated_exactly(tmp_path):
+    """A review repeated in the file (same reviewer, asin and time) was a sample whose history held
+    its own item; it counts once, and the stats say how many were dropped. A review of the same
+    item at another time is another review."""
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    reviews = [("A1", "B1", 1), ("A1", "B2", 2), ("A1", "B2", 2), ("A1", "B3", 3), ("A1", "B1", 4),
+               ("A2", "B1", 1), ("A2", "B3", 2), ("A2", "B3", 2)]
+    (folder / "reviews.json").write_text("".join(json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t}) + "\n"
+                                                 for u, i, t in reviews))
+    (folder / "meta.json").write_text(repr({"asin": "B1", "categories": [["Cams"]]}) + "\n")
+    assert len(read_amazon_reviews(str(folder / "reviews.json"), str(folder / "meta.json"))) == 8  # the file as it is
+    ds = load_amazon(str(folder / "reviews.json"), str(folder / "meta.json"), negatives=0)
+    assert ds.train["item_id"].tolist() == ["B2", "B3"]
+    assert ds.train["hist_item_id"].map(list).tolist() == [["B1"], ["B1", "B2"]]
+    assert ds.test["item_id"].tolist() == ["B1", "B3"]
+    assert ds.test["hist_item_id"].map(list).tolist() == [["B1", "B2", "B3"], ["B1"]]
+    assert ds.stats["dropped_duplicate_reviews"] == 2 and ds.stats["reviews"] == 6
+
+
 @pytest.mark.parametrize("time, problem", [('"12 3"', "'12 3'"), ("1.5", "1.5"), ("null", "None"), ("true", "True")])
 def test_an_amazon_review_time_that_is_no_whole_number_names_the_file_and_line(tmp_path, time, problem):
     """int() of a bad unixReviewTime raised its bare "invalid literal for int() with base 10",

@@ -12,6 +12,9 @@ The recipe is DIN's (Zhou et al., KDD 2018; zhougr1993/DeepInterestNetwork, util
 * an item's category is the last entry of its last category path (`categories[-1][-1]`; the
   2018 files' flat `category` list: its last entry); items without meta, or with an empty last
   path or list, get "unknown";
+* a review repeated exactly (same reviewerID, asin and unixReviewTime) counts once (DIN's
+  scripts keep such repeats, whose later copy becomes a sample with its own item in its
+  history); `stats["dropped_duplicate_reviews"]` counts those dropped;
 * each user's reviews are sorted by unixReviewTime (equal times keep the file's order);
 * every prefix predicts the next review: the sample of review i >= 1 (counted from 0) has the
   user's reviews 0..i-1 as history (the most recent `maxlen`), the item of review i as a
@@ -80,7 +83,8 @@ def read_amazon_reviews(reviews_path, meta_path):
     """The reviews as an event log with each item's category.
 
     Returns:
-      DataFrame in file order: user_id (reviewerID), item_id (asin), cate_id (str), timestamp
+      DataFrame in file order, one row per line of the reviews file (exact duplicates too, which
+      `load_amazon` drops): user_id (reviewerID), item_id (asin), cate_id (str), timestamp
       (unixReviewTime, int64).
 
     Raises:
@@ -131,7 +135,9 @@ def load_amazon(reviews_path, meta_path, maxlen=100, negatives=1, seed=0, embedd
       (int64), click (int64: 1 for the reviewed item, 0 for its negatives right after it),
       hist_item_id, hist_cate_id (lists of str, oldest first); feature_columns =
       `tfrec.data.din_feature_columns` with string vocabularies; history_features ["item_id",
-      "cate_id"]; label_columns "click".
+      "cate_id"]; label_columns "click"; stats count the reviews kept, the exact duplicates dropped
+      (dropped_duplicate_reviews: a review repeated with the same reviewerID, asin and
+      unixReviewTime counts once), the users, items and categories, and the items without meta.
 
     Raises:
       FileNotFoundError: a file is missing; KeyError: a review lacks a field; ValueError: a line
@@ -139,13 +145,16 @@ def load_amazon(reviews_path, meta_path, maxlen=100, negatives=1, seed=0, embedd
       number): the message names the file and the line.
     """
     log = read_amazon_reviews(reviews_path, meta_path)
+    # A review repeated in the file would be a sample whose history holds its own item (DIN's scripts keep it).
+    repeated = log.duplicated(["user_id", "item_id", "timestamp"]).to_numpy()
+    log = log[~repeated].reset_index(drop=True)
     train, test = din_prefix_samples(log, maxlen, negatives, seed, min_history=1, test_events=1)
     columns = din_feature_columns(log, maxlen=maxlen, embedding_dim=embedding_dim, id_type="str")
     recipe = ("DIN (Zhou et al., KDD 2018; DIEN reuses it) on Amazon 5-core: every prefix of a user's "
               f"time-ordered reviews predicts the next item, {negatives} negative(s) drawn uniformly from the "
               "items the user never reviewed, category = the last category of the item's meta, the last review "
               "of each user is the test sample")
-    stats = {"reviews": len(log), "users": int(log["user_id"].nunique()), "items": int(log["item_id"].nunique()),
+    stats = {"reviews": len(log), "dropped_duplicate_reviews": int(repeated.sum()), "users": int(log["user_id"].nunique()), "items": int(log["item_id"].nunique()),
              "categories": int(log["cate_id"].nunique()),
              "items_without_meta": int(log.loc[log["cate_id"] == UNKNOWN_CATEGORY, "item_id"].nunique())}
     return LoadedDataset("amazon/din", train, test, columns, "click", ["item_id", "cate_id"], recipe=recipe,

@@ -765,85 +765,71 @@ def _expand(patterns, key, config_path):
 
 
 def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
-    """One CSV/Parquet file as a DataFrame; in a CSV, `text_columns` (where present) are read as
-    text, not parsed as numbers, and so is a column of whole numbers written with leading zeros
-    ("02134", "000123": ids, not amounts), which would otherwise become 2134 and 123 and meet
-    other ids."""
-    import pandas as pd
-
+    """One CSV/Parquet file as a DataFrame. In a CSV, `text_columns` (where
+    present) are read as text, not parsed as numbers, and so is a column of whole numbers written
+    with leading zeros ("02134", "000123": ids, not amounts), which would otherwise become 2134 and
+    123 and meet other ids; its empty cells stay missing values (NaN), as in any text column."""
     sep = _csv_separator(path)
     if sep is None:  # a Parquet log keeps its int ids (`retrieval_run` makes a mix with CSV text)
         return _parquet_frame(_parquet_file(path).read(), ())
     with _reading(path, bad_lines, skipped_to):
-        df = _whole_number_ids(_without_trailing_spaces(_read_csv(path, sep, text_columns, bad_lines)), text_columns)
-    integers = [name for name in df.columns if df[name].dtype.kind in "iu"]
-    if integers:  # their text, read again by pyarrow: 5x faster than pandas' str read and regex
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        from pyarrow import csv
-
-        def skip(row):  # the lines pandas left out (more cells than the header); it keeps shorter ones
-            return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
-
-        try:  # named as pandas names them (" item_id" is item_id), its cells cleaned below
-            texts = csv.read_csv(path, read_options=csv.ReadOptions(column_names=list(df.columns), skip_rows=1),
-                                 parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
-                                 convert_options=csv.ConvertOptions(include_columns=integers,
-                                                                    column_types={n: pa.string() for n in integers}))
-            texts = {name: texts[name] for name in integers} if texts.num_rows == len(df) else None
-        except pa.ArrowInvalid:
-            texts = None
-        if texts is None:  # a line with fewer cells than the header (empty in pandas' rows): pandas' own read,
-            # so each text stays in its row (usecols would keep lines with more cells, which pandas left out)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the lines the first read counted
-                texts = _read_csv(path, sep, integers, bad_lines)
-            texts = {name: pa.array(texts[name], pa.string()) for name in integers}
-        for name in integers:
-            text = _cell_texts(texts[name])
-            if pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
-                df[name] = text.to_pandas()
-    return df
+        text_columns = _csv_text_columns(path, sep, text_columns, bad_lines)
+        return _whole_number_ids(_without_trailing_spaces(_read_csv(path, sep, text_columns, bad_lines)), text_columns)
 
 
-_LEADING_ZERO = r"^[+-]?0\d"
+def _csv_text_columns(path, sep, text_columns, bad_lines):
+    """The columns of a CSV to read as text: `text_columns`, and those of `_zero_padded_columns`.
+    Found by one scan of the whole file before it is read, whole or a chunk at a time, so both
+    reads make the same columns text whatever a chunk holds."""
+    names = _csv_names(path, sep)
+    return list(text_columns) + _zero_padded_columns(path, sep, set(names) - set(text_columns), bad_lines)
 
 
-def _cell_texts(texts):
-    """pyarrow's string cells of a CSV column as pandas reads them: pyarrow keeps the spaces around
-    a cell, and the quotes of one that follows a space (' "05"')."""
-    import pyarrow.compute as pc
-
-    return pc.replace_substring_regex(texts, r'^\s*"?|"?\s*$', "")
+# A cell as pyarrow reads it, which keeps the spaces around it and the quotes of one that follows
+# a space (' "05"'), where pandas drops both: a whole number, and one written with a leading zero.
+_WHOLE_NUMBER = r'^\s*"?[+-]?\d+"?\s*$'
+_LEADING_ZERO = r'^\s*"?[+-]?0\d'
+# pandas' default na_values: the cells read_csv makes missing (NaN), in a text column too.
+_MISSING_TEXTS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+                  "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
 def _zero_padded_columns(path, sep, names, bad_lines):
-    """The columns among `names` of a CSV that `_read_file` reads as text for their leading zeros:
-    every cell a whole number (pandas' int column), some written "007". Found in one streaming pass
-    before a chunked read, so every chunk reads them as the whole file is read, whatever the chunk
-    holds. pyarrow reads the text fast; a file it cannot parse (a line with fewer cells, a quoted
-    line break) is read by pandas, as `_read_file` falls back."""
+    """The columns among `names` of a CSV that are read as text for their leading zeros: every cell
+    a whole number or empty (a missing value, as pandas reads "" or "NA"), some written "007" (then
+    "007" and "7" are two ids, and a gap in the column does not make them the floats 7.0 and 7.0).
+    Found in one streaming pass of the file, by `_read_file` and before a chunked read alike.
+    pyarrow reads the text fast; a file it cannot parse (a line with fewer cells, a quoted line
+    break) is read by pandas."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyarrow import csv
 
-    def skip(row):  # as in _read_file: the lines pandas leaves out
+    missing = pa.array(_MISSING_TEXTS, pa.string())
+
+    def skip(row):  # the lines pandas leaves out (more cells than the header); it keeps shorter ones
         return "skip" if bad_lines == "skip" and row.actual_columns > row.expected_columns else "error"
 
     def scan(batches):  # batches: {name: the cells' text} a block of lines at a time
         whole, padded = {name for name in names if name in header}, set()
         for texts in batches:
             for name in sorted(whole):
-                text = _cell_texts(texts[name])
-                if not pc.all(pc.match_substring_regex(text, r"^[+-]?\d+$")).as_py():
-                    whole.discard(name)
-                elif pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
+                text = texts[name]
+                numbers = pc.match_substring_regex(text, _WHOLE_NUMBER)
+                if not pc.all(numbers).as_py():  # the other cells must be gaps
+                    others = pc.utf8_trim(pc.utf8_trim_whitespace(pc.filter(text, pc.invert(numbers))), '"')
+                    if not pc.all(pc.is_in(others, value_set=missing)).as_py():
+                        whole.discard(name)
+                        continue
+                if name not in padded and pc.any(pc.match_substring_regex(text, _LEADING_ZERO)).as_py():
                     padded.add(name)
         return sorted(padded & whole)
 
     header = list(_csv_names(path, sep))
     texts = {name: pa.string() for name in names if name in header}
+    if not texts:
+        return []
     try:
         with csv.open_csv(path, read_options=csv.ReadOptions(column_names=header, skip_rows=1),
                           parse_options=csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
@@ -852,9 +838,9 @@ def _zero_padded_columns(path, sep, names, bad_lines):
             return scan(batches)
     except pa.ArrowInvalid:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the chunked read counts the lines
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the read of the data counts the lines
             chunks = _read_csv(path, sep, sorted(texts), bad_lines, chunksize=CHUNK_ROWS)
-            # an empty cell ("", "NA": pandas' gap) is no whole number
+            # pandas' gaps (NaN) as "", a missing text
             return scan({name: pa.array(chunk[name].fillna(""), pa.string()) for name in texts} for chunk in chunks)
 
 
@@ -1043,9 +1029,10 @@ def _parquet_frame(data, text_columns):
 
 
 def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
-    """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole.
-    Columns are typed per chunk: `text_columns` (a trained run's string columns) as text, others as
-    pandas reads them (a chunk of ids with a gap gets floats, which prepare() handles)."""
+    """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole:
+    the same columns text (`_csv_text_columns`). Other columns are
+    typed per chunk, as pandas reads them (a chunk of ids with a gap gets floats, which prepare()
+    handles)."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     sep = _csv_separator(path)
     if sep is None:
@@ -1053,9 +1040,7 @@ def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error",
             yield _parquet_frame(batch, text_columns)
         return
     with _reading(path, bad_lines, skipped_to):
-        names = _csv_names(path, sep)
-        text_columns = list(text_columns) + _zero_padded_columns(path, sep, set(names) - set(text_columns),
-                                                                 bad_lines)
+        text_columns = _csv_text_columns(path, sep, text_columns, bad_lines)
         reader = _read_csv(path, sep, text_columns, bad_lines, chunksize=chunk_rows)
     while True:
         with _reading(path, bad_lines, skipped_to):  # around each read only: the caller's own warnings pass

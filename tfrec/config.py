@@ -765,13 +765,18 @@ def _expand(patterns, key, config_path):
 
 
 def _read_file(path, text_columns=(), bad_lines="error", skipped_to=None):
-    """One CSV/Parquet file as a DataFrame. In a CSV, `text_columns` (where
+    """One CSV/Parquet file as a DataFrame (rows numbered 0..n-1). In a CSV, `text_columns` (where
     present) are read as text, not parsed as numbers, and so is a column of whole numbers written
     with leading zeros ("02134", "000123": ids, not amounts), which would otherwise become 2134 and
-    123 and meet other ids; its empty cells stay missing values (NaN), as in any text column."""
+    123 and meet other ids; its empty cells stay missing values (NaN), as in any text column. A
+    Parquet file keeps its types (`_parquet_frame`)."""
+    import pandas as pd
+
     sep = _csv_separator(path)
     if sep is None:  # a Parquet log keeps its int ids (`retrieval_run` makes a mix with CSV text)
-        return _parquet_frame(_parquet_file(path).read(), ())
+        df = _parquet_frame(_parquet_file(path).read(), text_columns)
+        df.index = pd.RangeIndex(len(df))  # a frame saved with its own rows (3, 9, ...) is numbered as in chunks
+        return df
     with _reading(path, bad_lines, skipped_to):
         text_columns = _csv_text_columns(path, sep, text_columns, bad_lines)
         return _whole_number_ids(_without_trailing_spaces(_read_csv(path, sep, text_columns, bad_lines)), text_columns)
@@ -1015,22 +1020,28 @@ def _parquet_file(path):
 
 
 def _parquet_frame(data, text_columns):
-    """The frame of a Parquet table or batch, the int columns among `text_columns` as their text:
-    to_pandas makes an int column with a gap floats (7 -> 7.0), where a CSV's text column reads "7"."""
+    """The frame of a Parquet table or batch, with the file's types, read whole or in chunks alike.
+    An int column of `text_columns` (ids) with a null is pandas' nullable int (7 and <NA>): to_pandas
+    makes it floats (7.0) when the file has no pandas metadata (as Spark writes it), which a kept
+    column would write as "7.0" and a chunk without the null would not."""
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
     df = _with_index_as_columns(data.to_pandas())
     for name in text_columns:
-        if name in data.schema.names and pa.types.is_integer(data.schema.field(name).type):
-            # the values, not a Series: to_pandas gave df the file's own index (a frame's saved rows 3, 9, ...)
-            df[name] = pc.cast(data.column(name), pa.string()).to_pandas().to_numpy()
+        if name in df.columns and name in data.schema.names and pa.types.is_integer(data.schema.field(name).type) \
+                and df[name].dtype.kind == "f":
+            column = data.column(name)
+            # an array, not a Series: to_pandas gave df the file's own index (a frame's saved rows 3, 9, ...)
+            df[name] = pd.arrays.IntegerArray(pc.fill_null(column, 0).to_numpy(zero_copy_only=False),
+                                              pc.is_null(column).to_numpy(zero_copy_only=False))
     return df
 
 
 def _read_file_chunks(path, text_columns=(), chunk_rows=None, bad_lines="error", skipped_to=None):
     """`_read_file`'s frame of one file, `chunk_rows` rows at a time, without holding the file whole:
-    the same columns text (`_csv_text_columns`). Other columns are
+    the same columns text (`_csv_text_columns`), a Parquet file's types kept. Other columns are
     typed per chunk, as pandas reads them (a chunk of ids with a gap gets floats, which prepare()
     handles)."""
     chunk_rows = chunk_rows or CHUNK_ROWS

@@ -853,9 +853,12 @@ def test_a_file_reads_alike_whole_and_in_chunks_csv_or_parquet(tmp_path):
     feature, evaluate.group) with "007" and "7" kept them apart whole but merged them in chunks,
     the leading zero found only in a chunk (not in the first) or not at all. With an empty cell
     too, both reads made the column floats ("007" and "7" both 7.0): it is text, its gap a missing
-    value. A Parquet file keeps its int ids read whole (a retrieval log's users are asked for by
-    them); in chunks a trained run's text column of ints is text, also in a frame saved with its
-    own rows (its index)."""
+    value. A Parquet file keeps its types in both reads (a retrieval log's users are asked for by
+    its int ids): a trained run's text column of ints was text in chunks only, and, with a null
+    in a file without pandas' metadata (Spark's), floats (7.0) whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (tmp_path / "d.csv").write_text("session,user_id,click\n7,3,0\n8,4,1\n007,5,1\n9,6,0\n")
     whole = run.read_data([str(tmp_path / "d.csv")])
     chunks = list(run.read_data_chunks([str(tmp_path / "d.csv")], chunk_rows=2))
@@ -874,10 +877,15 @@ def test_a_file_reads_alike_whole_and_in_chunks_csv_or_parquet(tmp_path):
     assert run.read_data([str(tmp_path / "f.csv")])["price"].dtype.kind == "f"
     pd.DataFrame({"user_id": pd.array([7, None, 3], dtype="Int64"), "click": [0, 1, 1]}, index=[3, 9, 11]).to_parquet(
         tmp_path / "d.parquet")
-    whole = run.read_data([str(tmp_path / "d.parquet")], text_columns=["user_id"])
-    assert whole["user_id"].dtype == "Int64"
-    chunks = pd.concat(run.read_data_chunks([str(tmp_path / "d.parquet")], text_columns=["user_id"], chunk_rows=2))
-    assert chunks["user_id"].tolist()[::2] == ["7", "3"] and chunks["user_id"].isna().tolist() == [False, True, False]
+    spark = pa.table({"user_id": pa.array([7, None, 3], pa.int64()), "click": pa.array([0, 1, 1], pa.int64())})
+    pq.write_table(spark, tmp_path / "s.parquet")
+    for name in ("d.parquet", "s.parquet"):
+        whole = run.read_data([str(tmp_path / name)], text_columns=["user_id"])
+        assert whole["user_id"].dtype == "Int64" and whole["user_id"].tolist()[::2] == [7, 3]
+        assert whole["user_id"].isna().tolist() == [False, True, False]
+        for rows in (1, 2):
+            chunks = pd.concat(run.read_data_chunks([str(tmp_path / name)], text_columns=["user_id"], chunk_rows=rows))
+            pd.testing.assert_frame_equal(chunks, whole)
     # Lines pyarrow cannot parse (a quoted line break; a short line, which pandas keeps) read alike too.
     for text in ('session,note,click\n7,"a\nb",0\n8,x,1\n007,y,1\n9,z,0\n',
                  "session,note,click\n7,a,0\n8,x\n007,y,1\n9,z,0\n",

@@ -253,6 +253,18 @@ def test_din_fits_one_step_on_the_movielens_loader(tmp_path):
     assert scores.shape == (len(ds.test), 1)
 
 
+def test_ratings_of_a_user_or_movie_missing_from_its_file_are_counted_and_named(tmp_path):
+    """A rating of a user missing from users.dat said only "some ratings name users missing",
+    where a missing movie's message counts the ratings and names one."""
+    folder = write_movielens_1m(tmp_path / "ml-1m")
+    lines = (folder / "users.dat").read_text("latin-1").splitlines(keepends=True)
+    user = lines[0].split("::")[0]
+    (folder / "users.dat").write_text("".join(lines[1:]), "latin-1")
+    count = sum(r[0] == int(user) for r in RATINGS)
+    with pytest.raises(ValueError, match=f"{count} rating\\(s\\) name users missing from .*users.dat', e.g. user {user}$"):
+        read_movielens(str(folder))
+
+
 # ---------------------------------------------------------------- Amazon
 
 def write_amazon(folder):

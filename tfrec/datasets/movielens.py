@@ -145,8 +145,10 @@ def read_movielens(path, variant=None):
         raise ValueError(f"{int(missing.sum())} rating(s) name movies missing from {movies_file!r}, e.g. item "
                          f"{int(log.loc[missing, 'item_id'].iloc[0])}")
     log = log.merge(users[["user_id", *MOVIELENS_PROFILE_FEATURES]], on="user_id", how="left", validate="m:1")
-    if log["gender"].isna().any():
-        raise ValueError(f"some ratings name users missing from {users_file!r}")
+    missing = log["gender"].isna()
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} rating(s) name users missing from {users_file!r}, e.g. user "
+                         f"{int(log.loc[missing, 'user_id'].iloc[0])}")
     log["cate_id"] = log["cate_id"].astype(np.int64)
     return log[["user_id", "item_id", "rating", "timestamp", "cate_id", "genres", "title",
                 *MOVIELENS_PROFILE_FEATURES]]

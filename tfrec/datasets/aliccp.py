@@ -155,7 +155,8 @@ def read_ali_ccp(path, fields=None, max_samples=None):
     Args:
       path: the folder holding the four files (unpacked from sample_train.tar.gz / sample_test.tar.gz).
       fields: {field id: column name}, by default ALI_CCP_FIELDS.
-      max_samples: read only the first lines of each skeleton file (for a quick look).
+      max_samples: stop after this many impressions of each skeleton file (for a quick look;
+        the lines of a buy without a click, left out, do not count).
     """
     fields = dict(ALI_CCP_FIELDS if fields is None else fields)
     train = _read_split(path, "train", fields, max_samples)[0]
@@ -170,7 +171,8 @@ def load_ali_ccp(path, fields=None, min_count=1, max_samples=None, embedding_dim
       path: the folder with sample_skeleton_{train,test}.csv and common_features_{train,test}.csv.
       fields: {field id: column name}, by default ALI_CCP_FIELDS.
       min_count: ids seen fewer times in the training file go to the out-of-vocabulary row.
-      max_samples: read only the first lines of each skeleton file.
+      max_samples: stop after this many impressions of each skeleton file (the lines of a buy
+        without a click, left out, do not count).
 
     Returns:
       LoadedDataset: train / test with one str column per field (the raw feature id, "" when

@@ -365,6 +365,10 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
     With save_freq "epoch", the backup at an epoch's end also writes the next epoch's entry, with
     the state of the callbacks listed before this one. An epoch whose validation had not ended
     when the process died is not counted, as in Keras' history. Pass the callbacks to `fit` too.
+
+    A resumed fit reads its data on from where the run had got to, not from the data's start as
+    Keras' would: the steps trained before the backup are read and dropped (a seeded shuffle
+    draws the same order again), except under ParameterServerStrategy.
     """
 
     def __init__(self, backup_dir, *args, keep_state_of=(), **kwargs):
@@ -388,6 +392,7 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         # The task that writes the backup (TF_CONFIG may be unset: a cluster given to build_strategy).
         self._writes_state = bool(self.keep_state_of) and self.model.distribute_strategy.extended.should_checkpoint
         self._current_weights = set()  # best-weight files holding this run's weights (a dead run's may not)
+        self._position_data()
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
@@ -429,8 +434,72 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
+        self.model.train_function = _unpositioned(self.model.train_function)
         if self.delete_checkpoint and self._writes_state:
             shutil.rmtree(self._state_dir, ignore_errors=True)
+
+    def _position_data(self):
+        """Makes a resumed fit read its data on from where the backed-up run had got to.
+
+        Keras resumes at the backup's step by counting, but reads the steps from a new iterator,
+        at the data's start. So Keras' train function is wrapped for this fit: at its first call,
+        the iterator is moved on by the steps the restored run had trained (the model's train
+        counter, restored with the backup), their batches read and dropped. Data that Keras
+        iterates afresh every epoch (a finite data set, e.g. `df_to_dataset` without `repeat`)
+        gets to the resumed epoch by new iterators, one per epoch trained, as each draws the next
+        epoch's shuffle; other data (repeated with `steps_per_epoch`, distributed, numpy arrays)
+        is one stream across the fit's epochs. A deterministic input pipeline (a seeded shuffle)
+        thus gives the batches the run would have. Not under ParameterServerStrategy: workers take
+        steps as they come, and nothing records how far each one's data had got.
+        """
+        model = self.model
+        train = model.train_function = _unpositioned(model.train_function)
+        if not self._resume_pending or self._coordinated():
+            return
+        trained = int(model._train_counter.numpy())  # restored with the backup
+        if not trained:
+            return
+        first = None  # Keras' iterator of the resumed epoch, and the one its steps read instead
+        positioned = None
+
+        def train_function(iterator):
+            nonlocal first, positioned
+            if first is None and int(model._train_counter.numpy()) == trained:
+                first, positioned = iterator, self._moved_on(iterator, trained)
+            elif iterator is not first:  # a later epoch's own iterator (or another fit): Keras' from here on
+                model.train_function = train
+                return train(iterator)
+            return train(positioned)
+
+        train_function.unpositioned = train
+        model.train_function = train_function
+
+    def _moved_on(self, iterator, trained):
+        """`iterator`, or one of its data set, at the step after the `trained` steps the data
+        had given since the run's first fit began."""
+        steps = self.params.get("steps")
+        passes, skip = 0, trained
+        dataset = getattr(iterator, "_dataset", None) if isinstance(iterator, tf.data.Iterator) else None
+        if dataset is not None:  # a data set Keras iterates itself, outside any strategy
+            size = int(dataset.cardinality())
+            if size > 0 and steps == size:  # Keras makes a new iterator every epoch (DatasetAdapter)
+                passes, skip = divmod(trained, size)
+            elif size == tf.data.UNKNOWN_CARDINALITY and (steps is None or trained >= steps):
+                # Whether Keras reads it afresh every epoch (a Keras Sequence) or as one stream (a
+                # generator) is not known here: the data starts anew, as in Keras.
+                tf.get_logger().warning(
+                    "BackupAndRestore: the resumed fit reads its data from the start: a data set of "
+                    "unknown size (a generator, a Sequence, a filter) cannot be moved on to step "
+                    f"{trained} of the restored run")
+                return iterator
+        for _ in range(passes):  # one new iterator per epoch trained, each drawing its epoch's order
+            iterator = iter(dataset)
+        for _ in range(skip):
+            try:
+                next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):  # as far as the run got
+                break
+        return iterator
 
     # The state file: {"epochs": {epoch: [each callback's state at its start]}}; EarlyStopping's
     # best weights in "best_weights_<epoch>.npz", written once per new best epoch.
@@ -483,6 +552,12 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
                     self._current_weights.add(state["weights"])
 
 
+def _unpositioned(train_function):
+    """Keras' train function without `BackupAndRestore._position_data`'s wrapper (also one a
+    fit that died left on the model)."""
+    return getattr(train_function, "unpositioned", train_function)
+
+
 def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monitor="val_auc", mode="max",
                          delete_backup=True, keep_state_of=()):
     """The callbacks a long or distributed run needs: backup-and-restore, and the best model.
@@ -491,7 +566,8 @@ def checkpoint_callbacks(backup_dir, save_freq=100, best_model_path=None, monito
       backup_dir: where `BackupAndRestore` keeps the run's state (weights, optimizer slots and
         step, epoch and step within it). A process that dies is restarted with the same command
         and callbacks: `fit` resumes from the last backup, so at most `save_freq` steps are done
-        again. Every worker of a run gives the same directory (shared storage across hosts,
+        again, and its data from where the run was (a seeded shuffle in the same order; not
+        under ParameterServerStrategy). Every worker of a run gives the same directory (shared storage across hosts,
         mounted at the same path: a relative path is made absolute from this process's folder);
         Keras writes from the chief. Under ParameterServerStrategy the chief is the process
         that restarts; a worker or parameter server that restarts loses nothing: the

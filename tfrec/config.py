@@ -2015,8 +2015,7 @@ def check_losses(losses):
     """A ValueError when an epoch's loss is not finite, so a diverged model is never saved.
 
     Checked per epoch, after fit: a per-batch callback (TerminateOnNaN) would make fit run one
-    step per call instead of steps_per_execution. A backup of the last epoch resumes with no
-    epoch left to run: no loss to check.
+    step per call instead of steps_per_execution.
     """
     import numpy as np
 

@@ -368,7 +368,10 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
 
     A resumed fit reads its data on from where the run had got to, not from the data's start as
     Keras' would: the steps trained before the backup are read and dropped (a seeded shuffle
-    draws the same order again), except under ParameterServerStrategy.
+    draws the same order again), except under ParameterServerStrategy. The run's end (its last
+    step, the last epoch's end, an epoch after which a callback stops it) is not backed up: a
+    run killed after it resumes from the backup before and does that part again, instead of
+    resuming with nothing left to run. A backup that leaves `fit` no step is refused.
     """
 
     def __init__(self, backup_dir, *args, keep_state_of=(), **kwargs):
@@ -389,6 +392,8 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         # callbacks get their state back at the first epoch's start, after their own on_train_begin.
         self._backed_up_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
         self._resume_pending = self._backed_up_epoch >= 0
+        if self._resume_pending:
+            self._refuse_a_backup_of_the_end()
         # The task that writes the backup (TF_CONFIG may be unset: a cluster given to build_strategy).
         self._writes_state = bool(self.keep_state_of) and self.model.distribute_strategy.extended.should_checkpoint
         self._current_weights = set()  # best-weight files holding this run's weights (a dead run's may not)
@@ -419,11 +424,14 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
             self._backup(epoch=self._current_epoch, batch=batch)
 
     def _backup(self, epoch, batch=0):
-        if self.save_freq != "epoch" and epoch == self.params.get("epochs", 0) - 1 and \
-                batch == (self.params.get("steps") or 0) - 1:
-            # The run's last step, before the last validation: a run killed after it would resume
-            # with no epoch left, so without that validation (and the callbacks' last state).
-            # It resumes from the backup before instead and does those steps and the validation again.
+        last_epoch = epoch == self.params.get("epochs", 0) - 1
+        if self.model.stop_training or (last_epoch and (
+                self.save_freq == "epoch" or batch == (self.params.get("steps") or 0) - 1)):
+            # The run's end: its last step (before the last validation), the last epoch's end, or
+            # an epoch after which a callback (EarlyStopping) stops it. A run killed after such a
+            # backup would resume with no epoch left, so without the fit's end (EarlyStopping's
+            # best weights, the last validation, the callbacks' last state), or train on past the
+            # stop. It resumes from the backup before instead and does that part again.
             return
         if self.save_freq == "epoch" and self._writes_state:
             # The run resumes at the next epoch: its state goes with this backup, as the callbacks
@@ -437,6 +445,24 @@ class BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
         self.model.train_function = _unpositioned(self.model.train_function)
         if self.delete_checkpoint and self._writes_state:
             shutil.rmtree(self._state_dir, ignore_errors=True)
+
+    def _refuse_a_backup_of_the_end(self):
+        """A ValueError when the restored backup leaves this `fit` no step to run.
+
+        This callback backs up no run's end (`_backup`), but a backup may come from an earlier
+        tfrec, which did, or from a run of more epochs: Keras would resume after the last epoch
+        and end at once, with an empty history and without the fit's end (EarlyStopping's best
+        weights, the last validation)."""
+        epochs, steps = self.params.get("epochs") or 0, self.params.get("steps")
+        if steps is None and isinstance(self.save_freq, int):
+            return  # Keras cannot place a step backup in data of unknown size either
+        resumed_epoch, _ = self._training_state.maybe_load_initial_counters_from_ckpt(steps, 0, "train")
+        if resumed_epoch >= epochs:
+            raise ValueError(
+                f"BackupAndRestore: {self.backup_dir} holds the backup of a run that had trained {resumed_epoch} "
+                f"epoch(s), so this fit of {epochs} epoch(s) has nothing left to train. It is the backup of another "
+                "run (more epochs), or of a finished one killed before its fit ended; remove the folder to train "
+                "afresh")
 
     def _position_data(self):
         """Makes a resumed fit read its data on from where the backed-up run had got to.

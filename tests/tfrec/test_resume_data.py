@@ -1,5 +1,5 @@
 """A run killed and resumed from tfrec's backup (`tfrec.distribute.BackupAndRestore`) reads its
-data on from where it stopped.
+data on from where it stopped, and one killed after its last epoch ends as if never killed.
 
 The model counts, in a weight of its own (so the backup restores the count with the rest), how
 many times each row has trained: after a killed and resumed run of E epochs over every row,
@@ -150,10 +150,93 @@ def test_a_distributed_run_resumes_each_workers_data_where_it_stopped(tmp_path, 
     _assert_same_training(whole, resumed)
 
 
-def test_a_config_run_killed_mid_epoch_saves_the_model_of_the_run_never_killed(tmp_path, monkeypatch):
+# ---------------------------------------------------------------------------------------------
+# A kill after the last epoch's training (save_freq "epoch"): no backup of a run's end.
+
+def _scored(scores):
+    """A callback logging `val_score` = scores[epoch], a figure the test chooses."""
+    import tensorflow as tf
+
+    class Score(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_score"] = scores[epoch]
+
+    return Score()
+
+
+def _dies_at_train_end():
+    import tensorflow as tf
+
+    class DiesAtTrainEnd(tf.keras.callbacks.Callback):  # listed first: before the backup is removed
+        def on_train_end(self, logs=None):
+            raise _Died()
+
+    return DiesAtTrainEnd()
+
+
+@pytest.mark.parametrize("scores, patience, restore_best_weights, trained", [
+    ([0.5, 0.9, 0.6], 5, True, 2),             # 3 epochs; the best (the second) restored at the end
+    ([0.5, 0.9, 0.6, 0.7, 0.95], 1, False, 3),  # of 5, EarlyStopping stops after the third
+])
+def test_a_run_killed_after_its_last_epoch_resumes_that_epoch_and_ends_as_the_run_never_killed(
+        tmp_path, scores, patience, restore_best_weights, trained):
+    """save_freq "epoch": the end of the run's last epoch is not backed up. Resumed from a backup
+    of it, the fit would run no epoch: an empty history, and EarlyStopping's best weights never
+    restored, so the model would be the last epoch's. Nor is the end of an epoch after which
+    EarlyStopping stops the run: resumed after it, the run would train on (here a fourth epoch)."""
+    import tensorflow as tf
+
+    from tfrec.data import df_to_dataset
+    from tfrec.distribute import checkpoint_callbacks
+
+    def run(folder, *first):
+        model = _counting_model()
+        stopping = tf.keras.callbacks.EarlyStopping("val_score", mode="max", patience=patience,
+                                                    restore_best_weights=restore_best_weights)
+        callbacks = [*first, _scored(scores), stopping,
+                     *checkpoint_callbacks(tmp_path / folder, save_freq="epoch", keep_state_of=[stopping])]
+        history = model.fit(df_to_dataset(_frame(), COLUMNS, "y", batch_size=BATCH, seed=7), epochs=len(scores),
+                            verbose=0, callbacks=callbacks)
+        return model, history
+
+    whole, history = run("whole")
+    assert history.epoch == [0, 1, 2] and whole.trained.numpy().tolist() == [trained] * ROWS
+    with pytest.raises(_Died):
+        run("resumed", _dies_at_train_end())
+    resumed, history = run("resumed")
+    assert history.epoch == [2]  # the third epoch again, from the backup of the one before
+    _assert_same_training(whole, resumed)
+
+
+def test_a_backup_of_a_runs_end_is_refused_naming_the_folder(tmp_path):
+    """Keras' own BackupAndRestore (as tfrec's did with save_freq "epoch") backs up the last
+    epoch's end; resumed from there, a fit would end at once with nothing trained."""
+    import tensorflow as tf
+
+    from tfrec.data import df_to_dataset
+    from tfrec.distribute import BackupAndRestore
+
+    def data():
+        return df_to_dataset(_frame(), COLUMNS, "y", batch_size=BATCH, seed=7)
+
+    with pytest.raises(_Died):
+        _counting_model().fit(data(), epochs=2, verbose=0, callbacks=[
+            _dies_at_train_end(), tf.keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    with pytest.raises(ValueError, match=(
+            rf"BackupAndRestore: {tmp_path / 'backup'} holds the backup of a run that had trained 2 epoch\(s\), so "
+            r"this fit of 2 epoch\(s\) has nothing left to train\. .*remove the folder to train afresh")):
+        _counting_model().fit(data(), epochs=2, verbose=0, callbacks=[BackupAndRestore(str(tmp_path / "backup"))])
+    model = _counting_model()  # of more epochs, it resumes after the second
+    history = model.fit(data(), epochs=3, verbose=0, callbacks=[BackupAndRestore(str(tmp_path / "backup"))])
+    assert history.epoch == [2] and model.trained.numpy().tolist() == [3] * ROWS
+
+
+def test_a_config_run_killed_mid_epoch_or_after_its_end_saves_the_model_of_the_run_never_killed(tmp_path,
+                                                                                              monkeypatch):
     """`tfrec train --config` with `strategy.checkpoint_dir`: DIN on shuffled rows, 12 steps an
     epoch. Killed after step 18 (backups every 4 steps), it resumes in its second epoch at step 16
-    (it used to read that epoch's first rows again)."""
+    (it used to read that epoch's first rows again). Killed at the end of its fit (backups every
+    epoch), it used to resume with no epoch left and fail ("training logged no val_loss")."""
     import tensorflow as tf
 
     from tests.tfrec.test_config import overfitting_frame, write
@@ -180,9 +263,13 @@ def test_a_config_run_killed_mid_epoch_saves_the_model_of_the_run_never_killed(t
         if len(steps) == 18:
             raise _Died()
 
+    def at_train_end(callback, logs=None):
+        raise _Died()  # before the backup is removed
+
     run.train(config("whole"), verbose=0)  # no backups: the same training (tested bit for bit)
     whole = load_model(str(tmp_path / "whole" / "model.keras"))
-    for name, save_freq, hook, dies in (("mid_epoch", 4, "on_train_batch_end", after_step_18),):
+    for name, save_freq, hook, dies in (("mid_epoch", 4, "on_train_batch_end", after_step_18),
+                                        ("after_its_end", "epoch", "on_train_end", at_train_end)):
         monkeypatch.setattr(backup, hook, dies)
         with pytest.raises(_Died):
             run.train(config(name, save_freq), verbose=0)

@@ -18,8 +18,8 @@ import tensorflow as tf
 from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
                              read_vocabulary_file, validate_columns)
-from .layers import (SMALL_TABLE_MAX_SIZE, PaddingMask, RecentSequence, RowOffset, SequencePooling, SparseEmbedding,
-                     SparseIndex, TakePositions, lookup_fingerprint)
+from .layers import (SMALL_TABLE_MAX_SIZE, InInputShape, PaddingMask, RecentSequence, RowOffset, SequencePooling,
+                     SparseEmbedding, SparseIndex, TakePositions, lookup_fingerprint)
 
 
 def serving_dtype(dtype):
@@ -262,7 +262,7 @@ class FeatureEncoder:
                     l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
         self._packed = {table for pack in packs for table in pack}
         self._prefix = prefix
-        self._indices, self._weights, self._histories, self._masks = {}, {}, {}, {}
+        self._indices, self._weights, self._histories, self._masks, self._dense = {}, {}, {}, {}, {}
         # Lookups are registered (key -> table, indices) and embedded in one call per table
         # (and penalty setting) with every other lookup of it registered by then.
         self._lookups, self._pending, self._embedded = {}, defaultdict(list), {}
@@ -437,7 +437,10 @@ class FeatureEncoder:
     def dense(self, name):
         """(batch, dimension) float32, after the column's transform_fn."""
         column = self.column(name, DenseFeat)
-        value = self.features[name]
+        if name not in self._dense:
+            self._dense[name] = InInputShape(column.dimension, name=self.layer_name("as_input_" + name))(
+                self.features[name])
+        value = self._dense[name]
         value = value if value.dtype == tf.float32 else tf.cast(value, tf.float32)
         return column.transform_fn(value) if column.transform_fn is not None else value
 

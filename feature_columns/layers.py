@@ -22,6 +22,45 @@ def lookup_fingerprint(num_buckets, vocabulary, use_hash, string_input):
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
+def in_input_shape(values, width):
+    """`values`, one of a model's inputs, in its Input's shape when Keras lost its rank: (rows,
+    width) for an Input (batch, width), (rows, any) for `width` None (a sequence).
+
+    Keras conforms a (rows,) tensor fed to a (batch, 1) Input to (rows, 1) (and (rows, 1) to a
+    (batch,) one), but a train / test / predict function called with one after the other (two
+    data sets, or a data set after a dict) is traced again for inputs of unknown rank, which it
+    cannot conform: every layer reading one would lose its width ("ConcatOp : Ranks of all
+    input tensors should match"). Only a tensor of unknown rank is reshaped; a known one is
+    returned as it is. (rows, maxlen, 1), DeepCTR's shape of a sequence's weights, becomes
+    (rows, maxlen) too.
+    """
+    if values.shape.rank is not None:
+        return values
+    return tf.reshape(values, [-1, width] if width is not None else [tf.shape(values)[0], -1])
+
+
+@_register
+class InInputShape(tf.keras.layers.Layer):
+    """A model input in its Input's shape (`in_input_shape`) for the layers that read it.
+
+    `FeatureEncoder` puts it between a DenseFeat's Input and the rest of the model; a
+    SparseIndex and a RecentSequence conform their inputs themselves. `width`: the Input's
+    (batch, width), or None for (batch, any width).
+    """
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.width = None if width is None else int(width)
+
+    def call(self, values):
+        return in_input_shape(values, self.width)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(width=self.width)
+        return config
+
+
 @_register
 class SparseIndex(tf.keras.layers.Layer):
     """Maps raw ids of any shape to embedding indices of the same shape (int32, 0 = padding).
@@ -70,7 +109,11 @@ class SparseIndex(tf.keras.layers.Layer):
     def call(self, raw, sequence=False):
         """`sequence`: `raw` is a padded sequence. A hashed string one then also takes "0" as
         padding, as DeepCTR's Hash(mask_zero=True) does for its sequences (its examples pad
-        string sequences with "0")."""
+        string sequences with "0").
+
+        In a model, `raw` is a (batch, 1) Input, or (batch, width) with `sequence`; a tensor of
+        unknown rank (`in_input_shape`) is read in that shape."""
+        raw = in_input_shape(raw, None if sequence else 1)
         if self._lookup is None:
             ids = tf.cast(raw, tf.int64)
             return tf.where((ids >= 0) & (ids < self.num_buckets), tf.cast(ids, tf.int32), 0)
@@ -270,6 +313,8 @@ class RecentSequence(tf.keras.layers.Layer):
         self.length_name = length_name
 
     def call(self, indices, lengths=None, where=None, aligned=None, keys=None, targets=None):
+        if aligned is not None:  # model inputs (weights, event times), one number per event
+            aligned = [in_input_shape(values, None) for values in aligned]
         eligible = tf.not_equal(indices, 0)
         if lengths is not None:  # a length beyond the items sent (a longer true history) counts them
             lengths = tf.reshape(tf.cast(lengths, tf.int32), [-1, 1])

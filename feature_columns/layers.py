@@ -507,6 +507,23 @@ class SparseEmbedding(tf.keras.layers.Layer):
             self.add_loss(self._batch_penalty(indices, embedded))
         return embedded if isinstance(inputs, (list, tuple)) else embedded[0]
 
+    def finalize_state(self):
+        """After a SavedModel load: the table's `trainable` as it was saved.
+
+        Keras revives a saved model of a custom class (every tfrec model is a RecModel) from its
+        config, which builds this table with its own flag, and then sets the saved
+        `model.trainable` on the model, which Keras applies to every layer: a table frozen with
+        SparseFeat(trainable=False) (a pretrained one) came back trainable from a SavedModel saved
+        with traces (as `exporters` save), and fine-tuning the loaded model changed it. Keras calls
+        this for each layer after that, with the layer's own saved metadata at hand; it is
+        applied once, so a later `load_weights` keeps a flag the user has set since.
+        """
+        metadata = getattr(self, "_serialized_attributes", {}).get("metadata", {})
+        if metadata.get("trainable") is not None and not getattr(self, "_saved_trainable_restored", False):
+            self.trainable = bool(metadata["trainable"])
+            self._saved_trainable_restored = True
+        super().finalize_state()
+
     def _batch_penalty(self, indices, embedded):
         ids = tf.concat([tf.reshape(x, [-1]) for x in indices], axis=0)
         rows = tf.concat([tf.reshape(e, [-1, self.output_dim]) for e in embedded], axis=0)

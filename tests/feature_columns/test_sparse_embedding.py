@@ -118,3 +118,37 @@ def test_bad_vocabulary_counts_name_the_file_and_line(tmp_path, text, problem):
     path.write_text(text)
     with pytest.raises(ValueError, match=problem):
         SparseFeat("item_id", None, 4, dtype="string", vocabulary_path=str(path))
+
+
+@pytest.mark.parametrize("save_traces", [True, False], ids=["with_traces", "without_traces"])
+def test_a_frozen_table_stays_frozen_in_a_saved_model_loaded_back(tmp_path, save_traces):
+    """SparseFeat(trainable=False) (a pretrained table) in a SavedModel saved with traces, as
+    `exporters` save: Keras revives the model from its config and sets its saved `trainable` on
+    every layer, so on the old code the loaded model listed the frozen table among its trainable
+    weights and a fit step moved it."""
+    from feature_columns import DenseFeat, SparseFeat, VarLenSparseFeat
+
+    from tfrec.models import DIN
+
+    columns = [SparseFeat("user", 6, 4, trainable=False), SparseFeat("item", 8, 4, trainable=False),
+               VarLenSparseFeat(SparseFeat("hist_item", 8, 4, embedding_name="item", trainable=False), maxlen=3),
+               SparseFeat("city", 5, 4), DenseFeat("score")]
+    model = DIN(columns, ["item"], dnn_hidden_units=(4,), att_hidden_size=(4,))
+    model.compile("adam", "binary_crossentropy")
+    model.save(tmp_path / "saved_model", save_traces=save_traces)
+    restored = tf.keras.models.load_model(tmp_path / "saved_model")
+
+    frozen = [restored.get_layer(name) for name in ("emb_user", "emb_item")]
+    assert [layer.trainable for layer in frozen] == [False, False]
+    assert restored.get_layer("emb_city").trainable
+    assert sorted(w.name for w in restored.trainable_weights) == sorted(w.name for w in model.trainable_weights)
+
+    rng = np.random.default_rng(0)
+    x = {"user": rng.integers(1, 6, 32), "item": rng.integers(1, 8, 32), "hist_item": rng.integers(0, 8, (32, 3)),
+         "city": rng.integers(1, 5, 32), "score": rng.random(32).astype("float32")}
+    before = {layer.name: layer.embeddings.numpy() for layer in frozen + [restored.get_layer("emb_city")]}
+    restored.compile("adam", "binary_crossentropy")
+    restored.fit(x, rng.integers(0, 2, 32).astype("float32"), batch_size=32, epochs=1, verbose=0)
+    for layer in frozen:
+        np.testing.assert_array_equal(layer.embeddings.numpy(), before[layer.name])  # bit-identical
+    assert not np.array_equal(restored.get_layer("emb_city").embeddings.numpy(), before["emb_city"])

@@ -360,12 +360,76 @@ def _short(value):
     return repr(value)
 
 
+def _config_of(initializer):
+    """(class name, config) of an embeddings initializer as Keras reads it (a name, a config dict
+    or an object), or None when it has no config (a plain function)."""
+    import tensorflow as tf  # only to compare initializers: Keras 2 is set by the package
+
+    try:
+        initializer = tf.keras.initializers.get(initializer)
+    except (ValueError, TypeError):
+        return None
+    if not hasattr(initializer, "get_config"):
+        return None
+    return type(initializer).__name__, initializer.get_config()
+
+
+def _same_config(ours, theirs):
+    """Whether two configs hold equal values; an array (a pretrained table's Constant) is
+    compared by its shape and values, a number by its value (Constant(1) is Constant(1.0))."""
+    if isinstance(ours, dict) or isinstance(theirs, dict):
+        return isinstance(ours, dict) and isinstance(theirs, dict) and ours.keys() == theirs.keys() and \
+            all(_same_config(ours[key], theirs[key]) for key in ours)
+    if any(hasattr(v, "shape") or isinstance(v, (list, tuple)) for v in (ours, theirs)):
+        import numpy as np
+
+        try:
+            return bool(np.array_equal(np.asarray(ours), np.asarray(theirs)))
+        except (TypeError, ValueError):
+            return False
+    return bool(ours == theirs)
+
+
+def same_initializer(ours, theirs):
+    """Whether two explicit embeddings initializers fill a table alike: the same object, or the
+    same class with equal configs (each column of a DeepCTR script builds its own
+    RandomNormal(stddev=0.01, seed=1), and those agree)."""
+    if ours is theirs:
+        return True
+    configs = _config_of(ours), _config_of(theirs)
+    return None not in configs and configs[0][0] == configs[1][0] and _same_config(configs[0][1], configs[1][1])
+
+
+def initializer_text(initializer):
+    """An embeddings initializer for a message: `RandomNormal(mean=0.0, stddev=0.01, seed=1)`,
+    an array in it by its shape."""
+    import numpy as np
+
+    config = _config_of(initializer)
+    if config is None:
+        return repr(initializer)
+
+    def value(v):
+        shape = np.shape(v) if hasattr(v, "shape") or isinstance(v, (list, tuple)) else ()
+        return f"<array of shape {tuple(shape)}>" if len(shape) else repr(v)
+
+    return f"{config[0]}({', '.join(f'{key}={value(v)}' for key, v in config[1].items())})"
+
+
+def table_initializer(columns):
+    """The embeddings initializer of a table read by `columns` (checked by `validate_columns`):
+    the one a column names, whichever column it is, or None (the default) if none does."""
+    return next((c.embeddings_initializer for c in columns if c.embeddings_initializer is not None), None)
+
+
 def validate_columns(feature_columns):
     """Checks a column list as a whole: unique names and consistent shared embedding tables.
 
     Columns sharing a table must agree on its size, dimension, vocabulary and `trainable` (the
     table is built once, from the first of them: a frozen item table declared after its trainable
-    history would train). A column may name a
+    history would train), and those that name an `embeddings_initializer` on it (by class and
+    config; a column leaving it None takes the one another column names, as a history beside its
+    pretrained item table does). A column may name a
     table of its own (`embedding_name` used by no other column, as DeepCTR allows); a warning
     points at the likely intended table when that name is close to another's (a typo would
     otherwise train a separate table silently).
@@ -396,4 +460,12 @@ def validate_columns(feature_columns):
             if differ:
                 raise ValueError(f"features '{owner.name}' and '{other.name}' share embedding '{table_name}' but "
                                  f"differ in {', '.join(differ)}; columns sharing a table must agree on them")
+        named = [c for c in users if c.embeddings_initializer is not None]
+        for other in named[1:]:
+            ours, theirs = named[0].embeddings_initializer, other.embeddings_initializer
+            if not same_initializer(ours, theirs):
+                raise ValueError(f"features '{named[0].name}' and '{other.name}' share embedding '{table_name}' but "
+                                 f"differ in embeddings_initializer ({initializer_text(ours)} and "
+                                 f"{initializer_text(theirs)}); columns sharing a table must agree on them (or "
+                                 "leave it None: such a column takes the table's)")
     return feature_columns

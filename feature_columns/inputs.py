@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from .feature_column import (HISTORY_PREFIX, NUM_RESERVED_INDICES, STRING_DTYPE, DenseFeat, SparseFeat,
                              VarLenDenseFeat, VarLenSparseFeat, history_name, read_vocabulary_counts,
-                             read_vocabulary_file, validate_columns)
+                             read_vocabulary_file, table_initializer, validate_columns)
 from .layers import (SMALL_TABLE_MAX_SIZE, InInputShape, PaddingMask, RecentSequence, RowOffset, SequencePooling,
                      SparseEmbedding, SparseIndex, TakePositions, lookup_fingerprint)
 
@@ -258,7 +258,7 @@ class FeatureEncoder:
                 column = self._column_of_table(table)
                 self._tables[table] = SparseEmbedding(
                     column.vocabulary_size, column.embedding_dim,
-                    embeddings_initializer=column.embeddings_initializer or default_initializer(),
+                    embeddings_initializer=table_initializer(self._columns_of_table(table)) or default_initializer(),
                     l2_reg=l2_reg_embedding, trainable=column.trainable, name=prefix + "emb_" + table)
         self._packed = {table for pack in packs for table in pack}
         self._prefix = prefix
@@ -425,7 +425,10 @@ class FeatureEncoder:
         return RowOffset(self._offsets[table], name=self.layer_name("packed_rows_" + key))(indices)
 
     def _column_of_table(self, table):
-        return next(c for c in self.columns.values() if getattr(c, "embedding_name", None) == table)
+        return self._columns_of_table(table)[0]
+
+    def _columns_of_table(self, table):
+        return [c for c in self.columns.values() if getattr(c, "embedding_name", None) == table]
 
     def pooled(self, name):
         """(batch, 1, dim): a sequence pooled with its column's combiner and weights."""

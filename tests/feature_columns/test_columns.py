@@ -435,3 +435,44 @@ def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
     assert rows[feature_columns.indexed_key("band", column)].reshape(-1).tolist() == [3, 4, 1, 0]
     with pytest.raises(ValueError, match="vocabulary_size=3 is too small for 3 vocabulary entries"):
         feature_columns.SparseFeat("band", 3, use_hash=True, dtype="string", vocabulary_path=str(path))
+
+
+def test_columns_sharing_a_table_agree_on_its_initializer():
+    """The table was built from the first column's initializer, silently: two columns naming
+    different ones are refused (compared by class and config), and a column leaving it None takes
+    the one another names, whichever comes first."""
+    init = tf.keras.initializers
+
+    def pair(target, history):
+        return [SparseFeat("item_id", 5, 2, embeddings_initializer=target),
+                VarLenSparseFeat(SparseFeat("hist_item_id", 5, 2, embedding_name="item_id",
+                                            embeddings_initializer=history), maxlen=3)]
+
+    def table(columns):
+        encoder = FeatureEncoder(columns)
+        encoder.embed("item_id")
+        return encoder.table("item_id").embeddings.numpy()
+
+    with pytest.raises(ValueError, match=r"features 'item_id' and 'hist_item_id' share embedding 'item_id' but differ "
+                                         r"in embeddings_initializer \(Constant\(value=1.0\) and "
+                                         r"Constant\(value=2.0\)\); columns sharing a table must agree on them"):
+        validate_columns(pair(init.Constant(1.0), init.Constant(2.0)))
+    with pytest.raises(ValueError, match=r"RandomNormal\(mean=0.0, stddev=0.01, seed=1\) and "
+                                         r"RandomNormal\(mean=0.0, stddev=0.01, seed=2\)"):
+        validate_columns(pair(init.RandomNormal(stddev=0.01, seed=1), init.RandomNormal(stddev=0.01, seed=2)))
+    pretrained = np.arange(10, dtype="float32").reshape(5, 2)
+    with pytest.raises(ValueError, match=r"Constant\(value=<array of shape \(5, 2\)>\) and Constant"):
+        validate_columns(pair(init.Constant(pretrained), init.Constant(pretrained + 1)))
+    with pytest.raises(ValueError, match=r"\(Zeros\(\) and Ones\(\)\)"):  # by name, as Keras reads them
+        validate_columns(pair("zeros", "ones"))
+
+    # Equal configs agree: each column of a DeepCTR script builds its own initializer object.
+    np.testing.assert_array_equal(table(pair(init.Constant(pretrained), init.Constant(pretrained.copy()))), pretrained)
+    np.testing.assert_array_equal(table(pair(init.Constant(1), init.Constant(1.0))), np.ones((5, 2)))
+    np.testing.assert_array_equal(table(pair("zeros", init.Zeros())), np.zeros((5, 2)))
+    # None is no initializer of its own: the one named fills the table, in either order.
+    np.testing.assert_array_equal(table(pair(init.Constant(pretrained), None)), pretrained)
+    np.testing.assert_array_equal(table(pair(None, init.Constant(pretrained))[::-1]), pretrained)
+    np.testing.assert_array_equal(table(pair(None, init.Constant(pretrained))), pretrained)
+    default = table(pair(None, None))  # both default: the encoder's own small random normal
+    assert np.abs(default).max() < 0.01 and np.abs(default).max() > 0

@@ -181,6 +181,7 @@ class SparseFeat(namedtuple("SparseFeat", [
         if vocabulary is not None and vocabulary_path is not None:
             _fail("SparseFeat", name, "give either vocabulary or vocabulary_path, not both")
         deepctr_file = False
+        auto_rows = None  # the rows embedding_dim="auto" is sized for, when not vocabulary_size
         if vocabulary_path is not None:
             if not os.path.isfile(vocabulary_path):
                 _fail("SparseFeat", name, f"vocabulary_path {vocabulary_path!r} is not a file")
@@ -212,8 +213,10 @@ class SparseFeat(namedtuple("SparseFeat", [
             if vocabulary_size is None or (isinstance(vocabulary_size, str) and vocabulary_size == "auto") \
                     or (deepctr_file and vocabulary_size == len(vocabulary_entries) + 1):
                 # DeepCTR sizes its table entries + 1 (row 0 both padding and unknown); tfrec keeps
-                # padding and out-of-vocabulary apart.
+                # padding and out-of-vocabulary apart. embedding_dim="auto" counts DeepCTR's rows, so
+                # the same vocabulary gets DeepCTR's width: 14 entries give 6 (15 rows), not 12 (16).
                 vocabulary_size = needed
+                auto_rows = len(vocabulary_entries) + 1
             elif _count("SparseFeat", name, "vocabulary_size", vocabulary_size) < needed:
                 _fail("SparseFeat", name, f"vocabulary_size={vocabulary_size} is too small for "
                       f"{len(vocabulary_entries)} vocabulary entries + padding + OOV (need >= {needed})")
@@ -228,7 +231,7 @@ class SparseFeat(namedtuple("SparseFeat", [
         vocabulary_size = _count("SparseFeat", name, "vocabulary_size", vocabulary_size,
                                  NUM_RESERVED_INDICES if use_hash else 1)
         if isinstance(embedding_dim, str) and embedding_dim == "auto":
-            embedding_dim = 6 * int(pow(vocabulary_size, 0.25))
+            embedding_dim = 6 * int(pow(auto_rows or vocabulary_size, 0.25))  # DeepCTR's rule
         embedding_dim = _count("SparseFeat", name, "embedding_dim", embedding_dim, also=" or 'auto'")
         embedding_name = name if embedding_name is None else \
             checked_name("SparseFeat", embedding_name, "embedding_name", owner=name)

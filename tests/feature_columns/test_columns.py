@@ -437,6 +437,26 @@ def test_a_deepctr_vocabulary_csv_is_read_as_deepctr_pairs_it(tmp_path):
         feature_columns.SparseFeat("band", 3, use_hash=True, dtype="string", vocabulary_path=str(path))
 
 
+@pytest.mark.parametrize("entries, deepctr_dim", [(14, 6), (15, 12), (79, 12), (80, 18)])
+def test_auto_embedding_dim_of_a_vocabulary_is_deepctrs(tmp_path, entries, deepctr_dim):
+    """DeepCTR sizes a vocabulary's table entries + 1 and its "auto" width 6 * int(rows ** 0.25);
+    tfrec's table has one row more (out-of-vocabulary), which on the old code gave 12 for 14
+    entries (16 rows) where DeepCTR gives 6 (15 rows). `deepctr_dim` is what deepctr 0.9.4's
+    SparseFeat(name, entries + 1, "auto", use_hash=True, vocabulary_path=...) gives."""
+    path = tmp_path / "vocab.csv"
+    path.write_text("".join(f"{i},v{i}\n" for i in range(1, entries + 1)))
+    values = [f"v{i}" for i in range(1, entries + 1)]
+    deepctr_file = SparseFeat("x", entries + 1, "auto", use_hash=True, dtype="string", vocabulary_path=str(path))
+    assert (deepctr_file.vocabulary_size, deepctr_file.embedding_dim) == (entries + 2, deepctr_dim)
+    plain_file = tmp_path / "vocab.txt"
+    plain_file.write_text("\n".join(values) + "\n")
+    for column in (SparseFeat("x", None, "auto", dtype="string", vocabulary=values),
+                   SparseFeat("x", "auto", "auto", dtype="string", vocabulary_path=str(plain_file))):
+        assert (column.vocabulary_size, column.embedding_dim) == (entries + 2, deepctr_dim)
+    # A size given beyond the vocabulary's is the table's, and "auto" counts it, as DeepCTR does.
+    assert SparseFeat("x", 256, "auto", dtype="string", vocabulary=values).embedding_dim == 24
+
+
 def test_columns_sharing_a_table_agree_on_its_initializer():
     """The table was built from the first column's initializer, silently: two columns naming
     different ones are refused (compared by class and config), and a column leaving it None takes

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 
+import numpy as np
 import tensorflow as tf
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec")
@@ -455,6 +456,22 @@ class RowOffset(tf.keras.layers.Layer):
         return config
 
 
+def _serialized_initializer(initializer):
+    """`tf.keras.initializers.serialize(initializer)`, with an array in its config (a pretrained
+    table's `Constant(matrix)`) as nested lists, which `Constant` takes alike. Keras writes an
+    array into an .h5 file's JSON config as a '__numpy__' object that its own .h5 loading then
+    cannot read ("Unknown object: '__numpy__'"), so DeepCTR's save_model(model, 'm.h5') +
+    load_model failed for such a model. The arrays are left out of Keras' serialization (which
+    walks a list entry by entry: 6x slower for a 100,000 x 16 table) and put in after it."""
+    config = initializer.get_config() if hasattr(initializer, "get_config") else {}
+    arrays = {key: value for key, value in config.items() if hasattr(value, "shape") and hasattr(value, "dtype")}
+    if not arrays or not hasattr(initializer, "from_config"):
+        return tf.keras.initializers.serialize(initializer)
+    serialized = tf.keras.initializers.serialize(type(initializer).from_config({**config, **dict.fromkeys(arrays)}))
+    serialized["config"].update((key, np.asarray(value).tolist()) for key, value in arrays.items())
+    return serialized
+
+
 @_register
 class SparseEmbedding(tf.keras.layers.Layer):
     """An embedding table whose training step touches only the rows the batch looks up.
@@ -544,6 +561,6 @@ class SparseEmbedding(tf.keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim,
-                      embeddings_initializer=tf.keras.initializers.serialize(self.embeddings_initializer),
+                      embeddings_initializer=_serialized_initializer(self.embeddings_initializer),
                       l2_reg=self.l2_reg, frequency_scaling=self.frequency_scaling)
         return config

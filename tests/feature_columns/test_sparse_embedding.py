@@ -152,3 +152,29 @@ def test_a_frozen_table_stays_frozen_in_a_saved_model_loaded_back(tmp_path, save
     for layer in frozen:
         np.testing.assert_array_equal(layer.embeddings.numpy(), before[layer.name])  # bit-identical
     assert not np.array_equal(restored.get_layer("emb_city").embeddings.numpy(), before["emb_city"])
+
+
+def test_a_pretrained_table_saves_to_an_h5_file_and_loads(tmp_path):
+    """SparseFeat(embeddings_initializer=Constant(matrix)), DeepCTR's pretrained table, saved as
+    DeepCTR users save (`save_model(model, 'm.h5')` + `load_model`): Keras wrote the matrix into the
+    file's config as a '__numpy__' object its .h5 loading cannot read, so on the old code the load
+    failed ("Error when deserializing class 'SparseEmbedding' ... Unknown object: '__numpy__'")."""
+    from feature_columns import SparseFeat
+
+    from tfrec.layers import custom_objects
+    from tfrec.models import MMOE
+
+    pretrained = np.arange(15, dtype="float64").reshape(5, 3) / 10
+    model = MMOE([SparseFeat("user", 5, 3, embeddings_initializer=tf.keras.initializers.Constant(pretrained),
+                             trainable=False), SparseFeat("item", 5, 3)],
+                 num_experts=2, expert_dnn_hidden_units=(4,), tower_dnn_hidden_units=())
+    model.compile("adam", "binary_crossentropy")
+    tf.keras.models.save_model(model, tmp_path / "m.h5")
+    restored = tf.keras.models.load_model(tmp_path / "m.h5", custom_objects)
+    table = restored.get_layer("emb_user")
+    np.testing.assert_allclose(table.embeddings.numpy(), pretrained.astype("float32"))
+    assert not table.trainable
+    # The config keeps the matrix, as lists, and builds the same table again.
+    clone = SparseEmbedding.from_config(table.get_config())
+    clone.build(None)
+    np.testing.assert_allclose(clone.embeddings.numpy(), pretrained.astype("float32"))

@@ -425,6 +425,26 @@ def table_initializer(columns):
     return next((c.embeddings_initializer for c in columns if c.embeddings_initializer is not None), None)
 
 
+def _check_input_roles(feature_columns):
+    """A ValueError when a sequence's `length_name` or `weight_name` is also the name of a feature,
+    or one is the other: a model has one Input per name, so the ids or numbers of one would be read
+    as the other's lengths or weights without a word (DeepCTR replaces the feature's Input and
+    fails to build). Sequences may share a length_name (DIN's histories share `seq_length`), or
+    a weight_name."""
+    roles = {column.name: ("the name of feature", column.name) for column in feature_columns}
+    for column in feature_columns:
+        if not isinstance(column, VarLenSparseFeat):
+            continue
+        for key, name in (("length_name", column.length_name), ("weight_name", column.weight_name)):
+            if name is None:
+                continue
+            role, owner = roles.setdefault(name, (f"the {key} of", column.name))
+            if role != f"the {key} of":
+                raise ValueError(f"VarLenSparseFeat '{column.name}': {key} '{name}' is also {role} '{owner}'; a "
+                                 "model has one input per name, which would be read as both: give each its own "
+                                 "name")
+
+
 def validate_columns(feature_columns):
     """Checks a column list as a whole: unique names and consistent shared embedding tables.
 
@@ -444,6 +464,7 @@ def validate_columns(feature_columns):
         if column.name in seen:
             raise ValueError(f"feature '{column.name}' is declared twice")
         seen[column.name] = column
+    _check_input_roles(feature_columns)
     tables = {}
     for column in feature_columns:
         if isinstance(column, (DenseFeat, VarLenDenseFeat)):

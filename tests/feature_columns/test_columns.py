@@ -121,6 +121,30 @@ def test_bad_column_lists_fail_naming_the_columns():
         validate_columns([SparseFeat("item_id", 10), SparseFeat("item_id", 10)])
 
 
+@pytest.mark.parametrize("columns, message", [
+    ([SparseFeat("n", 5), DenseFeat("seq_length"), VarLenSparseFeat(SparseFeat("hist_n", 5, embedding_name="n"), 3,
+                                                                     length_name="seq_length")],
+     "VarLenSparseFeat 'hist_n': length_name 'seq_length' is also the name of feature 'seq_length'"),
+    ([SparseFeat("user", 5), VarLenSparseFeat(SparseFeat("hist_n", 5), 3, weight_name="user")],
+     "VarLenSparseFeat 'hist_n': weight_name 'user' is also the name of feature 'user'"),
+    ([VarLenSparseFeat(SparseFeat("hist_n", 5), 3, length_name="w", weight_name="w")],
+     "VarLenSparseFeat 'hist_n': weight_name 'w' is also the length_name of 'hist_n'"),
+    ([VarLenSparseFeat(SparseFeat("hist_a", 5), 3, length_name="n"),
+      VarLenSparseFeat(SparseFeat("hist_b", 5), 3, weight_name="n")],
+     "VarLenSparseFeat 'hist_b': weight_name 'n' is also the length_name of 'hist_a'"),
+    ([VarLenSparseFeat(SparseFeat("hist_a", 5), 3, length_name="hist_b"), VarLenSparseFeat(SparseFeat("hist_b", 5), 3)],
+     "VarLenSparseFeat 'hist_a': length_name 'hist_b' is also the name of feature 'hist_b'"),
+])
+def test_a_length_or_weight_name_of_another_input_fails_naming_both(columns, message):
+    """One Input per name: the old code built a model reading a DenseFeat's numbers as a history's
+    lengths, a SparseFeat's ids as its weights, or one input as both, without a word."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FeatureEncoder(columns)
+    # Sequences sharing their lengths (DIN's histories) or weights are one input read alike.
+    validate_columns([VarLenSparseFeat(SparseFeat("hist_a", 5), 3, length_name="n", weight_name="w"),
+                      VarLenSparseFeat(SparseFeat("hist_b", 5), 3, length_name="n", weight_name="w")])
+
+
 def test_feature_names_and_inputs():
     columns = [SparseFeat("user", 10), DenseFeat("vec", 3),
                VarLenSparseFeat(SparseFeat("hist", 10, dtype="int64"), maxlen=4, length_name="len", weight_name="w")]

@@ -95,3 +95,26 @@ def test_an_input_of_unknown_rank_is_read_in_its_input_shape():
     np.testing.assert_array_equal(as_layer(tf.ones([3, 2])), np.ones([3, 2]))
     known = tf.constant([1.0, 2.0])
     assert in_input_shape(known, 1) is known  # a known rank is Keras' to conform, and left as it is
+
+
+@pytest.mark.parametrize("first_as_columns", [False, True], ids=["rows_first", "columns_first"])
+def test_a_multitask_model_fits_data_sets_of_either_shape_one_after_the_other(first_as_columns):
+    """MMOE (one XLA loop of steps over the raw dense inputs too): a second fit whose data set
+    gives the DenseFeats as (rows, 1) after (rows,) failed tracing its loop ("can't multiply
+    sequence by non-int of type NoneType"): the raw inputs reached it at unknown rank."""
+    from tfrec.models import MMOE
+
+    x, y = data()
+    flat = {name: x[name] for name in ("user", "item", "city", "age", "price")}
+    model = MMOE(COLUMNS[:5], num_experts=2, expert_dnn_hidden_units=(8,), tower_dnn_hidden_units=(4,),
+                 task_types=("binary", "binary"), task_names=("ctr", "cvr"))
+    model.compile("adam", "binary_crossentropy")
+
+    def two_tasks(features):
+        return tf.data.Dataset.from_tensor_slices((features, {"ctr": y, "cvr": y})).batch(16)
+
+    first, second = (as_columns(flat), flat) if first_as_columns else (flat, as_columns(flat))
+    model.fit(two_tasks(first), epochs=1, verbose=0)
+    model.fit(two_tasks(second), epochs=1, verbose=0)
+    np.testing.assert_allclose(model.predict(two_tasks(as_columns(flat)), verbose=0),
+                               model.predict(two_tasks(flat), verbose=0), atol=1e-6)

@@ -244,9 +244,11 @@ class SparseFeat(namedtuple("SparseFeat", [
         return "" if self.dtype == STRING_DTYPE else 0
 
     def table_spec(self):
-        """What must agree between columns sharing this column's embedding table, by name."""
+        """What must agree between columns sharing this column's embedding table, by name (a
+        vocabulary file by the file it names: "items.txt" and its absolute path are one)."""
+        path = None if self.vocabulary_path is None else os.path.realpath(self.vocabulary_path)
         return {"vocabulary_size": self.vocabulary_size, "embedding_dim": self.embedding_dim,
-                "use_hash": self.use_hash, "vocabulary_path": self.vocabulary_path, "vocabulary": self.vocabulary,
+                "use_hash": self.use_hash, "vocabulary_path": path, "vocabulary": self.vocabulary,
                 "string ids": self.dtype == STRING_DTYPE, "trainable": bool(self.trainable)}
 
     def __hash__(self):

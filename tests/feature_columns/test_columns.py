@@ -520,3 +520,21 @@ def test_columns_sharing_a_table_agree_on_its_initializer():
     np.testing.assert_array_equal(table(pair(None, init.Constant(pretrained))), pretrained)
     default = table(pair(None, None))  # both default: the encoder's own small random normal
     assert np.abs(default).max() < 0.01 and np.abs(default).max() > 0
+
+
+def test_columns_sharing_a_table_name_its_vocabulary_file_by_any_path(tmp_path, monkeypatch):
+    """A history naming the item table's vocabulary file by a relative path, the item by its
+    absolute one, was refused ('differ in vocabulary_path'): they name one file. Another file
+    with the same entries is still refused: the check does not read the files."""
+    (tmp_path / "items.txt").write_text("i1\ni2\ni3\n")
+    (tmp_path / "copy.txt").write_text("i1\ni2\ni3\n")
+    monkeypatch.chdir(tmp_path)
+
+    def columns(item_path, history_path):
+        return [SparseFeat("item_id", dtype="string", vocabulary_path=item_path),
+                VarLenSparseFeat(SparseFeat("hist_item_id", dtype="string", vocabulary_path=history_path,
+                                            embedding_name="item_id"), maxlen=3)]
+
+    validate_columns(columns(str(tmp_path / "items.txt"), "items.txt"))
+    with pytest.raises(ValueError, match=r"share embedding 'item_id' but differ in vocabulary_path"):
+        validate_columns(columns(str(tmp_path / "items.txt"), "copy.txt"))

@@ -118,3 +118,23 @@ def test_a_multitask_model_fits_data_sets_of_either_shape_one_after_the_other(fi
     model.fit(two_tasks(second), epochs=1, verbose=0)
     np.testing.assert_allclose(model.predict(two_tasks(as_columns(flat)), verbose=0),
                                model.predict(two_tasks(flat), verbose=0), atol=1e-6)
+
+
+def test_a_data_set_of_one_value_per_row_for_a_sequence_is_refused_naming_it():
+    """A dict giving a sequence one value per row was refused naming the feature; a data set got
+    Keras' error from deep in the graph instead. Both are refused before anything runs."""
+    from tfrec.models import DIN
+
+    x, y = data()
+    model = DIN(COLUMNS, ["item"], dnn_hidden_units=(8,), att_hidden_size=(8,))
+    model.compile("adam", "binary_crossentropy")
+    flat_history = dict(x, hist_item=x["hist_item"][:, 0])
+    message = r"feature 'hist_item' is a sequence and needs \(rows, events\) values, padded after the events, got "
+    with pytest.raises(ValueError, match=message + "an array of shape"):
+        model.predict(flat_history, verbose=0)
+    for call in (lambda: model.fit(dataset(flat_history, y), verbose=0),
+                 lambda: model.predict(dataset(flat_history, y).map(lambda features, _: features), verbose=0)):
+        with pytest.raises(ValueError, match=message + r"a data set of batches of shape \(None,\)"):
+            call()
+    with pytest.raises(ValueError, match=r"no data for input\(s\) \['price'\]"):
+        model.evaluate(dataset({k: v for k, v in x.items() if k != "price"}, y), verbose=0)

@@ -710,9 +710,12 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
             if y is not None:
                 self._check_labels(y)
                 y = _labels_per_row(y)
-        if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) > 1 \
-                and isinstance(x.element_spec[1], Mapping):
-            self._check_labelled_outputs(x.element_spec[1])
+        if isinstance(x, tf.data.Dataset):
+            features = x.element_spec[0] if isinstance(x.element_spec, tuple) and x.element_spec else x.element_spec
+            if isinstance(features, Mapping):
+                self._check_shapes(features)
+            if isinstance(x.element_spec, tuple) and len(x.element_spec) > 1 and isinstance(x.element_spec[1], Mapping):
+                self._check_labelled_outputs(x.element_spec[1])
         return x, y
 
     def _as_input_shapes(self, x):
@@ -741,9 +744,10 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         return {name: as_input(name, value) for name, value in x.items()}
 
     def _check_shapes(self, x):
-        """A ValueError naming the feature when {name: array} lacks an input, gives a sequence or a
-        DenseFeat of dimension k one value per row, sends sequences of one event list (a history
-        and its categories, times or weights) in different widths, or a negative true length.
+        """A ValueError naming the feature when {name: array} (or a data set's {name: TensorSpec})
+        lacks an input, gives a sequence or a DenseFeat of dimension k one value per row, sends
+        sequences of one event list (a history and its categories, times or weights) in different
+        widths, or a negative true length.
 
         The last two are also checked in the graph (`RecentSequence`), but XLA drops such checks,
         so `fit` would train on misaligned events without a word."""
@@ -758,14 +762,19 @@ class RecModel(SavedWithoutLayerTraces, tf.keras.Model):
         for name, tensor in zip(self.input_names, self.inputs):
             value = x.get(name)
             width = tensor.shape[-1] if tensor.shape.rank == 2 else None
-            if not isinstance(value, np.ndarray) or width == 1 or tensor.shape.rank != 2:
+            if isinstance(value, tf.TensorSpec) and value.shape.rank is not None:  # a data set's batches
+                shape, given = tuple(value.shape), f"a data set of batches of shape {value.shape}"
+            elif isinstance(value, np.ndarray):
+                shape, given = value.shape, f"an array of shape {value.shape}"
+            else:
                 continue
-            if tensor.dtype.is_floating and width is not None and value.shape[1:] != (width,):  # DenseFeat(k)
-                raise ValueError(f"model '{self.name}': feature '{name}' needs (rows, {width}) numbers, got an "
-                                 f"array of shape {value.shape}")
-            if value.ndim == 1:
+            if width == 1 or tensor.shape.rank != 2:
+                continue
+            if tensor.dtype.is_floating and width is not None and shape[1:] != (width,):  # DenseFeat(k)
+                raise ValueError(f"model '{self.name}': feature '{name}' needs (rows, {width}) numbers, got {given}")
+            if len(shape) == 1:
                 raise ValueError(f"model '{self.name}': feature '{name}' is a sequence and needs (rows, events) "
-                                 f"values, padded after the events, got an array of shape {value.shape}")
+                                 f"values, padded after the events, got {given}")
         for layer in self._flatten_layers(include_self=False):
             if not isinstance(layer, RecentSequence):
                 continue
